@@ -1,0 +1,33 @@
+//! Archive formats for sandcache.
+//!
+//! * [`extract`] reads a tar stream (plain, gzip or zstd, told apart by their
+//!   magic bytes) and writes it into a fresh staging directory, refusing
+//!   anything that would create or change a file outside it.
+//! * [`write_archive`] walks a directory and writes it as a tar stream, either
+//!   relative to the directory or rooted at its absolute path (the layout of
+//!   `tar -czf - -C / deno-dir`, which the seed runner reads).
+//!
+//! Both are blocking and streaming: they never hold a whole archive in memory.
+//! The engine runs them on a blocking thread, fed by or feeding the store.
+//!
+//! ```no_run
+//! use sandcache_archive::{extract, ExtractOptions};
+//! let archive = std::fs::File::open("cache.tgz")?;
+//! let staging = std::path::Path::new("/.deno-dir.staging");
+//! std::fs::create_dir(staging)?;
+//! let stats = extract(archive, staging, &ExtractOptions::new("/deno-dir"))?;
+//! println!("{} files, {} bytes", stats.files, stats.bytes);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod error;
+mod extract;
+mod format;
+mod progress;
+mod write;
+
+pub use error::{ExtractError, WriteError};
+pub use extract::{ExtractOptions, ExtractStats, Limits, extract};
+pub use format::Compression;
+pub use progress::Progress;
+pub use write::{Encoding, Layout, WriteOptions, WriteStats, is_empty_tree, write_archive};
