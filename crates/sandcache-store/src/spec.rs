@@ -1,0 +1,120 @@
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::StoreError;
+
+/// Where caches live: `s3://BUCKET[/PREFIX]`, `file://PATH` or a plain path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSpec {
+    Local(PathBuf),
+    S3(S3Spec),
+}
+
+/// An S3 bucket and how to reach it. Credentials come from the standard AWS
+/// chain (environment, web identity, container/Pod Identity, profile, IMDS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Spec {
+    pub bucket: String,
+    /// Key prefix inside the bucket, without leading or trailing `/`.
+    pub prefix: String,
+    pub region: String,
+    /// A custom endpoint for S3-compatible servers (path-style addressing).
+    pub endpoint: Option<String>,
+}
+
+impl S3Spec {
+    pub const DEFAULT_REGION: &'static str = "us-west-2";
+
+    pub fn new(bucket: impl Into<String>) -> Self {
+        S3Spec {
+            bucket: bucket.into(),
+            prefix: String::new(),
+            region: Self::DEFAULT_REGION.into(),
+            endpoint: None,
+        }
+    }
+}
+
+impl FromStr for StoreSpec {
+    type Err = StoreError;
+
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        let invalid = |why: &str| StoreError::InvalidSpec {
+            spec: s.to_owned(),
+            why: why.to_owned(),
+        };
+        if let Some(rest) = s.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid(
+                    "missing bucket name (expected s3://BUCKET[/PREFIX])",
+                ));
+            }
+            let prefix = prefix.trim_matches('/');
+            if !prefix.is_empty() {
+                crate::check_key(prefix)
+                    .map_err(|_| invalid("prefix has empty, `.` or `..` segments"))?;
+            }
+            let mut spec = S3Spec::new(bucket);
+            spec.prefix = prefix.to_owned();
+            return Ok(StoreSpec::S3(spec));
+        }
+        if let Some(path) = s.strip_prefix("file://") {
+            if path.is_empty() {
+                return Err(invalid("missing path (expected file:///ABSOLUTE/PATH)"));
+            }
+            return Ok(StoreSpec::Local(path.into()));
+        }
+        if s.is_empty() {
+            return Err(invalid("empty store"));
+        }
+        if s.contains("://") {
+            return Err(invalid(
+                "unknown scheme (expected s3://, file:// or a path)",
+            ));
+        }
+        Ok(StoreSpec::Local(s.into()))
+    }
+}
+
+impl fmt::Display for StoreSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreSpec::Local(p) => write!(f, "file://{}", p.display()),
+            StoreSpec::S3(s) if s.prefix.is_empty() => write!(f, "s3://{}", s.bucket),
+            StoreSpec::S3(s) => write!(f, "s3://{}/{}", s.bucket, s.prefix),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        let s3: StoreSpec = "s3://b/some/prefix/".parse().unwrap();
+        let StoreSpec::S3(spec) = &s3 else { panic!() };
+        assert_eq!(
+            (
+                spec.bucket.as_str(),
+                spec.prefix.as_str(),
+                spec.region.as_str()
+            ),
+            ("b", "some/prefix", "us-west-2")
+        );
+        assert_eq!(s3.to_string(), "s3://b/some/prefix");
+        assert_eq!(
+            "file:///tmp/x".parse::<StoreSpec>().unwrap(),
+            StoreSpec::Local("/tmp/x".into())
+        );
+        assert_eq!(
+            "./rel".parse::<StoreSpec>().unwrap(),
+            StoreSpec::Local("./rel".into())
+        );
+        for bad in ["s3://", "s3:///x", "gs://b", "", "file://", "s3://b/../x"] {
+            assert!(bad.parse::<StoreSpec>().is_err(), "{bad:?}");
+        }
+    }
+}
