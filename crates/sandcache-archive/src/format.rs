@@ -37,7 +37,10 @@ impl Compression {
 }
 
 /// Reads up to `n` bytes from the front of `r` without losing them.
-pub(crate) fn sniff<R: Read>(mut r: R, n: usize) -> io::Result<(Vec<u8>, io::Chain<io::Cursor<Vec<u8>>, R>)> {
+pub(crate) fn sniff<R: Read>(
+    mut r: R,
+    n: usize,
+) -> io::Result<(Vec<u8>, io::Chain<io::Cursor<Vec<u8>>, R>)> {
     let mut head = Vec::with_capacity(n);
     (&mut r).take(n as u64).read_to_end(&mut head)?;
     let copy = head.clone();

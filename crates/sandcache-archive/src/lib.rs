@@ -30,4 +30,7 @@ pub use error::{ExtractError, WriteError};
 pub use extract::{ExtractOptions, ExtractStats, Limits, extract};
 pub use format::Compression;
 pub use progress::Progress;
-pub use write::{Encoding, Layout, WriteOptions, WriteStats, is_empty_tree, write_archive};
+pub use write::{
+    Encoding, Layout, RESERVED_PREFIX, WriteOptions, WriteStats, fingerprint, is_empty_tree,
+    write_archive,
+};

@@ -7,14 +7,24 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use sandcache_archive::{Encoding, ExtractOptions, Layout, WriteOptions, extract, is_empty_tree, write_archive};
+use sandcache_archive::{
+    Encoding, ExtractOptions, Layout, WriteOptions, extract, is_empty_tree, write_archive,
+};
 
 /// A small tree with what a DENO_DIR holds: nested dirs, modes, a symlink,
 /// an empty dir, and a SQLite cache with its WAL.
 pub fn sample_tree(root: &Path) {
     fs::create_dir_all(root.join("npm/registry.npmjs.org/pkg/1.0.0/lib")).unwrap();
-    fs::write(root.join("npm/registry.npmjs.org/pkg/1.0.0/package.json"), b"{\"name\":\"pkg\"}").unwrap();
-    fs::write(root.join("npm/registry.npmjs.org/pkg/1.0.0/lib/index.js"), vec![b'x'; 300_000]).unwrap();
+    fs::write(
+        root.join("npm/registry.npmjs.org/pkg/1.0.0/package.json"),
+        b"{\"name\":\"pkg\"}",
+    )
+    .unwrap();
+    fs::write(
+        root.join("npm/registry.npmjs.org/pkg/1.0.0/lib/index.js"),
+        vec![b'x'; 300_000],
+    )
+    .unwrap();
     let bin = root.join("npm/registry.npmjs.org/pkg/1.0.0/bin.sh");
     fs::write(&bin, b"#!/bin/sh\n").unwrap();
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
@@ -56,7 +66,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
             walk(root, &p, out);
         } else {
             let h = blake3::hash(&fs::read(&p).unwrap());
-            out.push(format!("{rel} {:o} {} {}", m.mode() & 0o777, m.mtime(), &h.to_hex()[..16]));
+            out.push(format!(
+                "{rel} {:o} {} {}",
+                m.mode() & 0o777,
+                m.mtime(),
+                &h.to_hex()[..16]
+            ));
         }
     }
 }
@@ -70,7 +85,12 @@ fn roundtrip(layout: Layout, encoding: Encoding) {
     assert_eq!(stats.skipped, 2, "the SQLite db and its WAL are left out");
     let staging = tmp.path().join("staging");
     fs::create_dir(&staging).unwrap();
-    let x = extract(std::io::Cursor::new(archive), &staging, &ExtractOptions::new(&src)).unwrap();
+    let x = extract(
+        std::io::Cursor::new(archive),
+        &staging,
+        &ExtractOptions::new(&src),
+    )
+    .unwrap();
     assert_eq!(x.files, stats.files);
     assert_eq!(x.bytes, stats.bytes);
     assert!(!staging.join("dep_analysis_cache_v2").exists());
@@ -97,7 +117,10 @@ fn empty_tree_detection() {
     let tmp = tempfile::tempdir().unwrap();
     assert!(is_empty_tree(&tmp.path().join("missing")).unwrap());
     fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
-    assert!(is_empty_tree(tmp.path()).unwrap(), "directories alone are empty");
+    assert!(
+        is_empty_tree(tmp.path()).unwrap(),
+        "directories alone are empty"
+    );
     fs::write(tmp.path().join("a/b/c/f"), b"x").unwrap();
     assert!(!is_empty_tree(tmp.path()).unwrap());
 }
@@ -110,11 +133,27 @@ fn gnu_tar_rooted_archive_restores() {
     let src = tmp.path().join("deno-dir");
     sample_tree(&src);
     let rel = src.strip_prefix("/").unwrap();
-    let out = Command::new("tar").arg("-czf").arg("-").arg("-C").arg("/").arg(rel).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("tar")
+        .arg("-czf")
+        .arg("-")
+        .arg("-C")
+        .arg("/")
+        .arg(rel)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let staging = tmp.path().join("staging");
     fs::create_dir(&staging).unwrap();
-    extract(std::io::Cursor::new(out.stdout), &staging, &ExtractOptions::new(&src)).unwrap();
+    extract(
+        std::io::Cursor::new(out.stdout),
+        &staging,
+        &ExtractOptions::new(&src),
+    )
+    .unwrap();
     assert_same_tree(&src, &staging);
 }
 
@@ -124,11 +163,28 @@ fn gnu_tar_relative_archive_restores() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("deno-dir");
     sample_tree(&src);
-    let out = Command::new("tar").arg("--zstd").arg("-cf").arg("-").arg("-C").arg(&src).arg(".").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("tar")
+        .arg("--zstd")
+        .arg("-cf")
+        .arg("-")
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let staging = tmp.path().join("staging");
     fs::create_dir(&staging).unwrap();
-    extract(std::io::Cursor::new(out.stdout), &staging, &ExtractOptions::new(&src)).unwrap();
+    extract(
+        std::io::Cursor::new(out.stdout),
+        &staging,
+        &ExtractOptions::new(&src),
+    )
+    .unwrap();
     assert_same_tree(&src, &staging);
 }
 
@@ -140,7 +196,12 @@ fn our_tgz_extracts_with_gnu_tar() {
     let src = tmp.path().join("deno-dir");
     sample_tree(&src);
     let mut archive = Vec::new();
-    write_archive(&src, &mut archive, &WriteOptions::new(Layout::Rooted, Encoding::Gzip)).unwrap();
+    write_archive(
+        &src,
+        &mut archive,
+        &WriteOptions::new(Layout::Rooted, Encoding::Gzip),
+    )
+    .unwrap();
     let fake_root = tmp.path().join("root");
     fs::create_dir(&fake_root).unwrap();
     let mut child = Command::new("tar")
@@ -155,4 +216,66 @@ fn our_tgz_extracts_with_gnu_tar() {
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
     assert_same_tree(&src, &fake_root.join(src.strip_prefix("/").unwrap()));
+}
+
+#[test]
+fn fingerprint_tracks_changes_but_not_sqlite_or_reserved_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    sample_tree(&dir);
+    let fp = || sandcache_archive::fingerprint(&dir, true).unwrap();
+    let a = fp();
+    assert_eq!(a, fp(), "stable");
+    fs::write(dir.join("dep_analysis_cache_v2-wal"), b"more wal").unwrap();
+    fs::create_dir(dir.join(".sandcache-staging-1")).unwrap();
+    fs::write(dir.join(".sandcache-staging-1/x"), b"x").unwrap();
+    assert_eq!(
+        a,
+        fp(),
+        "SQLite companions and sandcache's own entries do not count"
+    );
+    fs::write(dir.join("remote/new"), b"new").unwrap();
+    assert_ne!(a, fp());
+    assert_ne!(
+        sandcache_archive::fingerprint(&tmp.path().join("missing"), true).unwrap(),
+        a
+    );
+}
+
+#[test]
+fn the_root_dir_mode_survives_and_defaults_to_0755() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("d");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o750)).unwrap();
+    let mut archive = Vec::new();
+    write_archive(
+        &src,
+        &mut archive,
+        &WriteOptions::new(Layout::Relative, Encoding::None),
+    )
+    .unwrap();
+    let staging = tmp.path().join("staging");
+    fs::create_dir(&staging).unwrap();
+    fs::set_permissions(&staging, fs::Permissions::from_mode(0o700)).unwrap();
+    extract(
+        std::io::Cursor::new(archive),
+        &staging,
+        &ExtractOptions::new(&src),
+    )
+    .unwrap();
+    assert_eq!(fs::metadata(&staging).unwrap().mode() & 0o777, 0o750);
+
+    let bare = hostile::Raw::default().file("f", b"x").finish();
+    let staging2 = tmp.path().join("staging2");
+    fs::create_dir(&staging2).unwrap();
+    fs::set_permissions(&staging2, fs::Permissions::from_mode(0o700)).unwrap();
+    extract(
+        std::io::Cursor::new(bare),
+        &staging2,
+        &ExtractOptions::new(&src),
+    )
+    .unwrap();
+    assert_eq!(fs::metadata(&staging2).unwrap().mode() & 0o777, 0o755);
 }
