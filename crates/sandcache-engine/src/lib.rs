@@ -1,0 +1,157 @@
+//! sandcache's engine: restore a directory from a store, snapshot it back.
+//!
+//! The cache is advisory, and the types say so: [`Cache::restore`] and
+//! [`Cache::snapshot`] never fail their caller. They return an [`Outcome`],
+//! either done (files, bytes, time) or skipped with a [`Reason`]: disabled,
+//! not found, timed out, store error, corrupt, unsafe, empty, unchanged...
+//! A skipped restore means a cold start: slower, never broken.
+//!
+//! Guarantees:
+//! * a restore is bounded by its total deadline, stalls included;
+//! * the directory holds its previous content or the complete new content,
+//!   never a mix: extraction goes to a staging dir swapped into place;
+//! * nothing is written outside the directory, whatever the archive says;
+//! * a snapshot of a missing or empty directory uploads nothing, and a
+//!   failed one leaves the stored cache as it was.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use std::collections::HashMap;
+//! use sandcache_engine::{Cache, CacheConfig, RestoreOptions};
+//! let envs: HashMap<String, String> = HashMap::new(); // the deploy body's envs
+//! let cache = Cache::open(&CacheConfig::from_envs(&envs), &Default::default());
+//! let outcome = cache.restore("/deno-dir".as_ref(), &RestoreOptions::default()).await;
+//! println!("{}", outcome.to_json());
+//! # }
+//! ```
+
+mod config;
+mod outcome;
+mod pipe;
+mod restore;
+mod snapshot;
+mod target;
+
+use std::sync::Arc;
+
+use sandcache_store::{Store, StoreOptions};
+
+pub use config::{CacheConfig, seed_env};
+pub use outcome::{Done, Op, Outcome, Reason, Skip};
+pub use restore::RestoreOptions;
+pub use sandcache_archive::{Limits, Progress};
+pub use snapshot::{Format, SnapshotOptions};
+pub use target::wait_for_background;
+
+/// A cache: a store and the key of one directory's cache in it.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    inner: Inner,
+}
+
+#[derive(Debug, Clone)]
+enum Inner {
+    Disabled,
+    /// Configured, but unusable: every operation skips with this detail.
+    Invalid(String),
+    Enabled {
+        store: Arc<dyn Store>,
+        key: String,
+    },
+}
+
+impl Cache {
+    /// A cache that does nothing: every operation skips as `disabled`.
+    pub fn disabled() -> Cache {
+        Cache {
+            inner: Inner::Disabled,
+        }
+    }
+
+    /// A cache over an open store. An invalid key makes every operation skip
+    /// with reason `config`.
+    pub fn new(store: Arc<dyn Store>, key: impl Into<String>) -> Cache {
+        let key = key.into();
+        match validate_key(&key) {
+            Ok(()) => Cache {
+                inner: Inner::Enabled { store, key },
+            },
+            Err(why) => Cache {
+                inner: Inner::Invalid(why),
+            },
+        }
+    }
+
+    /// Opens the store a config names. Never fails: a disabled config gives
+    /// a disabled cache, an unusable one a cache that skips with `config`.
+    pub fn open(config: &CacheConfig, opts: &StoreOptions) -> Cache {
+        let Some(spec) = &config.store else {
+            return Cache::disabled();
+        };
+        let Some(key) = &config.key else {
+            return Cache {
+                inner: Inner::Invalid(format!("no cache key for {spec} (set {})", seed_env::KEY)),
+            };
+        };
+        match sandcache_store::open(spec, opts) {
+            Ok(store) => Cache::new(store, key.clone()),
+            Err(e) => Cache {
+                inner: Inner::Invalid(error_chain(&e)),
+            },
+        }
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !matches!(self.inner, Inner::Disabled)
+    }
+
+    /// Where the cache lives, for logs: `s3://bucket/prefix/key`.
+    pub fn location(&self) -> String {
+        match &self.inner {
+            Inner::Enabled { store, key } => format!("{store}/{key}"),
+            _ => String::new(),
+        }
+    }
+
+    fn labels(&self) -> (String, String) {
+        match &self.inner {
+            Inner::Enabled { store, key } => (key.clone(), store.to_string()),
+            _ => (String::new(), String::new()),
+        }
+    }
+}
+
+/// Checks a cache key: a relative `/`-separated name with no empty, `.` or
+/// `..` segments. The error is a sentence for the user.
+pub fn validate_key(key: &str) -> Result<(), String> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..");
+    if bad {
+        return Err(format!(
+            "invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`"
+        ));
+    }
+    Ok(())
+}
+
+/// An error and its sources, `: `-joined, for one-line reasons.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+pub(crate) fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1e6)
+}

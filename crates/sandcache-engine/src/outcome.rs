@@ -1,0 +1,152 @@
+//! What an operation ended as. Never an error: the cache is advisory.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The operation an outcome belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Restore,
+    Snapshot,
+}
+
+/// Why an operation did nothing. Every variant ends in a cold start (restore)
+/// or a kept previous cache (snapshot), never in a broken directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Reason {
+    /// No cache configured: nothing was called.
+    Disabled,
+    /// No cache under the key yet: a first wake-up.
+    NotFound,
+    /// The deadline passed, or the stream stalled past its idle timeout.
+    TimedOut,
+    /// The store failed: network, credentials, server errors.
+    StoreError,
+    /// The object is not a readable archive.
+    Corrupt,
+    /// The archive tried to write outside the target, or holds device nodes.
+    Unsafe,
+    /// The archive exceeds a size, entry-count or path limit.
+    TooLarge,
+    /// Local disk trouble: full, read-only, permissions.
+    IoError,
+    /// Snapshot: the directory is missing or holds no files.
+    Empty,
+    /// Snapshot: nothing changed since the last restore or snapshot.
+    Unchanged,
+    /// The configuration is unusable (bad key or store).
+    Config,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Disabled => "disabled",
+            Reason::NotFound => "not_found",
+            Reason::TimedOut => "timed_out",
+            Reason::StoreError => "store_error",
+            Reason::Corrupt => "corrupt",
+            Reason::Unsafe => "unsafe",
+            Reason::TooLarge => "too_large",
+            Reason::IoError => "io_error",
+            Reason::Empty => "empty",
+            Reason::Unchanged => "unchanged",
+            Reason::Config => "config",
+        }
+    }
+
+    /// Every reason, for metrics that pre-register their labels.
+    pub const ALL: [Reason; 11] = [
+        Reason::Disabled,
+        Reason::NotFound,
+        Reason::TimedOut,
+        Reason::StoreError,
+        Reason::Corrupt,
+        Reason::Unsafe,
+        Reason::TooLarge,
+        Reason::IoError,
+        Reason::Empty,
+        Reason::Unchanged,
+        Reason::Config,
+    ];
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A skip: the reason, and a human sentence with the cause chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Skip {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Skip {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What a completed operation moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Done {
+    /// Files (and symlinks) restored or archived.
+    pub files: u64,
+    /// Bytes of file content.
+    pub bytes: u64,
+    /// Bytes over the wire to or from the store.
+    pub transferred: u64,
+}
+
+/// The result of a restore or snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub op: Op,
+    pub result: Result<Done, Skip>,
+    pub elapsed: Duration,
+    pub key: String,
+    /// Where the store lives, for logs (`s3://bucket/prefix`, `file:///path`).
+    pub store: String,
+}
+
+impl Outcome {
+    pub fn is_done(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    pub fn reason(&self) -> Option<Reason> {
+        self.result.as_ref().err().map(|s| s.reason)
+    }
+
+    /// The one-object JSON the CLI prints with `--json` and the runner shows
+    /// in its status: `ok, op, reason, ms, files, bytes, key, store`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let done = self.result.as_ref().ok().copied().unwrap_or_default();
+        let mut v = serde_json::json!({
+            "ok": self.is_done(),
+            "op": self.op,
+            "reason": self.reason().map(Reason::as_str),
+            "ms": self.elapsed.as_millis() as u64,
+            "files": done.files,
+            "bytes": done.bytes,
+            "transferred": done.transferred,
+            "key": self.key,
+            "store": self.store,
+        });
+        if let Err(skip) = &self.result {
+            v["detail"] = skip.detail.clone().into();
+        }
+        v
+    }
+}

@@ -1,0 +1,253 @@
+//! Restore: object stream → decoder → safe extraction into staging → swap.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use sandcache_archive::{ExtractError, ExtractOptions, Limits, Progress};
+use sandcache_store::{Store, StoreError};
+
+use crate::outcome::{Done, Op, Outcome, Reason, Skip};
+use crate::pipe::{self, ChannelReader, Msg};
+use crate::snapshot::save_state;
+use crate::target::{Target, remove_in_background};
+use crate::{Cache, Inner, error_chain, mb};
+
+/// How to restore.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The hard total deadline: lock, request, download, extraction and swap.
+    pub timeout: Duration,
+    pub limits: Limits,
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+            progress: None,
+        }
+    }
+}
+
+/// Sets the flag when dropped: a restore future dropped at its deadline
+/// stops its extraction thread at the next read.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Cache {
+    /// Restores the cache into `dir`. Never fails: a miss or any failure is a
+    /// skipped outcome with its reason, and `dir` keeps its previous content.
+    pub async fn restore(&self, dir: &Path, opts: &RestoreOptions) -> Outcome {
+        let start = Instant::now();
+        let (key, store_label) = self.labels();
+        let result = match &self.inner {
+            Inner::Disabled => Err(Skip::new(Reason::Disabled, "no cache store configured")),
+            Inner::Invalid(why) => Err(Skip::new(Reason::Config, why.clone())),
+            Inner::Enabled { store, key } => {
+                let deadline = start + opts.timeout;
+                match tokio::time::timeout(
+                    opts.timeout,
+                    restore(store.as_ref(), key, dir, opts, deadline),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(Skip::new(
+                        Reason::TimedOut,
+                        format!(
+                            "restore did not finish within its {} s deadline",
+                            opts.timeout.as_secs_f32()
+                        ),
+                    )),
+                }
+            }
+        };
+        let outcome = Outcome {
+            op: Op::Restore,
+            result,
+            elapsed: start.elapsed(),
+            key,
+            store: store_label,
+        };
+        log(&outcome, &self.location());
+        outcome
+    }
+}
+
+fn log(o: &Outcome, location: &str) {
+    let ms = o.elapsed.as_millis();
+    match &o.result {
+        Ok(d) => tracing::info!(
+            target: "sandbox-cache",
+            "restored cache from {location} in {ms}ms ({} files, {} MB, {} MB transferred)",
+            d.files,
+            mb(d.bytes),
+            mb(d.transferred)
+        ),
+        Err(s) if s.reason == Reason::NotFound => {
+            tracing::info!(target: "sandbox-cache", "no cache yet for {location} (cold start)")
+        }
+        Err(s) if s.reason == Reason::Disabled => {
+            tracing::debug!(target: "sandbox-cache", "cache disabled")
+        }
+        Err(s) => tracing::warn!(
+            target: "sandbox-cache",
+            "restore failed ({}) after {ms}ms, continuing cold: {}",
+            s.reason,
+            s.detail
+        ),
+    }
+}
+
+async fn restore(
+    store: &dyn Store,
+    key: &str,
+    dir: &Path,
+    opts: &RestoreOptions,
+    deadline: Instant,
+) -> Result<Done, Skip> {
+    let target = Target::resolve(dir, true)
+        .map_err(|e| Skip::new(Reason::IoError, format!("target dir: {e}")))?;
+    let _lock = target.lock(deadline).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => Skip::new(Reason::TimedOut, e.to_string()),
+        _ => Skip::new(Reason::IoError, format!("lock: {e}")),
+    })?;
+    let leftovers = target.leftovers();
+
+    let object = store.get(key).await.map_err(store_skip)?;
+    let progress = opts.progress.clone();
+    if let Some(p) = &progress {
+        p.expected.store(object.size, Ordering::Relaxed);
+    }
+    let staging = target
+        .create_staging()
+        .map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
+    let (tx, rx) = pipe::channel();
+    let xopts = ExtractOptions {
+        final_dir: target.dir.clone(),
+        limits: opts.limits,
+        cancel: Some(cancel.clone()),
+        progress: progress.clone(),
+    };
+    let extract_staging = staging.clone();
+    let extraction = tokio::task::spawn_blocking(move || {
+        let result = sandcache_archive::extract(ChannelReader::new(rx), &extract_staging, &xopts);
+        // Nobody will swap a failed or abandoned staging dir in: drop it.
+        if result.is_err()
+            || xopts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            remove_in_background(vec![extract_staging]);
+        }
+        result
+    });
+
+    let download = async {
+        let mut stream = object.stream;
+        let mut transferred = 0u64;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    transferred += chunk.len() as u64;
+                    if let Some(p) = &progress {
+                        p.transferred
+                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                    if tx.send(Msg::Data(chunk)).await.is_err() {
+                        // The extractor stopped early; its error says why.
+                        return Ok(transferred);
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Msg::Failed(e.to_string())).await;
+                    return Err(e);
+                }
+            }
+        }
+        let _ = tx.send(Msg::End).await;
+        Ok::<u64, StoreError>(transferred)
+    };
+    let (downloaded, extracted) = tokio::join!(download, extraction);
+
+    let transferred = downloaded.map_err(store_skip)?;
+    let stats = extracted
+        .map_err(|e| Skip::new(Reason::IoError, format!("extraction thread failed: {e}")))?
+        .map_err(extract_skip)?;
+    let old = target.swap_in(&staging).map_err(|e| {
+        remove_in_background(vec![staging.clone()]);
+        Skip::new(Reason::IoError, format!("swap into place: {e}"))
+    })?;
+    after_swap(
+        &target,
+        old.into_iter().chain(leftovers).collect(),
+        store,
+        key,
+    );
+    Ok(Done {
+        files: stats.files,
+        bytes: stats.bytes,
+        transferred,
+    })
+}
+
+/// Off the critical path: record what was restored, so an unchanged dir is
+/// not uploaded again, then remove the old tree and any leftovers.
+fn after_swap(target: &Target, trash: Vec<PathBuf>, store: &dyn Store, key: &str) {
+    let target = target.clone();
+    let (store, key) = (store.to_string(), key.to_owned());
+    crate::target::background("after-restore", move || {
+        match sandcache_archive::fingerprint(&target.dir, true) {
+            Ok(fp) => save_state(&target, &store, &key, &fp),
+            Err(e) => tracing::debug!("no fingerprint for {}: {e}", target.dir.display()),
+        }
+        remove_in_background(trash);
+    });
+}
+
+pub(crate) fn store_skip(e: StoreError) -> Skip {
+    match &e {
+        StoreError::NotFound { .. } => Skip::new(Reason::NotFound, e.to_string()),
+        StoreError::Stalled { .. } => Skip::new(Reason::TimedOut, e.to_string()),
+        StoreError::InvalidKey { .. } | StoreError::InvalidSpec { .. } => {
+            Skip::new(Reason::Config, error_chain(&e))
+        }
+        _ => {
+            let chain = error_chain(&e);
+            // object_store reports a read-idle or request timeout as an error
+            // after its retries: that is a stall, not an outage.
+            let lower = chain.to_lowercase();
+            let reason = if lower.contains("timed out") || lower.contains("timeout") {
+                Reason::TimedOut
+            } else {
+                Reason::StoreError
+            };
+            Skip::new(reason, chain)
+        }
+    }
+}
+
+fn extract_skip(e: ExtractError) -> Skip {
+    let reason = match &e {
+        ExtractError::Corrupt { .. } => Reason::Corrupt,
+        ExtractError::Unsafe { .. } => Reason::Unsafe,
+        ExtractError::Limit { .. } => Reason::TooLarge,
+        ExtractError::Io { .. } => Reason::IoError,
+        ExtractError::Cancelled => Reason::TimedOut,
+    };
+    Skip::new(reason, error_chain(&e))
+}

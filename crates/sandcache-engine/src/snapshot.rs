@@ -1,0 +1,283 @@
+//! Snapshot: walk → tar → compress → streamed multipart upload.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sandcache_archive::{Encoding, Layout, Progress, WriteOptions};
+use sandcache_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::{Done, Op, Outcome, Reason, Skip};
+use crate::pipe::{self, ChannelWriter};
+use crate::restore::store_skip;
+use crate::target::Target;
+use crate::{Cache, Inner, error_chain, mb};
+
+/// The format a snapshot is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Format {
+    /// sandcache's own: a tar relative to the dir, zstd-compressed. Fast to
+    /// write and about 3x faster to read than gzip.
+    #[default]
+    Native,
+    /// The seed's layout and encoding: gzip tar rooted at `/`, which
+    /// `tar -xzf - -C /` (a runner still on the seed) restores.
+    Tgz,
+}
+
+/// How to snapshot.
+#[derive(Debug, Clone)]
+pub struct SnapshotOptions {
+    pub format: Format,
+    /// The total deadline; a snapshot past it is abandoned and the stored
+    /// cache stays as it was.
+    pub timeout: Duration,
+    /// Upload even when nothing changed since the last restore or snapshot.
+    pub force: bool,
+    pub progress: Option<Arc<Progress>>,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions {
+            format: Format::Native,
+            timeout: Duration::from_secs(600),
+            force: false,
+            progress: None,
+        }
+    }
+}
+
+/// What the last restore or snapshot of a dir left: which cache it matches.
+/// Kept beside the dir, never inside it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct State {
+    store: String,
+    key: String,
+    fingerprint: String,
+}
+
+pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32]) {
+    let state = State {
+        store: store.to_owned(),
+        key: key.to_owned(),
+        fingerprint: hex(fp),
+    };
+    let path = target.state_path();
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = serde_json::to_vec(&state)
+        .map_err(std::io::Error::other)
+        .and_then(|json| std::fs::write(&tmp, json))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::debug!(
+            "could not record the cache state in {}: {e}",
+            path.display()
+        );
+    }
+}
+
+fn load_state(target: &Target) -> Option<State> {
+    serde_json::from_slice(&std::fs::read(target.state_path()).ok()?).ok()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Cache {
+    /// Uploads `dir` under the cache's key. Never fails: an empty or missing
+    /// dir, an unchanged one, or any failure is a skipped outcome, and the
+    /// stored cache stays as it was.
+    pub async fn snapshot(&self, dir: &Path, opts: &SnapshotOptions) -> Outcome {
+        let start = Instant::now();
+        let (key, store_label) = self.labels();
+        let result = match &self.inner {
+            Inner::Disabled => Err(Skip::new(Reason::Disabled, "no cache store configured")),
+            Inner::Invalid(why) => Err(Skip::new(Reason::Config, why.clone())),
+            Inner::Enabled { store, key } => {
+                let deadline = start + opts.timeout;
+                match tokio::time::timeout(opts.timeout, snapshot(store, key, dir, opts, deadline))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(Skip::new(
+                        Reason::TimedOut,
+                        format!(
+                            "snapshot did not finish within its {} s deadline",
+                            opts.timeout.as_secs_f32()
+                        ),
+                    )),
+                }
+            }
+        };
+        let outcome = Outcome {
+            op: Op::Snapshot,
+            result,
+            elapsed: start.elapsed(),
+            key,
+            store: store_label,
+        };
+        let (location, ms) = (self.location(), outcome.elapsed.as_millis());
+        match &outcome.result {
+            Ok(d) => tracing::info!(
+                target: "sandbox-cache",
+                "snapshotted {}MB → {location} in {ms}ms ({} files, {} MB before compression)",
+                mb(d.transferred),
+                d.files,
+                mb(d.bytes)
+            ),
+            Err(s) if matches!(s.reason, Reason::Empty | Reason::Unchanged) => {
+                tracing::info!(target: "sandbox-cache", "snapshot skipped ({}): {}", s.reason, s.detail)
+            }
+            Err(s) if s.reason == Reason::Disabled => {
+                tracing::debug!(target: "sandbox-cache", "cache disabled")
+            }
+            Err(s) => {
+                tracing::warn!(target: "sandbox-cache", "snapshot failed ({}) after {ms}ms: {}", s.reason, s.detail)
+            }
+        }
+        outcome
+    }
+}
+
+async fn snapshot(
+    store: &Arc<dyn Store>,
+    key: &str,
+    dir: &Path,
+    opts: &SnapshotOptions,
+    deadline: Instant,
+) -> Result<Done, Skip> {
+    let target = match Target::resolve(dir, false) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Skip::new(
+                Reason::Empty,
+                format!("{} does not exist", dir.display()),
+            ));
+        }
+        Err(e) => return Err(Skip::new(Reason::IoError, format!("target dir: {e}"))),
+    };
+    let _lock = target.lock(deadline).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::TimedOut => Skip::new(Reason::TimedOut, e.to_string()),
+        _ => Skip::new(Reason::IoError, format!("lock: {e}")),
+    })?;
+
+    let scan_dir = target.dir.clone();
+    let (empty, fp) = tokio::task::spawn_blocking(move || {
+        let empty = sandcache_archive::is_empty_tree(&scan_dir)?;
+        let fp = if empty {
+            None
+        } else {
+            Some(sandcache_archive::fingerprint(&scan_dir, true)?)
+        };
+        Ok::<_, std::io::Error>((empty, fp))
+    })
+    .await
+    .map_err(|e| Skip::new(Reason::IoError, format!("scan thread failed: {e}")))?
+    .map_err(|e| {
+        Skip::new(
+            Reason::IoError,
+            format!("scanning {}: {e}", target.dir.display()),
+        )
+    })?;
+    if empty {
+        return Err(Skip::new(
+            Reason::Empty,
+            format!(
+                "{} holds no files; the stored cache is kept",
+                target.dir.display()
+            ),
+        ));
+    }
+    let fp = fp.expect("set when not empty");
+    let store_label = store.to_string();
+    if !opts.force
+        && load_state(&target)
+            .is_some_and(|s| s.store == store_label && s.key == key && s.fingerprint == hex(&fp))
+    {
+        return Err(Skip::new(
+            Reason::Unchanged,
+            format!(
+                "{} is as last restored or snapshotted",
+                target.dir.display()
+            ),
+        ));
+    }
+
+    let (layout, encoding) = match opts.format {
+        Format::Native => (Layout::Relative, Encoding::Zstd { level: 3 }),
+        Format::Tgz => (Layout::Rooted, Encoding::Gzip),
+    };
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
+    let wopts = WriteOptions {
+        layout,
+        encoding,
+        skip_sqlite: true,
+        cancel: Some(cancel),
+        progress: opts.progress.clone(),
+    };
+    let (tx, rx) = pipe::channel();
+    let src = target.dir.clone();
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut sink = ChannelWriter::new(tx);
+        match sandcache_archive::write_archive(&src, &mut sink, &wopts) {
+            Ok(stats) => sink
+                .finish()
+                .map(|()| stats)
+                .map_err(|e| format!("finishing the stream: {e}")),
+            Err(e) => {
+                let why = error_chain(&e);
+                sink.fail(why.clone());
+                Err(why)
+            }
+        }
+    });
+    let progress = opts.progress.clone();
+    let body = pipe::body(rx);
+    let body: sandcache_store::BodyStream = match progress {
+        Some(p) => Box::pin(futures::StreamExt::inspect(body, move |c| {
+            if let Ok(c) = c {
+                p.transferred.fetch_add(c.len() as u64, Ordering::Relaxed);
+            }
+        })),
+        None => body,
+    };
+    let (uploaded, written) = tokio::join!(store.put(key, body), writer);
+    // A failed upload breaks the writer's pipe: the store's error is the cause.
+    // A failed writer fails the body: the writer's error is the cause.
+    let (transferred, stats) = match (uploaded, written) {
+        (Err(e), _) if !matches!(e, StoreError::Body { .. }) => return Err(store_skip(e)),
+        (_, Err(e)) => {
+            return Err(Skip::new(
+                Reason::IoError,
+                format!("archive thread failed: {e}"),
+            ));
+        }
+        (_, Ok(Err(why))) => {
+            return Err(Skip::new(
+                Reason::IoError,
+                format!("reading {}: {why}", target.dir.display()),
+            ));
+        }
+        (Err(e), Ok(Ok(_))) => return Err(store_skip(e)),
+        (Ok(n), Ok(Ok(stats))) => (n, stats),
+    };
+    save_state(&target, &store_label, key, &fp);
+    Ok(Done {
+        files: stats.files,
+        bytes: stats.bytes,
+        transferred,
+    })
+}

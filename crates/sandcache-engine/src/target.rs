@@ -1,0 +1,390 @@
+//! The directory being restored: its staging area, lock, state file and the
+//! atomic swap that puts a restored tree in place.
+//!
+//! Everything sandcache keeps beside a directory `D` is a hidden sibling
+//! named after it: `.D.sandcache.lock`, `.D.sandcache-state.json`,
+//! `.D.sandcache-staging-*` and `.D.sandcache-trash-*`. When `D` is a mount
+//! point (a volume), staging and trash live inside it instead, so the swap
+//! stays on one filesystem.
+
+use std::ffi::OsString;
+use std::fs;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{CWD, FlockOperation, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+/// Marker in the names of everything sandcache keeps inside a mounted dir;
+/// snapshots leave such entries out.
+use sandcache_archive::RESERVED_PREFIX as INSIDE_MARKER;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// Absolute, with symlinks resolved.
+    pub(crate) dir: PathBuf,
+    parent: PathBuf,
+    name: OsString,
+    /// `dir` is a mount point: stage inside it.
+    inside: bool,
+}
+
+impl Target {
+    /// Resolves `dir` to an absolute path. With `create_parent`, missing
+    /// parent directories are created (a restore into a fresh location).
+    pub(crate) fn resolve(dir: &Path, create_parent: bool) -> io::Result<Target> {
+        let abs = if dir.is_absolute() {
+            dir.to_owned()
+        } else {
+            std::env::current_dir()?.join(dir)
+        };
+        let dir = match fs::canonicalize(&abs) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let parent = abs
+                    .parent()
+                    .ok_or_else(|| invalid("the target dir has no parent"))?;
+                let name = abs
+                    .file_name()
+                    .ok_or_else(|| invalid("the target dir has no name"))?;
+                if create_parent {
+                    fs::create_dir_all(parent).map_err(|e| with_path(e, parent))?;
+                }
+                fs::canonicalize(parent)
+                    .map_err(|e| with_path(e, parent))?
+                    .join(name)
+            }
+            Err(e) => return Err(with_path(e, &abs)),
+        };
+        let parent = dir
+            .parent()
+            .ok_or_else(|| invalid("the target dir cannot be `/`"))?
+            .to_owned();
+        let name = dir
+            .file_name()
+            .ok_or_else(|| invalid("the target dir has no name"))?
+            .to_owned();
+        let inside = match (fs::metadata(&dir), fs::metadata(&parent)) {
+            (Ok(d), Ok(p)) if d.is_dir() => d.dev() != p.dev(),
+            (Ok(d), _) if !d.is_dir() => {
+                return Err(invalid(&format!(
+                    "`{}` exists and is not a directory",
+                    dir.display()
+                )));
+            }
+            _ => false,
+        };
+        Ok(Target {
+            dir,
+            parent,
+            name,
+            inside,
+        })
+    }
+
+    fn sibling(&self, what: &str) -> PathBuf {
+        let mut n = OsString::from(".");
+        n.push(&self.name);
+        n.push(".sandcache");
+        n.push(what);
+        self.parent.join(n)
+    }
+
+    pub(crate) fn state_path(&self) -> PathBuf {
+        self.sibling("-state.json")
+    }
+
+    /// A fresh name for a staging or trash dir.
+    fn scratch(&self, kind: &str) -> PathBuf {
+        let tag = format!(
+            "-{kind}-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        if self.inside {
+            self.dir.join(format!("{INSIDE_MARKER}{}", &tag[1..]))
+        } else {
+            self.sibling(&tag)
+        }
+    }
+
+    /// Takes the directory's lock, polling until `deadline`. Restores and
+    /// snapshots of one directory never overlap, across processes.
+    pub(crate) async fn lock(&self, deadline: Instant) -> io::Result<Lock> {
+        let path = self.sibling(".lock");
+        let fd = rustix::fs::open(
+            &path,
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| with_path(e.into(), &path))?;
+        loop {
+            match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(Lock { _fd: fd }),
+                Err(Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(Errno::WOULDBLOCK) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("`{}` is held by another sandcache", path.display()),
+                    ));
+                }
+                Err(e) => return Err(with_path(e.into(), &path)),
+            }
+        }
+    }
+
+    /// Staging and trash dirs left by earlier runs that crashed or failed.
+    /// Call with the lock held: no live restore owns them then.
+    pub(crate) fn leftovers(&self) -> Vec<PathBuf> {
+        let (dir, prefix) = if self.inside {
+            (self.dir.clone(), INSIDE_MARKER.to_owned())
+        } else {
+            (
+                self.parent.clone(),
+                format!(".{}.sandcache-", self.name.to_string_lossy()),
+            )
+        };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.strip_prefix(&prefix)
+                    .is_some_and(|rest| rest.starts_with("staging-") || rest.starts_with("trash-"))
+            })
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// Creates an empty staging dir, private until swapped in.
+    pub(crate) fn create_staging(&self) -> io::Result<PathBuf> {
+        if self.inside {
+            // The mounted dir may be missing only if unmounted meanwhile.
+            fs::create_dir_all(&self.dir).map_err(|e| with_path(e, &self.dir))?;
+        }
+        let path = self.scratch("staging");
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| with_path(e, &path))?;
+        Ok(path)
+    }
+
+    /// Puts `staging` in place of the directory. Returns the old tree, now
+    /// under a trash name, for removal off the critical path.
+    pub(crate) fn swap_in(&self, staging: &Path) -> io::Result<Option<PathBuf>> {
+        if self.inside {
+            return self.swap_children(staging).map(Some);
+        }
+        match rustix::fs::renameat_with(CWD, staging, CWD, &self.dir, RenameFlags::EXCHANGE) {
+            Ok(()) => {
+                let trash = self.scratch("trash");
+                fs::rename(staging, &trash).map_err(|e| with_path(e, staging))?;
+                Ok(Some(trash))
+            }
+            Err(Errno::NOENT) => match rustix::fs::renameat_with(
+                CWD,
+                staging,
+                CWD,
+                &self.dir,
+                RenameFlags::NOREPLACE,
+            ) {
+                Ok(()) => Ok(None),
+                Err(Errno::EXIST) => self.swap_in(staging),
+                Err(Errno::INVAL | Errno::NOSYS) => fs::rename(staging, &self.dir)
+                    .map(|()| None)
+                    .map_err(|e| with_path(e, &self.dir)),
+                Err(e) => Err(with_path(e.into(), &self.dir)),
+            },
+            // No RENAME_EXCHANGE on this filesystem: move the old tree aside
+            // first. The dir is briefly absent, never half-written.
+            Err(Errno::INVAL | Errno::NOSYS) => {
+                let trash = self.scratch("trash");
+                let old = match fs::rename(&self.dir, &trash) {
+                    Ok(()) => Some(trash),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(with_path(e, &self.dir)),
+                };
+                fs::rename(staging, &self.dir).map_err(|e| with_path(e, &self.dir))?;
+                Ok(old)
+            }
+            Err(e) => Err(with_path(e.into(), &self.dir)),
+        }
+    }
+
+    /// The mount-point case: each top-level entry is exchanged on its own, so
+    /// every package dir is either old and complete or new and complete.
+    /// Old entries the new tree lacks move into the trash (the staging dir).
+    fn swap_children(&self, staging: &Path) -> io::Result<PathBuf> {
+        let new: Vec<OsString> = read_names(staging)?;
+        for name in &new {
+            let from = staging.join(name);
+            let to = self.dir.join(name);
+            match rustix::fs::renameat_with(CWD, &from, CWD, &to, RenameFlags::EXCHANGE) {
+                Ok(()) => {}
+                Err(Errno::NOENT) => fs::rename(&from, &to).map_err(|e| with_path(e, &to))?,
+                Err(e) => return Err(with_path(e.into(), &to)),
+            }
+        }
+        for name in read_names(&self.dir)? {
+            if name.to_string_lossy().starts_with(INSIDE_MARKER) || new.contains(&name) {
+                continue;
+            }
+            let mut aside = name.clone();
+            aside.push(".old");
+            fs::rename(self.dir.join(&name), staging.join(aside))
+                .map_err(|e| with_path(e, &self.dir.join(&name)))?;
+        }
+        Ok(staging.to_owned())
+    }
+}
+
+fn read_names(dir: &Path) -> io::Result<Vec<OsString>> {
+    fs::read_dir(dir)
+        .and_then(|it| it.map(|e| e.map(|e| e.file_name())).collect())
+        .map_err(|e| with_path(e, dir))
+}
+
+/// An exclusive lock on a directory, released on drop.
+#[derive(Debug)]
+pub(crate) struct Lock {
+    _fd: OwnedFd,
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.to_owned())
+}
+
+/// Adds the path to an IO error's message.
+pub(crate) fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+static BACKGROUND: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+
+/// Runs `work` on a background thread, tracked so a short-lived process can
+/// wait for it before exiting (see [`crate::wait_for_background`]).
+pub(crate) fn background(name: &str, work: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("sandcache-{name}"))
+        .spawn(work);
+    match spawned {
+        Ok(handle) => {
+            let mut all = BACKGROUND.lock().unwrap_or_else(|p| p.into_inner());
+            all.retain(|h| !h.is_finished());
+            all.push(handle);
+        }
+        Err(e) => tracing::warn!("could not start a background thread: {e}"),
+    }
+}
+
+/// Removes trees in the background: old trees after a swap, failed stagings,
+/// leftovers of crashed runs. Never right before extracting: on ext4,
+/// creating files right after freeing many inodes is several times slower.
+pub(crate) fn remove_in_background(paths: Vec<PathBuf>) {
+    if paths.is_empty() {
+        return;
+    }
+    background("cleanup", move || {
+        for p in paths {
+            match fs::remove_dir_all(&p) {
+                Ok(()) => tracing::debug!("removed {}", p.display()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("could not remove {}: {e}", p.display()),
+            }
+        }
+    });
+}
+
+/// Waits up to `timeout` for background cleanup to finish. Returns whether
+/// everything finished.
+pub fn wait_for_background(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pending = {
+            let mut all = BACKGROUND.lock().unwrap_or_else(|p| p.into_inner());
+            all.retain(|h| !h.is_finished());
+            all.len()
+        };
+        if pending == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swap_replaces_an_existing_dir_and_returns_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("deno-dir");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("old"), b"old").unwrap();
+        let t = Target::resolve(&dir, false).unwrap();
+        let staging = t.create_staging().unwrap();
+        fs::write(staging.join("new"), b"new").unwrap();
+        let old = t.swap_in(&staging).unwrap().unwrap();
+        assert!(dir.join("new").exists() && !dir.join("old").exists());
+        assert!(old.join("old").exists());
+        assert!(
+            t.leftovers().contains(&old),
+            "the old tree is trash until removed"
+        );
+    }
+
+    #[test]
+    fn swap_into_a_missing_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b/deno-dir");
+        let t = Target::resolve(&dir, true).unwrap();
+        let staging = t.create_staging().unwrap();
+        fs::write(staging.join("f"), b"x").unwrap();
+        assert_eq!(t.swap_in(&staging).unwrap(), None);
+        assert!(dir.join("f").exists());
+        assert!(t.leftovers().is_empty());
+    }
+
+    #[test]
+    fn a_file_in_place_of_the_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("f");
+        fs::write(&dir, b"x").unwrap();
+        let err = Target::resolve(&dir, false).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn swap_children_keeps_every_entry_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("vol");
+        fs::create_dir_all(dir.join("npm/pkg")).unwrap();
+        fs::write(dir.join("npm/pkg/old.js"), b"old").unwrap();
+        fs::write(dir.join("gone"), b"gone").unwrap();
+        let mut t = Target::resolve(&dir, false).unwrap();
+        t.inside = true;
+        let staging = t.create_staging().unwrap();
+        assert!(staging.starts_with(&dir));
+        fs::create_dir_all(staging.join("npm/pkg")).unwrap();
+        fs::write(staging.join("npm/pkg/new.js"), b"new").unwrap();
+        let trash = t.swap_in(&staging).unwrap().unwrap();
+        assert!(dir.join("npm/pkg/new.js").exists());
+        assert!(!dir.join("npm/pkg/old.js").exists() && !dir.join("gone").exists());
+        assert!(trash.join("npm/pkg/old.js").exists() && trash.join("gone.old").exists());
+        assert_eq!(t.leftovers(), vec![trash]);
+    }
+}
