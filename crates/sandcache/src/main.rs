@@ -1,0 +1,194 @@
+//! `sandcache`: restore and snapshot a dependency directory.
+//!
+//! Exit codes: 0 when the operation completed or was skipped (the cache is
+//! advisory), 1 when skipped under `--strict`, 2 for usage and configuration
+//! errors.
+
+mod env_vars;
+mod progress;
+mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sandcache_engine::{Cache, Format, Outcome, Progress, RestoreOptions, SnapshotOptions};
+use sandcache_store::StoreOptions;
+use tracing_subscriber::EnvFilter;
+
+use crate::settings::StoreArgs;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sandcache",
+    version,
+    about = "Warm-start cache for ephemeral sandboxes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = env_vars::SANDCACHE_LOG_FORMAT, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Restore a directory from the cache (atomic, bounded, advisory).
+    Restore {
+        #[command(flatten)]
+        common: Common,
+        /// Hard total deadline in seconds.
+        #[arg(long, env = env_vars::SANDCACHE_TIMEOUT, default_value = "30", value_name = "SECS")]
+        timeout: f64,
+    },
+    /// Upload a directory to the cache (streamed, bounded memory).
+    Snapshot {
+        #[command(flatten)]
+        common: Common,
+        /// Archive format: native (zstd, fast) or tgz (the seed's layout).
+        #[arg(long, value_enum, default_value = "native")]
+        format: FormatArg,
+        /// Deadline in seconds.
+        #[arg(long, default_value = "600", value_name = "SECS")]
+        timeout: f64,
+        /// Upload even if nothing changed since the last restore or snapshot.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// The directory to restore into or snapshot from.
+    #[arg(long, env = env_vars::DENO_DIR, default_value = "/deno-dir", value_name = "DIR")]
+    dir: PathBuf,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print one JSON object with the outcome on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Exit 1 when the operation was skipped (miss, failure, empty...).
+    #[arg(long)]
+    strict: bool,
+    /// Only warnings and errors on stderr; no progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Native,
+    Tgz,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let common = match &cli.command {
+        Command::Restore { common, .. } | Command::Snapshot { common, .. } => common,
+    };
+    init_logging(cli.log_format, common.quiet);
+    let config = match common.store.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let timeout = match &cli.command {
+        Command::Restore { timeout, .. } | Command::Snapshot { timeout, .. } => *timeout,
+    };
+    let Some(timeout) = Duration::try_from_secs_f64(timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+    else {
+        eprintln!("error: --timeout must be a positive number of seconds");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cache = Cache::open(&config, &StoreOptions::default());
+    let progress = Arc::new(Progress::default());
+    let show_bar = !common.json && !common.quiet;
+    let outcome = runtime.block_on(async {
+        match &cli.command {
+            Command::Restore { common, .. } => {
+                let _bar = progress::Bar::start("restore", &progress, show_bar);
+                let opts = RestoreOptions {
+                    timeout,
+                    progress: Some(progress.clone()),
+                    ..Default::default()
+                };
+                cache.restore(&common.dir, &opts).await
+            }
+            Command::Snapshot {
+                common,
+                format,
+                force,
+                ..
+            } => {
+                let _bar = progress::Bar::start("snapshot", &progress, show_bar);
+                let format = match format {
+                    FormatArg::Native => Format::Native,
+                    FormatArg::Tgz => Format::Tgz,
+                };
+                let opts = SnapshotOptions {
+                    format,
+                    timeout,
+                    force: *force,
+                    progress: Some(progress.clone()),
+                };
+                cache.snapshot(&common.dir, &opts).await
+            }
+        }
+    });
+    report(&outcome, common.json);
+    // The old tree is removed after the swap, off the critical path; a CLI
+    // waits for that before exiting so nothing is left behind.
+    if !sandcache_engine::wait_for_background(Duration::from_secs(120)) {
+        tracing::warn!("background cleanup still running at exit; the next run finishes it");
+    }
+    if common.strict && !outcome.is_done() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn report(outcome: &Outcome, json: bool) {
+    if json {
+        println!("{}", outcome.to_json());
+    }
+}
+
+fn init_logging(format: LogFormat, quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = std::env::var(env_vars::SANDCACHE_LOG)
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(|| progress::LogWriter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
