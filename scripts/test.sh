@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run all tests: starts the local Garage S3 server (scripts/dev-s3.sh), installs Deno
+# (scripts/install-deno.sh), then `cargo test --workspace --locked "$@"`.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh -p sandcache-store -- conformance
+#
+# Garage is left running if it was already running; if this script started it,
+# it is stopped on exit unless SANDCACHE_KEEP_S3=1.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'test: %s\n' "$*" >&2; }
+
+started_s3=0
+if ! scripts/dev-s3.sh status 2>/dev/null; then
+    started_s3=1
+fi
+stop_s3() {
+    if [[ $started_s3 == 1 && ${SANDCACHE_KEEP_S3:-0} != 1 ]]; then
+        scripts/dev-s3.sh stop || true
+    fi
+}
+trap stop_s3 EXIT
+
+scripts/dev-s3.sh start
+eval "$(scripts/dev-s3.sh env)"
+
+SANDCACHE_DENO=$(scripts/install-deno.sh)
+export SANDCACHE_DENO
+
+log "S3 at $AWS_ENDPOINT_URL ($SANDCACHE_TEST_S3), deno at $SANDCACHE_DENO"
+log "cargo test --workspace --locked $*"
+cargo test --workspace --locked "$@"
