@@ -37,11 +37,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_bytes: 32 << 30,
-            max_entries: 2_000_000,
-            max_path_len: 4096,
-        }
+        Limits { max_bytes: 32 << 30, max_entries: 2_000_000, max_path_len: 4096 }
     }
 }
 
@@ -60,12 +56,7 @@ pub struct ExtractOptions {
 
 impl ExtractOptions {
     pub fn new(final_dir: impl Into<PathBuf>) -> Self {
-        ExtractOptions {
-            final_dir: final_dir.into(),
-            limits: Limits::default(),
-            cancel: None,
-            progress: None,
-        }
+        ExtractOptions { final_dir: final_dir.into(), limits: Limits::default(), cancel: None, progress: None }
     }
 }
 
@@ -88,15 +79,11 @@ pub fn extract<R: Read + 'static>(
     staging: &Path,
     opts: &ExtractOptions,
 ) -> Result<ExtractStats, ExtractError> {
-    let (head, input) = sniff(input, Compression::SNIFF_LEN)
-        .map_err(|e| corrupt("failed to read the stream", e))?;
+    let (head, input) = sniff(input, Compression::SNIFF_LEN).map_err(|e| corrupt("failed to read the stream", e))?;
     let compression = match Compression::detect(&head) {
         Some(c) => c,
         None if head.is_empty() => {
-            return Err(ExtractError::Corrupt {
-                detail: "empty stream".into(),
-                source: None,
-            });
+            return Err(ExtractError::Corrupt { detail: "empty stream".into(), source: None });
         }
         None => {
             return Err(ExtractError::Corrupt {
@@ -106,12 +93,11 @@ pub fn extract<R: Read + 'static>(
         }
     };
     let decoded: Box<dyn Read> = match compression {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
-            io::BufReader::with_capacity(256 << 10, input),
-        )),
+        Compression::Gzip => {
+            Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(256 << 10, input)))
+        }
         Compression::Zstd => Box::new(
-            zstd::stream::read::Decoder::new(input)
-                .map_err(|e| corrupt("failed to start the zstd decoder", e))?,
+            zstd::stream::read::Decoder::new(input).map_err(|e| corrupt("failed to start the zstd decoder", e))?,
         ),
         Compression::None => Box::new(input),
     };
@@ -119,11 +105,7 @@ pub fn extract<R: Read + 'static>(
         inner: decoded,
         cancel: opts.cancel.clone(),
         read: 0,
-        max: opts
-            .limits
-            .max_bytes
-            .saturating_mul(2)
-            .saturating_add(1 << 30),
+        max: opts.limits.max_bytes.saturating_mul(2).saturating_add(1 << 30),
     };
     let mut x = Extractor::new(staging, opts)?;
     x.stats.compression = Some(compression);
@@ -132,10 +114,7 @@ pub fn extract<R: Read + 'static>(
 }
 
 fn corrupt(what: &str, e: io::Error) -> ExtractError {
-    ExtractError::Corrupt {
-        detail: format!("{what}: {e}"),
-        source: Some(e),
-    }
+    ExtractError::Corrupt { detail: format!("{what}: {e}"), source: Some(e) }
 }
 
 /// Bounds the decoded stream (a decompression bomb made of tar padding or
@@ -153,11 +132,7 @@ const BOMB_MSG: &str = "sandcache: decoded stream exceeds the size limit";
 
 impl Read for Guard {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-        {
+        if self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(io::Error::other(CANCELLED_MSG));
         }
         let n = self.inner.read(buf)?;
@@ -175,8 +150,9 @@ enum Rooting {
     Undecided,
     /// Entries are relative to the target.
     Relative,
-    /// Entries carry the target's absolute path without its leading `/`.
-    Rooted,
+    /// Entries carry an absolute path without its leading `/` (the target's,
+    /// or the one the archive was written from): strip that many components.
+    Rooted(usize),
 }
 
 struct Extractor<'a> {
@@ -186,6 +162,8 @@ struct Extractor<'a> {
     /// Components of `final_dir`, to strip from rooted and absolute entries.
     prefix: Vec<Vec<u8>>,
     rooting: Rooting,
+    /// The root of an archive rooted elsewhere than the target.
+    root_prefix: Vec<Vec<u8>>,
     /// Open handles of recently used parent directories, by relative path.
     dirs: HashMap<Vec<u8>, OwnedFd>,
     /// Directory modes and mtimes, applied once their contents are written.
@@ -204,10 +182,7 @@ impl<'a> Extractor<'a> {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| ExtractError::Io {
-            path: staging.to_owned(),
-            source: e.into(),
-        })?;
+        .map_err(|e| ExtractError::Io { path: staging.to_owned(), source: e.into() })?;
         let prefix = opts
             .final_dir
             .components()
@@ -222,6 +197,7 @@ impl<'a> Extractor<'a> {
             root,
             prefix,
             rooting: Rooting::Undecided,
+            root_prefix: Vec::new(),
             dirs: HashMap::new(),
             dir_meta: Vec::new(),
             stats: ExtractStats::default(),
@@ -231,10 +207,7 @@ impl<'a> Extractor<'a> {
     }
 
     fn cancelled(&self) -> bool {
-        self.opts
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed))
+        self.opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
     fn run(&mut self, input: Guard) -> Result<(), ExtractError> {
@@ -247,10 +220,7 @@ impl<'a> Extractor<'a> {
             let mut entry = entry.map_err(|e| self.read_error(e))?;
             self.entries += 1;
             if self.entries > self.opts.limits.max_entries {
-                return Err(ExtractError::Limit {
-                    what: "entry count",
-                    limit: self.opts.limits.max_entries,
-                });
+                return Err(ExtractError::Limit { what: "entry count", limit: self.opts.limits.max_entries });
             }
             self.entry(&mut entry)?;
         }
@@ -262,10 +232,7 @@ impl<'a> Extractor<'a> {
         if msg.contains(CANCELLED_MSG) || self.cancelled() {
             ExtractError::Cancelled
         } else if msg.contains(BOMB_MSG) {
-            ExtractError::Limit {
-                what: "expanded size",
-                limit: self.opts.limits.max_bytes,
-            }
+            ExtractError::Limit { what: "expanded size", limit: self.opts.limits.max_bytes }
         } else {
             corrupt("failed to read an entry", e)
         }
@@ -278,11 +245,8 @@ impl<'a> Extractor<'a> {
         }
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
-        let comps = self.normalize(&raw, &shown)?;
-        let mode = entry
-            .header()
-            .mode()
-            .map_err(|e| corrupt("bad mode field", e))?;
+        let comps = self.normalize(&raw, &shown, kind == EntryType::Directory)?;
+        let mode = entry.header().mode().map_err(|e| corrupt("bad mode field", e))?;
         let mtime = entry.header().mtime().unwrap_or(0);
         let Some((name, parents)) = comps.split_last() else {
             // The target directory itself (`./` or `deno-dir/`).
@@ -290,10 +254,7 @@ impl<'a> Extractor<'a> {
                 self.dir_meta.push((Vec::new(), mode, mtime));
                 return Ok(());
             }
-            return Err(unsafe_entry(
-                &shown,
-                "names the target directory itself but is not a directory",
-            ));
+            return Err(unsafe_entry(&shown, "names the target directory itself but is not a directory"));
         };
         match kind {
             EntryType::Regular | EntryType::Continuous => {
@@ -306,10 +267,7 @@ impl<'a> Extractor<'a> {
                     Ok(()) => {}
                     Err(Errno::EXIST) if self.is_dir(&parent, name) => {}
                     Err(Errno::EXIST) => {
-                        return Err(unsafe_entry(
-                            &shown,
-                            "a directory replaces an earlier non-directory entry",
-                        ));
+                        return Err(unsafe_entry(&shown, "a directory replaces an earlier non-directory entry"));
                     }
                     Err(e) => return Err(self.io(&comps, e)),
                 }
@@ -342,28 +300,20 @@ impl<'a> Extractor<'a> {
                     .into_owned();
                 self.hardlink(&comps, &target, &shown)
             }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => Err(unsafe_entry(
-                &shown,
-                "device and fifo nodes are never created",
-            )),
-            other => Err(unsafe_entry(
-                &shown,
-                &format!("unsupported entry type {other:?}"),
-            )),
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                Err(unsafe_entry(&shown, "device and fifo nodes are never created"))
+            }
+            other => Err(unsafe_entry(&shown, &format!("unsupported entry type {other:?}"))),
         }
     }
 
     /// Checks a path lexically and returns its components relative to the
     /// target. An empty result names the target itself.
-    fn normalize<'p>(&mut self, raw: &'p [u8], shown: &str) -> Result<Vec<&'p [u8]>, ExtractError> {
+    fn normalize<'p>(&mut self, raw: &'p [u8], shown: &str, first_is_dir: bool) -> Result<Vec<&'p [u8]>, ExtractError> {
         if raw.len() > self.opts.limits.max_path_len {
             return Err(unsafe_entry(
                 &shown.chars().take(80).collect::<String>(),
-                &format!(
-                    "path is {} bytes, over the limit of {}",
-                    raw.len(),
-                    self.opts.limits.max_path_len
-                ),
+                &format!("path is {} bytes, over the limit of {}", raw.len(), self.opts.limits.max_path_len),
             ));
         }
         let absolute = raw.first() == Some(&b'/');
@@ -373,45 +323,47 @@ impl<'a> Extractor<'a> {
                 b"" | b"." => {}
                 b".." => return Err(unsafe_entry(shown, "path contains `..`")),
                 c if c.len() > 255 => {
-                    return Err(unsafe_entry(
-                        shown,
-                        "a path component is longer than 255 bytes",
-                    ));
+                    return Err(unsafe_entry(shown, "a path component is longer than 255 bytes"));
                 }
                 c => comps.push(c),
             }
         }
-        let under_prefix = comps.len() >= self.prefix.len()
-            && comps
-                .iter()
-                .zip(&self.prefix)
-                .all(|(a, b)| *a == b.as_slice());
+        let under_prefix =
+            comps.len() >= self.prefix.len() && comps.iter().zip(&self.prefix).all(|(a, b)| *a == b.as_slice());
         if absolute {
             if !under_prefix {
-                return Err(unsafe_entry(
-                    shown,
-                    "absolute path outside the target directory",
-                ));
+                return Err(unsafe_entry(shown, "absolute path outside the target directory"));
             }
             return Ok(comps.split_off(self.prefix.len()));
         }
         if self.rooting == Rooting::Undecided && !comps.is_empty() {
             self.rooting = if under_prefix && !self.prefix.is_empty() {
-                Rooting::Rooted
+                Rooting::Rooted(self.prefix.len())
+            } else if first_is_dir && self.names_a_root(&comps) {
+                // Rooted at another path, as `tar -C / other/deno-dir` writes:
+                // re-root it here. (Stripping a prefix never leaves the target.)
+                self.root_prefix = comps.iter().map(|c| c.to_vec()).collect();
+                Rooting::Rooted(comps.len())
             } else {
                 Rooting::Relative
             };
         }
-        if self.rooting == Rooting::Rooted {
-            if !under_prefix {
-                return Err(unsafe_entry(
-                    shown,
-                    "entry outside the directory the archive is rooted at",
-                ));
+        if let Rooting::Rooted(n) = self.rooting {
+            let root = if self.root_prefix.is_empty() { &self.prefix } else { &self.root_prefix };
+            let under = comps.len() >= n && comps.iter().zip(root).all(|(a, b)| *a == b.as_slice());
+            if !under {
+                return Err(unsafe_entry(shown, "entry outside the directory the archive is rooted at"));
             }
-            return Ok(comps.split_off(self.prefix.len()));
+            return Ok(comps.split_off(n));
         }
         Ok(comps)
+    }
+
+    /// Whether a first directory entry names an archive root rather than a
+    /// subdirectory: an absolute-looking path (`tmp/x/deno-dir`) or the
+    /// target's own name (`deno-dir` restored into `/home/u/deno-dir`).
+    fn names_a_root(&self, comps: &[&[u8]]) -> bool {
+        comps.len() >= 2 || self.prefix.last().is_some_and(|name| comps[0] == name.as_slice())
     }
 
     /// A symlink may point anywhere under the target, and nowhere else.
@@ -421,31 +373,17 @@ impl<'a> Extractor<'a> {
     /// refused, because the kernel resolves it against wherever that name
     /// (maybe itself a symlink) leads, not lexically. An absolute target must
     /// lie under the final target directory, with no `..` at all.
-    fn check_symlink_target(
-        &self,
-        parents: &[&[u8]],
-        target: &[u8],
-        shown: &str,
-    ) -> Result<(), ExtractError> {
+    fn check_symlink_target(&self, parents: &[&[u8]], target: &[u8], shown: &str) -> Result<(), ExtractError> {
         if target.is_empty() {
             return Err(unsafe_entry(shown, "symlink with an empty target"));
         }
-        let comps: Vec<&[u8]> = target
-            .split(|b| *b == b'/')
-            .filter(|c| !c.is_empty() && *c != b".")
-            .collect();
+        let comps: Vec<&[u8]> = target.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
         if target[0] == b'/' {
             let inside = comps.len() >= self.prefix.len()
-                && comps
-                    .iter()
-                    .zip(&self.prefix)
-                    .all(|(a, b)| *a == b.as_slice())
+                && comps.iter().zip(&self.prefix).all(|(a, b)| *a == b.as_slice())
                 && !comps.contains(&&b".."[..]);
             if !inside {
-                return Err(unsafe_entry(
-                    shown,
-                    "symlink points outside the target directory",
-                ));
+                return Err(unsafe_entry(shown, "symlink points outside the target directory"));
             }
             return Ok(());
         }
@@ -454,10 +392,7 @@ impl<'a> Extractor<'a> {
             return Err(unsafe_entry(shown, "symlink target has `..` after a name"));
         }
         if ups > parents.len() {
-            return Err(unsafe_entry(
-                shown,
-                "symlink points outside the target directory",
-            ));
+            return Err(unsafe_entry(shown, "symlink points outside the target directory"));
         }
         Ok(())
     }
@@ -466,36 +401,24 @@ impl<'a> Extractor<'a> {
     /// following a symlink on the way.
     fn parent(&mut self, parents: &[&[u8]], shown: &str) -> Result<OwnedFd, ExtractError> {
         if parents.is_empty() {
-            return self.root.try_clone().map_err(|e| ExtractError::Io {
-                path: self.staging.clone(),
-                source: e,
-            });
+            return self.root.try_clone().map_err(|e| ExtractError::Io { path: self.staging.clone(), source: e });
         }
         let key = parents.join(&b'/');
         if let Some(fd) = self.dirs.get(&key) {
-            return fd.try_clone().map_err(|e| ExtractError::Io {
-                path: self.staging.clone(),
-                source: e,
-            });
+            return fd.try_clone().map_err(|e| ExtractError::Io { path: self.staging.clone(), source: e });
         }
         let fd = self.walk(parents, true, shown)?;
         if self.dirs.len() >= DIR_CACHE {
             self.dirs.clear();
         }
-        let copy = fd.try_clone().map_err(|e| ExtractError::Io {
-            path: self.staging.clone(),
-            source: e,
-        })?;
+        let copy = fd.try_clone().map_err(|e| ExtractError::Io { path: self.staging.clone(), source: e })?;
         self.dirs.insert(key, copy);
         Ok(fd)
     }
 
     fn walk(&self, parents: &[&[u8]], create: bool, shown: &str) -> Result<OwnedFd, ExtractError> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mut fd = self.root.try_clone().map_err(|e| ExtractError::Io {
-            path: self.staging.clone(),
-            source: e,
-        })?;
+        let mut fd = self.root.try_clone().map_err(|e| ExtractError::Io { path: self.staging.clone(), source: e })?;
         for (i, c) in parents.iter().enumerate() {
             let next = match rustix::fs::openat(&fd, os(c), flags, Mode::empty()) {
                 Err(Errno::NOENT) if create => {
@@ -510,16 +433,10 @@ impl<'a> Extractor<'a> {
             fd = match next {
                 Ok(next) => next,
                 Err(Errno::LOOP | Errno::NOTDIR) => {
-                    return Err(unsafe_entry(
-                        shown,
-                        "path goes through a symlink or a non-directory",
-                    ));
+                    return Err(unsafe_entry(shown, "path goes through a symlink or a non-directory"));
                 }
                 Err(Errno::NOENT) => {
-                    return Err(unsafe_entry(
-                        shown,
-                        "link target does not exist in the archive",
-                    ));
+                    return Err(unsafe_entry(shown, "link target does not exist in the archive"));
                 }
                 Err(e) => return Err(self.io(&parents[..=i], e)),
             };
@@ -541,8 +458,7 @@ impl<'a> Extractor<'a> {
         mtime: u64,
         shown: &str,
     ) -> Result<(), ExtractError> {
-        let flags =
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(&parent, os(name), flags, Mode::from_raw_mode(0o600)) {
             Ok(fd) => fd,
             Err(Errno::EXIST) => return Err(unsafe_entry(shown, "duplicate entry")),
@@ -558,37 +474,25 @@ impl<'a> Extractor<'a> {
                 Err(e) => return Err(self.read_error(e)),
             };
             if self.stats.bytes + written + n as u64 > self.opts.limits.max_bytes {
-                return Err(ExtractError::Limit {
-                    what: "expanded size",
-                    limit: self.opts.limits.max_bytes,
-                });
+                return Err(ExtractError::Limit { what: "expanded size", limit: self.opts.limits.max_bytes });
             }
             file.write_all(&self.buf[..n])
-                .map_err(|e| ExtractError::Io {
-                    path: self.staging.join(shown),
-                    source: e,
-                })?;
+                .map_err(|e| ExtractError::Io { path: self.staging.join(shown), source: e })?;
             written += n as u64;
             if let Some(p) = &self.opts.progress {
                 p.add(n as u64, 0);
             }
         }
         // Modes keep their permission bits only: setuid, setgid and sticky go.
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o777))
-            .map_err(|e| self.io_shown(shown, e))?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o777)).map_err(|e| self.io_shown(shown, e))?;
         rustix::fs::futimens(&file, &timestamps(mtime)).map_err(|e| self.io_shown(shown, e))?;
         self.stats.bytes += written;
         self.count(0, 1);
         Ok(())
     }
 
-    fn hardlink(
-        &mut self,
-        comps: &[&[u8]],
-        target: &[u8],
-        shown: &str,
-    ) -> Result<(), ExtractError> {
-        let tcomps = self.normalize(target, shown)?;
+    fn hardlink(&mut self, comps: &[&[u8]], target: &[u8], shown: &str) -> Result<(), ExtractError> {
+        let tcomps = self.normalize(target, shown, false)?;
         let Some((tname, tparents)) = tcomps.split_last() else {
             return Err(unsafe_entry(shown, "hardlink to the target directory"));
         };
@@ -597,16 +501,10 @@ impl<'a> Extractor<'a> {
         match rustix::fs::statat(&tparent, os(tname), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {}
             Ok(_) => {
-                return Err(unsafe_entry(
-                    shown,
-                    "hardlink to something other than a regular file",
-                ));
+                return Err(unsafe_entry(shown, "hardlink to something other than a regular file"));
             }
             Err(_) => {
-                return Err(unsafe_entry(
-                    shown,
-                    "hardlink target does not exist in the archive",
-                ));
+                return Err(unsafe_entry(shown, "hardlink target does not exist in the archive"));
             }
         }
         let parent = self.parent(parents, shown)?;
@@ -627,24 +525,18 @@ impl<'a> Extractor<'a> {
         // The staging dir was created private; without a root entry in the
         // archive, the restored dir gets the usual 0755.
         if !metas.iter().any(|(rel, _, _)| rel.is_empty()) {
-            rustix::fs::fchmod(&self.root, Mode::from_raw_mode(0o755))
-                .map_err(|e| self.io(&[], e))?;
+            rustix::fs::fchmod(&self.root, Mode::from_raw_mode(0o755)).map_err(|e| self.io(&[], e))?;
         }
         metas.sort_by(|a, b| b.0.cmp(&a.0));
         for (rel, mode, mtime) in metas {
             let fd = if rel.is_empty() {
-                self.root.try_clone().map_err(|e| ExtractError::Io {
-                    path: self.staging.clone(),
-                    source: e,
-                })?
+                self.root.try_clone().map_err(|e| ExtractError::Io { path: self.staging.clone(), source: e })?
             } else {
                 let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                rustix::fs::openat(&self.root, os(&rel), flags, Mode::empty())
-                    .map_err(|e| self.io(&[&rel], e))?
+                rustix::fs::openat(&self.root, os(&rel), flags, Mode::empty()).map_err(|e| self.io(&[&rel], e))?
             };
             // Owners keep rwx on directories so the tree can always be removed.
-            rustix::fs::fchmod(&fd, Mode::from_raw_mode((mode & 0o777) | 0o700))
-                .map_err(|e| self.io(&[&rel], e))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode((mode & 0o777) | 0o700)).map_err(|e| self.io(&[&rel], e))?;
             rustix::fs::futimens(&fd, &timestamps(mtime)).map_err(|e| self.io(&[&rel], e))?;
         }
         Ok(())
@@ -659,17 +551,11 @@ impl<'a> Extractor<'a> {
 
     fn io(&self, comps: &[&[u8]], e: Errno) -> ExtractError {
         let rel = comps.join(&b'/');
-        ExtractError::Io {
-            path: self.staging.join(os(&rel)),
-            source: e.into(),
-        }
+        ExtractError::Io { path: self.staging.join(os(&rel)), source: e.into() }
     }
 
     fn io_shown(&self, shown: &str, e: Errno) -> ExtractError {
-        ExtractError::Io {
-            path: self.staging.join(shown.trim_start_matches('/')),
-            source: e.into(),
-        }
+        ExtractError::Io { path: self.staging.join(shown.trim_start_matches('/')), source: e.into() }
     }
 }
 
@@ -678,21 +564,12 @@ fn os(b: &[u8]) -> &OsStr {
 }
 
 fn unsafe_entry(path: &str, why: &str) -> ExtractError {
-    ExtractError::Unsafe {
-        path: path.to_owned(),
-        why: why.to_owned(),
-    }
+    ExtractError::Unsafe { path: path.to_owned(), why: why.to_owned() }
 }
 
 fn timestamps(mtime: u64) -> Timestamps {
-    let t = Timespec {
-        tv_sec: mtime.min(i64::MAX as u64) as i64,
-        tv_nsec: 0,
-    };
-    Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
+    let t = Timespec { tv_sec: mtime.min(i64::MAX as u64) as i64, tv_nsec: 0 };
+    Timestamps { last_access: t, last_modification: t }
 }
 
 #[cfg(test)]
@@ -707,12 +584,8 @@ mod tests {
         let o = opts();
         let staging = tempfile::tempdir().unwrap();
         let mut x = Extractor::new(staging.path(), &o).unwrap();
-        x.normalize(raw.as_bytes(), raw)
-            .map(|v| {
-                v.iter()
-                    .map(|c| String::from_utf8_lossy(c).into_owned())
-                    .collect()
-            })
+        x.normalize(raw.as_bytes(), raw, false)
+            .map(|v| v.iter().map(|c| String::from_utf8_lossy(c).into_owned()).collect())
             .map_err(|e| e.to_string())
     }
 
@@ -721,11 +594,7 @@ mod tests {
         assert_eq!(norm("./npm/a.js").unwrap(), ["npm", "a.js"]);
         assert_eq!(norm("deno-dir/npm/a.js").unwrap(), ["npm", "a.js"]);
         assert_eq!(norm("/deno-dir/npm").unwrap(), ["npm"]);
-        assert!(
-            norm("/etc/passwd")
-                .unwrap_err()
-                .contains("absolute path outside")
-        );
+        assert!(norm("/etc/passwd").unwrap_err().contains("absolute path outside"));
         assert!(norm("a/../../x").unwrap_err().contains("`..`"));
     }
 
@@ -734,18 +603,14 @@ mod tests {
         let o = opts();
         let staging = tempfile::tempdir().unwrap();
         let x = Extractor::new(staging.path(), &o).unwrap();
-        let ok =
-            |parents: &[&[u8]], t: &str| x.check_symlink_target(parents, t.as_bytes(), "l").is_ok();
+        let ok = |parents: &[&[u8]], t: &str| x.check_symlink_target(parents, t.as_bytes(), "l").is_ok();
         assert!(ok(&[b"a", b"b"], "../../x"));
         assert!(ok(&[b"a"], "sibling/file"));
         assert!(ok(&[], "/deno-dir/npm/x"));
         assert!(!ok(&[b"a"], "../../x"));
         assert!(!ok(&[], "/etc/shadow"));
         assert!(!ok(&[], "/deno-dir/../etc"));
-        assert!(
-            !ok(&[b"a"], "l1/../x"),
-            "`..` after a name may follow another symlink"
-        );
+        assert!(!ok(&[b"a"], "l1/../x"), "`..` after a name may follow another symlink");
         assert!(!ok(&[], ""));
     }
 }

@@ -36,11 +36,11 @@ impl Compression {
     }
 }
 
+/// A stream with its first bytes read and put back in front.
+pub(crate) type Sniffed<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
 /// Reads up to `n` bytes from the front of `r` without losing them.
-pub(crate) fn sniff<R: Read>(
-    mut r: R,
-    n: usize,
-) -> io::Result<(Vec<u8>, io::Chain<io::Cursor<Vec<u8>>, R>)> {
+pub(crate) fn sniff<R: Read>(mut r: R, n: usize) -> io::Result<(Vec<u8>, Sniffed<R>)> {
     let mut head = Vec::with_capacity(n);
     (&mut r).take(n as u64).read_to_end(&mut head)?;
     let copy = head.clone();

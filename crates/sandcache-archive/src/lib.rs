@@ -31,6 +31,5 @@ pub use extract::{ExtractOptions, ExtractStats, Limits, extract};
 pub use format::Compression;
 pub use progress::Progress;
 pub use write::{
-    Encoding, Layout, RESERVED_PREFIX, WriteOptions, WriteStats, fingerprint, is_empty_tree,
-    write_archive,
+    Encoding, Layout, RESERVED_PREFIX, WriteOptions, WriteStats, fingerprint, is_empty_tree, write_archive,
 };

@@ -47,13 +47,7 @@ pub struct WriteOptions {
 
 impl WriteOptions {
     pub fn new(layout: Layout, encoding: Encoding) -> Self {
-        WriteOptions {
-            layout,
-            encoding,
-            skip_sqlite: true,
-            cancel: None,
-            progress: None,
-        }
+        WriteOptions { layout, encoding, skip_sqlite: true, cancel: None, progress: None }
     }
 }
 
@@ -82,12 +76,7 @@ pub fn is_empty_tree(dir: &Path) -> io::Result<bool> {
     fn any_file(dir: &Path, top: bool) -> io::Result<bool> {
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
-            if top
-                && entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(RESERVED_PREFIX)
-            {
+            if top && entry.file_name().to_string_lossy().starts_with(RESERVED_PREFIX) {
                 continue;
             }
             let ty = entry.file_type()?;
@@ -111,11 +100,7 @@ pub fn is_empty_tree(dir: &Path) -> io::Result<bool> {
 /// Writes `dir` as a tar stream into `out`, walking it in name order so equal
 /// trees give equal archives. Returns once the stream is complete and
 /// flushed. A file that shrinks while it is read fails the write.
-pub fn write_archive<W: Write>(
-    dir: &Path,
-    out: W,
-    opts: &WriteOptions,
-) -> Result<WriteStats, WriteError> {
+pub fn write_archive<W: Write>(dir: &Path, out: W, opts: &WriteOptions) -> Result<WriteStats, WriteError> {
     let prefix = match opts.layout {
         Layout::Relative => PathBuf::new(),
         Layout::Rooted => dir.strip_prefix("/").unwrap_or(dir).to_owned(),
@@ -149,20 +134,11 @@ fn walk_into<W: Write>(
 ) -> Result<W, WriteError> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
-    let mut w = Walker {
-        builder,
-        opts,
-        stats,
-        buf_head: [0; 16],
-    };
+    let mut w = Walker { builder, opts, stats, buf_head: [0; 16] };
     // The dir itself comes first (`./` or `deno-dir/`), so its mode and
     // mtime survive a round trip.
     let meta = fs::metadata(dir).map_err(|e| read_err(dir, e))?;
-    let root = if prefix.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        prefix
-    };
+    let root = if prefix.as_os_str().is_empty() { Path::new(".") } else { prefix };
     w.append_dir(root, &meta)?;
     w.walk(dir, prefix, true)?;
     w.builder.into_inner().map_err(WriteError::Sink)
@@ -180,12 +156,7 @@ impl<W: Write> Walker<'_, W> {
         let entries = sorted_entries(dir, top).map_err(|e| read_err(dir, e))?;
         let mut sqlite: Vec<std::ffi::OsString> = Vec::new();
         for entry in entries {
-            if self
-                .opts
-                .cancel
-                .as_ref()
-                .is_some_and(|c| c.load(Ordering::Relaxed))
-            {
+            if self.opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
                 return Err(WriteError::Cancelled);
             }
             let path = entry.path();
@@ -204,9 +175,7 @@ impl<W: Write> Walker<'_, W> {
             } else if ty.is_symlink() {
                 let target = fs::read_link(&path).map_err(|e| read_err(&path, e))?;
                 let mut header = header_for(&meta, tar::EntryType::Symlink);
-                self.builder
-                    .append_link(&mut header, &rel, &target)
-                    .map_err(WriteError::Sink)?;
+                self.builder.append_link(&mut header, &rel, &target).map_err(WriteError::Sink)?;
                 self.stats.files += 1;
                 self.progress(0);
             } else if ty.is_file() {
@@ -221,8 +190,7 @@ impl<W: Write> Walker<'_, W> {
                 };
                 let meta = file.metadata().map_err(|e| read_err(&path, e))?;
                 if self.opts.skip_sqlite && meta.len() >= 16 {
-                    file.read_exact(&mut self.buf_head)
-                        .map_err(|e| read_err(&path, e))?;
+                    file.read_exact(&mut self.buf_head).map_err(|e| read_err(&path, e))?;
                     if &self.buf_head == SQLITE_MAGIC {
                         sqlite.push(file_name);
                         self.stats.skipped += 1;
@@ -230,19 +198,9 @@ impl<W: Write> Walker<'_, W> {
                     }
                 }
                 let mut header = header_for(&meta, tar::EntryType::Regular);
-                let head: &[u8] = if self.opts.skip_sqlite && meta.len() >= 16 {
-                    &self.buf_head
-                } else {
-                    &[]
-                };
-                let body = Exact {
-                    inner: io::Cursor::new(head.to_vec()).chain(file),
-                    left: meta.len(),
-                    path: &path,
-                };
-                self.builder
-                    .append_data(&mut header, &rel, body)
-                    .map_err(|e| unwrap_read(e, &path))?;
+                let head: &[u8] = if self.opts.skip_sqlite && meta.len() >= 16 { &self.buf_head } else { &[] };
+                let body = Exact { inner: io::Cursor::new(head.to_vec()).chain(file), left: meta.len(), path: &path };
+                self.builder.append_data(&mut header, &rel, body).map_err(|e| unwrap_read(e, &path))?;
                 self.stats.files += 1;
                 self.stats.bytes += meta.len();
                 self.progress(meta.len());
@@ -256,9 +214,7 @@ impl<W: Write> Walker<'_, W> {
 
     fn append_dir(&mut self, rel: &Path, meta: &fs::Metadata) -> Result<(), WriteError> {
         let mut header = header_for(meta, tar::EntryType::Directory);
-        self.builder
-            .append_data(&mut header, rel, io::empty())
-            .map_err(WriteError::Sink)?;
+        self.builder.append_data(&mut header, rel, io::empty()).map_err(WriteError::Sink)?;
         self.stats.dirs += 1;
         Ok(())
     }
@@ -273,11 +229,7 @@ impl<W: Write> Walker<'_, W> {
 /// A directory's entries in name order, without sandcache's own at the top.
 fn sorted_entries(dir: &Path, top: bool) -> io::Result<Vec<fs::DirEntry>> {
     let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)?
-        .filter(|e| {
-            !(top
-                && e.as_ref()
-                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(RESERVED_PREFIX)))
-        })
+        .filter(|e| !(top && e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with(RESERVED_PREFIX))))
         .collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     Ok(entries)
@@ -295,13 +247,7 @@ pub fn fingerprint(dir: &Path, skip_sqlite: bool) -> io::Result<[u8; 32]> {
     Ok(*h.finalize().as_bytes())
 }
 
-fn fingerprint_dir(
-    dir: &Path,
-    rel: &Path,
-    skip_sqlite: bool,
-    top: bool,
-    h: &mut blake3::Hasher,
-) -> io::Result<()> {
+fn fingerprint_dir(dir: &Path, rel: &Path, skip_sqlite: bool, top: bool, h: &mut blake3::Hasher) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let mut sqlite: Vec<std::ffi::OsString> = Vec::new();
     for entry in sorted_entries(dir, top)? {
@@ -319,10 +265,8 @@ fn fingerprint_dir(
             }
             if meta.len() >= 16 {
                 let mut head = [0u8; 16];
-                let is_db = File::open(&path)
-                    .and_then(|mut f| f.read_exact(&mut head))
-                    .is_ok()
-                    && &head == SQLITE_MAGIC;
+                let is_db =
+                    File::open(&path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == SQLITE_MAGIC;
                 if is_db {
                     sqlite.push(name);
                     continue;
@@ -361,10 +305,9 @@ fn is_companion(name: &std::ffi::OsStr, sqlite: &[std::ffi::OsString]) -> bool {
     let Some(name) = name.to_str() else {
         return false;
     };
-    SQLITE_COMPANIONS.iter().any(|suffix| {
-        name.strip_suffix(suffix)
-            .is_some_and(|base| sqlite.iter().any(|s| s.to_str() == Some(base)))
-    })
+    SQLITE_COMPANIONS
+        .iter()
+        .any(|suffix| name.strip_suffix(suffix).is_some_and(|base| sqlite.iter().any(|s| s.to_str() == Some(base))))
 }
 
 fn header_for(meta: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
@@ -374,19 +317,12 @@ fn header_for(meta: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
     h.set_mtime(meta.mtime().max(0) as u64);
     h.set_uid(meta.uid() as u64);
     h.set_gid(meta.gid() as u64);
-    h.set_size(if kind == tar::EntryType::Regular {
-        meta.len()
-    } else {
-        0
-    });
+    h.set_size(if kind == tar::EntryType::Regular { meta.len() } else { 0 });
     h
 }
 
 fn read_err(path: &Path, source: io::Error) -> WriteError {
-    WriteError::Read {
-        path: path.to_owned(),
-        source,
-    }
+    WriteError::Read { path: path.to_owned(), source }
 }
 
 /// Marks errors raised while reading a source file so they are reported as
@@ -404,11 +340,7 @@ impl std::error::Error for SourceRead {}
 
 fn unwrap_read(e: io::Error, path: &Path) -> WriteError {
     if e.get_ref().is_some_and(|inner| inner.is::<SourceRead>()) {
-        let inner = e
-            .into_inner()
-            .expect("checked")
-            .downcast::<SourceRead>()
-            .expect("checked");
+        let inner = e.into_inner().expect("checked").downcast::<SourceRead>().expect("checked");
         return read_err(path, inner.0);
     }
     WriteError::Sink(e)
@@ -428,19 +360,10 @@ impl<R: Read> Read for Exact<'_, R> {
             return Ok(0);
         }
         let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let n = self
-            .inner
-            .read(&mut buf[..want])
-            .map_err(|e| io::Error::other(SourceRead(e)))?;
+        let n = self.inner.read(&mut buf[..want]).map_err(|e| io::Error::other(SourceRead(e)))?;
         if n == 0 {
-            let msg = format!(
-                "`{}` shrank while it was being archived",
-                self.path.display()
-            );
-            return Err(io::Error::other(SourceRead(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                msg,
-            ))));
+            let msg = format!("`{}` shrank while it was being archived", self.path.display());
+            return Err(io::Error::other(SourceRead(io::Error::new(io::ErrorKind::UnexpectedEof, msg))));
         }
         self.left -= n as u64;
         Ok(n)

@@ -29,27 +29,16 @@ impl CacheConfig {
     /// the deploy body delivers them. Without a bucket the cache is
     /// disabled. Empty values count as unset.
     pub fn from_envs(envs: &HashMap<String, String>) -> CacheConfig {
-        let get = |k: &str| {
-            envs.get(k)
-                .map(|v| v.trim())
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
+        let get = |k: &str| envs.get(k).map(|v| v.trim()).filter(|v| !v.is_empty()).map(str::to_owned);
         let Some(bucket) = get(seed_env::BUCKET) else {
-            return CacheConfig {
-                store: None,
-                key: get(seed_env::KEY),
-            };
+            return CacheConfig { store: None, key: get(seed_env::KEY) };
         };
         let mut spec = S3Spec::new(bucket);
         if let Some(region) = get(seed_env::REGION) {
             spec.region = region;
         }
         spec.endpoint = get(seed_env::ENDPOINT);
-        CacheConfig {
-            store: Some(StoreSpec::S3(spec)),
-            key: get(seed_env::KEY),
-        }
+        CacheConfig { store: Some(StoreSpec::S3(spec)), key: get(seed_env::KEY) }
     }
 
     /// Fills what this config leaves unset from `defaults` (runner-wide
@@ -71,30 +60,18 @@ mod tests {
     use super::*;
 
     fn envs(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
     fn bucket_enables_and_region_defaults_to_us_west_2() {
-        let c = CacheConfig::from_envs(&envs(&[
-            ("DECO_CACHE_S3_BUCKET", "b"),
-            ("DECO_CACHE_S3_KEY", "site/cache.tgz"),
-        ]));
-        let Some(StoreSpec::S3(s3)) = &c.store else {
-            panic!("{c:?}")
-        };
+        let c =
+            CacheConfig::from_envs(&envs(&[("DECO_CACHE_S3_BUCKET", "b"), ("DECO_CACHE_S3_KEY", "site/cache.tgz")]));
+        let Some(StoreSpec::S3(s3)) = &c.store else { panic!("{c:?}") };
         assert_eq!((s3.bucket.as_str(), s3.region.as_str()), ("b", "us-west-2"));
         assert_eq!(c.key.as_deref(), Some("site/cache.tgz"));
-        let c = CacheConfig::from_envs(&envs(&[
-            ("DECO_CACHE_S3_BUCKET", "b"),
-            ("DECO_CACHE_S3_REGION", "eu-west-1"),
-        ]));
-        let Some(StoreSpec::S3(s3)) = &c.store else {
-            panic!()
-        };
+        let c = CacheConfig::from_envs(&envs(&[("DECO_CACHE_S3_BUCKET", "b"), ("DECO_CACHE_S3_REGION", "eu-west-1")]));
+        let Some(StoreSpec::S3(s3)) = &c.store else { panic!() };
         assert_eq!(s3.region, "eu-west-1");
     }
 
@@ -106,14 +83,8 @@ mod tests {
 
     #[test]
     fn deploy_values_override_defaults() {
-        let defaults = CacheConfig {
-            store: Some(StoreSpec::Local("/x".into())),
-            key: Some("d".into()),
-        };
+        let defaults = CacheConfig { store: Some(StoreSpec::Local("/x".into())), key: Some("d".into()) };
         let c = CacheConfig::from_envs(&envs(&[("DECO_CACHE_S3_KEY", "k")])).or(&defaults);
-        assert_eq!(
-            (c.store, c.key.as_deref()),
-            (Some(StoreSpec::Local("/x".into())), Some("k"))
-        );
+        assert_eq!((c.store, c.key.as_deref()), (Some(StoreSpec::Local("/x".into())), Some("k")));
     }
 }

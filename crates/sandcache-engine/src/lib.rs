@@ -63,9 +63,7 @@ enum Inner {
 impl Cache {
     /// A cache that does nothing: every operation skips as `disabled`.
     pub fn disabled() -> Cache {
-        Cache {
-            inner: Inner::Disabled,
-        }
+        Cache { inner: Inner::Disabled }
     }
 
     /// A cache over an open store. An invalid key makes every operation skip
@@ -73,12 +71,8 @@ impl Cache {
     pub fn new(store: Arc<dyn Store>, key: impl Into<String>) -> Cache {
         let key = key.into();
         match validate_key(&key) {
-            Ok(()) => Cache {
-                inner: Inner::Enabled { store, key },
-            },
-            Err(why) => Cache {
-                inner: Inner::Invalid(why),
-            },
+            Ok(()) => Cache { inner: Inner::Enabled { store, key } },
+            Err(why) => Cache { inner: Inner::Invalid(why) },
         }
     }
 
@@ -89,15 +83,11 @@ impl Cache {
             return Cache::disabled();
         };
         let Some(key) = &config.key else {
-            return Cache {
-                inner: Inner::Invalid(format!("no cache key for {spec} (set {})", seed_env::KEY)),
-            };
+            return Cache { inner: Inner::Invalid(format!("no cache key for {spec} (set {})", seed_env::KEY)) };
         };
         match sandcache_store::open(spec, opts) {
             Ok(store) => Cache::new(store, key.clone()),
-            Err(e) => Cache {
-                inner: Inner::Invalid(error_chain(&e)),
-            },
+            Err(e) => Cache { inner: Inner::Invalid(error_chain(&e)) },
         }
     }
 
@@ -124,15 +114,9 @@ impl Cache {
 /// Checks a cache key: a relative `/`-separated name with no empty, `.` or
 /// `..` segments. The error is a sentence for the user.
 pub fn validate_key(key: &str) -> Result<(), String> {
-    let bad = key.is_empty()
-        || key.starts_with('/')
-        || key
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..");
+    let bad = key.is_empty() || key.starts_with('/') || key.split('/').any(|s| s.is_empty() || s == "." || s == "..");
     if bad {
-        return Err(format!(
-            "invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`"
-        ));
+        return Err(format!("invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`"));
     }
     Ok(())
 }

@@ -91,10 +91,7 @@ pub struct Skip {
 
 impl Skip {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Skip {
-            reason,
-            detail: detail.into(),
-        }
+        Skip { reason, detail: detail.into() }
     }
 }
 

@@ -34,11 +34,7 @@ pub(crate) struct ChannelReader {
 
 impl ChannelReader {
     pub(crate) fn new(rx: mpsc::Receiver<Msg>) -> Self {
-        ChannelReader {
-            rx,
-            cur: Bytes::new(),
-            ended: false,
-        }
+        ChannelReader { rx, cur: Bytes::new(), ended: false }
     }
 }
 
@@ -53,9 +49,7 @@ impl Read for ChannelReader {
                 Some(Msg::End) => self.ended = true,
                 Some(Msg::Failed(why)) => return Err(io::Error::other(why)),
                 None => {
-                    return Err(io::Error::other(
-                        "the download stopped before the end of the object",
-                    ));
+                    return Err(io::Error::other("the download stopped before the end of the object"));
                 }
             }
         }
@@ -75,16 +69,11 @@ const CHUNK: usize = 1 << 20;
 
 impl ChannelWriter {
     pub(crate) fn new(tx: mpsc::Sender<Msg>) -> Self {
-        ChannelWriter {
-            tx,
-            buf: BytesMut::with_capacity(CHUNK),
-        }
+        ChannelWriter { tx, buf: BytesMut::with_capacity(CHUNK) }
     }
 
     fn send(&self, msg: Msg) -> io::Result<()> {
-        self.tx
-            .blocking_send(msg)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+        self.tx.blocking_send(msg).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
     }
 
     /// Sends what is buffered and the end marker: the upload may complete.
@@ -133,12 +122,7 @@ pub(crate) fn body(rx: mpsc::Receiver<Msg>) -> BodyStream {
             Some(Msg::Data(b)) => Some((Ok(b), Some(rx))),
             Some(Msg::End) => None,
             Some(Msg::Failed(why)) => Some((Err(io::Error::other(why)), None)),
-            None => Some((
-                Err(io::Error::other(
-                    "the archive writer stopped before the end",
-                )),
-                None,
-            )),
+            None => Some((Err(io::Error::other("the archive writer stopped before the end")), None)),
         }
     }))
 }
@@ -159,18 +143,13 @@ mod tests {
         });
         let items: Vec<_> = body(rx).collect().await;
         writer.await.unwrap();
-        assert!(
-            items.last().unwrap().is_err(),
-            "no clean end without the end marker"
-        );
+        assert!(items.last().unwrap().is_err(), "no clean end without the end marker");
     }
 
     #[tokio::test]
     async fn a_reader_whose_sender_vanishes_errors() {
         let (tx, rx) = channel();
-        tx.send(Msg::Data(Bytes::from_static(b"abc")))
-            .await
-            .unwrap();
+        tx.send(Msg::Data(Bytes::from_static(b"abc"))).await.unwrap();
         drop(tx);
         let got = tokio::task::spawn_blocking(move || {
             let mut s = Vec::new();

@@ -26,11 +26,7 @@ pub struct RestoreOptions {
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions {
-            timeout: Duration::from_secs(30),
-            limits: Limits::default(),
-            progress: None,
-        }
+        RestoreOptions { timeout: Duration::from_secs(30), limits: Limits::default(), progress: None }
     }
 }
 
@@ -55,30 +51,16 @@ impl Cache {
             Inner::Invalid(why) => Err(Skip::new(Reason::Config, why.clone())),
             Inner::Enabled { store, key } => {
                 let deadline = start + opts.timeout;
-                match tokio::time::timeout(
-                    opts.timeout,
-                    restore(store.as_ref(), key, dir, opts, deadline),
-                )
-                .await
-                {
+                match tokio::time::timeout(opts.timeout, restore(store.as_ref(), key, dir, opts, deadline)).await {
                     Ok(r) => r,
                     Err(_) => Err(Skip::new(
                         Reason::TimedOut,
-                        format!(
-                            "restore did not finish within its {} s deadline",
-                            opts.timeout.as_secs_f32()
-                        ),
+                        format!("restore did not finish within its {} s deadline", opts.timeout.as_secs_f32()),
                     )),
                 }
             }
         };
-        let outcome = Outcome {
-            op: Op::Restore,
-            result,
-            elapsed: start.elapsed(),
-            key,
-            store: store_label,
-        };
+        let outcome = Outcome { op: Op::Restore, result, elapsed: start.elapsed(), key, store: store_label };
         log(&outcome, &self.location());
         outcome
     }
@@ -116,8 +98,7 @@ async fn restore(
     opts: &RestoreOptions,
     deadline: Instant,
 ) -> Result<Done, Skip> {
-    let target = Target::resolve(dir, true)
-        .map_err(|e| Skip::new(Reason::IoError, format!("target dir: {e}")))?;
+    let target = Target::resolve(dir, true).map_err(|e| Skip::new(Reason::IoError, format!("target dir: {e}")))?;
     let _lock = target.lock(deadline).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::TimedOut => Skip::new(Reason::TimedOut, e.to_string()),
         _ => Skip::new(Reason::IoError, format!("lock: {e}")),
@@ -129,9 +110,7 @@ async fn restore(
     if let Some(p) = &progress {
         p.expected.store(object.size, Ordering::Relaxed);
     }
-    let staging = target
-        .create_staging()
-        .map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
+    let staging = target.create_staging().map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
 
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
@@ -146,12 +125,7 @@ async fn restore(
     let extraction = tokio::task::spawn_blocking(move || {
         let result = sandcache_archive::extract(ChannelReader::new(rx), &extract_staging, &xopts);
         // Nobody will swap a failed or abandoned staging dir in: drop it.
-        if result.is_err()
-            || xopts
-                .cancel
-                .as_ref()
-                .is_some_and(|c| c.load(Ordering::Relaxed))
-        {
+        if result.is_err() || xopts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
             remove_in_background(vec![extract_staging]);
         }
         result
@@ -165,8 +139,7 @@ async fn restore(
                 Ok(chunk) => {
                     transferred += chunk.len() as u64;
                     if let Some(p) = &progress {
-                        p.transferred
-                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        p.transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                     }
                     if tx.send(Msg::Data(chunk)).await.is_err() {
                         // The extractor stopped early; its error says why.
@@ -192,17 +165,8 @@ async fn restore(
         remove_in_background(vec![staging.clone()]);
         Skip::new(Reason::IoError, format!("swap into place: {e}"))
     })?;
-    after_swap(
-        &target,
-        old.into_iter().chain(leftovers).collect(),
-        store,
-        key,
-    );
-    Ok(Done {
-        files: stats.files,
-        bytes: stats.bytes,
-        transferred,
-    })
+    after_swap(&target, old.into_iter().chain(leftovers).collect(), store, key);
+    Ok(Done { files: stats.files, bytes: stats.bytes, transferred })
 }
 
 /// Off the critical path: record what was restored, so an unchanged dir is
@@ -223,19 +187,13 @@ pub(crate) fn store_skip(e: StoreError) -> Skip {
     match &e {
         StoreError::NotFound { .. } => Skip::new(Reason::NotFound, e.to_string()),
         StoreError::Stalled { .. } => Skip::new(Reason::TimedOut, e.to_string()),
-        StoreError::InvalidKey { .. } | StoreError::InvalidSpec { .. } => {
-            Skip::new(Reason::Config, error_chain(&e))
-        }
+        StoreError::InvalidKey { .. } | StoreError::InvalidSpec { .. } => Skip::new(Reason::Config, error_chain(&e)),
         _ => {
             let chain = error_chain(&e);
             // object_store reports a read-idle or request timeout as an error
             // after its retries: that is a stall, not an outage.
             let lower = chain.to_lowercase();
-            let reason = if lower.contains("timed out") || lower.contains("timeout") {
-                Reason::TimedOut
-            } else {
-                Reason::StoreError
-            };
+            let reason = if lower.contains("timed out") { Reason::TimedOut } else { Reason::StoreError };
             Skip::new(reason, chain)
         }
     }

@@ -41,12 +41,7 @@ pub struct SnapshotOptions {
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        SnapshotOptions {
-            format: Format::Native,
-            timeout: Duration::from_secs(600),
-            force: false,
-            progress: None,
-        }
+        SnapshotOptions { format: Format::Native, timeout: Duration::from_secs(600), force: false, progress: None }
     }
 }
 
@@ -60,11 +55,7 @@ struct State {
 }
 
 pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32]) {
-    let state = State {
-        store: store.to_owned(),
-        key: key.to_owned(),
-        fingerprint: hex(fp),
-    };
+    let state = State { store: store.to_owned(), key: key.to_owned(), fingerprint: hex(fp) };
     let path = target.state_path();
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let written = serde_json::to_vec(&state)
@@ -72,10 +63,7 @@ pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32])
         .and_then(|json| std::fs::write(&tmp, json))
         .and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = written {
-        tracing::debug!(
-            "could not record the cache state in {}: {e}",
-            path.display()
-        );
+        tracing::debug!("could not record the cache state in {}: {e}", path.display());
     }
 }
 
@@ -107,27 +95,16 @@ impl Cache {
             Inner::Invalid(why) => Err(Skip::new(Reason::Config, why.clone())),
             Inner::Enabled { store, key } => {
                 let deadline = start + opts.timeout;
-                match tokio::time::timeout(opts.timeout, snapshot(store, key, dir, opts, deadline))
-                    .await
-                {
+                match tokio::time::timeout(opts.timeout, snapshot(store, key, dir, opts, deadline)).await {
                     Ok(r) => r,
                     Err(_) => Err(Skip::new(
                         Reason::TimedOut,
-                        format!(
-                            "snapshot did not finish within its {} s deadline",
-                            opts.timeout.as_secs_f32()
-                        ),
+                        format!("snapshot did not finish within its {} s deadline", opts.timeout.as_secs_f32()),
                     )),
                 }
             }
         };
-        let outcome = Outcome {
-            op: Op::Snapshot,
-            result,
-            elapsed: start.elapsed(),
-            key,
-            store: store_label,
-        };
+        let outcome = Outcome { op: Op::Snapshot, result, elapsed: start.elapsed(), key, store: store_label };
         let (location, ms) = (self.location(), outcome.elapsed.as_millis());
         match &outcome.result {
             Ok(d) => tracing::info!(
@@ -161,10 +138,7 @@ async fn snapshot(
     let target = match Target::resolve(dir, false) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Skip::new(
-                Reason::Empty,
-                format!("{} does not exist", dir.display()),
-            ));
+            return Err(Skip::new(Reason::Empty, format!("{} does not exist", dir.display())));
         }
         Err(e) => return Err(Skip::new(Reason::IoError, format!("target dir: {e}"))),
     };
@@ -176,42 +150,26 @@ async fn snapshot(
     let scan_dir = target.dir.clone();
     let (empty, fp) = tokio::task::spawn_blocking(move || {
         let empty = sandcache_archive::is_empty_tree(&scan_dir)?;
-        let fp = if empty {
-            None
-        } else {
-            Some(sandcache_archive::fingerprint(&scan_dir, true)?)
-        };
+        let fp = if empty { None } else { Some(sandcache_archive::fingerprint(&scan_dir, true)?) };
         Ok::<_, std::io::Error>((empty, fp))
     })
     .await
     .map_err(|e| Skip::new(Reason::IoError, format!("scan thread failed: {e}")))?
-    .map_err(|e| {
-        Skip::new(
-            Reason::IoError,
-            format!("scanning {}: {e}", target.dir.display()),
-        )
-    })?;
+    .map_err(|e| Skip::new(Reason::IoError, format!("scanning {}: {e}", target.dir.display())))?;
     if empty {
         return Err(Skip::new(
             Reason::Empty,
-            format!(
-                "{} holds no files; the stored cache is kept",
-                target.dir.display()
-            ),
+            format!("{} holds no files; the stored cache is kept", target.dir.display()),
         ));
     }
     let fp = fp.expect("set when not empty");
     let store_label = store.to_string();
     if !opts.force
-        && load_state(&target)
-            .is_some_and(|s| s.store == store_label && s.key == key && s.fingerprint == hex(&fp))
+        && load_state(&target).is_some_and(|s| s.store == store_label && s.key == key && s.fingerprint == hex(&fp))
     {
         return Err(Skip::new(
             Reason::Unchanged,
-            format!(
-                "{} is as last restored or snapshotted",
-                target.dir.display()
-            ),
+            format!("{} is as last restored or snapshotted", target.dir.display()),
         ));
     }
 
@@ -221,22 +179,14 @@ async fn snapshot(
     };
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
-    let wopts = WriteOptions {
-        layout,
-        encoding,
-        skip_sqlite: true,
-        cancel: Some(cancel),
-        progress: opts.progress.clone(),
-    };
+    let wopts =
+        WriteOptions { layout, encoding, skip_sqlite: true, cancel: Some(cancel), progress: opts.progress.clone() };
     let (tx, rx) = pipe::channel();
     let src = target.dir.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let mut sink = ChannelWriter::new(tx);
         match sandcache_archive::write_archive(&src, &mut sink, &wopts) {
-            Ok(stats) => sink
-                .finish()
-                .map(|()| stats)
-                .map_err(|e| format!("finishing the stream: {e}")),
+            Ok(stats) => sink.finish().map(|()| stats).map_err(|e| format!("finishing the stream: {e}")),
             Err(e) => {
                 let why = error_chain(&e);
                 sink.fail(why.clone());
@@ -260,24 +210,14 @@ async fn snapshot(
     let (transferred, stats) = match (uploaded, written) {
         (Err(e), _) if !matches!(e, StoreError::Body { .. }) => return Err(store_skip(e)),
         (_, Err(e)) => {
-            return Err(Skip::new(
-                Reason::IoError,
-                format!("archive thread failed: {e}"),
-            ));
+            return Err(Skip::new(Reason::IoError, format!("archive thread failed: {e}")));
         }
         (_, Ok(Err(why))) => {
-            return Err(Skip::new(
-                Reason::IoError,
-                format!("reading {}: {why}", target.dir.display()),
-            ));
+            return Err(Skip::new(Reason::IoError, format!("reading {}: {why}", target.dir.display())));
         }
         (Err(e), Ok(Ok(_))) => return Err(store_skip(e)),
         (Ok(n), Ok(Ok(stats))) => (n, stats),
     };
     save_state(&target, &store_label, key, &fp);
-    Ok(Done {
-        files: stats.files,
-        bytes: stats.bytes,
-        transferred,
-    })
+    Ok(Done { files: stats.files, bytes: stats.bytes, transferred })
 }

@@ -38,53 +38,29 @@ impl Target {
     /// Resolves `dir` to an absolute path. With `create_parent`, missing
     /// parent directories are created (a restore into a fresh location).
     pub(crate) fn resolve(dir: &Path, create_parent: bool) -> io::Result<Target> {
-        let abs = if dir.is_absolute() {
-            dir.to_owned()
-        } else {
-            std::env::current_dir()?.join(dir)
-        };
+        let abs = if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) };
         let dir = match fs::canonicalize(&abs) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let parent = abs
-                    .parent()
-                    .ok_or_else(|| invalid("the target dir has no parent"))?;
-                let name = abs
-                    .file_name()
-                    .ok_or_else(|| invalid("the target dir has no name"))?;
+                let parent = abs.parent().ok_or_else(|| invalid("the target dir has no parent"))?;
+                let name = abs.file_name().ok_or_else(|| invalid("the target dir has no name"))?;
                 if create_parent {
                     fs::create_dir_all(parent).map_err(|e| with_path(e, parent))?;
                 }
-                fs::canonicalize(parent)
-                    .map_err(|e| with_path(e, parent))?
-                    .join(name)
+                fs::canonicalize(parent).map_err(|e| with_path(e, parent))?.join(name)
             }
             Err(e) => return Err(with_path(e, &abs)),
         };
-        let parent = dir
-            .parent()
-            .ok_or_else(|| invalid("the target dir cannot be `/`"))?
-            .to_owned();
-        let name = dir
-            .file_name()
-            .ok_or_else(|| invalid("the target dir has no name"))?
-            .to_owned();
+        let parent = dir.parent().ok_or_else(|| invalid("the target dir cannot be `/`"))?.to_owned();
+        let name = dir.file_name().ok_or_else(|| invalid("the target dir has no name"))?.to_owned();
         let inside = match (fs::metadata(&dir), fs::metadata(&parent)) {
             (Ok(d), Ok(p)) if d.is_dir() => d.dev() != p.dev(),
             (Ok(d), _) if !d.is_dir() => {
-                return Err(invalid(&format!(
-                    "`{}` exists and is not a directory",
-                    dir.display()
-                )));
+                return Err(invalid(&format!("`{}` exists and is not a directory", dir.display())));
             }
             _ => false,
         };
-        Ok(Target {
-            dir,
-            parent,
-            name,
-            inside,
-        })
+        Ok(Target { dir, parent, name, inside })
     }
 
     fn sibling(&self, what: &str) -> PathBuf {
@@ -101,28 +77,16 @@ impl Target {
 
     /// A fresh name for a staging or trash dir.
     fn scratch(&self, kind: &str) -> PathBuf {
-        let tag = format!(
-            "-{kind}-{}-{:08x}",
-            std::process::id(),
-            rand::random::<u32>()
-        );
-        if self.inside {
-            self.dir.join(format!("{INSIDE_MARKER}{}", &tag[1..]))
-        } else {
-            self.sibling(&tag)
-        }
+        let tag = format!("-{kind}-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        if self.inside { self.dir.join(format!("{INSIDE_MARKER}{}", &tag[1..])) } else { self.sibling(&tag) }
     }
 
     /// Takes the directory's lock, polling until `deadline`. Restores and
     /// snapshots of one directory never overlap, across processes.
     pub(crate) async fn lock(&self, deadline: Instant) -> io::Result<Lock> {
         let path = self.sibling(".lock");
-        let fd = rustix::fs::open(
-            &path,
-            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map_err(|e| with_path(e.into(), &path))?;
+        let fd = rustix::fs::open(&path, OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
+            .map_err(|e| with_path(e.into(), &path))?;
         loop {
             match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => return Ok(Lock { _fd: fd }),
@@ -146,10 +110,7 @@ impl Target {
         let (dir, prefix) = if self.inside {
             (self.dir.clone(), INSIDE_MARKER.to_owned())
         } else {
-            (
-                self.parent.clone(),
-                format!(".{}.sandcache-", self.name.to_string_lossy()),
-            )
+            (self.parent.clone(), format!(".{}.sandcache-", self.name.to_string_lossy()))
         };
         let Ok(entries) = fs::read_dir(&dir) else {
             return Vec::new();
@@ -158,8 +119,7 @@ impl Target {
             .filter_map(Result::ok)
             .filter(|e| {
                 let n = e.file_name().to_string_lossy().into_owned();
-                n.strip_prefix(&prefix)
-                    .is_some_and(|rest| rest.starts_with("staging-") || rest.starts_with("trash-"))
+                n.strip_prefix(&prefix).is_some_and(|rest| rest.starts_with("staging-") || rest.starts_with("trash-"))
             })
             .map(|e| e.path())
             .collect()
@@ -172,10 +132,7 @@ impl Target {
             fs::create_dir_all(&self.dir).map_err(|e| with_path(e, &self.dir))?;
         }
         let path = self.scratch("staging");
-        fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(|e| with_path(e, &path))?;
+        fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| with_path(e, &path))?;
         Ok(path)
     }
 
@@ -191,20 +148,16 @@ impl Target {
                 fs::rename(staging, &trash).map_err(|e| with_path(e, staging))?;
                 Ok(Some(trash))
             }
-            Err(Errno::NOENT) => match rustix::fs::renameat_with(
-                CWD,
-                staging,
-                CWD,
-                &self.dir,
-                RenameFlags::NOREPLACE,
-            ) {
-                Ok(()) => Ok(None),
-                Err(Errno::EXIST) => self.swap_in(staging),
-                Err(Errno::INVAL | Errno::NOSYS) => fs::rename(staging, &self.dir)
-                    .map(|()| None)
-                    .map_err(|e| with_path(e, &self.dir)),
-                Err(e) => Err(with_path(e.into(), &self.dir)),
-            },
+            Err(Errno::NOENT) => {
+                match rustix::fs::renameat_with(CWD, staging, CWD, &self.dir, RenameFlags::NOREPLACE) {
+                    Ok(()) => Ok(None),
+                    Err(Errno::EXIST) => self.swap_in(staging),
+                    Err(Errno::INVAL | Errno::NOSYS) => {
+                        fs::rename(staging, &self.dir).map(|()| None).map_err(|e| with_path(e, &self.dir))
+                    }
+                    Err(e) => Err(with_path(e.into(), &self.dir)),
+                }
+            }
             // No RENAME_EXCHANGE on this filesystem: move the old tree aside
             // first. The dir is briefly absent, never half-written.
             Err(Errno::INVAL | Errno::NOSYS) => {
@@ -241,17 +194,14 @@ impl Target {
             }
             let mut aside = name.clone();
             aside.push(".old");
-            fs::rename(self.dir.join(&name), staging.join(aside))
-                .map_err(|e| with_path(e, &self.dir.join(&name)))?;
+            fs::rename(self.dir.join(&name), staging.join(aside)).map_err(|e| with_path(e, &self.dir.join(&name)))?;
         }
         Ok(staging.to_owned())
     }
 }
 
 fn read_names(dir: &Path) -> io::Result<Vec<OsString>> {
-    fs::read_dir(dir)
-        .and_then(|it| it.map(|e| e.map(|e| e.file_name())).collect())
-        .map_err(|e| with_path(e, dir))
+    fs::read_dir(dir).and_then(|it| it.map(|e| e.map(|e| e.file_name())).collect()).map_err(|e| with_path(e, dir))
 }
 
 /// An exclusive lock on a directory, released on drop.
@@ -274,9 +224,7 @@ static BACKGROUND: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 /// Runs `work` on a background thread, tracked so a short-lived process can
 /// wait for it before exiting (see [`crate::wait_for_background`]).
 pub(crate) fn background(name: &str, work: impl FnOnce() + Send + 'static) {
-    let spawned = std::thread::Builder::new()
-        .name(format!("sandcache-{name}"))
-        .spawn(work);
+    let spawned = std::thread::Builder::new().name(format!("sandcache-{name}")).spawn(work);
     match spawned {
         Ok(handle) => {
             let mut all = BACKGROUND.lock().unwrap_or_else(|p| p.into_inner());
@@ -341,10 +289,7 @@ mod tests {
         let old = t.swap_in(&staging).unwrap().unwrap();
         assert!(dir.join("new").exists() && !dir.join("old").exists());
         assert!(old.join("old").exists());
-        assert!(
-            t.leftovers().contains(&old),
-            "the old tree is trash until removed"
-        );
+        assert!(t.leftovers().contains(&old), "the old tree is trash until removed");
     }
 
     #[test]

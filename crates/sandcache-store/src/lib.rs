@@ -53,9 +53,7 @@ pub struct GetObject {
 
 impl fmt::Debug for GetObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetObject")
-            .field("size", &self.size)
-            .finish_non_exhaustive()
+        f.debug_struct("GetObject").field("size", &self.size).finish_non_exhaustive()
     }
 }
 
@@ -132,14 +130,10 @@ pub fn open(spec: &StoreSpec, opts: &StoreOptions) -> Result<Arc<dyn Store>, Sto
 pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
     let bad = key.is_empty()
         || key.starts_with('/')
-        || key
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
+        || key.split('/').any(|s| s.is_empty() || s == "." || s == "..")
         || key.contains('\0');
     if bad {
-        return Err(StoreError::InvalidKey {
-            key: key.to_owned(),
-        });
+        return Err(StoreError::InvalidKey { key: key.to_owned() });
     }
     Ok(())
 }

@@ -40,20 +40,13 @@ impl LocalStore {
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound {
-                    key: key.to_owned(),
-                });
+                return Err(StoreError::NotFound { key: key.to_owned() });
             }
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
-        let meta = file.metadata().await.map_err(|e| StoreError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
+        let meta = file.metadata().await.map_err(|e| StoreError::Io { path: path.clone(), source: e })?;
         if !meta.is_file() {
-            return Err(StoreError::NotFound {
-                key: key.to_owned(),
-            });
+            return Err(StoreError::NotFound { key: key.to_owned() });
         }
         Ok((file, meta.len()))
     }
@@ -67,10 +60,7 @@ impl fmt::Display for LocalStore {
 
 fn byte_stream<R: tokio::io::AsyncRead + Send + 'static>(r: R, path: PathBuf) -> crate::ByteStream {
     tokio_util::io::ReaderStream::with_capacity(r, 256 << 10)
-        .map_err(move |e| StoreError::Io {
-            path: path.clone(),
-            source: e,
-        })
+        .map_err(move |e| StoreError::Io { path: path.clone(), source: e })
         .boxed()
 }
 
@@ -78,65 +68,35 @@ fn byte_stream<R: tokio::io::AsyncRead + Send + 'static>(r: R, path: PathBuf) ->
 impl Store for LocalStore {
     async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
         let (file, size) = self.open(key).await?;
-        Ok(GetObject {
-            size,
-            stream: byte_stream(file, self.root.join(key)),
-        })
+        Ok(GetObject { size, stream: byte_stream(file, self.root.join(key)) })
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
         let (mut file, size) = self.open(key).await?;
         let path = self.root.join(key);
-        file.seek(SeekFrom::Start(range.start))
-            .await
-            .map_err(|e| StoreError::Io {
-                path: path.clone(),
-                source: e,
-            })?;
+        file.seek(SeekFrom::Start(range.start)).await.map_err(|e| StoreError::Io { path: path.clone(), source: e })?;
         let len = range.end.saturating_sub(range.start);
-        Ok(GetObject {
-            size,
-            stream: byte_stream(file.take(len), path),
-        })
+        Ok(GetObject { size, stream: byte_stream(file.take(len), path) })
     }
 
     async fn put(&self, key: &str, mut body: BodyStream) -> Result<u64, StoreError> {
         let path = self.path(key)?;
-        let dir = path
-            .parent()
-            .expect("a checked key has a parent under the root")
-            .to_owned();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| StoreError::Io {
-                path: dir.clone(),
-                source: e,
-            })?;
+        let dir = path.parent().expect("a checked key has a parent under the root").to_owned();
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| StoreError::Io { path: dir.clone(), source: e })?;
         let name = path.file_name().expect("checked key").to_string_lossy();
         let tmp = dir.join(format!(".{name}{TMP_MARKER}{:016x}", rand::random::<u64>()));
-        let io = |source| StoreError::Io {
-            path: tmp.clone(),
-            source,
-        };
+        let io = |source| StoreError::Io { path: tmp.clone(), source };
         let result: Result<u64, StoreError> = async {
             let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
             let mut n = 0u64;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|source| StoreError::Body {
-                    key: key.to_owned(),
-                    source,
-                })?;
+                let chunk = chunk.map_err(|source| StoreError::Body { key: key.to_owned(), source })?;
                 file.write_all(&chunk).await.map_err(io)?;
                 n += chunk.len() as u64;
             }
             file.sync_all().await.map_err(io)?;
             drop(file);
-            tokio::fs::rename(&tmp, &path)
-                .await
-                .map_err(|e| StoreError::Io {
-                    path: path.clone(),
-                    source: e,
-                })?;
+            tokio::fs::rename(&tmp, &path).await.map_err(|e| StoreError::Io { path: path.clone(), source: e })?;
             Ok(n)
         }
         .await;
@@ -152,9 +112,7 @@ impl Store for LocalStore {
             Ok(m) if m.is_file() => Ok(Some(ObjectInfo {
                 key: key.to_owned(),
                 size: m.len(),
-                last_modified: m
-                    .modified()
-                    .map_err(|e| StoreError::Io { path, source: e })?,
+                last_modified: m.modified().map_err(|e| StoreError::Io { path, source: e })?,
             })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -167,10 +125,7 @@ impl Store for LocalStore {
         let prefix = prefix.to_owned();
         tokio::task::spawn_blocking(move || list_blocking(&root, &prefix))
             .await
-            .map_err(|e| StoreError::Io {
-                path: PathBuf::new(),
-                source: std::io::Error::other(e),
-            })?
+            .map_err(|e| StoreError::Io { path: PathBuf::new(), source: std::io::Error::other(e) })?
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -196,17 +151,11 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>, StoreErro
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
-                return Err(StoreError::Io {
-                    path: dir,
-                    source: e,
-                });
+                return Err(StoreError::Io { path: dir, source: e });
             }
         };
         for entry in entries {
-            let entry = entry.map_err(|e| StoreError::Io {
-                path: dir.clone(),
-                source: e,
-            })?;
+            let entry = entry.map_err(|e| StoreError::Io { path: dir.clone(), source: e })?;
             let path = entry.path();
             let meta = match entry.metadata() {
                 Ok(m) => m,
@@ -224,15 +173,8 @@ fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<ObjectInfo>, StoreErro
             if !meta.is_file() || key.contains(TMP_MARKER) || !key.starts_with(prefix) {
                 continue;
             }
-            let last_modified = meta.modified().map_err(|e| StoreError::Io {
-                path: path.clone(),
-                source: e,
-            })?;
-            out.push(ObjectInfo {
-                key: key.to_owned(),
-                size: meta.len(),
-                last_modified,
-            });
+            let last_modified = meta.modified().map_err(|e| StoreError::Io { path: path.clone(), source: e })?;
+            out.push(ObjectInfo { key: key.to_owned(), size: meta.len(), last_modified });
         }
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -63,10 +63,7 @@ fn parse(text: &str, profile: &str) -> Option<Option<AwsCredential>> {
         }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             let name = name.trim();
-            in_section = name == profile
-                || name
-                    .strip_prefix("profile ")
-                    .is_some_and(|n| n.trim() == profile);
+            in_section = name == profile || name.strip_prefix("profile ").is_some_and(|n| n.trim() == profile);
             found |= in_section;
             continue;
         }
@@ -87,11 +84,7 @@ fn parse(text: &str, profile: &str) -> Option<Option<AwsCredential>> {
         return None;
     }
     Some(match (id, secret) {
-        (Some(key_id), Some(secret_key)) => Some(AwsCredential {
-            key_id,
-            secret_key,
-            token,
-        }),
+        (Some(key_id), Some(secret_key)) => Some(AwsCredential { key_id, secret_key, token }),
         _ => None,
     })
 }
@@ -113,10 +106,7 @@ mod tests {
     fn parses_profiles() {
         let text = "[default]\naws_access_key_id = A\naws_secret_access_key=B\n\n[other]\naws_access_key_id=C\n";
         let c = parse(text, "default").unwrap().unwrap();
-        assert_eq!(
-            (c.key_id.as_str(), c.secret_key.as_str(), c.token.is_none()),
-            ("A", "B", true)
-        );
+        assert_eq!((c.key_id.as_str(), c.secret_key.as_str(), c.token.is_none()), ("A", "B", true));
         assert!(parse(text, "other").unwrap().is_none(), "incomplete");
         assert!(parse(text, "nope").is_none(), "missing");
     }

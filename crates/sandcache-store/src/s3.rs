@@ -9,14 +9,12 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload,
-    RetryConfig, WriteMultipart,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    WriteMultipart,
 };
 
 use crate::profile::ProfileCredentials;
-use crate::{
-    BodyStream, GetObject, ObjectInfo, S3Spec, Store, StoreError, StoreOptions, check_key,
-};
+use crate::{BodyStream, GetObject, ObjectInfo, S3Spec, Store, StoreError, StoreOptions, check_key};
 
 /// An S3 bucket (and optional key prefix).
 ///
@@ -40,10 +38,7 @@ pub struct S3Store {
 
 impl S3Store {
     pub fn new(spec: &S3Spec, opts: &StoreOptions) -> Result<Self, StoreError> {
-        let invalid = |why: String| StoreError::InvalidSpec {
-            spec: format!("s3://{}", spec.bucket),
-            why,
-        };
+        let invalid = |why: String| StoreError::InvalidSpec { spec: format!("s3://{}", spec.bucket), why };
         let mut builder = AmazonS3Builder::from_env()
             .with_bucket_name(&spec.bucket)
             .with_region(&spec.region)
@@ -65,9 +60,7 @@ impl S3Store {
             builder = builder.with_endpoint(endpoint);
         }
         if uses_profile(&builder) {
-            if let Some(creds) =
-                ProfileCredentials::from_env().map_err(|e| invalid(e.to_string()))?
-            {
+            if let Some(creds) = ProfileCredentials::from_env().map_err(|e| invalid(e.to_string()))? {
                 builder = builder.with_credentials(Arc::new(creds));
             }
         }
@@ -82,14 +75,8 @@ impl S3Store {
 
     fn location(&self, key: &str) -> Result<ObjectPath, StoreError> {
         check_key(key)?;
-        let full = if self.spec.prefix.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}/{key}", self.spec.prefix)
-        };
-        ObjectPath::parse(&full).map_err(|_| StoreError::InvalidKey {
-            key: key.to_owned(),
-        })
+        let full = if self.spec.prefix.is_empty() { key.to_owned() } else { format!("{}/{key}", self.spec.prefix) };
+        ObjectPath::parse(&full).map_err(|_| StoreError::InvalidKey { key: key.to_owned() })
     }
 
     fn key_of(&self, location: &ObjectPath) -> String {
@@ -97,32 +84,17 @@ impl S3Store {
         if self.spec.prefix.is_empty() {
             s.to_owned()
         } else {
-            s.strip_prefix(&self.spec.prefix)
-                .map(|k| k.trim_start_matches('/'))
-                .unwrap_or(s)
-                .to_owned()
+            s.strip_prefix(&self.spec.prefix).map(|k| k.trim_start_matches('/')).unwrap_or(s).to_owned()
         }
     }
 
-    async fn get_with(
-        &self,
-        key: &str,
-        range: Option<Range<u64>>,
-    ) -> Result<GetObject, StoreError> {
+    async fn get_with(&self, key: &str, range: Option<Range<u64>>) -> Result<GetObject, StoreError> {
         let location = self.location(key)?;
-        let mut opts = GetOptions::default();
-        opts.range = range.map(GetRange::Bounded);
-        let result = self
-            .inner
-            .get_opts(&location, opts)
-            .await
-            .map_err(|e| map_err(key, e))?;
+        let opts = GetOptions { range: range.map(GetRange::Bounded), ..Default::default() };
+        let result = self.inner.get_opts(&location, opts).await.map_err(|e| map_err(key, e))?;
         let size = result.meta.size;
         let key = key.to_owned();
-        let stream = result
-            .into_stream()
-            .map_err(move |e| map_err(&key, e))
-            .boxed();
+        let stream = result.into_stream().map_err(move |e| map_err(&key, e)).boxed();
         Ok(GetObject { size, stream })
     }
 
@@ -136,11 +108,7 @@ impl S3Store {
         first: Bytes,
         mut body: BodyStream,
     ) -> Result<u64, StoreError> {
-        let upload = self
-            .inner
-            .put_multipart(location)
-            .await
-            .map_err(|e| map_err(key, e))?;
+        let upload = self.inner.put_multipart(location).await.map_err(|e| map_err(key, e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
         let mut total = first.len() as u64;
         writer.put(first);
@@ -150,10 +118,7 @@ impl S3Store {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(source)) => {
                     let _ = writer.abort().await;
-                    return Err(StoreError::Body {
-                        key: key.to_owned(),
-                        source,
-                    });
+                    return Err(StoreError::Body { key: key.to_owned(), source });
                 }
             };
             if let Err(e) = writer.wait_for_capacity(self.upload_concurrency).await {
@@ -180,14 +145,24 @@ fn uses_profile(b: &AmazonS3Builder) -> bool {
 
 fn map_err(key: &str, e: object_store::Error) -> StoreError {
     match e {
-        object_store::Error::NotFound { .. } => StoreError::NotFound {
-            key: key.to_owned(),
-        },
-        other => StoreError::Request {
-            key: key.to_owned(),
-            source: Box::new(other),
-        },
+        // A 404 for a missing bucket is misconfiguration, not a first wake-up.
+        object_store::Error::NotFound { .. } if chain(&e).contains("NoSuchBucket") => {
+            StoreError::Request { key: key.to_owned(), source: Box::new(e) }
+        }
+        object_store::Error::NotFound { .. } => StoreError::NotFound { key: key.to_owned() },
+        other => StoreError::Request { key: key.to_owned(), source: Box::new(other) },
     }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 impl fmt::Display for S3Store {
@@ -216,18 +191,12 @@ impl Store for S3Store {
                 None => {
                     let n = buf.len() as u64;
                     let payload = PutPayload::from(buf.freeze());
-                    self.inner
-                        .put(&location, payload)
-                        .await
-                        .map_err(|e| map_err(key, e))?;
+                    self.inner.put(&location, payload).await.map_err(|e| map_err(key, e))?;
                     return Ok(n);
                 }
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
                 Some(Err(source)) => {
-                    return Err(StoreError::Body {
-                        key: key.to_owned(),
-                        source,
-                    });
+                    return Err(StoreError::Body { key: key.to_owned(), source });
                 }
             }
         }
@@ -237,11 +206,9 @@ impl Store for S3Store {
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let location = self.location(key)?;
         match self.inner.head(&location).await {
-            Ok(meta) => Ok(Some(ObjectInfo {
-                key: key.to_owned(),
-                size: meta.size,
-                last_modified: meta.last_modified.into(),
-            })),
+            Ok(meta) => {
+                Ok(Some(ObjectInfo { key: key.to_owned(), size: meta.size, last_modified: meta.last_modified.into() }))
+            }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(map_err(key, e)),
         }
@@ -255,25 +222,17 @@ impl Store for S3Store {
             (false, false) => format!("{}/{prefix}", self.spec.prefix),
         };
         let dir = full.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-        let list_prefix = if dir.is_empty() {
-            None
-        } else {
-            Some(ObjectPath::from(dir))
-        };
+        let list_prefix = if dir.is_empty() { None } else { Some(ObjectPath::from(dir)) };
         let mut out: Vec<ObjectInfo> = self
             .inner
             .list(list_prefix.as_ref())
             .map_err(|e| map_err(prefix, e))
             .try_filter_map(|meta| {
-                let info = meta
-                    .location
-                    .as_ref()
-                    .starts_with(&full)
-                    .then(|| ObjectInfo {
-                        key: self.key_of(&meta.location),
-                        size: meta.size,
-                        last_modified: meta.last_modified.into(),
-                    });
+                let info = meta.location.as_ref().starts_with(&full).then(|| ObjectInfo {
+                    key: self.key_of(&meta.location),
+                    size: meta.size,
+                    last_modified: meta.last_modified.into(),
+                });
                 futures::future::ready(Ok(info))
             })
             .try_collect()

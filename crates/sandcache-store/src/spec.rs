@@ -27,12 +27,7 @@ impl S3Spec {
     pub const DEFAULT_REGION: &'static str = "us-west-2";
 
     pub fn new(bucket: impl Into<String>) -> Self {
-        S3Spec {
-            bucket: bucket.into(),
-            prefix: String::new(),
-            region: Self::DEFAULT_REGION.into(),
-            endpoint: None,
-        }
+        S3Spec { bucket: bucket.into(), prefix: String::new(), region: Self::DEFAULT_REGION.into(), endpoint: None }
     }
 }
 
@@ -40,21 +35,15 @@ impl FromStr for StoreSpec {
     type Err = StoreError;
 
     fn from_str(s: &str) -> Result<Self, StoreError> {
-        let invalid = |why: &str| StoreError::InvalidSpec {
-            spec: s.to_owned(),
-            why: why.to_owned(),
-        };
+        let invalid = |why: &str| StoreError::InvalidSpec { spec: s.to_owned(), why: why.to_owned() };
         if let Some(rest) = s.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(invalid(
-                    "missing bucket name (expected s3://BUCKET[/PREFIX])",
-                ));
+                return Err(invalid("missing bucket name (expected s3://BUCKET[/PREFIX])"));
             }
             let prefix = prefix.trim_matches('/');
             if !prefix.is_empty() {
-                crate::check_key(prefix)
-                    .map_err(|_| invalid("prefix has empty, `.` or `..` segments"))?;
+                crate::check_key(prefix).map_err(|_| invalid("prefix has empty, `.` or `..` segments"))?;
             }
             let mut spec = S3Spec::new(bucket);
             spec.prefix = prefix.to_owned();
@@ -70,9 +59,7 @@ impl FromStr for StoreSpec {
             return Err(invalid("empty store"));
         }
         if s.contains("://") {
-            return Err(invalid(
-                "unknown scheme (expected s3://, file:// or a path)",
-            ));
+            return Err(invalid("unknown scheme (expected s3://, file:// or a path)"));
         }
         Ok(StoreSpec::Local(s.into()))
     }
@@ -97,22 +84,12 @@ mod tests {
         let s3: StoreSpec = "s3://b/some/prefix/".parse().unwrap();
         let StoreSpec::S3(spec) = &s3 else { panic!() };
         assert_eq!(
-            (
-                spec.bucket.as_str(),
-                spec.prefix.as_str(),
-                spec.region.as_str()
-            ),
+            (spec.bucket.as_str(), spec.prefix.as_str(), spec.region.as_str()),
             ("b", "some/prefix", "us-west-2")
         );
         assert_eq!(s3.to_string(), "s3://b/some/prefix");
-        assert_eq!(
-            "file:///tmp/x".parse::<StoreSpec>().unwrap(),
-            StoreSpec::Local("/tmp/x".into())
-        );
-        assert_eq!(
-            "./rel".parse::<StoreSpec>().unwrap(),
-            StoreSpec::Local("./rel".into())
-        );
+        assert_eq!("file:///tmp/x".parse::<StoreSpec>().unwrap(), StoreSpec::Local("/tmp/x".into()));
+        assert_eq!("./rel".parse::<StoreSpec>().unwrap(), StoreSpec::Local("./rel".into()));
         for bad in ["s3://", "s3:///x", "gs://b", "", "file://", "s3://b/../x"] {
             assert!(bad.parse::<StoreSpec>().is_err(), "{bad:?}");
         }

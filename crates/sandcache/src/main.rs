@@ -21,11 +21,7 @@ use tracing_subscriber::EnvFilter;
 use crate::settings::StoreArgs;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "sandcache",
-    version,
-    about = "Warm-start cache for ephemeral sandboxes"
-)]
+#[command(name = "sandcache", version, about = "Warm-start cache for ephemeral sandboxes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,17 +102,11 @@ fn main() -> ExitCode {
     let timeout = match &cli.command {
         Command::Restore { timeout, .. } | Command::Snapshot { timeout, .. } => *timeout,
     };
-    let Some(timeout) = Duration::try_from_secs_f64(timeout)
-        .ok()
-        .filter(|t| !t.is_zero())
-    else {
+    let Some(timeout) = Duration::try_from_secs_f64(timeout).ok().filter(|t| !t.is_zero()) else {
         eprintln!("error: --timeout must be a positive number of seconds");
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -130,30 +120,16 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Restore { common, .. } => {
                 let _bar = progress::Bar::start("restore", &progress, show_bar);
-                let opts = RestoreOptions {
-                    timeout,
-                    progress: Some(progress.clone()),
-                    ..Default::default()
-                };
+                let opts = RestoreOptions { timeout, progress: Some(progress.clone()), ..Default::default() };
                 cache.restore(&common.dir, &opts).await
             }
-            Command::Snapshot {
-                common,
-                format,
-                force,
-                ..
-            } => {
+            Command::Snapshot { common, format, force, .. } => {
                 let _bar = progress::Bar::start("snapshot", &progress, show_bar);
                 let format = match format {
                     FormatArg::Native => Format::Native,
                     FormatArg::Tgz => Format::Tgz,
                 };
-                let opts = SnapshotOptions {
-                    format,
-                    timeout,
-                    force: *force,
-                    progress: Some(progress.clone()),
-                };
+                let opts = SnapshotOptions { format, timeout, force: *force, progress: Some(progress.clone()) };
                 cache.snapshot(&common.dir, &opts).await
             }
         }
@@ -164,11 +140,7 @@ fn main() -> ExitCode {
     if !sandcache_engine::wait_for_background(Duration::from_secs(120)) {
         tracing::warn!("background cleanup still running at exit; the next run finishes it");
     }
-    if common.strict && !outcome.is_done() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    }
+    if common.strict && !outcome.is_done() { ExitCode::from(1) } else { ExitCode::SUCCESS }
 }
 
 fn report(outcome: &Outcome, json: bool) {

@@ -19,10 +19,7 @@ pub struct Bar {
 impl Bar {
     pub fn start(label: &'static str, progress: &Arc<Progress>, enabled: bool) -> Bar {
         if !enabled || !io::stderr().is_terminal() {
-            return Bar {
-                bar: None,
-                ticker: None,
-            };
+            return Bar { bar: None, ticker: None };
         }
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template(
@@ -44,10 +41,7 @@ impl Bar {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Bar {
-            bar: Some(bar),
-            ticker: Some(ticker),
-        }
+        Bar { bar: Some(bar), ticker: Some(ticker) }
     }
 }
 
@@ -70,9 +64,7 @@ impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let bar = BAR.lock().unwrap_or_else(|p| p.into_inner()).clone();
         match bar {
-            Some(bar) => bar
-                .suspend(|| io::stderr().write_all(buf))
-                .map(|()| buf.len()),
+            Some(bar) => bar.suspend(|| io::stderr().write_all(buf)).map(|()| buf.len()),
             None => io::stderr().write_all(buf).map(|()| buf.len()),
         }
     }

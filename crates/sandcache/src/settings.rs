@@ -30,18 +30,12 @@ pub struct StoreArgs {
 }
 
 fn env(name: &str) -> Option<String> {
-    std::env::var(name)
-        .ok()
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
+    std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
 
 /// The embedded default store: a directory under the user's cache dir.
 pub fn default_store_dir() -> PathBuf {
-    dirs::cache_dir()
-        .unwrap_or_else(std::env::temp_dir)
-        .join("sandcache")
-        .join("store")
+    dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("sandcache").join("store")
 }
 
 impl StoreArgs {
@@ -49,15 +43,10 @@ impl StoreArgs {
     pub fn store_spec(&self) -> anyhow::Result<Option<StoreSpec>> {
         let mut spec = match self.store.as_deref().map(str::trim) {
             Some("off" | "none") => return Ok(None),
-            Some(s) => s
-                .parse::<StoreSpec>()
-                .with_context(|| "--store / SANDCACHE_STORE")?,
+            Some(s) => s.parse::<StoreSpec>().with_context(|| "--store / SANDCACHE_STORE")?,
             None => match env(env_vars::DECO_CACHE_S3_BUCKET) {
                 Some(bucket) if bucket.contains('/') => {
-                    bail!(
-                        "{}={bucket:?} must be a bare bucket name",
-                        env_vars::DECO_CACHE_S3_BUCKET
-                    )
+                    bail!("{}={bucket:?} must be a bare bucket name", env_vars::DECO_CACHE_S3_BUCKET)
                 }
                 Some(bucket) => StoreSpec::S3(S3Spec::new(bucket)),
                 None => StoreSpec::Local(default_store_dir()),
@@ -89,15 +78,9 @@ impl StoreArgs {
     pub fn config(&self) -> anyhow::Result<CacheConfig> {
         let store = self.store_spec()?;
         let Some(key) = self.key.clone().filter(|k| !k.trim().is_empty()) else {
-            bail!(
-                "no cache key: pass --key KEY or set {}",
-                env_vars::DECO_CACHE_S3_KEY
-            );
+            bail!("no cache key: pass --key KEY or set {}", env_vars::DECO_CACHE_S3_KEY);
         };
         sandcache_engine::validate_key(&key).map_err(anyhow::Error::msg)?;
-        Ok(CacheConfig {
-            store,
-            key: Some(key),
-        })
+        Ok(CacheConfig { store, key: Some(key) })
     }
 }

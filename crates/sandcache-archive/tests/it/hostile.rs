@@ -4,113 +4,16 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 
 use sandcache_archive::{ExtractError, ExtractOptions, Limits, extract};
+use sandcache_testkit::raw::Raw;
+use sandcache_testkit::tree::fs_state;
 use tar::{EntryType, Header};
-
-/// Builds tar streams byte by byte, so any name, type or target can be
-/// written (the tar crate's builder refuses `..`, rightly).
-#[derive(Default)]
-pub struct Raw(Vec<u8>);
-
-impl Raw {
-    pub fn entry(
-        mut self,
-        name: &[u8],
-        kind: EntryType,
-        link: &[u8],
-        data: &[u8],
-        mode: u32,
-    ) -> Self {
-        if name.len() > 99 {
-            self = self.long(b'L', name);
-        }
-        if link.len() > 99 {
-            self = self.long(b'K', link);
-        }
-        let mut h = Header::new_gnu();
-        let gnu = h.as_gnu_mut().unwrap();
-        let n = name.len().min(99);
-        gnu.name[..n].copy_from_slice(&name[..n]);
-        let l = link.len().min(99);
-        gnu.linkname[..l].copy_from_slice(&link[..l]);
-        h.set_entry_type(kind);
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_mtime(1_700_000_000);
-        h.set_cksum();
-        self.0.extend_from_slice(h.as_bytes());
-        self.data(data)
-    }
-
-    pub fn file(self, name: &str, data: &[u8]) -> Self {
-        self.entry(name.as_bytes(), EntryType::Regular, b"", data, 0o644)
-    }
-
-    fn long(mut self, kind: u8, value: &[u8]) -> Self {
-        let mut h = Header::new_gnu();
-        let gnu = h.as_gnu_mut().unwrap();
-        gnu.name[..13].copy_from_slice(b"././@LongLink");
-        h.set_entry_type(EntryType::new(kind));
-        let mut v = value.to_vec();
-        v.push(0);
-        h.set_size(v.len() as u64);
-        h.set_cksum();
-        self.0.extend_from_slice(h.as_bytes());
-        self.data(&v)
-    }
-
-    fn data(mut self, data: &[u8]) -> Self {
-        self.0.extend_from_slice(data);
-        let pad = (512 - data.len() % 512) % 512;
-        self.0.extend(std::iter::repeat_n(0, pad));
-        self
-    }
-
-    pub fn finish(mut self) -> Vec<u8> {
-        self.0.extend(std::iter::repeat_n(0, 1024));
-        self.0
-    }
-}
-
-/// Every path, kind, size, mode and symlink target under `dir`.
-pub fn fs_state(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            let m = fs::symlink_metadata(&p).unwrap();
-            let link = fs::read_link(&p)
-                .map(|t| t.display().to_string())
-                .unwrap_or_default();
-            out.push(format!(
-                "{} {:o} {} {} {link}",
-                p.display(),
-                m.mode(),
-                m.len(),
-                m.mtime()
-            ));
-            if m.is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
 
 /// Extracts `archive` into `<sandbox>/t/staging` for a target
 /// `<sandbox>/t/deno-dir`, and checks that nothing else in the sandbox
 /// changed. A bait file sits beside the target and in the sandbox root.
-fn run(
-    archive: Vec<u8>,
-    limits: Limits,
-) -> (
-    Result<sandcache_archive::ExtractStats, ExtractError>,
-    tempfile::TempDir,
-) {
+fn run(archive: Vec<u8>, limits: Limits) -> (Result<sandcache_archive::ExtractStats, ExtractError>, tempfile::TempDir) {
     let sandbox = tempfile::tempdir().unwrap();
     let t = sandbox.path().join("t");
     fs::create_dir_all(t.join("deno-dir")).unwrap();
@@ -125,14 +28,11 @@ fn run(
     let after: Vec<String> = fs_state(sandbox.path())
         .into_iter()
         .filter(|l| {
-            !l.starts_with(&format!("{}/", staging.display()))
-                && !l.starts_with(&format!("{} ", staging.display()))
+            !l.starts_with(&format!("{}/", staging.display())) && !l.starts_with(&format!("{} ", staging.display()))
         })
         .collect();
-    let before: Vec<String> = before
-        .into_iter()
-        .filter(|l| !l.starts_with(&format!("{} ", staging.display())))
-        .collect();
+    let before: Vec<String> =
+        before.into_iter().filter(|l| !l.starts_with(&format!("{} ", staging.display()))).collect();
     assert_eq!(before, after, "something outside the staging dir changed");
     (result, sandbox)
 }
@@ -151,34 +51,20 @@ fn rejected(archive: Vec<u8>, expect: &str) {
 fn traversal_is_rejected() {
     rejected(Raw::default().file("../escape", b"x").finish(), "`..`");
     rejected(Raw::default().file("a/../../escape", b"x").finish(), "`..`");
-    rejected(
-        Raw::default().file("npm/../../../etc/x", b"x").finish(),
-        "`..`",
-    );
+    rejected(Raw::default().file("npm/../../../etc/x", b"x").finish(), "`..`");
 }
 
 #[test]
 fn absolute_paths_outside_are_rejected() {
-    rejected(
-        Raw::default().file("/etc/sandcache-test", b"x").finish(),
-        "absolute path outside",
-    );
-    rejected(
-        Raw::default().file("/tmp/bait", b"x").finish(),
-        "absolute path outside",
-    );
+    rejected(Raw::default().file("/etc/sandcache-test", b"x").finish(), "absolute path outside");
+    rejected(Raw::default().file("/tmp/bait", b"x").finish(), "absolute path outside");
 }
 
 #[test]
 fn symlink_escape_then_write_through_is_rejected() {
-    let archive = Raw::default()
-        .entry(b"l", EntryType::Symlink, b"/etc", b"", 0o777)
-        .file("l/passwd", b"x")
-        .finish();
+    let archive = Raw::default().entry(b"l", EntryType::Symlink, b"/etc", b"", 0o777).file("l/passwd", b"x").finish();
     rejected(archive, "symlink points outside");
-    let archive = Raw::default()
-        .entry(b"l", EntryType::Symlink, b"../..", b"", 0o777)
-        .finish();
+    let archive = Raw::default().entry(b"l", EntryType::Symlink, b"../..", b"", 0o777).finish();
     rejected(archive, "symlink points outside");
     let archive = Raw::default()
         .entry(b"a", EntryType::Symlink, b".", b"", 0o777)
@@ -199,73 +85,39 @@ fn write_through_an_inside_symlink_is_rejected() {
 
 #[test]
 fn symlink_replacing_a_file_is_rejected() {
-    let archive = Raw::default()
-        .file("f", b"x")
-        .entry(b"f", EntryType::Symlink, b"g", b"", 0o777)
-        .finish();
+    let archive = Raw::default().file("f", b"x").entry(b"f", EntryType::Symlink, b"g", b"", 0o777).finish();
     rejected(archive, "duplicate");
 }
 
 #[test]
 fn hardlinks_out_are_rejected() {
-    rejected(
-        Raw::default()
-            .entry(b"h", EntryType::Link, b"/etc/passwd", b"", 0o644)
-            .finish(),
-        "absolute path outside",
-    );
-    rejected(
-        Raw::default()
-            .entry(b"h", EntryType::Link, b"../bait", b"", 0o644)
-            .finish(),
-        "`..`",
-    );
-    rejected(
-        Raw::default()
-            .entry(b"h", EntryType::Link, b"missing", b"", 0o644)
-            .finish(),
-        "does not exist",
-    );
+    rejected(Raw::default().entry(b"h", EntryType::Link, b"/etc/passwd", b"", 0o644).finish(), "absolute path outside");
+    rejected(Raw::default().entry(b"h", EntryType::Link, b"../bait", b"", 0o644).finish(), "`..`");
+    rejected(Raw::default().entry(b"h", EntryType::Link, b"missing", b"", 0o644).finish(), "does not exist");
 }
 
 #[test]
 fn hardlinks_inside_work() {
-    let archive = Raw::default()
-        .file("a", b"same")
-        .entry(b"b", EntryType::Link, b"a", b"", 0o644)
-        .finish();
+    let archive = Raw::default().file("a", b"same").entry(b"b", EntryType::Link, b"a", b"", 0o644).finish();
     let (result, sandbox) = run(archive, Limits::default());
     assert_eq!(result.unwrap().files, 2);
     let staging = sandbox.path().join("t/staging");
-    assert_eq!(
-        fs::metadata(staging.join("a")).unwrap().ino(),
-        fs::metadata(staging.join("b")).unwrap().ino()
-    );
+    assert_eq!(fs::metadata(staging.join("a")).unwrap().ino(), fs::metadata(staging.join("b")).unwrap().ino());
 }
 
 #[test]
 fn device_and_fifo_nodes_are_rejected() {
     for kind in [EntryType::Char, EntryType::Block, EntryType::Fifo] {
-        rejected(
-            Raw::default()
-                .entry(b"node", kind, b"", b"", 0o644)
-                .finish(),
-            "device and fifo",
-        );
+        rejected(Raw::default().entry(b"node", kind, b"", b"", 0o644).finish(), "device and fifo");
     }
 }
 
 #[test]
 fn setuid_and_setgid_bits_are_dropped() {
-    let archive = Raw::default()
-        .entry(b"suid", EntryType::Regular, b"", b"#!", 0o6755)
-        .finish();
+    let archive = Raw::default().entry(b"suid", EntryType::Regular, b"", b"#!", 0o6755).finish();
     let (result, sandbox) = run(archive, Limits::default());
     result.unwrap();
-    let mode = fs::metadata(sandbox.path().join("t/staging/suid"))
-        .unwrap()
-        .permissions()
-        .mode();
+    let mode = fs::metadata(sandbox.path().join("t/staging/suid")).unwrap().permissions().mode();
     assert_eq!(mode & 0o7777, 0o755);
 }
 
@@ -279,30 +131,16 @@ fn overlong_names_are_rejected() {
 
 #[test]
 fn invalid_utf8_names_stay_inside() {
-    let archive = Raw::default()
-        .entry(b"npm/\xff\xfe.js", EntryType::Regular, b"", b"x", 0o644)
-        .finish();
+    let archive = Raw::default().entry(b"npm/\xff\xfe.js", EntryType::Regular, b"", b"x", 0o644).finish();
     let (result, _keep) = run(archive, Limits::default());
     assert_eq!(result.unwrap().files, 1);
 }
 
 #[test]
 fn duplicates_and_type_changes_are_rejected() {
-    rejected(
-        Raw::default().file("f", b"1").file("f", b"2").finish(),
-        "duplicate",
-    );
-    rejected(
-        Raw::default()
-            .file("f", b"1")
-            .entry(b"f/", EntryType::Directory, b"", b"", 0o755)
-            .finish(),
-        "replaces",
-    );
-    rejected(
-        Raw::default().file("f", b"1").file("f/g", b"2").finish(),
-        "non-directory",
-    );
+    rejected(Raw::default().file("f", b"1").file("f", b"2").finish(), "duplicate");
+    rejected(Raw::default().file("f", b"1").entry(b"f/", EntryType::Directory, b"", b"", 0o755).finish(), "replaces");
+    rejected(Raw::default().file("f", b"1").file("f/g", b"2").finish(), "non-directory");
 }
 
 #[test]
@@ -321,21 +159,9 @@ fn decompression_bomb_hits_the_size_limit() {
     enc.write_all(&[0; 1024]).unwrap();
     let gz = enc.finish().unwrap();
     assert!(gz.len() < 1 << 20, "a small archive that expands 64x");
-    let limits = Limits {
-        max_bytes: 8 << 20,
-        ..Limits::default()
-    };
+    let limits = Limits { max_bytes: 8 << 20, ..Limits::default() };
     let (result, _keep) = run(gz, limits);
-    assert!(
-        matches!(
-            result,
-            Err(ExtractError::Limit {
-                what: "expanded size",
-                ..
-            })
-        ),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ExtractError::Limit { what: "expanded size", .. })), "{result:?}");
 }
 
 #[test]
@@ -344,43 +170,24 @@ fn entry_count_limit() {
     for i in 0..20 {
         raw = raw.file(&format!("f{i}"), b"x");
     }
-    let limits = Limits {
-        max_entries: 10,
-        ..Limits::default()
-    };
+    let limits = Limits { max_entries: 10, ..Limits::default() };
     let (result, _keep) = run(raw.finish(), limits);
-    assert!(
-        matches!(
-            result,
-            Err(ExtractError::Limit {
-                what: "entry count",
-                ..
-            })
-        ),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(ExtractError::Limit { what: "entry count", .. })), "{result:?}");
 }
 
 #[test]
 fn garbage_empty_and_truncated_streams_are_corrupt() {
     for (name, bytes) in [
-        (
-            "garbage",
-            b"this is not an archive at all, not even close".repeat(20),
-        ),
+        ("garbage", b"this is not an archive at all, not even close".repeat(20)),
         ("empty", Vec::new()),
         ("truncated gzip", {
             let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            enc.write_all(&Raw::default().file("a", &[7; 100_000]).finish())
-                .unwrap();
+            enc.write_all(&Raw::default().file("a", &[7; 100_000]).finish()).unwrap();
             let gz = enc.finish().unwrap();
             gz[..gz.len() / 2].to_vec()
         }),
     ] {
         let (result, _keep) = run(bytes, Limits::default());
-        assert!(
-            matches!(result, Err(ExtractError::Corrupt { .. })),
-            "{name}: {result:?}"
-        );
+        assert!(matches!(result, Err(ExtractError::Corrupt { .. })), "{name}: {result:?}");
     }
 }

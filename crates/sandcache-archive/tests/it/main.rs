@@ -2,79 +2,13 @@
 
 mod hostile;
 
+use sandcache_testkit::tree::{assert_same_tree, sample_tree};
+
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
-use std::path::Path;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 
-use sandcache_archive::{
-    Encoding, ExtractOptions, Layout, WriteOptions, extract, is_empty_tree, write_archive,
-};
-
-/// A small tree with what a DENO_DIR holds: nested dirs, modes, a symlink,
-/// an empty dir, and a SQLite cache with its WAL.
-pub fn sample_tree(root: &Path) {
-    fs::create_dir_all(root.join("npm/registry.npmjs.org/pkg/1.0.0/lib")).unwrap();
-    fs::write(
-        root.join("npm/registry.npmjs.org/pkg/1.0.0/package.json"),
-        b"{\"name\":\"pkg\"}",
-    )
-    .unwrap();
-    fs::write(
-        root.join("npm/registry.npmjs.org/pkg/1.0.0/lib/index.js"),
-        vec![b'x'; 300_000],
-    )
-    .unwrap();
-    let bin = root.join("npm/registry.npmjs.org/pkg/1.0.0/bin.sh");
-    fs::write(&bin, b"#!/bin/sh\n").unwrap();
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
-    symlink("1.0.0", root.join("npm/registry.npmjs.org/pkg/latest")).unwrap();
-    fs::create_dir_all(root.join("remote/empty")).unwrap();
-    let long = "n".repeat(120);
-    fs::write(root.join("remote").join(&long), b"long name").unwrap();
-    let mut db = b"SQLite format 3\0".to_vec();
-    db.extend_from_slice(&[0; 100]);
-    fs::write(root.join("dep_analysis_cache_v2"), &db).unwrap();
-    fs::write(root.join("dep_analysis_cache_v2-wal"), b"wal").unwrap();
-}
-
-/// Asserts two trees have the same names, kinds, contents, modes and
-/// symlink targets, ignoring SQLite files.
-pub fn assert_same_tree(a: &Path, b: &Path) {
-    let list = |root: &Path| {
-        let mut v = Vec::new();
-        walk(root, root, &mut v);
-        v.sort();
-        v
-    };
-    assert_eq!(list(a), list(b));
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let p = e.path();
-        let rel = p.strip_prefix(root).unwrap().display().to_string();
-        if rel.contains("cache_v2") {
-            continue;
-        }
-        let m = fs::symlink_metadata(&p).unwrap();
-        if m.file_type().is_symlink() {
-            out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
-        } else if m.is_dir() {
-            out.push(format!("{rel}/ {:o}", m.mode() & 0o777));
-            walk(root, &p, out);
-        } else {
-            let h = blake3::hash(&fs::read(&p).unwrap());
-            out.push(format!(
-                "{rel} {:o} {} {}",
-                m.mode() & 0o777,
-                m.mtime(),
-                &h.to_hex()[..16]
-            ));
-        }
-    }
-}
+use sandcache_archive::{Encoding, ExtractOptions, Layout, WriteOptions, extract, is_empty_tree, write_archive};
 
 fn roundtrip(layout: Layout, encoding: Encoding) {
     let tmp = tempfile::tempdir().unwrap();
@@ -85,12 +19,7 @@ fn roundtrip(layout: Layout, encoding: Encoding) {
     assert_eq!(stats.skipped, 2, "the SQLite db and its WAL are left out");
     let staging = tmp.path().join("staging");
     fs::create_dir(&staging).unwrap();
-    let x = extract(
-        std::io::Cursor::new(archive),
-        &staging,
-        &ExtractOptions::new(&src),
-    )
-    .unwrap();
+    let x = extract(std::io::Cursor::new(archive), &staging, &ExtractOptions::new(&src)).unwrap();
     assert_eq!(x.files, stats.files);
     assert_eq!(x.bytes, stats.bytes);
     assert!(!staging.join("dep_analysis_cache_v2").exists());
@@ -117,10 +46,7 @@ fn empty_tree_detection() {
     let tmp = tempfile::tempdir().unwrap();
     assert!(is_empty_tree(&tmp.path().join("missing")).unwrap());
     fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
-    assert!(
-        is_empty_tree(tmp.path()).unwrap(),
-        "directories alone are empty"
-    );
+    assert!(is_empty_tree(tmp.path()).unwrap(), "directories alone are empty");
     fs::write(tmp.path().join("a/b/c/f"), b"x").unwrap();
     assert!(!is_empty_tree(tmp.path()).unwrap());
 }
@@ -133,27 +59,11 @@ fn gnu_tar_rooted_archive_restores() {
     let src = tmp.path().join("deno-dir");
     sample_tree(&src);
     let rel = src.strip_prefix("/").unwrap();
-    let out = Command::new("tar")
-        .arg("-czf")
-        .arg("-")
-        .arg("-C")
-        .arg("/")
-        .arg(rel)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("tar").arg("-czf").arg("-").arg("-C").arg("/").arg(rel).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let staging = tmp.path().join("staging");
     fs::create_dir(&staging).unwrap();
-    extract(
-        std::io::Cursor::new(out.stdout),
-        &staging,
-        &ExtractOptions::new(&src),
-    )
-    .unwrap();
+    extract(std::io::Cursor::new(out.stdout), &staging, &ExtractOptions::new(&src)).unwrap();
     assert_same_tree(&src, &staging);
 }
 
@@ -163,28 +73,11 @@ fn gnu_tar_relative_archive_restores() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("deno-dir");
     sample_tree(&src);
-    let out = Command::new("tar")
-        .arg("--zstd")
-        .arg("-cf")
-        .arg("-")
-        .arg("-C")
-        .arg(&src)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("tar").arg("--zstd").arg("-cf").arg("-").arg("-C").arg(&src).arg(".").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let staging = tmp.path().join("staging");
     fs::create_dir(&staging).unwrap();
-    extract(
-        std::io::Cursor::new(out.stdout),
-        &staging,
-        &ExtractOptions::new(&src),
-    )
-    .unwrap();
+    extract(std::io::Cursor::new(out.stdout), &staging, &ExtractOptions::new(&src)).unwrap();
     assert_same_tree(&src, &staging);
 }
 
@@ -196,22 +89,11 @@ fn our_tgz_extracts_with_gnu_tar() {
     let src = tmp.path().join("deno-dir");
     sample_tree(&src);
     let mut archive = Vec::new();
-    write_archive(
-        &src,
-        &mut archive,
-        &WriteOptions::new(Layout::Rooted, Encoding::Gzip),
-    )
-    .unwrap();
+    write_archive(&src, &mut archive, &WriteOptions::new(Layout::Rooted, Encoding::Gzip)).unwrap();
     let fake_root = tmp.path().join("root");
     fs::create_dir(&fake_root).unwrap();
-    let mut child = Command::new("tar")
-        .arg("-xzf")
-        .arg("-")
-        .arg("-C")
-        .arg(&fake_root)
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new("tar").arg("-xzf").arg("-").arg("-C").arg(&fake_root).stdin(Stdio::piped()).spawn().unwrap();
     std::io::Write::write_all(child.stdin.as_mut().unwrap(), &archive).unwrap();
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
@@ -229,17 +111,10 @@ fn fingerprint_tracks_changes_but_not_sqlite_or_reserved_entries() {
     fs::write(dir.join("dep_analysis_cache_v2-wal"), b"more wal").unwrap();
     fs::create_dir(dir.join(".sandcache-staging-1")).unwrap();
     fs::write(dir.join(".sandcache-staging-1/x"), b"x").unwrap();
-    assert_eq!(
-        a,
-        fp(),
-        "SQLite companions and sandcache's own entries do not count"
-    );
+    assert_eq!(a, fp(), "SQLite companions and sandcache's own entries do not count");
     fs::write(dir.join("remote/new"), b"new").unwrap();
     assert_ne!(a, fp());
-    assert_ne!(
-        sandcache_archive::fingerprint(&tmp.path().join("missing"), true).unwrap(),
-        a
-    );
+    assert_ne!(sandcache_archive::fingerprint(&tmp.path().join("missing"), true).unwrap(), a);
 }
 
 #[test]
@@ -250,32 +125,17 @@ fn the_root_dir_mode_survives_and_defaults_to_0755() {
     fs::write(src.join("f"), b"x").unwrap();
     fs::set_permissions(&src, fs::Permissions::from_mode(0o750)).unwrap();
     let mut archive = Vec::new();
-    write_archive(
-        &src,
-        &mut archive,
-        &WriteOptions::new(Layout::Relative, Encoding::None),
-    )
-    .unwrap();
+    write_archive(&src, &mut archive, &WriteOptions::new(Layout::Relative, Encoding::None)).unwrap();
     let staging = tmp.path().join("staging");
     fs::create_dir(&staging).unwrap();
     fs::set_permissions(&staging, fs::Permissions::from_mode(0o700)).unwrap();
-    extract(
-        std::io::Cursor::new(archive),
-        &staging,
-        &ExtractOptions::new(&src),
-    )
-    .unwrap();
+    extract(std::io::Cursor::new(archive), &staging, &ExtractOptions::new(&src)).unwrap();
     assert_eq!(fs::metadata(&staging).unwrap().mode() & 0o777, 0o750);
 
-    let bare = hostile::Raw::default().file("f", b"x").finish();
+    let bare = sandcache_testkit::raw::Raw::default().file("f", b"x").finish();
     let staging2 = tmp.path().join("staging2");
     fs::create_dir(&staging2).unwrap();
     fs::set_permissions(&staging2, fs::Permissions::from_mode(0o700)).unwrap();
-    extract(
-        std::io::Cursor::new(bare),
-        &staging2,
-        &ExtractOptions::new(&src),
-    )
-    .unwrap();
+    extract(std::io::Cursor::new(bare), &staging2, &ExtractOptions::new(&src)).unwrap();
     assert_eq!(fs::metadata(&staging2).unwrap().mode() & 0o777, 0o755);
 }

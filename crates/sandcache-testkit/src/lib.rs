@@ -1,0 +1,11 @@
+//! Test helpers shared by sandcache's crates.
+//!
+//! * [`tree`]: sample DENO_DIR-like trees and whole-tree comparisons;
+//! * [`raw`]: tar streams written byte by byte, for hostile archives;
+//! * [`s3`]: the test S3 server from `scripts/dev-s3.sh`;
+//! * [`net`]: servers that misbehave (stall after headers...).
+
+pub mod net;
+pub mod raw;
+pub mod s3;
+pub mod tree;

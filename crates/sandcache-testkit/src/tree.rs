@@ -1,0 +1,76 @@
+//! Sample trees and whole-tree comparisons.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+/// A small tree with what a DENO_DIR holds: nested dirs, modes, a symlink,
+/// an empty dir, and a SQLite cache with its WAL.
+pub fn sample_tree(root: &Path) {
+    fs::create_dir_all(root.join("npm/registry.npmjs.org/pkg/1.0.0/lib")).unwrap();
+    fs::write(root.join("npm/registry.npmjs.org/pkg/1.0.0/package.json"), b"{\"name\":\"pkg\"}").unwrap();
+    fs::write(root.join("npm/registry.npmjs.org/pkg/1.0.0/lib/index.js"), vec![b'x'; 300_000]).unwrap();
+    let bin = root.join("npm/registry.npmjs.org/pkg/1.0.0/bin.sh");
+    fs::write(&bin, b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    symlink("1.0.0", root.join("npm/registry.npmjs.org/pkg/latest")).unwrap();
+    fs::create_dir_all(root.join("remote/empty")).unwrap();
+    let long = "n".repeat(120);
+    fs::write(root.join("remote").join(&long), b"long name").unwrap();
+    let mut db = b"SQLite format 3\0".to_vec();
+    db.extend_from_slice(&[0; 100]);
+    fs::write(root.join("dep_analysis_cache_v2"), &db).unwrap();
+    fs::write(root.join("dep_analysis_cache_v2-wal"), b"wal").unwrap();
+}
+
+/// Asserts two trees have the same names, kinds, contents, modes and
+/// symlink targets, ignoring SQLite files.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let list = |root: &Path| {
+        let mut v = Vec::new();
+        walk(root, root, &mut v);
+        v.sort();
+        v
+    };
+    assert_eq!(list(a), list(b));
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        let rel = p.strip_prefix(root).unwrap().display().to_string();
+        if rel.contains("cache_v2") {
+            continue;
+        }
+        let m = fs::symlink_metadata(&p).unwrap();
+        if m.file_type().is_symlink() {
+            out.push(format!("{rel} -> {}", fs::read_link(&p).unwrap().display()));
+        } else if m.is_dir() {
+            out.push(format!("{rel}/ {:o}", m.mode() & 0o777));
+            walk(root, &p, out);
+        } else {
+            let h = blake3::hash(&fs::read(&p).unwrap());
+            out.push(format!("{rel} {:o} {} {}", m.mode() & 0o777, m.mtime(), &h.to_hex()[..16]));
+        }
+    }
+}
+
+/// Every path, kind, size, mode and symlink target under `dir`.
+pub fn fs_state(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let link = fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
+            out.push(format!("{} {:o} {} {} {link}", p.display(), m.mode(), m.len(), m.mtime()));
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
