@@ -43,3 +43,53 @@ pub async fn silent_server() -> SocketAddr {
     });
     addr
 }
+
+/// A container-credentials endpoint, as EKS Pod Identity serves it: answers
+/// `GET` with the given keys when the `Authorization` header equals `token`,
+/// 401 otherwise. Returns its URL and a count of authorised answers.
+pub async fn credentials_server(
+    token: String,
+    key_id: String,
+    secret: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+    let addr = listener.local_addr().expect("local addr");
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let (token, key_id, secret, counter) = (token.clone(), key_id.clone(), secret.clone(), counter.clone());
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req);
+                let authorised = text.lines().any(|l| {
+                    l.split_once(':').is_some_and(|(k, v)| k.eq_ignore_ascii_case("authorization") && v.trim() == token)
+                });
+                let (status, body) = if authorised {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let body = format!(
+                        r#"{{"AccessKeyId":"{key_id}","SecretAccessKey":"{secret}","Token":"","Expiration":"2099-01-01T00:00:00Z"}}"#
+                    );
+                    ("200 OK", body)
+                } else {
+                    ("401 Unauthorized", r#"{"message":"bad token"}"#.to_owned())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (format!("http://{addr}/v1/credentials"), hits)
+}

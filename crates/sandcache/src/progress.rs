@@ -28,6 +28,7 @@ impl Bar {
             .expect("a valid template"),
         );
         bar.set_prefix(label);
+        bar.tick();
         *BAR.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar.clone());
         let (b, p) = (bar.clone(), progress.clone());
         let ticker = tokio::spawn(async move {

@@ -1,0 +1,253 @@
+//! The `sandcache` binary: exit codes, output, credentials from EKS Pod
+//! Identity, and a real Deno app restored from Garage with no network.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sandcache_testkit::tree::{assert_same_tree, sample_tree};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sandcache"));
+    // Nothing from the developer's shell decides where the store is.
+    for var in ["SANDCACHE_STORE", "DECO_CACHE_S3_BUCKET", "DECO_CACHE_S3_KEY", "DENO_DIR", "SANDCACHE_TIMEOUT"] {
+        c.env_remove(var);
+    }
+    c
+}
+
+fn run(cmd: &mut Command) -> (i32, serde_json::Value, String) {
+    let out: Output = cmd.output().expect("run sandcache");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), json, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn local(cmd: &str, dir: &Path, store: &Path, key: &str) -> Command {
+    let mut c = bin();
+    c.arg(cmd).arg("--dir").arg(dir).arg("--store").arg(store).arg("--key").arg(key).arg("--json");
+    c
+}
+
+#[test]
+fn snapshot_and_restore_print_one_json_object_and_exit_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    sample_tree(&src);
+    let (code, json, stderr) = run(&mut local("snapshot", &src, &store, "site/cache"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!((json["ok"].as_bool(), json["op"].as_str()), (Some(true), Some("snapshot")), "{json}");
+    assert!(json["files"].as_u64().unwrap() >= 5 && json["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(json["store"], format!("file://{}", store.display()));
+    assert!(stderr.contains("snapshotted"), "the seed's log line: {stderr}");
+
+    let dest = tmp.path().join("dest");
+    let (code, json, stderr) = run(&mut local("restore", &dest, &store, "site/cache"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!((json["ok"].as_bool(), json["reason"].is_null()), (Some(true), true), "{json}");
+    assert!(stderr.contains("restored cache from"), "{stderr}");
+    assert_same_tree(&src, &dest);
+
+    // Unchanged and empty are skips: exit 0, or 1 under --strict.
+    let (code, json, _) = run(&mut local("snapshot", &src, &store, "site/cache"));
+    assert_eq!((code, json["reason"].as_str()), (0, Some("unchanged")));
+    let (code, json, _) = run(local("snapshot", &tmp.path().join("none"), &store, "site/cache").arg("--strict"));
+    assert_eq!((code, json["reason"].as_str()), (1, Some("empty")));
+}
+
+#[test]
+fn a_miss_is_exit_0_and_exit_1_under_strict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, store) = (tmp.path().join("d"), tmp.path().join("store"));
+    let (code, json, stderr) = run(&mut local("restore", &dir, &store, "never/cache.tgz"));
+    assert_eq!((code, json["reason"].as_str(), json["ok"].as_bool()), (0, Some("not_found"), Some(false)));
+    assert!(stderr.contains("no cache yet") && stderr.contains("(cold start)"), "{stderr}");
+    let (code, _, _) = run(local("restore", &dir, &store, "never/cache.tgz").arg("--strict"));
+    assert_eq!(code, 1);
+    let (code, json, _) = run(local("restore", &dir, Path::new("off"), "k").arg("--strict"));
+    assert_eq!((code, json["reason"].as_str()), (1, Some("disabled")));
+}
+
+#[test]
+fn usage_and_configuration_errors_exit_2_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["restore", "--dir", "x"], "no cache key"),
+        (vec!["restore", "--key", "../k"], "invalid cache key"),
+        (vec!["restore", "--key", "k", "--store", "gs://b"], "unknown scheme"),
+        (vec!["restore", "--key", "k", "--store", "s3://"], "missing bucket"),
+        (vec!["restore", "--key", "k", "--timeout", "0"], "--timeout"),
+        (vec!["restore", "--key", "k", "--store", "s3://b", "--endpoint", "localhost:9000"], "http://"),
+        (vec!["snapshot", "--key", "k", "--format", "zip"], "invalid value"),
+        (vec!["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, expect) in cases {
+        let out = bin().args(&args).current_dir(tmp.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: expected {expect:?} in {stderr}");
+    }
+}
+
+#[test]
+fn env_vars_configure_dir_key_and_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    let store = tmp.path().join("store");
+    let out = bin()
+        .args(["snapshot", "--json"])
+        .env("DENO_DIR", &src)
+        .env("DECO_CACHE_S3_KEY", "site/env.tgz")
+        .env("SANDCACHE_STORE", format!("file://{}", store.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(store.join("site/env.tgz").is_file());
+}
+
+#[test]
+fn no_progress_bar_without_a_terminal_or_with_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    let store = tmp.path().join("store");
+    let out =
+        bin().args(["snapshot", "--key", "k"]).arg("--dir").arg(&src).arg("--store").arg(&store).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success());
+    assert!(!stderr.contains('\r') && !stderr.contains("\x1b["), "no bar or colours when not a TTY: {stderr:?}");
+    assert!(out.stdout.is_empty(), "stdout stays clean without --json");
+}
+
+/// On a terminal (a pty from `script`), the bar shows; with --json it does not.
+#[test]
+fn the_progress_bar_shows_on_a_terminal() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipping: util-linux `script` is not installed");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    let store = tmp.path().join("store");
+    let line = |extra: &str| {
+        format!(
+            "{} snapshot --force --key k --dir {} --store {} {extra}",
+            env!("CARGO_BIN_EXE_sandcache"),
+            src.display(),
+            store.display()
+        )
+    };
+    let tty = |cmd: String| {
+        let out = Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = tty(line(""));
+    assert!(shown.contains("snapshot") && shown.contains("files"), "bar on a TTY: {shown:?}");
+    let quiet = tty(line("--json"));
+    assert!(!quiet.contains(" files ·"), "no bar with --json: {quiet:?}");
+}
+
+/// EKS Pod Identity: credentials come from a loopback endpoint with a token
+/// file, and nothing else in the environment.
+#[tokio::test]
+async fn pod_identity_credentials_are_enough() {
+    let Some(spec) = sandcache_testkit::s3::spec("pod-identity") else { return };
+    let (key_id, secret) =
+        (std::env::var("AWS_ACCESS_KEY_ID").unwrap(), std::env::var("AWS_SECRET_ACCESS_KEY").unwrap());
+    let token = format!("pod-identity-token-{}", std::process::id());
+    let (url, hits) = sandcache_testkit::net::credentials_server(token.clone(), key_id, secret).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("eks-pod-identity-token");
+    fs::write(&token_file, &token).unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    let store = format!("s3://{}/{}", spec.bucket, spec.prefix);
+    let envs: Vec<(String, String)> = vec![
+        ("PATH".into(), std::env::var("PATH").unwrap()),
+        ("HOME".into(), tmp.path().display().to_string()),
+        ("AWS_ENDPOINT_URL".into(), spec.endpoint.clone().unwrap()),
+        ("AWS_REGION".into(), spec.region.clone()),
+        ("AWS_CONTAINER_CREDENTIALS_FULL_URI".into(), url.clone()),
+        ("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE".into(), token_file.display().to_string()),
+    ];
+    let pod = |cmd: &str, dir: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sandcache"));
+        c.env_clear().envs(envs.iter().map(|(k, v)| (k, v)));
+        c.args([cmd, "--json", "--key", "site/cache", "--store", &store]).arg("--dir").arg(dir);
+        c
+    };
+    // The credentials server runs on this test's runtime: run the CLI off it.
+    let blocking = |mut c: Command| tokio::task::spawn_blocking(move || run(&mut c));
+    let snap = blocking(pod("snapshot", &src)).await.unwrap();
+    assert_eq!(snap.1["ok"], true, "{snap:?}");
+    let dest = tmp.path().join("dest");
+    let got = blocking(pod("restore", &dest)).await.unwrap();
+    assert_eq!(got.1["ok"], true, "{got:?}");
+    assert_same_tree(&src, &dest);
+    assert!(hits.load(std::sync::atomic::Ordering::SeqCst) >= 2, "credentials came from the endpoint");
+
+    // A wrong token is refused by the endpoint: a store error, exit 0.
+    fs::write(&token_file, "wrong").unwrap();
+    let (code, json, _) = blocking(pod("restore", &tmp.path().join("other"))).await.unwrap();
+    assert_eq!((code, json["reason"].as_str()), (0, Some("store_error")), "{json}");
+}
+
+/// A real Deno app: cache its npm deps, snapshot to Garage, delete the
+/// DENO_DIR, restore, and run it with `--cached-only` and no network.
+#[test]
+fn deno_app_runs_offline_from_a_restored_cache() {
+    let Some(spec) = sandcache_testkit::s3::spec("deno-e2e") else { return };
+    let Ok(deno) = std::env::var("SANDCACHE_DENO") else {
+        assert!(std::env::var_os("CI").is_none(), "SANDCACHE_DENO is not set on CI: run scripts/test.sh");
+        eprintln!("skipping: SANDCACHE_DENO is not set (scripts/install-deno.sh prints it)");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("app");
+    fs::create_dir(&app).unwrap();
+    fs::write(
+        app.join("main.ts"),
+        r#"import ms from "npm:ms@2.1.3";
+import isNumber from "npm:is-number@7.0.0";
+import kleur from "npm:kleur@4.1.5";
+console.log(`ready ${ms(90_000)} ${isNumber(7)} ${kleur.bold("ok").length > 0}`);
+"#,
+    )
+    .unwrap();
+    let deno_dir = tmp.path().join("deno-dir");
+    let deno = |args: &[&str], offline: bool| {
+        let mut c = Command::new(&deno);
+        c.args(args).current_dir(&app).env("DENO_DIR", &deno_dir).env("NO_COLOR", "1");
+        if offline {
+            // Any attempt to reach a registry fails fast.
+            for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+                c.env(var, "http://127.0.0.1:9");
+            }
+        }
+        c.output().unwrap()
+    };
+    let cached = deno(&["cache", "main.ts"], false);
+    assert!(cached.status.success(), "deno cache: {}", String::from_utf8_lossy(&cached.stderr));
+
+    let store = format!("s3://{}/{}", spec.bucket, spec.prefix);
+    let sc = |cmd: &str| {
+        let mut c = bin();
+        c.args([cmd, "--json", "--key", "site/cache", "--store", &store]).arg("--dir").arg(&deno_dir);
+        run(&mut c)
+    };
+    let (code, json, stderr) = sc("snapshot");
+    assert_eq!((code, json["ok"].as_bool()), (0, Some(true)), "{json} {stderr}");
+    fs::remove_dir_all(&deno_dir).unwrap();
+
+    let cold = deno(&["run", "--cached-only", "--allow-env", "main.ts"], true);
+    assert!(!cold.status.success(), "without the cache, --cached-only must fail");
+
+    let (code, json, stderr) = sc("restore");
+    assert_eq!((code, json["ok"].as_bool()), (0, Some(true)), "{json} {stderr}");
+    let warm = deno(&["run", "--cached-only", "--allow-env", "main.ts"], true);
+    let stdout = String::from_utf8_lossy(&warm.stdout);
+    assert!(warm.status.success(), "deno run: {}", String::from_utf8_lossy(&warm.stderr));
+    assert_eq!(stdout.trim(), "ready 2m true true");
+}
