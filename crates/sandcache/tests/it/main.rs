@@ -251,3 +251,48 @@ console.log(`ready ${ms(90_000)} ${isNumber(7)} ${kleur.bold("ok").length > 0}`)
     assert!(warm.status.success(), "deno run: {}", String::from_utf8_lossy(&warm.stderr));
     assert_eq!(stdout.trim(), "ready 2m true true");
 }
+
+/// A restore killed mid-download (SIGKILL, no cleanup at all) leaves the dir
+/// as it was; the next run removes the staging dir it left behind.
+#[tokio::test]
+async fn a_killed_restore_leaves_the_dir_intact_and_the_next_run_cleans_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("deno-dir");
+    sample_tree(&dir);
+    let before = sandcache_testkit::tree::fs_state(&dir);
+    // Headers and the start of a gzip stream, then silence: the restore is
+    // mid-extraction when it is killed.
+    let addr = sandcache_testkit::net::stalling_server(vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]).await;
+    let mut child = bin()
+        .args(["restore", "--key", "site/cache.tgz", "--store", "s3://bucket", "--timeout", "60", "-q"])
+        .args(["--endpoint", &format!("http://{addr}")])
+        .env("AWS_ACCESS_KEY_ID", "GKtest")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .arg("--dir")
+        .arg(&dir)
+        .spawn()
+        .unwrap();
+    let staging_exists = || {
+        fs::read_dir(tmp.path())
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().contains("sandcache-staging"))
+    };
+    let start = std::time::Instant::now();
+    while !staging_exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "the restore never started extracting");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(before, sandcache_testkit::tree::fs_state(&dir), "the dir is exactly as it was");
+    assert!(staging_exists(), "SIGKILL leaves the staging dir");
+
+    // The next run, from a good store, finds and removes it.
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    let store = tmp.path().join("store");
+    assert_eq!(run(&mut local("snapshot", &src, &store, "site/cache")).0, 0);
+    let (code, json, _) = run(&mut local("restore", &dir, &store, "site/cache"));
+    assert_eq!((code, json["ok"].as_bool()), (0, Some(true)));
+    assert!(!staging_exists(), "leftover staging removed by the next run");
+}
