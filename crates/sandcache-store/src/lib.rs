@@ -36,7 +36,7 @@ use futures::stream::BoxStream;
 pub use error::StoreError;
 pub use local::LocalStore;
 pub use s3::S3Store;
-pub use spec::{S3Spec, StoreSpec};
+pub use spec::{S3Spec, StaticCredentials, StoreSpec};
 
 /// A stream of object bytes.
 pub type ByteStream = BoxStream<'static, Result<Bytes, StoreError>>;

@@ -39,7 +39,13 @@ pub struct S3Store {
 impl S3Store {
     pub fn new(spec: &S3Spec, opts: &StoreOptions) -> Result<Self, StoreError> {
         let invalid = |why: String| StoreError::InvalidSpec { spec: format!("s3://{}", spec.bucket), why };
-        let mut builder = AmazonS3Builder::from_env()
+        // Static keys replace the whole environment-driven chain, so a session
+        // token or role from the environment cannot mix with them.
+        let base = match &spec.credentials {
+            Some(c) => AmazonS3Builder::new().with_access_key_id(&c.key_id).with_secret_access_key(&c.secret),
+            None => AmazonS3Builder::from_env(),
+        };
+        let mut builder = base
             .with_bucket_name(&spec.bucket)
             .with_region(&spec.region)
             .with_virtual_hosted_style_request(false)

@@ -21,13 +21,35 @@ pub struct S3Spec {
     pub region: String,
     /// A custom endpoint for S3-compatible servers (path-style addressing).
     pub endpoint: Option<String>,
+    /// Static keys instead of the AWS default chain (the legacy build cache's
+    /// `ADMIN_S3_*` keys). Never printed.
+    pub credentials: Option<StaticCredentials>,
+}
+
+/// An access key pair. `Debug` shows the key id only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticCredentials {
+    pub key_id: String,
+    pub secret: String,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials").field("key_id", &self.key_id).field("secret", &"<redacted>").finish()
+    }
 }
 
 impl S3Spec {
     pub const DEFAULT_REGION: &'static str = "us-west-2";
 
     pub fn new(bucket: impl Into<String>) -> Self {
-        S3Spec { bucket: bucket.into(), prefix: String::new(), region: Self::DEFAULT_REGION.into(), endpoint: None }
+        S3Spec {
+            bucket: bucket.into(),
+            prefix: String::new(),
+            region: Self::DEFAULT_REGION.into(),
+            endpoint: None,
+            credentials: None,
+        }
     }
 }
 
@@ -88,6 +110,8 @@ mod tests {
             ("b", "some/prefix", "us-west-2")
         );
         assert_eq!(s3.to_string(), "s3://b/some/prefix");
+        let creds = StaticCredentials { key_id: "AKID".into(), secret: "s3cr3t".into() };
+        assert!(!format!("{creds:?}").contains("s3cr3t"));
         assert_eq!("file:///tmp/x".parse::<StoreSpec>().unwrap(), StoreSpec::Local("/tmp/x".into()));
         assert_eq!("./rel".parse::<StoreSpec>().unwrap(), StoreSpec::Local("./rel".into()));
         for bad in ["s3://", "s3:///x", "gs://b", "", "file://", "s3://b/../x"] {

@@ -29,3 +29,32 @@ pub const AWS_ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
 /// The region when neither `--region` nor `DECO_CACHE_S3_REGION` is set.
 pub const AWS_REGION: &str = "AWS_REGION";
 pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+
+/// `serve`: the port to listen on (all interfaces), default 8000.
+pub const APP_PORT: &str = "APP_PORT";
+/// `serve`: the worker must listen on its `PORT` within this many seconds (60).
+pub const PORT_TIMEOUT: &str = "PORT_TIMEOUT";
+/// `serve`: where the site is cloned and the worker runs.
+pub const SANDCACHE_WORK_DIR: &str = "SANDCACHE_WORK_DIR";
+/// `serve`: seconds the cache dir must stay unchanged after the worker is
+/// ready before the deps-ready snapshot (10).
+pub const SANDCACHE_SETTLE_SECS: &str = "SANDCACHE_SETTLE_SECS";
+/// `serve`: a default run command (whitespace-separated), used when a deploy
+/// gives none and the repo has `SANDCACHE_RUN_ENTRY`.
+pub const SANDCACHE_RUN_COMMAND: &str = "SANDCACHE_RUN_COMMAND";
+/// `serve`: the entry file the default run command needs (`main.ts`).
+pub const SANDCACHE_RUN_ENTRY: &str = "SANDCACHE_RUN_ENTRY";
+/// `serve`: a bearer token required on `/sandbox/*` (env only, never a flag,
+/// so it does not show in `ps`).
+pub const SANDCACHE_ADMIN_TOKEN: &str = "SANDCACHE_ADMIN_TOKEN";
+/// `serve`: the legacy build cache (seed `daemon/cache.ts`), read from the
+/// runner's env or a deploy's envs; the step is skipped unless the two keys
+/// and `DENO_DIR_RUN` are set. Never passed to the worker.
+pub const LEGACY_CACHE_VARS: [&str; 6] = [
+    "ASSETS_BUCKET",
+    "ADMIN_S3_REGION",
+    "ADMIN_S3_ACCESS_KEY_ID",
+    "ADMIN_S3_SECRET_ACCESS_KEY",
+    "ADMIN_S3_ENDPOINT",
+    "DENO_DIR_RUN",
+];

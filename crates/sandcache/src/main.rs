@@ -6,6 +6,7 @@
 
 mod env_vars;
 mod progress;
+mod serve;
 mod settings;
 
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Run the sandbox runner daemon (the seed's deploy API).
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -81,15 +84,28 @@ struct Common {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum FormatArg {
+pub(crate) enum FormatArg {
     Native,
     Tgz,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Native => Format::Native,
+            FormatArg::Tgz => Format::Tgz,
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let common = match &cli.command {
         Command::Restore { common, .. } | Command::Snapshot { common, .. } => common,
+        Command::Serve(args) => {
+            init_logging(cli.log_format, false);
+            return serve::run(args);
+        }
     };
     init_logging(cli.log_format, common.quiet);
     let config = match common.store.config() {
@@ -101,6 +117,7 @@ fn main() -> ExitCode {
     };
     let timeout = match &cli.command {
         Command::Restore { timeout, .. } | Command::Snapshot { timeout, .. } => *timeout,
+        Command::Serve(_) => unreachable!("handled above"),
     };
     let Some(timeout) = Duration::try_from_secs_f64(timeout).ok().filter(|t| !t.is_zero()) else {
         eprintln!("error: --timeout must be a positive number of seconds");
@@ -125,13 +142,15 @@ fn main() -> ExitCode {
             }
             Command::Snapshot { common, format, force, .. } => {
                 let _bar = progress::Bar::start("snapshot", &progress, show_bar);
-                let format = match format {
-                    FormatArg::Native => Format::Native,
-                    FormatArg::Tgz => Format::Tgz,
+                let opts = SnapshotOptions {
+                    format: (*format).into(),
+                    timeout,
+                    force: *force,
+                    progress: Some(progress.clone()),
                 };
-                let opts = SnapshotOptions { format, timeout, force: *force, progress: Some(progress.clone()) };
                 cache.snapshot(&common.dir, &opts).await
             }
+            Command::Serve(_) => unreachable!("handled above"),
         }
     });
     report(&outcome, common.json);

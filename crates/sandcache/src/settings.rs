@@ -11,7 +11,8 @@ use crate::env_vars;
 /// Store flags shared by every command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
-    /// Where caches live: s3://BUCKET[/PREFIX], file://PATH, a path, or `off`.
+    /// Where caches live: s3://BUCKET[/PREFIX], file://PATH, a path, `local`
+    /// (the embedded default) or `off`.
     /// Default: s3://$DECO_CACHE_S3_BUCKET when set, else a local directory
     /// under the user's cache dir.
     #[arg(long, env = env_vars::SANDCACHE_STORE, value_name = "STORE")]
@@ -43,6 +44,7 @@ impl StoreArgs {
     pub fn store_spec(&self) -> anyhow::Result<Option<StoreSpec>> {
         let mut spec = match self.store.as_deref().map(str::trim) {
             Some("off" | "none") => return Ok(None),
+            Some("local") => StoreSpec::Local(default_store_dir()),
             Some(s) => s.parse::<StoreSpec>().with_context(|| "--store / SANDCACHE_STORE")?,
             None => match env(env_vars::DECO_CACHE_S3_BUCKET) {
                 Some(bucket) if bucket.contains('/') => {

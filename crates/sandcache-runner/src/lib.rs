@@ -1,0 +1,147 @@
+//! `sandcache serve`: the sandbox runner daemon.
+//!
+//! It starts with no site deployed. `POST /sandbox/deploy` assigns one: the
+//! runner restores the site's cache (awaited, bounded), clones the repo,
+//! restores the legacy build cache, starts the worker with a scrubbed
+//! environment, and once the worker is ready and the cache dir has settled,
+//! snapshots the cache in the background. Other requests are proxied to the
+//! worker. The API is the seed's (`daemon/sandbox.ts`).
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use sandcache_runner::{Runner, RunnerConfig};
+//! let runner = Runner::new(RunnerConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8000").await?;
+//! sandcache_runner::serve(listener, runner, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+mod deploy;
+mod legacy;
+mod metrics;
+mod proxy;
+mod runner;
+mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+pub use deploy::{BadRequest, DeployRequest, site_from_repo};
+pub use legacy::LegacyCache;
+pub use metrics::Metrics;
+pub use runner::{DeployError, Runner, RunnerConfig};
+pub use worker::{SCRUBBED, WorkerState};
+
+pub(crate) fn json_error(status: StatusCode, msg: &str) -> Response {
+    (status, axum::Json(json!({ "ok": false, "error": msg }))).into_response()
+}
+
+/// The daemon's routes, over a runner.
+pub fn app(runner: Arc<Runner>) -> Router {
+    let admin = Router::new()
+        .route("/sandbox/status", get(status))
+        .route("/sandbox/deploy", post(deploy).delete(undeploy))
+        .route("/sandbox/cache/snapshot", post(snapshot))
+        .route_layer(middleware::from_fn_with_state(runner.clone(), require_token));
+    Router::new()
+        .route("/_healthcheck", get(healthcheck))
+        .route("/deco/_liveness", get(|| async { "OK" }))
+        .route("/metrics", get(metrics))
+        .merge(admin)
+        .fallback(proxy)
+        .with_state(runner)
+}
+
+/// Serves until `shutdown` resolves, then undeploys (stopping the worker and
+/// taking the final snapshot) before returning.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    runner: Arc<Runner>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(target: "sandbox", "listening on http://{addr}");
+    let app = app(runner.clone());
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    tracing::info!(target: "sandbox", "shutting down");
+    runner.shutdown().await;
+    Ok(())
+}
+
+async fn require_token(State(runner): State<Arc<Runner>>, headers: HeaderMap, req: Request, next: Next) -> Response {
+    if let Some(token) = &runner.cfg.admin_token {
+        let given =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn healthcheck() -> Response {
+    axum::Json(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })).into_response()
+}
+
+async fn metrics(State(runner): State<Arc<Runner>>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], runner.metrics().encode())
+        .into_response()
+}
+
+async fn status(State(runner): State<Arc<Runner>>) -> Response {
+    axum::Json(runner.status()).into_response()
+}
+
+async fn deploy(State(runner): State<Arc<Runner>>, body: Bytes) -> Response {
+    let req = match DeployRequest::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.0),
+    };
+    match runner.deploy(req).await {
+        Ok(site) => axum::Json(json!({ "ok": true, "site": site })).into_response(),
+        Err(e) => deploy_error(e),
+    }
+}
+
+fn deploy_error(e: DeployError) -> Response {
+    let status = match e {
+        DeployError::Conflict(_) => StatusCode::CONFLICT,
+        DeployError::BadInput(_) => StatusCode::BAD_REQUEST,
+        DeployError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    json_error(status, &e.to_string())
+}
+
+async fn undeploy(State(runner): State<Arc<Runner>>) -> Response {
+    match runner.undeploy().await {
+        Ok(site) => axum::Json(json!({ "ok": true, "site": site })).into_response(),
+        Err(e) => deploy_error(e),
+    }
+}
+
+async fn snapshot(State(runner): State<Arc<Runner>>) -> Response {
+    match runner.request_snapshot() {
+        Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({ "ok": true, "started": true }))).into_response(),
+        Err(e) => deploy_error(e),
+    }
+}
+
+async fn proxy(State(runner): State<Arc<Runner>>, req: Request<Body>) -> Response {
+    match runner.worker_target() {
+        Ok(port) => proxy::forward(&runner.client, port, req).await,
+        Err((status, msg)) => json_error(status, msg),
+    }
+}

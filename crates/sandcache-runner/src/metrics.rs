@@ -1,0 +1,113 @@
+//! Prometheus metrics: what makes a failing cache visible.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use sandcache_engine::{Op, Outcome};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabels {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    op: &'static str,
+    /// `done`, or the skip reason.
+    reason: &'static str,
+}
+
+/// The runner's metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    duration: Family<OpLabels, Histogram>,
+    outcomes: Family<OutcomeLabels, Counter>,
+    bytes: Family<OpLabels, Counter>,
+    transferred: Family<OpLabels, Counter>,
+    files: Family<OpLabels, Counter>,
+    worker_starts: Counter,
+    worker_failures: Counter,
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Restore => "restore",
+        Op::Snapshot => "snapshot",
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sandcache");
+        let duration = Family::<OpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0])
+        });
+        registry.register(
+            "cache_duration_seconds",
+            "Time taken by cache restores and snapshots, whatever their outcome",
+            duration.clone(),
+        );
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register("cache_outcomes", "Cache operations by outcome: done or the skip reason", outcomes.clone());
+        let bytes = Family::<OpLabels, Counter>::default();
+        registry.register("cache_bytes", "File content bytes restored or snapshotted", bytes.clone());
+        let transferred = Family::<OpLabels, Counter>::default();
+        registry.register("cache_transferred_bytes", "Bytes moved to or from the store", transferred.clone());
+        let files = Family::<OpLabels, Counter>::default();
+        registry.register("cache_files", "Files restored or snapshotted", files.clone());
+        let worker_starts = Counter::default();
+        registry.register("worker_starts", "Worker processes started", worker_starts.clone());
+        let worker_failures = Counter::default();
+        registry.register(
+            "worker_failures",
+            "Workers that failed to start, to become ready, or exited on their own",
+            worker_failures.clone(),
+        );
+        // Every label set exists from the start, so a dashboard sees zeros.
+        for op in [Op::Restore, Op::Snapshot] {
+            let labels = OpLabels { op: op_name(op) };
+            let _ = duration.get_or_create(&labels);
+            let _ = bytes.get_or_create(&labels);
+            let _ = transferred.get_or_create(&labels);
+            let _ = files.get_or_create(&labels);
+            let _ = outcomes.get_or_create(&OutcomeLabels { op: op_name(op), reason: "done" });
+            for reason in sandcache_engine::Reason::ALL {
+                let _ = outcomes.get_or_create(&OutcomeLabels { op: op_name(op), reason: reason.as_str() });
+            }
+        }
+        Metrics { registry, duration, outcomes, bytes, transferred, files, worker_starts, worker_failures }
+    }
+}
+
+impl Metrics {
+    pub fn record(&self, o: &Outcome) {
+        let op = op_name(o.op);
+        self.duration.get_or_create(&OpLabels { op }).observe(o.elapsed.as_secs_f64());
+        let reason = o.reason().map_or("done", |r| r.as_str());
+        self.outcomes.get_or_create(&OutcomeLabels { op, reason }).inc();
+        if let Ok(d) = &o.result {
+            self.bytes.get_or_create(&OpLabels { op }).inc_by(d.bytes);
+            self.transferred.get_or_create(&OpLabels { op }).inc_by(d.transferred);
+            self.files.get_or_create(&OpLabels { op }).inc_by(d.files);
+        }
+    }
+
+    pub fn worker_started(&self) {
+        self.worker_starts.inc();
+    }
+
+    pub fn worker_failed(&self) {
+        self.worker_failures.inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,483 @@
+//! The deploy lifecycle: restore → clone → legacy cache → worker → deps-ready
+//! snapshot; and undeploy: stop → final snapshot → clean.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sandcache_engine::{Cache, CacheConfig, Format, Outcome, RestoreOptions, SnapshotOptions};
+use sandcache_store::StoreOptions;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::deploy::DeployRequest;
+use crate::legacy::LegacyCache;
+use crate::metrics::Metrics;
+use crate::worker::{SpawnError, Worker, WorkerState};
+
+/// How the runner behaves. Library code reads no environment: the binary
+/// fills this from flags and env vars.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The cache dir (`DENO_DIR`, default `/deno-dir`).
+    pub deno_dir: PathBuf,
+    /// Where the site is cloned and the worker runs.
+    pub work_dir: PathBuf,
+    /// Runner-wide cache settings; a deploy's `DECO_CACHE_S3_*` override them.
+    pub cache_defaults: CacheConfig,
+    pub store_options: StoreOptions,
+    pub restore_timeout: Duration,
+    pub snapshot_timeout: Duration,
+    /// Bound on the snapshot taken at undeploy or shutdown.
+    pub final_snapshot_timeout: Duration,
+    pub snapshot_format: Format,
+    /// The worker must listen on `PORT` within this (`PORT_TIMEOUT`).
+    pub port_timeout: Duration,
+    /// The cache dir must not change for this long after the worker is ready
+    /// before the deps-ready snapshot is taken.
+    pub settle: Duration,
+    /// How often the cache dir is checked while settling.
+    pub settle_poll: Duration,
+    /// Give up on a dir that never settles after this long.
+    pub settle_max_wait: Duration,
+    /// SIGTERM to SIGKILL.
+    pub stop_grace: Duration,
+    pub clone_timeout: Duration,
+    /// A default `runCommand`, used only when the repo has `default_entry`.
+    pub default_run_command: Option<Vec<String>>,
+    pub default_entry: String,
+    /// The runner's own environment, which the worker inherits minus secrets.
+    pub runner_env: Vec<(String, String)>,
+    /// Legacy build cache variables from the runner's env (deploy envs win).
+    pub legacy_vars: BTreeMap<String, String>,
+    /// Bearer token guarding `/sandbox/*`.
+    pub admin_token: Option<String>,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            deno_dir: "/deno-dir".into(),
+            work_dir: std::env::temp_dir().join("sandcache-site"),
+            cache_defaults: CacheConfig::default(),
+            store_options: StoreOptions::default(),
+            restore_timeout: Duration::from_secs(30),
+            snapshot_timeout: Duration::from_secs(600),
+            final_snapshot_timeout: Duration::from_secs(60),
+            snapshot_format: Format::Native,
+            port_timeout: Duration::from_secs(60),
+            settle: Duration::from_secs(10),
+            settle_poll: Duration::from_secs(1),
+            settle_max_wait: Duration::from_secs(600),
+            stop_grace: Duration::from_secs(10),
+            clone_timeout: Duration::from_secs(120),
+            default_run_command: None,
+            default_entry: "main.ts".into(),
+            runner_env: Vec::new(),
+            legacy_vars: BTreeMap::new(),
+            admin_token: None,
+        }
+    }
+}
+
+/// What a deploy failure is, and so which status it gets.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadInput(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub(crate) struct Deployment {
+    pub site: String,
+    pub cache: Cache,
+    pub worker: Option<Worker>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+}
+
+pub(crate) enum Phase {
+    Idle,
+    Deploying { site: String },
+    Deployed(Arc<Deployment>),
+    Undeploying { site: String },
+}
+
+/// The sandbox runner: one site at a time.
+pub struct Runner {
+    pub(crate) cfg: RunnerConfig,
+    pub(crate) phase: Mutex<Phase>,
+    pub(crate) metrics: Metrics,
+    pub(crate) client: crate::proxy::HttpClient,
+    snapshotting: tokio::sync::Mutex<()>,
+    last_restore: Mutex<Option<Outcome>>,
+    last_snapshot: Mutex<Option<Outcome>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Runner {
+    pub fn new(cfg: RunnerConfig) -> Arc<Runner> {
+        Arc::new(Runner {
+            cfg,
+            phase: Mutex::new(Phase::Idle),
+            metrics: Metrics::default(),
+            client: crate::proxy::client(),
+            snapshotting: tokio::sync::Mutex::new(()),
+            last_restore: Mutex::new(None),
+            last_snapshot: Mutex::new(None),
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// `/sandbox/status`: no secrets, only names, states and outcomes.
+    pub fn status(&self) -> serde_json::Value {
+        let (deployed, deploying, site, worker) = match &*lock(&self.phase) {
+            Phase::Idle => (false, false, None, WorkerState::None),
+            Phase::Deploying { site } => (false, true, Some(site.clone()), WorkerState::None),
+            Phase::Undeploying { site } => (true, false, Some(site.clone()), WorkerState::None),
+            Phase::Deployed(d) => {
+                (true, false, Some(d.site.clone()), d.worker.as_ref().map_or(WorkerState::None, Worker::state))
+            }
+        };
+        let outcome = |o: &Mutex<Option<Outcome>>| lock(o).as_ref().map(Outcome::to_json);
+        json!({
+            "sandbox": true,
+            "deployed": deployed,
+            "deploying": deploying,
+            "site": site,
+            "worker": worker,
+            "cache": { "restore": outcome(&self.last_restore), "snapshot": outcome(&self.last_snapshot) },
+        })
+    }
+
+    fn record(&self, o: Outcome) {
+        self.metrics.record(&o);
+        let slot = match o.op {
+            sandcache_engine::Op::Restore => &self.last_restore,
+            sandcache_engine::Op::Snapshot => &self.last_snapshot,
+        };
+        *lock(slot) = Some(o);
+    }
+
+    /// Deploys a site. The lifecycle runs in its own task, so a client that
+    /// hangs up cannot leave the runner half-deployed.
+    pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<String, DeployError> {
+        {
+            let mut phase = lock(&self.phase);
+            match &*phase {
+                Phase::Idle => *phase = Phase::Deploying { site: req.site.clone() },
+                Phase::Deploying { site } => {
+                    return Err(DeployError::Conflict(format!("deploy of {site} in progress")));
+                }
+                Phase::Undeploying { site } => {
+                    return Err(DeployError::Conflict(format!("undeploy of {site} in progress")));
+                }
+                Phase::Deployed(d) => return Err(DeployError::Conflict(format!("already deployed: {}", d.site))),
+            }
+        }
+        let this = self.clone();
+        let site = req.site.clone();
+        let task = tokio::spawn(async move {
+            let result = this.run_deploy(req).await;
+            if result.is_err() {
+                // Clean before going idle, so a next deploy's clone is safe.
+                let _ = remove_dir(&this.cfg.work_dir);
+            }
+            let mut phase = lock(&this.phase);
+            match result {
+                Ok(d) => {
+                    *phase = Phase::Deployed(d);
+                    Ok(())
+                }
+                Err(e) => {
+                    *phase = Phase::Idle;
+                    Err(e)
+                }
+            }
+        });
+        match task.await {
+            Ok(Ok(())) => Ok(site),
+            Ok(Err(e)) => {
+                tracing::warn!(target: "sandbox", "deploy of {site} failed: {e}");
+                Err(e)
+            }
+            Err(e) => {
+                *lock(&self.phase) = Phase::Idle;
+                Err(DeployError::Failed(format!("deploy task failed: {e}")))
+            }
+        }
+    }
+
+    async fn run_deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Arc<Deployment>, DeployError> {
+        let started = Instant::now();
+        tracing::info!(target: "sandbox", site = %req.site, "deploying {}", req.site);
+
+        // 1. The cache config from the deploy's envs, over runner-wide defaults.
+        let mut config = CacheConfig::from_envs(&req.envs.clone().into_iter().collect()).or(&self.cfg.cache_defaults);
+        if config.store.is_some() && config.key.is_none() {
+            config.key = Some(format!("{}/cache.tgz", req.site));
+        }
+        let cache = Cache::open(&config, &self.cfg.store_options);
+
+        // 2. Restore, awaited and bounded, before anything reads the dir.
+        let opts = RestoreOptions { timeout: self.cfg.restore_timeout, ..Default::default() };
+        let outcome = cache.restore(&self.cfg.deno_dir, &opts).await;
+        self.record(outcome);
+
+        // 3. The site's code.
+        let work = &self.cfg.work_dir;
+        if work.exists() {
+            std::fs::remove_dir_all(work)
+                .map_err(|e| DeployError::Failed(format!("cleaning {}: {e}", work.display())))?;
+        }
+        if let Some(repo) = &req.repo {
+            self.clone_repo(repo, req.branch.as_deref()).await?;
+        } else {
+            std::fs::create_dir_all(work)
+                .map_err(|e| DeployError::Failed(format!("creating {}: {e}", work.display())))?;
+        }
+
+        // 4. The legacy build cache, when its keys are configured.
+        let mut legacy_vars = self.cfg.legacy_vars.clone();
+        legacy_vars.extend(
+            req.envs
+                .iter()
+                .filter(|(k, _)| k.starts_with("ADMIN_S3_") || *k == "ASSETS_BUCKET" || *k == "DENO_DIR_RUN")
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        if let Some(legacy) = LegacyCache::from_vars(&legacy_vars) {
+            let o = legacy.restore(&req.site, &self.cfg.store_options, &opts).await;
+            tracing::info!(target: "sandbox", "legacy build cache: {}", o.reason().map_or("restored", |r| r.as_str()));
+        }
+
+        // 5. The worker.
+        let argv = self.run_command(&req);
+        let worker = match argv {
+            None => {
+                tracing::info!(target: "sandbox", "no runCommand: no worker");
+                None
+            }
+            Some(argv) => {
+                let port = crate::worker::free_port().map_err(|e| DeployError::Failed(format!("no free port: {e}")))?;
+                let env = crate::worker::environment(self.cfg.runner_env.clone(), &req.envs, port, &self.cfg.deno_dir);
+                let worker = Worker::spawn(&argv, work, &env, port, self.cfg.port_timeout).map_err(|e| {
+                    self.metrics.worker_failed();
+                    match e {
+                        SpawnError::NotFound { .. } => DeployError::BadInput(e.to_string()),
+                        SpawnError::Io { .. } => DeployError::Failed(format!(
+                            "{e}: {}",
+                            std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+                        )),
+                    }
+                })?;
+                self.metrics.worker_started();
+                tracing::info!(target: "sandbox", "worker started on port {port}: {}", argv.join(" "));
+                Some(worker)
+            }
+        };
+        let deployment = Arc::new(Deployment { site: req.site.clone(), cache, worker, watcher: Mutex::new(None) });
+
+        // 6-7. Readiness, then the deps-ready snapshot, in the background.
+        if let Some(w) = &deployment.worker {
+            let (this, d) = (self.clone(), deployment.clone());
+            let port = w.port;
+            let handle = tokio::spawn(async move { this.after_ready(d, port).await });
+            *lock(&deployment.watcher) = Some(handle);
+        }
+        tracing::info!(target: "sandbox", "deployed {} in {}ms", req.site, started.elapsed().as_millis());
+        Ok(deployment)
+    }
+
+    fn run_command(&self, req: &DeployRequest) -> Option<Vec<String>> {
+        match &req.run_command {
+            Some(argv) if argv.is_empty() => None,
+            Some(argv) => Some(argv.clone()),
+            None => {
+                let default = self.cfg.default_run_command.clone()?;
+                let entry = self.cfg.work_dir.join(&self.cfg.default_entry);
+                if entry.exists() {
+                    Some(default)
+                } else {
+                    tracing::info!(target: "sandbox", "default run command skipped: {} is missing", entry.display());
+                    None
+                }
+            }
+        }
+    }
+
+    async fn clone_repo(&self, repo: &str, branch: Option<&str>) -> Result<(), DeployError> {
+        let mut cmd = tokio::process::Command::new("git");
+        cmd.args(["clone", "--depth", "1", "--single-branch", "--quiet"]);
+        if let Some(b) = branch {
+            cmd.args(["--branch", b]);
+        }
+        cmd.arg("--").arg(repo).arg(&self.cfg.work_dir);
+        cmd.env("GIT_TERMINAL_PROMPT", "0").stdin(std::process::Stdio::null()).kill_on_drop(true);
+        let out = match tokio::time::timeout(self.cfg.clone_timeout, cmd.output()).await {
+            Err(_) => return Err(DeployError::BadInput(format!("git clone of {repo} timed out"))),
+            Ok(Err(e)) => return Err(DeployError::Failed(format!("cannot run git: {e}"))),
+            Ok(Ok(out)) => out,
+        };
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let why = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("unknown error").trim();
+            return Err(DeployError::BadInput(format!("cannot clone {repo}: {why}")));
+        }
+        tracing::info!(target: "sandbox", "cloned {repo}{}", branch.map(|b| format!(" ({b})")).unwrap_or_default());
+        Ok(())
+    }
+
+    /// Waits for the worker to be ready and the cache dir to stop changing,
+    /// then snapshots. Never before readiness: a cold, near-empty cache must
+    /// not replace a good one (the seed's review finding).
+    async fn after_ready(self: Arc<Self>, d: Arc<Deployment>, port: u16) {
+        let Some(worker) = &d.worker else { return };
+        if worker.settled().await != WorkerState::Ready {
+            self.metrics.worker_failed();
+            tracing::warn!(target: "sandbox", "worker on port {port} failed to start; no deps-ready snapshot");
+            return;
+        }
+        if !d.cache.is_enabled() {
+            return;
+        }
+        let dir = self.cfg.deno_dir.clone();
+        let fingerprint = || {
+            let dir = dir.clone();
+            async move {
+                tokio::task::spawn_blocking(move || sandcache_archive::fingerprint(&dir, true).ok())
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        };
+        let ready_at = Instant::now();
+        let mut last = fingerprint().await;
+        let mut stable_since = Instant::now();
+        loop {
+            tokio::time::sleep(self.cfg.settle_poll).await;
+            let now = fingerprint().await;
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            } else if stable_since.elapsed() >= self.cfg.settle {
+                break;
+            }
+            if ready_at.elapsed() >= self.cfg.settle_max_wait {
+                tracing::warn!(target: "sandbox-cache", "cache dir never settled; leaving the snapshot to undeploy");
+                return;
+            }
+        }
+        tracing::info!(target: "sandbox-cache", "deps ready (cache dir settled for {:?}); snapshotting", self.cfg.settle);
+        self.snapshot(&d.cache, self.cfg.snapshot_timeout).await;
+    }
+
+    /// Takes a snapshot unless one is running. Returns whether it ran.
+    pub(crate) async fn snapshot(&self, cache: &Cache, timeout: Duration) -> bool {
+        let Ok(_guard) = self.snapshotting.try_lock() else {
+            tracing::info!(target: "sandbox-cache", "a snapshot is already running");
+            return false;
+        };
+        let opts = SnapshotOptions { format: self.cfg.snapshot_format, timeout, ..Default::default() };
+        let o = cache.snapshot(&self.cfg.deno_dir, &opts).await;
+        self.record(o);
+        true
+    }
+
+    /// `POST /sandbox/cache/snapshot`: starts a detached snapshot now.
+    pub(crate) fn request_snapshot(self: &Arc<Self>) -> Result<(), DeployError> {
+        let d = match &*lock(&self.phase) {
+            Phase::Deployed(d) => d.clone(),
+            _ => return Err(DeployError::Conflict("not deployed".into())),
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.snapshot(&d.cache, this.cfg.snapshot_timeout).await;
+        });
+        Ok(())
+    }
+
+    /// Undeploys: stop the worker (TERM, grace, KILL), take a bounded final
+    /// snapshot if the cache changed, clean the work dir, back to idle.
+    pub async fn undeploy(self: &Arc<Self>) -> Result<String, DeployError> {
+        let d = {
+            let mut phase = lock(&self.phase);
+            match &*phase {
+                Phase::Deployed(d) => {
+                    let d = d.clone();
+                    *phase = Phase::Undeploying { site: d.site.clone() };
+                    d
+                }
+                Phase::Idle => return Err(DeployError::Conflict("not deployed".into())),
+                Phase::Deploying { site } => {
+                    return Err(DeployError::Conflict(format!("deploy of {site} in progress")));
+                }
+                Phase::Undeploying { site } => {
+                    return Err(DeployError::Conflict(format!("undeploy of {site} in progress")));
+                }
+            }
+        };
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            if let Some(h) = lock(&d.watcher).take() {
+                h.abort();
+            }
+            if let Some(w) = &d.worker {
+                w.stop(this.cfg.stop_grace).await;
+                tracing::info!(target: "sandbox", "worker stopped");
+            }
+            if d.cache.is_enabled() {
+                // Wait for a running snapshot, then take the final one.
+                let _running = this.snapshotting.lock().await;
+                drop(_running);
+                this.snapshot(&d.cache, this.cfg.final_snapshot_timeout).await;
+            }
+            if let Err(e) = remove_dir(&this.cfg.work_dir) {
+                tracing::warn!(target: "sandbox", "cleaning {}: {e}", this.cfg.work_dir.display());
+            }
+            *lock(&this.phase) = Phase::Idle;
+            tracing::info!(target: "sandbox", "undeployed {}", d.site);
+            d.site.clone()
+        });
+        task.await.map_err(|e| DeployError::Failed(format!("undeploy task failed: {e}")))
+    }
+
+    /// For shutdown: undeploy if anything is deployed.
+    pub async fn shutdown(self: &Arc<Self>) {
+        if matches!(&*lock(&self.phase), Phase::Deployed(_)) {
+            let _ = self.undeploy().await;
+        }
+    }
+
+    pub(crate) fn worker_target(&self) -> Result<u16, (axum::http::StatusCode, &'static str)> {
+        use axum::http::StatusCode;
+        match &*lock(&self.phase) {
+            Phase::Deployed(d) => match &d.worker {
+                Some(w) => match w.state() {
+                    WorkerState::Ready => Ok(w.port),
+                    WorkerState::Starting => Err((StatusCode::SERVICE_UNAVAILABLE, "worker starting")),
+                    WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "worker failed to start")),
+                    WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),
+                },
+                None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker for this deploy")),
+            },
+            Phase::Deploying { .. } => Err((StatusCode::SERVICE_UNAVAILABLE, "deploy in progress")),
+            _ => Err((StatusCode::SERVICE_UNAVAILABLE, "no site deployed")),
+        }
+    }
+}
+
+fn remove_dir(p: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

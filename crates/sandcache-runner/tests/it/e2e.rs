@@ -1,0 +1,165 @@
+//! End to end over a socket: Garage as the store, real Deno as the worker, a
+//! site in a local git repo. Cold first deploy, then a warm one offline.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    sock.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git").args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The body of a chunked or plain response, good enough for a short text.
+fn text_of(body: &str) -> String {
+    body.lines().filter(|l| l.contains("hello")).collect::<Vec<_>>().join("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deno_site_deploys_cold_then_warm_from_garage() {
+    let Some(spec) = sandcache_testkit::s3::spec("runner-e2e") else { return };
+    let Ok(deno) = std::env::var("SANDCACHE_DENO") else {
+        assert!(std::env::var_os("CI").is_none(), "SANDCACHE_DENO is not set on CI");
+        eprintln!("skipping: SANDCACHE_DENO is not set");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(
+        repo.join("main.ts"),
+        r#"import ms from "npm:ms@2.1.3";
+import isNumber from "npm:is-number@7.0.0";
+const port = Number(Deno.env.get("PORT"));
+Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_000)} ${isNumber(port)}\n`));
+"#,
+    )
+    .unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    git(&repo, &["-c", "user.email=t@t", "-c", "user.name=t", "add", "."]);
+    git(&repo, &["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "site"]);
+
+    let mut cfg = super::test_config(tmp.path());
+    cfg.settle = Duration::from_secs(1);
+    cfg.settle_poll = Duration::from_millis(250);
+    let deno_dir = cfg.deno_dir.clone();
+    let runner = sandcache_runner::Runner::new(cfg);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sandcache_runner::serve(listener, runner.clone(), async {
+        let _ = stop_rx.await;
+    }));
+
+    let key = format!("{}/storefront/cache.tgz", spec.prefix);
+    let envs = |offline: bool| {
+        let mut e = json!({
+            "DECO_CACHE_S3_BUCKET": spec.bucket,
+            "DECO_CACHE_S3_KEY": key,
+            "DECO_CACHE_S3_ENDPOINT": spec.endpoint.clone().unwrap(),
+            "NO_COLOR": "1",
+        });
+        if offline {
+            for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+                e[var] = json!("http://127.0.0.1:9");
+            }
+        }
+        e
+    };
+    let repo_url = format!("file://{}", repo.display());
+    let status =
+        || async { serde_json::from_str::<Value>(&http(addr, "GET", "/sandbox/status", None).await.1).unwrap() };
+    let wait = |what: &'static str, pred: fn(&Value) -> bool| async move {
+        let start = Instant::now();
+        loop {
+            let s = status().await;
+            if pred(&s) {
+                return (s, start.elapsed());
+            }
+            assert!(start.elapsed() < Duration::from_secs(90), "waiting for {what}: {s}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // 1. Cold: no cache yet. The worker fetches its deps from npm.
+    let t0 = Instant::now();
+    let run = json!([deno, "run", "--allow-net", "--allow-env", "main.ts"]);
+    let (code, body) =
+        http(addr, "POST", "/sandbox/deploy", Some(json!({"repo": repo_url, "runCommand": run, "envs": envs(false)})))
+            .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"ok": true, "site": "repo"}));
+    let (s, _) = wait("cold worker ready", |s| s["worker"] == "ready" || s["worker"] == "failed").await;
+    let cold_ready = t0.elapsed();
+    assert_eq!(s["worker"], "ready", "{s}");
+    assert_eq!(s["cache"]["restore"]["reason"], "not_found", "{s}");
+    let (code, body) = http(addr, "GET", "/", None).await;
+    assert_eq!((code, text_of(&body)), (200, "hello 1m true".to_owned()), "{body}");
+    let (s, _) = wait("deps-ready snapshot", |s| !s["cache"]["snapshot"].is_null()).await;
+    assert_eq!(s["cache"]["snapshot"]["ok"], true, "{s}");
+    assert!(s["cache"]["snapshot"]["files"].as_u64().unwrap() > 5, "{s}");
+
+    // The snapshot holds the npm packages: restore it elsewhere and look.
+    let cache = sandcache_engine::Cache::new(
+        std::sync::Arc::new(
+            sandcache_store::S3Store::new(
+                &{
+                    let mut sp = spec.clone();
+                    sp.prefix = String::new();
+                    sp
+                },
+                &Default::default(),
+            )
+            .unwrap(),
+        ),
+        key.clone(),
+    );
+    let check = tmp.path().join("check");
+    assert!(cache.restore(&check, &Default::default()).await.is_done());
+    assert!(check.join("npm/registry.npmjs.org/ms/2.1.3/package.json").is_file());
+    assert!(check.join("npm/registry.npmjs.org/is-number/7.0.0/package.json").is_file());
+
+    // 2. Undeploy, and lose the cache dir as a new pod would.
+    let (code, body) = http(addr, "DELETE", "/sandbox/deploy", None).await;
+    assert_eq!(code, 200, "{body}");
+    std::fs::remove_dir_all(&deno_dir).unwrap();
+
+    // 3. Warm: the restore hits, and the worker starts with no network.
+    let t1 = Instant::now();
+    let run = json!([deno, "run", "--cached-only", "--allow-net", "--allow-env", "main.ts"]);
+    let (code, body) =
+        http(addr, "POST", "/sandbox/deploy", Some(json!({"repo": repo_url, "runCommand": run, "envs": envs(true)})))
+            .await;
+    assert_eq!(code, 200, "{body}");
+    let (s, _) = wait("warm worker ready", |s| s["worker"] == "ready" || s["worker"] == "failed").await;
+    let warm_ready = t1.elapsed();
+    assert_eq!(s["worker"], "ready", "{s}");
+    assert_eq!(s["cache"]["restore"]["ok"], true, "{s}");
+    let (code, body) = http(addr, "GET", "/", None).await;
+    assert_eq!((code, text_of(&body)), (200, "hello 1m true".to_owned()), "{body}");
+    eprintln!("time to worker-ready: cold {cold_ready:?}, warm {warm_ready:?}");
+
+    // Shutdown undeploys: the worker is stopped and the work dir cleaned.
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert!(!tmp.path().join("site").exists());
+}

@@ -1,0 +1,311 @@
+//! The runner: every endpoint and error path in process, the deps-ready
+//! snapshot ordering, a stalled store, and a real Deno site end to end.
+
+mod e2e;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use sandcache_engine::CacheConfig;
+use sandcache_runner::{Runner, RunnerConfig};
+use sandcache_store::StoreSpec;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+pub fn test_config(tmp: &Path) -> RunnerConfig {
+    RunnerConfig {
+        deno_dir: tmp.join("deno-dir"),
+        work_dir: tmp.join("site"),
+        restore_timeout: Duration::from_secs(10),
+        settle: Duration::from_millis(600),
+        settle_poll: Duration::from_millis(100),
+        stop_grace: Duration::from_secs(3),
+        port_timeout: Duration::from_secs(30),
+        runner_env: std::env::vars().collect(),
+        ..RunnerConfig::default()
+    }
+}
+
+pub async fn call(runner: &Arc<Runner>, method: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+    call_with(runner, method, uri, body, None).await
+}
+
+pub async fn call_with(
+    runner: &Arc<Runner>,
+    method: &str,
+    uri: &str,
+    body: Value,
+    token: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = if body.is_null() { Body::empty() } else { Body::from(body.to_string()) };
+    let resp = sandcache_runner::app(runner.clone()).oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, value)
+}
+
+async fn raw_call(runner: &Arc<Runner>, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, String) {
+    let req = Request::builder().method(method).uri(uri).body(Body::from(body)).unwrap();
+    let resp = sandcache_runner::app(runner.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Polls status until `pred` holds, for at most `secs`.
+pub async fn wait_status(runner: &Arc<Runner>, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let (_, s) = call(runner, "GET", "/sandbox/status", Value::Null).await;
+        if pred(&s) {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn health_liveness_metrics_and_idle_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runner = Runner::new(test_config(tmp.path()));
+    let (s, v) = call(&runner, "GET", "/_healthcheck", Value::Null).await;
+    assert_eq!((s, v["version"].as_str()), (StatusCode::OK, Some(env!("CARGO_PKG_VERSION"))));
+    let (s, v) = call(&runner, "GET", "/deco/_liveness", Value::Null).await;
+    assert_eq!((s, v), (StatusCode::OK, json!("OK")));
+    let (s, v) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v,
+        json!({"sandbox": true, "deployed": false, "deploying": false, "site": null, "worker": "none",
+        "cache": {"restore": null, "snapshot": null}})
+    );
+    let (s, text) = raw_call(&runner, "GET", "/metrics", vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    for m in [
+        "sandcache_cache_duration_seconds",
+        "sandcache_cache_outcomes_total",
+        "sandcache_worker_starts_total",
+        "sandcache_worker_failures_total",
+        "sandcache_cache_bytes_total",
+    ] {
+        assert!(text.contains(m), "{m} in {text}");
+    }
+    assert!(text.contains(r#"reason="not_found""#), "every reason is pre-registered");
+}
+
+#[tokio::test]
+async fn requests_before_a_deploy_get_a_json_503() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runner = Runner::new(test_config(tmp.path()));
+    let (s, v) = call(&runner, "GET", "/some/page", Value::Null).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["ok"], false);
+    assert!(v["error"].as_str().unwrap().contains("no site deployed"));
+}
+
+#[tokio::test]
+async fn bad_bodies_get_400_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runner = Runner::new(test_config(tmp.path()));
+    for (body, msg) in [
+        (b"{not json".to_vec(), "Invalid JSON"),
+        (br#"{"site":5}"#.to_vec(), "site must be a string"),
+        (br#"{"site":"s","runCommand":"deno"}"#.to_vec(), "runCommand must be an array"),
+        (br#"{"site":"s","envs":{"A":[]}}"#.to_vec(), "envs.A must be a string"),
+        (br#"{}"#.to_vec(), "repo or site is required"),
+        (vec![b' '; 300 << 10], "too large"),
+    ] {
+        let (s, text) = raw_call(&runner, "POST", "/sandbox/deploy", body).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{text}");
+        assert!(text.contains(msg), "{msg} in {text}");
+    }
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!((st["deployed"].as_bool(), st["deploying"].as_bool()), (Some(false), Some(false)));
+}
+
+#[tokio::test]
+async fn deploy_undeploy_and_conflicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runner = Runner::new(test_config(tmp.path()));
+    let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "shop", "runCommand": []})).await;
+    assert_eq!((s, v.clone()), (StatusCode::OK, json!({"ok": true, "site": "shop"})), "{v}");
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!(
+        (st["deployed"].as_bool(), st["site"].as_str(), st["worker"].as_str()),
+        (Some(true), Some("shop"), Some("none"))
+    );
+    assert_eq!(st["cache"]["restore"]["reason"], "disabled", "no bucket: the cache is off and nothing is called");
+    let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "other"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = call(&runner, "GET", "/anything", Value::Null).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "deployed without a worker: {v}");
+    let (s, v) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+    assert_eq!((s, v["ok"].as_bool()), (StatusCode::OK, Some(true)));
+    let (s, _) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+    assert_eq!(s, StatusCode::CONFLICT, "nothing deployed");
+    let (s, _) = call(&runner, "POST", "/sandbox/cache/snapshot", Value::Null).await;
+    assert_eq!(s, StatusCode::CONFLICT, "nothing to snapshot");
+    // The next deploy starts fresh.
+    let (s, _) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "next", "runCommand": []})).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_missing_run_command_or_unclonable_repo_is_a_400_and_leaves_the_runner_idle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runner = Runner::new(test_config(tmp.path()));
+    let (s, v) =
+        call(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": ["/no/such/binary"]})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("was not found"), "{v}");
+    let repo = format!("file://{}/no-such-repo", tmp.path().display());
+    let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"repo": repo})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("cannot clone"), "{v}");
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!((st["deployed"].as_bool(), st["deploying"].as_bool()), (Some(false), Some(false)));
+    assert!(!tmp.path().join("site").exists(), "the work dir is cleaned");
+    let (s, _) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": []})).await;
+    assert_eq!(s, StatusCode::OK, "the runner is usable again");
+}
+
+#[tokio::test]
+async fn a_worker_that_fails_to_start_makes_proxied_requests_424() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runner = Runner::new(test_config(tmp.path()));
+    let (s, _) =
+        call(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": ["sh", "-c", "exit 3"]})).await;
+    assert_eq!(s, StatusCode::OK);
+    wait_status(&runner, 10, "worker failed", |s| s["worker"] == "failed").await;
+    let (s, v) = call(&runner, "GET", "/page", Value::Null).await;
+    assert_eq!(s, StatusCode::FAILED_DEPENDENCY, "{v}");
+    let (_, text) = raw_call(&runner, "GET", "/metrics", vec![]).await;
+    assert!(text.contains("sandcache_worker_failures_total 1"), "{text}");
+}
+
+#[tokio::test]
+async fn the_admin_token_guards_sandbox_endpoints_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(tmp.path());
+    cfg.admin_token = Some("t0ken".into());
+    let runner = Runner::new(cfg);
+    let (s, _) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = call_with(&runner, "GET", "/sandbox/status", Value::Null, Some("wrong")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = call_with(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": []}), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = call_with(&runner, "GET", "/sandbox/status", Value::Null, Some("t0ken")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&runner, "GET", "/_healthcheck", Value::Null).await;
+    assert_eq!(s, StatusCode::OK, "health stays open");
+}
+
+/// A worker that loads its deps slowly: it writes into DENO_DIR for a while,
+/// then listens. The snapshot must come after readiness and hold every file.
+#[tokio::test]
+async fn the_snapshot_waits_for_readiness_and_a_settled_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mut cfg = test_config(tmp.path());
+    cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::Local(store.clone())), key: None };
+    let runner = Runner::new(cfg);
+    let script = r#"
+        for i in 1 2 3 4 5 6; do
+          mkdir -p "$DENO_DIR/npm/registry.npmjs.org/pkg$i/1.0.0"
+          echo "module $i" > "$DENO_DIR/npm/registry.npmjs.org/pkg$i/1.0.0/index.js"
+          sleep 0.3
+        done
+        exec python3 -m http.server "$PORT" --bind 127.0.0.1
+    "#;
+    let (s, v) =
+        call(&runner, "POST", "/sandbox/deploy", json!({"site": "slow", "runCommand": ["sh", "-c", script]})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // While the worker starts, no snapshot may exist.
+    let start = Instant::now();
+    loop {
+        let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+        if st["worker"] == "ready" {
+            break;
+        }
+        assert_eq!(st["worker"], "starting", "{st}");
+        assert!(st["cache"]["snapshot"].is_null(), "a snapshot before readiness: {st}");
+        assert!(start.elapsed() < Duration::from_secs(20), "worker never ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = wait_status(&runner, 20, "the deps-ready snapshot", |s| !s["cache"]["snapshot"].is_null()).await;
+    assert_eq!(st["cache"]["snapshot"]["ok"], true, "{st}");
+    assert_eq!(st["cache"]["snapshot"]["files"], 6, "every dep the worker loaded: {st}");
+    assert!(store.join("slow/cache.tgz").is_file(), "default key <site>/cache.tgz");
+    // Proxied to the worker.
+    let (s, body) = raw_call(&runner, "GET", "/", vec![]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // Undeploy stops the worker; the cache is unchanged, so nothing more is uploaded.
+    let (s, _) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!(st["cache"]["snapshot"]["reason"], "unchanged", "{st}");
+}
+
+/// A store that stalls: the deploy waits at most the restore deadline, then
+/// goes on cold and succeeds. Meanwhile an undeploy is refused (409) and the
+/// state is unchanged.
+#[tokio::test]
+async fn a_stalled_store_keeps_the_deploy_within_the_restore_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = sandcache_testkit::net::stalling_server(vec![0x1f, 0x8b]).await;
+    let mut cfg = test_config(tmp.path());
+    cfg.restore_timeout = Duration::from_secs(2);
+    let runner = Runner::new(cfg);
+    let envs: BTreeMap<&str, String> = [
+        ("DECO_CACHE_S3_BUCKET", "bucket".to_owned()),
+        ("DECO_CACHE_S3_KEY", "site/cache.tgz".to_owned()),
+        ("DECO_CACHE_S3_ENDPOINT", format!("http://{addr}")),
+    ]
+    .into_iter()
+    .collect();
+    let r2 = runner.clone();
+    let start = Instant::now();
+    let deploy = tokio::spawn(async move {
+        call(&r2, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": [], "envs": envs})).await
+    });
+    wait_status(&runner, 5, "deploying", |s| s["deploying"] == true).await;
+    let (s, v) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+    assert_eq!(s, StatusCode::CONFLICT, "undeploy racing a deploy: {v}");
+    let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "t"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let (s, v) = deploy.await.unwrap();
+    let took = start.elapsed();
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(took < Duration::from_secs(4), "deadline 2 s, deploy took {took:?}");
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!(st["cache"]["restore"]["reason"], "timed_out", "{st}");
+    assert_eq!(st["site"], "s");
+}
+
+/// Secrets given to the runner or in a deploy never show in status or metrics.
+#[tokio::test]
+async fn secrets_stay_out_of_status_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runner = Runner::new(test_config(tmp.path()));
+    let secret = "SUPERSECRET-d41d8cd98f00b204";
+    let envs = json!({"AWS_SECRET_ACCESS_KEY": secret, "ADMIN_S3_SECRET_ACCESS_KEY": secret, "DECO_CACHE_S3_BUCKET": "b",
+        "DECO_CACHE_S3_ENDPOINT": "http://127.0.0.1:9"});
+    let (s, _) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": [], "envs": envs})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    let (_, metrics) = raw_call(&runner, "GET", "/metrics", vec![]).await;
+    assert!(!st.to_string().contains(secret) && !metrics.contains(secret));
+}

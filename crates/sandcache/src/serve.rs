@@ -1,0 +1,151 @@
+//! `sandcache serve`: flags and environment to a runner config, then run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sandcache_engine::CacheConfig;
+use sandcache_runner::{Runner, RunnerConfig};
+
+use crate::FormatArg;
+use crate::env_vars;
+use crate::settings::StoreArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Default: 0.0.0.0:$APP_PORT (8000).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// The cache dir the worker gets as DENO_DIR.
+    #[arg(long, env = env_vars::DENO_DIR, default_value = "/deno-dir", value_name = "DIR")]
+    dir: PathBuf,
+    /// Where the site is cloned and the worker runs.
+    #[arg(long, env = env_vars::SANDCACHE_WORK_DIR, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// Runner-wide cache store; a deploy's DECO_CACHE_S3_* override it.
+    /// Without one (and without DECO_CACHE_S3_BUCKET) the cache is off until
+    /// a deploy enables it. `local` is the embedded default store.
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Restore deadline in seconds.
+    #[arg(long, env = env_vars::SANDCACHE_TIMEOUT, default_value = "30", value_name = "SECS")]
+    restore_timeout: f64,
+    /// Format of the snapshots the runner takes.
+    #[arg(long, value_enum, default_value = "native")]
+    format: FormatArg,
+    /// Seconds the worker has to listen on its PORT.
+    #[arg(long, env = env_vars::PORT_TIMEOUT, default_value = "60", value_name = "SECS")]
+    port_timeout: f64,
+    /// Seconds the cache dir must stay unchanged after the worker is ready
+    /// before the deps-ready snapshot.
+    #[arg(long, env = env_vars::SANDCACHE_SETTLE_SECS, default_value = "10", value_name = "SECS")]
+    settle: f64,
+    /// Seconds between SIGTERM and SIGKILL when stopping the worker.
+    #[arg(long, default_value = "10", value_name = "SECS")]
+    stop_grace: f64,
+    /// Default run command (whitespace-separated) for deploys that give none.
+    #[arg(long, env = env_vars::SANDCACHE_RUN_COMMAND, value_name = "CMD")]
+    run_command: Option<String>,
+    /// The file the default run command needs in the repo.
+    #[arg(long, env = env_vars::SANDCACHE_RUN_ENTRY, default_value = "main.ts", value_name = "FILE")]
+    run_entry: String,
+}
+
+fn secs(v: f64, what: &str) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(v)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{what} must be a positive number of seconds"))
+}
+
+fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
+    let listen = match &args.listen {
+        Some(l) => l.clone(),
+        None => {
+            let port = std::env::var(env_vars::APP_PORT).unwrap_or_else(|_| "8000".into());
+            port.parse::<u16>().map_err(|_| format!("{}={port:?} is not a port number", env_vars::APP_PORT))?;
+            format!("0.0.0.0:{port}")
+        }
+    };
+    // The runner-wide store is off unless one is named: the seed enables the
+    // cache only when a bucket is given.
+    let named = args.store.store.is_some() || std::env::var_os(env_vars::DECO_CACHE_S3_BUCKET).is_some();
+    let store = if named { args.store.store_spec().map_err(|e| format!("{e:#}"))? } else { None };
+    if let Some(key) = &args.store.key {
+        sandcache_engine::validate_key(key)?;
+    }
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let legacy_vars = env.iter().filter(|(k, _)| env_vars::LEGACY_CACHE_VARS.contains(&k.as_str())).cloned().collect();
+    let default_run_command = args
+        .run_command
+        .as_ref()
+        .map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .filter(|v| !v.is_empty());
+    let cfg = RunnerConfig {
+        deno_dir: args.dir.clone(),
+        work_dir: args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("sandcache-site")),
+        cache_defaults: CacheConfig { store, key: args.store.key.clone() },
+        restore_timeout: secs(args.restore_timeout, "--restore-timeout")?,
+        snapshot_format: args.format.into(),
+        port_timeout: secs(args.port_timeout, "--port-timeout")?,
+        settle: secs(args.settle, "--settle")?,
+        stop_grace: secs(args.stop_grace, "--stop-grace")?,
+        default_run_command,
+        default_entry: args.run_entry.clone(),
+        admin_token: std::env::var(env_vars::SANDCACHE_ADMIN_TOKEN).ok().filter(|t| !t.is_empty()),
+        runner_env: env,
+        legacy_vars,
+        ..RunnerConfig::default()
+    };
+    Ok((listen, cfg))
+}
+
+pub fn run(args: &ServeArgs) -> ExitCode {
+    let (listen, cfg) = match config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {listen}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let runner = Runner::new(cfg);
+        match sandcache_runner::serve(listener, runner, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// SIGTERM (the pod is stopping) or Ctrl-C.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
