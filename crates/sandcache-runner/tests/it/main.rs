@@ -309,3 +309,121 @@ async fn secrets_stay_out_of_status_and_metrics() {
     let (_, metrics) = raw_call(&runner, "GET", "/metrics", vec![]).await;
     assert!(!st.to_string().contains(secret) && !metrics.contains(secret));
 }
+
+#[tokio::test]
+async fn an_explicit_snapshot_request_runs_detached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let mut cfg = test_config(tmp.path());
+    cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::Local(store.clone())), key: Some("site/cache".into()) };
+    sandcache_testkit::tree::sample_tree(&cfg.deno_dir);
+    let runner = Runner::new(cfg);
+    let (s, _) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": []})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = call(&runner, "POST", "/sandbox/cache/snapshot", Value::Null).await;
+    assert_eq!((s, v), (StatusCode::ACCEPTED, json!({"ok": true, "started": true})));
+    let st = wait_status(&runner, 10, "snapshot", |s| !s["cache"]["snapshot"].is_null()).await;
+    assert_eq!(st["cache"]["snapshot"]["ok"], true, "{st}");
+    assert!(store.join("site/cache").is_file());
+}
+
+#[tokio::test]
+async fn the_default_run_command_needs_its_entry_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(&repo).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(repo.join("README"), "no entry here").unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    git(&["-c", "user.email=t@t", "-c", "user.name=t", "add", "."]);
+    git(&["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one"]);
+    let mut cfg = test_config(tmp.path());
+    cfg.default_run_command = Some(vec!["python3".into(), "-m".into(), "http.server".into()]);
+    cfg.default_entry = "serve.py".into();
+    let runner = Runner::new(cfg);
+    let url = format!("file://{}", repo.display());
+    let (s, _) = call(&runner, "POST", "/sandbox/deploy", json!({"repo": url})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!(st["worker"], "none", "no entry file: the default does not apply: {st}");
+    call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+
+    std::fs::write(repo.join("serve.py"), "").unwrap();
+    git(&["-c", "user.email=t@t", "-c", "user.name=t", "add", "."]);
+    git(&["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "two"]);
+    let (s, _) = call(&runner, "POST", "/sandbox/deploy", json!({"repo": url, "branch": "main"})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_ne!(st["worker"], "none", "with the entry file the default command runs: {st}");
+    call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+}
+
+/// The seed's legacy build cache, from Garage with static admin keys, into
+/// DENO_DIR_RUN; the keys never reach the worker.
+#[tokio::test]
+async fn the_legacy_build_cache_restores_and_its_keys_stay_out_of_the_worker() {
+    let Some(spec) = sandcache_testkit::s3::spec("legacy") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // The build pipeline's plain cache.tar for site `legacy-site`, in a
+    // bucket reached with static keys (the test server's).
+    let src = tmp.path().join("build-cache");
+    sandcache_testkit::tree::sample_tree(&src);
+    let mut tar = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut tar);
+        b.follow_symlinks(false);
+        b.append_dir_all(".", &src).unwrap();
+        b.finish().unwrap();
+    }
+    let root = sandcache_store::S3Store::new(
+        &{
+            let mut s = spec.clone();
+            s.prefix = String::new();
+            s
+        },
+        &Default::default(),
+    )
+    .unwrap();
+    // A unique site per run; its objects sit at the bucket root, where the
+    // seed's layout puts them.
+    let site = spec.prefix.clone();
+    let key = format!("deco-sites/{site}/cache.tar");
+    let body = futures::stream::once(async move { Ok(bytes::Bytes::from(tar)) });
+    sandcache_store::Store::put(&root, &key, Box::pin(body)).await.unwrap();
+
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    let run_dir = tmp.path().join("deno-dir-run");
+    let mut cfg = test_config(tmp.path());
+    // The runner itself holds keys in its env that must not leak either.
+    cfg.runner_env.push(("ADMIN_S3_SECRET_ACCESS_KEY".into(), secret.clone()));
+    let runner = Runner::new(cfg);
+    let envs = json!({
+        "ASSETS_BUCKET": spec.bucket,
+        "ADMIN_S3_REGION": spec.region,
+        "ADMIN_S3_ENDPOINT": spec.endpoint.clone().unwrap(),
+        "ADMIN_S3_ACCESS_KEY_ID": std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
+        "ADMIN_S3_SECRET_ACCESS_KEY": secret,
+        "DENO_DIR_RUN": run_dir.display().to_string(),
+    });
+    let env_dump = tmp.path().join("worker-env");
+    let script = format!("env > {}; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1", env_dump.display());
+    let (s, v) = call(
+        &runner,
+        "POST",
+        "/sandbox/deploy",
+        json!({"site": site, "runCommand": ["sh", "-c", script], "envs": envs}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_status(&runner, 20, "worker ready", |s| s["worker"] == "ready").await;
+    sandcache_testkit::tree::assert_same_tree(&src, &run_dir);
+    let dump = std::fs::read_to_string(&env_dump).unwrap();
+    assert!(!dump.contains("ADMIN_S3_"), "admin keys reached the worker");
+    assert!(!dump.contains(&std::env::var("AWS_SECRET_ACCESS_KEY").unwrap()), "a secret reached the worker");
+    assert!(dump.lines().any(|l| l.starts_with("PORT=")) && dump.lines().any(|l| l.starts_with("DENO_DIR=")));
+    assert!(dump.contains("DENO_DIR_RUN="), "non-secret deploy envs are forwarded");
+    call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+}
