@@ -280,7 +280,7 @@ impl<'a> Extractor<'a> {
                     .link_name_bytes()
                     .ok_or_else(|| unsafe_entry(&shown, "symlink without a target"))?
                     .into_owned();
-                self.check_symlink_target(parents, &target, &shown)?;
+                check_symlink_target(parents, &target, &self.prefix, &shown)?;
                 let parent = self.parent(parents, &shown)?;
                 match rustix::fs::symlinkat(os(&target), &parent, os(name)) {
                     Ok(()) => {}
@@ -364,37 +364,6 @@ impl<'a> Extractor<'a> {
     /// target's own name (`deno-dir` restored into `/home/u/deno-dir`).
     fn names_a_root(&self, comps: &[&[u8]]) -> bool {
         comps.len() >= 2 || self.prefix.last().is_some_and(|name| comps[0] == name.as_slice())
-    }
-
-    /// A symlink may point anywhere under the target, and nowhere else.
-    ///
-    /// A relative target must be some `..` steps that stay within the
-    /// symlink's own depth, followed by plain names: `..` after a name is
-    /// refused, because the kernel resolves it against wherever that name
-    /// (maybe itself a symlink) leads, not lexically. An absolute target must
-    /// lie under the final target directory, with no `..` at all.
-    fn check_symlink_target(&self, parents: &[&[u8]], target: &[u8], shown: &str) -> Result<(), ExtractError> {
-        if target.is_empty() {
-            return Err(unsafe_entry(shown, "symlink with an empty target"));
-        }
-        let comps: Vec<&[u8]> = target.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
-        if target[0] == b'/' {
-            let inside = comps.len() >= self.prefix.len()
-                && comps.iter().zip(&self.prefix).all(|(a, b)| *a == b.as_slice())
-                && !comps.contains(&&b".."[..]);
-            if !inside {
-                return Err(unsafe_entry(shown, "symlink points outside the target directory"));
-            }
-            return Ok(());
-        }
-        let ups = comps.iter().take_while(|c| **c == b"..").count();
-        if comps[ups..].contains(&&b".."[..]) {
-            return Err(unsafe_entry(shown, "symlink target has `..` after a name"));
-        }
-        if ups > parents.len() {
-            return Err(unsafe_entry(shown, "symlink points outside the target directory"));
-        }
-        Ok(())
     }
 
     /// Opens (creating as needed) the directory holding an entry, never
@@ -559,6 +528,42 @@ impl<'a> Extractor<'a> {
     }
 }
 
+/// A symlink may point anywhere under the target, and nowhere else.
+///
+/// A relative target must be some `..` steps that stay within the
+/// symlink's own depth, followed by plain names: `..` after a name is
+/// refused, because the kernel resolves it against wherever that name
+/// (maybe itself a symlink) leads, not lexically. An absolute target must
+/// lie under the final target directory, with no `..` at all.
+pub(crate) fn check_symlink_target(
+    parents: &[&[u8]],
+    target: &[u8],
+    prefix: &[Vec<u8>],
+    shown: &str,
+) -> Result<(), ExtractError> {
+    if target.is_empty() {
+        return Err(unsafe_entry(shown, "symlink with an empty target"));
+    }
+    let comps: Vec<&[u8]> = target.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+    if target[0] == b'/' {
+        let inside = comps.len() >= prefix.len()
+            && comps.iter().zip(prefix).all(|(a, b)| *a == b.as_slice())
+            && !comps.contains(&&b".."[..]);
+        if !inside {
+            return Err(unsafe_entry(shown, "symlink points outside the target directory"));
+        }
+        return Ok(());
+    }
+    let ups = comps.iter().take_while(|c| **c == b"..").count();
+    if comps[ups..].contains(&&b".."[..]) {
+        return Err(unsafe_entry(shown, "symlink target has `..` after a name"));
+    }
+    if ups > parents.len() {
+        return Err(unsafe_entry(shown, "symlink points outside the target directory"));
+    }
+    Ok(())
+}
+
 fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
 }
@@ -603,7 +608,7 @@ mod tests {
         let o = opts();
         let staging = tempfile::tempdir().unwrap();
         let x = Extractor::new(staging.path(), &o).unwrap();
-        let ok = |parents: &[&[u8]], t: &str| x.check_symlink_target(parents, t.as_bytes(), "l").is_ok();
+        let ok = |parents: &[&[u8]], t: &str| check_symlink_target(parents, t.as_bytes(), &x.prefix, "l").is_ok();
         assert!(ok(&[b"a", b"b"], "../../x"));
         assert!(ok(&[b"a"], "sibling/file"));
         assert!(ok(&[], "/deno-dir/npm/x"));

@@ -23,6 +23,7 @@
 mod error;
 mod extract;
 mod format;
+pub mod pack;
 mod progress;
 mod write;
 

@@ -26,6 +26,8 @@
 //! ```
 
 mod config;
+mod gc;
+mod native;
 mod outcome;
 mod pipe;
 mod restore;
@@ -37,6 +39,7 @@ use std::sync::Arc;
 use sandcache_store::{Store, StoreOptions};
 
 pub use config::{CacheConfig, seed_env};
+pub use gc::{GcOptions, GcReport};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
 pub use restore::RestoreOptions;
 pub use sandcache_archive::{Limits, Progress};

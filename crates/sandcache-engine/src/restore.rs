@@ -6,8 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use sandcache_archive::pack::Manifest;
 use sandcache_archive::{ExtractError, ExtractOptions, Limits, Progress};
 use sandcache_store::{Store, StoreError};
+use std::time::UNIX_EPOCH;
+
+use crate::native;
 
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelReader, Msg};
@@ -21,12 +25,14 @@ pub struct RestoreOptions {
     /// The hard total deadline: lock, request, download, extraction and swap.
     pub timeout: Duration,
     pub limits: Limits,
+    /// Pack downloads in flight (native format).
+    pub concurrency: usize,
     pub progress: Option<Arc<Progress>>,
 }
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { timeout: Duration::from_secs(30), limits: Limits::default(), progress: None }
+        RestoreOptions { timeout: Duration::from_secs(30), limits: Limits::default(), concurrency: 8, progress: None }
     }
 }
 
@@ -105,6 +111,89 @@ async fn restore(
     })?;
     let leftovers = target.leftovers();
 
+    // The native layout and a single archive (the seed's cache.tgz, a legacy
+    // tar.zst, or `--format tgz`) may both exist: the newer wins.
+    let (listed, legacy) = tokio::join!(native::list_manifests(store, key), store.head(key));
+    let manifests = listed.map_err(store_skip)?;
+    let legacy = legacy.map_err(store_skip)?;
+    let native_ms = manifests.first().and_then(|m| manifest_ms(&m.key));
+    let legacy_ms =
+        legacy.as_ref().map(|l| l.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
+    let use_native = match (native_ms, legacy_ms) {
+        (Some(n), Some(l)) => n >= l,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    let (done, staging, manifest) = if use_native {
+        restore_native(store, key, &target, opts, &manifests).await?
+    } else if legacy.is_some() {
+        let (done, staging) = restore_archive(store, key, &target, opts).await?;
+        (done, staging, None)
+    } else {
+        return Err(Skip::new(Reason::NotFound, format!("no object at `{key}` nor any generation under `{key}.d/`")));
+    };
+    let old = target.swap_in(&staging).map_err(|e| {
+        remove_in_background(vec![staging.clone()]);
+        Skip::new(Reason::IoError, format!("swap into place: {e}"))
+    })?;
+    after_swap(&target, old.into_iter().chain(leftovers).collect(), store, key, manifest);
+    Ok(done)
+}
+
+/// The creation time a manifest's name starts with.
+fn manifest_ms(key: &str) -> Option<u64> {
+    key.rsplit('/').next()?.split('-').next()?.parse().ok()
+}
+
+/// Restores the newest generation whose packs are all there: a manifest
+/// whose pack is missing (removed by gc under a race) falls back to the next.
+async fn restore_native(
+    store: &dyn Store,
+    key: &str,
+    target: &Target,
+    opts: &RestoreOptions,
+    manifests: &[sandcache_store::ObjectInfo],
+) -> Result<(Done, PathBuf, Option<Arc<Manifest>>), Skip> {
+    let mut last = None;
+    for info in manifests.iter().take(3) {
+        let m = native::fetch_manifest(store, &info.key).await?;
+        m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;
+        let m = Arc::new(m);
+        if let Some(p) = &opts.progress {
+            let total: u64 = m.packs.iter().map(|p| p.size).sum();
+            p.expected.store(total, Ordering::Relaxed);
+        }
+        let staging = target.create_staging().map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let guard = CancelOnDrop(cancel.clone());
+        let result =
+            native::restore_into(store, key, m.clone(), &staging, cancel, opts.progress.clone(), opts.concurrency)
+                .await;
+        drop(guard);
+        match result {
+            Ok(s) => {
+                return Ok((Done { files: s.files, bytes: s.bytes, transferred: s.transferred }, staging, Some(m)));
+            }
+            Err(skip) => {
+                remove_in_background(vec![staging]);
+                if skip.reason != Reason::NotFound {
+                    return Err(skip);
+                }
+                tracing::warn!(target: "sandbox-cache", "generation {} is incomplete ({}); trying an older one", info.key, skip.detail);
+                last = Some(skip);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Skip::new(Reason::NotFound, "no complete generation")))
+}
+
+/// A single archive, streamed: store → decoder → extractor, no temp file.
+async fn restore_archive(
+    store: &dyn Store,
+    key: &str,
+    target: &Target,
+    opts: &RestoreOptions,
+) -> Result<(Done, PathBuf), Skip> {
     let object = store.get(key).await.map_err(store_skip)?;
     let progress = opts.progress.clone();
     if let Some(p) = &progress {
@@ -161,23 +250,22 @@ async fn restore(
     let stats = extracted
         .map_err(|e| Skip::new(Reason::IoError, format!("extraction thread failed: {e}")))?
         .map_err(extract_skip)?;
-    let old = target.swap_in(&staging).map_err(|e| {
-        remove_in_background(vec![staging.clone()]);
-        Skip::new(Reason::IoError, format!("swap into place: {e}"))
-    })?;
-    after_swap(&target, old.into_iter().chain(leftovers).collect(), store, key);
-    Ok(Done { files: stats.files, bytes: stats.bytes, transferred })
+    Ok((Done { files: stats.files, bytes: stats.bytes, transferred }, staging))
 }
 
 /// Off the critical path: record what was restored, so an unchanged dir is
-/// not uploaded again, then remove the old tree and any leftovers.
-fn after_swap(target: &Target, trash: Vec<PathBuf>, store: &dyn Store, key: &str) {
+/// not uploaded again (and a native snapshot rereads nothing), then remove
+/// the old tree and any leftovers.
+fn after_swap(target: &Target, trash: Vec<PathBuf>, store: &dyn Store, key: &str, manifest: Option<Arc<Manifest>>) {
     let target = target.clone();
     let (store, key) = (store.to_string(), key.to_owned());
     crate::target::background("after-restore", move || {
         match sandcache_archive::fingerprint(&target.dir, true) {
             Ok(fp) => save_state(&target, &store, &key, &fp),
             Err(e) => tracing::debug!("no fingerprint for {}: {e}", target.dir.display()),
+        }
+        if let Some(m) = manifest {
+            native::Index::of_restored(&target.dir, &m).save(&target.index_path());
         }
         remove_in_background(trash);
     });
@@ -199,7 +287,7 @@ pub(crate) fn store_skip(e: StoreError) -> Skip {
     }
 }
 
-fn extract_skip(e: ExtractError) -> Skip {
+pub(crate) fn extract_skip(e: ExtractError) -> Skip {
     let reason = match &e {
         ExtractError::Corrupt { .. } => Reason::Corrupt,
         ExtractError::Unsafe { .. } => Reason::Unsafe,

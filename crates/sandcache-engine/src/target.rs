@@ -75,6 +75,11 @@ impl Target {
         self.sibling("-state.json")
     }
 
+    /// Per-file hashes of the last restore or snapshot (native format).
+    pub(crate) fn index_path(&self) -> PathBuf {
+        self.sibling("-index.json")
+    }
+
     /// A fresh name for a staging or trash dir.
     fn scratch(&self, kind: &str) -> PathBuf {
         let tag = format!("-{kind}-{}-{:08x}", std::process::id(), rand::random::<u32>());

@@ -1,6 +1,7 @@
 //! Archive round trips, interop with GNU tar, and hostile archives.
 
 mod hostile;
+mod manifest;
 
 use sandcache_testkit::tree::{assert_same_tree, sample_tree};
 

@@ -1,0 +1,367 @@
+//! The native format: content-addressed packs of zstd frames, and a manifest.
+//!
+//! A pack is a concatenation of independent zstd frames; each frame holds up
+//! to [`FRAME_RAW`] bytes of raw file content. Small files share frames, in
+//! walk order; a larger file spans whole frames of its own. Packs are named
+//! by the BLAKE3 of their bytes, so equal packs are one object.
+//!
+//! The manifest lists every entry (path, kind, mode, mtime, size, BLAKE3 of
+//! the content, symlink target) and where its bytes sit: a frame and an
+//! offset in that frame's raw content. Each frame carries its pack, offset,
+//! compressed and raw lengths, and the BLAKE3 of its raw content, so every
+//! byte restored is verified. [`Manifest::validate`] checks everything a
+//! hostile manifest could get wrong before anything is written.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ExtractError;
+use crate::extract::{Limits, check_symlink_target};
+
+/// Raw bytes per frame: the unit of download, decompression and verification.
+pub const FRAME_RAW: usize = 4 << 20;
+/// Compressed bytes after which a pack is closed.
+pub const PACK_TARGET: usize = 16 << 20;
+/// The largest manifest accepted, decompressed.
+pub const MAX_MANIFEST: usize = 256 << 20;
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// One entry of the tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative, `/`-separated, no `.`/`..`/empty components.
+    pub path: String,
+    pub kind: Kind,
+    pub mode: u32,
+    pub mtime: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    /// BLAKE3 of the content, hex (files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
+    /// First frame holding the content (files with content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<u32>,
+    /// Offset of the content in that frame's raw bytes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A frame: a zstd frame in a pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub pack: u32,
+    pub offset: u64,
+    pub clen: u64,
+    pub rawlen: u64,
+    /// BLAKE3 of the raw content, hex.
+    pub hash: String,
+}
+
+/// A pack object, by content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRef {
+    pub id: String,
+    pub size: u64,
+}
+
+/// A generation of the cache.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub created_ms: u64,
+    pub packs: Vec<PackRef>,
+    pub frames: Vec<Frame>,
+    pub entries: Vec<Entry>,
+}
+
+/// Where a file's bytes are: frames and the offset in the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub frame: u32,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl Manifest {
+    /// zstd-compressed JSON, as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        let json = serde_json::to_vec(self).expect("a manifest always serialises");
+        zstd::bulk::compress(&json, 3).expect("compressing into memory cannot fail")
+    }
+
+    /// Decodes stored bytes. Does not validate: call [`Manifest::validate`].
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, ExtractError> {
+        let bad = |detail: String| ExtractError::Corrupt { detail, source: None };
+        let mut json = Vec::new();
+        let mut dec = zstd::stream::read::Decoder::new(bytes).map_err(|e| bad(format!("manifest: {e}")))?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut dec, MAX_MANIFEST as u64 + 1), &mut json)
+            .map_err(|e| bad(format!("manifest is not zstd: {e}")))?;
+        if json.len() > MAX_MANIFEST {
+            return Err(bad(format!("manifest expands past {MAX_MANIFEST} bytes")));
+        }
+        serde_json::from_slice(&json).map_err(|e| bad(format!("manifest is not valid: {e}")))
+    }
+
+    /// Checks everything a hostile or broken manifest could get wrong:
+    /// versions, index bounds, offsets past a frame or pack end, overlapping
+    /// frames, unsafe paths and symlinks, duplicates, and the limits.
+    /// `final_dir` is where the tree will live: absolute symlink targets must
+    /// stay under it.
+    pub fn validate(&self, limits: &Limits, final_dir: &std::path::Path) -> Result<(), ExtractError> {
+        let prefix: Vec<Vec<u8>> = final_dir
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(s) => Some(std::os::unix::ffi::OsStrExt::as_bytes(s).to_vec()),
+                _ => None,
+            })
+            .collect();
+        let corrupt = |detail: String| ExtractError::Corrupt { detail, source: None };
+        if self.version != VERSION {
+            return Err(corrupt(format!("manifest version {} is not {VERSION}", self.version)));
+        }
+        if self.entries.len() as u64 > limits.max_entries {
+            return Err(ExtractError::Limit { what: "entry count", limit: limits.max_entries });
+        }
+        for p in &self.packs {
+            if p.id.len() != 64 || !p.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(corrupt(format!("pack id {:?} is not a BLAKE3 hex digest", p.id)));
+            }
+        }
+        // Frames lie inside their pack and never overlap.
+        let mut by_pack: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
+        for (i, f) in self.frames.iter().enumerate() {
+            let pack =
+                self.packs.get(f.pack as usize).ok_or_else(|| corrupt(format!("frame {i} names pack {}", f.pack)))?;
+            let end = f.offset.checked_add(f.clen).ok_or_else(|| corrupt(format!("frame {i} overflows")))?;
+            if end > pack.size || f.clen == 0 {
+                return Err(corrupt(format!(
+                    "frame {i} ({}..{end}) falls outside pack {} of {} bytes",
+                    f.offset, pack.id, pack.size
+                )));
+            }
+            if f.rawlen > FRAME_RAW as u64 || f.hash.len() != 64 {
+                return Err(corrupt(format!("frame {i} is malformed")));
+            }
+            by_pack.entry(f.pack).or_default().push((f.offset, end));
+        }
+        for ranges in by_pack.values_mut() {
+            ranges.sort_unstable();
+            if ranges.windows(2).any(|w| w[1].0 < w[0].1) {
+                return Err(corrupt("frames overlap in a pack".into()));
+            }
+        }
+        let mut total = 0u64;
+        let mut seen: HashSet<&str> = HashSet::with_capacity(self.entries.len());
+        let mut non_dirs: HashSet<&str> = HashSet::new();
+        for e in &self.entries {
+            let comps = check_path(&e.path, limits)?;
+            if !seen.insert(&e.path) {
+                return Err(unsafe_entry(&e.path, "duplicate entry"));
+            }
+            match e.kind {
+                Kind::Dir => {}
+                Kind::Symlink => {
+                    let target =
+                        e.target.as_deref().ok_or_else(|| unsafe_entry(&e.path, "symlink without a target"))?;
+                    check_symlink_target(&comps[..comps.len() - 1], target.as_bytes(), &prefix, &e.path)?;
+                    non_dirs.insert(&e.path);
+                }
+                Kind::File => {
+                    non_dirs.insert(&e.path);
+                    total = total.saturating_add(e.size);
+                    if total > limits.max_bytes {
+                        return Err(ExtractError::Limit { what: "expanded size", limit: limits.max_bytes });
+                    }
+                    if e.hash.as_ref().is_none_or(|h| h.len() != 64) {
+                        return Err(corrupt(format!("{} has no valid hash", e.path)));
+                    }
+                    if e.size > 0 {
+                        self.span_frames(e)?;
+                    }
+                }
+            }
+        }
+        // Nothing lives under a file or symlink: no write through a symlink.
+        for e in &self.entries {
+            let mut p = e.path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if non_dirs.contains(parent) {
+                    return Err(unsafe_entry(&e.path, "path goes through a symlink or a non-directory"));
+                }
+                p = parent;
+            }
+        }
+        Ok(())
+    }
+
+    /// The frames a file's content spans, checked against their bounds.
+    pub fn span_frames(&self, e: &Entry) -> Result<std::ops::Range<usize>, ExtractError> {
+        let corrupt = |detail: String| ExtractError::Corrupt { detail, source: None };
+        let first = e.frame.ok_or_else(|| corrupt(format!("{} has content but no frame", e.path)))? as usize;
+        let f = self.frames.get(first).ok_or_else(|| corrupt(format!("{} names frame {first}", e.path)))?;
+        let end_in_first = e.offset.checked_add(e.size).ok_or_else(|| corrupt(format!("{} overflows", e.path)))?;
+        if end_in_first <= f.rawlen {
+            return Ok(first..first + 1);
+        }
+        // A large file: starts at 0 of its first frame and fills whole frames.
+        if e.offset != 0 {
+            return Err(corrupt(format!("{} spans frames but does not start one", e.path)));
+        }
+        let mut left = e.size;
+        let mut i = first;
+        while left > 0 {
+            let f = self.frames.get(i).ok_or_else(|| corrupt(format!("{} runs past the last frame", e.path)))?;
+            if f.rawlen == 0 {
+                return Err(corrupt(format!("{} spans an empty frame", e.path)));
+            }
+            left = left.saturating_sub(f.rawlen);
+            i += 1;
+        }
+        Ok(first..i)
+    }
+}
+
+fn unsafe_entry(path: &str, why: &str) -> ExtractError {
+    ExtractError::Unsafe { path: path.to_owned(), why: why.to_owned() }
+}
+
+/// A relative path's components, or why it is unsafe.
+pub fn check_path<'p>(path: &'p str, limits: &Limits) -> Result<Vec<&'p [u8]>, ExtractError> {
+    if path.is_empty() || path.len() > limits.max_path_len {
+        return Err(unsafe_entry(&path.chars().take(80).collect::<String>(), "empty path or over the length limit"));
+    }
+    let mut comps = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => return Err(unsafe_entry(path, "empty or `.` component")),
+            ".." => return Err(unsafe_entry(path, "path contains `..`")),
+            c if c.len() > 255 => return Err(unsafe_entry(path, "a path component is longer than 255 bytes")),
+            c if c.contains('\0') => return Err(unsafe_entry(path, "NUL in a path")),
+            c => comps.push(c.as_bytes()),
+        }
+    }
+    Ok(comps)
+}
+
+/// Builds frames and packs from file contents, in order. Used by snapshot.
+pub struct PackBuilder {
+    level: i32,
+    raw: Vec<u8>,
+    pack: Vec<u8>,
+    /// Frames of the current pack (their `pack` is set by the caller).
+    pack_frames: Vec<Frame>,
+    /// Frames flushed so far, over all packs, for numbering.
+    frames_before: u32,
+}
+
+/// A finished pack: its bytes, id, and frames (whose `pack` index is left
+/// to the caller, who knows where the pack lands in its manifest).
+pub struct BuiltPack {
+    pub id: String,
+    pub bytes: Vec<u8>,
+    pub frames: Vec<Frame>,
+}
+
+impl PackBuilder {
+    pub fn new(level: i32) -> Self {
+        PackBuilder {
+            level,
+            raw: Vec::with_capacity(FRAME_RAW),
+            pack: Vec::new(),
+            pack_frames: Vec::new(),
+            frames_before: 0,
+        }
+    }
+
+    /// Global index of the frame being filled.
+    fn current_frame(&self) -> u32 {
+        self.frames_before + self.pack_frames.len() as u32
+    }
+
+    /// Adds a file's content; returns (first frame, offset in it). A file
+    /// larger than what is left of the frame starts a new one; one larger
+    /// than a frame fills whole frames of its own. Full packs are returned.
+    pub fn add(&mut self, mut data: &[u8], done: &mut Vec<BuiltPack>) -> (u32, u64) {
+        if !self.raw.is_empty() && self.raw.len() + data.len() > FRAME_RAW {
+            self.close_frame(done);
+        }
+        let at = (self.current_frame(), self.raw.len() as u64);
+        loop {
+            let room = FRAME_RAW - self.raw.len();
+            let n = room.min(data.len());
+            self.raw.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if data.is_empty() {
+                break;
+            }
+            self.close_frame(done);
+        }
+        at
+    }
+
+    fn close_frame(&mut self, done: &mut Vec<BuiltPack>) {
+        if self.raw.is_empty() {
+            return;
+        }
+        let hash = blake3::hash(&self.raw).to_hex().to_string();
+        let c = zstd::bulk::compress(&self.raw, self.level).expect("compressing into memory cannot fail");
+        self.pack_frames.push(Frame {
+            pack: 0,
+            offset: self.pack.len() as u64,
+            clen: c.len() as u64,
+            rawlen: self.raw.len() as u64,
+            hash,
+        });
+        self.pack.extend_from_slice(&c);
+        self.raw.clear();
+        if self.pack.len() >= PACK_TARGET {
+            self.close_pack(done);
+        }
+    }
+
+    fn close_pack(&mut self, done: &mut Vec<BuiltPack>) {
+        if self.pack_frames.is_empty() {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.pack);
+        let frames = std::mem::take(&mut self.pack_frames);
+        self.frames_before += frames.len() as u32;
+        done.push(BuiltPack { id: blake3::hash(&bytes).to_hex().to_string(), bytes, frames });
+    }
+
+    /// Flushes the last frame and pack.
+    pub fn finish(mut self, done: &mut Vec<BuiltPack>) {
+        self.close_frame(done);
+        self.close_pack(done);
+    }
+}
+
+/// Decompresses a frame and checks its length and hash.
+pub fn decode_frame(compressed: &[u8], frame: &Frame) -> Result<Vec<u8>, ExtractError> {
+    let corrupt = |detail: String| ExtractError::Corrupt { detail, source: None };
+    let raw = zstd::bulk::decompress(compressed, frame.rawlen as usize)
+        .map_err(|e| corrupt(format!("frame at {} of pack {}: {e}", frame.offset, frame.pack)))?;
+    if raw.len() as u64 != frame.rawlen {
+        return Err(corrupt(format!("frame at {} decodes to {} bytes, not {}", frame.offset, raw.len(), frame.rawlen)));
+    }
+    if blake3::hash(&raw).to_hex().as_str() != frame.hash {
+        return Err(corrupt(format!("frame at {} of pack {} fails its BLAKE3 check", frame.offset, frame.pack)));
+    }
+    Ok(raw)
+}

@@ -1,0 +1,746 @@
+//! The native layout in a store, under a key `K`:
+//!
+//! ```text
+//! K.d/packs/<blake3>.pack            immutable, content-addressed
+//! K.d/manifests/<ms>-<random>.json.zst   one per generation, written last
+//! ```
+//!
+//! A snapshot uploads its new packs first and its manifest last; a reader
+//! takes the newest manifest whose packs are all there. Nothing is ever
+//! overwritten, so two writers at once can only each add a generation: no
+//! manifest can point at a pack that is not already stored, and no complete
+//! generation is lost. This needs no conditional writes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures::{StreamExt, TryStreamExt};
+use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest, PackBuilder, PackRef, Span};
+use sandcache_archive::{ExtractError, Progress};
+use sandcache_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::outcome::{Reason, Skip};
+
+pub(crate) fn manifests_prefix(key: &str) -> String {
+    format!("{key}.d/manifests/")
+}
+
+pub(crate) fn pack_key(key: &str, id: &str) -> String {
+    format!("{key}.d/packs/{id}.pack")
+}
+
+/// The stored manifests of a key, newest first.
+pub(crate) async fn list_manifests(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Vec<sandcache_store::ObjectInfo>, StoreError> {
+    let mut all = store.list(&manifests_prefix(key)).await?;
+    all.retain(|o| o.key.ends_with(".json.zst"));
+    all.sort_by(|a, b| b.key.cmp(&a.key));
+    Ok(all)
+}
+
+pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, StoreError> {
+    let obj = store.get(key).await?;
+    let parts: Vec<Bytes> = obj.stream.try_collect().await?;
+    Ok(parts.concat().into())
+}
+
+pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str) -> Result<Manifest, Skip> {
+    let bytes = get_all(store, key).await.map_err(crate::restore::store_skip)?;
+    Manifest::decode(&bytes).map_err(crate::restore::extract_skip)
+}
+
+// ---------------------------------------------------------------- restore
+
+/// Bytes of one frame's location and the pieces of files in it.
+struct FrameJob {
+    frame: u32,
+    bytes: Bytes,
+}
+
+/// A piece of a file inside a frame.
+#[derive(Clone, Copy)]
+struct Piece {
+    entry: u32,
+    /// Offset in the frame's raw content.
+    at: u64,
+    len: u64,
+    /// Offset in the file (non-zero for the later parts of large files).
+    file_offset: u64,
+}
+
+pub(crate) struct RestoreStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub transferred: u64,
+}
+
+/// Restores manifest `m` into `staging`. Downloads, decompression and file
+/// writes overlap: ranged GETs stream frames to a pool of writer threads.
+pub(crate) async fn restore_into(
+    store: &dyn Store,
+    key: &str,
+    m: Arc<Manifest>,
+    staging: &Path,
+    cancel: Arc<AtomicBool>,
+    progress: Option<Arc<Progress>>,
+    concurrency: usize,
+) -> Result<RestoreStats, Skip> {
+    // 1. Directories and empty files, before any content arrives. No symlink
+    //    exists in staging until the very end, so paths cannot be redirected.
+    let setup_m = m.clone();
+    let setup_staging = staging.to_owned();
+    let pieces = tokio::task::spawn_blocking(move || setup(&setup_m, &setup_staging))
+        .await
+        .map_err(|e| Skip::new(Reason::IoError, format!("setup thread: {e}")))?
+        .map_err(crate::restore::extract_skip)?;
+
+    // 2. Which byte ranges to fetch: needed frames, coalesced per pack.
+    let runs = plan_runs(&m, &pieces);
+
+    // 3. Writer pool.
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+    let (tx, rx) = tokio::sync::mpsc::channel::<FrameJob>(threads * 2);
+    let rx = Arc::new(Mutex::new(rx));
+    let error: Arc<Mutex<Option<ExtractError>>> = Arc::new(Mutex::new(None));
+    let files = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let pieces = Arc::new(pieces);
+    let mut workers = Vec::new();
+    for _ in 0..threads {
+        let (rx, m, pieces, error, cancel, files, bytes, progress, staging) = (
+            rx.clone(),
+            m.clone(),
+            pieces.clone(),
+            error.clone(),
+            cancel.clone(),
+            files.clone(),
+            bytes.clone(),
+            progress.clone(),
+            staging.to_owned(),
+        );
+        workers.push(tokio::task::spawn_blocking(move || {
+            loop {
+                let job = { rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv() };
+                let Some(job) = job else { return };
+                if cancel.load(Ordering::Relaxed) {
+                    return;
+                }
+                match write_frame(&m, &pieces, &staging, &job) {
+                    Ok((f, b)) => {
+                        files.fetch_add(f, Ordering::Relaxed);
+                        bytes.fetch_add(b, Ordering::Relaxed);
+                        if let Some(p) = &progress {
+                            p.files.fetch_add(f, Ordering::Relaxed);
+                            p.bytes.fetch_add(b, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        cancel.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+
+    // 4. Downloads, concurrently, each feeding frames as they complete.
+    let transferred = Arc::new(AtomicU64::new(0));
+    let fetches = futures::stream::iter(runs.into_iter().map(|run| {
+        let (tx, m, cancel, transferred, progress) =
+            (tx.clone(), m.clone(), cancel.clone(), transferred.clone(), progress.clone());
+        async move { fetch_run(store, key, &m, run, tx, cancel, transferred, progress).await }
+    }))
+    .buffer_unordered(concurrency.max(1))
+    .try_collect::<Vec<()>>();
+    let fetched = fetches.await;
+    drop(tx);
+    for w in workers {
+        let _ = w.await;
+    }
+    if let Some(e) = error.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(crate::restore::extract_skip(e));
+    }
+    fetched.map_err(crate::restore::store_skip)?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
+    }
+
+    // 5. Symlinks, then metadata of large files and directories.
+    let (fin_m, fin_staging) = (m.clone(), staging.to_owned());
+    let symlinks = tokio::task::spawn_blocking(move || finish(&fin_m, &fin_staging))
+        .await
+        .map_err(|e| Skip::new(Reason::IoError, format!("finish thread: {e}")))?
+        .map_err(crate::restore::extract_skip)?;
+    Ok(RestoreStats {
+        files: files.load(Ordering::Relaxed) + symlinks + empty_files(&m),
+        bytes: bytes.load(Ordering::Relaxed),
+        transferred: transferred.load(Ordering::Relaxed),
+    })
+}
+
+fn empty_files(m: &Manifest) -> u64 {
+    m.entries.iter().filter(|e| e.kind == Kind::File && e.size == 0).count() as u64
+}
+
+fn io_err(path: &Path, e: io::Error) -> ExtractError {
+    ExtractError::Io { path: path.to_owned(), source: e }
+}
+
+/// Creates every directory and empty file; returns each frame's pieces.
+fn setup(m: &Manifest, staging: &Path) -> Result<Vec<Vec<Piece>>, ExtractError> {
+    let mut pieces: Vec<Vec<Piece>> = vec![Vec::new(); m.frames.len()];
+    let mut dirs = fs::DirBuilder::new();
+    dirs.recursive(true).mode(0o755);
+    let mut made: HashSet<&str> = HashSet::new();
+    for (i, e) in m.entries.iter().enumerate() {
+        let parent = match e.kind {
+            Kind::Dir => Some(e.path.as_str()),
+            _ => e.path.rsplit_once('/').map(|(p, _)| p),
+        };
+        if let Some(p) = parent {
+            if made.insert(p) {
+                dirs.create(staging.join(p)).map_err(|err| io_err(&staging.join(p), err))?;
+            }
+        }
+        if e.kind != Kind::File {
+            continue;
+        }
+        if e.size == 0 {
+            let path = staging.join(&e.path);
+            create(&path, true).and_then(|f| set_meta(&f, e)).map_err(|err| io_err(&path, err))?;
+            continue;
+        }
+        let span = m.span_frames(e)?;
+        let mut left = e.size;
+        let mut file_offset = 0;
+        for (k, fi) in span.enumerate() {
+            let at = if k == 0 { e.offset } else { 0 };
+            let len = left.min(m.frames[fi].rawlen - at);
+            pieces[fi].push(Piece { entry: i as u32, at, len, file_offset });
+            left -= len;
+            file_offset += len;
+        }
+    }
+    Ok(pieces)
+}
+
+fn create(path: &Path, exclusive: bool) -> io::Result<fs::File> {
+    let mut o = fs::OpenOptions::new();
+    o.write(true).mode(0o600).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    if exclusive {
+        o.create_new(true)
+    } else {
+        o.create(true)
+    };
+    o.open(path)
+}
+
+fn set_meta(f: &fs::File, e: &Entry) -> io::Result<()> {
+    f.set_permissions(fs::Permissions::from_mode(e.mode & 0o777))?;
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64);
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+}
+
+/// Needed frames grouped into byte ranges per pack: (pack, range, frames).
+type Run = (u32, std::ops::Range<u64>, Vec<u32>);
+
+fn plan_runs(m: &Manifest, pieces: &[Vec<Piece>]) -> Vec<Run> {
+    let mut by_pack: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (i, p) in pieces.iter().enumerate() {
+        if !p.is_empty() {
+            by_pack.entry(m.frames[i].pack).or_default().push(i as u32);
+        }
+    }
+    // Frames a small gap apart are fetched in one request.
+    const GAP: u64 = 1 << 20;
+    let mut runs = Vec::new();
+    for (pack, mut frames) in by_pack {
+        frames.sort_by_key(|f| m.frames[*f as usize].offset);
+        let mut cur: Option<Run> = None;
+        for f in frames {
+            let fr = &m.frames[f as usize];
+            let (start, end) = (fr.offset, fr.offset + fr.clen);
+            match &mut cur {
+                Some((_, r, fs)) if start >= r.end && start - r.end <= GAP => {
+                    r.end = end;
+                    fs.push(f);
+                }
+                _ => {
+                    runs.extend(cur.take());
+                    cur = Some((pack, start..end, vec![f]));
+                }
+            }
+        }
+        runs.extend(cur);
+    }
+    // Large runs first, so the longest download starts earliest.
+    runs.sort_by_key(|(_, r, _)| std::cmp::Reverse(r.end - r.start));
+    runs
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_run(
+    store: &dyn Store,
+    key: &str,
+    m: &Manifest,
+    (pack, range, frames): Run,
+    tx: tokio::sync::mpsc::Sender<FrameJob>,
+    cancel: Arc<AtomicBool>,
+    transferred: Arc<AtomicU64>,
+    progress: Option<Arc<Progress>>,
+) -> Result<(), StoreError> {
+    let pkey = pack_key(key, &m.packs[pack as usize].id);
+    let obj = store.get_range(&pkey, range.clone()).await?;
+    let mut stream = obj.stream;
+    let mut buf = BytesMut::new();
+    let mut pos = range.start; // store offset of buf[0]
+    let mut next = 0;
+    while next < frames.len() {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let fr = &m.frames[frames[next] as usize];
+        let need = (fr.offset + fr.clen - pos) as usize;
+        if buf.len() >= need {
+            let _skip = buf.split_to((fr.offset - pos) as usize);
+            let bytes = buf.split_to(fr.clen as usize).freeze();
+            pos = fr.offset + fr.clen;
+            if tx.send(FrameJob { frame: frames[next], bytes }).await.is_err() {
+                return Ok(());
+            }
+            next += 1;
+            continue;
+        }
+        match stream.next().await {
+            Some(chunk) => {
+                let chunk = chunk?;
+                transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                if let Some(p) = &progress {
+                    p.transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            None => {
+                return Err(StoreError::Body {
+                    key: pkey,
+                    source: io::Error::new(io::ErrorKind::UnexpectedEof, "pack shorter than its manifest says"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one frame, verifies it, writes the pieces it holds.
+fn write_frame(
+    m: &Manifest,
+    pieces: &[Vec<Piece>],
+    staging: &Path,
+    job: &FrameJob,
+) -> Result<(u64, u64), ExtractError> {
+    let frame: &Frame = &m.frames[job.frame as usize];
+    let raw = pack::decode_frame(&job.bytes, frame)?;
+    let (mut files, mut bytes) = (0, 0);
+    for p in &pieces[job.frame as usize] {
+        let e = &m.entries[p.entry as usize];
+        let data = &raw[p.at as usize..(p.at + p.len) as usize];
+        let path = staging.join(&e.path);
+        if p.len == e.size {
+            // The whole file: check its own hash too.
+            if blake3::hash(data).to_hex().as_str() != e.hash.as_deref().unwrap_or_default() {
+                return Err(ExtractError::Corrupt {
+                    detail: format!("{} fails its BLAKE3 check", e.path),
+                    source: None,
+                });
+            }
+            let mut f = create(&path, true).map_err(|err| io_err(&path, err))?;
+            io::Write::write_all(&mut f, data).map_err(|err| io_err(&path, err))?;
+            set_meta(&f, e).map_err(|err| io_err(&path, err))?;
+            files += 1;
+        } else {
+            // A part of a large file: its frame's hash verified it.
+            let f = create(&path, false).map_err(|err| io_err(&path, err))?;
+            f.write_all_at(data, p.file_offset).map_err(|err| io_err(&path, err))?;
+        }
+        bytes += p.len;
+    }
+    Ok((files, bytes))
+}
+
+/// Symlinks last, then large files' metadata and each directory's, deepest
+/// first. Returns the number of symlinks and large files.
+fn finish(m: &Manifest, staging: &Path) -> Result<u64, ExtractError> {
+    let mut n = 0;
+    for e in &m.entries {
+        let path = staging.join(&e.path);
+        match e.kind {
+            Kind::Symlink => {
+                std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), &path)
+                    .map_err(|err| io_err(&path, err))?;
+                n += 1;
+            }
+            Kind::File if e.size > 0 && m.span_frames(e).is_ok_and(|s| s.len() > 1) => {
+                let f = fs::OpenOptions::new().write(true).open(&path).map_err(|err| io_err(&path, err))?;
+                if f.metadata().map_err(|err| io_err(&path, err))?.len() != e.size {
+                    return Err(ExtractError::Corrupt {
+                        detail: format!("{} is short after restore", e.path),
+                        source: None,
+                    });
+                }
+                set_meta(&f, e).map_err(|err| io_err(&path, err))?;
+                n += 1;
+            }
+            _ => {}
+        }
+    }
+    let mut dirs: Vec<&Entry> = m.entries.iter().filter(|e| e.kind == Kind::Dir).collect();
+    dirs.sort_by(|a, b| b.path.cmp(&a.path));
+    for e in dirs {
+        let path = staging.join(&e.path);
+        fs::set_permissions(&path, fs::Permissions::from_mode((e.mode & 0o777) | 0o700))
+            .map_err(|err| io_err(&path, err))?;
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64);
+        let f = fs::File::open(&path).map_err(|err| io_err(&path, err))?;
+        f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(|err| io_err(&path, err))?;
+    }
+    fs::set_permissions(staging, fs::Permissions::from_mode(0o755)).map_err(|err| io_err(staging, err))?;
+    Ok(n)
+}
+
+// --------------------------------------------------------------- the index
+
+/// What the last restore or snapshot knew of each file, beside the dir: a
+/// file whose size, mtime, inode and ctime are unchanged keeps its hash
+/// without being read again.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Index {
+    pub files: HashMap<String, IndexEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub ino: u64,
+    pub hash: String,
+}
+
+fn stamp(meta: &fs::Metadata) -> (u64, i128, i128, u64) {
+    (
+        meta.len(),
+        meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        meta.ino(),
+    )
+}
+
+impl Index {
+    pub(crate) fn load(path: &Path) -> Index {
+        fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    pub(crate) fn save(&self, path: &Path) {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let ok = serde_json::to_vec(self)
+            .map_err(io::Error::other)
+            .and_then(|b| fs::write(&tmp, b))
+            .and_then(|()| fs::rename(&tmp, path));
+        if let Err(e) = ok {
+            tracing::debug!("could not save the index {}: {e}", path.display());
+        }
+    }
+
+    fn lookup(&self, rel: &str, meta: &fs::Metadata) -> Option<&str> {
+        let (size, mtime_ns, ctime_ns, ino) = stamp(meta);
+        self.files
+            .get(rel)
+            .filter(|e| e.size == size && e.mtime_ns == mtime_ns && e.ctime_ns == ctime_ns && e.ino == ino)
+            .map(|e| e.hash.as_str())
+    }
+
+    /// The index of a freshly restored tree: stats from disk, hashes from
+    /// the manifest (verified as they were written).
+    pub(crate) fn of_restored(dir: &Path, m: &Manifest) -> Index {
+        let mut files = HashMap::new();
+        for e in m.entries.iter().filter(|e| e.kind == Kind::File) {
+            if let (Ok(meta), Some(hash)) = (fs::symlink_metadata(dir.join(&e.path)), &e.hash) {
+                let (size, mtime_ns, ctime_ns, ino) = stamp(&meta);
+                files.insert(e.path.clone(), IndexEntry { size, mtime_ns, ctime_ns, ino, hash: hash.clone() });
+            }
+        }
+        Index { files }
+    }
+}
+
+// ---------------------------------------------------------------- snapshot
+
+/// Where content already stored lives: hash → (frame, offset) in `base`.
+fn content_map(base: &Manifest) -> HashMap<&str, &Entry> {
+    base.entries
+        .iter()
+        .filter(|e| e.kind == Kind::File && e.size > 0)
+        .filter_map(|e| e.hash.as_deref().map(|h| (h, e)))
+        .collect()
+}
+
+/// A pack this snapshot uploaded.
+struct PackInfo {
+    id: String,
+    size: u64,
+    frames: Vec<Frame>,
+}
+
+pub(crate) struct SnapshotPlan {
+    pub manifest: Manifest,
+    pub index: Index,
+    pub files: u64,
+    pub bytes: u64,
+    /// Whether the manifest's entries equal the base's: nothing to upload.
+    pub unchanged: bool,
+}
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// Walks `dir`, reuses what `base` already stores, and hands each new pack
+/// to `upload` as soon as it is full (bounded memory). Blocking.
+pub(crate) fn build(
+    dir: &Path,
+    base: Option<&Manifest>,
+    index: &Index,
+    cancel: &AtomicBool,
+    progress: Option<&Progress>,
+    upload: &mut dyn FnMut(pack::BuiltPack) -> io::Result<()>,
+) -> io::Result<SnapshotPlan> {
+    let known = base.map(content_map).unwrap_or_default();
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut new_index = Index::default();
+    let mut builder = PackBuilder::new(3);
+    let mut built: Vec<pack::BuiltPack> = Vec::new();
+    let mut new_packs: Vec<PackInfo> = Vec::new();
+    // Content first seen in this snapshot: hash → (local frame, offset).
+    let mut fresh: HashMap<String, (u32, u64)> = HashMap::new();
+    // Reused content: hash → base entry.
+    let mut reused: Vec<(usize, Span)> = Vec::new();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut stack: Vec<(PathBuf, String)> = vec![(dir.to_owned(), String::new())];
+    while let Some((abs, rel)) = stack.pop() {
+        let mut children: Vec<fs::DirEntry> = fs::read_dir(&abs)?.collect::<Result<_, _>>()?;
+        children.sort_by_key(|c| c.file_name());
+        let mut subdirs = Vec::new();
+        let mut sqlite: Vec<String> = Vec::new();
+        for c in children {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(io::Error::other("snapshot cancelled"));
+            }
+            let Some(name) = c.file_name().to_str().map(str::to_owned) else {
+                tracing::warn!("leaving out a non-UTF-8 name in {}", abs.display());
+                continue;
+            };
+            if rel.is_empty() && name.starts_with(sandcache_archive::RESERVED_PREFIX) {
+                continue;
+            }
+            let path = c.path();
+            let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let ty = meta.file_type();
+            let mode = meta.permissions().mode() & 0o7777;
+            let mtime = meta.mtime();
+            if ty.is_dir() {
+                entries.push(Entry {
+                    path: child_rel.clone(),
+                    kind: Kind::Dir,
+                    mode,
+                    mtime,
+                    size: 0,
+                    hash: None,
+                    frame: None,
+                    offset: 0,
+                    target: None,
+                });
+                subdirs.push((path, child_rel));
+            } else if ty.is_symlink() {
+                let target = fs::read_link(&path)?;
+                let Some(target) = target.to_str() else { continue };
+                entries.push(Entry {
+                    path: child_rel,
+                    kind: Kind::Symlink,
+                    mode,
+                    mtime,
+                    size: 0,
+                    hash: None,
+                    frame: None,
+                    offset: 0,
+                    target: Some(target.to_owned()),
+                });
+                files += 1;
+            } else if ty.is_file() {
+                if ["-wal", "-shm", "-journal"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s).is_some_and(|b| sqlite.iter().any(|q| q == b)))
+                {
+                    continue;
+                }
+                let (hash, content) = match index.lookup(&child_rel, &meta) {
+                    Some(h) => (h.to_owned(), None),
+                    None => {
+                        let mut data = Vec::with_capacity(meta.len() as usize);
+                        let Ok(mut f) = fs::File::open(&path) else { continue };
+                        f.read_to_end(&mut data)?;
+                        if data.len() >= 16 && &data[..16] == SQLITE_MAGIC {
+                            sqlite.push(name.clone());
+                            continue;
+                        }
+                        (blake3::hash(&data).to_hex().to_string(), Some(data))
+                    }
+                };
+                let size = content.as_ref().map_or(meta.len(), |d| d.len() as u64);
+                let (s, m, c, i) = stamp(&meta);
+                new_index.files.insert(
+                    child_rel.clone(),
+                    IndexEntry { size: s, mtime_ns: m, ctime_ns: c, ino: i, hash: hash.clone() },
+                );
+                let mut e = Entry {
+                    path: child_rel,
+                    kind: Kind::File,
+                    mode,
+                    mtime,
+                    size,
+                    hash: Some(hash.clone()),
+                    frame: None,
+                    offset: 0,
+                    target: None,
+                };
+                if size > 0 {
+                    if let Some(b) = known.get(hash.as_str()).filter(|b| b.size == size) {
+                        reused.push((entries.len(), Span { frame: b.frame.unwrap_or(0), offset: b.offset, size }));
+                    } else if let Some((f, o)) = fresh.get(&hash) {
+                        e.frame = Some(*f);
+                        e.offset = *o;
+                    } else {
+                        let data = match content {
+                            Some(d) => d,
+                            None => fs::read(dir.join(&e.path))?,
+                        };
+                        if data.len() as u64 != size {
+                            return Err(io::Error::other(format!("{} changed while it was being snapshotted", e.path)));
+                        }
+                        let (f, o) = builder.add(&data, &mut built);
+                        fresh.insert(hash, (f, o));
+                        e.frame = Some(f);
+                        e.offset = o;
+                        for p in built.drain(..) {
+                            new_packs.push(PackInfo {
+                                id: p.id.clone(),
+                                size: p.bytes.len() as u64,
+                                frames: p.frames.clone(),
+                            });
+                            upload(p)?;
+                        }
+                    }
+                }
+                entries.push(e);
+                files += 1;
+                bytes += size;
+                if let Some(p) = progress {
+                    p.files.fetch_add(1, Ordering::Relaxed);
+                    p.bytes.fetch_add(size, Ordering::Relaxed);
+                }
+            }
+        }
+        // Depth first, in name order: push in reverse.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    builder.finish(&mut built);
+    for p in built.drain(..) {
+        new_packs.push(PackInfo { id: p.id.clone(), size: p.bytes.len() as u64, frames: p.frames.clone() });
+        upload(p)?;
+    }
+
+    // The manifest: the base's frames and packs, then the new ones; then
+    // drop whatever no entry references.
+    let (mut packs, mut frames) = match base {
+        Some(b) => (b.packs.clone(), b.frames.clone()),
+        None => (Vec::new(), Vec::new()),
+    };
+    let base_frames = frames.len() as u32;
+    for p in &new_packs {
+        let pi = packs.len() as u32;
+        packs.push(PackRef { id: p.id.clone(), size: p.size });
+        frames.extend(p.frames.iter().map(|f| Frame { pack: pi, ..f.clone() }));
+    }
+    for e in entries.iter_mut() {
+        if let Some(f) = e.frame.as_mut() {
+            *f += base_frames;
+        }
+    }
+    for (i, span) in reused {
+        entries[i].frame = Some(span.frame);
+        entries[i].offset = span.offset;
+    }
+    let created_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut manifest = Manifest { version: pack::VERSION, created_ms, packs, frames, entries };
+    compact(&mut manifest);
+    let unchanged = new_packs.is_empty() && base.is_some_and(|b| b.entries == manifest.entries);
+    Ok(SnapshotPlan { manifest, index: new_index, files, bytes, unchanged })
+}
+
+/// Drops frames no entry uses and packs no frame uses, renumbering both.
+/// Frames keep their order, so a large file's frames stay consecutive.
+fn compact(m: &mut Manifest) {
+    let mut used = vec![false; m.frames.len()];
+    for e in &m.entries {
+        if e.kind == Kind::File && e.size > 0 {
+            if let Ok(span) = m.span_frames(e) {
+                for i in span {
+                    used[i] = true;
+                }
+            }
+        }
+    }
+    let mut frame_map = vec![u32::MAX; m.frames.len()];
+    let mut pack_map: HashMap<u32, u32> = HashMap::new();
+    let mut packs = Vec::new();
+    let mut frames = Vec::new();
+    for (i, f) in m.frames.iter().enumerate() {
+        if !used[i] {
+            continue;
+        }
+        let pi = *pack_map.entry(f.pack).or_insert_with(|| {
+            packs.push(m.packs[f.pack as usize].clone());
+            packs.len() as u32 - 1
+        });
+        frame_map[i] = frames.len() as u32;
+        frames.push(Frame { pack: pi, ..f.clone() });
+    }
+    for e in &mut m.entries {
+        if let Some(f) = e.frame.as_mut() {
+            *f = frame_map[*f as usize];
+        }
+    }
+    m.packs = packs;
+    m.frames = frames;
+}
+
+pub(crate) fn manifest_key(key: &str, created_ms: u64) -> String {
+    format!("{}{created_ms:013}-{:08x}.json.zst", manifests_prefix(key), rand::random::<u32>())
+}
+
+pub(crate) fn pack_id_of(key_in_store: &str) -> Option<&str> {
+    key_in_store.rsplit('/').next()?.strip_suffix(".pack")
+}
