@@ -34,7 +34,7 @@ log "S3 at $AWS_ENDPOINT_URL ($SANDCACHE_TEST_S3), deno at $SANDCACHE_DENO"
 log "cargo test --workspace --locked $*"
 out=$(mktemp)
 status=0
-cargo test --workspace --locked "$@" 2>&1 | tee "$out" || status=$?
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$out" || status=$?
 # One closing total over every test binary (cargo prints one line per binary).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ntests: %d passed, %d failed\n", p, f }' "$out"

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// An HTTP server that answers every request with `200 OK` headers for a
-/// large body, sends `prefix` of it, then goes silent while holding the
-/// connection open: a stalled download.
+/// An S3-like server whose objects all exist but whose downloads stall: a
+/// listing is empty, a `HEAD` answers with headers, and a `GET` sends
+/// `200 OK` headers for a large body, `prefix` of it, then goes silent while
+/// holding the connection open.
 pub async fn stalling_server(prefix: Vec<u8>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
@@ -17,9 +18,23 @@ pub async fn stalling_server(prefix: Vec<u8>) -> SocketAddr {
             let prefix = prefix.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 8192];
-                let _ = sock.read(&mut buf).await;
-                let head: &str = "HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\netag: \"stall\"\r\nlast-modified: Mon, 02 Jan 2006 15:04:05 GMT\r\ncontent-type: application/octet-stream\r\n\r\n";
+                let n = sock.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let line = request.lines().next().unwrap_or_default().to_owned();
+                let head = "HTTP/1.1 200 OK\r\ncontent-length: 1000000000\r\netag: \"stall\"\r\nlast-modified: Mon, 02 Jan 2006 15:04:05 GMT\r\ncontent-type: application/octet-stream\r\n\r\n";
+                if line.contains("list-type=2") {
+                    let body = r#"<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>bucket</Name><KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated></ListBucketResult>"#;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                    return;
+                }
                 let _ = sock.write_all(head.as_bytes()).await;
+                if line.starts_with("HEAD") {
+                    return;
+                }
                 let _ = sock.write_all(&prefix).await;
                 // Hold the connection, send nothing more.
                 tokio::time::sleep(std::time::Duration::from_secs(3600)).await;

@@ -248,7 +248,7 @@ async fn the_snapshot_waits_for_readiness_and_a_settled_cache() {
     let st = wait_status(&runner, 20, "the deps-ready snapshot", |s| !s["cache"]["snapshot"].is_null()).await;
     assert_eq!(st["cache"]["snapshot"]["ok"], true, "{st}");
     assert_eq!(st["cache"]["snapshot"]["files"], 6, "every dep the worker loaded: {st}");
-    assert!(store.join("slow/cache.tgz").is_file(), "default key <site>/cache.tgz");
+    assert!(store.join("slow/cache.tgz.d/manifests").is_dir(), "default key <site>/cache.tgz");
     // Proxied to the worker.
     let (s, body) = raw_call(&runner, "GET", "/", vec![]).await;
     assert_eq!(s, StatusCode::OK, "{body}");
@@ -324,7 +324,7 @@ async fn an_explicit_snapshot_request_runs_detached() {
     assert_eq!((s, v), (StatusCode::ACCEPTED, json!({"ok": true, "started": true})));
     let st = wait_status(&runner, 10, "snapshot", |s| !s["cache"]["snapshot"].is_null()).await;
     assert_eq!(st["cache"]["snapshot"]["ok"], true, "{st}");
-    assert!(store.join("site/cache").is_file());
+    assert!(store.join("site/cache.d/manifests").is_dir());
 }
 
 #[tokio::test]

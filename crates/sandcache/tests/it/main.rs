@@ -103,7 +103,7 @@ fn env_vars_configure_dir_key_and_store() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(store.join("site/env.tgz").is_file());
+    assert!(store.join("site/env.tgz.d/manifests").is_dir(), "a native generation under the key");
 }
 
 #[test]
