@@ -236,9 +236,10 @@ fn sorted_entries(dir: &Path, top: bool) -> io::Result<Vec<fs::DirEntry>> {
 }
 
 /// A hash of what an archive of `dir` would hold: every path, kind, size,
-/// mtime, mode and symlink target, with the same files left out as
-/// [`write_archive`] leaves out. Two equal fingerprints mean an archive
-/// would not change. A missing dir has the fingerprint of an empty one.
+/// mtime, mode and symlink target, leaving out SQLite databases at the top
+/// of `dir` (and their journals) as [`write_archive`] does. Two equal
+/// fingerprints mean an archive would not change. It costs one `lstat` per
+/// entry. A missing dir has the fingerprint of an empty one.
 pub fn fingerprint(dir: &Path, skip_sqlite: bool) -> io::Result<[u8; 32]> {
     let mut h = blake3::Hasher::new();
     if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
@@ -259,7 +260,11 @@ fn fingerprint_dir(dir: &Path, rel: &Path, skip_sqlite: bool, top: bool, h: &mut
             Err(e) => return Err(e),
         };
         let ty = meta.file_type();
-        if ty.is_file() && skip_sqlite {
+        // SQLite databases are looked for at the top only, where Deno keeps
+        // its caches: opening every file would double the cost of a walk. A
+        // deeper database only makes a change look possible; the snapshot
+        // itself still leaves it out.
+        if ty.is_file() && skip_sqlite && top {
             if is_companion(&name, &sqlite) {
                 continue;
             }

@@ -259,13 +259,15 @@ async fn restore_archive(
 fn after_swap(target: &Target, trash: Vec<PathBuf>, store: &dyn Store, key: &str, manifest: Option<Arc<Manifest>>) {
     let target = target.clone();
     let (store, key) = (store.to_string(), key.to_owned());
+    if let Some(m) = manifest {
+        // Independent of the fingerprint: its own thread.
+        let (dir, index) = (target.dir.clone(), target.index_path());
+        crate::target::background("index", move || native::Index::of_restored(&dir, &m).save(&index));
+    }
     crate::target::background("after-restore", move || {
         match sandcache_archive::fingerprint(&target.dir, true) {
             Ok(fp) => save_state(&target, &store, &key, &fp),
             Err(e) => tracing::debug!("no fingerprint for {}: {e}", target.dir.display()),
-        }
-        if let Some(m) = manifest {
-            native::Index::of_restored(&target.dir, &m).save(&target.index_path());
         }
         remove_in_background(trash);
     });

@@ -63,6 +63,21 @@ enum Command {
     },
     /// Run the sandbox runner daemon (the seed's deploy API).
     Serve(serve::ServeArgs),
+    /// Delete old generations of a key and the packs nothing needs.
+    Gc {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Newest generations to keep.
+        #[arg(long, default_value = "3", value_name = "N")]
+        keep: usize,
+        /// Nothing younger than this many seconds is deleted (in-flight
+        /// snapshots upload their packs before their manifest).
+        #[arg(long, default_value = "3600", value_name = "SECS")]
+        grace: u64,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +121,10 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, false);
             return serve::run(args);
         }
+        Command::Gc { store, keep, grace, json } => {
+            init_logging(cli.log_format, false);
+            return gc(store, *keep, *grace, *json);
+        }
     };
     init_logging(cli.log_format, common.quiet);
     let config = match common.store.config() {
@@ -117,7 +136,7 @@ fn main() -> ExitCode {
     };
     let timeout = match &cli.command {
         Command::Restore { timeout, .. } | Command::Snapshot { timeout, .. } => *timeout,
-        Command::Serve(_) => unreachable!("handled above"),
+        Command::Serve(_) | Command::Gc { .. } => unreachable!("handled above"),
     };
     let Some(timeout) = Duration::try_from_secs_f64(timeout).ok().filter(|t| !t.is_zero()) else {
         eprintln!("error: --timeout must be a positive number of seconds");
@@ -150,7 +169,7 @@ fn main() -> ExitCode {
                 };
                 cache.snapshot(&common.dir, &opts).await
             }
-            Command::Serve(_) => unreachable!("handled above"),
+            Command::Serve(_) | Command::Gc { .. } => unreachable!("handled above"),
         }
     });
     report(&outcome, common.json);
@@ -160,6 +179,42 @@ fn main() -> ExitCode {
         tracing::warn!("background cleanup still running at exit; the next run finishes it");
     }
     if common.strict && !outcome.is_done() { ExitCode::from(1) } else { ExitCode::SUCCESS }
+}
+
+/// `sandcache gc`: an administrative command, so failures exit 1.
+fn gc(store: &StoreArgs, keep: usize, grace: u64, json: bool) -> ExitCode {
+    let config = match store.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if keep == 0 {
+        eprintln!("error: --keep must be at least 1: gc never deletes the newest generation");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cache = Cache::open(&config, &StoreOptions::default());
+    let opts = sandcache_engine::GcOptions { keep, grace: Duration::from_secs(grace) };
+    match runtime.block_on(cache.gc(&opts)) {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: gc of {} failed: {e}", cache.location());
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn report(outcome: &Outcome, json: bool) {

@@ -1,0 +1,334 @@
+//! The benchmark: sandcache against the seed's pipeline, on a real DENO_DIR,
+//! against the local Garage, on tmpfs and on disk. One table from one run:
+//! median time, bytes moved and peak RSS per case, and each case's ratio to
+//! the seed pipeline measured in the same run.
+//!
+//! ```text
+//! scripts/dev-s3.sh start && eval "$(scripts/dev-s3.sh env)"
+//! cargo run --release -p sandcache-bench -- --corpus /tmp/corpus/deno-dir
+//! ```
+//!
+//! Every case runs as a child process under GNU `time`, which reports its
+//! wall time and peak RSS (the largest process of a pipeline).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use clap::Parser;
+use futures::TryStreamExt;
+use sandcache_store::{S3Spec, S3Store, Store, StoreOptions, StoreSpec};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[command(subcommand)]
+    helper: Option<Helper>,
+    /// A DENO_DIR to measure on (../shared/corpus/build.sh makes one).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// The same corpus plus one more npm package (`build.sh DIR extra`).
+    /// Without it, the "added one package" case is skipped.
+    #[arg(long)]
+    corpus_extra: Option<PathBuf>,
+    /// Store for the runs (default s3://sandcache, the local Garage).
+    #[arg(long, default_value = "s3://sandcache")]
+    store: String,
+    /// Runs per case; the median is reported.
+    #[arg(long, default_value = "3")]
+    runs: usize,
+    /// Filesystems to restore onto: a tmpfs dir and a disk dir.
+    #[arg(long, default_value = "/dev/shm/sandcache-bench")]
+    tmpfs: PathBuf,
+    #[arg(long, default_value = "/var/tmp/sandcache-bench")]
+    disk: PathBuf,
+    /// The sandcache binary (default: beside this one).
+    #[arg(long)]
+    sandcache: Option<PathBuf>,
+}
+
+/// Pipeline pieces the cases run in child processes.
+#[derive(Debug, clap::Subcommand)]
+enum Helper {
+    /// Stream an object to stdout (the seed's GetObject body).
+    Cat { store: String, key: String },
+    /// Read all of stdin into memory, then one PUT (the seed's snapshot).
+    PutBuffered { store: String, key: String },
+}
+
+fn store_of(spec: &str) -> Box<dyn Store> {
+    match spec.parse::<StoreSpec>().expect("a store spec") {
+        StoreSpec::Local(p) => Box::new(sandcache_store::LocalStore::new(p)),
+        StoreSpec::S3(mut s3) => {
+            s3.endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+            s3.region = std::env::var("AWS_REGION").unwrap_or_else(|_| S3Spec::DEFAULT_REGION.into());
+            Box::new(S3Store::new(&s3, &StoreOptions::default()).expect("an S3 store"))
+        }
+    }
+}
+
+fn helper(h: Helper) -> ExitCode {
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    rt.block_on(async {
+        match h {
+            Helper::Cat { store, key } => {
+                use std::io::Write;
+                let obj = store_of(&store).get(&key).await.expect("get");
+                let mut out = std::io::stdout().lock();
+                let mut s = obj.stream;
+                while let Some(chunk) = s.try_next().await.expect("read") {
+                    if out.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            }
+            Helper::PutBuffered { store, key } => {
+                use std::io::Read;
+                let mut all = Vec::new();
+                std::io::stdin().read_to_end(&mut all).expect("stdin");
+                let body = futures::stream::once(async move { Ok(bytes::Bytes::from(all)) });
+                store_of(&store).put(&key, Box::pin(body)).await.expect("put");
+            }
+        }
+    });
+    ExitCode::SUCCESS
+}
+
+/// One measured run: seconds, peak RSS in KiB, bytes moved.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    secs: f64,
+    rss_kib: u64,
+    bytes: u64,
+}
+
+/// Runs `script` under `sh -c` and GNU time; `bytes` reads what moved from
+/// the command's stdout (sandcache's `--json`) when it reports it.
+fn measure(script: &str, cpus: Option<&str>) -> Sample {
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.args(["-f", "@@ %e %M"]);
+    if let Some(c) = cpus {
+        cmd.args(["taskset", "-c", c]);
+    }
+    let out = cmd.args(["sh", "-c", script]).stdin(Stdio::null()).output().expect("run /usr/bin/time");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "case failed: {script}\n{stderr}");
+    let line = stderr.lines().rev().find(|l| l.starts_with("@@ ")).expect("GNU time output");
+    let mut it = line[3..].split_whitespace();
+    let secs = it.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+    let rss_kib = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let bytes = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["transferred"].as_u64())
+        .next_back()
+        .unwrap_or(0);
+    Sample { secs, rss_kib, bytes }
+}
+
+struct Row {
+    name: String,
+    samples: Vec<Sample>,
+    /// Bytes when the command does not report them.
+    bytes: Option<u64>,
+}
+
+impl Row {
+    fn median(&self) -> Sample {
+        let mut s = self.samples.clone();
+        s.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+        let mut m = s[s.len() / 2];
+        m.rss_kib = self.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
+        if let Some(b) = self.bytes {
+            m.bytes = b;
+        }
+        m
+    }
+}
+
+fn print_table(title: &str, rows: &[Row]) {
+    let base = rows[0].median().secs;
+    println!("\n{title}");
+    println!("| case | median s | ratio to seed | bytes moved | peak RSS MiB | runs |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let m = r.median();
+        println!(
+            "| {} | {:.3} | {:.2}x | {:.1} MB | {:.0} | {} |",
+            r.name,
+            m.secs,
+            m.secs / base,
+            m.bytes as f64 / 1e6,
+            m.rss_kib as f64 / 1024.0,
+            r.samples.len()
+        );
+    }
+}
+
+fn sh(script: &str) {
+    let st = Command::new("sh").args(["-c", script]).status().expect("sh");
+    assert!(st.success(), "setup failed: {script}");
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(h) = args.helper {
+        return helper(h);
+    }
+    let Some(corpus) = args.corpus.clone() else {
+        eprintln!("error: --corpus DIR is required (../shared/corpus/build.sh DIR makes one)");
+        return ExitCode::from(2);
+    };
+    let corpus = std::fs::canonicalize(&corpus).expect("corpus exists");
+    let me = std::env::current_exe().expect("own path");
+    let sc = args.sandcache.clone().unwrap_or_else(|| me.with_file_name("sandcache"));
+    let (sc, me) = (sc.display().to_string(), me.display().to_string());
+    let store = &args.store;
+    let run = format!("bench-{}", std::process::id());
+    let runs = args.runs.max(1);
+    let q = |p: &Path| format!("'{}'", p.display());
+
+    // Setup: the corpus in each stored form, and a plain local tar.
+    eprintln!("setup: uploading the corpus as tgz and native, and writing a local tar");
+    let work = args.disk.join(&run);
+    std::fs::create_dir_all(&work).expect("work dir");
+    let tar_file = work.join("corpus.tar");
+    sh(&format!("tar -cf {} -C {} .", q(&tar_file), q(&corpus)));
+    sh(&format!("{sc} snapshot -q --force --format tgz --dir {} --store {store} --key {run}/tgz", q(&corpus)));
+    sh(&format!("{sc} snapshot -q --force --format native --dir {} --store {store} --key {run}/native", q(&corpus)));
+
+    for (fs_name, root) in [("tmpfs", &args.tmpfs), ("disk", &args.disk)] {
+        let root = root.join(&run).join("restore");
+        std::fs::create_dir_all(&root).expect("restore root");
+        let mut n = 0;
+        let mut fresh = || {
+            n += 1;
+            root.join(format!("d{n}"))
+        };
+        let mut rows = Vec::new();
+        let mut add = |name: &str, samples: Vec<Sample>, bytes: Option<u64>| {
+            rows.push(Row { name: name.into(), samples, bytes });
+        };
+        let s: Vec<_> = (0..runs)
+            .map(|_| {
+                let d = fresh();
+                std::fs::create_dir_all(&d).unwrap();
+                measure(&format!("{me} cat {store} {run}/tgz | tar -xzf - -C {}", q(&d)), None)
+            })
+            .collect();
+        add("seed: GetObject | tar -xzf -", s, None);
+        let s = (0..runs)
+            .map(|_| {
+                let d = fresh();
+                std::fs::create_dir_all(&d).unwrap();
+                measure(&format!("tar -xf {} -C {}", q(&tar_file), q(&d)), None)
+            })
+            .collect();
+        add("floor: tar -xf local uncompressed tar", s, Some(0));
+        let s = (0..runs)
+            .map(|_| {
+                measure(&format!("{sc} restore -q --json --dir {} --store {store} --key {run}/tgz", q(&fresh())), None)
+            })
+            .collect();
+        add("sandcache restore, tgz", s, None);
+        let s = (0..runs)
+            .map(|_| {
+                measure(
+                    &format!("{sc} restore -q --json --dir {} --store {store} --key {run}/native", q(&fresh())),
+                    None,
+                )
+            })
+            .collect();
+        add("sandcache restore, native", s, None);
+        let s = (0..runs)
+            .map(|_| {
+                measure(
+                    &format!("{sc} restore -q --json --dir {} --store {store} --key {run}/native", q(&fresh())),
+                    Some("0"),
+                )
+            })
+            .collect();
+        add("sandcache restore, native, 1 core (taskset)", s, None);
+        // The seed's bytes moved: the tgz object.
+        let tgz_bytes = rows[2].median().bytes;
+        rows[0].bytes = Some(tgz_bytes);
+        print_table(&format!("Restore onto {fs_name} ({})", root.display()), &rows);
+        sh(&format!("rm -rf {}", q(&root)));
+    }
+
+    // Snapshots read the corpus; they run once, from the disk copy.
+    let mut rows = Vec::new();
+    let s: Vec<Sample> = (0..runs)
+        .map(|i| {
+            measure(
+                &format!(
+                    "tar -czf - -C / {} | {me} put-buffered {store} {run}/seed-{i}",
+                    q(corpus.strip_prefix("/").unwrap())
+                ),
+                None,
+            )
+        })
+        .collect();
+    rows.push(Row { name: "seed: tar -czf into memory, one PutObject".into(), samples: s, bytes: None });
+    // Full: a fresh key and no local index each time.
+    let index =
+        corpus.with_file_name(format!(".{}.sandcache-index.json", corpus.file_name().unwrap().to_string_lossy()));
+    let s = (0..runs)
+        .map(|i| {
+            let _ = std::fs::remove_file(&index);
+            measure(
+                &format!("{sc} snapshot -q --json --force --dir {} --store {store} --key {run}/full-{i}", q(&corpus)),
+                None,
+            )
+        })
+        .collect();
+    rows.push(Row { name: "sandcache snapshot, native, full".into(), samples: s, bytes: None });
+    let last = runs - 1;
+    // Unchanged, as a runner sees it: the state the last snapshot left says
+    // nothing changed. Then the same with --force, where the native path
+    // itself walks the tree against the newest generation.
+    let s = (0..runs)
+        .map(|_| {
+            measure(
+                &format!("{sc} snapshot -q --json --dir {} --store {store} --key {run}/full-{last}", q(&corpus)),
+                None,
+            )
+        })
+        .collect();
+    rows.push(Row { name: "sandcache snapshot, native, unchanged".into(), samples: s, bytes: None });
+    let s = (0..runs)
+        .map(|_| {
+            measure(
+                &format!(
+                    "{sc} snapshot -q --json --force --dir {} --store {store} --key {run}/full-{last}",
+                    q(&corpus)
+                ),
+                None,
+            )
+        })
+        .collect();
+    rows.push(Row { name: "sandcache snapshot, native, unchanged, --force".into(), samples: s, bytes: None });
+    if let Some(extra) = &args.corpus_extra {
+        // Per run: a copy of the corpus, snapshotted; then the new package's
+        // files are added and the timed snapshot uploads what changed.
+        let s = (0..runs)
+            .map(|i| {
+                let copy = work.join(format!("extra-{i}/deno-dir"));
+                sh(&format!("mkdir -p {p} && cp -a {}/. {p}", q(&corpus), p = q(&copy)));
+                sh(&format!("{sc} snapshot -q --dir {} --store {store} --key {run}/extra-{i}", q(&copy)));
+                sh(&format!("cd {} && find . -type f | while read f; do [ -e {}/\"$f\" ] || {{ mkdir -p {}/\"$(dirname \"$f\")\"; cp -a \"$f\" {}/\"$f\"; }}; done",
+                    q(extra), q(&corpus), q(&copy), q(&copy)));
+                measure(&format!("{sc} snapshot -q --json --dir {} --store {store} --key {run}/extra-{i}", q(&copy)), None)
+            })
+            .collect();
+        rows.push(Row { name: "sandcache snapshot, native, after adding one package".into(), samples: s, bytes: None });
+    }
+    // The seed uploads what tar -czf writes; measured once, untimed.
+    let out = Command::new("sh")
+        .args(["-c", &format!("tar -czf - -C / {} | wc -c", q(corpus.strip_prefix("/").unwrap()))])
+        .output()
+        .expect("sh");
+    rows[0].bytes = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+    print_table("Snapshot (corpus on disk)", &rows);
+    sh(&format!("rm -rf {}", q(&work)));
+    ExitCode::SUCCESS
+}
