@@ -260,14 +260,28 @@ pub fn check_path<'p>(path: &'p str, limits: &Limits) -> Result<Vec<&'p [u8]>, E
 }
 
 /// Builds frames and packs from file contents, in order. Used by snapshot.
+///
+/// Frames are hashed and compressed on a thread of their own while the
+/// caller reads and hashes the next files: on two cores, reading and
+/// compressing overlap. At most two raw frames wait for it.
 pub struct PackBuilder {
-    level: i32,
     raw: Vec<u8>,
     pack: Vec<u8>,
     /// Frames of the current pack (their `pack` is set by the caller).
     pack_frames: Vec<Frame>,
     /// Frames flushed so far, over all packs, for numbering.
     frames_before: u32,
+    /// Frames sent to the compressor and not yet back.
+    pending: u32,
+    to_worker: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    from_worker: std::sync::mpsc::Receiver<Compressed>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Compressed {
+    bytes: Vec<u8>,
+    rawlen: u64,
+    hash: String,
 }
 
 /// A finished pack: its bytes, id, and frames (whose `pack` index is left
@@ -280,18 +294,35 @@ pub struct BuiltPack {
 
 impl PackBuilder {
     pub fn new(level: i32) -> Self {
+        let (to_worker, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(1);
+        let (tx, from_worker) = std::sync::mpsc::channel::<Compressed>();
+        let worker = std::thread::Builder::new()
+            .name("sandcache-compress".into())
+            .spawn(move || {
+                for raw in rx {
+                    let hash = blake3::hash(&raw).to_hex().to_string();
+                    let bytes = zstd::bulk::compress(&raw, level).expect("compressing into memory cannot fail");
+                    if tx.send(Compressed { bytes, rawlen: raw.len() as u64, hash }).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the compressor thread");
         PackBuilder {
-            level,
             raw: Vec::with_capacity(FRAME_RAW),
             pack: Vec::new(),
             pack_frames: Vec::new(),
             frames_before: 0,
+            pending: 0,
+            to_worker: Some(to_worker),
+            from_worker,
+            worker: Some(worker),
         }
     }
 
     /// Global index of the frame being filled.
     fn current_frame(&self) -> u32 {
-        self.frames_before + self.pack_frames.len() as u32
+        self.frames_before + self.pack_frames.len() as u32 + self.pending
     }
 
     /// Adds a file's content; returns (first frame, offset in it). A file
@@ -312,6 +343,7 @@ impl PackBuilder {
             }
             self.close_frame(done);
         }
+        self.collect(false, done);
         at
     }
 
@@ -319,19 +351,35 @@ impl PackBuilder {
         if self.raw.is_empty() {
             return;
         }
-        let hash = blake3::hash(&self.raw).to_hex().to_string();
-        let c = zstd::bulk::compress(&self.raw, self.level).expect("compressing into memory cannot fail");
-        self.pack_frames.push(Frame {
-            pack: 0,
-            offset: self.pack.len() as u64,
-            clen: c.len() as u64,
-            rawlen: self.raw.len() as u64,
-            hash,
-        });
-        self.pack.extend_from_slice(&c);
-        self.raw.clear();
-        if self.pack.len() >= PACK_TARGET {
-            self.close_pack(done);
+        let raw = std::mem::replace(&mut self.raw, Vec::with_capacity(FRAME_RAW));
+        self.pending += 1;
+        self.to_worker.as_ref().expect("open until finish").send(raw).expect("the compressor thread runs until finish");
+        self.collect(false, done);
+    }
+
+    /// Appends compressed frames, in order, as they come back.
+    fn collect(&mut self, wait: bool, done: &mut Vec<BuiltPack>) {
+        while self.pending > 0 {
+            let c = if wait {
+                self.from_worker.recv().expect("the compressor answers every frame")
+            } else {
+                match self.from_worker.try_recv() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                }
+            };
+            self.pending -= 1;
+            self.pack_frames.push(Frame {
+                pack: 0,
+                offset: self.pack.len() as u64,
+                clen: c.bytes.len() as u64,
+                rawlen: c.rawlen,
+                hash: c.hash,
+            });
+            self.pack.extend_from_slice(&c.bytes);
+            if self.pack.len() >= PACK_TARGET {
+                self.close_pack(done);
+            }
         }
     }
 
@@ -348,7 +396,12 @@ impl PackBuilder {
     /// Flushes the last frame and pack.
     pub fn finish(mut self, done: &mut Vec<BuiltPack>) {
         self.close_frame(done);
+        self.to_worker = None;
+        self.collect(true, done);
         self.close_pack(done);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 }
 

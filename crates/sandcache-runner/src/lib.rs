@@ -38,7 +38,7 @@ use serde_json::json;
 pub use deploy::{BadRequest, DeployRequest, site_from_repo};
 pub use legacy::LegacyCache;
 pub use metrics::Metrics;
-pub use runner::{DeployError, Runner, RunnerConfig};
+pub use runner::{DeployError, Runner, RunnerConfig, redact_url};
 pub use worker::{SCRUBBED, WorkerState};
 
 pub(crate) fn json_error(status: StatusCode, msg: &str) -> Response {

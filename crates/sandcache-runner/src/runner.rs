@@ -323,16 +323,16 @@ impl Runner {
         cmd.arg("--").arg(repo).arg(&self.cfg.work_dir);
         cmd.env("GIT_TERMINAL_PROMPT", "0").stdin(std::process::Stdio::null()).kill_on_drop(true);
         let out = match tokio::time::timeout(self.cfg.clone_timeout, cmd.output()).await {
-            Err(_) => return Err(DeployError::BadInput(format!("git clone of {repo} timed out"))),
+            Err(_) => return Err(DeployError::BadInput(format!("git clone of {} timed out", redact_url(repo)))),
             Ok(Err(e)) => return Err(DeployError::Failed(format!("cannot run git: {e}"))),
             Ok(Ok(out)) => out,
         };
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let why = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("unknown error").trim();
-            return Err(DeployError::BadInput(format!("cannot clone {repo}: {why}")));
+            return Err(DeployError::BadInput(format!("cannot clone {}: {}", redact_url(repo), redact_urls(why))));
         }
-        tracing::info!(target: "sandbox", "cloned {repo}{}", branch.map(|b| format!(" ({b})")).unwrap_or_default());
+        tracing::info!(target: "sandbox", "cloned {}{}", redact_url(repo), branch.map(|b| format!(" ({b})")).unwrap_or_default());
         Ok(())
     }
 
@@ -479,5 +479,37 @@ fn remove_dir(p: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(p) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// A URL with any `user:password@` part replaced: private repos are often
+/// cloned with a token in the URL, which must not reach logs or replies.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/').map_or(rest, |(auth, _)| auth).rfind('@') {
+            Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// [`redact_url`] applied to every URL-looking word of a message.
+fn redact_urls(text: &str) -> String {
+    text.split(' ').map(|w| if w.contains("://") { redact_url(w) } else { w.to_owned() }).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_repo_urls_are_redacted() {
+        assert_eq!(redact_url("https://x-token:ghp_SECRET@github.com/o/r.git"), "https://***@github.com/o/r.git");
+        assert_eq!(redact_url("https://github.com/o/r.git"), "https://github.com/o/r.git");
+        assert_eq!(redact_url("file:///tmp/repo"), "file:///tmp/repo");
+        assert_eq!(redact_url("https://github.com/o/r@v1"), "https://github.com/o/r@v1");
+        let msg = redact_urls("fatal: repository 'https://u:ghp_SECRET@h/o/r/' not found");
+        assert!(!msg.contains("ghp_SECRET"), "{msg}");
     }
 }
