@@ -29,8 +29,9 @@ fn bad(msg: impl Into<String>) -> BadRequest {
 }
 
 fn opt_string(obj: &serde_json::Map<String, Value>, field: &str) -> Result<Option<String>, BadRequest> {
+    // As the seed's `typeof x !== "string"`: `null` is not a string either.
     match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(bad(format!("{field} must be a string"))),
     }
@@ -59,59 +60,60 @@ impl DeployRequest {
         if body.len() > MAX_BODY {
             return Err(bad(format!("body too large (over {MAX_BODY} bytes)")));
         }
-        let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
-            Value::Object(Default::default())
-        } else {
-            serde_json::from_slice(body).map_err(|e| bad(format!("Invalid JSON body: {e}")))?
-        };
-        let Value::Object(obj) = value else {
-            return Err(bad("body must be a JSON object"));
+        // The seed's checks, in its order and with its messages.
+        let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+            return Err(bad("Invalid JSON body"));
         };
         let repo = opt_string(&obj, "repo")?;
         let site = opt_string(&obj, "site")?;
+        if repo.as_deref().is_none_or(str::is_empty) && site.as_deref().is_none_or(str::is_empty) {
+            return Err(bad("At least one of 'repo' or 'site' is required"));
+        }
         let env_name = opt_string(&obj, "envName")?;
         let branch = opt_string(&obj, "branch")?;
+        let string_array = "runCommand must be a string array";
         let run_command = match obj.get("runCommand") {
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) => Some(
-                items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_owned).ok_or_else(|| bad("runCommand must be an array of strings")))
-                    .collect::<Result<Vec<_>, _>>()?,
+                items.iter().map(|v| v.as_str().map(str::to_owned).ok_or_else(|| bad(string_array))).collect::<Result<
+                    Vec<_>,
+                    _,
+                >>(
+                )?,
             ),
-            Some(_) => return Err(bad("runCommand must be an array of strings")),
+            Some(_) => return Err(bad(string_array)),
         };
-        if run_command.as_ref().is_some_and(|c| c.first().is_some_and(String::is_empty)) {
-            return Err(bad("runCommand[0] must not be empty"));
-        }
         let envs = match obj.get("envs") {
-            None | Some(Value::Null) => BTreeMap::new(),
+            None => BTreeMap::new(),
             Some(Value::Object(m)) => m
                 .iter()
                 .map(|(k, v)| match v {
                     Value::String(s) => Ok((k.clone(), s.clone())),
-                    _ => Err(bad(format!("envs.{k} must be a string"))),
+                    _ => Err(bad("envs must be an object with string values")),
                 })
                 .collect::<Result<_, _>>()?,
-            Some(_) => return Err(bad("envs must be an object of strings")),
+            Some(_) => return Err(bad("envs must be an object with string values")),
         };
+        // sandcache's own checks: what reaches git, a process or a path.
+        if run_command.as_ref().is_some_and(|c| c.first().is_some_and(String::is_empty)) {
+            return Err(bad("runCommand[0] must not be empty"));
+        }
         if let Some(bad_key) = envs.keys().find(|k| k.is_empty() || k.contains(['=', '\0'])) {
             return Err(bad(format!("envs has an invalid variable name {bad_key:?}")));
         }
-        if let Some(b) = &branch {
-            if b.is_empty() || b.starts_with('-') {
-                return Err(bad("branch must be a branch name"));
-            }
+        if branch.as_ref().is_some_and(|b| b.is_empty() || b.starts_with('-')) {
+            return Err(bad("branch must be a branch name"));
         }
-        if let Some(r) = &repo {
-            if r.is_empty() || r.starts_with('-') {
-                return Err(bad("repo must be a git URL"));
-            }
+        if repo.as_ref().is_some_and(|r| r.starts_with('-')) {
+            return Err(bad("repo must be a git URL"));
         }
-        let site = match (site, &repo) {
+        let repo = repo.filter(|r| !r.is_empty());
+        let site = match (site.filter(|s| !s.is_empty()), &repo) {
             (Some(s), _) => s,
-            (None, Some(r)) => site_from_repo(r).ok_or_else(|| bad("cannot derive site from repo; pass site"))?,
-            (None, None) => return Err(bad("repo or site is required")),
+            (None, Some(r)) => {
+                site_from_repo(r).ok_or_else(|| bad(format!("Cannot derive site name from repo URL: {r}")))?
+            }
+            (None, None) => unreachable!("checked above"),
         };
         if !valid_site(&site) {
             return Err(bad("site must be 1-128 characters of letters, digits, '-', '_' or '.'"));
@@ -136,20 +138,25 @@ mod tests {
     #[test]
     fn bodies_are_validated_field_by_field() {
         for (body, msg) in [
-            (&b"{"[..], "Invalid JSON"),
-            (b"[]", "JSON object"),
+            (&b"{"[..], "Invalid JSON body"),
+            (b"[]", "Invalid JSON body"),
+            (b"", "Invalid JSON body"),
+            (br#"{"repo":1}"#, "repo must be a string"),
             (br#"{"site":1}"#, "site must be a string"),
-            (br#"{"site":"s","runCommand":"deno run"}"#, "runCommand must be an array"),
-            (br#"{"site":"s","runCommand":[1]}"#, "runCommand must be an array"),
-            (br#"{"site":"s","envs":{"A":1}}"#, "envs.A must be a string"),
-            (br#"{"site":"s","envs":[]}"#, "envs must be an object"),
+            (b"{}", "At least one of 'repo' or 'site' is required"),
+            (br#"{"site":"s","envName":2}"#, "envName must be a string"),
+            (br#"{"site":"s","branch":2}"#, "branch must be a string"),
+            (br#"{"site":"s","runCommand":"deno run"}"#, "runCommand must be a string array"),
+            (br#"{"site":"s","runCommand":[1]}"#, "runCommand must be a string array"),
+            (br#"{"site":"s","envs":{"A":1}}"#, "envs must be an object with string values"),
+            (br#"{"site":"s","envs":[]}"#, "envs must be an object with string values"),
+            (br#"{"site":"s","envs":null}"#, "envs must be an object with string values"),
             (br#"{"site":"../etc"}"#, "site must be"),
             (br#"{"site":"s","branch":"--upload-pack=x"}"#, "branch"),
             (br#"{"repo":"--upload-pack=x"}"#, "repo must be"),
-            (b"{}", "repo or site is required"),
         ] {
             let err = DeployRequest::parse(body).unwrap_err();
-            assert!(err.0.contains(msg), "{}: {err}", String::from_utf8_lossy(body));
+            assert!(err.0.starts_with(msg), "{}: {err}", String::from_utf8_lossy(body));
         }
         assert!(DeployRequest::parse(&vec![b' '; MAX_BODY + 1]).unwrap_err().0.contains("too large"));
     }

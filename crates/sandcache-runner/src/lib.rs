@@ -41,8 +41,14 @@ pub use metrics::Metrics;
 pub use runner::{DeployError, Runner, RunnerConfig, redact_url};
 pub use worker::{SCRUBBED, WorkerState};
 
+/// The seed's error shape: `{"error": "..."}`.
 pub(crate) fn json_error(status: StatusCode, msg: &str) -> Response {
-    (status, axum::Json(json!({ "ok": false, "error": msg }))).into_response()
+    (status, axum::Json(json!({ "error": msg }))).into_response()
+}
+
+/// An error with the seed's message and, for operators, what happened.
+fn json_error_detail(status: StatusCode, msg: &str, detail: &str) -> Response {
+    (status, axum::Json(json!({ "error": msg, "detail": detail }))).into_response()
 }
 
 /// The daemon's routes, over a runner.
@@ -92,8 +98,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The version, as text (the seed's `denoJSON.version`).
 async fn healthcheck() -> Response {
-    axum::Json(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") })).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")],
+        env!("CARGO_PKG_VERSION"),
+    )
+        .into_response()
 }
 
 async fn metrics(State(runner): State<Arc<Runner>>) -> Response {
@@ -112,30 +123,29 @@ async fn deploy(State(runner): State<Arc<Runner>>, body: Bytes) -> Response {
     };
     match runner.deploy(req).await {
         Ok(site) => axum::Json(json!({ "ok": true, "site": site })).into_response(),
-        Err(e) => deploy_error(e),
+        Err(e) => deploy_error(e, "Deploy failed"),
     }
 }
 
-fn deploy_error(e: DeployError) -> Response {
-    let status = match e {
-        DeployError::Conflict(_) => StatusCode::CONFLICT,
-        DeployError::BadInput(_) => StatusCode::BAD_REQUEST,
-        DeployError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    json_error(status, &e.to_string())
+fn deploy_error(e: DeployError, failed: &str) -> Response {
+    match e {
+        DeployError::Conflict(msg) => json_error(StatusCode::CONFLICT, &msg),
+        DeployError::BadInput(msg) => json_error(StatusCode::BAD_REQUEST, &msg),
+        DeployError::Failed(detail) => json_error_detail(StatusCode::INTERNAL_SERVER_ERROR, failed, &detail),
+    }
 }
 
 async fn undeploy(State(runner): State<Arc<Runner>>) -> Response {
     match runner.undeploy().await {
-        Ok(site) => axum::Json(json!({ "ok": true, "site": site })).into_response(),
-        Err(e) => deploy_error(e),
+        Ok(_) => axum::Json(json!({ "ok": true })).into_response(),
+        Err(e) => deploy_error(e, "Undeploy failed"),
     }
 }
 
 async fn snapshot(State(runner): State<Arc<Runner>>) -> Response {
     match runner.request_snapshot() {
         Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({ "ok": true, "started": true }))).into_response(),
-        Err(e) => deploy_error(e),
+        Err(e) => deploy_error(e, "Snapshot failed"),
     }
 }
 

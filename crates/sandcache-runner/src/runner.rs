@@ -175,13 +175,8 @@ impl Runner {
             let mut phase = lock(&self.phase);
             match &*phase {
                 Phase::Idle => *phase = Phase::Deploying { site: req.site.clone() },
-                Phase::Deploying { site } => {
-                    return Err(DeployError::Conflict(format!("deploy of {site} in progress")));
-                }
-                Phase::Undeploying { site } => {
-                    return Err(DeployError::Conflict(format!("undeploy of {site} in progress")));
-                }
-                Phase::Deployed(d) => return Err(DeployError::Conflict(format!("already deployed: {}", d.site))),
+                // The seed answers the same for deployed and deploying.
+                _ => return Err(DeployError::Conflict("Already deployed".into())),
             }
         }
         let this = self.clone();
@@ -396,7 +391,7 @@ impl Runner {
     pub(crate) fn request_snapshot(self: &Arc<Self>) -> Result<(), DeployError> {
         let d = match &*lock(&self.phase) {
             Phase::Deployed(d) => d.clone(),
-            _ => return Err(DeployError::Conflict("not deployed".into())),
+            _ => return Err(DeployError::Conflict("Not deployed".into())),
         };
         let this = self.clone();
         tokio::spawn(async move {
@@ -416,12 +411,12 @@ impl Runner {
                     *phase = Phase::Undeploying { site: d.site.clone() };
                     d
                 }
-                Phase::Idle => return Err(DeployError::Conflict("not deployed".into())),
+                Phase::Idle => return Err(DeployError::Conflict("Not deployed".into())),
                 Phase::Deploying { site } => {
-                    return Err(DeployError::Conflict(format!("deploy of {site} in progress")));
+                    return Err(DeployError::Conflict(format!("Deploy of {site} in progress")));
                 }
                 Phase::Undeploying { site } => {
-                    return Err(DeployError::Conflict(format!("undeploy of {site} in progress")));
+                    return Err(DeployError::Conflict(format!("Undeploy of {site} in progress")));
                 }
             }
         };
@@ -464,13 +459,16 @@ impl Runner {
                 Some(w) => match w.state() {
                     WorkerState::Ready => Ok(w.port),
                     WorkerState::Starting => Err((StatusCode::SERVICE_UNAVAILABLE, "worker starting")),
-                    WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "worker failed to start")),
+                    WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "Error while starting worker")),
                     WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),
                 },
                 None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker for this deploy")),
             },
             Phase::Deploying { .. } => Err((StatusCode::SERVICE_UNAVAILABLE, "deploy in progress")),
-            _ => Err((StatusCode::SERVICE_UNAVAILABLE, "no site deployed")),
+            _ => Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Sandbox mode: not deployed yet. POST /sandbox/deploy to assign a site.",
+            )),
         }
     }
 }
