@@ -58,6 +58,22 @@ pub struct Entry {
     pub target: Option<String>,
 }
 
+impl Entry {
+    pub fn dir(path: String, mode: u32, mtime: i64) -> Entry {
+        Entry { path, kind: Kind::Dir, mode, mtime, size: 0, hash: None, frame: None, offset: 0, target: None }
+    }
+
+    pub fn symlink(path: String, target: String, mode: u32, mtime: i64) -> Entry {
+        Entry { target: Some(target), kind: Kind::Symlink, ..Entry::dir(path, mode, mtime) }
+    }
+
+    /// A file whose content is at `frame`/`offset` (set later for content
+    /// that is not placed yet).
+    pub fn file(path: String, mode: u32, mtime: i64, size: u64, hash: String) -> Entry {
+        Entry { kind: Kind::File, size, hash: Some(hash), ..Entry::dir(path, mode, mtime) }
+    }
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }

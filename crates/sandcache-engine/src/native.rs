@@ -562,32 +562,12 @@ pub(crate) fn build(
             let mode = meta.permissions().mode() & 0o7777;
             let mtime = meta.mtime();
             if ty.is_dir() {
-                entries.push(Entry {
-                    path: child_rel.clone(),
-                    kind: Kind::Dir,
-                    mode,
-                    mtime,
-                    size: 0,
-                    hash: None,
-                    frame: None,
-                    offset: 0,
-                    target: None,
-                });
+                entries.push(Entry::dir(child_rel.clone(), mode, mtime));
                 subdirs.push((path, child_rel));
             } else if ty.is_symlink() {
                 let target = fs::read_link(&path)?;
                 let Some(target) = target.to_str() else { continue };
-                entries.push(Entry {
-                    path: child_rel,
-                    kind: Kind::Symlink,
-                    mode,
-                    mtime,
-                    size: 0,
-                    hash: None,
-                    frame: None,
-                    offset: 0,
-                    target: Some(target.to_owned()),
-                });
+                entries.push(Entry::symlink(child_rel, target.to_owned(), mode, mtime));
                 files += 1;
             } else if ty.is_file() {
                 if ["-wal", "-shm", "-journal"]
@@ -615,17 +595,7 @@ pub(crate) fn build(
                     child_rel.clone(),
                     IndexEntry { size: s, mtime_ns: m, ctime_ns: c, ino: i, hash: hash.clone() },
                 );
-                let mut e = Entry {
-                    path: child_rel,
-                    kind: Kind::File,
-                    mode,
-                    mtime,
-                    size,
-                    hash: Some(hash.clone()),
-                    frame: None,
-                    offset: 0,
-                    target: None,
-                };
+                let mut e = Entry::file(child_rel, mode, mtime, size, hash.clone());
                 if size > 0 {
                     if let Some(b) = known.get(hash.as_str()).filter(|b| b.size == size) {
                         reused.push((entries.len(), Span { frame: b.frame.unwrap_or(0), offset: b.offset, size }));

@@ -16,7 +16,7 @@ use crate::native;
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelReader, Msg};
 use crate::snapshot::save_state;
-use crate::target::{Target, remove_in_background};
+use crate::target::{CancelOnDrop, Target, remove_in_background};
 use crate::{Cache, Inner, error_chain, mb};
 
 /// How to restore.
@@ -33,16 +33,6 @@ pub struct RestoreOptions {
 impl Default for RestoreOptions {
     fn default() -> Self {
         RestoreOptions { timeout: Duration::from_secs(30), limits: Limits::default(), concurrency: 8, progress: None }
-    }
-}
-
-/// Sets the flag when dropped: a restore future dropped at its deadline
-/// stops its extraction thread at the next read.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 

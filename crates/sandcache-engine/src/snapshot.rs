@@ -15,7 +15,7 @@ use crate::native;
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelWriter};
 use crate::restore::store_skip;
-use crate::target::Target;
+use crate::target::{CancelOnDrop, Target};
 use crate::{Cache, Inner, error_chain, mb};
 
 /// The format a snapshot is written in.
@@ -76,14 +76,6 @@ fn load_state(target: &Target) -> Option<State> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 impl Cache {

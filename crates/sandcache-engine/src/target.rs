@@ -224,6 +224,16 @@ pub(crate) fn with_path(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
+/// Sets the flag when dropped: an operation's future dropped at its deadline
+/// stops its blocking thread at the next read or entry.
+pub(crate) struct CancelOnDrop(pub(crate) std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 static BACKGROUND: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// Runs `work` on a background thread, tracked so a short-lived process can

@@ -189,24 +189,31 @@ impl Store for S3Store {
 
     async fn put(&self, key: &str, mut body: BodyStream) -> Result<u64, StoreError> {
         let location = self.location(key)?;
-        // Small objects go up in one PUT; larger ones switch to multipart as
-        // soon as one part's worth has arrived.
-        let mut buf = BytesMut::new();
-        while buf.len() < self.part_size {
+        // Small objects, and bodies that arrive whole (packs, manifests), go
+        // up in one PUT without a copy; others switch to multipart as soon
+        // as one part's worth has arrived.
+        let body_err = |source| StoreError::Body { key: key.to_owned(), source };
+        let mut parts: Vec<Bytes> = Vec::new();
+        let mut len = 0usize;
+        while len < self.part_size || parts.len() == 1 {
             match body.next().await {
                 None => {
-                    let n = buf.len() as u64;
-                    let payload = PutPayload::from(buf.freeze());
+                    let payload: PutPayload = parts.into_iter().collect();
                     self.inner.put(&location, payload).await.map_err(|e| map_err(key, e))?;
-                    return Ok(n);
+                    return Ok(len as u64);
                 }
-                Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                Some(Err(source)) => {
-                    return Err(StoreError::Body { key: key.to_owned(), source });
+                Some(Ok(chunk)) => {
+                    len += chunk.len();
+                    parts.push(chunk);
                 }
+                Some(Err(source)) => return Err(body_err(source)),
             }
         }
-        self.put_multipart(key, &location, buf.freeze(), body).await
+        let mut first = BytesMut::with_capacity(len);
+        for p in parts {
+            first.extend_from_slice(&p);
+        }
+        self.put_multipart(key, &location, first.freeze(), body).await
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {

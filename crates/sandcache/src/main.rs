@@ -142,12 +142,9 @@ fn main() -> ExitCode {
         eprintln!("error: --timeout must be a positive number of seconds");
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let cache = Cache::open(&config, &StoreOptions::default());
     let progress = Arc::new(Progress::default());
@@ -194,12 +191,9 @@ fn gc(store: &StoreArgs, keep: usize, grace: u64, json: bool) -> ExitCode {
         eprintln!("error: --keep must be at least 1: gc never deletes the newest generation");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let cache = Cache::open(&config, &StoreOptions::default());
     let opts = sandcache_engine::GcOptions { keep, grace: Duration::from_secs(grace) };
@@ -215,6 +209,14 @@ fn gc(store: &StoreArgs, keep: usize, grace: u64, json: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The async runtime every command runs on.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the async runtime: {e}");
+        ExitCode::from(2)
+    })
 }
 
 fn report(outcome: &Outcome, json: bool) {
