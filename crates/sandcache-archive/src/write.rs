@@ -254,7 +254,8 @@ fn fingerprint_dir(dir: &Path, rel: &Path, skip_sqlite: bool, top: bool, h: &mut
     for entry in sorted_entries(dir, top)? {
         let name = entry.file_name();
         let path = entry.path();
-        let meta = match fs::symlink_metadata(&path) {
+        // Relative to the open directory (fstatat), never following a link.
+        let meta = match entry.metadata() {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
