@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! scripts/dev-s3.sh start && eval "$(scripts/dev-s3.sh env)"
+//! cargo build --release -p sandcache
 //! cargo run --release -p sandcache-bench -- --corpus /tmp/corpus/deno-dir
 //! ```
 //!
@@ -181,6 +182,13 @@ fn main() -> ExitCode {
     let corpus = std::fs::canonicalize(&corpus).expect("corpus exists");
     let me = std::env::current_exe().expect("own path");
     let sc = args.sandcache.clone().unwrap_or_else(|| me.with_file_name("sandcache"));
+    if !sc.is_file() {
+        eprintln!(
+            "error: no sandcache binary at {} (cargo build --release -p sandcache, or pass --sandcache)",
+            sc.display()
+        );
+        return ExitCode::from(2);
+    }
     let (sc, me) = (sc.display().to_string(), me.display().to_string());
     let store = &args.store;
     let run = format!("bench-{}", std::process::id());
