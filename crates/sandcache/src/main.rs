@@ -46,6 +46,9 @@ enum Command {
         /// Hard total deadline in seconds.
         #[arg(long, env = env_vars::SANDCACHE_TIMEOUT, default_value = "30", value_name = "SECS")]
         timeout: f64,
+        /// Pack downloads in flight (native format).
+        #[arg(long, default_value = "8", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
     },
     /// Upload a directory to the cache (streamed, bounded memory).
     Snapshot {
@@ -151,9 +154,14 @@ fn main() -> ExitCode {
     let show_bar = !common.json && !common.quiet;
     let outcome = runtime.block_on(async {
         match &cli.command {
-            Command::Restore { common, .. } => {
+            Command::Restore { common, concurrency, .. } => {
                 let _bar = progress::Bar::start("restore", &progress, show_bar);
-                let opts = RestoreOptions { timeout, progress: Some(progress.clone()), ..Default::default() };
+                let opts = RestoreOptions {
+                    timeout,
+                    concurrency: usize::from(*concurrency),
+                    progress: Some(progress.clone()),
+                    ..Default::default()
+                };
                 cache.restore(&common.dir, &opts).await
             }
             Command::Snapshot { common, format, force, .. } => {

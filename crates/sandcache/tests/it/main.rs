@@ -375,3 +375,56 @@ fn concurrent_snapshots_from_several_processes_while_restoring() {
     let state = fs::read_to_string(last.join("state")).unwrap();
     assert!(state.ends_with(&format!(" {}", rounds - 1)), "{state}");
 }
+
+/// `sandcache serve` on SIGTERM stops the worker, cleans the work dir and
+/// exits 0.
+#[test]
+fn serve_stops_its_worker_and_cleans_up_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let work = tmp.path().join("site");
+    let mut server = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--stop-grace", "2"])
+        .arg("--dir")
+        .arg(tmp.path().join("deno-dir"))
+        .arg("--work-dir")
+        .arg(&work)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = |method: &str, path: &str, body: &str| -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let start = std::time::Instant::now();
+    while request("GET", "/deco/_liveness", "").is_none() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "serve never listened");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid_file = tmp.path().join("worker.pid");
+    let script = format!("echo $$ > {}; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1", pid_file.display());
+    let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();
+    let reply = request("POST", "/sandbox/deploy", &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    while !pid_file.exists() || fs::read_to_string(&pid_file).unwrap().trim().is_empty() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "the worker never started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let worker: i32 = fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(work.exists());
+    let pid = rustix::process::Pid::from_raw(server.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = server.wait().unwrap();
+    assert!(status.success(), "serve exits 0 on SIGTERM: {status}");
+    assert!(!work.exists(), "the work dir is cleaned");
+    let alive = rustix::process::test_kill_process(rustix::process::Pid::from_raw(worker).unwrap()).is_ok();
+    assert!(!alive, "the worker was stopped");
+}
