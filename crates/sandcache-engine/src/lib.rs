@@ -34,7 +34,9 @@ mod restore;
 mod snapshot;
 mod target;
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sandcache_store::{Store, StoreOptions};
 
@@ -111,6 +113,36 @@ impl Cache {
             Inner::Enabled { store, key } => (key.clone(), store.to_string()),
             _ => (String::new(), String::new()),
         }
+    }
+
+    /// The one boundary where an operation becomes an outcome: disabled and
+    /// unusable caches skip without a call, and `run` is bounded by the total
+    /// deadline (dropped when it passes, which cancels its blocking work).
+    async fn bounded<'a, Fut>(
+        &'a self,
+        op: Op,
+        timeout: Duration,
+        run: impl FnOnce(&'a Arc<dyn Store>, &'a str, Instant) -> Fut,
+    ) -> Outcome
+    where
+        Fut: Future<Output = Result<Done, Skip>> + 'a,
+    {
+        let start = Instant::now();
+        let (key, store) = self.labels();
+        let result = match &self.inner {
+            Inner::Disabled => Err(Skip::new(Reason::Disabled, "no cache store configured")),
+            Inner::Invalid(why) => Err(Skip::new(Reason::Config, why.clone())),
+            Inner::Enabled { store, key } => {
+                match tokio::time::timeout(timeout, run(store, key, start + timeout)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Skip::new(
+                        Reason::TimedOut,
+                        format!("{} did not finish within its {} s deadline", op.as_str(), timeout.as_secs_f32()),
+                    )),
+                }
+            }
+        };
+        Outcome { op, result, elapsed: start.elapsed(), key, store }
     }
 }
 

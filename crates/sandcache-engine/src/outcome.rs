@@ -13,6 +13,15 @@ pub enum Op {
     Snapshot,
 }
 
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Restore => "restore",
+            Op::Snapshot => "snapshot",
+        }
+    }
+}
+
 /// Why an operation did nothing. Every variant ends in a cold start (restore)
 /// or a kept previous cache (snapshot), never in a broken directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -17,7 +17,7 @@ use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelReader, Msg};
 use crate::snapshot::save_state;
 use crate::target::{CancelOnDrop, Target, remove_in_background};
-use crate::{Cache, Inner, error_chain, mb};
+use crate::{Cache, error_chain, mb};
 
 /// How to restore.
 #[derive(Debug, Clone)]
@@ -40,23 +40,11 @@ impl Cache {
     /// Restores the cache into `dir`. Never fails: a miss or any failure is a
     /// skipped outcome with its reason, and `dir` keeps its previous content.
     pub async fn restore(&self, dir: &Path, opts: &RestoreOptions) -> Outcome {
-        let start = Instant::now();
-        let (key, store_label) = self.labels();
-        let result = match &self.inner {
-            Inner::Disabled => Err(Skip::new(Reason::Disabled, "no cache store configured")),
-            Inner::Invalid(why) => Err(Skip::new(Reason::Config, why.clone())),
-            Inner::Enabled { store, key } => {
-                let deadline = start + opts.timeout;
-                match tokio::time::timeout(opts.timeout, restore(store.as_ref(), key, dir, opts, deadline)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Skip::new(
-                        Reason::TimedOut,
-                        format!("restore did not finish within its {} s deadline", opts.timeout.as_secs_f32()),
-                    )),
-                }
-            }
-        };
-        let outcome = Outcome { op: Op::Restore, result, elapsed: start.elapsed(), key, store: store_label };
+        let outcome = self
+            .bounded(Op::Restore, opts.timeout, |store, key, deadline| {
+                restore(store.as_ref(), key, dir, opts, deadline)
+            })
+            .await;
         log(&outcome, &self.location());
         outcome
     }

@@ -16,7 +16,7 @@ use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelWriter};
 use crate::restore::store_skip;
 use crate::target::{CancelOnDrop, Target};
-use crate::{Cache, Inner, error_chain, mb};
+use crate::{Cache, error_chain, mb};
 
 /// The format a snapshot is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,23 +83,9 @@ impl Cache {
     /// dir, an unchanged one, or any failure is a skipped outcome, and the
     /// stored cache stays as it was.
     pub async fn snapshot(&self, dir: &Path, opts: &SnapshotOptions) -> Outcome {
-        let start = Instant::now();
-        let (key, store_label) = self.labels();
-        let result = match &self.inner {
-            Inner::Disabled => Err(Skip::new(Reason::Disabled, "no cache store configured")),
-            Inner::Invalid(why) => Err(Skip::new(Reason::Config, why.clone())),
-            Inner::Enabled { store, key } => {
-                let deadline = start + opts.timeout;
-                match tokio::time::timeout(opts.timeout, snapshot(store, key, dir, opts, deadline)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Skip::new(
-                        Reason::TimedOut,
-                        format!("snapshot did not finish within its {} s deadline", opts.timeout.as_secs_f32()),
-                    )),
-                }
-            }
-        };
-        let outcome = Outcome { op: Op::Snapshot, result, elapsed: start.elapsed(), key, store: store_label };
+        let outcome = self
+            .bounded(Op::Snapshot, opts.timeout, |store, key, deadline| snapshot(store, key, dir, opts, deadline))
+            .await;
         let (location, ms) = (self.location(), outcome.elapsed.as_millis());
         match &outcome.result {
             Ok(d) => tracing::info!(
