@@ -88,7 +88,7 @@ impl ChannelWriter {
     }
 }
 
-impl Write for &mut ChannelWriter {
+impl Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= CHUNK {
@@ -105,12 +105,6 @@ impl Write for &mut ChannelWriter {
             self.send(Msg::Data(chunk))?;
         }
         Ok(())
-    }
-}
-
-impl ChannelWriter {
-    fn flush(&mut self) -> io::Result<()> {
-        Write::flush(&mut &mut *self)
     }
 }
 
@@ -137,7 +131,7 @@ mod tests {
         let (tx, rx) = channel();
         let writer = tokio::task::spawn_blocking(move || {
             let mut w = ChannelWriter::new(tx);
-            (&mut w).write_all(b"partial").unwrap();
+            w.write_all(b"partial").unwrap();
             w.flush().unwrap();
             drop(w);
         });
