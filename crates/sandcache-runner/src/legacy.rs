@@ -18,6 +18,8 @@ pub mod vars {
     /// sandcache's addition, for S3-compatible stores.
     pub const ENDPOINT: &str = "ADMIN_S3_ENDPOINT";
     pub const DIR: &str = "DENO_DIR_RUN";
+    /// Every one of them, for filtering an environment.
+    pub const ALL: [&str; 6] = [BUCKET, REGION, KEY_ID, SECRET, ENDPOINT, DIR];
 }
 
 pub const DEFAULT_BUCKET: &str = "deco-assets-storage";

@@ -36,7 +36,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 pub use deploy::{BadRequest, DeployRequest, site_from_repo};
-pub use legacy::LegacyCache;
+pub use legacy::{LegacyCache, vars as legacy_vars};
 pub use metrics::Metrics;
 pub use runner::{DeployError, Runner, RunnerConfig, redact_url};
 pub use worker::{SCRUBBED, WorkerState};

@@ -246,7 +246,7 @@ impl Runner {
         legacy_vars.extend(
             req.envs
                 .iter()
-                .filter(|(k, _)| k.starts_with("ADMIN_S3_") || *k == "ASSETS_BUCKET" || *k == "DENO_DIR_RUN")
+                .filter(|(k, _)| crate::legacy::vars::ALL.contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), v.clone())),
         );
         if let Some(legacy) = LegacyCache::from_vars(&legacy_vars) {
@@ -377,14 +377,25 @@ impl Runner {
 
     /// Takes a snapshot unless one is running. Returns whether it ran.
     pub(crate) async fn snapshot(&self, cache: &Cache, timeout: Duration) -> bool {
-        let Ok(_guard) = self.snapshotting.try_lock() else {
+        let Ok(_one_at_a_time) = self.snapshotting.try_lock() else {
             tracing::info!(target: "sandbox-cache", "a snapshot is already running");
             return false;
         };
+        self.snapshot_now(cache, timeout).await;
+        true
+    }
+
+    /// The final snapshot: waits for a running one, then takes its own while
+    /// holding the lock, so no other snapshot can slip in between.
+    async fn final_snapshot(&self, cache: &Cache) {
+        let _one_at_a_time = self.snapshotting.lock().await;
+        self.snapshot_now(cache, self.cfg.final_snapshot_timeout).await;
+    }
+
+    async fn snapshot_now(&self, cache: &Cache, timeout: Duration) {
         let opts = SnapshotOptions { format: self.cfg.snapshot_format, timeout, ..Default::default() };
         let o = cache.snapshot(&self.cfg.deno_dir, &opts).await;
         self.record(o);
-        true
     }
 
     /// `POST /sandbox/cache/snapshot`: starts a detached snapshot now.
@@ -430,10 +441,7 @@ impl Runner {
                 tracing::info!(target: "sandbox", "worker stopped");
             }
             if d.cache.is_enabled() {
-                // Wait for a running snapshot, then take the final one.
-                let _running = this.snapshotting.lock().await;
-                drop(_running);
-                this.snapshot(&d.cache, this.cfg.final_snapshot_timeout).await;
+                this.final_snapshot(&d.cache).await;
             }
             if let Err(e) = remove_dir(&this.cfg.work_dir) {
                 tracing::warn!(target: "sandbox", "cleaning {}: {e}", this.cfg.work_dir.display());

@@ -50,11 +50,4 @@ pub const SANDCACHE_ADMIN_TOKEN: &str = "SANDCACHE_ADMIN_TOKEN";
 /// `serve`: the legacy build cache (seed `daemon/cache.ts`), read from the
 /// runner's env or a deploy's envs; the step is skipped unless the two keys
 /// and `DENO_DIR_RUN` are set. Never passed to the worker.
-pub const LEGACY_CACHE_VARS: [&str; 6] = [
-    "ASSETS_BUCKET",
-    "ADMIN_S3_REGION",
-    "ADMIN_S3_ACCESS_KEY_ID",
-    "ADMIN_S3_SECRET_ACCESS_KEY",
-    "ADMIN_S3_ENDPOINT",
-    "DENO_DIR_RUN",
-];
+pub use sandcache_runner::legacy_vars::ALL as LEGACY_CACHE_VARS;
