@@ -32,5 +32,6 @@ pub use extract::{ExtractOptions, ExtractStats, Limits, extract};
 pub use format::Compression;
 pub use progress::Progress;
 pub use write::{
-    Encoding, Layout, RESERVED_PREFIX, WriteOptions, WriteStats, fingerprint, is_empty_tree, write_archive,
+    Encoding, Layout, RESERVED_PREFIX, WriteOptions, WriteStats, fingerprint, fingerprint_visit, is_empty_tree,
+    write_archive,
 };

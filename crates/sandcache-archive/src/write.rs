@@ -241,14 +241,30 @@ fn sorted_entries(dir: &Path, top: bool) -> io::Result<Vec<fs::DirEntry>> {
 /// fingerprints mean an archive would not change. It costs one `lstat` per
 /// entry. A missing dir has the fingerprint of an empty one.
 pub fn fingerprint(dir: &Path, skip_sqlite: bool) -> io::Result<[u8; 32]> {
+    fingerprint_visit(dir, skip_sqlite, &mut |_, _| {})
+}
+
+/// [`fingerprint`], also showing each regular file it counts (relative path
+/// and metadata) to `visit`, so a caller needing per-file stats walks once.
+pub fn fingerprint_visit(dir: &Path, skip_sqlite: bool, visit: &mut FileVisitor<'_>) -> io::Result<[u8; 32]> {
     let mut h = blake3::Hasher::new();
     if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-        fingerprint_dir(dir, Path::new(""), skip_sqlite, true, &mut h)?;
+        fingerprint_dir(dir, Path::new(""), skip_sqlite, true, &mut h, visit)?;
     }
     Ok(*h.finalize().as_bytes())
 }
 
-fn fingerprint_dir(dir: &Path, rel: &Path, skip_sqlite: bool, top: bool, h: &mut blake3::Hasher) -> io::Result<()> {
+/// Called with each regular file's relative path and metadata.
+pub type FileVisitor<'a> = dyn FnMut(&Path, &fs::Metadata) + 'a;
+
+fn fingerprint_dir(
+    dir: &Path,
+    rel: &Path,
+    skip_sqlite: bool,
+    top: bool,
+    h: &mut blake3::Hasher,
+    visit: &mut FileVisitor<'_>,
+) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let mut sqlite: Vec<std::ffi::OsString> = Vec::new();
     for entry in sorted_entries(dir, top)? {
@@ -293,8 +309,11 @@ fn fingerprint_dir(dir: &Path, rel: &Path, skip_sqlite: bool, top: bool, h: &mut
         h.update(&[0, kind]);
         if kind == b'd' {
             h.update(&(meta.permissions().mode() & 0o7777).to_le_bytes());
-            fingerprint_dir(&path, &child, skip_sqlite, false, h)?;
+            fingerprint_dir(&path, &child, skip_sqlite, false, h, visit)?;
             continue;
+        }
+        if kind == b'f' {
+            visit(&child, &meta);
         }
         h.update(&meta.len().to_le_bytes());
         h.update(&meta.mtime().to_le_bytes());

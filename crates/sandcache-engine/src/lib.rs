@@ -149,11 +149,8 @@ impl Cache {
 /// Checks a cache key: a relative `/`-separated name with no empty, `.` or
 /// `..` segments. The error is a sentence for the user.
 pub fn validate_key(key: &str) -> Result<(), String> {
-    let bad = key.is_empty() || key.starts_with('/') || key.split('/').any(|s| s.is_empty() || s == "." || s == "..");
-    if bad {
-        return Err(format!("invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`"));
-    }
-    Ok(())
+    sandcache_store::check_key(key)
+        .map_err(|_| format!("invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`"))
 }
 
 /// An error and its sources, `: `-joined, for one-line reasons.

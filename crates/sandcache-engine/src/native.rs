@@ -470,17 +470,25 @@ impl Index {
             .map(|e| e.hash.as_str())
     }
 
-    /// The index of a freshly restored tree: stats from disk, hashes from
-    /// the manifest (verified as they were written).
-    pub(crate) fn of_restored(dir: &Path, m: &Manifest) -> Index {
-        let mut files = HashMap::new();
-        for e in m.entries.iter().filter(|e| e.kind == Kind::File) {
-            if let (Ok(meta), Some(hash)) = (fs::symlink_metadata(dir.join(&e.path)), &e.hash) {
-                let (size, mtime_ns, ctime_ns, ino) = stamp(&meta);
-                files.insert(e.path.clone(), IndexEntry { size, mtime_ns, ctime_ns, ino, hash: hash.clone() });
+    /// Walks a freshly restored tree once for both its fingerprint and its
+    /// index: stats from disk, hashes from the manifest (verified as they
+    /// were written).
+    pub(crate) fn of_restored(dir: &Path, m: &Manifest) -> io::Result<([u8; 32], Index)> {
+        let hashes: HashMap<&str, &str> = m
+            .entries
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .filter_map(|e| Some((e.path.as_str(), e.hash.as_deref()?)))
+            .collect();
+        let mut files = HashMap::with_capacity(hashes.len());
+        let fp = sandcache_archive::fingerprint_visit(dir, true, &mut |rel, meta| {
+            let Some(rel) = rel.to_str() else { return };
+            if let Some(hash) = hashes.get(rel) {
+                let (size, mtime_ns, ctime_ns, ino) = stamp(meta);
+                files.insert(rel.to_owned(), IndexEntry { size, mtime_ns, ctime_ns, ino, hash: (*hash).to_owned() });
             }
-        }
-        Index { files }
+        })?;
+        Ok((fp, Index { files }))
     }
 }
 

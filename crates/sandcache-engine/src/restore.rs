@@ -83,10 +83,7 @@ async fn restore(
     deadline: Instant,
 ) -> Result<Done, Skip> {
     let target = Target::resolve(dir, true).map_err(|e| Skip::new(Reason::IoError, format!("target dir: {e}")))?;
-    let _lock = target.lock(deadline).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::TimedOut => Skip::new(Reason::TimedOut, e.to_string()),
-        _ => Skip::new(Reason::IoError, format!("lock: {e}")),
-    })?;
+    let _lock = target.lock_or_skip(deadline).await?;
     let leftovers = target.leftovers();
 
     // The native layout and a single archive (the seed's cache.tgz, a legacy
@@ -237,14 +234,19 @@ async fn restore_archive(
 fn after_swap(target: &Target, trash: Vec<PathBuf>, store: &dyn Store, key: &str, manifest: Option<Arc<Manifest>>) {
     let target = target.clone();
     let (store, key) = (store.to_string(), key.to_owned());
-    if let Some(m) = manifest {
-        // Independent of the fingerprint: its own thread.
-        let (dir, index) = (target.dir.clone(), target.index_path());
-        crate::target::background("index", move || native::Index::of_restored(&dir, &m).save(&index));
-    }
     crate::target::background("after-restore", move || {
-        match sandcache_archive::fingerprint(&target.dir, true) {
-            Ok(fp) => save_state(&target, &store, &key, &fp),
+        // One walk gives the fingerprint and, for a native generation, the index.
+        let walked = match &manifest {
+            Some(m) => native::Index::of_restored(&target.dir, m).map(|(fp, index)| (fp, Some(index))),
+            None => sandcache_archive::fingerprint(&target.dir, true).map(|fp| (fp, None)),
+        };
+        match walked {
+            Ok((fp, index)) => {
+                save_state(&target, &store, &key, &fp);
+                if let Some(index) = index {
+                    index.save(&target.index_path());
+                }
+            }
             Err(e) => tracing::debug!("no fingerprint for {}: {e}", target.dir.display()),
         }
         remove_in_background(trash);
@@ -252,19 +254,13 @@ fn after_swap(target: &Target, trash: Vec<PathBuf>, store: &dyn Store, key: &str
 }
 
 pub(crate) fn store_skip(e: StoreError) -> Skip {
-    match &e {
-        StoreError::NotFound { .. } => Skip::new(Reason::NotFound, e.to_string()),
-        StoreError::Stalled { .. } => Skip::new(Reason::TimedOut, e.to_string()),
-        StoreError::InvalidKey { .. } | StoreError::InvalidSpec { .. } => Skip::new(Reason::Config, error_chain(&e)),
-        _ => {
-            let chain = error_chain(&e);
-            // object_store reports a read-idle or request timeout as an error
-            // after its retries: that is a stall, not an outage.
-            let lower = chain.to_lowercase();
-            let reason = if lower.contains("timed out") { Reason::TimedOut } else { Reason::StoreError };
-            Skip::new(reason, chain)
-        }
-    }
+    let reason = match &e {
+        StoreError::NotFound { .. } => Reason::NotFound,
+        StoreError::TimedOut { .. } => Reason::TimedOut,
+        StoreError::InvalidKey { .. } | StoreError::InvalidSpec { .. } => Reason::Config,
+        _ => Reason::StoreError,
+    };
+    Skip::new(reason, error_chain(&e))
 }
 
 pub(crate) fn extract_skip(e: ExtractError) -> Skip {

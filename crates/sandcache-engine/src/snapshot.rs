@@ -123,10 +123,7 @@ async fn snapshot(
         }
         Err(e) => return Err(Skip::new(Reason::IoError, format!("target dir: {e}"))),
     };
-    let _lock = target.lock(deadline).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::TimedOut => Skip::new(Reason::TimedOut, e.to_string()),
-        _ => Skip::new(Reason::IoError, format!("lock: {e}")),
-    })?;
+    let _lock = target.lock_or_skip(deadline).await?;
 
     let scan_dir = target.dir.clone();
     let (empty, fp) = tokio::task::spawn_blocking(move || {

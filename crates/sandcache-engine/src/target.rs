@@ -109,6 +109,16 @@ impl Target {
         }
     }
 
+    /// [`Target::lock`] with its failure as a reason: waiting past the
+    /// deadline is `timed_out`, anything else `io_error`.
+    pub(crate) async fn lock_or_skip(&self, deadline: Instant) -> Result<Lock, crate::Skip> {
+        use crate::Reason;
+        self.lock(deadline).await.map_err(|e| match e.kind() {
+            io::ErrorKind::TimedOut => crate::Skip::new(Reason::TimedOut, e.to_string()),
+            _ => crate::Skip::new(Reason::IoError, format!("lock: {e}")),
+        })
+    }
+
     /// Staging and trash dirs left by earlier runs that crashed or failed.
     /// Call with the lock held: no live restore owns them then.
     pub(crate) fn leftovers(&self) -> Vec<PathBuf> {

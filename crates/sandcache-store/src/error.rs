@@ -13,8 +13,14 @@ pub enum StoreError {
     InvalidKey { key: String },
     #[error("invalid store `{spec}`: {why}")]
     InvalidSpec { spec: String, why: String },
-    #[error("reading `{key}` stalled: no bytes for {secs} s")]
-    Stalled { key: String, secs: u64 },
+    /// A connect, read-idle or request timeout, after the retries: the
+    /// server is there but stalled, which is not the same as an outage.
+    #[error("request for `{key}` timed out")]
+    TimedOut {
+        key: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("request for `{key}` failed")]
     Request {
         key: String,

@@ -127,7 +127,7 @@ pub fn open(spec: &StoreSpec, opts: &StoreOptions) -> Result<Arc<dyn Store>, Sto
 }
 
 /// Checks a key: relative, `/`-separated, no empty, `.` or `..` segments.
-pub(crate) fn check_key(key: &str) -> Result<(), StoreError> {
+pub fn check_key(key: &str) -> Result<(), StoreError> {
     let bad = key.is_empty()
         || key.starts_with('/')
         || key.split('/').any(|s| s.is_empty() || s == "." || s == "..")

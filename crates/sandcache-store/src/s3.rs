@@ -156,6 +156,10 @@ fn map_err(key: &str, e: object_store::Error) -> StoreError {
             StoreError::Request { key: key.to_owned(), source: Box::new(e) }
         }
         object_store::Error::NotFound { .. } => StoreError::NotFound { key: key.to_owned() },
+        // object_store reports its timeouts as generic errors; the cause says.
+        other if chain(&other).contains("timed out") => {
+            StoreError::TimedOut { key: key.to_owned(), source: Box::new(other) }
+        }
         other => StoreError::Request { key: key.to_owned(), source: Box::new(other) },
     }
 }
