@@ -224,6 +224,16 @@ impl<'a> Extractor<'a> {
             }
             self.entry(&mut entry)?;
         }
+        // Read past the end-of-archive blocks to the end of the stream: only
+        // there does the decoder check the gzip CRC or zstd checksum, and a
+        // byte flipped in file content is caught nowhere else.
+        let mut rest = archive.into_inner();
+        io::copy(&mut rest, &mut io::sink()).map_err(|e| match self.read_error(e) {
+            ExtractError::Corrupt { detail, source } => {
+                ExtractError::Corrupt { detail: format!("the stream does not end cleanly ({detail})"), source }
+            }
+            other => other,
+        })?;
         self.finish_dirs()
     }
 

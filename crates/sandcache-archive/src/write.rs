@@ -113,7 +113,10 @@ pub fn write_archive<W: Write>(dir: &Path, out: W, opts: &WriteOptions) -> Resul
             enc.finish().map_err(WriteError::Sink)?;
         }
         Encoding::Zstd { level } => {
-            let enc = zstd::stream::write::Encoder::new(out, level).map_err(WriteError::Sink)?;
+            let mut enc = zstd::stream::write::Encoder::new(out, level).map_err(WriteError::Sink)?;
+            // Without the frame checksum a flipped byte in stored content
+            // decodes silently; gzip always carries its CRC.
+            enc.include_checksum(true).map_err(WriteError::Sink)?;
             let enc = walk_into(dir, &prefix, enc, opts, &mut stats)?;
             enc.finish().map_err(WriteError::Sink)?;
         }
