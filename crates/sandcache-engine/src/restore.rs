@@ -115,6 +115,17 @@ async fn restore(
     Ok(done)
 }
 
+/// A staging dir nobody will swap in, removed when dropped.
+struct DropStaging(Option<PathBuf>);
+
+impl Drop for DropStaging {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            remove_in_background(vec![p]);
+        }
+    }
+}
+
 /// The creation time a manifest's name starts with.
 fn manifest_ms(key: &str) -> Option<u64> {
     key.rsplit('/').next()?.split('-').next()?.parse().ok()
@@ -139,18 +150,23 @@ async fn restore_native(
             p.expected.store(total, Ordering::Relaxed);
         }
         let staging = target.create_staging().map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
+        // Dropped at the deadline, this future still removes its staging
+        // dir, after the cancel below (declared later, dropped first) stops
+        // its writers.
+        let mut staging = DropStaging(Some(staging));
         let cancel = Arc::new(AtomicBool::new(false));
         let guard = CancelOnDrop(cancel.clone());
+        let at = staging.0.clone().expect("set above");
         let result =
-            native::restore_into(store, key, m.clone(), &staging, cancel, opts.progress.clone(), opts.concurrency)
-                .await;
+            native::restore_into(store, key, m.clone(), &at, cancel, opts.progress.clone(), opts.concurrency).await;
         drop(guard);
         match result {
             Ok(s) => {
-                return Ok((Done { files: s.files, bytes: s.bytes, transferred: s.transferred }, staging, Some(m)));
+                staging.0 = None;
+                return Ok((Done { files: s.files, bytes: s.bytes, transferred: s.transferred }, at, Some(m)));
             }
             Err(skip) => {
-                remove_in_background(vec![staging]);
+                drop(staging);
                 if skip.reason != Reason::NotFound {
                     return Err(skip);
                 }
@@ -175,6 +191,9 @@ async fn restore_archive(
         p.expected.store(object.size, Ordering::Relaxed);
     }
     let staging = target.create_staging().map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
+    // Removed unless swapped in: a download that fails or stalls after the
+    // last tar entry leaves a complete extraction nobody will use.
+    let mut drop_staging = DropStaging(Some(staging.clone()));
 
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
@@ -187,12 +206,7 @@ async fn restore_archive(
     };
     let extract_staging = staging.clone();
     let extraction = tokio::task::spawn_blocking(move || {
-        let result = sandcache_archive::extract(ChannelReader::new(rx), &extract_staging, &xopts);
-        // Nobody will swap a failed or abandoned staging dir in: drop it.
-        if result.is_err() || xopts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-            remove_in_background(vec![extract_staging]);
-        }
-        result
+        sandcache_archive::extract(ChannelReader::new(rx), &extract_staging, &xopts)
     });
 
     let download = async {
@@ -225,6 +239,7 @@ async fn restore_archive(
     let stats = extracted
         .map_err(|e| Skip::new(Reason::IoError, format!("extraction thread failed: {e}")))?
         .map_err(extract_skip)?;
+    drop_staging.0 = None;
     Ok((Done { files: stats.files, bytes: stats.bytes, transferred }, staging))
 }
 

@@ -269,7 +269,17 @@ pub(crate) fn remove_in_background(paths: Vec<PathBuf>) {
     }
     background("cleanup", move || {
         for p in paths {
-            match fs::remove_dir_all(&p) {
+            // An abandoned restore's writers may still be finishing a file
+            // in it: a second pass removes what they added meanwhile.
+            let mut result = fs::remove_dir_all(&p);
+            for _ in 0..3 {
+                if result.is_ok() || !p.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                result = fs::remove_dir_all(&p);
+            }
+            match result {
                 Ok(()) => tracing::debug!("removed {}", p.display()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => tracing::warn!("could not remove {}: {e}", p.display()),
