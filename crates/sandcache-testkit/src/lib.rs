@@ -3,8 +3,10 @@
 //! * [`tree`]: sample DENO_DIR-like trees and whole-tree comparisons;
 //! * [`raw`]: tar streams written byte by byte, for hostile archives;
 //! * [`s3`]: the test S3 server from `scripts/dev-s3.sh`;
-//! * [`net`]: servers that misbehave (stall after headers...).
+//! * [`net`]: servers that misbehave (stall after headers...);
+//! * [`faults`]: a fault-injecting proxy in front of the test S3 server.
 
+pub mod faults;
 pub mod net;
 pub mod raw;
 pub mod s3;

@@ -26,13 +26,24 @@ pub fn sample_tree(root: &Path) {
 /// Asserts two trees have the same names, kinds, contents, modes and
 /// symlink targets, ignoring SQLite files.
 pub fn assert_same_tree(a: &Path, b: &Path) {
-    let list = |root: &Path| {
-        let mut v = Vec::new();
-        walk(root, root, &mut v);
-        v.sort();
-        v
-    };
-    assert_eq!(list(a), list(b));
+    assert_eq!(listing(a), listing(b));
+}
+
+/// A tree's names, kinds, contents, modes, mtimes and symlink targets,
+/// relative to `root` and sorted, ignoring SQLite files: what
+/// [`assert_same_tree`] compares.
+pub fn listing(root: &Path) -> Vec<String> {
+    let mut v = Vec::new();
+    walk(root, root, &mut v);
+    v.sort();
+    v
+}
+
+/// `len` bytes that do not compress, the same for the same `seed`.
+pub fn noise(len: usize, seed: &str) -> Vec<u8> {
+    let mut out = vec![0; len];
+    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
+    out
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {

@@ -1,0 +1,351 @@
+//! The fault matrix: every fault of the proxy in front of Garage, for
+//! restore and snapshot, in each format, at the start, middle and end of the
+//! transfer, once (a blip) and sticky (a server that stays broken).
+//!
+//! Every cell checks the four promises:
+//! * the operation ends within its deadline plus 1 s;
+//! * a skipped outcome names its reason and says why;
+//! * the dir holds its previous complete content or the new complete
+//!   content, never a mix, and no staging is left beside it;
+//! * the store never holds a manifest that refers to missing or corrupt
+//!   content, and a clean restore afterwards gives a complete generation.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+use sandcache_archive::pack::{self, Manifest};
+use sandcache_archive::{Encoding, Layout, WriteOptions};
+use sandcache_engine::{Cache, Format, Limits, Reason, RestoreOptions, SnapshotOptions, wait_for_background};
+use sandcache_store::{S3Store, Store, StoreOptions};
+use sandcache_testkit::faults::{At, Direction, Fault, FaultProxy, Plan};
+use sandcache_testkit::tree::{listing, noise, sample_tree};
+
+/// Each operation's deadline in the matrix.
+const DEADLINE: Duration = Duration::from_secs(3);
+const KEY: &str = "site/cache";
+
+struct Rig {
+    proxy: FaultProxy,
+    /// Straight to Garage: to seed and to check.
+    direct: Arc<dyn Store>,
+    /// Through the proxy.
+    faulty: Arc<dyn Store>,
+    tmp: tempfile::TempDir,
+    old: PathBuf,
+    new: PathBuf,
+}
+
+async fn rig(test: &str) -> Option<Rig> {
+    let spec = sandcache_testkit::s3::spec(test)?;
+    let upstream = spec.endpoint.clone().expect("the test server has an endpoint");
+    let proxy = FaultProxy::start(&upstream).await;
+    let direct: Arc<dyn Store> = Arc::new(S3Store::new(&spec, &StoreOptions::default()).unwrap());
+    let mut via = spec.clone();
+    via.endpoint = Some(proxy.url());
+    let faulty: Arc<dyn Store> = Arc::new(S3Store::new(&via, &StoreOptions::default()).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let (old, new) = (tmp.path().join("old/deno-dir"), tmp.path().join("new/deno-dir"));
+    // Two generations that share files and differ in others, with enough
+    // data for several frames, a multipart upload and a few range GETs.
+    for (dir, tag) in [(&old, "old"), (&new, "new")] {
+        sample_tree(dir);
+        std::fs::create_dir_all(dir.join("npm/big")).unwrap();
+        std::fs::write(dir.join("npm/big/shared.bin"), noise(3 << 20, "shared")).unwrap();
+        std::fs::write(dir.join(format!("npm/big/{tag}.bin")), noise(5 << 20, tag)).unwrap();
+        for i in 0..100 {
+            std::fs::write(dir.join(format!("remote/{tag}-{i}.js")), format!("export const v = '{tag}{i}';\n"))
+                .unwrap();
+        }
+    }
+    Some(Rig { proxy, direct, faulty, tmp, old, new })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    Native,
+    Tgz,
+    TarZst,
+}
+
+/// Stores `dir` under `key` in `form`, straight to the server.
+async fn seed(store: &Arc<dyn Store>, key: &str, dir: &Path, form: Form) {
+    let cache = Cache::new(store.clone(), key);
+    let format = match form {
+        Form::Native => Format::Native,
+        Form::Tgz => Format::Tgz,
+        Form::TarZst => {
+            let mut bytes = Vec::new();
+            sandcache_archive::write_archive(
+                dir,
+                &mut bytes,
+                &WriteOptions::new(Layout::Relative, Encoding::Zstd { level: 3 }),
+            )
+            .unwrap();
+            let body = Box::pin(futures::stream::once(async move { Ok(bytes::Bytes::from(bytes)) }));
+            store.put(key, body).await.unwrap();
+            return;
+        }
+    };
+    let out = cache.snapshot(dir, &SnapshotOptions { format, force: true, ..Default::default() }).await;
+    assert!(out.is_done(), "seeding {key}: {:?}", out.result);
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    let ok = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
+/// What a failure may be called: never "disabled", "config", "empty" or
+/// "unchanged", which would hide a fault behind a non-event.
+fn named(out: &sandcache_engine::Outcome) -> Result<(), String> {
+    match &out.result {
+        Ok(_) => Ok(()),
+        Err(s) if s.detail.trim().is_empty() => Err(format!("{} with no detail", s.reason)),
+        Err(s)
+            if matches!(
+                s.reason,
+                Reason::TimedOut | Reason::StoreError | Reason::Corrupt | Reason::NotFound | Reason::IoError
+            ) =>
+        {
+            Ok(())
+        }
+        Err(s) => Err(format!("unexpected reason {}: {}", s.reason, s.detail)),
+    }
+}
+
+/// No staging or trash is left beside `dir` once background work ends.
+fn no_leftovers(dir: &Path) -> Result<(), String> {
+    assert!(wait_for_background(Duration::from_secs(20)), "background cleanup did not finish");
+    let parent = dir.parent().unwrap();
+    let left: Vec<String> = std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("staging") || n.contains("trash"))
+        .collect();
+    if left.is_empty() { Ok(()) } else { Err(format!("left beside {}: {left:?}", dir.display())) }
+}
+
+/// Every stored generation of `key` is whole: each manifest decodes and
+/// validates, each pack it names exists with its size and id, and every
+/// frame decodes to its hash. Returns how many generations there are.
+async fn check_store(store: &Arc<dyn Store>, key: &str) -> Result<usize, String> {
+    let manifests = store.list(&format!("{key}.d/manifests/")).await.map_err(|e| e.to_string())?;
+    for info in &manifests {
+        let bytes = get(store, &info.key).await?;
+        let m = Manifest::decode(&bytes).map_err(|e| format!("{}: {e}", info.key))?;
+        m.validate(&Limits::default(), Path::new("/deno-dir")).map_err(|e| format!("{}: {e}", info.key))?;
+        for (i, p) in m.packs.iter().enumerate() {
+            let pack_key = format!("{key}.d/packs/{}.pack", p.id);
+            let bytes = get(store, &pack_key).await.map_err(|e| format!("{} names {pack_key}: {e}", info.key))?;
+            if bytes.len() as u64 != p.size || blake3::hash(&bytes).to_hex().as_str() != p.id {
+                return Err(format!("{} names {pack_key}, which is not what it says", info.key));
+            }
+            for f in m.frames.iter().filter(|f| f.pack as usize == i) {
+                pack::decode_frame(&bytes[f.offset as usize..(f.offset + f.clen) as usize], f)
+                    .map_err(|e| format!("{}: {e}", info.key))?;
+            }
+        }
+    }
+    Ok(manifests.len())
+}
+
+async fn get(store: &Arc<dyn Store>, key: &str) -> Result<Vec<u8>, String> {
+    let obj = store.get(key).await.map_err(|e| e.to_string())?;
+    let parts: Vec<bytes::Bytes> = obj.stream.try_collect().await.map_err(|e| e.to_string())?;
+    Ok(parts.concat())
+}
+
+/// A clean restore, straight from the server, into a fresh dir: its tree.
+async fn clean_restore(store: &Arc<dyn Store>, key: &str, at: &Path) -> Result<Vec<String>, String> {
+    let out = Cache::new(store.clone(), key).restore(at, &RestoreOptions::default()).await;
+    match out.result {
+        Ok(_) => Ok(listing(at)),
+        Err(s) => Err(format!("clean restore: {}: {}", s.reason, s.detail)),
+    }
+}
+
+struct Cell {
+    fault: Fault,
+    at: At,
+    sticky: bool,
+}
+
+fn cells() -> Vec<Cell> {
+    let mut v = Vec::new();
+    for fault in Fault::ALL {
+        for at in At::ALL {
+            for sticky in [false, true] {
+                v.push(Cell { fault, at, sticky });
+            }
+        }
+    }
+    v
+}
+
+fn label(form: Form, op: &str, c: &Cell) -> String {
+    format!("{form:?} {op} {} at {:?} {}", c.fault.name(), c.at, if c.sticky { "sticky" } else { "once" })
+}
+
+fn result_text(out: &sandcache_engine::Outcome) -> String {
+    match &out.result {
+        Ok(_) => "done".into(),
+        Err(s) => format!("{}: {}", s.reason, s.detail.chars().take(140).collect::<String>()),
+    }
+}
+
+async fn restore_matrix(form: Form) {
+    let Some(rig) = rig(&format!("faults-restore-{form:?}").to_lowercase()).await else { return };
+    seed(&rig.direct, KEY, &rig.new, form).await;
+    let (old, new) = (listing(&rig.old), listing(&rig.new));
+    let opts = RestoreOptions { timeout: DEADLINE, ..Default::default() };
+    let cache = Cache::new(rig.faulty.clone(), KEY);
+
+    // A clean pass through the proxy counts the transfers.
+    rig.proxy.set(None);
+    let dry = rig.tmp.path().join("dry/deno-dir");
+    let out = cache.restore(&dry, &opts).await;
+    assert!(out.is_done(), "through the proxy, no fault: {:?}", out.result);
+    assert_eq!(listing(&dry), new);
+    let n = rig.proxy.transfers(Direction::Download);
+    assert!(n >= 1);
+
+    let mut failures = Vec::new();
+    let mut done = 0;
+    for (i, c) in cells().iter().enumerate() {
+        let dir = rig.tmp.path().join(format!("cell-{i}/deno-dir"));
+        copy_tree(&rig.old, &dir);
+        let plan =
+            Plan { fault: c.fault, at: c.at, direction: Direction::Download, index: c.at.index(n), sticky: c.sticky };
+        rig.proxy.set(Some(plan));
+        let start = Instant::now();
+        let out = cache.restore(&dir, &opts).await;
+        let took = start.elapsed();
+        let injected = rig.proxy.injected();
+        rig.proxy.set(None);
+        let name = label(form, "restore", c);
+        eprintln!("{name}: {} in {} ms ({injected} injected)", result_text(&out), took.as_millis());
+        let mut problems = Vec::new();
+        if took > DEADLINE + Duration::from_secs(1) {
+            problems.push(format!("took {took:?}, past the {DEADLINE:?} deadline + 1 s"));
+        }
+        if injected == 0 {
+            problems.push("the fault was never injected".into());
+        }
+        if let Err(e) = named(&out) {
+            problems.push(e);
+        }
+        let now = listing(&dir);
+        match (&out.result, now == old, now == new) {
+            (Ok(_), _, true) => done += 1,
+            (Ok(_), _, false) => problems.push("done, but the dir is not the stored tree".into()),
+            (Err(_), true, _) => {}
+            (Err(_), false, _) => problems.push("skipped, but the dir is not its previous content".into()),
+        }
+        if let Err(e) = no_leftovers(&dir) {
+            problems.push(e);
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{name}: {}", problems.join("; ")));
+        }
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+    // The store was only read: it is whole, and restores cleanly.
+    check_store(&rig.direct, KEY).await.unwrap();
+    let clean = clean_restore(&rig.direct, KEY, &rig.tmp.path().join("clean/deno-dir")).await.unwrap();
+    assert_eq!(clean, new);
+    eprintln!("{form:?} restore: {} cells, {done} restored, {} skipped", cells().len(), cells().len() - done);
+    assert!(failures.is_empty(), "{} cells broke a promise:\n{}", failures.len(), failures.join("\n"));
+}
+
+async fn snapshot_matrix(form: Form) {
+    let Some(rig) = rig(&format!("faults-snapshot-{form:?}").to_lowercase()).await else { return };
+    let (old, new) = (listing(&rig.old), listing(&rig.new));
+    let format = if form == Form::Native { Format::Native } else { Format::Tgz };
+    let opts = SnapshotOptions { format, timeout: DEADLINE, force: true, ..Default::default() };
+
+    // A clean pass through the proxy counts the uploads of a snapshot over
+    // an older generation.
+    seed(&rig.direct, "dry/cache", &rig.old, form).await;
+    rig.proxy.set(None);
+    let out = Cache::new(rig.faulty.clone(), "dry/cache").snapshot(&rig.new, &opts).await;
+    assert!(out.is_done(), "through the proxy, no fault: {:?}", out.result);
+    let n = rig.proxy.transfers(Direction::Upload);
+    assert!(n >= 1);
+
+    let mut failures = Vec::new();
+    let mut done = 0;
+    for (i, c) in cells().iter().enumerate() {
+        let key = format!("cell-{i}/cache");
+        seed(&rig.direct, &key, &rig.old, form).await;
+        let dir = rig.tmp.path().join(format!("cell-{i}/deno-dir"));
+        copy_tree(&rig.new, &dir);
+        let plan =
+            Plan { fault: c.fault, at: c.at, direction: Direction::Upload, index: c.at.index(n), sticky: c.sticky };
+        rig.proxy.set(Some(plan));
+        let start = Instant::now();
+        let out = Cache::new(rig.faulty.clone(), key.as_str()).snapshot(&dir, &opts).await;
+        let took = start.elapsed();
+        let injected = rig.proxy.injected();
+        rig.proxy.set(None);
+        let name = label(form, "snapshot", c);
+        eprintln!("{name}: {} in {} ms ({injected} injected)", result_text(&out), took.as_millis());
+        let mut problems = Vec::new();
+        if took > DEADLINE + Duration::from_secs(1) {
+            problems.push(format!("took {took:?}, past the {DEADLINE:?} deadline + 1 s"));
+        }
+        if injected == 0 {
+            problems.push("the fault was never injected".into());
+        }
+        if let Err(e) = named(&out) {
+            problems.push(e);
+        }
+        if listing(&dir) != new {
+            problems.push("the snapshot changed its dir".into());
+        }
+        if let Err(e) = check_store(&rig.direct, &key).await {
+            problems.push(format!("store: {e}"));
+        }
+        match clean_restore(&rig.direct, &key, &rig.tmp.path().join(format!("cell-{i}/check/deno-dir"))).await {
+            Ok(t) if t == new && out.is_done() => done += 1,
+            Ok(t) if t == old && !out.is_done() => {}
+            Ok(t) if t == new => problems.push("skipped, yet the new generation was stored".into()),
+            Ok(_) => problems.push("the stored cache is neither the old nor the new tree".into()),
+            Err(e) => problems.push(e),
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{name}: {}", problems.join("; ")));
+        }
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+    eprintln!("{form:?} snapshot: {} cells, {done} stored, {} skipped", cells().len(), cells().len() - done);
+    assert!(failures.is_empty(), "{} cells broke a promise:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_matrix_restore_native() {
+    restore_matrix(Form::Native).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_matrix_restore_tgz() {
+    restore_matrix(Form::Tgz).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_matrix_restore_tar_zst() {
+    restore_matrix(Form::TarZst).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_matrix_snapshot_native() {
+    snapshot_matrix(Form::Native).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_matrix_snapshot_tgz() {
+    snapshot_matrix(Form::Tgz).await;
+}
