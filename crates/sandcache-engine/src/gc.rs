@@ -32,6 +32,8 @@ pub struct GcReport {
     pub generations_deleted: usize,
     pub packs_kept: usize,
     pub packs_deleted: usize,
+    /// Generations written during this gc that reused a pack it deleted.
+    pub generations_withdrawn: usize,
     pub bytes_freed: u64,
 }
 
@@ -79,6 +81,7 @@ impl Cache {
                 }
             }
         }
+        let mut deleted = HashSet::new();
         for p in packs {
             let Some(id) = native::pack_id_of(&p.key) else { continue };
             if referenced.contains(id) || young(p.last_modified) {
@@ -86,8 +89,25 @@ impl Cache {
                 continue;
             }
             store.delete(&p.key).await.map_err(|e| error_chain(&e))?;
+            deleted.insert(id.to_owned());
             report.packs_deleted += 1;
             report.bytes_freed += p.size;
+        }
+        // A generation written during the deletes may reuse a pack just
+        // deleted (its writer checks too, and withdraws it): withdraw any
+        // such generation, so no manifest is left pointing at nothing.
+        if !deleted.is_empty() {
+            for m in native::list_manifests(store, key).await.map_err(|e| error_chain(&e))? {
+                if kept_keys.contains(&m.key) {
+                    continue;
+                }
+                let Ok(manifest) = native::fetch_manifest(store, &m.key).await else { continue };
+                if manifest.packs.iter().any(|p| deleted.contains(&p.id)) {
+                    tracing::warn!(target: "sandbox-cache", "withdrawing {}: written during gc, it reuses a deleted pack", m.key);
+                    store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
+                    report.generations_withdrawn += 1;
+                }
+            }
         }
         tracing::info!(
             target: "sandbox-cache",

@@ -232,6 +232,27 @@ async fn snapshot_native(
     transferred += bytes.len() as u64;
     let mkey = native::manifest_key(key, plan.manifest.created_ms);
     store.put(&mkey, one_chunk(bytes)).await.map_err(store_skip)?;
+    // A gc that ran meanwhile may have removed a pack this generation reuses
+    // (its base fell out of the kept set): withdraw it rather than leave a
+    // manifest that points at nothing.
+    let present: std::collections::HashSet<String> = store
+        .list(&format!("{key}.d/packs/"))
+        .await
+        .map_err(store_skip)?
+        .iter()
+        .filter_map(|o| native::pack_id_of(&o.key).map(str::to_owned))
+        .collect();
+    if let Some(gone) = plan.manifest.packs.iter().find(|p| !present.contains(&p.id)) {
+        let withdrawn = store.delete(&mkey).await;
+        return Err(Skip::new(
+            Reason::StoreError,
+            format!(
+                "pack {} of the new generation was removed while it was written (a concurrent gc?); generation {mkey} {}",
+                gone.id,
+                if withdrawn.is_ok() { "withdrawn" } else { "could not be withdrawn" }
+            ),
+        ));
+    }
     tracing::debug!(
         target: "sandbox-cache",
         "generation {mkey}: {} packs, {} reused from {}",
