@@ -4,9 +4,11 @@
 //! * [`raw`]: tar streams written byte by byte, for hostile archives;
 //! * [`s3`]: the test S3 server from `scripts/dev-s3.sh`;
 //! * [`net`]: servers that misbehave (stall after headers...);
-//! * [`faults`]: a fault-injecting proxy in front of the test S3 server.
+//! * [`faults`]: a fault-injecting proxy in front of the test S3 server;
+//! * [`generations`]: checks that every stored generation is whole.
 
 pub mod faults;
+pub mod generations;
 pub mod net;
 pub mod raw;
 pub mod s3;

@@ -15,10 +15,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
-use sandcache_archive::pack::{self, Manifest};
 use sandcache_archive::{Encoding, Layout, WriteOptions};
-use sandcache_engine::{Cache, Format, Limits, Reason, RestoreOptions, SnapshotOptions, wait_for_background};
+use sandcache_engine::{Cache, Format, Reason, RestoreOptions, SnapshotOptions, wait_for_background};
 use sandcache_store::{S3Store, Store, StoreOptions};
 use sandcache_testkit::faults::{At, Direction, Fault, FaultProxy, Plan};
 use sandcache_testkit::tree::{listing, noise, sample_tree};
@@ -129,36 +127,6 @@ fn no_leftovers(dir: &Path) -> Result<(), String> {
     if left.is_empty() { Ok(()) } else { Err(format!("left beside {}: {left:?}", dir.display())) }
 }
 
-/// Every stored generation of `key` is whole: each manifest decodes and
-/// validates, each pack it names exists with its size and id, and every
-/// frame decodes to its hash. Returns how many generations there are.
-async fn check_store(store: &Arc<dyn Store>, key: &str) -> Result<usize, String> {
-    let manifests = store.list(&format!("{key}.d/manifests/")).await.map_err(|e| e.to_string())?;
-    for info in &manifests {
-        let bytes = get(store, &info.key).await?;
-        let m = Manifest::decode(&bytes).map_err(|e| format!("{}: {e}", info.key))?;
-        m.validate(&Limits::default(), Path::new("/deno-dir")).map_err(|e| format!("{}: {e}", info.key))?;
-        for (i, p) in m.packs.iter().enumerate() {
-            let pack_key = format!("{key}.d/packs/{}.pack", p.id);
-            let bytes = get(store, &pack_key).await.map_err(|e| format!("{} names {pack_key}: {e}", info.key))?;
-            if bytes.len() as u64 != p.size || blake3::hash(&bytes).to_hex().as_str() != p.id {
-                return Err(format!("{} names {pack_key}, which is not what it says", info.key));
-            }
-            for f in m.frames.iter().filter(|f| f.pack as usize == i) {
-                pack::decode_frame(&bytes[f.offset as usize..(f.offset + f.clen) as usize], f)
-                    .map_err(|e| format!("{}: {e}", info.key))?;
-            }
-        }
-    }
-    Ok(manifests.len())
-}
-
-async fn get(store: &Arc<dyn Store>, key: &str) -> Result<Vec<u8>, String> {
-    let obj = store.get(key).await.map_err(|e| e.to_string())?;
-    let parts: Vec<bytes::Bytes> = obj.stream.try_collect().await.map_err(|e| e.to_string())?;
-    Ok(parts.concat())
-}
-
 /// A clean restore, straight from the server, into a fresh dir: its tree.
 async fn clean_restore(store: &Arc<dyn Store>, key: &str, at: &Path) -> Result<Vec<String>, String> {
     let out = Cache::new(store.clone(), key).restore(at, &RestoreOptions::default()).await;
@@ -254,7 +222,7 @@ async fn restore_matrix(form: Form) {
         let _ = std::fs::remove_dir_all(dir.parent().unwrap());
     }
     // The store was only read: it is whole, and restores cleanly.
-    check_store(&rig.direct, KEY).await.unwrap();
+    sandcache_testkit::generations::check(rig.direct.as_ref(), KEY).await.unwrap();
     let clean = clean_restore(&rig.direct, KEY, &rig.tmp.path().join("clean/deno-dir")).await.unwrap();
     assert_eq!(clean, new);
     eprintln!("{form:?} restore: {} cells, {done} restored, {} skipped", cells().len(), cells().len() - done);
@@ -306,7 +274,7 @@ async fn snapshot_matrix(form: Form) {
         if listing(&dir) != new {
             problems.push("the snapshot changed its dir".into());
         }
-        if let Err(e) = check_store(&rig.direct, &key).await {
+        if let Err(e) = sandcache_testkit::generations::check(rig.direct.as_ref(), &key).await {
             problems.push(format!("store: {e}"));
         }
         match clean_restore(&rig.direct, &key, &rig.tmp.path().join(format!("cell-{i}/check/deno-dir"))).await {

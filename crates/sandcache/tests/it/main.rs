@@ -1,6 +1,8 @@
 //! The `sandcache` binary: exit codes, output, credentials from EKS Pod
 //! Identity, and a real Deno app restored from Garage with no network.
 
+mod soak;
+
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -295,85 +297,6 @@ async fn a_killed_restore_leaves_the_dir_intact_and_the_next_run_cleans_up() {
     let (code, json, _) = run(&mut local("restore", &dir, &store, "site/cache"));
     assert_eq!((code, json["ok"].as_bool()), (0, Some(true)));
     assert!(!staging_exists(), "leftover staging removed by the next run");
-}
-
-/// Writer `w`'s tree in round `r`: a `state` file naming it, and payload
-/// bytes that only that state has.
-fn write_state(dir: &Path, w: u32, r: u32) {
-    if !dir.exists() {
-        sample_tree(dir);
-    }
-    fs::write(dir.join("state"), format!("{w} {r}")).unwrap();
-    fs::write(dir.join("remote/payload.bin"), payload(w, r)).unwrap();
-}
-
-fn payload(w: u32, r: u32) -> Vec<u8> {
-    (0..50_000u32).flat_map(|i| (i ^ (w << 20) ^ (r << 12)).wrapping_mul(2654435761).to_le_bytes()).collect()
-}
-
-/// Several processes snapshot different contents to one key while another
-/// restores in a loop: every restore is one complete, verified generation.
-#[test]
-fn concurrent_snapshots_from_several_processes_while_restoring() {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = match sandcache_testkit::s3::spec("concurrent") {
-        Some(spec) => format!("s3://{}/{}", spec.bucket, spec.prefix),
-        None => tmp.path().join("store").display().to_string(),
-    };
-    let sc = |args: &[&str], dir: &Path| {
-        let mut c = bin();
-        c.args(args).args(["--key", "site/cache", "--store", &store, "--json", "-q"]).arg("--dir").arg(dir);
-        run(&mut c)
-    };
-    let (writers, rounds) = (4u32, 3u32);
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let (ok, restores) = std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        for w in 0..writers {
-            let (sc, tmp) = (&sc, tmp.path());
-            handles.push(s.spawn(move || {
-                let dir = tmp.join(format!("writer-{w}"));
-                for r in 0..rounds {
-                    write_state(&dir, w, r);
-                    let (code, json, err) = sc(&["snapshot"], &dir);
-                    assert_eq!((code, json["ok"].as_bool()), (0, Some(true)), "writer {w} round {r}: {json} {err}");
-                }
-            }));
-        }
-        let reader = s.spawn(|| {
-            let (mut ok, mut n) = (0, 0);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 3 {
-                n += 1;
-                let dir = tmp.path().join(format!("reader-{n}"));
-                let (code, json, err) = sc(&["restore"], &dir);
-                assert_eq!(code, 0, "{err}");
-                if json["ok"] == true {
-                    let state = fs::read_to_string(dir.join("state")).unwrap();
-                    let (w, r) = state.split_once(' ').unwrap();
-                    let (w, r): (u32, u32) = (w.parse().unwrap(), r.parse().unwrap());
-                    assert_eq!(fs::read(dir.join("remote/payload.bin")).unwrap(), payload(w, r), "a mixed generation");
-                    ok += 1;
-                } else {
-                    assert_eq!(json["reason"], "not_found", "only a miss before the first generation: {json}");
-                }
-                fs::remove_dir_all(&dir).ok();
-            }
-            (ok, n)
-        });
-        for h in handles {
-            h.join().unwrap();
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        reader.join().unwrap()
-    });
-    eprintln!("{ok} of {restores} restores found a generation while {writers} writers ran {rounds} rounds");
-    assert!(ok >= 1, "{ok} of {restores} restores found a generation");
-    // After the writers, the newest generation is one writer's last round.
-    let last = tmp.path().join("last");
-    let (code, json, _) = sc(&["restore"], &last);
-    assert_eq!((code, json["ok"].as_bool()), (0, Some(true)));
-    let state = fs::read_to_string(last.join("state")).unwrap();
-    assert!(state.ends_with(&format!(" {}", rounds - 1)), "{state}");
 }
 
 /// `sandcache serve` on SIGTERM stops the worker, cleans the work dir and

@@ -1,0 +1,38 @@
+//! Checks what a store holds for a key, independently of the engine.
+
+use std::path::Path;
+
+use futures::TryStreamExt;
+use sandcache_archive::Limits;
+use sandcache_archive::pack::{self, Manifest};
+use sandcache_store::Store;
+
+/// Every stored generation of `key` is whole: each manifest decodes and
+/// validates, each pack it names exists with its size and id, and every
+/// frame decodes to its hash. Returns how many generations there are.
+pub async fn check(store: &dyn Store, key: &str) -> Result<usize, String> {
+    let manifests = store.list(&format!("{key}.d/manifests/")).await.map_err(|e| e.to_string())?;
+    for info in &manifests {
+        let bytes = get(store, &info.key).await?;
+        let m = Manifest::decode(&bytes).map_err(|e| format!("{}: {e}", info.key))?;
+        m.validate(&Limits::default(), Path::new("/deno-dir")).map_err(|e| format!("{}: {e}", info.key))?;
+        for (i, p) in m.packs.iter().enumerate() {
+            let pack_key = format!("{key}.d/packs/{}.pack", p.id);
+            let bytes = get(store, &pack_key).await.map_err(|e| format!("{} names {pack_key}: {e}", info.key))?;
+            if bytes.len() as u64 != p.size || blake3::hash(&bytes).to_hex().as_str() != p.id {
+                return Err(format!("{} names {pack_key}, which is not what it says", info.key));
+            }
+            for f in m.frames.iter().filter(|f| f.pack as usize == i) {
+                pack::decode_frame(&bytes[f.offset as usize..(f.offset + f.clen) as usize], f)
+                    .map_err(|e| format!("{}: {e}", info.key))?;
+            }
+        }
+    }
+    Ok(manifests.len())
+}
+
+async fn get(store: &dyn Store, key: &str) -> Result<Vec<u8>, String> {
+    let obj = store.get(key).await.map_err(|e| e.to_string())?;
+    let parts: Vec<bytes::Bytes> = obj.stream.try_collect().await.map_err(|e| e.to_string())?;
+    Ok(parts.concat())
+}
