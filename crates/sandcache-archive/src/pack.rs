@@ -22,7 +22,10 @@ use crate::extract::{Limits, check_symlink_target};
 /// Raw bytes per frame: the unit of download, decompression and verification.
 pub const FRAME_RAW: usize = 4 << 20;
 /// Compressed bytes after which a pack is closed.
-pub const PACK_TARGET: usize = 16 << 20;
+pub const PACK_TARGET: usize = 8 << 20;
+/// Room for a pack that closes past [`PACK_TARGET`] by up to one frame, so
+/// its buffer never doubles (and RSS never counts twice a pack's size).
+const PACK_CAPACITY: usize = PACK_TARGET + FRAME_RAW + (FRAME_RAW >> 6);
 /// The largest manifest accepted, decompressed.
 pub const MAX_MANIFEST: usize = 256 << 20;
 pub const VERSION: u32 = 1;
@@ -326,7 +329,7 @@ impl PackBuilder {
             .expect("spawning the compressor thread");
         PackBuilder {
             raw: Vec::with_capacity(FRAME_RAW),
-            pack: Vec::new(),
+            pack: Vec::with_capacity(PACK_CAPACITY),
             pack_frames: Vec::new(),
             frames_before: 0,
             pending: 0,
@@ -403,7 +406,7 @@ impl PackBuilder {
         if self.pack_frames.is_empty() {
             return;
         }
-        let bytes = std::mem::take(&mut self.pack);
+        let bytes = std::mem::replace(&mut self.pack, Vec::with_capacity(PACK_CAPACITY));
         let frames = std::mem::take(&mut self.pack_frames);
         self.frames_before += frames.len() as u32;
         done.push(BuiltPack { id: blake3::hash(&bytes).to_hex().to_string(), bytes, frames });

@@ -65,7 +65,14 @@ pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str) -> Result<Manif
 struct FrameJob {
     frame: u32,
     bytes: Bytes,
+    /// Its share of the in-flight budget, returned once it is written.
+    _budget: tokio::sync::OwnedSemaphorePermit,
 }
+
+/// Compressed bytes downloaded and not yet written, over all fetches, in
+/// KiB: with incompressible content and 8 fetches, this is what keeps a
+/// restore's peak RSS within 128 MiB.
+const IN_FLIGHT_KIB: u32 = 32 << 10;
 
 /// A piece of a file inside a frame.
 #[derive(Clone, Copy)]
@@ -156,10 +163,11 @@ pub(crate) async fn restore_into(
 
     // 4. Downloads, concurrently, each feeding frames as they complete.
     let transferred = Arc::new(AtomicU64::new(0));
+    let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB as usize));
     let fetches = futures::stream::iter(runs.into_iter().map(|run| {
-        let (tx, m, cancel, transferred, progress) =
-            (tx.clone(), m.clone(), cancel.clone(), transferred.clone(), progress.clone());
-        async move { fetch_run(store, key, &m, run, tx, cancel, transferred, progress).await }
+        let (tx, m, cancel, transferred, progress, budget) =
+            (tx.clone(), m.clone(), cancel.clone(), transferred.clone(), progress.clone(), budget.clone());
+        async move { fetch_run(store, key, &m, run, tx, cancel, transferred, progress, budget).await }
     }))
     .buffer_unordered(concurrency.max(1))
     .try_collect::<Vec<()>>();
@@ -299,6 +307,7 @@ async fn fetch_run(
     cancel: Arc<AtomicBool>,
     transferred: Arc<AtomicU64>,
     progress: Option<Arc<Progress>>,
+    budget: Arc<tokio::sync::Semaphore>,
 ) -> Result<(), StoreError> {
     let pkey = pack_key(key, &m.packs[pack as usize].id);
     let obj = store.get_range(&pkey, range.clone()).await?;
@@ -306,17 +315,25 @@ async fn fetch_run(
     let mut buf = BytesMut::new();
     let mut pos = range.start; // store offset of buf[0]
     let mut next = 0;
+    let mut permit = None;
     while next < frames.len() {
         if cancel.load(Ordering::Relaxed) {
             return Ok(());
         }
         let fr = &m.frames[frames[next] as usize];
         let need = (fr.offset + fr.clen - pos) as usize;
+        if permit.is_none() {
+            // Wait for room before taking in this frame's bytes.
+            let kib = (fr.clen.div_ceil(1024) as u32).clamp(1, IN_FLIGHT_KIB);
+            permit = Some(budget.clone().acquire_many_owned(kib).await.expect("the budget is never closed"));
+            buf.reserve(need.saturating_sub(buf.len()));
+        }
         if buf.len() >= need {
             let _skip = buf.split_to((fr.offset - pos) as usize);
             let bytes = buf.split_to(fr.clen as usize).freeze();
             pos = fr.offset + fr.clen;
-            if tx.send(FrameJob { frame: frames[next], bytes }).await.is_err() {
+            let job = FrameJob { frame: frames[next], bytes, _budget: permit.take().expect("taken above") };
+            if tx.send(job).await.is_err() {
                 return Ok(());
             }
             next += 1;
@@ -521,6 +538,38 @@ pub(crate) struct SnapshotPlan {
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
+/// Reads until `buf` is full or the file ends.
+fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The BLAKE3 of a file read in 1 MiB pieces, and its first 16 bytes.
+fn hash_stream(mut f: fs::File) -> io::Result<(String, Vec<u8>)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut head = Vec::new();
+    loop {
+        let n = read_full(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if head.is_empty() {
+            head = buf[..n.min(16)].to_vec();
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok((hasher.finalize().to_hex().to_string(), head))
+}
+
 /// Walks `dir`, reuses what `base` already stores, and hands each new pack
 /// to `upload` as soon as it is full (bounded memory). Blocking.
 pub(crate) fn build(
@@ -586,6 +635,17 @@ pub(crate) fn build(
                 }
                 let (hash, content) = match index.lookup(&child_rel, &meta) {
                     Some(h) => (h.to_owned(), None),
+                    // A large file is hashed in frame-sized pieces and, if
+                    // new, read again into the packs: never whole in memory.
+                    None if meta.len() > pack::FRAME_RAW as u64 => {
+                        let Ok(f) = fs::File::open(&path) else { continue };
+                        let (hash, head) = hash_stream(f)?;
+                        if head.starts_with(SQLITE_MAGIC) {
+                            sqlite.push(name.clone());
+                            continue;
+                        }
+                        (hash, None)
+                    }
                     None => {
                         let mut data = Vec::with_capacity(meta.len() as usize);
                         let Ok(mut f) = fs::File::open(&path) else { continue };
@@ -611,25 +671,49 @@ pub(crate) fn build(
                         e.frame = Some(*f);
                         e.offset = *o;
                     } else {
-                        let data = match content {
-                            Some(d) => d,
-                            None => fs::read(dir.join(&e.path))?,
+                        let mut ship = |built: &mut Vec<pack::BuiltPack>| {
+                            for p in built.drain(..) {
+                                new_packs.push(PackInfo {
+                                    id: p.id.clone(),
+                                    size: p.bytes.len() as u64,
+                                    frames: p.frames.clone(),
+                                });
+                                upload(p)?;
+                            }
+                            Ok::<(), io::Error>(())
                         };
-                        if data.len() as u64 != size {
-                            return Err(io::Error::other(format!("{} changed while it was being snapshotted", e.path)));
-                        }
-                        let (f, o) = builder.add(&data, &mut built);
+                        let changed = || io::Error::other(format!("{} changed while it was being snapshotted", e.path));
+                        let (f, o) = match content {
+                            Some(data) if data.len() as u64 == size => builder.add(&data, &mut built),
+                            Some(_) => return Err(changed()),
+                            None => {
+                                // Piece by piece, shipping full packs as they
+                                // close; the bytes must still hash as indexed.
+                                let mut file = fs::File::open(dir.join(&e.path))?;
+                                let mut hasher = blake3::Hasher::new();
+                                let (mut at, mut read) = (None, 0u64);
+                                let mut piece = vec![0u8; pack::FRAME_RAW];
+                                loop {
+                                    let n = read_full(&mut file, &mut piece)?;
+                                    if n == 0 {
+                                        break;
+                                    }
+                                    hasher.update(&piece[..n]);
+                                    read += n as u64;
+                                    let placed = builder.add(&piece[..n], &mut built);
+                                    at.get_or_insert(placed);
+                                    ship(&mut built)?;
+                                }
+                                if read != size || hasher.finalize().to_hex().as_str() != hash {
+                                    return Err(changed());
+                                }
+                                at.ok_or_else(changed)?
+                            }
+                        };
                         fresh.insert(hash, (f, o));
                         e.frame = Some(f);
                         e.offset = o;
-                        for p in built.drain(..) {
-                            new_packs.push(PackInfo {
-                                id: p.id.clone(),
-                                size: p.bytes.len() as u64,
-                                frames: p.frames.clone(),
-                            });
-                            upload(p)?;
-                        }
+                        ship(&mut built)?;
                     }
                 }
                 entries.push(e);
