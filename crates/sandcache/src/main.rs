@@ -21,6 +21,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::settings::StoreArgs;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "sandcache", version, about = "Warm-start cache for ephemeral sandboxes")]
 struct Cli {
