@@ -248,3 +248,84 @@ fn eight_writers_a_reader_and_gc_on_one_key() {
     let state = fs::read_to_string(last.join("state")).unwrap();
     assert!(state.ends_with(&format!(" {}", rounds - 1)), "{state}");
 }
+
+/// Runs `cmd` to the end, sampling its peak RSS (VmHWM) as it goes.
+fn run_measured(cmd: &mut Command) -> (serde_json::Value, String, u64) {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let peak = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Ok(s) = fs::read_to_string(&status) {
+                    if let Some(kb) = s
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+                    {
+                        peak.fetch_max(kb, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let out = child.wait_with_output().unwrap();
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (json, String::from_utf8_lossy(&out.stderr).into_owned(), peak.load(Ordering::Relaxed) as u64 / 1024)
+}
+
+/// Free bytes on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let st = rustix::fs::statvfs(path).unwrap();
+    st.f_bavail * st.f_frsize
+}
+
+/// A 2 GB cache (large files and many small ones, none compressible) is
+/// snapshotted and restored in the native format within the 128 MiB peak
+/// RSS bound. `SANDCACHE_SOAK_BIG_MB` sets the size.
+#[test]
+fn a_2_gb_cache_stays_within_128_mib() {
+    let mb = env_count("SANDCACHE_SOAK_BIG_MB", 2048);
+    let tmp = tempfile::Builder::new().prefix("sandcache-big").tempdir_in("/var/tmp").unwrap();
+    let need = (mb as u64) << 20;
+    if free_bytes(tmp.path()) < need * 4 {
+        eprintln!("skipping the {mb} MB memory test: less than {} MB free in /var/tmp", (need * 4) >> 20);
+        return;
+    }
+    let (url, _handle) = store("big", tmp.path());
+    let src = tmp.path().join("src/deno-dir");
+    sample_tree(&src);
+    fs::create_dir_all(src.join("npm/big")).unwrap();
+    // Three quarters in 64 MiB files, a quarter in 1 MiB files.
+    let large = mb * 3 / 4 / 64;
+    for i in 0..large {
+        fs::write(src.join(format!("npm/big/{i}.bin")), noise(64 << 20, &format!("big{i}"))).unwrap();
+    }
+    for i in 0..(mb - large * 64) {
+        let d = src.join(format!("remote/{}", i % 64));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join(format!("{i}.bin")), noise(1 << 20, &format!("small{i}"))).unwrap();
+    }
+    let sc = |args: &[&str], dir: &Path| {
+        let mut c = bin();
+        c.args(args).args(["--key", "big/cache", "--store", &url, "--json", "-q"]).arg("--dir").arg(dir);
+        c
+    };
+    let (snap, err, snap_peak) = run_measured(&mut sc(&["snapshot"], &src));
+    assert_eq!(snap["ok"], true, "snapshot: {snap} {err}");
+    let dest = tmp.path().join("dest/deno-dir");
+    let (json, err, restore_peak) = run_measured(&mut sc(&["restore"], &dest));
+    assert_eq!(json["ok"], true, "restore: {json} {err}");
+    eprintln!(
+        "{mb} MB cache ({} bytes stored): snapshot peak RSS {snap_peak} MiB in {} ms, restore {restore_peak} MiB in {} ms",
+        snap["transferred"], snap["ms"], json["ms"]
+    );
+    assert_eq!(listing(&src), listing(&dest), "the restored tree is the snapshotted one");
+    assert!(snap_peak <= 128, "snapshot peak RSS {snap_peak} MiB is over 128 MiB");
+    assert!(restore_peak <= 128, "restore peak RSS {restore_peak} MiB is over 128 MiB");
+}
