@@ -90,11 +90,20 @@ impl Target {
     /// snapshots of one directory never overlap, across processes.
     pub(crate) async fn lock(&self, deadline: Instant) -> io::Result<Lock> {
         let path = self.sibling(".lock");
-        let fd = rustix::fs::open(&path, OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
-            .map_err(|e| with_path(e.into(), &path))?;
+        let fd = match rustix::fs::open(
+            &path,
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => fd,
+            // Nobody can change a dir on a read-only filesystem: a snapshot
+            // of it needs no lock, and a restore fails at its staging dir.
+            Err(Errno::ROFS) => return Ok(Lock { _fd: None }),
+            Err(e) => return Err(with_path(e.into(), &path)),
+        };
         loop {
             match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(Lock { _fd: fd }),
+                Ok(()) => return Ok(Lock { _fd: Some(fd) }),
                 Err(Errno::WOULDBLOCK) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                 }
@@ -222,7 +231,7 @@ fn read_names(dir: &Path) -> io::Result<Vec<OsString>> {
 /// An exclusive lock on a directory, released on drop.
 #[derive(Debug)]
 pub(crate) struct Lock {
-    _fd: OwnedFd,
+    _fd: Option<OwnedFd>,
 }
 
 fn invalid(msg: &str) -> io::Error {
