@@ -269,7 +269,10 @@ impl<'a> Extractor<'a> {
         match kind {
             EntryType::Regular | EntryType::Continuous => {
                 let parent = self.parent(parents, &shown)?;
-                self.file(entry, parent, name, mode, mtime, &shown)
+                // Write errors name where the file goes, not the archive's
+                // (possibly rooted elsewhere) name for it.
+                let dest = String::from_utf8_lossy(&comps.join(&b'/')).into_owned();
+                self.file(entry, parent, name, mode, mtime, &dest)
             }
             EntryType::Directory => {
                 let parent = self.parent(parents, &shown)?;
