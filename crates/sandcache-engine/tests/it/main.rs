@@ -4,6 +4,7 @@
 
 mod faults;
 mod native;
+mod resources;
 
 use std::fs;
 use std::io::Write;
