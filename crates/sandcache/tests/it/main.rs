@@ -1,6 +1,7 @@
 //! The `sandcache` binary: exit codes, output, credentials from EKS Pod
 //! Identity, and a real Deno app restored from Garage with no network.
 
+mod secrets;
 mod soak;
 
 use std::fs;

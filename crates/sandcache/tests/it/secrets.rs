@@ -1,0 +1,186 @@
+//! Secret hygiene over a full run: `sandcache serve` at trace level with
+//! credentials in its environment and in deploys, a worker, restore,
+//! snapshot, status, metrics, a failing clone with a token in its URL, an
+//! undeploy, SIGTERM; then the CLI's restore, snapshot and gc, working and
+//! failing. Every byte any of them printed or answered is searched for every
+//! secret, and the worker's environment for the ones it must not get.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use sandcache_testkit::tree::sample_tree;
+
+use super::{bin, run};
+
+fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < Duration::from_secs(secs), "{what} did not happen within {secs} s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn no_secret_reaches_any_output_or_the_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The S3 credentials are real when Garage is up (so the cache really
+    // works), invented otherwise; the other secrets are invented.
+    let spec = sandcache_testkit::s3::spec("secrets");
+    let aws_secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "AWSSECRET-7d1f0c2a9e".into());
+    let aws_key_id = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "GKnotreal".into());
+    let admin_s3 = "ADMINS3SECRET-0b9a4c7e1f";
+    let session = "SESSIONTOKEN-3c5e7a9b1d";
+    let admin_token = "ADMINTOKEN-e4d2c1b0a9";
+    let git_token = "GITTOKEN-91ab27cd";
+    let deploy_secret = "DEPLOYSECRET-55aa66bb";
+    let secrets = [aws_secret.as_str(), admin_s3, session, admin_token, git_token, deploy_secret];
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (bucket, endpoint, prefix) = match &spec {
+        Some(s) => (s.bucket.clone(), s.endpoint.clone().unwrap(), s.prefix.clone()),
+        None => ("nobucket".into(), "http://127.0.0.1:9".into(), "p".into()),
+    };
+    let log = tmp.path().join("serve.log");
+    let mut server = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--stop-grace", "2", "--settle", "1"])
+        .arg("--dir")
+        .arg(tmp.path().join("deno-dir"))
+        .arg("--work-dir")
+        .arg(tmp.path().join("site"))
+        .env("SANDCACHE_LOG", "trace")
+        .env("SANDCACHE_ADMIN_TOKEN", admin_token)
+        .env("AWS_ACCESS_KEY_ID", &aws_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &aws_secret)
+        .env("ADMIN_S3_SECRET_ACCESS_KEY", admin_s3)
+        .env("ADMIN_S3_ACCESS_KEY_ID", "ADMINKEYID")
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .stdout(Stdio::from(fs::File::create(&log).unwrap()))
+        .stderr(Stdio::from(fs::File::create(tmp.path().join("serve.err")).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut answers = Vec::new();
+    let mut call = |method: &str, path: &str, body: &str| {
+        let reply = request(port, method, path, Some(admin_token), body).unwrap_or_default();
+        answers.push(format!("{method} {path} -> {reply}"));
+        reply
+    };
+    wait_for("serve listening", 20, || request(port, "GET", "/deco/_liveness", None, "").is_some());
+
+    // A deploy whose cache is on the S3 server, with secrets in its envs,
+    // one of them forwarded on purpose, and a worker that dumps its env.
+    sample_tree(&tmp.path().join("deno-dir"));
+    let dump = tmp.path().join("worker-env");
+    let script = format!("env > {}; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1", dump.display());
+    let envs = serde_json::json!({
+        "DECO_CACHE_S3_BUCKET": bucket,
+        "DECO_CACHE_S3_KEY": format!("{prefix}/site/cache"),
+        "DECO_CACHE_S3_ENDPOINT": endpoint,
+        "ADMIN_S3_SECRET_ACCESS_KEY": admin_s3,
+        "AWS_SESSION_TOKEN": session,
+        "APP_SECRET": deploy_secret,
+    });
+    let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script], "envs": envs}).to_string();
+    let reply = call("POST", "/sandbox/deploy", &body);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker's env dump", 30, || dump.exists() && fs::metadata(&dump).unwrap().len() > 0);
+    call("GET", "/sandbox/status", "");
+    call("POST", "/sandbox/cache/snapshot", "");
+    wait_for("the snapshot outcome", 60, || call("GET", "/sandbox/status", "").contains("\"snapshot\":{"));
+    call("GET", "/metrics", "");
+    call("GET", "/", "");
+    let reply = call("DELETE", "/sandbox/deploy", "");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    // A clone that fails, with a token in its URL.
+    let body =
+        serde_json::json!({"repo": format!("http://oauth2:{git_token}@127.0.0.1:9/org/site.git"), "runCommand": []});
+    let reply = call("POST", "/sandbox/deploy", &body.to_string());
+    assert!(reply.contains("cannot clone http://***@127.0.0.1:9/"), "a failing clone is refused, redacted: {reply}");
+    call("GET", "/sandbox/status", "");
+    call("GET", "/metrics", "");
+    // Wrong or missing admin token.
+    answers.push(request(port, "GET", "/sandbox/status", Some("wrong"), "").unwrap_or_default());
+    let pid = rustix::process::Pid::from_raw(server.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(server.wait().unwrap().success());
+
+    // The CLI, working and failing, verbosely.
+    let store = match &spec {
+        Some(s) => format!("s3://{}/{}", s.bucket, s.prefix),
+        None => tmp.path().join("store").display().to_string(),
+    };
+    let dir = tmp.path().join("cli/deno-dir");
+    sample_tree(&dir);
+    let mut outputs = Vec::new();
+    for (args, secret_key) in [
+        (vec!["snapshot", "--force"], aws_secret.as_str()),
+        (vec!["restore"], aws_secret.as_str()),
+        (vec!["gc", "--keep", "1"], aws_secret.as_str()),
+        (vec!["restore"], "WRONGSECRET-1234abcd"),
+        (vec!["snapshot", "--force"], "WRONGSECRET-1234abcd"),
+    ] {
+        let mut c = bin();
+        c.args(&args).args(["--key", "cli/cache", "--store", &store]);
+        if args[0] != "gc" {
+            c.arg("--dir").arg(&dir);
+        }
+        c.env("SANDCACHE_LOG", "trace")
+            .env("AWS_ACCESS_KEY_ID", &aws_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", secret_key)
+            .env("AWS_SESSION_TOKEN", session);
+        if let Some(e) = &spec.as_ref().and_then(|s| s.endpoint.clone()) {
+            c.env("AWS_ENDPOINT_URL", e);
+        }
+        let (code, json, err) = run(&mut c);
+        outputs.push(format!("{args:?} exit {code}: {json} {err}"));
+    }
+    // And against a server that does not answer, for the error paths.
+    let (_, json, err) = run(bin()
+        .args(["restore", "--key", "k", "--store", "s3://b", "--endpoint", "http://127.0.0.1:9", "--timeout", "3"])
+        .arg("--dir")
+        .arg(&dir)
+        .env("AWS_ACCESS_KEY_ID", &aws_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &aws_secret));
+    outputs.push(format!("{json} {err}"));
+
+    let mut everything = String::new();
+    for f in ["serve.log", "serve.err"] {
+        everything.push_str(&fs::read_to_string(tmp.path().join(f)).unwrap());
+    }
+    everything.push_str(&answers.join("\n"));
+    everything.push_str(&outputs.join("\n"));
+    assert!(everything.len() > 10_000, "a full run says a lot at trace level: {} bytes", everything.len());
+    for s in secrets {
+        assert!(!everything.contains(s), "a secret reached an output: {s}");
+    }
+
+    // The worker got what the deploy forwarded, never ADMIN_S3_* nor the
+    // runner's own AWS credentials.
+    let env = fs::read_to_string(&dump).unwrap();
+    assert!(!env.contains("ADMIN_S3_"), "ADMIN_S3_* reached the worker");
+    assert!(!env.contains(&aws_secret), "the runner's AWS secret reached the worker");
+    assert!(!env.contains(admin_token), "the admin token reached the worker");
+    assert!(env.contains(&format!("AWS_SESSION_TOKEN={session}")), "an explicitly forwarded var is forwarded");
+    assert!(env.contains(&format!("APP_SECRET={deploy_secret}")), "the deploy's own app config is forwarded");
+    eprintln!(
+        "secrets: {} secrets searched for in {} bytes of logs, answers and CLI output: none found",
+        secrets.len(),
+        everything.len()
+    );
+}
