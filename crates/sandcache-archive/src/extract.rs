@@ -6,12 +6,14 @@
 //! symlink planted by an earlier entry. Paths are checked lexically first so
 //! that a hostile archive gets a clear reason instead of an errno.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -101,15 +103,17 @@ pub fn extract<R: Read + 'static>(
         ),
         Compression::None => Box::new(input),
     };
+    let header_budget = Rc::new(Cell::new(None));
     let guarded = Guard {
         inner: decoded,
         cancel: opts.cancel.clone(),
         read: 0,
         max: opts.limits.max_bytes.saturating_mul(2).saturating_add(1 << 30),
+        header_budget: header_budget.clone(),
     };
     let mut x = Extractor::new(staging, opts)?;
     x.stats.compression = Some(compression);
-    x.run(guarded)?;
+    x.run(guarded, &header_budget)?;
     Ok(x.stats)
 }
 
@@ -125,10 +129,27 @@ struct Guard {
     cancel: Option<Arc<AtomicBool>>,
     read: u64,
     max: u64,
+    /// While the tar reader looks for the next entry: the bytes it may still
+    /// read. See [`header_cap`].
+    header_budget: Rc<Cell<Option<u64>>>,
 }
 
 const CANCELLED_MSG: &str = "sandcache: extraction cancelled";
 const BOMB_MSG: &str = "sandcache: decoded stream exceeds the size limit";
+const HEADER_MSG: &str = "sandcache: a tar header exceeds its size limit";
+const HEADER_WHAT: &str = "tar header (long name or pax records) size";
+
+/// What the tar reader may read between one entry's data and the next
+/// entry's: headers, padding, and the payloads of GNU long-name (`L`),
+/// long-link (`K`) and pax (`x`) headers, which the `tar` crate reads whole
+/// into memory, as large as their size field claims, before handing out the
+/// entry. A 1 GiB long name would otherwise be allocated (and a 1 GiB pax
+/// header parsed) before any path check runs. A legitimate entry needs at
+/// most a long name, a long link and a pax path and linkpath, each within
+/// the path limit, plus a few blocks and small pax records.
+fn header_cap(limits: &Limits) -> u64 {
+    (limits.max_path_len as u64).saturating_mul(4).saturating_add(64 << 10)
+}
 
 impl Read for Guard {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -139,6 +160,10 @@ impl Read for Guard {
         self.read += n as u64;
         if self.read > self.max {
             return Err(io::Error::other(BOMB_MSG));
+        }
+        if let Some(left) = self.header_budget.get() {
+            let left = left.checked_sub(n as u64).ok_or_else(|| io::Error::other(HEADER_MSG))?;
+            self.header_budget.set(Some(left));
         }
         Ok(n)
     }
@@ -210,19 +235,28 @@ impl<'a> Extractor<'a> {
         self.opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
-    fn run(&mut self, input: Guard) -> Result<(), ExtractError> {
+    fn run(&mut self, input: Guard, header_budget: &Cell<Option<u64>>) -> Result<(), ExtractError> {
         let mut archive = tar::Archive::new(input);
-        let entries = archive.entries().map_err(|e| self.read_error(e))?;
-        for entry in entries {
+        let mut entries = archive.entries().map_err(|e| self.read_error(e))?;
+        loop {
             if self.cancelled() {
                 return Err(ExtractError::Cancelled);
             }
+            // Only headers are read in here, within their budget (see
+            // `header_cap`): each entry's data was drained below.
+            header_budget.set(Some(header_cap(&self.opts.limits)));
+            let next = entries.next();
+            header_budget.set(None);
+            let Some(entry) = next else { break };
             let mut entry = entry.map_err(|e| self.read_error(e))?;
             self.entries += 1;
             if self.entries > self.opts.limits.max_entries {
                 return Err(ExtractError::Limit { what: "entry count", limit: self.opts.limits.max_entries });
             }
             self.entry(&mut entry)?;
+            // Data nobody read (a directory's, a global pax header's) is
+            // skipped here, outside the header budget, never held.
+            io::copy(&mut entry, &mut io::sink()).map_err(|e| self.read_error(e))?;
         }
         // Read past the end-of-archive blocks to the end of the stream: only
         // there does the decoder check the gzip CRC or zstd checksum, and a
@@ -243,6 +277,8 @@ impl<'a> Extractor<'a> {
             ExtractError::Cancelled
         } else if msg.contains(BOMB_MSG) {
             ExtractError::Limit { what: "expanded size", limit: self.opts.limits.max_bytes }
+        } else if msg.contains(HEADER_MSG) {
+            ExtractError::Limit { what: HEADER_WHAT, limit: header_cap(&self.opts.limits) }
         } else {
             corrupt("failed to read an entry", e)
         }
@@ -316,7 +352,10 @@ impl<'a> Extractor<'a> {
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 Err(unsafe_entry(&shown, "device and fifo nodes are never created"))
             }
-            other => Err(unsafe_entry(&shown, &format!("unsupported entry type {other:?}"))),
+            other => {
+                let b = other.as_byte();
+                Err(unsafe_entry(&shown, &format!("unsupported entry type {:?} ({b:#04x})", b as char)))
+            }
         }
     }
 
@@ -338,6 +377,9 @@ impl<'a> Extractor<'a> {
                 c if c.len() > 255 => {
                     return Err(unsafe_entry(shown, "a path component is longer than 255 bytes"));
                 }
+                // A GNU long name or pax path may hold one; the kernel would
+                // refuse it with a bare EINVAL, read as a disk error.
+                c if c.contains(&0) => return Err(unsafe_entry(shown, "NUL in a path")),
                 c => comps.push(c),
             }
         }
@@ -474,6 +516,8 @@ impl<'a> Extractor<'a> {
     }
 
     fn hardlink(&mut self, comps: &[&[u8]], target: &[u8], shown: &str) -> Result<(), ExtractError> {
+        // Errors about the target name both ends: `h -> /etc/passwd`.
+        let shown = &format!("{shown} -> {}", String::from_utf8_lossy(target));
         let tcomps = self.normalize(target, shown, false)?;
         let Some((tname, tparents)) = tcomps.split_last() else {
             return Err(unsafe_entry(shown, "hardlink to the target directory"));
@@ -556,6 +600,9 @@ pub(crate) fn check_symlink_target(
 ) -> Result<(), ExtractError> {
     if target.is_empty() {
         return Err(unsafe_entry(shown, "symlink with an empty target"));
+    }
+    if target.contains(&0) {
+        return Err(unsafe_entry(shown, "NUL in a symlink target"));
     }
     let comps: Vec<&[u8]> = target.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
     if target[0] == b'/' {
