@@ -238,6 +238,12 @@ impl Manifest {
         if end_in_first <= f.rawlen {
             return Ok(first..first + 1);
         }
+        if e.offset >= f.rawlen && e.offset > 0 {
+            return Err(corrupt(format!(
+                "{} starts at {}, past the end of frame {first} ({} bytes)",
+                e.path, e.offset, f.rawlen
+            )));
+        }
         // A large file: starts at 0 of its first frame and fills whole frames.
         if e.offset != 0 {
             return Err(corrupt(format!("{} spans frames but does not start one", e.path)));
@@ -427,8 +433,14 @@ impl PackBuilder {
 /// Decompresses a frame and checks its length and hash.
 pub fn decode_frame(compressed: &[u8], frame: &Frame) -> Result<Vec<u8>, ExtractError> {
     let corrupt = |detail: String| ExtractError::Corrupt { detail, source: None };
-    let raw = zstd::bulk::decompress(compressed, frame.rawlen as usize)
-        .map_err(|e| corrupt(format!("frame at {} of pack {}: {e}", frame.offset, frame.pack)))?;
+    // The frame's raw length is the output's capacity: a frame that expands
+    // past it fails here, having written no more than that.
+    let raw = zstd::bulk::decompress(compressed, frame.rawlen as usize).map_err(|e| {
+        corrupt(format!(
+            "frame at {} of pack {} does not decode within its {} bytes: {e}",
+            frame.offset, frame.pack, frame.rawlen
+        ))
+    })?;
     if raw.len() as u64 != frame.rawlen {
         return Err(corrupt(format!("frame at {} decodes to {} bytes, not {}", frame.offset, raw.len(), frame.rawlen)));
     }
