@@ -179,7 +179,7 @@ pub(crate) async fn restore_into(
     if let Some(e) = error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(crate::restore::extract_skip(e));
     }
-    fetched.map_err(crate::restore::store_skip)?;
+    fetched?;
     if cancel.load(Ordering::Relaxed) {
         return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
     }
@@ -308,9 +308,10 @@ async fn fetch_run(
     transferred: Arc<AtomicU64>,
     progress: Option<Arc<Progress>>,
     budget: Arc<tokio::sync::Semaphore>,
-) -> Result<(), StoreError> {
+) -> Result<(), Skip> {
     let pkey = pack_key(key, &m.packs[pack as usize].id);
-    let obj = store.get_range(&pkey, range.clone()).await?;
+    let obj = store.get_range(&pkey, range.clone()).await.map_err(crate::restore::store_skip)?;
+    let obj_size = obj.size;
     let mut stream = obj.stream;
     let mut buf = BytesMut::new();
     let mut pos = range.start; // store offset of buf[0]
@@ -341,7 +342,7 @@ async fn fetch_run(
         }
         match stream.next().await {
             Some(chunk) => {
-                let chunk = chunk?;
+                let chunk = chunk.map_err(crate::restore::store_skip)?;
                 transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 if let Some(p) = &progress {
                     p.transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -349,10 +350,16 @@ async fn fetch_run(
                 buf.extend_from_slice(&chunk);
             }
             None => {
-                return Err(StoreError::Body {
-                    key: pkey,
-                    source: io::Error::new(io::ErrorKind::UnexpectedEof, "pack shorter than its manifest says"),
-                });
+                // The object ended cleanly before the frames the manifest
+                // places in it: the stored pack and its manifest disagree
+                // (a transfer cut short is an error of the stream instead).
+                return Err(Skip::new(
+                    Reason::Corrupt,
+                    format!(
+                        "`{pkey}` is {} bytes, shorter than its manifest says (frames up to byte {})",
+                        obj_size, range.end
+                    ),
+                ));
             }
         }
     }
@@ -408,10 +415,28 @@ fn finish(m: &Manifest, staging: &Path) -> Result<u64, ExtractError> {
                 n += 1;
             }
             Kind::File if e.size > 0 && m.span_frames(e).is_ok_and(|s| s.len() > 1) => {
-                let f = fs::OpenOptions::new().write(true).open(&path).map_err(|err| io_err(&path, err))?;
+                let mut f =
+                    fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|err| io_err(&path, err))?;
                 if f.metadata().map_err(|err| io_err(&path, err))?.len() != e.size {
                     return Err(ExtractError::Corrupt {
                         detail: format!("{} is short after restore", e.path),
+                        source: None,
+                    });
+                }
+                // Each frame matched its own hash, but nothing tied the file
+                // to the manifest's hash for it, which the index then records
+                // as the file's: read it back once (from the page cache).
+                let mut hasher = blake3::Hasher::new();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    match read_full(&mut f, &mut buf).map_err(|err| io_err(&path, err))? {
+                        0 => break,
+                        n => hasher.update(&buf[..n]),
+                    };
+                }
+                if hasher.finalize().to_hex().as_str() != e.hash.as_deref().unwrap_or_default() {
+                    return Err(ExtractError::Corrupt {
+                        detail: format!("{} fails its BLAKE3 check", e.path),
                         source: None,
                     });
                 }
