@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sandcache_engine::{Cache, CacheConfig, Format, Outcome, RestoreOptions, SnapshotOptions};
+use sandcache_engine::{Cache, CacheConfig, Format, Limits, Outcome, RestoreOptions, SnapshotOptions};
 use sandcache_store::StoreOptions;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -28,6 +28,8 @@ pub struct RunnerConfig {
     pub cache_defaults: CacheConfig,
     pub store_options: StoreOptions,
     pub restore_timeout: Duration,
+    /// Bounds on what a restore may expand to (size, entries, path length).
+    pub restore_limits: Limits,
     pub snapshot_timeout: Duration,
     /// Bound on the snapshot taken at undeploy or shutdown.
     pub final_snapshot_timeout: Duration,
@@ -63,6 +65,7 @@ impl Default for RunnerConfig {
             cache_defaults: CacheConfig::default(),
             store_options: StoreOptions::default(),
             restore_timeout: Duration::from_secs(30),
+            restore_limits: Limits::default(),
             snapshot_timeout: Duration::from_secs(600),
             final_snapshot_timeout: Duration::from_secs(60),
             snapshot_format: Format::Native,
@@ -224,7 +227,8 @@ impl Runner {
         let cache = Cache::open(&config, &self.cfg.store_options);
 
         // 2. Restore, awaited and bounded, before anything reads the dir.
-        let opts = RestoreOptions { timeout: self.cfg.restore_timeout, ..Default::default() };
+        let opts =
+            RestoreOptions { timeout: self.cfg.restore_timeout, limits: self.cfg.restore_limits, ..Default::default() };
         let outcome = cache.restore(&self.cfg.deno_dir, &opts).await;
         self.record(outcome);
 

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sandcache_engine::{Cache, Format, Outcome, Progress, RestoreOptions, SnapshotOptions};
+use sandcache_engine::{Cache, Format, Outcome, Progress, Reason, RestoreOptions, SnapshotOptions};
 use sandcache_store::StoreOptions;
 use tracing_subscriber::EnvFilter;
 
-use crate::settings::StoreArgs;
+use crate::settings::{LimitArgs, StoreArgs};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -52,6 +52,8 @@ enum Command {
         /// Pack downloads in flight (native format).
         #[arg(long, default_value = "8", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Upload a directory to the cache (streamed, bounded memory).
     Snapshot {
@@ -157,15 +159,24 @@ fn main() -> ExitCode {
     let show_bar = !common.json && !common.quiet;
     let outcome = runtime.block_on(async {
         match &cli.command {
-            Command::Restore { common, concurrency, .. } => {
+            Command::Restore { common, concurrency, limits, .. } => {
                 let _bar = progress::Bar::start("restore", &progress, show_bar);
                 let opts = RestoreOptions {
                     timeout,
+                    limits: limits.limits(),
                     concurrency: usize::from(*concurrency),
                     progress: Some(progress.clone()),
-                    ..Default::default()
                 };
-                cache.restore(&common.dir, &opts).await
+                let outcome = cache.restore(&common.dir, &opts).await;
+                if outcome.reason() == Some(Reason::TooLarge) {
+                    tracing::warn!(
+                        target: "sandbox-cache",
+                        "if this cache is expected to be that large, raise --max-bytes / --max-files ({} / {})",
+                        env_vars::SANDCACHE_MAX_BYTES,
+                        env_vars::SANDCACHE_MAX_FILES
+                    );
+                }
+                outcome
             }
             Command::Snapshot { common, format, force, .. } => {
                 let _bar = progress::Bar::start("snapshot", &progress, show_bar);

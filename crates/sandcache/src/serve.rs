@@ -9,6 +9,7 @@ use sandcache_runner::{Runner, RunnerConfig};
 
 use crate::FormatArg;
 use crate::env_vars;
+use crate::settings::LimitArgs;
 use crate::settings::StoreArgs;
 
 #[derive(Debug, clap::Args)]
@@ -30,6 +31,9 @@ pub struct ServeArgs {
     /// Restore deadline in seconds.
     #[arg(long, env = env_vars::SANDCACHE_TIMEOUT, default_value = "30", value_name = "SECS")]
     restore_timeout: f64,
+    /// Bounds on what the deploy's restore may expand to.
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Format of the snapshots the runner takes.
     #[arg(long, value_enum, default_value = "native")]
     format: FormatArg,
@@ -86,6 +90,7 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
         work_dir: args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("sandcache-site")),
         cache_defaults: CacheConfig { store, key: args.store.key.clone() },
         restore_timeout: secs(args.restore_timeout, "--restore-timeout")?,
+        restore_limits: args.limits.limits(),
         snapshot_format: args.format.into(),
         port_timeout: secs(args.port_timeout, "--port-timeout")?,
         settle: secs(args.settle, "--settle")?,

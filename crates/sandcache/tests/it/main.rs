@@ -13,7 +13,16 @@ use sandcache_testkit::tree::{assert_same_tree, sample_tree};
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sandcache"));
     // Nothing from the developer's shell decides where the store is.
-    for var in ["SANDCACHE_STORE", "DECO_CACHE_S3_BUCKET", "DECO_CACHE_S3_KEY", "DENO_DIR", "SANDCACHE_TIMEOUT"] {
+    for var in [
+        "SANDCACHE_STORE",
+        "DECO_CACHE_S3_BUCKET",
+        "DECO_CACHE_S3_KEY",
+        "DENO_DIR",
+        "SANDCACHE_TIMEOUT",
+        "SANDCACHE_MAX_BYTES",
+        "SANDCACHE_MAX_FILES",
+        "SANDCACHE_MAX_PATH_LEN",
+    ] {
         c.env_remove(var);
     }
     c
@@ -89,6 +98,67 @@ fn usage_and_configuration_errors_exit_2_with_a_clear_message() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expect), "{args:?}: expected {expect:?} in {stderr}");
+    }
+}
+
+/// `--max-files` (or its variable) bounds a restore: a bigger cache is
+/// skipped as too_large, the output names the limit, and the previous dir
+/// stays as it was. A bad size names its flag and exits 2.
+#[test]
+fn restore_limits_are_configurable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    sample_tree(&src);
+    for (format, key) in [("native", "site/native"), ("tgz", "site/cache.tgz")] {
+        let (code, json, stderr) = run(local("snapshot", &src, &store, key).args(["--format", format]));
+        assert_eq!((code, json["ok"].as_bool()), (0, Some(true)), "{format}: {json} {stderr}");
+
+        let dir = tmp.path().join(format!("previous-{format}"));
+        fs::create_dir_all(dir.join("npm/old")).unwrap();
+        fs::write(dir.join("npm/old/index.js"), b"the previous tree").unwrap();
+        let before = sandcache_testkit::tree::listing(&dir);
+        let by_flag = run(local("restore", &dir, &store, key).args(["--max-files", "3"]));
+        let by_env = run(local("restore", &dir, &store, key).env("SANDCACHE_MAX_FILES", "3"));
+        for (how, (code, json, stderr)) in [("--max-files", by_flag), ("SANDCACHE_MAX_FILES", by_env)] {
+            assert_eq!(code, 0, "{format} {how}: a skip is exit 0: {stderr}");
+            assert_eq!(json["reason"].as_str(), Some("too_large"), "{format} {how}: {json}");
+            let detail = json["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("entry count limit of 3"), "{format} {how}: {detail}");
+            assert!(stderr.contains("limit of 3") && stderr.contains("--max-files"), "{format} {how}: {stderr}");
+            assert_eq!(sandcache_testkit::tree::listing(&dir), before, "{format} {how}: the previous dir is intact");
+            let leftovers: Vec<_> = fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("sandcache-staging") || n.contains("sandcache-trash"))
+                .collect();
+            assert!(leftovers.is_empty(), "{format} {how}: no staging left: {leftovers:?}");
+        }
+        // Within the limits, the same cache restores.
+        let (code, json, stderr) = run(local("restore", &dir, &store, key).args(["--max-bytes", "1M"]));
+        assert_eq!((code, json["ok"].as_bool()), (0, Some(true)), "{format}: {json} {stderr}");
+        assert_same_tree(&src, &dir);
+        let (_, json, _) = run(local("restore", &dir, &store, key).args(["--max-bytes", "100K"]));
+        assert_eq!(json["reason"].as_str(), Some("too_large"), "{format}: 300 KB of content: {json}");
+    }
+
+    for (args, env, expect) in [
+        (vec!["--max-bytes", "lots"], None, ["--max-bytes", "'lots'"]),
+        (vec!["--max-bytes", "1.5G"], None, ["--max-bytes", "'1.5G'"]),
+        (vec![], Some(("SANDCACHE_MAX_BYTES", "lots")), ["--max-bytes", "'lots'"]),
+        (vec!["--max-files", "many"], None, ["--max-files", "'many'"]),
+        (vec!["--max-files", "0"], None, ["--max-files", "'0'"]),
+        (vec!["--max-path-len", "0"], None, ["--max-path-len", "'0'"]),
+    ] {
+        let mut cmd = local("restore", &tmp.path().join("d"), &store, "site/native");
+        cmd.args(&args);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let (code, _, stderr) = run(&mut cmd);
+        assert_eq!(code, 2, "{args:?} {env:?}: {stderr}");
+        for e in expect {
+            assert!(stderr.contains(e), "{args:?} {env:?}: expected {e:?} in {stderr}");
+        }
     }
 }
 
