@@ -115,6 +115,26 @@ fn named(out: &sandcache_engine::Outcome) -> Result<(), String> {
     }
 }
 
+/// Ends a cell's fault and makes the checks every cell shares: the
+/// deadline, that the fault was injected, and a named reason.
+fn first_checks(proxy: &FaultProxy, name: &str, out: &sandcache_engine::Outcome, start: Instant) -> Vec<String> {
+    let took = start.elapsed();
+    let injected = proxy.injected();
+    proxy.set(None);
+    eprintln!("{name}: {} in {} ms ({injected} injected)", result_text(out), took.as_millis());
+    let mut problems = Vec::new();
+    if took > DEADLINE + Duration::from_secs(1) {
+        problems.push(format!("took {took:?}, past the {DEADLINE:?} deadline + 1 s"));
+    }
+    if injected == 0 {
+        problems.push("the fault was never injected".into());
+    }
+    if let Err(e) = named(out) {
+        problems.push(e);
+    }
+    problems
+}
+
 /// No staging or trash is left beside `dir` once background work ends.
 fn no_leftovers(dir: &Path) -> Result<(), String> {
     assert!(wait_for_background(Duration::from_secs(20)), "background cleanup did not finish");
@@ -191,21 +211,8 @@ async fn restore_matrix(form: Form) {
         rig.proxy.set(Some(plan));
         let start = Instant::now();
         let out = cache.restore(&dir, &opts).await;
-        let took = start.elapsed();
-        let injected = rig.proxy.injected();
-        rig.proxy.set(None);
         let name = label(form, "restore", c);
-        eprintln!("{name}: {} in {} ms ({injected} injected)", result_text(&out), took.as_millis());
-        let mut problems = Vec::new();
-        if took > DEADLINE + Duration::from_secs(1) {
-            problems.push(format!("took {took:?}, past the {DEADLINE:?} deadline + 1 s"));
-        }
-        if injected == 0 {
-            problems.push("the fault was never injected".into());
-        }
-        if let Err(e) = named(&out) {
-            problems.push(e);
-        }
+        let mut problems = first_checks(&rig.proxy, &name, &out, start);
         let now = listing(&dir);
         match (&out.result, now == old, now == new) {
             (Ok(_), _, true) => done += 1,
@@ -256,21 +263,8 @@ async fn snapshot_matrix(form: Form) {
         rig.proxy.set(Some(plan));
         let start = Instant::now();
         let out = Cache::new(rig.faulty.clone(), key.as_str()).snapshot(&dir, &opts).await;
-        let took = start.elapsed();
-        let injected = rig.proxy.injected();
-        rig.proxy.set(None);
         let name = label(form, "snapshot", c);
-        eprintln!("{name}: {} in {} ms ({injected} injected)", result_text(&out), took.as_millis());
-        let mut problems = Vec::new();
-        if took > DEADLINE + Duration::from_secs(1) {
-            problems.push(format!("took {took:?}, past the {DEADLINE:?} deadline + 1 s"));
-        }
-        if injected == 0 {
-            problems.push("the fault was never injected".into());
-        }
-        if let Err(e) = named(&out) {
-            problems.push(e);
-        }
+        let mut problems = first_checks(&rig.proxy, &name, &out, start);
         if listing(&dir) != new {
             problems.push("the snapshot changed its dir".into());
         }

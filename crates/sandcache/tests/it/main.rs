@@ -35,6 +35,23 @@ fn run(cmd: &mut Command) -> (i32, serde_json::Value, String) {
     (out.status.code().unwrap_or(-1), json, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
+/// One HTTP/1.1 request to `sandcache serve` on `port`; the whole answer,
+/// or `None` if it does not listen (yet).
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).ok()?;
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
 fn local(cmd: &str, dir: &Path, store: &Path, key: &str) -> Command {
     let mut c = bin();
     c.arg(cmd).arg("--dir").arg(dir).arg("--store").arg(store).arg("--key").arg(key).arg("--json");
@@ -386,18 +403,7 @@ fn serve_stops_its_worker_and_cleans_up_on_sigterm() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let request = |method: &str, path: &str, body: &str| -> Option<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
-    };
+    let request = |method: &str, path: &str, body: &str| http(port, method, path, None, body);
     let start = std::time::Instant::now();
     while request("GET", "/deco/_liveness", "").is_none() {
         assert!(start.elapsed() < std::time::Duration::from_secs(20), "serve never listened");

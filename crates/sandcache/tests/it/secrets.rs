@@ -6,27 +6,12 @@
 //! secret, and the worker's environment for the ones it must not get.
 
 use std::fs;
-use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sandcache_testkit::tree::sample_tree;
 
-use super::{bin, run};
-
-fn request(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
-    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
+use super::{bin, http, run};
 
 fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -76,11 +61,11 @@ fn no_secret_reaches_any_output_or_the_worker() {
         .unwrap();
     let mut answers = Vec::new();
     let mut call = |method: &str, path: &str, body: &str| {
-        let reply = request(port, method, path, Some(admin_token), body).unwrap_or_default();
+        let reply = http(port, method, path, Some(admin_token), body).unwrap_or_default();
         answers.push(format!("{method} {path} -> {reply}"));
         reply
     };
-    wait_for("serve listening", 20, || request(port, "GET", "/deco/_liveness", None, "").is_some());
+    wait_for("serve listening", 20, || http(port, "GET", "/deco/_liveness", None, "").is_some());
 
     // A deploy whose cache is on the S3 server, with secrets in its envs,
     // one of them forwarded on purpose, and a worker that dumps its env.
@@ -115,7 +100,7 @@ fn no_secret_reaches_any_output_or_the_worker() {
     call("GET", "/sandbox/status", "");
     call("GET", "/metrics", "");
     // Wrong or missing admin token.
-    answers.push(request(port, "GET", "/sandbox/status", Some("wrong"), "").unwrap_or_default());
+    answers.push(http(port, "GET", "/sandbox/status", Some("wrong"), "").unwrap_or_default());
     let pid = rustix::process::Pid::from_raw(server.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     assert!(server.wait().unwrap().success());
