@@ -2,6 +2,7 @@
 
 mod hostile;
 mod manifest;
+mod seeds;
 
 use sandcache_testkit::tree::{assert_same_tree, sample_tree};
 
