@@ -7,14 +7,12 @@
 //! `regenerate_seeds` (ignored) writes the named seeds again:
 //! `cargo test -p sandcache-archive --test it seeds::regenerate_seeds -- --ignored`.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use sandcache_archive::pack::{self, BuiltPack, Entry, Frame, Kind, Manifest, PackBuilder, PackRef};
-use sandcache_archive::{ExtractError, ExtractOptions, ExtractStats, Limits, extract};
+use sandcache_archive::Limits;
+use sandcache_archive::pack::{self, BuiltPack, Entry, Manifest, PackBuilder, PackRef};
 use sandcache_testkit::raw::Raw;
 use tar::{EntryType, Header};
 
@@ -43,134 +41,25 @@ fn expect<T, E: std::fmt::Debug>(name: &str, result: &Result<T, E>) {
     }
 }
 
-// --- archive_reader: as fuzz/fuzz_targets/archive_reader.rs ---
-
-/// Selector byte `% 3`: 0 as is, 1 gzip it, 2 zstd it; then extract into
-/// `<sandbox>/t/staging` and check nothing else in the sandbox changed.
-fn archive_reader(data: &[u8]) -> Result<ExtractStats, ExtractError> {
-    let Some((&selector, body)) = data.split_first() else {
-        return Err(ExtractError::Cancelled);
-    };
-    let stream = match selector % 3 {
-        0 => body.to_vec(),
-        1 => {
-            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-            gz.write_all(body).unwrap();
-            gz.finish().unwrap()
-        }
-        _ => zstd::bulk::compress(body, 1).unwrap(),
-    };
-    let sandbox = tempfile::tempdir().unwrap();
-    let t = sandbox.path().join("t");
-    let staging = t.join("staging");
-    fs::create_dir_all(&staging).unwrap();
-    fs::write(sandbox.path().join("bait"), b"bait").unwrap();
-    fs::write(t.join("bait"), b"bait").unwrap();
-    let before = state(sandbox.path(), &staging);
-    let mut opts = ExtractOptions::new("/deno-dir");
-    opts.limits = Limits { max_bytes: 8 << 20, max_entries: 10_000, max_path_len: 4096 };
-    let result = extract(std::io::Cursor::new(stream), &staging, &opts);
-    assert_eq!(before, state(sandbox.path(), &staging), "something outside the staging dir changed");
-    result
+/// The fuzz targets' checks, the very code the fuzzers run.
+mod archive_reader {
+    include!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/checks/archive_reader.rs"));
 }
-
-/// Every path under `root` with its inode, type, mode, links, size, times,
-/// link target and content; `skip` (the staging dir) only by inode and type.
-fn state(root: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(p) = stack.pop() {
-        let m = fs::symlink_metadata(&p).unwrap();
-        if p == skip {
-            out.insert(p, format!("{} dir={}", m.ino(), m.is_dir()));
-            continue;
-        }
-        let link = fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
-        let content = if m.is_file() { fs::read(&p).unwrap() } else { Vec::new() };
-        out.insert(
-            p.clone(),
-            format!(
-                "{} {:o} {} {} {}.{} {}.{} {link:?} {content:?}",
-                m.ino(),
-                m.mode(),
-                m.nlink(),
-                m.len(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ctime(),
-                m.ctime_nsec()
-            ),
-        );
-        if m.is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                stack.push(e.unwrap().path());
-            }
-        }
-    }
-    out
+mod manifest_parser {
+    include!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/checks/manifest_parser.rs"));
 }
 
 #[test]
 fn archive_reader_seeds_replay() {
     for (name, data) in seeds("archive_reader") {
-        expect(&name, &archive_reader(&data));
+        expect(&name, &archive_reader::run(&data));
     }
-}
-
-// --- manifest_parser: as fuzz/fuzz_targets/manifest_parser.rs ---
-
-/// Selector byte `% 4`: 0 `Manifest::decode`, 1 JSON, 2 JSON zstd'd here,
-/// 3 `decode_frame` (`flags, rawlen u32 LE, bytes`). Ok when the manifest
-/// parses and validates, or the frame decodes.
-fn manifest_parser(data: &[u8]) -> Result<(), String> {
-    let Some((&selector, body)) = data.split_first() else { return Err("empty".into()) };
-    let parsed = match selector % 4 {
-        0 => Manifest::decode(body).map_err(|e| e.to_string()),
-        1 => serde_json::from_slice::<Manifest>(body).map_err(|e| e.to_string()),
-        2 => Manifest::decode(&zstd::bulk::compress(body, 1).unwrap()).map_err(|e| e.to_string()),
-        _ => return frame(body),
-    };
-    check(&parsed?)
-}
-
-fn check(m: &Manifest) -> Result<(), String> {
-    let valid = m.validate(&Limits::default(), Path::new("/deno-dir")).map_err(|e| e.to_string());
-    for e in m.entries.iter().filter(|e| e.kind == Kind::File && e.size > 0) {
-        let span = m.span_frames(e);
-        if valid.is_ok() {
-            let span = span.expect("a validated manifest spans all its files");
-            assert!(span.start < span.end && span.end <= m.frames.len(), "span {span:?} out of bounds");
-        }
-    }
-    if valid.is_ok() {
-        for f in &m.frames {
-            assert!(f.rawlen <= pack::FRAME_RAW as u64, "a validated frame is at most FRAME_RAW");
-            assert!(f.offset + f.clen <= m.packs[f.pack as usize].size, "a validated frame lies in its pack");
-        }
-        assert_eq!(&Manifest::decode(&m.encode()).expect("a valid manifest round-trips"), m);
-    }
-    valid
-}
-
-fn frame(body: &[u8]) -> Result<(), String> {
-    let Some((&flags, rest)) = body.split_first() else { return Err("no flags".into()) };
-    let Some((len, bytes)) = rest.split_first_chunk::<4>() else { return Err("no rawlen".into()) };
-    let compressed = if flags & 1 != 0 { zstd::bulk::compress(bytes, 1).unwrap() } else { bytes.to_vec() };
-    let hash = if flags & 2 != 0 { blake3::hash(bytes).to_hex().to_string() } else { "0".repeat(64) };
-    let rawlen = if flags & 4 != 0 { bytes.len() as u64 } else { u64::from(u32::from_le_bytes(*len)) };
-    let rawlen = rawlen.min(pack::FRAME_RAW as u64);
-    let f = Frame { pack: 0, offset: 0, clen: compressed.len() as u64, rawlen, hash };
-    let decoded = pack::decode_frame(&compressed, &f);
-    if flags & 7 == 7 && bytes.len() <= pack::FRAME_RAW {
-        assert_eq!(decoded.as_ref().expect("an honest frame decodes"), bytes);
-    }
-    decoded.map(drop).map_err(|e| e.to_string())
 }
 
 #[test]
 fn manifest_parser_seeds_replay() {
     for (name, data) in seeds("manifest_parser") {
-        expect(&name, &manifest_parser(&data));
+        expect(&name, &manifest_parser::run(&data));
     }
 }
 

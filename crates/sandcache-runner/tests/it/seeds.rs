@@ -6,19 +6,9 @@
 use std::fs;
 use std::path::Path;
 
-use sandcache_runner::{BadRequest, DeployRequest};
-
-/// As `fuzz/fuzz_targets/deploy_body.rs`.
-fn deploy_body(data: &[u8]) -> Result<DeployRequest, BadRequest> {
-    let r = DeployRequest::parse(data)?;
-    assert!(!r.site.is_empty() && r.site.len() <= 128, "site length: {:?}", r.site);
-    assert!(r.site != "." && r.site != "..", "site: {:?}", r.site);
-    assert!(r.site.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "site: {:?}", r.site);
-    assert!(r.branch.as_ref().is_none_or(|b| !b.is_empty() && !b.starts_with('-')), "branch: {:?}", r.branch);
-    assert!(r.repo.as_ref().is_none_or(|b| !b.is_empty() && !b.starts_with('-')), "repo: {:?}", r.repo);
-    assert!(r.envs.keys().all(|k| !k.is_empty() && !k.contains(['=', '\0'])), "envs: {:?}", r.envs);
-    assert!(r.run_command.as_ref().is_none_or(|c| c.first().is_none_or(|a| !a.is_empty())), "{:?}", r.run_command);
-    Ok(r)
+/// The fuzz target's check, the very code the fuzzer runs.
+mod deploy_body {
+    include!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/checks/deploy_body.rs"));
 }
 
 #[test]
@@ -28,7 +18,7 @@ fn deploy_body_seeds_replay() {
     for e in fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        let result = deploy_body(&fs::read(e.path()).unwrap());
+        let result = deploy_body::run(&fs::read(e.path()).unwrap());
         if name.starts_with("ok-") {
             assert!(result.is_ok(), "{name} must be accepted: {result:?}");
         } else if name.starts_with("bad-") {
