@@ -5,11 +5,13 @@
 //! * [`s3`]: the test S3 server from `scripts/dev-s3.sh`;
 //! * [`net`]: servers that misbehave (stall after headers...);
 //! * [`faults`]: a fault-injecting proxy in front of the test S3 server;
-//! * [`generations`]: checks that every stored generation is whole.
+//! * [`generations`]: checks that every stored generation is whole;
+//! * [`seeds`]: the committed fuzz seeds, replayed through the fuzz checks.
 
 pub mod faults;
 pub mod generations;
 pub mod net;
 pub mod raw;
 pub mod s3;
+pub mod seeds;
 pub mod tree;

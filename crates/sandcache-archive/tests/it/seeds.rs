@@ -9,37 +9,13 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sandcache_archive::Limits;
 use sandcache_archive::pack::{self, BuiltPack, Entry, Manifest, PackBuilder, PackRef};
 use sandcache_testkit::raw::Raw;
+use sandcache_testkit::seeds;
 use tar::{EntryType, Header};
-
-fn seed_dir(target: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds").join(target)
-}
-
-fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = fs::read_dir(seed_dir(target))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap())
-        })
-        .collect();
-    out.sort();
-    assert!(out.len() >= 10, "{target}: only {} seeds", out.len());
-    out
-}
-
-fn expect<T, E: std::fmt::Debug>(name: &str, result: &Result<T, E>) {
-    if name.starts_with("ok-") {
-        assert!(result.is_ok(), "{name} must be accepted: {:?}", result.as_ref().err());
-    } else if name.starts_with("bad-") {
-        assert!(result.is_err(), "{name} must be refused");
-    }
-}
 
 /// The fuzz targets' checks, the very code the fuzzers run.
 mod archive_reader {
@@ -51,16 +27,12 @@ mod manifest_parser {
 
 #[test]
 fn archive_reader_seeds_replay() {
-    for (name, data) in seeds("archive_reader") {
-        expect(&name, &archive_reader::run(&data));
-    }
+    seeds::replay("archive_reader", archive_reader::run);
 }
 
 #[test]
 fn manifest_parser_seeds_replay() {
-    for (name, data) in seeds("manifest_parser") {
-        expect(&name, &manifest_parser::run(&data));
-    }
+    seeds::replay("manifest_parser", manifest_parser::run);
 }
 
 // --- the named seeds ---
@@ -271,9 +243,9 @@ fn manifest_seeds() -> Vec<(&'static str, Vec<u8>)> {
 #[ignore = "writes the named seeds into fuzz/seeds"]
 fn regenerate_seeds() {
     for (target, list) in [("archive_reader", archive_seeds()), ("manifest_parser", manifest_seeds())] {
-        fs::create_dir_all(seed_dir(target)).unwrap();
+        fs::create_dir_all(seeds::dir(target)).unwrap();
         for (name, data) in list {
-            fs::write(seed_dir(target).join(name), data).unwrap();
+            fs::write(seeds::dir(target).join(name), data).unwrap();
         }
     }
 }
