@@ -9,15 +9,14 @@
 // the tar parser is reached through each decoder.
 //
 // Errors are fine; a panic is a bug, and so is any change outside the
-// staging directory (checked by walking the sandbox before and after).
+// staging directory (the sandbox, with bait files, is listed before and
+// after by `sandcache_testkit::tree::sandbox_state`).
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 
 use sandcache_archive::{ExtractError, ExtractOptions, ExtractStats, Limits, extract};
+use sandcache_testkit::tree::sandbox_state;
 
 /// Extracts `data` into `<sandbox>/t/staging`; panics if anything else in
 /// the sandbox changed.
@@ -40,47 +39,12 @@ pub fn run(data: &[u8]) -> Result<ExtractStats, ExtractError> {
     fs::create_dir_all(&staging).unwrap();
     fs::write(sandbox.path().join("bait"), b"bait").unwrap();
     fs::write(t.join("bait"), b"bait").unwrap();
-    let before = state(sandbox.path(), &staging);
+    let before = sandbox_state(sandbox.path(), &["t/staging"], &[]);
     let mut opts = ExtractOptions::new("/deno-dir");
     // Small limits keep each run fast; the logic is the same at any size.
     opts.limits = Limits { max_bytes: 8 << 20, max_entries: 10_000, max_path_len: 4096 };
     let result = extract(std::io::Cursor::new(stream), &staging, &opts);
-    assert_eq!(before, state(sandbox.path(), &staging), "something outside the staging dir changed");
+    let after = sandbox_state(sandbox.path(), &["t/staging"], &[]);
+    assert_eq!(before, after, "something outside the staging dir changed");
     result
-}
-
-/// Every path under `root` with its inode, type, mode, links, size, times,
-/// link target and content; `skip` (the staging dir) only by inode and type.
-fn state(root: &Path, skip: &Path) -> BTreeMap<PathBuf, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(p) = stack.pop() {
-        let m = fs::symlink_metadata(&p).unwrap();
-        if p == skip {
-            out.insert(p, format!("{} dir={}", m.ino(), m.is_dir()));
-            continue;
-        }
-        let link = fs::read_link(&p).map(|t| t.display().to_string()).unwrap_or_default();
-        let content = if m.is_file() { fs::read(&p).unwrap() } else { Vec::new() };
-        out.insert(
-            p.clone(),
-            format!(
-                "{} {:o} {} {} {}.{} {}.{} {link:?} {content:?}",
-                m.ino(),
-                m.mode(),
-                m.nlink(),
-                m.len(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ctime(),
-                m.ctime_nsec()
-            ),
-        );
-        if m.is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                stack.push(e.unwrap().path());
-            }
-        }
-    }
-    out
 }

@@ -1,8 +1,9 @@
 //! Sample trees and whole-tree comparisons.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A small tree with what a DENO_DIR holds: nested dirs, modes, a symlink,
 /// an empty dir, and a SQLite cache with its WAL.
@@ -83,5 +84,57 @@ pub fn fs_state(dir: &Path) -> Vec<String> {
         }
     }
     out.sort();
+    out
+}
+
+/// Everything under `root`, for checking that nothing changed outside
+/// where the code under test may write. Keyed by relative path (`{:?}`):
+/// kind, mode, owner, inode, links, size, mtime and ctime to the nanosecond,
+/// and the content hash or link target.
+///
+/// `skip`: relative paths not entered, recorded by inode and kind only (a
+/// store, a staging dir being written). `timeless`: relative paths recorded
+/// without size and times (a dir whose entries come and go).
+pub fn sandbox_state(root: &Path, skip: &[&str], timeless: &[&str]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(p) = stack.pop() {
+        let rel = p.strip_prefix(root).unwrap();
+        let key = format!("{:?}", rel.as_os_str());
+        let m = fs::symlink_metadata(&p).unwrap();
+        let ft = m.file_type();
+        if skip.iter().any(|s| rel == Path::new(s)) {
+            out.insert(key, format!("ino={} dir={}", m.ino(), ft.is_dir()));
+            continue;
+        }
+        let extra = if ft.is_symlink() {
+            format!("-> {:?}", fs::read_link(&p).unwrap())
+        } else if ft.is_file() {
+            blake3::hash(&fs::read(&p).unwrap()).to_hex().to_string()
+        } else if ft.is_dir() {
+            let mut children: Vec<PathBuf> = fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()).collect();
+            children.sort();
+            stack.extend(children);
+            String::new()
+        } else {
+            "special".into()
+        };
+        let times = if timeless.iter().any(|t| rel == Path::new(t)) {
+            String::new()
+        } else {
+            format!(
+                "size={} mtime={}.{:09} ctime={}.{:09}",
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec()
+            )
+        };
+        out.insert(
+            key,
+            format!("mode={:o} uid={} ino={} nlink={} {times} {extra}", m.mode(), m.uid(), m.ino(), m.nlink()),
+        );
+    }
     out
 }

@@ -28,7 +28,7 @@ use sandcache_archive::Limits;
 use sandcache_archive::pack::{self, Entry, Frame, Manifest, PackBuilder, PackRef};
 use sandcache_engine::{Cache, Reason, RestoreOptions};
 use sandcache_store::{LocalStore, Store};
-use sandcache_testkit::tree::{noise, sample_tree};
+use sandcache_testkit::tree::{noise, sample_tree, sandbox_state};
 use serde_json::{Value, json};
 
 const KEY: &str = "site/cache";
@@ -982,50 +982,11 @@ async fn store_case(store: &dyn Store, case: &Case, form: Form) {
 
 // ------------------------------------------------------------- the run
 
-/// Everything under `root` but the store, by relative path: kind, mode,
-/// owner, inode, links, size, mtime and ctime to the nanosecond, and the
-/// content hash or link target. The target's parent, where sandcache makes
-/// and removes its staging dir, is recorded without its times and size.
+/// Everything in the sandbox; the store is not entered, and the target's
+/// parent, where sandcache makes and removes its staging dir, is recorded
+/// without its times and size.
 fn state(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(p) = stack.pop() {
-        let rel = p.strip_prefix(root).unwrap();
-        if rel == Path::new("store") {
-            continue;
-        }
-        let m = fs::symlink_metadata(&p).unwrap();
-        let ft = m.file_type();
-        let extra = if ft.is_symlink() {
-            format!("-> {:?}", fs::read_link(&p).unwrap())
-        } else if ft.is_file() {
-            hex(&fs::read(&p).unwrap())
-        } else if ft.is_dir() {
-            let mut children: Vec<PathBuf> = fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()).collect();
-            children.sort();
-            stack.extend(children);
-            String::new()
-        } else {
-            "special".into()
-        };
-        let times = if rel == Path::new("work") {
-            String::new()
-        } else {
-            format!(
-                "size={} mtime={}.{:09} ctime={}.{:09}",
-                m.size(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.ctime(),
-                m.ctime_nsec()
-            )
-        };
-        out.insert(
-            format!("{:?}", rel.as_os_str()),
-            format!("mode={:o} uid={} ino={} nlink={} {times} {extra}", m.mode(), m.uid(), m.ino(), m.nlink()),
-        );
-    }
-    out
+    sandbox_state(root, &["store"], &["work"])
 }
 
 /// The sandbox: a store, a target holding a complete previous tree, bait
