@@ -54,11 +54,20 @@ pub struct ExtractOptions {
     /// Set to stop the extraction at the next entry or buffer.
     pub cancel: Option<Arc<AtomicBool>>,
     pub progress: Option<Arc<Progress>>,
+    /// `(uid, gid)` to own everything created, the staging dir included;
+    /// `None` leaves the extracting process as owner.
+    pub owner: Option<(u32, u32)>,
 }
 
 impl ExtractOptions {
     pub fn new(final_dir: impl Into<PathBuf>) -> Self {
-        ExtractOptions { final_dir: final_dir.into(), limits: Limits::default(), cancel: None, progress: None }
+        ExtractOptions {
+            final_dir: final_dir.into(),
+            limits: Limits::default(),
+            cancel: None,
+            progress: None,
+            owner: None,
+        }
     }
 }
 
@@ -313,7 +322,7 @@ impl<'a> Extractor<'a> {
             EntryType::Directory => {
                 let parent = self.parent(parents, &shown)?;
                 match rustix::fs::mkdirat(&parent, os(name), Mode::from_raw_mode(0o700)) {
-                    Ok(()) => {}
+                    Ok(()) => self.own_at(&parent, name).map_err(|e| self.io(&comps, e))?,
                     Err(Errno::EXIST) if self.is_dir(&parent, name) => {}
                     Err(Errno::EXIST) => {
                         return Err(unsafe_entry(&shown, "a directory replaces an earlier non-directory entry"));
@@ -332,7 +341,7 @@ impl<'a> Extractor<'a> {
                 check_symlink_target(parents, &target, &self.prefix, &shown)?;
                 let parent = self.parent(parents, &shown)?;
                 match rustix::fs::symlinkat(os(&target), &parent, os(name)) {
-                    Ok(()) => {}
+                    Ok(()) => self.own_at(&parent, name).map_err(|e| self.io(&comps, e))?,
                     Err(Errno::EXIST) => return Err(unsafe_entry(&shown, "duplicate entry")),
                     Err(e) => return Err(self.io(&comps, e)),
                 }
@@ -447,7 +456,8 @@ impl<'a> Extractor<'a> {
             let next = match rustix::fs::openat(&fd, os(c), flags, Mode::empty()) {
                 Err(Errno::NOENT) if create => {
                     match rustix::fs::mkdirat(&fd, os(c), Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
+                        Ok(()) => self.own_at(&fd, c).map_err(|e| self.io(&parents[..=i], e))?,
+                        Err(Errno::EXIST) => {}
                         Err(e) => return Err(self.io(&parents[..=i], e)),
                     }
                     rustix::fs::openat(&fd, os(c), flags, Mode::empty())
@@ -508,6 +518,11 @@ impl<'a> Extractor<'a> {
             }
         }
         // Modes keep their permission bits only: setuid, setgid and sticky go.
+        if let Some((uid, gid)) = self.opts.owner {
+            // Before the mode: chown clears setuid bits, and sets none.
+            rustix::fs::fchown(&file, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
+                .map_err(|e| self.io_shown(shown, e))?;
+        }
         rustix::fs::fchmod(&file, Mode::from_raw_mode(mode & 0o777)).map_err(|e| self.io_shown(shown, e))?;
         rustix::fs::futimens(&file, &timestamps(mtime)).map_err(|e| self.io_shown(shown, e))?;
         self.stats.bytes += written;
@@ -553,6 +568,10 @@ impl<'a> Extractor<'a> {
         if !metas.iter().any(|(rel, _, _)| rel.is_empty()) {
             rustix::fs::fchmod(&self.root, Mode::from_raw_mode(0o755)).map_err(|e| self.io(&[], e))?;
         }
+        if let Some((uid, gid)) = self.opts.owner {
+            rustix::fs::fchown(&self.root, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
+                .map_err(|e| self.io(&[], e))?;
+        }
         metas.sort_by(|a, b| b.0.cmp(&a.0));
         for (rel, mode, mtime) in metas {
             let fd = if rel.is_empty() {
@@ -566,6 +585,21 @@ impl<'a> Extractor<'a> {
             rustix::fs::futimens(&fd, &timestamps(mtime)).map_err(|e| self.io(&[&rel], e))?;
         }
         Ok(())
+    }
+
+    /// Gives a just-created entry (never followed, if a symlink) to the
+    /// configured owner.
+    fn own_at(&self, parent: &OwnedFd, name: &[u8]) -> Result<(), Errno> {
+        match self.opts.owner {
+            Some((uid, gid)) => rustix::fs::chownat(
+                parent,
+                os(name),
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            ),
+            None => Ok(()),
+        }
     }
 
     fn count(&mut self, bytes: u64, files: u64) {

@@ -146,6 +146,25 @@ impl Cache {
     }
 }
 
+/// Empties `dir` between two sites, so nothing of one reaches the next: its
+/// content is moved aside at once (renamed, or entry by entry when `dir` is
+/// a mount point) and removed in the background, and the state and index
+/// recorded for it are dropped. Afterwards `dir` exists and is empty. Takes
+/// the dir's lock, waiting up to `timeout`.
+pub async fn clear_dir(
+    dir: &std::path::Path,
+    state_dir: Option<&std::path::Path>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let target = target::Target::resolve(dir, true)?.with_state_dir(state_dir);
+    let _lock = target.lock(Instant::now() + timeout).await?;
+    let mut trash = target.leftovers();
+    trash.extend(target.clear()?);
+    target.forget();
+    target::remove_in_background(trash);
+    Ok(())
+}
+
 /// Checks a cache key: a relative `/`-separated name with no empty, `.` or
 /// `..` segments. The error is a sentence for the user.
 pub fn validate_key(key: &str) -> Result<(), String> {

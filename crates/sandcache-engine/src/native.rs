@@ -99,14 +99,14 @@ pub(crate) async fn restore_into(
     m: Arc<Manifest>,
     staging: &Path,
     cancel: Arc<AtomicBool>,
-    progress: Option<Arc<Progress>>,
-    concurrency: usize,
+    opts: &crate::RestoreOptions,
 ) -> Result<RestoreStats, Skip> {
+    let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
     // 1. Directories and empty files, before any content arrives. No symlink
     //    exists in staging until the very end, so paths cannot be redirected.
     let setup_m = m.clone();
     let setup_staging = staging.to_owned();
-    let pieces = tokio::task::spawn_blocking(move || setup(&setup_m, &setup_staging))
+    let pieces = tokio::task::spawn_blocking(move || setup(&setup_m, &setup_staging, owner))
         .await
         .map_err(|e| Skip::new(Reason::IoError, format!("setup thread: {e}")))?
         .map_err(crate::restore::extract_skip)?;
@@ -142,7 +142,7 @@ pub(crate) async fn restore_into(
                 if cancel.load(Ordering::Relaxed) {
                     return;
                 }
-                match write_frame(&m, &pieces, &staging, &job) {
+                match write_frame(&m, &pieces, &staging, &job, owner) {
                     Ok((f, b)) => {
                         files.fetch_add(f, Ordering::Relaxed);
                         bytes.fetch_add(b, Ordering::Relaxed);
@@ -186,7 +186,7 @@ pub(crate) async fn restore_into(
 
     // 5. Symlinks, then metadata of large files and directories.
     let (fin_m, fin_staging) = (m.clone(), staging.to_owned());
-    let symlinks = tokio::task::spawn_blocking(move || finish(&fin_m, &fin_staging))
+    let symlinks = tokio::task::spawn_blocking(move || finish(&fin_m, &fin_staging, owner))
         .await
         .map_err(|e| Skip::new(Reason::IoError, format!("finish thread: {e}")))?
         .map_err(crate::restore::extract_skip)?;
@@ -206,7 +206,7 @@ fn io_err(path: &Path, e: io::Error) -> ExtractError {
 }
 
 /// Creates every directory and empty file; returns each frame's pieces.
-fn setup(m: &Manifest, staging: &Path) -> Result<Vec<Vec<Piece>>, ExtractError> {
+fn setup(m: &Manifest, staging: &Path, owner: Option<(u32, u32)>) -> Result<Vec<Vec<Piece>>, ExtractError> {
     let mut pieces: Vec<Vec<Piece>> = vec![Vec::new(); m.frames.len()];
     let mut dirs = fs::DirBuilder::new();
     dirs.recursive(true).mode(0o755);
@@ -226,7 +226,7 @@ fn setup(m: &Manifest, staging: &Path) -> Result<Vec<Vec<Piece>>, ExtractError> 
         }
         if e.size == 0 {
             let path = staging.join(&e.path);
-            create(&path, true).and_then(|f| set_meta(&f, e)).map_err(|err| io_err(&path, err))?;
+            create(&path, true).and_then(|f| set_meta(&f, e, owner)).map_err(|err| io_err(&path, err))?;
             continue;
         }
         let span = m.span_frames(e)?;
@@ -254,7 +254,12 @@ fn create(path: &Path, exclusive: bool) -> io::Result<fs::File> {
     o.open(path)
 }
 
-fn set_meta(f: &fs::File, e: &Entry) -> io::Result<()> {
+/// Mode, times and, for a runner's worker, the owner. The owner first:
+/// chown clears setuid bits.
+fn set_meta(f: &fs::File, e: &Entry, owner: Option<(u32, u32)>) -> io::Result<()> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(f, Some(uid), Some(gid))?;
+    }
     f.set_permissions(fs::Permissions::from_mode(e.mode & 0o777))?;
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64);
     f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
@@ -372,6 +377,7 @@ fn write_frame(
     pieces: &[Vec<Piece>],
     staging: &Path,
     job: &FrameJob,
+    owner: Option<(u32, u32)>,
 ) -> Result<(u64, u64), ExtractError> {
     let frame: &Frame = &m.frames[job.frame as usize];
     let raw = pack::decode_frame(&job.bytes, frame)?;
@@ -390,7 +396,7 @@ fn write_frame(
             }
             let mut f = create(&path, true).map_err(|err| io_err(&path, err))?;
             io::Write::write_all(&mut f, data).map_err(|err| io_err(&path, err))?;
-            set_meta(&f, e).map_err(|err| io_err(&path, err))?;
+            set_meta(&f, e, owner).map_err(|err| io_err(&path, err))?;
             files += 1;
         } else {
             // A part of a large file: its frame's hash verified it.
@@ -404,7 +410,7 @@ fn write_frame(
 
 /// Symlinks last, then large files' metadata and each directory's, deepest
 /// first. Returns the number of symlinks and large files.
-fn finish(m: &Manifest, staging: &Path) -> Result<u64, ExtractError> {
+fn finish(m: &Manifest, staging: &Path, owner: Option<(u32, u32)>) -> Result<u64, ExtractError> {
     let mut n = 0;
     for e in &m.entries {
         let path = staging.join(&e.path);
@@ -412,6 +418,9 @@ fn finish(m: &Manifest, staging: &Path) -> Result<u64, ExtractError> {
             Kind::Symlink => {
                 std::os::unix::fs::symlink(e.target.as_deref().unwrap_or_default(), &path)
                     .map_err(|err| io_err(&path, err))?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(|err| io_err(&path, err))?;
+                }
                 n += 1;
             }
             Kind::File if e.size > 0 && m.span_frames(e).is_ok_and(|s| s.len() > 1) => {
@@ -440,7 +449,7 @@ fn finish(m: &Manifest, staging: &Path) -> Result<u64, ExtractError> {
                         source: None,
                     });
                 }
-                set_meta(&f, e).map_err(|err| io_err(&path, err))?;
+                set_meta(&f, e, owner).map_err(|err| io_err(&path, err))?;
                 n += 1;
             }
             _ => {}
@@ -448,6 +457,23 @@ fn finish(m: &Manifest, staging: &Path) -> Result<u64, ExtractError> {
     }
     let mut dirs: Vec<&Entry> = m.entries.iter().filter(|e| e.kind == Kind::Dir).collect();
     dirs.sort_by(|a, b| b.path.cmp(&a.path));
+    if let Some((uid, gid)) = owner {
+        // Every directory setup made: the listed ones, their parents, and
+        // the staging dir that becomes the restored dir.
+        let mut made: HashSet<&str> = dirs.iter().map(|e| e.path.as_str()).collect();
+        for e in &m.entries {
+            let mut p = e.path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                made.insert(parent);
+                p = parent;
+            }
+        }
+        for rel in made {
+            let path = staging.join(rel);
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(|err| io_err(&path, err))?;
+        }
+        std::os::unix::fs::lchown(staging, Some(uid), Some(gid)).map_err(|err| io_err(staging, err))?;
+    }
     for e in dirs {
         let path = staging.join(&e.path);
         fs::set_permissions(&path, fs::Permissions::from_mode((e.mode & 0o777) | 0o700))
@@ -461,6 +487,9 @@ fn finish(m: &Manifest, staging: &Path) -> Result<u64, ExtractError> {
 }
 
 // --------------------------------------------------------------- the index
+
+/// The largest index read back: about 200 bytes a file, for millions.
+const MAX_INDEX_BYTES: u64 = 1 << 30;
 
 /// What the last restore or snapshot knew of each file, beside the dir: a
 /// file whose size, mtime, inode and ctime are unchanged keeps its hash
@@ -490,15 +519,15 @@ fn stamp(meta: &fs::Metadata) -> (u64, i128, i128, u64) {
 
 impl Index {
     pub(crate) fn load(path: &Path) -> Index {
-        fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+        crate::target::read_bookkeeping(path, MAX_INDEX_BYTES)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
 
     pub(crate) fn save(&self, path: &Path) {
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let ok = serde_json::to_vec(self)
-            .map_err(io::Error::other)
-            .and_then(|b| fs::write(&tmp, b))
-            .and_then(|()| fs::rename(&tmp, path));
+        let ok =
+            serde_json::to_vec(self).map_err(io::Error::other).and_then(|b| crate::target::write_bookkeeping(path, &b));
         if let Err(e) = ok {
             tracing::debug!("could not save the index {}: {e}", path.display());
         }

@@ -28,11 +28,26 @@ pub struct RestoreOptions {
     /// Pack downloads in flight (native format).
     pub concurrency: usize,
     pub progress: Option<Arc<Progress>>,
+    /// Who owns what the restore writes: `(uid, gid)`, or the restoring
+    /// process. A root runner gives the tree to its worker's uid, which must
+    /// be able to add modules to it.
+    pub owner: Option<(u32, u32)>,
+    /// Where the lock, state and index files live; by default beside the
+    /// dir, as hidden siblings. A runner names a directory its worker cannot
+    /// write.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for RestoreOptions {
     fn default() -> Self {
-        RestoreOptions { timeout: Duration::from_secs(30), limits: Limits::default(), concurrency: 8, progress: None }
+        RestoreOptions {
+            timeout: Duration::from_secs(30),
+            limits: Limits::default(),
+            concurrency: 8,
+            progress: None,
+            owner: None,
+            state_dir: None,
+        }
     }
 }
 
@@ -82,7 +97,9 @@ async fn restore(
     opts: &RestoreOptions,
     deadline: Instant,
 ) -> Result<Done, Skip> {
-    let target = Target::resolve(dir, true).map_err(|e| Skip::new(Reason::IoError, format!("target dir: {e}")))?;
+    let target = Target::resolve(dir, true)
+        .map_err(|e| Skip::new(Reason::IoError, format!("target dir: {e}")))?
+        .with_state_dir(opts.state_dir.as_deref());
     let _lock = target.lock_or_skip(deadline).await?;
     let leftovers = target.leftovers();
 
@@ -157,8 +174,7 @@ async fn restore_native(
         let cancel = Arc::new(AtomicBool::new(false));
         let guard = CancelOnDrop(cancel.clone());
         let at = staging.0.clone().expect("set above");
-        let result =
-            native::restore_into(store, key, m.clone(), &at, cancel, opts.progress.clone(), opts.concurrency).await;
+        let result = native::restore_into(store, key, m.clone(), &at, cancel, opts).await;
         drop(guard);
         match result {
             Ok(s) => {
@@ -203,6 +219,7 @@ async fn restore_archive(
         limits: opts.limits,
         cancel: Some(cancel.clone()),
         progress: progress.clone(),
+        owner: opts.owner,
     };
     let extract_staging = staging.clone();
     let extraction = tokio::task::spawn_blocking(move || {

@@ -40,11 +40,20 @@ pub struct SnapshotOptions {
     /// Upload even when nothing changed since the last restore or snapshot.
     pub force: bool,
     pub progress: Option<Arc<Progress>>,
+    /// Where the lock, state and index files live (see
+    /// [`crate::RestoreOptions::state_dir`]).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        SnapshotOptions { format: Format::Native, timeout: Duration::from_secs(600), force: false, progress: None }
+        SnapshotOptions {
+            format: Format::Native,
+            timeout: Duration::from_secs(600),
+            force: false,
+            progress: None,
+            state_dir: None,
+        }
     }
 }
 
@@ -60,18 +69,16 @@ struct State {
 pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32]) {
     let state = State { store: store.to_owned(), key: key.to_owned(), fingerprint: hex(fp) };
     let path = target.state_path();
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let written = serde_json::to_vec(&state)
         .map_err(std::io::Error::other)
-        .and_then(|json| std::fs::write(&tmp, json))
-        .and_then(|()| std::fs::rename(&tmp, &path));
+        .and_then(|json| crate::target::write_bookkeeping(&path, &json));
     if let Err(e) = written {
         tracing::debug!("could not record the cache state in {}: {e}", path.display());
     }
 }
 
 fn load_state(target: &Target) -> Option<State> {
-    serde_json::from_slice(&std::fs::read(target.state_path()).ok()?).ok()
+    serde_json::from_slice(&crate::target::read_bookkeeping(&target.state_path(), 64 << 10).ok()?).ok()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -117,7 +124,7 @@ async fn snapshot(
     deadline: Instant,
 ) -> Result<Done, Skip> {
     let target = match Target::resolve(dir, false) {
-        Ok(t) => t,
+        Ok(t) => t.with_state_dir(opts.state_dir.as_deref()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Skip::new(Reason::Empty, format!("{} does not exist", dir.display())));
         }

@@ -32,6 +32,8 @@ pub(crate) struct Target {
     name: OsString,
     /// `dir` is a mount point: stage inside it.
     inside: bool,
+    /// Where the lock, state and index live, when not beside `dir`.
+    state_dir: Option<PathBuf>,
 }
 
 impl Target {
@@ -60,7 +62,14 @@ impl Target {
             }
             _ => false,
         };
-        Ok(Target { dir, parent, name, inside })
+        Ok(Target { dir, parent, name, inside, state_dir: None })
+    }
+
+    /// Keeps the lock, state and index in `state_dir` (when given) instead
+    /// of beside the dir, e.g. where a runner's worker cannot write them.
+    pub(crate) fn with_state_dir(mut self, state_dir: Option<&Path>) -> Target {
+        self.state_dir = state_dir.map(Path::to_owned);
+        self
     }
 
     fn sibling(&self, what: &str) -> PathBuf {
@@ -71,13 +80,26 @@ impl Target {
         self.parent.join(n)
     }
 
+    /// A bookkeeping file: in the state dir if there is one, else beside.
+    fn bookkeeping(&self, what: &str) -> PathBuf {
+        match &self.state_dir {
+            Some(d) => {
+                let mut n = self.name.clone();
+                n.push(".sandcache");
+                n.push(what);
+                d.join(n)
+            }
+            None => self.sibling(what),
+        }
+    }
+
     pub(crate) fn state_path(&self) -> PathBuf {
-        self.sibling("-state.json")
+        self.bookkeeping("-state.json")
     }
 
     /// Per-file hashes of the last restore or snapshot (native format).
     pub(crate) fn index_path(&self) -> PathBuf {
-        self.sibling("-index.json")
+        self.bookkeeping("-index.json")
     }
 
     /// A fresh name for a staging or trash dir.
@@ -89,18 +111,25 @@ impl Target {
     /// Takes the directory's lock, polling until `deadline`. Restores and
     /// snapshots of one directory never overlap, across processes.
     pub(crate) async fn lock(&self, deadline: Instant) -> io::Result<Lock> {
-        let path = self.sibling(".lock");
+        let path = self.bookkeeping(".lock");
+        // Never through a symlink, never a FIFO or device someone planted.
         let fd = match rustix::fs::open(
             &path,
-            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC,
+            OFlags::CREATE | OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
             Mode::from_raw_mode(0o600),
         ) {
             Ok(fd) => fd,
             // Nobody can change a dir on a read-only filesystem: a snapshot
             // of it needs no lock, and a restore fails at its staging dir.
             Err(Errno::ROFS) => return Ok(Lock { _fd: None }),
+            Err(Errno::LOOP) => {
+                return Err(with_path(io::Error::other("the lock file is a symlink; refusing to follow it"), &path));
+            }
             Err(e) => return Err(with_path(e.into(), &path)),
         };
+        if !rustix::fs::fstat(&fd).is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file()) {
+            return Err(with_path(io::Error::other("the lock file is not a regular file"), &path));
+        }
         loop {
             match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => return Ok(Lock { _fd: Some(fd) }),
@@ -198,6 +227,42 @@ impl Target {
         }
     }
 
+    /// Moves the dir's whole content aside at once, under a trash name, and
+    /// returns it for removal in the background; the dir is left empty
+    /// (created if missing). A mount point's entries move one by one.
+    pub(crate) fn clear(&self) -> io::Result<Option<PathBuf>> {
+        if !self.inside {
+            let trash = self.scratch("trash");
+            let moved = match fs::rename(&self.dir, &trash) {
+                Ok(()) => Some(trash),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(with_path(e, &self.dir)),
+            };
+            fs::DirBuilder::new().mode(0o755).create(&self.dir).map_err(|e| with_path(e, &self.dir))?;
+            return Ok(moved);
+        }
+        let trash = self.scratch("trash");
+        fs::DirBuilder::new().mode(0o700).create(&trash).map_err(|e| with_path(e, &trash))?;
+        for name in read_names(&self.dir)? {
+            if name.to_string_lossy().starts_with(INSIDE_MARKER) {
+                continue;
+            }
+            fs::rename(self.dir.join(&name), trash.join(&name)).map_err(|e| with_path(e, &self.dir.join(&name)))?;
+        }
+        Ok(Some(trash))
+    }
+
+    /// Forgets what the last restore or snapshot recorded of the dir.
+    pub(crate) fn forget(&self) {
+        for p in [self.state_path(), self.index_path()] {
+            if let Err(e) = fs::remove_file(&p) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::debug!("could not remove {}: {e}", p.display());
+                }
+            }
+        }
+    }
+
     /// The mount-point case: each top-level entry is exchanged on its own, so
     /// every package dir is either old and complete or new and complete.
     /// Old entries the new tree lacks move into the trash (the staging dir).
@@ -222,6 +287,42 @@ impl Target {
         }
         Ok(staging.to_owned())
     }
+}
+
+/// Reads a bookkeeping file (lock, state, index): never through a symlink,
+/// only a regular file, at most `max` bytes. Whoever can write beside the
+/// dir may have planted anything there.
+pub(crate) fn read_bookkeeping(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = rustix::fs::open(path, flags, Mode::empty())?;
+    let st = rustix::fs::fstat(&fd)?;
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() || st.st_size as u64 > max {
+        return Err(io::Error::other(format!("{} is not a regular file of at most {max} bytes", path.display())));
+    }
+    let mut bytes = Vec::with_capacity(st.st_size as usize);
+    fs::File::from(fd).take(max).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Writes a bookkeeping file: a fresh temp file (`O_EXCL|O_NOFOLLOW`, 0600)
+/// renamed over the name, which replaces a planted symlink rather than
+/// following it.
+pub(crate) fn write_bookkeeping(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .open(&tmp)?;
+    let written = f.write_all(bytes).and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn read_names(dir: &Path) -> io::Result<Vec<OsString>> {

@@ -166,6 +166,7 @@ fn main() -> ExitCode {
                     limits: limits.limits(),
                     concurrency: usize::from(*concurrency),
                     progress: Some(progress.clone()),
+                    ..Default::default()
                 };
                 let outcome = cache.restore(&common.dir, &opts).await;
                 if outcome.reason() == Some(Reason::TooLarge) {
@@ -185,6 +186,7 @@ fn main() -> ExitCode {
                     timeout,
                     force: *force,
                     progress: Some(progress.clone()),
+                    ..Default::default()
                 };
                 cache.snapshot(&common.dir, &opts).await
             }
