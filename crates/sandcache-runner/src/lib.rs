@@ -17,6 +17,7 @@
 //! ```
 
 mod deploy;
+pub mod isolation;
 mod legacy;
 mod metrics;
 mod proxy;
@@ -24,11 +25,12 @@ mod runner;
 mod worker;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -76,19 +78,36 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(target: "sandbox", "listening on http://{addr}");
-    let app = app(runner.clone());
+    for (warn, line) in runner.startup_report() {
+        if warn {
+            tracing::warn!(target: "sandbox", "{line}");
+        } else {
+            tracing::info!(target: "sandbox", "{line}");
+        }
+    }
+    let app = app(runner.clone()).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     tracing::info!(target: "sandbox", "shutting down");
     runner.shutdown().await;
     Ok(())
 }
 
+/// The admin API (`/sandbox/*`) is never the worker's: with a token, the
+/// token is required; without one, a connection from the worker is refused
+/// (its socket's owner, looked up in `/proc/net/tcp`).
 async fn require_token(State(runner): State<Arc<Runner>>, headers: HeaderMap, req: Request, next: Next) -> Response {
     if let Some(token) = &runner.cfg.admin_token {
         let given =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
             return json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    } else if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
+        let r = runner.clone();
+        let from_worker = tokio::task::spawn_blocking(move || r.is_worker_peer(peer)).await.unwrap_or(true);
+        if from_worker {
+            tracing::warn!(target: "sandbox", "refused {} {} from the worker ({peer})", req.method(), req.uri().path());
+            return json_error(StatusCode::FORBIDDEN, "the admin API is not open to the worker");
         }
     }
     next.run(req).await

@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::deploy::DeployRequest;
+use crate::isolation::{SweepScope, WorkerUser};
 use crate::legacy::LegacyCache;
 use crate::metrics::Metrics;
 use crate::worker::{SpawnError, Worker, WorkerState};
@@ -55,6 +56,16 @@ pub struct RunnerConfig {
     pub legacy_vars: BTreeMap<String, String>,
     /// Bearer token guarding `/sandbox/*`.
     pub admin_token: Option<String>,
+    /// Who the worker (and the clone) runs as; `None`: the runner's own
+    /// uid. `sandcache serve` as root defaults to [`WorkerUser::DEFAULT`].
+    pub worker_user: Option<WorkerUser>,
+    /// The runner's own directory, which the worker must not be able to
+    /// write: the cache's lock, state and index (`cache/`), and the
+    /// worker's fresh HOME and TMPDIR (`worker/`).
+    pub state_dir: PathBuf,
+    /// Undeploy also kills every descendant of the runner: set when the
+    /// runner is a child subreaper, so a worker's orphans are among them.
+    pub sweep_descendants: bool,
 }
 
 impl Default for RunnerConfig {
@@ -80,6 +91,9 @@ impl Default for RunnerConfig {
             runner_env: Vec::new(),
             legacy_vars: BTreeMap::new(),
             admin_token: None,
+            worker_user: None,
+            state_dir: std::env::temp_dir().join(format!("sandcache-runner-{}", rustix::process::getuid().as_raw())),
+            sweep_descendants: false,
         }
     }
 }
@@ -218,6 +232,16 @@ impl Runner {
     async fn run_deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Arc<Deployment>, DeployError> {
         let started = Instant::now();
         tracing::info!(target: "sandbox", site = %req.site, "deploying {}", req.site);
+        let user = self.worker_user();
+        if user.is_root() {
+            tracing::warn!(target: "sandbox", "the worker runs as root (--worker-user root): it can read the runner's credentials and write any site's cache");
+        }
+
+        // 0. Nothing of an earlier site survives: its processes, its cache
+        //    dir, its HOME. The restore below can then race no one.
+        self.sweep().await;
+        let home = self.prepare_worker_home(user).map_err(DeployError::Failed)?;
+        self.clear(&self.cfg.deno_dir).await?;
 
         // 1. The cache config from the deploy's envs, over runner-wide defaults.
         let mut config = CacheConfig::from_envs(&req.envs.clone().into_iter().collect()).or(&self.cfg.cache_defaults);
@@ -227,22 +251,25 @@ impl Runner {
         let cache = Cache::open(&config, &self.cfg.store_options);
 
         // 2. Restore, awaited and bounded, before anything reads the dir.
-        let opts =
-            RestoreOptions { timeout: self.cfg.restore_timeout, limits: self.cfg.restore_limits, ..Default::default() };
+        let opts = RestoreOptions {
+            timeout: self.cfg.restore_timeout,
+            limits: self.cfg.restore_limits,
+            owner: user.is_separate().then_some((user.uid, user.gid)),
+            state_dir: Some(self.cache_state_dir()),
+            ..Default::default()
+        };
         let outcome = cache.restore(&self.cfg.deno_dir, &opts).await;
         self.record(outcome);
+        // Restored or not, the dir is the worker's: Deno adds modules to it.
+        give_to(&self.cfg.deno_dir, user).map_err(DeployError::Failed)?;
 
-        // 3. The site's code.
+        // 3. The site's code, cloned as the worker into a dir it owns.
         let work = &self.cfg.work_dir;
-        if work.exists() {
-            std::fs::remove_dir_all(work)
-                .map_err(|e| DeployError::Failed(format!("cleaning {}: {e}", work.display())))?;
-        }
+        remove_dir(work).map_err(|e| DeployError::Failed(format!("cleaning {}: {e}", work.display())))?;
+        std::fs::create_dir_all(work).map_err(|e| DeployError::Failed(format!("creating {}: {e}", work.display())))?;
+        give_to(work, user).map_err(DeployError::Failed)?;
         if let Some(repo) = &req.repo {
-            self.clone_repo(repo, req.branch.as_deref()).await?;
-        } else {
-            std::fs::create_dir_all(work)
-                .map_err(|e| DeployError::Failed(format!("creating {}: {e}", work.display())))?;
+            self.clone_repo(repo, req.branch.as_deref(), user, &home).await?;
         }
 
         // 4. The legacy build cache, when its keys are configured.
@@ -267,8 +294,12 @@ impl Runner {
             }
             Some(argv) => {
                 let port = crate::worker::free_port().map_err(|e| DeployError::Failed(format!("no free port: {e}")))?;
-                let env = crate::worker::environment(self.cfg.runner_env.clone(), &req.envs, port, &self.cfg.deno_dir);
-                let worker = Worker::spawn(&argv, work, &env, port, self.cfg.port_timeout).map_err(|e| {
+                let mut env =
+                    crate::worker::environment(self.cfg.runner_env.clone(), &req.envs, port, &self.cfg.deno_dir);
+                env.insert("HOME".into(), home.join("home").display().to_string());
+                env.insert("TMPDIR".into(), home.join("tmp").display().to_string());
+                let spawn_as = user.is_separate().then_some(user);
+                let worker = Worker::spawn(&argv, work, &env, port, self.cfg.port_timeout, spawn_as).map_err(|e| {
                     self.metrics.worker_failed();
                     match e {
                         SpawnError::NotFound { .. } => DeployError::BadInput(e.to_string()),
@@ -279,7 +310,7 @@ impl Runner {
                     }
                 })?;
                 self.metrics.worker_started();
-                tracing::info!(target: "sandbox", "worker started on port {port}: {}", argv.join(" "));
+                tracing::info!(target: "sandbox", "worker started on port {port} as {user}: {}", argv.join(" "));
                 Some(worker)
             }
         };
@@ -313,14 +344,28 @@ impl Runner {
         }
     }
 
-    async fn clone_repo(&self, repo: &str, branch: Option<&str>) -> Result<(), DeployError> {
+    /// `git clone` as the worker, into the (empty, worker-owned) work dir,
+    /// with none of the runner's environment but what git needs.
+    async fn clone_repo(
+        &self,
+        repo: &str,
+        branch: Option<&str>,
+        user: WorkerUser,
+        home: &Path,
+    ) -> Result<(), DeployError> {
         let mut cmd = tokio::process::Command::new("git");
         cmd.args(["clone", "--depth", "1", "--single-branch", "--quiet"]);
         if let Some(b) = branch {
             cmd.args(["--branch", b]);
         }
         cmd.arg("--").arg(repo).arg(&self.cfg.work_dir);
-        cmd.env("GIT_TERMINAL_PROMPT", "0").stdin(std::process::Stdio::null()).kill_on_drop(true);
+        cmd.env_clear()
+            .envs(self.cfg.runner_env.iter().filter(|(k, _)| GIT_ENV.contains(&k.as_str())).map(|(k, v)| (k, v)));
+        cmd.env("HOME", home.join("home")).env("TMPDIR", home.join("tmp")).env("GIT_TERMINAL_PROMPT", "0");
+        if user.is_separate() {
+            cmd.uid(user.uid).gid(user.gid);
+        }
+        cmd.current_dir(&self.cfg.work_dir).stdin(std::process::Stdio::null()).kill_on_drop(true);
         let out = match tokio::time::timeout(self.cfg.clone_timeout, cmd.output()).await {
             Err(_) => return Err(DeployError::BadInput(format!("git clone of {} timed out", redact_url(repo)))),
             Ok(Err(e)) => return Err(DeployError::Failed(format!("cannot run git: {e}"))),
@@ -397,7 +442,12 @@ impl Runner {
     }
 
     async fn snapshot_now(&self, cache: &Cache, timeout: Duration) {
-        let opts = SnapshotOptions { format: self.cfg.snapshot_format, timeout, ..Default::default() };
+        let opts = SnapshotOptions {
+            format: self.cfg.snapshot_format,
+            timeout,
+            state_dir: Some(self.cache_state_dir()),
+            ..Default::default()
+        };
         let o = cache.snapshot(&self.cfg.deno_dir, &opts).await;
         self.record(o);
     }
@@ -444,11 +494,21 @@ impl Runner {
                 w.stop(this.cfg.stop_grace).await;
                 tracing::info!(target: "sandbox", "worker stopped");
             }
+            // Whatever it left running (setsid, double forks) goes too,
+            // before the snapshot reads the dir it could still change.
+            this.sweep().await;
             if d.cache.is_enabled() {
                 this.final_snapshot(&d.cache).await;
             }
+            // Nothing of this site reaches the next one.
+            if let Err(e) = this.clear(&this.cfg.deno_dir).await {
+                tracing::warn!(target: "sandbox", "{e}");
+            }
             if let Err(e) = remove_dir(&this.cfg.work_dir) {
                 tracing::warn!(target: "sandbox", "cleaning {}: {e}", this.cfg.work_dir.display());
+            }
+            if let Err(e) = remove_dir(&this.cfg.state_dir.join("worker")) {
+                tracing::warn!(target: "sandbox", "cleaning the worker's home: {e}");
             }
             *lock(&this.phase) = Phase::Idle;
             tracing::info!(target: "sandbox", "undeployed {}", d.site);
@@ -461,6 +521,150 @@ impl Runner {
     pub async fn shutdown(self: &Arc<Self>) {
         if matches!(&*lock(&self.phase), Phase::Deployed(_)) {
             let _ = self.undeploy().await;
+        }
+    }
+
+    /// Whether an admin request from `peer` comes from the worker: a local
+    /// socket owned by the worker's uid; when the worker shares the
+    /// runner's uid, a socket held by one of the runner's descendants (or
+    /// by nobody any more). Remote peers are not the worker.
+    pub(crate) fn is_worker_peer(&self, peer: std::net::SocketAddr) -> bool {
+        let Some((uid, inode)) = crate::isolation::local_socket_owner(peer) else { return false };
+        let user = self.worker_user();
+        if uid != user.uid {
+            return false;
+        }
+        if user.is_separate() {
+            return true;
+        }
+        let holders = crate::isolation::socket_holders(inode);
+        holders.is_empty() || holders.iter().any(|&pid| crate::isolation::is_runner_descendant(pid))
+    }
+
+    /// What the runner says once at startup about the worker's reach:
+    /// `(is_warning, line)`.
+    pub fn startup_report(&self) -> Vec<(bool, String)> {
+        let user = self.worker_user();
+        let mut lines = Vec::new();
+        if user.is_root() {
+            lines.push((
+                true,
+                "the worker runs as root (--worker-user root): it can read the runner's credentials, token files \
+                 and /proc, reach the credential endpoints and write any site's cache"
+                    .to_owned(),
+            ));
+        } else if !user.is_separate() {
+            lines.push((
+                true,
+                format!(
+                    "the runner is not root, so the worker runs as the runner's own uid {}: it can read every file \
+                     the runner can (token files, ~/.aws), reach the credential endpoints, and signal the runner. \
+                     /proc/<runner> is closed (the runner is non-dumpable) and the worker's environment holds no \
+                     credentials. Run as root (the worker then gets uid {}) for a real boundary",
+                    user.uid,
+                    crate::isolation::DEFAULT_WORKER_UID
+                ),
+            ));
+        } else {
+            lines.push((false, format!("the worker runs as {user}, with no supplementary groups")));
+        }
+        if self.cfg.admin_token.is_none() {
+            lines.push((
+                false,
+                format!(
+                    "no admin token: /sandbox/* refuses connections whose socket belongs to the worker (uid {}){}",
+                    user.uid,
+                    if user.is_separate() { "" } else { " and is held by one of the runner's descendants" }
+                ),
+            ));
+        }
+        if !user.is_root() {
+            for f in crate::isolation::secret_files(&self.cfg.runner_env) {
+                if crate::isolation::readable_by(&f, user.uid, user.gid) && user.is_separate() {
+                    lines.push((
+                        true,
+                        format!(
+                            "{} is readable by the worker (uid {}): mount it 0400 (or 0440 with a group the worker \
+                             is not in), owned by the runner",
+                            f.display(),
+                            user.uid
+                        ),
+                    ));
+                }
+            }
+            if user.is_separate() {
+                for dir in [&self.cfg.deno_dir, &self.cfg.work_dir] {
+                    let parent = dir.parent().unwrap_or(Path::new("/"));
+                    if writable_by(parent, user) {
+                        lines.push((
+                            true,
+                            format!(
+                                "{} is writable by the worker, which could put a symlink in place of {}",
+                                parent.display(),
+                                dir.display()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        lines
+    }
+
+    /// Who the worker runs as.
+    pub fn worker_user(&self) -> WorkerUser {
+        self.cfg.worker_user.unwrap_or_else(WorkerUser::current)
+    }
+
+    fn cache_state_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("cache")
+    }
+
+    /// The state dir (0711: the worker may pass through to its home, not
+    /// list or write) and a fresh, empty HOME and TMPDIR owned by the
+    /// worker, under `worker/`. Returns `worker/`.
+    fn prepare_worker_home(&self, user: WorkerUser) -> Result<PathBuf, String> {
+        private_dir(&self.cfg.state_dir, 0o711)?;
+        private_dir(&self.cache_state_dir(), 0o700)?;
+        let base = self.cfg.state_dir.join("worker");
+        remove_dir(&base).map_err(|e| format!("cleaning {}: {e}", base.display()))?;
+        private_dir(&base, 0o711)?;
+        for sub in ["home", "tmp"] {
+            let d = base.join(sub);
+            std::fs::create_dir(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
+            give_to(&d, user)?;
+        }
+        Ok(base)
+    }
+
+    /// Empties the cache dir (moved aside, removed in the background).
+    async fn clear(&self, dir: &Path) -> Result<(), DeployError> {
+        if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(DeployError::Failed(format!("{} is a symlink; the runner never follows one", dir.display())));
+        }
+        let state = self.cache_state_dir();
+        sandcache_engine::clear_dir(dir, Some(&state), self.cfg.restore_timeout)
+            .await
+            .map_err(|e| DeployError::Failed(format!("emptying {}: {e}", dir.display())))
+    }
+
+    /// Kills every process the worker may have left: all of the worker's
+    /// uid when it has its own, and the runner's descendants when it is a
+    /// subreaper.
+    async fn sweep(&self) {
+        let user = self.worker_user();
+        let scope = SweepScope {
+            uid: (user.is_separate() && !user.is_root()).then_some(user.uid),
+            descendants: self.cfg.sweep_descendants,
+        };
+        if scope.uid.is_none() && !scope.descendants {
+            return;
+        }
+        let killed = tokio::task::spawn_blocking(move || crate::isolation::sweep(scope, Duration::from_secs(5)))
+            .await
+            .unwrap_or(0);
+        if killed > 0 {
+            tracing::info!(target: "sandbox", "killed {killed} leftover worker processes");
         }
     }
 
@@ -483,6 +687,68 @@ impl Runner {
             )),
         }
     }
+}
+
+/// The runner environment git may see: where programs are, proxies and CA
+/// certificates. Never credentials.
+const GIT_ENV: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "GIT_SSL_CAINFO",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
+/// Whether `user` could create or rename entries in `dir`.
+fn writable_by(dir: &Path, user: WorkerUser) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(dir) else { return false };
+    let bits = if m.uid() == user.uid {
+        m.mode() >> 6
+    } else if m.gid() == user.gid {
+        m.mode() >> 3
+    } else {
+        m.mode()
+    };
+    // A sticky dir (/tmp) lets others rename only what they own.
+    bits & 0o3 == 0o3 && (m.mode() & 0o1000 == 0 || m.uid() == user.uid)
+}
+
+/// Gives `path` itself (not what is under it) to the worker.
+fn give_to(path: &Path, user: WorkerUser) -> Result<(), String> {
+    if !user.is_separate() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
+        .map_err(|e| format!("giving {} to the worker ({user}): {e}", path.display()))
+}
+
+/// Creates `dir` (and its parents) if missing with `mode`; an existing one
+/// must be the runner's and closed to others' writes.
+fn private_dir(dir: &Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) => return Err(format!("creating {}: {e}", dir.display())),
+    }
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let me = rustix::process::getuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} must be a directory owned by uid {me} and writable by no one else (it is {:o}, uid {})",
+            dir.display(),
+            meta.mode() & 0o7777,
+            meta.uid()
+        ));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 fn remove_dir(p: &Path) -> std::io::Result<()> {

@@ -94,15 +94,20 @@ pub enum SpawnError {
 impl Worker {
     /// Starts `argv` in `cwd` with exactly `env`, and watches it until it
     /// accepts connections on `port` (or exits, or `ready_timeout` passes).
-    pub fn spawn(
+    pub(crate) fn spawn(
         argv: &[String],
         cwd: &Path,
         env: &BTreeMap<String, String>,
         port: u16,
         ready_timeout: Duration,
+        user: Option<crate::isolation::WorkerUser>,
     ) -> Result<Worker, SpawnError> {
         let program = argv[0].clone();
         let mut cmd = Command::new(&program);
+        if let Some(u) = user {
+            // std clears the supplementary groups when root drops to a uid.
+            cmd.uid(u.uid).gid(u.gid);
+        }
         cmd.args(&argv[1..])
             .current_dir(cwd)
             .env_clear()

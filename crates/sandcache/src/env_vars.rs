@@ -53,6 +53,15 @@ pub const SANDCACHE_RUN_ENTRY: &str = "SANDCACHE_RUN_ENTRY";
 /// `serve`: a bearer token required on `/sandbox/*` (env only, never a flag,
 /// so it does not show in `ps`).
 pub const SANDCACHE_ADMIN_TOKEN: &str = "SANDCACHE_ADMIN_TOKEN";
+/// `serve`: a file holding the admin token, read once at startup, when
+/// `SANDCACHE_ADMIN_TOKEN` is not set. Mount it 0400, owned by the runner.
+pub const SANDCACHE_ADMIN_TOKEN_FILE: &str = "SANDCACHE_ADMIN_TOKEN_FILE";
+/// `serve`: who the worker runs as (`USER`, `UID` or `UID:GID`); as root the
+/// default is `10001:10001`, and `root` must be given explicitly.
+pub const SANDCACHE_WORKER_USER: &str = "SANDCACHE_WORKER_USER";
+/// `serve`: the runner's own directory (cache lock, state, index; the
+/// worker's HOME and TMPDIR). Default `/var/lib/sandcache` as root.
+pub const SANDCACHE_STATE_DIR: &str = "SANDCACHE_STATE_DIR";
 /// `serve`: the legacy build cache (seed `daemon/cache.ts`), read from the
 /// runner's env or a deploy's envs; the step is skipped unless the two keys
 /// and `DENO_DIR_RUN` are set. Never passed to the worker.

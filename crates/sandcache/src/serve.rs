@@ -1,10 +1,11 @@
 //! `sandcache serve`: flags and environment to a runner config, then run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use sandcache_engine::CacheConfig;
+use sandcache_runner::isolation::{self, WorkerUser};
 use sandcache_runner::{Runner, RunnerConfig};
 
 use crate::FormatArg;
@@ -53,6 +54,20 @@ pub struct ServeArgs {
     /// The file the default run command needs in the repo.
     #[arg(long, env = env_vars::SANDCACHE_RUN_ENTRY, default_value = "main.ts", value_name = "FILE")]
     run_entry: String,
+    /// Who the worker runs as: USER, UID or UID:GID. As root the default is
+    /// 10001:10001; `root` must be said explicitly. Not root: the runner's
+    /// own uid (the only one it can use).
+    #[arg(long, env = env_vars::SANDCACHE_WORKER_USER, value_name = "USER")]
+    worker_user: Option<String>,
+    /// The runner's own directory (lock, state and index of the cache; the
+    /// worker's HOME and TMPDIR). Default: /var/lib/sandcache as root,
+    /// else $XDG_STATE_HOME/sandcache.
+    #[arg(long, env = env_vars::SANDCACHE_STATE_DIR, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Add iptables/ip6tables rules that reject the worker uid's traffic to
+    /// the cloud credential endpoints (needs CAP_NET_ADMIN).
+    #[arg(long)]
+    block_metadata: bool,
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
@@ -85,6 +100,42 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
         .as_ref()
         .map(|c| c.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
         .filter(|v| !v.is_empty());
+    let me = WorkerUser::current();
+    let root = me.is_root();
+    let worker_user = match (&args.worker_user, root) {
+        (Some(spec), _) => {
+            let u = WorkerUser::parse(spec)?;
+            if u.is_separate() && !root {
+                return Err(format!(
+                    "--worker-user {spec}: only root can start the worker as another user (the runner is uid {})",
+                    me.uid
+                ));
+            }
+            Some(u)
+        }
+        (None, true) => Some(WorkerUser::DEFAULT),
+        (None, false) => None,
+    };
+    let state_dir = match &args.state_dir {
+        Some(d) => d.clone(),
+        None if root => PathBuf::from("/var/lib/sandcache"),
+        None => dirs::state_dir()
+            .map(|d| d.join("sandcache"))
+            .ok_or("no state dir: set --state-dir or SANDCACHE_STATE_DIR")?,
+    };
+    let admin_token = match std::env::var(env_vars::SANDCACHE_ADMIN_TOKEN).ok().filter(|t| !t.is_empty()) {
+        Some(t) => Some(t),
+        None => match std::env::var_os(env_vars::SANDCACHE_ADMIN_TOKEN_FILE) {
+            Some(f) => Some(
+                std::fs::read_to_string(&f)
+                    .map_err(|e| format!("{}={}: {e}", env_vars::SANDCACHE_ADMIN_TOKEN_FILE, Path::new(&f).display()))?
+                    .trim()
+                    .to_owned(),
+            )
+            .filter(|t| !t.is_empty()),
+            None => None,
+        },
+    };
     let cfg = RunnerConfig {
         deno_dir: args.dir.clone(),
         work_dir: args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("sandcache-site")),
@@ -97,7 +148,10 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
         stop_grace: secs(args.stop_grace, "--stop-grace")?,
         default_run_command,
         default_entry: args.run_entry.clone(),
-        admin_token: std::env::var(env_vars::SANDCACHE_ADMIN_TOKEN).ok().filter(|t| !t.is_empty()),
+        admin_token,
+        worker_user,
+        state_dir,
+        sweep_descendants: true,
         runner_env: env,
         legacy_vars,
         ..RunnerConfig::default()
@@ -113,6 +167,22 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any thread or child exists: /proc/<runner> closed to every
+    // other process of its uid, and the worker's orphans adopted.
+    if let Err(e) = isolation::make_non_dumpable() {
+        eprintln!("error: cannot make the runner non-dumpable: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = isolation::become_subreaper() {
+        eprintln!("warning: cannot become a child subreaper ({e}); a worker's orphans may outlive undeploy");
+    }
+    if args.block_metadata {
+        let user = cfg.worker_user.unwrap_or_else(WorkerUser::current);
+        if let Err(e) = isolation::block_metadata(user.uid) {
+            eprintln!("error: --block-metadata: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let runtime = match crate::runtime() {
         Ok(r) => r,
         Err(code) => return code,

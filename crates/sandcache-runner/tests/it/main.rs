@@ -28,6 +28,7 @@ pub fn test_config(tmp: &Path) -> RunnerConfig {
         stop_grace: Duration::from_secs(3),
         port_timeout: Duration::from_secs(30),
         runner_env: std::env::vars().collect(),
+        state_dir: tmp.join("state"),
         ..RunnerConfig::default()
     }
 }
@@ -320,10 +321,12 @@ async fn an_explicit_snapshot_request_runs_detached() {
     let store = tmp.path().join("store");
     let mut cfg = test_config(tmp.path());
     cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::Local(store.clone())), key: Some("site/cache".into()) };
-    sandcache_testkit::tree::sample_tree(&cfg.deno_dir);
+    let deno_dir = cfg.deno_dir.clone();
     let runner = Runner::new(cfg);
     let (s, _) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": []})).await;
     assert_eq!(s, StatusCode::OK);
+    // What the site's run added to its (emptied at deploy) cache dir.
+    sandcache_testkit::tree::sample_tree(&deno_dir);
     let (s, v) = call(&runner, "POST", "/sandbox/cache/snapshot", Value::Null).await;
     assert_eq!((s, v), (StatusCode::ACCEPTED, json!({"ok": true, "started": true})));
     let st = wait_status(&runner, 10, "snapshot", |s| !s["cache"]["snapshot"].is_null()).await;

@@ -1,6 +1,7 @@
 //! The `sandcache` binary: exit codes, output, credentials from EKS Pod
 //! Identity, and a real Deno app restored from Garage with no network.
 
+mod isolation;
 mod secrets;
 mod soak;
 
@@ -50,6 +51,13 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) ->
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
+}
+
+/// `--worker-user` for a test that runs `serve` as root: a uid of its own
+/// (`20000 + n`), since every deploy kills all processes of its worker's
+/// uid. Not root: nothing (the worker shares the runner's uid).
+fn worker_user_for_test(n: u32) -> Vec<String> {
+    if rustix::process::geteuid().is_root() { vec!["--worker-user".into(), format!("{}", 20000 + n)] } else { vec![] }
 }
 
 fn local(cmd: &str, dir: &Path, store: &Path, key: &str) -> Command {
@@ -392,6 +400,11 @@ async fn a_killed_restore_leaves_the_dir_intact_and_the_next_run_cleans_up() {
 #[test]
 fn serve_stops_its_worker_and_cleans_up_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    for (d, mode) in [(tmp.path(), 0o755), (out_dir.as_path(), 0o777)] {
+        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let work = tmp.path().join("site");
     let mut server = bin()
@@ -400,6 +413,9 @@ fn serve_stops_its_worker_and_cleans_up_on_sigterm() {
         .arg(tmp.path().join("deno-dir"))
         .arg("--work-dir")
         .arg(&work)
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(worker_user_for_test(3))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -409,7 +425,7 @@ fn serve_stops_its_worker_and_cleans_up_on_sigterm() {
         assert!(start.elapsed() < std::time::Duration::from_secs(20), "serve never listened");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let pid_file = tmp.path().join("worker.pid");
+    let pid_file = out_dir.join("worker.pid");
     let script = format!("echo $$ > {}; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1", pid_file.display());
     let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();
     let reply = request("POST", "/sandbox/deploy", &body).unwrap();

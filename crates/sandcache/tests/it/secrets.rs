@@ -24,6 +24,13 @@ fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 #[test]
 fn no_secret_reaches_any_output_or_the_worker() {
     let tmp = tempfile::tempdir().unwrap();
+    // The worker runs as its own uid (when root): it reaches the script's
+    // output dir only.
+    let out_dir = tmp.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    for (d, mode) in [(tmp.path(), 0o755), (out_dir.as_path(), 0o777)] {
+        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
     // The S3 credentials are real when Garage is up (so the cache really
     // works), invented otherwise; the other secrets are invented.
     let spec = sandcache_testkit::s3::spec("secrets");
@@ -48,6 +55,9 @@ fn no_secret_reaches_any_output_or_the_worker() {
         .arg(tmp.path().join("deno-dir"))
         .arg("--work-dir")
         .arg(tmp.path().join("site"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(super::worker_user_for_test(2))
         .env("SANDCACHE_LOG", "trace")
         .env("SANDCACHE_ADMIN_TOKEN", admin_token)
         .env("AWS_ACCESS_KEY_ID", &aws_key_id)
@@ -69,9 +79,12 @@ fn no_secret_reaches_any_output_or_the_worker() {
 
     // A deploy whose cache is on the S3 server, with secrets in its envs,
     // one of them forwarded on purpose, and a worker that dumps its env.
-    sample_tree(&tmp.path().join("deno-dir"));
-    let dump = tmp.path().join("worker-env");
-    let script = format!("env > {}; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1", dump.display());
+    let dump = out_dir.join("worker-env");
+    let script = format!(
+        "mkdir -p \"$DENO_DIR/npm/pkg\" && echo 'export {{}}' > \"$DENO_DIR/npm/pkg/mod.js\"; env > {}; \
+         exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
+        dump.display()
+    );
     let envs = serde_json::json!({
         "DECO_CACHE_S3_BUCKET": bucket,
         "DECO_CACHE_S3_KEY": format!("{prefix}/site/cache"),

@@ -1,0 +1,434 @@
+//! Keeping the worker (someone else's code) away from the runner: the uid it
+//! runs as, a non-dumpable runner, who is on the other end of an admin
+//! request, the secret files it must not read, and every process it leaves.
+//!
+//! See `docs/threat-model.md` for what each piece stops and what is left.
+
+use std::fs;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+/// The worker's default uid and gid when the runner is root: fixed, so an
+/// image, file modes and the credential-endpoint rules can name it.
+pub const DEFAULT_WORKER_UID: u32 = 10001;
+pub const DEFAULT_WORKER_GID: u32 = 10001;
+
+/// Who the worker runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl WorkerUser {
+    /// The documented default: `10001:10001`.
+    pub const DEFAULT: WorkerUser = WorkerUser { uid: DEFAULT_WORKER_UID, gid: DEFAULT_WORKER_GID };
+
+    /// The runner's own uid and gid.
+    pub fn current() -> WorkerUser {
+        WorkerUser { uid: rustix::process::getuid().as_raw(), gid: rustix::process::getgid().as_raw() }
+    }
+
+    /// `USER`, `UID` or either with `:GID`. A name is looked up in
+    /// `/etc/passwd` (its primary group is the default gid); a bare uid
+    /// that no entry names uses the same number as its gid.
+    pub fn parse(spec: &str) -> Result<WorkerUser, String> {
+        let (user, group) = match spec.split_once(':') {
+            Some((u, g)) => (u, Some(g)),
+            None => (spec, None),
+        };
+        let bad = || format!("worker user `{spec}`: expected USER, UID or UID:GID");
+        if user.is_empty() || group.is_some_and(str::is_empty) {
+            return Err(bad());
+        }
+        let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+        let entry = |pred: &dyn Fn(&str, u32) -> bool| {
+            passwd.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                let (uid, gid) = (f.get(2)?.parse::<u32>().ok()?, f.get(3)?.parse::<u32>().ok()?);
+                pred(f[0], uid).then_some((uid, gid))
+            })
+        };
+        let (uid, default_gid) = match user.parse::<u32>() {
+            Ok(uid) => (uid, entry(&|_, u| u == uid).map_or(uid, |(_, g)| g)),
+            Err(_) if user == "root" => (0, 0),
+            Err(_) => entry(&|name, _| name == user)
+                .ok_or_else(|| format!("worker user `{user}` is not in /etc/passwd; give a numeric UID[:GID]"))?,
+        };
+        let gid = match group {
+            None => default_gid,
+            Some(g) => match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => {
+                    let groups = fs::read_to_string("/etc/group").unwrap_or_default();
+                    groups
+                        .lines()
+                        .find_map(|l| {
+                            let f: Vec<&str> = l.split(':').collect();
+                            (f.first() == Some(&g)).then(|| f.get(2)?.parse::<u32>().ok()).flatten()
+                        })
+                        .ok_or_else(|| format!("worker group `{g}` is not in /etc/group; give a numeric GID"))?
+                }
+            },
+        };
+        Ok(WorkerUser { uid, gid })
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.uid == 0
+    }
+
+    /// The worker has a uid of its own, distinct from the runner's.
+    pub fn is_separate(&self) -> bool {
+        self.uid != rustix::process::getuid().as_raw()
+    }
+}
+
+impl std::fmt::Display for WorkerUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
+
+/// Makes the runner non-dumpable: `/proc/<runner>/environ`, `mem`, `fd/*`
+/// and ptrace are closed to every other process of the same uid (root
+/// still sees them). Call first thing in the daemon.
+pub fn make_non_dumpable() -> io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable).map_err(io::Error::from)
+}
+
+/// Orphaned descendants (a worker's `setsid` + double fork) are re-parented
+/// to the runner, where [`sweep`] finds and reaps them.
+pub fn become_subreaper() -> io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(io::Error::from)
+}
+
+/// Whether `uid` (with primary group `gid` and no other groups) could open
+/// `path` for reading: the file's read bit for its class, and search on
+/// every directory above it. Root reads everything.
+pub fn readable_by(path: &Path, uid: u32, gid: u32) -> bool {
+    if uid == 0 {
+        return true;
+    }
+    let allowed = |m: &fs::Metadata, bit: u32| {
+        let mode = m.mode();
+        let shift = if m.uid() == uid {
+            6
+        } else if m.gid() == gid {
+            3
+        } else {
+            0
+        };
+        mode & (bit << shift) != 0
+    };
+    let Ok(meta) = fs::metadata(path) else { return false };
+    if !allowed(&meta, 0o4) {
+        return false;
+    }
+    let real = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    real.ancestors().skip(1).all(|dir| fs::metadata(dir).is_ok_and(|m| allowed(&m, 0o1)))
+}
+
+/// The uid owning the TCP socket at `peer` on this host (the client end of
+/// a loopback connection), from `/proc/net/tcp` and `tcp6`, with the
+/// socket's inode. `None` when no local socket has that address: the peer
+/// is on another host.
+pub fn local_socket_owner(peer: SocketAddr) -> Option<(u32, u64)> {
+    for table in ["/proc/net/tcp6", "/proc/net/tcp"] {
+        let Ok(text) = fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 {
+                continue;
+            }
+            if parse_proc_addr(f[1]).is_some_and(|a| same_endpoint(a, peer)) {
+                return Some((f[7].parse().ok()?, f[9].parse().ok()?));
+            }
+        }
+    }
+    None
+}
+
+fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    a.port() == b.port() && canon(a.ip()) == canon(b.ip())
+}
+
+/// `0100007F:1F90` (IPv4) or 32 hex digits (IPv6), each 32-bit word in host
+/// byte order, as the kernel prints them.
+fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let words: Vec<u32> = (0..ip.len() / 8)
+        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).map(u32::from_be))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let ip = match words[..] {
+        [w] => IpAddr::from(w.to_be_bytes()),
+        [a, b, c, d] => {
+            let mut bytes = [0u8; 16];
+            for (i, w) in [a, b, c, d].iter().enumerate() {
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_be_bytes());
+            }
+            IpAddr::from(bytes)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// One process, as `/proc/<pid>/status` shows it.
+#[derive(Debug, Clone, Copy)]
+struct Proc {
+    pid: u32,
+    ppid: u32,
+    uid: u32,
+    zombie: bool,
+}
+
+fn processes() -> Vec<Proc> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+        let ppid = field("PPid:")?.parse().ok()?;
+        let zombie = field("State:").is_some_and(|s| s.starts_with('Z') || s.starts_with('X'));
+        Some(Proc { pid, ppid, uid, zombie })
+    })
+    .collect()
+}
+
+/// Whether `pid` descends from `ancestor` (and is not it).
+fn descends_from(all: &[Proc], pid: u32, ancestor: u32) -> bool {
+    let mut cur = pid;
+    for _ in 0..4096 {
+        let Some(p) = all.iter().find(|p| p.pid == cur) else { return false };
+        if p.ppid == ancestor {
+            return true;
+        }
+        if p.ppid <= 1 {
+            return false;
+        }
+        cur = p.ppid;
+    }
+    false
+}
+
+/// The processes holding the socket with this inode.
+pub fn socket_holders(inode: u64) -> Vec<u32> {
+    let wanted = format!("socket:[{inode}]");
+    processes()
+        .into_iter()
+        .filter(|p| {
+            fs::read_dir(format!("/proc/{}/fd", p.pid)).is_ok_and(|fds| {
+                fds.filter_map(Result::ok)
+                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
+            })
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Whether `pid` is one of the runner's descendants (its worker, git, or an
+/// orphan a subreaper runner adopted), not the runner itself.
+pub fn is_runner_descendant(pid: u32) -> bool {
+    descends_from(&processes(), pid, std::process::id())
+}
+
+/// Which processes a sweep kills.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepScope {
+    /// Every process of this uid (a uid that only workers use).
+    pub uid: Option<u32>,
+    /// Every descendant of the runner (with a subreaper runner, orphans of
+    /// the worker are among them).
+    pub descendants: bool,
+}
+
+/// Kills every process in scope and reaps those that are the runner's
+/// children, round after round until one finds none (a process that
+/// forks while being killed is caught in the next round). Returns how many
+/// were killed.
+pub fn sweep(scope: SweepScope, within: Duration) -> usize {
+    let me = std::process::id();
+    let deadline = Instant::now() + within;
+    let mut killed = 0;
+    loop {
+        let all = processes();
+        let targets: Vec<Proc> = all
+            .iter()
+            .filter(|p| p.pid != me && !p.zombie)
+            .filter(|p| scope.uid.is_some_and(|u| p.uid == u) || (scope.descendants && descends_from(&all, p.pid, me)))
+            .copied()
+            .collect();
+        for p in &targets {
+            if let Some(pid) = Pid::from_raw(p.pid as i32) {
+                if rustix::process::kill_process(pid, Signal::KILL).is_ok() {
+                    killed += 1;
+                }
+            }
+        }
+        reap_killed(&all, scope);
+        if targets.is_empty() || Instant::now() >= deadline {
+            if !targets.is_empty() {
+                tracing::warn!(target: "sandbox", "{} worker processes were still alive after {within:?}", targets.len());
+            }
+            return killed;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reaps zombies that are the runner's own children and in scope (orphans
+/// re-parented to a subreaper runner): nobody else waits for them.
+fn reap_killed(all: &[Proc], scope: SweepScope) {
+    let me = std::process::id();
+    for p in all.iter().filter(|p| p.ppid == me) {
+        if scope.uid.is_some_and(|u| p.uid == u) || scope.descendants {
+            if let Some(pid) = Pid::from_raw(p.pid as i32) {
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+            }
+        }
+    }
+}
+
+/// The cloud credential and metadata endpoints: EC2 instance metadata, the
+/// EKS Pod Identity agent (IPv4 and IPv6), and ECS's task endpoint.
+pub const CREDENTIAL_ENDPOINTS_V4: &[&str] = &["169.254.169.254", "169.254.170.23", "169.254.170.2"];
+pub const CREDENTIAL_ENDPOINTS_V6: &[&str] = &["fd00:ec2::254", "fd00:ec2::23"];
+
+/// Adds (once) iptables and ip6tables rules rejecting every connection
+/// from `uid` to the credential endpoints. Needs CAP_NET_ADMIN and the
+/// iptables binaries; the same rules an init container adds.
+pub fn block_metadata(uid: u32) -> Result<(), String> {
+    if uid == rustix::process::getuid().as_raw() {
+        return Err(format!(
+            "the worker shares the runner's uid {uid}: blocking it would block the runner's own credentials"
+        ));
+    }
+    for (tool, addrs, reject) in [
+        ("iptables", CREDENTIAL_ENDPOINTS_V4, "icmp-port-unreachable"),
+        ("ip6tables", CREDENTIAL_ENDPOINTS_V6, "icmp6-port-unreachable"),
+    ] {
+        for addr in addrs {
+            let rule = [
+                "OUTPUT",
+                "-d",
+                addr,
+                "-m",
+                "owner",
+                "--uid-owner",
+                &uid.to_string(),
+                "-j",
+                "REJECT",
+                "--reject-with",
+                reject,
+            ];
+            let run = |op: &str| {
+                std::process::Command::new(tool)
+                    .arg("-w")
+                    .arg(op)
+                    .args(rule)
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .map_err(|e| format!("cannot run {tool}: {e}"))
+            };
+            if run("-C")?.status.success() {
+                continue;
+            }
+            let out = run("-I")?;
+            if !out.status.success() {
+                return Err(format!("{tool} -I {}: {}", rule.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+            }
+        }
+    }
+    tracing::info!(target: "sandbox", "credential endpoints rejected for uid {uid} (iptables, ip6tables)");
+    Ok(())
+}
+
+/// The secret files the runner may read, from its environment: credential
+/// token files and the admin token file.
+pub fn secret_files(env: &[(String, String)]) -> Vec<PathBuf> {
+    const VARS: &[&str] = &[
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "SANDCACHE_ADMIN_TOKEN_FILE",
+    ];
+    let mut files: Vec<PathBuf> = env
+        .iter()
+        .filter(|(k, v)| VARS.contains(&k.as_str()) && !v.is_empty())
+        .map(|(_, v)| PathBuf::from(v))
+        .collect();
+    if !env.iter().any(|(k, _)| k == "AWS_SHARED_CREDENTIALS_FILE") {
+        if let Some((_, home)) = env.iter().find(|(k, _)| k == "HOME") {
+            files.push(Path::new(home).join(".aws/credentials"));
+        }
+    }
+    files.retain(|f| f.exists());
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_users_parse() {
+        assert_eq!(WorkerUser::parse("root").unwrap(), WorkerUser { uid: 0, gid: 0 });
+        assert_eq!(WorkerUser::parse("0").unwrap(), WorkerUser { uid: 0, gid: 0 });
+        assert_eq!(WorkerUser::parse("4242:77").unwrap(), WorkerUser { uid: 4242, gid: 77 });
+        assert_eq!(WorkerUser::parse("54321").unwrap(), WorkerUser { uid: 54321, gid: 54321 });
+        assert_eq!(WorkerUser::parse("nobody").unwrap().uid, 65534);
+        for bad in ["", ":", "1:", ":1", "no-such-user-here"] {
+            assert!(WorkerUser::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn proc_net_addresses_parse() {
+        assert_eq!(parse_proc_addr("0100007F:1F90"), Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(parse_proc_addr("00000000000000000000000001000000:0050"), Some("[::1]:80".parse().unwrap()));
+        let mapped = parse_proc_addr("0000000000000000FFFF00000100007F:0050").unwrap();
+        assert!(same_endpoint(mapped, "127.0.0.1:80".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_loopback_client_socket_is_found_with_its_owner() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (uid, inode) = local_socket_owner(c.local_addr().unwrap()).expect("the client socket is local");
+        assert_eq!(uid, rustix::process::getuid().as_raw());
+        assert!(socket_holders(inode).contains(&std::process::id()));
+        assert!(local_socket_owner("192.0.2.1:1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn readability_follows_modes_and_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let f = tmp.path().join("token");
+        fs::write(&f, "t").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        let me = WorkerUser::current();
+        let other = me.uid.wrapping_add(4242);
+        assert!(readable_by(&f, other, other));
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(!readable_by(&f, other, other));
+        assert!(readable_by(&f, me.uid, me.gid) || me.uid == 0);
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(!readable_by(&f, other, other), "a closed directory above closes the file");
+    }
+}

@@ -1,0 +1,242 @@
+//! A hostile site against `sandcache serve` run as root, as in production:
+//! static keys, an admin token (or none) and a credential token file in the
+//! runner's environment. The site's worker tries the runner's `/proc`, the
+//! token file, the runner's own files, another site's key and the admin
+//! API; every attempt must fail while the site still works. Then leftovers
+//! across two sites: a `setsid` process and a poisoned DENO_DIR. Then the
+//! credential endpoints, closed to the worker uid in a network namespace.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{bin, http, run};
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < Duration::from_secs(secs), "{what} did not happen within {secs} s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A temp dir others can pass through (the worker has another uid).
+fn open_tmp() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    tmp
+}
+
+/// The body of an HTTP answer.
+fn body(reply: &str) -> &str {
+    reply.split_once("\r\n\r\n").map_or("", |(_, b)| b)
+}
+
+fn status_of(port: u16, token: Option<&str>) -> Value {
+    let reply = http(port, "GET", "/sandbox/status", token, "").unwrap_or_default();
+    serde_json::from_str(body(&reply)).unwrap_or(Value::Null)
+}
+
+struct Serve {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Serve {
+    fn start(tmp: &Path, envs: &[(&str, &str)], extra: &[&str]) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = tmp.join(format!("serve-{port}.log"));
+        let mut cmd = bin();
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--stop-grace", "2", "--settle", "1"])
+            .arg("--dir")
+            .arg(tmp.join("deno-dir"))
+            .arg("--work-dir")
+            .arg(tmp.join("site"))
+            .arg("--state-dir")
+            .arg(tmp.join("state"))
+            .args(extra)
+            .env("SANDCACHE_LOG", "debug")
+            .env_remove("SANDCACHE_ADMIN_TOKEN")
+            .stdout(Stdio::from(fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(fs::File::create(tmp.join(format!("serve-{port}.err"))).unwrap()));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        wait_for("serve listening", 20, || http(port, "GET", "/deco/_liveness", None, "").is_some());
+        Serve { child, port, log }
+    }
+
+    fn stop(mut self) -> String {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        assert!(self.child.wait().unwrap().success());
+        fs::read_to_string(&self.log).unwrap() + &fs::read_to_string(self.log.with_extension("err")).unwrap()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn probe_run(with_token: bool) {
+    let Some(spec) = sandcache_testkit::s3::spec("isolation") else { return };
+    let tmp = open_tmp();
+    let endpoint = spec.endpoint.clone().expect("the test server has an endpoint");
+    let aws_key_id = std::env::var("AWS_ACCESS_KEY_ID").unwrap();
+    let aws_secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
+    let admin_s3 = "ADMINS3SECRET-isolation-77";
+    let admin_token = "ADMINTOKEN-isolation-88";
+    let token_value = "WEBIDENTITYTOKEN-isolation-99";
+    // The credential token file, mounted as the docs say: 0400, the runner's.
+    let secrets = tmp.path().join("secrets");
+    fs::create_dir(&secrets).unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o755)).unwrap();
+    let token_file = secrets.join("token");
+    fs::write(&token_file, token_value).unwrap();
+    fs::set_permissions(&token_file, fs::Permissions::from_mode(0o400)).unwrap();
+    let probe = tmp.path().join("probe.py");
+    fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/probe_worker.py"), &probe).unwrap();
+    fs::set_permissions(&probe, fs::Permissions::from_mode(0o644)).unwrap();
+
+    // The site already has a cache, so the deploy restores a tree.
+    let store = format!("s3://{}/{}", spec.bucket, spec.prefix);
+    let seed = tmp.path().join("seed");
+    sandcache_testkit::tree::sample_tree(&seed);
+    let (code, out, err) = run(bin()
+        .args(["snapshot", "--key", "hostile/cache", "--store", &store, "--json", "--dir"])
+        .arg(&seed)
+        .env("AWS_ENDPOINT_URL", &endpoint));
+    assert_eq!((code, out["ok"].as_bool()), (0, Some(true)), "{out} {err}");
+
+    let mut envs = vec![
+        ("AWS_ACCESS_KEY_ID", aws_key_id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", aws_secret.as_str()),
+        ("ADMIN_S3_SECRET_ACCESS_KEY", admin_s3),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+    ];
+    let token_path = token_file.display().to_string();
+    envs.push(("AWS_WEB_IDENTITY_TOKEN_FILE", &token_path));
+    if with_token {
+        envs.push(("SANDCACHE_ADMIN_TOKEN", admin_token));
+    }
+    let serve = Serve::start(tmp.path(), &envs, &[]);
+    let token = with_token.then_some(admin_token);
+    let state = tmp.path().join("state");
+    let runner_files = ["deno-dir.sandcache.lock", "deno-dir.sandcache-state.json", "deno-dir.sandcache-index.json"]
+        .map(|f| state.join("cache").join(f).display().to_string())
+        .join(":");
+    let victim_url = format!("{endpoint}/{}/{}/victim/cache", spec.bucket, spec.prefix);
+    let envs = json!({
+        "DECO_CACHE_S3_BUCKET": spec.bucket,
+        "DECO_CACHE_S3_KEY": format!("{}/hostile/cache", spec.prefix),
+        "DECO_CACHE_S3_ENDPOINT": endpoint,
+        "PROBE_TOKEN_FILE": token_path,
+        "PROBE_RUNNER_FILES": runner_files,
+        "PROBE_STATE_DIR": state.display().to_string(),
+        "PROBE_BESIDE": tmp.path().join(".deno-dir.sandcache.lock").display().to_string(),
+        "PROBE_VICTIM_URL": victim_url,
+        "PROBE_RUNNER_PORT": serve.port.to_string(),
+        "PROBE_RESTORED_FILE": tmp.path().join("deno-dir/npm/registry.npmjs.org/pkg/1.0.0/lib/index.js").display().to_string(),
+    });
+    let deploy = json!({"site": "hostile", "runCommand": ["python3", probe.display().to_string()], "envs": envs});
+    let reply = http(serve.port, "POST", "/sandbox/deploy", token, &deploy.to_string()).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", 30, || status_of(serve.port, token)["worker"] == "ready");
+    let st = status_of(serve.port, token);
+    assert_eq!(st["cache"]["restore"]["ok"], true, "the site's cache was restored: {st}");
+
+    // The worker's record, through the runner's proxy: it serves.
+    let reply = http(serve.port, "GET", "/", None, "").unwrap();
+    assert!(reply.lines().next().is_some_and(|l| l.contains(" 200 ")), "{reply}");
+    let got: Value = serde_json::from_str(body(&reply)).unwrap();
+    eprintln!("isolation (token: {with_token}): {}", serde_json::to_string_pretty(&got).unwrap());
+    let result = |k: &str| got[k].as_str().unwrap_or_else(|| panic!("no result {k}: {got}")).to_owned();
+    let denied = |k: &str| assert!(result(k).starts_with("denied"), "{k} must fail: {}", result(k));
+    let allowed = |k: &str| assert!(result(k).starts_with("ok"), "{k} must work: {}", result(k));
+    for k in ["runner environ", "runner mem", "runner fds", "signal runner", "token file"] {
+        denied(k);
+    }
+    for f in runner_files.split(':') {
+        denied(&format!("write {f}"));
+        denied(&format!("replace {f}"));
+    }
+    denied("create in state dir");
+    denied("create beside dir");
+    denied("put another site's key");
+    for k in ["admin status", "admin snapshot", "admin undeploy", "admin deploy"] {
+        denied(k);
+        let expected = if with_token { "401" } else { "403" };
+        assert!(result(k).contains(expected), "{k}: {}", result(k));
+    }
+    let cred_env = result("credential env");
+    for name in
+        ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ADMIN_S3_", "AWS_WEB_IDENTITY_TOKEN_FILE", "SANDCACHE_ADMIN"]
+    {
+        assert!(!cred_env.contains(name), "{name} reached the worker's env: {cred_env}");
+    }
+    for k in ["write deno dir", "rewrite a restored file", "write work dir", "write home", "write tmpdir"] {
+        allowed(k);
+    }
+    assert_eq!((got["uid"].as_u64(), got["gid"].as_u64()), (Some(10001), Some(10001)), "the default worker user");
+    assert_eq!(got["groups"], json!([]), "no supplementary groups");
+    assert!(got["home"].as_str().unwrap().starts_with(state.to_str().unwrap()), "its own HOME: {got}");
+    let everything = body(&reply).to_owned();
+    for secret in [aws_secret.as_str(), admin_s3, admin_token, token_value] {
+        assert!(!everything.contains(secret), "the worker got a secret");
+    }
+
+    // Still one site, still deployed: nothing the worker called took effect.
+    let st = status_of(serve.port, Some(admin_token));
+    assert_eq!((st["site"].as_str(), st["deployed"].as_bool()), (Some("hostile"), Some(true)), "{st}");
+    // The module the site added is snapshotted under its own key...
+    let reply = http(serve.port, "POST", "/sandbox/cache/snapshot", token, "").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
+    wait_for("the snapshot", 60, || status_of(serve.port, Some(admin_token))["cache"]["snapshot"]["ok"] == true);
+    let check = tmp.path().join("check");
+    let (_, out, err) = run(bin()
+        .args(["restore", "--key", "hostile/cache", "--store", &store, "--json", "--dir"])
+        .arg(&check)
+        .env("AWS_ENDPOINT_URL", &endpoint));
+    assert_eq!(out["ok"], true, "{out} {err}");
+    assert!(check.join("npm/registry.npmjs.org/added-at-run-time/1.0.0/index.js").exists());
+    // ...and nothing exists under the victim's.
+    let (_, out, err) = run(bin()
+        .args(["restore", "--key", "victim/cache", "--store", &store, "--json", "--dir"])
+        .arg(tmp.path().join("victim"))
+        .env("AWS_ENDPOINT_URL", &endpoint));
+    assert_eq!(out["reason"], "not_found", "{out} {err}");
+    let reply = http(serve.port, "DELETE", "/sandbox/deploy", token, "").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let log = serve.stop();
+    for secret in [aws_secret.as_str(), admin_s3, admin_token, token_value] {
+        assert!(!log.contains(secret), "a secret reached the runner's log");
+    }
+    if !with_token {
+        assert!(log.contains("refused POST /sandbox/deploy from the worker"), "refusals are logged");
+    }
+    assert!(!log.contains("is readable by the worker"), "the token file is mounted right: {log}");
+}
+
+/// With and without an admin token, one after the other: both use the
+/// default worker uid, and each deploy kills every process of that uid.
+#[test]
+fn a_hostile_worker_reaches_nothing_of_the_runner() {
+    if !is_root() {
+        eprintln!("skipping: the worker user needs root");
+        return;
+    }
+    probe_run(true);
+    probe_run(false);
+}
