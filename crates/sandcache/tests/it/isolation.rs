@@ -9,7 +9,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -239,4 +239,114 @@ fn a_hostile_worker_reaches_nothing_of_the_runner() {
     }
     probe_run(true);
     probe_run(false);
+}
+
+/// Site A leaves a `setsid` double-forked process and a poisoned package in
+/// DENO_DIR; site B, with no cache of its own, must find neither.
+#[test]
+fn nothing_of_one_site_survives_into_the_next() {
+    if !is_root() {
+        eprintln!("skipping: the worker user needs root");
+        return;
+    }
+    let tmp = open_tmp();
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
+    let store = tmp.path().join("store");
+    let serve = Serve::start(
+        tmp.path(),
+        &[],
+        &["--store", store.to_str().unwrap(), "--worker-user", "20011", "--restore-timeout", "10"],
+    );
+    let o = out.display();
+    let site_a = format!(
+        "mkdir -p \"$DENO_DIR/npm/registry.npmjs.org/evil/1.0.0\" && \
+         echo 'globalThis.pwned = true' > \"$DENO_DIR/npm/registry.npmjs.org/evil/1.0.0/index.js\"; \
+         ( setsid sh -c 'echo $$ > {o}/leftover.pid; exec sleep 600' & ); \
+         exec python3 -m http.server \"$PORT\" --bind 127.0.0.1"
+    );
+    let deploy = |site: &str, script: &str| {
+        let body = json!({"site": site, "runCommand": ["sh", "-c", script]}).to_string();
+        let reply = http(serve.port, "POST", "/sandbox/deploy", None, &body).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        wait_for("the worker ready", 30, || status_of(serve.port, None)["worker"] == "ready");
+    };
+    deploy("a", &site_a);
+    let pid_file = out.join("leftover.pid");
+    wait_for("the leftover's pid", 20, || fs::read_to_string(&pid_file).is_ok_and(|s| !s.trim().is_empty()));
+    let leftover: u32 = fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(Path::new(&format!("/proc/{leftover}")).exists(), "the leftover runs");
+    let reply = http(serve.port, "DELETE", "/sandbox/deploy", None, "").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(status_of(serve.port, None)["cache"]["snapshot"]["ok"], true, "site A's cache was snapshotted");
+    // Gone, and reaped: not even a zombie is left.
+    wait_for("the leftover to be gone", 10, || !Path::new(&format!("/proc/{leftover}")).exists());
+    assert_eq!(fs::read_dir(tmp.path().join("deno-dir")).unwrap().count(), 0, "undeploy empties DENO_DIR");
+
+    // Site B: a miss, from an empty DENO_DIR.
+    let site_b = format!(
+        "find \"$DENO_DIR\" > {o}/b-listing; ps -eo uid=,pid=,args= > {o}/b-ps; \
+         exec python3 -m http.server \"$PORT\" --bind 127.0.0.1"
+    );
+    deploy("b", &site_b);
+    assert_eq!(status_of(serve.port, None)["cache"]["restore"]["reason"], "not_found");
+    let listing = fs::read_to_string(out.join("b-listing")).unwrap();
+    assert!(!listing.contains("evil"), "site B saw site A's package: {listing}");
+    assert_eq!(listing.lines().count(), 1, "DENO_DIR is empty for site B: {listing}");
+    let ps = fs::read_to_string(out.join("b-ps")).unwrap();
+    assert!(!ps.contains("sleep 600"), "site A's process is alive under site B: {ps}");
+    let reply = http(serve.port, "DELETE", "/sandbox/deploy", None, "").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // B's key holds nothing of A.
+    let (_, out_b, err) = run(bin()
+        .args(["restore", "--key", "b/cache.tgz", "--json", "--store", store.to_str().unwrap(), "--dir"])
+        .arg(tmp.path().join("b-check")));
+    assert!(out_b["reason"] == "not_found" || out_b["reason"] == "empty" || out_b["ok"] == true, "{out_b} {err}");
+    assert!(!tmp.path().join("b-check/npm/registry.npmjs.org/evil").exists(), "site A's package under B's key");
+    serve.stop();
+}
+
+/// `--block-metadata` in a network namespace of the test's own, with fake
+/// credential endpoints on their real addresses: root reaches them, the
+/// worker uid is refused on every one.
+#[test]
+fn the_credential_endpoints_are_closed_to_the_worker() {
+    let tools = ["unshare", "iptables", "ip6tables", "ip", "curl"];
+    if !is_root()
+        || tools.iter().any(|t| {
+            Command::new("sh").args(["-c", &format!("command -v {t}")]).output().map_or(true, |o| !o.status.success())
+        })
+    {
+        assert!(std::env::var_os("CI").is_none() || !is_root(), "CI runs as root with {tools:?} installed");
+        eprintln!("skipping: needs root and {tools:?}");
+        return;
+    }
+    let tmp = open_tmp();
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/metadata.sh");
+    let status = Command::new("unshare")
+        .arg("--net")
+        .arg("bash")
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_sandcache"))
+        .arg(tmp.path())
+        .arg("20012")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{}", fs::read_to_string(out.join("serve.log")).unwrap_or_default());
+    let read = |f: &str| -> Value {
+        serde_json::from_str(&fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"))).unwrap()
+    };
+    let (root, worker) = (read("root.json"), read("worker.json"));
+    eprintln!("credential endpoints: root {root}, worker {worker}");
+    for host in ["169.254.169.254", "169.254.170.23", "169.254.170.2", "fd00:ec2::23", "fd00:ec2::254"] {
+        assert_eq!(root[host], "connected", "the fake endpoint {host} listens: {root}");
+        let w = worker[host].as_str().unwrap();
+        assert!(w.starts_with("refused"), "the worker reached {host}: {w}");
+    }
+    let rules = fs::read_to_string(out.join("rules")).unwrap();
+    assert!(rules.contains("--uid-owner 20012") && rules.contains("REJECT"), "{rules}");
 }
