@@ -43,6 +43,20 @@ async fn a_deno_site_deploys_cold_then_warm_from_garage() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
+    // As root, the site runs as a worker uid of its own, as in production:
+    // it must reach Deno, the repo and its dirs, and own DENO_DIR.
+    let root = rustix::process::geteuid().is_root();
+    let deno = if root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let copy = tmp.path().join("deno");
+        if std::fs::hard_link(&deno, &copy).is_err() {
+            std::fs::copy(&deno, &copy).unwrap();
+        }
+        copy.display().to_string()
+    } else {
+        deno
+    };
     let repo = tmp.path().join("repo");
     std::fs::create_dir(&repo).unwrap();
     std::fs::write(
@@ -58,9 +72,18 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
     git(&repo, &["-c", "user.email=t@t", "-c", "user.name=t", "add", "."]);
     git(&repo, &["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "site"]);
 
+    if root {
+        // git refuses a local repo another uid owns; a real site's is remote.
+        let out = Command::new("chown").args(["-R", "20013:20013"]).arg(&repo).output().unwrap();
+        assert!(out.status.success());
+    }
     let mut cfg = super::test_config(tmp.path());
     cfg.settle = Duration::from_secs(1);
     cfg.settle_poll = Duration::from_millis(250);
+    let worker = sandcache_runner::isolation::WorkerUser { uid: 20013, gid: 20013 };
+    if root {
+        cfg.worker_user = Some(worker);
+    }
     let deno_dir = cfg.deno_dir.clone();
     let runner = sandcache_runner::Runner::new(cfg);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -156,7 +179,14 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
     assert_eq!(s["cache"]["restore"]["ok"], true, "{s}");
     let (code, body) = http(addr, "GET", "/", None).await;
     assert_eq!((code, text_of(&body)), (200, "hello 1m true".to_owned()), "{body}");
-    eprintln!("time to worker-ready: cold {cold_ready:?}, warm {warm_ready:?}");
+    eprintln!("time to worker-ready: cold {cold_ready:?}, warm {warm_ready:?} (worker as root: {})", !root);
+    if root {
+        use std::os::unix::fs::MetadataExt;
+        for p in ["", "npm", "npm/registry.npmjs.org/ms/2.1.3/package.json"] {
+            let m = std::fs::symlink_metadata(deno_dir.join(p)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (worker.uid, worker.gid), "{p} is the worker's");
+        }
+    }
 
     // Shutdown undeploys: the worker is stopped and the work dir cleaned.
     stop_tx.send(()).unwrap();
