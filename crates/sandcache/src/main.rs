@@ -54,6 +54,10 @@ enum Command {
         concurrency: u16,
         #[command(flatten)]
         limits: LimitArgs,
+        /// Give everything restored to USER, UID or UID:GID (as root): how a
+        /// runner hands DENO_DIR to its worker.
+        #[arg(long, value_name = "USER", value_parser = parse_owner)]
+        owner: Option<(u32, u32)>,
     },
     /// Upload a directory to the cache (streamed, bounded memory).
     Snapshot {
@@ -159,13 +163,14 @@ fn main() -> ExitCode {
     let show_bar = !common.json && !common.quiet;
     let outcome = runtime.block_on(async {
         match &cli.command {
-            Command::Restore { common, concurrency, limits, .. } => {
+            Command::Restore { common, concurrency, limits, owner, .. } => {
                 let _bar = progress::Bar::start("restore", &progress, show_bar);
                 let opts = RestoreOptions {
                     timeout,
                     limits: limits.limits(),
                     concurrency: usize::from(*concurrency),
                     progress: Some(progress.clone()),
+                    owner: *owner,
                     ..Default::default()
                 };
                 let outcome = cache.restore(&common.dir, &opts).await;
@@ -263,4 +268,8 @@ fn init_logging(format: LogFormat, quiet: bool) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+fn parse_owner(spec: &str) -> Result<(u32, u32), String> {
+    sandcache_runner::isolation::WorkerUser::parse(spec).map(|u| (u.uid, u.gid))
 }
