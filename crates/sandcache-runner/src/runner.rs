@@ -352,10 +352,12 @@ impl Runner {
         let fingerprint = || {
             let dir = dir.clone();
             async move {
-                tokio::task::spawn_blocking(move || sandcache_archive::fingerprint(&dir, true).ok())
-                    .await
-                    .ok()
-                    .flatten()
+                tokio::task::spawn_blocking(move || {
+                    sandcache_archive::fingerprint(&dir, true, &Default::default()).ok()
+                })
+                .await
+                .ok()
+                .flatten()
             }
         };
         let ready_at = Instant::now();
@@ -397,7 +399,13 @@ impl Runner {
     }
 
     async fn snapshot_now(&self, cache: &Cache, timeout: Duration) {
-        let opts = SnapshotOptions { format: self.cfg.snapshot_format, timeout, ..Default::default() };
+        // A cache this runner could not restore is not worth uploading.
+        let opts = SnapshotOptions {
+            format: self.cfg.snapshot_format,
+            timeout,
+            limits: self.cfg.restore_limits,
+            ..Default::default()
+        };
         let o = cache.snapshot(&self.cfg.deno_dir, &opts).await;
         self.record(o);
     }
