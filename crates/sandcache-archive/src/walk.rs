@@ -224,15 +224,15 @@ impl Tree {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
             // O_DIRECTORY|O_NOFOLLOW on a symlink is ENOTDIR (ELOOP on some
-            // kernels): tell a symlink from a plain file.
+            // kernels): tell a symlink from a plain file. A directory now
+            // was a symlink a moment ago (swapped back meanwhile).
             Err(Errno::NOTDIR | Errno::LOOP) => {
-                return match rustix::fs::lstat(dir) {
-                    Ok(st) if Meta::of(&st).kind == Kind::Symlink => Err(WalkError::Unsafe {
+                return match rustix::fs::lstat(dir).map(|st| Meta::of(&st).kind) {
+                    Ok(Kind::Symlink | Kind::Dir) => Err(WalkError::Unsafe {
                         path: dir.to_owned(),
                         why: "is a symlink; the directory is read only through its own path, never followed".into(),
                     }),
-                    Ok(_) => Ok(None),
-                    Err(Errno::NOENT) => Ok(None),
+                    Ok(_) | Err(Errno::NOENT) => Ok(None),
                     Err(e) => Err(WalkError::io(dir, e)),
                 };
             }
