@@ -1,8 +1,10 @@
-//! Archive round trips, interop with GNU tar, and hostile archives.
+//! Archive round trips, interop with GNU tar, hostile archives, and the
+//! snapshot walker against a tree that changes under it.
 
 mod hostile;
 mod manifest;
 mod seeds;
+mod walk;
 
 use sandcache_testkit::tree::{assert_same_tree, sample_tree};
 
