@@ -34,16 +34,11 @@ pub enum ExtractError {
 /// Why writing an archive stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    /// Reading the source tree failed, or a file changed size under us.
-    #[error("failed to read `{}`", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// Reading the source tree failed, found something unsafe, a limit was
+    /// exceeded, or the caller cancelled.
+    #[error(transparent)]
+    Walk(#[from] crate::walk::WalkError),
     /// The output sink refused bytes (upload failed or was cancelled).
     #[error("failed to write the archive stream")]
     Sink(#[source] io::Error),
-    #[error("archive writing cancelled")]
-    Cancelled,
 }

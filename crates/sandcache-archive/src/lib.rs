@@ -6,6 +6,10 @@
 //! * [`write_archive`] walks a directory and writes it as a tar stream, either
 //!   relative to the directory or rooted at its absolute path (the layout of
 //!   `tar -czf - -C / deno-dir`, which the seed runner reads).
+//! * [`walk`] reads a directory that someone else may change meanwhile:
+//!   through directory fds, never following a symlink, never opening a
+//!   FIFO or device, never reading past a file's listed size. Everything
+//!   that reads a tree to snapshot it goes through it.
 //!
 //! Both are blocking and streaming: they never hold a whole archive in memory.
 //! The engine runs them on a blocking thread, fed by or feeding the store.
@@ -25,13 +29,15 @@ mod extract;
 mod format;
 pub mod pack;
 mod progress;
+pub mod walk;
 mod write;
 
 pub use error::{ExtractError, WriteError};
 pub use extract::{ExtractOptions, ExtractStats, Limits, extract};
 pub use format::Compression;
 pub use progress::Progress;
+pub use walk::{WalkError, WalkOptions};
 pub use write::{
-    Encoding, Layout, RESERVED_PREFIX, WriteOptions, WriteStats, fingerprint, fingerprint_visit, is_empty_tree,
-    write_archive,
+    Encoding, FileVisitor, Layout, RESERVED_PREFIX, WriteOptions, WriteStats, fingerprint, fingerprint_visit,
+    is_empty_tree, write_archive,
 };

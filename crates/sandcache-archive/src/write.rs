@@ -1,14 +1,14 @@
 //! Writing a directory as a tar stream.
 
-use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use crate::error::WriteError;
+use crate::extract::Limits;
 use crate::progress::Progress;
+use crate::walk::{Entry, Kind, Meta, Step, Tree, WalkError, WalkOptions};
 
 /// Where the archive's entries are rooted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,13 +41,17 @@ pub struct WriteOptions {
     /// and `-journal` companions. Deno keeps its analysis caches open as SQLite
     /// files; a copy taken mid-write is corrupt, and they regenerate.
     pub skip_sqlite: bool,
+    /// Set to stop at the next entry or read.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Bounds on the tree read: entries, listed bytes, path length. Past
+    /// one, the write fails before reading the entry's content.
+    pub limits: Limits,
     pub progress: Option<Arc<Progress>>,
 }
 
 impl WriteOptions {
     pub fn new(layout: Layout, encoding: Encoding) -> Self {
-        WriteOptions { layout, encoding, skip_sqlite: true, cancel: None, progress: None }
+        WriteOptions { layout, encoding, skip_sqlite: true, cancel: None, limits: Limits::default(), progress: None }
     }
 }
 
@@ -70,37 +74,39 @@ const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 pub const RESERVED_PREFIX: &str = ".sandcache-";
 const SQLITE_COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
-/// True when `dir` is missing or holds no regular file (directories alone,
-/// however many, make an empty cache).
-pub fn is_empty_tree(dir: &Path) -> io::Result<bool> {
-    fn any_file(dir: &Path, top: bool) -> io::Result<bool> {
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            if top && entry.file_name().to_string_lossy().starts_with(RESERVED_PREFIX) {
-                continue;
+/// True when `dir` is missing, not a directory, or holds no regular file
+/// or symlink (directories alone, however many, make an empty cache). A
+/// `dir` that is a symlink is an error ([`WalkError::Unsafe`]).
+pub fn is_empty_tree(dir: &Path, opts: &WalkOptions) -> Result<bool, WalkError> {
+    let Some(tree) = Tree::open(dir, opts)? else {
+        return Ok(true);
+    };
+    let mut found = false;
+    tree.walk::<WalkError>(&mut |e| {
+        Ok(match e.meta().kind {
+            Kind::File | Kind::Symlink => {
+                found = true;
+                Step::Stop
             }
-            let ty = entry.file_type()?;
-            if ty.is_file() || ty.is_symlink() {
-                return Ok(true);
-            }
-            if ty.is_dir() && any_file(&entry.path(), false)? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-    match fs::symlink_metadata(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(e),
-        Ok(m) if !m.is_dir() => Ok(true),
-        Ok(_) => any_file(dir, true).map(|found| !found),
-    }
+            _ => Step::Continue,
+        })
+    })?;
+    Ok(!found)
 }
 
 /// Writes `dir` as a tar stream into `out`, walking it in name order so equal
 /// trees give equal archives. Returns once the stream is complete and
-/// flushed. A file that shrinks while it is read fails the write.
+/// flushed. The tree is read as hostile (see [`crate::walk`]): `dir` and
+/// every entry are opened without following symlinks, and an entry that
+/// changes kind or inode while it is read fails the write. A file that
+/// shrinks while it is read fails it too; one that grows is cut at its
+/// listed size.
 pub fn write_archive<W: Write>(dir: &Path, out: W, opts: &WriteOptions) -> Result<WriteStats, WriteError> {
+    let walk_opts = WalkOptions { cancel: opts.cancel.clone(), limits: opts.limits };
+    let tree = Tree::open(dir, &walk_opts)?.ok_or_else(|| WalkError::Io {
+        path: dir.to_owned(),
+        source: io::Error::new(io::ErrorKind::NotFound, "no such directory"),
+    })?;
     let prefix = match opts.layout {
         Layout::Relative => PathBuf::new(),
         Layout::Rooted => dir.strip_prefix("/").unwrap_or(dir).to_owned(),
@@ -109,7 +115,7 @@ pub fn write_archive<W: Write>(dir: &Path, out: W, opts: &WriteOptions) -> Resul
     match opts.encoding {
         Encoding::Gzip => {
             let enc = flate2::write::GzEncoder::new(out, flate2::Compression::new(6));
-            let enc = walk_into(dir, &prefix, enc, opts, &mut stats)?;
+            let enc = walk_into(&tree, &prefix, enc, opts, &mut stats)?;
             enc.finish().map_err(WriteError::Sink)?;
         }
         Encoding::Zstd { level } => {
@@ -117,11 +123,11 @@ pub fn write_archive<W: Write>(dir: &Path, out: W, opts: &WriteOptions) -> Resul
             // Without the frame checksum a flipped byte in stored content
             // decodes silently; gzip always carries its CRC.
             enc.include_checksum(true).map_err(WriteError::Sink)?;
-            let enc = walk_into(dir, &prefix, enc, opts, &mut stats)?;
+            let enc = walk_into(&tree, &prefix, enc, opts, &mut stats)?;
             enc.finish().map_err(WriteError::Sink)?;
         }
         Encoding::None => {
-            let mut w = walk_into(dir, &prefix, out, opts, &mut stats)?;
+            let mut w = walk_into(&tree, &prefix, out, opts, &mut stats)?;
             w.flush().map_err(WriteError::Sink)?;
         }
     }
@@ -129,7 +135,7 @@ pub fn write_archive<W: Write>(dir: &Path, out: W, opts: &WriteOptions) -> Resul
 }
 
 fn walk_into<W: Write>(
-    dir: &Path,
+    tree: &Tree,
     prefix: &Path,
     out: W,
     opts: &WriteOptions,
@@ -137,200 +143,175 @@ fn walk_into<W: Write>(
 ) -> Result<W, WriteError> {
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
-    let mut w = Walker { builder, opts, stats, buf_head: [0; 16] };
     // The dir itself comes first (`./` or `deno-dir/`), so its mode and
     // mtime survive a round trip.
-    let meta = fs::metadata(dir).map_err(|e| read_err(dir, e))?;
     let root = if prefix.as_os_str().is_empty() { Path::new(".") } else { prefix };
-    w.append_dir(root, &meta)?;
-    w.walk(dir, prefix, true)?;
-    w.builder.into_inner().map_err(WriteError::Sink)
-}
-
-struct Walker<'a, W: Write> {
-    builder: tar::Builder<W>,
-    opts: &'a WriteOptions,
-    stats: &'a mut WriteStats,
-    buf_head: [u8; 16],
-}
-
-impl<W: Write> Walker<'_, W> {
-    fn walk(&mut self, dir: &Path, name: &Path, top: bool) -> Result<(), WriteError> {
-        let entries = sorted_entries(dir, top).map_err(|e| read_err(dir, e))?;
-        let mut sqlite: Vec<std::ffi::OsString> = Vec::new();
-        for entry in entries {
-            if self.opts.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Err(WriteError::Cancelled);
+    append_dir(&mut builder, root, tree.meta(), stats)?;
+    // SQLite databases seen so far (relative paths), for their companions.
+    let mut sqlite: Vec<PathBuf> = Vec::new();
+    let mut head = [0u8; 16];
+    tree.walk::<WriteError>(&mut |e| {
+        let rel = prefix.join(e.rel());
+        let meta = e.meta();
+        match meta.kind {
+            Kind::Dir => append_dir(&mut builder, &rel, meta, stats)?,
+            Kind::Symlink => {
+                let target = e.read_link()?;
+                let mut header = header_for(meta, tar::EntryType::Symlink, 0);
+                builder.append_link(&mut header, &rel, Path::new(&target)).map_err(WriteError::Sink)?;
+                stats.files += 1;
+                progress(opts, 0);
             }
-            let path = entry.path();
-            let file_name = entry.file_name();
-            let rel = name.join(&file_name);
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                // Deleted between listing and stat: it is simply not there.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(read_err(&path, e)),
-            };
-            let ty = meta.file_type();
-            if ty.is_dir() {
-                self.append_dir(&rel, &meta)?;
-                self.walk(&path, &rel, false)?;
-            } else if ty.is_symlink() {
-                let target = fs::read_link(&path).map_err(|e| read_err(&path, e))?;
-                let mut header = header_for(&meta, tar::EntryType::Symlink);
-                self.builder.append_link(&mut header, &rel, &target).map_err(WriteError::Sink)?;
-                self.stats.files += 1;
-                self.progress(0);
-            } else if ty.is_file() {
-                if self.opts.skip_sqlite && is_companion(&file_name, &sqlite) {
-                    self.stats.skipped += 1;
-                    continue;
+            Kind::File => {
+                if opts.skip_sqlite && is_companion(e.rel(), &sqlite) {
+                    stats.skipped += 1;
+                    return Ok(Step::Continue);
                 }
-                let mut file = match File::open(&path) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(read_err(&path, e)),
+                let Some(mut file) = e.open()? else {
+                    return Ok(Step::Continue);
                 };
-                let meta = file.metadata().map_err(|e| read_err(&path, e))?;
-                if self.opts.skip_sqlite && meta.len() >= 16 {
-                    file.read_exact(&mut self.buf_head).map_err(|e| read_err(&path, e))?;
-                    if &self.buf_head == SQLITE_MAGIC {
-                        sqlite.push(file_name);
-                        self.stats.skipped += 1;
-                        continue;
+                let size = file.len();
+                let sniffed = opts.skip_sqlite && size >= 16;
+                if sniffed {
+                    file.read_full(&mut head)?;
+                    if &head == SQLITE_MAGIC {
+                        sqlite.push(e.rel().to_owned());
+                        stats.skipped += 1;
+                        return Ok(Step::Continue);
                     }
                 }
-                let mut header = header_for(&meta, tar::EntryType::Regular);
-                let head: &[u8] = if self.opts.skip_sqlite && meta.len() >= 16 { &self.buf_head } else { &[] };
-                let body = Exact { inner: io::Cursor::new(head.to_vec()).chain(file), left: meta.len(), path: &path };
-                self.builder.append_data(&mut header, &rel, body).map_err(|e| unwrap_read(e, &path))?;
-                self.stats.files += 1;
-                self.stats.bytes += meta.len();
-                self.progress(meta.len());
-            } else {
-                tracing::debug!(path = %path.display(), "leaving out a socket, fifo or device node");
-                self.stats.skipped += 1;
+                let mut header = header_for(meta, tar::EntryType::Regular, size);
+                let head: &[u8] = if sniffed { &head } else { &[] };
+                builder.append_data(&mut header, &rel, head.chain(&mut file)).map_err(|err| {
+                    // The reader's errors carry a walk error; the rest are
+                    // the sink's.
+                    if err.get_ref().is_some_and(|inner| inner.is::<WalkError>()) {
+                        WriteError::Walk(WalkError::from_io(err, file.path()))
+                    } else {
+                        WriteError::Sink(err)
+                    }
+                })?;
+                stats.files += 1;
+                stats.bytes += size;
+                progress(opts, size);
+            }
+            Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice | Kind::Unknown => {
+                // Listed, never opened.
+                tracing::debug!(path = %e.path().display(), "leaving out {}", meta.kind.describe());
+                stats.skipped += 1;
             }
         }
-        Ok(())
-    }
-
-    fn append_dir(&mut self, rel: &Path, meta: &fs::Metadata) -> Result<(), WriteError> {
-        let mut header = header_for(meta, tar::EntryType::Directory);
-        self.builder.append_data(&mut header, rel, io::empty()).map_err(WriteError::Sink)?;
-        self.stats.dirs += 1;
-        Ok(())
-    }
-
-    fn progress(&self, bytes: u64) {
-        if let Some(p) = &self.opts.progress {
-            p.add(bytes, 1);
-        }
-    }
+        Ok(Step::Continue)
+    })?;
+    builder.into_inner().map_err(WriteError::Sink)
 }
 
-/// A directory's entries in name order, without sandcache's own at the top.
-fn sorted_entries(dir: &Path, top: bool) -> io::Result<Vec<fs::DirEntry>> {
-    let mut entries: Vec<fs::DirEntry> = fs::read_dir(dir)?
-        .filter(|e| !(top && e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().starts_with(RESERVED_PREFIX))))
-        .collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    Ok(entries)
+fn append_dir<W: Write>(
+    builder: &mut tar::Builder<W>,
+    rel: &Path,
+    meta: &Meta,
+    stats: &mut WriteStats,
+) -> Result<(), WriteError> {
+    let mut header = header_for(meta, tar::EntryType::Directory, 0);
+    builder.append_data(&mut header, rel, io::empty()).map_err(WriteError::Sink)?;
+    stats.dirs += 1;
+    Ok(())
+}
+
+fn progress(opts: &WriteOptions, bytes: u64) {
+    if let Some(p) = &opts.progress {
+        p.add(bytes, 1);
+    }
 }
 
 /// A hash of what an archive of `dir` would hold: every path, kind, size,
 /// mtime, mode and symlink target, leaving out SQLite databases at the top
 /// of `dir` (and their journals) as [`write_archive`] does. Two equal
 /// fingerprints mean an archive would not change. It costs one `lstat` per
-/// entry. A missing dir has the fingerprint of an empty one.
-pub fn fingerprint(dir: &Path, skip_sqlite: bool) -> io::Result<[u8; 32]> {
-    fingerprint_visit(dir, skip_sqlite, &mut |_, _| {})
+/// entry. A missing dir has the fingerprint of an empty one; a dir that is
+/// a symlink is an error.
+pub fn fingerprint(dir: &Path, skip_sqlite: bool, opts: &WalkOptions) -> Result<[u8; 32], WalkError> {
+    fingerprint_visit(dir, skip_sqlite, opts, &mut |_, _| {})
 }
 
 /// [`fingerprint`], also showing each regular file it counts (relative path
-/// and metadata) to `visit`, so a caller needing per-file stats walks once.
-pub fn fingerprint_visit(dir: &Path, skip_sqlite: bool, visit: &mut FileVisitor<'_>) -> io::Result<[u8; 32]> {
-    let mut h = blake3::Hasher::new();
-    if fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) {
-        fingerprint_dir(dir, Path::new(""), skip_sqlite, true, &mut h, visit)?;
-    }
-    Ok(*h.finalize().as_bytes())
-}
-
-/// Called with each regular file's relative path and metadata.
-pub type FileVisitor<'a> = dyn FnMut(&Path, &fs::Metadata) + 'a;
-
-fn fingerprint_dir(
+/// and `lstat`) to `visit`, so a caller needing per-file stats walks once.
+pub fn fingerprint_visit(
     dir: &Path,
-    rel: &Path,
     skip_sqlite: bool,
-    top: bool,
-    h: &mut blake3::Hasher,
+    opts: &WalkOptions,
     visit: &mut FileVisitor<'_>,
-) -> io::Result<()> {
+) -> Result<[u8; 32], WalkError> {
     use std::os::unix::ffi::OsStrExt;
-    let mut sqlite: Vec<std::ffi::OsString> = Vec::new();
-    for entry in sorted_entries(dir, top)? {
-        let name = entry.file_name();
-        let path = entry.path();
-        // Relative to the open directory (fstatat), never following a link.
-        let meta = match entry.metadata() {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        };
-        let ty = meta.file_type();
+    let mut h = blake3::Hasher::new();
+    let Some(tree) = Tree::open(dir, opts)? else {
+        return Ok(*h.finalize().as_bytes());
+    };
+    let mut sqlite: Vec<PathBuf> = Vec::new();
+    tree.walk::<WalkError>(&mut |e| {
+        let meta = e.meta();
         // SQLite databases are looked for at the top only, where Deno keeps
         // its caches: opening every file would double the cost of a walk. A
         // deeper database only makes a change look possible; the snapshot
         // itself still leaves it out.
-        if ty.is_file() && skip_sqlite && top {
-            if is_companion(&name, &sqlite) {
-                continue;
+        if meta.kind == Kind::File && skip_sqlite && e.is_top() {
+            if is_companion(e.rel(), &sqlite) {
+                return Ok(Step::Continue);
             }
-            if meta.len() >= 16 {
-                let mut head = [0u8; 16];
-                let is_db =
-                    File::open(&path).and_then(|mut f| f.read_exact(&mut head)).is_ok() && &head == SQLITE_MAGIC;
-                if is_db {
-                    sqlite.push(name);
-                    continue;
-                }
+            if meta.size >= 16 && is_sqlite(e)? {
+                sqlite.push(e.rel().to_owned());
+                return Ok(Step::Continue);
             }
         }
-        let child = rel.join(&name);
-        let kind = if ty.is_dir() {
-            b'd'
-        } else if ty.is_symlink() {
-            b'l'
-        } else if ty.is_file() {
-            b'f'
-        } else {
-            continue;
+        let kind = match meta.kind {
+            Kind::Dir => b'd',
+            Kind::Symlink => b'l',
+            Kind::File => b'f',
+            _ => return Ok(Step::Continue),
         };
-        h.update(child.as_os_str().as_bytes());
+        h.update(e.rel().as_os_str().as_bytes());
         h.update(&[0, kind]);
         if kind == b'd' {
-            h.update(&(meta.permissions().mode() & 0o7777).to_le_bytes());
-            fingerprint_dir(&path, &child, skip_sqlite, false, h, visit)?;
-            continue;
+            h.update(&meta.mode.to_le_bytes());
+            return Ok(Step::Continue);
         }
         if kind == b'f' {
-            visit(&child, &meta);
+            visit(e.rel(), meta);
         }
-        h.update(&meta.len().to_le_bytes());
-        h.update(&meta.mtime().to_le_bytes());
-        h.update(&meta.mtime_nsec().to_le_bytes());
-        h.update(&(meta.permissions().mode() & 0o7777).to_le_bytes());
+        h.update(&meta.size.to_le_bytes());
+        h.update(&meta.mtime.to_le_bytes());
+        h.update(&meta.mtime_nsec.to_le_bytes());
+        h.update(&meta.mode.to_le_bytes());
         if kind == b'l' {
-            h.update(fs::read_link(&path)?.as_os_str().as_bytes());
+            h.update(e.read_link()?.as_bytes());
         }
-    }
-    Ok(())
+        Ok(Step::Continue)
+    })?;
+    Ok(*h.finalize().as_bytes())
 }
 
-fn is_companion(name: &std::ffi::OsStr, sqlite: &[std::ffi::OsString]) -> bool {
-    let Some(name) = name.to_str() else {
+/// Whether a listed regular file starts with the SQLite header. A file that
+/// cannot be opened as the one listed counts as not a database (the
+/// fingerprint is only a change detector); cancellation still stops.
+fn is_sqlite(e: &Entry<'_>) -> Result<bool, WalkError> {
+    let mut head = [0u8; 16];
+    let read = e.open().and_then(|f| match f {
+        Some(mut f) => f.read_full(&mut head).map(|n| n == head.len()),
+        None => Ok(false),
+    });
+    match read {
+        Ok(full) => Ok(full && &head == SQLITE_MAGIC),
+        Err(WalkError::Cancelled) => Err(WalkError::Cancelled),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Called with each regular file's relative path and `lstat`.
+pub type FileVisitor<'a> = dyn FnMut(&Path, &Meta) + 'a;
+
+/// Whether `rel` is the `-wal`, `-shm` or `-journal` of a database seen.
+fn is_companion(rel: &Path, sqlite: &[PathBuf]) -> bool {
+    let Some(name) = rel.to_str() else {
         return false;
     };
     SQLITE_COMPANIONS
@@ -338,62 +319,13 @@ fn is_companion(name: &std::ffi::OsStr, sqlite: &[std::ffi::OsString]) -> bool {
         .any(|suffix| name.strip_suffix(suffix).is_some_and(|base| sqlite.iter().any(|s| s.to_str() == Some(base))))
 }
 
-fn header_for(meta: &fs::Metadata, kind: tar::EntryType) -> tar::Header {
+fn header_for(meta: &Meta, kind: tar::EntryType, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
-    h.set_mode(meta.permissions().mode() & 0o7777);
-    h.set_mtime(meta.mtime().max(0) as u64);
-    h.set_uid(meta.uid() as u64);
-    h.set_gid(meta.gid() as u64);
-    h.set_size(if kind == tar::EntryType::Regular { meta.len() } else { 0 });
+    h.set_mode(meta.mode);
+    h.set_mtime(meta.mtime.max(0) as u64);
+    h.set_uid(meta.uid as u64);
+    h.set_gid(meta.gid as u64);
+    h.set_size(size);
     h
-}
-
-fn read_err(path: &Path, source: io::Error) -> WriteError {
-    WriteError::Read { path: path.to_owned(), source }
-}
-
-/// Marks errors raised while reading a source file so they are reported as
-/// read errors, not sink errors, after passing through the tar builder.
-#[derive(Debug)]
-struct SourceRead(io::Error);
-
-impl std::fmt::Display for SourceRead {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for SourceRead {}
-
-fn unwrap_read(e: io::Error, path: &Path) -> WriteError {
-    if e.get_ref().is_some_and(|inner| inner.is::<SourceRead>()) {
-        let inner = e.into_inner().expect("checked").downcast::<SourceRead>().expect("checked");
-        return read_err(path, inner.0);
-    }
-    WriteError::Sink(e)
-}
-
-/// Yields exactly `left` bytes: a file that grew is cut at the size in its
-/// header, one that shrank is an error (the archive would be misframed).
-struct Exact<'p, R> {
-    inner: R,
-    left: u64,
-    path: &'p Path,
-}
-
-impl<R: Read> Read for Exact<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let n = self.inner.read(&mut buf[..want]).map_err(|e| io::Error::other(SourceRead(e)))?;
-        if n == 0 {
-            let msg = format!("`{}` shrank while it was being archived", self.path.display());
-            return Err(io::Error::other(SourceRead(io::Error::new(io::ErrorKind::UnexpectedEof, msg))));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
 }

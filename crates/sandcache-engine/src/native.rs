@@ -14,8 +14,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -23,7 +23,8 @@ use std::time::{Duration, SystemTime};
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest, PackBuilder, PackRef, Span};
-use sandcache_archive::{ExtractError, Progress};
+use sandcache_archive::walk::{FileReader, Kind as WalkKind, Meta, Step, Tree};
+use sandcache_archive::{ExtractError, Limits, Progress, WalkError, WalkOptions};
 use sandcache_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -508,12 +509,12 @@ pub(crate) struct IndexEntry {
     pub hash: String,
 }
 
-fn stamp(meta: &fs::Metadata) -> (u64, i128, i128, u64) {
+fn stamp(meta: &Meta) -> (u64, i128, i128, u64) {
     (
-        meta.len(),
-        meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
-        meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
-        meta.ino(),
+        meta.size,
+        meta.mtime as i128 * 1_000_000_000 + meta.mtime_nsec as i128,
+        meta.ctime as i128 * 1_000_000_000 + meta.ctime_nsec as i128,
+        meta.ino,
     )
 }
 
@@ -533,7 +534,7 @@ impl Index {
         }
     }
 
-    fn lookup(&self, rel: &str, meta: &fs::Metadata) -> Option<&str> {
+    fn lookup(&self, rel: &str, meta: &Meta) -> Option<&str> {
         let (size, mtime_ns, ctime_ns, ino) = stamp(meta);
         self.files
             .get(rel)
@@ -543,8 +544,9 @@ impl Index {
 
     /// Walks a freshly restored tree once for both its fingerprint and its
     /// index: stats from disk, hashes from the manifest (verified as they
-    /// were written).
-    pub(crate) fn of_restored(dir: &Path, m: &Manifest) -> io::Result<([u8; 32], Index)> {
+    /// were written). Through the walker: the worker may already be
+    /// changing the tree.
+    pub(crate) fn of_restored(dir: &Path, m: &Manifest) -> Result<([u8; 32], Index), WalkError> {
         let hashes: HashMap<&str, &str> = m
             .entries
             .iter()
@@ -552,7 +554,10 @@ impl Index {
             .filter_map(|e| Some((e.path.as_str(), e.hash.as_deref()?)))
             .collect();
         let mut files = HashMap::with_capacity(hashes.len());
-        let fp = sandcache_archive::fingerprint_visit(dir, true, &mut |rel, meta| {
+        // The restore was within its own limits; these only bound the walk.
+        let limits = Limits { max_bytes: u64::MAX, max_entries: u64::MAX, ..Limits::default() };
+        let walk = WalkOptions { cancel: None, limits };
+        let fp = sandcache_archive::fingerprint_visit(dir, true, &walk, &mut |rel, meta| {
             let Some(rel) = rel.to_str() else { return };
             if let Some(hash) = hashes.get(rel) {
                 let (size, mtime_ns, ctime_ns, ino) = stamp(meta);
@@ -606,13 +611,14 @@ fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-/// The BLAKE3 of a file read in 1 MiB pieces, and its first 16 bytes.
-fn hash_stream(mut f: fs::File) -> io::Result<(String, Vec<u8>)> {
+/// The BLAKE3 of a file read in 1 MiB pieces (its listed size, checking the
+/// cancel flag at each), and its first 16 bytes.
+fn hash_stream(f: &mut FileReader) -> Result<(String, Vec<u8>), WalkError> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut head = Vec::new();
     loop {
-        let n = read_full(&mut f, &mut buf)?;
+        let n = f.read_full(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -624,16 +630,32 @@ fn hash_stream(mut f: fs::File) -> io::Result<(String, Vec<u8>)> {
     Ok((hasher.finalize().to_hex().to_string(), head))
 }
 
-/// Walks `dir`, reuses what `base` already stores, and hands each new pack
-/// to `upload` as soon as it is full (bounded memory). Blocking.
+/// Why building a snapshot stopped.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BuildError {
+    /// Reading the tree: unsafe, changed, too large, cancelled, or an I/O error.
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    /// The upload side went away (its own error is the cause).
+    #[error("the upload stopped")]
+    Upload(#[source] io::Error),
+}
+
+/// Walks `dir` (as a hostile tree: see [`sandcache_archive::walk`]), reuses
+/// what `base` already stores, and hands each new pack to `upload` as soon
+/// as it is full (bounded memory). Blocking.
 pub(crate) fn build(
     dir: &Path,
     base: Option<&Manifest>,
     index: &Index,
-    cancel: &AtomicBool,
+    walk: &WalkOptions,
     progress: Option<&Progress>,
     upload: &mut dyn FnMut(pack::BuiltPack) -> io::Result<()>,
-) -> io::Result<SnapshotPlan> {
+) -> Result<SnapshotPlan, BuildError> {
+    let tree = Tree::open(dir, walk)?.ok_or_else(|| WalkError::Io {
+        path: dir.to_owned(),
+        source: io::Error::new(io::ErrorKind::NotFound, "no such directory"),
+    })?;
     let known = base.map(content_map).unwrap_or_default();
     let mut entries: Vec<Entry> = Vec::new();
     let mut new_index = Index::default();
@@ -645,147 +667,147 @@ pub(crate) fn build(
     // Reused content: hash → base entry.
     let mut reused: Vec<(usize, Span)> = Vec::new();
     let (mut files, mut bytes) = (0u64, 0u64);
-    let mut stack: Vec<(PathBuf, String)> = vec![(dir.to_owned(), String::new())];
-    while let Some((abs, rel)) = stack.pop() {
-        let mut children: Vec<fs::DirEntry> = fs::read_dir(&abs)?.collect::<Result<_, _>>()?;
-        children.sort_by_key(|c| c.file_name());
-        let mut subdirs = Vec::new();
-        let mut sqlite: Vec<String> = Vec::new();
-        for c in children {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(io::Error::other("snapshot cancelled"));
+    // SQLite databases seen (relative paths), for their companions.
+    let mut sqlite: Vec<String> = Vec::new();
+    tree.walk::<BuildError>(&mut |c| {
+        if c.name().to_str().is_none() {
+            tracing::warn!("leaving out a non-UTF-8 name: {}", c.path().display());
+            return Ok(Step::SkipDir);
+        }
+        // Every component was checked on the way down.
+        let child_rel = c.rel().to_str().expect("UTF-8 components").to_owned();
+        let meta = c.meta();
+        let (mode, mtime) = (meta.mode, meta.mtime);
+        match meta.kind {
+            WalkKind::Dir => {
+                entries.push(Entry::dir(child_rel, mode, mtime));
+                return Ok(Step::Continue);
             }
-            let Some(name) = c.file_name().to_str().map(str::to_owned) else {
-                tracing::warn!("leaving out a non-UTF-8 name in {}", abs.display());
-                continue;
-            };
-            if rel.is_empty() && name.starts_with(sandcache_archive::RESERVED_PREFIX) {
-                continue;
+            WalkKind::Symlink => {
+                let target = c.read_link()?;
+                if let Some(target) = target.to_str() {
+                    entries.push(Entry::symlink(child_rel, target.to_owned(), mode, mtime));
+                    files += 1;
+                }
+                return Ok(Step::Continue);
             }
-            let path = c.path();
-            let child_rel = if rel.is_empty() { name.clone() } else { format!("{rel}/{name}") };
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let ty = meta.file_type();
-            let mode = meta.permissions().mode() & 0o7777;
-            let mtime = meta.mtime();
-            if ty.is_dir() {
-                entries.push(Entry::dir(child_rel.clone(), mode, mtime));
-                subdirs.push((path, child_rel));
-            } else if ty.is_symlink() {
-                let target = fs::read_link(&path)?;
-                let Some(target) = target.to_str() else { continue };
-                entries.push(Entry::symlink(child_rel, target.to_owned(), mode, mtime));
-                files += 1;
-            } else if ty.is_file() {
-                if ["-wal", "-shm", "-journal"]
-                    .iter()
-                    .any(|s| name.strip_suffix(s).is_some_and(|b| sqlite.iter().any(|q| q == b)))
-                {
-                    continue;
-                }
-                let (hash, content) = match index.lookup(&child_rel, &meta) {
-                    Some(h) => (h.to_owned(), None),
-                    // A large file is hashed in frame-sized pieces and, if
-                    // new, read again into the packs: never whole in memory.
-                    None if meta.len() > pack::FRAME_RAW as u64 => {
-                        let Ok(f) = fs::File::open(&path) else { continue };
-                        let (hash, head) = hash_stream(f)?;
-                        if head.starts_with(SQLITE_MAGIC) {
-                            sqlite.push(name.clone());
-                            continue;
-                        }
-                        (hash, None)
-                    }
-                    None => {
-                        let mut data = Vec::with_capacity(meta.len() as usize);
-                        let Ok(mut f) = fs::File::open(&path) else { continue };
-                        f.read_to_end(&mut data)?;
-                        if data.len() >= 16 && &data[..16] == SQLITE_MAGIC {
-                            sqlite.push(name.clone());
-                            continue;
-                        }
-                        (blake3::hash(&data).to_hex().to_string(), Some(data))
-                    }
-                };
-                let size = content.as_ref().map_or(meta.len(), |d| d.len() as u64);
-                let (s, m, c, i) = stamp(&meta);
-                new_index.files.insert(
-                    child_rel.clone(),
-                    IndexEntry { size: s, mtime_ns: m, ctime_ns: c, ino: i, hash: hash.clone() },
-                );
-                let mut e = Entry::file(child_rel, mode, mtime, size, hash.clone());
-                if size > 0 {
-                    if let Some(b) = known.get(hash.as_str()).filter(|b| b.size == size) {
-                        reused.push((entries.len(), Span { frame: b.frame.unwrap_or(0), offset: b.offset, size }));
-                    } else if let Some((f, o)) = fresh.get(&hash) {
-                        e.frame = Some(*f);
-                        e.offset = *o;
-                    } else {
-                        let mut ship = |built: &mut Vec<pack::BuiltPack>| {
-                            for p in built.drain(..) {
-                                new_packs.push(PackInfo {
-                                    id: p.id.clone(),
-                                    size: p.bytes.len() as u64,
-                                    frames: p.frames.clone(),
-                                });
-                                upload(p)?;
-                            }
-                            Ok::<(), io::Error>(())
-                        };
-                        let changed = || io::Error::other(format!("{} changed while it was being snapshotted", e.path));
-                        let (f, o) = match content {
-                            Some(data) if data.len() as u64 == size => builder.add(&data, &mut built),
-                            Some(_) => return Err(changed()),
-                            None => {
-                                // Piece by piece, shipping full packs as they
-                                // close; the bytes must still hash as indexed.
-                                let mut file = fs::File::open(dir.join(&e.path))?;
-                                let mut hasher = blake3::Hasher::new();
-                                let (mut at, mut read) = (None, 0u64);
-                                let mut piece = vec![0u8; pack::FRAME_RAW];
-                                loop {
-                                    let n = read_full(&mut file, &mut piece)?;
-                                    if n == 0 {
-                                        break;
-                                    }
-                                    hasher.update(&piece[..n]);
-                                    read += n as u64;
-                                    let placed = builder.add(&piece[..n], &mut built);
-                                    at.get_or_insert(placed);
-                                    ship(&mut built)?;
-                                }
-                                if read != size || hasher.finalize().to_hex().as_str() != hash {
-                                    return Err(changed());
-                                }
-                                at.ok_or_else(changed)?
-                            }
-                        };
-                        fresh.insert(hash, (f, o));
-                        e.frame = Some(f);
-                        e.offset = o;
-                        ship(&mut built)?;
-                    }
-                }
-                entries.push(e);
-                files += 1;
-                bytes += size;
-                if let Some(p) = progress {
-                    p.files.fetch_add(1, Ordering::Relaxed);
-                    p.bytes.fetch_add(size, Ordering::Relaxed);
-                }
+            WalkKind::File => {}
+            other => {
+                // Listed, never opened.
+                tracing::debug!(path = %c.path().display(), "leaving out {}", other.describe());
+                return Ok(Step::Continue);
             }
         }
-        // Depth first, in name order: push in reverse.
-        stack.extend(subdirs.into_iter().rev());
-    }
+        if ["-wal", "-shm", "-journal"]
+            .iter()
+            .any(|s| child_rel.strip_suffix(s).is_some_and(|b| sqlite.iter().any(|q| q == b)))
+        {
+            return Ok(Step::Continue);
+        }
+        // The open file, when it was read for its hash: read again from it,
+        // never reopened by name.
+        let mut opened: Option<FileReader> = None;
+        let (hash, content) = match index.lookup(&child_rel, meta) {
+            Some(h) => (h.to_owned(), None),
+            None => {
+                let Some(mut f) = c.open()? else { return Ok(Step::Continue) };
+                if f.len() > pack::FRAME_RAW as u64 {
+                    // A large file is hashed in frame-sized pieces and, if
+                    // new, read again into the packs: never whole in memory.
+                    let (hash, head) = hash_stream(&mut f)?;
+                    if head.starts_with(SQLITE_MAGIC) {
+                        sqlite.push(child_rel);
+                        return Ok(Step::Continue);
+                    }
+                    opened = Some(f);
+                    (hash, None)
+                } else {
+                    let mut data = vec![0; f.len() as usize];
+                    f.read_full(&mut data)?;
+                    if data.len() >= 16 && &data[..16] == SQLITE_MAGIC {
+                        sqlite.push(child_rel);
+                        return Ok(Step::Continue);
+                    }
+                    (blake3::hash(&data).to_hex().to_string(), Some(data))
+                }
+            }
+        };
+        let size = meta.size;
+        let (s, m, ct, i) = stamp(meta);
+        new_index
+            .files
+            .insert(child_rel.clone(), IndexEntry { size: s, mtime_ns: m, ctime_ns: ct, ino: i, hash: hash.clone() });
+        let mut e = Entry::file(child_rel, mode, mtime, size, hash.clone());
+        if size > 0 {
+            if let Some(b) = known.get(hash.as_str()).filter(|b| b.size == size) {
+                reused.push((entries.len(), Span { frame: b.frame.unwrap_or(0), offset: b.offset, size }));
+            } else if let Some((f, o)) = fresh.get(&hash) {
+                e.frame = Some(*f);
+                e.offset = *o;
+            } else {
+                let mut ship = |built: &mut Vec<pack::BuiltPack>| {
+                    for p in built.drain(..) {
+                        new_packs.push(PackInfo {
+                            id: p.id.clone(),
+                            size: p.bytes.len() as u64,
+                            frames: p.frames.clone(),
+                        });
+                        upload(p).map_err(BuildError::Upload)?;
+                    }
+                    Ok::<(), BuildError>(())
+                };
+                let changed = || WalkError::Changed {
+                    path: c.path(),
+                    why: "its content no longer matches the hash it was read with".into(),
+                };
+                let (f, o) = match content {
+                    Some(data) => builder.add(&data, &mut built),
+                    None => {
+                        // Piece by piece, shipping full packs as they close;
+                        // the bytes must still hash as indexed.
+                        let mut file = match opened.take() {
+                            Some(f) => f,
+                            None => c.open()?.ok_or_else(changed)?,
+                        };
+                        file.rewind()?;
+                        let mut hasher = blake3::Hasher::new();
+                        let mut at = None;
+                        let mut piece = vec![0u8; pack::FRAME_RAW];
+                        loop {
+                            let n = file.read_full(&mut piece)?;
+                            if n == 0 {
+                                break;
+                            }
+                            hasher.update(&piece[..n]);
+                            let placed = builder.add(&piece[..n], &mut built);
+                            at.get_or_insert(placed);
+                            ship(&mut built)?;
+                        }
+                        if hasher.finalize().to_hex().as_str() != hash {
+                            return Err(changed().into());
+                        }
+                        at.ok_or_else(changed)?
+                    }
+                };
+                fresh.insert(hash, (f, o));
+                e.frame = Some(f);
+                e.offset = o;
+                ship(&mut built)?;
+            }
+        }
+        entries.push(e);
+        files += 1;
+        bytes += size;
+        if let Some(p) = progress {
+            p.files.fetch_add(1, Ordering::Relaxed);
+            p.bytes.fetch_add(size, Ordering::Relaxed);
+        }
+        Ok(Step::Continue)
+    })?;
     builder.finish(&mut built);
     for p in built.drain(..) {
         new_packs.push(PackInfo { id: p.id.clone(), size: p.bytes.len() as u64, frames: p.frames.clone() });
-        upload(p)?;
+        upload(p).map_err(BuildError::Upload)?;
     }
 
     // The manifest: the base's frames and packs, then the new ones; then

@@ -270,7 +270,7 @@ fn after_swap(target: &Target, trash: Vec<PathBuf>, store: &dyn Store, key: &str
         // One walk gives the fingerprint and, for a native generation, the index.
         let walked = match &manifest {
             Some(m) => native::Index::of_restored(&target.dir, m).map(|(fp, index)| (fp, Some(index))),
-            None => sandcache_archive::fingerprint(&target.dir, true).map(|fp| (fp, None)),
+            None => sandcache_archive::fingerprint(&target.dir, true, &Default::default()).map(|fp| (fp, None)),
         };
         match walked {
             Ok((fp, index)) => {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sandcache_archive::pack::BuiltPack;
-use sandcache_archive::{Encoding, Layout, Limits, Progress, WriteOptions};
+use sandcache_archive::{Encoding, Layout, Limits, Progress, WalkError, WalkOptions, WriteError, WriteOptions};
 use sandcache_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +39,11 @@ pub struct SnapshotOptions {
     pub timeout: Duration,
     /// Upload even when nothing changed since the last restore or snapshot.
     pub force: bool,
+    /// Bounds on the tree read: bytes of regular files and entries as they
+    /// are listed, and path length. Past one the snapshot skips as
+    /// `too_large` before reading that content. The defaults are restore's:
+    /// a larger cache could not be restored anyway.
+    pub limits: Limits,
     pub progress: Option<Arc<Progress>>,
     /// Where the lock, state and index files live (see
     /// [`crate::RestoreOptions::state_dir`]).
@@ -51,6 +56,7 @@ impl Default for SnapshotOptions {
             format: Format::Native,
             timeout: Duration::from_secs(600),
             force: false,
+            limits: Limits::default(),
             progress: None,
             state_dir: None,
         }
@@ -123,7 +129,8 @@ async fn snapshot(
     opts: &SnapshotOptions,
     deadline: Instant,
 ) -> Result<Done, Skip> {
-    let target = match Target::resolve(dir, false) {
+    // The dir's own name is never followed: a symlink there is `unsafe`.
+    let target = match Target::resolve_nofollow(dir) {
         Ok(t) => t.with_state_dir(opts.state_dir.as_deref()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Skip::new(Reason::Empty, format!("{} does not exist", dir.display())));
@@ -132,15 +139,20 @@ async fn snapshot(
     };
     let _lock = target.lock_or_skip(deadline).await?;
 
-    let scan_dir = target.dir.clone();
+    // Every blocking step below checks this flag at each entry and read, so
+    // a snapshot dropped at its deadline stops its thread.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(cancel.clone());
+    let walk = WalkOptions { cancel: Some(cancel), limits: opts.limits };
+    let (scan_dir, scan_walk) = (target.dir.clone(), walk.clone());
     let (empty, fp) = tokio::task::spawn_blocking(move || {
-        let empty = sandcache_archive::is_empty_tree(&scan_dir)?;
-        let fp = if empty { None } else { Some(sandcache_archive::fingerprint(&scan_dir, true)?) };
-        Ok::<_, std::io::Error>((empty, fp))
+        let empty = sandcache_archive::is_empty_tree(&scan_dir, &scan_walk)?;
+        let fp = if empty { None } else { Some(sandcache_archive::fingerprint(&scan_dir, true, &scan_walk)?) };
+        Ok::<_, WalkError>((empty, fp))
     })
     .await
     .map_err(|e| Skip::new(Reason::IoError, format!("scan thread failed: {e}")))?
-    .map_err(|e| Skip::new(Reason::IoError, format!("scanning {}: {e}", target.dir.display())))?;
+    .map_err(|e| walk_skip(&e))?;
     if empty {
         return Err(Skip::new(
             Reason::Empty,
@@ -159,9 +171,22 @@ async fn snapshot(
     }
 
     match opts.format {
-        Format::Native => snapshot_native(store, key, &target, opts, &fp).await,
-        Format::Tgz => snapshot_archive(store, key, &target, opts, &fp, Layout::Rooted, Encoding::Gzip).await,
+        Format::Native => snapshot_native(store, key, &target, opts, &walk, &fp).await,
+        Format::Tgz => snapshot_archive(store, key, &target, opts, &walk, &fp, Layout::Rooted, Encoding::Gzip).await,
     }
+}
+
+/// A failed walk as a reason: a symlinked dir, or an entry that turned into
+/// a symlink, FIFO or device while it was read, is `unsafe`; a limit is
+/// `too_large`; cancellation is the deadline's.
+pub(crate) fn walk_skip(e: &WalkError) -> Skip {
+    let reason = match e {
+        WalkError::Io { .. } | WalkError::Changed { .. } => Reason::IoError,
+        WalkError::Unsafe { .. } => Reason::Unsafe,
+        WalkError::Limit { .. } => Reason::TooLarge,
+        WalkError::Cancelled => Reason::TimedOut,
+    };
+    Skip::new(reason, error_chain(e))
 }
 
 /// Native: only content the store lacks is packed and uploaded, packs first
@@ -171,6 +196,7 @@ async fn snapshot_native(
     key: &str,
     target: &Target,
     opts: &SnapshotOptions,
+    walk: &WalkOptions,
     fp: &[u8; 32],
 ) -> Result<Done, Skip> {
     // The newest generation, whoever wrote it, is the base to dedup against.
@@ -186,16 +212,13 @@ async fn snapshot_native(
         None => None,
     };
     let index = native::Index::load(&target.index_path());
-    let cancel = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = CancelOnDrop(cancel.clone());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BuiltPack>(1);
-    let (dir, progress, builder_cancel) = (target.dir.clone(), opts.progress.clone(), cancel.clone());
+    let (dir, progress, walk) = (target.dir.clone(), opts.progress.clone(), walk.clone());
     let builder = tokio::task::spawn_blocking(move || {
         let mut upload = |p: BuiltPack| {
             tx.blocking_send(p).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped"))
         };
-        native::build(&dir, base.as_ref(), &index, &builder_cancel, progress.as_deref(), &mut upload)
-            .map(|plan| (plan, base))
+        native::build(&dir, base.as_ref(), &index, &walk, progress.as_deref(), &mut upload).map(|plan| (plan, base))
     });
     let uploads = async {
         let packs = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
@@ -221,7 +244,8 @@ async fn snapshot_native(
     let (plan, base) = match (uploaded.as_ref(), built) {
         (Err(_), _) => return Err(store_skip(uploaded.unwrap_err())),
         (_, Err(e)) => return Err(Skip::new(Reason::IoError, format!("snapshot thread failed: {e}"))),
-        (_, Ok(Err(e))) => return Err(Skip::new(Reason::IoError, format!("reading {}: {e}", target.dir.display()))),
+        (_, Ok(Err(native::BuildError::Walk(e)))) => return Err(walk_skip(&e)),
+        (_, Ok(Err(e))) => return Err(Skip::new(Reason::IoError, error_chain(&e))),
         (Ok(_), Ok(Ok(p))) => p,
     };
     let mut transferred = uploaded.unwrap_or(0);
@@ -277,30 +301,42 @@ fn one_chunk(bytes: Vec<u8>) -> sandcache_store::BodyStream {
 }
 
 /// A single archive streamed into one upload (the seed's tgz layout).
+#[allow(clippy::too_many_arguments)]
 async fn snapshot_archive(
     store: &Arc<dyn Store>,
     key: &str,
     target: &Target,
     opts: &SnapshotOptions,
+    walk: &WalkOptions,
     fp: &[u8; 32],
     layout: Layout,
     encoding: Encoding,
 ) -> Result<Done, Skip> {
     let store_label = store.to_string();
-    let cancel = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = CancelOnDrop(cancel.clone());
-    let wopts =
-        WriteOptions { layout, encoding, skip_sqlite: true, cancel: Some(cancel), progress: opts.progress.clone() };
+    let wopts = WriteOptions {
+        layout,
+        encoding,
+        skip_sqlite: true,
+        cancel: walk.cancel.clone(),
+        limits: walk.limits,
+        progress: opts.progress.clone(),
+    };
     let (tx, rx) = pipe::channel();
     let src = target.dir.clone();
     let writer = tokio::task::spawn_blocking(move || {
         let mut sink = ChannelWriter::new(tx);
         match sandcache_archive::write_archive(&src, &mut sink, &wopts) {
-            Ok(stats) => sink.finish().map(|()| stats).map_err(|e| format!("finishing the stream: {e}")),
+            Ok(stats) => sink
+                .finish()
+                .map(|()| stats)
+                .map_err(|e| Skip::new(Reason::IoError, format!("finishing the stream: {e}"))),
             Err(e) => {
-                let why = error_chain(&e);
-                sink.fail(why.clone());
-                Err(why)
+                let skip = match &e {
+                    WriteError::Walk(w) => walk_skip(w),
+                    WriteError::Sink(_) => Skip::new(Reason::IoError, error_chain(&e)),
+                };
+                sink.fail(skip.detail.clone());
+                Err(skip)
             }
         }
     });
@@ -322,9 +358,7 @@ async fn snapshot_archive(
         (_, Err(e)) => {
             return Err(Skip::new(Reason::IoError, format!("archive thread failed: {e}")));
         }
-        (_, Ok(Err(why))) => {
-            return Err(Skip::new(Reason::IoError, format!("reading {}: {why}", target.dir.display())));
-        }
+        (_, Ok(Err(skip))) => return Err(skip),
         (Err(e), Ok(Ok(_))) => return Err(store_skip(e)),
         (Ok(n), Ok(Ok(stats))) => (n, stats),
     };

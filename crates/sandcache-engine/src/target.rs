@@ -72,6 +72,29 @@ impl Target {
         self
     }
 
+    /// For reading the dir (a snapshot): as [`Target::resolve`], but the
+    /// dir's own name is never followed. Its parents are resolved; if the
+    /// dir itself is a symlink, `dir` stays the link's path, which the
+    /// walker then refuses to open (`O_NOFOLLOW`), however often it is
+    /// swapped.
+    pub(crate) fn resolve_nofollow(dir: &Path) -> io::Result<Target> {
+        let abs = if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) };
+        let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+            // `/`, or a path ending in `..`: no name of its own to follow.
+            return Target::resolve(dir, false);
+        };
+        let parent = fs::canonicalize(parent).map_err(|e| with_path(e, parent))?;
+        let dir = parent.join(name);
+        let inside = match (fs::symlink_metadata(&dir), fs::metadata(&parent)) {
+            (Ok(d), Ok(p)) if d.is_dir() => d.dev() != p.dev(),
+            (Ok(d), _) if !d.is_dir() && !d.is_symlink() => {
+                return Err(invalid(&format!("`{}` exists and is not a directory", dir.display())));
+            }
+            _ => false,
+        };
+        Ok(Target { dir, parent, name: name.to_owned(), inside, state_dir: None })
+    }
+
     fn sibling(&self, what: &str) -> PathBuf {
         let mut n = OsString::from(".");
         n.push(&self.name);

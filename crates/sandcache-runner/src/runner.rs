@@ -397,10 +397,12 @@ impl Runner {
         let fingerprint = || {
             let dir = dir.clone();
             async move {
-                tokio::task::spawn_blocking(move || sandcache_archive::fingerprint(&dir, true).ok())
-                    .await
-                    .ok()
-                    .flatten()
+                tokio::task::spawn_blocking(move || {
+                    sandcache_archive::fingerprint(&dir, true, &Default::default()).ok()
+                })
+                .await
+                .ok()
+                .flatten()
             }
         };
         let ready_at = Instant::now();
@@ -442,9 +444,11 @@ impl Runner {
     }
 
     async fn snapshot_now(&self, cache: &Cache, timeout: Duration) {
+        // A cache this runner could not restore is not worth uploading.
         let opts = SnapshotOptions {
             format: self.cfg.snapshot_format,
             timeout,
+            limits: self.cfg.restore_limits,
             state_dir: Some(self.cache_state_dir()),
             ..Default::default()
         };

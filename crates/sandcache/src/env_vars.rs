@@ -10,11 +10,12 @@ pub const DENO_DIR: &str = "DENO_DIR";
 pub const SANDCACHE_STORE: &str = "SANDCACHE_STORE";
 /// The restore deadline in seconds (default 30).
 pub const SANDCACHE_TIMEOUT: &str = "SANDCACHE_TIMEOUT";
-/// Restore: most bytes of file content, plain or with K/M/G/T (default 32G).
+/// Restore and snapshot: most bytes of file content, plain or with K/M/G/T
+/// (default 32G).
 pub const SANDCACHE_MAX_BYTES: &str = "SANDCACHE_MAX_BYTES";
-/// Restore: most entries (files, dirs, links) (default 2000000).
+/// Restore and snapshot: most entries (files, dirs, links) (default 2000000).
 pub const SANDCACHE_MAX_FILES: &str = "SANDCACHE_MAX_FILES";
-/// Restore: most bytes in one entry's path (default 4096).
+/// Restore and snapshot: most bytes in one entry's path (default 4096).
 pub const SANDCACHE_MAX_PATH_LEN: &str = "SANDCACHE_MAX_PATH_LEN";
 /// Log filter, in `tracing` env-filter syntax (default `info`).
 pub const SANDCACHE_LOG: &str = "SANDCACHE_LOG";

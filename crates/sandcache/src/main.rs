@@ -72,6 +72,8 @@ enum Command {
         /// Upload even if nothing changed since the last restore or snapshot.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Run the sandbox runner daemon (the seed's deploy API).
     Serve(serve::ServeArgs),
@@ -184,16 +186,27 @@ fn main() -> ExitCode {
                 }
                 outcome
             }
-            Command::Snapshot { common, format, force, .. } => {
+            Command::Snapshot { common, format, force, limits, .. } => {
                 let _bar = progress::Bar::start("snapshot", &progress, show_bar);
                 let opts = SnapshotOptions {
                     format: (*format).into(),
                     timeout,
                     force: *force,
+                    limits: limits.limits(),
                     progress: Some(progress.clone()),
                     ..Default::default()
                 };
-                cache.snapshot(&common.dir, &opts).await
+                let outcome = cache.snapshot(&common.dir, &opts).await;
+                if outcome.reason() == Some(Reason::TooLarge) {
+                    tracing::warn!(
+                        target: "sandbox-cache",
+                        "if this cache is expected to be that large, raise --max-bytes / --max-files ({} / {}); \
+                         a restore needs the same",
+                        env_vars::SANDCACHE_MAX_BYTES,
+                        env_vars::SANDCACHE_MAX_FILES
+                    );
+                }
+                outcome
             }
             Command::Serve(_) | Command::Gc { .. } => unreachable!("handled above"),
         }

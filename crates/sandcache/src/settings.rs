@@ -87,16 +87,20 @@ impl StoreArgs {
     }
 }
 
-/// Bounds on what a restore may expand to; a cache past one is skipped as
-/// `too_large` (`unsafe` for a path), and the dir keeps its content.
+/// Bounds on what a restore may expand to, and on what a snapshot may
+/// read. A restore past one is skipped as `too_large` (`unsafe` for a path)
+/// and the dir keeps its content; a snapshot past one is skipped as
+/// `too_large` before the content is read, and the stored cache stays.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct LimitArgs {
-    /// Most bytes of file content a restore may write: plain bytes, or with
-    /// a K, M, G or T suffix (powers of 1024), such as 512M.
+    /// Most bytes of file content a restore may write, or a snapshot read
+    /// (as listed): plain bytes, or with a K, M, G or T suffix (powers of
+    /// 1024), such as 512M.
     #[arg(long, env = env_vars::SANDCACHE_MAX_BYTES, value_name = "SIZE")]
     #[arg(default_value_t = Size(Limits::default().max_bytes))]
     max_bytes: Size,
-    /// Most entries (files, directories and links) a restore may create.
+    /// Most entries (files, directories and links) a restore may create, or
+    /// a snapshot list.
     #[arg(long, env = env_vars::SANDCACHE_MAX_FILES, value_name = "N")]
     #[arg(default_value_t = Limits::default().max_entries, value_parser = clap::value_parser!(u64).range(1..))]
     max_files: u64,
@@ -216,5 +220,9 @@ mod tests {
         .unwrap();
         let Command::Restore { limits, .. } = cli.command else { panic!("a restore") };
         assert_eq!(limits.limits(), Limits { max_bytes: 512 << 20, max_entries: 3, max_path_len: 100 });
+        let cli = Cli::try_parse_from(["sandcache", "snapshot", "--key", "k", "--max-bytes", "1G", "--max-files", "7"])
+            .unwrap();
+        let Command::Snapshot { limits, .. } = cli.command else { panic!("a snapshot") };
+        assert_eq!((limits.limits().max_bytes, limits.limits().max_entries), (1 << 30, 7));
     }
 }

@@ -1,8 +1,10 @@
-//! Archive round trips, interop with GNU tar, and hostile archives.
+//! Archive round trips, interop with GNU tar, hostile archives, and the
+//! snapshot walker against a tree that changes under it.
 
 mod hostile;
 mod manifest;
 mod seeds;
+mod walk;
 
 use sandcache_testkit::tree::{assert_same_tree, sample_tree};
 
@@ -46,11 +48,11 @@ fn roundtrip_plain_tar() {
 #[test]
 fn empty_tree_detection() {
     let tmp = tempfile::tempdir().unwrap();
-    assert!(is_empty_tree(&tmp.path().join("missing")).unwrap());
+    assert!(is_empty_tree(&tmp.path().join("missing"), &Default::default()).unwrap());
     fs::create_dir_all(tmp.path().join("a/b/c")).unwrap();
-    assert!(is_empty_tree(tmp.path()).unwrap(), "directories alone are empty");
+    assert!(is_empty_tree(tmp.path(), &Default::default()).unwrap(), "directories alone are empty");
     fs::write(tmp.path().join("a/b/c/f"), b"x").unwrap();
-    assert!(!is_empty_tree(tmp.path()).unwrap());
+    assert!(!is_empty_tree(tmp.path(), &Default::default()).unwrap());
 }
 
 /// The seed writes `tar -czf - -C / deno-dir`: entries rooted at the dir's
@@ -107,7 +109,7 @@ fn fingerprint_tracks_changes_but_not_sqlite_or_reserved_entries() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
     sample_tree(&dir);
-    let fp = || sandcache_archive::fingerprint(&dir, true).unwrap();
+    let fp = || sandcache_archive::fingerprint(&dir, true, &Default::default()).unwrap();
     let a = fp();
     assert_eq!(a, fp(), "stable");
     fs::write(dir.join("dep_analysis_cache_v2-wal"), b"more wal").unwrap();
@@ -116,7 +118,7 @@ fn fingerprint_tracks_changes_but_not_sqlite_or_reserved_entries() {
     assert_eq!(a, fp(), "SQLite companions and sandcache's own entries do not count");
     fs::write(dir.join("remote/new"), b"new").unwrap();
     assert_ne!(a, fp());
-    assert_ne!(sandcache_archive::fingerprint(&tmp.path().join("missing"), true).unwrap(), a);
+    assert_ne!(sandcache_archive::fingerprint(&tmp.path().join("missing"), true, &Default::default()).unwrap(), a);
 }
 
 #[test]

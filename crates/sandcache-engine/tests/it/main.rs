@@ -4,6 +4,7 @@
 
 mod faults;
 mod hostile;
+mod hostile_fs;
 mod native;
 mod resources;
 

@@ -187,6 +187,53 @@ fn restore_limits_are_configurable() {
     }
 }
 
+/// A snapshot of a tree the sandbox filled: a 15 TiB sparse file (and a
+/// FIFO) is refused as too_large before it is read, under the default
+/// bound or one set by flag or variable; allowed, it is read until the
+/// deadline and the process exits right after (its reading thread stops;
+/// before, a FIFO kept the CLI alive 637 s after it printed timed_out).
+#[test]
+fn snapshot_limits_and_deadline_bound_a_hostile_tree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, store) = (tmp.path().join("deno-dir"), tmp.path().join("store"));
+    sample_tree(&dir);
+    let fifo = rustix::fs::Mode::from_raw_mode(0o644);
+    rustix::fs::mknodat(rustix::fs::CWD, dir.join("fifo"), rustix::fs::FileType::Fifo, fifo, 0).unwrap();
+    if let Err(e) = fs::File::create(dir.join("huge")).and_then(|f| f.set_len(15 << 40)) {
+        eprintln!("skipping: no 15 TiB sparse file here: {e}");
+        return;
+    }
+    for format in ["native", "tgz"] {
+        let key = format!("site/{format}");
+        let timed = |cmd: &mut Command| {
+            let start = std::time::Instant::now();
+            let r = run(cmd.args(["--format", format]));
+            (r, start.elapsed())
+        };
+        let ((code, json, stderr), took) = timed(&mut local("snapshot", &dir, &store, &key));
+        assert_eq!((code, json["reason"].as_str()), (0, Some("too_large")), "{format}: {json} {stderr}");
+        assert!(json["detail"].as_str().unwrap().contains("huge"), "{json}");
+        assert!(stderr.contains("--max-bytes"), "{stderr}");
+        assert!(took < std::time::Duration::from_secs(5), "{format}: {took:?}");
+        for (how, mut cmd) in [
+            ("--max-files", local("snapshot", &dir, &store, &key)),
+            ("SANDCACHE_MAX_BYTES", local("snapshot", &dir, &store, &key)),
+        ] {
+            match how {
+                "--max-files" => cmd.args(["--max-files", "3", "--max-bytes", "16T"]),
+                _ => cmd.env("SANDCACHE_MAX_BYTES", "1K"),
+            };
+            let ((code, json, _), _) = timed(&mut cmd);
+            assert_eq!((code, json["reason"].as_str()), (0, Some("too_large")), "{format} {how}: {json}");
+        }
+        let ((code, json, stderr), took) =
+            timed(local("snapshot", &dir, &store, &key).args(["--max-bytes", "16T", "--timeout", "2"]));
+        assert_eq!((code, json["reason"].as_str()), (0, Some("timed_out")), "{format}: {json} {stderr}");
+        assert!(took < std::time::Duration::from_secs(3), "{format}: the process took {took:?} for a 2 s deadline");
+        eprintln!("{format}: timed out and exited after {took:?}");
+    }
+}
+
 #[test]
 fn env_vars_configure_dir_key_and_store() {
     let tmp = tempfile::tempdir().unwrap();

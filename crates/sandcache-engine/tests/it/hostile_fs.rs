@@ -1,0 +1,514 @@
+//! The snapshot against a DIR the worker changes while root reads it
+//! (issue 10, point 5 a, c and e).
+//!
+//! * A worker-uid process swaps, in a loop, a file for a symlink to a
+//!   root-only file, another for a symlink to `/dev/zero`, a directory for a
+//!   symlink to a root-only directory, and DIR itself for a symlink, while
+//!   root runs many snapshots (native and tgz) of DIR. Every stored object,
+//!   decompressed, is searched for the root-only bytes, and the root-only
+//!   file and directory must not have been read at all (their atime).
+//! * A FIFO, a symlink to `/dev/zero`, a character device and a 15 TiB
+//!   sparse file inside DIR, under a short deadline: the snapshot ends in
+//!   time with a named reason, and its reading thread is really gone.
+//!
+//! The swapper needs root (to run it as another uid, and to own the secret
+//! files); without root that test skips, saying so.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use sandcache_engine::{Cache, Format, Limits, Reason, RestoreOptions, SnapshotOptions};
+use sandcache_store::{LocalStore, Store};
+use sandcache_testkit::tree::sample_tree;
+
+/// The worker's uid and gid: unused on CI machines and dev boxes.
+const WORKER: u32 = 23456;
+/// Where the swapper finds its tree (set only for the child process).
+const SWAPPER_ENV: &str = "SANDCACHE_TEST_SWAPPER";
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn chmod(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `chown -hR WORKER:WORKER p`.
+fn give_to_worker(p: &Path) {
+    std::os::unix::fs::lchown(p, Some(WORKER), Some(WORKER)).unwrap();
+    if fs::symlink_metadata(p).unwrap().is_dir() {
+        for e in fs::read_dir(p).unwrap() {
+            give_to_worker(&e.unwrap().path());
+        }
+    }
+}
+
+/// An atime that any read moves, even under `relatime` (it is older than
+/// the mtime).
+const OLD_ATIME: Duration = Duration::from_secs(1_000_000_000);
+
+fn set_old_atime(p: &Path) {
+    let t = SystemTime::UNIX_EPOCH + OLD_ATIME;
+    fs::File::open(p).unwrap().set_times(fs::FileTimes::new().set_accessed(t)).unwrap();
+}
+
+fn atime(p: &Path) -> i64 {
+    fs::symlink_metadata(p).unwrap().atime()
+}
+
+/// Not a test on its own: the worker's swapper, run as uid [`WORKER`] in a
+/// child process by [`a_worker_swapping_entries_never_gets_root_only_bytes_stored`].
+/// Without its variable it does nothing.
+#[test]
+fn swapper_child() {
+    let Some(site) = std::env::var_os(SWAPPER_ENV) else { return };
+    use rustix::fs::{CWD, Mode, OFlags, RenameFlags};
+    let site = PathBuf::from(site);
+    let open = |p: &Path| rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    // By fd: the swaps go on whatever DIR's own name points at meanwhile.
+    let (site_fd, npm) = (open(&site), open(&site.join("deno-dir/npm")));
+    // Each pair is exchanged (renameat2 RENAME_EXCHANGE, atomic) and,
+    // after a pause of 0 to 50 µs, exchanged back: the hostile object is in
+    // DIR for short, random windows, as an attacker timing the lstat-open
+    // gap would place it. The symlinks wait outside DIR in between.
+    type Fd = rustix::fd::OwnedFd;
+    let pairs: [(&Fd, &str, &Fd, &str); 4] = [
+        (&npm, "f.js", &site_fd, "f.js.link"), // a file ⇄ a symlink to a root-only file
+        (&npm, "h.js", &site_fd, "h.js.zero"), // a file ⇄ a symlink to /dev/zero
+        (&npm, "pkg", &site_fd, "pkg.link"),   // a directory ⇄ a symlink to a root-only dir
+        (&site_fd, "deno-dir", &site_fd, "deno-dir.link"), // DIR itself ⇄ a symlink
+    ];
+    fs::write(site.join("ready"), b"").unwrap();
+    let (start, mut swaps, mut x) = (Instant::now(), 0u64, 0x9e37_79b9_7f4a_7c15u64);
+    let pause = |us: u64| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_micros(us) {
+            std::hint::spin_loop();
+        }
+    };
+    while start.elapsed() < Duration::from_secs(120) && swaps < 50_000_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let (da, a, db, b) = pairs[(x % 4) as usize];
+        if rustix::fs::renameat_with(da, a, db, b, RenameFlags::EXCHANGE).is_ok() {
+            swaps += 1;
+            pause(x % 50);
+            rustix::fs::renameat_with(da, a, db, b, RenameFlags::EXCHANGE).unwrap();
+        }
+        if x % 32 == 0 {
+            // A quiet spell, for snapshots that see no swap at all.
+            std::thread::sleep(Duration::from_micros(x % 3000));
+        }
+        if swaps % 64 == 0 && rustix::fs::statat(CWD, site.join("stop"), rustix::fs::AtFlags::empty()).is_ok() {
+            break;
+        }
+    }
+    println!("swaps={swaps}");
+}
+
+/// The running test binary, where uid [`WORKER`] can execute it: in place
+/// if every directory on the way lets others through, else a copy.
+fn exe_for_worker(tmp: &Path) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let reachable = exe.ancestors().skip(1).all(|d| fs::metadata(d).is_ok_and(|m| m.mode() & 0o001 != 0))
+        && fs::metadata(&exe).is_ok_and(|m| m.mode() & 0o001 != 0);
+    if reachable {
+        return exe;
+    }
+    let copy = tmp.join("swapper");
+    fs::copy(&exe, &copy).unwrap();
+    chmod(&copy, 0o755);
+    copy
+}
+
+/// Every stored object, and its decompression when it is gzip or zstd.
+fn stored_bytes(store: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![store.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if fs::symlink_metadata(&p).unwrap().is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let raw = fs::read(&p).unwrap();
+            // As far as it decodes: an upload cut at its deadline leaves a
+            // partial temporary object, searched too.
+            let decoded = |mut r: Box<dyn Read + '_>| {
+                let (mut plain, mut buf) = (Vec::new(), vec![0; 1 << 16]);
+                while let Ok(n @ 1..) = r.read(&mut buf) {
+                    plain.extend_from_slice(&buf[..n]);
+                }
+                plain
+            };
+            if raw.starts_with(&[0x1f, 0x8b]) {
+                out.push((p.clone(), decoded(Box::new(flate2::read::MultiGzDecoder::new(&raw[..])))));
+            } else if raw.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+                // Packs are concatenated frames; manifests one frame.
+                out.push((p.clone(), decoded(Box::new(zstd::stream::read::Decoder::new(&raw[..]).unwrap()))));
+            }
+            out.push((p, raw));
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_swapping_entries_never_gets_root_only_bytes_stored() {
+    if !is_root() {
+        eprintln!("skipping: running the swapper as uid {WORKER} and owning root-only files needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    chmod(tmp.path(), 0o755);
+    let marker_file = format!("ROOT-ONLY-FILE-{:016x}", rand::random::<u64>());
+    let marker_dir = format!("ROOT-ONLY-DIR-{:016x}", rand::random::<u64>());
+
+    // Root's secrets, outside DIR: a 0600 file and a 0700 dir.
+    let secret = tmp.path().join("secret");
+    fs::create_dir_all(secret.join("dir")).unwrap();
+    fs::write(secret.join("file"), marker_file.repeat(64)).unwrap();
+    fs::write(secret.join("dir/inner"), marker_dir.repeat(64)).unwrap();
+    chmod(&secret.join("file"), 0o600);
+    chmod(&secret.join("dir/inner"), 0o600);
+    chmod(&secret.join("dir"), 0o700);
+    chmod(&secret, 0o711);
+    let watched = [secret.join("file"), secret.join("dir"), secret.join("dir/inner")];
+
+    // The worker's site: DIR and its parent are the worker's.
+    let site = tmp.path().join("site");
+    let dir = site.join("deno-dir");
+    sample_tree(&dir);
+    let npm = dir.join("npm");
+    fs::write(npm.join("f.js"), b"export const f = 1;").unwrap();
+    fs::write(npm.join("h.js"), b"export const h = 1;").unwrap();
+    fs::create_dir_all(npm.join("pkg")).unwrap();
+    fs::write(npm.join("pkg/index.js"), b"export default 1;").unwrap();
+    symlink(secret.join("file"), site.join("f.js.link")).unwrap();
+    symlink("/dev/zero", site.join("h.js.zero")).unwrap();
+    symlink(secret.join("dir"), site.join("pkg.link")).unwrap();
+    symlink(secret.join("dir"), site.join("deno-dir.link")).unwrap();
+    give_to_worker(&site);
+    chmod(&site, 0o755);
+    for p in &watched {
+        set_old_atime(p);
+    }
+    let store_dir = tmp.path().join("store");
+    fs::create_dir(&store_dir).unwrap();
+    chmod(&store_dir, 0o700);
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(store_dir.clone()));
+
+    let mut swapper = Command::new(exe_for_worker(tmp.path()))
+        .args(["hostile_fs::swapper_child", "--exact", "--nocapture", "--test-threads", "1"])
+        .env(SWAPPER_ENV, &site)
+        .uid(WORKER)
+        .gid(WORKER)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = Instant::now();
+    while !site.join("ready").exists() {
+        assert!(swapper.try_wait().unwrap().is_none(), "the swapper exited before starting");
+        assert!(waited.elapsed() < Duration::from_secs(20), "the swapper never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // Root snapshots, four at a time (they take turns on DIR's lock).
+    let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    // One detail of each kind of skip, for the log.
+    let details: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let (rounds, budget) = (250, Duration::from_secs(30));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (format, key) in
+        [(Format::Native, "n/a"), (Format::Native, "n/b"), (Format::Tgz, "t/a.tgz"), (Format::Tgz, "t/b.tgz")]
+    {
+        let (store, dir, outcomes, details) = (store.clone(), dir.clone(), outcomes.clone(), details.clone());
+        tasks.push(tokio::spawn(async move {
+            let cache = Cache::new(store, key);
+            let opts = SnapshotOptions { format, force: true, timeout: Duration::from_secs(15), ..Default::default() };
+            for _ in 0..rounds {
+                if started.elapsed() > budget {
+                    break;
+                }
+                let out = cache.snapshot(&dir, &opts).await;
+                let label = match &out.result {
+                    Ok(_) => "done".to_owned(),
+                    Err(s) => {
+                        assert_ne!(s.reason, Reason::TimedOut, "a snapshot of a tiny tree hung: {}", s.detail);
+                        if s.reason == Reason::Corrupt {
+                            // The native format refuses to store a link out
+                            // of DIR (one listed while swapped in).
+                            assert!(s.detail.contains("points outside"), "{}", s.detail);
+                        }
+                        // Caught at DIR, or inside it between lstat and open.
+                        let inside = if s.detail.contains("changed while") { " (inside DIR)" } else { "" };
+                        let label = format!("{}{inside}", s.reason.as_str());
+                        details.lock().unwrap().entry(label.clone()).or_insert_with(|| s.detail.clone());
+                        label
+                    }
+                };
+                *outcomes.lock().unwrap().entry(format!("{format:?} {label}")).or_default() += 1;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    fs::write(site.join("stop"), b"").unwrap();
+    let stopping = Instant::now();
+    while swapper.try_wait().unwrap().is_none() && stopping.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = swapper.kill();
+    let out = swapper.wait_with_output().unwrap();
+    let swaps =
+        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| l.split("swaps=").nth(1)?.trim().parse::<u64>().ok());
+    let outcomes = outcomes.lock().unwrap().clone();
+    eprintln!("worker uid {WORKER}: {swaps:?} swaps; root's snapshots: {outcomes:?}");
+    for (reason, detail) in details.lock().unwrap().iter() {
+        eprintln!("  e.g. {reason}: {detail}");
+    }
+
+    // Nothing of root's reached the store, compressed or not.
+    let objects = stored_bytes(&store_dir);
+    for (path, bytes) in &objects {
+        for marker in [&marker_file, &marker_dir] {
+            assert!(!contains(bytes, marker.as_bytes()), "{marker} is in {}", path.display());
+        }
+        assert!(!contains(bytes, b"AWS_SECRET_ACCESS_KEY"), "an environment in {}", path.display());
+    }
+    // Nothing outside DIR was even read: a read moves an atime this old.
+    let read: Vec<&PathBuf> = watched.iter().filter(|p| atime(p) != OLD_ATIME.as_secs() as i64).collect();
+    assert!(read.is_empty(), "read by the snapshots: {read:?}");
+    let _ = fs::read(&watched[0]).unwrap();
+    if atime(&watched[0]) == OLD_ATIME.as_secs() as i64 {
+        eprintln!("note: this filesystem does not record reads (noatime); the atime check proved nothing");
+    }
+
+    assert!(swaps.is_some_and(|n| n > 1000), "the swapper did not run: {swaps:?}");
+    let count = |what: &str| outcomes.iter().filter(|(k, _)| k.ends_with(what)).map(|(_, n)| n).sum::<u64>();
+    for format in ["Native", "Tgz"] {
+        let done = outcomes.get(&format!("{format} done")).copied().unwrap_or(0);
+        assert!(done > 0, "no {format} snapshot was stored, so the search proves little: {outcomes:?}");
+    }
+    assert!(count(" unsafe") > 0, "no swap was caught: {outcomes:?}");
+    let other: u64 = outcomes
+        .iter()
+        .filter(|(k, _)| {
+            !["done", "unsafe", "unsafe (inside DIR)", "io_error (inside DIR)", "unchanged", "Native corrupt"]
+                .iter()
+                .any(|r| k.ends_with(r))
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(other, 0, "{outcomes:?}");
+    // What was stored restores, verified, and holds the worker's files only.
+    for key in ["n/a", "t/a.tgz"] {
+        let back = tmp.path().join(format!("back-{}", key.replace('/', "-")));
+        let out = Cache::new(store.clone(), key).restore(&back, &RestoreOptions::default()).await;
+        match out.reason() {
+            None => {
+                let f = back.join("npm/f.js");
+                if fs::symlink_metadata(&f).is_ok_and(|m| m.is_file()) {
+                    assert_eq!(fs::read(&f).unwrap(), b"export const f = 1;");
+                }
+            }
+            // A link listed while swapped in is stored as a link (tgz); the
+            // restore refuses a link out of DIR.
+            Some(Reason::Unsafe) => assert!(out.result.as_ref().unwrap_err().detail.contains("points outside")),
+            _ => panic!("{key}: {:?}", out.result),
+        }
+    }
+    assert!(sandcache_engine::wait_for_background(Duration::from_secs(20)));
+}
+
+/// Threads of the current process named `name`: their state and where
+/// they wait in the kernel.
+fn threads_named(name: &str) -> Vec<String> {
+    fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            (fs::read_to_string(t.join("comm")).ok()?.trim_end() == name).then(|| {
+                let stat = fs::read_to_string(t.join("stat")).unwrap_or_default();
+                let state = stat.rsplit(") ").next().and_then(|r| r.split(' ').next()).unwrap_or("?").to_owned();
+                format!("{state}/{}", fs::read_to_string(t.join("wchan")).unwrap_or_default())
+            })
+        })
+        .collect()
+}
+
+/// A FIFO, a symlink to /dev/zero, a character device (as root) and a
+/// 15 TiB sparse file in DIR. Returns the sparse file's path, or `None`
+/// when this filesystem cannot hold one.
+fn special_tree(dir: &Path) -> Option<PathBuf> {
+    sample_tree(dir);
+    let at = |n: &str| dir.join(n);
+    let mode = rustix::fs::Mode::from_raw_mode(0o644);
+    rustix::fs::mknodat(rustix::fs::CWD, at("fifo"), rustix::fs::FileType::Fifo, mode, 0).unwrap();
+    symlink("/dev/zero", at("zero-link")).unwrap();
+    if is_root() {
+        let dev = rustix::fs::makedev(1, 5); // /dev/zero's
+        rustix::fs::mknodat(rustix::fs::CWD, at("zero-dev"), rustix::fs::FileType::CharacterDevice, mode, dev).unwrap();
+    } else {
+        eprintln!("not root: no device node in this run");
+    }
+    let huge = at("huge");
+    match fs::File::create(&huge).and_then(|f| f.set_len(15 << 40)) {
+        Ok(()) => Some(huge),
+        Err(e) => {
+            eprintln!("skipping the sparse file: {e}");
+            let _ = fs::remove_file(&huge);
+            None
+        }
+    }
+}
+
+#[test]
+fn special_files_and_a_15_tib_file_end_within_the_deadline_and_stop_their_thread() {
+    const NAME: &str = "sc-hostile-dl";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(NAME)
+        .thread_keep_alive(Duration::from_millis(100))
+        .enable_all()
+        .build()
+        .unwrap();
+    // The baseline: the one worker thread, once it has started.
+    let baseline = 1;
+    let started = Instant::now();
+    while threads_named(NAME).len() < baseline {
+        rt.block_on(async { tokio::spawn(async {}).await.unwrap() });
+        assert!(started.elapsed() < Duration::from_secs(10), "the runtime's worker never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("deno-dir");
+    let huge = special_tree(&dir);
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    let unbounded = Limits { max_bytes: u64::MAX, ..Limits::default() };
+    for format in [Format::Native, Format::Tgz] {
+        let cache = Cache::new(store.clone(), format!("{format:?}/cache"));
+        let snapshot = |timeout: u64, limits: Limits| {
+            let opts = SnapshotOptions {
+                format,
+                force: true,
+                timeout: Duration::from_secs(timeout),
+                limits,
+                ..Default::default()
+            };
+            let start = Instant::now();
+            let out = rt.block_on(cache.snapshot(&dir, &opts));
+            let took = start.elapsed();
+            assert!(took < Duration::from_secs(timeout + 1), "{format:?}: deadline {timeout} s, took {took:?}");
+            (out, took)
+        };
+        if let Some(huge) = &huge {
+            // Over the default bound: refused before a byte of it is read.
+            let (out, took) = snapshot(3, Limits::default());
+            let skip = out.result.as_ref().expect_err("too large");
+            assert_eq!(skip.reason, Reason::TooLarge, "{format:?}: {}", skip.detail);
+            assert!(skip.detail.contains(&huge.display().to_string()), "{}", skip.detail);
+            eprintln!("{format:?}, default limits: {} after {took:?}: {}", skip.reason, skip.detail);
+
+            // Allowed: read until the deadline, and no further.
+            let (out, took) = snapshot(2, unbounded);
+            assert_eq!(out.reason(), Some(Reason::TimedOut), "{format:?}: {:?}", out.result);
+            let after = Instant::now();
+            while threads_named(NAME).len() > baseline {
+                assert!(
+                    after.elapsed() < Duration::from_secs(1),
+                    "{format:?}: threads still alive 1 s after the deadline (baseline {baseline}): {:?}",
+                    threads_named(NAME)
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            eprintln!("{format:?}, unbounded: timed out after {took:?}; the reader stopped in {:?}", after.elapsed());
+        }
+    }
+    // Without the sparse file, all within the deadline: the FIFO and the
+    // device are left out, never opened; the link to /dev/zero is stored as
+    // a link by tgz, and refused by native (whose manifests hold no link
+    // out of DIR).
+    if let Some(huge) = &huge {
+        fs::remove_file(huge).unwrap();
+    }
+    for format in [Format::Native, Format::Tgz] {
+        let cache = Cache::new(store.clone(), format!("{format:?}/small"));
+        let opts = SnapshotOptions { format, force: true, timeout: Duration::from_secs(3), ..Default::default() };
+        let snapshot = || {
+            let start = Instant::now();
+            let out = rt.block_on(cache.snapshot(&dir, &opts));
+            assert!(start.elapsed() < Duration::from_secs(4), "{format:?}: {:?}", start.elapsed());
+            out
+        };
+        let out = snapshot();
+        if format == Format::Native {
+            let skip = out.result.as_ref().expect_err("a link out of DIR");
+            assert_eq!(skip.reason, Reason::Corrupt, "{}", skip.detail);
+            assert!(skip.detail.contains("zero-link"), "{}", skip.detail);
+            fs::rename(dir.join("zero-link"), tmp.path().join("zero-link")).unwrap();
+            let out = snapshot();
+            fs::rename(tmp.path().join("zero-link"), dir.join("zero-link")).unwrap();
+            assert!(out.is_done(), "{format:?}: {:?}", out.result);
+        } else {
+            assert!(out.is_done(), "{format:?}: {:?}", out.result);
+        }
+        // What was stored: the names in the decompressed objects.
+        let name = |n: &str| match format {
+            Format::Native => format!("\"path\":\"{n}\""),
+            Format::Tgz => format!("deno-dir/{n}\0"),
+        };
+        let stored: Vec<Vec<u8>> = stored_bytes(&tmp.path().join("store"))
+            .into_iter()
+            .filter(|(p, _)| p.to_string_lossy().contains(&format!("{format:?}/small")))
+            .map(|(_, b)| b)
+            .collect();
+        let holds = |n: &str| stored.iter().any(|b| contains(b, name(n).as_bytes()));
+        assert!(holds("npm/registry.npmjs.org/pkg/latest"), "{format:?}: the tree is stored");
+        assert_eq!(holds("zero-link"), format == Format::Tgz, "{format:?}: the link is stored as a link");
+        for left_out in ["fifo", "zero-dev"] {
+            assert!(!holds(left_out), "{format:?}: {left_out} was stored");
+        }
+    }
+    assert!(sandcache_engine::wait_for_background(Duration::from_secs(20)));
+}
+
+#[tokio::test]
+async fn a_dir_that_is_a_symlink_is_unsafe_and_never_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    sample_tree(&real);
+    let link = tmp.path().join("deno-dir");
+    symlink(&real, &link).unwrap();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    for format in [Format::Native, Format::Tgz] {
+        let cache = Cache::new(store.clone(), format!("{format:?}/cache"));
+        let out = cache.snapshot(&link, &SnapshotOptions { format, ..Default::default() }).await;
+        let skip = out.result.as_ref().expect_err("refused");
+        assert_eq!(skip.reason, Reason::Unsafe, "{format:?}: {}", skip.detail);
+        assert!(
+            skip.detail.contains(&link.display().to_string()) && skip.detail.contains("symlink"),
+            "{}",
+            skip.detail
+        );
+    }
+    let stored = fs::read_dir(tmp.path().join("store")).map_or(0, |d| d.count());
+    assert_eq!(stored, 0, "nothing was stored");
+}
