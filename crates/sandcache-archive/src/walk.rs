@@ -100,6 +100,11 @@ pub struct WalkOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Bounds on entries, listed bytes of regular files, and path length.
     pub limits: Limits,
+    /// The uid that owns the tree (a runner's worker). A regular file with
+    /// more than one link that another uid owns is refused before a byte of
+    /// it is read: a hardlink to someone else's file (a root-only secret)
+    /// is only otherwise stopped by the kernel's `protected_hardlinks`.
+    pub owner: Option<u32>,
 }
 
 impl WalkOptions {
@@ -165,6 +170,7 @@ pub struct Meta {
     pub dev: u64,
     pub uid: u32,
     pub gid: u32,
+    pub nlink: u64,
 }
 
 impl Meta {
@@ -182,6 +188,7 @@ impl Meta {
             dev: st.st_dev as u64,
             uid: st.st_uid as u32,
             gid: st.st_gid as u32,
+            nlink: st.st_nlink as u64,
         }
     }
 
@@ -300,6 +307,7 @@ impl Tree {
                 top,
                 root: &self.path,
                 cancel: self.opts.cancel.as_ref(),
+                owner: self.opts.owner,
             };
             let step = visit(&entry)?;
             match step {
@@ -395,6 +403,7 @@ pub struct Entry<'w> {
     top: bool,
     root: &'w Path,
     cancel: Option<&'w Arc<AtomicBool>>,
+    owner: Option<u32>,
 }
 
 impl Entry<'_> {
@@ -462,6 +471,12 @@ impl Entry<'_> {
         }
         if !now.same_object(&self.meta) {
             return Err(replaced(path));
+        }
+        if now.nlink > 1 && self.owner.is_some_and(|o| o != now.uid) {
+            return Err(WalkError::Unsafe {
+                path,
+                why: format!("a hardlink ({} links) to a file of uid {}, not the tree's owner", now.nlink, now.uid),
+            });
         }
         if now.size < self.meta.size {
             return Err(WalkError::Changed {

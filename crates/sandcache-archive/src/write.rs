@@ -47,11 +47,21 @@ pub struct WriteOptions {
     /// one, the write fails before reading the entry's content.
     pub limits: Limits,
     pub progress: Option<Arc<Progress>>,
+    /// See [`WalkOptions::owner`].
+    pub owner: Option<u32>,
 }
 
 impl WriteOptions {
     pub fn new(layout: Layout, encoding: Encoding) -> Self {
-        WriteOptions { layout, encoding, skip_sqlite: true, cancel: None, limits: Limits::default(), progress: None }
+        WriteOptions {
+            layout,
+            encoding,
+            skip_sqlite: true,
+            cancel: None,
+            limits: Limits::default(),
+            progress: None,
+            owner: None,
+        }
     }
 }
 
@@ -102,7 +112,7 @@ pub fn is_empty_tree(dir: &Path, opts: &WalkOptions) -> Result<bool, WalkError> 
 /// shrinks while it is read fails it too; one that grows is cut at its
 /// listed size.
 pub fn write_archive<W: Write>(dir: &Path, out: W, opts: &WriteOptions) -> Result<WriteStats, WriteError> {
-    let walk_opts = WalkOptions { cancel: opts.cancel.clone(), limits: opts.limits };
+    let walk_opts = WalkOptions { cancel: opts.cancel.clone(), limits: opts.limits, owner: opts.owner };
     let tree = Tree::open(dir, &walk_opts)?.ok_or_else(|| WalkError::Io {
         path: dir.to_owned(),
         source: io::Error::new(io::ErrorKind::NotFound, "no such directory"),

@@ -556,7 +556,7 @@ impl Index {
         let mut files = HashMap::with_capacity(hashes.len());
         // The restore was within its own limits; these only bound the walk.
         let limits = Limits { max_bytes: u64::MAX, max_entries: u64::MAX, ..Limits::default() };
-        let walk = WalkOptions { cancel: None, limits };
+        let walk = WalkOptions { cancel: None, limits, owner: None };
         let fp = sandcache_archive::fingerprint_visit(dir, true, &walk, &mut |rel, meta| {
             let Some(rel) = rel.to_str() else { return };
             if let Some(hash) = hashes.get(rel) {

@@ -48,6 +48,9 @@ pub struct SnapshotOptions {
     /// Where the lock, state and index files live (see
     /// [`crate::RestoreOptions::state_dir`]).
     pub state_dir: Option<std::path::PathBuf>,
+    /// The uid that owns the tree (a runner's worker): a file with several
+    /// links that another uid owns is refused as `unsafe`.
+    pub owner: Option<u32>,
 }
 
 impl Default for SnapshotOptions {
@@ -59,6 +62,7 @@ impl Default for SnapshotOptions {
             limits: Limits::default(),
             progress: None,
             state_dir: None,
+            owner: None,
         }
     }
 }
@@ -143,7 +147,7 @@ async fn snapshot(
     // a snapshot dropped at its deadline stops its thread.
     let cancel = Arc::new(AtomicBool::new(false));
     let _cancel_on_drop = CancelOnDrop(cancel.clone());
-    let walk = WalkOptions { cancel: Some(cancel), limits: opts.limits };
+    let walk = WalkOptions { cancel: Some(cancel), limits: opts.limits, owner: opts.owner };
     let (scan_dir, scan_walk) = (target.dir.clone(), walk.clone());
     let (empty, fp) = tokio::task::spawn_blocking(move || {
         let empty = sandcache_archive::is_empty_tree(&scan_dir, &scan_walk)?;
@@ -320,6 +324,7 @@ async fn snapshot_archive(
         cancel: walk.cancel.clone(),
         limits: walk.limits,
         progress: opts.progress.clone(),
+        owner: walk.owner,
     };
     let (tx, rx) = pipe::channel();
     let src = target.dir.clone();

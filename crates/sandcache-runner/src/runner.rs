@@ -450,6 +450,7 @@ impl Runner {
             timeout,
             limits: self.cfg.restore_limits,
             state_dir: Some(self.cache_state_dir()),
+            owner: Some(self.worker_user().uid).filter(|_| self.worker_user().is_separate()),
             ..Default::default()
         };
         let o = cache.snapshot(&self.cfg.deno_dir, &opts).await;
@@ -742,13 +743,14 @@ fn private_dir(dir: &Path, mode: u32) -> Result<(), String> {
         Ok(()) => {}
         Err(e) => return Err(format!("creating {}: {e}", dir.display())),
     }
+    // Ours (an emptyDir mount is ours and 0777 until this chmod), and then
+    // closed to others' writes.
     let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let me = rustix::process::getuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+    if !meta.is_dir() || meta.uid() != me {
         return Err(format!(
-            "{} must be a directory owned by uid {me} and writable by no one else (it is {:o}, uid {})",
+            "{} must be a directory owned by the runner (uid {me}); it is owned by uid {}",
             dir.display(),
-            meta.mode() & 0o7777,
             meta.uid()
         ));
     }

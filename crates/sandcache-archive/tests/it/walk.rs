@@ -297,3 +297,26 @@ fn the_cancel_flag_stops_a_read_in_progress() {
     let r = writer.join().unwrap();
     assert!(matches!(r, Err(WriteError::Walk(WalkError::Cancelled))), "{r:?}");
 }
+
+/// A hardlink in DIR to a file another uid owns (a root-only secret, where
+/// `protected_hardlinks` is off) is refused when the tree has an owner; a
+/// single-link file of another uid, and links the owner made, are read.
+#[test]
+fn a_hardlink_to_another_owners_file_is_refused() {
+    let (tmp, dir, secret) = setup();
+    fs::hard_link(secret.join("file"), dir.join("linked.js")).unwrap();
+    let me = rustix::process::geteuid().as_raw();
+    let mut out = Vec::new();
+    let as_owner =
+        |owner: u32| WriteOptions { owner: Some(owner), ..WriteOptions::new(Layout::Relative, Encoding::None) };
+    // The tree's owner is someone else: the two-link file is not theirs.
+    let err = write_archive(&dir, &mut out, &as_owner(me.wrapping_add(1))).unwrap_err();
+    assert!(matches!(&err, WriteError::Walk(WalkError::Unsafe { why, .. }) if why.contains("hardlink")), "{err}");
+    assert!(!out.windows(SECRET.len()).any(|w| w == SECRET), "not a byte of it was read");
+    // The owner's own links are fine, and so is any file without owner rules.
+    out.clear();
+    write_archive(&dir, &mut out, &as_owner(me)).unwrap();
+    out.clear();
+    write_archive(&dir, &mut out, &WriteOptions::new(Layout::Relative, Encoding::None)).unwrap();
+    drop(tmp);
+}
