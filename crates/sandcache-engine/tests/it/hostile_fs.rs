@@ -512,3 +512,52 @@ async fn a_dir_that_is_a_symlink_is_unsafe_and_never_followed() {
     let stored = fs::read_dir(tmp.path().join("store")).map_or(0, |d| d.count());
     assert_eq!(stored, 0, "nothing was stored");
 }
+
+/// The lock, state and index beside DIR (the CLI's default place), planted
+/// as symlinks by whoever can write DIR's parent: to a 0600 file and to
+/// `/dev/zero`. Neither a snapshot nor a restore follows one: the lock is
+/// refused (a skip, naming it), the state and index are read as missing and
+/// replaced by regular files, and the targets are untouched (issue 10, 5d).
+#[tokio::test]
+async fn planted_bookkeeping_symlinks_are_never_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("deno-dir");
+    sample_tree(&dir);
+    let target = tmp.path().join("private");
+    fs::write(&target, b"0600 file the runner must not overwrite").unwrap();
+    chmod(&target, 0o600);
+    let before = fs::read(&target).unwrap();
+    let beside = |what: &str| tmp.path().join(format!(".deno-dir.sandcache{what}"));
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    let cache = Cache::new(store, "k");
+    let snap = SnapshotOptions { format: Format::Native, force: true, ..Default::default() };
+
+    // A planted lock: refused, named, nothing written through it.
+    symlink(&target, beside(".lock")).unwrap();
+    let o = cache.snapshot(&dir, &snap).await;
+    let skip = o.result.as_ref().expect_err("a symlinked lock is refused");
+    assert!(skip.detail.contains("symlink"), "{}", skip.detail);
+    fs::remove_file(beside(".lock")).unwrap();
+
+    // Planted state and index: one at the private file, one at /dev/zero.
+    symlink(&target, beside("-state.json")).unwrap();
+    symlink("/dev/zero", beside("-index.json")).unwrap();
+    let started = Instant::now();
+    assert!(cache.snapshot(&dir, &snap).await.is_done());
+    assert!(started.elapsed() < Duration::from_secs(10), "/dev/zero was not read");
+    sandcache_engine::wait_for_background(Duration::from_secs(10));
+    for what in ["-state.json", "-index.json"] {
+        let m = fs::symlink_metadata(beside(what)).unwrap();
+        assert!(m.file_type().is_file(), "{what} was replaced by a regular file, not written through");
+    }
+    // And the same before a restore.
+    for what in ["-state.json", "-index.json"] {
+        fs::remove_file(beside(what)).unwrap();
+    }
+    symlink(&target, beside("-state.json")).unwrap();
+    symlink(&target, beside("-index.json")).unwrap();
+    assert!(cache.restore(&dir, &RestoreOptions::default()).await.is_done());
+    sandcache_engine::wait_for_background(Duration::from_secs(10));
+    assert_eq!(fs::read(&target).unwrap(), before, "the 0600 file is untouched");
+    assert!(fs::symlink_metadata(beside("-index.json")).unwrap().file_type().is_file());
+}
