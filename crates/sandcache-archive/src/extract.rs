@@ -568,10 +568,6 @@ impl<'a> Extractor<'a> {
         if !metas.iter().any(|(rel, _, _)| rel.is_empty()) {
             rustix::fs::fchmod(&self.root, Mode::from_raw_mode(0o755)).map_err(|e| self.io(&[], e))?;
         }
-        if let Some((uid, gid)) = self.opts.owner {
-            rustix::fs::fchown(&self.root, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)))
-                .map_err(|e| self.io(&[], e))?;
-        }
         metas.sort_by(|a, b| b.0.cmp(&a.0));
         for (rel, mode, mtime) in metas {
             let fd = if rel.is_empty() {
@@ -583,6 +579,12 @@ impl<'a> Extractor<'a> {
             // Owners keep rwx on directories so the tree can always be removed.
             rustix::fs::fchmod(&fd, Mode::from_raw_mode((mode & 0o777) | 0o700)).map_err(|e| self.io(&[&rel], e))?;
             rustix::fs::futimens(&fd, &timestamps(mtime)).map_err(|e| self.io(&[&rel], e))?;
+        }
+        // The staging dir itself last: until now only we could enter it, so
+        // no multi-component path above could have been redirected.
+        if let Some((uid, gid)) = self.opts.owner {
+            let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+            rustix::fs::fchown(&self.root, Some(uid), Some(gid)).map_err(|e| self.io(&[], e))?;
         }
         Ok(())
     }

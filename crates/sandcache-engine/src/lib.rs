@@ -156,7 +156,10 @@ pub async fn clear_dir(
     state_dir: Option<&std::path::Path>,
     timeout: Duration,
 ) -> std::io::Result<()> {
-    let target = target::Target::resolve(dir, true)?.with_state_dir(state_dir);
+    let target = target::Target::resolve_for_restore(dir)?.with_state_dir(state_dir);
+    if std::fs::symlink_metadata(&target.dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::other(format!("{} is a symlink; it is never followed", target.dir.display())));
+    }
     let _lock = target.lock(Instant::now() + timeout).await?;
     let mut trash = target.leftovers();
     trash.extend(target.clear()?);

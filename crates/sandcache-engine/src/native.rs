@@ -98,19 +98,25 @@ pub(crate) async fn restore_into(
     store: &dyn Store,
     key: &str,
     m: Arc<Manifest>,
-    staging: &Path,
+    anchored: &crate::target::Staging,
     cancel: Arc<AtomicBool>,
     opts: &crate::RestoreOptions,
 ) -> Result<RestoreStats, Skip> {
     let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
+    // Every path below starts at the held-open staging dir; each blocking
+    // task keeps a clone of it, so the fd outlives any writer.
+    let staging = &anchored.io();
     // 1. Directories and empty files, before any content arrives. No symlink
     //    exists in staging until the very end, so paths cannot be redirected.
     let setup_m = m.clone();
-    let setup_staging = staging.to_owned();
-    let pieces = tokio::task::spawn_blocking(move || setup(&setup_m, &setup_staging, owner))
-        .await
-        .map_err(|e| Skip::new(Reason::IoError, format!("setup thread: {e}")))?
-        .map_err(crate::restore::extract_skip)?;
+    let (setup_staging, held) = (staging.to_owned(), anchored.clone());
+    let pieces = tokio::task::spawn_blocking(move || {
+        let _held = held;
+        setup(&setup_m, &setup_staging, owner)
+    })
+    .await
+    .map_err(|e| Skip::new(Reason::IoError, format!("setup thread: {e}")))?
+    .map_err(crate::restore::extract_skip)?;
 
     // 2. Which byte ranges to fetch: needed frames, coalesced per pack.
     let runs = plan_runs(&m, &pieces);
@@ -134,7 +140,7 @@ pub(crate) async fn restore_into(
             files.clone(),
             bytes.clone(),
             progress.clone(),
-            staging.to_owned(),
+            (staging.to_owned(), anchored.clone()),
         );
         workers.push(tokio::task::spawn_blocking(move || {
             loop {
@@ -143,7 +149,7 @@ pub(crate) async fn restore_into(
                 if cancel.load(Ordering::Relaxed) {
                     return;
                 }
-                match write_frame(&m, &pieces, &staging, &job, owner) {
+                match write_frame(&m, &pieces, &staging.0, &job, owner) {
                     Ok((f, b)) => {
                         files.fetch_add(f, Ordering::Relaxed);
                         bytes.fetch_add(b, Ordering::Relaxed);
@@ -186,11 +192,14 @@ pub(crate) async fn restore_into(
     }
 
     // 5. Symlinks, then metadata of large files and directories.
-    let (fin_m, fin_staging) = (m.clone(), staging.to_owned());
-    let symlinks = tokio::task::spawn_blocking(move || finish(&fin_m, &fin_staging, owner))
-        .await
-        .map_err(|e| Skip::new(Reason::IoError, format!("finish thread: {e}")))?
-        .map_err(crate::restore::extract_skip)?;
+    let (fin_m, fin_staging, held) = (m.clone(), staging.to_owned(), anchored.clone());
+    let symlinks = tokio::task::spawn_blocking(move || {
+        let _held = held;
+        finish(&fin_m, &fin_staging, owner)
+    })
+    .await
+    .map_err(|e| Skip::new(Reason::IoError, format!("finish thread: {e}")))?
+    .map_err(crate::restore::extract_skip)?;
     Ok(RestoreStats {
         files: files.load(Ordering::Relaxed) + symlinks + empty_files(&m),
         bytes: bytes.load(Ordering::Relaxed),
@@ -473,7 +482,6 @@ fn finish(m: &Manifest, staging: &Path, owner: Option<(u32, u32)>) -> Result<u64
             let path = staging.join(rel);
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(|err| io_err(&path, err))?;
         }
-        std::os::unix::fs::lchown(staging, Some(uid), Some(gid)).map_err(|err| io_err(staging, err))?;
     }
     for e in dirs {
         let path = staging.join(&e.path);
@@ -484,6 +492,11 @@ fn finish(m: &Manifest, staging: &Path, owner: Option<(u32, u32)>) -> Result<u64
         f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(|err| io_err(&path, err))?;
     }
     fs::set_permissions(staging, fs::Permissions::from_mode(0o755)).map_err(|err| io_err(staging, err))?;
+    // The staging dir itself last: until now only we could enter it, so no
+    // path above could have been redirected.
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(staging, Some(uid), Some(gid)).map_err(|err| io_err(staging, err))?;
+    }
     Ok(n)
 }
 

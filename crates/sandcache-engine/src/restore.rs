@@ -16,7 +16,7 @@ use crate::native;
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelReader, Msg};
 use crate::snapshot::save_state;
-use crate::target::{CancelOnDrop, Target, remove_in_background};
+use crate::target::{CancelOnDrop, Staging, Target, remove_in_background};
 use crate::{Cache, error_chain, mb};
 
 /// How to restore.
@@ -97,9 +97,16 @@ async fn restore(
     opts: &RestoreOptions,
     deadline: Instant,
 ) -> Result<Done, Skip> {
-    let target = Target::resolve(dir, true)
+    // The dir's own name is never followed (nor is it later: renames do not
+    // follow their last component), so a dir swapped for a symlink is
+    // replaced, never the place it points at.
+    let target = Target::resolve_for_restore(dir)
         .map_err(|e| Skip::new(Reason::IoError, format!("target dir: {e}")))?
         .with_state_dir(opts.state_dir.as_deref());
+    if std::fs::symlink_metadata(&target.dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        let why = format!("{} is a symlink; a restore never follows one", target.dir.display());
+        return Err(Skip::new(Reason::Unsafe, why));
+    }
     let _lock = target.lock_or_skip(deadline).await?;
     let leftovers = target.leftovers();
 
@@ -125,20 +132,20 @@ async fn restore(
         return Err(Skip::new(Reason::NotFound, format!("no object at `{key}` nor any generation under `{key}.d/`")));
     };
     let old = target.swap_in(&staging).map_err(|e| {
-        remove_in_background(vec![staging.clone()]);
+        remove_in_background(vec![staging.path.clone()]);
         Skip::new(Reason::IoError, format!("swap into place: {e}"))
     })?;
     after_swap(&target, old.into_iter().chain(leftovers).collect(), store, key, manifest);
     Ok(done)
 }
 
-/// A staging dir nobody will swap in, removed when dropped.
-struct DropStaging(Option<PathBuf>);
+/// A staging dir nobody will swap in, removed (by name) when dropped.
+struct DropStaging(Option<Staging>);
 
 impl Drop for DropStaging {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            remove_in_background(vec![p]);
+        if let Some(s) = self.0.take() {
+            remove_in_background(vec![s.path]);
         }
     }
 }
@@ -156,7 +163,7 @@ async fn restore_native(
     target: &Target,
     opts: &RestoreOptions,
     manifests: &[sandcache_store::ObjectInfo],
-) -> Result<(Done, PathBuf, Option<Arc<Manifest>>), Skip> {
+) -> Result<(Done, Staging, Option<Arc<Manifest>>), Skip> {
     let mut last = None;
     for info in manifests.iter().take(3) {
         let m = native::fetch_manifest(store, &info.key).await?;
@@ -200,7 +207,7 @@ async fn restore_archive(
     key: &str,
     target: &Target,
     opts: &RestoreOptions,
-) -> Result<(Done, PathBuf), Skip> {
+) -> Result<(Done, Staging), Skip> {
     let object = store.get(key).await.map_err(store_skip)?;
     let progress = opts.progress.clone();
     if let Some(p) = &progress {
@@ -221,9 +228,11 @@ async fn restore_archive(
         progress: progress.clone(),
         owner: opts.owner,
     };
+    // The clone keeps the staging dir open while the extractor runs, even
+    // past a deadline that dropped this future.
     let extract_staging = staging.clone();
     let extraction = tokio::task::spawn_blocking(move || {
-        sandcache_archive::extract(ChannelReader::new(rx), &extract_staging, &xopts)
+        sandcache_archive::extract(ChannelReader::new(rx), &extract_staging.io(), &xopts)
     });
 
     let download = async {

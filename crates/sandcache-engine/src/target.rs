@@ -95,6 +95,17 @@ impl Target {
         Ok(Target { dir, parent, name: name.to_owned(), inside, state_dir: None })
     }
 
+    /// For writing the dir (a restore): its parents are created if missing
+    /// and resolved, its own name never followed (the swap renames it, and
+    /// renames do not follow their last component either).
+    pub(crate) fn resolve_for_restore(dir: &Path) -> io::Result<Target> {
+        let abs = if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) };
+        if let Some(parent) = abs.parent() {
+            fs::create_dir_all(parent).map_err(|e| with_path(e, parent))?;
+        }
+        Target::resolve_nofollow(&abs)
+    }
+
     fn sibling(&self, what: &str) -> PathBuf {
         let mut n = OsString::from(".");
         n.push(&self.name);
@@ -201,23 +212,45 @@ impl Target {
             .collect()
     }
 
-    /// Creates an empty staging dir, private until swapped in.
-    pub(crate) fn create_staging(&self) -> io::Result<PathBuf> {
+    /// Creates an empty staging dir, private (0700, ours) until swapped in,
+    /// and holds it open: see [`Staging`].
+    pub(crate) fn create_staging(&self) -> io::Result<Staging> {
         if self.inside {
             // The mounted dir may be missing only if unmounted meanwhile.
             fs::create_dir_all(&self.dir).map_err(|e| with_path(e, &self.dir))?;
         }
         let path = self.scratch("staging");
         fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| with_path(e, &path))?;
-        Ok(path)
+        let fd = rustix::fs::open(&path, DIR_FLAGS, Mode::empty()).map_err(|e| with_path(e.into(), &path))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| with_path(e.into(), &path))?;
+        if st.st_uid != rustix::process::geteuid().as_raw() {
+            return Err(with_path(io::Error::other("the staging dir was replaced as it was made"), &path));
+        }
+        Ok(Staging { path, fd: std::sync::Arc::new(fd) })
     }
 
     /// Puts `staging` in place of the directory. Returns the old tree, now
     /// under a trash name, for removal off the critical path.
-    pub(crate) fn swap_in(&self, staging: &Path) -> io::Result<Option<PathBuf>> {
+    pub(crate) fn swap_in(&self, staging: &Staging) -> io::Result<Option<PathBuf>> {
         if self.inside {
             return self.swap_children(staging).map(Some);
         }
+        let old = self.swap_by_name(&staging.path)?;
+        // Beside the dir the swap goes by name: whoever can write the parent
+        // could have put something else under the staging dir's name. Then
+        // what went into place is not ours, and the restore did not happen.
+        let ours = rustix::fs::fstat(&*staging.fd).map_err(|e| with_path(e.into(), &staging.path))?;
+        let now = rustix::fs::lstat(&self.dir).map_err(|e| with_path(e.into(), &self.dir))?;
+        if (now.st_dev, now.st_ino) != (ours.st_dev, ours.st_ino) {
+            return Err(with_path(
+                io::Error::other("the staging dir was replaced before the swap (its parent is writable by others)"),
+                &self.dir,
+            ));
+        }
+        Ok(old)
+    }
+
+    fn swap_by_name(&self, staging: &Path) -> io::Result<Option<PathBuf>> {
         match rustix::fs::renameat_with(CWD, staging, CWD, &self.dir, RenameFlags::EXCHANGE) {
             Ok(()) => {
                 let trash = self.scratch("trash");
@@ -227,7 +260,16 @@ impl Target {
             Err(Errno::NOENT) => {
                 match rustix::fs::renameat_with(CWD, staging, CWD, &self.dir, RenameFlags::NOREPLACE) {
                     Ok(()) => Ok(None),
-                    Err(Errno::EXIST) => self.swap_in(staging),
+                    Err(Errno::EXIST) => {
+                        match rustix::fs::renameat_with(CWD, staging, CWD, &self.dir, RenameFlags::EXCHANGE) {
+                            Ok(()) => {
+                                let trash = self.scratch("trash");
+                                fs::rename(staging, &trash).map_err(|e| with_path(e, staging))?;
+                                Ok(Some(trash))
+                            }
+                            Err(e) => Err(with_path(e.into(), &self.dir)),
+                        }
+                    }
                     Err(Errno::INVAL | Errno::NOSYS) => {
                         fs::rename(staging, &self.dir).map(|()| None).map_err(|e| with_path(e, &self.dir))
                     }
@@ -289,14 +331,22 @@ impl Target {
     /// The mount-point case: each top-level entry is exchanged on its own, so
     /// every package dir is either old and complete or new and complete.
     /// Old entries the new tree lacks move into the trash (the staging dir).
-    fn swap_children(&self, staging: &Path) -> io::Result<PathBuf> {
-        let new: Vec<OsString> = read_names(staging)?;
+    ///
+    /// Every rename is relative to open directory fds: the dir lives among
+    /// the worker's files, which may rename or replace the staging dir's
+    /// name at any moment; the fds still name the real directories.
+    fn swap_children(&self, staging: &Staging) -> io::Result<PathBuf> {
+        let dir_fd =
+            rustix::fs::open(&self.dir, DIR_FLAGS, Mode::empty()).map_err(|e| with_path(e.into(), &self.dir))?;
+        let from = &*staging.fd;
+        let new: Vec<OsString> = read_names(&staging.io())?;
         for name in &new {
-            let from = staging.join(name);
             let to = self.dir.join(name);
-            match rustix::fs::renameat_with(CWD, &from, CWD, &to, RenameFlags::EXCHANGE) {
+            match rustix::fs::renameat_with(from, name, &dir_fd, name, RenameFlags::EXCHANGE) {
                 Ok(()) => {}
-                Err(Errno::NOENT) => fs::rename(&from, &to).map_err(|e| with_path(e, &to))?,
+                Err(Errno::NOENT) => {
+                    rustix::fs::renameat(from, name, &dir_fd, name).map_err(|e| with_path(e.into(), &to))?
+                }
                 Err(e) => return Err(with_path(e.into(), &to)),
             }
         }
@@ -306,9 +356,10 @@ impl Target {
             }
             let mut aside = name.clone();
             aside.push(".old");
-            fs::rename(self.dir.join(&name), staging.join(aside)).map_err(|e| with_path(e, &self.dir.join(&name)))?;
+            rustix::fs::renameat(&dir_fd, &name, from, &aside)
+                .map_err(|e| with_path(e.into(), &self.dir.join(&name)))?;
         }
-        Ok(staging.to_owned())
+        Ok(staging.path.clone())
     }
 }
 
@@ -346,6 +397,31 @@ pub(crate) fn write_bookkeeping(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     written
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+/// A staging dir, held open. Writes go through [`Staging::io`]
+/// (`/proc/self/fd/N`), which the kernel resolves to this very directory
+/// however its name is renamed or replaced meanwhile; `path` is its name,
+/// for the swap beside the dir and for removal (which never follows a
+/// symlink). Clones share the fd: it stays open while any writer holds one.
+#[derive(Debug, Clone)]
+pub(crate) struct Staging {
+    pub(crate) path: PathBuf,
+    fd: std::sync::Arc<OwnedFd>,
+}
+
+impl Staging {
+    /// The path to write under. It ends in `/.`, so that `O_NOFOLLOW` and
+    /// `lchown` on it apply to the directory, not to the magic link.
+    pub(crate) fn io(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        let anchored = PathBuf::from(format!("/proc/self/fd/{}/.", self.fd.as_raw_fd()));
+        // Without /proc, the name (private and ours, but renameable by
+        // whoever can write its parent).
+        if anchored.is_dir() { anchored } else { self.path.clone() }
+    }
 }
 
 fn read_names(dir: &Path) -> io::Result<Vec<OsString>> {
@@ -453,7 +529,7 @@ mod tests {
         fs::write(dir.join("old"), b"old").unwrap();
         let t = Target::resolve(&dir, false).unwrap();
         let staging = t.create_staging().unwrap();
-        fs::write(staging.join("new"), b"new").unwrap();
+        fs::write(staging.io().join("new"), b"new").unwrap();
         let old = t.swap_in(&staging).unwrap().unwrap();
         assert!(dir.join("new").exists() && !dir.join("old").exists());
         assert!(old.join("old").exists());
@@ -466,7 +542,7 @@ mod tests {
         let dir = tmp.path().join("a/b/deno-dir");
         let t = Target::resolve(&dir, true).unwrap();
         let staging = t.create_staging().unwrap();
-        fs::write(staging.join("f"), b"x").unwrap();
+        fs::write(staging.io().join("f"), b"x").unwrap();
         assert_eq!(t.swap_in(&staging).unwrap(), None);
         assert!(dir.join("f").exists());
         assert!(t.leftovers().is_empty());
@@ -491,9 +567,9 @@ mod tests {
         let mut t = Target::resolve(&dir, false).unwrap();
         t.inside = true;
         let staging = t.create_staging().unwrap();
-        assert!(staging.starts_with(&dir));
-        fs::create_dir_all(staging.join("npm/pkg")).unwrap();
-        fs::write(staging.join("npm/pkg/new.js"), b"new").unwrap();
+        assert!(staging.path.starts_with(&dir));
+        fs::create_dir_all(staging.io().join("npm/pkg")).unwrap();
+        fs::write(staging.io().join("npm/pkg/new.js"), b"new").unwrap();
         let trash = t.swap_in(&staging).unwrap().unwrap();
         assert!(dir.join("npm/pkg/new.js").exists());
         assert!(!dir.join("npm/pkg/old.js").exists() && !dir.join("gone").exists());

@@ -644,9 +644,6 @@ impl Runner {
 
     /// Empties the cache dir (moved aside, removed in the background).
     async fn clear(&self, dir: &Path) -> Result<(), DeployError> {
-        if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(DeployError::Failed(format!("{} is a symlink; the runner never follows one", dir.display())));
-        }
         let state = self.cache_state_dir();
         sandcache_engine::clear_dir(dir, Some(&state), self.cfg.restore_timeout)
             .await

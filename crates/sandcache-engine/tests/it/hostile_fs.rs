@@ -561,3 +561,142 @@ async fn planted_bookkeeping_symlinks_are_never_followed() {
     assert_eq!(fs::read(&target).unwrap(), before, "the 0600 file is untouched");
     assert!(fs::symlink_metadata(beside("-index.json")).unwrap().file_type().is_file());
 }
+
+/// Where the restore swapper finds its sandbox (set only for the child).
+const RESTORE_SWAPPER_ENV: &str = "SANDCACHE_TEST_RESTORE_SWAPPER";
+
+/// Not a test on its own: the worker's swapper against restores, run as
+/// uid [`WORKER`] by [`a_worker_racing_restores_never_gets_a_write_outside_dir`].
+/// In a loop it replaces every sandcache name it can see (staging and trash
+/// dirs inside DIR and beside it) by a symlink to `outside/`, and swaps DIR
+/// itself for a symlink to `outside/` and back.
+#[test]
+fn restore_swapper_child() {
+    let Some(sandbox) = std::env::var_os(RESTORE_SWAPPER_ENV) else { return };
+    use rustix::fs::{CWD, RenameFlags};
+    let sandbox = PathBuf::from(sandbox);
+    let dirs = [sandbox.join("mnt/deno-dir"), sandbox.join("open/deno-dir")];
+    let outside = sandbox.join("outside");
+    fs::write(sandbox.join("open/ready"), b"").unwrap();
+    let (start, mut swaps, mut round) = (Instant::now(), 0u64, 0u64);
+    while start.elapsed() < Duration::from_secs(120) && !sandbox.join("stop").exists() {
+        for dir in &dirs {
+            let parent = dir.parent().unwrap();
+            for place in [dir.as_path(), parent] {
+                let Ok(entries) = fs::read_dir(place) else { continue };
+                for e in entries.flatten() {
+                    let name = e.file_name();
+                    let n = name.to_string_lossy();
+                    if (n.starts_with(".sandcache-") || n.contains(".sandcache-")) && !n.ends_with(".moved") {
+                        let moved = place.join(format!("{n}.moved"));
+                        if fs::rename(e.path(), &moved).is_ok() {
+                            let _ = symlink(&outside, e.path());
+                            swaps += 1;
+                        }
+                    }
+                }
+            }
+            // DIR itself, where its parent lets the worker (open/).
+            let link = parent.join("deno-dir.link");
+            round += 1;
+            if round % 16 == 0 && rustix::fs::renameat_with(CWD, dir, CWD, &link, RenameFlags::EXCHANGE).is_ok() {
+                swaps += 1;
+                std::thread::sleep(Duration::from_micros(200));
+                let _ = rustix::fs::renameat_with(CWD, dir, CWD, &link, RenameFlags::EXCHANGE);
+            }
+        }
+    }
+    println!("swaps={swaps}");
+}
+
+/// Root restores, native and tgz, into a mount-point DIR (staging inside
+/// it) and into a DIR whose parent the worker can write (staging beside
+/// it), while a worker-uid process races them as above. Nothing outside DIR
+/// is ever written (issue 10, point 5 b and c, restore side): `outside/`
+/// and a root-only file keep exactly what they had, and every restore ends
+/// done or with a named reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_racing_restores_never_gets_a_write_outside_dir() {
+    if !is_root() {
+        eprintln!("skipping: the worker's swapper runs as another uid, which needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let sandbox = tmp.path().to_owned();
+    chmod(&sandbox, 0o755);
+    let outside = sandbox.join("outside");
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("canary"), b"root's").unwrap();
+    chmod(&outside, 0o755);
+    let before = sandcache_testkit::tree::sandbox_state(&outside, &[], &[]);
+    // A mount point DIR, the worker's, and a DIR in a dir the worker can write.
+    let mnt = sandbox.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let Some(_fs) = super::resources::Tmpfs::mount(&mnt.join("deno-dir"), "64m") else { return };
+    give_to_worker(&mnt.join("deno-dir"));
+    let open = sandbox.join("open");
+    fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    symlink(&outside, open.join("deno-dir.link")).unwrap();
+    std::os::unix::fs::lchown(open.join("deno-dir.link"), Some(WORKER), Some(WORKER)).unwrap();
+
+    // The caches: the sample tree, native and tgz.
+    let src = sandbox.join("src");
+    sample_tree(&src);
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(sandbox.join("store")));
+    for (key, format) in [("n", Format::Native), ("t", Format::Tgz)] {
+        let o = Cache::new(store.clone(), key)
+            .snapshot(&src, &SnapshotOptions { format, force: true, ..Default::default() })
+            .await;
+        assert!(o.is_done(), "{}", o.to_json());
+    }
+
+    let exe = exe_for_worker(&sandbox);
+    let child = Command::new(exe)
+        .args(["--exact", "hostile_fs::restore_swapper_child", "--nocapture", "--test-threads", "1"])
+        .env(RESTORE_SWAPPER_ENV, &sandbox)
+        .uid(WORKER)
+        .gid(WORKER)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !open.join("ready").exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the swapper never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut outcomes: BTreeMap<String, u32> = BTreeMap::new();
+    for round in 0..240 {
+        let (place, dir) = if round % 2 == 0 { ("mnt", mnt.join("deno-dir")) } else { ("open", open.join("deno-dir")) };
+        let key = if round % 4 < 2 { "n" } else { "t" };
+        let opts =
+            RestoreOptions { owner: Some((WORKER, WORKER)), timeout: Duration::from_secs(10), ..Default::default() };
+        let o = Cache::new(store.clone(), key).restore(&dir, &opts).await;
+        let reason = o.reason().map_or("done", |r| r.as_str());
+        *outcomes.entry(format!("{place} {key} {reason}")).or_default() += 1;
+    }
+    fs::write(sandbox.join("stop"), b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    sandcache_engine::wait_for_background(Duration::from_secs(20));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let swaps = stdout.split_whitespace().find_map(|w| w.strip_prefix("swaps=").map(str::to_owned));
+    eprintln!("restore race: {outcomes:?}, swaps {swaps:?}");
+    // Staging inside the mount point is out of the worker's reach: restores
+    // complete. Beside a DIR in a dir the worker can write, it can take the
+    // dir's name (a symlink of its own): those restores refuse, never
+    // claiming done with a foreign object in place.
+    let done = outcomes.iter().filter(|(k, _)| k.starts_with("mnt") && k.ends_with("done")).count();
+    assert!(done > 0, "restores into the mount point completed: {outcomes:?}");
+    for k in outcomes.keys() {
+        assert!(["done", "unsafe", "io_error"].iter().any(|r| k.ends_with(r)), "{k}");
+    }
+    assert!(
+        swaps.is_some_and(|s| s.parse::<u64>().unwrap() > 0),
+        "the swapper swapped: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = sandcache_testkit::tree::sandbox_state(&outside, &[], &[]);
+    assert_eq!(before, after, "nothing outside DIR was written");
+}

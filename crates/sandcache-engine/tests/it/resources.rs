@@ -17,10 +17,10 @@ use sandcache_store::{LocalStore, Store};
 use sandcache_testkit::tree::{listing, noise, sample_tree};
 
 /// A tmpfs of `size` mounted at `at`, unmounted on drop.
-struct Tmpfs(PathBuf);
+pub(crate) struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+    pub(crate) fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
         fs::create_dir_all(at).unwrap();
         let ok = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
