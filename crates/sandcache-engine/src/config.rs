@@ -14,6 +14,14 @@ pub mod seed_env {
     pub const KEY: &str = "DECO_CACHE_S3_KEY";
     /// sandcache's addition: a custom endpoint for S3-compatible stores.
     pub const ENDPOINT: &str = "DECO_CACHE_S3_ENDPOINT";
+    /// sandcache's addition: credentials scoped to this site (for example
+    /// an STS session with a policy naming `<prefix>/<site>/*`), used
+    /// instead of the runner's own. Never passed to the worker.
+    pub const ACCESS_KEY_ID: &str = "DECO_CACHE_S3_ACCESS_KEY_ID";
+    pub const SECRET_ACCESS_KEY: &str = "DECO_CACHE_S3_SECRET_ACCESS_KEY";
+    pub const SESSION_TOKEN: &str = "DECO_CACHE_S3_SESSION_TOKEN";
+    /// The scoped-credential variables: the runner's to use, never the worker's.
+    pub const CREDENTIALS: [&str; 3] = [ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN];
 }
 
 /// Which store and key a cache uses. `store: None` disables the cache: no
@@ -38,6 +46,10 @@ impl CacheConfig {
             spec.region = region;
         }
         spec.endpoint = get(seed_env::ENDPOINT);
+        if let (Some(key_id), Some(secret)) = (get(seed_env::ACCESS_KEY_ID), get(seed_env::SECRET_ACCESS_KEY)) {
+            let session_token = get(seed_env::SESSION_TOKEN);
+            spec.credentials = Some(sandcache_store::StaticCredentials { key_id, secret, session_token });
+        }
         CacheConfig { store: Some(StoreSpec::S3(spec)), key: get(seed_env::KEY) }
     }
 
@@ -73,6 +85,23 @@ mod tests {
         let c = CacheConfig::from_envs(&envs(&[("DECO_CACHE_S3_BUCKET", "b"), ("DECO_CACHE_S3_REGION", "eu-west-1")]));
         let Some(StoreSpec::S3(s3)) = &c.store else { panic!() };
         assert_eq!(s3.region, "eu-west-1");
+    }
+
+    #[test]
+    fn scoped_credentials_come_with_the_bucket() {
+        let c = CacheConfig::from_envs(&envs(&[
+            ("DECO_CACHE_S3_BUCKET", "b"),
+            ("DECO_CACHE_S3_ACCESS_KEY_ID", "ASIA1"),
+            ("DECO_CACHE_S3_SECRET_ACCESS_KEY", "s"),
+            ("DECO_CACHE_S3_SESSION_TOKEN", "t"),
+        ]));
+        let Some(StoreSpec::S3(s3)) = &c.store else { panic!("{c:?}") };
+        let creds = s3.credentials.as_ref().expect("scoped credentials");
+        assert_eq!((creds.key_id.as_str(), creds.session_token.as_deref()), ("ASIA1", Some("t")));
+        assert!(!format!("{c:?}").contains("\"s\""), "the secret is never printed");
+        let c = CacheConfig::from_envs(&envs(&[("DECO_CACHE_S3_BUCKET", "b"), ("DECO_CACHE_S3_ACCESS_KEY_ID", "A")]));
+        let Some(StoreSpec::S3(s3)) = &c.store else { panic!() };
+        assert!(s3.credentials.is_none(), "a key id alone is not credentials");
     }
 
     #[test]

@@ -36,7 +36,8 @@ impl LegacyCache {
     /// `None` (skip the step) unless both keys and `DENO_DIR_RUN` are set.
     pub fn from_vars(v: &BTreeMap<String, String>) -> Option<LegacyCache> {
         let get = |k: &str| v.get(k).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
-        let credentials = StaticCredentials { key_id: get(vars::KEY_ID)?, secret: get(vars::SECRET)? };
+        let credentials =
+            StaticCredentials { key_id: get(vars::KEY_ID)?, secret: get(vars::SECRET)?, session_token: None };
         let dir = PathBuf::from(get(vars::DIR)?);
         let mut spec = S3Spec::new(get(vars::BUCKET).unwrap_or_else(|| DEFAULT_BUCKET.into()));
         spec.region = get(vars::REGION).unwrap_or_else(|| DEFAULT_REGION.into());

@@ -40,9 +40,10 @@ pub const SCRUBBED: &[&str] = &[
     "SANDCACHE_ADMIN_TOKEN",
 ];
 
-/// True for variables that never reach the worker, even when forwarded.
+/// True for variables that never reach the worker, even when forwarded:
+/// the legacy build cache's keys and the site's scoped cache credentials.
 pub fn never_forwarded(name: &str) -> bool {
-    name.starts_with("ADMIN_S3_")
+    name.starts_with("ADMIN_S3_") || sandcache_engine::seed_env::CREDENTIALS.contains(&name)
 }
 
 /// The worker's environment: the runner's own minus credentials, plus the

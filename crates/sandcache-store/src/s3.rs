@@ -42,7 +42,13 @@ impl S3Store {
         // Static keys replace the whole environment-driven chain, so a session
         // token or role from the environment cannot mix with them.
         let base = match &spec.credentials {
-            Some(c) => AmazonS3Builder::new().with_access_key_id(&c.key_id).with_secret_access_key(&c.secret),
+            Some(c) => {
+                let b = AmazonS3Builder::new().with_access_key_id(&c.key_id).with_secret_access_key(&c.secret);
+                match &c.session_token {
+                    Some(t) => b.with_token(t),
+                    None => b,
+                }
+            }
             None => AmazonS3Builder::from_env(),
         };
         let mut builder = base

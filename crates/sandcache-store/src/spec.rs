@@ -26,11 +26,13 @@ pub struct S3Spec {
     pub credentials: Option<StaticCredentials>,
 }
 
-/// An access key pair. `Debug` shows the key id only.
+/// An access key pair, and the session token of temporary credentials.
+/// `Debug` shows the key id only.
 #[derive(Clone, PartialEq, Eq)]
 pub struct StaticCredentials {
     pub key_id: String,
     pub secret: String,
+    pub session_token: Option<String>,
 }
 
 impl fmt::Debug for StaticCredentials {
@@ -110,7 +112,7 @@ mod tests {
             ("b", "some/prefix", "us-west-2")
         );
         assert_eq!(s3.to_string(), "s3://b/some/prefix");
-        let creds = StaticCredentials { key_id: "AKID".into(), secret: "s3cr3t".into() };
+        let creds = StaticCredentials { key_id: "AKID".into(), secret: "s3cr3t".into(), session_token: None };
         assert!(!format!("{creds:?}").contains("s3cr3t"));
         assert_eq!("file:///tmp/x".parse::<StoreSpec>().unwrap(), StoreSpec::Local("/tmp/x".into()));
         assert_eq!("./rel".parse::<StoreSpec>().unwrap(), StoreSpec::Local("./rel".into()));

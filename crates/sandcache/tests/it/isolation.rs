@@ -120,9 +120,14 @@ fn probe_run(with_token: bool) {
         .env("AWS_ENDPOINT_URL", &endpoint));
     assert_eq!((code, out["ok"].as_bool()), (0, Some(true)), "{out} {err}");
 
+    // With a token, the platform also gives the deploy credentials scoped
+    // to the site, and the runner's own are wrong: the cache works only if
+    // the runner uses the deploy's, and the worker sees neither.
+    let scoped = with_token;
+    let runner_secret = if scoped { "WRONGRUNNERSECRET-isolation-66" } else { aws_secret.as_str() };
     let mut envs = vec![
         ("AWS_ACCESS_KEY_ID", aws_key_id.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", aws_secret.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", runner_secret),
         ("ADMIN_S3_SECRET_ACCESS_KEY", admin_s3),
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
     ];
@@ -138,7 +143,7 @@ fn probe_run(with_token: bool) {
         .map(|f| state.join("cache").join(f).display().to_string())
         .join(":");
     let victim_url = format!("{endpoint}/{}/{}/victim/cache", spec.bucket, spec.prefix);
-    let envs = json!({
+    let mut envs = json!({
         "DECO_CACHE_S3_BUCKET": spec.bucket,
         "DECO_CACHE_S3_KEY": format!("{}/hostile/cache", spec.prefix),
         "DECO_CACHE_S3_ENDPOINT": endpoint,
@@ -150,6 +155,10 @@ fn probe_run(with_token: bool) {
         "PROBE_RUNNER_PORT": serve.port.to_string(),
         "PROBE_RESTORED_FILE": tmp.path().join("deno-dir/npm/registry.npmjs.org/pkg/1.0.0/lib/index.js").display().to_string(),
     });
+    if scoped {
+        envs["DECO_CACHE_S3_ACCESS_KEY_ID"] = json!(aws_key_id);
+        envs["DECO_CACHE_S3_SECRET_ACCESS_KEY"] = json!(aws_secret);
+    }
     let deploy = json!({"site": "hostile", "runCommand": ["python3", probe.display().to_string()], "envs": envs});
     let reply = http(serve.port, "POST", "/sandbox/deploy", token, &deploy.to_string()).unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
@@ -181,9 +190,15 @@ fn probe_run(with_token: bool) {
         assert!(result(k).contains(expected), "{k}: {}", result(k));
     }
     let cred_env = result("credential env");
-    for name in
-        ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ADMIN_S3_", "AWS_WEB_IDENTITY_TOKEN_FILE", "SANDCACHE_ADMIN"]
-    {
+    for name in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "ADMIN_S3_",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "SANDCACHE_ADMIN",
+        "DECO_CACHE_S3_ACCESS_KEY_ID",
+        "DECO_CACHE_S3_SECRET_ACCESS_KEY",
+    ] {
         assert!(!cred_env.contains(name), "{name} reached the worker's env: {cred_env}");
     }
     for k in ["write deno dir", "rewrite a restored file", "write work dir", "write home", "write tmpdir"] {

@@ -27,7 +27,7 @@ for path in os.environ["PROBE_RUNNER_FILES"].split(":"):
     attempt("replace " + path, lambda p=path: os.rename(p, p + ".moved"))
 attempt("create in state dir", lambda: open(os.environ["PROBE_STATE_DIR"] + "/cache/planted", "x").write("x"))
 attempt("create beside dir", lambda: open(os.environ["PROBE_BESIDE"], "x").write("x"))
-attempt("credential env", lambda: sorted(k for k in os.environ if k.startswith(("AWS_", "ADMIN_S3_", "SANDCACHE_"))))
+attempt("credential env", lambda: sorted(k for k in os.environ if k.startswith(("AWS_", "ADMIN_S3_", "SANDCACHE_", "DECO_CACHE_S3_"))))
 
 
 def put_victim():
