@@ -130,6 +130,27 @@ fn exe_for_worker(tmp: &Path) -> PathBuf {
     copy
 }
 
+/// Runs the test `hostile_fs::<test>` of this binary as uid [`WORKER`], with
+/// `env` set, and waits until it has written `ready`.
+fn start_as_worker(tmp: &Path, test: &str, env: (&str, &Path), ready: &Path) -> std::process::Child {
+    let mut child = Command::new(exe_for_worker(tmp))
+        .args([&format!("hostile_fs::{test}"), "--exact", "--nocapture", "--test-threads", "1"])
+        .env(env.0, env.1)
+        .uid(WORKER)
+        .gid(WORKER)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = Instant::now();
+    while !ready.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "the {test} exited before starting");
+        assert!(waited.elapsed() < Duration::from_secs(20), "the {test} never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
 /// Every stored object, and its decompression when it is gzip or zstd.
 fn stored_bytes(store: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut out = Vec::new();
@@ -212,21 +233,7 @@ async fn a_worker_swapping_entries_never_gets_root_only_bytes_stored() {
     chmod(&store_dir, 0o700);
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(store_dir.clone()));
 
-    let mut swapper = Command::new(exe_for_worker(tmp.path()))
-        .args(["hostile_fs::swapper_child", "--exact", "--nocapture", "--test-threads", "1"])
-        .env(SWAPPER_ENV, &site)
-        .uid(WORKER)
-        .gid(WORKER)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let waited = Instant::now();
-    while !site.join("ready").exists() {
-        assert!(swapper.try_wait().unwrap().is_none(), "the swapper exited before starting");
-        assert!(waited.elapsed() < Duration::from_secs(20), "the swapper never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let mut swapper = start_as_worker(tmp.path(), "swapper_child", (SWAPPER_ENV, &site), &site.join("ready"));
 
     // Root snapshots, four at a time (they take turns on DIR's lock).
     let outcomes: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -651,21 +658,8 @@ async fn a_worker_racing_restores_never_gets_a_write_outside_dir() {
         assert!(o.is_done(), "{}", o.to_json());
     }
 
-    let exe = exe_for_worker(&sandbox);
-    let child = Command::new(exe)
-        .args(["--exact", "hostile_fs::restore_swapper_child", "--nocapture", "--test-threads", "1"])
-        .env(RESTORE_SWAPPER_ENV, &sandbox)
-        .uid(WORKER)
-        .gid(WORKER)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !open.join("ready").exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "the swapper never started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child =
+        start_as_worker(&sandbox, "restore_swapper_child", (RESTORE_SWAPPER_ENV, &sandbox), &open.join("ready"));
     let mut outcomes: BTreeMap<String, u32> = BTreeMap::new();
     for round in 0..240 {
         let (place, dir) = if round % 2 == 0 { ("mnt", mnt.join("deno-dir")) } else { ("open", open.join("deno-dir")) };
