@@ -167,10 +167,49 @@ impl Worker {
     }
 }
 
+/// Longest worker log line kept; the rest of a longer one is dropped, with
+/// a marker saying how much.
+pub(crate) const MAX_LOG_LINE: usize = 16 << 10;
+
+/// Logs the worker's output line by line. Bytes, not UTF-8: any byte
+/// sequence is logged (lossily) and never ends the capture; a line is cut
+/// at [`MAX_LOG_LINE`] and the pipe is always drained, so a worker can
+/// neither die of SIGPIPE nor grow the runner's memory.
 async fn log_lines(stream: impl tokio::io::AsyncRead + Unpin, which: &'static str) {
-    let mut lines = BufReader::new(stream).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "worker", stream = which, "{line}");
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    let mut line: Vec<u8> = Vec::with_capacity(256);
+    let mut dropped = 0usize;
+    let emit = |line: &mut Vec<u8>, dropped: &mut usize| {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
+        if *dropped > 0 {
+            tracing::info!(target: "worker", stream = which, truncated = *dropped, "{text}… [{} more bytes]", *dropped);
+        } else {
+            tracing::info!(target: "worker", stream = which, "{text}");
+        }
+        line.clear();
+        *dropped = 0;
+    };
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(buf) => buf,
+        };
+        let (chunk, end) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i + 1)),
+            None => (buf, None),
+        };
+        let room = MAX_LOG_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        dropped += chunk.len().saturating_sub(room);
+        let used = end.unwrap_or(buf.len());
+        reader.consume(used);
+        if end.is_some() {
+            emit(&mut line, &mut dropped);
+        }
+    }
+    if !line.is_empty() || dropped > 0 {
+        emit(&mut line, &mut dropped);
     }
 }
 

@@ -2,6 +2,7 @@
 //! Identity, and a real Deno app restored from Garage with no network.
 
 mod isolation;
+mod operator;
 mod secrets;
 mod soak;
 

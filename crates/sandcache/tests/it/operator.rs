@@ -1,0 +1,83 @@
+//! The runner as operators run it (issue 11): what a worker writes, how it
+//! exits, and how the runner stops, against the real binary.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{bin, http, worker_user_for_test};
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < Duration::from_secs(secs), "{what} did not happen within {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `sandcache serve` on a free port, its dirs in `tmp` (made passable for a
+/// worker uid), logging to `tmp/serve.log`.
+fn serve(tmp: &Path, uid: u32, extra: &[&str]) -> (Child, u16) {
+    fs::set_permissions(tmp, fs::Permissions::from_mode(0o755)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--stop-grace", "2"])
+        .arg("--dir")
+        .arg(tmp.join("deno-dir"))
+        .arg("--work-dir")
+        .arg(tmp.join("site"))
+        .arg("--state-dir")
+        .arg(tmp.join("state"))
+        .args(worker_user_for_test(uid))
+        .args(extra)
+        .env_remove("SANDCACHE_ADMIN_TOKEN")
+        .stdout(Stdio::from(fs::File::create(tmp.join("serve.log")).unwrap()))
+        .stderr(Stdio::from(fs::File::create(tmp.join("serve.err")).unwrap()))
+        .spawn()
+        .unwrap();
+    wait_for("serve listening", 20, || http(port, "GET", "/deco/_liveness", None, "").is_some());
+    (child, port)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
+}
+
+/// Non-UTF-8 bytes and a 200 MB line without a newline on the worker's
+/// stdout: the capture goes on (the worker is not killed by SIGPIPE and its
+/// later lines are logged), the long line is cut with a marker, and the
+/// runner's memory stays small.
+#[test]
+fn worker_output_of_any_bytes_and_length_is_logged_safely() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, port) = serve(tmp.path(), 4, &[]);
+    let script = "printf 'bad \\377\\376 bytes\\n'; head -c 200000000 /dev/zero | tr '\\0' x; echo; \
+                  i=0; while [ $i -lt 2000 ]; do echo \"line $i after\"; i=$((i+1)); done; \
+                  echo still-alive >&2; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
+    let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", 60, || {
+        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
+    });
+    let peak = peak_rss_kib(server.id());
+    let reply = http(port, "DELETE", "/sandbox/deploy", None, "").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(server.wait().unwrap().success());
+    let log = fs::read_to_string(tmp.path().join("serve.log")).unwrap()
+        + &fs::read_to_string(tmp.path().join("serve.err")).unwrap();
+    assert!(log.contains("bad \u{fffd}\u{fffd} bytes"), "non-UTF-8 is logged lossily");
+    assert!(log.contains("line 1999 after") && log.contains("still-alive"), "the capture went on");
+    assert!(log.contains(&format!("… [{} more bytes]", 200_000_000 - 16 * 1024)), "the long line is cut with a marker");
+    assert!(!log.contains(&"x".repeat(17 * 1024)), "no line over the cap is logged");
+    eprintln!("peak RSS of serve with a 200 MB worker line: {} MiB", peak / 1024);
+    assert!(peak < 100 * 1024, "the runner stayed small: {peak} KiB");
+}
