@@ -23,32 +23,85 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
-    for h in &HOP_BY_HOP {
+    // And every header the Connection header names as hop-by-hop.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(h);
     }
     headers.remove("keep-alive");
     headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// Forwards `req` to the worker on `port`. A worker that refuses the
-/// connection gets a 502 with a JSON reason.
-pub async fn forward(client: &HttpClient, port: u16, mut req: Request<Body>) -> Response<Body> {
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri: Uri = match format!("http://127.0.0.1:{port}{path}").parse() {
+/// Forwards `req` to the worker on `port`, over HTTP/1.1 whatever the
+/// client spoke, with `X-Forwarded-For`, `-Proto` and `-Host`. The worker
+/// has `headers_timeout` to send its response headers (then 504); a body
+/// that has started streams for as long as it lasts. A worker that refuses
+/// the connection gets a 502. Both are JSON, and logged with the method,
+/// the path and the cause.
+pub async fn forward(
+    client: &HttpClient,
+    port: u16,
+    mut req: Request<Body>,
+    headers_timeout: std::time::Duration,
+) -> Response<Body> {
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri: Uri = match format!("http://127.0.0.1:{port}{path_and_query}").parse() {
         Ok(u) => u,
         Err(e) => return crate::json_error(StatusCode::BAD_REQUEST, &format!("bad request URI: {e}")),
     };
     *req.uri_mut() = uri;
+    *req.version_mut() = axum::http::Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
-    match client.request(req).await {
-        Ok(resp) => {
+    forwarded_headers(&mut req);
+    match tokio::time::timeout(headers_timeout, client.request(req)).await {
+        Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Body::new(body))
         }
-        Err(e) => {
-            tracing::warn!(target: "sandbox", "proxy to worker failed: {e}");
+        Ok(Err(e)) => {
+            let cause = crate::error_chain(&e);
+            tracing::warn!(target: "sandbox", %method, path, port, "proxy to the worker failed: {cause}");
             crate::json_error(StatusCode::BAD_GATEWAY, "the worker did not answer")
+        }
+        Err(_) => {
+            let secs = headers_timeout.as_secs_f32();
+            tracing::warn!(target: "sandbox", %method, path, port, "the worker sent no response headers within {secs} s");
+            crate::json_error(StatusCode::GATEWAY_TIMEOUT, &format!("the worker did not answer within {secs} s"))
+        }
+    }
+}
+
+/// `X-Forwarded-For` (appended to, with the client's address),
+/// `X-Forwarded-Proto` and `X-Forwarded-Host`, as the worker's framework
+/// expects behind a proxy.
+fn forwarded_headers(req: &mut Request<Body>) {
+    use axum::http::HeaderValue;
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let host = req.headers().get(header::HOST).cloned();
+    let headers = req.headers_mut();
+    if let Some(ip) = peer {
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    if let Some(h) = host {
+        if !headers.contains_key("x-forwarded-host") {
+            headers.insert("x-forwarded-host", h);
         }
     }
 }

@@ -47,6 +47,9 @@ pub struct RunnerConfig {
     /// SIGTERM to SIGKILL.
     pub stop_grace: Duration,
     pub clone_timeout: Duration,
+    /// How long a proxied request waits for the worker's response headers
+    /// (then 504). A body that has started is not bounded.
+    pub proxy_timeout: Duration,
     /// A default `runCommand`, used only when the repo has `default_entry`.
     pub default_run_command: Option<Vec<String>>,
     pub default_entry: String,
@@ -86,6 +89,7 @@ impl Default for RunnerConfig {
             settle_max_wait: Duration::from_secs(600),
             stop_grace: Duration::from_secs(10),
             clone_timeout: Duration::from_secs(120),
+            proxy_timeout: Duration::from_secs(60),
             default_run_command: None,
             default_entry: "main.ts".into(),
             runner_env: Vec::new(),

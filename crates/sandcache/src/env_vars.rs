@@ -51,6 +51,9 @@ pub const SANDCACHE_SETTLE_SECS: &str = "SANDCACHE_SETTLE_SECS";
 pub const SANDCACHE_RUN_COMMAND: &str = "SANDCACHE_RUN_COMMAND";
 /// `serve`: the entry file the default run command needs (`main.ts`).
 pub const SANDCACHE_RUN_ENTRY: &str = "SANDCACHE_RUN_ENTRY";
+/// `serve`: seconds a proxied request waits for the worker's response
+/// headers before a 504 (60).
+pub const SANDCACHE_PROXY_TIMEOUT: &str = "SANDCACHE_PROXY_TIMEOUT";
 /// `serve`: a bearer token required on `/sandbox/*` (env only, never a flag,
 /// so it does not show in `ps`).
 pub const SANDCACHE_ADMIN_TOKEN: &str = "SANDCACHE_ADMIN_TOKEN";

@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// before the deps-ready snapshot.
     #[arg(long, env = env_vars::SANDCACHE_SETTLE_SECS, default_value = "10", value_name = "SECS")]
     settle: f64,
+    /// Seconds a proxied request waits for the worker's response headers
+    /// before a 504 (a body that has started streams on).
+    #[arg(long, env = env_vars::SANDCACHE_PROXY_TIMEOUT, default_value = "60", value_name = "SECS")]
+    proxy_timeout: f64,
     /// Seconds between SIGTERM and SIGKILL when stopping the worker.
     #[arg(long, default_value = "10", value_name = "SECS")]
     stop_grace: f64,
@@ -146,6 +150,7 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
         port_timeout: secs(args.port_timeout, "--port-timeout")?,
         settle: secs(args.settle, "--settle")?,
         stop_grace: secs(args.stop_grace, "--stop-grace")?,
+        proxy_timeout: secs(args.proxy_timeout, "--proxy-timeout")?,
         default_run_command,
         default_entry: args.run_entry.clone(),
         admin_token,

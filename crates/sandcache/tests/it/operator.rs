@@ -81,3 +81,58 @@ fn worker_output_of_any_bytes_and_length_is_logged_safely() {
     eprintln!("peak RSS of serve with a 200 MB worker line: {} MiB", peak / 1024);
     assert!(peak < 100 * 1024, "the runner stayed small: {peak} KiB");
 }
+
+/// A worker that accepts a request and never answers: the client gets a
+/// JSON 504 after `--proxy-timeout`, and a WARN names the method and path.
+/// A worker that does answer sees the `X-Forwarded-*` headers, and not the
+/// headers the client's `Connection` named as hop-by-hop.
+#[test]
+fn a_worker_that_never_answers_gets_a_504_and_a_named_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, port) = serve(tmp.path(), 5, &["--proxy-timeout", "2"]);
+    let worker = r#"
+import http.server, os, time
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.startswith("/hang"):
+            time.sleep(600)
+        body = "".join(f"{k.lower()}: {v}\n" for k, v in self.headers.items()).encode()
+        self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+    let body = serde_json::json!({"site": "s", "runCommand": ["python3", "-c", worker]}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", 30, || {
+        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
+    });
+    let start = Instant::now();
+    let reply = http(port, "GET", "/hang/here?x=1", None, "").unwrap();
+    let took = start.elapsed();
+    assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
+    assert!(reply.contains(r#"{"error":"the worker did not answer within 2 s"}"#), "{reply}");
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(5), "{took:?}");
+
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /echo HTTP/1.1\r\nhost: shop.example\r\nconnection: close, x-hop\r\nx-hop: 1\r\nx-kept: 2\r\n\r\n")
+        .unwrap();
+    let mut echo = String::new();
+    s.read_to_string(&mut echo).unwrap();
+    assert!(echo.contains("x-forwarded-for: 127.0.0.1"), "{echo}");
+    assert!(echo.contains("x-forwarded-proto: http") && echo.contains("x-forwarded-host: shop.example"), "{echo}");
+    assert!(echo.contains("x-kept: 2") && !echo.contains("x-hop"), "{echo}");
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(server.wait().unwrap().success());
+    let log = fs::read_to_string(tmp.path().join("serve.log")).unwrap()
+        + &fs::read_to_string(tmp.path().join("serve.err")).unwrap();
+    let warn = log.lines().find(|l| l.contains("no response headers within")).expect("a WARN for the 504");
+    assert!(warn.contains("WARN") && warn.contains("GET") && warn.contains("/hang/here"), "{warn}");
+}
