@@ -84,8 +84,10 @@ pub fn app(runner: Arc<Runner>) -> Router {
         .with_state(runner)
 }
 
-/// Serves until `shutdown` resolves, then undeploys (stopping the worker and
-/// taking the final snapshot) before returning.
+/// Serves until `shutdown` resolves, then stops accepting, undeploys
+/// (stopping the worker, which ends its open streams, and taking the final
+/// snapshot) and returns within `stop_grace + final_snapshot_timeout`,
+/// whatever clients still hold open.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     runner: Arc<Runner>,
@@ -101,9 +103,36 @@ pub async fn serve(
         }
     }
     let app = app(runner.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-    tracing::info!(target: "sandbox", "shutting down");
-    runner.shutdown().await;
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        // The server only ends on its own after a shutdown began, or on an error.
+        r = &mut server => return r,
+        _ = stopping_rx => {}
+    }
+    tracing::info!(target: "sandbox", "shutting down: no new connections; stopping the worker, then the final snapshot");
+    // Undeploy while the server drains: stopping the worker ends the
+    // streams it serves. The undeploy has its own bounds (grace, final
+    // snapshot); connections still open after it are dropped.
+    let mut undeploy = std::pin::pin!(runner.shutdown());
+    let mut drained = false;
+    loop {
+        tokio::select! {
+            _ = &mut undeploy => break,
+            r = &mut server, if !drained => {
+                drained = true;
+                r?;
+            }
+        }
+    }
+    if !drained {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut server).await;
+    }
+    tracing::info!(target: "sandbox", "stopped");
     Ok(())
 }
 

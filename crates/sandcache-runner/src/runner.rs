@@ -134,6 +134,8 @@ pub struct Runner {
     pub(crate) metrics: Metrics,
     pub(crate) client: crate::proxy::HttpClient,
     snapshotting: tokio::sync::Mutex<()>,
+    /// The latest manual snapshot's task, for the final snapshot to cancel.
+    manual_snapshot: Mutex<Option<tokio::task::AbortHandle>>,
     last_restore: Mutex<Option<Outcome>>,
     last_snapshot: Mutex<Option<Outcome>>,
 }
@@ -150,6 +152,7 @@ impl Runner {
             metrics: Metrics::default(),
             client: crate::proxy::client(),
             snapshotting: tokio::sync::Mutex::new(()),
+            manual_snapshot: Mutex::new(None),
             last_restore: Mutex::new(None),
             last_snapshot: Mutex::new(None),
         })
@@ -442,9 +445,25 @@ impl Runner {
 
     /// The final snapshot: waits for a running one, then takes its own while
     /// holding the lock, so no other snapshot can slip in between.
+    ///
+    /// One bound covers both: a manual snapshot still running when it runs
+    /// out is cancelled (its upload never becomes a generation), and this
+    /// one gets what is left.
     async fn final_snapshot(&self, cache: &Cache) {
-        let _one_at_a_time = self.snapshotting.lock().await;
-        self.snapshot_now(cache, self.cfg.final_snapshot_timeout).await;
+        let bound = self.cfg.final_snapshot_timeout;
+        let deadline = tokio::time::Instant::now() + bound;
+        let Ok(_one_at_a_time) = tokio::time::timeout_at(deadline, self.snapshotting.lock()).await else {
+            if let Some(h) = lock(&self.manual_snapshot).take() {
+                h.abort();
+            }
+            tracing::warn!(target: "sandbox-cache", "a running snapshot did not end within the final snapshot's {bound:?}; cancelled it");
+            return;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        self.snapshot_now(cache, left).await;
     }
 
     async fn snapshot_now(&self, cache: &Cache, timeout: Duration) {
@@ -468,9 +487,10 @@ impl Runner {
             _ => return Err(DeployError::Conflict("Not deployed".into())),
         };
         let this = self.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             this.snapshot(&d.cache, this.cfg.snapshot_timeout).await;
         });
+        *lock(&self.manual_snapshot) = Some(task.abort_handle());
         Ok(())
     }
 
@@ -658,19 +678,29 @@ impl Runner {
     /// uid when it has its own, and the runner's descendants when it is a
     /// subreaper.
     async fn sweep(&self) {
-        let user = self.worker_user();
-        let scope = SweepScope {
-            uid: (user.is_separate() && !user.is_root()).then_some(user.uid),
-            descendants: self.cfg.sweep_descendants,
-        };
-        if scope.uid.is_none() && !scope.descendants {
-            return;
-        }
+        let Some(scope) = self.sweep_scope() else { return };
         let killed = tokio::task::spawn_blocking(move || crate::isolation::sweep(scope, Duration::from_secs(5)))
             .await
             .unwrap_or(0);
         if killed > 0 {
             tracing::info!(target: "sandbox", "killed {killed} leftover worker processes");
+        }
+    }
+
+    fn sweep_scope(&self) -> Option<SweepScope> {
+        let user = self.worker_user();
+        let scope = SweepScope {
+            uid: (user.is_separate() && !user.is_root()).then_some(user.uid),
+            descendants: self.cfg.sweep_descendants,
+        };
+        (scope.uid.is_some() || scope.descendants).then_some(scope)
+    }
+
+    /// For a process about to exit at once (a second signal): kills every
+    /// worker process now, with no grace and no snapshot.
+    pub fn kill_workers_now(&self) {
+        if let Some(scope) = self.sweep_scope() {
+            crate::isolation::sweep(scope, Duration::from_secs(1));
         }
     }
 

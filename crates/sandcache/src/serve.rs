@@ -49,6 +49,10 @@ pub struct ServeArgs {
     /// before a 504 (a body that has started streams on).
     #[arg(long, env = env_vars::SANDCACHE_PROXY_TIMEOUT, default_value = "60", value_name = "SECS")]
     proxy_timeout: f64,
+    /// Seconds the final snapshot (at undeploy and shutdown) may take,
+    /// waiting for a running snapshot included.
+    #[arg(long, env = env_vars::SANDCACHE_FINAL_SNAPSHOT_SECS, default_value = "60", value_name = "SECS")]
+    final_snapshot_timeout: f64,
     /// Seconds between SIGTERM and SIGKILL when stopping the worker.
     #[arg(long, default_value = "10", value_name = "SECS")]
     stop_grace: f64,
@@ -151,6 +155,7 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
         settle: secs(args.settle, "--settle")?,
         stop_grace: secs(args.stop_grace, "--stop-grace")?,
         proxy_timeout: secs(args.proxy_timeout, "--proxy-timeout")?,
+        final_snapshot_timeout: secs(args.final_snapshot_timeout, "--final-snapshot-timeout")?,
         default_run_command,
         default_entry: args.run_entry.clone(),
         admin_token,
@@ -201,7 +206,18 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             }
         };
         let runner = Runner::new(cfg);
-        match sandcache_runner::serve(listener, runner, shutdown_signal()).await {
+        let second = runner.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            tracing::info!(target: "sandbox", "signal received: shutting down (a second signal exits at once)");
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::warn!(target: "sandbox", "second signal: exiting at once, without the final snapshot");
+                second.kill_workers_now();
+                std::process::exit(1);
+            });
+        };
+        match sandcache_runner::serve(listener, runner, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -136,3 +136,102 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve
     let warn = log.lines().find(|l| l.contains("no response headers within")).expect("a WARN for the 504");
     assert!(warn.contains("WARN") && warn.contains("GET") && warn.contains("/hang/here"), "{warn}");
 }
+
+fn term(child: &Child) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> (std::process::ExitStatus, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, start.elapsed());
+        }
+        assert!(start.elapsed() < within, "serve did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const STREAMING_WORKER: &str = r#"
+import http.server, os, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200); self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked"); self.end_headers()
+        while True:
+            data = b"data: tick\n\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data)); self.wfile.flush(); time.sleep(0.1)
+    def log_message(self, *a): pass
+open(os.environ["DENO_DIR"] + "/marker", "w").write("x")
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// An event stream held open by a client, and SIGTERM: serve stops the
+/// worker (which ends the stream) and exits 0 within stop grace + final
+/// snapshot bound, instead of waiting for the client forever.
+#[test]
+fn sigterm_ends_serve_in_bounded_time_with_a_stream_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, port) = serve(tmp.path(), 6, &["--final-snapshot-timeout", "3"]);
+    let body = serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER]}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", 30, || {
+        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
+    });
+    // A client reading the stream, like a browser tab with live reload.
+    let reader = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(s, "GET /events HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+        let mut buf = [0u8; 4096];
+        let mut got = 0;
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        got
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    term(&server);
+    let (status, took) = wait_exit(&mut server, Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2 + 3 + 2), "serve exited in {took:?}");
+    assert!(reader.join().unwrap() > 0, "the stream flowed until shutdown");
+    eprintln!("SIGTERM with an open stream: exited 0 in {took:?}");
+}
+
+/// A final snapshot stuck on a store that never answers, and a second
+/// SIGTERM: serve exits at once, killing the worker.
+#[test]
+fn a_second_signal_exits_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A store that accepts connections and never answers.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
+    let (mut server, port) = serve(tmp.path(), 7, &["--final-snapshot-timeout", "60", "--restore-timeout", "1"]);
+    let envs = serde_json::json!({"DECO_CACHE_S3_BUCKET": "b", "DECO_CACHE_S3_KEY": "s/cache", "DECO_CACHE_S3_ENDPOINT": endpoint,
+        "DECO_CACHE_S3_ACCESS_KEY_ID": "AKIDTEST", "DECO_CACHE_S3_SECRET_ACCESS_KEY": "secret-test"});
+    let body =
+        serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER], "envs": envs}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", 30, || {
+        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
+    });
+    term(&server);
+    std::thread::sleep(Duration::from_secs(4)); // the worker is stopped; the final snapshot hangs
+    assert!(server.try_wait().unwrap().is_none(), "the final snapshot is still waiting on the store");
+    term(&server);
+    let (status, took) = wait_exit(&mut server, Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1), "a second signal exits at once, not cleanly");
+    eprintln!("second SIGTERM: exited in {took:?}");
+    drop(black_hole);
+}
