@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{HeaderName, Request, Response, StatusCode, Uri, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 pub type HttpClient = Client<HttpConnector, Body>;
 
@@ -58,9 +58,33 @@ pub async fn forward(
     };
     *req.uri_mut() = uri;
     *req.version_mut() = axum::http::Version::HTTP_11;
+    // An upgrade (WebSocket): the two hop-by-hop headers that ask for it
+    // go on, and the client's side of the connection is taken over once
+    // the worker agrees.
+    let upgrade = upgrade_protocol(req.headers());
+    let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut());
+    if let Some(proto) = &upgrade {
+        req.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("upgrade"));
+        req.headers_mut().insert(header::UPGRADE, proto.clone());
+    }
     forwarded_headers(&mut req);
     match tokio::time::timeout(headers_timeout, client.request(req)).await {
+        Ok(Ok(mut resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && client_side.is_some() => {
+            let worker_side = hyper::upgrade::on(&mut resp);
+            let client_side = client_side.expect("checked");
+            tokio::spawn(async move {
+                match tokio::try_join!(client_side, worker_side) {
+                    Ok((c, w)) => {
+                        let (mut c, mut w) = (TokioIo::new(c), TokioIo::new(w));
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut w).await;
+                    }
+                    Err(e) => tracing::warn!(target: "sandbox", %method, path, "upgrade to the worker failed: {e}"),
+                }
+            });
+            let (parts, _) = resp.into_parts();
+            Response::from_parts(parts, Body::empty())
+        }
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -77,6 +101,18 @@ pub async fn forward(
             crate::json_error(StatusCode::GATEWAY_TIMEOUT, &format!("the worker did not answer within {secs} s"))
         }
     }
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` and
+/// `Upgrade: websocket`), if any.
+fn upgrade_protocol(headers: &axum::http::HeaderMap) -> Option<axum::http::HeaderValue> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned()).flatten()
 }
 
 /// `X-Forwarded-For` (appended to, with the client's address),

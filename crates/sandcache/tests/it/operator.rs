@@ -235,3 +235,101 @@ fn a_second_signal_exits_at_once() {
     eprintln!("second SIGTERM: exited in {took:?}");
     drop(black_hole);
 }
+
+/// Real Deno for the worker, where the worker's uid can run it.
+fn deno_for_worker(tmp: &Path) -> Option<String> {
+    let Ok(deno) = std::env::var("SANDCACHE_DENO") else {
+        assert!(std::env::var_os("CI").is_none(), "SANDCACHE_DENO is not set on CI");
+        eprintln!("skipping: SANDCACHE_DENO is not set");
+        return None;
+    };
+    let copy = tmp.join("deno");
+    if fs::hard_link(&deno, &copy).is_err() {
+        fs::copy(&deno, &copy).unwrap();
+    }
+    Some(copy.display().to_string())
+}
+
+/// A Deno site with a WebSocket echo and an event stream, behind the
+/// runner: the upgrade goes through (101, then frames both ways), and the
+/// stream arrives event by event.
+#[test]
+fn websockets_and_event_streams_reach_a_deno_worker() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(deno) = deno_for_worker(tmp.path()) else { return };
+    let (mut server, port) = serve(tmp.path(), 8, &[]);
+    let app = tmp.path().join("app.ts");
+    fs::write(
+        &app,
+        r#"Deno.serve({ port: Number(Deno.env.get("PORT")), hostname: "127.0.0.1" }, (req) => {
+  if (req.headers.get("upgrade") === "websocket") {
+    const { socket, response } = Deno.upgradeWebSocket(req);
+    socket.onmessage = (e) => socket.send("echo: " + e.data);
+    return response;
+  }
+  if (new URL(req.url).pathname === "/sse") {
+    let n = 0;
+    const body = new ReadableStream({
+      async pull(c) { await new Promise((r) => setTimeout(r, 50)); c.enqueue(new TextEncoder().encode(`data: ${n++}\n\n`)); },
+    });
+    return new Response(body, { headers: { "content-type": "text/event-stream" } });
+  }
+  return new Response("ok");
+});
+"#,
+    )
+    .unwrap();
+    fs::set_permissions(&app, fs::Permissions::from_mode(0o644)).unwrap();
+    let run = serde_json::json!([deno, "run", "--allow-net", "--allow-env", app.display().to_string()]);
+    let body = serde_json::json!({"site": "s", "runCommand": run, "envs": {"NO_COLOR": "1"}}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", 60, || {
+        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
+    });
+
+    // WebSocket: the RFC 6455 handshake example, then a masked text frame.
+    let mut ws = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    ws.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        ws,
+        "GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+         sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        ws.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    let (payload, mask) = (b"hello", [1u8, 2, 3, 4]);
+    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    ws.write_all(&frame).unwrap();
+    let mut hdr = [0u8; 2];
+    ws.read_exact(&mut hdr).unwrap();
+    let mut echo = vec![0u8; (hdr[1] & 0x7f) as usize];
+    ws.read_exact(&mut echo).unwrap();
+    assert_eq!((hdr[0], String::from_utf8_lossy(&echo).as_ref()), (0x81, "echo: hello"));
+
+    // The event stream, event by event: the first arrives long before the end.
+    let mut sse = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sse.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(sse, "GET /sse HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut lines = BufReader::new(sse).lines();
+    let start = Instant::now();
+    let first = lines.by_ref().map(Result::unwrap).find(|l| l.starts_with("data: ")).unwrap();
+    let third = lines.by_ref().map(Result::unwrap).filter(|l| l.starts_with("data: ")).nth(1).unwrap();
+    assert_eq!((first.as_str(), third.as_str()), ("data: 0", "data: 2"));
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    term(&server);
+    let (status, _) = wait_exit(&mut server, Duration::from_secs(15));
+    assert!(status.success());
+}
