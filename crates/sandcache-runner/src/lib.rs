@@ -109,17 +109,22 @@ pub async fn serve(
         let _ = stopping_tx.send(());
     });
     let mut server = std::pin::pin!(server.into_future());
+    // The server ends on its own only after the shutdown began (with no
+    // connection open, at once) or on an error; either way, undeploy.
+    let mut drained = false;
     tokio::select! {
-        // The server only ends on its own after a shutdown began, or on an error.
-        r = &mut server => return r,
+        biased;
         _ = stopping_rx => {}
+        r = &mut server => {
+            drained = true;
+            r?;
+        }
     }
     tracing::info!(target: "sandbox", "shutting down: no new connections; stopping the worker, then the final snapshot");
     // Undeploy while the server drains: stopping the worker ends the
     // streams it serves. The undeploy has its own bounds (grace, final
     // snapshot); connections still open after it are dropped.
     let mut undeploy = std::pin::pin!(runner.shutdown());
-    let mut drained = false;
     loop {
         tokio::select! {
             _ = &mut undeploy => break,
@@ -213,8 +218,13 @@ async fn snapshot(State(runner): State<Arc<Runner>>) -> Response {
 }
 
 async fn proxy(State(runner): State<Arc<Runner>>, req: Request<Body>) -> Response {
-    match runner.worker_target() {
+    match runner.worker_target().await {
         Ok(port) => proxy::forward(&runner.client, port, req, runner.cfg.proxy_timeout).await,
+        Err((status, msg)) if status == StatusCode::SERVICE_UNAVAILABLE && msg == "worker starting" => {
+            let mut resp = json_error(status, msg);
+            resp.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+            resp
+        }
         Err((status, msg)) => json_error(status, msg),
     }
 }

@@ -30,6 +30,8 @@ pub struct Metrics {
     files: Family<OpLabels, Counter>,
     worker_starts: Counter,
     worker_failures: Counter,
+    worker_restarts: Counter,
+    worker_up: prometheus_client::metrics::gauge::Gauge,
 }
 
 fn op_name(op: Op) -> &'static str {
@@ -66,6 +68,14 @@ impl Default for Metrics {
             "Workers that failed to start, to become ready, or exited on their own",
             worker_failures.clone(),
         );
+        let worker_restarts = Counter::default();
+        registry.register(
+            "worker_restarts",
+            "Workers restarted after they exited on their own once ready",
+            worker_restarts.clone(),
+        );
+        let worker_up = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register("worker_up", "1 while the worker is ready, else 0", worker_up.clone());
         // Every label set exists from the start, so a dashboard sees zeros.
         for op in [Op::Restore, Op::Snapshot] {
             let labels = OpLabels { op: op_name(op) };
@@ -78,7 +88,18 @@ impl Default for Metrics {
                 let _ = outcomes.get_or_create(&OutcomeLabels { op: op_name(op), reason: reason.as_str() });
             }
         }
-        Metrics { registry, duration, outcomes, bytes, transferred, files, worker_starts, worker_failures }
+        Metrics {
+            registry,
+            duration,
+            outcomes,
+            bytes,
+            transferred,
+            files,
+            worker_starts,
+            worker_failures,
+            worker_restarts,
+            worker_up,
+        }
     }
 }
 
@@ -101,6 +122,14 @@ impl Metrics {
 
     pub fn worker_failed(&self) {
         self.worker_failures.inc();
+    }
+
+    pub fn worker_restarted(&self) {
+        self.worker_restarts.inc();
+    }
+
+    pub fn worker_up(&self, up: bool) {
+        self.worker_up.set(i64::from(up));
     }
 
     /// The text exposition format.

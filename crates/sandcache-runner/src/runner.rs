@@ -50,6 +50,8 @@ pub struct RunnerConfig {
     /// How long a proxied request waits for the worker's response headers
     /// (then 504). A body that has started is not bounded.
     pub proxy_timeout: Duration,
+    /// How a worker that exits after it was ready is restarted.
+    pub worker_restarts: crate::worker::Restarts,
     /// A default `runCommand`, used only when the repo has `default_entry`.
     pub default_run_command: Option<Vec<String>>,
     pub default_entry: String,
@@ -90,6 +92,7 @@ impl Default for RunnerConfig {
             stop_grace: Duration::from_secs(10),
             clone_timeout: Duration::from_secs(120),
             proxy_timeout: Duration::from_secs(60),
+            worker_restarts: crate::worker::Restarts::default(),
             default_run_command: None,
             default_entry: "main.ts".into(),
             runner_env: Vec::new(),
@@ -131,7 +134,7 @@ pub(crate) enum Phase {
 pub struct Runner {
     pub(crate) cfg: RunnerConfig,
     pub(crate) phase: Mutex<Phase>,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: crate::proxy::HttpClient,
     snapshotting: tokio::sync::Mutex<()>,
     /// The latest manual snapshot's task, for the final snapshot to cancel.
@@ -149,7 +152,7 @@ impl Runner {
         Arc::new(Runner {
             cfg,
             phase: Mutex::new(Phase::Idle),
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
             client: crate::proxy::client(),
             snapshotting: tokio::sync::Mutex::new(()),
             manual_snapshot: Mutex::new(None),
@@ -164,13 +167,17 @@ impl Runner {
 
     /// `/sandbox/status`: no secrets, only names, states and outcomes.
     pub fn status(&self) -> serde_json::Value {
-        let (deployed, deploying, site, worker) = match &*lock(&self.phase) {
-            Phase::Idle => (false, false, None, WorkerState::None),
-            Phase::Deploying { site } => (false, true, Some(site.clone()), WorkerState::None),
-            Phase::Undeploying { site } => (true, false, Some(site.clone()), WorkerState::None),
-            Phase::Deployed(d) => {
-                (true, false, Some(d.site.clone()), d.worker.as_ref().map_or(WorkerState::None, Worker::state))
-            }
+        let (deployed, deploying, site, worker, (restarts, last_exit)) = match &*lock(&self.phase) {
+            Phase::Idle => (false, false, None, WorkerState::None, (0, None)),
+            Phase::Deploying { site } => (false, true, Some(site.clone()), WorkerState::None, (0, None)),
+            Phase::Undeploying { site } => (true, false, Some(site.clone()), WorkerState::None, (0, None)),
+            Phase::Deployed(d) => (
+                true,
+                false,
+                Some(d.site.clone()),
+                d.worker.as_ref().map_or(WorkerState::None, Worker::state),
+                d.worker.as_ref().map_or((0, None), Worker::restarts),
+            ),
         };
         let outcome = |o: &Mutex<Option<Outcome>>| lock(o).as_ref().map(Outcome::to_json);
         json!({
@@ -179,6 +186,8 @@ impl Runner {
             "deploying": deploying,
             "site": site,
             "worker": worker,
+            "worker_restarts": restarts,
+            "worker_last_exit": last_exit,
             "cache": { "restore": outcome(&self.last_restore), "snapshot": outcome(&self.last_snapshot) },
         })
     }
@@ -306,7 +315,17 @@ impl Runner {
                 env.insert("HOME".into(), home.join("home").display().to_string());
                 env.insert("TMPDIR".into(), home.join("tmp").display().to_string());
                 let spawn_as = user.is_separate().then_some(user);
-                let worker = Worker::spawn(&argv, work, &env, port, self.cfg.port_timeout, spawn_as).map_err(|e| {
+                let worker = Worker::spawn(
+                    &argv,
+                    work,
+                    &env,
+                    port,
+                    self.cfg.port_timeout,
+                    spawn_as,
+                    self.cfg.worker_restarts,
+                    self.metrics.clone(),
+                )
+                .map_err(|e| {
                     self.metrics.worker_failed();
                     match e {
                         SpawnError::NotFound { .. } => DeployError::BadInput(e.to_string()),
@@ -316,7 +335,6 @@ impl Runner {
                         )),
                     }
                 })?;
-                self.metrics.worker_started();
                 tracing::info!(target: "sandbox", "worker started on port {port} as {user}: {}", argv.join(" "));
                 Some(worker)
             }
@@ -393,7 +411,6 @@ impl Runner {
     async fn after_ready(self: Arc<Self>, d: Arc<Deployment>, port: u16) {
         let Some(worker) = &d.worker else { return };
         if worker.settled().await != WorkerState::Ready {
-            self.metrics.worker_failed();
             tracing::warn!(target: "sandbox", "worker on port {port} failed to start; no deps-ready snapshot");
             return;
         }
@@ -704,23 +721,35 @@ impl Runner {
         }
     }
 
-    pub(crate) fn worker_target(&self) -> Result<u16, (axum::http::StatusCode, &'static str)> {
+    /// The worker's port for a proxied request. A request that comes while
+    /// the worker starts or restarts (or the deploy runs) waits for it, up
+    /// to `PORT_TIMEOUT`, as the seed held them; then 503 `worker starting`.
+    pub(crate) async fn worker_target(&self) -> Result<u16, (axum::http::StatusCode, &'static str)> {
         use axum::http::StatusCode;
-        match &*lock(&self.phase) {
-            Phase::Deployed(d) => match &d.worker {
-                Some(w) => match w.state() {
-                    WorkerState::Ready => Ok(w.port),
-                    WorkerState::Starting => Err((StatusCode::SERVICE_UNAVAILABLE, "worker starting")),
-                    WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "Error while starting worker")),
-                    WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),
-                },
-                None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker for this deploy")),
-            },
-            Phase::Deploying { .. } => Err((StatusCode::SERVICE_UNAVAILABLE, "deploy in progress")),
-            _ => Err((
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Sandbox mode: not deployed yet. POST /sandbox/deploy to assign a site.",
-            )),
+        let deadline = tokio::time::Instant::now() + self.cfg.port_timeout;
+        let d = loop {
+            match &*lock(&self.phase) {
+                Phase::Deployed(d) => break d.clone(),
+                Phase::Deploying { .. } if tokio::time::Instant::now() < deadline => {}
+                Phase::Deploying { .. } => return Err((StatusCode::SERVICE_UNAVAILABLE, "worker starting")),
+                _ => {
+                    return Err((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "Sandbox mode: not deployed yet. POST /sandbox/deploy to assign a site.",
+                    ));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let Some(w) = &d.worker else {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "no worker for this deploy"));
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match w.ready_within(left).await {
+            WorkerState::Ready => Ok(w.port),
+            WorkerState::Starting => Err((StatusCode::SERVICE_UNAVAILABLE, "worker starting")),
+            WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "Error while starting worker")),
+            WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),
         }
     }
 }

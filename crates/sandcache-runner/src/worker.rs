@@ -71,13 +71,52 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A running worker.
+/// How a worker that exits after it was ready is restarted.
+#[derive(Debug, Clone, Copy)]
+pub struct Restarts {
+    /// Restarts allowed in a row (a worker that stays ready for a minute
+    /// starts the count again); past it the worker is `failed`.
+    pub max: u32,
+    /// The first delay; each next one doubles, up to `max_delay`.
+    pub delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Restarts {
+    fn default() -> Self {
+        Restarts { max: 5, delay: Duration::from_millis(500), max_delay: Duration::from_secs(10) }
+    }
+}
+
+/// What to run, kept for restarts.
+#[derive(Debug, Clone)]
+struct Spec {
+    argv: Vec<String>,
+    cwd: std::path::PathBuf,
+    env: BTreeMap<String, String>,
+    port: u16,
+    ready_timeout: Duration,
+    user: Option<crate::isolation::WorkerUser>,
+}
+
+/// What the supervisor shares with the rest of the runner.
+#[derive(Debug, Default)]
+struct Shared {
+    stopping: std::sync::atomic::AtomicBool,
+    pgid: std::sync::Mutex<Option<Pid>>,
+    restarts: std::sync::atomic::AtomicU32,
+    last_exit: std::sync::Mutex<Option<String>>,
+}
+
+/// A running worker, supervised: started in its own process group, watched
+/// until it listens, restarted (with backoff, up to a cap) when it exits
+/// after it was ready, and stopped with TERM, grace, then KILL.
 #[derive(Debug)]
 pub struct Worker {
     pub port: u16,
-    pgid: Option<Pid>,
-    child: Arc<tokio::sync::Mutex<Child>>,
+    shared: Arc<Shared>,
     state: watch::Receiver<WorkerState>,
+    supervisor: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,27 +131,18 @@ pub enum SpawnError {
     },
 }
 
-impl Worker {
-    /// Starts `argv` in `cwd` with exactly `env`, and watches it until it
-    /// accepts connections on `port` (or exits, or `ready_timeout` passes).
-    pub(crate) fn spawn(
-        argv: &[String],
-        cwd: &Path,
-        env: &BTreeMap<String, String>,
-        port: u16,
-        ready_timeout: Duration,
-        user: Option<crate::isolation::WorkerUser>,
-    ) -> Result<Worker, SpawnError> {
-        let program = argv[0].clone();
+impl Spec {
+    fn start(&self) -> Result<Child, SpawnError> {
+        let program = self.argv[0].clone();
         let mut cmd = Command::new(&program);
-        if let Some(u) = user {
+        if let Some(u) = self.user {
             // std clears the supplementary groups when root drops to a uid.
             cmd.uid(u.uid).gid(u.gid);
         }
-        cmd.args(&argv[1..])
-            .current_dir(cwd)
+        cmd.args(&self.argv[1..])
+            .current_dir(&self.cwd)
             .env_clear()
-            .envs(env)
+            .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -122,21 +152,48 @@ impl Worker {
             std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program.clone() },
             _ => SpawnError::Io { program: program.clone(), source },
         })?;
-        let pgid = child.id().and_then(|id| Pid::from_raw(id as i32));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(log_lines(out, "stdout"));
         }
         if let Some(err) = child.stderr.take() {
             tokio::spawn(log_lines(err, "stderr"));
         }
+        Ok(child)
+    }
+}
+
+impl Worker {
+    /// Starts `argv` in `cwd` with exactly `env` (as `user`, if given), and
+    /// supervises it. A program that cannot be started at all is an error
+    /// here; everything later is a state.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn spawn(
+        argv: &[String],
+        cwd: &Path,
+        env: &BTreeMap<String, String>,
+        port: u16,
+        ready_timeout: Duration,
+        user: Option<crate::isolation::WorkerUser>,
+        restarts: Restarts,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Result<Worker, SpawnError> {
+        let spec = Spec { argv: argv.to_vec(), cwd: cwd.to_owned(), env: env.clone(), port, ready_timeout, user };
+        let child = spec.start()?;
+        metrics.worker_started();
+        let shared = Arc::new(Shared::default());
         let (tx, rx) = watch::channel(WorkerState::Starting);
-        let child = Arc::new(tokio::sync::Mutex::new(child));
-        tokio::spawn(watch_readiness(child.clone(), port, ready_timeout, tx));
-        Ok(Worker { port, pgid, child, state: rx })
+        let supervisor = tokio::spawn(supervise(spec, child, shared.clone(), tx, restarts, metrics));
+        Ok(Worker { port, shared, state: rx, supervisor: tokio::sync::Mutex::new(Some(supervisor)) })
     }
 
     pub fn state(&self) -> WorkerState {
         *self.state.borrow()
+    }
+
+    /// Restarts so far, and how the last run ended (`exit status: 1`).
+    pub fn restarts(&self) -> (u32, Option<String>) {
+        let last = self.shared.last_exit.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (self.shared.restarts.load(std::sync::atomic::Ordering::Relaxed), last)
     }
 
     /// Waits until the worker is ready or has failed.
@@ -153,17 +210,138 @@ impl Worker {
         }
     }
 
-    /// TERM to the whole group, `grace` to exit, then KILL.
+    /// Waits up to `within` for the worker to be ready (it may be starting
+    /// or restarting); its state then.
+    pub async fn ready_within(&self, within: Duration) -> WorkerState {
+        tokio::time::timeout(within, self.settled()).await.unwrap_or(WorkerState::Starting)
+    }
+
+    /// TERM to the whole group, `grace` to exit, then KILL; no restart.
     pub async fn stop(&self, grace: Duration) {
-        let Some(pgid) = self.pgid else { return };
-        let _ = rustix::process::kill_process_group(pgid, Signal::TERM);
-        let mut child = self.child.lock().await;
-        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        self.shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        let pgid = *self.shared.pgid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pgid) = pgid {
+            let _ = rustix::process::kill_process_group(pgid, Signal::TERM);
+        }
+        let Some(mut supervisor) = self.supervisor.lock().await.take() else { return };
+        let ended = tokio::time::timeout(grace, &mut supervisor).await.is_ok();
+        if !ended {
             tracing::warn!(target: "sandbox", "worker did not exit within {grace:?} of SIGTERM; killing its group");
         }
         // Whatever is left of the group (grandchildren included) goes now.
-        let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
-        let _ = child.wait().await;
+        let pgid = *self.shared.pgid.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pgid) = pgid {
+            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+        }
+        if !ended {
+            let _ = tokio::time::timeout(Duration::from_secs(5), supervisor).await;
+        }
+    }
+}
+
+/// Runs the worker: readiness, then its exit, then (unless it is being
+/// stopped, or it failed before it was ever ready) a restart after a
+/// backoff, up to the cap.
+async fn supervise(
+    spec: Spec,
+    mut child: Child,
+    shared: Arc<Shared>,
+    tx: watch::Sender<WorkerState>,
+    restarts: Restarts,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    use std::sync::atomic::Ordering;
+    let mut in_a_row = 0u32;
+    loop {
+        *shared.pgid.lock().unwrap_or_else(|p| p.into_inner()) = child.id().and_then(|id| Pid::from_raw(id as i32));
+        let ready = wait_ready(&mut child, spec.port, spec.ready_timeout, &shared).await;
+        let ready_at = tokio::time::Instant::now();
+        let status = match ready {
+            Readiness::Ready => {
+                tracing::info!(target: "sandbox", port = spec.port, "worker ready on port {}", spec.port);
+                let _ = tx.send(WorkerState::Ready);
+                metrics.worker_up(true);
+                child.wait().await.ok()
+            }
+            Readiness::Exited(status) => Some(status),
+            Readiness::TimedOut if shared.stopping.load(Ordering::SeqCst) => return,
+            Readiness::TimedOut => {
+                tracing::warn!(target: "sandbox", port = spec.port, "worker did not listen on port {} within {:?}", spec.port, spec.ready_timeout);
+                metrics.worker_failed();
+                let _ = tx.send(WorkerState::Failed);
+                return;
+            }
+        };
+        metrics.worker_up(false);
+        let exit = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+        *shared.last_exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(exit.clone());
+        if shared.stopping.load(Ordering::SeqCst) {
+            tracing::info!(target: "sandbox", "worker stopped ({exit})");
+            return;
+        }
+        metrics.worker_failed();
+        if !matches!(ready, Readiness::Ready) {
+            tracing::warn!(target: "sandbox", exit = %exit, "worker exited before it was ready: {exit}");
+            let _ = tx.send(WorkerState::Failed);
+            return;
+        }
+        if ready_at.elapsed() >= Duration::from_secs(60) {
+            in_a_row = 0;
+        }
+        if in_a_row >= restarts.max {
+            tracing::warn!(target: "sandbox", exit = %exit, "worker exited ({exit}) after {in_a_row} restarts in a row; giving up");
+            let _ = tx.send(WorkerState::Failed);
+            return;
+        }
+        let delay = restarts.delay.saturating_mul(1 << in_a_row.min(16)).min(restarts.max_delay);
+        in_a_row += 1;
+        tracing::warn!(target: "sandbox", exit = %exit, "worker exited after it was ready ({exit}); restarting in {delay:?}");
+        let _ = tx.send(WorkerState::Starting);
+        tokio::time::sleep(delay).await;
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        child = match spec.start() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(target: "sandbox", "worker restart failed: {e}");
+                let _ = tx.send(WorkerState::Failed);
+                return;
+            }
+        };
+        shared.restarts.fetch_add(1, Ordering::Relaxed);
+        metrics.worker_started();
+        metrics.worker_restarted();
+    }
+}
+
+enum Readiness {
+    Ready,
+    Exited(std::process::ExitStatus),
+    TimedOut,
+}
+
+/// Polls until the worker accepts a connection on `port` (IPv4 or IPv6
+/// loopback), exits, or `timeout` passes.
+async fn wait_ready(child: &mut Child, port: u16, timeout: Duration, shared: &Shared) -> Readiness {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Readiness::Exited(status);
+        }
+        let v4 = tokio::net::TcpStream::connect(("127.0.0.1", port));
+        let v6 = tokio::net::TcpStream::connect(("::1", port));
+        let (v4, v6) = tokio::join!(v4, v6);
+        if v4.is_ok() || v6.is_ok() {
+            return Readiness::Ready;
+        }
+        if tokio::time::Instant::now() >= deadline || shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return match child.try_wait() {
+                Ok(Some(status)) => Readiness::Exited(status),
+                _ => Readiness::TimedOut,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -210,49 +388,6 @@ async fn log_lines(stream: impl tokio::io::AsyncRead + Unpin, which: &'static st
     }
     if !line.is_empty() || dropped > 0 {
         emit(&mut line, &mut dropped);
-    }
-}
-
-async fn watch_readiness(
-    child: Arc<tokio::sync::Mutex<Child>>,
-    port: u16,
-    timeout: Duration,
-    tx: watch::Sender<WorkerState>,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.lock().await.try_wait() {
-            tracing::warn!(target: "sandbox", "worker exited before it was ready: {status}");
-            let _ = tx.send(WorkerState::Failed);
-            return;
-        }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            tracing::info!(target: "sandbox", "worker ready on port {port}");
-            let _ = tx.send(WorkerState::Ready);
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(target: "sandbox", "worker did not listen on port {port} within {timeout:?}");
-            let _ = tx.send(WorkerState::Failed);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Ready: notice if it dies later.
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        match child.lock().await.try_wait() {
-            Ok(Some(status)) => {
-                tracing::warn!(target: "sandbox", "worker exited: {status}");
-                let _ = tx.send(WorkerState::Failed);
-                return;
-            }
-            Ok(None) => {}
-            Err(_) => return,
-        }
-        if tx.is_closed() {
-            return;
-        }
     }
 }
 

@@ -91,7 +91,7 @@ async fn health_liveness_metrics_and_idle_status() {
     assert_eq!(
         v,
         json!({"sandbox": true, "deployed": false, "deploying": false, "site": null, "worker": "none",
-        "cache": {"restore": null, "snapshot": null}})
+        "worker_restarts": 0, "worker_last_exit": null, "cache": {"restore": null, "snapshot": null}})
     );
     let (s, text) = raw_call(&runner, "GET", "/metrics", vec![]).await;
     assert_eq!(s, StatusCode::OK);

@@ -333,3 +333,67 @@ fn websockets_and_event_streams_reach_a_deno_worker() {
     let (status, _) = wait_exit(&mut server, Duration::from_secs(15));
     assert!(status.success());
 }
+
+/// A worker that exits on its own twice after it was ready, then stays:
+/// it is restarted each time (status and metrics count it), requests made
+/// while it restarts wait for it instead of failing, and the intentional
+/// stop at the end is not a warning.
+#[test]
+fn a_worker_that_exits_after_ready_is_restarted_and_requests_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, port) = serve(tmp.path(), 9, &[]);
+    let worker = r#"
+import http.server, os, sys, threading, time
+runs = os.path.join(os.environ["HOME"], "runs")
+n = len(open(runs).read()) if os.path.exists(runs) else 0
+open(runs, "a").write("x")
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"run {n}".encode()
+        self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H)
+if n < 2:
+    threading.Timer(1.0, lambda: os._exit(3)).start()
+srv.serve_forever()
+"#;
+    let body = serde_json::json!({"site": "s", "runCommand": ["python3", "-c", worker]}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let status = || -> serde_json::Value {
+        let r = http(port, "GET", "/sandbox/status", None, "").unwrap();
+        serde_json::from_str(r.split_once("\r\n\r\n").unwrap().1).unwrap()
+    };
+    // Requests all along: none fails, the later ones reach the third run.
+    let start = Instant::now();
+    let mut answers = Vec::new();
+    while start.elapsed() < Duration::from_secs(20) {
+        let reply = http(port, "GET", "/", None, "").unwrap();
+        assert!(reply.contains(" 200 "), "a request during a restart failed: {reply}");
+        let last = reply.rsplit("\r\n\r\n").next().unwrap().to_owned();
+        let done = last == "run 2";
+        answers.push(last);
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(answers.last().map(String::as_str), Some("run 2"), "{answers:?}");
+    let st = status();
+    assert_eq!((st["worker"].as_str(), st["worker_restarts"].as_u64()), (Some("ready"), Some(2)), "{st}");
+    assert_eq!(st["worker_last_exit"], "exit status: 3", "{st}");
+    let metrics = http(port, "GET", "/metrics", None, "").unwrap();
+    assert!(metrics.contains("sandcache_worker_restarts_total 2"), "{metrics}");
+    assert!(metrics.contains("sandcache_worker_up 1"), "{metrics}");
+    let reply = http(port, "DELETE", "/sandbox/deploy", None, "").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    term(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(15)).0.success());
+    let log = fs::read_to_string(tmp.path().join("serve.log")).unwrap()
+        + &fs::read_to_string(tmp.path().join("serve.err")).unwrap();
+    assert_eq!(log.matches("restarting in").count(), 2, "two restarts logged");
+    let after_delete = log.split("worker stopped").last().unwrap_or_default();
+    assert!(!after_delete.contains("WARN"), "the intentional stop is not a warning: {after_delete}");
+    assert!(log.contains("worker stopped (signal: 15"), "the stop is logged at info with its status");
+}
