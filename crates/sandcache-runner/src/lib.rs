@@ -219,7 +219,7 @@ async fn snapshot(State(runner): State<Arc<Runner>>) -> Response {
 
 async fn proxy(State(runner): State<Arc<Runner>>, req: Request<Body>) -> Response {
     match runner.worker_target().await {
-        Ok(port) => proxy::forward(&runner.client, port, req, runner.cfg.proxy_timeout).await,
+        Ok(addr) => proxy::forward(&runner.client, addr, req, runner.cfg.proxy_timeout).await,
         Err((status, msg)) if status == StatusCode::SERVICE_UNAVAILABLE && msg == "worker starting" => {
             let mut resp = json_error(status, msg);
             resp.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));

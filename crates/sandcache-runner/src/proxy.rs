@@ -46,13 +46,14 @@ fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
 /// the path and the cause.
 pub async fn forward(
     client: &HttpClient,
-    port: u16,
+    addr: std::net::SocketAddr,
     mut req: Request<Body>,
     headers_timeout: std::time::Duration,
 ) -> Response<Body> {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri: Uri = match format!("http://127.0.0.1:{port}{path_and_query}").parse() {
+    let port = addr.port();
+    let uri: Uri = match format!("http://{addr}{path_and_query}").parse() {
         Ok(u) => u,
         Err(e) => return crate::json_error(StatusCode::BAD_REQUEST, &format!("bad request URI: {e}")),
     };

@@ -724,7 +724,7 @@ impl Runner {
     /// The worker's port for a proxied request. A request that comes while
     /// the worker starts or restarts (or the deploy runs) waits for it, up
     /// to `PORT_TIMEOUT`, as the seed held them; then 503 `worker starting`.
-    pub(crate) async fn worker_target(&self) -> Result<u16, (axum::http::StatusCode, &'static str)> {
+    pub(crate) async fn worker_target(&self) -> Result<std::net::SocketAddr, (axum::http::StatusCode, &'static str)> {
         use axum::http::StatusCode;
         let deadline = tokio::time::Instant::now() + self.cfg.port_timeout;
         let d = loop {
@@ -746,7 +746,7 @@ impl Runner {
         };
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match w.ready_within(left).await {
-            WorkerState::Ready => Ok(w.port),
+            WorkerState::Ready => Ok(w.addr()),
             WorkerState::Starting => Err((StatusCode::SERVICE_UNAVAILABLE, "worker starting")),
             WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "Error while starting worker")),
             WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),

@@ -106,6 +106,8 @@ struct Shared {
     pgid: std::sync::Mutex<Option<Pid>>,
     restarts: std::sync::atomic::AtomicU32,
     last_exit: std::sync::Mutex<Option<String>>,
+    /// The worker listens on `[::1]` only.
+    ipv6_only: std::sync::atomic::AtomicBool,
 }
 
 /// A running worker, supervised: started in its own process group, watched
@@ -188,6 +190,16 @@ impl Worker {
 
     pub fn state(&self) -> WorkerState {
         *self.state.borrow()
+    }
+
+    /// Where requests reach it: loopback, IPv4 unless it listens on `[::1]` only.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let ip: std::net::IpAddr = if self.shared.ipv6_only.load(std::sync::atomic::Ordering::Relaxed) {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        };
+        std::net::SocketAddr::new(ip, self.port)
     }
 
     /// Restarts so far, and how the last run ended (`exit status: 1`).
@@ -333,6 +345,7 @@ async fn wait_ready(child: &mut Child, port: u16, timeout: Duration, shared: &Sh
         let v6 = tokio::net::TcpStream::connect(("::1", port));
         let (v4, v6) = tokio::join!(v4, v6);
         if v4.is_ok() || v6.is_ok() {
+            shared.ipv6_only.store(v4.is_err(), std::sync::atomic::Ordering::Relaxed);
             return Readiness::Ready;
         }
         if tokio::time::Instant::now() >= deadline || shared.stopping.load(std::sync::atomic::Ordering::SeqCst) {

@@ -397,3 +397,22 @@ srv.serve_forever()
     assert!(!after_delete.contains("WARN"), "the intentional stop is not a warning: {after_delete}");
     assert!(log.contains("worker stopped (signal: 15"), "the stop is logged at info with its status");
 }
+
+/// A worker that listens on `[::1]` only is ready and reached.
+#[test]
+fn a_worker_on_ipv6_loopback_only_is_ready_and_proxied() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, port) = serve(tmp.path(), 10, &[]);
+    let script = "exec python3 -m http.server \"$PORT\" --bind ::1";
+    let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let reply = http(port, "GET", "/", None, "").unwrap();
+    assert!(reply.lines().next().is_some_and(|l| l.contains(" 200 ")), "{reply}");
+    term(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(15)).0.success());
+}
