@@ -198,6 +198,7 @@ async fn deploy(State(runner): State<Arc<Runner>>, body: Bytes) -> Response {
 fn deploy_error(e: DeployError, failed: &str) -> Response {
     match e {
         DeployError::Conflict(msg) => json_error(StatusCode::CONFLICT, &msg),
+        DeployError::Cancelled => json_error(StatusCode::CONFLICT, "Deploy cancelled"),
         DeployError::BadInput(msg) => json_error(StatusCode::BAD_REQUEST, &msg),
         DeployError::Failed(detail) => json_error_detail(StatusCode::INTERNAL_SERVER_ERROR, failed, &detail),
     }

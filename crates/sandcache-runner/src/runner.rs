@@ -114,6 +114,9 @@ pub enum DeployError {
     BadInput(String),
     #[error("{0}")]
     Failed(String),
+    /// An undeploy cancelled the deploy.
+    #[error("Deploy cancelled")]
+    Cancelled,
 }
 
 pub(crate) struct Deployment {
@@ -125,9 +128,15 @@ pub(crate) struct Deployment {
 
 pub(crate) enum Phase {
     Idle,
-    Deploying { site: String },
+    /// `cancel` set to true stops the deploy where it is (DELETE).
+    Deploying {
+        site: String,
+        cancel: tokio::sync::watch::Sender<bool>,
+    },
     Deployed(Arc<Deployment>),
-    Undeploying { site: String },
+    Undeploying {
+        site: String,
+    },
 }
 
 /// The sandbox runner: one site at a time.
@@ -169,7 +178,7 @@ impl Runner {
     pub fn status(&self) -> serde_json::Value {
         let (deployed, deploying, site, worker, (restarts, last_exit)) = match &*lock(&self.phase) {
             Phase::Idle => (false, false, None, WorkerState::None, (0, None)),
-            Phase::Deploying { site } => (false, true, Some(site.clone()), WorkerState::None, (0, None)),
+            Phase::Deploying { site, .. } => (false, true, Some(site.clone()), WorkerState::None, (0, None)),
             Phase::Undeploying { site } => (true, false, Some(site.clone()), WorkerState::None, (0, None)),
             Phase::Deployed(d) => (
                 true,
@@ -207,17 +216,30 @@ impl Runner {
         {
             let mut phase = lock(&self.phase);
             match &*phase {
-                Phase::Idle => *phase = Phase::Deploying { site: req.site.clone() },
+                Phase::Idle => {
+                    *phase = Phase::Deploying { site: req.site.clone(), cancel: tokio::sync::watch::channel(false).0 }
+                }
                 // The seed answers the same for deployed and deploying.
                 _ => return Err(DeployError::Conflict("Already deployed".into())),
             }
         }
+        let mut cancelled = match &*lock(&self.phase) {
+            Phase::Deploying { cancel, .. } => cancel.subscribe(),
+            _ => unreachable!("set above"),
+        };
         let this = self.clone();
         let site = req.site.clone();
         let task = tokio::spawn(async move {
-            let result = this.run_deploy(req).await;
+            // Cancelling drops the deploy where it is: a restore stops (its
+            // staging removed), git's whole process group is killed.
+            let result = tokio::select! {
+                r = this.run_deploy(req) => r,
+                _ = cancelled.wait_for(|c| *c) => Err(DeployError::Cancelled),
+            };
             if result.is_err() {
-                // Clean before going idle, so a next deploy's clone is safe.
+                // Clean before going idle, so a next deploy's clone is safe,
+                // and nothing a half-made deploy started survives.
+                this.sweep().await;
                 let _ = remove_dir(&this.cfg.work_dir);
             }
             let mut phase = lock(&this.phase);
@@ -379,7 +401,10 @@ impl Runner {
         home: &Path,
     ) -> Result<(), DeployError> {
         let mut cmd = tokio::process::Command::new("git");
-        cmd.args(["clone", "--depth", "1", "--single-branch", "--quiet"]);
+        // No prompt, no hooks or templates, no system or global config, and
+        // a transfer slower than 1 KB/s for 30 s is a failure.
+        cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=30"]);
+        cmd.args(["clone", "--depth", "1", "--single-branch", "--quiet", "--template="]);
         if let Some(b) = branch {
             cmd.args(["--branch", b]);
         }
@@ -387,18 +412,41 @@ impl Runner {
         cmd.env_clear()
             .envs(self.cfg.runner_env.iter().filter(|(k, _)| GIT_ENV.contains(&k.as_str())).map(|(k, v)| (k, v)));
         cmd.env("HOME", home.join("home")).env("TMPDIR", home.join("tmp")).env("GIT_TERMINAL_PROMPT", "0");
+        cmd.env("GIT_CONFIG_NOSYSTEM", "1").env("GIT_CONFIG_GLOBAL", "/dev/null");
+        cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new");
         if user.is_separate() {
             cmd.uid(user.uid).gid(user.gid);
         }
-        cmd.current_dir(&self.cfg.work_dir).stdin(std::process::Stdio::null()).kill_on_drop(true);
-        let out = match tokio::time::timeout(self.cfg.clone_timeout, cmd.output()).await {
-            Err(_) => return Err(DeployError::BadInput(format!("git clone of {} timed out", redact_url(repo)))),
+        cmd.current_dir(&self.cfg.work_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
+        // git's helpers (git-remote-https) share its group: a timeout or a
+        // cancelled deploy kills them all, not just git.
+        let _group = KillGroupOnDrop(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
+        let out = match tokio::time::timeout(self.cfg.clone_timeout, child.wait_with_output()).await {
+            Err(_) => {
+                let secs = self.cfg.clone_timeout.as_secs_f32();
+                return Err(DeployError::BadInput(format!(
+                    "git clone of {} timed out after {secs} s",
+                    redact_url(repo)
+                )));
+            }
             Ok(Err(e)) => return Err(DeployError::Failed(format!("cannot run git: {e}"))),
             Ok(Ok(out)) => out,
         };
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let why = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("unknown error").trim();
+            // git's `fatal:` line says why; its last line is often a hint.
+            let why = stderr
+                .lines()
+                .find(|l| l.starts_with("fatal:"))
+                .or_else(|| stderr.lines().rfind(|l| !l.trim().is_empty()))
+                .unwrap_or("unknown error")
+                .trim();
             return Err(DeployError::BadInput(format!("cannot clone {}: {}", redact_url(repo), redact_urls(why))));
         }
         tracing::info!(target: "sandbox", "cloned {}{}", redact_url(repo), branch.map(|b| format!(" ({b})")).unwrap_or_default());
@@ -520,15 +568,38 @@ impl Runner {
                 Phase::Deployed(d) => {
                     let d = d.clone();
                     *phase = Phase::Undeploying { site: d.site.clone() };
-                    d
+                    Ok(d)
                 }
                 Phase::Idle => return Err(DeployError::Conflict("Not deployed".into())),
-                Phase::Deploying { site } => {
-                    return Err(DeployError::Conflict(format!("Deploy of {site} in progress")));
+                Phase::Deploying { site, cancel } => {
+                    let _ = cancel.send(true);
+                    Err(site.clone())
                 }
                 Phase::Undeploying { site } => {
                     return Err(DeployError::Conflict(format!("Undeploy of {site} in progress")));
                 }
+            }
+        };
+        let d = match d {
+            Ok(d) => d,
+            Err(site) => {
+                // A deploy in progress is cancelled; answer once it has
+                // cleaned up and gone idle.
+                tracing::info!(target: "sandbox", "undeploy during the deploy of {site}: cancelling it");
+                let start = Instant::now();
+                loop {
+                    match &*lock(&self.phase) {
+                        Phase::Idle => return Ok(site),
+                        // It finished just before the cancel: undeploy it.
+                        Phase::Deployed(_) => break,
+                        _ => {}
+                    }
+                    if start.elapsed() > Duration::from_secs(30) {
+                        return Err(DeployError::Failed(format!("the deploy of {site} did not stop")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return Box::pin(self.undeploy()).await;
             }
         };
         let this = self.clone();
@@ -750,6 +821,18 @@ impl Runner {
             WorkerState::Starting => Err((StatusCode::SERVICE_UNAVAILABLE, "worker starting")),
             WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "Error while starting worker")),
             WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),
+        }
+    }
+}
+
+/// Kills a process group when dropped (SIGKILL; a group already gone is
+/// fine).
+struct KillGroupOnDrop(Option<rustix::process::Pid>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
         }
     }
 }

@@ -56,6 +56,8 @@ pub const SANDCACHE_RUN_ENTRY: &str = "SANDCACHE_RUN_ENTRY";
 pub const SANDCACHE_PROXY_TIMEOUT: &str = "SANDCACHE_PROXY_TIMEOUT";
 /// `serve`: seconds the final snapshot may take, a running one included (60).
 pub const SANDCACHE_FINAL_SNAPSHOT_SECS: &str = "SANDCACHE_FINAL_SNAPSHOT_SECS";
+/// `serve`: seconds `git clone` may take (120).
+pub const SANDCACHE_CLONE_TIMEOUT: &str = "SANDCACHE_CLONE_TIMEOUT";
 /// `serve`: a bearer token required on `/sandbox/*` (env only, never a flag,
 /// so it does not show in `ps`).
 pub const SANDCACHE_ADMIN_TOKEN: &str = "SANDCACHE_ADMIN_TOKEN";

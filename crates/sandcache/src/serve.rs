@@ -45,6 +45,9 @@ pub struct ServeArgs {
     /// before the deps-ready snapshot.
     #[arg(long, env = env_vars::SANDCACHE_SETTLE_SECS, default_value = "10", value_name = "SECS")]
     settle: f64,
+    /// Seconds `git clone` may take (its whole process group is killed then).
+    #[arg(long, env = env_vars::SANDCACHE_CLONE_TIMEOUT, default_value = "120", value_name = "SECS")]
+    clone_timeout: f64,
     /// Seconds a proxied request waits for the worker's response headers
     /// before a 504 (a body that has started streams on).
     #[arg(long, env = env_vars::SANDCACHE_PROXY_TIMEOUT, default_value = "60", value_name = "SECS")]
@@ -155,6 +158,7 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
         settle: secs(args.settle, "--settle")?,
         stop_grace: secs(args.stop_grace, "--stop-grace")?,
         proxy_timeout: secs(args.proxy_timeout, "--proxy-timeout")?,
+        clone_timeout: secs(args.clone_timeout, "--clone-timeout")?,
         final_snapshot_timeout: secs(args.final_snapshot_timeout, "--final-snapshot-timeout")?,
         default_run_command,
         default_entry: args.run_entry.clone(),

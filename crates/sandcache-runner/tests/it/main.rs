@@ -287,8 +287,6 @@ async fn a_stalled_store_keeps_the_deploy_within_the_restore_deadline() {
         call(&r2, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": [], "envs": envs})).await
     });
     wait_status(&runner, 5, "deploying", |s| s["deploying"] == true).await;
-    let (s, v) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
-    assert_eq!(s, StatusCode::CONFLICT, "undeploy racing a deploy: {v}");
     let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "t"})).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     let (s, v) = deploy.await.unwrap();
@@ -433,4 +431,40 @@ async fn the_legacy_build_cache_restores_and_its_keys_stay_out_of_the_worker() {
     assert!(dump.lines().any(|l| l.starts_with("PORT=")) && dump.lines().any(|l| l.starts_with("DENO_DIR=")));
     assert!(dump.contains("DENO_DIR_RUN="), "non-secret deploy envs are forwarded");
     call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+}
+
+/// DELETE during a deploy (here, a restore stuck on a store that never
+/// answers) cancels it: the DELETE answers at once, the deploy's own
+/// request gets 409 `Deploy cancelled`, and the runner is idle, ready for
+/// the next deploy.
+#[tokio::test]
+async fn undeploy_during_a_deploy_cancels_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = sandcache_testkit::net::stalling_server(vec![0x1f, 0x8b]).await;
+    let mut cfg = test_config(tmp.path());
+    cfg.restore_timeout = Duration::from_secs(60);
+    let runner = Runner::new(cfg);
+    let envs: BTreeMap<&str, String> = [
+        ("DECO_CACHE_S3_BUCKET", "bucket".to_owned()),
+        ("DECO_CACHE_S3_KEY", "site/cache.tgz".to_owned()),
+        ("DECO_CACHE_S3_ENDPOINT", format!("http://{addr}")),
+    ]
+    .into_iter()
+    .collect();
+    let r2 = runner.clone();
+    let deploy = tokio::spawn(async move {
+        call(&r2, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": [], "envs": envs})).await
+    });
+    wait_status(&runner, 5, "deploying", |s| s["deploying"] == true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let (s, v) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+    assert_eq!((s, &v), (StatusCode::OK, &json!({"ok": true})), "{v}");
+    assert!(start.elapsed() < Duration::from_secs(3), "cancelled in {:?}", start.elapsed());
+    let (s, v) = deploy.await.unwrap();
+    assert_eq!((s, v), (StatusCode::CONFLICT, json!({"error": "Deploy cancelled"})));
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!((st["deployed"].as_bool(), st["deploying"].as_bool()), (Some(false), Some(false)), "{st}");
+    let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "next", "runCommand": []})).await;
+    assert_eq!(s, StatusCode::OK, "the next deploy goes: {v}");
 }

@@ -416,3 +416,57 @@ fn a_worker_on_ipv6_loopback_only_is_ready_and_proxied() {
     term(&server);
     assert!(wait_exit(&mut server, Duration::from_secs(15)).0.success());
 }
+
+/// Processes whose command line mentions `needle` (git and its helpers
+/// name the repo URL).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid = e.ok()?.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(needle).then(|| format!("{pid}: {cmd}"))
+        })
+        .collect()
+}
+
+/// A git server that accepts and never answers: the clone times out after
+/// `--clone-timeout` with a 400 that says so, and no git process (git's
+/// remote helpers included) is left; a DELETE during such a clone cancels
+/// the deploy at once, with the same cleanup.
+#[test]
+fn a_hung_git_server_times_out_or_is_cancelled_leaving_no_git_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://127.0.0.1:{}/org/site.git", hung.local_addr().unwrap().port());
+    let (mut server, port) = serve(tmp.path(), 11, &["--clone-timeout", "2"]);
+    let body = serde_json::json!({"repo": url, "runCommand": []}).to_string();
+    let start = Instant::now();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    let took = start.elapsed();
+    assert!(reply.starts_with("HTTP/1.1 400") && reply.contains("timed out after 2 s"), "{reply}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    wait_for("git and its helpers to be gone", 5, || processes_mentioning(&url).is_empty());
+    term(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(15)).0.success());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, port) = serve(tmp.path(), 11, &["--clone-timeout", "60"]);
+    let deploy = std::thread::spawn({
+        let body = body.clone();
+        move || http(port, "POST", "/sandbox/deploy", None, &body).unwrap()
+    });
+    wait_for("git to run", 10, || !processes_mentioning(&url).is_empty());
+    let start = Instant::now();
+    let reply = http(port, "DELETE", "/sandbox/deploy", None, "").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(start.elapsed() < Duration::from_secs(3), "cancelled in {:?}", start.elapsed());
+    let reply = deploy.join().unwrap();
+    assert!(reply.starts_with("HTTP/1.1 409") && reply.contains("Deploy cancelled"), "{reply}");
+    wait_for("git and its helpers to be gone", 5, || processes_mentioning(&url).is_empty());
+    assert!(!tmp.path().join("site").join(".git").exists(), "the work dir was cleaned");
+    term(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(15)).0.success());
+    drop(hung);
+}
