@@ -184,7 +184,21 @@ async fn status(State(runner): State<Arc<Runner>>) -> Response {
     axum::Json(runner.status()).into_response()
 }
 
-async fn deploy(State(runner): State<Arc<Runner>>, body: Bytes) -> Response {
+async fn deploy(
+    State(runner): State<Arc<Runner>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    // Too large for the server's own limit, or for ours: the JSON shape
+    // either way, with 413.
+    let too_large = || format!("body too large (over {} bytes)", deploy::MAX_BODY);
+    let body = match body {
+        Ok(b) if b.len() > deploy::MAX_BODY => return json_error(StatusCode::PAYLOAD_TOO_LARGE, &too_large()),
+        Ok(b) => b,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, &too_large());
+        }
+        Err(e) => return json_error(e.status(), &e.body_text()),
+    };
     let req = match DeployRequest::parse(&body) {
         Ok(r) => r,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.0),
