@@ -227,14 +227,22 @@ async fn undeploy(State(runner): State<Arc<Runner>>) -> Response {
 
 async fn snapshot(State(runner): State<Arc<Runner>>) -> Response {
     match runner.request_snapshot() {
-        Ok(()) => (StatusCode::ACCEPTED, axum::Json(json!({ "ok": true, "started": true }))).into_response(),
+        Ok(true) => (StatusCode::ACCEPTED, axum::Json(json!({ "ok": true, "started": true }))).into_response(),
+        Ok(false) => {
+            (StatusCode::ACCEPTED, axum::Json(json!({ "ok": true, "started": false, "running": true }))).into_response()
+        }
         Err(e) => deploy_error(e, "Snapshot failed"),
     }
 }
 
 async fn proxy(State(runner): State<Arc<Runner>>, req: Request<Body>) -> Response {
     match runner.worker_target().await {
-        Ok(addr) => proxy::forward(&runner.client, addr, req, runner.cfg.proxy_timeout).await,
+        Ok(addr) => {
+            let started = std::time::Instant::now();
+            let (resp, from_worker) = proxy::forward(&runner.client, addr, req, runner.cfg.proxy_timeout).await;
+            runner.metrics.proxied(resp.status().as_u16(), from_worker.then(|| started.elapsed()));
+            resp
+        }
         Err((status, msg)) if status == StatusCode::SERVICE_UNAVAILABLE && msg == "worker starting" => {
             let mut resp = json_error(status, msg);
             resp.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));

@@ -32,7 +32,25 @@ pub struct Metrics {
     worker_failures: Counter,
     worker_restarts: Counter,
     worker_up: prometheus_client::metrics::gauge::Gauge,
+    deploys: Family<DeployLabels, Counter>,
+    deploy_duration: Histogram,
+    proxied: Family<ProxyLabels, Counter>,
+    upstream: Histogram,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeployLabels {
+    /// `ok`, `error` or `cancelled`.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProxyLabels {
+    /// `2xx`, `5xx`, ...
+    class: &'static str,
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 fn op_name(op: Op) -> &'static str {
     match op {
@@ -76,6 +94,32 @@ impl Default for Metrics {
         );
         let worker_up = prometheus_client::metrics::gauge::Gauge::default();
         registry.register("worker_up", "1 while the worker is ready, else 0", worker_up.clone());
+        let deploys = Family::<DeployLabels, Counter>::default();
+        registry.register("deploys", "Deploys by outcome: ok, error or cancelled", deploys.clone());
+        let deploy_duration = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0]);
+        registry.register(
+            "deploy_duration_seconds",
+            "Time from a deploy request to its answer",
+            deploy_duration.clone(),
+        );
+        let proxied = Family::<ProxyLabels, Counter>::default();
+        registry.register(
+            "proxied_requests",
+            "Requests proxied to the worker, by response status class",
+            proxied.clone(),
+        );
+        let upstream = Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]);
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from forwarding a request to the worker's response headers",
+            upstream.clone(),
+        );
+        for outcome in ["ok", "error", "cancelled"] {
+            let _ = deploys.get_or_create(&DeployLabels { outcome });
+        }
+        for class in CLASSES {
+            let _ = proxied.get_or_create(&ProxyLabels { class });
+        }
         // Every label set exists from the start, so a dashboard sees zeros.
         for op in [Op::Restore, Op::Snapshot] {
             let labels = OpLabels { op: op_name(op) };
@@ -99,6 +143,10 @@ impl Default for Metrics {
             worker_failures,
             worker_restarts,
             worker_up,
+            deploys,
+            deploy_duration,
+            proxied,
+            upstream,
         }
     }
 }
@@ -122,6 +170,21 @@ impl Metrics {
 
     pub fn worker_failed(&self) {
         self.worker_failures.inc();
+    }
+
+    pub(crate) fn deployed(&self, outcome: &'static str, took: std::time::Duration) {
+        self.deploys.get_or_create(&DeployLabels { outcome }).inc();
+        self.deploy_duration.observe(took.as_secs_f64());
+    }
+
+    /// A proxied request's answer (its status) and, when the worker sent
+    /// headers, how long that took.
+    pub(crate) fn proxied(&self, status: u16, upstream: Option<std::time::Duration>) {
+        let class = CLASSES[usize::from(status / 100).clamp(1, 5) - 1];
+        self.proxied.get_or_create(&ProxyLabels { class }).inc();
+        if let Some(t) = upstream {
+            self.upstream.observe(t.as_secs_f64());
+        }
     }
 
     pub fn worker_restarted(&self) {

@@ -49,13 +49,13 @@ pub async fn forward(
     addr: std::net::SocketAddr,
     mut req: Request<Body>,
     headers_timeout: std::time::Duration,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let port = addr.port();
     let uri: Uri = match format!("http://{addr}{path_and_query}").parse() {
         Ok(u) => u,
-        Err(e) => return crate::json_error(StatusCode::BAD_REQUEST, &format!("bad request URI: {e}")),
+        Err(e) => return (crate::json_error(StatusCode::BAD_REQUEST, &format!("bad request URI: {e}")), false),
     };
     *req.uri_mut() = uri;
     *req.version_mut() = axum::http::Version::HTTP_11;
@@ -84,22 +84,25 @@ pub async fn forward(
                 }
             });
             let (parts, _) = resp.into_parts();
-            Response::from_parts(parts, Body::empty())
+            (Response::from_parts(parts, Body::empty()), true)
         }
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::new(body))
+            (Response::from_parts(parts, Body::new(body)), true)
         }
         Ok(Err(e)) => {
             let cause = crate::error_chain(&e);
             tracing::warn!(target: "sandbox", %method, path, port, "proxy to the worker failed: {cause}");
-            crate::json_error(StatusCode::BAD_GATEWAY, "the worker did not answer")
+            (crate::json_error(StatusCode::BAD_GATEWAY, "the worker did not answer"), false)
         }
         Err(_) => {
             let secs = headers_timeout.as_secs_f32();
             tracing::warn!(target: "sandbox", %method, path, port, "the worker sent no response headers within {secs} s");
-            crate::json_error(StatusCode::GATEWAY_TIMEOUT, &format!("the worker did not answer within {secs} s"))
+            (
+                crate::json_error(StatusCode::GATEWAY_TIMEOUT, &format!("the worker did not answer within {secs} s")),
+                false,
+            )
         }
     }
 }

@@ -146,6 +146,11 @@ pub struct Runner {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: crate::proxy::HttpClient,
     snapshotting: tokio::sync::Mutex<()>,
+    /// Where the deploy in progress is: restoring, cloning, legacy_cache,
+    /// starting.
+    deploy_step: Mutex<&'static str>,
+    /// How the last deploy ended: `{ok, error?, at (unix ms), ms}`.
+    last_deploy: Mutex<Option<serde_json::Value>>,
     /// The latest manual snapshot's task, for the final snapshot to cancel.
     manual_snapshot: Mutex<Option<tokio::task::AbortHandle>>,
     last_restore: Mutex<Option<Outcome>>,
@@ -165,6 +170,8 @@ impl Runner {
             client: crate::proxy::client(),
             snapshotting: tokio::sync::Mutex::new(()),
             manual_snapshot: Mutex::new(None),
+            deploy_step: Mutex::new("restoring"),
+            last_deploy: Mutex::new(None),
             last_restore: Mutex::new(None),
             last_snapshot: Mutex::new(None),
         })
@@ -176,17 +183,24 @@ impl Runner {
 
     /// `/sandbox/status`: no secrets, only names, states and outcomes.
     pub fn status(&self) -> serde_json::Value {
-        let (deployed, deploying, site, worker, (restarts, last_exit)) = match &*lock(&self.phase) {
-            Phase::Idle => (false, false, None, WorkerState::None, (0, None)),
-            Phase::Deploying { site, .. } => (false, true, Some(site.clone()), WorkerState::None, (0, None)),
-            Phase::Undeploying { site } => (true, false, Some(site.clone()), WorkerState::None, (0, None)),
-            Phase::Deployed(d) => (
-                true,
-                false,
-                Some(d.site.clone()),
-                d.worker.as_ref().map_or(WorkerState::None, Worker::state),
-                d.worker.as_ref().map_or((0, None), Worker::restarts),
-            ),
+        let (deployed, deploying, site, worker, (restarts, last_exit), phase) = match &*lock(&self.phase) {
+            Phase::Idle => (false, false, None, WorkerState::None, (0, None), "idle"),
+            Phase::Deploying { site, .. } => {
+                (false, true, Some(site.clone()), WorkerState::None, (0, None), *lock(&self.deploy_step))
+            }
+            Phase::Undeploying { site } => {
+                (true, false, Some(site.clone()), WorkerState::None, (0, None), "undeploying")
+            }
+            Phase::Deployed(d) => {
+                let state = d.worker.as_ref().map_or(WorkerState::None, Worker::state);
+                let phase = match state {
+                    WorkerState::Starting => "starting",
+                    WorkerState::Failed => "failed",
+                    WorkerState::Ready | WorkerState::None => "ready",
+                };
+                let restarts = d.worker.as_ref().map_or((0, None), Worker::restarts);
+                (true, false, Some(d.site.clone()), state, restarts, phase)
+            }
         };
         let outcome = |o: &Mutex<Option<Outcome>>| lock(o).as_ref().map(Outcome::to_json);
         json!({
@@ -197,7 +211,13 @@ impl Runner {
             "worker": worker,
             "worker_restarts": restarts,
             "worker_last_exit": last_exit,
-            "cache": { "restore": outcome(&self.last_restore), "snapshot": outcome(&self.last_snapshot) },
+            "phase": phase,
+            "last_deploy": lock(&self.last_deploy).clone(),
+            "cache": {
+                "restore": outcome(&self.last_restore),
+                "snapshot": outcome(&self.last_snapshot),
+                "snapshot_running": self.snapshotting.try_lock().is_err(),
+            },
         })
     }
 
@@ -229,6 +249,7 @@ impl Runner {
         };
         let this = self.clone();
         let site = req.site.clone();
+        let started = Instant::now();
         let task = tokio::spawn(async move {
             // Cancelling drops the deploy where it is: a restore stops (its
             // staging removed), git's whole process group is killed.
@@ -254,17 +275,30 @@ impl Runner {
                 }
             }
         });
-        match task.await {
+        let result = match task.await {
             Ok(Ok(())) => Ok(site),
             Ok(Err(e)) => {
-                tracing::warn!(target: "sandbox", "deploy of {site} failed: {e}");
+                tracing::warn!(target: "sandbox", site = %site, "deploy of {site} failed: {e}");
                 Err(e)
             }
             Err(e) => {
                 *lock(&self.phase) = Phase::Idle;
                 Err(DeployError::Failed(format!("deploy task failed: {e}")))
             }
-        }
+        };
+        let ms = started.elapsed().as_millis() as u64;
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(DeployError::Cancelled) => "cancelled",
+            Err(_) => "error",
+        };
+        self.metrics.deployed(outcome, started.elapsed());
+        *lock(&self.last_deploy) = Some(match &result {
+            Ok(_) => json!({"ok": true, "at": at, "ms": ms}),
+            Err(e) => json!({"ok": false, "outcome": outcome, "error": e.to_string(), "at": at, "ms": ms}),
+        });
+        result
     }
 
     async fn run_deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Arc<Deployment>, DeployError> {
@@ -281,6 +315,7 @@ impl Runner {
         let home = self.prepare_worker_home(user).map_err(DeployError::Failed)?;
         self.clear(&self.cfg.deno_dir).await?;
 
+        *lock(&self.deploy_step) = "restoring";
         // 1. The cache config from the deploy's envs, over runner-wide defaults.
         let mut config = CacheConfig::from_envs(&req.envs.clone().into_iter().collect()).or(&self.cfg.cache_defaults);
         if config.store.is_some() && config.key.is_none() {
@@ -301,6 +336,7 @@ impl Runner {
         // Restored or not, the dir is the worker's: Deno adds modules to it.
         give_to(&self.cfg.deno_dir, user).map_err(DeployError::Failed)?;
 
+        *lock(&self.deploy_step) = "cloning";
         // 3. The site's code, cloned as the worker into a dir it owns.
         let work = &self.cfg.work_dir;
         remove_dir(work).map_err(|e| DeployError::Failed(format!("cleaning {}: {e}", work.display())))?;
@@ -310,6 +346,7 @@ impl Runner {
             self.clone_repo(repo, req.branch.as_deref(), user, &home).await?;
         }
 
+        *lock(&self.deploy_step) = "legacy_cache";
         // 4. The legacy build cache, when its keys are configured.
         let mut legacy_vars = self.cfg.legacy_vars.clone();
         legacy_vars.extend(
@@ -323,6 +360,7 @@ impl Runner {
             tracing::info!(target: "sandbox", "legacy build cache: {}", o.reason().map_or("restored", |r| r.as_str()));
         }
 
+        *lock(&self.deploy_step) = "starting";
         // 5. The worker.
         let argv = self.run_command(&req);
         let worker = match argv {
@@ -546,17 +584,21 @@ impl Runner {
     }
 
     /// `POST /sandbox/cache/snapshot`: starts a detached snapshot now.
-    pub(crate) fn request_snapshot(self: &Arc<Self>) -> Result<(), DeployError> {
+    /// Returns whether one started (`false`: one is already running).
+    pub(crate) fn request_snapshot(self: &Arc<Self>) -> Result<bool, DeployError> {
         let d = match &*lock(&self.phase) {
             Phase::Deployed(d) => d.clone(),
             _ => return Err(DeployError::Conflict("Not deployed".into())),
         };
+        if self.snapshotting.try_lock().is_err() {
+            return Ok(false);
+        }
         let this = self.clone();
         let task = tokio::spawn(async move {
             this.snapshot(&d.cache, this.cfg.snapshot_timeout).await;
         });
         *lock(&self.manual_snapshot) = Some(task.abort_handle());
-        Ok(())
+        Ok(true)
     }
 
     /// Undeploys: stop the worker (TERM, grace, KILL), take a bounded final

@@ -91,7 +91,8 @@ async fn health_liveness_metrics_and_idle_status() {
     assert_eq!(
         v,
         json!({"sandbox": true, "deployed": false, "deploying": false, "site": null, "worker": "none",
-        "worker_restarts": 0, "worker_last_exit": null, "cache": {"restore": null, "snapshot": null}})
+        "worker_restarts": 0, "worker_last_exit": null, "phase": "idle", "last_deploy": null,
+        "cache": {"restore": null, "snapshot": null, "snapshot_running": false}})
     );
     let (s, text) = raw_call(&runner, "GET", "/metrics", vec![]).await;
     assert_eq!(s, StatusCode::OK);

@@ -226,6 +226,14 @@ fn a_second_signal_exits_at_once() {
     wait_for("the worker ready", 30, || {
         http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
     });
+    // A manual snapshot hangs on the store; a second request says so.
+    let first = http(port, "POST", "/sandbox/cache/snapshot", None, "").unwrap();
+    assert!(first.contains(r#"{"ok":true,"started":true}"#), "{first}");
+    wait_for("the snapshot running", 5, || {
+        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"snapshot_running\":true"))
+    });
+    let second = http(port, "POST", "/sandbox/cache/snapshot", None, "").unwrap();
+    assert!(second.contains(r#"{"ok":true,"running":true,"started":false}"#), "{second}");
     term(&server);
     std::thread::sleep(Duration::from_secs(4)); // the worker is stopped; the final snapshot hangs
     assert!(server.try_wait().unwrap().is_none(), "the final snapshot is still waiting on the store");
@@ -383,7 +391,11 @@ srv.serve_forever()
     let st = status();
     assert_eq!((st["worker"].as_str(), st["worker_restarts"].as_u64()), (Some("ready"), Some(2)), "{st}");
     assert_eq!(st["worker_last_exit"], "exit status: 3", "{st}");
+    assert_eq!((st["phase"].as_str(), &st["last_deploy"]["ok"]), (Some("ready"), &serde_json::json!(true)), "{st}");
     let metrics = http(port, "GET", "/metrics", None, "").unwrap();
+    assert!(metrics.contains(r#"sandcache_deploys_total{outcome="ok"} 1"#), "{metrics}");
+    assert!(!metrics.contains(r#"sandcache_proxied_requests_total{class="2xx"} 0"#), "{metrics}");
+    assert!(metrics.contains("sandcache_upstream_latency_seconds_count"), "{metrics}");
     assert!(metrics.contains("sandcache_worker_restarts_total 2"), "{metrics}");
     assert!(metrics.contains("sandcache_worker_up 1"), "{metrics}");
     let reply = http(port, "DELETE", "/sandbox/deploy", None, "").unwrap();
