@@ -102,6 +102,19 @@ pub async fn serve(
             tracing::info!(target: "sandbox", "{line}");
         }
     }
+    if runner.cfg.sweep_descendants {
+        // A subreaper (or PID 1) adopts every orphan below it: collect the
+        // exited ones, so none stays a zombie.
+        tokio::spawn(async {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let n = tokio::task::spawn_blocking(isolation::reap_orphans).await.unwrap_or(0);
+                if n > 0 {
+                    tracing::debug!(target: "sandbox", "reaped {n} orphaned processes");
+                }
+            }
+        });
+    }
     let app = app(runner.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

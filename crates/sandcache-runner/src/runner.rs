@@ -68,8 +68,9 @@ pub struct RunnerConfig {
     /// write: the cache's lock, state and index (`cache/`), and the
     /// worker's fresh HOME and TMPDIR (`worker/`).
     pub state_dir: PathBuf,
-    /// Undeploy also kills every descendant of the runner: set when the
-    /// runner is a child subreaper, so a worker's orphans are among them.
+    /// The runner is a child subreaper (or PID 1): undeploy also kills
+    /// every descendant of the runner (a worker's orphans are among them),
+    /// and `serve` reaps exited orphans as they come.
     pub sweep_descendants: bool,
 }
 
@@ -465,6 +466,7 @@ impl Runner {
         // git's helpers (git-remote-https) share its group: a timeout or a
         // cancelled deploy kills them all, not just git.
         let _group = KillGroupOnDrop(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
+        let _waited_here = crate::isolation::own_child(child.id());
         let out = match tokio::time::timeout(self.cfg.clone_timeout, child.wait_with_output()).await {
             Err(_) => {
                 let secs = self.cfg.clone_timeout.as_secs_f32();

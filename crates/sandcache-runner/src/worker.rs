@@ -266,6 +266,7 @@ async fn supervise(
     let mut in_a_row = 0u32;
     loop {
         *shared.pgid.lock().unwrap_or_else(|p| p.into_inner()) = child.id().and_then(|id| Pid::from_raw(id as i32));
+        let _waited_here = crate::isolation::own_child(child.id());
         let ready = wait_ready(&mut child, spec.port, spec.ready_timeout, &shared).await;
         let ready_at = tokio::time::Instant::now();
         let status = match ready {

@@ -482,3 +482,73 @@ fn a_hung_git_server_times_out_or_is_cancelled_leaving_no_git_process() {
     assert!(wait_exit(&mut server, Duration::from_secs(15)).0.success());
     drop(hung);
 }
+
+/// Zombie children of `pid`.
+fn zombies_of(pid: u32) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.file_name().to_str()?.parse::<u32>().ok()?;
+            let status = fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            let field = |n: &str| status.lines().find_map(|l| l.strip_prefix(n)).map(str::trim).map(str::to_owned);
+            let zombie = field("State:")?.starts_with('Z');
+            (zombie && field("PPid:")? == pid.to_string()).then_some(p)
+        })
+        .collect()
+}
+
+/// The runner as PID 1 of its own PID namespace (a container without an
+/// init): a worker that leaves many short-lived orphans behind; none stays
+/// a zombie, and undeploy leaves no process of the site.
+#[test]
+fn as_pid_1_the_runner_reaps_every_orphan() {
+    if !rustix::process::geteuid().is_root() || std::process::Command::new("unshare").arg("--version").output().is_err()
+    {
+        eprintln!("skipping: a PID namespace needs root and unshare");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut unshare = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(env!("CARGO_BIN_EXE_sandcache"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--stop-grace", "2"])
+        .arg("--dir")
+        .arg(tmp.path().join("deno-dir"))
+        .arg("--work-dir")
+        .arg(tmp.path().join("site"))
+        .arg("--state-dir")
+        .arg(tmp.path().join("state"))
+        .args(worker_user_for_test(12))
+        .stdout(Stdio::from(fs::File::create(tmp.path().join("serve.log")).unwrap()))
+        .stderr(Stdio::from(fs::File::create(tmp.path().join("serve.err")).unwrap()))
+        .spawn()
+        .unwrap();
+    wait_for("serve listening", 20, || http(port, "GET", "/deco/_liveness", None, "").is_some());
+    // The runner's pid outside the namespace: unshare's child.
+    let runner = fs::read_to_string(format!("/proc/{}/task/{}/children", unshare.id(), unshare.id()))
+        .unwrap()
+        .trim()
+        .parse::<u32>()
+        .unwrap();
+    let script = "for i in $(seq 40); do (sleep 0.1 &); done; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
+    let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", 30, || {
+        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let zombies = zombies_of(runner);
+    assert!(zombies.is_empty(), "orphans left as zombies of the runner (pid 1 inside): {zombies:?}");
+    let reply = http(port, "DELETE", "/sandbox/deploy", None, "").unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(runner as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let (status, _) = wait_exit(&mut unshare, Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+}
