@@ -249,6 +249,11 @@ async fn snapshot(State(runner): State<Arc<Runner>>) -> Response {
 }
 
 async fn proxy(State(runner): State<Arc<Runner>>, req: Request<Body>) -> Response {
+    // `OPTIONS *` asks about the server, not a resource: the runner answers.
+    if req.method() == axum::http::Method::OPTIONS && req.uri() == "*" {
+        return (StatusCode::NO_CONTENT, [(header::ALLOW, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")])
+            .into_response();
+    }
     match runner.worker_target().await {
         Ok(addr) => {
             let started = std::time::Instant::now();

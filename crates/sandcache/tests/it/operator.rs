@@ -552,3 +552,29 @@ fn as_pid_1_the_runner_reaps_every_orphan() {
     let (status, _) = wait_exit(&mut unshare, Duration::from_secs(15));
     assert!(status.success(), "{status}");
 }
+
+/// An h2c client (HTTP/2 with prior knowledge) is proxied to the worker
+/// over HTTP/1.1, and `OPTIONS *` is answered by the runner itself.
+#[test]
+fn h2c_requests_and_options_star_are_answered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut server, port) = serve(tmp.path(), 13, &[]);
+    let script = "echo hello-h2c > index.html; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
+    let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-i", "--http2-prior-knowledge", &format!("http://127.0.0.1:{port}/index.html")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/2 200") && text.contains("hello-h2c"), "{text}");
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "OPTIONS * HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 204") && answer.to_lowercase().contains("allow: get"), "{answer}");
+    term(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(15)).0.success());
+}
