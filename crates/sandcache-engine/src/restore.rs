@@ -66,23 +66,26 @@ impl Cache {
 }
 
 fn log(o: &Outcome, location: &str) {
-    let ms = o.elapsed.as_millis();
+    let ms = o.elapsed.as_millis() as u64;
+    let (op, key, reason) = ("restore", o.key.as_str(), o.reason().map_or("done", |r| r.as_str()));
     match &o.result {
         Ok(d) => tracing::info!(
             target: "sandbox-cache",
+            op, key, reason, ms, files = d.files, bytes = d.bytes, transferred = d.transferred,
             "restored cache from {location} in {ms}ms ({} files, {} MB, {} MB transferred)",
             d.files,
             mb(d.bytes),
             mb(d.transferred)
         ),
         Err(s) if s.reason == Reason::NotFound => {
-            tracing::info!(target: "sandbox-cache", "no cache yet for {location} (cold start)")
+            tracing::info!(target: "sandbox-cache", op, key, reason, ms, "no cache yet for {location} (cold start)")
         }
         Err(s) if s.reason == Reason::Disabled => {
             tracing::debug!(target: "sandbox-cache", "cache disabled")
         }
         Err(s) => tracing::warn!(
             target: "sandbox-cache",
+            op, key, reason, ms,
             "restore failed ({}) after {ms}ms, continuing cold: {}",
             s.reason,
             s.detail

@@ -103,23 +103,25 @@ impl Cache {
         let outcome = self
             .bounded(Op::Snapshot, opts.timeout, |store, key, deadline| snapshot(store, key, dir, opts, deadline))
             .await;
-        let (location, ms) = (self.location(), outcome.elapsed.as_millis());
+        let (location, ms) = (self.location(), outcome.elapsed.as_millis() as u64);
+        let (op, key, reason) = ("snapshot", outcome.key.as_str(), outcome.reason().map_or("done", |r| r.as_str()));
         match &outcome.result {
             Ok(d) => tracing::info!(
                 target: "sandbox-cache",
+                op, key, reason, ms, files = d.files, bytes = d.bytes, transferred = d.transferred,
                 "snapshotted {}MB → {location} in {ms}ms ({} files, {} MB before compression)",
                 mb(d.transferred),
                 d.files,
                 mb(d.bytes)
             ),
             Err(s) if matches!(s.reason, Reason::Empty | Reason::Unchanged) => {
-                tracing::info!(target: "sandbox-cache", "snapshot skipped ({}): {}", s.reason, s.detail)
+                tracing::info!(target: "sandbox-cache", op, key, reason, ms, "snapshot skipped ({}): {}", s.reason, s.detail)
             }
             Err(s) if s.reason == Reason::Disabled => {
                 tracing::debug!(target: "sandbox-cache", "cache disabled")
             }
             Err(s) => {
-                tracing::warn!(target: "sandbox-cache", "snapshot failed ({}) after {ms}ms: {}", s.reason, s.detail)
+                tracing::warn!(target: "sandbox-cache", op, key, reason, ms, "snapshot failed ({}) after {ms}ms: {}", s.reason, s.detail)
             }
         }
         outcome

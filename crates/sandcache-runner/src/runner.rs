@@ -409,7 +409,8 @@ impl Runner {
             let handle = tokio::spawn(async move { this.after_ready(d, port).await });
             *lock(&deployment.watcher) = Some(handle);
         }
-        tracing::info!(target: "sandbox", "deployed {} in {}ms", req.site, started.elapsed().as_millis());
+        let ms = started.elapsed().as_millis() as u64;
+        tracing::info!(target: "sandbox", site = %req.site, ms, "deployed {} in {ms}ms", req.site);
         Ok(deployment)
     }
 
@@ -672,7 +673,7 @@ impl Runner {
                 tracing::warn!(target: "sandbox", "cleaning the worker's home: {e}");
             }
             *lock(&this.phase) = Phase::Idle;
-            tracing::info!(target: "sandbox", "undeployed {}", d.site);
+            tracing::info!(target: "sandbox", site = %d.site, "undeployed {}", d.site);
             d.site.clone()
         });
         task.await.map_err(|e| DeployError::Failed(format!("undeploy task failed: {e}")))

@@ -578,3 +578,36 @@ fn h2c_requests_and_options_star_are_answered() {
     term(&server);
     assert!(wait_exit(&mut server, Duration::from_secs(15)).0.success());
 }
+
+/// With JSON logs, the lines that matter carry their facts as fields, not
+/// only in the message: site and ms for deploys, op, reason and ms for the
+/// cache, port for the worker.
+#[test]
+fn json_logs_carry_structured_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let (mut server, port) = serve(tmp.path(), 14, &["--store", store.to_str().unwrap(), "--log-format", "json"]);
+    let script = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
+    let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", 30, || {
+        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
+    });
+    term(&server);
+    assert!(wait_exit(&mut server, Duration::from_secs(15)).0.success());
+    let log = fs::read_to_string(tmp.path().join("serve.log")).unwrap()
+        + &fs::read_to_string(tmp.path().join("serve.err")).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        lines.iter().find(|l| pred(&l["fields"])).unwrap_or_else(|| panic!("no such line in {lines:?}")).clone()
+    };
+    let deployed = find(&|f| f["message"].as_str().is_some_and(|m| m.starts_with("deployed")));
+    assert_eq!(deployed["fields"]["site"], "s");
+    assert!(deployed["fields"]["ms"].is_u64(), "{deployed}");
+    let restore = find(&|f| f["op"] == "restore");
+    assert_eq!(restore["fields"]["reason"], "not_found", "{restore}");
+    assert!(restore["fields"]["ms"].is_u64(), "{restore}");
+    let ready = find(&|f| f["message"].as_str().is_some_and(|m| m.starts_with("worker ready")));
+    assert!(ready["fields"]["port"].is_u64(), "{ready}");
+}
