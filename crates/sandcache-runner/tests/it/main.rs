@@ -185,6 +185,9 @@ async fn a_missing_run_command_or_unclonable_repo_is_a_400_and_leaves_the_runner
     let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"repo": repo})).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"].as_str().unwrap().contains("cannot clone"), "{v}");
+    // git's fatal: line, not its closing hint ("... and the repository exists.").
+    assert!(v["error"].as_str().unwrap().contains("fatal: "), "{v}");
+    assert!(!v["error"].as_str().unwrap().contains("repository exists"), "{v}");
     let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
     assert_eq!((st["deployed"].as_bool(), st["deploying"].as_bool()), (Some(false), Some(false)));
     assert!(!tmp.path().join("site").exists(), "the work dir is cleaned");

@@ -611,3 +611,33 @@ fn json_logs_carry_structured_fields() {
     let ready = find(&|f| f["message"].as_str().is_some_and(|m| m.starts_with("worker ready")));
     assert!(ready["fields"]["port"].is_u64(), "{ready}");
 }
+
+/// A manual snapshot stuck on a store that never answers, and SIGTERM: the
+/// final snapshot's bound covers waiting for it; when it runs out the
+/// manual one is cancelled and serve exits 0 in time (it took 269 s).
+#[test]
+fn the_final_snapshot_bound_covers_a_running_manual_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
+    let (mut server, port) = serve(tmp.path(), 15, &["--final-snapshot-timeout", "3", "--restore-timeout", "1"]);
+    let envs = serde_json::json!({"DECO_CACHE_S3_BUCKET": "b", "DECO_CACHE_S3_KEY": "s/cache", "DECO_CACHE_S3_ENDPOINT": endpoint,
+        "DECO_CACHE_S3_ACCESS_KEY_ID": "AKIDTEST", "DECO_CACHE_S3_SECRET_ACCESS_KEY": "secret-test"});
+    let body =
+        serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER], "envs": envs}).to_string();
+    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", 30, || {
+        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
+    });
+    let reply = http(port, "POST", "/sandbox/cache/snapshot", None, "").unwrap();
+    assert!(reply.contains(r#""started":true"#), "{reply}");
+    term(&server);
+    let (status, took) = wait_exit(&mut server, Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2 + 3 + 3), "serve exited in {took:?}");
+    let log = fs::read_to_string(tmp.path().join("serve.log")).unwrap()
+        + &fs::read_to_string(tmp.path().join("serve.err")).unwrap();
+    assert!(log.contains("a running snapshot did not end within the final snapshot's"), "{log}");
+    drop(black_hole);
+}
