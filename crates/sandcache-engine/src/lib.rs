@@ -176,7 +176,7 @@ pub fn validate_key(key: &str) -> Result<(), String> {
 }
 
 /// An error and its sources, `: `-joined, for one-line reasons.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -43,21 +43,6 @@ pub use metrics::Metrics;
 pub use runner::{DeployError, Runner, RunnerConfig, redact_url};
 pub use worker::{SCRUBBED, WorkerState};
 
-/// An error and its sources, `: `-joined, for one-line log messages.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 /// The seed's error shape: `{"error": "..."}`.
 pub(crate) fn json_error(status: StatusCode, msg: &str) -> Response {
     (status, axum::Json(json!({ "error": msg }))).into_response()

@@ -92,7 +92,7 @@ pub async fn forward(
             (Response::from_parts(parts, Body::new(body)), true)
         }
         Ok(Err(e)) => {
-            let cause = crate::error_chain(&e);
+            let cause = sandcache_engine::error_chain(&e);
             tracing::warn!(target: "sandbox", %method, path, port, "proxy to the worker failed: {cause}");
             (crate::json_error(StatusCode::BAD_GATEWAY, "the worker did not answer"), false)
         }

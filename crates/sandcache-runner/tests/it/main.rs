@@ -65,6 +65,17 @@ async fn raw_call(runner: &Arc<Runner>, method: &str, uri: &str, body: Vec<u8>) 
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// Deploy envs naming a store at `addr` (one that stalls, in these tests).
+fn stalled_store_envs(addr: std::net::SocketAddr) -> BTreeMap<&'static str, String> {
+    [
+        ("DECO_CACHE_S3_BUCKET", "bucket".to_owned()),
+        ("DECO_CACHE_S3_KEY", "site/cache.tgz".to_owned()),
+        ("DECO_CACHE_S3_ENDPOINT", format!("http://{addr}")),
+    ]
+    .into_iter()
+    .collect()
+}
+
 /// Polls status until `pred` holds, for at most `secs`.
 pub async fn wait_status(runner: &Arc<Runner>, secs: u64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     let start = Instant::now();
@@ -274,8 +285,7 @@ async fn the_snapshot_waits_for_readiness_and_a_settled_cache() {
 }
 
 /// A store that stalls: the deploy waits at most the restore deadline, then
-/// goes on cold and succeeds. Meanwhile an undeploy is refused (409) and the
-/// state is unchanged.
+/// goes on cold and succeeds. Meanwhile another deploy is refused (409).
 #[tokio::test]
 async fn a_stalled_store_keeps_the_deploy_within_the_restore_deadline() {
     let tmp = tempfile::tempdir().unwrap();
@@ -283,13 +293,7 @@ async fn a_stalled_store_keeps_the_deploy_within_the_restore_deadline() {
     let mut cfg = test_config(tmp.path());
     cfg.restore_timeout = Duration::from_secs(2);
     let runner = Runner::new(cfg);
-    let envs: BTreeMap<&str, String> = [
-        ("DECO_CACHE_S3_BUCKET", "bucket".to_owned()),
-        ("DECO_CACHE_S3_KEY", "site/cache.tgz".to_owned()),
-        ("DECO_CACHE_S3_ENDPOINT", format!("http://{addr}")),
-    ]
-    .into_iter()
-    .collect();
+    let envs = stalled_store_envs(addr);
     let r2 = runner.clone();
     let start = Instant::now();
     let deploy = tokio::spawn(async move {
@@ -453,13 +457,7 @@ async fn undeploy_during_a_deploy_cancels_it() {
     let mut cfg = test_config(tmp.path());
     cfg.restore_timeout = Duration::from_secs(60);
     let runner = Runner::new(cfg);
-    let envs: BTreeMap<&str, String> = [
-        ("DECO_CACHE_S3_BUCKET", "bucket".to_owned()),
-        ("DECO_CACHE_S3_KEY", "site/cache.tgz".to_owned()),
-        ("DECO_CACHE_S3_ENDPOINT", format!("http://{addr}")),
-    ]
-    .into_iter()
-    .collect();
+    let envs = stalled_store_envs(addr);
     let r2 = runner.clone();
     let deploy = tokio::spawn(async move {
         call(&r2, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": [], "envs": envs})).await

@@ -41,6 +41,21 @@ fn serve(tmp: &Path, uid: u32, extra: &[&str]) -> (Child, u16) {
     (child, port)
 }
 
+/// Deploys `body` (JSON text) and waits up to `secs` for the worker.
+fn deploy_and_wait(port: u16, body: &str, secs: u64) {
+    let reply = http(port, "POST", "/sandbox/deploy", None, body).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", secs, || {
+        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
+    });
+}
+
+/// Deploy envs for an S3 store at `endpoint`, with invented credentials.
+fn store_envs(endpoint: &str) -> serde_json::Value {
+    serde_json::json!({"DECO_CACHE_S3_BUCKET": "b", "DECO_CACHE_S3_KEY": "s/cache", "DECO_CACHE_S3_ENDPOINT": endpoint,
+        "DECO_CACHE_S3_ACCESS_KEY_ID": "AKIDTEST", "DECO_CACHE_S3_SECRET_ACCESS_KEY": "secret-test"})
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap()
@@ -58,11 +73,7 @@ fn worker_output_of_any_bytes_and_length_is_logged_safely() {
                   i=0; while [ $i -lt 2000 ]; do echo \"line $i after\"; i=$((i+1)); done; \
                   echo still-alive >&2; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
     let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();
-    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    wait_for("the worker ready", 60, || {
-        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
-    });
+    deploy_and_wait(port, &body, 60);
     let peak = peak_rss_kib(server.id());
     let reply = http(port, "DELETE", "/sandbox/deploy", None, "").unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
@@ -103,11 +114,7 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 "#;
     let body = serde_json::json!({"site": "s", "runCommand": ["python3", "-c", worker]}).to_string();
-    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    wait_for("the worker ready", 30, || {
-        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
-    });
+    deploy_and_wait(port, &body, 30);
     let start = Instant::now();
     let reply = http(port, "GET", "/hang/here?x=1", None, "").unwrap();
     let took = start.elapsed();
@@ -179,11 +186,7 @@ fn sigterm_ends_serve_in_bounded_time_with_a_stream_open() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut server, port) = serve(tmp.path(), 6, &["--final-snapshot-timeout", "3"]);
     let body = serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER]}).to_string();
-    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    wait_for("the worker ready", 30, || {
-        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
-    });
+    deploy_and_wait(port, &body, 30);
     // A client reading the stream, like a browser tab with live reload.
     let reader = std::thread::spawn(move || {
         use std::io::{Read, Write};
@@ -217,15 +220,10 @@ fn a_second_signal_exits_at_once() {
     let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
     let (mut server, port) = serve(tmp.path(), 7, &["--final-snapshot-timeout", "60", "--restore-timeout", "1"]);
-    let envs = serde_json::json!({"DECO_CACHE_S3_BUCKET": "b", "DECO_CACHE_S3_KEY": "s/cache", "DECO_CACHE_S3_ENDPOINT": endpoint,
-        "DECO_CACHE_S3_ACCESS_KEY_ID": "AKIDTEST", "DECO_CACHE_S3_SECRET_ACCESS_KEY": "secret-test"});
+    let envs = store_envs(&endpoint);
     let body =
         serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER], "envs": envs}).to_string();
-    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    wait_for("the worker ready", 30, || {
-        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
-    });
+    deploy_and_wait(port, &body, 30);
     // A manual snapshot hangs on the store; a second request says so.
     let first = http(port, "POST", "/sandbox/cache/snapshot", None, "").unwrap();
     assert!(first.contains(r#"{"ok":true,"started":true}"#), "{first}");
@@ -291,11 +289,7 @@ fn websockets_and_event_streams_reach_a_deno_worker() {
     fs::set_permissions(&app, fs::Permissions::from_mode(0o644)).unwrap();
     let run = serde_json::json!([deno, "run", "--allow-net", "--allow-env", app.display().to_string()]);
     let body = serde_json::json!({"site": "s", "runCommand": run, "envs": {"NO_COLOR": "1"}}).to_string();
-    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    wait_for("the worker ready", 60, || {
-        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
-    });
+    deploy_and_wait(port, &body, 60);
 
     // WebSocket: the RFC 6455 handshake example, then a masked text frame.
     let mut ws = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -534,11 +528,7 @@ fn as_pid_1_the_runner_reaps_every_orphan() {
         .unwrap();
     let script = "for i in $(seq 40); do (sleep 0.1 &); done; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
     let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();
-    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    wait_for("the worker ready", 30, || {
-        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
-    });
+    deploy_and_wait(port, &body, 30);
     std::thread::sleep(Duration::from_secs(2));
     let zombies = zombies_of(runner);
     assert!(zombies.is_empty(), "orphans left as zombies of the runner (pid 1 inside): {zombies:?}");
@@ -589,11 +579,7 @@ fn json_logs_carry_structured_fields() {
     let (mut server, port) = serve(tmp.path(), 14, &["--store", store.to_str().unwrap(), "--log-format", "json"]);
     let script = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
     let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();
-    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    wait_for("the worker ready", 30, || {
-        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
-    });
+    deploy_and_wait(port, &body, 30);
     term(&server);
     assert!(wait_exit(&mut server, Duration::from_secs(15)).0.success());
     let log = fs::read_to_string(tmp.path().join("serve.log")).unwrap()
@@ -621,15 +607,10 @@ fn the_final_snapshot_bound_covers_a_running_manual_snapshot() {
     let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
     let (mut server, port) = serve(tmp.path(), 15, &["--final-snapshot-timeout", "3", "--restore-timeout", "1"]);
-    let envs = serde_json::json!({"DECO_CACHE_S3_BUCKET": "b", "DECO_CACHE_S3_KEY": "s/cache", "DECO_CACHE_S3_ENDPOINT": endpoint,
-        "DECO_CACHE_S3_ACCESS_KEY_ID": "AKIDTEST", "DECO_CACHE_S3_SECRET_ACCESS_KEY": "secret-test"});
+    let envs = store_envs(&endpoint);
     let body =
         serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER], "envs": envs}).to_string();
-    let reply = http(port, "POST", "/sandbox/deploy", None, &body).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    wait_for("the worker ready", 30, || {
-        http(port, "GET", "/sandbox/status", None, "").is_some_and(|r| r.contains("\"worker\":\"ready\""))
-    });
+    deploy_and_wait(port, &body, 30);
     let reply = http(port, "POST", "/sandbox/cache/snapshot", None, "").unwrap();
     assert!(reply.contains(r#""started":true"#), "{reply}");
     term(&server);
