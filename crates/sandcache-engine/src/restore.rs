@@ -166,7 +166,7 @@ async fn restore_native(
     target: &Target,
     opts: &RestoreOptions,
     manifests: &[sandcache_store::ObjectInfo],
-) -> Result<(Done, Staging, Option<Arc<Manifest>>), Skip> {
+) -> Result<(Done, Staging, Option<(Arc<Manifest>, String)>), Skip> {
     let mut last = None;
     for info in manifests.iter().take(3) {
         let m = native::fetch_manifest(store, &info.key).await?;
@@ -189,7 +189,8 @@ async fn restore_native(
         match result {
             Ok(s) => {
                 staging.0 = None;
-                return Ok((Done { files: s.files, bytes: s.bytes, transferred: s.transferred }, at, Some(m)));
+                let done = Done { files: s.files, bytes: s.bytes, transferred: s.transferred };
+                return Ok((done, at, Some((m, info.key.clone()))));
             }
             Err(skip) => {
                 drop(staging);
@@ -275,18 +276,27 @@ async fn restore_archive(
 /// Off the critical path: record what was restored, so an unchanged dir is
 /// not uploaded again (and a native snapshot rereads nothing), then remove
 /// the old tree and any leftovers.
-fn after_swap(target: &Target, trash: Vec<PathBuf>, store: &dyn Store, key: &str, manifest: Option<Arc<Manifest>>) {
+/// `manifest`: a native generation's, with its key; `None` for a single
+/// archive (stored at `key` itself).
+fn after_swap(
+    target: &Target,
+    trash: Vec<PathBuf>,
+    store: &dyn Store,
+    key: &str,
+    manifest: Option<(Arc<Manifest>, String)>,
+) {
     let target = target.clone();
     let (store, key) = (store.to_string(), key.to_owned());
     crate::target::background("after-restore", move || {
         // One walk gives the fingerprint and, for a native generation, the index.
         let walked = match &manifest {
-            Some(m) => native::Index::of_restored(&target.dir, m).map(|(fp, index)| (fp, Some(index))),
+            Some((m, _)) => native::Index::of_restored(&target.dir, m).map(|(fp, index)| (fp, Some(index))),
             None => sandcache_archive::fingerprint(&target.dir, true, &Default::default()).map(|fp| (fp, None)),
         };
         match walked {
             Ok((fp, index)) => {
-                save_state(&target, &store, &key, &fp);
+                let generation = manifest.as_ref().map_or(key.as_str(), |(_, g)| g.as_str());
+                save_state(&target, &store, &key, &fp, generation);
                 if let Some(index) = index {
                     index.save(&target.index_path());
                 }

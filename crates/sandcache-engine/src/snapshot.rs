@@ -67,17 +67,27 @@ impl Default for SnapshotOptions {
     }
 }
 
-/// What the last restore or snapshot of a dir left: which cache it matches.
-/// Kept beside the dir, never inside it.
+/// What the last restore or snapshot of a dir left: which cache it matches,
+/// and the stored object that holds it (a native generation's manifest, or
+/// the single archive). Kept beside the dir, never inside it.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct State {
     store: String,
     key: String,
     fingerprint: String,
+    /// Absent in state files older than this field: then the dir is not
+    /// taken as unchanged.
+    #[serde(default)]
+    generation: Option<String>,
 }
 
-pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32]) {
-    let state = State { store: store.to_owned(), key: key.to_owned(), fingerprint: hex(fp) };
+pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32], generation: &str) {
+    let state = State {
+        store: store.to_owned(),
+        key: key.to_owned(),
+        fingerprint: hex(fp),
+        generation: Some(generation.to_owned()),
+    };
     let path = target.state_path();
     let written = serde_json::to_vec(&state)
         .map_err(std::io::Error::other)
@@ -167,13 +177,25 @@ async fn snapshot(
     }
     let fp = fp.expect("set when not empty");
     let store_label = store.to_string();
-    if !opts.force
-        && load_state(&target).is_some_and(|s| s.store == store_label && s.key == key && s.fingerprint == hex(&fp))
-    {
-        return Err(Skip::new(
-            Reason::Unchanged,
-            format!("{} is as last restored or snapshotted", target.dir.display()),
-        ));
+    let same = load_state(&target).filter(|s| s.store == store_label && s.key == key && s.fingerprint == hex(&fp));
+    // Unchanged means the store still holds what the dir matches: one HEAD
+    // of that generation, never a listing. A store that lost it (wiped,
+    // `delete`d) gets the dir again.
+    if let (false, Some(generation)) = (opts.force, same.and_then(|s| s.generation)) {
+        match store.head(&generation).await {
+            Ok(Some(_)) => {
+                return Err(Skip::new(
+                    Reason::Unchanged,
+                    format!("{} is as last restored or snapshotted ({generation})", target.dir.display()),
+                ));
+            }
+            Ok(None) => tracing::info!(
+                target: "sandbox-cache",
+                "{} is unchanged, but the store no longer holds {generation}: uploading it again",
+                target.dir.display()
+            ),
+            Err(e) => tracing::debug!("could not check {generation}: {}; snapshotting", error_chain(&e)),
+        }
     }
 
     match opts.format {
@@ -258,7 +280,9 @@ async fn snapshot_native(
     let store_label = store.to_string();
     if plan.unchanged {
         plan.index.save(&target.index_path());
-        save_state(target, &store_label, key, fp);
+        if let Some(newest) = listed.first() {
+            save_state(target, &store_label, key, fp, &newest.key);
+        }
         return Err(Skip::new(Reason::Unchanged, "every file is already in the newest generation"));
     }
     // Our own manifest must pass the checks every reader makes.
@@ -298,7 +322,7 @@ async fn snapshot_native(
         if base.is_some() { "the previous generation" } else { "nothing" }
     );
     plan.index.save(&target.index_path());
-    save_state(target, &store_label, key, fp);
+    save_state(target, &store_label, key, fp, &mkey);
     Ok(Done { files: plan.files, bytes: plan.bytes, transferred })
 }
 
@@ -369,6 +393,6 @@ async fn snapshot_archive(
         (Err(e), Ok(Ok(_))) => return Err(store_skip(e)),
         (Ok(n), Ok(Ok(stats))) => (n, stats),
     };
-    save_state(target, &store_label, key, fp);
+    save_state(target, &store_label, key, fp, key);
     Ok(Done { files: stats.files, bytes: stats.bytes, transferred })
 }

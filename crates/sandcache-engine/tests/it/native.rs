@@ -185,3 +185,33 @@ async fn the_newer_of_native_and_tgz_wins() {
     assert_same_tree(&a, &dest2);
     super::settle();
 }
+
+/// `unchanged` means the store still holds the generation the dir matches:
+/// after the store lost it (wiped, or the key deleted), the same dir is
+/// uploaded again, whether it was last snapshotted or restored, in both
+/// formats (issue 12, point 3).
+#[tokio::test]
+async fn a_store_that_lost_the_cache_gets_it_again() {
+    for format in [Format::Native, Format::Tgz] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, store_dir) = (tmp.path().join("deno-dir"), tmp.path().join("store"));
+        sample_tree(&dir);
+        let cache = Cache::new(Arc::new(LocalStore::new(store_dir.clone())), "site/cache");
+        let opts = SnapshotOptions { format, ..Default::default() };
+        assert!(cache.snapshot(&dir, &opts).await.is_done(), "{format:?}");
+        assert_eq!(cache.snapshot(&dir, &opts).await.reason(), Some(Reason::Unchanged), "{format:?}");
+        fs::remove_dir_all(&store_dir).unwrap();
+        let again = cache.snapshot(&dir, &opts).await;
+        assert!(again.is_done(), "{format:?}: {}", again.to_json());
+        assert_eq!(cache.snapshot(&dir, &opts).await.reason(), Some(Reason::Unchanged), "{format:?}");
+
+        // Restored, then the store wiped: the restored dir goes up again.
+        let restored = tmp.path().join("restored");
+        assert!(cache.restore(&restored, &RestoreOptions::default()).await.is_done());
+        sandcache_engine::wait_for_background(Duration::from_secs(10));
+        assert_eq!(cache.snapshot(&restored, &opts).await.reason(), Some(Reason::Unchanged), "{format:?}");
+        fs::remove_dir_all(&store_dir).unwrap();
+        let again = cache.snapshot(&restored, &opts).await;
+        assert!(again.is_done(), "{format:?} after restore: {}", again.to_json());
+    }
+}
