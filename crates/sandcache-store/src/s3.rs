@@ -39,6 +39,7 @@ pub struct S3Store {
 impl S3Store {
     pub fn new(spec: &S3Spec, opts: &StoreOptions) -> Result<Self, StoreError> {
         let invalid = |why: String| StoreError::InvalidSpec { spec: format!("s3://{}", spec.bucket), why };
+        spec.validate().map_err(invalid)?;
         // Static keys replace the whole environment-driven chain, so a session
         // token or role from the environment cannot mix with them.
         let base = match &spec.credentials {

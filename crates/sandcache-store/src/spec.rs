@@ -44,6 +44,41 @@ impl fmt::Debug for StaticCredentials {
 impl S3Spec {
     pub const DEFAULT_REGION: &'static str = "us-west-2";
 
+    /// Checks every field before any request: a bucket name by the S3
+    /// naming rules, a region, an endpoint (an http or https URL with a
+    /// host), the prefix. The S3 client assumes them valid (and panics
+    /// signing a request with a bad bucket). The error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let b = &self.bucket;
+        let bucket_ok = (3..=63).contains(&b.len())
+            && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+            && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && b.ends_with(|c: char| c.is_ascii_alphanumeric())
+            && !b.contains("..");
+        if !bucket_ok {
+            return Err(format!(
+                "bucket `{b}` is not a valid S3 bucket name (3-63 lowercase letters, digits, `.` and `-`, \
+                 starting and ending with a letter or digit)"
+            ));
+        }
+        let r = &self.region;
+        if r.is_empty() || r.len() > 64 || !r.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
+            return Err(format!("region `{r}` is not a region name (letters, digits and `-`, like us-west-2)"));
+        }
+        if let Some(e) = &self.endpoint {
+            let ok = url::Url::parse(e)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
+            if ok.is_none() || e.chars().any(char::is_whitespace) {
+                return Err(format!("endpoint `{e}` is not an http:// or https:// URL with a host"));
+            }
+        }
+        if !self.prefix.is_empty() && crate::check_key(&self.prefix).is_err() {
+            return Err(format!("prefix `{}` has empty, `.` or `..` segments", self.prefix));
+        }
+        Ok(())
+    }
+
     pub fn new(bucket: impl Into<String>) -> Self {
         S3Spec {
             bucket: bucket.into(),
@@ -71,6 +106,7 @@ impl FromStr for StoreSpec {
             }
             let mut spec = S3Spec::new(bucket);
             spec.prefix = prefix.to_owned();
+            spec.validate().map_err(|why| invalid(&why))?;
             return Ok(StoreSpec::S3(spec));
         }
         if let Some(path) = s.strip_prefix("file://") {
@@ -102,6 +138,25 @@ impl fmt::Display for StoreSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_fields_are_checked_before_any_request() {
+        for bad in ["s3://no_such bucket!", "s3://ab", "s3://UPPER", "s3://-dash", "s3://a..b", "s3://x.y/../p"] {
+            let err = bad.parse::<StoreSpec>().unwrap_err().to_string();
+            assert!(err.contains("not a valid S3 bucket name") || err.contains("prefix"), "{bad}: {err}");
+        }
+        let mut s = S3Spec::new("sandcache");
+        assert!(s.validate().is_ok());
+        s.region = "us west".into();
+        assert!(s.validate().unwrap_err().contains("region"));
+        s.region = "us-west-2".into();
+        for e in ["http://exa mple", "ftp://h", "http://", "not a url"] {
+            s.endpoint = Some(e.into());
+            assert!(s.validate().unwrap_err().contains("endpoint"), "{e}");
+        }
+        s.endpoint = Some("http://127.0.0.1:3900".into());
+        assert!(s.validate().is_ok());
+    }
 
     #[test]
     fn parses_specs() {

@@ -475,3 +475,17 @@ async fn undeploy_during_a_deploy_cancels_it() {
     let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "next", "runCommand": []})).await;
     assert_eq!(s, StatusCode::OK, "the next deploy goes: {v}");
 }
+
+/// A deploy body whose bucket the S3 client would panic on: the restore is a
+/// `config` skip and the deploy goes on cold (it answered 500 when the
+/// deploy task panicked).
+#[tokio::test]
+async fn a_bad_bucket_in_a_deploy_is_a_config_skip_and_a_cold_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runner = Runner::new(test_config(tmp.path()));
+    let envs = json!({"DECO_CACHE_S3_BUCKET": "no_such bucket!", "DECO_CACHE_S3_ENDPOINT": "http://exa mple"});
+    let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": [], "envs": envs})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!(st["cache"]["restore"]["reason"], "config", "{st}");
+}

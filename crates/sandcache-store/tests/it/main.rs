@@ -123,7 +123,7 @@ async fn s3_stalled_body_ends_at_the_idle_timeout() {
 
 #[test]
 fn specs_display_round_trip() {
-    for s in ["s3://b", "s3://b/p/q", "file:///tmp/x"] {
+    for s in ["s3://bkt", "s3://bkt/p/q", "file:///tmp/x"] {
         assert_eq!(s.parse::<StoreSpec>().unwrap().to_string(), s);
     }
 }

@@ -115,7 +115,7 @@ fn usage_and_configuration_errors_exit_2_with_a_clear_message() {
         (vec!["restore", "--key", "k", "--store", "gs://b"], "unknown scheme"),
         (vec!["restore", "--key", "k", "--store", "s3://"], "missing bucket"),
         (vec!["restore", "--key", "k", "--timeout", "0"], "--timeout"),
-        (vec!["restore", "--key", "k", "--store", "s3://b", "--endpoint", "localhost:9000"], "http://"),
+        (vec!["restore", "--key", "k", "--store", "s3://bkt", "--endpoint", "localhost:9000"], "http://"),
         (vec!["snapshot", "--key", "k", "--format", "zip"], "invalid value"),
         (vec!["frobnicate"], "unrecognized subcommand"),
     ];
@@ -491,4 +491,27 @@ fn serve_stops_its_worker_and_cleans_up_on_sigterm() {
     assert!(!work.exists(), "the work dir is cleaned");
     let alive = rustix::process::test_kill_process(rustix::process::Pid::from_raw(worker).unwrap()).is_ok();
     assert!(!alive, "the worker was stopped");
+}
+
+/// Bad S3 configuration never panics (object_store panics signing a
+/// request with a bad bucket): a bad bucket is a usage error naming the
+/// flag (exit 2); a bad endpoint or region is a `config` skip in JSON; the
+/// same bucket in a deploy body is a `config` skip and the deploy goes on
+/// cold (issue 12, point 4).
+#[test]
+fn bad_s3_configuration_never_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    let (code, _, err) =
+        run(bin().args(["restore", "--store", "s3://no_such bucket!", "--key", "k", "--json", "--dir"]).arg(&dir));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--store") && err.contains("not a valid S3 bucket name"), "{err}");
+    for (flag, value, field) in [("--endpoint", "http://exa mple", "endpoint"), ("--region", "us west", "region")] {
+        let (code, json, err) = run(bin()
+            .args(["restore", "--store", "s3://sandcache", "--key", "k", "--json", flag, value, "--dir"])
+            .arg(&dir));
+        assert_ne!(code, 101, "a panic: {err}");
+        assert_eq!(json["reason"], "config", "{json} {err}");
+        assert!(json["detail"].as_str().unwrap().contains(field), "{json}");
+    }
 }

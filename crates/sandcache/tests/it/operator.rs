@@ -52,7 +52,7 @@ fn deploy_and_wait(port: u16, body: &str, secs: u64) {
 
 /// Deploy envs for an S3 store at `endpoint`, with invented credentials.
 fn store_envs(endpoint: &str) -> serde_json::Value {
-    serde_json::json!({"DECO_CACHE_S3_BUCKET": "b", "DECO_CACHE_S3_KEY": "s/cache", "DECO_CACHE_S3_ENDPOINT": endpoint,
+    serde_json::json!({"DECO_CACHE_S3_BUCKET": "bkt", "DECO_CACHE_S3_KEY": "s/cache", "DECO_CACHE_S3_ENDPOINT": endpoint,
         "DECO_CACHE_S3_ACCESS_KEY_ID": "AKIDTEST", "DECO_CACHE_S3_SECRET_ACCESS_KEY": "secret-test"})
 }
 

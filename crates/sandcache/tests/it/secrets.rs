@@ -150,7 +150,7 @@ fn no_secret_reaches_any_output_or_the_worker() {
     }
     // And against a server that does not answer, for the error paths.
     let (_, json, err) = run(bin()
-        .args(["restore", "--key", "k", "--store", "s3://b", "--endpoint", "http://127.0.0.1:9", "--timeout", "3"])
+        .args(["restore", "--key", "k", "--store", "s3://bkt", "--endpoint", "http://127.0.0.1:9", "--timeout", "3"])
         .arg("--dir")
         .arg(&dir)
         .env("AWS_ACCESS_KEY_ID", &aws_key_id)
