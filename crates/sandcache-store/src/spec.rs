@@ -160,13 +160,13 @@ mod tests {
 
     #[test]
     fn parses_specs() {
-        let s3: StoreSpec = "s3://b/some/prefix/".parse().unwrap();
+        let s3: StoreSpec = "s3://bkt/some/prefix/".parse().unwrap();
         let StoreSpec::S3(spec) = &s3 else { panic!() };
         assert_eq!(
             (spec.bucket.as_str(), spec.prefix.as_str(), spec.region.as_str()),
-            ("b", "some/prefix", "us-west-2")
+            ("bkt", "some/prefix", "us-west-2")
         );
-        assert_eq!(s3.to_string(), "s3://b/some/prefix");
+        assert_eq!(s3.to_string(), "s3://bkt/some/prefix");
         let creds = StaticCredentials { key_id: "AKID".into(), secret: "s3cr3t".into(), session_token: None };
         assert!(!format!("{creds:?}").contains("s3cr3t"));
         assert_eq!("file:///tmp/x".parse::<StoreSpec>().unwrap(), StoreSpec::Local("/tmp/x".into()));
