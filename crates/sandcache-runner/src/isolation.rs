@@ -115,23 +115,34 @@ pub fn readable_by(path: &Path, uid: u32, gid: u32) -> bool {
     if uid == 0 {
         return true;
     }
-    let allowed = |m: &fs::Metadata, bit: u32| {
-        let mode = m.mode();
-        let shift = if m.uid() == uid {
-            6
-        } else if m.gid() == gid {
-            3
-        } else {
-            0
-        };
-        mode & (bit << shift) != 0
-    };
+    let allowed = |m: &fs::Metadata, bit: u32| class_bits(m, uid, gid) & bit != 0;
     let Ok(meta) = fs::metadata(path) else { return false };
     if !allowed(&meta, 0o4) {
         return false;
     }
     let real = fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     real.ancestors().skip(1).all(|dir| fs::metadata(dir).is_ok_and(|m| allowed(&m, 0o1)))
+}
+
+/// The `rwx` bits that apply to `uid` (primary group `gid`, no others) on
+/// a file: its owner's, its group's or everyone else's.
+fn class_bits(m: &fs::Metadata, uid: u32, gid: u32) -> u32 {
+    let shift = if m.uid() == uid {
+        6
+    } else if m.gid() == gid {
+        3
+    } else {
+        0
+    };
+    (m.mode() >> shift) & 0o7
+}
+
+/// Whether `uid` could create or rename entries in `dir` (write and search
+/// on it; in a sticky dir such as /tmp, only if it owns the dir, since it
+/// could then rename only its own entries).
+pub fn writable_by(dir: &Path, uid: u32, gid: u32) -> bool {
+    let Ok(m) = fs::metadata(dir) else { return false };
+    class_bits(&m, uid, gid) & 0o3 == 0o3 && (m.mode() & 0o1000 == 0 || m.uid() == uid)
 }
 
 /// The uid owning the TCP socket at `peer` on this host (the client end of
@@ -472,5 +483,10 @@ mod tests {
         fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
         assert!(!readable_by(&f, other, other), "a closed directory above closes the file");
+        assert!(!writable_by(tmp.path(), other, other));
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(writable_by(tmp.path(), other, other));
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(!writable_by(tmp.path(), other, other), "sticky: it could rename only its own entries");
     }
 }

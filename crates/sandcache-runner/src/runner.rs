@@ -757,7 +757,7 @@ impl Runner {
             if user.is_separate() {
                 for dir in [&self.cfg.deno_dir, &self.cfg.work_dir] {
                     let parent = dir.parent().unwrap_or(Path::new("/"));
-                    if writable_by(parent, user) {
+                    if crate::isolation::writable_by(parent, user.uid, user.gid) {
                         lines.push((
                             true,
                             format!(
@@ -898,21 +898,6 @@ const GIT_ENV: &[&str] = &[
     "https_proxy",
     "no_proxy",
 ];
-
-/// Whether `user` could create or rename entries in `dir`.
-fn writable_by(dir: &Path, user: WorkerUser) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::metadata(dir) else { return false };
-    let bits = if m.uid() == user.uid {
-        m.mode() >> 6
-    } else if m.gid() == user.gid {
-        m.mode() >> 3
-    } else {
-        m.mode()
-    };
-    // A sticky dir (/tmp) lets others rename only what they own.
-    bits & 0o3 == 0o3 && (m.mode() & 0o1000 == 0 || m.uid() == user.uid)
-}
 
 /// Gives `path` itself (not what is under it) to the worker.
 fn give_to(path: &Path, user: WorkerUser) -> Result<(), String> {
