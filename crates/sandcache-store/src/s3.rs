@@ -52,6 +52,16 @@ impl S3Store {
             }
             None => AmazonS3Builder::from_env(),
         };
+        // Keys from the environment reach the same headers: check them too.
+        for (config, name) in [
+            (AmazonS3ConfigKey::AccessKeyId, "AWS_ACCESS_KEY_ID"),
+            (AmazonS3ConfigKey::SecretAccessKey, "AWS_SECRET_ACCESS_KEY"),
+            (AmazonS3ConfigKey::Token, "AWS_SESSION_TOKEN"),
+        ] {
+            if let Some(value) = base.get_config_value(&config) {
+                crate::spec::check_credential(name, &value).map_err(invalid)?;
+            }
+        }
         let mut builder = base
             .with_bucket_name(&spec.bucket)
             .with_region(&spec.region)

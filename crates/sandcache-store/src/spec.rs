@@ -35,6 +35,29 @@ pub struct StaticCredentials {
     pub session_token: Option<String>,
 }
 
+impl StaticCredentials {
+    /// The key id and session token travel in request headers, so they
+    /// must be printable ASCII without spaces (the S3 client assumes so and
+    /// panics signing a request otherwise). The error names the field,
+    /// never the value.
+    pub fn validate(&self) -> Result<(), String> {
+        check_credential("access key id", &self.key_id)?;
+        check_credential("secret access key", &self.secret)?;
+        match &self.session_token {
+            Some(t) => check_credential("session token", t),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A credential value is non-empty printable ASCII without spaces.
+pub fn check_credential(what: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!("the {what} is not printable ASCII without spaces (value not shown)"));
+    }
+    Ok(())
+}
+
 impl fmt::Debug for StaticCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StaticCredentials").field("key_id", &self.key_id).field("secret", &"<redacted>").finish()
@@ -75,6 +98,9 @@ impl S3Spec {
         }
         if !self.prefix.is_empty() && crate::check_key(&self.prefix).is_err() {
             return Err(format!("prefix `{}` has empty, `.` or `..` segments", self.prefix));
+        }
+        if let Some(c) = &self.credentials {
+            c.validate()?;
         }
         Ok(())
     }
