@@ -47,7 +47,7 @@ impl Cache {
         let (store, key) = match &self.inner {
             Inner::Enabled { store, key } => (store.as_ref(), key.as_str()),
             Inner::Disabled => return Err("no cache store configured".into()),
-            Inner::Invalid(why) => return Err(why.clone()),
+            Inner::Invalid(skip) => return Err(skip.detail.clone()),
         };
         let now = SystemTime::now();
         let young = |t: SystemTime| now.duration_since(t).unwrap_or_default() < opts.grace;

@@ -26,6 +26,7 @@
 //! ```
 
 mod config;
+mod delete;
 mod gc;
 mod native;
 mod outcome;
@@ -41,6 +42,7 @@ use std::time::{Duration, Instant};
 use sandcache_store::{Store, StoreOptions};
 
 pub use config::{CacheConfig, seed_env};
+pub use delete::DeleteReport;
 pub use gc::{GcOptions, GcReport};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
 pub use restore::RestoreOptions;
@@ -57,8 +59,8 @@ pub struct Cache {
 #[derive(Debug, Clone)]
 enum Inner {
     Disabled,
-    /// Configured, but unusable: every operation skips with this detail.
-    Invalid(String),
+    /// Configured, but unusable: every operation skips with this.
+    Invalid(Skip),
     Enabled {
         store: Arc<dyn Store>,
         key: String,
@@ -77,7 +79,7 @@ impl Cache {
         let key = key.into();
         match validate_key(&key) {
             Ok(()) => Cache { inner: Inner::Enabled { store, key } },
-            Err(why) => Cache { inner: Inner::Invalid(why) },
+            Err(why) => Cache { inner: Inner::Invalid(Skip::new(Reason::Config, why)) },
         }
     }
 
@@ -88,11 +90,22 @@ impl Cache {
             return Cache::disabled();
         };
         let Some(key) = &config.key else {
-            return Cache { inner: Inner::Invalid(format!("no cache key for {spec} (set {})", seed_env::KEY)) };
+            let why = format!("no cache key for {spec} (set {})", seed_env::KEY);
+            return Cache { inner: Inner::Invalid(Skip::new(Reason::Config, why)) };
         };
-        match sandcache_store::open(spec, opts) {
-            Ok(store) => Cache::new(store, key.clone()),
-            Err(e) => Cache { inner: Inner::Invalid(error_chain(&e)) },
+        match std::panic::catch_unwind(|| sandcache_store::open(spec, opts)) {
+            Ok(Ok(store)) => Cache::new(store, key.clone()),
+            Ok(Err(e)) => Cache { inner: Inner::Invalid(Skip::new(Reason::Config, error_chain(&e))) },
+            Err(payload) => Cache { inner: Inner::Invalid(Skip::panicked("opening the store", payload.as_ref())) },
+        }
+    }
+
+    /// Why this cache cannot be used, when it was configured but its
+    /// configuration is unusable (every operation would skip with this).
+    pub fn unusable(&self) -> Option<&Skip> {
+        match &self.inner {
+            Inner::Invalid(skip) => Some(skip),
+            _ => None,
         }
     }
 
@@ -108,7 +121,8 @@ impl Cache {
         }
     }
 
-    fn labels(&self) -> (String, String) {
+    /// The key and the store's location, for reports (empty when unusable).
+    pub fn labels(&self) -> (String, String) {
         match &self.inner {
             Inner::Enabled { store, key } => (key.clone(), store.to_string()),
             _ => (String::new(), String::new()),
@@ -131,10 +145,14 @@ impl Cache {
         let (key, store) = self.labels();
         let result = match &self.inner {
             Inner::Disabled => Err(Skip::new(Reason::Disabled, "no cache store configured")),
-            Inner::Invalid(why) => Err(Skip::new(Reason::Config, why.clone())),
+            Inner::Invalid(skip) => Err(skip.clone()),
             Inner::Enabled { store, key } => {
-                match tokio::time::timeout(timeout, run(store, key, start + timeout)).await {
-                    Ok(r) => r,
+                // A panic anywhere inside (the S3 client, extraction, our
+                // own code) ends here as a skip, never as a failed caller.
+                let guarded = std::panic::AssertUnwindSafe(run(store, key, start + timeout));
+                match tokio::time::timeout(timeout, futures::FutureExt::catch_unwind(guarded)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(payload)) => Err(Skip::panicked(op.as_str(), payload.as_ref())),
                     Err(_) => Err(Skip::new(
                         Reason::TimedOut,
                         format!("{} did not finish within its {} s deadline", op.as_str(), timeout.as_secs_f32()),

@@ -115,7 +115,7 @@ pub(crate) async fn restore_into(
         setup(&setup_m, &setup_staging, owner)
     })
     .await
-    .map_err(|e| Skip::new(Reason::IoError, format!("setup thread: {e}")))?
+    .map_err(|e| Skip::joined("the setup thread", e))?
     .map_err(crate::restore::extract_skip)?;
 
     // 2. Which byte ranges to fetch: needed frames, coalesced per pack.
@@ -180,8 +180,16 @@ pub(crate) async fn restore_into(
     .try_collect::<Vec<()>>();
     let fetched = fetches.await;
     drop(tx);
+    // A writer that panicked left its frame unwritten: the tree is
+    // incomplete and must never be swapped in.
+    let mut panicked = None;
     for w in workers {
-        let _ = w.await;
+        if let Err(e) = w.await {
+            panicked.get_or_insert(e);
+        }
+    }
+    if let Some(e) = panicked {
+        return Err(Skip::joined("a writer thread", e));
     }
     if let Some(e) = error.lock().unwrap_or_else(|p| p.into_inner()).take() {
         return Err(crate::restore::extract_skip(e));
@@ -198,7 +206,7 @@ pub(crate) async fn restore_into(
         finish(&fin_m, &fin_staging, owner)
     })
     .await
-    .map_err(|e| Skip::new(Reason::IoError, format!("finish thread: {e}")))?
+    .map_err(|e| Skip::joined("the finish thread", e))?
     .map_err(crate::restore::extract_skip)?;
     Ok(RestoreStats {
         files: files.load(Ordering::Relaxed) + symlinks + empty_files(&m),

@@ -50,6 +50,10 @@ pub enum Reason {
     Unchanged,
     /// The configuration is unusable (bad key or store).
     Config,
+    /// A bug in sandcache (a panic inside the store client, extraction or
+    /// the engine), caught at the boundary and logged as an error: the
+    /// operation is skipped like any other failure.
+    Internal,
 }
 
 impl Reason {
@@ -66,11 +70,12 @@ impl Reason {
             Reason::Empty => "empty",
             Reason::Unchanged => "unchanged",
             Reason::Config => "config",
+            Reason::Internal => "internal",
         }
     }
 
     /// Every reason, for metrics that pre-register their labels.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Disabled,
         Reason::NotFound,
         Reason::TimedOut,
@@ -82,6 +87,7 @@ impl Reason {
         Reason::Empty,
         Reason::Unchanged,
         Reason::Config,
+        Reason::Internal,
     ];
 }
 
@@ -101,6 +107,31 @@ pub struct Skip {
 impl Skip {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Skip { reason, detail: detail.into() }
+    }
+
+    /// A panic caught in `what`: logged as the bug it is, skipped as
+    /// `internal`.
+    pub(crate) fn panicked(what: &str, payload: &(dyn std::any::Any + Send)) -> Self {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".to_owned());
+        Skip::bug(format!("{what} panicked: {message}"))
+    }
+
+    /// A background thread that ended without an answer: a panic is a bug,
+    /// a cancellation an I/O failure.
+    pub(crate) fn joined(what: &str, e: tokio::task::JoinError) -> Self {
+        match e.try_into_panic() {
+            Ok(payload) => Skip::panicked(what, payload.as_ref()),
+            Err(e) => Skip::new(Reason::IoError, format!("{what} failed: {e}")),
+        }
+    }
+
+    fn bug(detail: String) -> Self {
+        tracing::error!(target: "sandbox-cache", "bug: {detail}; skipped (the cache is advisory), please report it");
+        Skip::new(Reason::Internal, format!("{detail} (a bug in sandcache)"))
     }
 }
 

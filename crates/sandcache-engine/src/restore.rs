@@ -266,9 +266,7 @@ async fn restore_archive(
     let (downloaded, extracted) = tokio::join!(download, extraction);
 
     let transferred = downloaded.map_err(store_skip)?;
-    let stats = extracted
-        .map_err(|e| Skip::new(Reason::IoError, format!("extraction thread failed: {e}")))?
-        .map_err(extract_skip)?;
+    let stats = extracted.map_err(|e| Skip::joined("the extraction thread", e))?.map_err(extract_skip)?;
     drop_staging.0 = None;
     Ok((Done { files: stats.files, bytes: stats.bytes, transferred }, staging))
 }

@@ -167,7 +167,7 @@ async fn snapshot(
         Ok::<_, WalkError>((empty, fp))
     })
     .await
-    .map_err(|e| Skip::new(Reason::IoError, format!("scan thread failed: {e}")))?
+    .map_err(|e| Skip::joined("the scan thread", e))?
     .map_err(|e| walk_skip(&e))?;
     if empty {
         return Err(Skip::new(
@@ -271,7 +271,7 @@ async fn snapshot_native(
     let (uploaded, built) = tokio::join!(uploads, builder);
     let (plan, base) = match (uploaded.as_ref(), built) {
         (Err(_), _) => return Err(store_skip(uploaded.unwrap_err())),
-        (_, Err(e)) => return Err(Skip::new(Reason::IoError, format!("snapshot thread failed: {e}"))),
+        (_, Err(e)) => return Err(Skip::joined("the snapshot thread", e)),
         (_, Ok(Err(native::BuildError::Walk(e)))) => return Err(walk_skip(&e)),
         (_, Ok(Err(e))) => return Err(Skip::new(Reason::IoError, error_chain(&e))),
         (Ok(_), Ok(Ok(p))) => p,
@@ -387,7 +387,7 @@ async fn snapshot_archive(
     let (transferred, stats) = match (uploaded, written) {
         (Err(e), _) if !matches!(e, StoreError::Body { .. }) => return Err(store_skip(e)),
         (_, Err(e)) => {
-            return Err(Skip::new(Reason::IoError, format!("archive thread failed: {e}")));
+            return Err(Skip::joined("the archive thread", e));
         }
         (_, Ok(Err(skip))) => return Err(skip),
         (Err(e), Ok(Ok(_))) => return Err(store_skip(e)),

@@ -2,6 +2,7 @@
 //! S3-compatible server (Garage): every outcome reason, the deadline with a
 //! stalled server, staging and swap, and interop with the seed's tar.
 
+mod admin;
 mod faults;
 mod hostile;
 mod hostile_fs;

@@ -1,0 +1,195 @@
+//! `delete`, arbitrary configuration, and panics caught at the boundary.
+
+use std::collections::HashMap;
+use std::fs;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use sandcache_engine::{Cache, CacheConfig, Format, Reason, RestoreOptions, SnapshotOptions, seed_env};
+use sandcache_store::{BodyStream, GetObject, ObjectInfo, Store, StoreError, StoreOptions};
+use sandcache_testkit::tree::sample_tree;
+
+use crate::{settle, stores};
+
+#[tokio::test]
+async fn delete_removes_every_generation_and_the_seed_object_and_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    for store in stores("delete", tmp.path()) {
+        let cache = Cache::new(store.clone(), "site/cache.tgz");
+        // Two native generations and the seed's single object, all under the key.
+        let native = SnapshotOptions { force: true, ..Default::default() };
+        for round in 0..2 {
+            fs::write(src.join("more.txt"), format!("generation {round}")).unwrap();
+            let out = cache.snapshot(&src, &native).await;
+            assert!(out.is_done(), "{store}: {}", out.to_json());
+        }
+        let tgz = SnapshotOptions { format: Format::Tgz, force: true, ..Default::default() };
+        let out = cache.snapshot(&src, &tgz).await;
+        assert!(out.is_done(), "{store}: {}", out.to_json());
+        // Keys that share a prefix with it, and another site, stay.
+        let neighbours = ["site/cache.tgz2", "site/cache", "other/cache.tgz"].map(|k| Cache::new(store.clone(), k));
+        for n in &neighbours {
+            assert!(n.snapshot(&src, &native).await.is_done());
+        }
+
+        let report = cache.delete().await.expect("delete");
+        assert_eq!(report.generations_deleted, 2, "{store}: {report:?}");
+        assert!(report.packs_deleted >= 1, "{report:?}");
+        assert_eq!(report.objects_deleted, report.generations_deleted + report.packs_deleted + 1, "{report:?}");
+        assert!(report.bytes_freed > 0 && !report.not_found, "{report:?}");
+        assert!(store.list("site/cache.tgz.d/").await.unwrap().is_empty());
+        assert!(store.head("site/cache.tgz").await.unwrap().is_none());
+
+        let restored = tmp.path().join(format!("restored-{}", rand_suffix()));
+        let out = cache.restore(&restored, &RestoreOptions::default()).await;
+        assert_eq!(out.reason(), Some(Reason::NotFound), "{}", out.to_json());
+        for n in &neighbours {
+            let dir = tmp.path().join(format!("n-{}", rand_suffix()));
+            assert!(n.restore(&dir, &RestoreOptions::default()).await.is_done(), "{} survives", n.location());
+        }
+
+        // Deleting again, or a key that never held anything, is not an error.
+        let again = cache.delete().await.expect("a second delete");
+        assert!(again.not_found && again.objects_deleted == 0, "{again:?}");
+        assert!(Cache::new(store.clone(), "never/was").delete().await.unwrap().not_found);
+
+        // The dir was last snapshotted to the deleted key: the next snapshot
+        // uploads again instead of answering `unchanged`.
+        let out = cache.snapshot(&src, &SnapshotOptions::default()).await;
+        assert!(out.is_done(), "{}", out.to_json());
+        settle();
+    }
+}
+
+#[tokio::test]
+async fn delete_needs_a_usable_cache() {
+    assert!(Cache::disabled().delete().await.unwrap_err().contains("no cache store"));
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(sandcache_store::LocalStore::new(tmp.path().join("s")));
+    let err = Cache::new(store, "../up").delete().await.unwrap_err();
+    assert!(err.contains("invalid cache key"), "{err}");
+}
+
+fn rand_suffix() -> u32 {
+    rand::random()
+}
+
+/// A store whose every call panics, inside the call or inside the stream.
+#[derive(Debug)]
+struct Panicking;
+
+impl std::fmt::Display for Panicking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("panicking://")
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Panicking {
+    async fn get(&self, _: &str) -> Result<GetObject, StoreError> {
+        // The stream panics when polled: a bug in a client's body decoding.
+        let stream = futures::stream::poll_fn(|_| -> std::task::Poll<Option<_>> { panic!("body decoder bug") });
+        Ok(GetObject { size: 100, stream: Box::pin(stream) })
+    }
+    async fn get_range(&self, _: &str, _: Range<u64>) -> Result<GetObject, StoreError> {
+        panic!("get_range bug")
+    }
+    async fn put(&self, _: &str, _: BodyStream) -> Result<u64, StoreError> {
+        panic!("request signing bug")
+    }
+    async fn head(&self, _: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        panic!("head bug")
+    }
+    async fn list(&self, _: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn delete(&self, _: &str) -> Result<(), StoreError> {
+        panic!("delete bug")
+    }
+}
+
+/// A panic in the store client (as object_store's signing panicked on a bad
+/// bucket) is a skip with reason `internal`, never a failed caller, and the
+/// target keeps what it had.
+#[tokio::test]
+async fn a_panic_inside_the_store_is_an_internal_skip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, src) = (tmp.path().join("deno-dir"), tmp.path().join("src"));
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("kept"), b"previous content").unwrap();
+    sample_tree(&src);
+    let cache = Cache::new(Arc::new(Panicking), "site/cache.tgz");
+    let out = cache.restore(&dir, &RestoreOptions::default()).await;
+    assert_eq!(out.reason(), Some(Reason::Internal), "{}", out.to_json());
+    let detail = out.to_json()["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("panicked") && detail.contains("bug"), "{detail}");
+    assert_eq!(fs::read(dir.join("kept")).unwrap(), b"previous content");
+    for format in [Format::Native, Format::Tgz] {
+        let out = cache.snapshot(&src, &SnapshotOptions { format, force: true, ..Default::default() }).await;
+        assert_eq!(out.reason(), Some(Reason::Internal), "{format:?}: {}", out.to_json());
+    }
+    settle();
+}
+
+/// A field: unset, arbitrary, printable junk, a known troublemaker, or a
+/// value valid for `valid` (so that the other fields get exercised past
+/// validation, down to the store client).
+fn field(valid: &'static str) -> impl Strategy<Value = Option<String>> {
+    prop_oneof![
+        1 => Just(None),
+        2 => any::<String>().prop_map(Some),
+        1 => "[ -~]{0,70}".prop_map(Some),
+        1 => prop::sample::select(vec![
+            "no_such bucket!", "http://exa mple", "http://", "s3://x", "us west", "../k", "a//b", "/abs", ".",
+            "\u{0}", "é", "http://127.0.0.1:9", "https://[::1]:9/p?q#f", "k\r\nX-Injected: 1", "192.168.0.1",
+            "-bucket", "bucket-", "a..b", "xn--bucket",
+        ])
+        .prop_map(|s| Some(s.to_owned())),
+        8 => valid.prop_map(Some),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Whatever a deploy's envs say, opening the cache and restoring and
+    /// snapshotting through it never panics: each ends as an outcome.
+    #[test]
+    fn arbitrary_deploy_envs_never_panic(
+        bucket in field("[a-z0-9][a-z0-9.-]{1,20}[a-z0-9]"), region in field("[a-z]{2}-[a-z]{4,9}-[0-9]"),
+        key in field("[a-z]{1,8}(/[a-z.]{1,8}){0,2}"), endpoint in field("http://127\\.0\\.0\\.1:9(/[a-z]{0,5})?"),
+        key_id in field("[A-Z0-9]{20}"), secret in field("[A-Za-z0-9/+]{40}"), token in field("[A-Za-z0-9/+=]{0,80}"),
+    ) {
+        let mut envs = HashMap::new();
+        for (name, value) in [
+            (seed_env::BUCKET, bucket), (seed_env::REGION, region), (seed_env::KEY, key),
+            (seed_env::ENDPOINT, endpoint), (seed_env::ACCESS_KEY_ID, key_id),
+            (seed_env::SECRET_ACCESS_KEY, secret), (seed_env::SESSION_TOKEN, token),
+        ] {
+            if let Some(v) = value {
+                envs.insert(name.to_owned(), v);
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join("f"), b"x").unwrap();
+        let opts = StoreOptions { max_retries: 0, connect_timeout: Duration::from_millis(200), ..Default::default() };
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let cache = Cache::open(&CacheConfig::from_envs(&envs), &opts);
+            let restore = RestoreOptions { timeout: Duration::from_millis(300), ..Default::default() };
+            let out = cache.restore(&tmp.path().join("d"), &restore).await;
+            prop_assert_ne!(out.reason(), Some(Reason::Internal), "{}", out.to_json());
+            let snapshot = SnapshotOptions { timeout: Duration::from_millis(300), ..Default::default() };
+            let out = cache.snapshot(&src, &snapshot).await;
+            prop_assert_ne!(out.reason(), Some(Reason::Internal), "{}", out.to_json());
+            Ok(())
+        })?;
+        runtime.shutdown_background();
+    }
+}
