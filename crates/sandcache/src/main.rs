@@ -92,6 +92,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete everything stored for a key (when its site is deleted): the
+    /// next restore is a miss. Content shared with other keys is left to gc.
+    Delete {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,18 +148,29 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, false);
             return gc(store, *keep, *grace, *json);
         }
+        Command::Delete { store, json } => {
+            init_logging(cli.log_format, false);
+            return delete(store, *json);
+        }
     };
     init_logging(cli.log_format, common.quiet);
-    let config = match common.store.config() {
+    let op = if matches!(cli.command, Command::Restore { .. }) { "restore" } else { "snapshot" };
+    let cache = match open_cache(&common.store) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if common.json {
+                // Scripts reading stdout get an answer too; the exit code says usage.
+                let key = common.store.key.clone().unwrap_or_default();
+                let v = serde_json::json!({"ok": false, "op": op, "reason": "config", "detail": format!("{e:#}"), "key": key});
+                println!("{v}");
+            }
             return ExitCode::from(2);
         }
     };
     let timeout = match &cli.command {
         Command::Restore { timeout, .. } | Command::Snapshot { timeout, .. } => *timeout,
-        Command::Serve(_) | Command::Gc { .. } => unreachable!("handled above"),
+        Command::Serve(_) | Command::Gc { .. } | Command::Delete { .. } => unreachable!("handled above"),
     };
     let Some(timeout) = Duration::try_from_secs_f64(timeout).ok().filter(|t| !t.is_zero()) else {
         eprintln!("error: --timeout must be a positive number of seconds");
@@ -160,7 +180,6 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let cache = Cache::open(&config, &StoreOptions::default());
     let progress = Arc::new(Progress::default());
     let show_bar = !common.json && !common.quiet;
     let outcome = runtime.block_on(async {
@@ -208,7 +227,7 @@ fn main() -> ExitCode {
                 }
                 outcome
             }
-            Command::Serve(_) | Command::Gc { .. } => unreachable!("handled above"),
+            Command::Serve(_) | Command::Gc { .. } | Command::Delete { .. } => unreachable!("handled above"),
         }
     });
     report(&outcome, common.json);
@@ -222,7 +241,7 @@ fn main() -> ExitCode {
 
 /// `sandcache gc`: an administrative command, so failures exit 1.
 fn gc(store: &StoreArgs, keep: usize, grace: u64, json: bool) -> ExitCode {
-    let config = match store.config() {
+    let cache = match open_cache(store) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -237,7 +256,6 @@ fn gc(store: &StoreArgs, keep: usize, grace: u64, json: bool) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let cache = Cache::open(&config, &StoreOptions::default());
     let opts = sandcache_engine::GcOptions { keep, grace: Duration::from_secs(grace) };
     match runtime.block_on(cache.gc(&opts)) {
         Ok(report) => {
@@ -250,6 +268,64 @@ fn gc(store: &StoreArgs, keep: usize, grace: u64, json: bool) -> ExitCode {
             eprintln!("error: gc of {} failed: {e}", cache.location());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `sandcache delete`: administrative, so failures exit 1; a key that holds
+/// nothing is not one.
+fn delete(store: &StoreArgs, json: bool) -> ExitCode {
+    let cache = match open_cache(store) {
+        Ok(c) if !c.is_enabled() => {
+            eprintln!("error: the store is `off`: nothing to delete from (pass --store)");
+            return ExitCode::from(2);
+        }
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "op": "delete", "error": format!("{e:#}")}));
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let (key, store) = cache.labels();
+    match runtime.block_on(cache.delete()) {
+        Ok(report) => {
+            if json {
+                let mut v = serde_json::to_value(&report).unwrap_or_default();
+                v["ok"] = true.into();
+                v["op"] = "delete".into();
+                v["key"] = key.into();
+                v["store"] = store.into();
+                println!("{v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json {
+                let v = serde_json::json!({"ok": false, "op": "delete", "key": key, "store": store, "error": e});
+                println!("{v}");
+            }
+            eprintln!("error: delete of {} failed: {e}", cache.location());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The cache the store flags name, checked the way its first request
+/// would check it (bucket, region, endpoint, key, credentials from the
+/// environment), so that bad configuration is a usage error naming the flag
+/// or variable, not a skip.
+fn open_cache(store: &StoreArgs) -> anyhow::Result<Cache> {
+    let config = store.config()?;
+    let cache = Cache::open(&config, &StoreOptions::default());
+    match cache.unusable() {
+        Some(skip) => anyhow::bail!("{}", skip.detail),
+        None => Ok(cache),
     }
 }
 

@@ -30,6 +30,14 @@ pub struct StoreArgs {
     pub region: Option<String>,
 }
 
+/// The flag's value, else the first set variable, with its name.
+fn first_of(flag: &Option<String>, flag_name: &str, vars: &[&str]) -> Option<(String, String)> {
+    if let Some(v) = flag.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        return Some((v.to_owned(), flag_name.to_owned()));
+    }
+    vars.iter().find_map(|name| env(name).map(|v| (v, (*name).to_owned())))
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
 }
@@ -55,22 +63,27 @@ impl StoreArgs {
             },
         };
         if let StoreSpec::S3(s3) = &mut spec {
-            s3.region = self
-                .region
-                .clone()
-                .or_else(|| env(env_vars::DECO_CACHE_S3_REGION))
-                .or_else(|| env(env_vars::AWS_REGION))
-                .or_else(|| env(env_vars::AWS_DEFAULT_REGION))
-                .unwrap_or_else(|| S3Spec::DEFAULT_REGION.to_owned());
-            s3.endpoint = self
-                .endpoint
-                .clone()
-                .or_else(|| env(env_vars::AWS_ENDPOINT_URL))
-                .or_else(|| env(env_vars::DECO_CACHE_S3_ENDPOINT));
-            if let Some(ep) = &s3.endpoint {
-                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                    bail!("endpoint {ep:?} must start with http:// or https://");
-                }
+            // Each value with where it came from, so an error names the flag
+            // or variable to fix.
+            let region = first_of(
+                &self.region,
+                "--region",
+                &[env_vars::DECO_CACHE_S3_REGION, env_vars::AWS_REGION, env_vars::AWS_DEFAULT_REGION],
+            );
+            let endpoint =
+                first_of(&self.endpoint, "--endpoint", &[env_vars::AWS_ENDPOINT_URL, env_vars::DECO_CACHE_S3_ENDPOINT]);
+            let check = |s3: &S3Spec, from: &str| s3.validate().map_err(anyhow::Error::msg).context(from.to_owned());
+            // The bucket first (with the default region), then each value
+            // in turn, so the error blames the one that is wrong.
+            s3.region = S3Spec::DEFAULT_REGION.to_owned();
+            check(s3, if self.store.is_some() { "--store / SANDCACHE_STORE" } else { env_vars::DECO_CACHE_S3_BUCKET })?;
+            if let Some((value, from)) = region {
+                s3.region = value;
+                check(s3, &from)?;
+            }
+            if let Some((value, from)) = endpoint {
+                s3.endpoint = Some(value);
+                check(s3, &from)?;
             }
         }
         Ok(Some(spec))

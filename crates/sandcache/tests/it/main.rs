@@ -1,6 +1,7 @@
 //! The `sandcache` binary: exit codes, output, credentials from EKS Pod
 //! Identity, and a real Deno app restored from Garage with no network.
 
+mod admin;
 mod isolation;
 mod operator;
 mod secrets;
@@ -502,16 +503,34 @@ fn serve_stops_its_worker_and_cleans_up_on_sigterm() {
 fn bad_s3_configuration_never_panics() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("d");
-    let (code, _, err) =
+    let (code, json, err) =
         run(bin().args(["restore", "--store", "s3://no_such bucket!", "--key", "k", "--json", "--dir"]).arg(&dir));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--store") && err.contains("not a valid S3 bucket name"), "{err}");
-    for (flag, value, field) in [("--endpoint", "http://exa mple", "endpoint"), ("--region", "us west", "region")] {
-        let (code, json, err) = run(bin()
-            .args(["restore", "--store", "s3://sandcache", "--key", "k", "--json", flag, value, "--dir"])
-            .arg(&dir));
-        assert_ne!(code, 101, "a panic: {err}");
-        assert_eq!(json["reason"], "config", "{json} {err}");
-        assert!(json["detail"].as_str().unwrap().contains(field), "{json}");
+    assert_eq!((json["ok"].as_bool(), json["reason"].as_str()), (Some(false), Some("config")), "{json}");
+    // Each value is blamed by the flag or variable it came from.
+    /// Flags, variables, the name the error must give, and the field.
+    type Case = (&'static [&'static str], &'static [(&'static str, &'static str)], &'static str, &'static str);
+    let cases: [Case; 5] = [
+        (&["--endpoint", "http://exa mple"], &[], "--endpoint", "endpoint"),
+        (&["--region", "us west"], &[], "--region", "region"),
+        (&[], &[("AWS_ENDPOINT_URL", "ftp://h")], "AWS_ENDPOINT_URL", "endpoint"),
+        (&[], &[("DECO_CACHE_S3_REGION", "a/b")], "DECO_CACHE_S3_REGION", "region"),
+        (&[], &[("AWS_ACCESS_KEY_ID", "AKIA X")], "AWS_ACCESS_KEY_ID", "printable ASCII"),
+    ];
+    for (args, envs, names, field) in cases {
+        let mut cmd = bin();
+        cmd.args(["restore", "--store", "s3://sandcache", "--key", "k", "--json", "--dir"]).arg(&dir).args(args);
+        cmd.env_remove("AWS_ENDPOINT_URL").env_remove("AWS_REGION").env_remove("AWS_DEFAULT_REGION");
+        cmd.env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE").env("AWS_SECRET_ACCESS_KEY", "x");
+        cmd.envs(envs.iter().copied());
+        let (code, json, err) = run(&mut cmd);
+        assert_eq!(code, 2, "{args:?} {envs:?}: {json} {err}");
+        assert!(err.contains(names) && err.contains(field), "{args:?} {envs:?}: {err}");
+        assert_eq!(json["reason"], "config", "{json}");
     }
+    let (code, _, err) =
+        run(bin().env("DECO_CACHE_S3_BUCKET", "Bad_Bucket").args(["restore", "--key", "k", "--dir"]).arg(&dir));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("DECO_CACHE_S3_BUCKET"), "{err}");
 }
