@@ -483,9 +483,69 @@ async fn undeploy_during_a_deploy_cancels_it() {
 async fn a_bad_bucket_in_a_deploy_is_a_config_skip_and_a_cold_start() {
     let tmp = tempfile::tempdir().unwrap();
     let runner = Runner::new(test_config(tmp.path()));
-    let envs = json!({"DECO_CACHE_S3_BUCKET": "no_such bucket!", "DECO_CACHE_S3_ENDPOINT": "http://exa mple"});
-    let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": [], "envs": envs})).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
-    assert_eq!(st["cache"]["restore"]["reason"], "config", "{st}");
+    for envs in [
+        json!({"DECO_CACHE_S3_BUCKET": "no_such bucket!", "DECO_CACHE_S3_ENDPOINT": "http://exa mple"}),
+        json!({"DECO_CACHE_S3_BUCKET": "bkt", "DECO_CACHE_S3_ENDPOINT": "http://exa mple"}),
+        json!({"DECO_CACHE_S3_BUCKET": "bkt", "DECO_CACHE_S3_REGION": "us/west"}),
+        json!({"DECO_CACHE_S3_BUCKET": "bkt", "DECO_CACHE_S3_ACCESS_KEY_ID": "AKIA\nX", "DECO_CACHE_S3_SECRET_ACCESS_KEY": "s"}),
+    ] {
+        let (s, v) =
+            call(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": [], "envs": envs})).await;
+        assert_eq!(s, StatusCode::OK, "{envs}: {v}");
+        let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+        assert_eq!(st["cache"]["restore"]["reason"], "config", "{envs}: {st}");
+        assert!(!st.to_string().contains("AKIA"), "credentials never reach status: {st}");
+        assert_eq!(call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await.0, StatusCode::OK);
+    }
+}
+
+fn env_value() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop_oneof![
+        any::<String>(),
+        "[ -~]{0,40}",
+        "[a-z0-9][a-z0-9.-]{1,12}[a-z0-9]",
+        Just("http://127.0.0.1:9".to_owned()),
+        Just("s3://x".to_owned()),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig {
+        cases: 24, failure_persistence: None, ..proptest::prelude::ProptestConfig::default()
+    })]
+
+    /// Arbitrary strings in every cache variable of a deploy: the deploy is
+    /// answered (never 500), the restore is an outcome, the undeploy works.
+    #[test]
+    fn arbitrary_cache_envs_never_fail_a_deploy(
+        values in proptest::collection::vec(env_value(), 7),
+        present in proptest::collection::vec(proptest::bool::ANY, 7),
+    ) {
+        let names = [
+            "DECO_CACHE_S3_BUCKET", "DECO_CACHE_S3_REGION", "DECO_CACHE_S3_KEY", "DECO_CACHE_S3_ENDPOINT",
+            "DECO_CACHE_S3_ACCESS_KEY_ID", "DECO_CACHE_S3_SECRET_ACCESS_KEY", "DECO_CACHE_S3_SESSION_TOKEN",
+        ];
+        let envs: serde_json::Map<String, Value> = names
+            .iter()
+            .zip(values)
+            .zip(present)
+            .filter(|(_, p)| *p)
+            .map(|((n, v), _)| (n.to_string(), Value::String(v)))
+            .collect();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(async {
+            let tmp = tempfile::tempdir().unwrap();
+            let runner = Runner::new(RunnerConfig { restore_timeout: Duration::from_secs(1), ..test_config(tmp.path()) });
+            let body = json!({"site": "s", "runCommand": [], "envs": envs});
+            let (s, v) = call(&runner, "POST", "/sandbox/deploy", body).await;
+            proptest::prop_assert_eq!(s, StatusCode::OK, "{:?}: {}", envs, v);
+            let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+            proptest::prop_assert_ne!(&st["cache"]["restore"]["reason"], "internal", "{}", st);
+            let (s, v) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+            proptest::prop_assert_eq!(s, StatusCode::OK, "{}", v);
+            Ok(())
+        })?;
+        runtime.shutdown_background();
+    }
 }
