@@ -22,6 +22,15 @@ pub mod seed_env {
     pub const SESSION_TOKEN: &str = "DECO_CACHE_S3_SESSION_TOKEN";
     /// The scoped-credential variables: the runner's to use, never the worker's.
     pub const CREDENTIALS: [&str; 3] = [ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN];
+    /// sandcache's addition: comma-separated keys, or `prefix/`es, to
+    /// restore from when the key has nothing usable (read-only bases).
+    pub const FALLBACK_KEYS: &str = "DECO_CACHE_S3_FALLBACK_KEYS";
+
+    /// The fallbacks a comma-separated value names, in order, empty items
+    /// dropped.
+    pub fn fallbacks(value: Option<&str>) -> Vec<String> {
+        value.unwrap_or("").split(',').map(str::trim).filter(|f| !f.is_empty()).map(str::to_owned).collect()
+    }
 }
 
 /// Which store and key a cache uses. `store: None` disables the cache: no

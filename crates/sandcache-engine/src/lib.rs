@@ -28,7 +28,6 @@
 mod config;
 mod delete;
 mod gc;
-mod lockkey;
 mod native;
 mod outcome;
 mod pipe;
@@ -45,7 +44,6 @@ use sandcache_store::{Store, StoreOptions};
 pub use config::{CacheConfig, seed_env};
 pub use delete::DeleteReport;
 pub use gc::{GcOptions, GcReport};
-pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
 pub use restore::RestoreOptions;
 pub use sandcache_archive::{Limits, Progress};
@@ -162,7 +160,7 @@ impl Cache {
                 }
             }
         };
-        Outcome { op, result, elapsed: start.elapsed(), key, store }
+        Outcome { op, result, elapsed: start.elapsed(), key, store, from_key: None }
     }
 }
 
@@ -193,6 +191,18 @@ pub async fn clear_dir(
 pub fn validate_key(key: &str) -> Result<(), String> {
     sandcache_store::check_key(key)
         .map_err(|_| format!("invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`"))
+}
+
+/// Checks a fallback: a key, or a prefix of keys ending in `/`.
+pub fn validate_fallback(f: &str) -> Result<(), String> {
+    match f.strip_suffix('/') {
+        Some(prefix) => sandcache_store::check_key(prefix).map_err(|_| {
+            format!("invalid fallback prefix `{f}`: use a relative `/`-separated name ending in `/`, such as `base/`")
+        }),
+        None => validate_key(f).map_err(|_| {
+            format!("invalid fallback `{f}`: use a key such as `base/cache.tgz`, or a prefix ending in `/`")
+        }),
+    }
 }
 
 /// An error and its sources, `: `-joined, for one-line reasons.

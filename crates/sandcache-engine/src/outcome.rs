@@ -155,11 +155,24 @@ pub struct Outcome {
     pub key: String,
     /// Where the store lives, for logs (`s3://bucket/prefix`, `file:///path`).
     pub store: String,
+    /// A done restore: the key whose generation was restored, `key` itself
+    /// or one of the fallbacks.
+    pub from_key: Option<String>,
 }
 
 impl Outcome {
     pub fn is_done(&self) -> bool {
         self.result.is_ok()
+    }
+
+    /// A restore's tier: `exact` (the key itself), `fallback`, or `None`
+    /// (skipped: a cold start).
+    pub fn hit(&self) -> Option<&'static str> {
+        match (&self.result, &self.from_key) {
+            (Ok(_), Some(k)) if *k != self.key => Some("fallback"),
+            (Ok(_), _) if self.op == Op::Restore => Some("exact"),
+            _ => None,
+        }
     }
 
     pub fn reason(&self) -> Option<Reason> {
@@ -183,6 +196,10 @@ impl Outcome {
         });
         if let Err(skip) = &self.result {
             v["detail"] = skip.detail.clone().into();
+        }
+        if self.op == Op::Restore {
+            v["hit"] = self.hit().into();
+            v["from_key"] = self.from_key.clone().into();
         }
         v
     }

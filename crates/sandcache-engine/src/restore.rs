@@ -36,6 +36,12 @@ pub struct RestoreOptions {
     /// dir, as hidden siblings. A runner names a directory its worker cannot
     /// write.
     pub state_dir: Option<PathBuf>,
+    /// Where to look when the cache's own key has no usable generation, in
+    /// order: a key, or a prefix ending in `/` meaning the newest
+    /// generations of any key under it (actions/cache's restore-keys). The
+    /// first usable generation wins; the outcome's `from_key` says which.
+    /// Fallbacks are only read: snapshots write the cache's own key.
+    pub fallbacks: Vec<String>,
 }
 
 impl Default for RestoreOptions {
@@ -47,6 +53,7 @@ impl Default for RestoreOptions {
             progress: None,
             owner: None,
             state_dir: None,
+            fallbacks: Vec::new(),
         }
     }
 }
@@ -55,11 +62,15 @@ impl Cache {
     /// Restores the cache into `dir`. Never fails: a miss or any failure is a
     /// skipped outcome with its reason, and `dir` keeps its previous content.
     pub async fn restore(&self, dir: &Path, opts: &RestoreOptions) -> Outcome {
-        let outcome = self
+        let from = std::sync::OnceLock::new();
+        let mut outcome = self
             .bounded(Op::Restore, opts.timeout, |store, key, deadline| {
-                restore(store.as_ref(), key, dir, opts, deadline)
+                restore(store.as_ref(), key, dir, opts, deadline, &from)
             })
             .await;
+        if outcome.is_done() {
+            outcome.from_key = from.into_inner();
+        }
         log(&outcome, &self.location());
         outcome
     }
@@ -68,11 +79,16 @@ impl Cache {
 fn log(o: &Outcome, location: &str) {
     let ms = o.elapsed.as_millis() as u64;
     let (op, key, reason) = ("restore", o.key.as_str(), o.reason().map_or("done", |r| r.as_str()));
+    let (hit, from_key) = (o.hit().unwrap_or("cold"), o.from_key.as_deref().unwrap_or(""));
+    let tier = match o.hit() {
+        Some("fallback") => format!(" (fallback: {from_key})"),
+        _ => String::new(),
+    };
     match &o.result {
         Ok(d) => tracing::info!(
             target: "sandbox-cache",
-            op, key, reason, ms, files = d.files, bytes = d.bytes, transferred = d.transferred,
-            "restored cache from {location} in {ms}ms ({} files, {} MB, {} MB transferred)",
+            op, key, reason, ms, hit, from_key, files = d.files, bytes = d.bytes, transferred = d.transferred,
+            "restored cache from {location}{tier} in {ms}ms ({} files, {} MB, {} MB transferred)",
             d.files,
             mb(d.bytes),
             mb(d.transferred)
@@ -99,6 +115,7 @@ async fn restore(
     dir: &Path,
     opts: &RestoreOptions,
     deadline: Instant,
+    from: &std::sync::OnceLock<String>,
 ) -> Result<Done, Skip> {
     // The dir's own name is never followed (nor is it later: renames do not
     // follow their last component), so a dir swapped for a symlink is
@@ -113,33 +130,175 @@ async fn restore(
     let _lock = target.lock_or_skip(deadline).await?;
     let leftovers = target.leftovers();
 
-    // The native layout and a single archive (the seed's cache.tgz, a legacy
-    // tar.zst, or `--format tgz`) may both exist: the newer wins.
-    let (listed, legacy) = tokio::join!(native::list_manifests(store, key), store.head(key));
-    let manifests = listed.map_err(store_skip)?;
-    let legacy = legacy.map_err(store_skip)?;
-    let native_ms = manifests.first().and_then(|m| manifest_ms(&m.key));
-    let legacy_ms =
-        legacy.as_ref().map(|l| l.last_modified.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
-    let use_native = match (native_ms, legacy_ms) {
-        (Some(n), Some(l)) => n >= l,
-        (Some(_), None) => true,
-        (None, _) => false,
-    };
-    let (done, staging, manifest) = if use_native {
-        restore_native(store, key, &target, opts, &manifests).await?
-    } else if legacy.is_some() {
-        let (done, staging) = restore_archive(store, key, &target, opts).await?;
-        (done, staging, None)
-    } else {
-        return Err(Skip::new(Reason::NotFound, format!("no object at `{key}` nor any generation under `{key}.d/`")));
-    };
-    let old = target.swap_in(&staging).map_err(|e| {
-        remove_in_background(vec![staging.path.clone()]);
-        Skip::new(Reason::IoError, format!("swap into place: {e}"))
-    })?;
-    after_swap(&target, old.into_iter().chain(leftovers).collect(), store, key, manifest);
-    Ok(done)
+    // The key itself, then each fallback: the first usable generation wins.
+    // A missing, incomplete, corrupt or unsafe one falls through to the next
+    // candidate, within the same deadline; local trouble (disk, deadline)
+    // ends the restore.
+    let mut sources = vec![Source::Key(key.to_owned())];
+    sources.extend(opts.fallbacks.iter().filter_map(|f| Source::parse(f)));
+    let mut last: Option<Skip> = None;
+    let (mut tried, mut seen) = (0, std::collections::HashSet::new());
+    for source in &sources {
+        let candidates = match source.candidates(store).await {
+            Ok(c) => c,
+            Err(skip) => {
+                tracing::warn!(target: "sandbox-cache", "fallback {source}: {}; trying the next", skip.detail);
+                last = Some(skip);
+                continue;
+            }
+        };
+        if candidates.is_empty() && !matches!(source, Source::Key(k) if k == key) {
+            tracing::debug!(target: "sandbox-cache", "fallback {source}: nothing stored");
+        }
+        for candidate in candidates.into_iter().take(PER_SOURCE) {
+            // A prefix may list the key itself again: each generation once.
+            if !seen.insert(candidate.generation().to_owned()) {
+                continue;
+            }
+            // Each generation tried costs requests against one deadline.
+            tried += 1;
+            if tried > MAX_CANDIDATES {
+                break;
+            }
+            let result = match &candidate {
+                Candidate::Native { manifest, .. } => restore_native(store, &candidate, manifest, &target, opts).await,
+                Candidate::Archive { key } => {
+                    restore_archive(store, key, &target, opts).await.map(|(d, s)| (d, s, None))
+                }
+            };
+            match result {
+                Ok((done, staging, manifest)) => {
+                    let old = target.swap_in(&staging).map_err(|e| {
+                        remove_in_background(vec![staging.path.clone()]);
+                        Skip::new(Reason::IoError, format!("swap into place: {e}"))
+                    })?;
+                    let source_key = candidate.key().to_owned();
+                    after_swap(&target, old.into_iter().chain(leftovers).collect(), store, &source_key, manifest);
+                    let _ = from.set(source_key);
+                    return Ok(done);
+                }
+                Err(skip) if falls_through(skip.reason) => {
+                    tracing::warn!(
+                        target: "sandbox-cache",
+                        "generation {} is unusable ({}: {}); trying the next candidate",
+                        candidate.generation(), skip.reason, skip.detail
+                    );
+                    last = Some(skip);
+                }
+                Err(skip) => return Err(skip),
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        let also = if opts.fallbacks.is_empty() { String::new() } else { " nor under any fallback".to_owned() };
+        Skip::new(Reason::NotFound, format!("no object at `{key}` nor any generation under `{key}.d/`{also}"))
+    }))
+}
+
+/// Generations tried in one restore, over the whole chain, and per link.
+const MAX_CANDIDATES: usize = 8;
+const PER_SOURCE: usize = 3;
+
+/// Reasons that say "this generation", not "this restore": the next
+/// candidate may do. The deadline, local disk trouble, configuration and
+/// bugs end the restore.
+fn falls_through(reason: Reason) -> bool {
+    matches!(reason, Reason::NotFound | Reason::Corrupt | Reason::Unsafe | Reason::TooLarge | Reason::StoreError)
+}
+
+/// One link of the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Key(String),
+    /// The newest generations of any key under it.
+    Prefix(String),
+}
+
+impl Source {
+    /// A fallback as the user wrote it; an invalid one is skipped (the CLI
+    /// and the runner check them first and say so).
+    fn parse(f: &str) -> Option<Source> {
+        let f = f.trim();
+        if let Err(why) = crate::validate_fallback(f) {
+            tracing::warn!(target: "sandbox-cache", "{why}; ignored");
+            return None;
+        }
+        Some(if f.ends_with('/') { Source::Prefix(f.to_owned()) } else { Source::Key(f.to_owned()) })
+    }
+
+    /// The generations to try, best first.
+    async fn candidates(&self, store: &dyn Store) -> Result<Vec<Candidate>, Skip> {
+        match self {
+            Source::Key(key) => {
+                // The native layout and a single archive (the seed's
+                // cache.tgz, a legacy tar.zst, or `--format tgz`) may both
+                // exist: the newer first.
+                let (listed, legacy) = tokio::join!(native::list_manifests(store, key), store.head(key));
+                let manifests = listed.map_err(store_skip)?;
+                let legacy = legacy.map_err(store_skip)?;
+                let mut out: Vec<(u64, Candidate)> = manifests
+                    .into_iter()
+                    .take(PER_SOURCE)
+                    .map(|m| (manifest_ms(&m.key).unwrap_or(0), Candidate::Native { key: key.clone(), manifest: m }))
+                    .collect();
+                if let Some(l) = legacy {
+                    out.push((unix_ms(l.last_modified), Candidate::Archive { key: key.clone() }));
+                }
+                out.sort_by_key(|c| std::cmp::Reverse(c.0));
+                Ok(out.into_iter().map(|(_, c)| c).collect())
+            }
+            Source::Prefix(prefix) => {
+                let listed = store.list(prefix).await.map_err(store_skip)?;
+                let mut out: Vec<(u64, Candidate)> = Vec::new();
+                for o in listed {
+                    if let Some((key, _)) = o.key.split_once(".d/manifests/") {
+                        if o.key.ends_with(".json.zst") && crate::validate_key(key).is_ok() {
+                            let ms = manifest_ms(&o.key).unwrap_or(0);
+                            out.push((ms, Candidate::Native { key: key.to_owned(), manifest: o }));
+                        }
+                    } else if !o.key.contains(".d/") {
+                        out.push((unix_ms(o.last_modified), Candidate::Archive { key: o.key }));
+                    }
+                }
+                out.sort_by_key(|c| std::cmp::Reverse(c.0));
+                Ok(out.into_iter().map(|(_, c)| c).collect())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Key(k) | Source::Prefix(k) => f.write_str(k),
+        }
+    }
+}
+
+/// One generation to try.
+#[derive(Debug, Clone)]
+enum Candidate {
+    Native { key: String, manifest: sandcache_store::ObjectInfo },
+    Archive { key: String },
+}
+
+impl Candidate {
+    fn key(&self) -> &str {
+        match self {
+            Candidate::Native { key, .. } | Candidate::Archive { key } => key,
+        }
+    }
+
+    fn generation(&self) -> &str {
+        match self {
+            Candidate::Native { manifest, .. } => &manifest.key,
+            Candidate::Archive { key } => key,
+        }
+    }
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A staging dir nobody will swap in, removed (by name) when dropped.
@@ -158,51 +317,36 @@ fn manifest_ms(key: &str) -> Option<u64> {
     key.rsplit('/').next()?.split('-').next()?.parse().ok()
 }
 
-/// Restores the newest generation whose packs are all there: a manifest
-/// whose pack is missing (removed by gc under a race) falls back to the next.
+/// Restores one native generation into a new staging dir.
 async fn restore_native(
     store: &dyn Store,
-    key: &str,
+    candidate: &Candidate,
+    info: &sandcache_store::ObjectInfo,
     target: &Target,
     opts: &RestoreOptions,
-    manifests: &[sandcache_store::ObjectInfo],
 ) -> Result<(Done, Staging, Option<(Arc<Manifest>, String)>), Skip> {
-    let mut last = None;
-    for info in manifests.iter().take(3) {
-        let m = native::fetch_manifest(store, &info.key).await?;
-        m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;
-        let m = Arc::new(m);
-        if let Some(p) = &opts.progress {
-            let total: u64 = m.packs.iter().map(|p| p.size).sum();
-            p.expected.store(total, Ordering::Relaxed);
-        }
-        let staging = target.create_staging().map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
-        // Dropped at the deadline, this future still removes its staging
-        // dir, after the cancel below (declared later, dropped first) stops
-        // its writers.
-        let mut staging = DropStaging(Some(staging));
-        let cancel = Arc::new(AtomicBool::new(false));
-        let guard = CancelOnDrop(cancel.clone());
-        let at = staging.0.clone().expect("set above");
-        let result = native::restore_into(store, key, m.clone(), &at, cancel, opts).await;
-        drop(guard);
-        match result {
-            Ok(s) => {
-                staging.0 = None;
-                let done = Done { files: s.files, bytes: s.bytes, transferred: s.transferred };
-                return Ok((done, at, Some((m, info.key.clone()))));
-            }
-            Err(skip) => {
-                drop(staging);
-                if skip.reason != Reason::NotFound {
-                    return Err(skip);
-                }
-                tracing::warn!(target: "sandbox-cache", "generation {} is incomplete ({}); trying an older one", info.key, skip.detail);
-                last = Some(skip);
-            }
-        }
+    let key = candidate.key();
+    let m = native::fetch_manifest(store, &info.key).await?;
+    m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;
+    let m = Arc::new(m);
+    if let Some(p) = &opts.progress {
+        let total: u64 = m.packs.iter().map(|p| p.size).sum();
+        p.expected.store(total, Ordering::Relaxed);
     }
-    Err(last.unwrap_or_else(|| Skip::new(Reason::NotFound, "no complete generation")))
+    let staging = target.create_staging().map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
+    // Dropped at the deadline, this future still removes its staging dir,
+    // after the cancel below (declared later, dropped first) stops its
+    // writers.
+    let mut staging = DropStaging(Some(staging));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let guard = CancelOnDrop(cancel.clone());
+    let at = staging.0.clone().expect("set above");
+    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts).await;
+    drop(guard);
+    let s = result?;
+    staging.0 = None;
+    let done = Done { files: s.files, bytes: s.bytes, transferred: s.transferred };
+    Ok((done, at, Some((m, info.key.clone()))))
 }
 
 /// A single archive, streamed: store → decoder → extractor, no temp file.

@@ -36,6 +36,14 @@ pub struct Metrics {
     deploy_duration: Histogram,
     proxied: Family<ProxyLabels, Counter>,
     upstream: Histogram,
+    tiers: Family<TierLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    /// `exact`, `fallback` or `cold`. The key is in the logs and status,
+    /// not here: one label value per key would not scale.
+    tier: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,6 +128,15 @@ impl Default for Metrics {
         for class in CLASSES {
             let _ = proxied.get_or_create(&ProxyLabels { class });
         }
+        let tiers = Family::<TierLabels, Counter>::default();
+        registry.register(
+            "restore_tier",
+            "Restores by the tier that served them: the exact key, a fallback, or none (cold)",
+            tiers.clone(),
+        );
+        for tier in ["exact", "fallback", "cold"] {
+            let _ = tiers.get_or_create(&TierLabels { tier });
+        }
         // Every label set exists from the start, so a dashboard sees zeros.
         for op in [Op::Restore, Op::Snapshot] {
             let labels = OpLabels { op: op_name(op) };
@@ -147,6 +164,7 @@ impl Default for Metrics {
             deploy_duration,
             proxied,
             upstream,
+            tiers,
         }
     }
 }
@@ -157,6 +175,9 @@ impl Metrics {
         self.duration.get_or_create(&OpLabels { op }).observe(o.elapsed.as_secs_f64());
         let reason = o.reason().map_or("done", |r| r.as_str());
         self.outcomes.get_or_create(&OutcomeLabels { op, reason }).inc();
+        if o.op == Op::Restore && o.reason() != Some(sandcache_engine::Reason::Disabled) {
+            self.tiers.get_or_create(&TierLabels { tier: o.hit().unwrap_or("cold") }).inc();
+        }
         if let Ok(d) = &o.result {
             self.bytes.get_or_create(&OpLabels { op }).inc_by(d.bytes);
             self.transferred.get_or_create(&OpLabels { op }).inc_by(d.transferred);

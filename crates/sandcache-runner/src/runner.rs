@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sandcache_engine::{Cache, CacheConfig, Format, Limits, Outcome, RestoreOptions, SnapshotOptions};
+use sandcache_engine::{Cache, CacheConfig, Format, Limits, Outcome, RestoreOptions, SnapshotOptions, seed_env};
 use sandcache_store::StoreOptions;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -72,6 +72,9 @@ pub struct RunnerConfig {
     /// every descendant of the runner (a worker's orphans are among them),
     /// and `serve` reaps exited orphans as they come.
     pub sweep_descendants: bool,
+    /// Runner-wide fallbacks (keys, or `prefix/`es), tried after a deploy's
+    /// own `DECO_CACHE_S3_FALLBACK_KEYS`. Only ever read.
+    pub fallbacks: Vec<String>,
 }
 
 impl Default for RunnerConfig {
@@ -98,6 +101,7 @@ impl Default for RunnerConfig {
             default_entry: "main.ts".into(),
             runner_env: Vec::new(),
             legacy_vars: BTreeMap::new(),
+            fallbacks: Vec::new(),
             admin_token: None,
             worker_user: None,
             state_dir: std::env::temp_dir().join(format!("sandcache-runner-{}", rustix::process::getuid().as_raw())),
@@ -323,9 +327,17 @@ impl Runner {
             config.key = Some(format!("{}/cache.tgz", req.site));
         }
         let cache = Cache::open(&config, &self.cfg.store_options);
+        // Read-only bases: the deploy's own, then the runner's.
+        let mut fallbacks = seed_env::fallbacks(req.envs.get(seed_env::FALLBACK_KEYS).map(String::as_str));
+        for f in &self.cfg.fallbacks {
+            if !fallbacks.contains(f) {
+                fallbacks.push(f.clone());
+            }
+        }
 
         // 2. Restore, awaited and bounded, before anything reads the dir.
         let opts = RestoreOptions {
+            fallbacks,
             timeout: self.cfg.restore_timeout,
             limits: self.cfg.restore_limits,
             owner: user.is_separate().then_some((user.uid, user.gid)),

@@ -28,6 +28,9 @@ pub const DECO_CACHE_S3_BUCKET: &str = "DECO_CACHE_S3_BUCKET";
 pub const DECO_CACHE_S3_REGION: &str = "DECO_CACHE_S3_REGION";
 /// Seed compatibility: the cache key (`<site>/cache.tgz`).
 pub const DECO_CACHE_S3_KEY: &str = "DECO_CACHE_S3_KEY";
+/// `restore`: comma-separated fallbacks (keys, or prefixes ending in `/`),
+/// tried in order when the key has nothing usable (`--fallback`).
+pub const DECO_CACHE_S3_FALLBACK_KEYS: &str = sandcache_engine::seed_env::FALLBACK_KEYS;
 /// A custom S3 endpoint, when `AWS_ENDPOINT_URL` is not set.
 pub const DECO_CACHE_S3_ENDPOINT: &str = "DECO_CACHE_S3_ENDPOINT";
 

@@ -58,6 +58,12 @@ enum Command {
         /// runner hands DENO_DIR to its worker.
         #[arg(long, value_name = "USER", value_parser = parse_owner)]
         owner: Option<(u32, u32)>,
+        /// When KEY has nothing usable, try F: a key, or a prefix ending in
+        /// `/` (the newest generation of any key under it). Repeatable; the
+        /// first usable generation wins. Fallbacks are only read.
+        #[arg(long = "fallback", value_name = "F", env = env_vars::DECO_CACHE_S3_FALLBACK_KEYS, value_delimiter = ',')]
+        #[arg(value_parser = parse_fallback)]
+        fallbacks: Vec<String>,
     },
     /// Upload a directory to the cache (streamed, bounded memory).
     Snapshot {
@@ -184,7 +190,7 @@ fn main() -> ExitCode {
     let show_bar = !common.json && !common.quiet;
     let outcome = runtime.block_on(async {
         match &cli.command {
-            Command::Restore { common, concurrency, limits, owner, .. } => {
+            Command::Restore { common, concurrency, limits, owner, fallbacks, .. } => {
                 let _bar = progress::Bar::start("restore", &progress, show_bar);
                 let opts = RestoreOptions {
                     timeout,
@@ -192,6 +198,7 @@ fn main() -> ExitCode {
                     concurrency: usize::from(*concurrency),
                     progress: Some(progress.clone()),
                     owner: *owner,
+                    fallbacks: fallbacks.clone(),
                     ..Default::default()
                 };
                 let outcome = cache.restore(&common.dir, &opts).await;
@@ -357,6 +364,11 @@ fn init_logging(format: LogFormat, quiet: bool) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+pub(crate) fn parse_fallback(f: &str) -> Result<String, String> {
+    let f = f.trim();
+    sandcache_engine::validate_fallback(f).map(|()| f.to_owned())
 }
 
 fn parse_owner(spec: &str) -> Result<(u32, u32), String> {

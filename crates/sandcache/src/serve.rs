@@ -29,6 +29,12 @@ pub struct ServeArgs {
     /// a deploy enables it. `local` is the embedded default store.
     #[command(flatten)]
     store: StoreArgs,
+    /// Runner-wide fallbacks, tried after a deploy's own
+    /// DECO_CACHE_S3_FALLBACK_KEYS: a key, or a prefix ending in `/`.
+    /// Repeatable. Read-only: snapshots write the deploy's key only.
+    #[arg(long = "fallback-key", value_name = "F", env = env_vars::DECO_CACHE_S3_FALLBACK_KEYS)]
+    #[arg(value_delimiter = ',', value_parser = crate::parse_fallback)]
+    fallbacks: Vec<String>,
     /// Restore deadline in seconds.
     #[arg(long, env = env_vars::SANDCACHE_TIMEOUT, default_value = "30", value_name = "SECS")]
     restore_timeout: f64,
@@ -168,6 +174,7 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
         sweep_descendants: true,
         runner_env: env,
         legacy_vars,
+        fallbacks: args.fallbacks.clone(),
         ..RunnerConfig::default()
     };
     Ok((listen, cfg))

@@ -3,6 +3,7 @@
 //! stalled server, staging and swap, and interop with the seed's tar.
 
 mod admin;
+mod fallback;
 mod faults;
 mod hostile;
 mod hostile_fs;
