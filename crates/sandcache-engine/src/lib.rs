@@ -28,6 +28,7 @@
 mod config;
 mod delete;
 mod gc;
+mod lockkey;
 mod native;
 mod outcome;
 mod pipe;
@@ -44,6 +45,7 @@ use sandcache_store::{Store, StoreOptions};
 pub use config::{CacheConfig, seed_env};
 pub use delete::DeleteReport;
 pub use gc::{GcOptions, GcReport};
+pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
 pub use restore::RestoreOptions;
 pub use sandcache_archive::{Limits, Progress};
