@@ -9,7 +9,7 @@ mod progress;
 mod serve;
 mod settings;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,6 +107,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a cache key derived from a repo's dependency files (deno.json,
+    /// package.json, their lockfiles): it changes when the dependencies do,
+    /// and only then.
+    Key {
+        /// The repo; the dependency files are looked for at its top level.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Put the key under P: `P/lock-<hash>`.
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
+        /// Print `{"key", "files", "hash"}` as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -158,6 +172,7 @@ fn main() -> ExitCode {
             init_logging(cli.log_format, false);
             return delete(store, *json);
         }
+        Command::Key { repo, prefix, json } => return key(repo, prefix.as_deref(), *json),
     };
     init_logging(cli.log_format, common.quiet);
     let op = if matches!(cli.command, Command::Restore { .. }) { "restore" } else { "snapshot" };
@@ -176,7 +191,9 @@ fn main() -> ExitCode {
     };
     let timeout = match &cli.command {
         Command::Restore { timeout, .. } | Command::Snapshot { timeout, .. } => *timeout,
-        Command::Serve(_) | Command::Gc { .. } | Command::Delete { .. } => unreachable!("handled above"),
+        Command::Serve(_) | Command::Gc { .. } | Command::Delete { .. } | Command::Key { .. } => {
+            unreachable!("handled above")
+        }
     };
     let Some(timeout) = Duration::try_from_secs_f64(timeout).ok().filter(|t| !t.is_zero()) else {
         eprintln!("error: --timeout must be a positive number of seconds");
@@ -234,7 +251,9 @@ fn main() -> ExitCode {
                 }
                 outcome
             }
-            Command::Serve(_) | Command::Gc { .. } | Command::Delete { .. } => unreachable!("handled above"),
+            Command::Serve(_) | Command::Gc { .. } | Command::Delete { .. } | Command::Key { .. } => {
+                unreachable!("handled above")
+            }
         }
     });
     report(&outcome, common.json);
@@ -319,6 +338,31 @@ fn delete(store: &StoreArgs, json: bool) -> ExitCode {
             }
             eprintln!("error: delete of {} failed: {e}", cache.location());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sandcache key`: the lockfile key of a repo. Any file it cannot read or
+/// parse is a usage error (2) naming it: a key from part of the files would
+/// be wrong, and a caller falls back to another key.
+fn key(repo: &Path, prefix: Option<&str>, json: bool) -> ExitCode {
+    match sandcache_engine::lock_key(repo, prefix) {
+        Ok(k) => {
+            if json {
+                println!("{}", serde_json::json!({"key": k.key, "files": k.files, "hash": k.hash}));
+            } else {
+                println!("{}", k.key);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let flag = if matches!(e, sandcache_engine::LockKeyError::InvalidPrefix(_)) { "--prefix: " } else { "" };
+            let msg = format!("{flag}{}", sandcache_engine::error_chain(&e));
+            eprintln!("error: {msg}");
+            if json {
+                println!("{}", serde_json::json!({"error": msg}));
+            }
+            ExitCode::from(2)
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod isolation;
+mod lockkey;
 mod operator;
 mod secrets;
 mod soak;
