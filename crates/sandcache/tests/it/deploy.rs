@@ -670,7 +670,8 @@ fn the_runner_works_with_only_the_manifest_capabilities() {
     for var in ["SANDCACHE_STORE", "DECO_CACHE_S3_BUCKET", "DECO_CACHE_S3_KEY", "DENO_DIR", "SANDCACHE_ADMIN_TOKEN"] {
         cmd.env_remove(var);
     }
-    let mut server = cmd.spawn().unwrap();
+    let mut server = Stopped(cmd.spawn().unwrap(), uid);
+    let server = &mut server.0;
     let logs =
         || fs::read_to_string(&log).unwrap_or_default() + &fs::read_to_string(t.join("serve.err")).unwrap_or_default();
     let start = Instant::now();
@@ -729,12 +730,8 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), http.ser
         assert!(reply.starts_with("HTTP/1.1 200"), "round {round}: {reply}\n{}", logs());
         assert_eq!(fs::read_dir(t.join("deno-dir")).unwrap().count(), 0, "round {round}: DENO_DIR emptied");
         assert!(!t.join("work/site").exists(), "round {round}: the work dir removed");
-        let left: Vec<_> = fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|e| fs::metadata(e.ok()?.path()).ok())
-            .filter(|m| m.is_dir() && m.uid() == uid)
-            .collect();
-        assert!(left.is_empty(), "round {round}: {} processes of the worker survived", left.len());
+        let left = processes_of(uid);
+        assert!(left.is_empty(), "round {round}: processes of the worker survived: {left:?}");
     }
     let pid = rustix::process::Pid::from_raw(server.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
@@ -742,6 +739,39 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), http.ser
     let logs = logs();
     for denied in ["Operation not permitted", "Permission denied", "Read-only file system"] {
         assert!(!logs.contains(denied), "{denied} in the runner's log:\n{logs}");
+    }
+}
+
+/// The pids of every process of `uid`.
+fn processes_of(uid: u32) -> Vec<i32> {
+    let entries = fs::read_dir("/proc").unwrap().filter_map(Result::ok);
+    entries
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<i32>().ok()?, fs::metadata(e.path()).ok()?)))
+        .filter(|(_, m)| m.uid() == uid)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// A `sandcache serve` that a failed assertion must not leave running, nor
+/// its worker's uid: SIGTERM (it undeploys), SIGKILL after 30 s, then
+/// SIGKILL to whatever that uid still runs (the runner may have lacked KILL).
+struct Stopped(std::process::Child, u32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let pid = rustix::process::Pid::from_raw(self.0.id() as i32).unwrap();
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let start = Instant::now();
+            while matches!(self.0.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+        for pid in processes_of(self.1).into_iter().filter_map(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
     }
 }
 
