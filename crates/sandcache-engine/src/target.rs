@@ -56,7 +56,7 @@ impl Target {
         let parent = dir.parent().ok_or_else(|| invalid("the target dir cannot be `/`"))?.to_owned();
         let name = dir.file_name().ok_or_else(|| invalid("the target dir has no name"))?.to_owned();
         let inside = match (fs::metadata(&dir), fs::metadata(&parent)) {
-            (Ok(d), Ok(p)) if d.is_dir() => d.dev() != p.dev(),
+            (Ok(d), Ok(p)) if d.is_dir() => d.dev() != p.dev() || is_mount_root(&dir),
             (Ok(d), _) if !d.is_dir() => {
                 return Err(invalid(&format!("`{}` exists and is not a directory", dir.display())));
             }
@@ -86,7 +86,7 @@ impl Target {
         let parent = fs::canonicalize(parent).map_err(|e| with_path(e, parent))?;
         let dir = parent.join(name);
         let inside = match (fs::symlink_metadata(&dir), fs::metadata(&parent)) {
-            (Ok(d), Ok(p)) if d.is_dir() => d.dev() != p.dev(),
+            (Ok(d), Ok(p)) if d.is_dir() => d.dev() != p.dev() || is_mount_root(&dir),
             (Ok(d), _) if !d.is_dir() && !d.is_symlink() => {
                 return Err(invalid(&format!("`{}` exists and is not a directory", dir.display())));
             }
@@ -514,6 +514,21 @@ pub fn wait_for_background(timeout: Duration) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether `dir` is the root of a mount, even one of the file system that
+/// holds its parent (a bind mount, which has the same device number):
+/// `statx`'s `STATX_ATTR_MOUNT_ROOT` (Linux 5.8). Without it, only a
+/// different device says so.
+fn is_mount_root(dir: &Path) -> bool {
+    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
+    match statx(CWD, dir, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS) {
+        Ok(st) => {
+            st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
+                && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        }
+        Err(_) => false,
     }
 }
 

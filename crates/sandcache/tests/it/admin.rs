@@ -123,3 +123,40 @@ proptest! {
         }
     }
 }
+
+/// DENO_DIR bind-mounted from the file system that holds its parent (same
+/// device number): still recognised as a mount point, so a restore swaps
+/// its entries instead of renaming the mount (EBUSY). Root only (it mounts,
+/// in a mount namespace of its own).
+#[test]
+fn a_same_filesystem_bind_mount_is_restored_into() {
+    if !rustix::process::geteuid().is_root() || std::process::Command::new("unshare").arg("--help").output().is_err() {
+        eprintln!("skipping: needs root and unshare");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    sample_tree(&src);
+    let (code, _, err) = run(bin().args(["snapshot", "--key", "k", "--store"]).arg(&store).arg("--dir").arg(&src));
+    assert_eq!(code, 0, "{err}");
+    let (backing, dir) = (tmp.path().join("backing"), tmp.path().join("parent/deno-dir"));
+    std::fs::create_dir_all(&backing).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(backing.join("old"), b"previous").unwrap();
+    let script = format!(
+        "mount --bind {backing} {dir} && for i in 1 2; do {bin} restore --json --key k --store {store} --dir {dir} || exit 9; done",
+        backing = backing.display(),
+        dir = dir.display(),
+        bin = env!("CARGO_BIN_EXE_sandcache"),
+        store = store.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.matches("\"ok\":true").count(), 2, "both restores are done: {stdout}");
+    // The mount is gone with the namespace; the restore landed in the backing dir.
+    sandcache_testkit::tree::assert_same_tree(&src, &backing);
+}
