@@ -28,7 +28,12 @@ pub const PACK_TARGET: usize = 8 << 20;
 const PACK_CAPACITY: usize = PACK_TARGET + FRAME_RAW + (FRAME_RAW >> 6);
 /// The largest manifest accepted, decompressed.
 pub const MAX_MANIFEST: usize = 256 << 20;
-pub const VERSION: u32 = 1;
+/// The version new manifests are written with. 1: packs live under the
+/// key (`K.d/packs/`); 2: packs live in the store's shared pool
+/// (`pool/<2 hex>/<id>.pack`). Both are read.
+pub const VERSION: u32 = 2;
+/// The oldest version still read.
+pub const OLDEST_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -118,6 +123,12 @@ pub struct Span {
 }
 
 impl Manifest {
+    /// Whether its packs live in the store's shared pool (version 2 on), or
+    /// under its own key (version 1).
+    pub fn pooled(&self) -> bool {
+        self.version >= 2
+    }
+
     /// zstd-compressed JSON, as stored.
     pub fn encode(&self) -> Vec<u8> {
         let json = serde_json::to_vec(self).expect("a manifest always serialises");
@@ -151,8 +162,11 @@ impl Manifest {
             })
             .collect();
         let corrupt = |detail: String| ExtractError::Corrupt { detail, source: None };
-        if self.version != VERSION {
-            return Err(corrupt(format!("manifest version {} is not {VERSION}", self.version)));
+        if !(OLDEST_VERSION..=VERSION).contains(&self.version) {
+            return Err(corrupt(format!(
+                "manifest version {} is not one this sandcache reads ({OLDEST_VERSION} to {VERSION})",
+                self.version
+            )));
         }
         if self.entries.len() as u64 > limits.max_entries {
             return Err(ExtractError::Limit { what: "entry count", limit: limits.max_entries });

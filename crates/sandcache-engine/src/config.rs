@@ -22,6 +22,9 @@ pub mod seed_env {
     pub const SESSION_TOKEN: &str = "DECO_CACHE_S3_SESSION_TOKEN";
     /// The scoped-credential variables: the runner's to use, never the worker's.
     pub const CREDENTIALS: [&str; 3] = [ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN];
+    /// sandcache's addition: a key prefix inside the bucket, the store's
+    /// root: keys, and the shared pool (`PREFIX/pool/`), live under it.
+    pub const PREFIX: &str = "DECO_CACHE_S3_PREFIX";
     /// sandcache's addition: comma-separated keys, or `prefix/`es, to
     /// restore from when the key has nothing usable (read-only bases).
     pub const FALLBACK_KEYS: &str = "DECO_CACHE_S3_FALLBACK_KEYS";
@@ -55,6 +58,9 @@ impl CacheConfig {
             spec.region = region;
         }
         spec.endpoint = get(seed_env::ENDPOINT);
+        if let Some(prefix) = get(seed_env::PREFIX) {
+            spec.prefix = prefix.trim_matches('/').to_owned();
+        }
         if let (Some(key_id), Some(secret)) = (get(seed_env::ACCESS_KEY_ID), get(seed_env::SECRET_ACCESS_KEY)) {
             let session_token = get(seed_env::SESSION_TOKEN);
             spec.credentials = Some(sandcache_store::StaticCredentials { key_id, secret, session_token });
@@ -111,6 +117,12 @@ mod tests {
         let c = CacheConfig::from_envs(&envs(&[("DECO_CACHE_S3_BUCKET", "b"), ("DECO_CACHE_S3_ACCESS_KEY_ID", "A")]));
         let Some(StoreSpec::S3(s3)) = &c.store else { panic!() };
         assert!(s3.credentials.is_none(), "a key id alone is not credentials");
+    }
+
+    #[test]
+    fn a_prefix_is_the_store_root() {
+        let c = CacheConfig::from_envs(&envs(&[("DECO_CACHE_S3_BUCKET", "bkt"), ("DECO_CACHE_S3_PREFIX", "/caches/")]));
+        assert_eq!(c.store.unwrap().to_string(), "s3://bkt/caches");
     }
 
     #[test]

@@ -1,4 +1,9 @@
 //! Retention: keep the newest generations, delete what nothing needs.
+//!
+//! Two scopes. [`Cache::gc`] works on one key: it drops that key's old
+//! generations (and version-1 packs under the key that nothing kept
+//! needs). [`gc_store`] sweeps a whole store: the old generations of every
+//! key, then every pool object no kept generation references.
 
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
@@ -121,4 +126,170 @@ impl Cache {
         );
         Ok(report)
     }
+}
+
+/// The store-wide sweep: for every key, keeps the newest `keep` generations
+/// (and any younger than the grace period) and deletes the rest; then
+/// deletes every pool pack that no remaining generation references and that
+/// is older than the grace period; then version-1 packs under each key
+/// likewise.
+///
+/// The race it closes: a snapshot may reuse a pool pack (found by HEAD, or
+/// through its base) that this sweep is about to delete. Packs younger
+/// than the grace period are never deleted, which covers packs uploaded by
+/// a snapshot still running; for an old pack being reused, both sides
+/// check after the fact: the snapshot HEADs every pack after writing its
+/// manifest and withdraws the manifest if one is gone, and this sweep,
+/// after deleting, re-reads every generation that appeared since it listed
+/// and withdraws any that names a deleted pack. Whichever comes second
+/// sees the other's work, so no manifest is left naming a missing pack.
+///
+/// Memory: one manifest at a time, plus the set of referenced pack ids (32
+/// bytes each) and the listing.
+pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> Result<GcReport, String> {
+    let now = SystemTime::now();
+    let young = |t: SystemTime| now.duration_since(t).unwrap_or_default() < opts.grace;
+    let listed = store.list("").await.map_err(|e| format!("listing {store}: {}", error_chain(&e)))?;
+    // Generations by key, and the packs: in the pool, and under keys (v1).
+    let mut generations: std::collections::BTreeMap<String, Vec<sandcache_store::ObjectInfo>> = Default::default();
+    let mut pool = Vec::new();
+    let mut keyed_packs = Vec::new();
+    for o in listed {
+        if let Some(id) = native::pool_id_of(&o.key) {
+            pool.push((parse_id(id), o));
+        } else if let Some((key, rest)) = o.key.split_once(".d/manifests/") {
+            if rest.ends_with(".json.zst") && !rest.contains('/') {
+                generations.entry(key.to_owned()).or_default().push(o);
+            }
+        } else if o.key.contains(".d/packs/") && native::pack_id_of(&o.key).is_some() {
+            keyed_packs.push(o);
+        }
+    }
+    let mut report = GcReport::default();
+    let mut referenced: HashSet<[u8; 32]> = HashSet::new();
+    let mut referenced_keyed: HashSet<String> = HashSet::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    for (key, mut gens) in generations {
+        gens.sort_by(|a, b| b.key.cmp(&a.key));
+        for (i, m) in gens.into_iter().enumerate() {
+            seen.insert(m.key.clone());
+            if i < opts.keep || young(m.last_modified) {
+                // A kept generation that cannot be read stops gc: its packs
+                // are unknown, so none may be deleted.
+                let manifest = native::fetch_manifest(store, &m.key)
+                    .await
+                    .map_err(|s| format!("reading {}: {}; no pack deleted", m.key, s.detail))?;
+                note_refs(&manifest, &key, &mut referenced, &mut referenced_keyed);
+                report.generations_kept += 1;
+            } else {
+                store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
+                report.generations_deleted += 1;
+                report.bytes_freed += m.size;
+            }
+        }
+    }
+    // Generations written while we worked protect their packs too.
+    let appeared = new_generations(store, &seen).await?;
+    for (key, m) in &appeared {
+        let manifest = native::fetch_manifest(store, &m.key)
+            .await
+            .map_err(|s| format!("a new generation {} cannot be read ({}); no pack deleted", m.key, s.detail))?;
+        note_refs(&manifest, key, &mut referenced, &mut referenced_keyed);
+        seen.insert(m.key.clone());
+    }
+    let mut deleted: HashSet<[u8; 32]> = HashSet::new();
+    for (id, o) in pool {
+        if id.is_some_and(|id| referenced.contains(&id)) || young(o.last_modified) {
+            report.packs_kept += 1;
+            continue;
+        }
+        store.delete(&o.key).await.map_err(|e| error_chain(&e))?;
+        if let Some(id) = id {
+            deleted.insert(id);
+        }
+        report.packs_deleted += 1;
+        report.bytes_freed += o.size;
+    }
+    for o in keyed_packs {
+        if referenced_keyed.contains(&o.key) || young(o.last_modified) {
+            report.packs_kept += 1;
+            continue;
+        }
+        store.delete(&o.key).await.map_err(|e| error_chain(&e))?;
+        report.packs_deleted += 1;
+        report.bytes_freed += o.size;
+    }
+    // Withdraw any generation written during the deletes that names a pack
+    // just deleted (its writer checks too).
+    if !deleted.is_empty() {
+        for (_, m) in new_generations(store, &seen).await? {
+            let Ok(manifest) = native::fetch_manifest(store, &m.key).await else { continue };
+            if manifest.pooled()
+                && manifest.packs.iter().any(|p| parse_id(&p.id).is_some_and(|id| deleted.contains(&id)))
+            {
+                tracing::warn!(target: "sandbox-cache", "withdrawing {}: written during gc, it reuses a deleted pack", m.key);
+                store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
+                report.generations_withdrawn += 1;
+            }
+        }
+    }
+    tracing::info!(
+        target: "sandbox-cache",
+        "gc {store}: kept {} generations and {} packs, deleted {} generations and {} packs, freed {} MB",
+        report.generations_kept,
+        report.packs_kept,
+        report.generations_deleted,
+        report.packs_deleted,
+        crate::mb(report.bytes_freed)
+    );
+    Ok(report)
+}
+
+/// Records the packs a kept generation needs.
+fn note_refs(
+    m: &sandcache_archive::pack::Manifest,
+    key: &str,
+    pool: &mut HashSet<[u8; 32]>,
+    keyed: &mut HashSet<String>,
+) {
+    for p in &m.packs {
+        if m.pooled() {
+            if let Some(id) = parse_id(&p.id) {
+                pool.insert(id);
+            }
+        } else {
+            keyed.insert(native::pack_key(key, m, &p.id));
+        }
+    }
+}
+
+/// Generations stored now that are not in `seen`, with their keys.
+async fn new_generations(
+    store: &dyn sandcache_store::Store,
+    seen: &HashSet<String>,
+) -> Result<Vec<(String, sandcache_store::ObjectInfo)>, String> {
+    let listed = store.list("").await.map_err(|e| format!("listing {store}: {}", error_chain(&e)))?;
+    Ok(listed
+        .into_iter()
+        .filter(|o| !seen.contains(&o.key))
+        .filter_map(|o| {
+            let (key, rest) = o.key.split_once(".d/manifests/")?;
+            (rest.ends_with(".json.zst") && !rest.contains('/')).then(|| (key.to_owned(), o.clone()))
+        })
+        .collect())
+}
+
+/// A pack id (64 hex digits) as 32 bytes, so a store's worth of ids stays
+/// small in memory.
+fn parse_id(id: &str) -> Option<[u8; 32]> {
+    let bytes = id.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
 }

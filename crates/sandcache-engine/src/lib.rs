@@ -44,7 +44,7 @@ use sandcache_store::{Store, StoreOptions};
 
 pub use config::{CacheConfig, seed_env};
 pub use delete::DeleteReport;
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GcOptions, GcReport, gc_store};
 pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
 pub use restore::RestoreOptions;
@@ -191,8 +191,13 @@ pub async fn clear_dir(
 /// Checks a cache key: a relative `/`-separated name with no empty, `.` or
 /// `..` segments. The error is a sentence for the user.
 pub fn validate_key(key: &str) -> Result<(), String> {
-    sandcache_store::check_key(key)
-        .map_err(|_| format!("invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`"))
+    sandcache_store::check_key(key).map_err(|_| {
+        format!("invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`")
+    })?;
+    if native::pool_id_of(key).is_some() {
+        return Err(format!("invalid cache key `{key}`: it names an object of the shared pool"));
+    }
+    Ok(())
 }
 
 /// Checks a fallback: a key, or a prefix of keys ending in `/`.

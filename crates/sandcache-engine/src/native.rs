@@ -1,9 +1,16 @@
-//! The native layout in a store, under a key `K`:
+//! The native layout in a store:
 //!
 //! ```text
-//! K.d/packs/<blake3>.pack            immutable, content-addressed
-//! K.d/manifests/<ms>-<random>.json.zst   one per generation, written last
+//! pool/<2 hex>/<blake3>.pack              immutable, content-addressed, shared by every key
+//! K.d/manifests/<ms>-<random>.json.zst    one per generation of key K, written last
+//! K.d/packs/<blake3>.pack                 version-1 generations only (still read)
 //! ```
+//!
+//! Pool objects are spread over 256 prefixes by the first byte of their
+//! hash, so a fleet restoring one base at once is not held to one S3
+//! prefix's request rate. A writer never overwrites one: it skips a pack the
+//! pool already holds. Readers verify every frame against the manifest they
+//! chose to trust, so a wrong pool object is `corrupt`, never a wrong file.
 //!
 //! A snapshot uploads its new packs first and its manifest last; a reader
 //! takes the newest manifest whose packs are all there. Nothing is ever
@@ -34,8 +41,28 @@ pub(crate) fn manifests_prefix(key: &str) -> String {
     format!("{key}.d/manifests/")
 }
 
-pub(crate) fn pack_key(key: &str, id: &str) -> String {
-    format!("{key}.d/packs/{id}.pack")
+/// Where a generation's pack lives: in the pool (version 2 on), or under
+/// its key (version 1).
+pub(crate) fn pack_key(key: &str, m: &Manifest, id: &str) -> String {
+    if m.pooled() { pool_key(id) } else { format!("{key}.d/packs/{id}.pack") }
+}
+
+/// The shared pool's name for a pack.
+pub(crate) fn pool_key(id: &str) -> String {
+    format!("{POOL}{}/{id}.pack", id.get(..2).unwrap_or("00"))
+}
+
+/// The pool's prefix in a store.
+pub(crate) const POOL: &str = "pool/";
+
+/// The pack id a pool object name carries, if it is one:
+/// `pool/<2 hex>/<64 hex>.pack` with matching first two digits.
+pub(crate) fn pool_id_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(POOL)?;
+    let (fan, file) = rest.split_once('/')?;
+    let id = file.strip_suffix(".pack")?;
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (fan.len() == 2 && id.len() == 64 && hex(id) && id.starts_with(fan)).then_some(id)
 }
 
 /// The stored manifests of a key, newest first.
@@ -332,7 +359,7 @@ async fn fetch_run(
     progress: Option<Arc<Progress>>,
     budget: Arc<tokio::sync::Semaphore>,
 ) -> Result<(), Skip> {
-    let pkey = pack_key(key, &m.packs[pack as usize].id);
+    let pkey = pack_key(key, m, &m.packs[pack as usize].id);
     let obj = store.get_range(&pkey, range.clone()).await.map_err(crate::restore::store_skip)?;
     let obj_size = obj.size;
     let mut stream = obj.stream;

@@ -144,6 +144,10 @@ pub struct Done {
     pub bytes: u64,
     /// Bytes over the wire to or from the store.
     pub transferred: u64,
+    /// A native snapshot: bytes of packs it added to the shared pool, and
+    /// of packs its generation references that the pool already held.
+    pub pool_added: u64,
+    pub pool_reused: u64,
 }
 
 /// The result of a restore or snapshot.
@@ -200,6 +204,9 @@ impl Outcome {
         if self.op == Op::Restore {
             v["hit"] = self.hit().into();
             v["from_key"] = self.from_key.clone().into();
+        } else if done.pool_added + done.pool_reused > 0 {
+            v["pool_added"] = done.pool_added.into();
+            v["pool_reused"] = done.pool_reused.into();
         }
         v
     }

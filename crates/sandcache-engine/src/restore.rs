@@ -345,7 +345,7 @@ async fn restore_native(
     drop(guard);
     let s = result?;
     staging.0 = None;
-    let done = Done { files: s.files, bytes: s.bytes, transferred: s.transferred };
+    let done = Done { files: s.files, bytes: s.bytes, transferred: s.transferred, ..Done::default() };
     Ok((done, at, Some((m, info.key.clone()))))
 }
 
@@ -412,7 +412,7 @@ async fn restore_archive(
     let transferred = downloaded.map_err(store_skip)?;
     let stats = extracted.map_err(|e| Skip::joined("the extraction thread", e))?.map_err(extract_skip)?;
     drop_staging.0 = None;
-    Ok((Done { files: stats.files, bytes: stats.bytes, transferred }, staging))
+    Ok((Done { files: stats.files, bytes: stats.bytes, transferred, ..Done::default() }, staging))
 }
 
 /// Off the critical path: record what was restored, so an unchanged dir is

@@ -218,7 +218,8 @@ pub(crate) fn walk_skip(e: &WalkError) -> Skip {
 }
 
 /// Native: only content the store lacks is packed and uploaded, packs first
-/// and the manifest last, with at most two packs in memory.
+/// (into the shared pool, skipping any it already holds) and the manifest
+/// last, with at most two packs in memory.
 async fn snapshot_native(
     store: &Arc<dyn Store>,
     key: &str,
@@ -227,18 +228,40 @@ async fn snapshot_native(
     walk: &WalkOptions,
     fp: &[u8; 32],
 ) -> Result<Done, Skip> {
-    // The newest generation, whoever wrote it, is the base to dedup against.
+    // The base to dedup against: the key's newest generation, whoever wrote
+    // it; else the generation the dir was restored from (a fallback, such as
+    // a base cache), whose content is in the same pool. Only pooled
+    // generations can be referenced from a new one.
     let listed = native::list_manifests(store.as_ref(), key).await.map_err(store_skip)?;
-    let base = match listed.first() {
-        Some(info) => match native::fetch_manifest(store.as_ref(), &info.key).await {
-            Ok(m) if m.validate(&Limits::default(), &target.dir).is_ok() => Some(m),
-            Ok(_) | Err(_) => {
-                tracing::warn!(target: "sandbox-cache", "ignoring unreadable generation {}", info.key);
-                None
+    let restored_from = load_state(target)
+        .filter(|s| s.store == store.to_string() && s.key != key)
+        .and_then(|s| s.generation)
+        .filter(|g| g.ends_with(".json.zst"));
+    let mut base = None;
+    for generation in listed.first().map(|i| i.key.clone()).into_iter().chain(restored_from) {
+        match native::fetch_manifest(store.as_ref(), &generation).await {
+            Ok(m) if m.pooled() && m.validate(&Limits::default(), &target.dir).is_ok() => {
+                // A base whose pack is gone (gc, a wiped pool, a withdraw
+                // that was not allowed) would make every later generation
+                // reference it too: build on it only when it is whole.
+                match missing_pack(store.as_ref(), &m).await {
+                    Ok(None) => {
+                        base = Some(m);
+                        break;
+                    }
+                    Ok(Some(id)) => tracing::warn!(
+                        target: "sandbox-cache",
+                        "not building on {generation}: its pack {id} is gone; its content is uploaded again"
+                    ),
+                    Err(e) => return Err(store_skip(e)),
+                }
             }
-        },
-        None => None,
-    };
+            Ok(m) if !m.pooled() => {
+                tracing::info!(target: "sandbox-cache", "{generation} predates the shared pool: its content is uploaded again, once");
+            }
+            Ok(_) | Err(_) => tracing::warn!(target: "sandbox-cache", "ignoring unreadable generation {generation}"),
+        }
+    }
     let index = native::Index::load(&target.index_path());
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BuiltPack>(1);
     let (dir, progress, walk) = (target.dir.clone(), opts.progress.clone(), walk.clone());
@@ -248,13 +271,26 @@ async fn snapshot_native(
         };
         native::build(&dir, base.as_ref(), &index, &walk, progress.as_deref(), &mut upload).map(|plan| (plan, base))
     });
+    // Uploaded ids, so the pool's bytes added and reused can be told apart.
+    let uploaded_ids = std::sync::Mutex::new(std::collections::HashSet::new());
     let uploads = async {
         let packs = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
         let mut puts = std::pin::pin!(
             packs
-                .map(|p: BuiltPack| async move {
-                    let len = p.bytes.len() as u64;
-                    store.put(&native::pack_key(key, &p.id), one_chunk(p.bytes)).await.map(|_| len)
+                .map(|p: BuiltPack| {
+                    let uploaded_ids = &uploaded_ids;
+                    async move {
+                        // Never overwrite a pool object: content-addressed, it
+                        // already holds these bytes (readers verify them).
+                        let pkey = native::pool_key(&p.id);
+                        if store.head(&pkey).await?.is_some() {
+                            return Ok(0);
+                        }
+                        let len = p.bytes.len() as u64;
+                        store.put(&pkey, one_chunk(p.bytes)).await?;
+                        uploaded_ids.lock().unwrap_or_else(|e| e.into_inner()).insert(p.id);
+                        Ok::<u64, StoreError>(len)
+                    }
                 })
                 .buffer_unordered(2)
         );
@@ -278,7 +314,10 @@ async fn snapshot_native(
     };
     let mut transferred = uploaded.unwrap_or(0);
     let store_label = store.to_string();
-    if plan.unchanged {
+    // Unchanged only against the key's own newest generation: a dir
+    // restored from a fallback still needs a generation under its key.
+    let base_is_own = !listed.is_empty();
+    if plan.unchanged && base_is_own {
         plan.index.save(&target.index_path());
         if let Some(newest) = listed.first() {
             save_state(target, &store_label, key, fp, &newest.key);
@@ -294,36 +333,60 @@ async fn snapshot_native(
     let mkey = native::manifest_key(key, plan.manifest.created_ms);
     store.put(&mkey, one_chunk(bytes)).await.map_err(store_skip)?;
     // A gc that ran meanwhile may have removed a pack this generation reuses
-    // (its base fell out of the kept set): withdraw it rather than leave a
-    // manifest that points at nothing.
-    let present: std::collections::HashSet<String> = store
-        .list(&format!("{key}.d/packs/"))
-        .await
-        .map_err(store_skip)?
-        .iter()
-        .filter_map(|o| native::pack_id_of(&o.key).map(str::to_owned))
-        .collect();
-    if let Some(gone) = plan.manifest.packs.iter().find(|p| !present.contains(&p.id)) {
+    // (nothing it kept referenced it): withdraw the generation rather than
+    // leave a manifest that points at nothing. One HEAD per pack.
+    let gone = match missing_pack(store.as_ref(), &plan.manifest).await {
+        Ok(gone) => gone,
+        // Unknown: keep the generation; a reader that finds a pack missing
+        // falls back, the next snapshot does not build on it, and gc's own
+        // check withdraws it.
+        Err(e) => {
+            tracing::warn!(target: "sandbox-cache", "could not check the packs of {mkey}: {}", error_chain(&e));
+            None
+        }
+    };
+    if let Some(gone) = gone {
         let withdrawn = store.delete(&mkey).await;
         return Err(Skip::new(
             Reason::StoreError,
             format!(
-                "pack {} of the new generation was removed while it was written (a concurrent gc?); generation {mkey} {}",
-                gone.id,
+                "pack {gone} of the new generation was removed while it was written (a concurrent gc?); generation {mkey} {}",
                 if withdrawn.is_ok() { "withdrawn" } else { "could not be withdrawn" }
             ),
         ));
     }
-    tracing::debug!(
+    let uploaded_ids = uploaded_ids.into_inner().unwrap_or_else(|e| e.into_inner());
+    let (mut added, mut reused) = (0u64, 0u64);
+    for p in &plan.manifest.packs {
+        if uploaded_ids.contains(&p.id) { added += p.size } else { reused += p.size }
+    }
+    tracing::info!(
         target: "sandbox-cache",
-        "generation {mkey}: {} packs, {} reused from {}",
+        pool_added = added, pool_reused = reused,
+        "generation {mkey}: {} packs, {} MB added to the pool, {} MB reused{}",
         plan.manifest.packs.len(),
-        base.as_ref().map_or(0, |b| b.packs.len()),
-        if base.is_some() { "the previous generation" } else { "nothing" }
+        crate::mb(added),
+        crate::mb(reused),
+        if base.is_some() { " (deduplicated against the base)" } else { "" }
     );
     plan.index.save(&target.index_path());
     save_state(target, &store_label, key, fp, &mkey);
-    Ok(Done { files: plan.files, bytes: plan.bytes, transferred })
+    Ok(Done { files: plan.files, bytes: plan.bytes, transferred, pool_added: added, pool_reused: reused })
+}
+
+/// The first pool pack a generation names that the store no longer holds:
+/// one HEAD per pack, 16 at a time.
+async fn missing_pack(store: &dyn Store, m: &sandcache_archive::pack::Manifest) -> Result<Option<String>, StoreError> {
+    for chunk in m.packs.chunks(16) {
+        let keys: Vec<String> = chunk.iter().map(|p| native::pool_key(&p.id)).collect();
+        let heads = futures::future::join_all(keys.iter().map(|k| store.head(k))).await;
+        for (p, head) in chunk.iter().zip(heads) {
+            if head?.is_none() {
+                return Ok(Some(p.id.clone()));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn one_chunk(bytes: Vec<u8>) -> sandcache_store::BodyStream {
@@ -394,5 +457,5 @@ async fn snapshot_archive(
         (Ok(n), Ok(Ok(stats))) => (n, stats),
     };
     save_state(target, &store_label, key, fp, key);
-    Ok(Done { files: stats.files, bytes: stats.bytes, transferred })
+    Ok(Done { files: stats.files, bytes: stats.bytes, transferred, ..Done::default() })
 }

@@ -37,6 +37,13 @@ pub struct Metrics {
     proxied: Family<ProxyLabels, Counter>,
     upstream: Histogram,
     tiers: Family<TierLabels, Counter>,
+    pool: Family<PoolLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    /// `added` (uploaded by a snapshot) or `reused` (already in the pool).
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,6 +144,15 @@ impl Default for Metrics {
         for tier in ["exact", "fallback", "cold"] {
             let _ = tiers.get_or_create(&TierLabels { tier });
         }
+        let pool = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "snapshot_pool_bytes",
+            "Bytes of packs native snapshots added to the shared pool, and reused from it",
+            pool.clone(),
+        );
+        for kind in ["added", "reused"] {
+            let _ = pool.get_or_create(&PoolLabels { kind });
+        }
         // Every label set exists from the start, so a dashboard sees zeros.
         for op in [Op::Restore, Op::Snapshot] {
             let labels = OpLabels { op: op_name(op) };
@@ -165,6 +181,7 @@ impl Default for Metrics {
             proxied,
             upstream,
             tiers,
+            pool,
         }
     }
 }
@@ -177,6 +194,10 @@ impl Metrics {
         self.outcomes.get_or_create(&OutcomeLabels { op, reason }).inc();
         if o.op == Op::Restore && o.reason() != Some(sandcache_engine::Reason::Disabled) {
             self.tiers.get_or_create(&TierLabels { tier: o.hit().unwrap_or("cold") }).inc();
+        }
+        if let (Op::Snapshot, Ok(d)) = (o.op, &o.result) {
+            self.pool.get_or_create(&PoolLabels { kind: "added" }).inc_by(d.pool_added);
+            self.pool.get_or_create(&PoolLabels { kind: "reused" }).inc_by(d.pool_reused);
         }
         if let Ok(d) = &o.result {
             self.bytes.get_or_create(&OpLabels { op }).inc_by(d.bytes);

@@ -17,7 +17,7 @@ pub async fn check(store: &dyn Store, key: &str) -> Result<usize, String> {
         let m = Manifest::decode(&bytes).map_err(|e| format!("{}: {e}", info.key))?;
         m.validate(&Limits::default(), Path::new("/deno-dir")).map_err(|e| format!("{}: {e}", info.key))?;
         for (i, p) in m.packs.iter().enumerate() {
-            let pack_key = format!("{key}.d/packs/{}.pack", p.id);
+            let pack_key = pack_location(key, &m, &p.id);
             let bytes = get(store, &pack_key).await.map_err(|e| format!("{} names {pack_key}: {e}", info.key))?;
             if bytes.len() as u64 != p.size || blake3::hash(&bytes).to_hex().as_str() != p.id {
                 return Err(format!("{} names {pack_key}, which is not what it says", info.key));
@@ -29,6 +29,25 @@ pub async fn check(store: &dyn Store, key: &str) -> Result<usize, String> {
         }
     }
     Ok(manifests.len())
+}
+
+/// Where a generation's pack lives: the shared pool (version 2 on), or
+/// under its key (version 1). Written out here, not taken from the engine,
+/// so the tests check the layout the docs describe.
+pub fn pack_location(key: &str, m: &Manifest, id: &str) -> String {
+    if m.version >= 2 { format!("pool/{}/{id}.pack", &id[..2]) } else { format!("{key}.d/packs/{id}.pack") }
+}
+
+/// The manifests of `key`'s generations, newest first.
+pub async fn manifests(store: &dyn Store, key: &str) -> Result<Vec<(String, Manifest)>, String> {
+    let mut listed = store.list(&format!("{key}.d/manifests/")).await.map_err(|e| e.to_string())?;
+    listed.sort_by(|a, b| b.key.cmp(&a.key));
+    let mut out = Vec::new();
+    for info in listed {
+        let bytes = get(store, &info.key).await?;
+        out.push((info.key.clone(), Manifest::decode(&bytes).map_err(|e| format!("{}: {e}", info.key))?));
+    }
+    Ok(out)
 }
 
 async fn get(store: &dyn Store, key: &str) -> Result<Vec<u8>, String> {

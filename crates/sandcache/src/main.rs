@@ -83,7 +83,8 @@ enum Command {
     },
     /// Run the sandbox runner daemon (the seed's deploy API).
     Serve(serve::ServeArgs),
-    /// Delete old generations of a key and the packs nothing needs.
+    /// Delete old generations (of one key with --key, else of every key)
+    /// and, store-wide, the shared packs nothing kept needs.
     Gc {
         #[command(flatten)]
         store: StoreArgs,
@@ -267,23 +268,41 @@ fn main() -> ExitCode {
 
 /// `sandcache gc`: an administrative command, so failures exit 1.
 fn gc(store: &StoreArgs, keep: usize, grace: u64, json: bool) -> ExitCode {
-    let cache = match open_cache(store) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
     if keep == 0 {
         eprintln!("error: --keep must be at least 1: gc never deletes the newest generation");
         return ExitCode::from(2);
     }
+    let opts = sandcache_engine::GcOptions { keep, grace: Duration::from_secs(grace) };
     let runtime = match runtime() {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let opts = sandcache_engine::GcOptions { keep, grace: Duration::from_secs(grace) };
-    match runtime.block_on(cache.gc(&opts)) {
+    // With a key, that key's old generations; without, the whole store,
+    // shared pool included.
+    let (target, result) = if store.key.as_deref().is_some_and(|k| !k.trim().is_empty()) {
+        let cache = match open_cache(store) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        (cache.location(), runtime.block_on(cache.gc(&opts)))
+    } else {
+        let opened = store.store_spec().and_then(|spec| {
+            let spec = spec.ok_or_else(|| anyhow::anyhow!("the store is `off`: nothing to collect (pass --store)"))?;
+            Ok(sandcache_store::open(&spec, &StoreOptions::default())?)
+        });
+        let store = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        (store.to_string(), runtime.block_on(sandcache_engine::gc_store(store.as_ref(), &opts)))
+    };
+    match result {
         Ok(report) => {
             if json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
@@ -291,7 +310,7 @@ fn gc(store: &StoreArgs, keep: usize, grace: u64, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: gc of {} failed: {e}", cache.location());
+            eprintln!("error: gc of {target} failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -109,8 +109,16 @@ async fn a_corrupt_or_incomplete_generation_falls_through() {
         put(store.as_ref(), "site/k.d/manifests/9999999999999-deadbeef.json.zst", b"not zstd".to_vec()).await;
         // A fallback whose packs are gone.
         snapshot(&store, "base/incomplete", &bad).await;
-        for p in store.list("base/incomplete.d/packs/").await.unwrap() {
-            store.delete(&p.key).await.unwrap();
+        let named = |k: &'static str| {
+            let store = store.clone();
+            async move {
+                let (_, m) = sandcache_testkit::generations::manifests(store.as_ref(), k).await.unwrap().remove(0);
+                m.packs.iter().map(|p| sandcache_testkit::generations::pack_location(k, &m, &p.id)).collect::<Vec<_>>()
+            }
+        };
+        let keep = named("base/good").await;
+        for p in named("base/incomplete").await.into_iter().filter(|p| !keep.contains(p)) {
+            store.delete(&p).await.unwrap();
         }
         let dir = tmp.path().join(format!("d-{}", rand::random::<u32>()));
         fs::create_dir_all(&dir).unwrap();

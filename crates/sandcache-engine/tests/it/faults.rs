@@ -255,6 +255,12 @@ async fn snapshot_matrix(form: Form) {
     let mut done = 0;
     for (i, c) in cells().iter().enumerate() {
         let key = format!("cell-{i}/cache");
+        // The shared pool would already hold the new content (from the dry
+        // run and the cells before): empty it, so each cell uploads the
+        // same packs the dry run counted.
+        for o in rig.direct.list("pool/").await.unwrap() {
+            rig.direct.delete(&o.key).await.unwrap();
+        }
         seed(&rig.direct, &key, &rig.old, form).await;
         let dir = rig.tmp.path().join(format!("cell-{i}/deno-dir"));
         copy_tree(&rig.new, &dir);

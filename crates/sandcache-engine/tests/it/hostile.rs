@@ -947,7 +947,7 @@ async fn store_native(store: &dyn Store, mut n: Native) {
         .await;
     if n.upload_packs {
         for (p, bytes) in n.m.packs.iter().zip(n.packs) {
-            super::put(store, &format!("{KEY}.d/packs/{}.pack", p.id), bytes).await;
+            super::put(store, &sandcache_testkit::generations::pack_location(KEY, &n.m, &p.id), bytes).await;
         }
     }
 }

@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod hostile_fs;
 mod native;
+mod pool;
 mod resources;
 
 use std::fs;

@@ -32,7 +32,7 @@ async fn an_unchanged_dir_uploads_nothing_and_one_new_file_uploads_one_small_pac
         let cache = Cache::new(store.clone(), "site/cache");
         let first = cache.snapshot(&dir, &snap()).await;
         assert!(first.is_done(), "{:?}", first.result);
-        let packs = keys(store.as_ref(), "site/cache.d/packs/").await;
+        let packs = keys(store.as_ref(), "pool/").await;
         assert_eq!(packs.len(), 1);
         assert_eq!(keys(store.as_ref(), "site/cache.d/manifests/").await.len(), 1);
 
@@ -40,7 +40,7 @@ async fn an_unchanged_dir_uploads_nothing_and_one_new_file_uploads_one_small_pac
         // every file stored: zero packs, no new generation.
         let forced = cache.snapshot(&dir, &SnapshotOptions { force: true, ..snap() }).await;
         assert_eq!(forced.reason(), Some(Reason::Unchanged), "{:?}", forced.result);
-        assert_eq!(keys(store.as_ref(), "site/cache.d/packs/").await, packs);
+        assert_eq!(keys(store.as_ref(), "pool/").await, packs);
         assert_eq!(keys(store.as_ref(), "site/cache.d/manifests/").await.len(), 1);
 
         // One new file: one small pack and a manifest.
@@ -48,7 +48,7 @@ async fn an_unchanged_dir_uploads_nothing_and_one_new_file_uploads_one_small_pac
         let second = cache.snapshot(&dir, &snap()).await;
         let done = second.result.clone().unwrap();
         let full = first.result.clone().unwrap();
-        assert_eq!(keys(store.as_ref(), "site/cache.d/packs/").await.len(), 2);
+        assert_eq!(keys(store.as_ref(), "pool/").await.len(), 2);
         assert!(done.transferred * 20 < full.transferred, "at most 5% of a full upload: {done:?} vs {full:?}");
 
         // The new generation restores to the new tree, old content included.
@@ -90,7 +90,7 @@ async fn a_corrupted_pack_is_caught_and_the_dir_is_untouched() {
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(&store_dir));
     let cache = Cache::new(store.clone(), "k");
     assert!(cache.snapshot(&src, &snap()).await.is_done());
-    let pack = keys(store.as_ref(), "k.d/packs/").await.remove(0);
+    let pack = keys(store.as_ref(), "pool/").await.remove(0);
     let path = store_dir.join(&pack);
     let mut bytes = fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
@@ -126,11 +126,23 @@ async fn gc_keeps_the_newest_generations_and_honours_grace() {
         // Within the grace period nothing goes.
         let r = cache.gc(&GcOptions { keep: 1, grace: Duration::from_secs(3600) }).await.unwrap();
         assert_eq!((r.generations_deleted, r.packs_deleted), (0, 0), "{r:?}");
-        // Past it, only what the newest two need stays.
+        let r = sandcache_engine::gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::from_secs(3600) })
+            .await
+            .unwrap();
+        assert_eq!((r.generations_deleted, r.packs_deleted), (0, 0), "{r:?}");
+        // Past it, with a key: only that key's old generations go; the
+        // shared pool is the store-wide sweep's.
+        let pool = keys(store.as_ref(), "pool/").await.len();
         let r = cache.gc(&GcOptions { keep: 2, grace: Duration::ZERO }).await.unwrap();
-        assert_eq!(r.generations_deleted, 3, "{r:?}");
-        assert!(r.packs_deleted >= 2 && r.bytes_freed > 0, "{r:?}");
+        assert_eq!((r.generations_deleted, r.packs_deleted), (3, 0), "{r:?}");
         assert_eq!(keys(store.as_ref(), "site/cache.d/manifests/").await.len(), 2);
+        assert_eq!(keys(store.as_ref(), "pool/").await.len(), pool);
+        // The store-wide sweep drops the packs only the deleted ones used.
+        let r =
+            sandcache_engine::gc_store(store.as_ref(), &GcOptions { keep: 2, grace: Duration::ZERO }).await.unwrap();
+        assert_eq!((r.generations_kept, r.generations_deleted), (2, 0), "{r:?}");
+        assert!(r.packs_deleted >= 2 && r.bytes_freed > 0, "{r:?}");
+        assert_eq!(keys(store.as_ref(), "pool/").await.len(), pool - r.packs_deleted);
         let dest = tmp.path().join(format!("dest-{}", store.to_string().len()));
         let out = cache.restore(&dest, &RestoreOptions::default()).await;
         assert!(out.is_done(), "the newest generation is whole after gc: {:?}", out.result);

@@ -549,3 +549,49 @@ proptest::proptest! {
         runtime.shutdown_background();
     }
 }
+
+/// A site's first deploy restores a read-only base named by the deploy (or
+/// the runner); status and metrics say which tier served it, and the
+/// snapshot writes the site's own key, never the base.
+#[tokio::test]
+async fn a_first_deploy_restores_a_fallback_base_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let base = tmp.path().join("base");
+    sandcache_testkit::tree::sample_tree(&base);
+    let published =
+        sandcache_engine::Cache::new(Arc::new(sandcache_store::LocalStore::new(store.clone())), "base/deno")
+            .snapshot(&base, &sandcache_engine::SnapshotOptions::default())
+            .await;
+    assert!(published.is_done(), "{}", published.to_json());
+    let cases = [(Some("missing/key,base/"), vec![]), (None, vec!["base/deno".to_owned()])];
+    for (i, (deploy_fallbacks, runner_fallbacks)) in cases.into_iter().enumerate() {
+        let mut cfg = test_config(tmp.path());
+        cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::Local(store.clone())), key: None };
+        cfg.fallbacks = runner_fallbacks;
+        let runner = Runner::new(cfg);
+        let mut envs = serde_json::Map::new();
+        if let Some(f) = deploy_fallbacks {
+            envs.insert("DECO_CACHE_S3_FALLBACK_KEYS".into(), json!(f));
+        }
+        let site = format!("fresh-{i}");
+        let (s, v) =
+            call(&runner, "POST", "/sandbox/deploy", json!({"site": site, "runCommand": [], "envs": envs})).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+        let restore = &st["cache"]["restore"];
+        assert_eq!(
+            (restore["hit"].as_str(), restore["from_key"].as_str()),
+            (Some("fallback"), Some("base/deno")),
+            "{st}"
+        );
+        let (_, text) = raw_call(&runner, "GET", "/metrics", vec![]).await;
+        assert!(text.contains("sandcache_restore_tier_total{tier=\"fallback\"} 1"), "{text}");
+        assert!(text.contains("sandcache_restore_tier_total{tier=\"exact\"} 0"), "{text}");
+        assert!(text.contains("sandcache_snapshot_pool_bytes_total{kind=\"reused\"}"), "{text}");
+        assert_eq!(call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await.0, StatusCode::OK);
+    }
+    // The base was only read.
+    let base_generations = std::fs::read_dir(store.join("base/deno.d/manifests")).unwrap().count();
+    assert_eq!(base_generations, 1);
+}

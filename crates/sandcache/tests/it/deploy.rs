@@ -819,7 +819,9 @@ fn iam_policies_are_least_privilege() {
     assert_eq!(sandbox["arn:aws:s3:::BUCKET/PREFIX/*"].0, set(&["s3:GetObject"]));
     let own = &sandbox["arn:aws:s3:::BUCKET/PREFIX/${aws:PrincipalTag/site}/*"];
     assert_eq!(own.0, set(&["s3:PutObject", "s3:AbortMultipartUpload"]));
-    assert_eq!(sandbox.len(), 3);
+    let pool = &sandbox["arn:aws:s3:::BUCKET/PREFIX/pool/*"];
+    assert_eq!(pool.0, set(&["s3:PutObject", "s3:AbortMultipartUpload"]));
+    assert_eq!(sandbox.len(), 4);
     assert!(!read("deploy/iam/sandbox-policy.json").contains("Delete"), "no sandbox deletes");
     // The same document as the threat model's.
     let doc = read("docs/threat-model.md");
@@ -833,8 +835,9 @@ fn iam_policies_are_least_privilege() {
     assert_eq!((&bucket.0, &bucket.1), (&set(&["s3:ListBucket"]), &list_condition));
     assert_eq!(maintenance["arn:aws:s3:::BUCKET/PREFIX/*"].0, set(&["s3:GetObject", "s3:DeleteObject"]));
     assert_eq!(maintenance.len(), 2);
-    // Every object a snapshot writes is one WriteOwnSite covers: the store's
-    // root stands for PREFIX, the key is the runner's default for a site.
+    // Every object a snapshot writes is one WriteOwnSite or WriteSharedPool
+    // covers: the store's root stands for PREFIX, the key is the runner's
+    // default for a site.
     let tmp = tempfile::tempdir().unwrap();
     let (dir, store) = (tmp.path().join("deno-dir"), tmp.path().join("store"));
     sandcache_testkit::tree::sample_tree(&dir);
@@ -857,7 +860,10 @@ fn iam_policies_are_least_privilege() {
     }
     assert!(!written.is_empty());
     for object in &written {
-        assert!(object.starts_with("site/"), "a snapshot writes {object}, outside PREFIX/<site>/: update WriteOwnSite");
+        assert!(
+            object.starts_with("site/") || object.starts_with("pool/"),
+            "a snapshot writes {object}, outside PREFIX/<site>/ and PREFIX/pool/: update the sandbox policy"
+        );
     }
     // If gc starts writing, this policy (and the README) must change too.
     let gc = read("crates/sandcache-engine/src/gc.rs");

@@ -110,12 +110,15 @@ fn probe_run(with_token: bool) {
     fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/probe_worker.py"), &probe).unwrap();
     fs::set_permissions(&probe, fs::Permissions::from_mode(0o644)).unwrap();
 
-    // The site already has a cache, so the deploy restores a tree.
-    let store = format!("s3://{}/{}", spec.bucket, spec.prefix);
+    // The site already has a cache, so the deploy restores a tree. The
+    // store is the bucket, as the deploy names it (the shared pool lives
+    // at the store's root), and the test's prefix is part of the keys.
+    let store = format!("s3://{}", spec.bucket);
+    let (hostile_key, victim_key) = (format!("{}/hostile/cache", spec.prefix), format!("{}/victim/cache", spec.prefix));
     let seed = tmp.path().join("seed");
     sandcache_testkit::tree::sample_tree(&seed);
     let (code, out, err) = run(bin()
-        .args(["snapshot", "--key", "hostile/cache", "--store", &store, "--json", "--dir"])
+        .args(["snapshot", "--key", &hostile_key, "--store", &store, "--json", "--dir"])
         .arg(&seed)
         .env("AWS_ENDPOINT_URL", &endpoint));
     assert_eq!((code, out["ok"].as_bool()), (0, Some(true)), "{out} {err}");
@@ -221,14 +224,14 @@ fn probe_run(with_token: bool) {
     wait_for("the snapshot", 60, || status_of(serve.port, Some(admin_token))["cache"]["snapshot"]["ok"] == true);
     let check = tmp.path().join("check");
     let (_, out, err) = run(bin()
-        .args(["restore", "--key", "hostile/cache", "--store", &store, "--json", "--dir"])
+        .args(["restore", "--key", &hostile_key, "--store", &store, "--json", "--dir"])
         .arg(&check)
         .env("AWS_ENDPOINT_URL", &endpoint));
     assert_eq!(out["ok"], true, "{out} {err}");
     assert!(check.join("npm/registry.npmjs.org/added-at-run-time/1.0.0/index.js").exists());
     // ...and nothing exists under the victim's.
     let (_, out, err) = run(bin()
-        .args(["restore", "--key", "victim/cache", "--store", &store, "--json", "--dir"])
+        .args(["restore", "--key", &victim_key, "--store", &store, "--json", "--dir"])
         .arg(tmp.path().join("victim"))
         .env("AWS_ENDPOINT_URL", &endpoint));
     assert_eq!(out["reason"], "not_found", "{out} {err}");

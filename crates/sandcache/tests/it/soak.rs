@@ -163,31 +163,35 @@ fn payload(w: usize, r: usize) -> Vec<u8> {
     noise(200_000, &format!("{w}/{r}"))
 }
 
-/// Several processes snapshot different contents to one key while another
-/// restores in a loop and gc runs: every restore is one complete, verified
-/// generation, and gc never removes what a kept or in-flight one needs.
+/// Several processes snapshot different contents to two keys that share
+/// most of their content (one pool) while another restores one key in a
+/// loop and gc runs, store-wide and per key in turn: every restore is one
+/// complete, verified generation, and gc never removes what a kept or
+/// in-flight one needs.
 #[test]
-fn eight_writers_a_reader_and_gc_on_one_key() {
+fn eight_writers_a_reader_and_gc_on_two_keys() {
     let (writers, rounds) = (8, env_count("SANDCACHE_SOAK_ROUNDS", 20));
     let tmp = tempfile::tempdir().unwrap();
     let (url, handle) = store("concurrent", tmp.path());
-    let sc = |args: &[&str], dir: &Path| {
+    let key_of = |w: usize| if w % 2 == 0 { "site/cache" } else { "other/cache" };
+    let sc_key = |args: &[&str], key: &str, dir: &Path| {
         let mut c = bin();
-        c.args(args).args(["--key", "site/cache", "--store", &url, "--json", "-q"]).arg("--dir").arg(dir);
+        c.args(args).args(["--key", key, "--store", &url, "--json", "-q"]).arg("--dir").arg(dir);
         run(&mut c)
     };
+    let sc = |args: &[&str], dir: &Path| sc_key(args, "site/cache", dir);
     let stop = AtomicBool::new(false);
     let (gc_runs, gc_deleted) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let start = Instant::now();
     let (ok, restores) = std::thread::scope(|s| {
         let mut handles = Vec::new();
         for w in 0..writers {
-            let (sc, tmp) = (&sc, tmp.path());
+            let (sc_key, tmp) = (&sc_key, tmp.path());
             handles.push(s.spawn(move || {
                 let dir = tmp.join(format!("writer-{w}/deno-dir"));
                 for r in 0..rounds {
                     write_state(&dir, w, r);
-                    let (code, json, err) = sc(&["snapshot"], &dir);
+                    let (code, json, err) = sc_key(&["snapshot"], key_of(w), &dir);
                     assert_eq!((code, json["ok"].as_bool()), (0, Some(true)), "writer {w} round {r}: {json} {err}");
                 }
             }));
@@ -195,9 +199,14 @@ fn eight_writers_a_reader_and_gc_on_one_key() {
         // gc keeps 2 generations; its grace (2 s) outlasts any snapshot here,
         // so it deletes old generations and packs while writers still work.
         let gc = s.spawn(|| {
+            let mut runs = 0;
             while !stop.load(Ordering::Relaxed) {
                 let mut c = bin();
-                c.args(["gc", "--key", "site/cache", "--store", &url, "--keep", "2", "--grace", "2", "--json"]);
+                c.args(["gc", "--store", &url, "--keep", "2", "--grace", "2", "--json"]);
+                runs += 1;
+                if runs % 2 == 0 {
+                    c.args(["--key", "site/cache"]);
+                }
                 let (code, json, err) = run(&mut c);
                 assert_eq!(code, 0, "gc: {json} {err}");
                 gc_runs.fetch_add(1, Ordering::Relaxed);
@@ -239,8 +248,10 @@ fn eight_writers_a_reader_and_gc_on_one_key() {
         gc_deleted.load(Ordering::Relaxed)
     );
     assert!(ok >= 1, "{ok} of {restores} restores found a generation");
-    let generations = check_generations(handle.as_ref(), "site/cache").unwrap();
-    assert!(generations >= 2, "gc keeps at least 2 generations: {generations}");
+    for key in ["site/cache", "other/cache"] {
+        let generations = check_generations(handle.as_ref(), key).unwrap();
+        assert!(generations >= 2, "gc keeps at least 2 generations of {key}: {generations}");
+    }
     // After the writers, the newest generation is one writer's last round.
     let last = tmp.path().join("last/deno-dir");
     let (code, json, _) = sc(&["restore"], &last);

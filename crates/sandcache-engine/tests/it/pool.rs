@@ -1,0 +1,186 @@
+//! One content pool per store: keys share packs, gc and delete of one key
+//! never take what another needs, and a wrong pool object is caught.
+
+use std::fs;
+use std::time::Duration;
+
+use sandcache_engine::{Cache, GcOptions, Reason, RestoreOptions, SnapshotOptions, gc_store};
+use sandcache_store::Store;
+use sandcache_testkit::generations::{check, manifests, pack_location};
+use sandcache_testkit::tree::{assert_same_tree, sample_tree};
+
+use crate::{put, settle, stores};
+
+async fn pool(store: &dyn Store) -> Vec<String> {
+    let mut v: Vec<String> = store.list("pool/").await.unwrap().into_iter().map(|o| o.key).collect();
+    v.sort();
+    v
+}
+
+fn force() -> SnapshotOptions {
+    SnapshotOptions { force: true, ..Default::default() }
+}
+
+/// A tree with some incompressible content, so pack sizes mean something.
+fn tree(root: &std::path::Path) {
+    sample_tree(root);
+    let noise: Vec<u8> =
+        (0..(1u32 << 17)).flat_map(|i| i.wrapping_mul(2654435761).rotate_left(5).to_le_bytes()).collect();
+    fs::write(root.join("remote/noise.bin"), noise).unwrap();
+}
+
+#[tokio::test]
+async fn keys_with_the_same_content_share_the_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    for store in stores("pool-share", tmp.path()) {
+        let first = Cache::new(store.clone(), "a/cache").snapshot(&src, &force()).await;
+        let j = first.to_json();
+        assert!(j["pool_added"].as_u64().unwrap() > 0 && j["pool_reused"] == 0, "{j}");
+        let packs = pool(store.as_ref()).await;
+        // Every pool object is `pool/<first 2 hex>/<64 hex>.pack`.
+        for p in &packs {
+            let (fan, file) = p.strip_prefix("pool/").unwrap().split_once('/').unwrap();
+            assert!(file.len() == 69 && file.starts_with(fan) && file.ends_with(".pack"), "{p}");
+        }
+        // A second key with the same content (another dir: no shared state)
+        // uploads its manifest only.
+        let copy = tmp.path().join(format!("copy-{}", rand::random::<u32>()));
+        assert!(std::process::Command::new("cp").arg("-a").arg(&src).arg(&copy).status().unwrap().success());
+        let second = Cache::new(store.clone(), "b/cache").snapshot(&copy, &force()).await;
+        let j = second.to_json();
+        assert_eq!(j["pool_added"], 0, "{j}");
+        assert!(j["pool_reused"].as_u64().unwrap() > 0, "{j}");
+        assert_eq!(pool(store.as_ref()).await, packs, "no new pool object");
+        assert!(j["transferred"].as_u64().unwrap() < first.to_json()["transferred"].as_u64().unwrap() / 10, "{j}");
+        for key in ["a/cache", "b/cache"] {
+            assert_eq!(check(store.as_ref(), key).await.unwrap(), 1);
+        }
+        settle();
+    }
+}
+
+/// A site's first wake-up from a base, then its first snapshot: a fallback
+/// hit, and the snapshot uploads the site's new content and its manifest.
+#[tokio::test]
+async fn a_site_restored_from_a_base_uploads_only_what_it_added() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tree(&base);
+    for store in stores("pool-base", tmp.path()) {
+        let published = Cache::new(store.clone(), "base/deno").snapshot(&base, &force()).await;
+        assert!(published.is_done(), "{}", published.to_json());
+        let dir = tmp.path().join(format!("site-{}", rand::random::<u32>()));
+        let site = Cache::new(store.clone(), "site/cache.tgz");
+        let opts = RestoreOptions { fallbacks: vec!["base/".into()], ..Default::default() };
+        let out = site.restore(&dir, &opts).await;
+        assert_eq!(out.to_json()["hit"], "fallback", "{}", out.to_json());
+        settle();
+        let added = b"export const added = 'one new package';\n".repeat(50);
+        fs::create_dir_all(dir.join("npm/registry.npmjs.org/new-pkg/1.0.0")).unwrap();
+        fs::write(dir.join("npm/registry.npmjs.org/new-pkg/1.0.0/index.js"), &added).unwrap();
+        let snap = site.snapshot(&dir, &SnapshotOptions::default()).await;
+        let j = snap.to_json();
+        assert!(snap.is_done(), "{j}");
+        // New content is one small pack; the base's packs are reused.
+        assert!(j["pool_added"].as_u64().unwrap() < 4096, "{j}");
+        assert_eq!(j["pool_reused"], published.to_json()["pool_added"], "{j}");
+        // The site's own generation restores exactly, now an exact hit.
+        let again = tmp.path().join(format!("again-{}", rand::random::<u32>()));
+        let out = site.restore(&again, &opts).await;
+        assert_eq!(out.to_json()["hit"], "exact", "{}", out.to_json());
+        assert_same_tree(&dir, &again);
+        settle();
+    }
+}
+
+/// Deleting a base, and gc of everything else, never takes a pack a site
+/// still references: the site restores exactly.
+#[tokio::test]
+async fn a_shared_pack_survives_delete_and_gc_of_another_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    for store in stores("pool-gc", tmp.path()) {
+        let base = Cache::new(store.clone(), "base/deno");
+        assert!(base.snapshot(&src, &force()).await.is_done());
+        let copy = tmp.path().join(format!("copy-{}", rand::random::<u32>()));
+        assert!(std::process::Command::new("cp").arg("-a").arg(&src).arg(&copy).status().unwrap().success());
+        fs::write(copy.join("site-only.txt"), b"the site's own file").unwrap();
+        let site = Cache::new(store.clone(), "site/cache");
+        assert!(site.snapshot(&copy, &force()).await.is_done());
+
+        // Old generations of the base, then the base itself, go.
+        for i in 0..2 {
+            fs::write(src.join("remote/noise.bin"), format!("round {i}")).unwrap();
+            assert!(base.snapshot(&src, &force()).await.is_done());
+        }
+        let r = base.gc(&GcOptions { keep: 1, grace: Duration::ZERO }).await.unwrap();
+        assert_eq!(r.generations_deleted, 2, "{r:?}");
+        assert!(!base.delete().await.unwrap().not_found);
+        let r = gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::ZERO }).await.unwrap();
+        assert!(r.packs_deleted >= 1, "the base's own last packs go: {r:?}");
+        assert!(r.packs_kept >= 1, "{r:?}");
+
+        assert_eq!(check(store.as_ref(), "site/cache").await.unwrap(), 1);
+        let dest = tmp.path().join(format!("dest-{}", rand::random::<u32>()));
+        let out = site.restore(&dest, &RestoreOptions::default()).await;
+        assert!(out.is_done(), "{}", out.to_json());
+        assert_same_tree(&copy, &dest);
+        // Nothing unreferenced is left: a second sweep deletes nothing.
+        let r = gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::ZERO }).await.unwrap();
+        assert_eq!((r.generations_deleted, r.packs_deleted), (0, 0), "{r:?}");
+        settle();
+    }
+}
+
+/// A pool object overwritten with other bytes (a hostile or broken writer):
+/// the restore falls through to the next candidate, and with none left the
+/// dir keeps its content. No wrong file is ever written.
+#[tokio::test]
+async fn a_pool_object_overwritten_with_garbage_falls_through() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (site_src, base_src) = (tmp.path().join("site"), tmp.path().join("base"));
+    tree(&site_src);
+    fs::write(site_src.join("site.txt"), b"site").unwrap();
+    sample_tree(&base_src);
+    fs::write(base_src.join("base-only.txt"), b"base, not sharing the site's packs").unwrap();
+    for store in stores("pool-garbage", tmp.path()) {
+        let site = Cache::new(store.clone(), "site/cache");
+        assert!(site.snapshot(&site_src, &force()).await.is_done());
+        assert!(Cache::new(store.clone(), "base/deno").snapshot(&base_src, &force()).await.is_done());
+        let (_, m) = manifests(store.as_ref(), "site/cache").await.unwrap().remove(0);
+        let (_, b) = manifests(store.as_ref(), "base/deno").await.unwrap().remove(0);
+        let victim = m
+            .packs
+            .iter()
+            .map(|p| pack_location("site/cache", &m, &p.id))
+            .find(|p| !b.packs.iter().any(|q| pack_location("base/deno", &b, &q.id) == *p));
+        let victim = victim.expect("a pack only the site uses");
+        let size = store.head(&victim).await.unwrap().unwrap().size as usize;
+        put(store.as_ref(), &victim, vec![0x5a; size]).await;
+
+        let dir = tmp.path().join(format!("d-{}", rand::random::<u32>()));
+        let opts = RestoreOptions { fallbacks: vec!["base/deno".into()], ..Default::default() };
+        let out = site.restore(&dir, &opts).await;
+        assert_eq!(out.to_json()["from_key"], "base/deno", "{}", out.to_json());
+        assert_same_tree(&base_src, &dir);
+
+        let dir = tmp.path().join(format!("e-{}", rand::random::<u32>()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("previous"), b"kept").unwrap();
+        let out = site.restore(&dir, &RestoreOptions::default()).await;
+        assert_eq!(out.reason(), Some(Reason::Corrupt), "{}", out.to_json());
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        assert_eq!(fs::read(dir.join("previous")).unwrap(), b"kept");
+        settle();
+    }
+}
+
+#[test]
+fn a_key_cannot_name_a_pool_object() {
+    let id = "ab".repeat(32);
+    assert!(sandcache_engine::validate_key(&format!("pool/ab/{id}.pack")).is_err());
+    assert!(sandcache_engine::validate_key("pool/cache.tgz").is_ok(), "a site named pool still has a key");
+}
