@@ -306,6 +306,22 @@ impl Runner {
         result
     }
 
+    /// Restores the deploy's cache into DENO_DIR and hands the dir to the
+    /// worker, whatever the outcome; returns the cache for the snapshots.
+    async fn restore_cache(
+        &self,
+        config: &CacheConfig,
+        opts: &RestoreOptions,
+        user: WorkerUser,
+    ) -> Result<Cache, DeployError> {
+        let cache = Cache::open(config, &self.cfg.store_options);
+        let outcome = cache.restore(&self.cfg.deno_dir, opts).await;
+        self.record(outcome);
+        // Restored or not, the dir is the worker's: Deno adds modules to it.
+        give_to(&self.cfg.deno_dir, user).map_err(DeployError::Failed)?;
+        Ok(cache)
+    }
+
     async fn run_deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Arc<Deployment>, DeployError> {
         let started = Instant::now();
         tracing::info!(target: "sandbox", site = %req.site, "deploying {}", req.site);
@@ -320,13 +336,11 @@ impl Runner {
         let home = self.prepare_worker_home(user).map_err(DeployError::Failed)?;
         self.clear(&self.cfg.deno_dir).await?;
 
-        *lock(&self.deploy_step) = "restoring";
         // 1. The cache config from the deploy's envs, over runner-wide defaults.
         let mut config = CacheConfig::from_envs(&req.envs.clone().into_iter().collect()).or(&self.cfg.cache_defaults);
         if config.store.is_some() && config.key.is_none() {
             config.key = Some(format!("{}/cache.tgz", req.site));
         }
-        let cache = Cache::open(&config, &self.cfg.store_options);
         // Read-only bases: the deploy's own, then the runner's.
         let mut fallbacks = seed_env::fallbacks(req.envs.get(seed_env::FALLBACK_KEYS).map(String::as_str));
         for f in &self.cfg.fallbacks {
@@ -334,20 +348,24 @@ impl Runner {
                 fallbacks.push(f.clone());
             }
         }
-
-        // 2. Restore, awaited and bounded, before anything reads the dir.
-        let opts = RestoreOptions {
-            fallbacks,
+        let mut opts = RestoreOptions {
             timeout: self.cfg.restore_timeout,
             limits: self.cfg.restore_limits,
             owner: user.is_separate().then_some((user.uid, user.gid)),
             state_dir: Some(self.cache_state_dir()),
             ..Default::default()
         };
-        let outcome = cache.restore(&self.cfg.deno_dir, &opts).await;
-        self.record(outcome);
-        // Restored or not, the dir is the worker's: Deno adds modules to it.
-        give_to(&self.cfg.deno_dir, user).map_err(DeployError::Failed)?;
+        // A key with `{lock}` names the site's dependency set, known only
+        // once the repo is cloned: then the clone comes first.
+        let lock_templated = config.key.as_deref().is_some_and(|k| k.contains(LOCK_PLACEHOLDER));
+
+        // 2. Restore, awaited and bounded, before anything reads the dir.
+        let mut cache = None;
+        if !lock_templated {
+            *lock(&self.deploy_step) = "restoring";
+            opts.fallbacks = fallbacks.clone();
+            cache = Some(self.restore_cache(&config, &opts, user).await?);
+        }
 
         *lock(&self.deploy_step) = "cloning";
         // 3. The site's code, cloned as the worker into a dir it owns.
@@ -356,8 +374,28 @@ impl Runner {
         std::fs::create_dir_all(work).map_err(|e| DeployError::Failed(format!("creating {}: {e}", work.display())))?;
         give_to(work, user).map_err(DeployError::Failed)?;
         if let Some(repo) = &req.repo {
+            let cloned = Instant::now();
             self.clone_repo(repo, req.branch.as_deref(), user, &home).await?;
+            tracing::info!(target: "sandbox", clone_ms = cloned.elapsed().as_millis() as u64, "cloned {repo}");
         }
+
+        // 2'. With `{lock}`: the exact key of the cloned repo's dependency
+        //     files, then the site's newest generation under its prefix,
+        //     then the deploy's and the runner's fallbacks.
+        let cache = match cache {
+            Some(c) => c,
+            None => {
+                *lock(&self.deploy_step) = "restoring";
+                let template = config.key.clone().unwrap_or_default();
+                let key = expand_lock_key(&template, work);
+                if let Some((prefix, _)) = key.rsplit_once('/') {
+                    fallbacks.insert(0, format!("{prefix}/"));
+                }
+                config.key = Some(key);
+                opts.fallbacks = fallbacks;
+                self.restore_cache(&config, &opts, user).await?
+            }
+        };
 
         *lock(&self.deploy_step) = "legacy_cache";
         // 4. The legacy build cache, when its keys are configured.
@@ -979,4 +1017,26 @@ mod tests {
         let msg = redact_urls("fatal: repository 'https://u:ghp_SECRET@h/o/r/' not found");
         assert!(!msg.contains("ghp_SECRET"), "{msg}");
     }
+}
+
+/// The placeholder a deploy's `DECO_CACHE_S3_KEY` may hold for the lockfile
+/// key of the cloned repo (`sandcache key`).
+pub const LOCK_PLACEHOLDER: &str = "{lock}";
+
+/// `template` with `{lock}` replaced by the repo's lockfile key
+/// (`lock-<hash>`), or by `nolock` when the repo has no dependency file the
+/// key can be made of (or one that cannot be read), with the reason logged:
+/// the site then still has one stable key.
+fn expand_lock_key(template: &str, repo: &Path) -> String {
+    let part = match sandcache_engine::lock_key(repo, None) {
+        Ok(k) => {
+            tracing::info!(target: "sandbox", files = ?k.files, "lockfile key {} from {}", k.key, k.files.join(", "));
+            k.key
+        }
+        Err(e) => {
+            tracing::warn!(target: "sandbox", "no lockfile key for the repo ({e}); using `nolock`");
+            "nolock".to_owned()
+        }
+    };
+    template.replace(LOCK_PLACEHOLDER, &part)
 }

@@ -595,3 +595,77 @@ async fn a_first_deploy_restores_a_fallback_base_and_says_so() {
     let base_generations = std::fs::read_dir(store.join("base/deno.d/manifests")).unwrap().count();
     assert_eq!(base_generations, 1);
 }
+
+/// `DECO_CACHE_S3_KEY` with `{lock}`: after the clone, the key of the
+/// repo's dependency files. Same files: an exact hit; changed imports: a
+/// new key, restored from the site's newest generation under its prefix;
+/// no dependency file: `nolock`.
+#[tokio::test]
+async fn a_lock_key_follows_the_repos_dependencies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, store) = (tmp.path().join("repo"), tmp.path().join("store"));
+    std::fs::create_dir(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(&repo).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let commit = |files: &[(&str, &str)], msg: &str| {
+        for (name, text) in files {
+            std::fs::write(repo.join(name), text).unwrap();
+        }
+        git(&["add", "-A"]);
+        git(&["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", msg]);
+    };
+    git(&["init", "-q", "-b", "main"]);
+    commit(&[("deno.json", r#"{"lock": false, "imports": {"preact": "npm:preact@10.0.0"}}"#)], "one");
+    let first_key = format!("site/{}", sandcache_engine::lock_key(&repo, None).unwrap().key);
+    // The site's cache for those dependencies exists.
+    let tree = tmp.path().join("tree");
+    sandcache_testkit::tree::sample_tree(&tree);
+    let published =
+        sandcache_engine::Cache::new(Arc::new(sandcache_store::LocalStore::new(store.clone())), first_key.clone())
+            .snapshot(&tree, &sandcache_engine::SnapshotOptions::default())
+            .await;
+    assert!(published.is_done(), "{}", published.to_json());
+
+    let mut cfg = test_config(tmp.path());
+    cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::Local(store.clone())), key: None };
+    let runner = Runner::new(cfg);
+    let url = format!("file://{}", repo.display());
+    let deploy = |runner: Arc<Runner>| {
+        let url = url.clone();
+        async move {
+            let body =
+                json!({"repo": url, "site": "site", "runCommand": [], "envs": {"DECO_CACHE_S3_KEY": "site/{lock}"}});
+            let (s, v) = call(&runner, "POST", "/sandbox/deploy", body).await;
+            assert_eq!(s, StatusCode::OK, "{v}");
+            let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+            assert_eq!(call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await.0, StatusCode::OK);
+            st["cache"]["restore"].clone()
+        }
+    };
+    let r = deploy(runner.clone()).await;
+    assert_eq!((r["key"].as_str(), r["hit"].as_str()), (Some(first_key.as_str()), Some("exact")), "{r}");
+
+    // Reformatting changes nothing; new imports make a new key, restored
+    // from the site's newest generation under `site/`.
+    commit(
+        &[(
+            "deno.json",
+            "{\n  // comments are fine\n  \"imports\": {\"preact\": \"npm:preact@10.0.0\"},\n  \"lock\": false\n}\n",
+        )],
+        "two",
+    );
+    assert_eq!(deploy(runner.clone()).await["key"], first_key.as_str());
+    commit(&[("deno.json", r#"{"lock": false, "imports": {"preact": "npm:preact@10.1.0"}}"#)], "three");
+    let r = deploy(runner.clone()).await;
+    assert_ne!(r["key"], first_key.as_str(), "{r}");
+    assert!(r["key"].as_str().unwrap().starts_with("site/lock-"), "{r}");
+    assert_eq!(r["hit"], "fallback", "{r}");
+    assert!(r["from_key"].as_str().unwrap().starts_with("site/lock-"), "{r}");
+
+    // No dependency file: one stable key all the same.
+    git(&["rm", "-q", "deno.json"]);
+    commit(&[("README", "no deps")], "four");
+    assert_eq!(deploy(runner.clone()).await["key"], "site/nolock");
+}

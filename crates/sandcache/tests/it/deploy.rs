@@ -541,8 +541,9 @@ fn manifests_parse_and_hold_what_the_runner_needs() {
     assert_eq!(token_mount.unwrap()["readOnly"], true);
 
     // Maintenance: its own account and role, no root, no capability.
-    let job = kind("deploy/k8s/gc-job.yaml", "Job");
-    let jpod = &job["spec"]["template"]["spec"];
+    let cron = kind("deploy/k8s/gc-cronjob.yaml", "CronJob");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid", "one sweep at a time");
+    let jpod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
     let msa = named("deploy/k8s/serviceaccount.yaml", "ServiceAccount", jpod["serviceAccountName"].as_str().unwrap());
     let mrole = msa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].as_str().unwrap();
     assert_ne!(mrole, role, "maintenance has its own role");
@@ -1011,9 +1012,10 @@ async fn lifecycle_is_accepted_and_reads_back_from_s3() {
 #[test]
 fn maintenance_job_runs_gc_as_written() {
     let Some(spec) = sandcache_testkit::s3::spec("maintenance") else { return };
-    let job = kind("deploy/k8s/gc-job.yaml", "Job");
-    let c = &job["spec"]["template"]["spec"]["containers"][0];
-    let uid = job["spec"]["template"]["spec"]["securityContext"]["runAsUser"].as_u64().unwrap();
+    let cron = kind("deploy/k8s/gc-cronjob.yaml", "CronJob");
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let uid = pod["securityContext"]["runAsUser"].as_u64().unwrap();
     let fill = |s: &str| {
         s.replace("BUCKET", &spec.bucket)
             .replace("PREFIX", &spec.prefix)
