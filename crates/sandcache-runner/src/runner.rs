@@ -1004,21 +1004,6 @@ fn redact_urls(text: &str) -> String {
     text.split(' ').map(|w| if w.contains("://") { redact_url(w) } else { w.to_owned() }).collect::<Vec<_>>().join(" ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_in_repo_urls_are_redacted() {
-        assert_eq!(redact_url("https://x-token:ghp_SECRET@github.com/o/r.git"), "https://***@github.com/o/r.git");
-        assert_eq!(redact_url("https://github.com/o/r.git"), "https://github.com/o/r.git");
-        assert_eq!(redact_url("file:///tmp/repo"), "file:///tmp/repo");
-        assert_eq!(redact_url("https://github.com/o/r@v1"), "https://github.com/o/r@v1");
-        let msg = redact_urls("fatal: repository 'https://u:ghp_SECRET@h/o/r/' not found");
-        assert!(!msg.contains("ghp_SECRET"), "{msg}");
-    }
-}
-
 /// The placeholder a deploy's `DECO_CACHE_S3_KEY` may hold for the lockfile
 /// key of the cloned repo (`sandcache key`).
 pub const LOCK_PLACEHOLDER: &str = "{lock}";
@@ -1039,4 +1024,19 @@ fn expand_lock_key(template: &str, repo: &Path) -> String {
         }
     };
     template.replace(LOCK_PLACEHOLDER, &part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_repo_urls_are_redacted() {
+        assert_eq!(redact_url("https://x-token:ghp_SECRET@github.com/o/r.git"), "https://***@github.com/o/r.git");
+        assert_eq!(redact_url("https://github.com/o/r.git"), "https://github.com/o/r.git");
+        assert_eq!(redact_url("file:///tmp/repo"), "file:///tmp/repo");
+        assert_eq!(redact_url("https://github.com/o/r@v1"), "https://github.com/o/r@v1");
+        let msg = redact_urls("fatal: repository 'https://u:ghp_SECRET@h/o/r/' not found");
+        assert!(!msg.contains("ghp_SECRET"), "{msg}");
+    }
 }
