@@ -30,8 +30,10 @@ const PACK_CAPACITY: usize = PACK_TARGET + FRAME_RAW + (FRAME_RAW >> 6);
 pub const MAX_MANIFEST: usize = 256 << 20;
 /// The version new manifests are written with. 1: packs live under the
 /// key (`K.d/packs/`); 2: packs live in the store's shared pool
-/// (`pool/<2 hex>/<id>.pack`). Both are read.
-pub const VERSION: u32 = 2;
+/// (`pool/<2 hex>/<id>.pack`); 3: as 2, and the entries may live in
+/// content-addressed pieces (`pool/<2 hex>/<id>.tree`) that the manifest, a
+/// small root, lists. All are read.
+pub const VERSION: u32 = 3;
 /// The oldest version still read.
 pub const OLDEST_VERSION: u32 = 1;
 
@@ -105,6 +107,12 @@ pub struct PackRef {
 }
 
 /// A generation of the cache.
+///
+/// Either whole (its entries and frames inline), or a root: `pieces` names
+/// the content-addressed pieces that hold the entries, in order, each
+/// itself a whole `Manifest` of a run of entries with the frames and packs
+/// they use; `packs` is then the union of the pieces' packs (what gc and
+/// progress need without reading the pieces).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     pub version: u32,
@@ -112,6 +120,17 @@ pub struct Manifest {
     pub packs: Vec<PackRef>,
     pub frames: Vec<Frame>,
     pub entries: Vec<Entry>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<PieceRef>,
+}
+
+/// A piece of a manifest, by the BLAKE3 of its stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PieceRef {
+    pub id: String,
+    pub size: u64,
+    /// Entries in the piece.
+    pub entries: u64,
 }
 
 /// Where a file's bytes are: frames and the offset in the first.

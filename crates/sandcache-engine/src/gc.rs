@@ -65,7 +65,7 @@ impl Cache {
             // A kept generation that cannot be read stops gc: its packs are
             // unknown, so none may be deleted.
             let manifest =
-                native::fetch_manifest(store, &m.key).await.map_err(|s| format!("reading {}: {}", m.key, s.detail))?;
+                native::fetch_root(store, &m.key).await.map_err(|s| format!("reading {}: {}", m.key, s.detail))?;
             referenced.extend(manifest.packs.iter().map(|p| p.id.clone()));
             kept_keys.insert(m.key.clone());
         }
@@ -79,7 +79,7 @@ impl Cache {
         // Generations written while we worked protect their packs too.
         for m in native::list_manifests(store, key).await.map_err(|e| error_chain(&e))? {
             if !kept_keys.contains(&m.key) && !drop.iter().any(|(_, d)| d.key == m.key) {
-                if let Ok(manifest) = native::fetch_manifest(store, &m.key).await {
+                if let Ok(manifest) = native::fetch_root(store, &m.key).await {
                     referenced.extend(manifest.packs.iter().map(|p| p.id.clone()));
                 } else {
                     return Err(format!("a new generation {} appeared and cannot be read; no pack deleted", m.key));
@@ -106,7 +106,7 @@ impl Cache {
                 if kept_keys.contains(&m.key) {
                     continue;
                 }
-                let Ok(manifest) = native::fetch_manifest(store, &m.key).await else { continue };
+                let Ok(manifest) = native::fetch_root(store, &m.key).await else { continue };
                 if manifest.packs.iter().any(|p| deleted.contains(&p.id)) {
                     tracing::warn!(target: "sandbox-cache", "withdrawing {}: written during gc, it reuses a deleted pack", m.key);
                     store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
@@ -176,7 +176,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
             if i < opts.keep || young(m.last_modified) {
                 // A kept generation that cannot be read stops gc: its packs
                 // are unknown, so none may be deleted.
-                let manifest = native::fetch_manifest(store, &m.key)
+                let manifest = native::fetch_root(store, &m.key)
                     .await
                     .map_err(|s| format!("reading {}: {}; no pack deleted", m.key, s.detail))?;
                 note_refs(&manifest, &key, &mut referenced, &mut referenced_keyed);
@@ -191,7 +191,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     // Generations written while we worked protect their packs too.
     let appeared = new_generations(store, &seen).await?;
     for (key, m) in &appeared {
-        let manifest = native::fetch_manifest(store, &m.key)
+        let manifest = native::fetch_root(store, &m.key)
             .await
             .map_err(|s| format!("a new generation {} cannot be read ({}); no pack deleted", m.key, s.detail))?;
         note_refs(&manifest, key, &mut referenced, &mut referenced_keyed);
@@ -223,10 +223,9 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     // just deleted (its writer checks too).
     if !deleted.is_empty() {
         for (_, m) in new_generations(store, &seen).await? {
-            let Ok(manifest) = native::fetch_manifest(store, &m.key).await else { continue };
-            if manifest.pooled()
-                && manifest.packs.iter().any(|p| parse_id(&p.id).is_some_and(|id| deleted.contains(&id)))
-            {
+            let Ok(manifest) = native::fetch_root(store, &m.key).await else { continue };
+            let mut named = manifest.packs.iter().map(|p| &p.id).chain(manifest.pieces.iter().map(|p| &p.id));
+            if manifest.pooled() && named.any(|id| parse_id(id).is_some_and(|id| deleted.contains(&id))) {
                 tracing::warn!(target: "sandbox-cache", "withdrawing {}: written during gc, it reuses a deleted pack", m.key);
                 store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
                 report.generations_withdrawn += 1;
@@ -252,6 +251,8 @@ fn note_refs(
     pool: &mut HashSet<[u8; 32]>,
     keyed: &mut HashSet<String>,
 ) {
+    // A root names its pieces and the union of their packs.
+    pool.extend(m.pieces.iter().filter_map(|p| parse_id(&p.id)));
     for p in &m.packs {
         if m.pooled() {
             if let Some(id) = parse_id(&p.id) {

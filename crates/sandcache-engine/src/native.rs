@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
-use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest, PackBuilder, PackRef, Span};
+use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest, PackBuilder, PackRef, PieceRef, Span};
 use sandcache_archive::walk::{FileReader, Kind as WalkKind, Meta, Step, Tree};
 use sandcache_archive::{ExtractError, Limits, Progress, WalkError, WalkOptions};
 use sandcache_store::{Store, StoreError};
@@ -52,15 +52,21 @@ pub(crate) fn pool_key(id: &str) -> String {
     format!("{POOL}{}/{id}.pack", id.get(..2).unwrap_or("00"))
 }
 
+/// The shared pool's name for a manifest piece.
+pub(crate) fn piece_key(id: &str) -> String {
+    format!("{POOL}{}/{id}.tree", id.get(..2).unwrap_or("00"))
+}
+
 /// The pool's prefix in a store.
 pub(crate) const POOL: &str = "pool/";
 
-/// The pack id a pool object name carries, if it is one:
-/// `pool/<2 hex>/<64 hex>.pack` with matching first two digits.
+/// The id a pool object name carries, if it is one: a pack
+/// (`pool/<2 hex>/<64 hex>.pack`) or a manifest piece (`.tree`), with
+/// matching first two digits.
 pub(crate) fn pool_id_of(key: &str) -> Option<&str> {
     let rest = key.strip_prefix(POOL)?;
     let (fan, file) = rest.split_once('/')?;
-    let id = file.strip_suffix(".pack")?;
+    let id = file.strip_suffix(".pack").or_else(|| file.strip_suffix(".tree"))?;
     let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     (fan.len() == 2 && id.len() == 64 && hex(id) && id.starts_with(fan)).then_some(id)
 }
@@ -82,9 +88,187 @@ pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, Store
     Ok(parts.concat().into())
 }
 
+/// A generation's manifest, whole: a root's pieces are fetched (16 at a
+/// time), each checked against its hash, and joined in order.
 pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str) -> Result<Manifest, Skip> {
+    let root = fetch_root(store, key).await?;
+    if root.pieces.is_empty() { Ok(root) } else { assemble(store, root).await }
+}
+
+/// A generation's manifest as stored: for a root, its pieces unread (what
+/// gc needs: the union of packs, and the pieces' ids).
+pub(crate) async fn fetch_root(store: &dyn Store, key: &str) -> Result<Manifest, Skip> {
     let bytes = get_all(store, key).await.map_err(crate::restore::store_skip)?;
     Manifest::decode(&bytes).map_err(crate::restore::extract_skip)
+}
+
+// ---------------------------------------------------------------- pieces
+
+/// A piece closes after an entry whose path hashes to a multiple of this
+/// (so boundaries depend on paths only: inserting a package changes the
+/// pieces around it, not every piece after it)...
+const PIECE_CUT: u32 = 256;
+/// ...once it holds this many entries, and in any case at this many.
+const PIECE_MIN: usize = 32;
+const PIECE_MAX: usize = 2048;
+/// Most pieces a root may name.
+const MAX_PIECES: usize = 1 << 16;
+
+fn corrupt(detail: String) -> Skip {
+    Skip::new(Reason::Corrupt, detail)
+}
+
+/// Splits a whole manifest into content-addressed pieces (runs of entries,
+/// cut where a path's hash says, each with the frames and packs it uses,
+/// renumbered by first use) and a root naming them. Unchanged runs give
+/// byte-identical pieces, so a generation uploads only the pieces that
+/// changed. Returns the root and each piece's id and stored bytes.
+pub(crate) fn split(m: &Manifest) -> (Manifest, Vec<(String, Vec<u8>)>) {
+    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut start = 0;
+    for (i, e) in m.entries.iter().enumerate() {
+        let len = i + 1 - start;
+        let h = blake3::hash(e.path.as_bytes());
+        let cut = u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes")) % PIECE_CUT == 0;
+        if (cut && len >= PIECE_MIN) || len >= PIECE_MAX {
+            runs.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < m.entries.len() {
+        runs.push(start..m.entries.len());
+    }
+    let mut pieces = Vec::new();
+    let mut refs = Vec::new();
+    for run in runs {
+        let mut piece = Manifest {
+            version: pack::VERSION,
+            created_ms: 0,
+            packs: Vec::new(),
+            frames: Vec::new(),
+            entries: Vec::new(),
+            pieces: Vec::new(),
+        };
+        let (mut frame_map, mut pack_map) = (HashMap::new(), HashMap::new());
+        for e in &m.entries[run.clone()] {
+            let mut e = e.clone();
+            if let Some(first) = e.frame {
+                let span = m.span_frames(&e).unwrap_or(first as usize..first as usize + 1);
+                for f in span {
+                    if frame_map.contains_key(&f) {
+                        continue;
+                    }
+                    let frame = &m.frames[f];
+                    let pi = *pack_map.entry(frame.pack).or_insert_with(|| {
+                        piece.packs.push(m.packs[frame.pack as usize].clone());
+                        piece.packs.len() as u32 - 1
+                    });
+                    frame_map.insert(f, piece.frames.len() as u32);
+                    piece.frames.push(Frame { pack: pi, ..frame.clone() });
+                }
+                e.frame = Some(frame_map[&(first as usize)]);
+            }
+            piece.entries.push(e);
+        }
+        let bytes = piece.encode();
+        let id = blake3::hash(&bytes).to_hex().to_string();
+        refs.push(PieceRef { id: id.clone(), size: bytes.len() as u64, entries: run.len() as u64 });
+        pieces.push((id, bytes));
+    }
+    let root = Manifest {
+        version: pack::VERSION,
+        created_ms: m.created_ms,
+        packs: m.packs.clone(),
+        frames: Vec::new(),
+        entries: Vec::new(),
+        pieces: refs,
+    };
+    (root, pieces)
+}
+
+/// Joins a root's pieces into one whole manifest (which the caller then
+/// validates as any other): each piece must hash to its id and be whole
+/// itself; frames and packs are renumbered into one list.
+async fn assemble(store: &dyn Store, root: Manifest) -> Result<Manifest, Skip> {
+    if root.pieces.len() > MAX_PIECES {
+        return Err(corrupt(format!("the manifest names {} pieces (at most {MAX_PIECES})", root.pieces.len())));
+    }
+    let max_entries = sandcache_archive::Limits::default().max_entries;
+    let mut whole = Manifest {
+        version: root.version,
+        created_ms: root.created_ms,
+        packs: Vec::new(),
+        frames: Vec::new(),
+        entries: Vec::new(),
+        pieces: Vec::new(),
+    };
+    let mut pack_index: HashMap<String, u32> = HashMap::new();
+    for chunk in root.pieces.chunks(16) {
+        let keys: Vec<String> = chunk.iter().map(|p| piece_key(&p.id)).collect();
+        let fetched = futures::future::join_all(keys.iter().map(|k| get_all(store, k))).await;
+        for (p, bytes) in chunk.iter().zip(fetched) {
+            let bytes = bytes.map_err(|e| match e {
+                StoreError::NotFound { .. } => Skip::new(Reason::NotFound, format!("piece {} is gone", p.id)),
+                e => crate::restore::store_skip(e),
+            })?;
+            if blake3::hash(&bytes).to_hex().as_str() != p.id {
+                return Err(corrupt(format!("piece {} does not hash to its name", p.id)));
+            }
+            let piece = Manifest::decode(&bytes).map_err(crate::restore::extract_skip)?;
+            if !piece.pieces.is_empty() || piece.entries.len() as u64 != p.entries {
+                return Err(corrupt(format!("piece {} is not what its root says", p.id)));
+            }
+            if (whole.entries.len() + piece.entries.len()) as u64 > max_entries {
+                return Err(Skip::new(Reason::TooLarge, format!("the manifest holds over {max_entries} entries")));
+            }
+            let base = whole.frames.len() as u32;
+            for f in &piece.frames {
+                let pr = piece
+                    .packs
+                    .get(f.pack as usize)
+                    .ok_or_else(|| corrupt(format!("piece {}: bad pack index", p.id)))?;
+                let pi = *pack_index.entry(pr.id.clone()).or_insert_with(|| {
+                    whole.packs.push(pr.clone());
+                    whole.packs.len() as u32 - 1
+                });
+                whole.frames.push(Frame { pack: pi, ..f.clone() });
+            }
+            for mut e in piece.entries {
+                if let Some(f) = e.frame.as_mut() {
+                    if *f as usize >= piece.frames.len() {
+                        return Err(corrupt(format!("piece {}: bad frame index", p.id)));
+                    }
+                    *f += base;
+                }
+                whole.entries.push(e);
+            }
+        }
+    }
+    // The same frame named by two pieces is two frames here: harmless (the
+    // same bytes), but frames may not overlap, so merge exact duplicates.
+    dedup_frames(&mut whole);
+    Ok(whole)
+}
+
+/// Merges frames that are the same frame (pack, offset and hash), which
+/// pieces sharing a frame each carry.
+fn dedup_frames(m: &mut Manifest) {
+    let mut seen: HashMap<(u32, u64), u32> = HashMap::new();
+    let mut map = Vec::with_capacity(m.frames.len());
+    let mut frames = Vec::with_capacity(m.frames.len());
+    for f in m.frames.drain(..) {
+        let idx = *seen.entry((f.pack, f.offset)).or_insert_with(|| {
+            frames.push(f.clone());
+            frames.len() as u32 - 1
+        });
+        map.push(idx);
+    }
+    m.frames = frames;
+    for e in &mut m.entries {
+        if let Some(f) = e.frame.as_mut() {
+            *f = map[*f as usize];
+        }
+    }
 }
 
 // ---------------------------------------------------------------- restore
@@ -880,7 +1064,7 @@ pub(crate) fn build(
         entries[i].offset = span.offset;
     }
     let created_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let mut manifest = Manifest { version: pack::VERSION, created_ms, packs, frames, entries };
+    let mut manifest = Manifest { version: pack::VERSION, created_ms, packs, frames, entries, pieces: Vec::new() };
     compact(&mut manifest);
     let unchanged = new_packs.is_empty() && base.is_some_and(|b| b.entries == manifest.entries);
     Ok(SnapshotPlan { manifest, index: new_index, files, bytes, unchanged })

@@ -328,14 +328,34 @@ async fn snapshot_native(
     plan.manifest
         .validate(&Limits::default(), &target.dir)
         .map_err(|e| Skip::new(Reason::Corrupt, format!("refusing to upload an invalid manifest: {e}")))?;
-    let bytes = plan.manifest.encode();
+    // The manifest as pieces and a small root: only pieces the pool lacks
+    // (the runs of entries that changed) are uploaded.
+    let (root, pieces) = native::split(&plan.manifest);
+    let (mut pieces_added, mut pieces_reused) = (0u64, 0u64);
+    for chunk in pieces.chunks(8) {
+        let puts = chunk.iter().map(|(id, bytes)| async move {
+            let pkey = native::piece_key(id);
+            if store.head(&pkey).await?.is_some() {
+                return Ok::<_, StoreError>((0, bytes.len() as u64));
+            }
+            store.put(&pkey, one_chunk(bytes.clone())).await?;
+            Ok((bytes.len() as u64, 0))
+        });
+        for r in futures::future::join_all(puts).await {
+            let (added, reused) = r.map_err(store_skip)?;
+            pieces_added += added;
+            pieces_reused += reused;
+        }
+    }
+    transferred += pieces_added;
+    let bytes = root.encode();
     transferred += bytes.len() as u64;
     let mkey = native::manifest_key(key, plan.manifest.created_ms);
     store.put(&mkey, one_chunk(bytes)).await.map_err(store_skip)?;
     // A gc that ran meanwhile may have removed a pack this generation reuses
     // (nothing it kept referenced it): withdraw the generation rather than
     // leave a manifest that points at nothing. One HEAD per pack.
-    let gone = match missing_pack(store.as_ref(), &plan.manifest).await {
+    let gone = match missing_pack(store.as_ref(), &root).await {
         Ok(gone) => gone,
         // Unknown: keep the generation; a reader that finds a pack missing
         // falls back, the next snapshot does not build on it, and gc's own
@@ -356,15 +376,16 @@ async fn snapshot_native(
         ));
     }
     let uploaded_ids = uploaded_ids.into_inner().unwrap_or_else(|e| e.into_inner());
-    let (mut added, mut reused) = (0u64, 0u64);
+    let (mut added, mut reused) = (pieces_added, pieces_reused);
     for p in &plan.manifest.packs {
         if uploaded_ids.contains(&p.id) { added += p.size } else { reused += p.size }
     }
     tracing::info!(
         target: "sandbox-cache",
         pool_added = added, pool_reused = reused,
-        "generation {mkey}: {} packs, {} MB added to the pool, {} MB reused{}",
+        "generation {mkey}: {} packs and {} pieces, {} MB added to the pool, {} MB reused{}",
         plan.manifest.packs.len(),
+        root.pieces.len(),
         crate::mb(added),
         crate::mb(reused),
         if base.is_some() { " (deduplicated against the base)" } else { "" }
@@ -374,15 +395,20 @@ async fn snapshot_native(
     Ok(Done { files: plan.files, bytes: plan.bytes, transferred, pool_added: added, pool_reused: reused })
 }
 
-/// The first pool pack a generation names that the store no longer holds:
-/// one HEAD per pack, 16 at a time.
+/// The first pool object (pack or piece) a generation names that the store
+/// no longer holds: one HEAD each, 16 at a time.
 async fn missing_pack(store: &dyn Store, m: &sandcache_archive::pack::Manifest) -> Result<Option<String>, StoreError> {
-    for chunk in m.packs.chunks(16) {
-        let keys: Vec<String> = chunk.iter().map(|p| native::pool_key(&p.id)).collect();
-        let heads = futures::future::join_all(keys.iter().map(|k| store.head(k))).await;
-        for (p, head) in chunk.iter().zip(heads) {
+    let objects: Vec<String> = m
+        .packs
+        .iter()
+        .map(|p| native::pool_key(&p.id))
+        .chain(m.pieces.iter().map(|p| native::piece_key(&p.id)))
+        .collect();
+    for chunk in objects.chunks(16) {
+        let heads = futures::future::join_all(chunk.iter().map(|k| store.head(k))).await;
+        for (k, head) in chunk.iter().zip(heads) {
             if head?.is_none() {
-                return Ok(Some(p.id.clone()));
+                return Ok(Some(k.clone()));
             }
         }
     }

@@ -15,7 +15,18 @@ pub async fn check(store: &dyn Store, key: &str) -> Result<usize, String> {
     for info in &manifests {
         let bytes = get(store, &info.key).await?;
         let m = Manifest::decode(&bytes).map_err(|e| format!("{}: {e}", info.key))?;
-        m.validate(&Limits::default(), Path::new("/deno-dir")).map_err(|e| format!("{}: {e}", info.key))?;
+        // A root's pieces: each stored, hashing to its name, and whole.
+        for p in &m.pieces {
+            let piece_key = format!("pool/{}/{}.tree", &p.id[..2], p.id);
+            let bytes = get(store, &piece_key).await.map_err(|e| format!("{} names {piece_key}: {e}", info.key))?;
+            if blake3::hash(&bytes).to_hex().as_str() != p.id {
+                return Err(format!("{} names {piece_key}, which is not what it says", info.key));
+            }
+            Manifest::decode(&bytes).map_err(|e| format!("{piece_key}: {e}"))?;
+        }
+        if m.pieces.is_empty() {
+            m.validate(&Limits::default(), Path::new("/deno-dir")).map_err(|e| format!("{}: {e}", info.key))?;
+        }
         for (i, p) in m.packs.iter().enumerate() {
             let pack_key = pack_location(key, &m, &p.id);
             let bytes = get(store, &pack_key).await.map_err(|e| format!("{} names {pack_key}: {e}", info.key))?;

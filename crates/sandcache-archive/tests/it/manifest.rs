@@ -52,6 +52,7 @@ fn sample() -> (Manifest, Vec<u8>) {
             file("d/a", fa, oa, &a),
             file("d/big", fb, ob, &big),
         ],
+        pieces: Vec::new(),
     };
     (m, p.bytes)
 }

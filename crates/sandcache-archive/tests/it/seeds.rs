@@ -188,6 +188,7 @@ fn sample_manifest() -> Manifest {
             Entry::symlink("d/l".into(), "a".into(), 0o777, 1),
             Entry::symlink("abs".into(), "/deno-dir/d/a".into(), 0o777, 1),
         ],
+        pieces: Vec::new(),
     }
 }
 

@@ -871,6 +871,7 @@ fn native(entries: &[E]) -> Native {
         packs: Vec::new(),
         frames: Vec::new(),
         entries: Vec::new(),
+        pieces: Vec::new(),
     };
     let mut bytes = Vec::new();
     let mut odd = Vec::new();

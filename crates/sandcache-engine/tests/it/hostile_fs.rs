@@ -484,7 +484,11 @@ fn special_files_and_a_15_tib_file_end_within_the_deadline_and_stop_their_thread
         };
         let stored: Vec<Vec<u8>> = stored_bytes(&tmp.path().join("store"))
             .into_iter()
-            .filter(|(p, _)| p.to_string_lossy().contains(&format!("{format:?}/small")))
+            // Native entries live in the pool's manifest pieces.
+            .filter(|(p, _)| {
+                let p = p.to_string_lossy();
+                p.contains(&format!("{format:?}/small")) || (format == Format::Native && p.ends_with(".tree"))
+            })
             .map(|(_, b)| b)
             .collect();
         let holds = |n: &str| stored.iter().any(|b| contains(b, name(n).as_bytes()));
