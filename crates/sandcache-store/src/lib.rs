@@ -82,6 +82,18 @@ pub trait Store: fmt::Debug + fmt::Display + Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
     /// Deletes an object; deleting a missing one is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Writes a whole object only if none exists under the key; `Ok(false)`
+    /// when one did and nothing was written. For content-addressed objects
+    /// that must never be overwritten. Where the server does not enforce
+    /// conditional writes (Garage ignores `If-None-Match`), a racing writer
+    /// may still overwrite: callers must not depend on it for correctness.
+    async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        if self.head(key).await?.is_some() {
+            return Ok(false);
+        }
+        self.put(key, Box::pin(futures::stream::once(async move { Ok(bytes) }))).await?;
+        Ok(true)
+    }
 }
 
 /// Timeouts and retries for network stores. They nest inside the engine's

@@ -106,6 +106,31 @@ impl Store for LocalStore {
         result
     }
 
+    /// The temp file is linked to the name, which fails if the name exists:
+    /// never an overwrite.
+    async fn put_new(&self, key: &str, bytes: bytes::Bytes) -> Result<bool, StoreError> {
+        let path = self.path(key)?;
+        let dir = path.parent().expect("a checked key has a parent under the root").to_owned();
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| StoreError::Io { path: dir.clone(), source: e })?;
+        let name = path.file_name().expect("checked key").to_string_lossy();
+        let tmp = dir.join(format!(".{name}{TMP_MARKER}{:016x}", rand::random::<u64>()));
+        let io = |source| StoreError::Io { path: tmp.clone(), source };
+        let result: Result<bool, StoreError> = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+            file.write_all(&bytes).await.map_err(io)?;
+            file.sync_all().await.map_err(io)?;
+            drop(file);
+            match tokio::fs::hard_link(&tmp, &path).await {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(StoreError::Io { path: path.clone(), source: e }),
+            }
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        result
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let path = self.path(key)?;
         match tokio::fs::metadata(&path).await {

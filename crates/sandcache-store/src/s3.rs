@@ -237,6 +237,19 @@ impl Store for S3Store {
         self.put_multipart(key, &location, first.freeze(), body).await
     }
 
+    /// One PUT with `If-None-Match: *` (object_store's `PutMode::Create`):
+    /// S3 refuses it with 412 when the key exists. Garage accepts and
+    /// ignores the header, so there it can overwrite.
+    async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        let location = self.location(key)?;
+        let opts = object_store::PutOptions { mode: object_store::PutMode::Create, ..Default::default() };
+        match self.inner.put_opts(&location, PutPayload::from(bytes), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(map_err(key, e)),
+        }
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
         let location = self.location(key)?;
         match self.inner.head(&location).await {

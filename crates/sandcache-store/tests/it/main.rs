@@ -72,6 +72,20 @@ async fn conformance(store: Arc<dyn Store>) {
     store.delete("site/small").await.unwrap();
     assert!(store.get("site/small").await.unwrap_err().is_not_found());
 
+    // put_new writes a missing key; over an existing one it never leaves a
+    // mix: the local store refuses (Ok(false)), S3 refuses with 412, and
+    // Garage, which ignores If-None-Match, may overwrite whole.
+    assert!(store.put_new("pool/ab/new", bytes::Bytes::from_static(b"first")).await.unwrap());
+    assert_eq!(read_all(store.as_ref(), "pool/ab/new").await, b"first");
+    let again = store.put_new("pool/ab/new", bytes::Bytes::from_static(b"other")).await.unwrap();
+    let now = read_all(store.as_ref(), "pool/ab/new").await;
+    assert!(now == b"first" || (again && now == b"other"), "{again} {now:?}");
+    if store.to_string().starts_with("file://") {
+        assert!(!again, "the local store never overwrites");
+    }
+    let keys: Vec<String> = store.list("pool/").await.unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(keys, ["pool/ab/new"], "no temp file is left");
+
     // Bad keys are refused before any request.
     for bad in ["", "/abs", "a/../b", "a//b"] {
         assert!(matches!(store.get(bad).await.unwrap_err(), StoreError::InvalidKey { .. }), "{bad:?}");
