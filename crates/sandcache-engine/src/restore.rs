@@ -64,9 +64,7 @@ impl Cache {
     pub async fn restore(&self, dir: &Path, opts: &RestoreOptions) -> Outcome {
         let from = std::sync::OnceLock::new();
         let mut outcome = self
-            .bounded(Op::Restore, opts.timeout, |store, key, deadline| {
-                restore(store.as_ref(), key, dir, opts, deadline, &from)
-            })
+            .bounded(Op::Restore, opts.timeout, |store, key, deadline| restore(store, key, dir, opts, deadline, &from))
             .await;
         if outcome.is_done() {
             outcome.from_key = from.into_inner();
@@ -110,13 +108,14 @@ fn log(o: &Outcome, location: &str) {
 }
 
 async fn restore(
-    store: &dyn Store,
+    shared: &Arc<dyn Store>,
     key: &str,
     dir: &Path,
     opts: &RestoreOptions,
     deadline: Instant,
     from: &std::sync::OnceLock<String>,
 ) -> Result<Done, Skip> {
+    let store = shared.as_ref();
     // The dir's own name is never followed (nor is it later: renames do not
     // follow their last component), so a dir swapped for a symlink is
     // replaced, never the place it points at.
@@ -161,7 +160,7 @@ async fn restore(
                 break;
             }
             let result = match &candidate {
-                Candidate::Native { manifest, .. } => restore_native(store, &candidate, manifest, &target, opts).await,
+                Candidate::Native { manifest, .. } => restore_native(shared, &candidate, manifest, &target, opts).await,
                 Candidate::Archive { key } => {
                     restore_archive(store, key, &target, opts).await.map(|(d, s)| (d, s, None))
                 }
@@ -319,15 +318,30 @@ fn manifest_ms(key: &str) -> Option<u64> {
 
 /// Restores one native generation into a new staging dir.
 async fn restore_native(
-    store: &dyn Store,
+    shared: &Arc<dyn Store>,
     candidate: &Candidate,
     info: &sandcache_store::ObjectInfo,
     target: &Target,
     opts: &RestoreOptions,
 ) -> Result<(Done, Staging, Option<(Arc<Manifest>, String)>), Skip> {
+    let store = shared.as_ref();
     let key = candidate.key();
-    let m = native::fetch_manifest(store, &info.key).await?;
+    let started = Instant::now();
+    // The root first; then its pieces, while the first packs download.
+    let root = native::fetch_root(store, &info.key).await?;
+    let prefetch = native::Prefetch::start(shared, key, &root);
+    let m = native::whole(store, root).await?;
+    let fetched = started.elapsed();
     m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;
+    tracing::debug!(
+        target: "sandbox-cache",
+        "manifest {}: {} entries, {} packs, fetched in {} ms, validated in {} ms",
+        info.key,
+        m.entries.len(),
+        m.packs.len(),
+        fetched.as_millis(),
+        (started.elapsed() - fetched).as_millis()
+    );
     let m = Arc::new(m);
     if let Some(p) = &opts.progress {
         let total: u64 = m.packs.iter().map(|p| p.size).sum();
@@ -341,7 +355,7 @@ async fn restore_native(
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
     let at = staging.0.clone().expect("set above");
-    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts).await;
+    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, &prefetch).await;
     drop(guard);
     let s = result?;
     staging.0 = None;

@@ -286,8 +286,12 @@ async fn snapshot_native(
                         if store.head(&pkey).await?.is_some() {
                             return Ok(0);
                         }
+                        // `If-None-Match` where the server enforces it: a
+                        // writer that raced us keeps its object.
                         let len = p.bytes.len() as u64;
-                        store.put(&pkey, one_chunk(p.bytes)).await?;
+                        if !store.put_new(&pkey, p.bytes.into()).await? {
+                            return Ok(0);
+                        }
                         uploaded_ids.lock().unwrap_or_else(|e| e.into_inner()).insert(p.id);
                         Ok::<u64, StoreError>(len)
                     }
@@ -335,11 +339,11 @@ async fn snapshot_native(
     for chunk in pieces.chunks(8) {
         let puts = chunk.iter().map(|(id, bytes)| async move {
             let pkey = native::piece_key(id);
-            if store.head(&pkey).await?.is_some() {
-                return Ok::<_, StoreError>((0, bytes.len() as u64));
+            let len = bytes.len() as u64;
+            if store.head(&pkey).await?.is_some() || !store.put_new(&pkey, bytes.clone().into()).await? {
+                return Ok::<_, StoreError>((0, len));
             }
-            store.put(&pkey, one_chunk(bytes.clone())).await?;
-            Ok((bytes.len() as u64, 0))
+            Ok((len, 0))
         });
         for r in futures::future::join_all(puts).await {
             let (added, reused) = r.map_err(store_skip)?;

@@ -237,7 +237,10 @@ async fn one_more_package_uploads_its_content_a_few_pieces_and_the_root() {
         assert!((1..=3).contains(&new_pieces), "{new_pieces} new pieces");
         let full = first.to_json()["transferred"].as_u64().unwrap();
         let t = j["transferred"].as_u64().unwrap();
-        assert!(t < 64 << 10 && t * 4 < full, "one package: {t} bytes vs {full} for the whole tree");
+        // The pieces around the new entries (each holds about 512 entries'
+        // hashes, which do not compress) and the root, not the whole
+        // manifest: the bench measures the bound on a real DENO_DIR.
+        assert!(t < 128 << 10 && t * 2 < full, "one package: {t} bytes vs {full} for the whole tree");
 
         let dest = tmp.path().join(format!("dest-{}", rand::random::<u32>()));
         let out = cache.restore(&dest, &RestoreOptions::default()).await;
@@ -245,9 +248,11 @@ async fn one_more_package_uploads_its_content_a_few_pieces_and_the_root() {
         assert_same_tree(&src, &dest);
         assert_eq!(check(store.as_ref(), "site/cache").await.unwrap(), 2);
 
-        // A piece overwritten with other bytes: corrupt, and nothing written.
-        let (_, root) = manifests(store.as_ref(), "site/cache").await.unwrap().remove(0);
-        let victim = format!("pool/{}/{}.tree", &root.pieces[0].id[..2], root.pieces[0].id);
+        // A piece both generations share, overwritten with other bytes:
+        // each is corrupt, and nothing is written.
+        let roots = manifests(store.as_ref(), "site/cache").await.unwrap();
+        let shared = roots[0].1.pieces.iter().find(|p| roots[1].1.pieces.contains(p)).expect("a shared piece");
+        let victim = format!("pool/{}/{}.tree", &shared.id[..2], shared.id);
         put(store.as_ref(), &victim, b"not this piece".to_vec()).await;
         let dir = tmp.path().join(format!("e-{}", rand::random::<u32>()));
         let out = cache.restore(&dir, &RestoreOptions::default()).await;
@@ -255,5 +260,66 @@ async fn one_more_package_uploads_its_content_a_few_pieces_and_the_root() {
         assert!(!dir.exists() || fs::read_dir(&dir).unwrap().count() == 0, "nothing of a bad generation is written");
         fs::remove_dir_all(pkg.parent().unwrap()).unwrap();
         settle();
+    }
+}
+
+/// Generations written before the pool (version 1: packs under the key)
+/// and before manifest pieces (version 2: a whole manifest, packs in the
+/// pool) still restore, and the first snapshot over a version-1 one moves
+/// its content into the pool once.
+#[tokio::test]
+async fn older_layouts_still_restore() {
+    use sandcache_archive::pack::{BuiltPack, Entry, Kind, Manifest, PackBuilder, PackRef};
+    let tmp = tempfile::tempdir().unwrap();
+    for store in stores("pool-compat", tmp.path()) {
+        for (version, key) in [(1u32, "old/v1"), (2, "old/v2")] {
+            let mut done: Vec<BuiltPack> = Vec::new();
+            let mut b = PackBuilder::new(3);
+            let (a, c) = (b"first file".to_vec(), format!("version {version}").into_bytes());
+            let (fa, oa) = b.add(&a, &mut done);
+            let (fc, oc) = b.add(&c, &mut done);
+            b.finish(&mut done);
+            let p = done.remove(0);
+            let file = |path: &str, frame: u32, offset: u64, data: &[u8]| Entry {
+                frame: Some(frame),
+                offset,
+                ..Entry::file(path.into(), 0o644, 1, data.len() as u64, blake3::hash(data).to_hex().to_string())
+            };
+            let m = Manifest {
+                version,
+                created_ms: 1_700_000_000_000,
+                packs: vec![PackRef { id: p.id.clone(), size: p.bytes.len() as u64 }],
+                frames: p.frames.clone(),
+                entries: vec![
+                    Entry { kind: Kind::Dir, ..Entry::dir("d".into(), 0o755, 1) },
+                    file("d/a", fa, oa, &a),
+                    file("d/c", fc, oc, &c),
+                ],
+                pieces: Vec::new(),
+            };
+            put(store.as_ref(), &pack_location(key, &m, &p.id), p.bytes.clone()).await;
+            put(store.as_ref(), &format!("{key}.d/manifests/1700000000000-00000001.json.zst"), m.encode()).await;
+            let dir = tmp.path().join(format!("v{version}-{}", rand::random::<u32>()));
+            let cache = Cache::new(store.clone(), key);
+            let out = cache.restore(&dir, &RestoreOptions::default()).await;
+            assert!(out.is_done(), "version {version}: {}", out.to_json());
+            assert_eq!(fs::read(dir.join("d/c")).unwrap(), c);
+            settle();
+            // The next snapshot writes the current layout; from version 1
+            // its content goes into the pool (once), from 2 it is there.
+            fs::write(dir.join("d/new"), b"added").unwrap();
+            let snap = cache.snapshot(&dir, &SnapshotOptions::default()).await;
+            let j = snap.to_json();
+            assert!(snap.is_done(), "{j}");
+            if version == 1 {
+                assert_eq!(j["pool_reused"], 0, "a version-1 base is not referenced: {j}");
+            } else {
+                assert!(j["pool_reused"].as_u64().unwrap() >= p.bytes.len() as u64, "{j}");
+            }
+            let again = tmp.path().join(format!("again-{}", rand::random::<u32>()));
+            assert!(cache.restore(&again, &RestoreOptions::default()).await.is_done());
+            assert_same_tree(&dir, &again);
+            settle();
+        }
     }
 }
