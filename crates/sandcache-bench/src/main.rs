@@ -44,6 +44,10 @@ struct Args {
     /// The sandcache binary (default: beside this one).
     #[arg(long)]
     sandcache: Option<PathBuf>,
+    /// An older sandcache binary (the per-key layout, before the shared
+    /// pool) whose native restore is measured beside this one's.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 /// Pipeline pieces the cases run in child processes.
@@ -53,6 +57,15 @@ enum Helper {
     Cat { store: String, key: String },
     /// Read all of stdin into memory, then one PUT (the seed's snapshot).
     PutBuffered { store: String, key: String },
+    /// A synthetic store of many keys, then a store-wide `sandcache gc`
+    /// over it, timed (wall time and peak RSS).
+    GcSynthetic {
+        store: String,
+        #[arg(long, default_value = "10000")]
+        keys: usize,
+        #[arg(long, default_value = "3")]
+        generations: usize,
+    },
 }
 
 fn store_of(spec: &str) -> Box<dyn Store> {
@@ -67,6 +80,9 @@ fn store_of(spec: &str) -> Box<dyn Store> {
 }
 
 fn helper(h: Helper) -> ExitCode {
+    if let Helper::GcSynthetic { store, keys, generations } = h {
+        return gc_synthetic(&store, keys, generations);
+    }
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     rt.block_on(async {
         match h {
@@ -88,6 +104,7 @@ fn helper(h: Helper) -> ExitCode {
                 let body = futures::stream::once(async move { Ok(bytes::Bytes::from(all)) });
                 store_of(&store).put(&key, Box::pin(body)).await.expect("put");
             }
+            Helper::GcSynthetic { .. } => unreachable!("handled above"),
         }
     });
     ExitCode::SUCCESS
@@ -203,6 +220,9 @@ fn main() -> ExitCode {
     sh(&format!("tar -cf {} -C {} .", q(&tar_file), q(&corpus)));
     sh(&format!("{sc} snapshot -q --force --format tgz --dir {} --store {store} --key {run}/tgz", q(&corpus)));
     sh(&format!("{sc} snapshot -q --force --format native --dir {} --store {store} --key {run}/native", q(&corpus)));
+    if let Some(old) = &args.baseline {
+        sh(&format!("{} snapshot -q --force --dir {} --store {store} --key {run}/baseline", old.display(), q(&corpus)));
+    }
 
     for (fs_name, root) in [("tmpfs", &args.tmpfs), ("disk", &args.disk)] {
         let root = root.join(&run).join("restore");
@@ -247,6 +267,19 @@ fn main() -> ExitCode {
             })
             .collect();
         add("sandcache restore, native", s, None);
+        if let Some(old) = &args.baseline {
+            let s = (0..runs)
+                .map(|_| {
+                    let cmd = format!(
+                        "{} restore -q --json --dir {} --store {store} --key {run}/baseline",
+                        old.display(),
+                        q(&fresh())
+                    );
+                    measure(&cmd, None)
+                })
+                .collect();
+            add("baseline binary restore, native, per-key layout", s, None);
+        }
         // As a root runner restores for its worker: every entry chowned.
         if rustix::process::geteuid().is_root() {
             let s = (0..runs)
@@ -292,14 +325,15 @@ fn main() -> ExitCode {
         })
         .collect();
     rows.push(Row { name: "seed: tar -czf into memory, one PutObject".into(), samples: s, bytes: None });
-    // Full: a fresh key and no local index each time.
+    // Full: a fresh store prefix (an empty pool), a fresh key and no local
+    // index each time.
     let index =
         corpus.with_file_name(format!(".{}.sandcache-index.json", corpus.file_name().unwrap().to_string_lossy()));
     let s = (0..runs)
         .map(|i| {
             let _ = std::fs::remove_file(&index);
             measure(
-                &format!("{sc} snapshot -q --json --force --dir {} --store {store} --key {run}/full-{i}", q(&corpus)),
+                &format!("{sc} snapshot -q --json --force --dir {} --store {store}/{run}-full-{i} --key k", q(&corpus)),
                 None,
             )
         })
@@ -312,7 +346,7 @@ fn main() -> ExitCode {
     let s = (0..runs)
         .map(|_| {
             measure(
-                &format!("{sc} snapshot -q --json --dir {} --store {store} --key {run}/full-{last}", q(&corpus)),
+                &format!("{sc} snapshot -q --json --dir {} --store {store}/{run}-full-{last} --key k", q(&corpus)),
                 None,
             )
         })
@@ -322,7 +356,7 @@ fn main() -> ExitCode {
         .map(|_| {
             measure(
                 &format!(
-                    "{sc} snapshot -q --json --force --dir {} --store {store} --key {run}/full-{last}",
+                    "{sc} snapshot -q --json --force --dir {} --store {store}/{run}-full-{last} --key k",
                     q(&corpus)
                 ),
                 None,
@@ -337,10 +371,10 @@ fn main() -> ExitCode {
             .map(|i| {
                 let copy = work.join(format!("extra-{i}/deno-dir"));
                 sh(&format!("mkdir -p {p} && cp -a {}/. {p}", q(&corpus), p = q(&copy)));
-                sh(&format!("{sc} snapshot -q --dir {} --store {store} --key {run}/extra-{i}", q(&copy)));
+                sh(&format!("{sc} snapshot -q --dir {} --store {store}/{run}-extra-{i} --key k", q(&copy)));
                 sh(&format!("cd {} && find . -type f | while read f; do [ -e {}/\"$f\" ] || {{ mkdir -p {}/\"$(dirname \"$f\")\"; cp -a \"$f\" {}/\"$f\"; }}; done",
                     q(extra), q(&corpus), q(&copy), q(&copy)));
-                measure(&format!("{sc} snapshot -q --json --dir {} --store {store} --key {run}/extra-{i}", q(&copy)), None)
+                measure(&format!("{sc} snapshot -q --json --dir {} --store {store}/{run}-extra-{i} --key k", q(&copy)), None)
             })
             .collect();
         rows.push(Row { name: "sandcache snapshot, native, after adding one package".into(), samples: s, bytes: None });
@@ -352,6 +386,178 @@ fn main() -> ExitCode {
         .expect("sh");
     rows[0].bytes = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
     print_table("Snapshot (corpus on disk)", &rows);
+    if let Some(extra) = &args.corpus_extra {
+        layers(&sc, store, &run, &corpus, extra, &work, runs);
+    }
     sh(&format!("rm -rf {}", q(&work)));
+    ExitCode::SUCCESS
+}
+
+/// Bytes stored under a store URL (every object).
+fn stored_bytes(store: &str) -> u64 {
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    rt.block_on(async { store_of(store).list("").await.expect("list").iter().map(|o| o.size).sum() })
+}
+
+/// Runs a sandcache command and returns its `--json` object.
+fn json_of(script: &str) -> serde_json::Value {
+    let out = Command::new("sh").args(["-c", script]).output().expect("sh");
+    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+/// Layers and sharing (issue 13), each in a store prefix of its own so the
+/// pool starts empty: a site's first wake-up from a base and its first
+/// snapshot, one package added to a key, ten keys of one corpus.
+fn layers(sc: &str, store: &str, run: &str, corpus: &Path, extra: &Path, work: &Path, runs: usize) {
+    let q = |p: &Path| format!("'{}'", p.display());
+    // The added package's own files, and their size as a tar.zst.
+    let list = work.join("added-files");
+    sh(&format!(
+        "cd {} && find . -type f | while read f; do [ -e {}/\"$f\" ] || echo \"$f\"; done > {}",
+        q(extra),
+        q(corpus),
+        q(&list)
+    ));
+    let files = std::fs::read_to_string(&list).unwrap_or_default().lines().count();
+    let out = Command::new("sh")
+        .args(["-c", &format!("tar -cf - -C {} -T {} | zstd -3 -q -c | wc -c", q(extra), q(&list))])
+        .output()
+        .expect("sh");
+    let pkg_zst: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    let bound = pkg_zst * 3 / 2 + (64 << 10);
+    let add_package = |dir: &Path| {
+        sh(&format!(
+            "cd {} && while read f; do mkdir -p {d}/\"$(dirname \"$f\")\"; cp -a \"$f\" {d}/\"$f\"; done < {}",
+            q(extra),
+            q(&list),
+            d = q(dir)
+        ));
+    };
+    println!(
+        "\nLayers and sharing ({files} files added by one package: {:.1} KB as tar.zst; bound 1.5x that + 64 KB = {:.1} KB)",
+        pkg_zst as f64 / 1e3,
+        bound as f64 / 1e3
+    );
+    println!("| case | median bytes uploaded | ratio to bound | runs |");
+    println!("|---|---:|---:|---:|");
+    let row = |name: &str, mut v: Vec<u64>| {
+        v.sort();
+        let m = v[v.len() / 2];
+        println!("| {name} | {:.1} KB | {:.2}x | {} |", m as f64 / 1e3, m as f64 / bound as f64, v.len());
+    };
+    // 1. First wake-up of a new site from a base, then its first snapshot.
+    let mut first = Vec::new();
+    let mut hits = Vec::new();
+    for i in 0..runs {
+        let s = format!("{store}/{run}-layers-{i}");
+        sh(&format!("{sc} snapshot -q --dir {} --store {s} --key base/deno", q(corpus)));
+        let dir = work.join(format!("site-{i}/deno-dir"));
+        let r =
+            json_of(&format!("{sc} restore -q --json --dir {} --store {s} --key site/cache --fallback base/", q(&dir)));
+        hits.push(format!("{}:{}", r["hit"].as_str().unwrap_or("miss"), r["from_key"].as_str().unwrap_or("")));
+        add_package(&dir);
+        let snap = json_of(&format!("{sc} snapshot -q --json --dir {} --store {s} --key site/cache", q(&dir)));
+        first.push(snap["transferred"].as_u64().unwrap_or(0));
+    }
+    row(&format!("first wake-up from a base, then the site's first snapshot (restore: {})", hits.join(", ")), first);
+    // 2. One package added to an existing key.
+    let mut added = Vec::new();
+    for i in 0..runs {
+        let s = format!("{store}/{run}-added-{i}");
+        let dir = work.join(format!("added-{i}/deno-dir"));
+        sh(&format!("mkdir -p {d} && cp -a {}/. {d}", q(corpus), d = q(&dir)));
+        sh(&format!("{sc} snapshot -q --dir {} --store {s} --key site/cache", q(&dir)));
+        add_package(&dir);
+        let snap = json_of(&format!("{sc} snapshot -q --json --dir {} --store {s} --key site/cache", q(&dir)));
+        added.push(snap["transferred"].as_u64().unwrap_or(0));
+    }
+    row("one package added to an existing key", added);
+    // 3. Ten keys holding the same corpus, against one.
+    let s = format!("{store}/{run}-ten");
+    sh(&format!("{sc} snapshot -q --force --dir {} --store {s} --key site-0/cache", q(corpus)));
+    let one = stored_bytes(&s);
+    for k in 1..10 {
+        sh(&format!("{sc} snapshot -q --force --dir {} --store {s} --key site-{k}/cache", q(corpus)));
+    }
+    let ten = stored_bytes(&s);
+    println!(
+        "\nStorage: one key {:.1} MB, ten keys of the same corpus {:.1} MB: {:.3}x (target at most 1.1x)",
+        one as f64 / 1e6,
+        ten as f64 / 1e6,
+        ten as f64 / one as f64
+    );
+}
+
+/// Fills `store` with `keys` keys of `generations` generations each: small
+/// roots naming 30 of 256 shared packs and three pieces (one shared by all,
+/// one per key, one per generation), plus 1,000 unreferenced pool objects;
+/// then times `sandcache gc --keep 2 --grace 0` over it.
+fn gc_synthetic(store: &str, keys: usize, generations: usize) -> ExitCode {
+    use sandcache_archive::pack::{Manifest, PackRef, PieceRef};
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let target = store_of(store);
+    let id = |s: String| blake3::hash(s.as_bytes()).to_hex().to_string();
+    let pool = |id: &str, ext: &str| format!("pool/{}/{id}.{ext}", &id[..2]);
+    let start = std::time::Instant::now();
+    let mut objects: Vec<(String, Vec<u8>)> = Vec::new();
+    let packs: Vec<String> = (0..256).map(|i| id(format!("pack {i}"))).collect();
+    for p in &packs {
+        objects.push((pool(p, "pack"), vec![0u8; 64]));
+    }
+    for i in 0..1000 {
+        objects.push((pool(&id(format!("orphan {i}")), "pack"), vec![0u8; 64]));
+    }
+    let shared_piece = id("shared piece".into());
+    objects.push((pool(&shared_piece, "tree"), vec![0u8; 64]));
+    for k in 0..keys {
+        let key_piece = id(format!("key piece {k}"));
+        objects.push((pool(&key_piece, "tree"), vec![0u8; 64]));
+        for g in 0..generations {
+            let gen_piece = id(format!("piece {k} {g}"));
+            objects.push((pool(&gen_piece, "tree"), vec![0u8; 64]));
+            let root = Manifest {
+                version: sandcache_archive::pack::VERSION,
+                created_ms: 1_700_000_000_000 + g as u64,
+                packs: (0..30).map(|j| PackRef { id: packs[(k * 7 + j) % 256].clone(), size: 64 }).collect(),
+                frames: Vec::new(),
+                entries: Vec::new(),
+                pieces: [&shared_piece, &key_piece, &gen_piece]
+                    .iter()
+                    .map(|p| PieceRef { id: (*p).clone(), size: 64, entries: 100 })
+                    .collect(),
+            };
+            let name = format!("site-{k:05}/cache.tgz.d/manifests/{:013}-{:08x}.json.zst", root.created_ms, g);
+            objects.push((name, root.encode()));
+        }
+    }
+    let n = objects.len();
+    rt.block_on(async {
+        use futures::StreamExt;
+        let target = &target;
+        futures::stream::iter(objects)
+            .map(|(k, b)| async move {
+                let body = futures::stream::once(async move { Ok(bytes::Bytes::from(b)) });
+                target.put(&k, Box::pin(body)).await.expect("put");
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+            .await;
+    });
+    eprintln!(
+        "gc-synthetic: wrote {n} objects ({keys} keys x {generations} generations) in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let sc = std::env::current_exe().expect("own path").with_file_name("sandcache");
+    let report = std::env::temp_dir().join(format!("gc-synthetic-{}.json", std::process::id()));
+    let s =
+        measure(&format!("{} gc --store {store} --keep 2 --grace 0 --json > {}", sc.display(), report.display()), None);
+    println!(
+        "store-wide gc over {keys} keys x {generations} generations ({n} objects): {:.2} s, peak RSS {:.0} MiB: {}",
+        s.secs,
+        s.rss_kib as f64 / 1024.0,
+        std::fs::read_to_string(&report).unwrap_or_default().trim()
+    );
+    let _ = std::fs::remove_file(&report);
     ExitCode::SUCCESS
 }
