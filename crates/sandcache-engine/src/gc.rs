@@ -169,25 +169,29 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     let mut referenced: HashSet<[u8; 32]> = HashSet::new();
     let mut referenced_keyed: HashSet<String> = HashSet::new();
     let mut seen: HashSet<String> = HashSet::new();
+    let (mut keep, mut drop) = (Vec::new(), Vec::new());
     for (key, mut gens) in generations {
         gens.sort_by(|a, b| b.key.cmp(&a.key));
         for (i, m) in gens.into_iter().enumerate() {
             seen.insert(m.key.clone());
-            if i < opts.keep || young(m.last_modified) {
-                // A kept generation that cannot be read stops gc: its packs
-                // are unknown, so none may be deleted.
-                let manifest = native::fetch_root(store, &m.key)
-                    .await
-                    .map_err(|s| format!("reading {}: {}; no pack deleted", m.key, s.detail))?;
-                note_refs(&manifest, &key, &mut referenced, &mut referenced_keyed);
-                report.generations_kept += 1;
-            } else {
-                store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
-                report.generations_deleted += 1;
-                report.bytes_freed += m.size;
-            }
+            if i < opts.keep || young(m.last_modified) { keep.push((key.clone(), m)) } else { drop.push(m) }
         }
     }
+    // Requests go IN_FLIGHT at a time: a store of 10,000 keys is tens of
+    // thousands of them.
+    for chunk in keep.chunks(IN_FLIGHT) {
+        let roots = futures::future::join_all(chunk.iter().map(|(_, m)| native::fetch_root(store, &m.key))).await;
+        for ((key, m), root) in chunk.iter().zip(roots) {
+            // A kept generation that cannot be read stops gc: its packs are
+            // unknown, so none may be deleted.
+            let root = root.map_err(|s| format!("reading {}: {}; no pack deleted", m.key, s.detail))?;
+            note_refs(&root, key, &mut referenced, &mut referenced_keyed);
+            report.generations_kept += 1;
+        }
+    }
+    delete_all(store, drop.iter().map(|m| m.key.as_str())).await?;
+    report.generations_deleted += drop.len();
+    report.bytes_freed += drop.iter().map(|m| m.size).sum::<u64>();
     // Generations written while we worked protect their packs too.
     let appeared = new_generations(store, &seen).await?;
     for (key, m) in &appeared {
@@ -198,27 +202,26 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
         seen.insert(m.key.clone());
     }
     let mut deleted: HashSet<[u8; 32]> = HashSet::new();
+    let mut doomed = Vec::new();
     for (id, o) in pool {
         if id.is_some_and(|id| referenced.contains(&id)) || young(o.last_modified) {
             report.packs_kept += 1;
             continue;
         }
-        store.delete(&o.key).await.map_err(|e| error_chain(&e))?;
-        if let Some(id) = id {
-            deleted.insert(id);
-        }
-        report.packs_deleted += 1;
+        deleted.extend(id);
         report.bytes_freed += o.size;
+        doomed.push(o.key);
     }
     for o in keyed_packs {
         if referenced_keyed.contains(&o.key) || young(o.last_modified) {
             report.packs_kept += 1;
             continue;
         }
-        store.delete(&o.key).await.map_err(|e| error_chain(&e))?;
-        report.packs_deleted += 1;
         report.bytes_freed += o.size;
+        doomed.push(o.key);
     }
+    delete_all(store, doomed.iter().map(String::as_str)).await?;
+    report.packs_deleted += doomed.len();
     // Withdraw any generation written during the deletes that names a pack
     // just deleted (its writer checks too).
     if !deleted.is_empty() {
@@ -242,6 +245,20 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
         crate::mb(report.bytes_freed)
     );
     Ok(report)
+}
+
+/// Requests in flight in a store-wide gc.
+const IN_FLIGHT: usize = 32;
+
+/// Deletes every key, [`IN_FLIGHT`] at a time; the first error stops it.
+async fn delete_all<'a>(store: &dyn sandcache_store::Store, keys: impl Iterator<Item = &'a str>) -> Result<(), String> {
+    let keys: Vec<&str> = keys.collect();
+    for chunk in keys.chunks(IN_FLIGHT) {
+        for r in futures::future::join_all(chunk.iter().map(|k| store.delete(k))).await {
+            r.map_err(|e| error_chain(&e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Records the packs a kept generation needs.
