@@ -2,6 +2,7 @@
 //! never take what another needs, and a wrong pool object is caught.
 
 use std::fs;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sandcache_engine::{Cache, GcOptions, Reason, RestoreOptions, SnapshotOptions, gc_store};
@@ -322,4 +323,65 @@ async fn older_layouts_still_restore() {
             settle();
         }
     }
+}
+
+/// Hostile roots and pieces: a piece that names pieces, a piece whose
+/// entry points past its frames, a piece that is not what the root says,
+/// too many pieces. Each is `corrupt`, before anything is written.
+#[tokio::test]
+async fn hostile_roots_and_pieces_are_corrupt() {
+    use sandcache_archive::pack::{Manifest, PieceRef};
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(sandcache_store::LocalStore::new(tmp.path().join("store")));
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    assert!(Cache::new(store.clone(), "good/k").snapshot(&src, &force()).await.is_done());
+    let (_, good) = manifests(store.as_ref(), "good/k").await.unwrap().remove(0);
+    let piece_bytes = |id: &str| {
+        let p = tmp.path().join("store").join(format!("pool/{}/{id}.tree", &id[..2]));
+        fs::read(p).unwrap()
+    };
+    let real = Manifest::decode(&piece_bytes(&good.pieces[0].id)).unwrap();
+    let stored = |m: &Manifest| {
+        let bytes = m.encode();
+        let id = blake3::hash(&bytes).to_hex().to_string();
+        (PieceRef { id, size: bytes.len() as u64, entries: m.entries.len() as u64 }, bytes)
+    };
+    let mut nested = real.clone();
+    nested.pieces = good.pieces.clone();
+    let mut past = real.clone();
+    if let Some(e) = past.entries.iter_mut().find(|e| e.frame.is_some()) {
+        e.frame = Some(999);
+    }
+    let cases: Vec<(&str, Vec<(PieceRef, Vec<u8>)>, Option<usize>)> = vec![
+        ("a piece naming pieces", vec![stored(&nested)], None),
+        ("a frame index past the piece's frames", vec![stored(&past)], None),
+        (
+            "an entry count the root does not say",
+            vec![{
+                let (mut r, b) = stored(&real);
+                r.entries += 1;
+                (r, b)
+            }],
+            None,
+        ),
+        ("too many pieces", vec![stored(&real)], Some(70_000)),
+    ];
+    for (i, (what, pieces, repeat)) in cases.into_iter().enumerate() {
+        let mut root = good.clone();
+        root.pieces = pieces.iter().map(|(r, _)| r.clone()).collect();
+        if let Some(n) = repeat {
+            root.pieces = std::iter::repeat_n(root.pieces[0].clone(), n).collect();
+        }
+        for (r, b) in &pieces {
+            put(store.as_ref(), &format!("pool/{}/{}.tree", &r.id[..2], r.id), b.clone()).await;
+        }
+        let key = format!("bad/{i}");
+        put(store.as_ref(), &format!("{key}.d/manifests/1800000000000-0000000{i}.json.zst"), root.encode()).await;
+        let dir = tmp.path().join(format!("d-{i}"));
+        let out = Cache::new(store.clone(), key).restore(&dir, &RestoreOptions::default()).await;
+        assert_eq!(out.reason(), Some(Reason::Corrupt), "{what}: {}", out.to_json());
+        assert!(!dir.exists() || fs::read_dir(&dir).unwrap().count() == 0, "{what}: nothing written");
+    }
+    settle();
 }
