@@ -353,7 +353,10 @@ async fn hostile_roots_and_pieces_are_corrupt() {
     if let Some(e) = past.entries.iter_mut().find(|e| e.frame.is_some()) {
         e.frame = Some(999);
     }
-    let cases: Vec<(&str, Vec<(PieceRef, Vec<u8>)>, Option<usize>)> = vec![
+    /// What the case is, the pieces it stores, and how often the root names
+    /// the first.
+    type Case = (&'static str, Vec<(PieceRef, Vec<u8>)>, Option<usize>);
+    let cases: Vec<Case> = vec![
         ("a piece naming pieces", vec![stored(&nested)], None),
         ("a frame index past the piece's frames", vec![stored(&past)], None),
         (
