@@ -42,6 +42,20 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
+impl GcReport {
+    fn log(&self, location: &str) {
+        tracing::info!(
+            target: "sandbox-cache",
+            "gc {location}: kept {} generations and {} packs, deleted {} generations and {} packs, freed {} MB",
+            self.generations_kept,
+            self.packs_kept,
+            self.generations_deleted,
+            self.packs_deleted,
+            crate::mb(self.bytes_freed)
+        );
+    }
+}
+
 impl Cache {
     /// Deletes generations beyond the newest `keep` (and older than the
     /// grace period), then packs that no remaining generation references
@@ -114,16 +128,7 @@ impl Cache {
                 }
             }
         }
-        tracing::info!(
-            target: "sandbox-cache",
-            "gc {}: kept {} generations and {} packs, deleted {} generations and {} packs, freed {} MB",
-            self.location(),
-            report.generations_kept,
-            report.packs_kept,
-            report.generations_deleted,
-            report.packs_deleted,
-            crate::mb(report.bytes_freed)
-        );
+        report.log(&self.location());
         Ok(report)
     }
 }
@@ -235,15 +240,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
             }
         }
     }
-    tracing::info!(
-        target: "sandbox-cache",
-        "gc {store}: kept {} generations and {} packs, deleted {} generations and {} packs, freed {} MB",
-        report.generations_kept,
-        report.packs_kept,
-        report.generations_deleted,
-        report.packs_deleted,
-        crate::mb(report.bytes_freed)
-    );
+    report.log(&store.to_string());
     Ok(report)
 }
 

@@ -22,6 +22,36 @@ pub struct LocalStore {
 const TMP_MARKER: &str = ".sandcache-tmp-";
 
 impl LocalStore {
+    /// Writes `body` to a fresh temp file beside `key`'s path and syncs it;
+    /// returns the path, the temp file and the bytes written. The temp file
+    /// is removed if writing fails; the caller renames or links it.
+    async fn write_temp(&self, key: &str, mut body: BodyStream) -> Result<(PathBuf, PathBuf, u64), StoreError> {
+        let path = self.path(key)?;
+        let dir = path.parent().expect("a checked key has a parent under the root").to_owned();
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| StoreError::Io { path: dir.clone(), source: e })?;
+        let name = path.file_name().expect("checked key").to_string_lossy();
+        let tmp = dir.join(format!(".{name}{TMP_MARKER}{:016x}", rand::random::<u64>()));
+        let io = |source| StoreError::Io { path: tmp.clone(), source };
+        let written: Result<u64, StoreError> = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+            let mut n = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|source| StoreError::Body { key: key.to_owned(), source })?;
+                file.write_all(&chunk).await.map_err(io)?;
+                n += chunk.len() as u64;
+            }
+            file.sync_all().await.map_err(io)?;
+            Ok(n)
+        }
+        .await;
+        match written {
+            Ok(n) => Ok((path, tmp, n)),
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(e)
+            }
+        }
+    }
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalStore { root: root.into() }
     }
@@ -79,56 +109,27 @@ impl Store for LocalStore {
         Ok(GetObject { size, stream: byte_stream(file.take(len), path) })
     }
 
-    async fn put(&self, key: &str, mut body: BodyStream) -> Result<u64, StoreError> {
-        let path = self.path(key)?;
-        let dir = path.parent().expect("a checked key has a parent under the root").to_owned();
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| StoreError::Io { path: dir.clone(), source: e })?;
-        let name = path.file_name().expect("checked key").to_string_lossy();
-        let tmp = dir.join(format!(".{name}{TMP_MARKER}{:016x}", rand::random::<u64>()));
-        let io = |source| StoreError::Io { path: tmp.clone(), source };
-        let result: Result<u64, StoreError> = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
-            let mut n = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|source| StoreError::Body { key: key.to_owned(), source })?;
-                file.write_all(&chunk).await.map_err(io)?;
-                n += chunk.len() as u64;
-            }
-            file.sync_all().await.map_err(io)?;
-            drop(file);
-            tokio::fs::rename(&tmp, &path).await.map_err(|e| StoreError::Io { path: path.clone(), source: e })?;
-            Ok(n)
-        }
-        .await;
-        if result.is_err() {
+    async fn put(&self, key: &str, body: BodyStream) -> Result<u64, StoreError> {
+        let (path, tmp, n) = self.write_temp(key, body).await?;
+        let renamed = tokio::fs::rename(&tmp, &path).await;
+        if renamed.is_err() {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
-        result
+        renamed.map_err(|e| StoreError::Io { path, source: e })?;
+        Ok(n)
     }
 
     /// The temp file is linked to the name, which fails if the name exists:
     /// never an overwrite.
     async fn put_new(&self, key: &str, bytes: bytes::Bytes) -> Result<bool, StoreError> {
-        let path = self.path(key)?;
-        let dir = path.parent().expect("a checked key has a parent under the root").to_owned();
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| StoreError::Io { path: dir.clone(), source: e })?;
-        let name = path.file_name().expect("checked key").to_string_lossy();
-        let tmp = dir.join(format!(".{name}{TMP_MARKER}{:016x}", rand::random::<u64>()));
-        let io = |source| StoreError::Io { path: tmp.clone(), source };
-        let result: Result<bool, StoreError> = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
-            file.write_all(&bytes).await.map_err(io)?;
-            file.sync_all().await.map_err(io)?;
-            drop(file);
-            match tokio::fs::hard_link(&tmp, &path).await {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(StoreError::Io { path: path.clone(), source: e }),
-            }
-        }
-        .await;
+        let (path, tmp, _) = self.write_temp(key, Box::pin(futures::stream::once(async move { Ok(bytes) }))).await?;
+        let linked = tokio::fs::hard_link(&tmp, &path).await;
         let _ = tokio::fs::remove_file(&tmp).await;
-        result
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(StoreError::Io { path, source: e }),
+        }
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
