@@ -162,10 +162,8 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     for o in listed {
         if let Some(id) = native::pool_id_of(&o.key) {
             pool.push((parse_id(id), o));
-        } else if let Some((key, rest)) = o.key.split_once(".d/manifests/") {
-            if rest.ends_with(".json.zst") && !rest.contains('/') {
-                generations.entry(key.to_owned()).or_default().push(o);
-            }
+        } else if let Some(key) = native::generation_of(&o.key) {
+            generations.entry(key.to_owned()).or_default().push(o);
         } else if o.key.contains(".d/packs/") && native::pack_id_of(&o.key).is_some() {
             keyed_packs.push(o);
         }
@@ -287,10 +285,7 @@ async fn new_generations(
     Ok(listed
         .into_iter()
         .filter(|o| !seen.contains(&o.key))
-        .filter_map(|o| {
-            let (key, rest) = o.key.split_once(".d/manifests/")?;
-            (rest.ends_with(".json.zst") && !rest.contains('/')).then(|| (key.to_owned(), o.clone()))
-        })
+        .filter_map(|o| Some((native::generation_of(&o.key)?.to_owned(), o)))
         .collect())
 }
 

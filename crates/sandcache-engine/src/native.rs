@@ -41,6 +41,15 @@ pub(crate) fn manifests_prefix(key: &str) -> String {
     format!("{key}.d/manifests/")
 }
 
+/// The cache key a stored object is a generation of, when it is one:
+/// `K.d/manifests/<name>.json.zst`, with K a valid key. The one reading of
+/// generation names, for listings under a key, under a prefix, and of a
+/// whole store.
+pub(crate) fn generation_of(object: &str) -> Option<&str> {
+    let (key, name) = object.rsplit_once(".d/manifests/")?;
+    (name.ends_with(".json.zst") && !name.contains('/') && crate::validate_key(key).is_ok()).then_some(key)
+}
+
 /// Where a generation's pack lives: in the pool (version 2 on), or under
 /// its key (version 1).
 pub(crate) fn pack_key(key: &str, m: &Manifest, id: &str) -> String {
@@ -77,7 +86,7 @@ pub(crate) async fn list_manifests(
     key: &str,
 ) -> Result<Vec<sandcache_store::ObjectInfo>, StoreError> {
     let mut all = store.list(&manifests_prefix(key)).await?;
-    all.retain(|o| o.key.ends_with(".json.zst"));
+    all.retain(|o| generation_of(&o.key) == Some(key));
     all.sort_by(|a, b| b.key.cmp(&a.key));
     Ok(all)
 }

@@ -138,6 +138,10 @@ async fn restore(
     let mut last: Option<Skip> = None;
     let (mut tried, mut seen) = (0, std::collections::HashSet::new());
     for source in &sources {
+        // Past the cap, no more listings either: each costs a request.
+        if tried >= MAX_CANDIDATES {
+            break;
+        }
         let candidates = match source.candidates(store).await {
             Ok(c) => c,
             Err(skip) => {
@@ -155,12 +159,12 @@ async fn restore(
                 continue;
             }
             // Each generation tried costs requests against one deadline.
-            tried += 1;
-            if tried > MAX_CANDIDATES {
+            if tried >= MAX_CANDIDATES {
                 break;
             }
+            tried += 1;
             let result = match &candidate {
-                Candidate::Native { manifest, .. } => restore_native(shared, &candidate, manifest, &target, opts).await,
+                Candidate::Native { key, manifest } => restore_native(shared, key, manifest, &target, opts).await,
                 Candidate::Archive { key } => {
                     restore_archive(store, key, &target, opts).await.map(|(d, s)| (d, s, None))
                 }
@@ -250,12 +254,10 @@ impl Source {
                 let listed = store.list(prefix).await.map_err(store_skip)?;
                 let mut out: Vec<(u64, Candidate)> = Vec::new();
                 for o in listed {
-                    if let Some((key, _)) = o.key.split_once(".d/manifests/") {
-                        if o.key.ends_with(".json.zst") && crate::validate_key(key).is_ok() {
-                            let ms = manifest_ms(&o.key).unwrap_or(0);
-                            out.push((ms, Candidate::Native { key: key.to_owned(), manifest: o }));
-                        }
-                    } else if !o.key.contains(".d/") {
+                    if let Some(key) = native::generation_of(&o.key) {
+                        let (ms, key) = (manifest_ms(&o.key).unwrap_or(0), key.to_owned());
+                        out.push((ms, Candidate::Native { key, manifest: o }));
+                    } else if !o.key.contains(".d/") && native::pool_id_of(&o.key).is_none() {
                         out.push((unix_ms(o.last_modified), Candidate::Archive { key: o.key }));
                     }
                 }
@@ -319,13 +321,12 @@ fn manifest_ms(key: &str) -> Option<u64> {
 /// Restores one native generation into a new staging dir.
 async fn restore_native(
     shared: &Arc<dyn Store>,
-    candidate: &Candidate,
+    key: &str,
     info: &sandcache_store::ObjectInfo,
     target: &Target,
     opts: &RestoreOptions,
 ) -> Result<(Done, Staging, Option<(Arc<Manifest>, String)>), Skip> {
     let store = shared.as_ref();
-    let key = candidate.key();
     let started = Instant::now();
     // The root first; then its pieces, while the first packs download.
     let root = native::fetch_root(store, &info.key).await?;
