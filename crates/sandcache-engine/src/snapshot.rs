@@ -271,30 +271,23 @@ async fn snapshot_native(
         };
         native::build(&dir, base.as_ref(), &index, &walk, progress.as_deref(), &mut upload).map(|plan| (plan, base))
     });
-    // Uploaded ids, so the pool's bytes added and reused can be told apart.
-    let uploaded_ids = std::sync::Mutex::new(std::collections::HashSet::new());
+    // Each upload answers the bytes it added to the pool (0 for a pack the
+    // pool already held).
     let uploads = async {
         let packs = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
         let mut puts = std::pin::pin!(
             packs
-                .map(|p: BuiltPack| {
-                    let uploaded_ids = &uploaded_ids;
-                    async move {
-                        // Never overwrite a pool object: content-addressed, it
-                        // already holds these bytes (readers verify them).
-                        let pkey = native::pool_key(&p.id);
-                        if store.head(&pkey).await?.is_some() {
-                            return Ok(0);
-                        }
-                        // `If-None-Match` where the server enforces it: a
-                        // writer that raced us keeps its object.
-                        let len = p.bytes.len() as u64;
-                        if !store.put_new(&pkey, p.bytes.into()).await? {
-                            return Ok(0);
-                        }
-                        uploaded_ids.lock().unwrap_or_else(|e| e.into_inner()).insert(p.id);
-                        Ok::<u64, StoreError>(len)
+                .map(|p: BuiltPack| async move {
+                    // Never overwrite a pool object: content-addressed, it
+                    // already holds these bytes (readers verify them).
+                    let pkey = native::pool_key(&p.id);
+                    if store.head(&pkey).await?.is_some() {
+                        return Ok(0);
                     }
+                    // `If-None-Match` where the server enforces it: a writer
+                    // that raced us keeps its object.
+                    let len = p.bytes.len() as u64;
+                    Ok::<u64, StoreError>(if store.put_new(&pkey, p.bytes.into()).await? { len } else { 0 })
                 })
                 .buffer_unordered(2)
         );
@@ -316,7 +309,8 @@ async fn snapshot_native(
         (_, Ok(Err(e))) => return Err(Skip::new(Reason::IoError, error_chain(&e))),
         (Ok(_), Ok(Ok(p))) => p,
     };
-    let mut transferred = uploaded.unwrap_or(0);
+    let packs_added = uploaded.unwrap_or(0);
+    let mut transferred = packs_added;
     let store_label = store.to_string();
     // Unchanged only against the key's own newest generation: a dir
     // restored from a fallback still needs a generation under its key.
@@ -379,11 +373,10 @@ async fn snapshot_native(
             ),
         ));
     }
-    let uploaded_ids = uploaded_ids.into_inner().unwrap_or_else(|e| e.into_inner());
-    let (mut added, mut reused) = (pieces_added, pieces_reused);
-    for p in &plan.manifest.packs {
-        if uploaded_ids.contains(&p.id) { added += p.size } else { reused += p.size }
-    }
+    // Every new pack is in the manifest (only unused frames of old packs are
+    // dropped), so what was not added was reused.
+    let referenced: u64 = plan.manifest.packs.iter().map(|p| p.size).sum();
+    let (added, reused) = (packs_added + pieces_added, referenced.saturating_sub(packs_added) + pieces_reused);
     tracing::info!(
         target: "sandbox-cache",
         pool_added = added, pool_reused = reused,
