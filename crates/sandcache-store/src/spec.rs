@@ -89,6 +89,11 @@ impl S3Spec {
             return Err(format!("region `{r}` is not a region name (letters, digits and `-`, like us-west-2)"));
         }
         if let Some(e) = &self.endpoint {
+            // `user:password@` in an endpoint is a secret in a URL: refused,
+            // and an endpoint that may hold one is never echoed.
+            if e.contains('@') {
+                return Err("the endpoint holds `@` (credentials in the URL are refused; value not shown)".into());
+            }
             let ok = url::Url::parse(e)
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()));
@@ -180,6 +185,9 @@ mod tests {
             s.endpoint = Some(e.into());
             assert!(s.validate().unwrap_err().contains("endpoint"), "{e}");
         }
+        s.endpoint = Some("https://AKIDEXAMPLE:s3cr3t@host:9000 x".into());
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("endpoint") && !err.contains("s3cr3t"), "{err}");
         s.endpoint = Some("http://127.0.0.1:3900".into());
         assert!(s.validate().is_ok());
     }
