@@ -5,6 +5,7 @@
 //! * [`s3`]: the test S3 server from `scripts/dev-s3.sh`;
 //! * [`net`]: servers that misbehave (stall after headers...);
 //! * [`faults`]: a fault-injecting proxy in front of the test S3 server;
+//! * [`throttle`]: a bandwidth-throttled HTTP proxy, for honest cold starts;
 //! * [`generations`]: checks that every stored generation is whole;
 //! * [`seeds`]: the committed fuzz seeds, replayed through the fuzz checks.
 
@@ -14,4 +15,7 @@ pub mod net;
 pub mod raw;
 pub mod s3;
 pub mod seeds;
+pub mod throttle;
 pub mod tree;
+
+pub use throttle::{ThrottleOptions, ThrottledProxy};
