@@ -38,6 +38,6 @@ pub use format::Compression;
 pub use progress::Progress;
 pub use walk::{WalkError, WalkOptions};
 pub use write::{
-    Encoding, FileVisitor, Layout, RESERVED_PREFIX, WriteOptions, WriteStats, fingerprint, fingerprint_visit,
-    is_empty_tree, write_archive,
+    Encoding, FileVisitor, Layout, RESERVED_PREFIX, TAIL_PREFIX, WriteOptions, WriteStats, fingerprint,
+    fingerprint_visit, is_empty_tree, write_archive,
 };

@@ -66,11 +66,27 @@ pub struct Entry {
     pub offset: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Read since it was restored or created, when the snapshot was taken
+    /// (files only): a two-phase restore writes it before the swap. A
+    /// manifest with no hot entry has no hot set: everything is hot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hot: bool,
 }
 
 impl Entry {
     pub fn dir(path: String, mode: u32, mtime: i64) -> Entry {
-        Entry { path, kind: Kind::Dir, mode, mtime, size: 0, hash: None, frame: None, offset: 0, target: None }
+        Entry {
+            path,
+            kind: Kind::Dir,
+            mode,
+            mtime,
+            size: 0,
+            hash: None,
+            frame: None,
+            offset: 0,
+            target: None,
+            hot: false,
+        }
     }
 
     pub fn symlink(path: String, target: String, mode: u32, mtime: i64) -> Entry {

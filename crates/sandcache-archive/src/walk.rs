@@ -37,7 +37,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::extract::Limits;
-use crate::write::RESERVED_PREFIX;
+use crate::write::{RESERVED_PREFIX, TAIL_PREFIX};
 
 /// Why a walk stopped.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +164,11 @@ pub struct Meta {
     pub size: u64,
     pub mtime: i64,
     pub mtime_nsec: i64,
+    /// Access time: a restore sets it to the mtime, so a later read (which
+    /// moves it past the mtime on `relatime` and `strictatime` mounts) marks
+    /// the file hot. The walker's own reads never move it (`O_NOATIME`).
+    pub atime: i64,
+    pub atime_nsec: i64,
     pub ctime: i64,
     pub ctime_nsec: i64,
     pub ino: u64,
@@ -182,6 +187,8 @@ impl Meta {
             size: st.st_size.max(0) as u64,
             mtime: st.st_mtime as i64,
             mtime_nsec: st.st_mtime_nsec as i64,
+            atime: st.st_atime as i64,
+            atime_nsec: st.st_atime_nsec as i64,
             ctime: st.st_ctime as i64,
             ctime_nsec: st.st_ctime_nsec as i64,
             ino: st.st_ino as u64,
@@ -190,6 +197,13 @@ impl Meta {
             gid: st.st_gid as u32,
             nlink: st.st_nlink as u64,
         }
+    }
+
+    /// Read since it was restored or written: its access time is past its
+    /// modification time. Meaningless on a `noatime` mount (see
+    /// [`Tree::tracks_reads`]).
+    pub fn read_since_written(&self) -> bool {
+        (self.atime, self.atime_nsec) > (self.mtime, self.mtime_nsec)
     }
 
     fn same_object(&self, other: &Meta) -> bool {
@@ -247,6 +261,15 @@ impl Tree {
         };
         let meta = Meta::of(&rustix::fs::fstat(&fd).map_err(|e| WalkError::io(dir, e))?);
         Ok(Some(Tree { root: fd, path: dir.to_owned(), meta, opts: opts.clone() }))
+    }
+
+    /// Whether reads move access times here, so that a file's
+    /// [`Meta::read_since_written`] means something: false on a `noatime`
+    /// mount (and where the mount flags cannot be read). `relatime` (the
+    /// default) and `strictatime` both move an access time that is not past
+    /// the modification time on the first read.
+    pub fn tracks_reads(&self) -> bool {
+        rustix::fs::fstatvfs(&self.root).is_ok_and(|v| !v.f_flag.contains(rustix::fs::StatVfsMountFlags::NOATIME))
     }
 
     /// The dir's own `fstat`.
@@ -349,7 +372,11 @@ impl Tree {
         while let Some(entry) = dir.read() {
             let entry = entry.map_err(|e| WalkError::io(path, e))?;
             let name = entry.file_name();
-            if name == c"." || name == c".." || (top && name.to_bytes().starts_with(RESERVED_PREFIX.as_bytes())) {
+            if name == c"."
+                || name == c".."
+                || (top && name.to_bytes().starts_with(RESERVED_PREFIX.as_bytes()))
+                || name.to_bytes().starts_with(TAIL_PREFIX.as_bytes())
+            {
                 continue;
             }
             count.entries += 1;
@@ -458,7 +485,14 @@ impl Entry<'_> {
         if self.meta.kind != Kind::File {
             return Err(WalkError::io(&path, io::Error::other("not a regular file")));
         }
-        let fd = match rustix::fs::openat(self.parent, self.name, FILE_FLAGS, Mode::empty()) {
+        // O_NOATIME keeps the hot set (files read since restored) what the
+        // app read, not what a snapshot read; it needs the file's owner or
+        // CAP_FOWNER, so without either the open goes on without it.
+        let opened = match rustix::fs::openat(self.parent, self.name, FILE_FLAGS | OFlags::NOATIME, Mode::empty()) {
+            Err(Errno::PERM) => rustix::fs::openat(self.parent, self.name, FILE_FLAGS, Mode::empty()),
+            other => other,
+        };
+        let fd = match opened {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
             // O_NOFOLLOW on a symlink; ENXIO: a socket.

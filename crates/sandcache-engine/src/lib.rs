@@ -47,7 +47,7 @@ pub use delete::DeleteReport;
 pub use gc::{GcOptions, GcReport, gc_store};
 pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
-pub use restore::RestoreOptions;
+pub use restore::{RestoreHandle, RestoreOptions};
 pub use sandcache_archive::{Limits, Progress};
 pub use snapshot::{Format, SnapshotOptions};
 pub use target::wait_for_background;
@@ -162,7 +162,7 @@ impl Cache {
                 }
             }
         };
-        Outcome { op, result, elapsed: start.elapsed(), key, store, from_key: None }
+        Outcome { op, result, elapsed: start.elapsed(), key, store, from_key: None, hot: None }
     }
 }
 

@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,9 +30,11 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
 use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest, PackBuilder, PackRef, PieceRef, Span};
 use sandcache_archive::walk::{FileReader, Kind as WalkKind, Meta, Step, Tree};
-use sandcache_archive::{ExtractError, Limits, Progress, WalkError, WalkOptions};
+use sandcache_archive::{ExtractError, Progress, WalkError, WalkOptions};
 use sandcache_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -391,6 +394,12 @@ pub(crate) struct RestoreStats {
 
 /// Restores manifest `m` into `staging`. Downloads, decompression and file
 /// writes overlap: ranged GETs stream frames to a pool of writer threads.
+///
+/// With `hot_first`, and a manifest that records a hot set, only the hot
+/// files (and the files whose content lies wholly in the same frames) are
+/// written now, with every directory and symlink; the rest is returned as a
+/// [`Tail`] for [`restore_tail`] to write after the swap.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn restore_into(
     store: &dyn Store,
     key: &str,
@@ -398,9 +407,9 @@ pub(crate) async fn restore_into(
     anchored: &crate::target::Staging,
     cancel: Arc<AtomicBool>,
     opts: &crate::RestoreOptions,
-    prefetch: &Prefetch,
-) -> Result<RestoreStats, Skip> {
-    let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
+    prefetch: Prefetch,
+) -> Result<(RestoreStats, Option<Tail>), Skip> {
+    let owner = opts.owner;
     // Every path below starts at the held-open staging dir; each blocking
     // task keeps a clone of it, so the fd outlives any writer.
     let staging = &anchored.io();
@@ -415,21 +424,68 @@ pub(crate) async fn restore_into(
     .await
     .map_err(|e| Skip::joined("the setup thread", e))?
     .map_err(crate::restore::extract_skip)?;
+    let (pieces, tail) = if opts.hot_first { split_hot(&m, pieces) } else { (pieces, None) };
 
-    // 2. Which byte ranges to fetch: needed frames, coalesced per pack.
-    let runs = plan_runs(&m, &pieces);
+    // 2. Content: every frame needed now, fetched and written.
+    let sink = Sink::Staging { io: staging.to_owned(), _held: anchored.clone() };
+    let (files, bytes, transferred) =
+        write_frames(store, key, &m, Arc::new(pieces), sink, cancel.clone(), opts, &prefetch).await?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
+    }
+    // What was prefetched for the tail is not fetched again.
+    let tail = tail.map(|t| Tail { prefetch, ..t });
 
-    // 3. Writer pool.
+    // 3. Symlinks, then metadata of large files and directories.
+    let deferred: HashSet<u32> = tail.as_ref().map(|t| t.entries.iter().copied().collect()).unwrap_or_default();
+    let (fin_m, fin_staging, held) = (m.clone(), staging.to_owned(), anchored.clone());
+    let symlinks = tokio::task::spawn_blocking(move || {
+        let _held = held;
+        finish(&fin_m, &fin_staging, owner, &deferred)
+    })
+    .await
+    .map_err(|e| Skip::joined("the finish thread", e))?
+    .map_err(crate::restore::extract_skip)?;
+    let stats = RestoreStats { files: files + symlinks + empty_files(&m), bytes, transferred };
+    Ok((stats, tail))
+}
+
+/// Where frames are written: a private staging dir (by path, through its
+/// held-open fd), or the live dir of a restore's second phase.
+#[derive(Clone)]
+enum Sink {
+    Staging { io: std::path::PathBuf, _held: crate::target::Staging },
+    Live(Arc<LiveDir>),
+}
+
+/// The writer pool and the downloads feeding it: every frame with pieces
+/// is fetched (coalesced per pack), decoded, verified and written.
+/// Returns (files, bytes, transferred).
+#[allow(clippy::too_many_arguments)]
+async fn write_frames(
+    store: &dyn Store,
+    key: &str,
+    m: &Arc<Manifest>,
+    pieces: Arc<Vec<Vec<Piece>>>,
+    sink: Sink,
+    cancel: Arc<AtomicBool>,
+    opts: &crate::RestoreOptions,
+    prefetch: &Prefetch,
+) -> Result<(u64, u64, u64), Skip> {
+    let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
+    // Which byte ranges to fetch: needed frames, coalesced per pack.
+    let runs = plan_runs(m, &pieces);
+
+    // Writer pool.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
     let (tx, rx) = tokio::sync::mpsc::channel::<FrameJob>(threads * 2);
     let rx = Arc::new(Mutex::new(rx));
     let error: Arc<Mutex<Option<ExtractError>>> = Arc::new(Mutex::new(None));
     let files = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
-    let pieces = Arc::new(pieces);
     let mut workers = Vec::new();
     for _ in 0..threads {
-        let (rx, m, pieces, error, cancel, files, bytes, progress, staging) = (
+        let (rx, m, pieces, error, cancel, files, bytes, progress, sink) = (
             rx.clone(),
             m.clone(),
             pieces.clone(),
@@ -438,7 +494,7 @@ pub(crate) async fn restore_into(
             files.clone(),
             bytes.clone(),
             progress.clone(),
-            (staging.to_owned(), anchored.clone()),
+            sink.clone(),
         );
         workers.push(tokio::task::spawn_blocking(move || {
             loop {
@@ -447,7 +503,7 @@ pub(crate) async fn restore_into(
                 if cancel.load(Ordering::Relaxed) {
                     return;
                 }
-                match write_frame(&m, &pieces, &staging.0, &job, owner) {
+                match write_frame(&m, &pieces, &sink, &job, owner) {
                     Ok((f, b)) => {
                         files.fetch_add(f, Ordering::Relaxed);
                         bytes.fetch_add(b, Ordering::Relaxed);
@@ -466,7 +522,7 @@ pub(crate) async fn restore_into(
         }));
     }
 
-    // 4. Downloads, concurrently, each feeding frames as they complete.
+    // Downloads, concurrently, each feeding frames as they complete.
     let transferred = Arc::new(AtomicU64::new(0));
     let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB as usize));
     let fetches = futures::stream::iter(runs.into_iter().map(|run| {
@@ -493,24 +549,275 @@ pub(crate) async fn restore_into(
         return Err(crate::restore::extract_skip(e));
     }
     fetched?;
+    Ok((files.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed), transferred.load(Ordering::Relaxed)))
+}
+
+// ------------------------------------------------------------- two phases
+
+/// What a two-phase restore writes after the swap: the files that are not
+/// hot, and share no frame wholly with hot ones.
+pub(crate) struct Tail {
+    pieces: Vec<Vec<Piece>>,
+    /// The deferred entries (files with content).
+    entries: Vec<u32>,
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+    /// The packs downloading since the manifest was read, whole: the first
+    /// ones may hold cold content too.
+    prefetch: Prefetch,
+}
+
+/// Splits a restore's pieces: the hot files, and every file whose content
+/// lies wholly in frames a hot file needs (already downloaded, so free),
+/// now; the rest later. `None` when the manifest has no hot set (everything
+/// is hot) or nothing is left for later.
+fn split_hot(m: &Manifest, pieces: Vec<Vec<Piece>>) -> (Vec<Vec<Piece>>, Option<Tail>) {
+    let content = |e: &&Entry| e.kind == Kind::File && e.size > 0;
+    let mut hot_frames = vec![false; m.frames.len()];
+    let mut any = false;
+    for e in m.entries.iter().filter(content).filter(|e| e.hot) {
+        if let Ok(span) = m.span_frames(e) {
+            span.for_each(|f| hot_frames[f] = true);
+            any = true;
+        }
+    }
+    if !any {
+        return (pieces, None);
+    }
+    let mut deferred = vec![false; m.entries.len()];
+    let (mut entries, mut files, mut bytes) = (Vec::new(), 0, 0);
+    for (i, e) in m.entries.iter().enumerate() {
+        if content(&e) && !m.span_frames(e).is_ok_and(|mut s| s.all(|f| hot_frames[f])) {
+            deferred[i] = true;
+            entries.push(i as u32);
+            files += 1;
+            bytes += e.size;
+        }
+    }
+    if entries.is_empty() {
+        return (pieces, None);
+    }
+    let (mut now, mut later) = (Vec::with_capacity(pieces.len()), Vec::with_capacity(pieces.len()));
+    for ps in pieces {
+        let (l, n): (Vec<Piece>, Vec<Piece>) = ps.into_iter().partition(|p| deferred[p.entry as usize]);
+        now.push(n);
+        later.push(l);
+    }
+    (now, Some(Tail { pieces: later, entries, files, bytes, prefetch: Prefetch::none() }))
+}
+
+/// The second phase: the tail's files, written into the live dir (which
+/// the worker may already be using and changing). Each file appears whole
+/// or not at all: written under a temporary name in its own directory, then
+/// renamed into place, unless the worker made that path meanwhile (left
+/// alone). A directory the worker removed or replaced loses its files: they
+/// are a cold miss, fetched again by the app.
+pub(crate) async fn restore_tail(
+    store: &dyn Store,
+    key: &str,
+    m: Arc<Manifest>,
+    tail: Tail,
+    live: Arc<LiveDir>,
+    cancel: Arc<AtomicBool>,
+    opts: &crate::RestoreOptions,
+) -> Result<RestoreStats, Skip> {
+    let owner = opts.owner;
+    let pieces = Arc::new(tail.pieces);
+    let sink = Sink::Live(live.clone());
+    let (files, bytes, transferred) =
+        write_frames(store, key, &m, pieces, sink, cancel.clone(), opts, &tail.prefetch).await?;
     if cancel.load(Ordering::Relaxed) {
         return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
     }
+    let (entries, fin_live) = (tail.entries, live.clone());
+    let large = tokio::task::spawn_blocking(move || finish_tail(&m, &entries, &fin_live, owner))
+        .await
+        .map_err(|e| Skip::joined("the tail's finish thread", e))?
+        .map_err(crate::restore::extract_skip)?;
+    Ok(RestoreStats { files: files + large, bytes, transferred })
+}
 
-    // 5. Symlinks, then metadata of large files and directories.
-    let (fin_m, fin_staging, held) = (m.clone(), staging.to_owned(), anchored.clone());
-    let symlinks = tokio::task::spawn_blocking(move || {
-        let _held = held;
-        finish(&fin_m, &fin_staging, owner)
-    })
-    .await
-    .map_err(|e| Skip::joined("the finish thread", e))?
-    .map_err(crate::restore::extract_skip)?;
-    Ok(RestoreStats {
-        files: files.load(Ordering::Relaxed) + symlinks + empty_files(&m),
-        bytes: bytes.load(Ordering::Relaxed),
-        transferred: transferred.load(Ordering::Relaxed),
-    })
+/// The live dir of a second phase, held open. Every directory is opened
+/// relative to its parent's fd with `O_NOFOLLOW`: the worker may have
+/// replaced any of them with a symlink, which is then never followed.
+pub(crate) struct LiveDir {
+    root: Arc<OwnedFd>,
+    /// Opened directories by relative path; `None`: gone or not a directory.
+    dirs: Mutex<HashMap<String, Option<Arc<OwnedFd>>>>,
+    /// Large files being written piece by piece, under temporary names.
+    parts: Mutex<HashMap<u32, Option<Arc<Part>>>>,
+    /// Paths the worker made meanwhile, left alone.
+    pub(crate) kept: AtomicU64,
+    /// Files whose directory the worker removed or replaced.
+    pub(crate) missed: AtomicU64,
+}
+
+struct Part {
+    parent: Arc<OwnedFd>,
+    tmp: String,
+    file: fs::File,
+}
+
+const LIVE_DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+impl LiveDir {
+    pub(crate) fn new(root: Arc<OwnedFd>) -> LiveDir {
+        LiveDir {
+            root,
+            dirs: Mutex::default(),
+            parts: Mutex::default(),
+            kept: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+        }
+    }
+
+    fn dir(&self, rel: &str) -> io::Result<Option<Arc<OwnedFd>>> {
+        if rel.is_empty() {
+            return Ok(Some(self.root.clone()));
+        }
+        if let Some(d) = self.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(rel) {
+            return Ok(d.clone());
+        }
+        let (up, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        let fd = match self.dir(up)? {
+            None => None,
+            Some(parent) => match rustix::fs::openat(&*parent, name, LIVE_DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => Some(Arc::new(fd)),
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => None,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_owned(), fd.clone());
+        Ok(fd)
+    }
+
+    /// A new file under a fresh temporary name in `parent`, read-write.
+    fn temp(parent: &OwnedFd, entry: u32) -> io::Result<(String, fs::File)> {
+        let tmp = format!("{}{entry}-{:08x}", sandcache_archive::TAIL_PREFIX, rand::random::<u32>());
+        let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(parent, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?;
+        Ok((tmp, fs::File::from(fd)))
+    }
+
+    /// Renames `tmp` to `name` unless `name` exists: whatever the worker put
+    /// there meanwhile stays. Returns whether the file went into place.
+    fn publish(&self, parent: &OwnedFd, tmp: &str, name: &str) -> io::Result<bool> {
+        let moved = match rustix::fs::renameat_with(parent, tmp, parent, name, RenameFlags::NOREPLACE) {
+            // No RENAME_NOREPLACE here: a hard link refuses an existing name too.
+            Err(Errno::INVAL | Errno::NOSYS) => rustix::fs::linkat(parent, tmp, parent, name, AtFlags::empty())
+                .and_then(|()| rustix::fs::unlinkat(parent, tmp, AtFlags::empty())),
+            other => other,
+        };
+        match moved {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(parent, tmp, AtFlags::empty());
+                match e {
+                    Errno::EXIST => {
+                        self.kept.fetch_add(1, Ordering::Relaxed);
+                        Ok(false)
+                    }
+                    Errno::NOENT => {
+                        self.missed.fetch_add(1, Ordering::Relaxed);
+                        Ok(false)
+                    }
+                    e => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Writes a whole file; `false` when it did not go into place.
+    fn place(&self, e: &Entry, entry: u32, data: &[u8], owner: Option<(u32, u32)>) -> io::Result<bool> {
+        let (up, name) = e.path.rsplit_once('/').unwrap_or(("", e.path.as_str()));
+        let Some(parent) = self.dir(up)? else {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        };
+        let (tmp, mut f) = Self::temp(&parent, entry)?;
+        if let Err(err) = io::Write::write_all(&mut f, data).and_then(|()| set_meta(&f, e, owner)) {
+            let _ = rustix::fs::unlinkat(&*parent, tmp.as_str(), AtFlags::empty());
+            return Err(err);
+        }
+        drop(f);
+        self.publish(&parent, &tmp, name)
+    }
+
+    /// The temporary file a large file's pieces go to (`None`: its
+    /// directory is gone).
+    fn part(&self, entry: u32, e: &Entry) -> io::Result<Option<Arc<Part>>> {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = parts.get(&entry) {
+            return Ok(p.clone());
+        }
+        let up = e.path.rsplit_once('/').map_or("", |(up, _)| up);
+        let part = match self.dir(up)? {
+            None => {
+                self.missed.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Some(parent) => {
+                let (tmp, file) = Self::temp(&parent, entry)?;
+                Some(Arc::new(Part { parent, tmp, file }))
+            }
+        };
+        parts.insert(entry, part.clone());
+        Ok(part)
+    }
+
+    fn take_part(&self, entry: u32) -> Option<Arc<Part>> {
+        self.parts.lock().unwrap_or_else(|p| p.into_inner()).remove(&entry).flatten()
+    }
+}
+
+impl Drop for LiveDir {
+    /// A second phase that failed or was cancelled leaves no temporary file.
+    fn drop(&mut self) {
+        let parts = std::mem::take(self.parts.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for p in parts.into_values().flatten() {
+            let _ = rustix::fs::unlinkat(&*p.parent, p.tmp.as_str(), AtFlags::empty());
+        }
+    }
+}
+
+/// The tail's large files: each read back against its hash, given its
+/// metadata, and renamed into place. Returns how many went into place.
+fn finish_tail(m: &Manifest, entries: &[u32], live: &LiveDir, owner: Option<(u32, u32)>) -> Result<u64, ExtractError> {
+    let mut n = 0;
+    for &i in entries {
+        let e = &m.entries[i as usize];
+        let Some(part) = live.take_part(i) else { continue };
+        let name = e.path.rsplit_once('/').map_or(e.path.as_str(), |(_, n)| n);
+        let path = Path::new(&e.path);
+        let checked = (|| {
+            let mut f = &part.file;
+            io::Seek::rewind(&mut f)?;
+            let mut hasher = blake3::Hasher::new();
+            let copied = io::copy(&mut f, &mut hasher)?;
+            Ok::<bool, io::Error>(
+                copied == e.size && hasher.finalize().to_hex().as_str() == e.hash.as_deref().unwrap_or_default(),
+            )
+        })();
+        let fail = |err| {
+            let _ = rustix::fs::unlinkat(&*part.parent, part.tmp.as_str(), AtFlags::empty());
+            err
+        };
+        match checked {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(fail(ExtractError::Corrupt {
+                    detail: format!("{} fails its BLAKE3 check", e.path),
+                    source: None,
+                }));
+            }
+            Err(err) => return Err(fail(io_err(path, err))),
+        }
+        set_meta(&part.file, e, owner).map_err(|err| fail(io_err(path, err)))?;
+        if live.publish(&part.parent, &part.tmp, name).map_err(|err| io_err(path, err))? {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 fn empty_files(m: &Manifest) -> u64 {
@@ -701,7 +1008,7 @@ async fn fetch_run(
 fn write_frame(
     m: &Manifest,
     pieces: &[Vec<Piece>],
-    staging: &Path,
+    sink: &Sink,
     job: &FrameJob,
     owner: Option<(u32, u32)>,
 ) -> Result<(u64, u64), ExtractError> {
@@ -711,15 +1018,26 @@ fn write_frame(
     for p in &pieces[job.frame as usize] {
         let e = &m.entries[p.entry as usize];
         let data = &raw[p.at as usize..(p.at + p.len) as usize];
-        let path = staging.join(&e.path);
-        if p.len == e.size {
-            // The whole file: check its own hash too.
-            if blake3::hash(data).to_hex().as_str() != e.hash.as_deref().unwrap_or_default() {
-                return Err(ExtractError::Corrupt {
-                    detail: format!("{} fails its BLAKE3 check", e.path),
-                    source: None,
-                });
+        let whole = p.len == e.size;
+        if whole && blake3::hash(data).to_hex().as_str() != e.hash.as_deref().unwrap_or_default() {
+            return Err(ExtractError::Corrupt { detail: format!("{} fails its BLAKE3 check", e.path), source: None });
+        }
+        let staging = match sink {
+            Sink::Staging { io, .. } => io,
+            Sink::Live(live) => {
+                let path = Path::new(&e.path);
+                if whole {
+                    files += u64::from(live.place(e, p.entry, data, owner).map_err(|err| io_err(path, err))?);
+                } else if let Some(part) = live.part(p.entry, e).map_err(|err| io_err(path, err))? {
+                    part.file.write_all_at(data, p.file_offset).map_err(|err| io_err(path, err))?;
+                }
+                bytes += p.len;
+                continue;
             }
+        };
+        let path = staging.join(&e.path);
+        if whole {
+            // The whole file: its own hash was checked above.
             let mut f = create(&path, true).map_err(|err| io_err(&path, err))?;
             io::Write::write_all(&mut f, data).map_err(|err| io_err(&path, err))?;
             set_meta(&f, e, owner).map_err(|err| io_err(&path, err))?;
@@ -736,9 +1054,14 @@ fn write_frame(
 
 /// Symlinks last, then large files' metadata and each directory's, deepest
 /// first. Returns the number of symlinks and large files.
-fn finish(m: &Manifest, staging: &Path, owner: Option<(u32, u32)>) -> Result<u64, ExtractError> {
+fn finish(
+    m: &Manifest,
+    staging: &Path,
+    owner: Option<(u32, u32)>,
+    deferred: &HashSet<u32>,
+) -> Result<u64, ExtractError> {
     let mut n = 0;
-    for e in &m.entries {
+    for (i, e) in m.entries.iter().enumerate() {
         let path = staging.join(&e.path);
         match e.kind {
             Kind::Symlink => {
@@ -747,9 +1070,17 @@ fn finish(m: &Manifest, staging: &Path, owner: Option<(u32, u32)>) -> Result<u64
                 if let Some((uid, gid)) = owner {
                     std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(|err| io_err(&path, err))?;
                 }
+                // Its own mtime, as archived, so the restored tree's
+                // fingerprint is known without reading it back.
+                let t = rustix::fs::Timespec { tv_sec: e.mtime.max(0), tv_nsec: 0 };
+                let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+                rustix::fs::utimensat(rustix::fs::CWD, &path, &times, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|err| io_err(&path, err.into()))?;
                 n += 1;
             }
-            Kind::File if e.size > 0 && m.span_frames(e).is_ok_and(|s| s.len() > 1) => {
+            Kind::File
+                if e.size > 0 && m.span_frames(e).is_ok_and(|s| s.len() > 1) && !deferred.contains(&(i as u32)) =>
+            {
                 let mut f =
                     fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|err| io_err(&path, err))?;
                 if f.metadata().map_err(|err| io_err(&path, err))?.len() != e.size {
@@ -836,6 +1167,14 @@ pub(crate) struct IndexEntry {
     pub ctime_ns: i128,
     pub ino: u64,
     pub hash: String,
+    /// Recorded from a manifest by the restore that wrote the file, without
+    /// reading the disk back: the inode is unknown, and `ctime_ns` is a
+    /// bound (the restore's end). The file is as restored while its size and
+    /// mtime are the manifest's and its ctime is not past the bound: any
+    /// later write, chmod or rename-into-place moves the ctime past it, and
+    /// no process can set a ctime.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upto: bool,
 }
 
 fn stamp(meta: &Meta) -> (u64, i128, i128, u64) {
@@ -867,33 +1206,73 @@ impl Index {
         let (size, mtime_ns, ctime_ns, ino) = stamp(meta);
         self.files
             .get(rel)
-            .filter(|e| e.size == size && e.mtime_ns == mtime_ns && e.ctime_ns == ctime_ns && e.ino == ino)
+            .filter(|e| {
+                e.size == size
+                    && e.mtime_ns == mtime_ns
+                    && match e.upto {
+                        true => ctime_ns <= e.ctime_ns,
+                        false => e.ctime_ns == ctime_ns && e.ino == ino,
+                    }
+            })
             .map(|e| e.hash.as_str())
     }
 
-    /// Walks a freshly restored tree once for both its fingerprint and its
-    /// index: stats from disk, hashes from the manifest (verified as they
-    /// were written). Through the walker: the worker may already be
-    /// changing the tree.
-    pub(crate) fn of_restored(dir: &Path, m: &Manifest) -> Result<([u8; 32], Index), WalkError> {
-        let hashes: HashMap<&str, &str> = m
+    /// What [`sandcache_archive::fingerprint`] gives for the tree a restore
+    /// writes from `m` (walk order, the modes and times the restore sets),
+    /// computed without reading the disk back. Should the two ever differ,
+    /// the only cost is a snapshot that walks instead of skipping at once.
+    pub(crate) fn fingerprint_of(m: &Manifest) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        for e in &m.entries {
+            h.update(e.path.as_bytes());
+            match e.kind {
+                Kind::Dir => {
+                    h.update(&[0, b'd']);
+                    h.update(&((e.mode & 0o777) | 0o700).to_le_bytes());
+                    continue;
+                }
+                Kind::File => {
+                    h.update(&[0, b'f']);
+                    h.update(&e.size.to_le_bytes());
+                }
+                Kind::Symlink => {
+                    h.update(&[0, b'l']);
+                    h.update(&(e.target.as_deref().unwrap_or_default().len() as u64).to_le_bytes());
+                }
+            }
+            h.update(&e.mtime.max(0).to_le_bytes());
+            h.update(&0i64.to_le_bytes());
+            h.update(&(if e.kind == Kind::Symlink { 0o777 } else { e.mode & 0o777 }).to_le_bytes());
+            if let Some(t) = e.target.as_deref().filter(|_| e.kind == Kind::Symlink) {
+                h.update(t.as_bytes());
+            }
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// The index of a tree a restore just wrote from `m`, finished by
+    /// `until` (see [`IndexEntry::upto`]): no walk of the disk, so nothing
+    /// the app did meanwhile (it may be running during a second phase) can
+    /// be taken for restored content.
+    pub(crate) fn of_manifest(m: &Manifest, until: SystemTime) -> Index {
+        let until_ns = until.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+        let files = m
             .entries
             .iter()
             .filter(|e| e.kind == Kind::File)
-            .filter_map(|e| Some((e.path.as_str(), e.hash.as_deref()?)))
+            .filter_map(|e| {
+                let entry = IndexEntry {
+                    size: e.size,
+                    mtime_ns: e.mtime.max(0) as i128 * 1_000_000_000,
+                    ctime_ns: until_ns,
+                    ino: 0,
+                    hash: e.hash.clone()?,
+                    upto: true,
+                };
+                Some((e.path.clone(), entry))
+            })
             .collect();
-        let mut files = HashMap::with_capacity(hashes.len());
-        // The restore was within its own limits; these only bound the walk.
-        let limits = Limits { max_bytes: u64::MAX, max_entries: u64::MAX, ..Limits::default() };
-        let walk = WalkOptions { cancel: None, limits, owner: None };
-        let fp = sandcache_archive::fingerprint_visit(dir, true, &walk, &mut |rel, meta| {
-            let Some(rel) = rel.to_str() else { return };
-            if let Some(hash) = hashes.get(rel) {
-                let (size, mtime_ns, ctime_ns, ino) = stamp(meta);
-                files.insert(rel.to_owned(), IndexEntry { size, mtime_ns, ctime_ns, ino, hash: (*hash).to_owned() });
-            }
-        })?;
-        Ok((fp, Index { files }))
+        Index { files }
     }
 }
 
@@ -988,10 +1367,16 @@ pub(crate) fn build(
     let known = base.map(content_map).unwrap_or_default();
     let mut entries: Vec<Entry> = Vec::new();
     let mut new_index = Index::default();
-    let mut builder = PackBuilder::new(3);
+    // Hot content (read since restored or written) and cold content fill
+    // packs of their own, hot first in the manifest: a two-phase restore
+    // fetches the hot packs before the swap, and little cold content with
+    // them.
+    let tracks_reads = tree.tracks_reads();
+    let mut builders = [PackBuilder::new(3), PackBuilder::new(3)];
     let mut built: Vec<pack::BuiltPack> = Vec::new();
-    let mut new_packs: Vec<PackInfo> = Vec::new();
-    // Content first seen in this snapshot: hash → (local frame, offset).
+    let mut new_packs: [Vec<PackInfo>; 2] = [Vec::new(), Vec::new()];
+    // Content first seen in this snapshot: hash → (local frame, offset),
+    // the frame tagged with COLD when the cold builder holds it.
     let mut fresh: HashMap<String, (u32, u64)> = HashMap::new();
     // Reused content: hash → base entry.
     let mut reused: Vec<(usize, Span)> = Vec::new();
@@ -1063,10 +1448,15 @@ pub(crate) fn build(
         };
         let size = meta.size;
         let (s, m, ct, i) = stamp(meta);
-        new_index
-            .files
-            .insert(child_rel.clone(), IndexEntry { size: s, mtime_ns: m, ctime_ns: ct, ino: i, hash: hash.clone() });
+        new_index.files.insert(
+            child_rel.clone(),
+            IndexEntry { size: s, mtime_ns: m, ctime_ns: ct, ino: i, hash: hash.clone(), upto: false },
+        );
         let mut e = Entry::file(child_rel, mode, mtime, size, hash.clone());
+        e.hot = tracks_reads && meta.read_since_written();
+        let which = usize::from(!e.hot);
+        let (builder, new_packs) = (&mut builders[which], &mut new_packs[which]);
+        let tag = if e.hot { 0 } else { COLD };
         if size > 0 {
             if let Some(b) = known.get(hash.as_str()).filter(|b| b.size == size) {
                 reused.push((entries.len(), Span { frame: b.frame.unwrap_or(0), offset: b.offset, size }));
@@ -1118,6 +1508,7 @@ pub(crate) fn build(
                         at.ok_or_else(changed)?
                     }
                 };
+                let f = f | tag;
                 fresh.insert(hash, (f, o));
                 e.frame = Some(f);
                 e.offset = o;
@@ -1133,10 +1524,12 @@ pub(crate) fn build(
         }
         Ok(Step::Continue)
     })?;
-    builder.finish(&mut built);
-    for p in built.drain(..) {
-        new_packs.push(PackInfo { id: p.id.clone(), size: p.bytes.len() as u64, frames: p.frames.clone() });
-        upload(p).map_err(BuildError::Upload)?;
+    for (builder, new_packs) in builders.into_iter().zip(new_packs.iter_mut()) {
+        builder.finish(&mut built);
+        for p in built.drain(..) {
+            new_packs.push(PackInfo { id: p.id.clone(), size: p.bytes.len() as u64, frames: p.frames.clone() });
+            upload(p).map_err(BuildError::Upload)?;
+        }
     }
 
     // The manifest: the base's frames and packs, then the new ones; then
@@ -1146,14 +1539,18 @@ pub(crate) fn build(
         None => (Vec::new(), Vec::new()),
     };
     let base_frames = frames.len() as u32;
-    for p in &new_packs {
+    let hot_frames: u32 = new_packs[0].iter().map(|p| p.frames.len() as u32).sum();
+    for p in new_packs.iter().flatten() {
         let pi = packs.len() as u32;
         packs.push(PackRef { id: p.id.clone(), size: p.size });
         frames.extend(p.frames.iter().map(|f| Frame { pack: pi, ..f.clone() }));
     }
     for e in entries.iter_mut() {
         if let Some(f) = e.frame.as_mut() {
-            *f += base_frames;
+            *f = match *f & COLD {
+                0 => base_frames + *f,
+                _ => base_frames + hot_frames + (*f & !COLD),
+            };
         }
     }
     for (i, span) in reused {
@@ -1163,9 +1560,12 @@ pub(crate) fn build(
     let created_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut manifest = Manifest { version: pack::VERSION, created_ms, packs, frames, entries, pieces: Vec::new() };
     compact(&mut manifest);
-    let unchanged = new_packs.is_empty() && base.is_some_and(|b| b.entries == manifest.entries);
+    let unchanged = new_packs.iter().all(Vec::is_empty) && base.is_some_and(|b| b.entries == manifest.entries);
     Ok(SnapshotPlan { manifest, index: new_index, files, bytes, unchanged })
 }
+
+/// Tags a frame of the cold builder until frames are numbered.
+const COLD: u32 = 1 << 31;
 
 /// Drops frames no entry uses and packs no frame uses, renumbering both.
 /// Frames keep their order, so a large file's frames stay consecutive.

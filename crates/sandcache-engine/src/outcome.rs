@@ -48,6 +48,10 @@ pub enum Reason {
     Empty,
     /// Snapshot: nothing changed since the last restore or snapshot.
     Unchanged,
+    /// Snapshot: the dir's last restore put its hot files in place but not
+    /// the rest (its second phase failed or was killed); storing it would
+    /// replace a good cache with a partial one. The next restore completes it.
+    Incomplete,
     /// The configuration is unusable (bad key or store).
     Config,
     /// A bug in sandcache (a panic inside the store client, extraction or
@@ -69,13 +73,14 @@ impl Reason {
             Reason::IoError => "io_error",
             Reason::Empty => "empty",
             Reason::Unchanged => "unchanged",
+            Reason::Incomplete => "incomplete",
             Reason::Config => "config",
             Reason::Internal => "internal",
         }
     }
 
     /// Every reason, for metrics that pre-register their labels.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Disabled,
         Reason::NotFound,
         Reason::TimedOut,
@@ -86,6 +91,7 @@ impl Reason {
         Reason::IoError,
         Reason::Empty,
         Reason::Unchanged,
+        Reason::Incomplete,
         Reason::Config,
         Reason::Internal,
     ];
@@ -162,6 +168,10 @@ pub struct Outcome {
     /// A done restore: the key whose generation was restored, `key` itself
     /// or one of the fallbacks.
     pub from_key: Option<String>,
+    /// A hot-first restore: when its first phase put the hot files (and
+    /// every directory and symlink) in place, from the start. The dir was
+    /// usable from then on, even if the rest then failed.
+    pub hot: Option<Duration>,
 }
 
 impl Outcome {
@@ -204,6 +214,7 @@ impl Outcome {
         if self.op == Op::Restore {
             v["hit"] = self.hit().into();
             v["from_key"] = self.from_key.clone().into();
+            v["hot_ms"] = self.hot.map(|d| d.as_millis() as u64).into();
         } else if done.pool_added + done.pool_reused > 0 {
             v["pool_added"] = done.pool_added.into();
             v["pool_reused"] = done.pool_reused.into();

@@ -42,6 +42,13 @@ pub struct RestoreOptions {
     /// first usable generation wins; the outcome's `from_key` says which.
     /// Fallbacks are only read: snapshots write the cache's own key.
     pub fallbacks: Vec<String>,
+    /// Two phases (native generations with a recorded hot set): the hot
+    /// files, every directory and every symlink go in first, swapped in at
+    /// once (`hot-ready`); the rest is then written into the live dir, each
+    /// file whole or not at all, leaving alone any path the app made
+    /// meanwhile. One deadline and one lock cover both phases. See
+    /// [`Cache::restore_handle`] to act at `hot-ready`.
+    pub hot_first: bool,
 }
 
 impl Default for RestoreOptions {
@@ -54,23 +61,102 @@ impl Default for RestoreOptions {
             owner: None,
             state_dir: None,
             fallbacks: Vec::new(),
+            hot_first: false,
         }
     }
 }
 
 impl Cache {
     /// Restores the cache into `dir`. Never fails: a miss or any failure is a
-    /// skipped outcome with its reason, and `dir` keeps its previous content.
+    /// skipped outcome, and `dir` keeps its previous content.
     pub async fn restore(&self, dir: &Path, opts: &RestoreOptions) -> Outcome {
+        self.restore_signalling(dir, opts, &HotSignal::new(None)).await
+    }
+
+    /// A restore running in the background (on the current tokio runtime),
+    /// with a handle that resolves twice: at `hot-ready`, when the hot set
+    /// is in place and the dir is usable ([`RestoreHandle::hot_ready`]),
+    /// and at completion ([`RestoreHandle::finish`]). Without
+    /// [`RestoreOptions::hot_first`], or for a generation without a hot set,
+    /// both come at the swap.
+    pub fn restore_handle(&self, dir: &Path, opts: &RestoreOptions) -> RestoreHandle {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (cache, dir, opts) = (self.clone(), dir.to_owned(), opts.clone());
+        let task = tokio::spawn(async move { cache.restore_signalling(&dir, &opts, &HotSignal::new(Some(tx))).await });
+        RestoreHandle { hot: Some(rx), task }
+    }
+
+    async fn restore_signalling(&self, dir: &Path, opts: &RestoreOptions, hot: &HotSignal) -> Outcome {
         let from = std::sync::OnceLock::new();
         let mut outcome = self
-            .bounded(Op::Restore, opts.timeout, |store, key, deadline| restore(store, key, dir, opts, deadline, &from))
+            .bounded(Op::Restore, opts.timeout, |store, key, deadline| {
+                restore(store, key, dir, opts, deadline, &from, hot)
+            })
             .await;
         if outcome.is_done() {
             outcome.from_key = from.into_inner();
         }
+        outcome.hot = hot.at();
         log(&outcome, &self.location());
         outcome
+    }
+}
+
+/// A restore in the background: see [`Cache::restore_handle`].
+#[derive(Debug)]
+pub struct RestoreHandle {
+    hot: Option<tokio::sync::oneshot::Receiver<Duration>>,
+    task: tokio::task::JoinHandle<Outcome>,
+}
+
+impl RestoreHandle {
+    /// Waits for `hot-ready`: `Some(elapsed)` once the dir holds the hot set
+    /// (the app may start), `None` when the restore ended without getting
+    /// there (a miss or a failure: [`RestoreHandle::finish`] says which).
+    /// Resolves once; later calls return `None` at once.
+    pub async fn hot_ready(&mut self) -> Option<Duration> {
+        self.hot.take()?.await.ok()
+    }
+
+    /// Waits for the whole restore. An outcome, never an error: a restore
+    /// task that panicked is `internal`.
+    pub async fn finish(self) -> Outcome {
+        match self.task.await {
+            Ok(o) => o,
+            Err(e) => Outcome {
+                op: Op::Restore,
+                result: Err(Skip::joined("the restore task", e)),
+                elapsed: Duration::ZERO,
+                key: String::new(),
+                store: String::new(),
+                from_key: None,
+                hot: None,
+            },
+        }
+    }
+}
+
+/// Fires `hot-ready` once, and remembers when.
+struct HotSignal {
+    start: Instant,
+    tx: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<Duration>>>,
+    at: std::sync::OnceLock<Duration>,
+}
+
+impl HotSignal {
+    fn new(tx: Option<tokio::sync::oneshot::Sender<Duration>>) -> HotSignal {
+        HotSignal { start: Instant::now(), tx: std::sync::Mutex::new(tx), at: std::sync::OnceLock::new() }
+    }
+
+    fn ready(&self) {
+        let at = *self.at.get_or_init(|| self.start.elapsed());
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(at);
+        }
+    }
+
+    fn at(&self) -> Option<Duration> {
+        self.at.get().copied()
     }
 }
 
@@ -114,6 +200,7 @@ async fn restore(
     opts: &RestoreOptions,
     deadline: Instant,
     from: &std::sync::OnceLock<String>,
+    hot: &HotSignal,
 ) -> Result<Done, Skip> {
     let store = shared.as_ref();
     // The dir's own name is never followed (nor is it later: renames do not
@@ -166,19 +253,56 @@ async fn restore(
             let result = match &candidate {
                 Candidate::Native { key, manifest } => restore_native(shared, key, manifest, &target, opts).await,
                 Candidate::Archive { key } => {
-                    restore_archive(store, key, &target, opts).await.map(|(d, s)| (d, s, None))
+                    restore_archive(store, key, &target, opts).await.map(|(d, s)| (d, s, None, None))
                 }
             };
             match result {
-                Ok((done, staging, manifest)) => {
-                    let old = target.swap_in(&staging).map_err(|e| {
-                        remove_in_background(vec![staging.path.clone()]);
-                        Skip::new(Reason::IoError, format!("swap into place: {e}"))
-                    })?;
+                Ok((done, staging, manifest, tail)) => {
+                    // While a tail is pending, snapshots of the dir skip:
+                    // the marker goes down before the swap makes it visible.
+                    let marked = match &tail {
+                        Some(_) => crate::target::write_bookkeeping(&target.tail_path(), b"")
+                            .map_err(|e| Skip::new(Reason::IoError, format!("tail marker: {e}"))),
+                        None => Ok(()),
+                    };
+                    let old = marked.and_then(|()| {
+                        target
+                            .swap_in(&staging)
+                            .map_err(|e| Skip::new(Reason::IoError, format!("swap into place: {e}")))
+                    });
+                    let old = old.inspect_err(|_| remove_in_background(vec![staging.path.clone()]))?;
+                    hot.ready();
                     let source_key = candidate.key().to_owned();
-                    after_swap(&target, old.into_iter().chain(leftovers).collect(), store, &source_key, manifest);
-                    let _ = from.set(source_key);
-                    return Ok(done);
+                    let _ = from.set(source_key.clone());
+                    let trash: Vec<PathBuf> = old.into_iter().chain(leftovers).collect();
+                    let (Some(tail), Some((m, _))) = (tail, &manifest) else {
+                        let _ = std::fs::remove_file(target.tail_path());
+                        after_swap(&target, trash, store, &source_key, manifest);
+                        return Ok(done);
+                    };
+                    let finished = phase_two(shared, &source_key, m.clone(), tail, &target, &staging, opts).await;
+                    return match finished {
+                        Ok(more) => {
+                            let _ = std::fs::remove_file(target.tail_path());
+                            after_swap(&target, trash, store, &source_key, manifest);
+                            Ok(Done {
+                                files: done.files + more.files,
+                                bytes: done.bytes + more.bytes,
+                                transferred: done.transferred + more.transferred,
+                                ..done
+                            })
+                        }
+                        Err(skip) => {
+                            // The hot set is in place and every file there is
+                            // whole; what is missing is a cold miss. The
+                            // marker stays: no snapshot stores this tree.
+                            remove_in_background(trash);
+                            Err(Skip::new(
+                                skip.reason,
+                                format!("the hot set is in place, but the rest did not land: {}", skip.detail),
+                            ))
+                        }
+                    };
                 }
                 Err(skip) if falls_through(skip.reason) => {
                     tracing::warn!(
@@ -318,6 +442,39 @@ fn manifest_ms(key: &str) -> Option<u64> {
     key.rsplit('/').next()?.split('-').next()?.parse().ok()
 }
 
+/// Phase two of a hot-first restore: the tail, into the live dir. Dropped
+/// at the deadline, it cancels its writers, and its temporary files go.
+async fn phase_two(
+    shared: &Arc<dyn Store>,
+    key: &str,
+    m: Arc<Manifest>,
+    tail: native::Tail,
+    target: &Target,
+    staging: &Staging,
+    opts: &RestoreOptions,
+) -> Result<native::RestoreStats, Skip> {
+    let started = Instant::now();
+    let (files, bytes) = (tail.files, tail.bytes);
+    let root = target.live_root(staging).map_err(|e| Skip::new(Reason::IoError, format!("live dir: {e}")))?;
+    let live = Arc::new(native::LiveDir::new(root));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _guard = CancelOnDrop(cancel.clone());
+    let stats = native::restore_tail(shared.as_ref(), key, m, tail, live.clone(), cancel, opts).await?;
+    let (kept, missed) = (live.kept.load(Ordering::Relaxed), live.missed.load(Ordering::Relaxed));
+    tracing::debug!(
+        target: "sandbox-cache",
+        "tail: {files} files ({}) in {} ms; {kept} left to what the app made meanwhile, {missed} under dirs it removed",
+        mb(bytes),
+        started.elapsed().as_millis()
+    );
+    Ok(stats)
+}
+
+/// What one candidate's restore into staging gives: its outcome, the
+/// staging dir, a native generation's manifest and key, and the tail of a
+/// hot-first restore.
+type Staged = (Done, Staging, Option<(Arc<Manifest>, String)>, Option<native::Tail>);
+
 /// Restores one native generation into a new staging dir.
 async fn restore_native(
     shared: &Arc<dyn Store>,
@@ -325,7 +482,7 @@ async fn restore_native(
     info: &sandcache_store::ObjectInfo,
     target: &Target,
     opts: &RestoreOptions,
-) -> Result<(Done, Staging, Option<(Arc<Manifest>, String)>), Skip> {
+) -> Result<Staged, Skip> {
     let store = shared.as_ref();
     let started = Instant::now();
     // The root first; then its pieces, while the first packs download.
@@ -356,12 +513,12 @@ async fn restore_native(
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
     let at = staging.0.clone().expect("set above");
-    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, &prefetch).await;
+    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, prefetch).await;
     drop(guard);
-    let s = result?;
+    let (s, tail) = result?;
     staging.0 = None;
     let done = Done { files: s.files, bytes: s.bytes, transferred: s.transferred, ..Done::default() };
-    Ok((done, at, Some((m, info.key.clone()))))
+    Ok((done, at, Some((m, info.key.clone())), tail))
 }
 
 /// A single archive, streamed: store → decoder → extractor, no temp file.
@@ -444,10 +601,15 @@ fn after_swap(
 ) {
     let target = target.clone();
     let (store, key) = (store.to_string(), key.to_owned());
+    // Everything the restore wrote has a ctime before this.
+    let until = std::time::SystemTime::now();
     crate::target::background("after-restore", move || {
-        // One walk gives the fingerprint and, for a native generation, the index.
+        // A native generation's fingerprint and index come from its
+        // manifest, not the disk: the app may already be changing the tree,
+        // and nothing it made may pass for restored. A single archive's
+        // tree is walked once for its fingerprint.
         let walked = match &manifest {
-            Some((m, _)) => native::Index::of_restored(&target.dir, m).map(|(fp, index)| (fp, Some(index))),
+            Some((m, _)) => Ok((native::Index::fingerprint_of(m), Some(native::Index::of_manifest(m, until)))),
             None => sandcache_archive::fingerprint(&target.dir, true, &Default::default()).map(|fp| (fp, None)),
         };
         match walked {

@@ -154,6 +154,15 @@ async fn snapshot(
         Err(e) => return Err(Skip::new(Reason::IoError, format!("target dir: {e}"))),
     };
     let _lock = target.lock_or_skip(deadline).await?;
+    if std::fs::symlink_metadata(target.tail_path()).is_ok() {
+        return Err(Skip::new(
+            Reason::Incomplete,
+            format!(
+                "the last restore of {} put its hot files in place but not the rest; the stored cache is kept until a restore completes",
+                target.dir.display()
+            ),
+        ));
+    }
 
     // Every blocking step below checks this flag at each entry and read, so
     // a snapshot dropped at its deadline stops its thread.

@@ -131,6 +131,12 @@ impl Target {
         self.bookkeeping("-state.json")
     }
 
+    /// Present while a two-phase restore's second phase has not finished:
+    /// snapshots of the dir skip as `incomplete`.
+    pub(crate) fn tail_path(&self) -> PathBuf {
+        self.bookkeeping("-tail")
+    }
+
     /// Per-file hashes of the last restore or snapshot (native format).
     pub(crate) fn index_path(&self) -> PathBuf {
         self.bookkeeping("-index.json")
@@ -317,9 +323,20 @@ impl Target {
         Ok(Some(trash))
     }
 
+    /// The live dir after `staging` was swapped in, held open: the staging
+    /// dir itself, or for a mount point (whose entries were moved out of
+    /// staging) the mount point, opened without following its name.
+    pub(crate) fn live_root(&self, staging: &Staging) -> io::Result<std::sync::Arc<OwnedFd>> {
+        if !self.inside {
+            return Ok(staging.fd());
+        }
+        let fd = rustix::fs::open(&self.dir, DIR_FLAGS, Mode::empty()).map_err(|e| with_path(e.into(), &self.dir))?;
+        Ok(std::sync::Arc::new(fd))
+    }
+
     /// Forgets what the last restore or snapshot recorded of the dir.
     pub(crate) fn forget(&self) {
-        for p in [self.state_path(), self.index_path()] {
+        for p in [self.state_path(), self.index_path(), self.tail_path()] {
             if let Err(e) = fs::remove_file(&p) {
                 if e.kind() != io::ErrorKind::NotFound {
                     tracing::debug!("could not remove {}: {e}", p.display());
@@ -413,6 +430,11 @@ pub(crate) struct Staging {
 }
 
 impl Staging {
+    /// The held-open directory: after the swap, the live dir itself.
+    pub(crate) fn fd(&self) -> std::sync::Arc<OwnedFd> {
+        self.fd.clone()
+    }
+
     /// The path to write under. It ends in `/.`, so that `O_NOFOLLOW` and
     /// `lchown` on it apply to the directory, not to the magic link.
     pub(crate) fn io(&self) -> PathBuf {

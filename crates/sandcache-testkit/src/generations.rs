@@ -66,3 +66,54 @@ async fn get(store: &dyn Store, key: &str) -> Result<Vec<u8>, String> {
     let parts: Vec<bytes::Bytes> = obj.stream.try_collect().await.map_err(|e| e.to_string())?;
     Ok(parts.concat())
 }
+
+/// The entries of a generation, its pieces joined in order (a version-3
+/// root names pieces; older manifests hold their entries themselves).
+/// Frame numbers stay as each piece has them: for looking at paths, kinds
+/// and flags, not for locating content.
+pub async fn entries(store: &dyn Store, m: &Manifest) -> Result<Vec<pack::Entry>, String> {
+    if m.pieces.is_empty() {
+        return Ok(m.entries.clone());
+    }
+    let mut out = Vec::new();
+    for p in &m.pieces {
+        let bytes = get(store, &format!("pool/{}/{}.tree", &p.id[..2], p.id)).await?;
+        out.extend(Manifest::decode(&bytes).map_err(|e| format!("{}: {e}", p.id))?.entries);
+    }
+    Ok(out)
+}
+
+/// The newest generation of `key`, with its pieces joined back into one
+/// manifest: entries in order, frames numbered by first use across pieces
+/// (identified by pack and offset), packs as the root lists them.
+pub async fn newest_whole(store: &dyn Store, key: &str) -> Result<Manifest, String> {
+    let (name, root) = manifests(store, key).await?.into_iter().next().ok_or(format!("no generation of {key}"))?;
+    if root.pieces.is_empty() {
+        return Ok(root);
+    }
+    let mut whole = Manifest { entries: Vec::new(), frames: Vec::new(), pieces: Vec::new(), ..root.clone() };
+    let mut frame_at: std::collections::HashMap<(String, u64), u32> = std::collections::HashMap::new();
+    for p in &root.pieces {
+        let bytes = get(store, &format!("pool/{}/{}.tree", &p.id[..2], p.id)).await?;
+        let piece = Manifest::decode(&bytes).map_err(|e| format!("{name}: {}: {e}", p.id))?;
+        for mut e in piece.entries {
+            if let Some(f) = e.frame {
+                let pf = &piece.frames[f as usize];
+                let pack_id = piece.packs[pf.pack as usize].id.clone();
+                let pack = root
+                    .packs
+                    .iter()
+                    .position(|r| r.id == pack_id)
+                    .ok_or(format!("{name}: piece {} names a pack the root lacks", p.id))?;
+                let next = whole.frames.len() as u32;
+                let at = *frame_at.entry((pack_id, pf.offset)).or_insert_with(|| {
+                    whole.frames.push(pack::Frame { pack: pack as u32, ..pf.clone() });
+                    next
+                });
+                e.frame = Some(at);
+            }
+            whole.entries.push(e);
+        }
+    }
+    Ok(whole)
+}

@@ -17,6 +17,7 @@ fn file(path: &str, frame: u32, offset: u64, data: &[u8]) -> Entry {
         frame: Some(frame),
         offset,
         target: None,
+        hot: false,
     }
 }
 
@@ -48,6 +49,7 @@ fn sample() -> (Manifest, Vec<u8>) {
                 frame: None,
                 offset: 0,
                 target: None,
+                hot: false,
             },
             file("d/a", fa, oa, &a),
             file("d/big", fb, ob, &big),
@@ -109,6 +111,7 @@ fn hostile_manifests_are_refused() {
                     frame: None,
                     offset: 0,
                     target: Some("/etc".into()),
+                    hot: false,
                 })
             }),
         ),
@@ -125,6 +128,7 @@ fn hostile_manifests_are_refused() {
                     frame: None,
                     offset: 0,
                     target: Some("d".into()),
+                    hot: false,
                 });
                 m.entries[1].path = "l/a".into();
             }),

@@ -7,6 +7,7 @@ mod fallback;
 mod faults;
 mod hostile;
 mod hostile_fs;
+mod hot;
 mod native;
 mod pool;
 mod resources;

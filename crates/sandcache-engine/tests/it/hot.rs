@@ -1,0 +1,462 @@
+//! The hot set (files read since they were restored or written, from
+//! access times) and the two-phase restore built on it: hot files first,
+//! swapped in at `hot-ready`, the rest landing whole in the live dir.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use sandcache_engine::{Cache, Format, Reason, RestoreOptions, SnapshotOptions};
+use sandcache_store::{BodyStream, GetObject, LocalStore, ObjectInfo, Store, StoreError};
+use sandcache_testkit::generations;
+
+fn snap() -> SnapshotOptions {
+    SnapshotOptions { format: Format::Native, ..Default::default() }
+}
+
+fn hot_first() -> RestoreOptions {
+    RestoreOptions { hot_first: true, timeout: Duration::from_secs(30), ..Default::default() }
+}
+
+/// Content that does not compress, so frames and packs fill as sized.
+fn noise(seed: u32, len: usize) -> Vec<u8> {
+    (0..len.div_ceil(4) as u32)
+        .flat_map(|i| {
+            (i ^ seed.wrapping_mul(0x9e37_79b9)).wrapping_mul(2654435761).rotate_left(seed % 31).to_le_bytes()
+        })
+        .take(len)
+        .collect()
+}
+
+/// A file's access and modification times, both set to one past instant:
+/// what a restore leaves, so that a read afterwards marks the file hot.
+fn settle_times(path: &Path) {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let f = fs::File::open(path).unwrap();
+    f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t)).unwrap();
+}
+
+/// 150 files of 64 KiB in 6 packages, a 12 MiB file (three frames), an
+/// empty file and a symlink: about 22 MiB, so several frames and packs, and
+/// more than a restore prefetches whole (16 MiB): the rest is read by range. Returns
+/// each file's expected content by relative path.
+fn write_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut want = BTreeMap::new();
+    for i in 0..150u32 {
+        let rel = format!("npm/pkg{}/file{i:03}.js", i % 6);
+        want.insert(rel, noise(i, 64 << 10));
+    }
+    want.insert("bin/big".into(), noise(999, 12 << 20));
+    want.insert("npm/empty".into(), Vec::new());
+    for (rel, data) in &want {
+        let p = dir.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, data).unwrap();
+        settle_times(&p);
+    }
+    std::os::unix::fs::symlink("pkg0/file000.js", dir.join("npm/link.js")).unwrap();
+    want
+}
+
+/// What a Deno boot does to its DENO_DIR: reads some files.
+const HOT: [&str; 5] =
+    ["npm/pkg0/file000.js", "npm/pkg1/file007.js", "npm/pkg2/file050.js", "npm/pkg3/file099.js", "npm/pkg5/file149.js"];
+
+fn read_hot(dir: &Path) {
+    for rel in HOT {
+        fs::read(dir.join(rel)).unwrap();
+    }
+}
+
+/// Whether reads move access times where `dir` lives (not `noatime`).
+fn tracks_reads(dir: &Path) -> bool {
+    rustix::fs::statvfs(dir).is_ok_and(|v| !v.f_flag.contains(rustix::fs::StatVfsMountFlags::NOATIME))
+}
+
+/// Every file under `dir`, relative, with its content; symlinks as `-> target`.
+fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in fs::read_dir(dir.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(r);
+            } else if ft.is_symlink() {
+                let t = fs::read_link(e.path()).unwrap();
+                out.insert(r.to_string_lossy().into_owned(), format!("-> {}", t.display()).into_bytes());
+            } else {
+                out.insert(r.to_string_lossy().into_owned(), fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn expected(want: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
+    let mut all = want.clone();
+    all.insert("npm/link.js".into(), b"-> pkg0/file000.js".to_vec());
+    all
+}
+
+/// A store whose ranged reads wait `delay` while `slow` is set: a tail that
+/// lands while the test looks at the tree. Whole-object reads (manifests,
+/// and the packs a restore prefetches, hot ones first) pass through.
+#[derive(Debug)]
+struct Gate {
+    inner: Arc<dyn Store>,
+    slow: AtomicBool,
+    delay: Duration,
+    slowed: AtomicU64,
+}
+
+impl std::fmt::Display for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Gate {
+    async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
+        if self.slow.load(Ordering::SeqCst) {
+            self.slowed.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.get_range(key, range).await
+    }
+    async fn put(&self, key: &str, body: BodyStream) -> Result<u64, StoreError> {
+        self.inner.put(key, body).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+fn tail_temps(dir: &Path) -> Vec<String> {
+    contents(dir)
+        .into_keys()
+        .filter(|k| k.rsplit('/').next().unwrap().starts_with(sandcache_archive::TAIL_PREFIX))
+        .collect()
+}
+
+/// A source tree written, then partly read: its snapshot records exactly
+/// what was read as hot, and packs hot content apart from cold.
+async fn stored_with_hot_set(store: &Arc<dyn Store>, key: &str, src: &Path) -> BTreeMap<String, Vec<u8>> {
+    let want = write_tree(src);
+    read_hot(src);
+    let out = Cache::new(store.clone(), key).snapshot(src, &snap()).await;
+    assert!(out.is_done(), "{:?}", out.result);
+    want
+}
+
+#[tokio::test]
+async fn reads_since_written_are_the_hot_set_and_hot_content_packs_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    if !tracks_reads(tmp.path()) {
+        eprintln!("skipping: {} is mounted noatime", tmp.path().display());
+        return;
+    }
+    for store in super::stores("hot-set", tmp.path()) {
+        let src = tmp.path().join(format!("src-{}", store.to_string().len()));
+        stored_with_hot_set(&store, "site/hot", &src).await;
+        let m = generations::newest_whole(store.as_ref(), "site/hot").await.unwrap();
+        let hot: Vec<&str> = m.entries.iter().filter(|e| e.hot).map(|e| e.path.as_str()).collect();
+        assert_eq!(hot, HOT.to_vec(), "exactly the files read are hot");
+
+        // Hot content fills packs of its own, listed first: a hot-first
+        // restore fetches no cold byte with it.
+        let packs_of = |hot: bool| -> std::collections::BTreeSet<u32> {
+            m.entries
+                .iter()
+                .filter(|e| e.hot == hot && e.size > 0)
+                .map(|e| m.frames[e.frame.unwrap() as usize].pack)
+                .collect()
+        };
+        let (hot_packs, cold_packs) = (packs_of(true), packs_of(false));
+        assert!(hot_packs.is_disjoint(&cold_packs), "{hot_packs:?} {cold_packs:?}");
+        assert!(hot_packs.last() < cold_packs.first(), "hot packs come first: {hot_packs:?} {cold_packs:?}");
+
+        // The snapshot read every file, and moved no access time: taken
+        // again (without the fingerprint shortcut), the hot set is the same.
+        let again =
+            Cache::new(store.clone(), "site/hot").snapshot(&src, &SnapshotOptions { force: true, ..snap() }).await;
+        assert_eq!(again.reason(), Some(Reason::Unchanged), "{:?}", again.result);
+
+        // A restore leaves access time = mtime: nothing is hot until read.
+        let dest = tmp.path().join(format!("dest-{}", store.to_string().len()));
+        let out = Cache::new(store.clone(), "site/hot").restore(&dest, &RestoreOptions::default()).await;
+        assert!(out.is_done(), "{:?}", out.result);
+        super::settle();
+        // Its fingerprint came from the manifest, and matches the disk.
+        let unchanged = Cache::new(store.clone(), "site/hot").snapshot(&dest, &snap()).await;
+        assert_eq!(unchanged.reason(), Some(Reason::Unchanged), "{:?}", unchanged.result);
+        fs::read(dest.join("npm/pkg4/file010.js")).unwrap();
+        let moved =
+            Cache::new(store.clone(), "site/hot").snapshot(&dest, &SnapshotOptions { force: true, ..snap() }).await;
+        assert!(moved.is_done(), "a new hot set is a new generation: {:?}", moved.result);
+        let moved = moved.result.unwrap();
+        assert!(moved.transferred < 64 << 10, "no content, only the manifest: {moved:?}");
+        let m = generations::newest_whole(store.as_ref(), "site/hot").await.unwrap();
+        let hot: Vec<&str> = m.entries.iter().filter(|e| e.hot).map(|e| e.path.as_str()).collect();
+        assert_eq!(hot, vec!["npm/pkg4/file010.js"]);
+    }
+    super::settle();
+}
+
+#[tokio::test]
+async fn hot_first_swaps_the_hot_set_in_then_lands_the_rest_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    if !tracks_reads(tmp.path()) {
+        eprintln!("skipping: {} is mounted noatime", tmp.path().display());
+        return;
+    }
+    for inner in super::stores("hot-first", tmp.path()) {
+        let tag = inner.to_string().len();
+        let want = stored_with_hot_set(&inner, "site/two", &tmp.path().join(format!("src-{tag}"))).await;
+        let gate = Arc::new(Gate {
+            inner: inner.clone(),
+            slow: AtomicBool::new(true),
+            delay: Duration::from_millis(300),
+            slowed: AtomicU64::new(0),
+        });
+        let store: Arc<dyn Store> = gate.clone();
+        let dest = tmp.path().join(format!("dest-{tag}"));
+        let mut handle = Cache::new(store.clone(), "site/two").restore_handle(&dest, &hot_first());
+        let hot = handle.hot_ready().await.expect("hot-ready");
+
+        // At hot-ready: every hot file whole, every directory and symlink.
+        for rel in HOT {
+            assert_eq!(fs::read(dest.join(rel)).unwrap(), want[rel], "{rel}");
+        }
+        for d in ["npm/pkg0", "npm/pkg5", "bin"] {
+            assert!(dest.join(d).is_dir(), "{d}");
+        }
+        assert_eq!(fs::read_link(dest.join("npm/link.js")).unwrap(), Path::new("pkg0/file000.js"));
+
+        // The app makes a path the tail would write: it is left alone.
+        let claimed = "npm/pkg4/file004.js";
+        let mine = fs::OpenOptions::new().write(true).create_new(true).open(dest.join(claimed)).map(|mut f| {
+            std::io::Write::write_all(&mut f, b"the app's own").unwrap();
+        });
+
+        // Meanwhile a reader goes over every file in a loop: any file it
+        // finds is whole.
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (dest, want, done) = (dest.clone(), want.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut seen_missing = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    for (rel, data) in &want {
+                        match fs::read(dest.join(rel)) {
+                            Ok(got) if rel == claimed => assert!(got == *data || got == b"the app's own"),
+                            Ok(got) => {
+                                assert!(got == *data, "{rel} seen partial: {} of {} bytes", got.len(), data.len())
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => seen_missing += 1,
+                            Err(e) => panic!("{rel}: {e}"),
+                        }
+                    }
+                }
+                seen_missing
+            })
+        };
+        let out = handle.finish().await;
+        done.store(true, Ordering::SeqCst);
+        let missing_seen = reader.join().unwrap();
+        assert!(out.is_done(), "{:?}", out.result);
+        assert_eq!(out.hot, Some(hot));
+        assert!(hot < out.elapsed, "hot-ready {hot:?} before completion {:?}", out.elapsed);
+        assert!(gate.slowed.load(Ordering::SeqCst) > 0, "the tail came after hot-ready");
+        assert!(missing_seen > 0, "the reader saw the tail land");
+        let json = out.to_json();
+        assert!(json["hot_ms"].as_u64().unwrap() <= json["ms"].as_u64().unwrap());
+
+        let mut all = expected(&want);
+        if mine.is_ok() {
+            all.insert(claimed.into(), b"the app's own".to_vec());
+        }
+        assert_eq!(contents(&dest), all);
+        assert!(tail_temps(&dest).is_empty());
+        super::settle();
+        // Complete: snapshots are allowed again, and see what the app made.
+        let after = Cache::new(inner.clone(), "site/two").snapshot(&dest, &snap()).await;
+        match mine {
+            Ok(()) => assert!(after.is_done(), "{:?}", after.result),
+            Err(_) => assert_eq!(after.reason(), Some(Reason::Unchanged), "{:?}", after.result),
+        }
+    }
+    super::settle();
+}
+
+#[tokio::test]
+async fn a_tail_cut_by_the_deadline_leaves_a_usable_tree_that_no_snapshot_stores() {
+    let tmp = tempfile::tempdir().unwrap();
+    if !tracks_reads(tmp.path()) {
+        eprintln!("skipping: {} is mounted noatime", tmp.path().display());
+        return;
+    }
+    let inner: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    let want = stored_with_hot_set(&inner, "site/cut", &tmp.path().join("src")).await;
+    let gate = Arc::new(Gate {
+        inner: inner.clone(),
+        slow: AtomicBool::new(true),
+        delay: Duration::from_secs(60),
+        slowed: AtomicU64::new(0),
+    });
+    let store: Arc<dyn Store> = gate.clone();
+    let dest = tmp.path().join("dest");
+    let opts = RestoreOptions { timeout: Duration::from_secs(3), ..hot_first() };
+    let mut handle = Cache::new(store, "site/cut").restore_handle(&dest, &opts);
+    handle.hot_ready().await.expect("hot-ready");
+    let out = handle.finish().await;
+    assert_eq!(out.reason(), Some(Reason::TimedOut), "{:?}", out.result);
+    assert!(out.hot.is_some());
+    super::settle();
+
+    // Usable: the hot set and the files that shared its frames are whole;
+    // nothing is partial, no temporary file is left.
+    let now = contents(&dest);
+    for rel in HOT {
+        assert_eq!(now[rel], want[rel]);
+    }
+    for (rel, data) in &now {
+        if let Some(w) = expected(&want).get(rel) {
+            assert_eq!(data, w, "{rel}");
+        }
+    }
+    assert!(now.len() < expected(&want).len(), "the tail was cut");
+    assert!(tail_temps(&dest).is_empty());
+
+    // A snapshot would store a partial cache: it skips, and says why.
+    let snap_out = Cache::new(inner.clone(), "site/cut").snapshot(&dest, &snap()).await;
+    assert_eq!(snap_out.reason(), Some(Reason::Incomplete), "{:?}", snap_out.result);
+    assert_eq!(generations::manifests(inner.as_ref(), "site/cut").await.unwrap().len(), 1);
+
+    // The next restore completes it.
+    let again = Cache::new(inner.clone(), "site/cut").restore(&dest, &RestoreOptions::default()).await;
+    assert!(again.is_done(), "{:?}", again.result);
+    assert_eq!(contents(&dest), expected(&want));
+    let after = Cache::new(inner.clone(), "site/cut").snapshot(&dest, &snap()).await;
+    assert_eq!(after.reason(), Some(Reason::Unchanged), "{:?}", after.result);
+    super::settle();
+}
+
+/// Mounts a tmpfs with `opts` at `at`; false where mounting is not allowed.
+fn mount_tmpfs(at: &Path, opts: &str) -> bool {
+    fs::create_dir_all(at).unwrap();
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+        .arg(at)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn umount(at: &Path) {
+    let _ = std::process::Command::new("umount").arg("-l").arg(at).status();
+}
+
+/// Whether a read of a file whose atime = mtime shows, through the walker.
+fn read_shows(dir: &Path) -> bool {
+    let p = dir.join("probe");
+    fs::write(&p, b"probe").unwrap();
+    settle_times(&p);
+    fs::read(&p).unwrap();
+    let tree = sandcache_archive::walk::Tree::open(dir, &Default::default()).unwrap().unwrap();
+    let mut read = None;
+    tree.walk::<sandcache_archive::WalkError>(&mut |e| {
+        if e.rel() == Path::new("probe") {
+            read = Some(tree.tracks_reads() && e.meta().read_since_written());
+        }
+        Ok(sandcache_archive::walk::Step::Continue)
+    })
+    .unwrap();
+    read.unwrap()
+}
+
+/// How access times behave on the filesystems a DENO_DIR lives on: tmpfs
+/// (relatime, strictatime, noatime), overlayfs (a container's root) and
+/// the test dir's own (ext4 here). Needs root to mount; skipped otherwise.
+#[test]
+fn access_times_per_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(read_shows(tmp.path()), "{} (relatime by default)", tmp.path().display());
+    let base = tmp.path().join("mnt");
+    if !mount_tmpfs(&base, "size=64m") {
+        eprintln!("skipping the mounts: not allowed to mount here");
+        return;
+    }
+    let cases = [("relatime", true), ("strictatime", true), ("noatime", false)];
+    for (opt, shows) in cases {
+        let at = base.join(opt);
+        assert!(mount_tmpfs(&at, &format!("size=8m,{opt}")));
+        assert_eq!(read_shows(&at), shows, "tmpfs {opt}");
+        umount(&at);
+    }
+    // overlayfs: reads of a lower file, and of a file copied up.
+    for d in ["lower", "upper", "work", "merged"] {
+        fs::create_dir_all(base.join(d)).unwrap();
+    }
+    let lower = base.join("lower/old");
+    fs::write(&lower, b"from the image").unwrap();
+    settle_times(&lower);
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        base.join("lower").display(),
+        base.join("upper").display(),
+        base.join("work").display()
+    );
+    let merged = base.join("merged");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged)
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted {
+        assert!(read_shows(&merged), "overlayfs upper");
+        umount(&merged);
+    } else {
+        eprintln!("overlayfs not available here");
+    }
+    umount(&base);
+}
+
+#[tokio::test]
+async fn on_noatime_everything_is_hot_and_the_restore_has_one_phase() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("mnt");
+    if !mount_tmpfs(&mnt, "size=64m,noatime") {
+        eprintln!("skipping: not allowed to mount here");
+        return;
+    }
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    let want = stored_with_hot_set(&store, "site/noatime", &mnt.join("src")).await;
+    let m = generations::newest_whole(store.as_ref(), "site/noatime").await.unwrap();
+    assert!(m.entries.iter().all(|e| !e.hot), "no hot set can be known on noatime");
+    let dest = tmp.path().join("dest");
+    let mut handle = Cache::new(store, "site/noatime").restore_handle(&dest, &hot_first());
+    handle.hot_ready().await.expect("hot-ready");
+    // One phase: at hot-ready, everything is there.
+    assert_eq!(contents(&dest), expected(&want));
+    let out = handle.finish().await;
+    assert!(out.is_done(), "{:?}", out.result);
+    super::settle();
+    umount(&mnt);
+}
