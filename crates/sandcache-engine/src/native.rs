@@ -817,6 +817,15 @@ fn finish_tail(m: &Manifest, entries: &[u32], live: &LiveDir, owner: Option<(u32
             n += 1;
         }
     }
+    // The renames moved the mtimes of the directories they landed in: put
+    // back the archived ones, as a one-phase restore leaves them.
+    let dirs = std::mem::take(&mut *live.dirs.lock().unwrap_or_else(|p| p.into_inner()));
+    for e in m.entries.iter().filter(|e| e.kind == Kind::Dir) {
+        if let Some(Some(fd)) = dirs.get(&e.path) {
+            let t = rustix::fs::Timespec { tv_sec: e.mtime.max(0), tv_nsec: 0 };
+            let _ = rustix::fs::futimens(&**fd, &rustix::fs::Timestamps { last_access: t, last_modification: t });
+        }
+    }
     Ok(n)
 }
 
