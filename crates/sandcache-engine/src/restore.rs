@@ -96,7 +96,7 @@ impl Cache {
         if outcome.is_done() {
             outcome.from_key = from.into_inner();
         }
-        outcome.hot = hot.at();
+        outcome.hot = hot.at().filter(|_| opts.hot_first);
         log(&outcome, &self.location());
         outcome
     }
@@ -164,6 +164,8 @@ fn log(o: &Outcome, location: &str) {
     let ms = o.elapsed.as_millis() as u64;
     let (op, key, reason) = ("restore", o.key.as_str(), o.reason().map_or("done", |r| r.as_str()));
     let (hit, from_key) = (o.hit().unwrap_or("cold"), o.from_key.as_deref().unwrap_or(""));
+    let hot_ms = o.hot.map(|d| d.as_millis() as u64);
+    let hot = hot_ms.map_or(String::new(), |h| format!(", hot set in {h}ms"));
     let tier = match o.hit() {
         Some("fallback") => format!(" (fallback: {from_key})"),
         _ => String::new(),
@@ -171,8 +173,8 @@ fn log(o: &Outcome, location: &str) {
     match &o.result {
         Ok(d) => tracing::info!(
             target: "sandbox-cache",
-            op, key, reason, ms, hit, from_key, files = d.files, bytes = d.bytes, transferred = d.transferred,
-            "restored cache from {location}{tier} in {ms}ms ({} files, {} MB, {} MB transferred)",
+            op, key, reason, ms, hot_ms, hit, from_key, files = d.files, bytes = d.bytes, transferred = d.transferred,
+            "restored cache from {location}{tier} in {ms}ms ({} files, {} MB, {} MB transferred{hot})",
             d.files,
             mb(d.bytes),
             mb(d.transferred)
@@ -183,6 +185,13 @@ fn log(o: &Outcome, location: &str) {
         Err(s) if s.reason == Reason::Disabled => {
             tracing::debug!(target: "sandbox-cache", "cache disabled")
         }
+        Err(s) if o.hot.is_some() => tracing::warn!(
+            target: "sandbox-cache",
+            op, key, reason, ms, hot_ms,
+            "restore incomplete ({}) after {ms}ms{hot}; files not restored are cold misses: {}",
+            s.reason,
+            s.detail
+        ),
         Err(s) => tracing::warn!(
             target: "sandbox-cache",
             op, key, reason, ms,

@@ -240,10 +240,13 @@ async fn proxy(State(runner): State<Arc<Runner>>, req: Request<Body>) -> Respons
             .into_response();
     }
     match runner.worker_target().await {
-        Ok(addr) => {
+        Ok((addr, deployment)) => {
             let started = std::time::Instant::now();
             let (resp, from_worker) = proxy::forward(&runner.client, addr, req, runner.cfg.proxy_timeout).await;
             runner.metrics.proxied(resp.status().as_u16(), from_worker.then(|| started.elapsed()));
+            if from_worker {
+                runner.first_response(&deployment, resp.status().as_u16());
+            }
             resp
         }
         Err((status, msg)) if status == StatusCode::SERVICE_UNAVAILABLE && msg == "worker starting" => {

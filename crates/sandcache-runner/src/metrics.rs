@@ -38,6 +38,16 @@ pub struct Metrics {
     upstream: Histogram,
     tiers: Family<TierLabels, Counter>,
     pool: Family<PoolLabels, Counter>,
+    phases: Family<PhaseLabels, Histogram>,
+    worker_boot: Histogram,
+    first_response: Histogram,
+    worker_tail_restarts: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    /// `hot` (to hot-ready) or `tail` (from hot-ready to the end).
+    phase: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,6 +163,35 @@ impl Default for Metrics {
         for kind in ["added", "reused"] {
             let _ = pool.get_or_create(&PoolLabels { kind });
         }
+        let phases = Family::<PhaseLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "restore_phase_seconds",
+            "Hot-first restores: time to hot-ready (hot), then until the rest landed or failed (tail)",
+            phases.clone(),
+        );
+        for phase in ["hot", "tail"] {
+            let _ = phases.get_or_create(&PhaseLabels { phase });
+        }
+        let worker_boot = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]);
+        registry.register(
+            "worker_boot_seconds",
+            "Time from starting a deploy's worker to it listening on its port",
+            worker_boot.clone(),
+        );
+        let first_response = Histogram::new([0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0]);
+        registry.register(
+            "first_response_seconds",
+            "Time from a deploy request to the worker's first proxied response",
+            first_response.clone(),
+        );
+        let worker_tail_restarts = Counter::default();
+        registry.register(
+            "worker_tail_restarts",
+            "Workers started again because they exited before the restore's tail landed",
+            worker_tail_restarts.clone(),
+        );
         // Every label set exists from the start, so a dashboard sees zeros.
         for op in [Op::Restore, Op::Snapshot] {
             let labels = OpLabels { op: op_name(op) };
@@ -182,6 +221,10 @@ impl Default for Metrics {
             upstream,
             tiers,
             pool,
+            phases,
+            worker_boot,
+            first_response,
+            worker_tail_restarts,
         }
     }
 }
@@ -227,6 +270,23 @@ impl Metrics {
         if let Some(t) = upstream {
             self.upstream.observe(t.as_secs_f64());
         }
+    }
+
+    pub(crate) fn restore_phases(&self, hot: std::time::Duration, tail: std::time::Duration) {
+        self.phases.get_or_create(&PhaseLabels { phase: "hot" }).observe(hot.as_secs_f64());
+        self.phases.get_or_create(&PhaseLabels { phase: "tail" }).observe(tail.as_secs_f64());
+    }
+
+    pub(crate) fn worker_boot(&self, took: std::time::Duration) {
+        self.worker_boot.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn first_response(&self, took: std::time::Duration) {
+        self.first_response.observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn worker_tail_restart(&self) {
+        self.worker_tail_restarts.inc();
     }
 
     pub fn worker_restarted(&self) {

@@ -75,6 +75,14 @@ pub struct RunnerConfig {
     /// Runner-wide fallbacks (keys, or `prefix/`es), tried after a deploy's
     /// own `DECO_CACHE_S3_FALLBACK_KEYS`. Only ever read.
     pub fallbacks: Vec<String>,
+    /// Start the worker at `hot-ready` (the hot set in place), while the
+    /// rest of the cache lands (`SANDCACHE_HOT_FIRST=0` turns it off).
+    pub hot_first: bool,
+    /// Let proxied requests through while the tail lands, instead of
+    /// holding them until it has (`--serve-during-tail`). For sites whose
+    /// whole working set is hot: a request that needs a file still missing
+    /// makes the app fetch it again, or fail.
+    pub serve_during_tail: bool,
 }
 
 impl Default for RunnerConfig {
@@ -106,6 +114,8 @@ impl Default for RunnerConfig {
             worker_user: None,
             state_dir: std::env::temp_dir().join(format!("sandcache-runner-{}", rustix::process::getuid().as_raw())),
             sweep_descendants: false,
+            hot_first: true,
+            serve_during_tail: false,
         }
     }
 }
@@ -129,6 +139,40 @@ pub(crate) struct Deployment {
     pub cache: Cache,
     pub worker: Option<Worker>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// A hot-first restore's second phase, while it lands.
+    tail: Option<Arc<TailWatch>>,
+    /// When the deploy request came.
+    started: Instant,
+    /// From the deploy request to the first response the worker sent.
+    first_response: std::sync::OnceLock<Duration>,
+}
+
+/// The second phase of a hot-first restore, running in the background
+/// while the worker starts. Dropped (an undeploy, a cancelled deploy), it
+/// stops the restore: its writers stop, its temporary files go, and the
+/// dir keeps its `incomplete` marker, so no snapshot stores it.
+pub(crate) struct TailWatch {
+    landed: tokio::sync::watch::Receiver<bool>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for TailWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TailWatch {
+    /// Waits until the tail has landed (or failed: either way, it is over),
+    /// up to `within`. Whether it is over.
+    pub(crate) async fn landed_within(&self, within: Duration) -> bool {
+        let mut rx = self.landed.clone();
+        tokio::time::timeout(within, rx.wait_for(|l| *l)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.landed.clone()
+    }
 }
 
 pub(crate) enum Phase {
@@ -160,6 +204,9 @@ pub struct Runner {
     manual_snapshot: Mutex<Option<tokio::task::AbortHandle>>,
     last_restore: Mutex<Option<Outcome>>,
     last_snapshot: Mutex<Option<Outcome>>,
+    /// The current deploy's hot-first restore: when it was hot-ready, and
+    /// whether its tail is still landing.
+    hot: Mutex<Option<(Duration, bool)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -179,6 +226,7 @@ impl Runner {
             last_deploy: Mutex::new(None),
             last_restore: Mutex::new(None),
             last_snapshot: Mutex::new(None),
+            hot: Mutex::new(None),
         })
     }
 
@@ -208,6 +256,20 @@ impl Runner {
             }
         };
         let outcome = |o: &Mutex<Option<Outcome>>| lock(o).as_ref().map(Outcome::to_json);
+        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
+        let hot_first = *lock(&self.hot);
+        let total = lock(&self.last_restore).as_ref().filter(|o| o.hot.is_some()).map(|o| o.elapsed);
+        let (hot, landing) = (hot_first.map(|(h, _)| h), hot_first.is_some_and(|(_, l)| l));
+        let (boot, first_response) = match &*lock(&self.phase) {
+            Phase::Deployed(d) => (d.worker.as_ref().and_then(Worker::boot), d.first_response.get().copied()),
+            _ => (None, None),
+        };
+        let timings = json!({
+            "hot_ms": ms(hot),
+            "tail_ms": ms(hot.zip(total.filter(|_| !landing)).map(|(h, t)| t.saturating_sub(h))),
+            "boot_ms": ms(boot),
+            "first_response_ms": ms(first_response),
+        });
         json!({
             "sandbox": true,
             "deployed": deployed,
@@ -218,12 +280,29 @@ impl Runner {
             "worker_last_exit": last_exit,
             "phase": phase,
             "last_deploy": lock(&self.last_deploy).clone(),
+            "timings": timings,
             "cache": {
                 "restore": outcome(&self.last_restore),
                 "snapshot": outcome(&self.last_snapshot),
                 "snapshot_running": self.snapshotting.try_lock().is_err(),
+                "tail_landing": landing,
             },
         })
+    }
+
+    /// The first response the worker sent for this deploy: the time from
+    /// the deploy request to it is what a user waits for.
+    pub(crate) fn first_response(&self, d: &Deployment, status: u16) {
+        let mut first = false;
+        let took = *d.first_response.get_or_init(|| {
+            first = true;
+            d.started.elapsed()
+        });
+        if first {
+            let ms = took.as_millis() as u64;
+            tracing::info!(target: "sandbox", first_response_ms = ms, status, "first response ({status}) {ms}ms after the deploy request");
+            self.metrics.first_response(took);
+        }
     }
 
     fn record(&self, o: Outcome) {
@@ -308,18 +387,45 @@ impl Runner {
 
     /// Restores the deploy's cache into DENO_DIR and hands the dir to the
     /// worker, whatever the outcome; returns the cache for the snapshots.
+    /// Hot-first, it returns at `hot-ready`, with the tail still landing.
     async fn restore_cache(
-        &self,
+        self: &Arc<Self>,
         config: &CacheConfig,
         opts: &RestoreOptions,
         user: WorkerUser,
-    ) -> Result<Cache, DeployError> {
+    ) -> Result<(Cache, Option<Arc<TailWatch>>), DeployError> {
         let cache = Cache::open(config, &self.cfg.store_options);
-        let outcome = cache.restore(&self.cfg.deno_dir, opts).await;
-        self.record(outcome);
+        let mut tail = None;
+        *lock(&self.hot) = None;
+        if opts.hot_first && cache.is_enabled() {
+            let mut handle = cache.restore_handle(&self.cfg.deno_dir, opts);
+            match handle.hot_ready().await {
+                Some(hot) => {
+                    let hot_ms = hot.as_millis() as u64;
+                    *lock(&self.hot) = Some((hot, true));
+                    tracing::info!(target: "sandbox-cache", hot_ms, "hot-ready after {hot_ms}ms: starting the worker while the rest lands");
+                    let (tx, rx) = tokio::sync::watch::channel(false);
+                    let this = self.clone();
+                    let task = tokio::spawn(async move {
+                        let o = handle.finish().await;
+                        let tail_ms = o.elapsed.saturating_sub(hot).as_millis() as u64;
+                        tracing::info!(target: "sandbox-cache", tail_ms, "restore tail over after {tail_ms}ms more");
+                        this.metrics.restore_phases(hot, o.elapsed.saturating_sub(hot));
+                        this.record(o);
+                        *lock(&this.hot) = Some((hot, false));
+                        let _ = tx.send(true);
+                    });
+                    tail = Some(Arc::new(TailWatch { landed: rx, task: task.abort_handle() }));
+                }
+                None => self.record(handle.finish().await),
+            }
+        } else {
+            let outcome = cache.restore(&self.cfg.deno_dir, opts).await;
+            self.record(outcome);
+        }
         // Restored or not, the dir is the worker's: Deno adds modules to it.
         give_to(&self.cfg.deno_dir, user).map_err(DeployError::Failed)?;
-        Ok(cache)
+        Ok((cache, tail))
     }
 
     async fn run_deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Arc<Deployment>, DeployError> {
@@ -353,6 +459,7 @@ impl Runner {
             limits: self.cfg.restore_limits,
             owner: user.is_separate().then_some((user.uid, user.gid)),
             state_dir: Some(self.cache_state_dir()),
+            hot_first: self.cfg.hot_first,
             ..Default::default()
         };
         // A key with `{lock}` names the site's dependency set, known only
@@ -382,7 +489,7 @@ impl Runner {
         // 2'. With `{lock}`: the exact key of the cloned repo's dependency
         //     files, then the site's newest generation under its prefix,
         //     then the deploy's and the runner's fallbacks.
-        let cache = match cache {
+        let (cache, tail) = match cache {
             Some(c) => c,
             None => {
                 *lock(&self.deploy_step) = "restoring";
@@ -435,6 +542,7 @@ impl Runner {
                     spawn_as,
                     self.cfg.worker_restarts,
                     self.metrics.clone(),
+                    tail.as_ref().map(|t| t.watch()),
                 )
                 .map_err(|e| {
                     self.metrics.worker_failed();
@@ -450,7 +558,15 @@ impl Runner {
                 Some(worker)
             }
         };
-        let deployment = Arc::new(Deployment { site: req.site.clone(), cache, worker, watcher: Mutex::new(None) });
+        let deployment = Arc::new(Deployment {
+            site: req.site.clone(),
+            cache,
+            worker,
+            watcher: Mutex::new(None),
+            tail,
+            started,
+            first_response: std::sync::OnceLock::new(),
+        });
 
         // 6-7. Readiness, then the deps-ready snapshot, in the background.
         if let Some(w) = &deployment.worker {
@@ -549,6 +665,11 @@ impl Runner {
     /// not replace a good one (the seed's review finding).
     async fn after_ready(self: Arc<Self>, d: Arc<Deployment>, port: u16) {
         let Some(worker) = &d.worker else { return };
+        // The tail first: until it lands the dir is not the cache (and a
+        // snapshot would skip as `incomplete`).
+        if let Some(tail) = &d.tail {
+            tail.landed_within(self.cfg.restore_timeout).await;
+        }
         if worker.settled().await != WorkerState::Ready {
             tracing::warn!(target: "sandbox", "worker on port {port} failed to start; no deps-ready snapshot");
             return;
@@ -890,7 +1011,9 @@ impl Runner {
     /// The worker's port for a proxied request. A request that comes while
     /// the worker starts or restarts (or the deploy runs) waits for it, up
     /// to `PORT_TIMEOUT`, as the seed held them; then 503 `worker starting`.
-    pub(crate) async fn worker_target(&self) -> Result<std::net::SocketAddr, (axum::http::StatusCode, &'static str)> {
+    pub(crate) async fn worker_target(
+        &self,
+    ) -> Result<(std::net::SocketAddr, Arc<Deployment>), (axum::http::StatusCode, &'static str)> {
         use axum::http::StatusCode;
         let deadline = tokio::time::Instant::now() + self.cfg.port_timeout;
         let d = loop {
@@ -910,9 +1033,14 @@ impl Runner {
         let Some(w) = &d.worker else {
             return Err((StatusCode::SERVICE_UNAVAILABLE, "no worker for this deploy"));
         };
+        // No request sees a file still missing: it waits for the tail,
+        // which ends (landed or failed) within the restore's deadline.
+        if let (Some(tail), false) = (&d.tail, self.cfg.serve_during_tail) {
+            tail.landed_within(self.cfg.restore_timeout).await;
+        }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match w.ready_within(left).await {
-            WorkerState::Ready => Ok(w.addr()),
+            WorkerState::Ready => Ok((w.addr(), d.clone())),
             WorkerState::Starting => Err((StatusCode::SERVICE_UNAVAILABLE, "worker starting")),
             WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "Error while starting worker")),
             WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),

@@ -108,6 +108,11 @@ struct Shared {
     last_exit: std::sync::Mutex<Option<String>>,
     /// The worker listens on `[::1]` only.
     ipv6_only: std::sync::atomic::AtomicBool,
+    /// From the first start to the first time it listened.
+    boot: std::sync::OnceLock<Duration>,
+    /// It was restarted once because it exited before the restore's tail
+    /// landed.
+    tail_restart: std::sync::atomic::AtomicBool,
 }
 
 /// A running worker, supervised: started in its own process group, watched
@@ -178,13 +183,14 @@ impl Worker {
         user: Option<crate::isolation::WorkerUser>,
         restarts: Restarts,
         metrics: Arc<crate::metrics::Metrics>,
+        tail: Option<watch::Receiver<bool>>,
     ) -> Result<Worker, SpawnError> {
         let spec = Spec { argv: argv.to_vec(), cwd: cwd.to_owned(), env: env.clone(), port, ready_timeout, user };
         let child = spec.start()?;
         metrics.worker_started();
         let shared = Arc::new(Shared::default());
         let (tx, rx) = watch::channel(WorkerState::Starting);
-        let supervisor = tokio::spawn(supervise(spec, child, shared.clone(), tx, restarts, metrics));
+        let supervisor = tokio::spawn(supervise(spec, child, shared.clone(), tx, restarts, metrics, tail));
         Ok(Worker { port, shared, state: rx, supervisor: tokio::sync::Mutex::new(Some(supervisor)) })
     }
 
@@ -200,6 +206,11 @@ impl Worker {
             std::net::Ipv4Addr::LOCALHOST.into()
         };
         std::net::SocketAddr::new(ip, self.port)
+    }
+
+    /// From the first start to the first time it listened on its port.
+    pub fn boot(&self) -> Option<Duration> {
+        self.shared.boot.get().copied()
     }
 
     /// Restarts so far, and how the last run ended (`exit status: 1`).
@@ -261,9 +272,11 @@ async fn supervise(
     tx: watch::Sender<WorkerState>,
     restarts: Restarts,
     metrics: Arc<crate::metrics::Metrics>,
+    tail: Option<watch::Receiver<bool>>,
 ) {
     use std::sync::atomic::Ordering;
     let mut in_a_row = 0u32;
+    let first_start = tokio::time::Instant::now();
     loop {
         *shared.pgid.lock().unwrap_or_else(|p| p.into_inner()) = child.id().and_then(|id| Pid::from_raw(id as i32));
         let _waited_here = crate::isolation::own_child(child.id());
@@ -271,7 +284,13 @@ async fn supervise(
         let ready_at = tokio::time::Instant::now();
         let status = match ready {
             Readiness::Ready => {
-                tracing::info!(target: "sandbox", port = spec.port, "worker ready on port {}", spec.port);
+                if shared.boot.set(first_start.elapsed()).is_ok() {
+                    let boot_ms = first_start.elapsed().as_millis() as u64;
+                    tracing::info!(target: "sandbox", port = spec.port, boot_ms, "worker ready on port {} after {boot_ms}ms", spec.port);
+                    metrics.worker_boot(first_start.elapsed());
+                } else {
+                    tracing::info!(target: "sandbox", port = spec.port, "worker ready on port {}", spec.port);
+                }
                 let _ = tx.send(WorkerState::Ready);
                 metrics.worker_up(true);
                 child.wait().await.ok()
@@ -293,6 +312,33 @@ async fn supervise(
             return;
         }
         metrics.worker_failed();
+        // It ran while the restore's tail was still landing, and may have
+        // needed a file that was not hot: once the tail is in, it starts
+        // again, once, whether it had been ready or not.
+        if let Some(tail) = tail.as_ref().filter(|t| !*t.borrow()) {
+            if !shared.tail_restart.swap(true, Ordering::SeqCst) {
+                tracing::warn!(target: "sandbox", exit = %exit, "worker exited ({exit}) before the cache's tail landed; starting it again once it has");
+                metrics.worker_tail_restart();
+                let _ = tx.send(WorkerState::Starting);
+                let mut tail = tail.clone();
+                let _ = tail.wait_for(|landed| *landed).await;
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                child = match spec.start() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(target: "sandbox", "worker restart failed: {e}");
+                        let _ = tx.send(WorkerState::Failed);
+                        return;
+                    }
+                };
+                shared.restarts.fetch_add(1, Ordering::Relaxed);
+                metrics.worker_started();
+                metrics.worker_restarted();
+                continue;
+            }
+        }
         if !matches!(ready, Readiness::Ready) {
             tracing::warn!(target: "sandbox", exit = %exit, "worker exited before it was ready: {exit}");
             let _ = tx.send(WorkerState::Failed);

@@ -116,6 +116,10 @@ pub enum Direction {
     /// `PUT`s (whole objects and multipart parts): faults hit the request
     /// body on its way to the server.
     Upload,
+    /// Object `GET`s with a `Range` header only (a native restore reads
+    /// packs it did not prefetch whole by range), counted on their own:
+    /// faults hit the response body.
+    RangedDownload,
 }
 
 /// A fault to inject.
@@ -135,6 +139,7 @@ struct Shared {
     upstream: String,
     plan: Mutex<Option<Plan>>,
     downloads: AtomicUsize,
+    ranged: AtomicUsize,
     uploads: AtomicUsize,
     injected: AtomicUsize,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -157,6 +162,7 @@ impl FaultProxy {
             upstream: upstream.trim_end_matches('/').to_owned(),
             plan: Mutex::new(None),
             downloads: AtomicUsize::new(0),
+            ranged: AtomicUsize::new(0),
             uploads: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -181,6 +187,7 @@ impl FaultProxy {
     pub fn set(&self, plan: Option<Plan>) {
         *self.shared.plan.lock().unwrap() = plan;
         self.shared.downloads.store(0, Ordering::SeqCst);
+        self.shared.ranged.store(0, Ordering::SeqCst);
         self.shared.uploads.store(0, Ordering::SeqCst);
         self.shared.injected.store(0, Ordering::SeqCst);
     }
@@ -189,6 +196,7 @@ impl FaultProxy {
     pub fn transfers(&self, direction: Direction) -> usize {
         match direction {
             Direction::Download => self.shared.downloads.load(Ordering::SeqCst),
+            Direction::RangedDownload => self.shared.ranged.load(Ordering::SeqCst),
             Direction::Upload => self.shared.uploads.load(Ordering::SeqCst),
         }
     }
@@ -249,19 +257,25 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>) {
             _ => None,
         };
         let plan = *shared.plan.lock().unwrap();
+        let ranged = direction == Some(Direction::Download) && req.header("range").is_some();
         let fault = direction.and_then(|d| {
             let counter = match d {
-                Direction::Download => &shared.downloads,
+                Direction::Download | Direction::RangedDownload => &shared.downloads,
                 Direction::Upload => &shared.uploads,
             };
             let n = counter.fetch_add(1, Ordering::SeqCst);
-            plan.filter(|p| p.direction == d && (n == p.index || (p.sticky && n > p.index)))
+            let r = if ranged { Some(shared.ranged.fetch_add(1, Ordering::SeqCst)) } else { None };
+            plan.filter(|p| match (p.direction, r) {
+                (Direction::RangedDownload, Some(r)) => r == p.index || (p.sticky && r > p.index),
+                (Direction::RangedDownload, None) => false,
+                (pd, _) => pd == d && (n == p.index || (p.sticky && n > p.index)),
+            })
         });
         if fault.is_some() {
             shared.injected.fetch_add(1, Ordering::SeqCst);
         }
         let upload_fault = fault.filter(|p| p.direction == Direction::Upload);
-        let download_fault = fault.filter(|p| p.direction == Direction::Download);
+        let download_fault = fault.filter(|p| p.direction != Direction::Upload);
 
         // The request body, with upload faults on the way in.
         let cut = upload_fault.map(|p| p.at.offset(len));

@@ -40,6 +40,13 @@ pub const AWS_ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
 pub const AWS_REGION: &str = "AWS_REGION";
 pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
 
+/// `serve`: `0` turns off starting the worker at `hot-ready` (the hot set
+/// in place, the rest still landing); on by default.
+pub const SANDCACHE_HOT_FIRST: &str = "SANDCACHE_HOT_FIRST";
+/// `serve`: `true` lets proxied requests through while the cache's tail
+/// lands (`--serve-during-tail`).
+pub const SANDCACHE_SERVE_DURING_TAIL: &str = "SANDCACHE_SERVE_DURING_TAIL";
+
 /// `serve`: the port to listen on (all interfaces), default 8000.
 pub const APP_PORT: &str = "APP_PORT";
 /// `serve`: the worker must listen on its `PORT` within this many seconds (60).

@@ -64,6 +64,13 @@ enum Command {
         #[arg(long = "fallback", value_name = "F", env = env_vars::DECO_CACHE_S3_FALLBACK_KEYS, value_delimiter = ',')]
         #[arg(value_parser = parse_fallback)]
         fallbacks: Vec<String>,
+        /// Two phases: the hot files (those the app read after the last
+        /// restore), every directory and symlink first, swapped in at once
+        /// (logged as hot-ready; `hot_ms` in --json); then the rest, each
+        /// file whole or not at all. A generation without a hot set
+        /// restores in one phase.
+        #[arg(long)]
+        hot_first: bool,
     },
     /// Upload a directory to the cache (streamed, bounded memory).
     Snapshot {
@@ -208,7 +215,7 @@ fn main() -> ExitCode {
     let show_bar = !common.json && !common.quiet;
     let outcome = runtime.block_on(async {
         match &cli.command {
-            Command::Restore { common, concurrency, limits, owner, fallbacks, .. } => {
+            Command::Restore { common, concurrency, limits, owner, fallbacks, hot_first, .. } => {
                 let _bar = progress::Bar::start("restore", &progress, show_bar);
                 let opts = RestoreOptions {
                     timeout,
@@ -217,9 +224,19 @@ fn main() -> ExitCode {
                     progress: Some(progress.clone()),
                     owner: *owner,
                     fallbacks: fallbacks.clone(),
+                    hot_first: *hot_first,
                     ..Default::default()
                 };
-                let outcome = cache.restore(&common.dir, &opts).await;
+                let outcome = if *hot_first {
+                    let mut handle = cache.restore_handle(&common.dir, &opts);
+                    if let Some(at) = handle.hot_ready().await {
+                        let hot_ms = at.as_millis() as u64;
+                        tracing::info!(target: "sandbox-cache", hot_ms, "hot-ready: {} holds the hot set after {hot_ms}ms", common.dir.display());
+                    }
+                    handle.finish().await
+                } else {
+                    cache.restore(&common.dir, &opts).await
+                };
                 if outcome.reason() == Some(Reason::TooLarge) {
                     tracing::warn!(
                         target: "sandbox-cache",

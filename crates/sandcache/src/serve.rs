@@ -38,6 +38,17 @@ pub struct ServeArgs {
     /// Restore deadline in seconds.
     #[arg(long, env = env_vars::SANDCACHE_TIMEOUT, default_value = "30", value_name = "SECS")]
     restore_timeout: f64,
+    /// Start the worker at hot-ready (the files its last run read are in
+    /// place) while the rest of the cache lands; `0`/`false` waits for all.
+    #[arg(long, env = env_vars::SANDCACHE_HOT_FIRST, default_value = "true", value_name = "BOOL")]
+    #[arg(value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    hot_first: bool,
+    /// Let proxied requests through while the cache's tail lands, instead
+    /// of holding them until it has. Only for sites whose whole working set
+    /// is hot: a request needing a file still missing makes the app fetch
+    /// it again (a cold miss), or fail if it cannot.
+    #[arg(long, env = env_vars::SANDCACHE_SERVE_DURING_TAIL)]
+    serve_during_tail: bool,
     /// Bounds on what the deploy's restore may expand to.
     #[command(flatten)]
     limits: LimitArgs,
@@ -175,6 +186,8 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
         runner_env: env,
         legacy_vars,
         fallbacks: args.fallbacks.clone(),
+        hot_first: args.hot_first,
+        serve_during_tail: args.serve_during_tail,
         ..RunnerConfig::default()
     };
     Ok((listen, cfg))

@@ -2,6 +2,7 @@
 //! snapshot ordering, a stalled store, and a real Deno site end to end.
 
 mod e2e;
+mod hot;
 mod seeds;
 
 use std::collections::BTreeMap;
