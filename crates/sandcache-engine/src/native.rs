@@ -33,8 +33,9 @@ use futures::{StreamExt, TryStreamExt};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest, PackBuilder, PackRef, PieceRef, Span};
+use sandcache_archive::sqlite::{self, Copier, SQLITE_MAGIC};
 use sandcache_archive::walk::{FileReader, Kind as WalkKind, Meta, Step, Tree};
-use sandcache_archive::{ExtractError, Progress, WalkError, WalkOptions};
+use sandcache_archive::{ExtractError, Progress, SqliteOptions, WalkError, WalkOptions};
 use sandcache_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -415,11 +416,14 @@ pub(crate) async fn restore_into(
     let staging = &anchored.io();
     // 1. Directories and empty files, before any content arrives. No symlink
     //    exists in staging until the very end, so paths cannot be redirected.
+    // Under a zero umask (the CLI sets one), files and directories are
+    // created with their final modes: no chmod per entry.
+    let exact = umask_is_zero();
     let setup_m = m.clone();
     let (setup_staging, held) = (staging.to_owned(), anchored.clone());
     let pieces = tokio::task::spawn_blocking(move || {
         let _held = held;
-        setup(&setup_m, &setup_staging, owner)
+        setup(&setup_m, &setup_staging, owner, exact)
     })
     .await
     .map_err(|e| Skip::joined("the setup thread", e))?
@@ -427,7 +431,7 @@ pub(crate) async fn restore_into(
     let (pieces, tail) = if opts.hot_first { split_hot(&m, pieces) } else { (pieces, None) };
 
     // 2. Content: every frame needed now, fetched and written.
-    let sink = Sink::Staging { io: staging.to_owned(), _held: anchored.clone() };
+    let sink = Sink::Staging { io: staging.to_owned(), _held: anchored.clone(), exact };
     let (files, bytes, transferred) =
         write_frames(store, key, &m, Arc::new(pieces), sink, cancel.clone(), opts, &prefetch).await?;
     if cancel.load(Ordering::Relaxed) {
@@ -441,7 +445,7 @@ pub(crate) async fn restore_into(
     let (fin_m, fin_staging, held) = (m.clone(), staging.to_owned(), anchored.clone());
     let symlinks = tokio::task::spawn_blocking(move || {
         let _held = held;
-        finish(&fin_m, &fin_staging, owner, &deferred)
+        finish(&fin_m, &fin_staging, owner, &deferred, exact)
     })
     .await
     .map_err(|e| Skip::joined("the finish thread", e))?
@@ -454,7 +458,7 @@ pub(crate) async fn restore_into(
 /// held-open fd), or the live dir of a restore's second phase.
 #[derive(Clone)]
 enum Sink {
-    Staging { io: std::path::PathBuf, _held: crate::target::Staging },
+    Staging { io: std::path::PathBuf, _held: crate::target::Staging, exact: bool },
     Live(Arc<LiveDir>),
 }
 
@@ -735,7 +739,7 @@ impl LiveDir {
             return Ok(false);
         };
         let (tmp, mut f) = Self::temp(&parent, entry)?;
-        if let Err(err) = io::Write::write_all(&mut f, data).and_then(|()| set_meta(&f, e, owner)) {
+        if let Err(err) = io::Write::write_all(&mut f, data).and_then(|()| set_meta(&f, e, owner, false)) {
             let _ = rustix::fs::unlinkat(&*parent, tmp.as_str(), AtFlags::empty());
             return Err(err);
         }
@@ -812,7 +816,7 @@ fn finish_tail(m: &Manifest, entries: &[u32], live: &LiveDir, owner: Option<(u32
             }
             Err(err) => return Err(fail(io_err(path, err))),
         }
-        set_meta(&part.file, e, owner).map_err(|err| fail(io_err(path, err)))?;
+        set_meta(&part.file, e, owner, false).map_err(|err| fail(io_err(path, err)))?;
         if live.publish(&part.parent, &part.tmp, name).map_err(|err| io_err(path, err))? {
             n += 1;
         }
@@ -838,10 +842,13 @@ fn io_err(path: &Path, e: io::Error) -> ExtractError {
 }
 
 /// Creates every directory and empty file; returns each frame's pieces.
-fn setup(m: &Manifest, staging: &Path, owner: Option<(u32, u32)>) -> Result<Vec<Vec<Piece>>, ExtractError> {
+fn setup(
+    m: &Manifest,
+    staging: &Path,
+    owner: Option<(u32, u32)>,
+    exact: bool,
+) -> Result<Vec<Vec<Piece>>, ExtractError> {
     let mut pieces: Vec<Vec<Piece>> = vec![Vec::new(); m.frames.len()];
-    let mut dirs = fs::DirBuilder::new();
-    dirs.recursive(true).mode(0o755);
     let mut made: HashSet<&str> = HashSet::new();
     for (i, e) in m.entries.iter().enumerate() {
         let parent = match e.kind {
@@ -850,7 +857,15 @@ fn setup(m: &Manifest, staging: &Path, owner: Option<(u32, u32)>) -> Result<Vec<
         };
         if let Some(p) = parent {
             if made.insert(p) {
-                dirs.create(staging.join(p)).map_err(|err| io_err(&staging.join(p), err))?;
+                // A listed directory gets its own mode at once when the umask
+                // allows (always with owner rwx, so entries can go in);
+                // implied parents 0755.
+                let mode = match (exact, e.kind) {
+                    (true, Kind::Dir) => dir_mode(e),
+                    _ => 0o755,
+                };
+                let path = staging.join(p);
+                fs::DirBuilder::new().recursive(true).mode(mode).create(&path).map_err(|err| io_err(&path, err))?;
             }
         }
         if e.kind != Kind::File {
@@ -858,7 +873,9 @@ fn setup(m: &Manifest, staging: &Path, owner: Option<(u32, u32)>) -> Result<Vec<
         }
         if e.size == 0 {
             let path = staging.join(&e.path);
-            create(&path, true).and_then(|f| set_meta(&f, e, owner)).map_err(|err| io_err(&path, err))?;
+            create(&path, true, file_mode(e, exact))
+                .and_then(|f| set_meta(&f, e, owner, exact))
+                .map_err(|err| io_err(&path, err))?;
             continue;
         }
         let span = m.span_frames(e)?;
@@ -875,9 +892,29 @@ fn setup(m: &Manifest, staging: &Path, owner: Option<(u32, u32)>) -> Result<Vec<
     Ok(pieces)
 }
 
-fn create(path: &Path, exclusive: bool) -> io::Result<fs::File> {
+/// A restored directory's mode: setuid, setgid and sticky dropped, owner
+/// rwx always kept.
+fn dir_mode(e: &Entry) -> u32 {
+    (e.mode & 0o777) | 0o700
+}
+
+/// The mode to create a file with: its final one under a zero umask, else
+/// private until [`set_meta`] sets it.
+fn file_mode(e: &Entry, exact: bool) -> u32 {
+    if exact { e.mode & 0o777 } else { 0o600 }
+}
+
+/// Whether this process's umask is 0 (read from `/proc/self/status`; the
+/// umask itself cannot be read without setting it, racing other threads).
+fn umask_is_zero() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines().any(|l| l.strip_prefix("Umask:").is_some_and(|v| u32::from_str_radix(v.trim(), 8) == Ok(0)))
+    })
+}
+
+fn create(path: &Path, exclusive: bool, mode: u32) -> io::Result<fs::File> {
     let mut o = fs::OpenOptions::new();
-    o.write(true).mode(0o600).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    o.write(true).mode(mode).custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
     if exclusive {
         o.create_new(true)
     } else {
@@ -886,13 +923,16 @@ fn create(path: &Path, exclusive: bool) -> io::Result<fs::File> {
     o.open(path)
 }
 
-/// Mode, times and, for a runner's worker, the owner. The owner first:
-/// chown clears setuid bits.
-fn set_meta(f: &fs::File, e: &Entry, owner: Option<(u32, u32)>) -> io::Result<()> {
+/// Mode (unless it was created with it: `exact`), times and, for a
+/// runner's worker, the owner, all on the open fd. The owner first: chown
+/// clears setuid bits.
+fn set_meta(f: &fs::File, e: &Entry, owner: Option<(u32, u32)>, exact: bool) -> io::Result<()> {
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(f, Some(uid), Some(gid))?;
     }
-    f.set_permissions(fs::Permissions::from_mode(e.mode & 0o777))?;
+    if !exact {
+        f.set_permissions(fs::Permissions::from_mode(e.mode & 0o777))?;
+    }
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64);
     f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
 }
@@ -1031,8 +1071,8 @@ fn write_frame(
         if whole && blake3::hash(data).to_hex().as_str() != e.hash.as_deref().unwrap_or_default() {
             return Err(ExtractError::Corrupt { detail: format!("{} fails its BLAKE3 check", e.path), source: None });
         }
-        let staging = match sink {
-            Sink::Staging { io, .. } => io,
+        let (staging, exact) = match sink {
+            Sink::Staging { io, exact, .. } => (io, *exact),
             Sink::Live(live) => {
                 let path = Path::new(&e.path);
                 if whole {
@@ -1047,13 +1087,13 @@ fn write_frame(
         let path = staging.join(&e.path);
         if whole {
             // The whole file: its own hash was checked above.
-            let mut f = create(&path, true).map_err(|err| io_err(&path, err))?;
+            let mut f = create(&path, true, file_mode(e, exact)).map_err(|err| io_err(&path, err))?;
             io::Write::write_all(&mut f, data).map_err(|err| io_err(&path, err))?;
-            set_meta(&f, e, owner).map_err(|err| io_err(&path, err))?;
+            set_meta(&f, e, owner, exact).map_err(|err| io_err(&path, err))?;
             files += 1;
         } else {
             // A part of a large file: its frame's hash verified it.
-            let f = create(&path, false).map_err(|err| io_err(&path, err))?;
+            let f = create(&path, false, file_mode(e, exact)).map_err(|err| io_err(&path, err))?;
             f.write_all_at(data, p.file_offset).map_err(|err| io_err(&path, err))?;
         }
         bytes += p.len;
@@ -1068,6 +1108,7 @@ fn finish(
     staging: &Path,
     owner: Option<(u32, u32)>,
     deferred: &HashSet<u32>,
+    exact: bool,
 ) -> Result<u64, ExtractError> {
     let mut n = 0;
     for (i, e) in m.entries.iter().enumerate() {
@@ -1115,7 +1156,7 @@ fn finish(
                         source: None,
                     });
                 }
-                set_meta(&f, e, owner).map_err(|err| io_err(&path, err))?;
+                set_meta(&f, e, owner, exact).map_err(|err| io_err(&path, err))?;
                 n += 1;
             }
             _ => {}
@@ -1141,11 +1182,15 @@ fn finish(
     }
     for e in dirs {
         let path = staging.join(&e.path);
-        fs::set_permissions(&path, fs::Permissions::from_mode((e.mode & 0o777) | 0o700))
-            .map_err(|err| io_err(&path, err))?;
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64);
-        let f = fs::File::open(&path).map_err(|err| io_err(&path, err))?;
-        f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(|err| io_err(&path, err))?;
+        if !exact {
+            fs::set_permissions(&path, fs::Permissions::from_mode(dir_mode(e))).map_err(|err| io_err(&path, err))?;
+        }
+        // By path, never following: staging is private, and nothing in it
+        // names a directory but a directory.
+        let t = rustix::fs::Timespec { tv_sec: e.mtime.max(0), tv_nsec: 0 };
+        let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+        rustix::fs::utimensat(rustix::fs::CWD, &path, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|err| io_err(&path, err.into()))?;
     }
     fs::set_permissions(staging, fs::Permissions::from_mode(0o755)).map_err(|err| io_err(staging, err))?;
     // The staging dir itself last: until now only we could enter it, so no
@@ -1230,9 +1275,14 @@ impl Index {
     /// writes from `m` (walk order, the modes and times the restore sets),
     /// computed without reading the disk back. Should the two ever differ,
     /// the only cost is a snapshot that walks instead of skipping at once.
+    /// Deno's own caches do not count, as there.
     pub(crate) fn fingerprint_of(m: &Manifest) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
         for e in &m.entries {
+            let top = e.path.split('/').next().unwrap_or_default();
+            if sqlite::is_deno_cache_or_companion(std::ffi::OsStr::new(top)) {
+                continue;
+            }
             h.update(e.path.as_bytes());
             match e.kind {
                 Kind::Dir => {
@@ -1263,8 +1313,7 @@ impl Index {
     /// `until` (see [`IndexEntry::upto`]): no walk of the disk, so nothing
     /// the app did meanwhile (it may be running during a second phase) can
     /// be taken for restored content.
-    pub(crate) fn of_manifest(m: &Manifest, until: SystemTime) -> Index {
-        let until_ns = until.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+    pub(crate) fn of_manifest_ns(m: &Manifest, until_ns: i128) -> Index {
         let files = m
             .entries
             .iter()
@@ -1312,8 +1361,6 @@ pub(crate) struct SnapshotPlan {
     pub unchanged: bool,
 }
 
-const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
-
 /// Reads until `buf` is full or the file ends.
 fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -1360,12 +1407,16 @@ pub(crate) enum BuildError {
 
 /// Walks `dir` (as a hostile tree: see [`sandcache_archive::walk`]), reuses
 /// what `base` already stores, and hands each new pack to `upload` as soon
-/// as it is full (bounded memory). Blocking.
+/// as it is full (bounded memory). Blocking. SQLite databases are left out,
+/// except Deno's own caches at the top when `sqlite` is given: stored as
+/// consistent copies (see [`sandcache_archive::sqlite`]), never indexed
+/// (the copy is not the file on disk), and hot (read at every boot).
 pub(crate) fn build(
     dir: &Path,
     base: Option<&Manifest>,
     index: &Index,
     walk: &WalkOptions,
+    sqlite: Option<&SqliteOptions>,
     progress: Option<&Progress>,
     upload: &mut dyn FnMut(pack::BuiltPack) -> io::Result<()>,
 ) -> Result<SnapshotPlan, BuildError> {
@@ -1391,7 +1442,8 @@ pub(crate) fn build(
     let mut reused: Vec<(usize, Span)> = Vec::new();
     let (mut files, mut bytes) = (0u64, 0u64);
     // SQLite databases seen (relative paths), for their companions.
-    let mut sqlite: Vec<String> = Vec::new();
+    let mut databases: Vec<String> = Vec::new();
+    let mut caches = sqlite.cloned().map(|o| Copier::new(o, walk.cancel.clone()));
     tree.walk::<BuildError>(&mut |c| {
         if c.name().to_str().is_none() {
             tracing::warn!("leaving out a non-UTF-8 name: {}", c.path().display());
@@ -1401,7 +1453,22 @@ pub(crate) fn build(
         let child_rel = c.rel().to_str().expect("UTF-8 components").to_owned();
         let meta = c.meta();
         let (mode, mtime) = (meta.mode, meta.mtime);
+        // Deno's own caches: a consistent copy, or nothing.
+        let copy = if c.is_top() && sqlite::is_deno_cache_or_companion(c.name()) {
+            let copy = match caches.as_mut() {
+                Some(k) if sqlite::is_deno_cache(c.name()) => k.copy(c)?,
+                _ => None,
+            };
+            match copy {
+                Some(copy) => Some(copy),
+                None => return Ok(if meta.kind == WalkKind::Dir { Step::SkipDir } else { Step::Continue }),
+            }
+        } else {
+            None
+        };
+        let is_cache = copy.is_some();
         match meta.kind {
+            _ if is_cache => {}
             WalkKind::Dir => {
                 entries.push(Entry::dir(child_rel, mode, mtime));
                 return Ok(Step::Continue);
@@ -1421,48 +1488,56 @@ pub(crate) fn build(
                 return Ok(Step::Continue);
             }
         }
-        if ["-wal", "-shm", "-journal"]
+        if sqlite::COMPANIONS
             .iter()
-            .any(|s| child_rel.strip_suffix(s).is_some_and(|b| sqlite.iter().any(|q| q == b)))
+            .any(|s| child_rel.strip_suffix(s).is_some_and(|b| databases.iter().any(|q| q == b)))
         {
             return Ok(Step::Continue);
         }
         // The open file, when it was read for its hash: read again from it,
         // never reopened by name.
         let mut opened: Option<FileReader> = None;
-        let (hash, content) = match index.lookup(&child_rel, meta) {
-            Some(h) => (h.to_owned(), None),
-            None => {
-                let Some(mut f) = c.open()? else { return Ok(Step::Continue) };
-                if f.len() > pack::FRAME_RAW as u64 {
+        let (hash, content, size) = match (copy, index.lookup(&child_rel, meta)) {
+            (None, Some(h)) => (h.to_owned(), None, meta.size),
+            (copy, _) => {
+                let mut f = match copy {
+                    Some(f) => f,
+                    None => match c.open()? {
+                        Some(f) => f,
+                        None => return Ok(Step::Continue),
+                    },
+                };
+                let size = f.len();
+                if size > pack::FRAME_RAW as u64 {
                     // A large file is hashed in frame-sized pieces and, if
                     // new, read again into the packs: never whole in memory.
                     let (hash, head) = hash_stream(&mut f)?;
-                    if head.starts_with(SQLITE_MAGIC) {
-                        sqlite.push(child_rel);
+                    if !is_cache && head.starts_with(SQLITE_MAGIC) {
+                        databases.push(child_rel);
                         return Ok(Step::Continue);
                     }
                     opened = Some(f);
-                    (hash, None)
+                    (hash, None, size)
                 } else {
-                    let mut data = vec![0; f.len() as usize];
+                    let mut data = vec![0; size as usize];
                     f.read_full(&mut data)?;
-                    if data.len() >= 16 && &data[..16] == SQLITE_MAGIC {
-                        sqlite.push(child_rel);
+                    if !is_cache && data.len() >= 16 && &data[..16] == SQLITE_MAGIC {
+                        databases.push(child_rel);
                         return Ok(Step::Continue);
                     }
-                    (blake3::hash(&data).to_hex().to_string(), Some(data))
+                    (blake3::hash(&data).to_hex().to_string(), Some(data), size)
                 }
             }
         };
-        let size = meta.size;
-        let (s, m, ct, i) = stamp(meta);
-        new_index.files.insert(
-            child_rel.clone(),
-            IndexEntry { size: s, mtime_ns: m, ctime_ns: ct, ino: i, hash: hash.clone(), upto: false },
-        );
+        if !is_cache {
+            let (s, m, ct, i) = stamp(meta);
+            new_index.files.insert(
+                child_rel.clone(),
+                IndexEntry { size: s, mtime_ns: m, ctime_ns: ct, ino: i, hash: hash.clone(), upto: false },
+            );
+        }
         let mut e = Entry::file(child_rel, mode, mtime, size, hash.clone());
-        e.hot = tracks_reads && meta.read_since_written();
+        e.hot = tracks_reads && (is_cache || meta.read_since_written());
         let which = usize::from(!e.hot);
         let (builder, new_packs) = (&mut builders[which], &mut new_packs[which]);
         let tag = if e.hot { 0 } else { COLD };

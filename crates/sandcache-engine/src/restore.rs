@@ -15,7 +15,7 @@ use crate::native;
 
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelReader, Msg};
-use crate::snapshot::save_state;
+use crate::snapshot::{save_state, save_state_restored};
 use crate::target::{CancelOnDrop, Staging, Target, remove_in_background};
 use crate::{Cache, error_chain, mb};
 
@@ -596,9 +596,9 @@ async fn restore_archive(
     Ok((Done { files: stats.files, bytes: stats.bytes, transferred, ..Done::default() }, staging))
 }
 
-/// Off the critical path: record what was restored, so an unchanged dir is
-/// not uploaded again (and a native snapshot rereads nothing), then remove
-/// the old tree and any leftovers.
+/// Record what was restored, so an unchanged dir is not uploaded again (and
+/// a native snapshot rereads nothing), then remove the old tree and any
+/// leftovers in the background.
 /// `manifest`: a native generation's, with its key; `None` for a single
 /// archive (stored at `key` itself).
 fn after_swap(
@@ -610,29 +610,30 @@ fn after_swap(
 ) {
     let target = target.clone();
     let (store, key) = (store.to_string(), key.to_owned());
-    // Everything the restore wrote has a ctime before this.
-    let until = std::time::SystemTime::now();
-    crate::target::background("after-restore", move || {
-        // A native generation's fingerprint and index come from its
-        // manifest, not the disk: the app may already be changing the tree,
-        // and nothing it made may pass for restored. A single archive's
-        // tree is walked once for its fingerprint.
-        let walked = match &manifest {
-            Some((m, _)) => Ok((native::Index::fingerprint_of(m), Some(native::Index::of_manifest(m, until)))),
-            None => sandcache_archive::fingerprint(&target.dir, true, &Default::default()).map(|fp| (fp, None)),
-        };
-        match walked {
-            Ok((fp, index)) => {
-                let generation = manifest.as_ref().map_or(key.as_str(), |(_, g)| g.as_str());
-                save_state(&target, &store, &key, &fp, generation);
-                if let Some(index) = index {
-                    index.save(&target.index_path());
-                }
-            }
-            Err(e) => tracing::debug!("no fingerprint for {}: {e}", target.dir.display()),
+    // Everything the restore wrote has a ctime up to this.
+    let until_ns = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+    // The previous index describes the tree that was just replaced.
+    let _ = std::fs::remove_file(target.index_path());
+    match &manifest {
+        // A native generation's fingerprint comes from its manifest, not the
+        // disk (the app may already be changing the tree, and nothing it
+        // made may pass for restored), and so does its index, rebuilt by
+        // the next snapshot from the manifest and this bound: nothing to
+        // walk, nothing more to write than the state.
+        Some((m, generation)) => {
+            save_state_restored(&target, &store, &key, &native::Index::fingerprint_of(m), generation, Some(until_ns));
+            remove_in_background(trash);
         }
-        remove_in_background(trash);
-    });
+        // A single archive's tree is walked once for its fingerprint, off
+        // the critical path.
+        None => crate::target::background("after-restore", move || {
+            match sandcache_archive::fingerprint(&target.dir, true, &Default::default()) {
+                Ok(fp) => save_state(&target, &store, &key, &fp, &key),
+                Err(e) => tracing::debug!("no fingerprint for {}: {e}", target.dir.display()),
+            }
+            remove_in_background(trash);
+        }),
+    }
 }
 
 pub(crate) fn store_skip(e: StoreError) -> Skip {

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sandcache_archive::pack::BuiltPack;
-use sandcache_archive::{Encoding, Layout, Limits, Progress, WalkError, WalkOptions, WriteError, WriteOptions};
+use sandcache_archive::{
+    Encoding, Layout, Limits, Progress, SqliteOptions, WalkError, WalkOptions, WriteError, WriteOptions,
+};
 use sandcache_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -79,14 +81,31 @@ struct State {
     /// taken as unchanged.
     #[serde(default)]
     generation: Option<String>,
+    /// Written by a native restore instead of an index: every file it wrote
+    /// has a ctime up to this (ns since the epoch). A snapshot rebuilds the
+    /// index from the generation's manifest ([`native::Index::of_manifest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restored_until_ns: Option<i128>,
 }
 
 pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32], generation: &str) {
+    save_state_restored(target, store, key, fp, generation, None);
+}
+
+pub(crate) fn save_state_restored(
+    target: &Target,
+    store: &str,
+    key: &str,
+    fp: &[u8; 32],
+    generation: &str,
+    restored_until_ns: Option<i128>,
+) {
     let state = State {
         store: store.to_owned(),
         key: key.to_owned(),
         fingerprint: hex(fp),
         generation: Some(generation.to_owned()),
+        restored_until_ns,
     };
     let path = target.state_path();
     let written = serde_json::to_vec(&state)
@@ -154,6 +173,7 @@ async fn snapshot(
         Err(e) => return Err(Skip::new(Reason::IoError, format!("target dir: {e}"))),
     };
     let _lock = target.lock_or_skip(deadline).await?;
+    crate::target::remove_in_background(target.sqlite_leftovers());
     if std::fs::symlink_metadata(target.tail_path()).is_ok() {
         return Err(Skip::new(
             Reason::Incomplete,
@@ -207,9 +227,14 @@ async fn snapshot(
         }
     }
 
+    // Deno's own caches are stored as consistent copies, made in a private
+    // dir beside the state files (see sandcache_archive::sqlite).
+    let sqlite = SqliteOptions::new(target.sqlite_scratch());
     match opts.format {
-        Format::Native => snapshot_native(store, key, &target, opts, &walk, &fp).await,
-        Format::Tgz => snapshot_archive(store, key, &target, opts, &walk, &fp, Layout::Rooted, Encoding::Gzip).await,
+        Format::Native => snapshot_native(store, key, &target, opts, &walk, &sqlite, &fp).await,
+        Format::Tgz => {
+            snapshot_archive(store, key, &target, opts, &walk, &sqlite, &fp, Layout::Rooted, Encoding::Gzip).await
+        }
     }
 }
 
@@ -235,6 +260,7 @@ async fn snapshot_native(
     target: &Target,
     opts: &SnapshotOptions,
     walk: &WalkOptions,
+    sqlite: &SqliteOptions,
     fp: &[u8; 32],
 ) -> Result<Done, Skip> {
     // The base to dedup against: the key's newest generation, whoever wrote
@@ -247,6 +273,7 @@ async fn snapshot_native(
         .and_then(|s| s.generation)
         .filter(|g| g.ends_with(".json.zst"));
     let mut base = None;
+    let mut base_key = None;
     for generation in listed.first().map(|i| i.key.clone()).into_iter().chain(restored_from) {
         match native::fetch_manifest(store.as_ref(), &generation).await {
             Ok(m) if m.pooled() && m.validate(&Limits::default(), &target.dir).is_ok() => {
@@ -256,6 +283,7 @@ async fn snapshot_native(
                 match missing_pack(store.as_ref(), &m).await {
                     Ok(None) => {
                         base = Some(m);
+                        base_key = Some(generation);
                         break;
                     }
                     Ok(Some(id)) => tracing::warn!(
@@ -271,14 +299,27 @@ async fn snapshot_native(
             Ok(_) | Err(_) => tracing::warn!(target: "sandbox-cache", "ignoring unreadable generation {generation}"),
         }
     }
-    let index = native::Index::load(&target.index_path());
+    let mut index = native::Index::load(&target.index_path());
+    // After a restore, the index is its manifest's (no walk, no file): the
+    // base's, when the dir was restored from it, else fetched.
+    let restored = load_state(target).filter(|s| s.store == store.to_string());
+    if let Some((generation, until)) = restored.and_then(|s| Some((s.generation?, s.restored_until_ns?))) {
+        let m = match (&base, &base_key) {
+            (Some(b), Some(k)) if *k == generation => Some(b.clone()),
+            _ => native::fetch_manifest(store.as_ref(), &generation).await.ok(),
+        };
+        if let Some(m) = m {
+            index = native::Index::of_manifest_ns(&m, until);
+        }
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BuiltPack>(1);
-    let (dir, progress, walk) = (target.dir.clone(), opts.progress.clone(), walk.clone());
+    let (dir, progress, walk, sqlite) = (target.dir.clone(), opts.progress.clone(), walk.clone(), sqlite.clone());
     let builder = tokio::task::spawn_blocking(move || {
         let mut upload = |p: BuiltPack| {
             tx.blocking_send(p).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped"))
         };
-        native::build(&dir, base.as_ref(), &index, &walk, progress.as_deref(), &mut upload).map(|plan| (plan, base))
+        native::build(&dir, base.as_ref(), &index, &walk, Some(&sqlite), progress.as_deref(), &mut upload)
+            .map(|plan| (plan, base))
     });
     // Each upload answers the bytes it added to the pool (0 for a pack the
     // pool already held).
@@ -433,6 +474,7 @@ async fn snapshot_archive(
     target: &Target,
     opts: &SnapshotOptions,
     walk: &WalkOptions,
+    sqlite: &SqliteOptions,
     fp: &[u8; 32],
     layout: Layout,
     encoding: Encoding,
@@ -442,6 +484,7 @@ async fn snapshot_archive(
         layout,
         encoding,
         skip_sqlite: true,
+        sqlite: Some(sqlite.clone()),
         cancel: walk.cancel.clone(),
         limits: walk.limits,
         progress: opts.progress.clone(),

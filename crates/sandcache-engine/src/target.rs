@@ -47,7 +47,7 @@ impl Target {
                 let parent = abs.parent().ok_or_else(|| invalid("the target dir has no parent"))?;
                 let name = abs.file_name().ok_or_else(|| invalid("the target dir has no name"))?;
                 if create_parent {
-                    fs::create_dir_all(parent).map_err(|e| with_path(e, parent))?;
+                    make_parents(parent)?;
                 }
                 fs::canonicalize(parent).map_err(|e| with_path(e, parent))?.join(name)
             }
@@ -101,7 +101,7 @@ impl Target {
     pub(crate) fn resolve_for_restore(dir: &Path) -> io::Result<Target> {
         let abs = if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) };
         if let Some(parent) = abs.parent() {
-            fs::create_dir_all(parent).map_err(|e| with_path(e, parent))?;
+            make_parents(parent)?;
         }
         Target::resolve_nofollow(&abs)
     }
@@ -140,6 +140,31 @@ impl Target {
     /// Per-file hashes of the last restore or snapshot (native format).
     pub(crate) fn index_path(&self) -> PathBuf {
         self.bookkeeping("-index.json")
+    }
+
+    /// A fresh name for the private dir a snapshot copies Deno's SQLite
+    /// caches in: beside the state and index (in the state dir when there
+    /// is one), never inside the dir, even a mount point.
+    pub(crate) fn sqlite_scratch(&self) -> PathBuf {
+        self.bookkeeping(&format!("-sqlite-{}-{:08x}", std::process::id(), rand::random::<u32>()))
+    }
+
+    /// SQLite scratch dirs left by snapshots that crashed. Call with the
+    /// lock held: no live snapshot owns them then.
+    pub(crate) fn sqlite_leftovers(&self) -> Vec<PathBuf> {
+        let stem = self.bookkeeping("-sqlite-");
+        let (Some(dir), Some(prefix)) = (stem.parent(), stem.file_name()) else {
+            return Vec::new();
+        };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let prefix = prefix.as_encoded_bytes();
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().as_encoded_bytes().starts_with(prefix))
+            .map(|e| e.path())
+            .collect()
     }
 
     /// A fresh name for a staging or trash dir.
@@ -223,7 +248,7 @@ impl Target {
     pub(crate) fn create_staging(&self) -> io::Result<Staging> {
         if self.inside {
             // The mounted dir may be missing only if unmounted meanwhile.
-            fs::create_dir_all(&self.dir).map_err(|e| with_path(e, &self.dir))?;
+            make_parents(&self.dir)?;
         }
         let path = self.scratch("staging");
         fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| with_path(e, &path))?;
@@ -444,6 +469,12 @@ impl Staging {
         // whoever can write its parent).
         if anchored.is_dir() { anchored } else { self.path.clone() }
     }
+}
+
+/// Missing parents of a target, 0755 whatever the umask (the CLI restores
+/// under a zero one).
+fn make_parents(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(|e| with_path(e, dir))
 }
 
 fn read_names(dir: &Path) -> io::Result<Vec<OsString>> {

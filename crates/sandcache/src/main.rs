@@ -216,6 +216,9 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match &cli.command {
             Command::Restore { common, concurrency, limits, owner, fallbacks, hot_first, .. } => {
+                // What it creates gets its final mode at once (no chmod per
+                // file); everything else it creates names its mode.
+                rustix::process::umask(rustix::fs::Mode::empty());
                 let _bar = progress::Bar::start("restore", &progress, show_bar);
                 let opts = RestoreOptions {
                     timeout,
