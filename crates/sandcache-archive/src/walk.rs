@@ -416,6 +416,18 @@ fn swapped(path: PathBuf, was: Kind, now: Kind) -> WalkError {
     }
 }
 
+/// A file to read that is something else: swapped since it was listed, or
+/// (not listed) found so.
+fn not_a_file(path: PathBuf, was: Kind, now: Kind) -> WalkError {
+    match was {
+        Kind::Unknown => WalkError::Unsafe {
+            path,
+            why: format!("is {}, not a regular file; not followed, nothing read from it", now.describe()),
+        },
+        was => swapped(path, was, now),
+    }
+}
+
 fn replaced(path: PathBuf) -> WalkError {
     WalkError::Changed { path, why: "replaced by another object after it was listed; nothing read from it".into() }
 }
@@ -485,32 +497,11 @@ impl Entry<'_> {
         if self.meta.kind != Kind::File {
             return Err(WalkError::io(&path, io::Error::other("not a regular file")));
         }
-        // O_NOATIME keeps the hot set (files read since restored) what the
-        // app read, not what a snapshot read; it needs the file's owner or
-        // CAP_FOWNER, so without either the open goes on without it.
-        let opened = match rustix::fs::openat(self.parent, self.name, FILE_FLAGS | OFlags::NOATIME, Mode::empty()) {
-            Err(Errno::PERM) => rustix::fs::openat(self.parent, self.name, FILE_FLAGS, Mode::empty()),
-            other => other,
+        let Some((fd, now)) = self.open_at(self.name, &path, Kind::File)? else {
+            return Ok(None);
         };
-        let fd = match opened {
-            Ok(fd) => fd,
-            Err(Errno::NOENT) => return Ok(None),
-            // O_NOFOLLOW on a symlink; ENXIO: a socket.
-            Err(Errno::LOOP | Errno::NXIO) => return Err(swapped(path, Kind::File, self.kind_now())),
-            Err(e) => return Err(WalkError::io(&path, e)),
-        };
-        let now = Meta::of(&rustix::fs::fstat(&fd).map_err(|e| WalkError::io(&path, e))?);
-        if now.kind != Kind::File {
-            return Err(swapped(path, Kind::File, now.kind));
-        }
         if !now.same_object(&self.meta) {
             return Err(replaced(path));
-        }
-        if now.nlink > 1 && self.owner.is_some_and(|o| o != now.uid) {
-            return Err(WalkError::Unsafe {
-                path,
-                why: format!("a hardlink ({} links) to a file of uid {}, not the tree's owner", now.nlink, now.uid),
-            });
         }
         if now.size < self.meta.size {
             return Err(WalkError::Changed {
@@ -519,6 +510,70 @@ impl Entry<'_> {
             });
         }
         Ok(Some(FileReader { file: File::from(fd), len: self.meta.size, pos: 0, path, cancel: self.cancel.cloned() }))
+    }
+
+    /// Opens the regular file named `name` in this entry's directory (this
+    /// entry itself when `name` is its own name), as it is now: with the
+    /// checks of [`Entry::open`] (never through a symlink, never a FIFO,
+    /// socket or device, never another uid's hardlink), but no listing to
+    /// match. The reader yields its size at the open. `None` when there is
+    /// no such entry. For a file and its companions that must be read
+    /// together (a database and its write-ahead log).
+    pub fn open_sibling(&self, name: &OsStr) -> Result<Option<FileReader>, WalkError> {
+        let path = self.path().with_file_name(name);
+        let cname = CString::new(name.as_bytes())
+            .map_err(|_| WalkError::io(&path, io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the name")))?;
+        let Some((fd, now)) = self.open_at(&cname, &path, Kind::Unknown)? else {
+            return Ok(None);
+        };
+        Ok(Some(FileReader { file: File::from(fd), len: now.size, pos: 0, path, cancel: self.cancel.cloned() }))
+    }
+
+    /// The `lstat` of `name` in this entry's directory, as it is now;
+    /// `None` when there is no such entry.
+    pub fn stat_sibling(&self, name: &OsStr) -> Result<Option<Meta>, WalkError> {
+        match rustix::fs::statat(self.parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(Meta::of(&st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(WalkError::io(&self.path().with_file_name(name), e)),
+        }
+    }
+
+    /// Opens `name` relative to the parent's fd (`O_NOFOLLOW|O_NONBLOCK|
+    /// O_NOCTTY`) and `fstat`s it: a regular file, not another uid's
+    /// hardlink. `was` is what the listing said it was ([`Kind::Unknown`]:
+    /// not listed), for messages.
+    fn open_at(&self, name: &CStr, path: &Path, was: Kind) -> Result<Option<(OwnedFd, Meta)>, WalkError> {
+        let path = path.to_owned();
+        // O_NOATIME keeps the hot set (files read since restored) what the
+        // app read, not what a snapshot read; it needs the file's owner or
+        // CAP_FOWNER, so without either the open goes on without it.
+        let opened = match rustix::fs::openat(self.parent, name, FILE_FLAGS | OFlags::NOATIME, Mode::empty()) {
+            Err(Errno::PERM) => rustix::fs::openat(self.parent, name, FILE_FLAGS, Mode::empty()),
+            other => other,
+        };
+        let fd = match opened {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            // O_NOFOLLOW on a symlink; ENXIO: a socket.
+            Err(Errno::LOOP | Errno::NXIO) => {
+                let now = rustix::fs::statat(self.parent, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_or(Kind::Unknown, |st| Meta::of(&st).kind);
+                return Err(not_a_file(path, was, now));
+            }
+            Err(e) => return Err(WalkError::io(&path, e)),
+        };
+        let now = Meta::of(&rustix::fs::fstat(&fd).map_err(|e| WalkError::io(&path, e))?);
+        if now.kind != Kind::File {
+            return Err(not_a_file(path, was, now.kind));
+        }
+        if now.nlink > 1 && self.owner.is_some_and(|o| o != now.uid) {
+            return Err(WalkError::Unsafe {
+                path,
+                why: format!("a hardlink ({} links) to a file of uid {}, not the tree's owner", now.nlink, now.uid),
+            });
+        }
+        Ok(Some((fd, now)))
     }
 }
 
@@ -546,6 +601,17 @@ impl FileReader {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Its `fstat` now (the open file, whatever its name became).
+    pub fn stat(&self) -> Result<Meta, WalkError> {
+        Ok(Meta::of(&rustix::fs::fstat(&self.file).map_err(|e| WalkError::io(&self.path, e))?))
+    }
+
+    /// A reader of a file sandcache made itself (not from a walked tree),
+    /// yielding its first `len` bytes, for code that takes walked files.
+    pub(crate) fn private(file: File, len: u64, path: PathBuf, cancel: Option<Arc<AtomicBool>>) -> FileReader {
+        FileReader { file, len, pos: 0, path, cancel }
     }
 
     /// Back to the first byte, to read the same file again.
