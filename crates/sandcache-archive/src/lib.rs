@@ -10,6 +10,8 @@
 //!   through directory fds, never following a symlink, never opening a
 //!   FIFO or device, never reading past a file's listed size. Everything
 //!   that reads a tree to snapshot it goes through it.
+//! * [`sqlite`] copies Deno's own SQLite caches consistently, through the
+//!   walker and a private scratch dir, for the writers to store.
 //!
 //! Both are blocking and streaming: they never hold a whole archive in memory.
 //! The engine runs them on a blocking thread, fed by or feeding the store.
@@ -29,6 +31,7 @@ mod extract;
 mod format;
 pub mod pack;
 mod progress;
+pub mod sqlite;
 pub mod walk;
 mod write;
 
@@ -36,6 +39,7 @@ pub use error::{ExtractError, WriteError};
 pub use extract::{ExtractOptions, ExtractStats, Limits, extract};
 pub use format::Compression;
 pub use progress::Progress;
+pub use sqlite::SqliteOptions;
 pub use walk::{WalkError, WalkOptions};
 pub use write::{
     Encoding, FileVisitor, Layout, RESERVED_PREFIX, TAIL_PREFIX, WriteOptions, WriteStats, fingerprint,

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use crate::error::WriteError;
 use crate::extract::Limits;
 use crate::progress::Progress;
+use crate::sqlite::{self, COMPANIONS as SQLITE_COMPANIONS, Copier, SQLITE_MAGIC, SqliteOptions};
 use crate::walk::{Entry, Kind, Meta, Step, Tree, WalkError, WalkOptions};
 
 /// Where the archive's entries are rooted.
@@ -39,8 +40,14 @@ pub struct WriteOptions {
     pub encoding: Encoding,
     /// Leave out SQLite databases (by their header) and their `-wal`, `-shm`
     /// and `-journal` companions. Deno keeps its analysis caches open as SQLite
-    /// files; a copy taken mid-write is corrupt, and they regenerate.
+    /// files; a copy taken mid-write is corrupt, and they regenerate. Deno's
+    /// own caches at the top ([`sqlite::DENO_CACHES`], by name, whatever
+    /// they hold) are left out too, unless [`WriteOptions::sqlite`] is set.
     pub skip_sqlite: bool,
+    /// With `skip_sqlite`: store consistent copies of Deno's own caches at
+    /// their paths (see [`crate::sqlite`]), made in this private scratch
+    /// dir. One that cannot be copied consistently is left out.
+    pub sqlite: Option<SqliteOptions>,
     /// Set to stop at the next entry or read.
     pub cancel: Option<Arc<AtomicBool>>,
     /// Bounds on the tree read: entries, listed bytes, path length. Past
@@ -57,6 +64,7 @@ impl WriteOptions {
             layout,
             encoding,
             skip_sqlite: true,
+            sqlite: None,
             cancel: None,
             limits: Limits::default(),
             progress: None,
@@ -77,8 +85,6 @@ pub struct WriteStats {
     pub skipped: u64,
 }
 
-const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
-
 /// Top-level entries with this prefix are sandcache's own (staging and trash
 /// inside a mounted target dir); they are never archived or fingerprinted.
 pub const RESERVED_PREFIX: &str = ".sandcache-";
@@ -87,7 +93,6 @@ pub const RESERVED_PREFIX: &str = ".sandcache-";
 /// any depth such names are never archived or fingerprinted: a restore
 /// killed mid-write leaves one behind.
 pub const TAIL_PREFIX: &str = ".sandcache-tail-";
-const SQLITE_COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 
 /// True when `dir` is missing, not a directory, or holds no regular file
 /// or symlink (directories alone, however many, make an empty cache). A
@@ -165,9 +170,28 @@ fn walk_into<W: Write>(
     // SQLite databases seen so far (relative paths), for their companions.
     let mut sqlite: Vec<PathBuf> = Vec::new();
     let mut head = [0u8; 16];
+    let mut caches = opts.sqlite.clone().filter(|_| opts.skip_sqlite).map(|o| Copier::new(o, opts.cancel.clone()));
     tree.walk::<WriteError>(&mut |e| {
         let rel = prefix.join(e.rel());
         let meta = e.meta();
+        if opts.skip_sqlite && e.is_top() && sqlite::is_deno_cache_or_companion(e.name()) {
+            // Deno's own caches: a consistent copy, or nothing.
+            let copy = match caches.as_mut() {
+                Some(c) if sqlite::is_deno_cache(e.name()) => c.copy(e)?,
+                _ => None,
+            };
+            let Some(mut file) = copy else {
+                stats.skipped += 1;
+                return Ok(if meta.kind == Kind::Dir { Step::SkipDir } else { Step::Continue });
+            };
+            let size = file.len();
+            let mut header = header_for(meta, tar::EntryType::Regular, size);
+            builder.append_data(&mut header, &rel, &mut file).map_err(|err| sink_or_walk(err, file.path()))?;
+            stats.files += 1;
+            stats.bytes += size;
+            progress(opts, size);
+            return Ok(Step::Continue);
+        }
         match meta.kind {
             Kind::Dir => append_dir(&mut builder, &rel, meta, stats)?,
             Kind::Symlink => {
@@ -197,15 +221,9 @@ fn walk_into<W: Write>(
                 }
                 let mut header = header_for(meta, tar::EntryType::Regular, size);
                 let head: &[u8] = if sniffed { &head } else { &[] };
-                builder.append_data(&mut header, &rel, head.chain(&mut file)).map_err(|err| {
-                    // The reader's errors carry a walk error; the rest are
-                    // the sink's.
-                    if err.get_ref().is_some_and(|inner| inner.is::<WalkError>()) {
-                        WriteError::Walk(WalkError::from_io(err, file.path()))
-                    } else {
-                        WriteError::Sink(err)
-                    }
-                })?;
+                builder
+                    .append_data(&mut header, &rel, head.chain(&mut file))
+                    .map_err(|err| sink_or_walk(err, file.path()))?;
                 stats.files += 1;
                 stats.bytes += size;
                 progress(opts, size);
@@ -219,6 +237,15 @@ fn walk_into<W: Write>(
         Ok(Step::Continue)
     })?;
     builder.into_inner().map_err(WriteError::Sink)
+}
+
+/// The reader's errors carry a walk error; the rest are the sink's.
+fn sink_or_walk(err: io::Error, path: &Path) -> WriteError {
+    if err.get_ref().is_some_and(|inner| inner.is::<WalkError>()) {
+        WriteError::Walk(WalkError::from_io(err, path))
+    } else {
+        WriteError::Sink(err)
+    }
 }
 
 fn append_dir<W: Write>(
@@ -245,6 +272,12 @@ fn progress(opts: &WriteOptions, bytes: u64) {
 /// fingerprints mean an archive would not change. It costs one `lstat` per
 /// entry. A missing dir has the fingerprint of an empty one; a dir that is
 /// a symlink is an error.
+///
+/// Deno's own caches ([`sqlite::DENO_CACHES`] and their companions, by
+/// name) never count, even though a snapshot stores them: Deno writes them
+/// on every run, so counting them would upload a new generation for every
+/// boot. A snapshot that happens anyway (anything else changed) takes them
+/// as they are then.
 pub fn fingerprint(dir: &Path, skip_sqlite: bool, opts: &WalkOptions) -> Result<[u8; 32], WalkError> {
     fingerprint_visit(dir, skip_sqlite, opts, &mut |_, _| {})
 }
@@ -265,6 +298,9 @@ pub fn fingerprint_visit(
     let mut sqlite: Vec<PathBuf> = Vec::new();
     tree.walk::<WalkError>(&mut |e| {
         let meta = e.meta();
+        if skip_sqlite && e.is_top() && sqlite::is_deno_cache_or_companion(e.name()) {
+            return Ok(if meta.kind == Kind::Dir { Step::SkipDir } else { Step::Continue });
+        }
         // SQLite databases are looked for at the top only, where Deno keeps
         // its caches: opening every file would double the cost of a walk. A
         // deeper database only makes a change look possible; the snapshot
