@@ -11,6 +11,7 @@ mod hot;
 mod native;
 mod pool;
 mod resources;
+mod sqlite;
 
 use std::fs;
 use std::io::Write;
