@@ -403,6 +403,14 @@ async fn the_caches_do_not_count_as_a_change_and_dir_is_never_written() {
         let dest = restore_to(&tmp.path().join(format!("dest-{format:?}-1")));
         assert!(cache.restore(&dest, &quick()).await.is_done());
         assert_eq!(check_prefix(&dest.join("v8_code_cache_v2")), rows - 1, "{format:?}");
+        // A restored dir whose cache Deno then wrote is unchanged too (for
+        // native, against the fingerprint the restore took from its
+        // manifest).
+        super::settle();
+        insert(&Connection::open(dest.join("v8_code_cache_v2")).unwrap(), 1000);
+        std::thread::sleep(Duration::from_millis(100));
+        let restored = cache.snapshot(&dest, &SnapshotOptions { force: false, ..snap(format) }).await;
+        assert_eq!(restored.reason(), Some(Reason::Unchanged), "{format:?}: {:?}", restored.result);
 
         fs::write(dir.join("remote/new.js"), b"export const x = 1;\n").unwrap();
         let changed = cache.snapshot(&dir, &opts).await;
