@@ -481,7 +481,12 @@ async fn write_frames(
     let runs = plan_runs(m, &pieces);
 
     // Writer pool.
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4);
+    // The tail lands while the app boots: one writer, so the boot keeps
+    // the other cores.
+    let threads = match sink {
+        Sink::Live(_) => 1,
+        Sink::Staging { .. } => std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<FrameJob>(threads * 2);
     let rx = Arc::new(Mutex::new(rx));
     let error: Arc<Mutex<Option<ExtractError>>> = Arc::new(Mutex::new(None));
@@ -1425,6 +1430,7 @@ pub(crate) fn build(
         source: io::Error::new(io::ErrorKind::NotFound, "no such directory"),
     })?;
     let known = base.map(content_map).unwrap_or_default();
+    let mut repack_budget = base.map_or(0, |b| b.entries.iter().map(|e| e.size).sum::<u64>() / 4);
     let mut entries: Vec<Entry> = Vec::new();
     let mut new_index = Index::default();
     // Hot content (read since restored or written) and cold content fill
@@ -1542,7 +1548,19 @@ pub(crate) fn build(
         let (builder, new_packs) = (&mut builders[which], &mut new_packs[which]);
         let tag = if e.hot { 0 } else { COLD };
         if size > 0 {
-            if let Some(b) = known.get(hash.as_str()).filter(|b| b.size == size) {
+            // Stored content is referenced where it is, except hot content
+            // the base holds among cold: packed again, with the hot, so a
+            // hot-first restore does not fetch a cold frame for it (once per
+            // file that turned hot, up to a quarter of the base's bytes per
+            // snapshot: a scan that read everything re-uploads little).
+            let stored = known.get(hash.as_str()).filter(|b| b.size == size).filter(|b| {
+                let repack = e.hot && !b.hot && repack_budget >= size;
+                if repack {
+                    repack_budget -= size;
+                }
+                !repack
+            });
+            if let Some(b) = stored {
                 reused.push((entries.len(), Span { frame: b.frame.unwrap_or(0), offset: b.offset, size }));
             } else if let Some((f, o)) = fresh.get(&hash) {
                 e.frame = Some(*f);

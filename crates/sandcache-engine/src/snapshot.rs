@@ -88,6 +88,47 @@ struct State {
     restored_until_ns: Option<i128>,
 }
 
+/// Whether the files read since `generation` was restored (access time
+/// past mtime) differ from the hot set it was restored with. Deno's own
+/// caches are left out (they are always hot). Any trouble reading either
+/// side, or nothing read: no (the snapshot stays a cheap `unchanged`).
+async fn hot_set_moved(store: &dyn Store, target: &Target, generation: &str, walk: &WalkOptions) -> bool {
+    let Ok(m) = native::fetch_manifest(store, generation).await else { return false };
+    let recorded: std::collections::HashSet<String> = m
+        .entries
+        .into_iter()
+        .filter(|e| e.hot && !sandcache_archive::sqlite::is_deno_cache(std::ffi::OsStr::new(&e.path)))
+        .map(|e| e.path)
+        .collect();
+    let (dir, walk) = (target.dir.clone(), walk.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        let tree = sandcache_archive::walk::Tree::open(&dir, &walk).ok()??;
+        if !tree.tracks_reads() {
+            return Some(std::collections::HashSet::new());
+        }
+        let mut read = std::collections::HashSet::new();
+        let walked = tree.walk::<WalkError>(&mut |e| {
+            let m = e.meta();
+            if m.kind == sandcache_archive::walk::Kind::File
+                && m.read_since_written()
+                && !(e.is_top() && sandcache_archive::sqlite::is_deno_cache(e.name()))
+            {
+                if let Some(rel) = e.rel().to_str() {
+                    read.insert(rel.to_owned());
+                }
+            }
+            Ok(sandcache_archive::walk::Step::Continue)
+        });
+        walked.ok().map(|()| read)
+    })
+    .await
+    .ok()
+    .flatten();
+    // Nothing read at all says nothing (a restore, then a snapshot with no
+    // app run in between): the recorded hot set stays.
+    read.is_some_and(|r| !r.is_empty() && r != recorded)
+}
+
 pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32], generation: &str) {
     save_state_restored(target, store, key, fp, generation, None);
 }
@@ -210,8 +251,25 @@ async fn snapshot(
     // Unchanged means the store still holds what the dir matches: one HEAD
     // of that generation, never a listing. A store that lost it (wiped,
     // `delete`d) gets the dir again.
+    let restored_until = same.as_ref().and_then(|s| s.restored_until_ns);
     if let (false, Some(generation)) = (opts.force, same.and_then(|s| s.generation)) {
         match store.head(&generation).await {
+            // A tree as restored whose app read other files than the hot set
+            // it was restored with: the generation is written again with
+            // the new hot set (a manifest, no content). A cold start's hot
+            // set is what the first boot read; this makes it what a warm
+            // boot reads.
+            Ok(Some(_))
+                if restored_until.is_some()
+                    && opts.format == Format::Native
+                    && hot_set_moved(store.as_ref(), &target, &generation, &walk).await =>
+            {
+                tracing::info!(
+                    target: "sandbox-cache",
+                    "{} is as restored, but the app read other files than its hot set: recording the new one",
+                    target.dir.display()
+                );
+            }
             Ok(Some(_)) => {
                 return Err(Skip::new(
                     Reason::Unchanged,

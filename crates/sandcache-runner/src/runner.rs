@@ -466,25 +466,34 @@ impl Runner {
         // once the repo is cloned: then the clone comes first.
         let lock_templated = config.key.as_deref().is_some_and(|k| k.contains(LOCK_PLACEHOLDER));
 
-        // 2. Restore, awaited and bounded, before anything reads the dir.
-        let mut cache = None;
-        if !lock_templated {
-            *lock(&self.deploy_step) = "restoring";
-            opts.fallbacks = fallbacks.clone();
-            cache = Some(self.restore_cache(&config, &opts, user).await?);
-        }
-
-        *lock(&self.deploy_step) = "cloning";
-        // 3. The site's code, cloned as the worker into a dir it owns.
+        // 2. Restore, bounded, before anything reads the dir; 3. meanwhile,
+        //    the site's code, cloned as the worker into a dir it owns (the
+        //    two touch nothing in common). With `{lock}` the key needs the
+        //    clone: the restore comes after it (2').
+        *lock(&self.deploy_step) = if lock_templated { "cloning" } else { "restoring" };
+        opts.fallbacks = fallbacks.clone();
+        let restore = async {
+            match lock_templated {
+                true => Ok(None),
+                false => self.restore_cache(&config, &opts, user).await.map(Some),
+            }
+        };
         let work = &self.cfg.work_dir;
-        remove_dir(work).map_err(|e| DeployError::Failed(format!("cleaning {}: {e}", work.display())))?;
-        std::fs::create_dir_all(work).map_err(|e| DeployError::Failed(format!("creating {}: {e}", work.display())))?;
-        give_to(work, user).map_err(DeployError::Failed)?;
-        if let Some(repo) = &req.repo {
-            let cloned = Instant::now();
-            self.clone_repo(repo, req.branch.as_deref(), user, &home).await?;
-            tracing::info!(target: "sandbox", clone_ms = cloned.elapsed().as_millis() as u64, "cloned {repo}");
-        }
+        let clone = async {
+            remove_dir(work).map_err(|e| DeployError::Failed(format!("cleaning {}: {e}", work.display())))?;
+            std::fs::create_dir_all(work)
+                .map_err(|e| DeployError::Failed(format!("creating {}: {e}", work.display())))?;
+            give_to(work, user).map_err(DeployError::Failed)?;
+            if let Some(repo) = &req.repo {
+                let cloned = Instant::now();
+                self.clone_repo(repo, req.branch.as_deref(), user, &home).await?;
+                tracing::info!(target: "sandbox", clone_ms = cloned.elapsed().as_millis() as u64, "cloned {repo}");
+            }
+            Ok::<(), DeployError>(())
+        };
+        let (restored, cloned) = tokio::join!(restore, clone);
+        let cache = restored?;
+        cloned?;
 
         // 2'. With `{lock}`: the exact key of the cloned repo's dependency
         //     files, then the site's newest generation under its prefix,

@@ -570,7 +570,10 @@ async fn planted_bookkeeping_symlinks_are_never_followed() {
     assert!(cache.restore(&dir, &RestoreOptions::default()).await.is_done());
     sandcache_engine::wait_for_background(Duration::from_secs(10));
     assert_eq!(fs::read(&target).unwrap(), before, "the 0600 file is untouched");
-    assert!(fs::symlink_metadata(beside("-index.json")).unwrap().file_type().is_file());
+    assert!(fs::symlink_metadata(beside("-state.json")).unwrap().file_type().is_file());
+    // A native restore keeps no index: the planted link is removed (the
+    // link itself, never what it names).
+    assert!(fs::symlink_metadata(beside("-index.json")).is_err());
 }
 
 /// Where the restore swapper finds its sandbox (set only for the child).

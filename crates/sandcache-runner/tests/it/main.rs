@@ -104,7 +104,8 @@ async fn health_liveness_metrics_and_idle_status() {
         v,
         json!({"sandbox": true, "deployed": false, "deploying": false, "site": null, "worker": "none",
         "worker_restarts": 0, "worker_last_exit": null, "phase": "idle", "last_deploy": null,
-        "cache": {"restore": null, "snapshot": null, "snapshot_running": false}})
+        "cache": {"restore": null, "snapshot": null, "snapshot_running": false, "tail_landing": false},
+        "timings": {"hot_ms": null, "tail_ms": null, "boot_ms": null, "first_response_ms": null}})
     );
     let (s, text) = raw_call(&runner, "GET", "/metrics", vec![]).await;
     assert_eq!(s, StatusCode::OK);
