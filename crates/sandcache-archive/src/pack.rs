@@ -120,6 +120,10 @@ pub struct Frame {
 pub struct PackRef {
     pub id: String,
     pub size: u64,
+    /// Holds content of a hot entry: fetched first (and prefetched alone)
+    /// by a hot-first restore. Hot packs are listed first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hot: bool,
 }
 
 /// A generation of the cache.

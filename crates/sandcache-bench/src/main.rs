@@ -12,6 +12,8 @@
 //! Every case runs as a child process under GNU `time`, which reports its
 //! wall time and peak RSS (the largest process of a pipeline).
 
+mod first_response;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
@@ -66,6 +68,34 @@ enum Helper {
         #[arg(long, default_value = "3")]
         generations: usize,
     },
+    /// Time from a deploy to the first proxied 200 for a Deno storefront:
+    /// cold through a throttled registry (SANDCACHE_THROTTLE_BPS,
+    /// SANDCACHE_THROTTLE_CONNECT_MS), warm, and warm hot-first; on tmpfs
+    /// and on disk.
+    FirstResponse {
+        /// The deno binary (default: $SANDCACHE_DENO, else
+        /// scripts/install-deno.sh's venv).
+        #[arg(long)]
+        deno: Option<PathBuf>,
+        #[arg(long, default_value = "s3://sandcache")]
+        store: String,
+        /// The S3 store's link in MB/s, relayed through a throttle (0:
+        /// loopback as it is). A pod reaches its object store over a
+        /// network, not loopback.
+        #[arg(long, default_value = "0")]
+        store_mbps: u64,
+        /// Warm runs per mode (alternating); the median is reported.
+        #[arg(long, default_value = "5")]
+        runs: usize,
+        #[arg(long, default_value = "/dev/shm/sandcache-bench")]
+        tmpfs: PathBuf,
+        #[arg(long, default_value = "/var/tmp/sandcache-bench")]
+        disk: PathBuf,
+    },
+}
+
+fn dirs_home() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
 }
 
 fn store_of(spec: &str) -> Box<dyn Store> {
@@ -82,6 +112,24 @@ fn store_of(spec: &str) -> Box<dyn Store> {
 fn helper(h: Helper) -> ExitCode {
     if let Helper::GcSynthetic { store, keys, generations } = h {
         return gc_synthetic(&store, keys, generations);
+    }
+    if let Helper::FirstResponse { deno, store, store_mbps, runs, tmpfs, disk } = h {
+        let deno = deno
+            .or_else(|| std::env::var_os("SANDCACHE_DENO").map(PathBuf::from))
+            .unwrap_or_else(|| dirs_home().join(".cache/sandcache-deno-venv/bin/deno"));
+        if !deno.is_file() {
+            eprintln!("error: no deno at {} (scripts/install-deno.sh, or --deno)", deno.display());
+            return ExitCode::from(2);
+        }
+        let opts = first_response::Options {
+            deno,
+            store,
+            store_bps: store_mbps * 1_000_000,
+            runs: runs.max(1),
+            roots: first_response::roots(&tmpfs, &disk),
+        };
+        tokio::runtime::Runtime::new().expect("a runtime").block_on(first_response::run(opts));
+        return ExitCode::SUCCESS;
     }
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     rt.block_on(async {
@@ -104,7 +152,7 @@ fn helper(h: Helper) -> ExitCode {
                 let body = futures::stream::once(async move { Ok(bytes::Bytes::from(all)) });
                 store_of(&store).put(&key, Box::pin(body)).await.expect("put");
             }
-            Helper::GcSynthetic { .. } => unreachable!("handled above"),
+            Helper::GcSynthetic { .. } | Helper::FirstResponse { .. } => unreachable!("handled above"),
         }
     });
     ExitCode::SUCCESS
@@ -519,7 +567,9 @@ fn gc_synthetic(store: &str, keys: usize, generations: usize) -> ExitCode {
             let root = Manifest {
                 version: sandcache_archive::pack::VERSION,
                 created_ms: 1_700_000_000_000 + g as u64,
-                packs: (0..30).map(|j| PackRef { id: packs[(k * 7 + j) % 256].clone(), size: 64 }).collect(),
+                packs: (0..30)
+                    .map(|j| PackRef { id: packs[(k * 7 + j) % 256].clone(), size: 64, hot: false })
+                    .collect(),
                 frames: Vec::new(),
                 entries: Vec::new(),
                 pieces: [&shared_piece, &key_piece, &gen_piece]

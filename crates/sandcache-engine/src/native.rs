@@ -131,13 +131,16 @@ impl Prefetch {
 
     /// Starts downloading a root's first packs (only roots with pieces: a
     /// whole manifest arrives in one request anyway).
-    pub(crate) fn start(store: &Arc<dyn Store>, key: &str, root: &Manifest) -> Prefetch {
+    /// `hot_first`: only the packs marked hot, when there are any (the rest
+    /// would take the link from them).
+    pub(crate) fn start(store: &Arc<dyn Store>, key: &str, root: &Manifest, hot_first: bool) -> Prefetch {
         let mut p = Prefetch::none();
         if root.pieces.is_empty() || tokio::runtime::Handle::try_current().is_err() {
             return p;
         }
+        let hot_only = hot_first && root.packs.iter().any(|p| p.hot);
         let mut total = 0;
-        for pack in &root.packs {
+        for pack in root.packs.iter().filter(|p| p.hot || !hot_only) {
             if total + pack.size > PREFETCH_BYTES {
                 break;
             }
@@ -1644,7 +1647,7 @@ pub(crate) fn build(
     let hot_frames: u32 = new_packs[0].iter().map(|p| p.frames.len() as u32).sum();
     for p in new_packs.iter().flatten() {
         let pi = packs.len() as u32;
-        packs.push(PackRef { id: p.id.clone(), size: p.size });
+        packs.push(PackRef { id: p.id.clone(), size: p.size, hot: false });
         frames.extend(p.frames.iter().map(|f| Frame { pack: pi, ..f.clone() }));
     }
     for e in entries.iter_mut() {
@@ -1702,7 +1705,23 @@ fn compact(m: &mut Manifest) {
             *f = frame_map[*f as usize];
         }
     }
-    m.packs = packs;
+    // Packs holding hot content are marked, and listed first: a hot-first
+    // restore prefetches them alone.
+    for e in m.entries.iter().filter(|e| e.hot && e.kind == Kind::File && e.size > 0) {
+        if let Some(f) = e.frame.and_then(|f| frames.get(f as usize)) {
+            packs[f.pack as usize].hot = true;
+        }
+    }
+    let mut order: Vec<usize> = (0..packs.len()).collect();
+    order.sort_by_key(|&i| !packs[i].hot);
+    let mut new_index = vec![0u32; packs.len()];
+    for (new, &old) in order.iter().enumerate() {
+        new_index[old] = new as u32;
+    }
+    for f in &mut frames {
+        f.pack = new_index[f.pack as usize];
+    }
+    m.packs = order.into_iter().map(|i| packs[i].clone()).collect();
     m.frames = frames;
 }
 

@@ -496,7 +496,7 @@ async fn restore_native(
     let started = Instant::now();
     // The root first; then its pieces, while the first packs download.
     let root = native::fetch_root(store, &info.key).await?;
-    let prefetch = native::Prefetch::start(shared, key, &root);
+    let prefetch = native::Prefetch::start(shared, key, &root, opts.hot_first);
     let m = native::whole(store, root).await?;
     let fetched = started.elapsed();
     m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;

@@ -401,7 +401,9 @@ async fn wait_ready(child: &mut Child, port: u16, timeout: Duration, shared: &Sh
                 _ => Readiness::TimedOut,
             };
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Every poll is two connection attempts on loopback; 25 ms keeps
+        // the time to first response within a frame of the worker's.
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

@@ -113,9 +113,22 @@ pub struct ThrottledProxy {
 impl ThrottledProxy {
     /// Binds a loopback port and starts serving.
     pub async fn start(opts: ThrottleOptions) -> io::Result<ThrottledProxy> {
+        Self::serve_for(opts, None).await
+    }
+
+    /// A throttled link to one server instead of a proxy: every connection
+    /// to the returned address is relayed to `target` (`host:port`) under
+    /// the same shared budget. For a store endpoint (S3 speaks plain HTTP to
+    /// the test server): a pod's link to its object store, not loopback.
+    pub async fn relay_to(target: &str, opts: ThrottleOptions) -> io::Result<ThrottledProxy> {
+        Self::serve_for(opts, Some(target.to_owned())).await
+    }
+
+    async fn serve_for(opts: ThrottleOptions, target: Option<String>) -> io::Result<ThrottledProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
+            target,
             opts,
             bucket: Mutex::new(Bucket { tokens: BURST, last: Instant::now() }),
             bytes: AtomicU64::new(0),
@@ -157,6 +170,8 @@ impl Drop for ThrottledProxy {
 }
 
 struct Shared {
+    /// A fixed target ([`ThrottledProxy::relay_to`]); else a proxy.
+    target: Option<String>,
     opts: ThrottleOptions,
     bucket: Mutex<Bucket>,
     bytes: AtomicU64,
@@ -220,6 +235,15 @@ enum Ask {
 }
 
 async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
+    if let Some(target) = &shared.target {
+        shared.connects.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(shared.opts.connect_delay).await;
+        if let Ok(Ok(upstream)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target.as_str())).await {
+            let _ = upstream.set_nodelay(true);
+            relay(client, upstream, &shared, true).await;
+        }
+        return;
+    }
     // The request head, and whatever the client sent after it.
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];

@@ -36,7 +36,7 @@ fn sample() -> (Manifest, Vec<u8>) {
     let m = Manifest {
         version: pack::VERSION,
         created_ms: 1,
-        packs: vec![PackRef { id: p.id.clone(), size: p.bytes.len() as u64 }],
+        packs: vec![PackRef { id: p.id.clone(), size: p.bytes.len() as u64, hot: false }],
         frames,
         entries: vec![
             Entry {

@@ -178,7 +178,7 @@ fn sample_manifest() -> Manifest {
     Manifest {
         version: pack::VERSION,
         created_ms: 1_700_000_000_000,
-        packs: vec![PackRef { id: p.id.clone(), size: p.bytes.len() as u64 }],
+        packs: vec![PackRef { id: p.id.clone(), size: p.bytes.len() as u64, hot: false }],
         frames: p.frames.clone(),
         entries: vec![
             Entry::dir("d".into(), 0o755, 1),

@@ -920,13 +920,13 @@ fn native(entries: &[E]) -> Native {
         odd.push((i, json!({ "path": path, "kind": kind, "mode": e.mode, "mtime": e.mtime, "target": target })));
     }
     let packs = if bytes.is_empty() { Vec::new() } else { vec![bytes] };
-    m.packs = packs.iter().map(|p| PackRef { id: hex(p), size: p.len() as u64 }).collect();
+    m.packs = packs.iter().map(|p| PackRef { id: hex(p), size: p.len() as u64, hot: false }).collect();
     Native { m, packs, odd, fix_refs: true, upload_packs: true, patch: None, raw_manifest: None }
 }
 
 async fn store_native(store: &dyn Store, mut n: Native) {
     if n.fix_refs {
-        n.m.packs = n.packs.iter().map(|p| PackRef { id: hex(p), size: p.len() as u64 }).collect();
+        n.m.packs = n.packs.iter().map(|p| PackRef { id: hex(p), size: p.len() as u64, hot: false }).collect();
     }
     let manifest = match n.raw_manifest.take() {
         Some(raw) => raw,

@@ -289,7 +289,7 @@ async fn older_layouts_still_restore() {
             let m = Manifest {
                 version,
                 created_ms: 1_700_000_000_000,
-                packs: vec![PackRef { id: p.id.clone(), size: p.bytes.len() as u64 }],
+                packs: vec![PackRef { id: p.id.clone(), size: p.bytes.len() as u64, hot: false }],
                 frames: p.frames.clone(),
                 entries: vec![
                     Entry { kind: Kind::Dir, ..Entry::dir("d".into(), 0o755, 1) },
