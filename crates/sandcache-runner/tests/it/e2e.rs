@@ -94,6 +94,9 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
     }));
 
     let key = format!("{}/storefront/cache.tgz", spec.prefix);
+    // The registry as a sandbox sees it: one throttled link (40 MB/s, 50 ms
+    // per connection), not this machine's fast one.
+    let registry = sandcache_testkit::throttle::ThrottledProxy::start(Default::default()).await.unwrap();
     let envs = |offline: bool| {
         let mut e = json!({
             "DECO_CACHE_S3_BUCKET": spec.bucket,
@@ -101,10 +104,9 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
             "DECO_CACHE_S3_ENDPOINT": spec.endpoint.clone().unwrap(),
             "NO_COLOR": "1",
         });
-        if offline {
-            for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
-                e[var] = json!("http://127.0.0.1:9");
-            }
+        let proxy = if offline { "http://127.0.0.1:9".to_owned() } else { registry.url() };
+        for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+            e[var] = json!(proxy);
         }
         e
     };
@@ -160,6 +162,22 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
     assert!(cache.restore(&check, &Default::default()).await.is_done());
     assert!(check.join("npm/registry.npmjs.org/ms/2.1.3/package.json").is_file());
     assert!(check.join("npm/registry.npmjs.org/is-number/7.0.0/package.json").is_file());
+    // The hot set is what Deno read: the modules it loaded, not the
+    // packages' readmes (on a mount that records reads).
+    let root_store = {
+        let mut sp = spec.clone();
+        sp.prefix = String::new();
+        sandcache_store::S3Store::new(&sp, &Default::default()).unwrap()
+    };
+    let m = sandcache_testkit::generations::newest_whole(&root_store, &key).await.unwrap();
+    let hot = |p: &str| m.entries.iter().find(|e| e.path == p).map(|e| e.hot);
+    let readme = "npm/registry.npmjs.org/ms/2.1.3/readme.md";
+    if m.entries.iter().any(|e| e.hot) {
+        assert_eq!(hot("npm/registry.npmjs.org/ms/2.1.3/index.js"), Some(true), "Deno loaded it");
+        assert_eq!(hot(readme), Some(false), "Deno never read it");
+    } else {
+        eprintln!("no hot set recorded: DENO_DIR's mount does not record reads");
+    }
 
     // 2. Undeploy, and lose the cache dir as a new pod would.
     let (code, body) = http(addr, "DELETE", "/sandbox/deploy", None).await;
@@ -173,13 +191,23 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
         http(addr, "POST", "/sandbox/deploy", Some(json!({"repo": repo_url, "runCommand": run, "envs": envs(true)})))
             .await;
     assert_eq!(code, 200, "{body}");
+    let (code, body) = http(addr, "GET", "/", None).await;
+    let warm_first = t1.elapsed();
+    assert_eq!((code, text_of(&body)), (200, "hello 1m true".to_owned()), "{body}");
     let (s, _) = wait("warm worker ready", |s| s["worker"] == "ready" || s["worker"] == "failed").await;
     let warm_ready = t1.elapsed();
     assert_eq!(s["worker"], "ready", "{s}");
     assert_eq!(s["cache"]["restore"]["ok"], true, "{s}");
-    let (code, body) = http(addr, "GET", "/", None).await;
-    assert_eq!((code, text_of(&body)), (200, "hello 1m true".to_owned()), "{body}");
-    eprintln!("time to worker-ready: cold {cold_ready:?}, warm {warm_ready:?} (worker as root: {})", !root);
+    // Hot first (the default): the hot set came first, the worker started
+    // then, and the first response waited for the rest.
+    let (hot_ms, ms) = (s["cache"]["restore"]["hot_ms"].as_u64(), s["cache"]["restore"]["ms"].as_u64());
+    assert!(hot_ms.is_some() && hot_ms <= ms, "{s}");
+    assert!(s["timings"]["first_response_ms"].as_u64().is_some(), "{s}");
+    eprintln!(
+        "time to worker-ready: cold {cold_ready:?} (registry at 40 MB/s), warm {warm_ready:?}; warm first response {warm_first:?}; timings {} (worker as root: {})",
+        s["timings"],
+        !root
+    );
     if root {
         use std::os::unix::fs::MetadataExt;
         for p in ["", "npm", "npm/registry.npmjs.org/ms/2.1.3/package.json"] {
