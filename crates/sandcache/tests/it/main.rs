@@ -536,3 +536,122 @@ fn bad_s3_configuration_never_panics() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("DECO_CACHE_S3_BUCKET"), "{err}");
 }
+
+/// `restore --hot-first` SIGKILLed in its second phase: the tree is usable
+/// (the hot set and whatever landed, every file whole), snapshots skip it as
+/// `incomplete`, and the next restore completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_killed_in_its_second_phase_leaves_a_usable_tree_the_next_completes() {
+    use std::io::BufRead;
+    let Some(spec) = sandcache_testkit::s3::spec("cli-hot-kill") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    fs::create_dir_all(src.join("npm/big")).unwrap();
+    for i in 0..3 {
+        fs::write(src.join(format!("npm/big/{i}.bin")), sandcache_testkit::tree::noise(6 << 20, &format!("{i}")))
+            .unwrap();
+    }
+    // Enough entries for a manifest in pieces: then the restore prefetches
+    // the hot packs whole, and only the second phase reads by range.
+    fs::create_dir_all(src.join("npm/many")).unwrap();
+    for i in 0..600 {
+        fs::write(src.join(format!("npm/many/m{i:03}.js")), format!("export const m = {i};\n")).unwrap();
+    }
+    // As a restore leaves them, then a boot that reads two files: the hot set.
+    let past = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let mut stack = vec![src.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_type().unwrap().is_file() {
+                fs::File::open(e.path())
+                    .unwrap()
+                    .set_times(fs::FileTimes::new().set_accessed(past).set_modified(past))
+                    .unwrap();
+            }
+        }
+    }
+    let hot: Vec<std::path::PathBuf> = ["npm/many/m000.js", "npm/many/m001.js"].iter().map(|r| src.join(r)).collect();
+    for p in &hot {
+        fs::read(p).unwrap();
+    }
+    let store = format!("s3://{}/{}", spec.bucket, spec.prefix);
+    let endpoint = spec.endpoint.clone().unwrap();
+    let s3 = |cmd: &str, dir: &Path, endpoint: &str| {
+        let mut c = bin();
+        c.args([cmd, "--store", &store, "--endpoint", endpoint, "--key", "site/cache", "--json", "--dir"]).arg(dir);
+        c
+    };
+    assert_eq!(run(&mut s3("snapshot", &src, &endpoint)).0, 0);
+
+    // Every ranged read (the second phase's) stalls at the proxy.
+    let proxy = sandcache_testkit::faults::FaultProxy::start(&endpoint).await;
+    proxy.set(Some(sandcache_testkit::faults::Plan {
+        fault: sandcache_testkit::faults::Fault::Latency(std::time::Duration::from_secs(60)),
+        at: sandcache_testkit::faults::At::Start,
+        direction: sandcache_testkit::faults::Direction::RangedDownload,
+        index: 0,
+        sticky: true,
+    }));
+    let dir = tmp.path().join("deno-dir");
+    let mut child = s3("restore", &dir, &proxy.url())
+        .args(["--hot-first", "--timeout", "120"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("hot-ready") {
+            break;
+        }
+    }
+    assert!(seen.contains("hot-ready"), "{seen}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // Usable: the hot files whole, and every file there as stored.
+    for p in &hot {
+        assert_eq!(fs::read(dir.join(p.strip_prefix(&src).unwrap())).unwrap(), fs::read(p).unwrap());
+    }
+    let mut checked = 0;
+    let mut stack = vec![std::path::PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in fs::read_dir(dir.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(r);
+            } else if ft.is_file() && !e.file_name().to_string_lossy().starts_with(".sandcache-tail-") {
+                assert_eq!(fs::read(e.path()).unwrap(), fs::read(src.join(&r)).unwrap(), "{} is whole", r.display());
+                checked += 1;
+            }
+        }
+    }
+    assert!(!dir.join("npm/big/2.bin").exists() || checked > 0);
+    // Never stored partial; the next restore completes it.
+    let (code, json, _) = run(&mut s3("snapshot", &dir, &endpoint));
+    assert_eq!((code, json["reason"].as_str()), (0, Some("incomplete")), "{json}");
+    let (code, json, stderr) = run(&mut s3("restore", &dir, &endpoint));
+    assert_eq!((code, json["ok"].as_bool()), (0, Some(true)), "{stderr}");
+    assert_same_tree(&src, &dir);
+    let (code, json, _) = run(&mut s3("snapshot", &dir, &endpoint));
+    assert_ne!(json["reason"].as_str(), Some("incomplete"), "{json}");
+    assert_eq!(code, 0);
+    proxy.set(None);
+    // Uninterrupted, --json gives hot_ms beside ms.
+    let fresh = tmp.path().join("fresh");
+    let (code, json, stderr) = run(s3("restore", &fresh, &endpoint).arg("--hot-first"));
+    assert_eq!((code, json["ok"].as_bool()), (0, Some(true)), "{stderr}");
+    assert!(json["hot_ms"].as_u64().unwrap() <= json["ms"].as_u64().unwrap(), "{json}");
+    assert!(stderr.contains("hot-ready"), "{stderr}");
+    assert_same_tree(&src, &fresh);
+}
