@@ -662,6 +662,8 @@ pub(crate) struct LiveDir {
     pub(crate) kept: AtomicU64,
     /// Files whose directory the worker removed or replaced.
     pub(crate) missed: AtomicU64,
+    /// Set when the phase ended (cancelled or failed): nothing more is made.
+    closed: AtomicBool,
 }
 
 struct Part {
@@ -680,6 +682,7 @@ impl LiveDir {
             parts: Mutex::default(),
             kept: AtomicU64::new(0),
             missed: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -741,6 +744,9 @@ impl LiveDir {
 
     /// Writes a whole file; `false` when it did not go into place.
     fn place(&self, e: &Entry, entry: u32, data: &[u8], owner: Option<(u32, u32)>) -> io::Result<bool> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
         let (up, name) = e.path.rsplit_once('/').unwrap_or(("", e.path.as_str()));
         let Some(parent) = self.dir(up)? else {
             self.missed.fetch_add(1, Ordering::Relaxed);
@@ -759,6 +765,9 @@ impl LiveDir {
     /// directory is gone).
     fn part(&self, entry: u32, e: &Entry) -> io::Result<Option<Arc<Part>>> {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         if let Some(p) = parts.get(&entry) {
             return Ok(p.clone());
         }
@@ -782,13 +791,24 @@ impl LiveDir {
     }
 }
 
-impl Drop for LiveDir {
-    /// A second phase that failed or was cancelled leaves no temporary file.
-    fn drop(&mut self) {
-        let parts = std::mem::take(self.parts.get_mut().unwrap_or_else(|p| p.into_inner()));
+impl LiveDir {
+    /// Removes the temporary files of large files still being written: a
+    /// second phase that failed or was cancelled leaves none, even while a
+    /// writer thread (stopping at its next frame) still holds this.
+    pub(crate) fn remove_parts(&self) {
+        let mut guard = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, Ordering::SeqCst);
+        let parts = std::mem::take(&mut *guard);
+        drop(guard);
         for p in parts.into_values().flatten() {
             let _ = rustix::fs::unlinkat(&*p.parent, p.tmp.as_str(), AtFlags::empty());
         }
+    }
+}
+
+impl Drop for LiveDir {
+    fn drop(&mut self) {
+        self.remove_parts();
     }
 }
 

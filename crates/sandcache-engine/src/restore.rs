@@ -466,6 +466,15 @@ async fn phase_two(
     let (files, bytes) = (tail.files, tail.bytes);
     let root = target.live_root(staging).map_err(|e| Skip::new(Reason::IoError, format!("live dir: {e}")))?;
     let live = Arc::new(native::LiveDir::new(root));
+    // Dropped in reverse: the writers are told to stop, then the temporary
+    // files of unfinished large files go, at once (the deadline, an error).
+    struct RemoveParts(Arc<native::LiveDir>);
+    impl Drop for RemoveParts {
+        fn drop(&mut self) {
+            self.0.remove_parts();
+        }
+    }
+    let _parts = RemoveParts(live.clone());
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
     let stats = native::restore_tail(shared.as_ref(), key, m, tail, live.clone(), cancel, opts).await?;
