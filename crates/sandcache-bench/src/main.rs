@@ -280,82 +280,87 @@ fn main() -> ExitCode {
             n += 1;
             root.join(format!("d{n}"))
         };
-        let mut rows = Vec::new();
-        let mut add = |name: &str, samples: Vec<Sample>, bytes: Option<u64>| {
-            rows.push(Row { name: name.into(), samples, bytes });
+        // Every case once per round, rounds alternating, so drift on a
+        // shared machine hits every case alike; medians per case.
+        type Case = (String, Box<dyn Fn(&Path) -> String>, Option<&'static str>, bool);
+        let mut cases: Vec<Case> = Vec::new();
+        let restore = |extra: &'static str, key: String| {
+            let (sc, store) = (sc.clone(), store.clone());
+            Box::new(move |d: &Path| {
+                format!("{sc} restore -q --json {extra} --dir '{}' --store {store} --key {key}", d.display())
+            }) as Box<dyn Fn(&Path) -> String>
         };
-        let s: Vec<_> = (0..runs)
-            .map(|_| {
-                let d = fresh();
-                std::fs::create_dir_all(&d).unwrap();
-                measure(&format!("{me} cat {store} {run}/tgz | tar -xzf - -C {}", q(&d)), None)
-            })
-            .collect();
-        add("seed: GetObject | tar -xzf -", s, None);
-        let s = (0..runs)
-            .map(|_| {
-                let d = fresh();
-                std::fs::create_dir_all(&d).unwrap();
-                measure(&format!("tar -xf {} -C {}", q(&tar_file), q(&d)), None)
-            })
-            .collect();
-        add("floor: tar -xf local uncompressed tar", s, Some(0));
-        let s = (0..runs)
-            .map(|_| {
-                measure(&format!("{sc} restore -q --json --dir {} --store {store} --key {run}/tgz", q(&fresh())), None)
-            })
-            .collect();
-        add("sandcache restore, tgz", s, None);
-        let s = (0..runs)
-            .map(|_| {
-                measure(
-                    &format!("{sc} restore -q --json --dir {} --store {store} --key {run}/native", q(&fresh())),
-                    None,
-                )
-            })
-            .collect();
-        add("sandcache restore, native", s, None);
+        {
+            let (me, store, run) = (me.clone(), store.clone(), run.clone());
+            cases.push((
+                "seed: GetObject | tar -xzf -".into(),
+                Box::new(move |d: &Path| format!("{me} cat {store} {run}/tgz | tar -xzf - -C '{}'", d.display())),
+                None,
+                true,
+            ));
+        }
+        {
+            let tar_file = tar_file.clone();
+            cases.push((
+                "floor: tar -xf local uncompressed tar".into(),
+                Box::new(move |d: &Path| format!("tar -xf '{}' -C '{}'", tar_file.display(), d.display())),
+                None,
+                true,
+            ));
+        }
+        cases.push(("sandcache restore, tgz".into(), restore("", format!("{run}/tgz")), None, false));
+        cases.push(("sandcache restore, native".into(), restore("", format!("{run}/native")), None, false));
         if let Some(old) = &args.baseline {
-            let s = (0..runs)
-                .map(|_| {
-                    let cmd = format!(
-                        "{} restore -q --json --dir {} --store {store} --key {run}/baseline",
-                        old.display(),
-                        q(&fresh())
-                    );
-                    measure(&cmd, None)
-                })
-                .collect();
-            add("baseline binary restore, native, per-key layout", s, None);
+            let (old, store, run) = (old.display().to_string(), store.clone(), run.clone());
+            cases.push((
+                "baseline binary restore, native, per-key layout".into(),
+                Box::new(move |d: &Path| {
+                    format!("{old} restore -q --json --dir '{}' --store {store} --key {run}/baseline", d.display())
+                }),
+                None,
+                false,
+            ));
         }
         // As a root runner restores for its worker: every entry chowned.
         if rustix::process::geteuid().is_root() {
-            let s = (0..runs)
-                .map(|_| {
-                    measure(
-                        &format!(
-                            "{sc} restore -q --json --owner 10001:10001 --dir {} --store {store} --key {run}/native",
-                            q(&fresh())
-                        ),
-                        None,
-                    )
-                })
-                .collect();
-            add("sandcache restore, native, --owner (chown to the worker)", s, None);
+            cases.push((
+                "sandcache restore, native, --owner (chown to the worker)".into(),
+                restore("--owner 10001:10001", format!("{run}/native")),
+                None,
+                false,
+            ));
         }
-        let s = (0..runs)
-            .map(|_| {
-                measure(
-                    &format!("{sc} restore -q --json --dir {} --store {store} --key {run}/native", q(&fresh())),
-                    Some("0"),
-                )
-            })
+        cases.push((
+            "sandcache restore, native, 1 core (taskset)".into(),
+            restore("", format!("{run}/native")),
+            Some("0"),
+            false,
+        ));
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); cases.len()];
+        for _ in 0..runs {
+            for (i, (_, script, cpus, premade)) in cases.iter().enumerate() {
+                let d = fresh();
+                if *premade {
+                    std::fs::create_dir_all(&d).unwrap();
+                }
+                samples[i].push(measure(&script(&d), *cpus));
+                sh(&format!("rm -rf {}", q(&d)));
+            }
+        }
+        let mut rows: Vec<Row> = cases
+            .iter()
+            .zip(samples)
+            .map(|((name, _, _, _), samples)| Row { name: name.clone(), samples, bytes: None })
             .collect();
-        add("sandcache restore, native, 1 core (taskset)", s, None);
+        rows[1].bytes = Some(0);
         // The seed's bytes moved: the tgz object.
         let tgz_bytes = rows[2].median().bytes;
         rows[0].bytes = Some(tgz_bytes);
         print_table(&format!("Restore onto {fs_name} ({})", root.display()), &rows);
+        println!(
+            "restore (native, CLI wall time) / tar -xf floor on {fs_name}: {:.2} (target <= 1.15 on tmpfs; medians of {runs} alternating runs)",
+            rows[3].median().secs / rows[1].median().secs
+        );
         sh(&format!("rm -rf {}", q(&root)));
     }
 

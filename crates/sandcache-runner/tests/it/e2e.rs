@@ -205,8 +205,7 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
     assert!(s["timings"]["first_response_ms"].as_u64().is_some(), "{s}");
     eprintln!(
         "time to worker-ready: cold {cold_ready:?} (registry at 40 MB/s), warm {warm_ready:?}; warm first response {warm_first:?}; timings {} (worker as root: {})",
-        s["timings"],
-        !root
+        s["timings"], !root
     );
     if root {
         use std::os::unix::fs::MetadataExt;
