@@ -322,20 +322,8 @@ async fn supervise(
                 let _ = tx.send(WorkerState::Starting);
                 let mut tail = tail.clone();
                 let _ = tail.wait_for(|landed| *landed).await;
-                if shared.stopping.load(Ordering::SeqCst) {
-                    return;
-                }
-                child = match spec.start() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(target: "sandbox", "worker restart failed: {e}");
-                        let _ = tx.send(WorkerState::Failed);
-                        return;
-                    }
-                };
-                shared.restarts.fetch_add(1, Ordering::Relaxed);
-                metrics.worker_started();
-                metrics.worker_restarted();
+                let Some(next) = restart(&spec, &shared, &tx, &metrics) else { return };
+                child = next;
                 continue;
             }
         }
@@ -357,20 +345,35 @@ async fn supervise(
         tracing::warn!(target: "sandbox", exit = %exit, "worker exited after it was ready ({exit}); restarting in {delay:?}");
         let _ = tx.send(WorkerState::Starting);
         tokio::time::sleep(delay).await;
-        if shared.stopping.load(Ordering::SeqCst) {
-            return;
+        let Some(next) = restart(&spec, &shared, &tx, &metrics) else { return };
+        child = next;
+    }
+}
+
+/// Starts the worker again, counted; `None` when it is being stopped or
+/// cannot be started (then `failed`).
+fn restart(
+    spec: &Spec,
+    shared: &Shared,
+    tx: &watch::Sender<WorkerState>,
+    metrics: &crate::metrics::Metrics,
+) -> Option<Child> {
+    use std::sync::atomic::Ordering;
+    if shared.stopping.load(Ordering::SeqCst) {
+        return None;
+    }
+    match spec.start() {
+        Ok(c) => {
+            shared.restarts.fetch_add(1, Ordering::Relaxed);
+            metrics.worker_started();
+            metrics.worker_restarted();
+            Some(c)
         }
-        child = match spec.start() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(target: "sandbox", "worker restart failed: {e}");
-                let _ = tx.send(WorkerState::Failed);
-                return;
-            }
-        };
-        shared.restarts.fetch_add(1, Ordering::Relaxed);
-        metrics.worker_started();
-        metrics.worker_restarted();
+        Err(e) => {
+            tracing::warn!(target: "sandbox", "worker restart failed: {e}");
+            let _ = tx.send(WorkerState::Failed);
+            None
+        }
     }
 }
 
