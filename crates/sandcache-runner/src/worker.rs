@@ -186,11 +186,14 @@ impl Worker {
         tail: Option<watch::Receiver<bool>>,
     ) -> Result<Worker, SpawnError> {
         let spec = Spec { argv: argv.to_vec(), cwd: cwd.to_owned(), env: env.clone(), port, ready_timeout, user };
+        // Whether this run starts on an incomplete tree: read before the
+        // start, so a tail landing meanwhile cannot hide it.
+        let during_tail = tail.as_ref().is_some_and(|t| !*t.borrow());
         let child = spec.start()?;
         metrics.worker_started();
         let shared = Arc::new(Shared::default());
         let (tx, rx) = watch::channel(WorkerState::Starting);
-        let supervisor = tokio::spawn(supervise(spec, child, shared.clone(), tx, restarts, metrics, tail));
+        let supervisor = tokio::spawn(supervise(spec, child, shared.clone(), tx, restarts, metrics, tail, during_tail));
         Ok(Worker { port, shared, state: rx, supervisor: tokio::sync::Mutex::new(Some(supervisor)) })
     }
 
@@ -265,6 +268,7 @@ impl Worker {
 /// Runs the worker: readiness, then its exit, then (unless it is being
 /// stopped, or it failed before it was ever ready) a restart after a
 /// backoff, up to the cap.
+#[allow(clippy::too_many_arguments)]
 async fn supervise(
     spec: Spec,
     mut child: Child,
@@ -273,10 +277,12 @@ async fn supervise(
     restarts: Restarts,
     metrics: Arc<crate::metrics::Metrics>,
     tail: Option<watch::Receiver<bool>>,
+    during_tail: bool,
 ) {
     use std::sync::atomic::Ordering;
     let mut in_a_row = 0u32;
     let first_start = tokio::time::Instant::now();
+    let mut during_tail = during_tail;
     loop {
         *shared.pgid.lock().unwrap_or_else(|p| p.into_inner()) = child.id().and_then(|id| Pid::from_raw(id as i32));
         let _waited_here = crate::isolation::own_child(child.id());
@@ -312,18 +318,20 @@ async fn supervise(
             return;
         }
         metrics.worker_failed();
-        // It ran while the restore's tail was still landing, and may have
-        // needed a file that was not hot: once the tail is in, it starts
-        // again, once, whether it had been ready or not.
-        if let Some(tail) = tail.as_ref().filter(|t| !*t.borrow()) {
+        // It started while the restore's tail was still landing, and may
+        // have needed a file that was not hot: once the tail is in, it
+        // starts again, once, whether it had been ready or not (and however
+        // late its exit was seen).
+        if let Some(tail) = tail.as_ref().filter(|_| during_tail) {
             if !shared.tail_restart.swap(true, Ordering::SeqCst) {
-                tracing::warn!(target: "sandbox", exit = %exit, "worker exited ({exit}) before the cache's tail landed; starting it again once it has");
+                tracing::warn!(target: "sandbox", exit = %exit, "worker exited ({exit}) after starting before the cache's tail landed; starting it again once it has");
                 metrics.worker_tail_restart();
                 let _ = tx.send(WorkerState::Starting);
                 let mut tail = tail.clone();
                 let _ = tail.wait_for(|landed| *landed).await;
                 let Some(next) = restart(&spec, &shared, &tx, &metrics) else { return };
                 child = next;
+                during_tail = false;
                 continue;
             }
         }
@@ -345,6 +353,7 @@ async fn supervise(
         tracing::warn!(target: "sandbox", exit = %exit, "worker exited after it was ready ({exit}); restarting in {delay:?}");
         let _ = tx.send(WorkerState::Starting);
         tokio::time::sleep(delay).await;
+        during_tail = tail.as_ref().is_some_and(|t| !*t.borrow());
         let Some(next) = restart(&spec, &shared, &tx, &metrics) else { return };
         child = next;
     }
