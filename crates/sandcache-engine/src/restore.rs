@@ -102,7 +102,9 @@ impl Cache {
     }
 }
 
-/// A restore in the background: see [`Cache::restore_handle`].
+/// A restore in the background: see [`Cache::restore_handle`]. Dropping
+/// it cancels the restore, as dropping [`Cache::restore`]'s future does:
+/// its writers stop, its staging or temporary files go, its lock is freed.
 #[derive(Debug)]
 pub struct RestoreHandle {
     hot: Option<tokio::sync::oneshot::Receiver<Duration>>,
@@ -120,8 +122,8 @@ impl RestoreHandle {
 
     /// Waits for the whole restore. An outcome, never an error: a restore
     /// task that panicked is `internal`.
-    pub async fn finish(self) -> Outcome {
-        match self.task.await {
+    pub async fn finish(mut self) -> Outcome {
+        match (&mut self.task).await {
             Ok(o) => o,
             Err(e) => Outcome {
                 op: Op::Restore,
@@ -133,6 +135,12 @@ impl RestoreHandle {
                 hot: None,
             },
         }
+    }
+}
+
+impl Drop for RestoreHandle {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

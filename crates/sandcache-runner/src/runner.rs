@@ -158,11 +158,16 @@ pub(crate) struct TailWatch {
 
 impl Drop for TailWatch {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
 impl TailWatch {
+    /// Cancels the tail if it is still landing.
+    pub(crate) fn stop(&self) {
+        self.task.abort();
+    }
+
     /// Waits until the tail has landed (or failed: either way, it is over),
     /// up to `within`. Whether it is over.
     pub(crate) async fn landed_within(&self, within: Duration) -> bool {
@@ -831,6 +836,12 @@ impl Runner {
         let task = tokio::spawn(async move {
             if let Some(h) = lock(&d.watcher).take() {
                 h.abort();
+            }
+            // A tail still landing stops first: it holds the dir's lock,
+            // which the clean below needs (its marker keeps the final
+            // snapshot from storing the partial tree).
+            if let Some(tail) = &d.tail {
+                tail.stop();
             }
             if let Some(w) = &d.worker {
                 w.stop(this.cfg.stop_grace).await;
