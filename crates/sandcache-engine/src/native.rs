@@ -655,7 +655,11 @@ pub(crate) async fn restore_tail(
 pub(crate) struct LiveDir {
     root: Arc<OwnedFd>,
     /// Opened directories by relative path; `None`: gone or not a directory.
+    /// Bounded ([`LIVE_DIRS_OPEN`]): a DENO_DIR has thousands, and a pod's
+    /// descriptor limit may be 1024.
     dirs: Mutex<HashMap<String, Option<Arc<OwnedFd>>>>,
+    /// Directories files landed in, whose archived mtime goes back at the end.
+    touched: Mutex<HashSet<String>>,
     /// Large files being written piece by piece, under temporary names.
     parts: Mutex<HashMap<u32, Option<Arc<Part>>>>,
     /// Paths the worker made meanwhile, left alone.
@@ -672,6 +676,9 @@ struct Part {
     file: fs::File,
 }
 
+/// Most directories a second phase holds open at once.
+const LIVE_DIRS_OPEN: usize = 256;
+
 const LIVE_DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
 impl LiveDir {
@@ -679,6 +686,7 @@ impl LiveDir {
         LiveDir {
             root,
             dirs: Mutex::default(),
+            touched: Mutex::default(),
             parts: Mutex::default(),
             kept: AtomicU64::new(0),
             missed: AtomicU64::new(0),
@@ -702,8 +710,21 @@ impl LiveDir {
                 Err(e) => return Err(e.into()),
             },
         };
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(rel.to_owned(), fd.clone());
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if dirs.len() >= LIVE_DIRS_OPEN {
+            // Reopened on demand (walk order keeps a directory's files
+            // together, so this is rare).
+            dirs.clear();
+        }
+        dirs.insert(rel.to_owned(), fd.clone());
         Ok(fd)
+    }
+
+    /// The directory a file lands in (`up`), opened, and remembered: its
+    /// archived mtime goes back at the end.
+    fn landing_dir(&self, up: &str) -> io::Result<Option<Arc<OwnedFd>>> {
+        self.touched.lock().unwrap_or_else(|p| p.into_inner()).insert(up.to_owned());
+        self.dir(up)
     }
 
     /// A new file under a fresh temporary name in `parent`, read-write.
@@ -748,7 +769,7 @@ impl LiveDir {
             return Ok(false);
         }
         let (up, name) = e.path.rsplit_once('/').unwrap_or(("", e.path.as_str()));
-        let Some(parent) = self.dir(up)? else {
+        let Some(parent) = self.landing_dir(up)? else {
             self.missed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         };
@@ -772,7 +793,7 @@ impl LiveDir {
             return Ok(p.clone());
         }
         let up = e.path.rsplit_once('/').map_or("", |(up, _)| up);
-        let part = match self.dir(up)? {
+        let part = match self.landing_dir(up)? {
             None => {
                 self.missed.fetch_add(1, Ordering::Relaxed);
                 None
@@ -851,11 +872,11 @@ fn finish_tail(m: &Manifest, entries: &[u32], live: &LiveDir, owner: Option<(u32
     }
     // The renames moved the mtimes of the directories they landed in: put
     // back the archived ones, as a one-phase restore leaves them.
-    let dirs = std::mem::take(&mut *live.dirs.lock().unwrap_or_else(|p| p.into_inner()));
-    for e in m.entries.iter().filter(|e| e.kind == Kind::Dir) {
-        if let Some(Some(fd)) = dirs.get(&e.path) {
+    let touched = std::mem::take(&mut *live.touched.lock().unwrap_or_else(|p| p.into_inner()));
+    for e in m.entries.iter().filter(|e| e.kind == Kind::Dir && touched.contains(&e.path)) {
+        if let Ok(Some(fd)) = live.dir(&e.path) {
             let t = rustix::fs::Timespec { tv_sec: e.mtime.max(0), tv_nsec: 0 };
-            let _ = rustix::fs::futimens(&**fd, &rustix::fs::Timestamps { last_access: t, last_modification: t });
+            let _ = rustix::fs::futimens(&*fd, &rustix::fs::Timestamps { last_access: t, last_modification: t });
         }
     }
     Ok(n)
