@@ -19,7 +19,7 @@ use sandcache_archive::{Encoding, Layout, WriteOptions};
 use sandcache_engine::{Cache, Format, Reason, RestoreOptions, SnapshotOptions, wait_for_background};
 use sandcache_store::{S3Store, Store, StoreOptions};
 use sandcache_testkit::faults::{At, Direction, Fault, FaultProxy, Plan};
-use sandcache_testkit::tree::{listing, noise, sample_tree};
+use sandcache_testkit::tree::{listing, noise, sample_tree, settle_times};
 
 /// Each operation's deadline in the matrix.
 const DEADLINE: Duration = Duration::from_secs(3);
@@ -101,21 +101,6 @@ async fn seed(store: &Arc<dyn Store>, key: &str, dir: &Path, form: Form) {
     };
     let out = cache.snapshot(dir, &SnapshotOptions { format, force: true, ..Default::default() }).await;
     assert!(out.is_done(), "seeding {key}: {:?}", out.result);
-}
-
-/// Every file's access time and mtime set to one past instant.
-fn settle_times(dir: &Path) {
-    let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let ft = e.file_type().unwrap();
-        if ft.is_dir() {
-            settle_times(&e.path());
-        } else if ft.is_file() {
-            let f = std::fs::File::open(e.path()).unwrap();
-            f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t)).unwrap();
-        }
-    }
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -8,11 +8,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sandcache_engine::{Cache, Format, Reason, RestoreOptions, SnapshotOptions};
 use sandcache_store::{BodyStream, GetObject, LocalStore, ObjectInfo, Store, StoreError};
 use sandcache_testkit::generations;
+use sandcache_testkit::tree::settle_times;
 
 fn snap() -> SnapshotOptions {
     SnapshotOptions { format: Format::Native, ..Default::default() }
@@ -30,14 +31,6 @@ fn noise(seed: u32, len: usize) -> Vec<u8> {
         })
         .take(len)
         .collect()
-}
-
-/// A file's access and modification times, both set to one past instant:
-/// what a restore leaves, so that a read afterwards marks the file hot.
-fn settle_times(path: &Path) {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let f = fs::File::open(path).unwrap();
-    f.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t)).unwrap();
 }
 
 /// 150 files of 64 KiB in 6 packages, a 12 MiB file (three frames), an

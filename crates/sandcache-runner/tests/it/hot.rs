@@ -4,14 +4,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use sandcache_engine::{Cache, Format, SnapshotOptions};
 use sandcache_runner::Runner;
 use sandcache_store::{S3Store, Store, StoreOptions};
 use sandcache_testkit::faults::{At, Direction, Fault, FaultProxy, Plan};
-use sandcache_testkit::tree::noise;
+use sandcache_testkit::tree::{noise, settle_times};
 use serde_json::{Value, json};
 
 use super::{call, raw_call, test_config};
@@ -20,13 +20,6 @@ fn at_root(spec: &sandcache_store::S3Spec) -> sandcache_store::S3Spec {
     let mut root = spec.clone();
     root.prefix = String::new();
     root
-}
-
-/// Access time = mtime, as a restore leaves a file.
-fn settle_times(path: &Path) {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let f = std::fs::File::open(path).unwrap();
-    f.set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t)).unwrap();
 }
 
 /// A cache whose hot set is `npm/hot/*`, and whose tail (read by range,

@@ -559,21 +559,7 @@ async fn a_restore_killed_in_its_second_phase_leaves_a_usable_tree_the_next_comp
         fs::write(src.join(format!("npm/many/m{i:03}.js")), format!("export const m = {i};\n")).unwrap();
     }
     // As a restore leaves them, then a boot that reads two files: the hot set.
-    let past = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-    let mut stack = vec![src.clone()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(e.path());
-            } else if e.file_type().unwrap().is_file() {
-                fs::File::open(e.path())
-                    .unwrap()
-                    .set_times(fs::FileTimes::new().set_accessed(past).set_modified(past))
-                    .unwrap();
-            }
-        }
-    }
+    sandcache_testkit::tree::settle_times(&src);
     let hot: Vec<std::path::PathBuf> = ["npm/many/m000.js", "npm/many/m001.js"].iter().map(|r| src.join(r)).collect();
     for p in &hot {
         fs::read(p).unwrap();
