@@ -286,30 +286,41 @@ async fn assemble(store: &dyn Store, root: Manifest) -> Result<Manifest, Skip> {
         pieces: Vec::new(),
     };
     let mut pack_index: HashMap<String, u32> = HashMap::new();
-    // A window of fetches in flight, answered in order.
-    let keys: Vec<String> = root.pieces.iter().map(|p| piece_key(&p.id)).collect();
-    let mut next = keys.iter();
-    let mut in_flight = futures::stream::FuturesOrdered::new();
-    for k in next.by_ref().take(PIECES_IN_FLIGHT) {
-        in_flight.push_back(get_all(store, k));
-    }
-    for p in &root.pieces {
-        let bytes = in_flight.next().await.expect("one fetch per piece");
-        if let Some(k) = next.next() {
-            in_flight.push_back(get_all(store, k));
-        }
-        {
-            let bytes = bytes.map_err(|e| match e {
-                StoreError::NotFound { .. } => Skip::new(Reason::NotFound, format!("piece {} is gone", p.id)),
+    // A window of fetches in flight, answered in order; each piece is
+    // checked and decoded on a blocking thread as it arrives, so the
+    // decoding (most of a manifest's cost) runs on every core.
+    let fetch = |p: &PieceRef| {
+        let (k, id, entries) = (piece_key(&p.id), p.id.clone(), p.entries);
+        async move {
+            let bytes = get_all(store, &k).await.map_err(|e| match e {
+                StoreError::NotFound { .. } => Skip::new(Reason::NotFound, format!("piece {id} is gone")),
                 e => crate::restore::store_skip(e),
             })?;
-            if blake3::hash(&bytes).to_hex().as_str() != p.id {
-                return Err(corrupt(format!("piece {} does not hash to its name", p.id)));
-            }
-            let piece = Manifest::decode(&bytes).map_err(crate::restore::extract_skip)?;
-            if !piece.pieces.is_empty() || piece.entries.len() as u64 != p.entries {
-                return Err(corrupt(format!("piece {} is not what its root says", p.id)));
-            }
+            tokio::task::spawn_blocking(move || {
+                if blake3::hash(&bytes).to_hex().as_str() != id {
+                    return Err(corrupt(format!("piece {id} does not hash to its name")));
+                }
+                let piece = Manifest::decode(&bytes).map_err(crate::restore::extract_skip)?;
+                if !piece.pieces.is_empty() || piece.entries.len() as u64 != entries {
+                    return Err(corrupt(format!("piece {id} is not what its root says")));
+                }
+                Ok(piece)
+            })
+            .await
+            .map_err(|e| Skip::joined("a manifest piece's decoder", e))?
+        }
+    };
+    let mut next = root.pieces.iter();
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    for p in next.by_ref().take(PIECES_IN_FLIGHT) {
+        in_flight.push_back(fetch(p));
+    }
+    for p in &root.pieces {
+        let piece = in_flight.next().await.expect("one fetch per piece")?;
+        if let Some(n) = next.next() {
+            in_flight.push_back(fetch(n));
+        }
+        {
             if (whole.entries.len() + piece.entries.len()) as u64 > max_entries {
                 return Err(Skip::new(Reason::TooLarge, format!("the manifest holds over {max_entries} entries")));
             }
@@ -374,6 +385,10 @@ struct FrameJob {
     _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// The nice value of a second phase's writer thread: the app's boot first,
+/// the tail in the CPU time it leaves.
+const TAIL_NICE: i32 = 10;
+
 /// Compressed bytes downloaded and not yet written, over all fetches, in
 /// KiB: with incompressible content and 8 fetches, this is what keeps a
 /// restore's peak RSS within 128 MiB.
@@ -400,8 +415,7 @@ pub(crate) struct RestoreStats {
 /// writes overlap: ranged GETs stream frames to a pool of writer threads.
 ///
 /// With `hot_first`, and a manifest that records a hot set, only the hot
-/// files (and the files whose content lies wholly in the same frames) are
-/// written now, with every directory and symlink; the rest is returned as a
+/// files are written now, with every directory and symlink; the rest is returned as a
 /// [`Tail`] for [`restore_tail`] to write after the swap.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn restore_into(
@@ -422,6 +436,7 @@ pub(crate) async fn restore_into(
     // Under a zero umask (the CLI sets one), files and directories are
     // created with their final modes: no chmod per entry.
     let exact = umask_is_zero();
+    let t0 = std::time::Instant::now();
     let setup_m = m.clone();
     let (setup_staging, held) = (staging.to_owned(), anchored.clone());
     let pieces = tokio::task::spawn_blocking(move || {
@@ -431,6 +446,7 @@ pub(crate) async fn restore_into(
     .await
     .map_err(|e| Skip::joined("the setup thread", e))?
     .map_err(crate::restore::extract_skip)?;
+    let t_setup = t0.elapsed();
     let (pieces, tail) = if opts.hot_first { split_hot(&m, pieces) } else { (pieces, None) };
 
     // 2. Content: every frame needed now, fetched and written.
@@ -440,6 +456,7 @@ pub(crate) async fn restore_into(
     if cancel.load(Ordering::Relaxed) {
         return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
     }
+    let t_content = t0.elapsed();
     // What was prefetched for the tail is not fetched again.
     let tail = tail.map(|t| Tail { prefetch, ..t });
 
@@ -453,6 +470,14 @@ pub(crate) async fn restore_into(
     .await
     .map_err(|e| Skip::joined("the finish thread", e))?
     .map_err(crate::restore::extract_skip)?;
+    tracing::debug!(
+        target: "sandbox-cache",
+        "staged in {} ms: setup {} ms, content {} ms ({files} files), links and metadata {} ms",
+        t0.elapsed().as_millis(),
+        t_setup.as_millis(),
+        (t_content - t_setup).as_millis(),
+        (t0.elapsed() - t_content).as_millis()
+    );
     let stats = RestoreStats { files: files + symlinks + empty_files(&m), bytes, transferred };
     Ok((stats, tail))
 }
@@ -508,7 +533,8 @@ async fn write_frames(
             progress.clone(),
             sink.clone(),
         );
-        workers.push(tokio::task::spawn_blocking(move || {
+        let behind_the_app = matches!(sink, Sink::Live(_));
+        let work = move || {
             loop {
                 let job = { rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv() };
                 let Some(job) = job else { return };
@@ -531,6 +557,23 @@ async fn write_frames(
                     }
                 }
             }
+        };
+        workers.push(tokio::task::spawn_blocking(move || {
+            if !behind_the_app {
+                return work();
+            }
+            // The tail's writer yields the CPU to the app booting beside it
+            // (nice is per thread on Linux). A thread of its own, which the
+            // lowered priority dies with: a pooled one would keep it, and
+            // raising it back needs a privilege.
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let _ = rustix::process::setpriority_process(None, TAIL_NICE);
+                    work()
+                })
+                .join()
+            })
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         }));
     }
 
@@ -567,7 +610,7 @@ async fn write_frames(
 // ------------------------------------------------------------- two phases
 
 /// What a two-phase restore writes after the swap: the files that are not
-/// hot, and share no frame wholly with hot ones.
+/// hot.
 pub(crate) struct Tail {
     pieces: Vec<Vec<Piece>>,
     /// The deferred entries (files with content).
@@ -579,27 +622,22 @@ pub(crate) struct Tail {
     prefetch: Prefetch,
 }
 
-/// Splits a restore's pieces: the hot files, and every file whose content
-/// lies wholly in frames a hot file needs (already downloaded, so free),
-/// now; the rest later. `None` when the manifest has no hot set (everything
-/// is hot) or nothing is left for later.
+/// Splits a restore's pieces: the hot files now, every other file with
+/// content later. Cold files that share a frame with hot ones wait too: the
+/// frame is decoded once more for them in the tail (from the prefetched
+/// pack, not fetched again), which costs the tail little, while writing
+/// them now would hold up `hot-ready` by every such file. `None` when the
+/// manifest has no hot set (everything is hot) or nothing is left for
+/// later.
 fn split_hot(m: &Manifest, pieces: Vec<Vec<Piece>>) -> (Vec<Vec<Piece>>, Option<Tail>) {
     let content = |e: &&Entry| e.kind == Kind::File && e.size > 0;
-    let mut hot_frames = vec![false; m.frames.len()];
-    let mut any = false;
-    for e in m.entries.iter().filter(content).filter(|e| e.hot) {
-        if let Ok(span) = m.span_frames(e) {
-            span.for_each(|f| hot_frames[f] = true);
-            any = true;
-        }
-    }
-    if !any {
+    if !m.entries.iter().filter(content).any(|e| e.hot) {
         return (pieces, None);
     }
     let mut deferred = vec![false; m.entries.len()];
     let (mut entries, mut files, mut bytes) = (Vec::new(), 0, 0);
     for (i, e) in m.entries.iter().enumerate() {
-        if content(&e) && !m.span_frames(e).is_ok_and(|mut s| s.all(|f| hot_frames[f])) {
+        if content(&e) && !e.hot {
             deferred[i] = true;
             entries.push(i as u32);
             files += 1;
@@ -609,6 +647,11 @@ fn split_hot(m: &Manifest, pieces: Vec<Vec<Piece>>) -> (Vec<Vec<Piece>>, Option<
     if entries.is_empty() {
         return (pieces, None);
     }
+    tracing::debug!(
+        target: "sandbox-cache",
+        "hot set: {} files; the tail {files} ({bytes} bytes)",
+        m.entries.iter().filter(content).count() - entries.len(),
+    );
     let (mut now, mut later) = (Vec::with_capacity(pieces.len()), Vec::with_capacity(pieces.len()));
     for ps in pieces {
         let (l, n): (Vec<Piece>, Vec<Piece>) = ps.into_iter().partition(|p| deferred[p.entry as usize]);
@@ -1229,10 +1272,17 @@ fn finish(
             std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(|err| io_err(&path, err))?;
         }
     }
+    // A directory the tail will land files in gets its mtime then (the
+    // renames would move it again): not now, on the way to `hot-ready`.
+    let tail_dirs: HashSet<&str> =
+        deferred.iter().filter_map(|&i| m.entries.get(i as usize)?.path.rsplit_once('/').map(|(d, _)| d)).collect();
     for e in dirs {
         let path = staging.join(&e.path);
         if !exact {
             fs::set_permissions(&path, fs::Permissions::from_mode(dir_mode(e))).map_err(|err| io_err(&path, err))?;
+        }
+        if tail_dirs.contains(e.path.as_str()) {
+            continue;
         }
         // By path, never following: staging is private, and nothing in it
         // names a directory but a directory.
