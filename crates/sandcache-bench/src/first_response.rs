@@ -205,9 +205,10 @@ pub async fn run(o: Options) {
         // Cold: nothing stored; every package through the throttle. The
         // deps-ready snapshot then records what Deno read: the hot set.
         let cold_runner = Served::start(config(true)).await;
+        let bytes_before = proxy.bytes();
         let (cold, st) = deploy_to_first_200(&cold_runner, &body).await;
         assert_eq!(st["cache"]["restore"]["reason"], "not_found", "{st}");
-        let bytes_cold = proxy.bytes();
+        let bytes_cold = proxy.bytes() - bytes_before;
         let start = Instant::now();
         while status(cold_runner.addr).await["cache"]["snapshot"]["ok"] != true {
             assert!(

@@ -237,6 +237,15 @@ fn sh(script: &str) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // SANDCACHE_LOG (a tracing filter, as the CLI's) shows the engine's and
+    // the runner's own logs, timestamped: where a run's time went.
+    if let Ok(filter) = std::env::var("SANDCACHE_LOG") {
+        let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+            eprintln!("warning: SANDCACHE_LOG={filter:?} is not a tracing filter ({e}); no logs");
+            tracing_subscriber::EnvFilter::new("off")
+        });
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     if let Some(h) = args.helper {
         return helper(h);
     }
