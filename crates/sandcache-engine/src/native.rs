@@ -1823,3 +1823,54 @@ pub(crate) fn manifest_key(key: &str, created_ms: u64) -> String {
 pub(crate) fn pack_id_of(key_in_store: &str) -> Option<&str> {
     key_in_store.rsplit('/').next()?.strip_suffix(".pack")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Phase one is the hot files only: a cold file whose content shares
+    /// a frame with a hot one still waits for the tail (writing it first
+    /// would hold up `hot-ready`), and so does one in a frame of its own.
+    #[test]
+    fn phase_one_is_the_hot_files_only_whatever_frame_they_share() {
+        let file = |path: &str, frame: u32, offset: u64, hot: bool| Entry {
+            frame: Some(frame),
+            offset,
+            hot,
+            ..Entry::file(path.into(), 0o644, 0, 10, "0".repeat(64))
+        };
+        let frame = |pack: u32| Frame { pack, offset: 0, clen: 10, rawlen: 20, hash: "0".repeat(64) };
+        let m = Manifest {
+            version: pack::VERSION,
+            created_ms: 0,
+            packs: vec![
+                PackRef { id: "a".repeat(64), size: 10, hot: true },
+                PackRef { id: "b".repeat(64), size: 10, hot: false },
+            ],
+            frames: vec![frame(0), frame(1)],
+            entries: vec![
+                Entry::dir("npm".into(), 0o755, 0),
+                file("npm/hot.js", 0, 0, true),
+                file("npm/beside-hot.js", 0, 10, false),
+                file("npm/cold.js", 1, 0, false),
+            ],
+            pieces: Vec::new(),
+        };
+        let piece = |entry: u32, at: u64| Piece { entry, at, len: 10, file_offset: 0 };
+        let pieces = vec![vec![piece(1, 0), piece(2, 10)], vec![piece(3, 0)]];
+        let (now, tail) = split_hot(&m, pieces);
+        let tail = tail.expect("a tail");
+        let entries = |ps: &[Vec<Piece>]| ps.iter().flatten().map(|p| p.entry).collect::<Vec<_>>();
+        assert_eq!(entries(&now), vec![1]);
+        assert_eq!(entries(&tail.pieces), vec![2, 3]);
+        assert_eq!(tail.entries, vec![2, 3]);
+        assert_eq!((tail.files, tail.bytes), (2, 20));
+
+        // No hot entry: no hot set, one phase.
+        let mut cold = m.clone();
+        cold.entries.iter_mut().for_each(|e| e.hot = false);
+        let (now, tail) = split_hot(&cold, vec![vec![piece(1, 0), piece(2, 10)], vec![piece(3, 0)]]);
+        assert!(tail.is_none());
+        assert_eq!(entries(&now), vec![1, 2, 3]);
+    }
+}
