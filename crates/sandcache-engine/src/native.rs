@@ -509,10 +509,13 @@ async fn write_frames(
     let runs = plan_runs(m, &pieces);
 
     // Writer pool.
-    // The tail lands while the app boots: one writer, so the boot keeps
-    // the other cores.
+    // The tail lands while the app boots: two writers, each at a lowered
+    // priority (below), so the boot comes first and the tail takes what CPU
+    // it leaves. One writer was as good on tmpfs, but on a slow disk (a
+    // rename per file) the tail then landed long after a one-phase restore
+    // would have, and every request waited for it.
     let threads = match sink {
-        Sink::Live(_) => 1,
+        Sink::Live(_) => 2,
         Sink::Staging { .. } => std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<FrameJob>(threads * 2);
