@@ -538,13 +538,14 @@ async fn write_frames(
         );
         let behind_the_app = matches!(sink, Sink::Live(_));
         let work = move || {
+            let mut decoder = pack::FrameDecoder::default();
             loop {
                 let job = { rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv() };
                 let Some(job) = job else { return };
                 if cancel.load(Ordering::Relaxed) {
                     return;
                 }
-                match write_frame(&m, &pieces, &sink, &job, owner) {
+                match write_frame(&m, &pieces, &sink, &job, owner, &mut decoder) {
                     Ok((f, b)) => {
                         files.fetch_add(f, Ordering::Relaxed);
                         bytes.fetch_add(b, Ordering::Relaxed);
@@ -1155,9 +1156,10 @@ fn write_frame(
     sink: &Sink,
     job: &FrameJob,
     owner: Option<(u32, u32)>,
+    decoder: &mut pack::FrameDecoder,
 ) -> Result<(u64, u64), ExtractError> {
     let frame: &Frame = &m.frames[job.frame as usize];
-    let raw = pack::decode_frame(&job.bytes, frame)?;
+    let raw = decoder.decode(&job.bytes, frame)?;
     let (mut files, mut bytes) = (0, 0);
     for p in &pieces[job.frame as usize] {
         let e = &m.entries[p.entry as usize];

@@ -164,3 +164,36 @@ fn garbage_manifests_are_corrupt() {
     let not_json = zstd::bulk::compress(b"{nope", 1).unwrap();
     assert!(matches!(Manifest::decode(&not_json), Err(ExtractError::Corrupt { .. })));
 }
+
+/// One decoder for many frames (as a restore's writer uses it): each frame
+/// decodes to exactly its bytes, whatever size came before, and a frame that
+/// expands past its length, or does not match its hash, is refused.
+#[test]
+fn a_frame_decoder_reused_decodes_each_frame_exactly_and_refuses_bad_ones() {
+    let frame = |raw: &[u8]| pack::Frame {
+        pack: 0,
+        offset: 0,
+        clen: 0,
+        rawlen: raw.len() as u64,
+        hash: blake3::hash(raw).to_hex().to_string(),
+    };
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let small = b"a small frame".to_vec();
+    let mut d = pack::FrameDecoder::default();
+    for raw in [&big, &small, &big] {
+        let z = zstd::bulk::compress(raw, 3).unwrap();
+        assert_eq!(d.decode(&z, &frame(raw)).unwrap(), &raw[..]);
+    }
+    // Longer than it says: refused, having written no more than that.
+    let z = zstd::bulk::compress(&big, 3).unwrap();
+    let short = pack::Frame { rawlen: 1000, ..frame(&big[..1000]) };
+    assert!(matches!(d.decode(&z, &short), Err(ExtractError::Corrupt { .. })));
+    // Shorter than it says.
+    let long = pack::Frame { rawlen: small.len() as u64 + 1, ..frame(&small) };
+    assert!(matches!(d.decode(&zstd::bulk::compress(&small, 3).unwrap(), &long), Err(ExtractError::Corrupt { .. })));
+    // Not the bytes its hash names.
+    let wrong = pack::Frame { hash: blake3::hash(b"other").to_hex().to_string(), ..frame(&small) };
+    assert!(matches!(d.decode(&zstd::bulk::compress(&small, 3).unwrap(), &wrong), Err(ExtractError::Corrupt { .. })));
+    // Still good after refusals.
+    assert_eq!(d.decode(&zstd::bulk::compress(&small, 3).unwrap(), &frame(&small)).unwrap(), &small[..]);
+}
