@@ -433,9 +433,10 @@ pub(crate) async fn restore_into(
     let staging = &anchored.io();
     // 1. Directories and empty files, before any content arrives. No symlink
     //    exists in staging until the very end, so paths cannot be redirected.
-    // Under a zero umask (the CLI sets one), files and directories are
-    // created with their final modes: no chmod per entry.
-    let exact = umask_is_zero();
+    // Files and directories are created with their final modes wherever
+    // the umask keeps them (always under the CLI's zero umask; 0644 and
+    // 0755 under the usual 022): no chmod per entry.
+    let exact = Umask::current();
     let t0 = std::time::Instant::now();
     let setup_m = m.clone();
     let (setup_staging, held) = (staging.to_owned(), anchored.clone());
@@ -486,7 +487,7 @@ pub(crate) async fn restore_into(
 /// held-open fd), or the live dir of a restore's second phase.
 #[derive(Clone)]
 enum Sink {
-    Staging { io: std::path::PathBuf, _held: crate::target::Staging, exact: bool },
+    Staging { io: std::path::PathBuf, _held: crate::target::Staging, exact: Umask },
     Live(Arc<LiveDir>),
 }
 
@@ -715,6 +716,7 @@ pub(crate) struct LiveDir {
     pub(crate) missed: AtomicU64,
     /// Set when the phase ended (cancelled or failed): nothing more is made.
     closed: AtomicBool,
+    umask: Umask,
 }
 
 struct Part {
@@ -738,6 +740,7 @@ impl LiveDir {
             kept: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            umask: Umask::current(),
         }
     }
 
@@ -775,10 +778,12 @@ impl LiveDir {
     }
 
     /// A new file under a fresh temporary name in `parent`, read-write.
-    fn temp(parent: &OwnedFd, entry: u32) -> io::Result<(String, fs::File)> {
+    /// A new temporary file beside `e`'s name, with the mode it will have
+    /// when the umask keeps it (else private until [`set_meta`]).
+    fn temp(&self, parent: &OwnedFd, entry: u32, e: &Entry) -> io::Result<(String, fs::File)> {
         let tmp = format!("{}{entry}-{:08x}", sandcache_archive::TAIL_PREFIX, rand::random::<u32>());
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(parent, tmp.as_str(), flags, Mode::from_raw_mode(0o600))?;
+        let fd = rustix::fs::openat(parent, tmp.as_str(), flags, Mode::from_raw_mode(file_mode(e, self.umask)))?;
         Ok((tmp, fs::File::from(fd)))
     }
 
@@ -820,8 +825,8 @@ impl LiveDir {
             self.missed.fetch_add(1, Ordering::Relaxed);
             return Ok(false);
         };
-        let (tmp, mut f) = Self::temp(&parent, entry)?;
-        if let Err(err) = io::Write::write_all(&mut f, data).and_then(|()| set_meta(&f, e, owner, false)) {
+        let (tmp, mut f) = self.temp(&parent, entry, e)?;
+        if let Err(err) = io::Write::write_all(&mut f, data).and_then(|()| set_meta(&f, e, owner, self.umask)) {
             let _ = rustix::fs::unlinkat(&*parent, tmp.as_str(), AtFlags::empty());
             return Err(err);
         }
@@ -846,7 +851,7 @@ impl LiveDir {
                 None
             }
             Some(parent) => {
-                let (tmp, file) = Self::temp(&parent, entry)?;
+                let (tmp, file) = self.temp(&parent, entry, e)?;
                 Some(Arc::new(Part { parent, tmp, file }))
             }
         };
@@ -912,7 +917,7 @@ fn finish_tail(m: &Manifest, entries: &[u32], live: &LiveDir, owner: Option<(u32
             }
             Err(err) => return Err(fail(io_err(path, err))),
         }
-        set_meta(&part.file, e, owner, false).map_err(|err| fail(io_err(path, err)))?;
+        set_meta(&part.file, e, owner, live.umask).map_err(|err| fail(io_err(path, err)))?;
         if live.publish(&part.parent, &part.tmp, name).map_err(|err| io_err(path, err))? {
             n += 1;
         }
@@ -942,7 +947,7 @@ fn setup(
     m: &Manifest,
     staging: &Path,
     owner: Option<(u32, u32)>,
-    exact: bool,
+    exact: Umask,
 ) -> Result<Vec<Vec<Piece>>, ExtractError> {
     let mut pieces: Vec<Vec<Piece>> = vec![Vec::new(); m.frames.len()];
     let mut made: HashSet<&str> = HashSet::new();
@@ -956,8 +961,8 @@ fn setup(
                 // A listed directory gets its own mode at once when the umask
                 // allows (always with owner rwx, so entries can go in);
                 // implied parents 0755.
-                let mode = match (exact, e.kind) {
-                    (true, Kind::Dir) => dir_mode(e),
+                let mode = match e.kind {
+                    Kind::Dir if exact.keeps(dir_mode(e)) => dir_mode(e),
                     _ => 0o755,
                 };
                 let path = staging.join(p);
@@ -994,18 +999,32 @@ fn dir_mode(e: &Entry) -> u32 {
     (e.mode & 0o777) | 0o700
 }
 
-/// The mode to create a file with: its final one under a zero umask, else
-/// private until [`set_meta`] sets it.
-fn file_mode(e: &Entry, exact: bool) -> u32 {
-    if exact { e.mode & 0o777 } else { 0o600 }
+/// The mode to create a file with: its final one when the umask keeps it,
+/// else private until [`set_meta`] sets it.
+fn file_mode(e: &Entry, exact: Umask) -> u32 {
+    if exact.keeps(e.mode & 0o777) { e.mode & 0o777 } else { 0o600 }
 }
 
-/// Whether this process's umask is 0 (read from `/proc/self/status`; the
-/// umask itself cannot be read without setting it, racing other threads).
-fn umask_is_zero() -> bool {
-    fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines().any(|l| l.strip_prefix("Umask:").is_some_and(|v| u32::from_str_radix(v.trim(), 8) == Ok(0)))
-    })
+/// This process's umask, read once per restore: an entry whose mode has no
+/// bit the umask clears is created with its final mode, and needs no chmod.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Umask(u32);
+
+impl Umask {
+    /// Read from `/proc/self/status` (the umask itself cannot be read
+    /// without setting it, racing other threads); unknown, it keeps nothing,
+    /// and every mode is set explicitly.
+    pub(crate) fn current() -> Umask {
+        let read = fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Umask:").and_then(|v| u32::from_str_radix(v.trim(), 8).ok()))
+        });
+        Umask(read.unwrap_or(0o777))
+    }
+
+    /// Whether a file or directory created with `mode` has exactly it.
+    fn keeps(self, mode: u32) -> bool {
+        mode & self.0 == 0
+    }
 }
 
 fn create(path: &Path, exclusive: bool, mode: u32) -> io::Result<fs::File> {
@@ -1019,14 +1038,14 @@ fn create(path: &Path, exclusive: bool, mode: u32) -> io::Result<fs::File> {
     o.open(path)
 }
 
-/// Mode (unless it was created with it: `exact`), times and, for a
-/// runner's worker, the owner, all on the open fd. The owner first: chown
+/// Mode (unless it was created with it: the umask kept it), times and, for
+/// a runner's worker, the owner, all on the open fd. The owner first: chown
 /// clears setuid bits.
-fn set_meta(f: &fs::File, e: &Entry, owner: Option<(u32, u32)>, exact: bool) -> io::Result<()> {
+fn set_meta(f: &fs::File, e: &Entry, owner: Option<(u32, u32)>, exact: Umask) -> io::Result<()> {
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::fchown(f, Some(uid), Some(gid))?;
     }
-    if !exact {
+    if !exact.keeps(e.mode & 0o777) {
         f.set_permissions(fs::Permissions::from_mode(e.mode & 0o777))?;
     }
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64);
@@ -1205,7 +1224,7 @@ fn finish(
     staging: &Path,
     owner: Option<(u32, u32)>,
     deferred: &HashSet<u32>,
-    exact: bool,
+    exact: Umask,
 ) -> Result<u64, ExtractError> {
     let mut n = 0;
     for (i, e) in m.entries.iter().enumerate() {
@@ -1283,7 +1302,7 @@ fn finish(
         deferred.iter().filter_map(|&i| m.entries.get(i as usize)?.path.rsplit_once('/').map(|(d, _)| d)).collect();
     for e in dirs {
         let path = staging.join(&e.path);
-        if !exact {
+        if !exact.keeps(dir_mode(e)) {
             fs::set_permissions(&path, fs::Permissions::from_mode(dir_mode(e))).map_err(|err| io_err(&path, err))?;
         }
         if tail_dirs.contains(e.path.as_str()) {

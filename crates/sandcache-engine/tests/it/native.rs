@@ -232,3 +232,35 @@ async fn a_store_that_lost_the_cache_gets_it_again() {
         assert!(again.is_done(), "{format:?} after restore: {}", again.to_json());
     }
 }
+
+/// Under the usual umask (022), entries are created with their final modes
+/// where it keeps them and set explicitly where it does not: 0777 and 0666
+/// come back as they were, as do 0600 and 0700, restored whole and hot-first.
+#[tokio::test]
+async fn modes_come_back_exact_whatever_the_umask_clears() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    let modes = [("open/all.js", 0o777), ("open/rw.js", 0o666), ("shut/own.js", 0o600), ("shut/x.sh", 0o700)];
+    for (rel, mode) in modes {
+        let p = src.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, rel).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    fs::set_permissions(src.join("open"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(src.join("shut"), fs::Permissions::from_mode(0o700)).unwrap();
+    // One file read: a hot set, so the hot-first restore has two phases.
+    sandcache_testkit::tree::settle_times(&src.join("open/all.js"));
+    sandcache_testkit::tree::settle_times(&src.join("open/rw.js"));
+    fs::read(src.join("open/all.js")).unwrap();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    let cache = Cache::new(store, "site/modes");
+    assert!(cache.snapshot(&src, &snap()).await.is_done());
+    for hot_first in [false, true] {
+        let dest = tmp.path().join(format!("dest-{hot_first}"));
+        let out = cache.restore(&dest, &RestoreOptions { hot_first, ..Default::default() }).await;
+        assert!(out.is_done(), "{:?}", out.result);
+        assert_same_tree(&src, &dest);
+    }
+}
