@@ -387,7 +387,7 @@ struct FrameJob {
 
 /// The nice value of a second phase's writer thread: the app's boot first,
 /// the tail in the CPU time it leaves.
-const TAIL_NICE: i32 = 10;
+const TAIL_NICE: i32 = 19;
 
 /// Compressed bytes downloaded and not yet written, over all fetches, in
 /// KiB: with incompressible content and 8 fetches, this is what keeps a
