@@ -777,9 +777,9 @@ impl LiveDir {
         self.dir(up)
     }
 
-    /// A new file under a fresh temporary name in `parent`, read-write.
-    /// A new temporary file beside `e`'s name, with the mode it will have
-    /// when the umask keeps it (else private until [`set_meta`]).
+    /// A new file under a fresh temporary name in `parent`, read-write,
+    /// with the mode `e` will have when the umask keeps it (else private
+    /// until [`set_meta`]).
     fn temp(&self, parent: &OwnedFd, entry: u32, e: &Entry) -> io::Result<(String, fs::File)> {
         let tmp = format!("{}{entry}-{:08x}", sandcache_archive::TAIL_PREFIX, rand::random::<u32>());
         let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
