@@ -320,31 +320,27 @@ async fn assemble(store: &dyn Store, root: Manifest) -> Result<Manifest, Skip> {
         if let Some(n) = next.next() {
             in_flight.push_back(fetch(n));
         }
-        {
-            if (whole.entries.len() + piece.entries.len()) as u64 > max_entries {
-                return Err(Skip::new(Reason::TooLarge, format!("the manifest holds over {max_entries} entries")));
-            }
-            let base = whole.frames.len() as u32;
-            for f in &piece.frames {
-                let pr = piece
-                    .packs
-                    .get(f.pack as usize)
-                    .ok_or_else(|| corrupt(format!("piece {}: bad pack index", p.id)))?;
-                let pi = *pack_index.entry(pr.id.clone()).or_insert_with(|| {
-                    whole.packs.push(pr.clone());
-                    whole.packs.len() as u32 - 1
-                });
-                whole.frames.push(Frame { pack: pi, ..f.clone() });
-            }
-            for mut e in piece.entries {
-                if let Some(f) = e.frame.as_mut() {
-                    if *f as usize >= piece.frames.len() {
-                        return Err(corrupt(format!("piece {}: bad frame index", p.id)));
-                    }
-                    *f += base;
+        if (whole.entries.len() + piece.entries.len()) as u64 > max_entries {
+            return Err(Skip::new(Reason::TooLarge, format!("the manifest holds over {max_entries} entries")));
+        }
+        let base = whole.frames.len() as u32;
+        for f in &piece.frames {
+            let pr =
+                piece.packs.get(f.pack as usize).ok_or_else(|| corrupt(format!("piece {}: bad pack index", p.id)))?;
+            let pi = *pack_index.entry(pr.id.clone()).or_insert_with(|| {
+                whole.packs.push(pr.clone());
+                whole.packs.len() as u32 - 1
+            });
+            whole.frames.push(Frame { pack: pi, ..f.clone() });
+        }
+        for mut e in piece.entries {
+            if let Some(f) = e.frame.as_mut() {
+                if *f as usize >= piece.frames.len() {
+                    return Err(corrupt(format!("piece {}: bad frame index", p.id)));
                 }
-                whole.entries.push(e);
+                *f += base;
             }
+            whole.entries.push(e);
         }
     }
     // The same frame named by two pieces is two frames here: harmless (the
@@ -415,8 +411,8 @@ pub(crate) struct RestoreStats {
 /// writes overlap: ranged GETs stream frames to a pool of writer threads.
 ///
 /// With `hot_first`, and a manifest that records a hot set, only the hot
-/// files are written now, with every directory and symlink; the rest is returned as a
-/// [`Tail`] for [`restore_tail`] to write after the swap.
+/// files are written now, with every directory and symlink; the rest is
+/// returned as a [`Tail`] for [`restore_tail`] to write after the swap.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn restore_into(
     store: &dyn Store,
@@ -567,7 +563,7 @@ async fn write_frames(
             if !behind_the_app {
                 return work();
             }
-            // The tail's writer yields the CPU to the app booting beside it
+            // A tail writer yields the CPU to the app booting beside it
             // (nice is per thread on Linux). A thread of its own, which the
             // lowered priority dies with: a pooled one would keep it, and
             // raising it back needs a privilege.
@@ -629,8 +625,8 @@ pub(crate) struct Tail {
 
 /// Splits a restore's pieces: the hot files now, every other file with
 /// content later. Cold files that share a frame with hot ones wait too: the
-/// frame is decoded once more for them in the tail (from the prefetched
-/// pack, not fetched again), which costs the tail little, while writing
+/// tail decodes that frame once more for them (from the prefetched pack,
+/// or fetched again by range when it was not prefetched), while writing
 /// them now would hold up `hot-ready` by every such file. `None` when the
 /// manifest has no hot set (everything is hot) or nothing is left for
 /// later.
