@@ -139,6 +139,29 @@ pub fn sandbox_state(root: &Path, skip: &[&str], timeless: &[&str]) -> BTreeMap<
     out
 }
 
+/// Every file under `dir`, relative, with its content; symlinks as
+/// `-> target`.
+pub fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in fs::read_dir(dir.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(r);
+            } else if ft.is_symlink() {
+                let t = fs::read_link(e.path()).unwrap();
+                out.insert(r.to_string_lossy().into_owned(), format!("-> {}", t.display()).into_bytes());
+            } else {
+                out.insert(r.to_string_lossy().into_owned(), fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
 /// Sets the access and modification times of `path` (a file, or every
 /// regular file under a directory) to one past instant: what a restore
 /// leaves, so that a read afterwards marks a file hot. Symlinks are left

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use sandcache_engine::{Cache, Format, Reason, RestoreOptions, SnapshotOptions};
 use sandcache_store::{BodyStream, GetObject, LocalStore, ObjectInfo, Store, StoreError};
 use sandcache_testkit::generations;
-use sandcache_testkit::tree::settle_times;
+use sandcache_testkit::tree::{contents, settle_times};
 
 fn snap() -> SnapshotOptions {
     SnapshotOptions { format: Format::Native, ..Default::default() }
@@ -68,28 +68,6 @@ fn read_hot(dir: &Path) {
 /// Whether reads move access times where `dir` lives (not `noatime`).
 fn tracks_reads(dir: &Path) -> bool {
     rustix::fs::statvfs(dir).is_ok_and(|v| !v.f_flag.contains(rustix::fs::StatVfsMountFlags::NOATIME))
-}
-
-/// Every file under `dir`, relative, with its content; symlinks as `-> target`.
-fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for e in fs::read_dir(dir.join(&rel)).unwrap() {
-            let e = e.unwrap();
-            let r = rel.join(e.file_name());
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(r);
-            } else if ft.is_symlink() {
-                let t = fs::read_link(e.path()).unwrap();
-                out.insert(r.to_string_lossy().into_owned(), format!("-> {}", t.display()).into_bytes());
-            } else {
-                out.insert(r.to_string_lossy().into_owned(), fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    out
 }
 
 fn expected(want: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
