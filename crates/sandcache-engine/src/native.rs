@@ -736,7 +736,10 @@ impl LiveDir {
             kept: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            umask: Umask::current(),
+            // A temporary file sits in a dir the worker may be using: it is
+            // never writable by others before it is whole (and, when large,
+            // read back), even under a zero umask; such a mode is set last.
+            umask: Umask(Umask::current().0 | 0o022),
         }
     }
 
