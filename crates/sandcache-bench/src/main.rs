@@ -91,6 +91,9 @@ enum Helper {
         tmpfs: PathBuf,
         #[arg(long, default_value = "/var/tmp/sandcache-bench")]
         disk: PathBuf,
+        /// Which of the two to measure: tmpfs, disk or both.
+        #[arg(long, default_value = "both", value_parser = ["tmpfs", "disk", "both"])]
+        fs: String,
     },
 }
 
@@ -113,7 +116,7 @@ fn helper(h: Helper) -> ExitCode {
     if let Helper::GcSynthetic { store, keys, generations } = h {
         return gc_synthetic(&store, keys, generations);
     }
-    if let Helper::FirstResponse { deno, store, store_mbps, runs, tmpfs, disk } = h {
+    if let Helper::FirstResponse { deno, store, store_mbps, runs, tmpfs, disk, fs } = h {
         let deno = deno
             .or_else(|| std::env::var_os("SANDCACHE_DENO").map(PathBuf::from))
             .unwrap_or_else(|| dirs_home().join(".cache/sandcache-deno-venv/bin/deno"));
@@ -126,7 +129,10 @@ fn helper(h: Helper) -> ExitCode {
             store,
             store_bps: store_mbps * 1_000_000,
             runs: runs.max(1),
-            roots: first_response::roots(&tmpfs, &disk),
+            roots: first_response::roots(&tmpfs, &disk)
+                .into_iter()
+                .filter(|(name, _)| fs == "both" || fs == *name)
+                .collect(),
         };
         tokio::runtime::Runtime::new().expect("a runtime").block_on(first_response::run(opts));
         return ExitCode::SUCCESS;
