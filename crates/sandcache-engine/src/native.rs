@@ -119,14 +119,33 @@ pub(crate) async fn whole(store: &dyn Store, root: Manifest) -> Result<Manifest,
 pub(crate) struct Prefetch {
     packs: HashMap<String, tokio::sync::watch::Receiver<Option<Result<Bytes, String>>>>,
     tasks: Vec<tokio::task::AbortHandle>,
+    /// Bytes of the packs downloaded whole (counted once, however many
+    /// times they are sliced).
+    downloaded: Arc<AtomicU64>,
+    /// Frames phase one fetched by range that the tail needs too, kept
+    /// (compressed) so the tail does not fetch them again.
+    kept: Kept,
 }
+
+/// Frames kept from phase one for the tail: which ones it wants (by frame
+/// index), the ones kept so far, and the room left for more.
+#[derive(Default)]
+struct Kept {
+    wanted: Vec<bool>,
+    frames: Mutex<HashMap<u32, Bytes>>,
+    room: AtomicU64,
+}
+
+/// Most compressed bytes of frames kept from phase one for the tail (a
+/// frame beyond it is fetched again, as before).
+const KEEP_BYTES: u64 = 32 << 20;
 
 /// Most bytes of packs held by a prefetch.
 const PREFETCH_BYTES: u64 = 16 << 20;
 
 impl Prefetch {
     pub(crate) fn none() -> Prefetch {
-        Prefetch { packs: HashMap::new(), tasks: Vec::new() }
+        Prefetch { packs: HashMap::new(), tasks: Vec::new(), downloaded: Arc::default(), kept: Kept::default() }
     }
 
     /// Starts downloading a root's first packs (only roots with pieces: a
@@ -147,15 +166,46 @@ impl Prefetch {
             total += pack.size;
             let pkey = pack_key(key, root, &pack.id);
             let (tx, rx) = tokio::sync::watch::channel(None);
-            let (store, k) = (store.clone(), pkey.clone());
+            let (store, k, downloaded) = (store.clone(), pkey.clone(), p.downloaded.clone());
             let task = tokio::spawn(async move {
                 let got = get_all(store.as_ref(), &k).await.map_err(|e| crate::error_chain(&e));
+                if let Ok(b) = &got {
+                    downloaded.fetch_add(b.len() as u64, Ordering::Relaxed);
+                }
                 let _ = tx.send(Some(got));
             });
             p.tasks.push(task.abort_handle());
             p.packs.insert(pkey, rx);
         }
         p
+    }
+
+    /// From now on, keeps a copy of each frame with pieces in `tail` that
+    /// passes through [`fetch_run`] (up to [`KEEP_BYTES`]), for the tail.
+    fn keep_for(&mut self, tail: &[Vec<Piece>]) {
+        self.kept.wanted = tail.iter().map(|p| !p.is_empty()).collect();
+        self.kept.room = AtomicU64::new(KEEP_BYTES);
+    }
+
+    fn wants(&self, frame: u32) -> bool {
+        self.kept.wanted.get(frame as usize).copied().unwrap_or(false)
+    }
+
+    /// Keeps a copy of a wanted frame's bytes, if there is room.
+    fn keep(&self, frame: u32, bytes: &[u8]) {
+        let len = bytes.len() as u64;
+        if !self.wants(frame)
+            || self.kept.room.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(len)).is_err()
+        {
+            return;
+        }
+        self.kept.frames.lock().unwrap_or_else(|p| p.into_inner()).insert(frame, Bytes::copy_from_slice(bytes));
+    }
+
+    /// The kept frames among `frames`, taken out.
+    fn take_kept(&self, frames: impl Iterator<Item = u32>) -> Vec<(u32, Bytes)> {
+        let mut kept = self.kept.frames.lock().unwrap_or_else(|p| p.into_inner());
+        frames.filter_map(|f| kept.remove(&f).map(|b| (f, b))).collect()
     }
 
     /// A prefetched pack's bytes, once downloaded; `None` when it was not
@@ -445,6 +495,12 @@ pub(crate) async fn restore_into(
     .map_err(crate::restore::extract_skip)?;
     let t_setup = t0.elapsed();
     let (pieces, tail) = if opts.hot_first { split_hot(&m, pieces) } else { (pieces, None) };
+    let mut prefetch = prefetch;
+    if let Some(t) = &tail {
+        // A frame phase one fetches (or passes over in a coalesced range)
+        // that the tail needs too is kept, not fetched again.
+        prefetch.keep_for(&t.pieces);
+    }
 
     // 2. Content: every frame needed now, fetched and written.
     let sink = Sink::Staging { io: staging.to_owned(), _held: anchored.clone(), exact };
@@ -454,7 +510,10 @@ pub(crate) async fn restore_into(
         return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
     }
     let t_content = t0.elapsed();
-    // What was prefetched for the tail is not fetched again.
+    // What was prefetched for the tail is not fetched again, and counts
+    // once, when the whole restore is over.
+    let transferred =
+        if tail.is_none() { transferred + prefetch.downloaded.load(Ordering::Relaxed) } else { transferred };
     let tail = tail.map(|t| Tail { prefetch, ..t });
 
     // 3. Symlinks, then metadata of large files and directories.
@@ -502,8 +561,11 @@ async fn write_frames(
     prefetch: &Prefetch,
 ) -> Result<(u64, u64, u64), Skip> {
     let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
+    // Frames kept from phase one need no fetch.
+    let kept = prefetch.take_kept((0..pieces.len() as u32).filter(|f| !pieces[*f as usize].is_empty()));
+    let have: HashSet<u32> = kept.iter().map(|(f, _)| *f).collect();
     // Which byte ranges to fetch: needed frames, coalesced per pack.
-    let runs = plan_runs(m, &pieces);
+    let runs = plan_runs(m, &pieces, &have, |f| prefetch.wants(f));
 
     // Writer pool.
     // The tail lands while the app boots: two writers, each at a lowered
@@ -581,14 +643,32 @@ async fn write_frames(
     // Downloads, concurrently, each feeding frames as they complete.
     let transferred = Arc::new(AtomicU64::new(0));
     let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB as usize));
-    let fetches = futures::stream::iter(runs.into_iter().map(|run| {
-        let (tx, m, cancel, transferred, progress, budget) =
-            (tx.clone(), m.clone(), cancel.clone(), transferred.clone(), progress.clone(), budget.clone());
-        async move { fetch_run(store, key, &m, run, tx, cancel, transferred, progress, budget, prefetch).await }
-    }))
-    .buffer_unordered(concurrency.max(1))
-    .try_collect::<Vec<()>>();
-    let fetched = fetches.await;
+    let fetches =
+        futures::stream::iter(
+            runs.into_iter().map(|run| {
+                let (tx, m, cancel, transferred, progress, budget) =
+                    (tx.clone(), m.clone(), cancel.clone(), transferred.clone(), progress.clone(), budget.clone());
+                let pieces = pieces.clone();
+                async move {
+                    fetch_run(store, key, &m, &pieces, run, tx, cancel, transferred, progress, budget, prefetch).await
+                }
+            }),
+        )
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>();
+    let feed = {
+        let (tx, budget) = (tx.clone(), budget.clone());
+        async move {
+            for (frame, bytes) in kept {
+                let kib = (bytes.len().div_ceil(1024) as u32).clamp(1, IN_FLIGHT_KIB);
+                let permit = budget.clone().acquire_many_owned(kib).await.expect("the budget is never closed");
+                if tx.send(FrameJob { frame, bytes, _budget: permit }).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let (fetched, ()) = tokio::join!(fetches, feed);
     drop(tx);
     // A writer that panicked left its frame unwritten: the tree is
     // incomplete and must never be swapped in.
@@ -680,11 +760,14 @@ pub(crate) async fn restore_tail(
     let owner = opts.owner;
     let pieces = Arc::new(tail.pieces);
     let sink = Sink::Live(live.clone());
+    let mut prefetch = tail.prefetch;
+    prefetch.kept.wanted.clear(); // the tail keeps nothing for later
     let (files, bytes, transferred) =
-        write_frames(store, key, &m, pieces, sink, cancel.clone(), opts, &tail.prefetch).await?;
+        write_frames(store, key, &m, pieces, sink, cancel.clone(), opts, &prefetch).await?;
     if cancel.load(Ordering::Relaxed) {
         return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
     }
+    let transferred = transferred + prefetch.downloaded.load(Ordering::Relaxed);
     let (entries, fin_live) = (tail.entries, live.clone());
     let large = tokio::task::spawn_blocking(move || finish_tail(&m, &entries, &fin_live, owner))
         .await
@@ -1054,10 +1137,13 @@ fn set_meta(f: &fs::File, e: &Entry, owner: Option<(u32, u32)>, exact: Umask) ->
 /// Needed frames grouped into byte ranges per pack: (pack, range, frames).
 type Run = (u32, std::ops::Range<u64>, Vec<u32>);
 
-fn plan_runs(m: &Manifest, pieces: &[Vec<Piece>]) -> Vec<Run> {
+/// The byte ranges to fetch for the frames with pieces, except those in
+/// `have`. A frame `keep` wants that lies wholly inside a range is added to
+/// its run: its bytes arrive anyway.
+fn plan_runs(m: &Manifest, pieces: &[Vec<Piece>], have: &HashSet<u32>, keep: impl Fn(u32) -> bool) -> Vec<Run> {
     let mut by_pack: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for (i, p) in pieces.iter().enumerate() {
-        if !p.is_empty() {
+        if !p.is_empty() && !have.contains(&(i as u32)) {
             by_pack.entry(m.frames[i].pack).or_default().push(i as u32);
         }
     }
@@ -1083,6 +1169,15 @@ fn plan_runs(m: &Manifest, pieces: &[Vec<Piece>]) -> Vec<Run> {
         }
         runs.extend(cur);
     }
+    for f in (0..m.frames.len() as u32).filter(|f| pieces[*f as usize].is_empty() && keep(*f)) {
+        let fr = &m.frames[f as usize];
+        if let Some((_, _, frames)) =
+            runs.iter_mut().find(|(p, r, _)| *p == fr.pack && r.start <= fr.offset && fr.offset + fr.clen <= r.end)
+        {
+            frames.push(f);
+            frames.sort_by_key(|f| m.frames[*f as usize].offset);
+        }
+    }
     // Large runs first, so the longest download starts earliest.
     runs.sort_by_key(|(_, r, _)| std::cmp::Reverse(r.end - r.start));
     runs
@@ -1093,6 +1188,7 @@ async fn fetch_run(
     store: &dyn Store,
     key: &str,
     m: &Manifest,
+    pieces: &[Vec<Piece>],
     (pack, range, frames): Run,
     tx: tokio::sync::mpsc::Sender<FrameJob>,
     cancel: Arc<AtomicBool>,
@@ -1104,14 +1200,15 @@ async fn fetch_run(
     let pkey = pack_key(key, m, &m.packs[pack as usize].id);
     // A prefetched pack is sliced, not fetched again; it is verified frame
     // by frame like any download.
-    let (obj_size, mut stream): (u64, sandcache_store::ByteStream) = match prefetch.take(&pkey).await {
+    let (obj_size, mut stream, prefetched): (u64, sandcache_store::ByteStream, bool) = match prefetch.take(&pkey).await
+    {
         Some(all) if all.len() as u64 >= range.end => {
             let part = all.slice(range.start as usize..range.end as usize);
-            (all.len() as u64, Box::pin(futures::stream::once(async move { Ok(part) })))
+            (all.len() as u64, Box::pin(futures::stream::once(async move { Ok(part) })), true)
         }
         _ => {
             let obj = store.get_range(&pkey, range.clone()).await.map_err(crate::restore::store_skip)?;
-            (obj.size, obj.stream)
+            (obj.size, obj.stream, false)
         }
     };
     let mut buf = BytesMut::new();
@@ -1134,17 +1231,31 @@ async fn fetch_run(
             let _skip = buf.split_to((fr.offset - pos) as usize);
             let bytes = buf.split_to(fr.clen as usize).freeze();
             pos = fr.offset + fr.clen;
-            let job = FrameJob { frame: frames[next], bytes, _budget: permit.take().expect("taken above") };
+            let frame = frames[next];
+            next += 1;
+            if !prefetched {
+                // (A prefetched pack's frames are sliced again by the tail.)
+                prefetch.keep(frame, &bytes);
+            }
+            if pieces[frame as usize].is_empty() {
+                // Only passed over on the way to another frame: kept (or
+                // not, when there was no room) for the tail, not written.
+                permit = None;
+                continue;
+            }
+            let job = FrameJob { frame, bytes, _budget: permit.take().expect("taken above") };
             if tx.send(job).await.is_err() {
                 return Ok(());
             }
-            next += 1;
             continue;
         }
         match stream.next().await {
             Some(chunk) => {
                 let chunk = chunk.map_err(crate::restore::store_skip)?;
-                transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                if !prefetched {
+                    // (A prefetched pack's bytes count once, as downloaded.)
+                    transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
                 if let Some(p) = &progress {
                     p.transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 }

@@ -489,9 +489,10 @@ async fn phase_two(
     let (kept, missed) = (live.kept.load(Ordering::Relaxed), live.missed.load(Ordering::Relaxed));
     tracing::debug!(
         target: "sandbox-cache",
-        "tail: {files} files ({}) in {} ms; {kept} left to what the app made meanwhile, {missed} under dirs it removed",
+        "tail: {files} files ({}) in {} ms ({} fetched by both phases); {kept} left to what the app made meanwhile, {missed} under dirs it removed",
         mb(bytes),
-        started.elapsed().as_millis()
+        started.elapsed().as_millis(),
+        mb(stats.transferred)
     );
     Ok(stats)
 }

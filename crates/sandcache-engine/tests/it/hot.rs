@@ -336,6 +336,100 @@ async fn a_tail_cut_by_the_deadline_leaves_a_usable_tree_that_no_snapshot_stores
     super::settle();
 }
 
+/// A store that counts the bytes of every ranged read, and refuses whole
+/// reads of packs: no pack is prefetched, every frame comes by range.
+#[derive(Debug)]
+struct Ranged {
+    inner: Arc<dyn Store>,
+    bytes: AtomicU64,
+}
+
+impl std::fmt::Display for Ranged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Ranged {
+    async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
+        if key.ends_with(".pack") {
+            return Err(StoreError::NotFound { key: key.into() });
+        }
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
+        self.bytes.fetch_add(range.end - range.start, Ordering::SeqCst);
+        self.inner.get_range(key, range).await
+    }
+    async fn put(&self, key: &str, body: BodyStream) -> Result<u64, StoreError> {
+        self.inner.put(key, body).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+#[tokio::test]
+async fn the_tail_fetches_no_frame_phase_one_fetched() {
+    let tmp = tempfile::tempdir().unwrap();
+    if !tracks_reads(tmp.path()) {
+        eprintln!("skipping: {} is mounted noatime", tmp.path().display());
+        return;
+    }
+    let inner: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    let want = stored_with_hot_set(&inner, "site/once", &tmp.path().join("src")).await;
+    // The app now reads two of the five hot files: the other three went
+    // cold but stay in the hot pack's frame, beside the two.
+    let first = tmp.path().join("first");
+    let out = Cache::new(inner.clone(), "site/once").restore(&first, &RestoreOptions::default()).await;
+    assert!(out.is_done(), "{:?}", out.result);
+    super::settle();
+    for rel in &HOT[..2] {
+        fs::read(first.join(rel)).unwrap();
+    }
+    let moved = Cache::new(inner.clone(), "site/once").snapshot(&first, &snap()).await;
+    assert!(moved.is_done(), "{:?}", moved.result);
+    let m = generations::newest_whole(inner.as_ref(), "site/once").await.unwrap();
+    let frame_of = |rel: &str| m.entries.iter().find(|e| e.path == rel).unwrap().frame.unwrap();
+    assert!(m.entries.iter().find(|e| e.path == HOT[0]).unwrap().hot);
+    assert!(!m.entries.iter().find(|e| e.path == HOT[4]).unwrap().hot);
+    assert_eq!(frame_of(HOT[0]), frame_of(HOT[4]), "a frame with hot and cold files");
+
+    // The same generation, whole and hot-first: the same bytes fetched.
+    let mut fetched = Vec::new();
+    for (name, opts) in [("whole", RestoreOptions::default()), ("hot-first", hot_first())] {
+        let store = Arc::new(Ranged { inner: inner.clone(), bytes: AtomicU64::new(0) });
+        let dest = tmp.path().join(name);
+        let out = Cache::new(store.clone(), "site/once").restore(&dest, &opts).await;
+        assert!(out.is_done(), "{name}: {:?}", out.result);
+        assert_eq!(out.hot.is_some(), name == "hot-first");
+        assert_eq!(contents(&dest), expected(&want), "{name}");
+        let bytes = store.bytes.load(Ordering::SeqCst);
+        assert_eq!(out.result.as_ref().unwrap().transferred, bytes, "{name}: the outcome says what was fetched");
+        fetched.push(bytes);
+        super::settle();
+    }
+    assert_eq!(fetched[0], fetched[1], "whole, then hot-first");
+
+    // With packs prefetched whole (and sliced by both phases), each counts
+    // once: both modes say they moved the same bytes.
+    let mut moved = Vec::new();
+    for (name, opts) in [("whole-2", RestoreOptions::default()), ("hot-first-2", hot_first())] {
+        let out = Cache::new(inner.clone(), "site/once").restore(&tmp.path().join(name), &opts).await;
+        assert!(out.is_done(), "{name}: {:?}", out.result);
+        moved.push(out.result.unwrap().transferred);
+        super::settle();
+    }
+    assert_eq!(moved[0], moved[1], "whole, then hot-first, prefetching");
+}
+
 /// Mounts a tmpfs with `opts` at `at`; false where mounting is not allowed.
 fn mount_tmpfs(at: &Path, opts: &str) -> bool {
     fs::create_dir_all(at).unwrap();
