@@ -49,9 +49,14 @@ use tokio::task::{JoinHandle, JoinSet};
 
 /// The longest request head read before answering 400.
 const MAX_HEAD: usize = 8 << 10;
-/// The most bytes the bucket holds: a short burst, as a real link's buffers
-/// allow, without letting a quiet spell bank a fast transfer later.
+/// The least bytes the bucket holds: a short burst, as a real link's
+/// buffers allow, without letting a quiet spell bank a fast transfer later.
 const BURST: f64 = (64 << 10) as f64;
+/// ...and at least this much of the rate: a payer's sleep ends on the
+/// timer's next millisecond tick or later, and refill beyond the bucket is
+/// lost, so a bucket smaller than a few ticks of the rate caps the link
+/// below it (64 KiB held a "100 MB/s" link to about 60).
+const BURST_TIME: f64 = 0.004;
 /// Bytes read per relayed chunk; well under [`BURST`], so a chunk never has
 /// to wait for more than the bucket can ever hold.
 const CHUNK: usize = 16 << 10;
@@ -76,6 +81,11 @@ impl Default for ThrottleOptions {
 }
 
 impl ThrottleOptions {
+    /// The most bytes the bucket holds ([`BURST`], [`BURST_TIME`]).
+    fn burst(&self) -> f64 {
+        (self.bytes_per_sec as f64 * BURST_TIME).max(BURST)
+    }
+
     /// The defaults, with `SANDCACHE_THROTTLE_BPS` and
     /// `SANDCACHE_THROTTLE_CONNECT_MS` applied when set.
     ///
@@ -130,7 +140,7 @@ impl ThrottledProxy {
         let shared = Arc::new(Shared {
             target,
             opts,
-            bucket: Mutex::new(Bucket { tokens: BURST, last: Instant::now() }),
+            bucket: Mutex::new(Bucket { tokens: opts.burst(), last: Instant::now() }),
             bytes: AtomicU64::new(0),
             connects: AtomicU64::new(0),
         });
@@ -197,7 +207,7 @@ impl Shared {
             let mut bucket = self.bucket.lock().await;
             let now = Instant::now();
             let refill = now.duration_since(bucket.last).as_secs_f64() * rate;
-            bucket.tokens = (bucket.tokens + refill).min(BURST) - n as f64;
+            bucket.tokens = (bucket.tokens + refill).min(self.opts.burst()) - n as f64;
             bucket.last = now;
             if bucket.tokens < 0.0 {
                 tokio::time::sleep(Duration::from_secs_f64(-bucket.tokens / rate)).await;
