@@ -503,7 +503,8 @@ pub(crate) async fn restore_into(
     }
 
     // 2. Content: every frame needed now, fetched and written.
-    let sink = Sink::Staging { io: staging.to_owned(), _held: anchored.clone(), exact };
+    let parts = Arc::new(PartHashes::default());
+    let sink = Sink::Staging { io: staging.to_owned(), _held: anchored.clone(), exact, parts: parts.clone() };
     let (files, bytes, transferred) =
         write_frames(store, key, &m, Arc::new(pieces), sink, cancel.clone(), opts, &prefetch).await?;
     if cancel.load(Ordering::Relaxed) {
@@ -521,7 +522,7 @@ pub(crate) async fn restore_into(
     let (fin_m, fin_staging, held) = (m.clone(), staging.to_owned(), anchored.clone());
     let symlinks = tokio::task::spawn_blocking(move || {
         let _held = held;
-        finish(&fin_m, &fin_staging, owner, &deferred, exact)
+        finish(&fin_m, &fin_staging, owner, &deferred, exact, &parts)
     })
     .await
     .map_err(|e| Skip::joined("the finish thread", e))?
@@ -542,8 +543,71 @@ pub(crate) async fn restore_into(
 /// held-open fd), or the live dir of a restore's second phase.
 #[derive(Clone)]
 enum Sink {
-    Staging { io: std::path::PathBuf, _held: crate::target::Staging, exact: Umask },
+    Staging { io: std::path::PathBuf, _held: crate::target::Staging, exact: Umask, parts: Arc<PartHashes> },
     Live(Arc<LiveDir>),
+}
+
+/// A large file's parts are hashed as they are written into staging, each
+/// as a BLAKE3 subtree (a chaining value) of one frame's worth of the file:
+/// the file's hash is then their merge, not a second read of the file.
+/// (The tail reads back instead: its temporary files sit in the live dir.)
+#[derive(Default)]
+struct PartHashes(Mutex<HashMap<u32, Vec<Option<blake3::hazmat::ChainingValue>>>>);
+
+/// The subtree size of a part: a frame (4 MiB, a power of two of BLAKE3's
+/// 1 KiB chunks), as the packer cuts large files.
+const PART: u64 = pack::FRAME_RAW as u64;
+
+impl PartHashes {
+    /// Records the chaining value of a part, when it is cut as the packer
+    /// cuts them (at a multiple of [`PART`], whole but for the last);
+    /// otherwise the file is read back as before.
+    fn add(&self, entry: u32, size: u64, file_offset: u64, data: &[u8]) {
+        let len = data.len() as u64;
+        if file_offset % PART != 0 || !(len == PART || file_offset + len == size) || len == 0 || size <= PART {
+            return;
+        }
+        use blake3::hazmat::HasherExt;
+        let mut h = blake3::Hasher::new();
+        h.set_input_offset(file_offset);
+        h.update(data);
+        let cv = h.finalize_non_root();
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let cvs = all.entry(entry).or_insert_with(|| vec![None; size.div_ceil(PART) as usize]);
+        if let Some(slot) = cvs.get_mut((file_offset / PART) as usize) {
+            *slot = Some(cv);
+        }
+    }
+
+    /// The file's BLAKE3 from its parts, when every one was recorded.
+    fn root(&self, entry: u32, size: u64) -> Option<blake3::Hash> {
+        let cvs = self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&entry)?;
+        let cvs: Vec<_> = cvs.into_iter().collect::<Option<_>>()?;
+        if size <= PART || cvs.len() as u64 != size.div_ceil(PART) {
+            return None;
+        }
+        Some(merge_root(&cvs, size))
+    }
+}
+
+/// Merges the chaining values of consecutive [`PART`]-sized subtrees (the
+/// last may be shorter) covering `len` bytes, as BLAKE3's tree does: the
+/// left subtree is the largest power of two of chunks short of the whole.
+fn merge_cvs(cvs: &[blake3::hazmat::ChainingValue], len: u64) -> blake3::hazmat::ChainingValue {
+    use blake3::hazmat::{Mode, left_subtree_len, merge_subtrees_non_root};
+    if cvs.len() == 1 {
+        return cvs[0];
+    }
+    let left = left_subtree_len(len);
+    let n = (left / PART) as usize;
+    merge_subtrees_non_root(&merge_cvs(&cvs[..n], left), &merge_cvs(&cvs[n..], len - left), Mode::Hash)
+}
+
+fn merge_root(cvs: &[blake3::hazmat::ChainingValue], len: u64) -> blake3::Hash {
+    use blake3::hazmat::{Mode, left_subtree_len, merge_subtrees_root};
+    let left = left_subtree_len(len);
+    let n = (left / PART) as usize;
+    merge_subtrees_root(&merge_cvs(&cvs[..n], left), &merge_cvs(&cvs[n..], len - left), Mode::Hash)
 }
 
 /// The writer pool and the downloads feeding it: every frame with pieces
@@ -1305,8 +1369,8 @@ fn write_frame(
         if whole && blake3::hash(data).to_hex().as_str() != e.hash.as_deref().unwrap_or_default() {
             return Err(ExtractError::Corrupt { detail: format!("{} fails its BLAKE3 check", e.path), source: None });
         }
-        let (staging, exact) = match sink {
-            Sink::Staging { io, exact, .. } => (io, *exact),
+        let (staging, exact, parts) = match sink {
+            Sink::Staging { io, exact, parts, .. } => (io, *exact, parts),
             Sink::Live(live) => {
                 let path = Path::new(&e.path);
                 if whole {
@@ -1326,9 +1390,11 @@ fn write_frame(
             set_meta(&f, e, owner, exact).map_err(|err| io_err(&path, err))?;
             files += 1;
         } else {
-            // A part of a large file: its frame's hash verified it.
+            // A part of a large file: its frame's hash verified it; the
+            // file's own, over every part, is checked in `finish`.
             let f = create(&path, false, file_mode(e, exact)).map_err(|err| io_err(&path, err))?;
             f.write_all_at(data, p.file_offset).map_err(|err| io_err(&path, err))?;
+            parts.add(p.entry, e.size, p.file_offset, data);
         }
         bytes += p.len;
     }
@@ -1343,6 +1409,7 @@ fn finish(
     owner: Option<(u32, u32)>,
     deferred: &HashSet<u32>,
     exact: Umask,
+    parts: &PartHashes,
 ) -> Result<u64, ExtractError> {
     let mut n = 0;
     for (i, e) in m.entries.iter().enumerate() {
@@ -1375,16 +1442,23 @@ fn finish(
                 }
                 // Each frame matched its own hash, but nothing tied the file
                 // to the manifest's hash for it, which the index then records
-                // as the file's: read it back once (from the page cache).
-                let mut hasher = blake3::Hasher::new();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    match read_full(&mut f, &mut buf).map_err(|err| io_err(&path, err))? {
-                        0 => break,
-                        n => hasher.update(&buf[..n]),
-                    };
-                }
-                if hasher.finalize().to_hex().as_str() != e.hash.as_deref().unwrap_or_default() {
+                // as the file's: its parts' hashes merged, or (parts not cut
+                // as the packer cuts them) the file read back once.
+                let hash = match parts.root(i as u32, e.size) {
+                    Some(h) => h,
+                    None => {
+                        let mut hasher = blake3::Hasher::new();
+                        let mut buf = vec![0u8; 1 << 20];
+                        loop {
+                            match read_full(&mut f, &mut buf).map_err(|err| io_err(&path, err))? {
+                                0 => break,
+                                n => hasher.update(&buf[..n]),
+                            };
+                        }
+                        hasher.finalize()
+                    }
+                };
+                if hash.to_hex().as_str() != e.hash.as_deref().unwrap_or_default() {
                     return Err(ExtractError::Corrupt {
                         detail: format!("{} fails its BLAKE3 check", e.path),
                         source: None,
@@ -1969,6 +2043,34 @@ pub(crate) fn pack_id_of(key_in_store: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A large file's hash merged from its parts' chaining values, parts
+    /// recorded in any order, is its BLAKE3; parts not cut as the packer
+    /// cuts them give no hash (the file is read back instead).
+    #[test]
+    fn parts_hashes_merge_to_the_files_blake3() {
+        let part = PART as usize;
+        for size in [part + 1, 2 * part, 3 * part + 5, 5 * part, 8 * part + 1024, 9 * part - 1] {
+            let data: Vec<u8> = (0..size as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+            let parts = PartHashes::default();
+            let offsets: Vec<usize> = (0..size).step_by(part).collect();
+            for &at in offsets.iter().rev() {
+                parts.add(7, size as u64, at as u64, &data[at..(at + part).min(size)]);
+            }
+            assert_eq!(parts.root(7, size as u64), Some(blake3::hash(&data)), "{size} bytes");
+        }
+        let size = 3 * part;
+        let data = vec![1u8; size];
+        let parts = PartHashes::default();
+        parts.add(1, size as u64, 0, &data[..part]);
+        parts.add(1, size as u64, part as u64, &data[part..2 * part]);
+        assert_eq!(parts.root(1, size as u64), None, "a part missing");
+        let parts = PartHashes::default();
+        parts.add(2, size as u64, 0, &data[..part - 1024]);
+        parts.add(2, size as u64, (part - 1024) as u64, &data[part - 1024..2 * part]);
+        parts.add(2, size as u64, 2 * part as u64, &data[2 * part..]);
+        assert_eq!(parts.root(2, size as u64), None, "parts cut elsewhere");
+    }
 
     /// Phase one is the hot files only: a cold file whose content shares
     /// a frame with a hot one still waits for the tail (writing it first
