@@ -78,13 +78,24 @@ fn expected(want: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
 
 /// A store whose ranged reads wait `delay` while `slow` is set: a tail that
 /// lands while the test looks at the tree. Whole-object reads (manifests,
-/// and the packs a restore prefetches, hot ones first) pass through.
+/// and the packs a restore prefetches, hot ones first) pass through, unless
+/// `no_whole_packs`: then every pack is read by range. `ranged` counts the
+/// bytes asked for by range.
 #[derive(Debug)]
 struct Gate {
     inner: Arc<dyn Store>,
     slow: AtomicBool,
     delay: Duration,
     slowed: AtomicU64,
+    no_whole_packs: bool,
+    ranged: AtomicU64,
+}
+
+impl Gate {
+    fn new(inner: Arc<dyn Store>, delay: Duration) -> Gate {
+        let slow = AtomicBool::new(!delay.is_zero());
+        Gate { inner, slow, delay, slowed: AtomicU64::new(0), no_whole_packs: false, ranged: AtomicU64::new(0) }
+    }
 }
 
 impl std::fmt::Display for Gate {
@@ -96,9 +107,13 @@ impl std::fmt::Display for Gate {
 #[async_trait::async_trait]
 impl Store for Gate {
     async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
+        if self.no_whole_packs && key.ends_with(".pack") {
+            return Err(StoreError::NotFound { key: key.into() });
+        }
         self.inner.get(key).await
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
+        self.ranged.fetch_add(range.end - range.start, Ordering::SeqCst);
         if self.slow.load(Ordering::SeqCst) {
             self.slowed.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.delay).await;
@@ -204,12 +219,7 @@ async fn hot_first_swaps_the_hot_set_in_then_lands_the_rest_whole() {
     for inner in super::stores("hot-first", tmp.path()) {
         let tag = inner.to_string().len();
         let want = stored_with_hot_set(&inner, "site/two", &tmp.path().join(format!("src-{tag}"))).await;
-        let gate = Arc::new(Gate {
-            inner: inner.clone(),
-            slow: AtomicBool::new(true),
-            delay: Duration::from_millis(300),
-            slowed: AtomicU64::new(0),
-        });
+        let gate = Arc::new(Gate::new(inner.clone(), Duration::from_millis(300)));
         let store: Arc<dyn Store> = gate.clone();
         let dest = tmp.path().join(format!("dest-{tag}"));
         let mut handle = Cache::new(store.clone(), "site/two").restore_handle(&dest, &hot_first());
@@ -288,12 +298,7 @@ async fn a_tail_cut_by_the_deadline_leaves_a_usable_tree_that_no_snapshot_stores
     }
     let inner: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
     let want = stored_with_hot_set(&inner, "site/cut", &tmp.path().join("src")).await;
-    let gate = Arc::new(Gate {
-        inner: inner.clone(),
-        slow: AtomicBool::new(true),
-        delay: Duration::from_secs(60),
-        slowed: AtomicU64::new(0),
-    });
+    let gate = Arc::new(Gate::new(inner.clone(), Duration::from_secs(60)));
     let store: Arc<dyn Store> = gate.clone();
     let dest = tmp.path().join("dest");
     let opts = RestoreOptions { timeout: Duration::from_secs(3), ..hot_first() };
@@ -336,46 +341,6 @@ async fn a_tail_cut_by_the_deadline_leaves_a_usable_tree_that_no_snapshot_stores
     super::settle();
 }
 
-/// A store that counts the bytes of every ranged read, and refuses whole
-/// reads of packs: no pack is prefetched, every frame comes by range.
-#[derive(Debug)]
-struct Ranged {
-    inner: Arc<dyn Store>,
-    bytes: AtomicU64,
-}
-
-impl std::fmt::Display for Ranged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.inner.fmt(f)
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for Ranged {
-    async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
-        if key.ends_with(".pack") {
-            return Err(StoreError::NotFound { key: key.into() });
-        }
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
-        self.bytes.fetch_add(range.end - range.start, Ordering::SeqCst);
-        self.inner.get_range(key, range).await
-    }
-    async fn put(&self, key: &str, body: BodyStream) -> Result<u64, StoreError> {
-        self.inner.put(key, body).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-}
-
 #[tokio::test]
 async fn the_tail_fetches_no_frame_phase_one_fetched() {
     let tmp = tempfile::tempdir().unwrap();
@@ -405,13 +370,13 @@ async fn the_tail_fetches_no_frame_phase_one_fetched() {
     // The same generation, whole and hot-first: the same bytes fetched.
     let mut fetched = Vec::new();
     for (name, opts) in [("whole", RestoreOptions::default()), ("hot-first", hot_first())] {
-        let store = Arc::new(Ranged { inner: inner.clone(), bytes: AtomicU64::new(0) });
+        let store = Arc::new(Gate { no_whole_packs: true, ..Gate::new(inner.clone(), Duration::ZERO) });
         let dest = tmp.path().join(name);
         let out = Cache::new(store.clone(), "site/once").restore(&dest, &opts).await;
         assert!(out.is_done(), "{name}: {:?}", out.result);
         assert_eq!(out.hot.is_some(), name == "hot-first");
         assert_eq!(contents(&dest), expected(&want), "{name}");
-        let bytes = store.bytes.load(Ordering::SeqCst);
+        let bytes = store.ranged.load(Ordering::SeqCst);
         assert_eq!(out.result.as_ref().unwrap().transferred, bytes, "{name}: the outcome says what was fetched");
         fetched.push(bytes);
         super::settle();
