@@ -70,6 +70,17 @@ fn tracks_reads(dir: &Path) -> bool {
     rustix::fs::statvfs(dir).is_ok_and(|v| !v.f_flag.contains(rustix::fs::StatVfsMountFlags::NOATIME))
 }
 
+/// A temporary dir where reads move access times; `None` (the test skips,
+/// and says so) where it is mounted `noatime`.
+fn tmp_tracking_reads() -> Option<tempfile::TempDir> {
+    let tmp = tempfile::tempdir().unwrap();
+    if !tracks_reads(tmp.path()) {
+        eprintln!("skipping: {} is mounted noatime", tmp.path().display());
+        return None;
+    }
+    Some(tmp)
+}
+
 fn expected(want: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
     let mut all = want.clone();
     all.insert("npm/link.js".into(), b"-> pkg0/file000.js".to_vec());
@@ -153,11 +164,7 @@ async fn stored_with_hot_set(store: &Arc<dyn Store>, key: &str, src: &Path) -> B
 
 #[tokio::test]
 async fn reads_since_written_are_the_hot_set_and_hot_content_packs_apart() {
-    let tmp = tempfile::tempdir().unwrap();
-    if !tracks_reads(tmp.path()) {
-        eprintln!("skipping: {} is mounted noatime", tmp.path().display());
-        return;
-    }
+    let Some(tmp) = tmp_tracking_reads() else { return };
     for store in super::stores("hot-set", tmp.path()) {
         let src = tmp.path().join(format!("src-{}", store.to_string().len()));
         stored_with_hot_set(&store, "site/hot", &src).await;
@@ -211,11 +218,7 @@ async fn reads_since_written_are_the_hot_set_and_hot_content_packs_apart() {
 
 #[tokio::test]
 async fn hot_first_swaps_the_hot_set_in_then_lands_the_rest_whole() {
-    let tmp = tempfile::tempdir().unwrap();
-    if !tracks_reads(tmp.path()) {
-        eprintln!("skipping: {} is mounted noatime", tmp.path().display());
-        return;
-    }
+    let Some(tmp) = tmp_tracking_reads() else { return };
     for inner in super::stores("hot-first", tmp.path()) {
         let tag = inner.to_string().len();
         let want = stored_with_hot_set(&inner, "site/two", &tmp.path().join(format!("src-{tag}"))).await;
@@ -291,11 +294,7 @@ async fn hot_first_swaps_the_hot_set_in_then_lands_the_rest_whole() {
 
 #[tokio::test]
 async fn a_tail_cut_by_the_deadline_leaves_a_usable_tree_that_no_snapshot_stores() {
-    let tmp = tempfile::tempdir().unwrap();
-    if !tracks_reads(tmp.path()) {
-        eprintln!("skipping: {} is mounted noatime", tmp.path().display());
-        return;
-    }
+    let Some(tmp) = tmp_tracking_reads() else { return };
     let inner: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
     let want = stored_with_hot_set(&inner, "site/cut", &tmp.path().join("src")).await;
     let gate = Arc::new(Gate::new(inner.clone(), Duration::from_secs(60)));
@@ -343,11 +342,7 @@ async fn a_tail_cut_by_the_deadline_leaves_a_usable_tree_that_no_snapshot_stores
 
 #[tokio::test]
 async fn the_tail_fetches_no_frame_phase_one_fetched() {
-    let tmp = tempfile::tempdir().unwrap();
-    if !tracks_reads(tmp.path()) {
-        eprintln!("skipping: {} is mounted noatime", tmp.path().display());
-        return;
-    }
+    let Some(tmp) = tmp_tracking_reads() else { return };
     let inner: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
     let want = stored_with_hot_set(&inner, "site/once", &tmp.path().join("src")).await;
     // The app now reads two of the five hot files: the other three went
