@@ -27,6 +27,11 @@ if [[ ! -x $DENO ]]; then
     log "installing deno==$VERSION from PyPI into $VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "deno==$VERSION" >&2 \
         || die "pip install deno==$VERSION failed"
+    # Some wheels (deno 2.5.0) ship the binary without its execute bit.
+    if [[ -f $DENO && ! -x $DENO ]]; then
+        log "$DENO is not executable as installed; setting its execute bit"
+        chmod +x "$DENO"
+    fi
     [[ -x $DENO ]] || die "pip installed deno but $DENO does not exist"
 fi
 
