@@ -477,11 +477,18 @@ impl Runner {
         //    clone: the restore comes after it (2').
         *lock(&self.deploy_step) = if lock_templated { "cloning" } else { "restoring" };
         opts.fallbacks = fallbacks.clone();
+        // The status shows what is still running: the restore, then the
+        // clone if it outlasts the restore.
+        let cloned_yet = std::sync::atomic::AtomicBool::new(false);
         let restore = async {
-            match lock_templated {
+            let restored = match lock_templated {
                 true => Ok(None),
                 false => self.restore_cache(&config, &opts, user).await.map(Some),
+            };
+            if !cloned_yet.load(std::sync::atomic::Ordering::SeqCst) {
+                *lock(&self.deploy_step) = "cloning";
             }
+            restored
         };
         let work = &self.cfg.work_dir;
         let clone = async {
@@ -494,6 +501,7 @@ impl Runner {
                 self.clone_repo(repo, req.branch.as_deref(), user, &home).await?;
                 tracing::info!(target: "sandbox", clone_ms = cloned.elapsed().as_millis() as u64, "cloned {repo}");
             }
+            cloned_yet.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok::<(), DeployError>(())
         };
         let (restored, cloned) = tokio::join!(restore, clone);

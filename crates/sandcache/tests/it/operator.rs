@@ -464,6 +464,12 @@ fn a_hung_git_server_times_out_or_is_cancelled_leaving_no_git_process() {
         move || http(port, "POST", "/sandbox/deploy", None, &body).unwrap()
     });
     wait_for("git to run", 10, || !processes_mentioning(&url).is_empty());
+    // No cache is configured: the restore is over, and the status says the
+    // clone is what the deploy waits for.
+    wait_for("the phase to be cloning", 5, || {
+        let st = http(port, "GET", "/sandbox/status", None, "").unwrap_or_default();
+        st.contains(r#""phase":"cloning""#)
+    });
     let start = Instant::now();
     let reply = http(port, "DELETE", "/sandbox/deploy", None, "").unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
