@@ -187,6 +187,11 @@ impl Prefetch {
         self.kept.room = AtomicU64::new(KEEP_BYTES);
     }
 
+    /// Keeps no more frames (the tail's own fetches are not for later).
+    fn stop_keeping(&mut self) {
+        self.kept.wanted.clear();
+    }
+
     fn wants(&self, frame: u32) -> bool {
         self.kept.wanted.get(frame as usize).copied().unwrap_or(false)
     }
@@ -769,8 +774,8 @@ pub(crate) struct Tail {
 
 /// Splits a restore's pieces: the hot files now, every other file with
 /// content later. Cold files that share a frame with hot ones wait too: the
-/// tail decodes that frame once more for them (from the prefetched pack,
-/// or fetched again by range when it was not prefetched), while writing
+/// tail decodes that frame once more for them (sliced from the prefetched
+/// pack, or the copy phase one kept: never fetched twice), while writing
 /// them now would hold up `hot-ready` by every such file. `None` when the
 /// manifest has no hot set (everything is hot) or nothing is left for
 /// later.
@@ -825,7 +830,7 @@ pub(crate) async fn restore_tail(
     let pieces = Arc::new(tail.pieces);
     let sink = Sink::Live(live.clone());
     let mut prefetch = tail.prefetch;
-    prefetch.kept.wanted.clear(); // the tail keeps nothing for later
+    prefetch.stop_keeping();
     let (files, bytes, transferred) =
         write_frames(store, key, &m, pieces, sink, cancel.clone(), opts, &prefetch).await?;
     if cancel.load(Ordering::Relaxed) {
