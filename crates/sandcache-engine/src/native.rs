@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -36,7 +36,7 @@ use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest, PackBuilder, P
 use sandcache_archive::sqlite::{self, Copier, SQLITE_MAGIC};
 use sandcache_archive::walk::{FileReader, Kind as WalkKind, Meta, Step, Tree};
 use sandcache_archive::{ExtractError, Progress, SqliteOptions, WalkError, WalkOptions};
-use sandcache_store::{Store, StoreError};
+use sandcache_store::{Recycler, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::{Reason, Skip};
@@ -96,9 +96,14 @@ pub(crate) async fn list_manifests(
 }
 
 pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, StoreError> {
-    let obj = store.get(key).await?;
-    let parts: Vec<Bytes> = obj.stream.try_collect().await?;
-    Ok(parts.concat().into())
+    let mut obj = store.get(key).await?;
+    // Copied into one buffer as the chunks arrive, so the store can reuse
+    // them (the size is a hint: a store's word, not trusted as a bound).
+    let mut all = Vec::with_capacity(obj.size.min(PREFETCH_BYTES) as usize);
+    while let Some(chunk) = obj.stream.next().await {
+        all.extend_from_slice(&chunk?);
+    }
+    Ok(all.into())
 }
 
 /// A generation's manifest, whole: a root's pieces are fetched (16 at a
@@ -712,19 +717,21 @@ async fn write_frames(
     // Downloads, concurrently, each feeding frames as they complete.
     let transferred = Arc::new(AtomicU64::new(0));
     let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB as usize));
-    let fetches =
-        futures::stream::iter(
-            runs.into_iter().map(|run| {
-                let (tx, m, cancel, transferred, progress, budget) =
-                    (tx.clone(), m.clone(), cancel.clone(), transferred.clone(), progress.clone(), budget.clone());
-                let pieces = pieces.clone();
-                async move {
-                    fetch_run(store, key, &m, &pieces, run, tx, cancel, transferred, progress, budget, prefetch).await
-                }
-            }),
-        )
-        .buffer_unordered(concurrency.max(1))
-        .try_collect::<Vec<()>>();
+    // Frames that arrive split across chunks are gathered into buffers
+    // recycled as they are written (a frame in flight holds its own, so the
+    // budget still bounds them; a few wait for reuse).
+    let frame_bufs = Recycler::new(8);
+    let fetches = futures::stream::iter(runs.into_iter().map(|run| {
+        let (tx, m, cancel, transferred, progress, budget) =
+            (tx.clone(), m.clone(), cancel.clone(), transferred.clone(), progress.clone(), budget.clone());
+        let (pieces, frame_bufs) = (pieces.clone(), &frame_bufs);
+        async move {
+            fetch_run(store, key, &m, &pieces, run, tx, cancel, transferred, progress, budget, frame_bufs, prefetch)
+                .await
+        }
+    }))
+    .buffer_unordered(concurrency.max(1))
+    .try_collect::<Vec<()>>();
     let feed = {
         let (tx, budget) = (tx.clone(), budget.clone());
         async move {
@@ -1264,6 +1271,7 @@ async fn fetch_run(
     transferred: Arc<AtomicU64>,
     progress: Option<Arc<Progress>>,
     budget: Arc<tokio::sync::Semaphore>,
+    frame_bufs: &Recycler,
     prefetch: &Prefetch,
 ) -> Result<(), Skip> {
     let pkey = pack_key(key, m, &m.packs[pack as usize].id);
@@ -1280,68 +1288,83 @@ async fn fetch_run(
             (obj.size, obj.stream, false)
         }
     };
-    let mut buf = BytesMut::new();
-    let mut pos = range.start; // store offset of buf[0]
-    let mut next = 0;
-    let mut permit = None;
-    while next < frames.len() {
+    // Each frame's bytes: a slice of the chunk that holds it whole (no
+    // copy: a prefetched pack, or a large chunk), else gathered into a
+    // recycled buffer.
+    let mut chunk = Bytes::new();
+    let mut pos = range.start; // store offset of chunk[0]
+    for &frame in frames.iter() {
         if cancel.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let fr = &m.frames[frames[next] as usize];
-        let need = (fr.offset + fr.clen - pos) as usize;
-        if permit.is_none() {
-            // Wait for room before taking in this frame's bytes.
-            let kib = (fr.clen.div_ceil(1024) as u32).clamp(1, IN_FLIGHT_KIB);
-            permit = Some(budget.clone().acquire_many_owned(kib).await.expect("the budget is never closed"));
-            buf.reserve(need.saturating_sub(buf.len()));
-        }
-        if buf.len() >= need {
-            let _skip = buf.split_to((fr.offset - pos) as usize);
-            let bytes = buf.split_to(fr.clen as usize).freeze();
-            pos = fr.offset + fr.clen;
-            let frame = frames[next];
-            next += 1;
-            if !prefetched {
-                // (A prefetched pack's frames are sliced again by the tail.)
-                prefetch.keep(frame, &bytes);
+        let fr = &m.frames[frame as usize];
+        // Wait for room before taking in this frame's bytes.
+        let kib = (fr.clen.div_ceil(1024) as u32).clamp(1, IN_FLIGHT_KIB);
+        let permit = budget.clone().acquire_many_owned(kib).await.expect("the budget is never closed");
+        let clen = fr.clen as usize;
+        let mut gathered: Option<Vec<u8>> = None;
+        let bytes = loop {
+            if chunk.is_empty() {
+                match stream.next().await {
+                    Some(next) => {
+                        chunk = next.map_err(crate::restore::store_skip)?;
+                        if !prefetched {
+                            // (A prefetched pack's bytes count once, as downloaded.)
+                            transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
+                        if let Some(p) = &progress {
+                            p.transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                    None => {
+                        // The object ended cleanly before the frames the
+                        // manifest places in it: the stored pack and its
+                        // manifest disagree (a transfer cut short is an
+                        // error of the stream instead).
+                        return Err(Skip::new(
+                            Reason::Corrupt,
+                            format!(
+                                "`{pkey}` is {} bytes, shorter than its manifest says (frames up to byte {})",
+                                obj_size, range.end
+                            ),
+                        ));
+                    }
+                }
             }
-            if pieces[frame as usize].is_empty() {
-                // Only passed over on the way to another frame: kept (or
-                // not, when there was no room) for the tail, not written.
-                permit = None;
+            if pos < fr.offset {
+                // Passed over: bytes between frames of a coalesced range.
+                let skip = (fr.offset - pos).min(chunk.len() as u64);
+                let _ = chunk.split_to(skip as usize);
+                pos += skip;
                 continue;
             }
-            let job = FrameJob { frame, bytes, _budget: permit.take().expect("taken above") };
-            if tx.send(job).await.is_err() {
-                return Ok(());
+            let out = match &mut gathered {
+                None if chunk.len() >= clen => {
+                    pos += fr.clen;
+                    break chunk.split_to(clen);
+                }
+                None => gathered.insert(frame_bufs.take(clen)),
+                Some(out) => out,
+            };
+            let n = (clen - out.len()).min(chunk.len());
+            out.extend_from_slice(&chunk.split_to(n));
+            pos += n as u64;
+            if out.len() == clen {
+                break frame_bufs.share(gathered.take().expect("gathered above"));
             }
+        };
+        if !prefetched {
+            // (A prefetched pack's frames are sliced again by the tail.)
+            prefetch.keep(frame, &bytes);
+        }
+        if pieces[frame as usize].is_empty() {
+            // Only passed over on the way to another frame: kept (or not,
+            // when there was no room) for the tail, not written.
             continue;
         }
-        match stream.next().await {
-            Some(chunk) => {
-                let chunk = chunk.map_err(crate::restore::store_skip)?;
-                if !prefetched {
-                    // (A prefetched pack's bytes count once, as downloaded.)
-                    transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                }
-                if let Some(p) = &progress {
-                    p.transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                }
-                buf.extend_from_slice(&chunk);
-            }
-            None => {
-                // The object ended cleanly before the frames the manifest
-                // places in it: the stored pack and its manifest disagree
-                // (a transfer cut short is an error of the stream instead).
-                return Err(Skip::new(
-                    Reason::Corrupt,
-                    format!(
-                        "`{pkey}` is {} bytes, shorter than its manifest says (frames up to byte {})",
-                        obj_size, range.end
-                    ),
-                ));
-            }
+        if tx.send(FrameJob { frame, bytes, _budget: permit }).await.is_err() {
+            return Ok(());
         }
     }
     Ok(())

@@ -22,6 +22,7 @@
 mod error;
 mod local;
 mod profile;
+mod recycle;
 mod s3;
 mod spec;
 
@@ -35,6 +36,7 @@ use futures::stream::BoxStream;
 
 pub use error::StoreError;
 pub use local::LocalStore;
+pub use recycle::Recycler;
 pub use s3::S3Store;
 pub use spec::{S3Spec, StaticCredentials, StoreSpec};
 

@@ -5,10 +5,10 @@ use std::io::SeekFrom;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use futures::{StreamExt, TryStreamExt};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use futures::StreamExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use crate::{BodyStream, GetObject, ObjectInfo, Store, StoreError, check_key};
+use crate::{BodyStream, GetObject, ObjectInfo, Recycler, Store, StoreError, check_key};
 
 /// Objects as files under a root directory. Writes go to a temporary file
 /// beside the object and are renamed over it once complete, so readers see
@@ -88,17 +88,42 @@ impl fmt::Display for LocalStore {
     }
 }
 
-fn byte_stream<R: tokio::io::AsyncRead + Send + 'static>(r: R, path: PathBuf) -> crate::ByteStream {
-    tokio_util::io::ReaderStream::with_capacity(r, 256 << 10)
-        .map_err(move |e| StoreError::Io { path: path.clone(), source: e })
-        .boxed()
+/// Bytes read per chunk of a local object.
+const CHUNK: usize = 1 << 20;
+
+/// Up to `len` bytes from `file`'s position on (fewer at its end), read on
+/// the blocking pool into recycled chunks: a few, as the reader passes each
+/// on or copies it out before asking for more.
+fn byte_stream(file: tokio::fs::File, len: u64, path: PathBuf) -> crate::ByteStream {
+    let bufs = Recycler::new(4);
+    futures::stream::try_unfold((Some(file), len), move |(file, left)| {
+        let (bufs, path) = (bufs.clone(), path.clone());
+        async move {
+            let Some(file) = file.filter(|_| left > 0) else { return Ok(None) };
+            let mut file = file.into_std().await;
+            let want = left.min(CHUNK as u64);
+            let mut buf = bufs.take(want as usize);
+            let read = tokio::task::spawn_blocking(move || {
+                let got = std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, want), &mut buf);
+                got.map(|n| (file, buf, n as u64))
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let (file, buf, n) = read.map_err(|source| StoreError::Io { path, source })?;
+            if n == 0 {
+                return Ok(None);
+            }
+            Ok(Some((bufs.share(buf), (Some(tokio::fs::File::from_std(file)), left - n))))
+        }
+    })
+    .boxed()
 }
 
 #[async_trait::async_trait]
 impl Store for LocalStore {
     async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
         let (file, size) = self.open(key).await?;
-        Ok(GetObject { size, stream: byte_stream(file, self.root.join(key)) })
+        Ok(GetObject { size, stream: byte_stream(file, u64::MAX, self.root.join(key)) })
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
@@ -106,7 +131,7 @@ impl Store for LocalStore {
         let path = self.root.join(key);
         file.seek(SeekFrom::Start(range.start)).await.map_err(|e| StoreError::Io { path: path.clone(), source: e })?;
         let len = range.end.saturating_sub(range.start);
-        Ok(GetObject { size, stream: byte_stream(file.take(len), path) })
+        Ok(GetObject { size, stream: byte_stream(file, len, path) })
     }
 
     async fn put(&self, key: &str, body: BodyStream) -> Result<u64, StoreError> {
