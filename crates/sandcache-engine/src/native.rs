@@ -1381,15 +1381,13 @@ fn write_frame(
     decoder: &mut pack::FrameDecoder,
 ) -> Result<(u64, u64), ExtractError> {
     let frame: &Frame = &m.frames[job.frame as usize];
-    // Every whole file is checked against its own hash below: when the
-    // frame holds nothing else to write, its own hash would only go over
-    // the same bytes again (a part of a large file has no hash but the
-    // frame's).
-    let whole = |p: &Piece| p.len == m.entries[p.entry as usize].size;
-    let raw = match pieces[job.frame as usize].iter().all(whole) {
-        true => decoder.decode_unhashed(&job.bytes, frame)?,
-        false => decoder.decode(&job.bytes, frame)?,
-    };
+    // No frame hash: it would only go over bytes that are checked against
+    // a hash of the manifest's before anyone can use them. A whole file is
+    // checked below, as it is written; a large file in staging by its parts'
+    // hashes merged (`finish`, before the swap), and in the tail by reading
+    // it back before the rename. Until then it is in staging, or in the
+    // live dir under a temporary name.
+    let raw = decoder.decode_unhashed(&job.bytes, frame)?;
     let (mut files, mut bytes) = (0, 0);
     for p in &pieces[job.frame as usize] {
         let e = &m.entries[p.entry as usize];

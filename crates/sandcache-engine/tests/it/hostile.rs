@@ -614,9 +614,10 @@ fn table(ctx: &Ctx) -> Vec<Case> {
         .tamper(Tamper::Native(|n| n.m.entries[0].offset = n.m.frames[0].rawlen)),
         case("unknown-frame", vec![file("npm/a.js", b"aaaa")], None, rejected(Corrupt, &["npm/a.js names frame 99"]))
             .tamper(Tamper::Native(|n| n.m.entries[0].frame = Some(99))),
-        // A frame of whole files only: each file is checked against its own
-        // hash, so the frame's (a second pass over the same bytes) is not;
-        // a lie there writes nothing that was not verified.
+        // A frame's hash is not checked on restore: every byte written is
+        // checked against a file's hash before it can be used (a second
+        // pass over the same bytes), so a lie there writes nothing that
+        // was not verified. A frame of whole files...
         case(
             "frame-hash-mismatch-whole-files",
             vec![file("npm/a.js", b"aaaa")],
@@ -624,15 +625,25 @@ fn table(ctx: &Ctx) -> Vec<Case> {
             neutralised(|d, _| content(d, "npm/a.js", b"aaaa")),
         )
         .tamper(Tamper::Native(|n| n.m.frames[0].hash = hex(b"something else"))),
-        // A frame holding part of a large file: the frame's hash is all
-        // that checks the part as it is written.
+        // ...and a frame holding part of a large file, checked as a whole
+        // by its parts' hashes merged before the swap.
         case(
             "frame-hash-mismatch",
             vec![zeros("bin/big", 9 << 20)],
             None,
-            rejected(Corrupt, &["frame at 0 of pack 0 fails its BLAKE3 check"]),
+            neutralised(|d, _| content(d, "bin/big", &vec![0; 9 << 20])),
         )
         .tamper(Tamper::Native(|n| n.m.frames[0].hash = hex(b"something else"))),
+        // A part whose bytes are not what the file's hash says is refused
+        // all the same: here two large files' second frames are swapped
+        // (each one is whole and true to its own hash).
+        case(
+            "large-file-parts-swapped",
+            vec![zeros("bin/a", 8 << 20), file("bin/b", &vec![1; 8 << 20])],
+            None,
+            rejected(Corrupt, &["fails its BLAKE3 check"]),
+        )
+        .tamper(Tamper::Native(|n| n.m.frames.swap(1, 3))),
         case(
             "file-hash-mismatch",
             vec![file("npm/a.js", b"aaaa")],
