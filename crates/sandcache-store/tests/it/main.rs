@@ -42,6 +42,13 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(obj.size, big.len() as u64);
     let part: Vec<Bytes> = obj.stream.try_collect().await.unwrap();
     assert_eq!(part.concat(), &big[1000..1100]);
+    // Across the local store's 1 MiB chunks, and to the very end.
+    let len = big.len() as u64;
+    for range in [(1 << 20) - 5..(3 << 20) + 7, len - 100..len, 0..len] {
+        let obj = store.get_range("site/big", range.clone()).await.unwrap();
+        let part: Vec<Bytes> = obj.stream.try_collect().await.unwrap();
+        assert_eq!(part.concat(), &big[range.start as usize..range.end as usize], "{range:?}");
+    }
 
     // Overwrite replaces whole.
     store.put("site/small", body(vec![b"v2".to_vec()])).await.unwrap();
