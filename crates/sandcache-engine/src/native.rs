@@ -544,8 +544,9 @@ pub(crate) async fn restore_into(
     Ok((stats, tail))
 }
 
-/// Where frames are written: a private staging dir (by path, through its
-/// held-open fd), or the live dir of a restore's second phase.
+/// Where frames are written: a private staging dir (relative to its
+/// held-open fd; `io` names it in errors), or the live dir of a restore's
+/// second phase.
 #[derive(Clone)]
 enum Sink {
     Staging { io: std::path::PathBuf, dir: Arc<OwnedFd>, exact: Umask, parts: Arc<PartHashes> },
@@ -1371,7 +1372,8 @@ async fn fetch_run(
     Ok(())
 }
 
-/// Decodes one frame, verifies it, writes the pieces it holds.
+/// Decodes one frame and writes the pieces it holds, each whole file
+/// checked against its hash.
 fn write_frame(
     m: &Manifest,
     pieces: &[Vec<Piece>],
@@ -1417,8 +1419,8 @@ fn write_frame(
             set_meta(&f, e, owner, exact).map_err(err)?;
             files += 1;
         } else {
-            // A part of a large file: its frame's hash verified it; the
-            // file's own, over every part, is checked in `finish`.
+            // A part of a large file: checked with the others in `finish`
+            // (their hashes merged, against the file's), before the swap.
             let f = create(dir, &e.path, false, file_mode(e, exact)).map_err(err)?;
             f.write_all_at(data, p.file_offset).map_err(err)?;
             parts.add(p.entry, e.size, p.file_offset, data);
