@@ -177,7 +177,11 @@ impl Manifest {
     /// Decodes stored bytes. Does not validate: call [`Manifest::validate`].
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ExtractError> {
         let bad = |detail: String| ExtractError::Corrupt { detail, source: None };
-        let mut json = Vec::new();
+        // Room for what the frame header says it holds (not trusted past a
+        // generous ratio): no growing and copying as it decodes.
+        let said = zstd::zstd_safe::get_frame_content_size(bytes).ok().flatten().unwrap_or(0);
+        let room = said.min(MAX_MANIFEST as u64 + 1).min((bytes.len() as u64).saturating_mul(64));
+        let mut json = Vec::with_capacity(room as usize);
         let mut dec = zstd::stream::read::Decoder::new(bytes).map_err(|e| bad(format!("manifest: {e}")))?;
         std::io::Read::read_to_end(&mut std::io::Read::take(&mut dec, MAX_MANIFEST as u64 + 1), &mut json)
             .map_err(|e| bad(format!("manifest is not zstd: {e}")))?;
