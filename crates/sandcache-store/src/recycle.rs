@@ -23,12 +23,17 @@ impl Recycler {
         Recycler { idle: Arc::default(), keep }
     }
 
-    /// An empty buffer with room for `len` bytes: an idle one if there is.
+    /// An empty buffer with room for `len` bytes: an idle one if there is
+    /// (one too small is freed: growing it would copy its old bytes).
     pub fn take(&self, len: usize) -> Vec<u8> {
-        let mut buf = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default();
-        buf.clear();
-        buf.reserve(len);
-        buf
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match idle {
+            Some(mut buf) if buf.capacity() >= len => {
+                buf.clear();
+                buf
+            }
+            _ => Vec::with_capacity(len),
+        }
     }
 
     /// `buf` as bytes; it comes back here once the last of them is dropped.
