@@ -1443,46 +1443,49 @@ fn finish(
 ) -> Result<u64, ExtractError> {
     let mut n = 0;
     for (i, e) in m.entries.iter().enumerate() {
-        let path = staging.join(&e.path);
+        // The path only names the entry in an error (every call below is
+        // relative to the held-open dir).
+        let err = |err: io::Error| io_err(&staging.join(&e.path), err);
         match e.kind {
             Kind::Symlink => {
                 rustix::fs::symlinkat(e.target.as_deref().unwrap_or_default(), dir, &e.path)
-                    .map_err(|err| io_err(&path, err.into()))?;
+                    .map_err(|x| err(x.into()))?;
                 if let Some((uid, gid)) = owner {
                     let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
                     rustix::fs::chownat(dir, &e.path, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(|err| io_err(&path, err.into()))?;
+                        .map_err(|x| err(x.into()))?;
                 }
                 // Its own mtime, as archived, so the restored tree's
                 // fingerprint is known without reading it back.
                 let t = rustix::fs::Timespec { tv_sec: e.mtime.max(0), tv_nsec: 0 };
                 let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
-                rustix::fs::utimensat(dir, &e.path, &times, AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|err| io_err(&path, err.into()))?;
+                rustix::fs::utimensat(dir, &e.path, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(|x| err(x.into()))?;
                 n += 1;
             }
             Kind::File
                 if e.size > 0 && m.span_frames(e).is_ok_and(|s| s.len() > 1) && !deferred.contains(&(i as u32)) =>
             {
+                let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
                 let mut f =
-                    fs::OpenOptions::new().read(true).write(true).open(&path).map_err(|err| io_err(&path, err))?;
-                if f.metadata().map_err(|err| io_err(&path, err))?.len() != e.size {
+                    fs::File::from(rustix::fs::openat(dir, &e.path, flags, Mode::empty()).map_err(|x| err(x.into()))?);
+                if f.metadata().map_err(err)?.len() != e.size {
                     return Err(ExtractError::Corrupt {
                         detail: format!("{} is short after restore", e.path),
                         source: None,
                     });
                 }
-                // Each frame matched its own hash, but nothing tied the file
-                // to the manifest's hash for it, which the index then records
-                // as the file's: its parts' hashes merged, or (parts not cut
-                // as the packer cuts them) the file read back once.
+                // No frame hash was checked as the parts were written: this
+                // ties the file to the manifest's hash for it (which the
+                // index then records as the file's), by its parts' hashes
+                // merged, or (parts not cut as the packer cuts them) by
+                // reading the file back once.
                 let hash = match parts.root(i as u32, e.size) {
                     Some(h) => h,
                     None => {
                         let mut hasher = blake3::Hasher::new();
                         let mut buf = vec![0u8; 1 << 20];
                         loop {
-                            match read_full(&mut f, &mut buf).map_err(|err| io_err(&path, err))? {
+                            match read_full(&mut f, &mut buf).map_err(err)? {
                                 0 => break,
                                 n => hasher.update(&buf[..n]),
                             };
@@ -1496,7 +1499,7 @@ fn finish(
                         source: None,
                     });
                 }
-                set_meta(&f, e, owner, exact).map_err(|err| io_err(&path, err))?;
+                set_meta(&f, e, owner, exact).map_err(err)?;
                 n += 1;
             }
             _ => {}
@@ -1505,8 +1508,8 @@ fn finish(
     let mut dirs: Vec<&Entry> = m.entries.iter().filter(|e| e.kind == Kind::Dir).collect();
     dirs.sort_by(|a, b| b.path.cmp(&a.path));
     if let Some((uid, gid)) = owner {
-        // Every directory setup made: the listed ones, their parents, and
-        // the staging dir that becomes the restored dir.
+        // Every directory setup made: the listed ones and their parents
+        // (the staging dir itself gets its owner last, below).
         let mut made: HashSet<&str> = dirs.iter().map(|e| e.path.as_str()).collect();
         for e in &m.entries {
             let mut p = e.path.as_str();
@@ -1515,9 +1518,10 @@ fn finish(
                 p = parent;
             }
         }
+        let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
         for rel in made {
-            let path = staging.join(rel);
-            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(|err| io_err(&path, err))?;
+            rustix::fs::chownat(dir, rel, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|err| io_err(&staging.join(rel), err.into()))?;
         }
     }
     // A directory the tail will land files in gets its mtime then (the
