@@ -517,9 +517,9 @@ impl FrameDecoder {
 
     /// [`FrameDecoder::decode`] without the frame's hash: its length is
     /// still bounded and checked. Only for a caller that checks every byte
-    /// it uses against a hash of its own (whole files, each against the
-    /// manifest's hash for it): the frame's hash would go over the same
-    /// bytes a second time.
+    /// it uses against a hash of its own before anyone can use it (a
+    /// restore: each file against the manifest's hash for it): the frame's
+    /// hash would go over the same bytes a second time.
     pub fn decode_unhashed(&mut self, compressed: &[u8], frame: &Frame) -> Result<&[u8], ExtractError> {
         let corrupt = |detail: String| ExtractError::Corrupt { detail, source: None };
         let rawlen = usize::try_from(frame.rawlen).unwrap_or(usize::MAX);

@@ -441,6 +441,13 @@ struct FrameJob {
     _budget: tokio::sync::OwnedSemaphorePermit,
 }
 
+/// Waits for room in the in-flight budget for `len` compressed bytes (in
+/// KiB, at least one, at most the whole budget).
+async fn room_for(budget: &Arc<tokio::sync::Semaphore>, len: u64) -> tokio::sync::OwnedSemaphorePermit {
+    let kib = (len.div_ceil(1024) as u32).clamp(1, IN_FLIGHT_KIB);
+    budget.clone().acquire_many_owned(kib).await.expect("the budget is never closed")
+}
+
 /// The nice value of a second phase's writer thread: the app's boot first,
 /// the tail in the CPU time it leaves.
 const TAIL_NICE: i32 = 19;
@@ -732,8 +739,7 @@ async fn write_frames(
         let (tx, budget) = (tx.clone(), budget.clone());
         async move {
             for (frame, bytes) in kept {
-                let kib = (bytes.len().div_ceil(1024) as u32).clamp(1, IN_FLIGHT_KIB);
-                let permit = budget.clone().acquire_many_owned(kib).await.expect("the budget is never closed");
+                let permit = room_for(&budget, bytes.len() as u64).await;
                 if tx.send(FrameJob { frame, bytes, _budget: permit }).await.is_err() {
                     return;
                 }
@@ -1301,8 +1307,7 @@ async fn fetch_run(
         }
         let fr = &m.frames[frame as usize];
         // Wait for room before taking in this frame's bytes.
-        let kib = (fr.clen.div_ceil(1024) as u32).clamp(1, IN_FLIGHT_KIB);
-        let permit = budget.clone().acquire_many_owned(kib).await.expect("the budget is never closed");
+        let permit = room_for(&budget, fr.clen).await;
         let clen = fr.clen as usize;
         let mut gathered: Option<Vec<u8>> = None;
         let bytes = loop {
