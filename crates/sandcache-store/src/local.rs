@@ -94,13 +94,14 @@ const CHUNK: usize = 1 << 20;
 /// Up to `len` bytes from `file`'s position on (fewer at its end), read on
 /// the blocking pool into recycled chunks: a few, as the reader passes each
 /// on or copies it out before asking for more.
-fn byte_stream(file: tokio::fs::File, len: u64, path: PathBuf) -> crate::ByteStream {
+fn byte_stream(file: std::fs::File, len: u64, path: PathBuf) -> crate::ByteStream {
     let bufs = Recycler::new(4);
-    futures::stream::try_unfold((Some(file), len), move |(file, left)| {
+    futures::stream::try_unfold((file, len), move |(mut file, left)| {
         let (bufs, path) = (bufs.clone(), path.clone());
         async move {
-            let Some(file) = file.filter(|_| left > 0) else { return Ok(None) };
-            let mut file = file.into_std().await;
+            if left == 0 {
+                return Ok(None);
+            }
             let want = left.min(CHUNK as u64);
             let mut buf = bufs.take(want as usize);
             let read = tokio::task::spawn_blocking(move || {
@@ -110,10 +111,7 @@ fn byte_stream(file: tokio::fs::File, len: u64, path: PathBuf) -> crate::ByteStr
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             let (file, buf, n) = read.map_err(|source| StoreError::Io { path, source })?;
-            if n == 0 {
-                return Ok(None);
-            }
-            Ok(Some((bufs.share(buf), (Some(tokio::fs::File::from_std(file)), left - n))))
+            Ok((n > 0).then(|| (bufs.share(buf), (file, left - n))))
         }
     })
     .boxed()
@@ -123,7 +121,7 @@ fn byte_stream(file: tokio::fs::File, len: u64, path: PathBuf) -> crate::ByteStr
 impl Store for LocalStore {
     async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
         let (file, size) = self.open(key).await?;
-        Ok(GetObject { size, stream: byte_stream(file, u64::MAX, self.root.join(key)) })
+        Ok(GetObject { size, stream: byte_stream(file.into_std().await, u64::MAX, self.root.join(key)) })
     }
 
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
@@ -131,7 +129,7 @@ impl Store for LocalStore {
         let path = self.root.join(key);
         file.seek(SeekFrom::Start(range.start)).await.map_err(|e| StoreError::Io { path: path.clone(), source: e })?;
         let len = range.end.saturating_sub(range.start);
-        Ok(GetObject { size, stream: byte_stream(file, len, path) })
+        Ok(GetObject { size, stream: byte_stream(file.into_std().await, len, path) })
     }
 
     async fn put(&self, key: &str, body: BodyStream) -> Result<u64, StoreError> {
