@@ -84,9 +84,33 @@ impl S3Spec {
                  starting and ending with a letter or digit)"
             ));
         }
+        // Forms S3 reserves: an IDNA label (`xn--`, which the client's URL
+        // parser rejects when it is not valid punycode, and then panics
+        // signing), access-point and S3 Express aliases (the last switches
+        // the client to a zonal endpoint), and an IP address.
+        const RESERVED_PREFIXES: [&str; 3] = ["xn--", "sthree-", "amzn-s3-demo-"];
+        const RESERVED_SUFFIXES: [&str; 5] = ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"];
+        if let Some(p) = RESERVED_PREFIXES.iter().find(|p| b.starts_with(*p)) {
+            return Err(format!("bucket `{b}` starts with `{p}`, which S3 reserves"));
+        }
+        if let Some(s) = RESERVED_SUFFIXES.iter().find(|s| b.ends_with(*s)) {
+            return Err(format!("bucket `{b}` ends with `{s}`, which S3 reserves"));
+        }
+        if b.parse::<std::net::Ipv4Addr>().is_ok() {
+            return Err(format!("bucket `{b}` is an IP address, which S3 refuses as a bucket name"));
+        }
         let r = &self.region;
-        if r.is_empty() || r.len() > 64 || !r.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
+        let edges_ok =
+            r.starts_with(|c: char| c.is_ascii_alphanumeric()) && r.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !edges_ok || r.len() > 64 || !r.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_') {
             return Err(format!("region `{r}` is not a region name (letters, digits and `-`, like us-west-2)"));
+        }
+        // With no endpoint the region is part of the host the client signs
+        // for (`s3.REGION.amazonaws.com`); a label the URL parser rejects
+        // (`xn--` that is not punycode) would panic there, so it is parsed
+        // here first, by the same parser.
+        if url::Url::parse(&format!("https://s3.{r}.amazonaws.com/")).is_err() {
+            return Err(format!("region `{r}` does not make a valid host name (s3.{r}.amazonaws.com)"));
         }
         if let Some(e) = &self.endpoint {
             // `user:password@` in an endpoint is a secret in a URL: refused,
@@ -180,6 +204,25 @@ mod tests {
         assert!(s.validate().is_ok());
         s.region = "us west".into();
         assert!(s.validate().unwrap_err().contains("region"));
+        // `xn--bucket` is not punycode: the client's URL parser rejects
+        // the host `s3.xn--bucket.amazonaws.com` and object_store panics
+        // signing a request for it. Found by the deploy-envs proptest.
+        for r in ["xn--bucket", "us.xn--bucket", "a..b", "-"] {
+            s.region = r.into();
+            assert!(s.validate().is_err_and(|e| e.contains("region")), "{r}: {:?}", s.validate());
+        }
+        for r in ["us-west-2", "garage", "eu_central", "xn--bcher-kva"] {
+            s.region = r.into();
+            assert!(s.validate().is_ok(), "{r}");
+        }
+        s.region = "us-west-2".into();
+        for b in ["xn--bucket", "sthree-x", "amzn-s3-demo-x", "a-s3alias", "a--ol-s3", "a.mrap", "b--usw2-az1--x-s3"] {
+            s.bucket = b.into();
+            assert!(s.validate().unwrap_err().contains("reserves"), "{b}");
+        }
+        s.bucket = "192.168.0.1".into();
+        assert!(s.validate().unwrap_err().contains("IP address"));
+        s.bucket = "sandcache".into();
         s.region = "us-west-2".into();
         for e in ["http://exa mple", "ftp://h", "http://", "not a url"] {
             s.endpoint = Some(e.into());

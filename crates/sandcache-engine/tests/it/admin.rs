@@ -137,6 +137,40 @@ async fn a_panic_inside_the_store_is_an_internal_skip() {
     settle();
 }
 
+/// Values that broke, or could break, a naive check or the S3 client.
+const TROUBLEMAKERS: [&str; 19] = [
+    "no_such bucket!",
+    "http://exa mple",
+    "http://",
+    "s3://x",
+    "us west",
+    "../k",
+    "a//b",
+    "/abs",
+    ".",
+    "\u{0}",
+    "é",
+    "http://127.0.0.1:9",
+    "https://[::1]:9/p?q#f",
+    "k\r\nX-Injected: 1",
+    "192.168.0.1",
+    "-bucket",
+    "bucket-",
+    "a..b",
+    "xn--bucket",
+];
+
+/// The seed's envs, each with a pattern its valid values match.
+const FIELDS: [(&str, &str); 7] = [
+    (seed_env::BUCKET, "[a-z0-9][a-z0-9.-]{1,20}[a-z0-9]"),
+    (seed_env::REGION, "[a-z]{2}-[a-z]{4,9}-[0-9]"),
+    (seed_env::KEY, "[a-z]{1,8}(/[a-z.]{1,8}){0,2}"),
+    (seed_env::ENDPOINT, "http://127\\.0\\.0\\.1:9(/[a-z]{0,5})?"),
+    (seed_env::ACCESS_KEY_ID, "[A-Z0-9]{20}"),
+    (seed_env::SECRET_ACCESS_KEY, "[A-Za-z0-9/+]{40}"),
+    (seed_env::SESSION_TOKEN, "[A-Za-z0-9/+=]{0,80}"),
+];
+
 /// A field: unset, arbitrary, printable junk, a known troublemaker, or a
 /// value valid for `valid` (so that the other fields get exercised past
 /// validation, down to the store client).
@@ -145,53 +179,82 @@ fn field(valid: &'static str) -> impl Strategy<Value = Option<String>> {
         1 => Just(None),
         2 => any::<String>().prop_map(Some),
         1 => "[ -~]{0,70}".prop_map(Some),
-        1 => prop::sample::select(vec![
-            "no_such bucket!", "http://exa mple", "http://", "s3://x", "us west", "../k", "a//b", "/abs", ".",
-            "\u{0}", "é", "http://127.0.0.1:9", "https://[::1]:9/p?q#f", "k\r\nX-Injected: 1", "192.168.0.1",
-            "-bucket", "bucket-", "a..b", "xn--bucket",
-        ])
-        .prop_map(|s| Some(s.to_owned())),
+        1 => prop::sample::select(TROUBLEMAKERS.to_vec()).prop_map(|s| Some(s.to_owned())),
         8 => valid.prop_map(Some),
     ]
 }
 
+/// Opens the cache from `envs`, restores and snapshots through it: each
+/// must end as an outcome that is not an internal error (a caught panic).
+fn open_restore_snapshot(envs: &HashMap<String, String>) -> Result<(), String> {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let opts = StoreOptions { max_retries: 0, connect_timeout: Duration::from_millis(200), ..Default::default() };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let result = runtime.block_on(async {
+        let cache = Cache::open(&CacheConfig::from_envs(envs), &opts);
+        let restore = RestoreOptions { timeout: Duration::from_millis(300), ..Default::default() };
+        let out = cache.restore(&tmp.path().join("d"), &restore).await;
+        if out.reason() == Some(Reason::Internal) {
+            return Err(format!("restore: {}", out.to_json()));
+        }
+        let snapshot = SnapshotOptions { timeout: Duration::from_millis(300), ..Default::default() };
+        let out = cache.snapshot(&src, &snapshot).await;
+        if out.reason() == Some(Reason::Internal) {
+            return Err(format!("snapshot: {}", out.to_json()));
+        }
+        Ok(())
+    });
+    runtime.shutdown_background();
+    result
+}
+
+/// Each troublemaker in each field, every other field valid: the cases
+/// the proptest below reaches only by chance (`xn--bucket` as the region
+/// once panicked object_store's signer, in one CI run in twenty).
+#[test]
+fn each_troublemaker_in_each_field_never_panics() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let valid: HashMap<&str, String> =
+        FIELDS.iter().map(|(name, pattern)| (*name, pattern.new_tree(&mut runner).unwrap().current())).collect();
+    // With no endpoint the region and bucket reach the AWS host name.
+    for with_endpoint in [true, false] {
+        for (target, _) in FIELDS {
+            for bad in TROUBLEMAKERS {
+                let mut envs: HashMap<String, String> = valid.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                if !with_endpoint {
+                    envs.remove(seed_env::ENDPOINT);
+                }
+                envs.insert(target.to_owned(), bad.to_owned());
+                if let Err(e) = open_restore_snapshot(&envs) {
+                    panic!("{target}={bad:?} (endpoint set: {with_endpoint}): {e}");
+                }
+            }
+        }
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Whatever a deploy's envs say, opening the cache and restoring and
     /// snapshotting through it never panics: each ends as an outcome.
     #[test]
     fn arbitrary_deploy_envs_never_panic(
-        bucket in field("[a-z0-9][a-z0-9.-]{1,20}[a-z0-9]"), region in field("[a-z]{2}-[a-z]{4,9}-[0-9]"),
-        key in field("[a-z]{1,8}(/[a-z.]{1,8}){0,2}"), endpoint in field("http://127\\.0\\.0\\.1:9(/[a-z]{0,5})?"),
-        key_id in field("[A-Z0-9]{20}"), secret in field("[A-Za-z0-9/+]{40}"), token in field("[A-Za-z0-9/+=]{0,80}"),
+        bucket in field(FIELDS[0].1), region in field(FIELDS[1].1), key in field(FIELDS[2].1),
+        endpoint in field(FIELDS[3].1), key_id in field(FIELDS[4].1), secret in field(FIELDS[5].1),
+        token in field(FIELDS[6].1),
     ) {
         let mut envs = HashMap::new();
-        for (name, value) in [
-            (seed_env::BUCKET, bucket), (seed_env::REGION, region), (seed_env::KEY, key),
-            (seed_env::ENDPOINT, endpoint), (seed_env::ACCESS_KEY_ID, key_id),
-            (seed_env::SECRET_ACCESS_KEY, secret), (seed_env::SESSION_TOKEN, token),
-        ] {
+        for ((name, _), value) in FIELDS.iter().zip([bucket, region, key, endpoint, key_id, secret, token]) {
             if let Some(v) = value {
-                envs.insert(name.to_owned(), v);
+                envs.insert((*name).to_owned(), v);
             }
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let src = tmp.path().join("src");
-        fs::create_dir_all(&src).unwrap();
-        fs::write(src.join("f"), b"x").unwrap();
-        let opts = StoreOptions { max_retries: 0, connect_timeout: Duration::from_millis(200), ..Default::default() };
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        runtime.block_on(async {
-            let cache = Cache::open(&CacheConfig::from_envs(&envs), &opts);
-            let restore = RestoreOptions { timeout: Duration::from_millis(300), ..Default::default() };
-            let out = cache.restore(&tmp.path().join("d"), &restore).await;
-            prop_assert_ne!(out.reason(), Some(Reason::Internal), "{}", out.to_json());
-            let snapshot = SnapshotOptions { timeout: Duration::from_millis(300), ..Default::default() };
-            let out = cache.snapshot(&src, &snapshot).await;
-            prop_assert_ne!(out.reason(), Some(Reason::Internal), "{}", out.to_json());
-            Ok(())
-        })?;
-        runtime.shutdown_background();
+        open_restore_snapshot(&envs).map_err(TestCaseError::fail)?;
     }
 }
