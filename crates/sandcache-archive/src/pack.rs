@@ -142,6 +142,13 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pieces: Vec<PieceRef>,
+    /// A root's hot piece, when the generation has a hot set: every entry
+    /// but the files that are not hot (so the hot files, every directory
+    /// and symlink, the empty files), as one piece. A hot-first restore
+    /// reads it alone before the swap, and the whole manifest meanwhile for
+    /// the tail. Readers that do not know it ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot: Option<PieceRef>,
 }
 
 /// A piece of a manifest, by the BLAKE3 of its stored bytes.
@@ -162,6 +169,12 @@ pub struct Span {
 }
 
 impl Manifest {
+    /// Every piece a root names: its pieces, then its hot piece (what gc
+    /// keeps and a snapshot checks).
+    pub fn piece_refs(&self) -> impl Iterator<Item = &PieceRef> {
+        self.pieces.iter().chain(self.hot.iter())
+    }
+
     /// Whether its packs live in the store's shared pool (version 2 on), or
     /// under its own key (version 1).
     pub fn pooled(&self) -> bool {

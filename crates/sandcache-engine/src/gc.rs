@@ -230,7 +230,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     if !deleted.is_empty() {
         for (_, m) in new_generations(store, &seen).await? {
             let Ok(manifest) = native::fetch_root(store, &m.key).await else { continue };
-            let mut named = manifest.packs.iter().map(|p| &p.id).chain(manifest.pieces.iter().map(|p| &p.id));
+            let mut named = manifest.packs.iter().map(|p| &p.id).chain(manifest.piece_refs().map(|p| &p.id));
             if manifest.pooled() && named.any(|id| parse_id(id).is_some_and(|id| deleted.contains(&id))) {
                 tracing::warn!(target: "sandbox-cache", "withdrawing {}: written during gc, it reuses a deleted pack", m.key);
                 store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
@@ -263,8 +263,8 @@ fn note_refs(
     pool: &mut HashSet<[u8; 32]>,
     keyed: &mut HashSet<String>,
 ) {
-    // A root names its pieces and the union of their packs.
-    pool.extend(m.pieces.iter().filter_map(|p| parse_id(&p.id)));
+    // A root names its pieces (its hot piece too) and the union of their packs.
+    pool.extend(m.piece_refs().filter_map(|p| parse_id(&p.id)));
     for p in &m.packs {
         if m.pooled() {
             if let Some(id) = parse_id(&p.id) {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! pool/<2 hex>/<blake3>.pack              immutable, content-addressed, shared by every key
+//! pool/<2 hex>/<blake3>.tree              a manifest piece (or a root's hot piece), likewise
 //! K.d/manifests/<ms>-<random>.json.zst    one per generation of key K, written last
 //! K.d/packs/<blake3>.pack                 version-1 generations only (still read)
 //! ```
@@ -188,8 +189,36 @@ impl Prefetch {
     /// From now on, keeps a copy of each frame with pieces in `tail` that
     /// passes through [`fetch_run`] (up to [`KEEP_BYTES`]), for the tail.
     fn keep_for(&mut self, tail: &[Vec<Piece>]) {
-        self.kept.wanted = tail.iter().map(|p| !p.is_empty()).collect();
+        self.keep_frames(tail.iter().map(|p| !p.is_empty()).collect());
+    }
+
+    /// Keeps the frames of `m` that hold bytes besides the `pieces` written
+    /// now: a hot piece's frames that also hold files of a tail not known
+    /// yet (every byte of a frame belongs to some file).
+    fn keep_uncovered(&mut self, m: &Manifest, pieces: &[Vec<Piece>]) {
+        let covered = |f: usize| pieces[f].iter().map(|p| p.len).sum::<u64>();
+        self.keep_frames(
+            (0..m.frames.len()).map(|f| !pieces[f].is_empty() && covered(f) < m.frames[f].rawlen).collect(),
+        );
+    }
+
+    fn keep_frames(&mut self, wanted: Vec<bool>) {
+        self.kept.wanted = wanted;
         self.kept.room = AtomicU64::new(KEEP_BYTES);
+    }
+
+    /// The kept frames, numbered as `from` numbers them, renumbered as `to`
+    /// does (the same pack and offset); those `to` lacks are dropped.
+    fn renumber_kept(&mut self, from: &Manifest, to: &Manifest) {
+        let at = |m: &Manifest, f: &Frame| (m.packs[f.pack as usize].id.clone(), f.offset);
+        let index: HashMap<(String, u64), u32> =
+            to.frames.iter().enumerate().map(|(i, f)| (at(to, f), i as u32)).collect();
+        let kept = std::mem::take(self.kept.frames.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let renumbered = kept
+            .into_iter()
+            .filter_map(|(f, b)| index.get(&at(from, from.frames.get(f as usize)?)).map(|&t| (t, b)))
+            .collect();
+        *self.kept.frames.get_mut().unwrap_or_else(|p| p.into_inner()) = renumbered;
     }
 
     /// Keeps no more frames (the tail's own fetches are not for later).
@@ -283,41 +312,23 @@ pub(crate) fn split(m: &Manifest) -> (Manifest, Vec<(String, Vec<u8>)>) {
     }
     let mut pieces = Vec::new();
     let mut refs = Vec::new();
-    for run in runs {
-        let mut piece = Manifest {
-            version: pack::VERSION,
-            created_ms: 0,
-            packs: Vec::new(),
-            frames: Vec::new(),
-            entries: Vec::new(),
-            pieces: Vec::new(),
-        };
-        let (mut frame_map, mut pack_map) = (HashMap::new(), HashMap::new());
-        for e in &m.entries[run.clone()] {
-            let mut e = e.clone();
-            if let Some(first) = e.frame {
-                let span = m.span_frames(&e).unwrap_or(first as usize..first as usize + 1);
-                for f in span {
-                    if frame_map.contains_key(&f) {
-                        continue;
-                    }
-                    let frame = &m.frames[f];
-                    let pi = *pack_map.entry(frame.pack).or_insert_with(|| {
-                        piece.packs.push(m.packs[frame.pack as usize].clone());
-                        piece.packs.len() as u32 - 1
-                    });
-                    frame_map.insert(f, piece.frames.len() as u32);
-                    piece.frames.push(Frame { pack: pi, ..frame.clone() });
-                }
-                e.frame = Some(frame_map[&(first as usize)]);
-            }
-            piece.entries.push(e);
-        }
+    let mut add = |piece: Manifest| {
         let bytes = piece.encode();
         let id = blake3::hash(&bytes).to_hex().to_string();
-        refs.push(PieceRef { id: id.clone(), size: bytes.len() as u64, entries: run.len() as u64 });
+        let r = PieceRef { id: id.clone(), size: bytes.len() as u64, entries: piece.entries.len() as u64 };
         pieces.push((id, bytes));
+        r
+    };
+    for run in runs {
+        refs.push(add(sub_manifest(m, m.entries[run].iter())));
     }
+    // With a hot set, the part of the manifest a hot-first restore needs
+    // before the swap, alone: it reads this instead of every piece first.
+    // Only when that is at most half the manifest: else it would upload
+    // most of it again for little gain (phase one needs most of it).
+    let now = m.entries.iter().filter(|e| !in_tail(e)).count();
+    let hot = (has_tail(m) && now <= m.entries.len() / 2)
+        .then(|| add(sub_manifest(m, m.entries.iter().filter(|e| !in_tail(e)))));
     let root = Manifest {
         version: pack::VERSION,
         created_ms: m.created_ms,
@@ -325,8 +336,58 @@ pub(crate) fn split(m: &Manifest) -> (Manifest, Vec<(String, Vec<u8>)>) {
         frames: Vec::new(),
         entries: Vec::new(),
         pieces: refs,
+        hot,
     };
     (root, pieces)
+}
+
+/// Whether an entry waits for a hot-first restore's second phase: a file
+/// with content that is not hot.
+fn in_tail(e: &Entry) -> bool {
+    e.kind == Kind::File && e.size > 0 && !e.hot
+}
+
+/// Whether a manifest has a hot set and files outside it: a hot-first
+/// restore of it has two phases.
+fn has_tail(m: &Manifest) -> bool {
+    let content = |e: &&Entry| e.kind == Kind::File && e.size > 0;
+    m.entries.iter().filter(content).any(|e| e.hot) && m.entries.iter().any(in_tail)
+}
+
+/// A whole manifest of some of `m`'s entries (in order), with the frames
+/// and packs they use, renumbered by first use.
+fn sub_manifest<'a>(m: &Manifest, entries: impl Iterator<Item = &'a Entry>) -> Manifest {
+    let mut piece = Manifest {
+        version: pack::VERSION,
+        created_ms: 0,
+        packs: Vec::new(),
+        frames: Vec::new(),
+        entries: Vec::new(),
+        pieces: Vec::new(),
+        hot: None,
+    };
+    let (mut frame_map, mut pack_map) = (HashMap::new(), HashMap::new());
+    for e in entries {
+        let mut e = e.clone();
+        if let Some(first) = e.frame {
+            let span = m.span_frames(&e).unwrap_or(first as usize..first as usize + 1);
+            for f in span {
+                if frame_map.contains_key(&f) {
+                    continue;
+                }
+                let frame = &m.frames[f];
+                let pi = *pack_map.entry(frame.pack).or_insert_with(|| {
+                    piece.packs.push(m.packs[frame.pack as usize].clone());
+                    piece.packs.len() as u32 - 1
+                });
+                frame_map.insert(f, piece.frames.len() as u32);
+                piece.frames.push(Frame { pack: pi, ..frame.clone() });
+            }
+            e.frame = Some(frame_map[&(first as usize)]);
+        }
+        piece.entries.push(e);
+    }
+    piece
 }
 
 /// Joins a root's pieces into one whole manifest (which the caller then
@@ -344,32 +405,13 @@ async fn assemble(store: &dyn Store, root: Manifest) -> Result<Manifest, Skip> {
         frames: Vec::new(),
         entries: Vec::new(),
         pieces: Vec::new(),
+        hot: None,
     };
     let mut pack_index: HashMap<String, u32> = HashMap::new();
     // A window of fetches in flight, answered in order; each piece is
     // checked and decoded on a blocking thread as it arrives, so the
     // decoding (most of a manifest's cost) runs on every core.
-    let fetch = |p: &PieceRef| {
-        let (k, id, entries) = (piece_key(&p.id), p.id.clone(), p.entries);
-        async move {
-            let bytes = get_all(store, &k).await.map_err(|e| match e {
-                StoreError::NotFound { .. } => Skip::new(Reason::NotFound, format!("piece {id} is gone")),
-                e => crate::restore::store_skip(e),
-            })?;
-            tokio::task::spawn_blocking(move || {
-                if blake3::hash(&bytes).to_hex().as_str() != id {
-                    return Err(corrupt(format!("piece {id} does not hash to its name")));
-                }
-                let piece = Manifest::decode(&bytes).map_err(crate::restore::extract_skip)?;
-                if !piece.pieces.is_empty() || piece.entries.len() as u64 != entries {
-                    return Err(corrupt(format!("piece {id} is not what its root says")));
-                }
-                Ok(piece)
-            })
-            .await
-            .map_err(|e| Skip::joined("a manifest piece's decoder", e))?
-        }
-    };
+    let fetch = |p: &PieceRef| fetch_piece(store, p.clone());
     let mut next = root.pieces.iter();
     let mut in_flight = futures::stream::FuturesOrdered::new();
     for p in next.by_ref().take(PIECES_IN_FLIGHT) {
@@ -408,6 +450,52 @@ async fn assemble(store: &dyn Store, root: Manifest) -> Result<Manifest, Skip> {
     dedup_frames(&mut whole);
     tracing::debug!(target: "sandbox-cache", "{} pieces joined: {} entries", root.pieces.len(), whole.entries.len());
     Ok(whole)
+}
+
+/// One piece, checked against its hash and its root's word, decoded on a
+/// blocking thread.
+async fn fetch_piece(store: &dyn Store, p: PieceRef) -> Result<Manifest, Skip> {
+    let (k, id, entries) = (piece_key(&p.id), p.id, p.entries);
+    let bytes = get_all(store, &k).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => Skip::new(Reason::NotFound, format!("piece {id} is gone")),
+        e => crate::restore::store_skip(e),
+    })?;
+    tokio::task::spawn_blocking(move || {
+        if blake3::hash(&bytes).to_hex().as_str() != id {
+            return Err(corrupt(format!("piece {id} does not hash to its name")));
+        }
+        let piece = Manifest::decode(&bytes).map_err(crate::restore::extract_skip)?;
+        if !piece.pieces.is_empty() || piece.hot.is_some() || piece.entries.len() as u64 != entries {
+            return Err(corrupt(format!("piece {id} is not what its root says")));
+        }
+        Ok(piece)
+    })
+    .await
+    .map_err(|e| Skip::joined("a manifest piece's decoder", e))?
+}
+
+/// A root's hot piece (see [`Manifest::hot`]) as a validated manifest of
+/// its own generation; `None` when the root has none or it cannot be used
+/// (gone, corrupt, unsafe: logged), and the whole manifest is read first.
+pub(crate) async fn usable_hot(
+    store: &dyn Store,
+    root: &Manifest,
+    limits: &sandcache_archive::Limits,
+    dir: &Path,
+    generation: &str,
+) -> Option<Manifest> {
+    let p = root.hot.clone()?;
+    let checked = fetch_piece(store, p).await.and_then(|mut hot| {
+        hot.version = root.version;
+        hot.created_ms = root.created_ms;
+        hot.validate(limits, dir).map_err(crate::restore::extract_skip)?;
+        Ok(hot)
+    });
+    checked
+        .inspect_err(|skip| {
+            tracing::warn!(target: "sandbox-cache", "{generation}: its hot piece is unusable ({}); reading the whole manifest first", skip.detail)
+        })
+        .ok()
 }
 
 /// Merges frames that are the same frame (pack, offset and hash), which
@@ -489,6 +577,7 @@ pub(crate) async fn restore_into(
     cancel: Arc<AtomicBool>,
     opts: &crate::RestoreOptions,
     prefetch: Prefetch,
+    hot_piece: bool,
 ) -> Result<(RestoreStats, Option<Tail>), Skip> {
     let owner = opts.owner;
     // Every path below starts at the held-open staging dir; each blocking
@@ -508,12 +597,18 @@ pub(crate) async fn restore_into(
         .map_err(|e| Skip::joined("the setup thread", e))?
         .map_err(crate::restore::extract_skip)?;
     let t_setup = t0.elapsed();
-    let (pieces, tail) = if opts.hot_first { split_hot(&m, pieces) } else { (pieces, None) };
+    // `m` is a hot piece: all of it now, and a tail known once the whole
+    // manifest is in (see `Tail::resolve`).
+    let (pieces, tail) = match (hot_piece, opts.hot_first) {
+        (true, _) => (pieces, Some(Tail::pending())),
+        (false, true) => split_hot(&m, pieces),
+        (false, false) => (pieces, None),
+    };
     let mut prefetch = prefetch;
     if let Some(t) = &tail {
         // A frame phase one fetches (or passes over in a coalesced range)
         // that the tail needs too is kept, not fetched again.
-        prefetch.keep_for(&t.pieces);
+        if hot_piece { prefetch.keep_uncovered(&m, &pieces) } else { prefetch.keep_for(&t.pieces) }
     }
 
     // 2. Content: every frame needed now, fetched and written.
@@ -774,11 +869,85 @@ pub(crate) struct Tail {
     pieces: Vec<Vec<Piece>>,
     /// The deferred entries (files with content).
     entries: Vec<u32>,
-    pub(crate) files: u64,
-    pub(crate) bytes: u64,
     /// The packs downloading since the manifest was read, whole: the first
     /// ones may hold cold content too.
     prefetch: Prefetch,
+    /// When phase one restored a hot piece: what the tail needs first.
+    pending: Option<HotPiece>,
+}
+
+/// Phase one restored a generation's hot piece: the tail first reads the
+/// whole manifest (its root's pieces), then knows its files. Read after the
+/// swap, not beside phase one: phase one then has the machine to itself
+/// (hot-ready came 30 ms sooner on the storefront), and the tail has slack
+/// while the app boots.
+pub(crate) struct HotPiece {
+    pub(crate) root: Manifest,
+    /// The target dir, which the whole manifest is validated against.
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) hot: Arc<Manifest>,
+}
+
+impl Tail {
+    /// Phase one restored a hot piece: the tail is not known yet.
+    fn pending() -> Tail {
+        Tail { pieces: Vec::new(), entries: Vec::new(), prefetch: Prefetch::none(), pending: None }
+    }
+
+    /// After phase one restored a hot piece, the tail comes from the whole.
+    pub(crate) fn after_hot_piece(mut self, piece: HotPiece) -> Tail {
+        self.pending = Some(piece);
+        self
+    }
+
+    /// The whole manifest and this tail in its terms: the files the hot
+    /// piece left out. The hot piece must be exactly the rest of it (the
+    /// entries phase one wrote), else the generation is corrupt and the
+    /// tail does not land.
+    async fn resolve(
+        mut self,
+        store: &dyn Store,
+        m: Arc<Manifest>,
+        limits: &sandcache_archive::Limits,
+    ) -> Result<(Arc<Manifest>, Tail), Skip> {
+        let Some(HotPiece { root, dir, hot }) = self.pending.take() else { return Ok((m, self)) };
+        let started = std::time::Instant::now();
+        let whole = whole(store, root).await?;
+        let limits = *limits;
+        let whole = tokio::task::spawn_blocking(move || whole.validate(&limits, &dir).map(|()| whole))
+            .await
+            .map_err(|e| Skip::joined("the manifest's validation", e))?
+            .map_err(crate::restore::extract_skip)?;
+        let same = |a: &Entry, b: &Entry| {
+            (&a.path, a.kind, a.mode, a.mtime, a.size, &a.hash, &a.target, a.hot)
+                == (&b.path, b.kind, b.mode, b.mtime, b.size, &b.hash, &b.target, b.hot)
+        };
+        let mut now = hot.entries.iter();
+        let mut pieces: Vec<Vec<Piece>> = vec![Vec::new(); whole.frames.len()];
+        let mut entries = Vec::new();
+        for (i, e) in whole.entries.iter().enumerate() {
+            if !in_tail(e) {
+                if !now.next().is_some_and(|h| same(h, e)) {
+                    return Err(corrupt(format!("the hot piece disagrees with the manifest at {}", e.path)));
+                }
+                continue;
+            }
+            file_pieces(&whole, i, e, &mut pieces).map_err(crate::restore::extract_skip)?;
+            entries.push(i as u32);
+        }
+        if now.next().is_some() {
+            return Err(corrupt("the hot piece holds entries the manifest lacks".into()));
+        }
+        self.prefetch.renumber_kept(&hot, &whole);
+        tracing::debug!(
+            target: "sandbox-cache",
+            "the tail's manifest: {} entries, {} files for the tail, in {} ms",
+            whole.entries.len(),
+            entries.len(),
+            started.elapsed().as_millis()
+        );
+        Ok((Arc::new(whole), Tail { pieces, entries, prefetch: self.prefetch, pending: None }))
+    }
 }
 
 /// Splits a restore's pieces: the hot files now, every other file with
@@ -796,7 +965,7 @@ fn split_hot(m: &Manifest, pieces: Vec<Vec<Piece>>) -> (Vec<Vec<Piece>>, Option<
     let mut deferred = vec![false; m.entries.len()];
     let (mut entries, mut files, mut bytes) = (Vec::new(), 0, 0);
     for (i, e) in m.entries.iter().enumerate() {
-        if content(&e) && !e.hot {
+        if in_tail(e) {
             deferred[i] = true;
             entries.push(i as u32);
             files += 1;
@@ -817,7 +986,7 @@ fn split_hot(m: &Manifest, pieces: Vec<Vec<Piece>>) -> (Vec<Vec<Piece>>, Option<
         now.push(n);
         later.push(l);
     }
-    (now, Some(Tail { pieces: later, entries, files, bytes, prefetch: Prefetch::none() }))
+    (now, Some(Tail { pieces: later, entries, prefetch: Prefetch::none(), pending: None }))
 }
 
 /// The second phase: the tail's files, written into the live dir (which
@@ -834,8 +1003,12 @@ pub(crate) async fn restore_tail(
     live: Arc<LiveDir>,
     cancel: Arc<AtomicBool>,
     opts: &crate::RestoreOptions,
-) -> Result<RestoreStats, Skip> {
+) -> Result<(RestoreStats, Arc<Manifest>), Skip> {
     let owner = opts.owner;
+    let (m, tail) = tail.resolve(store, m, &opts.limits).await?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
+    }
     let pieces = Arc::new(tail.pieces);
     let sink = Sink::Live(live.clone());
     let mut prefetch = tail.prefetch;
@@ -846,12 +1019,12 @@ pub(crate) async fn restore_tail(
         return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
     }
     let transferred = transferred + prefetch.downloaded.load(Ordering::Relaxed);
-    let (entries, fin_live) = (tail.entries, live.clone());
-    let large = tokio::task::spawn_blocking(move || finish_tail(&m, &entries, &fin_live, owner))
+    let (entries, fin_live, fin_m) = (tail.entries, live.clone(), m.clone());
+    let large = tokio::task::spawn_blocking(move || finish_tail(&fin_m, &entries, &fin_live, owner))
         .await
         .map_err(|e| Skip::joined("the tail's finish thread", e))?
         .map_err(crate::restore::extract_skip)?;
-    Ok(RestoreStats { files: files + large, bytes, transferred })
+    Ok((RestoreStats { files: files + large, bytes, transferred }, m))
 }
 
 /// The live dir of a second phase, held open. Every directory is opened
@@ -1145,18 +1318,25 @@ fn setup(
                 .map_err(|err| io_err(&path, err))?;
             continue;
         }
-        let span = m.span_frames(e)?;
-        let mut left = e.size;
-        let mut file_offset = 0;
-        for (k, fi) in span.enumerate() {
-            let at = if k == 0 { e.offset } else { 0 };
-            let len = left.min(m.frames[fi].rawlen - at);
-            pieces[fi].push(Piece { entry: i as u32, at, len, file_offset });
-            left -= len;
-            file_offset += len;
-        }
+        file_pieces(m, i, e, &mut pieces)?;
     }
     Ok(pieces)
+}
+
+/// Adds the pieces of file `e` (entry `i` of `m`, with content) to the
+/// frames that hold them.
+fn file_pieces(m: &Manifest, i: usize, e: &Entry, pieces: &mut [Vec<Piece>]) -> Result<(), ExtractError> {
+    let span = m.span_frames(e)?;
+    let mut left = e.size;
+    let mut file_offset = 0;
+    for (k, fi) in span.enumerate() {
+        let at = if k == 0 { e.offset } else { 0 };
+        let len = left.min(m.frames[fi].rawlen - at);
+        pieces[fi].push(Piece { entry: i as u32, at, len, file_offset });
+        left -= len;
+        file_offset += len;
+    }
+    Ok(())
 }
 
 /// A restored directory's mode: setuid, setgid and sticky dropped, owner
@@ -2010,7 +2190,8 @@ pub(crate) fn build(
         entries[i].offset = span.offset;
     }
     let created_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let mut manifest = Manifest { version: pack::VERSION, created_ms, packs, frames, entries, pieces: Vec::new() };
+    let mut manifest =
+        Manifest { version: pack::VERSION, created_ms, packs, frames, entries, pieces: Vec::new(), hot: None };
     compact(&mut manifest);
     let unchanged = new_packs.iter().all(Vec::is_empty) && base.is_some_and(|b| b.entries == manifest.entries);
     Ok(SnapshotPlan { manifest, index: new_index, files, bytes, unchanged })
@@ -2139,6 +2320,7 @@ mod tests {
                 file("npm/cold.js", 1, 0, false),
             ],
             pieces: Vec::new(),
+            hot: None,
         };
         let piece = |entry: u32, at: u64| Piece { entry, at, len: 10, file_offset: 0 };
         let pieces = vec![vec![piece(1, 0), piece(2, 10)], vec![piece(3, 0)]];
@@ -2148,7 +2330,6 @@ mod tests {
         assert_eq!(entries(&now), vec![1]);
         assert_eq!(entries(&tail.pieces), vec![2, 3]);
         assert_eq!(tail.entries, vec![2, 3]);
-        assert_eq!((tail.files, tail.bytes), (2, 20));
 
         // No hot entry: no hot set, one phase.
         let mut cold = m.clone();
@@ -2156,5 +2337,25 @@ mod tests {
         let (now, tail) = split_hot(&cold, vec![vec![piece(1, 0), piece(2, 10)], vec![piece(3, 0)]]);
         assert!(tail.is_none());
         assert_eq!(entries(&now), vec![1, 2, 3]);
+
+        // The root's hot piece: phase one's entries, with the one frame and
+        // pack they use; none without a hot set, nor when it would hold
+        // over half the entries.
+        let (root, stored) = split(&m);
+        let hot_ref = root.hot.as_ref().expect("a hot piece");
+        let (_, bytes) = stored.iter().find(|(id, _)| *id == hot_ref.id).expect("stored with the pieces");
+        let hot = Manifest::decode(bytes).unwrap();
+        let paths: Vec<&str> = hot.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["npm", "npm/hot.js"]);
+        assert_eq!((hot.frames.len(), hot.packs.len(), hot.entries[1].frame), (1, 1, Some(0)));
+        let mut p = Prefetch::none();
+        p.keep_uncovered(&hot, &[vec![piece(1, 0)]]);
+        assert_eq!(p.kept.wanted, [true], "its frame holds a tail file too: kept for the tail");
+        p.keep_uncovered(&hot, &[vec![Piece { len: 20, ..piece(1, 0) }]]);
+        assert_eq!(p.kept.wanted, [false], "a frame phase one writes whole");
+        assert!(split(&cold).0.hot.is_none());
+        let mut most = m.clone();
+        most.entries[2].hot = true;
+        assert!(split(&most).0.hot.is_none(), "3 of 4 entries");
     }
 }

@@ -299,8 +299,9 @@ async fn restore(
                     };
                     let finished = phase_two(shared, &source_key, m.clone(), tail, &target, &staging, opts).await;
                     return match finished {
-                        Ok(more) => {
+                        Ok((more, whole)) => {
                             let _ = std::fs::remove_file(target.tail_path());
+                            let manifest = manifest.map(|(_, generation)| (whole, generation));
                             after_swap(&target, trash, store, &source_key, manifest);
                             Ok(Done {
                                 files: done.files + more.files,
@@ -469,9 +470,8 @@ async fn phase_two(
     target: &Target,
     staging: &Staging,
     opts: &RestoreOptions,
-) -> Result<native::RestoreStats, Skip> {
+) -> Result<(native::RestoreStats, Arc<Manifest>), Skip> {
     let started = Instant::now();
-    let (files, bytes) = (tail.files, tail.bytes);
     let root = target.live_root(staging).map_err(|e| Skip::new(Reason::IoError, format!("live dir: {e}")))?;
     let live = Arc::new(native::LiveDir::new(root));
     // Dropped in reverse: the writers are told to stop, then the temporary
@@ -485,16 +485,17 @@ async fn phase_two(
     let _parts = RemoveParts(live.clone());
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
-    let stats = native::restore_tail(shared.as_ref(), key, m, tail, live.clone(), cancel, opts).await?;
+    let (stats, m) = native::restore_tail(shared.as_ref(), key, m, tail, live.clone(), cancel, opts).await?;
     let (kept, missed) = (live.kept.load(Ordering::Relaxed), live.missed.load(Ordering::Relaxed));
     tracing::debug!(
         target: "sandbox-cache",
-        "tail: {files} files ({}) in {} ms ({} fetched by both phases); {kept} left to what the app made meanwhile, {missed} under dirs it removed",
-        mb(bytes),
+        "tail: {} files ({}) in {} ms ({} fetched by both phases); {kept} left to what the app made meanwhile, {missed} under dirs it removed",
+        stats.files,
+        mb(stats.bytes),
         started.elapsed().as_millis(),
         mb(stats.transferred)
     );
-    Ok(stats)
+    Ok((stats, m))
 }
 
 /// What one candidate's restore into staging gives: its outcome, the
@@ -515,23 +516,45 @@ async fn restore_native(
     // The root first; then its pieces, while the first packs download.
     let root = native::fetch_root(store, &info.key).await?;
     let prefetch = native::Prefetch::start(shared, key, &root, opts.hot_first);
-    let m = native::whole(store, root).await?;
-    let fetched = started.elapsed();
-    m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;
-    tracing::debug!(
-        target: "sandbox-cache",
-        "manifest {}: {} entries, {} packs, fetched in {} ms, validated in {} ms",
-        info.key,
-        m.entries.len(),
-        m.packs.len(),
-        fetched.as_millis(),
-        (started.elapsed() - fetched).as_millis()
-    );
-    let m = Arc::new(m);
     if let Some(p) = &opts.progress {
-        let total: u64 = m.packs.iter().map(|p| p.size).sum();
+        let total: u64 = root.packs.iter().map(|p| p.size).sum();
         p.expected.store(total, Ordering::Relaxed);
     }
+    // Hot-first, with a hot piece: that piece alone before the swap, the
+    // whole manifest after it, for the tail.
+    let hot = match opts.hot_first {
+        true => native::usable_hot(store, &root, &opts.limits, &target.dir, &info.key).await,
+        false => None,
+    };
+    let (m, whole_later) = match hot {
+        Some(hot) => {
+            tracing::debug!(
+                target: "sandbox-cache",
+                "hot piece of {}: {} entries, {} packs, in {} ms; the whole manifest follows",
+                info.key,
+                hot.entries.len(),
+                hot.packs.len(),
+                started.elapsed().as_millis()
+            );
+            (hot, Some((root, target.dir.clone())))
+        }
+        None => {
+            let m = native::whole(store, root).await?;
+            let fetched = started.elapsed();
+            m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;
+            tracing::debug!(
+                target: "sandbox-cache",
+                "manifest {}: {} entries, {} packs, fetched in {} ms, validated in {} ms",
+                info.key,
+                m.entries.len(),
+                m.packs.len(),
+                fetched.as_millis(),
+                (started.elapsed() - fetched).as_millis()
+            );
+            (m, None)
+        }
+    };
+    let m = Arc::new(m);
     let staging = target.create_staging().map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
     // Dropped at the deadline, this future still removes its staging dir,
     // after the cancel below (declared later, dropped first) stops its
@@ -540,9 +563,14 @@ async fn restore_native(
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
     let at = staging.0.clone().expect("set above");
-    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, prefetch).await;
+    let hot_piece = whole_later.is_some();
+    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, prefetch, hot_piece).await;
     drop(guard);
     let (s, tail) = result?;
+    let tail = match (tail, whole_later) {
+        (Some(t), Some((root, dir))) => Some(t.after_hot_piece(native::HotPiece { root, dir, hot: m.clone() })),
+        (tail, _) => tail,
+    };
     staging.0 = None;
     let done = Done { files: s.files, bytes: s.bytes, transferred: s.transferred, ..Done::default() };
     Ok((done, at, Some((m, info.key.clone())), tail))

@@ -507,7 +507,7 @@ async fn missing_pack(store: &dyn Store, m: &sandcache_archive::pack::Manifest) 
         .packs
         .iter()
         .map(|p| native::pool_key(&p.id))
-        .chain(m.pieces.iter().map(|p| native::piece_key(&p.id)))
+        .chain(m.piece_refs().map(|p| native::piece_key(&p.id)))
         .collect();
     for chunk in objects.chunks(16) {
         let heads = futures::future::join_all(chunk.iter().map(|k| store.head(k))).await;

@@ -15,8 +15,9 @@ pub async fn check(store: &dyn Store, key: &str) -> Result<usize, String> {
     for info in &manifests {
         let bytes = get(store, &info.key).await?;
         let m = Manifest::decode(&bytes).map_err(|e| format!("{}: {e}", info.key))?;
-        // A root's pieces: each stored, hashing to its name, and whole.
-        for p in &m.pieces {
+        // A root's pieces (its hot piece too): each stored, hashing to its
+        // name, and whole.
+        for p in m.piece_refs() {
             let piece_key = format!("pool/{}/{}.tree", &p.id[..2], p.id);
             let bytes = get(store, &piece_key).await.map_err(|e| format!("{} names {piece_key}: {e}", info.key))?;
             if blake3::hash(&bytes).to_hex().as_str() != p.id {

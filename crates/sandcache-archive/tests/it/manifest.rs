@@ -55,6 +55,7 @@ fn sample() -> (Manifest, Vec<u8>) {
             file("d/big", fb, ob, &big),
         ],
         pieces: Vec::new(),
+        hot: None,
     };
     (m, p.bytes)
 }

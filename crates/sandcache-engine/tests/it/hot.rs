@@ -492,3 +492,131 @@ async fn on_noatime_everything_is_hot_and_the_restore_has_one_phase() {
     super::settle();
     umount(&mnt);
 }
+
+/// A store that has lost some objects: a read of one is `NotFound`.
+#[derive(Debug)]
+struct Lost {
+    inner: Arc<dyn Store>,
+    gone: Vec<String>,
+}
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Lost {
+    async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
+        if self.gone.iter().any(|g| g == key) {
+            return Err(StoreError::NotFound { key: key.into() });
+        }
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn put(&self, key: &str, body: BodyStream) -> Result<u64, StoreError> {
+        self.inner.put(key, body).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+}
+
+fn piece_key(id: &str) -> String {
+    format!("pool/{}/{id}.tree", &id[..2])
+}
+
+/// Every file under `dest` is whole (as `want` has it), and no tail
+/// temporary is left.
+fn all_whole(dest: &Path, want: &BTreeMap<String, Vec<u8>>) {
+    let all = expected(want);
+    for (rel, got) in contents(dest) {
+        assert_eq!(Some(&got), all.get(&rel), "{rel}");
+    }
+    assert!(tail_temps(dest).is_empty());
+}
+
+#[tokio::test]
+async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_whole() {
+    let Some(tmp) = tmp_tracking_reads() else { return };
+    let inner: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    let want = stored_with_hot_set(&inner, "site/piece", &tmp.path().join("src")).await;
+    let (root_key, root) = generations::manifests(inner.as_ref(), "site/piece").await.unwrap().pop().unwrap();
+    let hot_ref = root.hot.clone().expect("a generation with a hot set has a hot piece");
+    let whole = generations::newest_whole(inner.as_ref(), "site/piece").await.unwrap();
+    let hot =
+        sandcache_archive::pack::Manifest::decode(&super::get(inner.as_ref(), &piece_key(&hot_ref.id)).await).unwrap();
+    // The hot piece: every entry but the files that are not hot, in order.
+    let outside = |e: &&sandcache_archive::pack::Entry| e.size == 0 || e.hot;
+    let paths =
+        |es: &mut dyn Iterator<Item = &sandcache_archive::pack::Entry>| es.map(|e| e.path.clone()).collect::<Vec<_>>();
+    assert_eq!(paths(&mut hot.entries.iter()), paths(&mut whole.entries.iter().filter(outside)));
+    assert!(HOT.iter().all(|h| hot.entries.iter().any(|e| e.path == *h)));
+    assert!(hot.entries.len() < whole.entries.len() / 2, "{} of {}", hot.entries.len(), whole.entries.len());
+    // gc keeps it with its root.
+    let keep = sandcache_engine::GcOptions { keep: 1, grace: Duration::ZERO };
+    sandcache_engine::gc_store(inner.as_ref(), &keep).await.unwrap();
+    assert!(inner.head(&piece_key(&hot_ref.id)).await.unwrap().is_some(), "gc kept the hot piece");
+
+    // Every other piece lost: hot-ready comes from the hot piece alone;
+    // then the tail cannot know its files, and the hot set stays usable.
+    let gone: Vec<String> = root.pieces.iter().map(|p| piece_key(&p.id)).collect();
+    let store: Arc<dyn Store> = Arc::new(Lost { inner: inner.clone(), gone });
+    let dest = tmp.path().join("no-pieces");
+    let mut handle = Cache::new(store, "site/piece").restore_handle(&dest, &hot_first());
+    assert!(handle.hot_ready().await.is_some(), "hot-ready from the hot piece alone");
+    for rel in HOT {
+        assert_eq!(fs::read(dest.join(rel)).unwrap(), want[rel], "{rel}");
+    }
+    let out = handle.finish().await;
+    assert_eq!(out.reason(), Some(Reason::NotFound), "{:?}", out.result);
+    assert!(out.to_json()["detail"].as_str().unwrap().contains("the hot set is in place"), "{}", out.to_json());
+    all_whole(&dest, &want);
+    super::settle();
+
+    // The hot piece lost: the restore reads the whole manifest first and
+    // is complete as ever.
+    let store: Arc<dyn Store> = Arc::new(Lost { inner: inner.clone(), gone: vec![piece_key(&hot_ref.id)] });
+    let dest = tmp.path().join("no-hot-piece");
+    let out = Cache::new(store, "site/piece").restore(&dest, &hot_first()).await;
+    assert!(out.is_done(), "{:?}", out.result);
+    assert_eq!(contents(&dest), expected(&want));
+    super::settle();
+
+    // A newer root whose hot piece disagrees with its manifest (a hot
+    // file's mtime changed): the hot set lands, the tail is refused as
+    // corrupt, and no file is partial.
+    let mut forged = hot.clone();
+    forged.entries.iter_mut().find(|e| e.path == HOT[0]).unwrap().mtime += 1;
+    let bytes = forged.encode();
+    let id = blake3::hash(&bytes).to_hex().to_string();
+    super::put(inner.as_ref(), &piece_key(&id), bytes.clone()).await;
+    let mut new_root = root.clone();
+    new_root.hot = Some(sandcache_archive::pack::PieceRef { id, size: bytes.len() as u64, entries: hot_ref.entries });
+    let ms: u64 = root_key.rsplit('/').next().unwrap().split('-').next().unwrap().parse().unwrap();
+    super::put(inner.as_ref(), &format!("site/piece.d/manifests/{}-forged.json.zst", ms + 1), new_root.encode()).await;
+    let dest = tmp.path().join("disagrees");
+    let out = Cache::new(inner.clone(), "site/piece").restore(&dest, &hot_first()).await;
+    assert_eq!(out.reason(), Some(Reason::Corrupt), "{:?}", out.result);
+    assert!(out.to_json()["detail"].as_str().unwrap().contains("disagrees"), "{}", out.to_json());
+    for rel in HOT {
+        assert_eq!(fs::read(dest.join(rel)).unwrap(), want[rel], "{rel}");
+    }
+    all_whole(&dest, &want);
+    // Restored all at once, the same generation is whole: the hot piece
+    // is read only hot-first.
+    let dest = tmp.path().join("all-first");
+    let out = Cache::new(inner.clone(), "site/piece").restore(&dest, &RestoreOptions::default()).await;
+    assert!(out.is_done(), "{:?}", out.result);
+    assert_eq!(contents(&dest), expected(&want));
+    super::settle();
+}
