@@ -143,6 +143,29 @@ async fn undeploy(s: &Served) {
         .expect("background cleanup");
 }
 
+/// The whole machine's CPU ticks so far, busy and in all, over every core
+/// (`/proc/stat`): what a deploy costs, whichever process (runner, store,
+/// Deno) spends it.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).take(8).filter_map(|x| x.parse().ok()).collect();
+    let (idle, total) = (v.get(3)? + v.get(4)?, v.iter().sum::<u64>());
+    Some((total - idle, total))
+}
+
+fn cores() -> usize {
+    std::fs::read_to_string("/proc/stat").map_or(1, |s| {
+        s.lines().filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)).count().max(1)
+    })
+}
+
+/// Over a run: the share of the machine busy, and the CPU seconds that is.
+fn cpu_used(before: Option<(u64, u64)>, after: Option<(u64, u64)>, secs: f64) -> Option<(f64, f64)> {
+    let ((b0, t0), (b1, t1)) = (before?, after?);
+    let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+    Some((busy, busy * secs * cores() as f64))
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -234,6 +257,7 @@ pub async fn run(o: Options) {
         let all_first = Served::start(config(false)).await;
         let hot_first = Served::start(config(true)).await;
         let (mut t_all, mut t_hot, mut hot_ratio, mut boots) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut cpu_all, mut cpu_hot) = (Vec::new(), Vec::new());
         // One unmeasured warm run first: a cold boot reads other files than
         // a warm one (it had just written them), and the first warm run's
         // snapshot records the warm boot's hot set, as in production.
@@ -243,9 +267,11 @@ pub async fn run(o: Options) {
         }
         let connects_before = proxy.connects();
         for _ in 0..o.runs {
-            for (s, out) in [(&all_first, &mut t_all), (&hot_first, &mut t_hot)] {
+            for (s, out, cpu) in [(&all_first, &mut t_all, &mut cpu_all), (&hot_first, &mut t_hot, &mut cpu_hot)] {
                 let before = proxy.connects();
+                let ticks = cpu_ticks();
                 let (t, st) = deploy_to_first_200(s, &body).await;
+                cpu.extend(cpu_used(ticks, cpu_ticks(), t));
                 assert_eq!(st["cache"]["restore"]["ok"], true, "{st}");
                 out.push(t);
                 eprintln!(
@@ -283,11 +309,35 @@ pub async fn run(o: Options) {
             root.display(),
             o.store
         );
-        println!("| case | median s to first 200 | ratio to warm (all first) | runs |");
-        println!("|---|---:|---:|---:|");
-        println!("| cold (registry through the throttle) | {cold:.3} | {:.2}x | 1 |", cold / m_all);
-        println!("| warm, everything restored first | {m_all:.3} | 1.00x | {} |", t_all.len());
-        println!("| warm, hot-first | {m_hot:.3} | {:.2}x | {} |", m_hot / m_all, t_hot.len());
+        // The machine's CPU over each run (all processes: the runner, the
+        // store when it is local, Deno): how busy, and how many CPU seconds.
+        let cpu = |v: &[(f64, f64)]| match v.is_empty() {
+            true => (f64::NAN, f64::NAN),
+            false => {
+                (median(&v.iter().map(|c| c.0).collect::<Vec<_>>()), median(&v.iter().map(|c| c.1).collect::<Vec<_>>()))
+            }
+        };
+        let ((busy_all, cs_all), (busy_hot, cs_hot)) = (cpu(&cpu_all), cpu(&cpu_hot));
+        println!("| case | median s to first 200 | ratio to warm (all first) | machine busy | CPU s | runs |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        println!("| cold (registry through the throttle) | {cold:.3} | {:.2}x | | | 1 |", cold / m_all);
+        println!(
+            "| warm, everything restored first | {m_all:.3} | 1.00x | {:.0}% | {cs_all:.2} | {} |",
+            busy_all * 100.0,
+            t_all.len()
+        );
+        println!(
+            "| warm, hot-first | {m_hot:.3} | {:.2}x | {:.0}% | {cs_hot:.2} | {} |",
+            m_hot / m_all,
+            busy_hot * 100.0,
+            t_hot.len()
+        );
+        let n = cores();
+        println!(
+            "CPU floor of a hot-first deploy on {n} cores: {:.3} s ({cs_hot:.2} CPU s / {n}) = {:.2}x warm: no scheduling makes it faster than that",
+            cs_hot / n as f64,
+            cs_hot / n as f64 / m_all
+        );
         println!(
             "hot-first / warm: {:.2} (target <= 0.75); cold / warm: {:.1} (target >= 5); hot_ms / ms: {:.2} (median); worker boot: {:.3} s (median); cold moved {:.1} MB through the proxy; warm runs opened {warm_connects} registry connections",
             m_hot / m_all,
