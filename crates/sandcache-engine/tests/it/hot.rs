@@ -90,8 +90,8 @@ fn expected(want: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
 /// A store whose ranged reads wait `delay` while `slow` is set: a tail that
 /// lands while the test looks at the tree. Whole-object reads (manifests,
 /// and the packs a restore prefetches, hot ones first) pass through, unless
-/// `no_whole_packs`: then every pack is read by range. `ranged` counts the
-/// bytes asked for by range.
+/// `no_whole_packs`: then every pack is read by range, or the object is
+/// `gone`. `ranged` counts the bytes asked for by range.
 #[derive(Debug)]
 struct Gate {
     inner: Arc<dyn Store>,
@@ -100,12 +100,15 @@ struct Gate {
     slowed: AtomicU64,
     no_whole_packs: bool,
     ranged: AtomicU64,
+    /// Objects the store has lost: a read of one is `NotFound`.
+    gone: Vec<String>,
 }
 
 impl Gate {
     fn new(inner: Arc<dyn Store>, delay: Duration) -> Gate {
         let slow = AtomicBool::new(!delay.is_zero());
-        Gate { inner, slow, delay, slowed: AtomicU64::new(0), no_whole_packs: false, ranged: AtomicU64::new(0) }
+        let (slowed, ranged) = (AtomicU64::new(0), AtomicU64::new(0));
+        Gate { inner, slow, delay, slowed, no_whole_packs: false, ranged, gone: Vec::new() }
     }
 }
 
@@ -118,7 +121,7 @@ impl std::fmt::Display for Gate {
 #[async_trait::async_trait]
 impl Store for Gate {
     async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
-        if self.no_whole_packs && key.ends_with(".pack") {
+        if (self.no_whole_packs && key.ends_with(".pack")) || self.gone.iter().any(|g| g == key) {
             return Err(StoreError::NotFound { key: key.into() });
         }
         self.inner.get(key).await
@@ -493,44 +496,6 @@ async fn on_noatime_everything_is_hot_and_the_restore_has_one_phase() {
     umount(&mnt);
 }
 
-/// A store that has lost some objects: a read of one is `NotFound`.
-#[derive(Debug)]
-struct Lost {
-    inner: Arc<dyn Store>,
-    gone: Vec<String>,
-}
-
-impl std::fmt::Display for Lost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.inner.fmt(f)
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for Lost {
-    async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
-        if self.gone.iter().any(|g| g == key) {
-            return Err(StoreError::NotFound { key: key.into() });
-        }
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
-        self.inner.get_range(key, range).await
-    }
-    async fn put(&self, key: &str, body: BodyStream) -> Result<u64, StoreError> {
-        self.inner.put(key, body).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-}
-
 fn piece_key(id: &str) -> String {
     format!("pool/{}/{id}.tree", &id[..2])
 }
@@ -570,7 +535,7 @@ async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_
     // Every other piece lost: hot-ready comes from the hot piece alone;
     // then the tail cannot know its files, and the hot set stays usable.
     let gone: Vec<String> = root.pieces.iter().map(|p| piece_key(&p.id)).collect();
-    let store: Arc<dyn Store> = Arc::new(Lost { inner: inner.clone(), gone });
+    let store: Arc<dyn Store> = Arc::new(Gate { gone, ..Gate::new(inner.clone(), Duration::ZERO) });
     let dest = tmp.path().join("no-pieces");
     let mut handle = Cache::new(store, "site/piece").restore_handle(&dest, &hot_first());
     assert!(handle.hot_ready().await.is_some(), "hot-ready from the hot piece alone");
@@ -585,7 +550,8 @@ async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_
 
     // The hot piece lost: the restore reads the whole manifest first and
     // is complete as ever.
-    let store: Arc<dyn Store> = Arc::new(Lost { inner: inner.clone(), gone: vec![piece_key(&hot_ref.id)] });
+    let gone = vec![piece_key(&hot_ref.id)];
+    let store: Arc<dyn Store> = Arc::new(Gate { gone, ..Gate::new(inner.clone(), Duration::ZERO) });
     let dest = tmp.path().join("no-hot-piece");
     let out = Cache::new(store, "site/piece").restore(&dest, &hot_first()).await;
     assert!(out.is_done(), "{:?}", out.result);
