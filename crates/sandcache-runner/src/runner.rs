@@ -199,7 +199,7 @@ pub struct Runner {
     pub(crate) phase: Mutex<Phase>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: crate::proxy::HttpClient,
-    snapshotting: tokio::sync::Mutex<()>,
+    snapshotting: Arc<tokio::sync::Mutex<()>>,
     /// Where the deploy in progress is: restoring, cloning, legacy_cache,
     /// starting.
     deploy_step: Mutex<&'static str>,
@@ -225,7 +225,7 @@ impl Runner {
             phase: Mutex::new(Phase::Idle),
             metrics: Arc::new(Metrics::default()),
             client: crate::proxy::client(),
-            snapshotting: tokio::sync::Mutex::new(()),
+            snapshotting: Arc::new(tokio::sync::Mutex::new(())),
             manual_snapshot: Mutex::new(None),
             deploy_step: Mutex::new("restoring"),
             last_deploy: Mutex::new(None),
@@ -786,12 +786,15 @@ impl Runner {
             Phase::Deployed(d) => d.clone(),
             _ => return Err(DeployError::Conflict("Not deployed".into())),
         };
-        if self.snapshotting.try_lock().is_err() {
+        // Held from here, not from when the task first runs: a final
+        // snapshot (SIGTERM) right after this answer must find it running.
+        let Ok(one_at_a_time) = self.snapshotting.clone().try_lock_owned() else {
             return Ok(false);
-        }
+        };
         let this = self.clone();
         let task = tokio::spawn(async move {
-            this.snapshot(&d.cache, this.cfg.snapshot_timeout).await;
+            let _one_at_a_time = one_at_a_time;
+            this.snapshot_now(&d.cache, this.cfg.snapshot_timeout).await;
         });
         *lock(&self.manual_snapshot) = Some(task.abort_handle());
         Ok(true)

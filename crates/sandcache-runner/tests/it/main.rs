@@ -342,6 +342,12 @@ async fn an_explicit_snapshot_request_runs_detached() {
     sandcache_testkit::tree::sample_tree(&deno_dir);
     let (s, v) = call(&runner, "POST", "/sandbox/cache/snapshot", Value::Null).await;
     assert_eq!((s, v), (StatusCode::ACCEPTED, json!({"ok": true, "started": true})));
+    // Running from the answer on, not from when its task first runs: a
+    // second request (or SIGTERM's final snapshot) right after finds it.
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!(st["cache"]["snapshot_running"], true, "{st}");
+    let (s, v) = call(&runner, "POST", "/sandbox/cache/snapshot", Value::Null).await;
+    assert_eq!(v["started"], false, "{s} {v}");
     let st = wait_status(&runner, 10, "snapshot", |s| !s["cache"]["snapshot"].is_null()).await;
     assert_eq!(st["cache"]["snapshot"]["ok"], true, "{st}");
     assert!(store.join("site/cache.d/manifests").is_dir());
