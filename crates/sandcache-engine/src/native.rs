@@ -1005,7 +1005,11 @@ pub(crate) async fn restore_tail(
     opts: &crate::RestoreOptions,
 ) -> Result<(RestoreStats, Arc<Manifest>), Skip> {
     let owner = opts.owner;
+    if tail.pending.is_some() {
+        live.expect(Expected::Unknown);
+    }
     let (m, tail) = tail.resolve(store, m, &opts.limits).await?;
+    live.expect(Expected::Files(m.clone(), tail.entries.clone()));
     if cancel.load(Ordering::Relaxed) {
         return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
     }
@@ -1024,6 +1028,7 @@ pub(crate) async fn restore_tail(
         .await
         .map_err(|e| Skip::joined("the tail's finish thread", e))?
         .map_err(crate::restore::extract_skip)?;
+    live.complete.store(true, Ordering::SeqCst);
     Ok((RestoreStats { files: files + large, bytes, transferred }, m))
 }
 
@@ -1047,6 +1052,26 @@ pub(crate) struct LiveDir {
     /// Set when the phase ended (cancelled or failed): nothing more is made.
     closed: AtomicBool,
     umask: Umask,
+    /// What the tail is to write, and the files that went into place (or
+    /// whose path the worker took first).
+    tail: Mutex<Expected>,
+    landed: Mutex<HashSet<u32>>,
+    /// Set when every file of the tail has been dealt with.
+    complete: AtomicBool,
+}
+
+/// What a second phase is to write, as far as it is known.
+#[derive(Default)]
+enum Expected {
+    /// Nothing yet: phase one wrote a whole manifest's hot files, and the
+    /// tail's files are not listed yet.
+    #[default]
+    Nothing,
+    /// Unknown: phase one wrote a hot piece, and the whole manifest, which
+    /// lists the rest, has not come.
+    Unknown,
+    /// These entries of this manifest.
+    Files(Arc<Manifest>, Vec<u32>),
 }
 
 struct Part {
@@ -1074,6 +1099,9 @@ impl LiveDir {
             // never writable by others before it is whole (and, when large,
             // read back), even under a zero umask; such a mode is set last.
             umask: Umask(Umask::current().0 | 0o022),
+            tail: Mutex::default(),
+            landed: Mutex::default(),
+            complete: AtomicBool::new(false),
         }
     }
 
@@ -1122,7 +1150,8 @@ impl LiveDir {
 
     /// Renames `tmp` to `name` unless `name` exists: whatever the worker put
     /// there meanwhile stays. Returns whether the file went into place.
-    fn publish(&self, parent: &OwnedFd, tmp: &str, name: &str) -> io::Result<bool> {
+    fn publish(&self, parent: &OwnedFd, tmp: &str, name: &str, entry: u32) -> io::Result<bool> {
+        let landed = || self.landed.lock().unwrap_or_else(|p| p.into_inner()).insert(entry);
         let moved = match rustix::fs::renameat_with(parent, tmp, parent, name, RenameFlags::NOREPLACE) {
             // No RENAME_NOREPLACE here: a hard link refuses an existing name too.
             Err(Errno::INVAL | Errno::NOSYS) => rustix::fs::linkat(parent, tmp, parent, name, AtFlags::empty())
@@ -1130,12 +1159,16 @@ impl LiveDir {
             other => other,
         };
         match moved {
-            Ok(()) => Ok(true),
+            Ok(()) => {
+                landed();
+                Ok(true)
+            }
             Err(e) => {
                 let _ = rustix::fs::unlinkat(parent, tmp, AtFlags::empty());
                 match e {
                     Errno::EXIST => {
                         self.kept.fetch_add(1, Ordering::Relaxed);
+                        landed();
                         Ok(false)
                     }
                     Errno::NOENT => {
@@ -1164,7 +1197,7 @@ impl LiveDir {
             return Err(err);
         }
         drop(f);
-        self.publish(&parent, &tmp, name)
+        self.publish(&parent, &tmp, name, entry)
     }
 
     /// The temporary file a large file's pieces go to (`None`: its
@@ -1212,6 +1245,68 @@ impl LiveDir {
     }
 }
 
+impl LiveDir {
+    fn expect(&self, what: Expected) {
+        *self.tail.lock().unwrap_or_else(|p| p.into_inner()) = what;
+    }
+
+    /// After a second phase that did not complete: moves every npm package
+    /// dir that lacks some of its files out of the way, under a temporary
+    /// name in the live dir (never archived), and returns those names for
+    /// the caller to remove. Deno takes a package dir that exists for
+    /// complete and would never fetch its missing files; a package dir
+    /// that is gone is a cold miss it fetches again, whole. A file outside
+    /// any package (`remote/`, a package's `registry.json`) is a cold miss
+    /// by itself. When the tail's files never became known (the whole
+    /// manifest did not come after a hot piece), no package dir can be
+    /// trusted complete: `npm` goes whole.
+    pub(crate) fn unland_incomplete_packages(&self) -> Vec<String> {
+        self.closed.store(true, Ordering::SeqCst);
+        if self.complete.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let tail = std::mem::take(&mut *self.tail.lock().unwrap_or_else(|p| p.into_inner()));
+        let landed = std::mem::take(&mut *self.landed.lock().unwrap_or_else(|p| p.into_inner()));
+        let packages: std::collections::BTreeSet<&str> = match &tail {
+            Expected::Nothing => return Vec::new(),
+            Expected::Unknown => ["npm"].into(),
+            Expected::Files(m, entries) => entries
+                .iter()
+                .filter(|i| !landed.contains(i))
+                .filter_map(|&i| npm_package_dir(&m.entries[i as usize].path))
+                .collect(),
+        };
+        let mut moved = Vec::new();
+        for dir in packages {
+            let (up, name) = dir.rsplit_once('/').unwrap_or(("", dir));
+            let Ok(Some(parent)) = self.dir(up) else { continue };
+            let trash = format!("{}trash-{:08x}", sandcache_archive::TAIL_PREFIX, rand::random::<u32>());
+            match rustix::fs::renameat_with(&*parent, name, &*self.root, trash.as_str(), RenameFlags::NOREPLACE) {
+                Ok(()) => moved.push(trash),
+                Err(Errno::NOENT) => {}
+                Err(e) => tracing::warn!(target: "sandbox-cache", "could not move the incomplete {dir} away: {e}"),
+            }
+        }
+        moved
+    }
+}
+
+/// The npm package dir a DENO_DIR path lies in, if any:
+/// `npm/<registry>/<name>/<version>` (`<name>` may be `@scope/name`), for a
+/// path inside it.
+pub(crate) fn npm_package_dir(path: &str) -> Option<&str> {
+    let comps: Vec<&str> = path.split('/').collect();
+    if comps.first() != Some(&"npm") || comps.len() < 3 {
+        return None;
+    }
+    let depth = if comps[2].starts_with('@') { 5 } else { 4 };
+    if comps.len() <= depth {
+        return None;
+    }
+    let len = comps[..depth].iter().map(|c| c.len() + 1).sum::<usize>() - 1;
+    Some(&path[..len])
+}
+
 impl Drop for LiveDir {
     fn drop(&mut self) {
         self.remove_parts();
@@ -1251,7 +1346,7 @@ fn finish_tail(m: &Manifest, entries: &[u32], live: &LiveDir, owner: Option<(u32
             Err(err) => return Err(fail(io_err(path, err))),
         }
         set_meta(&part.file, e, owner, live.umask).map_err(|err| fail(io_err(path, err)))?;
-        if live.publish(&part.parent, &part.tmp, name).map_err(|err| io_err(path, err))? {
+        if live.publish(&part.parent, &part.tmp, name, i).map_err(|err| io_err(path, err))? {
             n += 1;
         }
     }
@@ -2291,6 +2386,24 @@ mod tests {
         parts.add(2, size as u64, (part - 1024) as u64, &data[part - 1024..2 * part]);
         parts.add(2, size as u64, 2 * part as u64, &data[2 * part..]);
         assert_eq!(parts.root(2, size as u64), None, "parts cut elsewhere");
+    }
+
+    #[test]
+    fn npm_package_dirs_of_deno_dir_paths() {
+        let reg = "npm/registry.npmjs.org";
+        for (path, dir) in [
+            (format!("{reg}/lodash/4.17.21/lodash.js"), Some(format!("{reg}/lodash/4.17.21"))),
+            (format!("{reg}/lodash/4.17.21/fp/a.js"), Some(format!("{reg}/lodash/4.17.21"))),
+            (format!("{reg}/@aws-sdk/client-s3/3.1.0/dist/i.js"), Some(format!("{reg}/@aws-sdk/client-s3/3.1.0"))),
+            (format!("{reg}/lodash/registry.json"), None),
+            (format!("{reg}/lodash/4.17.21"), None),
+            (format!("{reg}/@aws-sdk/client-s3/3.1.0"), None),
+            ("remote/https/deno.land/x".into(), None),
+            ("npm".into(), None),
+            ("npmx/a/b/c/d".into(), None),
+        ] {
+            assert_eq!(npm_package_dir(&path).map(str::to_owned), dir, "{path}");
+        }
     }
 
     /// Phase one is the hot files only: a cold file whose content shares

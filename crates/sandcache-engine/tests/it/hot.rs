@@ -586,3 +586,83 @@ async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_
     assert_eq!(contents(&dest), expected(&want));
     super::settle();
 }
+
+/// A DENO_DIR's npm layout: package `a` with a hot and a cold file, `@s/b`
+/// all cold, `c` all hot, a package's `registry.json` and a remote module,
+/// both cold.
+fn write_npm_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let reg = "npm/registry.npmjs.org";
+    let mut want = BTreeMap::new();
+    want.insert(format!("{reg}/a/1.0.0/index.js"), noise(1, 64 << 10));
+    want.insert(format!("{reg}/a/1.0.0/lib/cold.js"), noise(2, 64 << 10));
+    want.insert(format!("{reg}/a/registry.json"), noise(3, 4 << 10));
+    for i in 0..30 {
+        want.insert(format!("{reg}/@s/b/2.0.0/dist/f{i:02}.js"), noise(10 + i, 64 << 10));
+    }
+    want.insert(format!("{reg}/c/3.0.0/index.js"), noise(4, 64 << 10));
+    want.insert("remote/https/x.test/mod.ts".into(), noise(5, 4 << 10));
+    for (rel, data) in &want {
+        let p = dir.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, data).unwrap();
+        settle_times(&p);
+    }
+    for rel in [format!("{reg}/a/1.0.0/index.js"), format!("{reg}/c/3.0.0/index.js")] {
+        fs::read(dir.join(rel)).unwrap();
+    }
+    want
+}
+
+/// Deno takes an npm package dir that exists for complete and never fetches
+/// its missing files. A tail that does not land moves away every package
+/// dir it left incomplete (a cold miss Deno fetches again, whole) and keeps
+/// the complete ones; with the tail's own list unknown (the whole manifest
+/// never came after a hot piece), `npm` goes whole.
+#[tokio::test]
+async fn a_tail_that_does_not_land_leaves_no_incomplete_npm_package() {
+    let Some(tmp) = tmp_tracking_reads() else { return };
+    let inner: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    let want = write_npm_tree(&tmp.path().join("src"));
+    let out = Cache::new(inner.clone(), "site/npm").snapshot(&tmp.path().join("src"), &snap()).await;
+    assert!(out.is_done(), "{:?}", out.result);
+    let (_, root) = generations::manifests(inner.as_ref(), "site/npm").await.unwrap().pop().unwrap();
+    assert!(root.hot.is_some(), "a hot piece");
+    let reg = "npm/registry.npmjs.org";
+
+    // The tail cut by the deadline while it fetches by range.
+    let store: Arc<dyn Store> = Arc::new(Gate::new(inner.clone(), Duration::from_secs(60)));
+    let dest = tmp.path().join("cut");
+    let opts = RestoreOptions { timeout: Duration::from_secs(2), ..hot_first() };
+    let out = Cache::new(store, "site/npm").restore(&dest, &opts).await;
+    assert_eq!(out.reason(), Some(Reason::TimedOut), "{:?}", out.result);
+    super::settle();
+    let now = contents(&dest);
+    assert!(!dest.join(format!("{reg}/a/1.0.0")).exists(), "a lacks lib/cold.js: {:?}", now.keys());
+    assert!(!dest.join(format!("{reg}/@s/b/2.0.0")).exists(), "b lacks every file");
+    let c = format!("{reg}/c/3.0.0/index.js");
+    assert_eq!(now.get(&c), Some(&want[&c]), "c is complete: it stays");
+    assert!(dest.join(format!("{reg}/a")).is_dir() && dest.join("remote/https/x.test").is_dir());
+    for (rel, data) in &now {
+        assert_eq!(Some(data), want.get(rel), "{rel}: whole, or not there");
+    }
+    assert!(tail_temps(&dest).is_empty(), "no trash left: {:?}", tail_temps(&dest));
+
+    // Every piece but the hot one lost: the tail never learns its files,
+    // and no package dir can be trusted.
+    let gone: Vec<String> = root.pieces.iter().map(|p| piece_key(&p.id)).collect();
+    let store: Arc<dyn Store> = Arc::new(Gate { gone, ..Gate::new(inner.clone(), Duration::ZERO) });
+    let dest = tmp.path().join("unknown");
+    let out = Cache::new(store, "site/npm").restore(&dest, &hot_first()).await;
+    assert_eq!(out.reason(), Some(Reason::NotFound), "{:?}", out.result);
+    super::settle();
+    assert!(!dest.join("npm").exists(), "{:?}", contents(&dest).keys());
+    assert!(dest.join("remote/https/x.test").is_dir());
+    assert!(tail_temps(&dest).is_empty());
+
+    // A tail that lands keeps everything.
+    let dest = tmp.path().join("whole");
+    let out = Cache::new(inner.clone(), "site/npm").restore(&dest, &hot_first()).await;
+    assert!(out.is_done(), "{:?}", out.result);
+    assert_eq!(contents(&dest), want);
+    super::settle();
+}
