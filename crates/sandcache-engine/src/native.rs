@@ -1251,16 +1251,16 @@ impl LiveDir {
     }
 
     /// After a second phase that did not complete: moves every npm package
-    /// dir that lacks some of its files out of the way, under a temporary
-    /// name in the live dir (never archived), and returns those names for
-    /// the caller to remove. Deno takes a package dir that exists for
+    /// dir that lacks some of its files out of the way, to a fresh `trash`
+    /// path (beside the dir, where its restores keep their trash), and
+    /// returns those paths for the caller to remove. Deno takes a package dir that exists for
     /// complete and would never fetch its missing files; a package dir
     /// that is gone is a cold miss it fetches again, whole. A file outside
     /// any package (`remote/`, a package's `registry.json`) is a cold miss
     /// by itself. When the tail's files never became known (the whole
     /// manifest did not come after a hot piece), no package dir can be
     /// trusted complete: `npm` goes whole.
-    pub(crate) fn unland_incomplete_packages(&self) -> Vec<String> {
+    pub(crate) fn unland_incomplete_packages(&self, trash: impl Fn() -> std::path::PathBuf) -> Vec<std::path::PathBuf> {
         self.closed.store(true, Ordering::SeqCst);
         if self.complete.load(Ordering::SeqCst) {
             return Vec::new();
@@ -1280,9 +1280,9 @@ impl LiveDir {
         for dir in packages {
             let (up, name) = dir.rsplit_once('/').unwrap_or(("", dir));
             let Ok(Some(parent)) = self.dir(up) else { continue };
-            let trash = format!("{}trash-{:08x}", sandcache_archive::TAIL_PREFIX, rand::random::<u32>());
-            match rustix::fs::renameat_with(&*parent, name, &*self.root, trash.as_str(), RenameFlags::NOREPLACE) {
-                Ok(()) => moved.push(trash),
+            let to = trash();
+            match rustix::fs::renameat_with(&*parent, name, rustix::fs::CWD, &to, RenameFlags::NOREPLACE) {
+                Ok(()) => moved.push(to),
                 Err(Errno::NOENT) => {}
                 Err(e) => tracing::warn!(target: "sandbox-cache", "could not move the incomplete {dir} away: {e}"),
             }

@@ -479,22 +479,22 @@ async fn phase_two(
     // A tail that does not complete also moves away each npm package dir
     // it left without some of its files (Deno would take it for complete),
     // to be removed like any trash.
-    struct RemoveParts(Arc<native::LiveDir>, PathBuf);
+    struct RemoveParts(Arc<native::LiveDir>, Target);
     impl Drop for RemoveParts {
         fn drop(&mut self) {
             self.0.remove_parts();
-            let moved = self.0.unland_incomplete_packages();
+            let moved = self.0.unland_incomplete_packages(|| self.1.scratch("trash"));
             if !moved.is_empty() {
                 tracing::warn!(
                     target: "sandbox-cache",
                     "the tail did not land: {} npm package dirs missing files moved away, for the app to fetch again",
                     moved.len()
                 );
-                remove_in_background(moved.into_iter().map(|m| self.1.join(m)).collect());
+                remove_in_background(moved);
             }
         }
     }
-    let _parts = RemoveParts(live.clone(), target.dir.clone());
+    let _parts = RemoveParts(live.clone(), target.clone());
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
     let (stats, m) = native::restore_tail(shared.as_ref(), key, m, tail, live.clone(), cancel, opts).await?;

@@ -168,7 +168,7 @@ impl Target {
     }
 
     /// A fresh name for a staging or trash dir.
-    fn scratch(&self, kind: &str) -> PathBuf {
+    pub(crate) fn scratch(&self, kind: &str) -> PathBuf {
         let tag = format!("-{kind}-{}-{:08x}", std::process::id(), rand::random::<u32>());
         if self.inside { self.dir.join(format!("{INSIDE_MARKER}{}", &tag[1..])) } else { self.sibling(&tag) }
     }
