@@ -1253,13 +1253,15 @@ impl LiveDir {
     /// After a second phase that did not complete: moves every npm package
     /// dir that lacks some of its files out of the way, to a fresh `trash`
     /// path (beside the dir, where its restores keep their trash), and
-    /// returns those paths for the caller to remove. Deno takes a package dir that exists for
-    /// complete and would never fetch its missing files; a package dir
-    /// that is gone is a cold miss it fetches again, whole. A file outside
-    /// any package (`remote/`, a package's `registry.json`) is a cold miss
-    /// by itself. When the tail's files never became known (the whole
-    /// manifest did not come after a hot piece), no package dir can be
-    /// trusted complete: `npm` goes whole.
+    /// returns those paths for the caller to remove. Deno takes a package
+    /// dir that exists for complete and would never fetch its missing
+    /// files; a package dir that is gone is a cold miss it fetches again,
+    /// whole. A file outside any package (`remote/`, a package's
+    /// `registry.json`) is a cold miss by itself. When the tail's files
+    /// never became known (the whole manifest did not come after a hot
+    /// piece), no package dir can be trusted complete: `npm` goes whole. A
+    /// writer still finishing a file as this runs can only make a package
+    /// look less complete than it is: moved, and fetched again.
     pub(crate) fn unland_incomplete_packages(&self, trash: impl Fn() -> std::path::PathBuf) -> Vec<std::path::PathBuf> {
         self.closed.store(true, Ordering::SeqCst);
         if self.complete.load(Ordering::SeqCst) {
