@@ -142,13 +142,14 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pieces: Vec<PieceRef>,
-    /// A root's hot piece, when the generation has a hot set: every entry
+    /// A root's hot pieces, when the generation has a hot set: every entry
     /// but the files that are not hot (so the hot files, every directory
-    /// and symlink, the empty files), as one piece. A hot-first restore
-    /// reads it alone before the swap, and the whole manifest meanwhile for
-    /// the tail. Readers that do not know it ignore it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hot: Option<PieceRef>,
+    /// and symlink, the empty files), cut into pieces as `pieces` are. A
+    /// hot-first restore reads them alone before the swap, and the whole
+    /// manifest after it, for the tail. Readers that do not know them
+    /// ignore them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hot: Vec<PieceRef>,
 }
 
 /// A piece of a manifest, by the BLAKE3 of its stored bytes.
@@ -169,7 +170,7 @@ pub struct Span {
 }
 
 impl Manifest {
-    /// Every piece a root names: its pieces, then its hot piece (what gc
+    /// Every piece a root names: its pieces, then its hot pieces (what gc
     /// keeps and a snapshot checks).
     pub fn piece_refs(&self) -> impl Iterator<Item = &PieceRef> {
         self.pieces.iter().chain(self.hot.iter())

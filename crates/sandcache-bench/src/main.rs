@@ -596,7 +596,7 @@ fn gc_synthetic(store: &str, keys: usize, generations: usize) -> ExitCode {
                     .iter()
                     .map(|p| PieceRef { id: (*p).clone(), size: 64, entries: 100 })
                     .collect(),
-                hot: None,
+                hot: Vec::new(),
             };
             let name = format!("site-{k:05}/cache.tgz.d/manifests/{:013}-{:08x}.json.zst", root.created_ms, g);
             objects.push((name, root.encode()));

@@ -296,20 +296,7 @@ fn corrupt(detail: String) -> Skip {
 /// byte-identical pieces, so a generation uploads only the pieces that
 /// changed. Returns the root and each piece's id and stored bytes.
 pub(crate) fn split(m: &Manifest) -> (Manifest, Vec<(String, Vec<u8>)>) {
-    let mut runs: Vec<std::ops::Range<usize>> = Vec::new();
-    let mut start = 0;
-    for (i, e) in m.entries.iter().enumerate() {
-        let len = i + 1 - start;
-        let h = blake3::hash(e.path.as_bytes());
-        let cut = u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes")) % PIECE_CUT == 0;
-        if (cut && len >= PIECE_MIN) || len >= PIECE_MAX {
-            runs.push(start..i + 1);
-            start = i + 1;
-        }
-    }
-    if start < m.entries.len() {
-        runs.push(start..m.entries.len());
-    }
+    let all: Vec<&Entry> = m.entries.iter().collect();
     let mut pieces = Vec::new();
     let mut refs = Vec::new();
     let mut add = |piece: Manifest| {
@@ -319,16 +306,22 @@ pub(crate) fn split(m: &Manifest) -> (Manifest, Vec<(String, Vec<u8>)>) {
         pieces.push((id, bytes));
         r
     };
-    for run in runs {
-        refs.push(add(sub_manifest(m, m.entries[run].iter())));
+    for run in cut_runs(&all, PIECE_CUT, PIECE_MIN, PIECE_MAX) {
+        refs.push(add(sub_manifest(m, all[run].iter().copied())));
     }
     // With a hot set, the part of the manifest a hot-first restore needs
     // before the swap, alone: it reads this instead of every piece first.
-    // Only when that is at most half the manifest: else it would upload
-    // most of it again for little gain (phase one needs most of it).
-    let now = m.entries.iter().filter(|e| !in_tail(e)).count();
-    let hot = (has_tail(m) && now <= m.entries.len() / 2)
-        .then(|| add(sub_manifest(m, m.entries.iter().filter(|e| !in_tail(e)))));
+    // Cut the same way, so a new package changes the hot pieces around it
+    // only (it adds directories). Only when that is at most half the
+    // manifest: else it would upload most of it again for little gain
+    // (phase one needs most of it).
+    let now: Vec<&Entry> = m.entries.iter().filter(|e| !in_tail(e)).collect();
+    let mut hot = Vec::new();
+    if has_tail(m) && now.len() <= m.entries.len() / 2 {
+        for run in cut_runs(&now, HOT_PIECE_CUT, HOT_PIECE_MIN, HOT_PIECE_MAX) {
+            hot.push(add(sub_manifest(m, now[run].iter().copied())));
+        }
+    }
     let root = Manifest {
         version: pack::VERSION,
         created_ms: m.created_ms,
@@ -339,6 +332,35 @@ pub(crate) fn split(m: &Manifest) -> (Manifest, Vec<(String, Vec<u8>)>) {
         hot,
     };
     (root, pieces)
+}
+
+/// Hot pieces are cut larger than pieces: phase one waits for all of them
+/// (the storefront's hot part is 3, where a cut at 512 made 7). An added
+/// package still changes one or two of them, not the whole hot part (141
+/// KB on the storefront as one piece).
+const HOT_PIECE_CUT: u32 = 2048;
+const HOT_PIECE_MIN: usize = 512;
+const HOT_PIECE_MAX: usize = 16384;
+
+/// Runs of `entries` for pieces: each closes after an entry whose path
+/// hashes to a multiple of `cut_at` (once it holds `min` entries), or at
+/// `max`.
+fn cut_runs(entries: &[&Entry], cut_at: u32, min: usize, max: usize) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for (i, e) in entries.iter().enumerate() {
+        let len = i + 1 - start;
+        let h = blake3::hash(e.path.as_bytes());
+        let cut = u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes")) % cut_at == 0;
+        if (cut && len >= min) || len >= max {
+            runs.push(start..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < entries.len() {
+        runs.push(start..entries.len());
+    }
+    runs
 }
 
 /// Whether an entry waits for a hot-first restore's second phase: a file
@@ -364,7 +386,7 @@ fn sub_manifest<'a>(m: &Manifest, entries: impl Iterator<Item = &'a Entry>) -> M
         frames: Vec::new(),
         entries: Vec::new(),
         pieces: Vec::new(),
-        hot: None,
+        hot: Vec::new(),
     };
     let (mut frame_map, mut pack_map) = (HashMap::new(), HashMap::new());
     for e in entries {
@@ -405,7 +427,7 @@ async fn assemble(store: &dyn Store, root: Manifest) -> Result<Manifest, Skip> {
         frames: Vec::new(),
         entries: Vec::new(),
         pieces: Vec::new(),
-        hot: None,
+        hot: Vec::new(),
     };
     let mut pack_index: HashMap<String, u32> = HashMap::new();
     // A window of fetches in flight, answered in order; each piece is
@@ -465,7 +487,7 @@ async fn fetch_piece(store: &dyn Store, p: PieceRef) -> Result<Manifest, Skip> {
             return Err(corrupt(format!("piece {id} does not hash to its name")));
         }
         let piece = Manifest::decode(&bytes).map_err(crate::restore::extract_skip)?;
-        if !piece.pieces.is_empty() || piece.hot.is_some() || piece.entries.len() as u64 != entries {
+        if !piece.pieces.is_empty() || !piece.hot.is_empty() || piece.entries.len() as u64 != entries {
             return Err(corrupt(format!("piece {id} is not what its root says")));
         }
         Ok(piece)
@@ -484,10 +506,20 @@ pub(crate) async fn usable_hot(
     dir: &Path,
     generation: &str,
 ) -> Option<Manifest> {
-    let p = root.hot.clone()?;
-    let checked = fetch_piece(store, p).await.and_then(|mut hot| {
-        hot.version = root.version;
-        hot.created_ms = root.created_ms;
+    if root.hot.is_empty() {
+        return None;
+    }
+    // Joined as a root's pieces are.
+    let pieces = Manifest {
+        version: root.version,
+        created_ms: root.created_ms,
+        packs: Vec::new(),
+        frames: Vec::new(),
+        entries: Vec::new(),
+        pieces: root.hot.clone(),
+        hot: Vec::new(),
+    };
+    let checked = assemble(store, pieces).await.and_then(|hot| {
         hot.validate(limits, dir).map_err(crate::restore::extract_skip)?;
         Ok(hot)
     });
@@ -2288,7 +2320,7 @@ pub(crate) fn build(
     }
     let created_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let mut manifest =
-        Manifest { version: pack::VERSION, created_ms, packs, frames, entries, pieces: Vec::new(), hot: None };
+        Manifest { version: pack::VERSION, created_ms, packs, frames, entries, pieces: Vec::new(), hot: Vec::new() };
     compact(&mut manifest);
     let unchanged = new_packs.iter().all(Vec::is_empty) && base.is_some_and(|b| b.entries == manifest.entries);
     Ok(SnapshotPlan { manifest, index: new_index, files, bytes, unchanged })
@@ -2390,6 +2422,40 @@ mod tests {
         assert_eq!(parts.root(2, size as u64), None, "parts cut elsewhere");
     }
 
+    /// Hot pieces are cut as pieces are: a package added in the middle
+    /// changes the hot pieces around it, not all of them.
+    #[test]
+    fn one_more_package_changes_few_hot_pieces() {
+        let frame = Frame { pack: 0, offset: 0, clen: 1, rawlen: 1, hash: "0".repeat(64) };
+        let manifest = |packages: &mut dyn Iterator<Item = u32>| {
+            let mut entries = Vec::new();
+            for p in packages {
+                entries.push(Entry::dir(format!("npm/r/p{p:05}"), 0o755, 0));
+                entries.push(Entry::dir(format!("npm/r/p{p:05}/1.0.0"), 0o755, 0));
+                for f in 0..4 {
+                    let path = format!("npm/r/p{p:05}/1.0.0/f{f}.js");
+                    let hot = f == 0 && p % 2 == 0;
+                    entries.push(Entry { frame: Some(0), hot, ..Entry::file(path, 0o644, 0, 1, "0".repeat(64)) });
+                }
+            }
+            let packs = vec![PackRef { id: "a".repeat(64), size: 1, hot: true }];
+            Manifest {
+                version: pack::VERSION,
+                created_ms: 0,
+                packs,
+                frames: vec![frame.clone()],
+                entries,
+                pieces: Vec::new(),
+                hot: Vec::new(),
+            }
+        };
+        let before = split(&manifest(&mut (0..4000).filter(|p| *p != 2000))).0;
+        let after = split(&manifest(&mut (0..4000))).0;
+        assert!(before.hot.len() >= 3, "{} hot pieces", before.hot.len());
+        let new = after.hot.iter().filter(|p| !before.hot.contains(p)).count();
+        assert!((1..=2).contains(&new), "{new} of {} hot pieces changed", after.hot.len());
+    }
+
     #[test]
     fn npm_package_dirs_of_deno_dir_paths() {
         let reg = "npm/registry.npmjs.org";
@@ -2435,7 +2501,7 @@ mod tests {
                 file("npm/cold.js", 1, 0, false),
             ],
             pieces: Vec::new(),
-            hot: None,
+            hot: Vec::new(),
         };
         let piece = |entry: u32, at: u64| Piece { entry, at, len: 10, file_offset: 0 };
         let pieces = vec![vec![piece(1, 0), piece(2, 10)], vec![piece(3, 0)]];
@@ -2457,7 +2523,7 @@ mod tests {
         // pack they use; none without a hot set, nor when it would hold
         // over half the entries.
         let (root, stored) = split(&m);
-        let hot_ref = root.hot.as_ref().expect("a hot piece");
+        let [hot_ref] = root.hot.as_slice() else { panic!("one hot piece: {:?}", root.hot) };
         let (_, bytes) = stored.iter().find(|(id, _)| *id == hot_ref.id).expect("stored with the pieces");
         let hot = Manifest::decode(bytes).unwrap();
         let paths: Vec<&str> = hot.entries.iter().map(|e| e.path.as_str()).collect();
@@ -2468,9 +2534,9 @@ mod tests {
         assert_eq!(p.kept.wanted, [true], "its frame holds a tail file too: kept for the tail");
         p.keep_uncovered(&hot, &[vec![Piece { len: 20, ..piece(1, 0) }]]);
         assert_eq!(p.kept.wanted, [false], "a frame phase one writes whole");
-        assert!(split(&cold).0.hot.is_none());
+        assert!(split(&cold).0.hot.is_empty());
         let mut most = m.clone();
         most.entries[2].hot = true;
-        assert!(split(&most).0.hot.is_none(), "3 of 4 entries");
+        assert!(split(&most).0.hot.is_empty(), "3 of 4 entries");
     }
 }

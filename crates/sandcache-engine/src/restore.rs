@@ -532,8 +532,8 @@ async fn restore_native(
         let total: u64 = root.packs.iter().map(|p| p.size).sum();
         p.expected.store(total, Ordering::Relaxed);
     }
-    // Hot-first, with a hot piece: that piece alone before the swap, the
-    // whole manifest after it, for the tail.
+    // Hot-first, with hot pieces: those alone before the swap, the whole
+    // manifest after it, for the tail.
     let hot = match opts.hot_first {
         true => native::usable_hot(store, &root, &opts.limits, &target.dir, &info.key).await,
         false => None,

@@ -55,7 +55,7 @@ fn sample() -> (Manifest, Vec<u8>) {
             file("d/big", fb, ob, &big),
         ],
         pieces: Vec::new(),
-        hot: None,
+        hot: Vec::new(),
     };
     (m, p.bytes)
 }

@@ -189,7 +189,7 @@ fn sample_manifest() -> Manifest {
             Entry::symlink("abs".into(), "/deno-dir/d/a".into(), 0o777, 1),
         ],
         pieces: Vec::new(),
-        hot: None,
+        hot: Vec::new(),
     }
 }
 

@@ -895,7 +895,7 @@ fn native(entries: &[E]) -> Native {
         frames: Vec::new(),
         entries: Vec::new(),
         pieces: Vec::new(),
-        hot: None,
+        hot: Vec::new(),
     };
     let mut bytes = Vec::new();
     let mut odd = Vec::new();

@@ -516,7 +516,8 @@ async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_
     let inner: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
     let want = stored_with_hot_set(&inner, "site/piece", &tmp.path().join("src")).await;
     let (root_key, root) = generations::manifests(inner.as_ref(), "site/piece").await.unwrap().pop().unwrap();
-    let hot_ref = root.hot.clone().expect("a generation with a hot set has a hot piece");
+    // A few dozen entries: one hot piece (a piece holds at least 64).
+    let [hot_ref] = root.hot.clone().try_into().expect("a generation with a hot set has a hot piece");
     let whole = generations::newest_whole(inner.as_ref(), "site/piece").await.unwrap();
     let hot =
         sandcache_archive::pack::Manifest::decode(&super::get(inner.as_ref(), &piece_key(&hot_ref.id)).await).unwrap();
@@ -567,7 +568,7 @@ async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_
     let id = blake3::hash(&bytes).to_hex().to_string();
     super::put(inner.as_ref(), &piece_key(&id), bytes.clone()).await;
     let mut new_root = root.clone();
-    new_root.hot = Some(sandcache_archive::pack::PieceRef { id, size: bytes.len() as u64, entries: hot_ref.entries });
+    new_root.hot = vec![sandcache_archive::pack::PieceRef { id, size: bytes.len() as u64, entries: hot_ref.entries }];
     let ms: u64 = root_key.rsplit('/').next().unwrap().split('-').next().unwrap().parse().unwrap();
     super::put(inner.as_ref(), &format!("site/piece.d/manifests/{}-forged.json.zst", ms + 1), new_root.encode()).await;
     let dest = tmp.path().join("disagrees");
@@ -625,7 +626,7 @@ async fn a_tail_that_does_not_land_leaves_no_incomplete_npm_package() {
     let out = Cache::new(inner.clone(), "site/npm").snapshot(&tmp.path().join("src"), &snap()).await;
     assert!(out.is_done(), "{:?}", out.result);
     let (_, root) = generations::manifests(inner.as_ref(), "site/npm").await.unwrap().pop().unwrap();
-    assert!(root.hot.is_some(), "a hot piece");
+    assert!(!root.hot.is_empty(), "a hot piece");
     let reg = "npm/registry.npmjs.org";
 
     // The tail cut by the deadline while it fetches by range.

@@ -297,7 +297,7 @@ async fn older_layouts_still_restore() {
                     file("d/c", fc, oc, &c),
                 ],
                 pieces: Vec::new(),
-                hot: None,
+                hot: Vec::new(),
             };
             put(store.as_ref(), &pack_location(key, &m, &p.id), p.bytes.clone()).await;
             put(store.as_ref(), &format!("{key}.d/manifests/1700000000000-00000001.json.zst"), m.encode()).await;
