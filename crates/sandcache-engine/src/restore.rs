@@ -538,34 +538,22 @@ async fn restore_native(
         true => native::usable_hot(store, &root, &opts.limits, &target.dir, &info.key).await,
         false => None,
     };
-    let (m, whole_later) = match hot {
-        Some(hot) => {
-            tracing::debug!(
-                target: "sandbox-cache",
-                "hot piece of {}: {} entries, {} packs, in {} ms; the whole manifest follows",
-                info.key,
-                hot.entries.len(),
-                hot.packs.len(),
-                started.elapsed().as_millis()
-            );
-            (hot, Some((root, target.dir.clone())))
-        }
+    let (m, whole_later, what) = match hot {
+        Some(hot) => (hot, Some((root, target.dir.clone())), "hot pieces of"),
         None => {
             let m = native::whole(store, root).await?;
-            let fetched = started.elapsed();
             m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;
-            tracing::debug!(
-                target: "sandbox-cache",
-                "manifest {}: {} entries, {} packs, fetched in {} ms, validated in {} ms",
-                info.key,
-                m.entries.len(),
-                m.packs.len(),
-                fetched.as_millis(),
-                (started.elapsed() - fetched).as_millis()
-            );
-            (m, None)
+            (m, None, "manifest")
         }
     };
+    tracing::debug!(
+        target: "sandbox-cache",
+        "{what} {}: {} entries, {} packs, fetched and validated in {} ms",
+        info.key,
+        m.entries.len(),
+        m.packs.len(),
+        started.elapsed().as_millis()
+    );
     let m = Arc::new(m);
     let staging = target.create_staging().map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
     // Dropped at the deadline, this future still removes its staging dir,
