@@ -990,28 +990,20 @@ impl Tail {
 /// manifest has no hot set (everything is hot) or nothing is left for
 /// later.
 fn split_hot(m: &Manifest, pieces: Vec<Vec<Piece>>) -> (Vec<Vec<Piece>>, Option<Tail>) {
-    let content = |e: &&Entry| e.kind == Kind::File && e.size > 0;
-    if !m.entries.iter().filter(content).any(|e| e.hot) {
+    if !has_tail(m) {
         return (pieces, None);
     }
     let mut deferred = vec![false; m.entries.len()];
-    let (mut entries, mut files, mut bytes) = (Vec::new(), 0, 0);
+    let (mut entries, mut bytes) = (Vec::new(), 0);
     for (i, e) in m.entries.iter().enumerate() {
         if in_tail(e) {
             deferred[i] = true;
             entries.push(i as u32);
-            files += 1;
             bytes += e.size;
         }
     }
-    if entries.is_empty() {
-        return (pieces, None);
-    }
-    tracing::debug!(
-        target: "sandbox-cache",
-        "hot set: {} files; the tail {files} ({bytes} bytes)",
-        m.entries.iter().filter(content).count() - entries.len(),
-    );
+    let hot = m.entries.iter().filter(|e| e.kind == Kind::File && e.size > 0 && e.hot).count();
+    tracing::debug!(target: "sandbox-cache", "hot set: {hot} files; the tail {} ({bytes} bytes)", entries.len());
     let (mut now, mut later) = (Vec::with_capacity(pieces.len()), Vec::with_capacity(pieces.len()));
     for ps in pieces {
         let (l, n): (Vec<Piece>, Vec<Piece>) = ps.into_iter().partition(|p| deferred[p.entry as usize]);
@@ -1328,7 +1320,7 @@ impl LiveDir {
 /// The npm package dir a DENO_DIR path lies in, if any:
 /// `npm/<registry>/<name>/<version>` (`<name>` may be `@scope/name`), for a
 /// path inside it.
-pub(crate) fn npm_package_dir(path: &str) -> Option<&str> {
+fn npm_package_dir(path: &str) -> Option<&str> {
     let comps: Vec<&str> = path.split('/').collect();
     if comps.first() != Some(&"npm") || comps.len() < 3 {
         return None;
