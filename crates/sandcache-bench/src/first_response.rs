@@ -159,11 +159,12 @@ fn cores() -> usize {
     })
 }
 
-/// Over a run: the share of the machine busy, and the CPU seconds that is.
-fn cpu_used(before: Option<(u64, u64)>, after: Option<(u64, u64)>, secs: f64) -> Option<(f64, f64)> {
+/// Over a run on `cores` cores: the share of the machine busy, and the CPU
+/// seconds that is.
+fn cpu_used(before: Option<(u64, u64)>, after: Option<(u64, u64)>, secs: f64, cores: usize) -> Option<(f64, f64)> {
     let ((b0, t0), (b1, t1)) = (before?, after?);
     let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
-    Some((busy, busy * secs * cores() as f64))
+    Some((busy, busy * secs * cores as f64))
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -258,6 +259,7 @@ pub async fn run(o: Options) {
         let hot_first = Served::start(config(true)).await;
         let (mut t_all, mut t_hot, mut hot_ratio, mut boots) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut cpu_all, mut cpu_hot) = (Vec::new(), Vec::new());
+        let n = cores();
         // One unmeasured warm run first: a cold boot reads other files than
         // a warm one (it had just written them), and the first warm run's
         // snapshot records the warm boot's hot set, as in production.
@@ -271,7 +273,7 @@ pub async fn run(o: Options) {
                 let before = proxy.connects();
                 let ticks = cpu_ticks();
                 let (t, st) = deploy_to_first_200(s, &body).await;
-                cpu.extend(cpu_used(ticks, cpu_ticks(), t));
+                cpu.extend(cpu_used(ticks, cpu_ticks(), t, n));
                 assert_eq!(st["cache"]["restore"]["ok"], true, "{st}");
                 out.push(t);
                 eprintln!(
@@ -332,7 +334,6 @@ pub async fn run(o: Options) {
             busy_hot * 100.0,
             t_hot.len()
         );
-        let n = cores();
         println!(
             "CPU floor of a hot-first deploy on {n} cores: {:.3} s ({cs_hot:.2} CPU s / {n}) = {:.2}x warm: no scheduling makes it faster than that",
             cs_hot / n as f64,
