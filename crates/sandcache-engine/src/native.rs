@@ -609,7 +609,7 @@ pub(crate) async fn restore_into(
     cancel: Arc<AtomicBool>,
     opts: &crate::RestoreOptions,
     prefetch: Prefetch,
-    hot_piece: bool,
+    hot_piece: Option<HotPiece>,
 ) -> Result<(RestoreStats, Option<Tail>), Skip> {
     let owner = opts.owner;
     // Every path below starts at the held-open staging dir; each blocking
@@ -631,16 +631,20 @@ pub(crate) async fn restore_into(
     let t_setup = t0.elapsed();
     // `m` is a hot piece: all of it now, and a tail known once the whole
     // manifest is in (see `Tail::resolve`).
+    let from_piece = hot_piece.is_some();
     let (pieces, tail) = match (hot_piece, opts.hot_first) {
-        (true, _) => (pieces, Some(Tail::pending())),
-        (false, true) => split_hot(&m, pieces),
-        (false, false) => (pieces, None),
+        (Some(p), _) => (
+            pieces,
+            Some(Tail { pieces: Vec::new(), entries: Vec::new(), prefetch: Prefetch::none(), pending: Some(p) }),
+        ),
+        (None, true) => split_hot(&m, pieces),
+        (None, false) => (pieces, None),
     };
     let mut prefetch = prefetch;
     if let Some(t) = &tail {
         // A frame phase one fetches (or passes over in a coalesced range)
         // that the tail needs too is kept, not fetched again.
-        if hot_piece { prefetch.keep_uncovered(&m, &pieces) } else { prefetch.keep_for(&t.pieces) }
+        if from_piece { prefetch.keep_uncovered(&m, &pieces) } else { prefetch.keep_for(&t.pieces) }
     }
 
     // 2. Content: every frame needed now, fetched and written.
@@ -917,32 +921,21 @@ pub(crate) struct HotPiece {
     pub(crate) root: Manifest,
     /// The target dir, which the whole manifest is validated against.
     pub(crate) dir: std::path::PathBuf,
-    pub(crate) hot: Arc<Manifest>,
 }
 
 impl Tail {
-    /// Phase one restored a hot piece: the tail is not known yet.
-    fn pending() -> Tail {
-        Tail { pieces: Vec::new(), entries: Vec::new(), prefetch: Prefetch::none(), pending: None }
-    }
-
-    /// After phase one restored a hot piece, the tail comes from the whole.
-    pub(crate) fn after_hot_piece(mut self, piece: HotPiece) -> Tail {
-        self.pending = Some(piece);
-        self
-    }
-
-    /// The whole manifest and this tail in its terms: the files the hot
-    /// piece left out. The hot piece must be exactly the rest of it (the
-    /// entries phase one wrote), else the generation is corrupt and the
-    /// tail does not land.
+    /// The whole manifest and this tail in its terms, when phase one
+    /// restored hot pieces (`m`): the files they left out. The hot part
+    /// must be exactly the rest of it (the entries phase one wrote), else
+    /// the generation is corrupt and the tail does not land.
     async fn resolve(
         mut self,
         store: &dyn Store,
         m: Arc<Manifest>,
         limits: &sandcache_archive::Limits,
     ) -> Result<(Arc<Manifest>, Tail), Skip> {
-        let Some(HotPiece { root, dir, hot }) = self.pending.take() else { return Ok((m, self)) };
+        let Some(HotPiece { root, dir }) = self.pending.take() else { return Ok((m, self)) };
+        let hot = m;
         let started = std::time::Instant::now();
         let whole = whole(store, root).await?;
         let limits = *limits;

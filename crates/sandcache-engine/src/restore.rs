@@ -539,7 +539,7 @@ async fn restore_native(
         false => None,
     };
     let (m, whole_later, what) = match hot {
-        Some(hot) => (hot, Some((root, target.dir.clone())), "hot pieces of"),
+        Some(hot) => (hot, Some(native::HotPiece { root, dir: target.dir.clone() }), "hot pieces of"),
         None => {
             let m = native::whole(store, root).await?;
             m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;
@@ -563,14 +563,9 @@ async fn restore_native(
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
     let at = staging.0.clone().expect("set above");
-    let hot_piece = whole_later.is_some();
-    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, prefetch, hot_piece).await;
+    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, prefetch, whole_later).await;
     drop(guard);
     let (s, tail) = result?;
-    let tail = match (tail, whole_later) {
-        (Some(t), Some((root, dir))) => Some(t.after_hot_piece(native::HotPiece { root, dir, hot: m.clone() })),
-        (tail, _) => tail,
-    };
     staging.0 = None;
     let done = Done { files: s.files, bytes: s.bytes, transferred: s.transferred, ..Done::default() };
     Ok((done, at, Some((m, info.key.clone())), tail))
