@@ -221,7 +221,7 @@ pub async fn run(o: Options) {
             settle_poll: Duration::from_millis(250),
             port_timeout: Duration::from_secs(240),
             hot_first,
-            admin_token: Some(TOKEN.into()),
+            admin: sandcache_runner::AdminAuth { token: Some(TOKEN.into()), ..Default::default() },
             ..RunnerConfig::default()
         };
         let body = json!({

@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+pub mod admin;
 mod deploy;
 pub mod isolation;
 mod legacy;
@@ -31,13 +32,15 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+pub use admin::AdminAuth;
 pub use deploy::{BadRequest, DeployRequest, site_from_repo};
+pub use isolation::Peer;
 pub use legacy::{LegacyCache, vars as legacy_vars};
 pub use metrics::Metrics;
 pub use runner::{DeployError, Runner, RunnerConfig, redact_url};
@@ -53,20 +56,85 @@ fn json_error_detail(status: StatusCode, msg: &str, detail: &str) -> Response {
     (status, axum::Json(json!({ "error": msg, "detail": detail }))).into_response()
 }
 
-/// The daemon's routes, over a runner.
-pub fn app(runner: Arc<Runner>) -> Router {
-    let admin = Router::new()
+/// The admin routes, each behind [`admin::guard`].
+fn admin_routes(runner: &Arc<Runner>) -> Router<Arc<Runner>> {
+    Router::new()
         .route("/sandbox/status", get(status))
         .route("/sandbox/deploy", post(deploy).delete(undeploy))
         .route("/sandbox/cache/snapshot", post(snapshot))
-        .route_layer(middleware::from_fn_with_state(runner.clone(), require_token));
-    Router::new()
-        .route("/_healthcheck", get(healthcheck))
-        .route("/deco/_liveness", get(|| async { "OK" }))
-        .route("/metrics", get(metrics))
-        .merge(admin)
-        .fallback(proxy)
+        .route_layer(middleware::from_fn_with_state(runner.clone(), require_admin))
+}
+
+fn probes() -> Router<Arc<Runner>> {
+    Router::new().route("/_healthcheck", get(healthcheck)).route("/deco/_liveness", get(|| async { "OK" }))
+}
+
+/// The main port's routes: the probes, the admin routes and `/metrics`
+/// (unless moved to listeners of their own), and the site. Every path under
+/// `/sandbox`, however written, is the runner's: an unknown one is the
+/// runner's 404, never the worker's.
+pub fn app(runner: Arc<Runner>) -> Router {
+    let mut router = probes();
+    if runner.cfg.admin_on_main {
+        router = router.merge(admin_routes(&runner));
+    }
+    if runner.cfg.metrics_on_main {
+        router = router
+            .route("/metrics", get(metrics).route_layer(middleware::from_fn_with_state(runner.clone(), require_admin)));
+    }
+    router.fallback(site_or_admin).with_state(runner)
+}
+
+/// A separate admin listener's routes (a port or a unix socket the proxy
+/// never shares): the probes, the admin routes and `/metrics`, all but the
+/// probes behind the admin check; nothing is proxied.
+pub fn admin_app(runner: Arc<Runner>) -> Router {
+    probes()
+        .merge(admin_routes(&runner))
+        .route("/metrics", get(metrics).route_layer(middleware::from_fn_with_state(runner.clone(), require_admin)))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "no such route on the admin listener") })
         .with_state(runner)
+}
+
+/// A metrics listener's one route, `/metrics`, open to scrapers on other
+/// hosts and to local peers, not to the worker.
+pub fn metrics_app(runner: Arc<Runner>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics).route_layer(middleware::from_fn_with_state(runner.clone(), not_the_worker)))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "only /metrics is served here") })
+        .with_state(runner)
+}
+
+/// Listeners besides the main port, each serving its own routes.
+#[derive(Debug, Default)]
+pub struct ExtraListeners {
+    /// [`admin_app`], on a TCP port or a unix socket.
+    pub admin: Option<AdminListener>,
+    /// [`metrics_app`].
+    pub metrics: Option<tokio::net::TcpListener>,
+}
+
+#[derive(Debug)]
+pub enum AdminListener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Peer {
+        let remote = *stream.remote_addr();
+        // An accepted socket has a local address; if the kernel will not
+        // say it, no client socket can match it and the peer is refused.
+        let local = stream.io().local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        Peer::Tcp { local, remote }
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Peer {
+        let cred = stream.io().peer_cred().ok();
+        Peer::Unix { uid: cred.map(|c| c.uid()), pid: cred.and_then(|c| c.pid()) }
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, undeploys
@@ -78,8 +146,39 @@ pub async fn serve(
     runner: Arc<Runner>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, ExtraListeners::default(), runner, shutdown).await
+}
+
+/// [`serve`], with an admin listener and a metrics listener beside the
+/// main port; they stop when it does.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    extra: ExtraListeners,
+    runner: Arc<Runner>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(target: "sandbox", "listening on http://{addr}");
+    let mut side = tokio::task::JoinSet::new();
+    match extra.admin {
+        Some(AdminListener::Tcp(l)) => {
+            tracing::info!(target: "sandbox", "admin API on http://{}", l.local_addr()?);
+            let app = admin_app(runner.clone()).into_make_service_with_connect_info::<Peer>();
+            side.spawn(async move { axum::serve(l, app).await });
+        }
+        Some(AdminListener::Unix(l)) => {
+            let path = l.local_addr()?.as_pathname().map(|p| p.display().to_string()).unwrap_or_default();
+            tracing::info!(target: "sandbox", "admin API on unix socket {path}");
+            let app = admin_app(runner.clone()).into_make_service_with_connect_info::<Peer>();
+            side.spawn(async move { axum::serve(l, app).await });
+        }
+        None => {}
+    }
+    if let Some(l) = extra.metrics {
+        tracing::info!(target: "sandbox", "metrics on http://{}/metrics", l.local_addr()?);
+        let app = metrics_app(runner.clone()).into_make_service_with_connect_info::<Peer>();
+        side.spawn(async move { axum::serve(l, app).await });
+    }
     for (warn, line) in runner.startup_report() {
         if warn {
             tracing::warn!(target: "sandbox", "{line}");
@@ -100,7 +199,7 @@ pub async fn serve(
             }
         });
     }
-    let app = app(runner.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = app(runner.clone()).into_make_service_with_connect_info::<Peer>();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
@@ -135,33 +234,33 @@ pub async fn serve(
     if !drained {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), &mut server).await;
     }
+    side.abort_all();
     tracing::info!(target: "sandbox", "stopped");
     Ok(())
 }
 
-/// The admin API (`/sandbox/*`) is never the worker's: with a token, the
-/// token is required; without one, a connection from the worker is refused
-/// (its socket's owner, looked up in `/proc/net/tcp`).
-async fn require_token(State(runner): State<Arc<Runner>>, headers: HeaderMap, req: Request, next: Next) -> Response {
-    if let Some(token) = &runner.cfg.admin_token {
-        let given =
-            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
-            return json_error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        }
-    } else if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>().copied() {
-        let r = runner.clone();
-        let from_worker = tokio::task::spawn_blocking(move || r.is_worker_peer(peer)).await.unwrap_or(true);
-        if from_worker {
-            tracing::warn!(target: "sandbox", "refused {} {} from the worker ({peer})", req.method(), req.uri().path());
-            return json_error(StatusCode::FORBIDDEN, "the admin API is not open to the worker");
+/// The admin check ([`admin::guard`]) before an admin route.
+async fn require_admin(State(runner): State<Arc<Runner>>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0);
+    let what = format!("{} {}", req.method(), req.uri().path());
+    match admin::guard(&runner, peer, req.headers(), &what).await {
+        Ok(()) => next.run(req).await,
+        Err(refused) => refused,
+    }
+}
+
+/// A metrics listener's check: anyone but the worker.
+async fn not_the_worker(State(runner): State<Arc<Runner>>, req: Request, next: Next) -> Response {
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<Peer>>().copied() {
+        let attribution = tokio::task::spawn_blocking(move || isolation::peer::attribute(&peer)).await;
+        if let Ok(isolation::Attribution::Local { uid, inode }) = attribution {
+            if runner.is_worker_peer(&peer, uid, inode) {
+                tracing::warn!(target: "sandbox", "refused /metrics to the worker ({peer})");
+                return json_error(StatusCode::FORBIDDEN, "not open to the worker");
+            }
         }
     }
     next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The version, as text (the seed's `denoJSON.version`).
@@ -233,7 +332,24 @@ async fn snapshot(State(runner): State<Arc<Runner>>) -> Response {
     }
 }
 
-async fn proxy(State(runner): State<Arc<Runner>>, req: Request<Body>) -> Response {
+/// Everything no route took: a path under `/sandbox` is the runner's own
+/// 404 (after the admin check, so it reveals nothing); anything else goes
+/// to the worker, without the admin credential.
+async fn site_or_admin(State(runner): State<Arc<Runner>>, req: Request<Body>) -> Response {
+    if !admin::namespace::is_admin(req.uri().path()) {
+        return proxy(runner, req).await;
+    }
+    if runner.cfg.admin_on_main {
+        let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0);
+        let what = format!("{} {}", req.method(), req.uri().path());
+        if let Err(refused) = admin::guard(&runner, peer, req.headers(), &what).await {
+            return refused;
+        }
+    }
+    json_error(StatusCode::NOT_FOUND, "no such admin route (the /sandbox paths are the runner's, never the site's)")
+}
+
+async fn proxy(runner: Arc<Runner>, req: Request<Body>) -> Response {
     // `OPTIONS *` asks about the server, not a resource: the runner answers.
     if req.method() == axum::http::Method::OPTIONS && req.uri() == "*" {
         return (StatusCode::NO_CONTENT, [(header::ALLOW, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")])
@@ -242,7 +358,8 @@ async fn proxy(State(runner): State<Arc<Runner>>, req: Request<Body>) -> Respons
     match runner.worker_target().await {
         Ok((addr, deployment)) => {
             let started = std::time::Instant::now();
-            let (resp, from_worker) = proxy::forward(&runner.client, addr, req, runner.cfg.proxy_timeout).await;
+            let (resp, from_worker) =
+                proxy::forward(&runner.client, addr, req, runner.cfg.proxy_timeout, &runner.cfg.admin).await;
             runner.metrics.proxied(resp.status().as_u16(), from_worker.then(|| started.elapsed()));
             if from_worker {
                 runner.first_response(&deployment, resp.status().as_u16());

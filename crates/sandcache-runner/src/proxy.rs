@@ -38,8 +38,24 @@ fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
     headers.remove(header::TRANSFER_ENCODING);
 }
 
+/// Removes every `Authorization` value that carries the admin credential
+/// (this runner's token, or any per-pod token); the site's own values pass
+/// untouched, in order. Whatever its path, a request never reaches the
+/// worker with the admin credential.
+fn strip_admin_credential(headers: &mut axum::http::HeaderMap, auth: &crate::admin::AdminAuth) {
+    let values: Vec<_> = headers.get_all(header::AUTHORIZATION).iter().cloned().collect();
+    if !values.iter().any(|v| auth.is_credential(v)) {
+        return;
+    }
+    headers.remove(header::AUTHORIZATION);
+    for v in values.into_iter().filter(|v| !auth.is_credential(v)) {
+        headers.append(header::AUTHORIZATION, v);
+    }
+}
+
 /// Forwards `req` to the worker on `port`, over HTTP/1.1 whatever the
-/// client spoke, with `X-Forwarded-For`, `-Proto` and `-Host`. The worker
+/// client spoke, with `X-Forwarded-For`, `-Proto` and `-Host`, and without
+/// the admin credential. The worker
 /// has `headers_timeout` to send its response headers (then 504); a body
 /// that has started streams for as long as it lasts. A worker that refuses
 /// the connection gets a 502. Both are JSON, and logged with the method,
@@ -49,6 +65,7 @@ pub async fn forward(
     addr: std::net::SocketAddr,
     mut req: Request<Body>,
     headers_timeout: std::time::Duration,
+    admin: &crate::admin::AdminAuth,
 ) -> (Response<Body>, bool) {
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -65,6 +82,7 @@ pub async fn forward(
     let upgrade = upgrade_protocol(req.headers());
     let client_side = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     strip_hop_by_hop(req.headers_mut());
+    strip_admin_credential(req.headers_mut(), admin);
     if let Some(proto) = &upgrade {
         req.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("upgrade"));
         req.headers_mut().insert(header::UPGRADE, proto.clone());
@@ -143,5 +161,22 @@ fn forwarded_headers(req: &mut Request<Body>) {
         if !headers.contains_key("x-forwarded-host") {
             headers.insert("x-forwarded-host", h);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_admin_credential_is_removed() {
+        let auth = crate::admin::AdminAuth { token: Some("fleet".into()), ..Default::default() };
+        let mut h = axum::http::HeaderMap::new();
+        for v in ["Basic c2l0ZTpwdw==", "Bearer fleet", "Bearer site", "sandcache-admin.v1.9.00"] {
+            h.append(header::AUTHORIZATION, v.parse().unwrap());
+        }
+        strip_admin_credential(&mut h, &auth);
+        let left: Vec<_> = h.get_all(header::AUTHORIZATION).iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(left, ["Basic c2l0ZTpwdw==", "Bearer site"]);
     }
 }

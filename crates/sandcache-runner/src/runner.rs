@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::deploy::DeployRequest;
-use crate::isolation::{SweepScope, WorkerUser};
+use crate::isolation::{Peer, SweepScope, WorkerUser};
 use crate::legacy::LegacyCache;
 use crate::metrics::Metrics;
 use crate::worker::{SpawnError, Worker, WorkerState};
@@ -59,8 +59,18 @@ pub struct RunnerConfig {
     pub runner_env: Vec<(String, String)>,
     /// Legacy build cache variables from the runner's env (deploy envs win).
     pub legacy_vars: BTreeMap<String, String>,
-    /// Bearer token guarding `/sandbox/*`.
-    pub admin_token: Option<String>,
+    /// Who may call the admin plane (`/sandbox/*`): a token, a pod key for
+    /// short-lived tokens, or neither (then only local peers that are not
+    /// the worker).
+    pub admin: crate::admin::AdminAuth,
+    /// Serve the admin routes on the main port too (the platform calls
+    /// them there); off once it calls a separate admin listener. Either
+    /// way, no path under `/sandbox` is ever proxied to the worker.
+    pub admin_on_main: bool,
+    /// Serve `/metrics` on the main port (behind the admin check); off when
+    /// a metrics listener of its own serves it, and then `/metrics` is the
+    /// site's.
+    pub metrics_on_main: bool,
     /// Who the worker (and the clone) runs as; `None`: the runner's own
     /// uid. `sandcache serve` as root defaults to [`WorkerUser::DEFAULT`].
     pub worker_user: Option<WorkerUser>,
@@ -110,7 +120,9 @@ impl Default for RunnerConfig {
             runner_env: Vec::new(),
             legacy_vars: BTreeMap::new(),
             fallbacks: Vec::new(),
-            admin_token: None,
+            admin: crate::admin::AdminAuth::default(),
+            admin_on_main: true,
+            metrics_on_main: true,
             worker_user: None,
             state_dir: std::env::temp_dir().join(format!("sandcache-runner-{}", rustix::process::getuid().as_raw())),
             sweep_descendants: false,
@@ -888,12 +900,13 @@ impl Runner {
         }
     }
 
-    /// Whether an admin request from `peer` comes from the worker: a local
-    /// socket owned by the worker's uid; when the worker shares the
-    /// runner's uid, a socket held by one of the runner's descendants (or
-    /// by nobody any more). Remote peers are not the worker.
-    pub(crate) fn is_worker_peer(&self, peer: std::net::SocketAddr) -> bool {
-        let Some((uid, inode)) = crate::isolation::local_socket_owner(peer) else { return false };
+    /// Whether an admin request from `peer`, whose socket the kernel names
+    /// as `uid`'s (`inode`), comes from the worker: a socket of the
+    /// worker's uid; when the worker shares the runner's uid, a socket held
+    /// by one of the runner's descendants (or by nobody any more), or a
+    /// unix-socket client that is one.
+    pub(crate) fn is_worker_peer(&self, peer: &Peer, uid: u32, inode: u64) -> bool {
+        use crate::isolation::peer::{is_runner_descendant, socket_holders};
         let user = self.worker_user();
         if uid != user.uid {
             return false;
@@ -901,8 +914,13 @@ impl Runner {
         if user.is_separate() {
             return true;
         }
-        let holders = crate::isolation::socket_holders(inode);
-        holders.is_empty() || holders.iter().any(|&pid| crate::isolation::is_runner_descendant(pid))
+        match peer {
+            Peer::Unix { pid, .. } => pid.is_none_or(|p| u32::try_from(p).is_ok_and(is_runner_descendant)),
+            Peer::Tcp { .. } => {
+                let holders = socket_holders(inode);
+                holders.is_empty() || holders.into_iter().any(is_runner_descendant)
+            }
+        }
     }
 
     /// What the runner says once at startup about the worker's reach:
@@ -932,13 +950,27 @@ impl Runner {
         } else {
             lines.push((false, format!("the worker runs as {user}, with no supplementary groups")));
         }
-        if self.cfg.admin_token.is_none() {
+        let admin = &self.cfg.admin;
+        let who = if user.is_separate() {
+            format!("the worker (any socket uid {} created)", user.uid)
+        } else {
+            format!("the worker (uid {}, sockets held by the runner's descendants)", user.uid)
+        };
+        if admin.requires_credential() {
+            lines.push((false, format!("admin API: a bearer token is required, and {who} is refused even with one")));
+        } else if admin.remote_without_token {
+            lines.push((
+                true,
+                format!(
+                    "admin API: no token (--admin-without-token): any peer on another host may deploy, snapshot \
+                     and undeploy; {who} and local peers that cannot be named are refused"
+                ),
+            ));
+        } else {
             lines.push((
                 false,
                 format!(
-                    "no admin token: /sandbox/* refuses connections whose socket belongs to the worker (uid {}){}",
-                    user.uid,
-                    if user.is_separate() { "" } else { " and is held by one of the runner's descendants" }
+                    "admin API: no token: only local peers get in; {who} and peers that cannot be named are refused"
                 ),
             ));
         }

@@ -38,12 +38,17 @@ pub const SCRUBBED: &[&str] = &[
     "AWS_WEB_IDENTITY_TOKEN_FILE",
     "AWS_ROLE_ARN",
     "SANDCACHE_ADMIN_TOKEN",
+    "SANDCACHE_ADMIN_TOKEN_FILE",
+    "SANDCACHE_ADMIN_KEY_FILE",
 ];
 
 /// True for variables that never reach the worker, even when forwarded:
-/// the legacy build cache's keys and the site's scoped cache credentials.
+/// the legacy build cache's keys, the site's scoped cache credentials and
+/// the runner's own admin credential.
 pub fn never_forwarded(name: &str) -> bool {
-    name.starts_with("ADMIN_S3_") || sandcache_engine::seed_env::CREDENTIALS.contains(&name)
+    name.starts_with("ADMIN_S3_")
+        || name.starts_with("SANDCACHE_ADMIN_")
+        || sandcache_engine::seed_env::CREDENTIALS.contains(&name)
 }
 
 /// The worker's environment: the runner's own minus credentials, plus the

@@ -74,6 +74,21 @@ pub const SANDCACHE_ADMIN_TOKEN: &str = "SANDCACHE_ADMIN_TOKEN";
 /// `serve`: a file holding the admin token, read once at startup, when
 /// `SANDCACHE_ADMIN_TOKEN` is not set. Mount it 0400, owned by the runner.
 pub const SANDCACHE_ADMIN_TOKEN_FILE: &str = "SANDCACHE_ADMIN_TOKEN_FILE";
+/// `serve`: a file holding this pod's admin key (64 hex digits, from
+/// `sandcache admin-token --pod-key`): short-lived tokens made with it open
+/// the admin API. Mount it 0400, owned by the runner.
+pub const SANDCACHE_ADMIN_KEY_FILE: &str = "SANDCACHE_ADMIN_KEY_FILE";
+/// `serve`: a separate admin listener, `HOST:PORT` or `unix:PATH`
+/// (`--admin-listen`).
+pub const SANDCACHE_ADMIN_LISTEN: &str = "SANDCACHE_ADMIN_LISTEN";
+/// `serve`: `false` serves the admin routes only on the admin listener
+/// (`--admin-on-main`; default true).
+pub const SANDCACHE_ADMIN_ON_MAIN: &str = "SANDCACHE_ADMIN_ON_MAIN";
+/// `serve`: a listener of its own for `/metrics` (`--metrics-listen`).
+pub const SANDCACHE_METRICS_LISTEN: &str = "SANDCACHE_METRICS_LISTEN";
+/// `serve`: `true` starts with no admin token although the admin API
+/// listens beyond loopback (`--admin-without-token`).
+pub const SANDCACHE_ADMIN_WITHOUT_TOKEN: &str = "SANDCACHE_ADMIN_WITHOUT_TOKEN";
 /// `serve`: who the worker runs as (`USER`, `UID` or `UID:GID`); as root the
 /// default is `10001:10001`, and `root` must be given explicitly.
 pub const SANDCACHE_WORKER_USER: &str = "SANDCACHE_WORKER_USER";

@@ -4,6 +4,7 @@
 //! advisory), 1 when skipped under `--strict`, 2 for usage and configuration
 //! errors.
 
+mod admin_token;
 mod env_vars;
 mod progress;
 mod serve;
@@ -89,7 +90,10 @@ enum Command {
         limits: LimitArgs,
     },
     /// Run the sandbox runner daemon (the seed's deploy API).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
+    /// Print a short-lived admin token for one pod (or that pod's key),
+    /// made from the platform's master key.
+    AdminToken(admin_token::AdminTokenArgs),
     /// Delete old generations (of one key with --key, else of every key)
     /// and, store-wide, the shared packs nothing kept needs.
     Gc {
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
             return delete(store, *json);
         }
         Command::Key { repo, prefix, json } => return key(repo, prefix.as_deref(), *json),
+        Command::AdminToken(args) => return admin_token::run(args),
     };
     init_logging(cli.log_format, common.quiet);
     let op = if matches!(cli.command, Command::Restore { .. }) { "restore" } else { "snapshot" };
@@ -199,7 +204,11 @@ fn main() -> ExitCode {
     };
     let timeout = match &cli.command {
         Command::Restore { timeout, .. } | Command::Snapshot { timeout, .. } => *timeout,
-        Command::Serve(_) | Command::Gc { .. } | Command::Delete { .. } | Command::Key { .. } => {
+        Command::Serve(_)
+        | Command::Gc { .. }
+        | Command::Delete { .. }
+        | Command::Key { .. }
+        | Command::AdminToken(_) => {
             unreachable!("handled above")
         }
     };
@@ -272,7 +281,11 @@ fn main() -> ExitCode {
                 }
                 outcome
             }
-            Command::Serve(_) | Command::Gc { .. } | Command::Delete { .. } | Command::Key { .. } => {
+            Command::Serve(_)
+        | Command::Gc { .. }
+        | Command::Delete { .. }
+        | Command::Key { .. }
+        | Command::AdminToken(_) => {
                 unreachable!("handled above")
             }
         }

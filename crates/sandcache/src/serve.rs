@@ -96,6 +96,56 @@ pub struct ServeArgs {
     /// the cloud credential endpoints (needs CAP_NET_ADMIN).
     #[arg(long)]
     block_metadata: bool,
+    /// A separate admin listener that the proxy never shares: HOST:PORT, or
+    /// unix:PATH (a socket only the runner's uid may connect to). It serves
+    /// the admin routes, the probes and /metrics.
+    #[arg(long, env = env_vars::SANDCACHE_ADMIN_LISTEN, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Serve the admin routes on the main port too, where the platform
+    /// calls them today; `false` once it calls --admin-listen. No path
+    /// under /sandbox is ever proxied to the worker either way.
+    #[arg(long, env = env_vars::SANDCACHE_ADMIN_ON_MAIN, default_value = "true", value_name = "BOOL")]
+    #[arg(value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    admin_on_main: bool,
+    /// Serve /metrics on a listener of its own (HOST:PORT), open to
+    /// scrapers on other hosts, never to the worker; the main port's copy
+    /// is then off (and /metrics there is the site's).
+    #[arg(long, env = env_vars::SANDCACHE_METRICS_LISTEN, value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    /// Start although the admin API listens beyond loopback with no token
+    /// or key: any peer on another host may then deploy, snapshot and
+    /// undeploy. Only behind a NetworkPolicy that admits the platform alone.
+    #[arg(long, env = env_vars::SANDCACHE_ADMIN_WITHOUT_TOKEN)]
+    admin_without_token: bool,
+}
+
+/// Where the admin listener goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AdminAddr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+/// What `serve` listens on, and the runner's config.
+#[derive(Debug)]
+struct Plan {
+    listen: String,
+    admin_listen: Option<AdminAddr>,
+    metrics_listen: Option<String>,
+    cfg: RunnerConfig,
+}
+
+/// Whether every address `addr` resolves to is a loopback one. One that
+/// does not resolve counts as not loopback: the check fails closed.
+fn is_loopback(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs().is_ok_and(|mut all| {
+        let mut any = false;
+        all.all(|a| {
+            any = true;
+            a.ip().is_loopback()
+        }) && any
+    })
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, String> {
@@ -105,7 +155,7 @@ fn secs(v: f64, what: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{what} must be a positive number of seconds"))
 }
 
-fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
+fn config(args: &ServeArgs) -> Result<Plan, String> {
     let listen = match &args.listen {
         Some(l) => l.clone(),
         None => {
@@ -154,16 +204,58 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
     let admin_token = match std::env::var(env_vars::SANDCACHE_ADMIN_TOKEN).ok().filter(|t| !t.is_empty()) {
         Some(t) => Some(t),
         None => match std::env::var_os(env_vars::SANDCACHE_ADMIN_TOKEN_FILE) {
-            Some(f) => Some(
-                std::fs::read_to_string(&f)
-                    .map_err(|e| format!("{}={}: {e}", env_vars::SANDCACHE_ADMIN_TOKEN_FILE, Path::new(&f).display()))?
-                    .trim()
-                    .to_owned(),
-            )
-            .filter(|t| !t.is_empty()),
+            Some(f) => {
+                Some(read_secret(env_vars::SANDCACHE_ADMIN_TOKEN_FILE, Path::new(&f))?).filter(|t| !t.is_empty())
+            }
             None => None,
         },
     };
+    let pod_key = match std::env::var_os(env_vars::SANDCACHE_ADMIN_KEY_FILE) {
+        Some(f) => {
+            let text = read_secret(env_vars::SANDCACHE_ADMIN_KEY_FILE, Path::new(&f))?;
+            Some(
+                sandcache_runner::admin::Key::from_hex(&text)
+                    .map_err(|e| format!("{}={}: {e}", env_vars::SANDCACHE_ADMIN_KEY_FILE, Path::new(&f).display()))?,
+            )
+        }
+        None => None,
+    };
+    let admin_listen = match &args.admin_listen {
+        None => None,
+        Some(a) => match a.strip_prefix("unix:") {
+            Some("") => return Err("--admin-listen unix: needs a path (unix:/run/sandcache/admin.sock)".into()),
+            Some(p) => Some(AdminAddr::Unix(PathBuf::from(p))),
+            None => Some(AdminAddr::Tcp(a.clone())),
+        },
+    };
+    if !args.admin_on_main && admin_listen.is_none() {
+        return Err("--admin-on-main false needs --admin-listen: the admin API would be nowhere".into());
+    }
+    // Fail closed: without a credential, the admin API listens on
+    // loopback (or a unix socket) only, unless the operator says otherwise.
+    let credential = admin_token.is_some() || pod_key.is_some();
+    if !credential && !args.admin_without_token {
+        let mut open: Vec<&str> = Vec::new();
+        if args.admin_on_main && !is_loopback(&listen) {
+            open.push(&listen);
+        }
+        if let Some(AdminAddr::Tcp(a)) = &admin_listen {
+            if !is_loopback(a) {
+                open.push(a);
+            }
+        }
+        if !open.is_empty() {
+            return Err(format!(
+                "refusing to serve the admin API on {} without a token: anyone who reaches that address could \
+                 deploy any site here. Set {} (or {}, or {}), listen on loopback, or pass --admin-without-token \
+                 behind a NetworkPolicy that admits the platform alone",
+                open.join(" and "),
+                env_vars::SANDCACHE_ADMIN_TOKEN_FILE,
+                env_vars::SANDCACHE_ADMIN_TOKEN,
+                env_vars::SANDCACHE_ADMIN_KEY_FILE,
+            ));
+        }
+    }
     let cfg = RunnerConfig {
         deno_dir: args.dir.clone(),
         work_dir: args.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("sandcache-site")),
@@ -179,7 +271,13 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
         final_snapshot_timeout: secs(args.final_snapshot_timeout, "--final-snapshot-timeout")?,
         default_run_command,
         default_entry: args.run_entry.clone(),
-        admin_token,
+        admin: sandcache_runner::AdminAuth {
+            token: admin_token,
+            pod_key,
+            remote_without_token: args.admin_without_token && !credential,
+        },
+        admin_on_main: args.admin_on_main,
+        metrics_on_main: args.metrics_listen.is_none(),
         worker_user,
         state_dir,
         sweep_descendants: true,
@@ -190,11 +288,48 @@ fn config(args: &ServeArgs) -> Result<(String, RunnerConfig), String> {
         serve_during_tail: args.serve_during_tail,
         ..RunnerConfig::default()
     };
-    Ok((listen, cfg))
+    Ok(Plan { listen, admin_listen, metrics_listen: args.metrics_listen.clone(), cfg })
+}
+
+/// A secret file's text, trimmed: read once, at most 4 KiB.
+fn read_secret(var: &str, path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_string(&mut text))
+        .map_err(|e| format!("{var}={}: {e}", path.display()))?;
+    Ok(text.trim().to_owned())
+}
+
+/// Binds the admin listener; a unix socket is made 0600, replacing a stale
+/// socket (never any other file) left at its path.
+async fn bind_admin(addr: &AdminAddr) -> Result<sandcache_runner::AdminListener, String> {
+    use sandcache_runner::AdminListener;
+    match addr {
+        AdminAddr::Tcp(a) => tokio::net::TcpListener::bind(a)
+            .await
+            .map(AdminListener::Tcp)
+            .map_err(|e| format!("cannot listen on {a} (--admin-listen): {e}")),
+        AdminAddr::Unix(path) => {
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            let shown = path.display();
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+                    .map_err(|e| format!("cannot remove the stale socket {shown} (--admin-listen): {e}"))?,
+                Ok(_) => return Err(format!("--admin-listen unix:{shown}: the path exists and is not a socket")),
+                Err(_) => {}
+            }
+            let l = tokio::net::UnixListener::bind(path)
+                .map_err(|e| format!("cannot listen on unix:{shown} (--admin-listen): {e}"))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("cannot make unix:{shown} 0600 (--admin-listen): {e}"))?;
+            Ok(AdminListener::Unix(l))
+        }
+    }
 }
 
 pub fn run(args: &ServeArgs) -> ExitCode {
-    let (listen, cfg) = match config(args) {
+    let Plan { listen, admin_listen, metrics_listen, cfg } = match config(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -229,6 +364,25 @@ pub fn run(args: &ServeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let mut extra = sandcache_runner::ExtraListeners::default();
+        if let Some(addr) = &admin_listen {
+            match bind_admin(addr).await {
+                Ok(l) => extra.admin = Some(l),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        if let Some(addr) = &metrics_listen {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => extra.metrics = Some(l),
+                Err(e) => {
+                    eprintln!("error: cannot listen on {addr} (--metrics-listen): {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         let runner = Runner::new(cfg);
         let second = runner.clone();
         let shutdown = async move {
@@ -241,7 +395,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
                 std::process::exit(1);
             });
         };
-        match sandcache_runner::serve(listener, runner, shutdown).await {
+        match sandcache_runner::serve_with(listener, extra, runner, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -6,12 +6,15 @@
 
 use std::fs;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
+
+pub mod peer;
+
+pub use peer::{Attribution, Peer};
 
 /// The worker's default uid and gid when the runner is root: fixed, so an
 /// image, file modes and the credential-endpoint rules can name it.
@@ -145,57 +148,6 @@ pub fn writable_by(dir: &Path, uid: u32, gid: u32) -> bool {
     class_bits(&m, uid, gid) & 0o3 == 0o3 && (m.mode() & 0o1000 == 0 || m.uid() == uid)
 }
 
-/// The uid owning the TCP socket at `peer` on this host (the client end of
-/// a loopback connection), from `/proc/net/tcp` and `tcp6`, with the
-/// socket's inode. `None` when no local socket has that address: the peer
-/// is on another host.
-pub fn local_socket_owner(peer: SocketAddr) -> Option<(u32, u64)> {
-    for table in ["/proc/net/tcp6", "/proc/net/tcp"] {
-        let Ok(text) = fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 10 {
-                continue;
-            }
-            if parse_proc_addr(f[1]).is_some_and(|a| same_endpoint(a, peer)) {
-                return Some((f[7].parse().ok()?, f[9].parse().ok()?));
-            }
-        }
-    }
-    None
-}
-
-fn same_endpoint(a: SocketAddr, b: SocketAddr) -> bool {
-    let canon = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    };
-    a.port() == b.port() && canon(a.ip()) == canon(b.ip())
-}
-
-/// `0100007F:1F90` (IPv4) or 32 hex digits (IPv6), each 32-bit word in host
-/// byte order, as the kernel prints them.
-fn parse_proc_addr(s: &str) -> Option<SocketAddr> {
-    let (ip, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let words: Vec<u32> = (0..ip.len() / 8)
-        .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).map(u32::from_be))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    let ip = match words[..] {
-        [w] => IpAddr::from(w.to_be_bytes()),
-        [a, b, c, d] => {
-            let mut bytes = [0u8; 16];
-            for (i, w) in [a, b, c, d].iter().enumerate() {
-                bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_be_bytes());
-            }
-            IpAddr::from(bytes)
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
-}
-
 /// One process, as `/proc/<pid>/status` shows it.
 #[derive(Debug, Clone, Copy)]
 struct Proc {
@@ -233,27 +185,6 @@ fn descends_from(all: &[Proc], pid: u32, ancestor: u32) -> bool {
         cur = p.ppid;
     }
     false
-}
-
-/// The processes holding the socket with this inode.
-pub fn socket_holders(inode: u64) -> Vec<u32> {
-    let wanted = format!("socket:[{inode}]");
-    processes()
-        .into_iter()
-        .filter(|p| {
-            fs::read_dir(format!("/proc/{}/fd", p.pid)).is_ok_and(|fds| {
-                fds.filter_map(Result::ok)
-                    .any(|fd| fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
-            })
-        })
-        .map(|p| p.pid)
-        .collect()
-}
-
-/// Whether `pid` is one of the runner's descendants (its worker, git, or an
-/// orphan a subreaper runner adopted), not the runner itself.
-pub fn is_runner_descendant(pid: u32) -> bool {
-    descends_from(&processes(), pid, std::process::id())
 }
 
 /// Which processes a sweep kills.
@@ -446,24 +377,6 @@ mod tests {
         for bad in ["", ":", "1:", ":1", "no-such-user-here"] {
             assert!(WorkerUser::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn proc_net_addresses_parse() {
-        assert_eq!(parse_proc_addr("0100007F:1F90"), Some("127.0.0.1:8080".parse().unwrap()));
-        assert_eq!(parse_proc_addr("00000000000000000000000001000000:0050"), Some("[::1]:80".parse().unwrap()));
-        let mapped = parse_proc_addr("0000000000000000FFFF00000100007F:0050").unwrap();
-        assert!(same_endpoint(mapped, "127.0.0.1:80".parse().unwrap()));
-    }
-
-    #[test]
-    fn a_loopback_client_socket_is_found_with_its_owner() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (uid, inode) = local_socket_owner(c.local_addr().unwrap()).expect("the client socket is local");
-        assert_eq!(uid, rustix::process::getuid().as_raw());
-        assert!(socket_holders(inode).contains(&std::process::id()));
-        assert!(local_socket_owner("192.0.2.1:1".parse().unwrap()).is_none());
     }
 
     #[test]

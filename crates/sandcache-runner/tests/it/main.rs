@@ -1,6 +1,7 @@
 //! The runner: every endpoint and error path in process, the deps-ready
 //! snapshot ordering, a stalled store, and a real Deno site end to end.
 
+mod admin;
 mod e2e;
 mod hot;
 mod seeds;
@@ -226,7 +227,7 @@ async fn a_worker_that_fails_to_start_makes_proxied_requests_424() {
 async fn the_admin_token_guards_sandbox_endpoints_only() {
     let tmp = tempfile::tempdir().unwrap();
     let mut cfg = test_config(tmp.path());
-    cfg.admin_token = Some("t0ken".into());
+    cfg.admin.token = Some("t0ken".into());
     let runner = Runner::new(cfg);
     let (s, _) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
