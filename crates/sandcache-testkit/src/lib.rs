@@ -7,7 +7,8 @@
 //! * [`faults`]: a fault-injecting proxy in front of the test S3 server;
 //! * [`throttle`]: a bandwidth-throttled HTTP proxy, for honest cold starts;
 //! * [`generations`]: checks that every stored generation is whole;
-//! * [`seeds`]: the committed fuzz seeds, replayed through the fuzz checks.
+//! * [`seeds`]: the committed fuzz seeds, replayed through the fuzz checks;
+//! * [`sqlite`]: hostile SQLite files (a WAL that claims a huge database).
 
 pub mod faults;
 pub mod generations;
@@ -15,6 +16,7 @@ pub mod net;
 pub mod raw;
 pub mod s3;
 pub mod seeds;
+pub mod sqlite;
 pub mod throttle;
 pub mod tree;
 

@@ -449,6 +449,74 @@ async fn a_scratch_dir_others_could_change_leaves_the_caches_out() {
     }
 }
 
+/// Set in the child of the test below: the dir holding its DENO_DIR.
+const CLAIM_ENV: &str = "SANDCACHE_TEST_WAL_CLAIM";
+
+/// `max_bytes` there, and the most any file of the child may grow to.
+const SMALL: u64 = 1 << 20;
+
+/// Not a test on its own: the snapshot of
+/// [`a_wal_claiming_4_gib_is_left_out_without_writing_past_max_bytes`], in
+/// a child process where no file may grow past [`SMALL`] bytes
+/// (`RLIMIT_FSIZE`: the kernel kills it with `SIGXFSZ` at the first write
+/// past that). Without its variable it does nothing.
+#[test]
+fn wal_claim_child() {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    use sandcache_archive::{Encoding, Layout, SqliteOptions, WriteOptions, write_archive};
+    let Some(tmp) = std::env::var_os(CLAIM_ENV) else { return };
+    let tmp = PathBuf::from(tmp);
+    setrlimit(Resource::Core, Rlimit { current: Some(0), maximum: Some(0) }).unwrap();
+    setrlimit(Resource::Fsize, Rlimit { current: Some(SMALL), maximum: Some(SMALL) }).unwrap();
+    let scratch = tmp.join("scratch");
+    let sqlite = SqliteOptions { max_bytes: SMALL, ..SqliteOptions::new(&scratch) };
+    let opts = WriteOptions { sqlite: Some(sqlite), ..WriteOptions::new(Layout::Relative, Encoding::None) };
+    let mut tar = Vec::new();
+    let stats = write_archive(&tmp.join("deno-dir"), &mut tar, &opts).unwrap();
+    let names: Vec<String> = tar::Archive::new(&tar[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "remote/mod.js"), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("v8_code_cache")), "{names:?}");
+    assert!(stats.skipped >= 1);
+    assert!(!scratch.exists(), "the scratch dir is removed");
+}
+
+/// The review's case: a cache of a few KiB whose `-wal` commit frame claims
+/// 1M pages (4 GiB). The snapshot leaves it out and stores the rest, and no
+/// file it writes (the backup's copy in the scratch dir above all) ever
+/// grows past `max_bytes`: the child would be killed at the first byte past.
+#[test]
+fn a_wal_claiming_4_gib_is_left_out_without_writing_past_max_bytes() {
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("deno-dir");
+    fs::create_dir_all(dir.join("remote")).unwrap();
+    fs::write(dir.join("remote/mod.js"), b"export {};\n").unwrap();
+    let (db, wal) = sandcache_testkit::sqlite::wal_claiming(1 << 20);
+    assert!(db.len() + wal.len() <= 32 << 10, "{} + {} bytes", db.len(), wal.len());
+    fs::write(dir.join("v8_code_cache_v2"), &db).unwrap();
+    fs::write(dir.join("v8_code_cache_v2-wal"), &wal).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["sqlite::wal_claim_child", "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CLAIM_ENV, tmp.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the child {} (SIGXFSZ: a file grew past {SMALL} bytes):\n{stdout}\n{stderr}",
+        match out.status.signal() {
+            Some(s) => format!("was killed by signal {s}"),
+            None => format!("failed ({})", out.status),
+        }
+    );
+    assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}");
+}
+
 #[test]
 fn cache_names_are_exact_and_top_level_only_in_meaning() {
     use sandcache_archive::sqlite::{is_deno_cache, is_deno_cache_or_companion};
