@@ -142,7 +142,10 @@ fn upgrade_protocol(headers: &axum::http::HeaderMap) -> Option<axum::http::Heade
 /// expects behind a proxy.
 fn forwarded_headers(req: &mut Request<Body>) {
     use axum::http::HeaderValue;
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let peer = match req.extensions().get::<axum::extract::ConnectInfo<crate::Peer>>() {
+        Some(axum::extract::ConnectInfo(crate::Peer::Tcp { remote, .. })) => Some(remote.ip()),
+        _ => None,
+    };
     let host = req.headers().get(header::HOST).cloned();
     let headers = req.headers_mut();
     if let Some(ip) = peer {

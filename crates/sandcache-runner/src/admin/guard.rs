@@ -39,7 +39,12 @@ impl AdminAuth {
         self.token.is_some() || self.pod_key.is_some()
     }
 
+    /// What `headers` present. With nothing configured, an `Authorization`
+    /// header is not ours to judge (the peer check alone decides).
     fn presented(&self, headers: &HeaderMap) -> Presented {
+        if !self.requires_credential() {
+            return Presented::Missing;
+        }
         let mut seen = false;
         for value in headers.get_all(header::AUTHORIZATION) {
             let Some(given) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else { continue };

@@ -45,18 +45,25 @@ fn status_of(port: u16, token: Option<&str>) -> Value {
     serde_json::from_str(body(&reply)).unwrap_or(Value::Null)
 }
 
-struct Serve {
+/// `sandcache serve` on a free port with its dirs under `tmp`, the log
+/// kept for [`Serve::stop`].
+pub(super) struct Serve {
     child: Child,
-    port: u16,
+    pub(super) port: u16,
     log: PathBuf,
 }
 
 impl Serve {
-    fn start(tmp: &Path, envs: &[(&str, &str)], extra: &[&str]) -> Serve {
+    pub(super) fn start(tmp: &Path, envs: &[(&str, &str)], extra: &[&str]) -> Serve {
+        Serve::start_on("127.0.0.1", tmp, envs, extra)
+    }
+
+    /// On `host` (`[::]` for every address), a free port.
+    pub(super) fn start_on(host: &str, tmp: &Path, envs: &[(&str, &str)], extra: &[&str]) -> Serve {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = tmp.join(format!("serve-{port}.log"));
         let mut cmd = bin();
-        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--stop-grace", "2", "--settle", "1"])
+        cmd.args(["serve", "--listen", &format!("{host}:{port}"), "--stop-grace", "2", "--settle", "1"])
             .arg("--dir")
             .arg(tmp.join("deno-dir"))
             .arg("--work-dir")
@@ -76,7 +83,7 @@ impl Serve {
         Serve { child, port, log }
     }
 
-    fn stop(mut self) -> String {
+    pub(super) fn stop(mut self) -> String {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
         assert!(self.child.wait().unwrap().success());
@@ -242,7 +249,8 @@ fn probe_run(with_token: bool) {
         assert!(!log.contains(secret), "a secret reached the runner's log");
     }
     if !with_token {
-        assert!(log.contains("refused POST /sandbox/deploy from the worker"), "refusals are logged");
+        let refusal = log.lines().find(|l| l.contains("refused POST /sandbox/deploy from"));
+        assert!(refusal.is_some_and(|l| l.contains("the admin API is not open to the worker")), "refusals are logged");
     }
     assert!(!log.contains("is readable by the worker"), "the token file is mounted right: {log}");
 }
@@ -257,6 +265,48 @@ fn a_hostile_worker_reaches_nothing_of_the_runner() {
     }
     probe_run(true);
     probe_run(false);
+}
+
+/// The worker against a runner with no token that listens on every address
+/// (`--admin-without-token`): IPv4, IPv6, v4-mapped, the pod's own
+/// addresses, the review's TIME_WAIT + `SO_REUSEADDR` trick, a connection
+/// used by a child after its maker closed it, a half-closed one, and an
+/// undeploy sent on a socket closed at once. None gets in, and the site
+/// stays deployed.
+#[test]
+fn the_worker_reaches_no_admin_route_by_any_socket_trick() {
+    if !is_root() {
+        eprintln!("skipping: the worker user needs root");
+        return;
+    }
+    let tmp = open_tmp();
+    let probe = tmp.path().join("probe_admin.py");
+    fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/probe_admin.py"), &probe).unwrap();
+    fs::set_permissions(&probe, fs::Permissions::from_mode(0o644)).unwrap();
+    let serve = Serve::start_on("[::]", tmp.path(), &[], &["--admin-without-token", "--worker-user", "20014"]);
+    let deploy = json!({"site": "hostile", "runCommand": ["python3", probe.display().to_string()],
+        "envs": {"PROBE_RUNNER_PORT": serve.port.to_string()}});
+    let reply = http(serve.port, "POST", "/sandbox/deploy", None, &deploy.to_string()).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    wait_for("the worker ready", 60, || status_of(serve.port, None)["worker"] == "ready");
+    let reply = http(serve.port, "GET", "/", None, "").unwrap();
+    let got: Value = serde_json::from_str(body(&reply)).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    eprintln!("socket tricks: {}", serde_json::to_string_pretty(&got).unwrap());
+    assert_eq!(got["uid"], 20014, "the probe ran as the worker");
+    assert_eq!(got["time_wait listed"], true, "the trick's TIME_WAIT line existed: {got}");
+    let mut tried = 0;
+    for (name, result) in got.as_object().unwrap() {
+        let Some(r) = result.as_str() else { continue };
+        if name == "sent then closed" {
+            continue;
+        }
+        tried += 1;
+        assert!(r.starts_with("denied") && !r.contains(" 200 "), "{name} got in: {r}");
+    }
+    assert!(tried >= 7, "every trick ran: {got}");
+    let st = status_of(serve.port, None);
+    assert_eq!((st["site"].as_str(), st["deployed"].as_bool()), (Some("hostile"), Some(true)), "{st}");
+    serve.stop();
 }
 
 /// Site A leaves a `setsid` double-forked process and a poisoned package in

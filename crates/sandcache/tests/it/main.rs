@@ -2,6 +2,7 @@
 //! Identity, and a real Deno app restored from Garage with no network.
 
 mod admin;
+mod adminplane;
 mod deploy;
 mod isolation;
 mod lockkey;
