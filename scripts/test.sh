@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run all tests: starts the local Garage S3 server (scripts/dev-s3.sh), installs Deno
-# (scripts/install-deno.sh), then `cargo test --workspace --locked "$@"`.
+# (scripts/install-deno.sh) and kubernetes-validate (scripts/install-kubernetes-validate.sh), then `cargo test --workspace --locked "$@"`.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -p sandcache-store -- conformance
@@ -29,6 +29,9 @@ eval "$(scripts/dev-s3.sh env)"
 
 SANDCACHE_DENO=$(scripts/install-deno.sh)
 export SANDCACHE_DENO
+# The deploy tests validate deploy/k8s against Kubernetes' schemas.
+SANDCACHE_KUBERNETES_VALIDATE=$(scripts/install-kubernetes-validate.sh)
+export SANDCACHE_KUBERNETES_VALIDATE
 
 log "S3 at $AWS_ENDPOINT_URL ($SANDCACHE_TEST_S3), deno at $SANDCACHE_DENO"
 log "cargo test --workspace --locked $*"

@@ -532,13 +532,65 @@ fn manifests_parse_and_hold_what_the_runner_needs() {
         assert!(prepared.contains(&(name, dir.to_owned())), "prepare-dirs mounts {dir}");
     }
 
-    // The admin token: a file, from a Secret mounted read-only 0400.
+    // The admin credential: this pod's key, which derive-admin-key writes
+    // from the platform's master (a Secret 0400 that only that init
+    // container mounts) into an in-memory emptyDir the runner mounts
+    // read-only. No token in the manifest, no master in the runner.
     assert!(!env.contains_key("SANDCACHE_ADMIN_TOKEN"), "the token is never in the manifest");
-    let token_dir = Path::new(&env["SANDCACHE_ADMIN_TOKEN_FILE"]).parent().unwrap().to_str().unwrap().to_owned();
-    let secret = &mounts[&token_dir]["secret"];
-    assert_eq!(secret["defaultMode"].as_u64(), Some(0o400));
-    let token_mount = runner["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == token_dir.as_str());
-    assert_eq!(token_mount.unwrap()["readOnly"], true);
+    let key_dir = Path::new(&env["SANDCACHE_ADMIN_KEY_FILE"]).parent().unwrap().to_str().unwrap().to_owned();
+    let key_volume = mounts[&key_dir];
+    assert_eq!(key_volume["emptyDir"]["medium"], "Memory", "the pod key is never on the node's disk");
+    let key_mount = runner["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == key_dir.as_str());
+    assert_eq!(key_mount.unwrap()["readOnly"], true);
+    let derive = container(pod, "initContainers", "derive-admin-key");
+    let master_volume = volumes.values().find(|v| v["secret"].is_object()).expect("the master's Secret volume");
+    assert_eq!(master_volume["secret"]["defaultMode"].as_u64(), Some(0o400));
+    let master_name = master_volume["name"].as_str().unwrap();
+    let mounted_in = |c: &Value| c["volumeMounts"].as_array().unwrap().iter().any(|m| m["name"] == master_name);
+    assert!(mounted_in(derive) && !mounted_in(runner), "only derive-admin-key mounts the master");
+    let pod_name = &derive["env"].as_array().unwrap().iter().find(|e| e["name"] == "POD_NAME").unwrap();
+    assert_eq!(pod_name["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    // Its script, run here with the dirs moved under a temp dir: the key
+    // the runner reads is `admin-token --pod-key` for the pod, 0600.
+    let t = tempfile::tempdir().unwrap();
+    let master_dir =
+        derive["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == master_name).unwrap()["mountPath"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    fs::create_dir_all(t.path().join(master_dir.trim_start_matches('/'))).unwrap();
+    fs::create_dir_all(t.path().join(key_dir.trim_start_matches('/'))).unwrap();
+    let master_file = t.path().join(master_dir.trim_start_matches('/')).join("key");
+    fs::write(&master_file, "7c".repeat(32)).unwrap();
+    let script = strings(&derive["command"])[2]
+        .replace(&master_dir, &t.path().join(master_dir.trim_start_matches('/')).display().to_string())
+        .replace(&key_dir, &t.path().join(key_dir.trim_start_matches('/')).display().to_string());
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_sandcache")).parent().unwrap().display().to_string();
+    let out = Command::new("/bin/sh")
+        .args(["-ec", &script])
+        .env("POD_NAME", "sandcache-runner-abc12")
+        .env("PATH", format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "derive-admin-key: {}", String::from_utf8_lossy(&out.stderr));
+    let key_file = t.path().join(env["SANDCACHE_ADMIN_KEY_FILE"].trim_start_matches('/'));
+    let want = bin()
+        .args(["admin-token", "--master-file"])
+        .arg(&master_file)
+        .args(["--pod", "sandcache-runner-abc12", "--pod-key"])
+        .output()
+        .unwrap();
+    assert_eq!(fs::read_to_string(&key_file).unwrap(), String::from_utf8(want.stdout).unwrap());
+    assert_eq!(fs::metadata(&key_file).unwrap().mode() & 0o777, 0o600, "written under umask 077");
+
+    // The admin listener and /metrics have ports of their own, declared.
+    let declared: BTreeSet<u64> =
+        runner["ports"].as_array().unwrap().iter().map(|p| p["containerPort"].as_u64().unwrap()).collect();
+    for (flag_name, what) in [("--admin-listen", "admin"), ("--metrics-listen", "metrics")] {
+        let addr = flag(&args, flag_name).unwrap_or_else(|| panic!("{flag_name} in the runner's args"));
+        let port: u64 = addr.rsplit_once(':').unwrap().1.parse().unwrap();
+        assert!(declared.contains(&port), "the {what} port {port} is declared");
+    }
 
     // Maintenance: its own account and role, no root, no capability.
     let cron = kind("deploy/k8s/gc-cronjob.yaml", "CronJob");
@@ -554,6 +606,69 @@ fn manifests_parse_and_hold_what_the_runner_needs() {
     assert!(gc["securityContext"]["capabilities"]["add"].is_null());
     assert_eq!(strings(&gc["securityContext"]["capabilities"]["drop"]), ["ALL"]);
     assert_eq!(strings(&gc["args"])[0], "gc");
+}
+
+/// The NetworkPolicy opens each of the runner's ports to its callers
+/// alone: the sites' port to the ingress (and the platform, which calls the
+/// admin routes there until it moves), the admin port to the platform, the
+/// metrics port to Prometheus; nothing else reaches the pod.
+#[test]
+fn the_network_policy_opens_each_port_to_its_callers_alone() {
+    let deployment = kind("deploy/k8s/deployment.yaml", "Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let runner = container(pod, "containers", "runner");
+    let args = strings(&runner["args"]);
+    let port_of = |f: &str| flag(&args, f).unwrap().rsplit_once(':').unwrap().1.parse::<u64>().unwrap();
+    let main: u64 = env_of(runner)["APP_PORT"].parse().unwrap();
+    let np = kind("deploy/k8s/networkpolicy.yaml", "NetworkPolicy");
+    assert_eq!(np["spec"]["podSelector"]["matchLabels"], deployment["spec"]["template"]["metadata"]["labels"]);
+    assert_eq!(strings(&np["spec"]["policyTypes"]), ["Ingress"]);
+    let mut who: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for rule in np["spec"]["ingress"].as_array().unwrap() {
+        let from: BTreeSet<String> = rule["from"]
+            .as_array()
+            .expect("every rule names who")
+            .iter()
+            .map(|f| f["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str().unwrap().to_owned())
+            .collect();
+        for p in rule["ports"].as_array().expect("every rule names its ports") {
+            who.entry(p["port"].as_u64().unwrap()).or_default().extend(from.iter().cloned());
+        }
+    }
+    let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(who[&main], set(&["INGRESS_NAMESPACE", "PLATFORM_NAMESPACE"]));
+    assert_eq!(who[&port_of("--admin-listen")], set(&["PLATFORM_NAMESPACE"]));
+    assert_eq!(who[&port_of("--metrics-listen")], set(&["MONITORING_NAMESPACE"]));
+    assert_eq!(who.len(), 3, "no other port is open: {who:?}");
+}
+
+/// The core manifests against Kubernetes' own schemas, strictly (unknown
+/// fields refused), with `kubernetes-validate` (PyPI; `.ci/run` installs it
+/// and sets SANDCACHE_KUBERNETES_VALIDATE), for the oldest and newest
+/// Kubernetes it carries that EKS still runs.
+#[test]
+fn kubernetes_manifests_validate_strictly() {
+    let Some(tool) = std::env::var_os("SANDCACHE_KUBERNETES_VALIDATE") else {
+        assert!(std::env::var_os("CI").is_none(), "SANDCACHE_KUBERNETES_VALIDATE is not set on CI");
+        eprintln!("skipping: SANDCACHE_KUBERNETES_VALIDATE is not set (scripts/install-kubernetes-validate.sh)");
+        return;
+    };
+    let files: Vec<PathBuf> = ["deployment", "networkpolicy", "serviceaccount", "gc-cronjob"]
+        .iter()
+        .map(|f| repo().join(format!("deploy/k8s/{f}.yaml")))
+        .collect();
+    for version in ["1.31.0", "1.37.0"] {
+        let out = Command::new(&tool).args(["--strict", "-k", version]).args(&files).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "kubernetes-validate --strict -k {version}:\n{text}");
+        assert_eq!(text.matches(" passed for resource ").count(), 5, "every resource checked: {text}");
+    }
+    // Strict means strict: a misspelt field fails.
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.yaml");
+    fs::write(&bad, read("deploy/k8s/networkpolicy.yaml").replace("policyTypes:", "policyType:")).unwrap();
+    let out = Command::new(&tool).arg("--strict").arg(&bad).output().unwrap();
+    assert!(!out.status.success(), "a misspelt field must fail");
 }
 
 /// The init container's script, run as root in a network namespace of its
