@@ -341,13 +341,14 @@ pub fn reap_orphans() -> usize {
 }
 
 /// The secret files the runner may read, from its environment: credential
-/// token files and the admin token file.
+/// token files, the admin token file and the admin key file.
 pub fn secret_files(env: &[(String, String)]) -> Vec<PathBuf> {
     const VARS: &[&str] = &[
         "AWS_WEB_IDENTITY_TOKEN_FILE",
         "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
         "AWS_SHARED_CREDENTIALS_FILE",
         "SANDCACHE_ADMIN_TOKEN_FILE",
+        "SANDCACHE_ADMIN_KEY_FILE",
     ];
     let mut files: Vec<PathBuf> = env
         .iter()
