@@ -5,13 +5,15 @@
 //!
 //! The rules are on [`lock_key`].
 
-use std::io::{self, Read};
+mod canon;
+
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
+use canon::Top;
 use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
-use serde_json::Value;
 
 /// The files looked for, at the repo's top level, in hashing order.
 pub const LOCK_KEY_FILES: &[&str] = &[
@@ -31,6 +33,12 @@ pub const LOCK_KEY_FILES: &[&str] = &[
 pub const DENO_CONFIG_FIELDS: &[&str] =
     &["imports", "scopes", "importMap", "lock", "nodeModulesDir", "vendor", "unstable", "workspace", "links", "patch"];
 
+struct DenoConfigFields;
+
+impl canon::Fields for DenoConfigFields {
+    const FIELDS: Option<&'static [&'static str]> = Some(DENO_CONFIG_FIELDS);
+}
+
 /// The `package.json` fields that count.
 pub const PACKAGE_JSON_FIELDS: &[&str] = &[
     "dependencies",
@@ -44,6 +52,12 @@ pub const PACKAGE_JSON_FIELDS: &[&str] = &[
     "packageManager",
     "pnpm",
 ];
+
+struct PackageJsonFields;
+
+impl canon::Fields for PackageJsonFields {
+    const FIELDS: Option<&'static [&'static str]> = Some(PACKAGE_JSON_FIELDS);
+}
 
 /// The version tag hashed first: a change of the rules changes it, and so
 /// every key.
@@ -166,28 +180,36 @@ pub fn lock_key(repo: &Path, prefix: Option<&str>) -> Result<LockKey, LockKeyErr
     }
     let dir = rustix::fs::open(repo, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| LockKeyError::Read { path: repo.to_path_buf(), source: e.into() })?;
-    // (framing name, file as listed, normalized bytes), in hashing order.
-    let mut parts: Vec<(String, String, Vec<u8>)> = Vec::new();
+    // Each file is hashed as soon as it is normalized, then dropped: at
+    // most one file and its canonical form are in memory at a time.
+    let mut hasher = blake3::Hasher::new();
+    frame(&mut hasher, SCHEME.as_bytes());
+    // The files hashed, as listed.
+    let mut files: Vec<String> = Vec::new();
     for &name in LOCK_KEY_FILES {
         let path = repo.join(name);
         let Some(bytes) = read_in_repo(&dir, repo, Path::new(name))? else { continue };
-        let normalized = match kind(name) {
+        match kind(name) {
             Kind::DenoConfig => {
-                let mut config = match parse_json(&path, &bytes, true)? {
-                    Value::Null => serde_json::Map::new(),
-                    Value::Object(map) => map,
-                    _ => return Err(not_an_object(&path)),
+                let config = parse_json::<DenoConfigFields>(&path, &bytes, true)?;
+                drop(bytes);
+                frame(&mut hasher, name.as_bytes());
+                match config.top() {
+                    // An empty file (or `null`) counts as `{}`.
+                    Top::Null => frame(&mut hasher, b"{}"),
+                    Top::Object => frame_doc(&mut hasher, &path, &config)?,
+                    Top::Other => return Err(not_an_object(&path)),
+                }
+                files.push(name.to_owned());
+                let import_map = match config.import_map() {
+                    Some(spec) => local_import_map(&path, spec)?,
+                    None => None,
                 };
-                config.retain(|k, _| DENO_CONFIG_FIELDS.contains(&k.as_str()));
-                let import_map = match config.get("importMap") {
-                    Some(Value::String(spec)) => local_import_map(&path, spec)?,
-                    _ => None,
-                };
-                parts.push((name.to_owned(), name.to_owned(), canonical(&Value::Object(config))));
+                drop(config);
                 if let Some(rel) = import_map {
                     let listed = rel.to_string_lossy().into_owned();
                     // Counted already (both configs name it), or counted as itself.
-                    if parts.iter().any(|(_, l, _)| *l == listed) || LOCK_KEY_FILES.contains(&listed.as_str()) {
+                    if files.contains(&listed) || LOCK_KEY_FILES.contains(&listed.as_str()) {
                         continue;
                     }
                     let map_path = repo.join(&rel);
@@ -198,32 +220,42 @@ pub fn lock_key(repo: &Path, prefix: Option<&str>) -> Result<LockKey, LockKeyErr
                         );
                         return Err(LockKeyError::Read { path: map_path, source });
                     };
-                    let map = parse_json(&map_path, &map_bytes, true)?;
-                    parts.push((format!("importMap:{listed}"), listed, canonical(&map)));
+                    let map = parse_json::<canon::Whole>(&map_path, &map_bytes, true)?;
+                    drop(map_bytes);
+                    frame(&mut hasher, format!("importMap:{listed}").as_bytes());
+                    frame_doc(&mut hasher, &map_path, &map)?;
+                    files.push(listed);
                 }
                 continue;
             }
             Kind::PackageJson => {
-                let Value::Object(mut package) = parse_json(&path, &bytes, false)? else {
+                let package = parse_json::<PackageJsonFields>(&path, &bytes, false)?;
+                drop(bytes);
+                if package.top() != Top::Object {
                     return Err(not_an_object(&path));
-                };
-                package.retain(|k, _| PACKAGE_JSON_FIELDS.contains(&k.as_str()));
-                canonical(&Value::Object(package))
+                }
+                frame(&mut hasher, name.as_bytes());
+                frame_doc(&mut hasher, &path, &package)?;
             }
-            Kind::Json { jsonc } => canonical(&parse_json(&path, &bytes, jsonc)?),
-            Kind::Text => crlf_to_lf(&bytes),
-            Kind::Binary => bytes,
-        };
-        parts.push((name.to_owned(), name.to_owned(), normalized));
+            Kind::Json { jsonc } => {
+                let doc = parse_json::<canon::Whole>(&path, &bytes, jsonc)?;
+                drop(bytes);
+                frame(&mut hasher, name.as_bytes());
+                frame_doc(&mut hasher, &path, &doc)?;
+            }
+            Kind::Text => {
+                frame(&mut hasher, name.as_bytes());
+                frame_crlf_to_lf(&mut hasher, &bytes);
+            }
+            Kind::Binary => {
+                frame(&mut hasher, name.as_bytes());
+                frame(&mut hasher, &bytes);
+            }
+        }
+        files.push(name.to_owned());
     }
-    if parts.is_empty() {
+    if files.is_empty() {
         return Err(LockKeyError::NoFiles { dir: repo.to_path_buf() });
-    }
-    let mut hasher = blake3::Hasher::new();
-    frame(&mut hasher, SCHEME.as_bytes());
-    for (name, _, bytes) in &parts {
-        frame(&mut hasher, name.as_bytes());
-        frame(&mut hasher, bytes);
     }
     let hash = hasher.finalize().to_hex().to_string();
     let short = &hash[..SHORT_HEX];
@@ -233,12 +265,42 @@ pub fn lock_key(repo: &Path, prefix: Option<&str>) -> Result<LockKey, LockKeyErr
     };
     // A valid prefix and a hex name always make a valid key; checked anyway.
     crate::validate_key(&key).map_err(LockKeyError::InvalidPrefix)?;
-    Ok(LockKey { key, files: parts.into_iter().map(|(_, listed, _)| listed).collect(), hash })
+    Ok(LockKey { key, files, hash })
 }
 
 fn frame(hasher: &mut blake3::Hasher, bytes: &[u8]) {
     hasher.update(&(bytes.len() as u64).to_le_bytes());
     hasher.update(bytes);
+}
+
+/// Frames a document's canonical text, written straight into the hasher.
+fn frame_doc<F>(hasher: &mut blake3::Hasher, path: &Path, doc: &canon::Doc<F>) -> Result<(), LockKeyError> {
+    let failed = |source: io::Error| LockKeyError::Read { path: path.to_path_buf(), source };
+    let len = doc.len().map_err(failed)?;
+    hasher.update(&len.to_le_bytes());
+    let mut w = io::BufWriter::with_capacity(64 << 10, &mut *hasher);
+    doc.write_to(&mut w).and_then(|()| w.flush()).map_err(failed)
+}
+
+/// Frames text with each CRLF turned into LF, without a copy.
+fn frame_crlf_to_lf(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    let crlfs = bytes.windows(2).filter(|w| w == b"\r\n").count();
+    hasher.update(&((bytes.len() - crlfs) as u64).to_le_bytes());
+    for_each_crlf_to_lf(bytes, |piece| {
+        hasher.update(piece);
+    });
+}
+
+/// The pieces of `bytes` that are left once the CR of each CRLF is dropped.
+fn for_each_crlf_to_lf(bytes: &[u8], mut piece: impl FnMut(&[u8])) {
+    let mut from = 0;
+    for (i, w) in bytes.windows(2).enumerate() {
+        if w == b"\r\n" {
+            piece(&bytes[from..i]);
+            from = i + 1;
+        }
+    }
+    piece(&bytes[from..]);
 }
 
 fn not_an_object(path: &Path) -> LockKeyError {
@@ -343,9 +405,9 @@ fn symlink(path: &Path) -> LockKeyError {
     }
 }
 
-/// Parses JSON (strict) or JSONC (what Deno accepts) into a value; errors
-/// carry line and column.
-fn parse_json(path: &Path, bytes: &[u8], jsonc: bool) -> Result<Value, LockKeyError> {
+/// Parses JSON (strict) or JSONC (what Deno accepts) for its canonical
+/// form; errors carry line and column.
+fn parse_json<F: canon::Fields>(path: &Path, bytes: &[u8], jsonc: bool) -> Result<canon::Doc<F>, LockKeyError> {
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let valid = &bytes[..e.valid_up_to()];
@@ -370,62 +432,12 @@ fn parse_json(path: &Path, bytes: &[u8], jsonc: bool) -> Result<Value, LockKeyEr
             allow_extended_string_escapes: false,
         }
     };
-    jsonc_parser::parse_to_serde_value::<Value>(text, &options).map_err(|e| LockKeyError::Parse {
+    jsonc_parser::parse_to_serde_value::<canon::Doc<F>>(text, &options).map_err(|e| LockKeyError::Parse {
         path: path.to_path_buf(),
         message: e.kind().to_string(),
         line: e.line_display(),
         column: e.column_display(),
     })
-}
-
-/// Canonical JSON: object keys sorted by their UTF-8 bytes, no whitespace.
-/// Written here rather than left to serde_json, whose map order depends on
-/// a cargo feature any crate in the build may turn on.
-fn canonical(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(Value::from(k.as_str()).to_string().as_bytes());
-                out.push(b':');
-                write_canonical(v, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(v, out);
-            }
-            out.push(b']');
-        }
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
-    }
-}
-
-fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-            continue;
-        }
-        out.push(b);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -702,12 +714,247 @@ mod tests {
         assert_eq!(lock_key(a.path(), None).unwrap(), lock_key(b.path(), None).unwrap());
     }
 
+    /// The canonical text through the streaming path.
+    fn canonical(text: &str, jsonc: bool) -> Result<String, LockKeyError> {
+        let doc = parse_json::<canon::Whole>(Path::new("x.json"), text.as_bytes(), jsonc)?;
+        let mut out = Vec::new();
+        doc.write_to(&mut out).unwrap();
+        assert_eq!(doc.len().unwrap(), out.len() as u64);
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    /// The canonical text as sandcache-lockkey/1 first made it: parsed into
+    /// a `serde_json::Value`, written back by hand. The streaming path must
+    /// give the same bytes for every input this accepts.
+    fn canonical_via_value(text: &str, jsonc: bool) -> Option<String> {
+        use serde_json::Value;
+        fn write(value: &Value, out: &mut Vec<u8>) {
+            match value {
+                Value::Object(map) => {
+                    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    out.push(b'{');
+                    for (i, (k, v)) in entries.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(Value::from(k.as_str()).to_string().as_bytes());
+                        out.push(b':');
+                        write(v, out);
+                    }
+                    out.push(b'}');
+                }
+                Value::Array(items) => {
+                    out.push(b'[');
+                    for (i, v) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        write(v, out);
+                    }
+                    out.push(b']');
+                }
+                scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+            }
+        }
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let options = if jsonc { jsonc_parser::ParseOptions::default() } else { strict() };
+        let value: Value = jsonc_parser::parse_to_serde_value(text, &options).ok()?;
+        let mut out = Vec::new();
+        write(&value, &mut out);
+        Some(String::from_utf8(out).unwrap())
+    }
+
+    fn strict() -> jsonc_parser::ParseOptions {
+        jsonc_parser::ParseOptions {
+            allow_comments: false,
+            allow_loose_object_property_names: false,
+            allow_trailing_commas: false,
+            allow_missing_commas: false,
+            allow_single_quoted_strings: false,
+            allow_hexadecimal_numbers: false,
+            allow_unary_plus_numbers: false,
+            allow_bare_decimal_point_numbers: false,
+            allow_non_finite_numbers: false,
+            allow_extended_string_escapes: false,
+        }
+    }
+
+    fn assert_same_as_value_tree(text: &str, jsonc: bool) {
+        match (canonical_via_value(text, jsonc), canonical(text, jsonc)) {
+            (Some(old), Ok(new)) => assert_eq!(old, new, "{text:?}"),
+            (None, Err(_)) => {}
+            (old, new) => panic!("{text:?} (jsonc {jsonc}): accepted differently: {old:?} / {new:?}"),
+        }
+    }
+
     #[test]
     fn lockkey_canonical_json_sorts_keys_and_drops_whitespace() {
-        let v: Value = serde_json::from_str(r#"{ "b": [1, {"d": null, "c": "x\ny"}], "a": 1.5 }"#).unwrap();
-        assert_eq!(String::from_utf8(canonical(&v)).unwrap(), r#"{"a":1.5,"b":[1,{"c":"x\ny","d":null}]}"#);
-        assert_eq!(crlf_to_lf(b"a\r\nb\rc\r\n\r\n"), b"a\nb\rc\n\n");
+        let text = r#"{ "b": [1, {"d": null, "c": "x\ny"}], "a": 1.5 }"#;
+        assert_eq!(canonical(text, false).unwrap(), r#"{"a":1.5,"b":[1,{"c":"x\ny","d":null}]}"#);
+        let mut lf = Vec::new();
+        for_each_crlf_to_lf(b"a\r\nb\rc\r\n\r\n", |p| lf.extend_from_slice(p));
+        assert_eq!(lf, b"a\nb\rc\n\n");
+        for text in ["", "\r", "\n", "\r\n", "\r\r\n\n", "x\r"] {
+            let mut lf = Vec::new();
+            for_each_crlf_to_lf(text.as_bytes(), |p| lf.extend_from_slice(p));
+            assert_eq!(String::from_utf8(lf).unwrap(), text.replace("\r\n", "\n"), "{text:?}");
+        }
         assert!(has_url_scheme("https://x") && has_url_scheme("file:///x") && has_url_scheme("jsr:@std/x"));
         assert!(!has_url_scheme("./x.json") && !has_url_scheme("c:x") && !has_url_scheme("x.json"));
+    }
+
+    /// What the `Value` tree did, byte for byte: duplicates (the last
+    /// wins), escapes, every number form, unicode, nesting, JSONC.
+    #[test]
+    fn lockkey_canonical_form_is_the_value_trees_on_tricky_input() {
+        let cases = [
+            "null",
+            "true",
+            "0",
+            "-0",
+            "-0.0",
+            "1.0",
+            "1e2",
+            "1E2",
+            "1e15",
+            "1e16",
+            "1e-7",
+            "0.1",
+            "1.5e300",
+            "123456789012345678901234567890",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "9007199254740993",
+            "3.141592653589793238462643",
+            "1e400",
+            "-1e400",
+            "\"\"",
+            r#""\u0000\u001f\u007f\u00e9\ud83d\ude00\/\b\f\n\r\t\"\\""#,
+            r#""\ud800""#,
+            r#""\udc00x""#,
+            "\"é 😀 \u{2028}\"",
+            "[]",
+            "{}",
+            "[[]]",
+            "[{}]",
+            "{\"a\":{}}",
+            r#"{"b":1,"a":2,"b":3}"#,
+            r#"{"a":{"y":1,"x":2},"a":[3]}"#,
+            r#"{"":0,"\u0000":1," ":2}"#,
+            r#"{"a\"":1,"a#":2,"a\n":3,"a":4,"A":5,"é":6,"z":7,"\ud83d\ude00":8,"\uffff":9}"#,
+            r#"[1,{"b":[{"d":1,"c":2},{"d":{},"c":[]}],"a":null},"s",[true,false]]"#,
+            r#"{"$serde_json::private::Number":"1.5"}"#,
+            r#"{"$serde_json::private::RawValue":"[1]"}"#,
+            r#"{"x":{"$serde_json::private::RawValue":"1"},"y":2}"#,
+            " {\n \"a\" : [ 1 , 2 ] \t}\r\n",
+            "\u{feff}{\"a\":1}",
+            "{\"a\":1}{}",
+            "[1,]",
+            "{\"a\":1,}",
+            "// c\n{\"a\":1}",
+            "{/* c */\"a\":1}",
+            "{a:1}",
+            "{'a':'b'}",
+            "[0x1F, +1, .5, 5., Infinity, NaN]",
+            "[\"\\x41\", \"\\v\"]",
+            "{\"a\" 1}",
+            "[1 2]",
+            "{\"a\":1 \"b\":2}",
+            "\"\u{1}\"",
+            "[\"a\tb\"]",
+            "01",
+            "-",
+            "1.",
+            "[",
+            "{",
+            "{\"a\":",
+            "]",
+            "\"\\u12\"",
+            "tru",
+            "nul",
+        ];
+        for text in cases {
+            assert_same_as_value_tree(text, false);
+            assert_same_as_value_tree(text, true);
+        }
+        let deep = format!("{}1{}", "[{\"k\":".repeat(200), "}]".repeat(200));
+        assert_same_as_value_tree(&deep, false);
+        let too_deep = format!("{}{}", "[".repeat(600), "]".repeat(600));
+        assert_same_as_value_tree(&too_deep, false);
+    }
+
+    /// Real lockfiles of each JSON kind keep their keys.
+    #[test]
+    fn lockkey_canonical_form_is_the_value_trees_on_real_lockfiles() {
+        let deno_lock = r#"{
+  "version": "4",
+  "specifiers": { "npm:preact@10.29.8": "10.29.8", "npm:hono@4.13.19": "4.13.19" },
+  "npm": {
+    "preact@10.29.8": { "integrity": "sha512-AAAA==" },
+    "hono@4.13.19": { "integrity": "sha512-BBBB==", "dependencies": [ "x@1.0.0" ] }
+  },
+  "remote": { "https://deno.land/x/a.ts": "0123abcd" },
+  "workspace": { "dependencies": [ "npm:hono@4.13.19", "npm:preact@10.29.8" ] }
+}
+"#;
+        let package_lock = r#"{
+  "name": "m", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+  "packages": {
+    "": { "name": "m", "version": "1.0.0", "dependencies": { "ms": "^2.1.3" } },
+    "node_modules/ms": { "version": "2.1.3", "resolved": "https://registry.npmjs.org/ms/-/ms-2.1.3.tgz",
+      "integrity": "sha512-6FlzubTLZG3J2a/NVCAleEhjzq5oxgHyaCU9yYXvcLsvoVaHJq/s5xXI6/XXP6tz7R9xAOtHnSO/tXtF3WRTlA==",
+      "license": "MIT", "engines": { "node": ">=0.10.0" }, "optional": true, "peer": false }
+  }
+}
+"#;
+        for text in [deno_lock, package_lock] {
+            assert_same_as_value_tree(text, false);
+            assert_same_as_value_tree(text, true);
+        }
+    }
+
+    /// Random JSON, with whitespace, comments, duplicates and escapes: the
+    /// streaming form equals the tree's.
+    #[test]
+    fn lockkey_canonical_form_is_the_value_trees_on_random_json() {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("\\u0000".to_owned()),
+            Just("\\\"".to_owned()),
+            Just("é".to_owned()),
+            Just("\\ud83d\\ude00".to_owned()),
+            "[a-c#\\- ]{0,3}",
+        ];
+        let scalar = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+            (0u32..1000, -20i32..20).prop_map(|(m, e)| format!("{m}.5e{e}")),
+            "\"[a-z\\\\/ é\\t]{0,4}\"".prop_map(|s| s.replace('\\', "\\\\").replace('\t', "\\t")),
+        ];
+        let value = scalar.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(|v| format!("[{}]", v.join(" , "))),
+                prop::collection::vec((key.clone(), inner), 0..6).prop_map(|v| {
+                    let entries: Vec<String> = v.into_iter().map(|(k, v)| format!("\"{k}\" :{v}")).collect();
+                    format!("{{ {} }}", entries.join(",\n /* c */ "))
+                }),
+            ]
+        });
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&value, |text| {
+                assert_same_as_value_tree(&text, true);
+                assert_same_as_value_tree(&text.replace("/* c */", ""), false);
+                Ok(())
+            })
+            .unwrap();
     }
 }
