@@ -63,8 +63,14 @@ impl canon::Fields for PackageJsonFields {
 /// every key.
 pub const SCHEME: &str = "sandcache-lockkey/1";
 
-/// Largest dependency file read.
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Largest dependency file read: 16 MiB. Real lockfiles are far smaller
+/// (see docs/configuration.md, "Lockfile keys"); a larger file is refused,
+/// naming it and the cap, rather than keyed.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Largest sum of the dependency files read for one key (an import map
+/// included): 32 MiB.
+pub const MAX_TOTAL_BYTES: u64 = 32 << 20;
 
 /// Hex digits of the hash in the key.
 const SHORT_HEX: usize = 16;
@@ -186,9 +192,10 @@ pub fn lock_key(repo: &Path, prefix: Option<&str>) -> Result<LockKey, LockKeyErr
     frame(&mut hasher, SCHEME.as_bytes());
     // The files hashed, as listed.
     let mut files: Vec<String> = Vec::new();
+    let mut budget = MAX_TOTAL_BYTES;
     for &name in LOCK_KEY_FILES {
         let path = repo.join(name);
-        let Some(bytes) = read_in_repo(&dir, repo, Path::new(name))? else { continue };
+        let Some(bytes) = read_in_repo(&dir, repo, Path::new(name), &mut budget)? else { continue };
         match kind(name) {
             Kind::DenoConfig => {
                 let config = parse_json::<DenoConfigFields>(&path, &bytes, true)?;
@@ -213,7 +220,7 @@ pub fn lock_key(repo: &Path, prefix: Option<&str>) -> Result<LockKey, LockKeyErr
                         continue;
                     }
                     let map_path = repo.join(&rel);
-                    let Some(map_bytes) = read_in_repo(&dir, repo, &rel)? else {
+                    let Some(map_bytes) = read_in_repo(&dir, repo, &rel, &mut budget)? else {
                         let source = io::Error::new(
                             io::ErrorKind::NotFound,
                             format!("the importMap of {name} names it, and it does not exist"),
@@ -343,8 +350,10 @@ fn has_url_scheme(spec: &str) -> bool {
 
 /// Reads `rel` under the open repo dir: every component opened relative to
 /// its parent with `O_NOFOLLOW`, the file a regular one of at most
-/// [`MAX_FILE_BYTES`]. `None` when it does not exist.
-fn read_in_repo(dir: &OwnedFd, repo: &Path, rel: &Path) -> Result<Option<Vec<u8>>, LockKeyError> {
+/// [`MAX_FILE_BYTES`] and of at most `budget` bytes (what is left of
+/// [`MAX_TOTAL_BYTES`], less this file afterwards). `None` when it does
+/// not exist.
+fn read_in_repo(dir: &OwnedFd, repo: &Path, rel: &Path, budget: &mut u64) -> Result<Option<Vec<u8>>, LockKeyError> {
     let names: Vec<&std::ffi::OsStr> = rel.iter().collect();
     let Some((last, parents)) = names.split_last() else { return Ok(None) };
     let mut at = repo.to_path_buf();
@@ -376,18 +385,35 @@ fn read_in_repo(dir: &OwnedFd, repo: &Path, rel: &Path) -> Result<Option<Vec<u8>
     if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
         return Err(LockKeyError::Refused { path, why: "not a regular file".into() });
     }
-    let too_large = || LockKeyError::Refused { path: path.clone(), why: format!("larger than {MAX_FILE_BYTES} bytes") };
-    if st.st_size as u64 > MAX_FILE_BYTES {
-        return Err(too_large());
+    // `size`: what it is, or (grown while read) at least.
+    let too_large = |size: u64, at_least: bool| {
+        let over_file_cap = size > MAX_FILE_BYTES;
+        let size = if at_least { format!("at least {size} bytes") } else { format!("{size} bytes") };
+        let why = if over_file_cap {
+            format!("larger than the cap of {} per dependency file: {size}", mib(MAX_FILE_BYTES))
+        } else {
+            format!(
+                "larger than what is left ({} bytes) of the cap of {} on all the dependency files of a repo: {size}",
+                *budget,
+                mib(MAX_TOTAL_BYTES)
+            )
+        };
+        LockKeyError::Refused { path: path.clone(), why }
+    };
+    let limit = MAX_FILE_BYTES.min(*budget);
+    if st.st_size as u64 > limit {
+        return Err(too_large(st.st_size as u64, false));
     }
     let mut bytes = Vec::with_capacity(st.st_size as usize);
+    // The file may grow as it is read: what was read counts.
     std::fs::File::from(fd)
-        .take(MAX_FILE_BYTES + 1)
+        .take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(|source| LockKeyError::Read { path: path.clone(), source })?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_large());
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64, true));
     }
+    *budget -= bytes.len() as u64;
     Ok(Some(bytes))
 }
 
@@ -396,6 +422,11 @@ fn read_in_repo(dir: &OwnedFd, repo: &Path, rel: &Path) -> Result<Option<Vec<u8>
 fn is_symlink(dir: &OwnedFd, name: &std::ffi::OsStr) -> bool {
     rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
         .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink)
+}
+
+/// `16 MiB (16777216 bytes)`.
+fn mib(bytes: u64) -> String {
+    format!("{} MiB ({bytes} bytes)", bytes >> 20)
 }
 
 fn symlink(path: &Path) -> LockKeyError {
@@ -956,5 +987,24 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    #[test]
+    fn lockkey_files_over_the_total_cap_are_refused_naming_the_one_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Each at the cap per file: together over the total.
+        let mut left = MAX_TOTAL_BYTES;
+        for name in ["bun.lockb", "pnpm-lock.yaml", "yarn.lock"] {
+            let size = MAX_FILE_BYTES.min(left).max(1);
+            fs::File::create(tmp.path().join(name)).unwrap().set_len(size).unwrap();
+            left = left.saturating_sub(size);
+        }
+        let e = lock_key(tmp.path(), None).unwrap_err();
+        assert!(matches!(&e, LockKeyError::Refused { path, .. } if path.ends_with("yarn.lock")), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("yarn.lock") && msg.contains(&MAX_TOTAL_BYTES.to_string()), "{msg}");
+        // One byte less in all, and it is keyed.
+        fs::File::create(tmp.path().join("yarn.lock")).unwrap().set_len(0).unwrap();
+        assert_eq!(lock_key(tmp.path(), None).unwrap().files, ["bun.lockb", "pnpm-lock.yaml", "yarn.lock"]);
     }
 }
