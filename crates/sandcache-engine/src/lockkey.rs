@@ -906,6 +906,13 @@ mod tests {
             "\"\\u12\"",
             "tru",
             "nul",
+            // Objects in order and out of it, nested either way.
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":{"c":1,"b":2},"b":[{"x":1},{"y":2,"x":1},{}]}"#,
+            r#"[{"a":{"b":{"d":1,"c":2}}},{"a":{"b":{"c":1}}}]"#,
+            r#"{"b":{"a":1},"a":{"b":1,"a":[{"z":0,"y":0}]}}"#,
+            r#"{"\u0001":1,"\"":2,"\\":3,"a\u001fb":4,"a b":5}"#,
+            r#"{"a":{},"b":[],"c":{"x":{}}}"#,
         ];
         for text in cases {
             assert_same_as_value_tree(text, false);
