@@ -169,8 +169,11 @@ fn kind(name: &str) -> Kind {
 /// * `bun.lockb` (binary): the bytes as they are.
 ///
 /// Parsed files are written back as canonical JSON (object keys sorted by
-/// their UTF-8 bytes, no whitespace, array order kept; a leading BOM is
-/// dropped): reformatting, comments and key order never change the key.
+/// their UTF-8 bytes, no whitespace, array order kept, numbers and strings
+/// as `serde_json` writes them, of a key given twice the last value; a
+/// leading BOM is dropped): reformatting, comments and key order never
+/// change the key. It is made without a value tree (see `canon`), in
+/// memory a small multiple of the file.
 /// The hash is BLAKE3 over a version tag (`sandcache-lockkey/1`) then, for each present
 /// file in the fixed order above, its name and its normalized bytes, each
 /// preceded by its length (u64, little-endian). The key is
@@ -178,8 +181,10 @@ fn kind(name: &str) -> Kind {
 /// tell one site's dependency sets apart).
 ///
 /// Files are opened relative to the repo dir with `O_NOFOLLOW`, regular
-/// files only, at most 64 MiB: a repo is untrusted, and a
-/// symlinked `deno.json` could point anywhere (`/proc/self/environ`).
+/// files only, at most 16 MiB each and 32 MiB in all (`MAX_FILE_BYTES`,
+/// `MAX_TOTAL_BYTES`): a repo is untrusted, a symlinked `deno.json` could
+/// point anywhere (`/proc/self/environ`), and a huge lockfile must not
+/// exhaust the runner that keys it. Blocking: call it off async threads.
 pub fn lock_key(repo: &Path, prefix: Option<&str>) -> Result<LockKey, LockKeyError> {
     if let Some(p) = prefix {
         crate::validate_key(p).map_err(LockKeyError::InvalidPrefix)?;
