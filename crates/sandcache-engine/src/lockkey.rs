@@ -5,13 +5,15 @@
 //!
 //! The rules are on [`lock_key`].
 
-use std::io::{self, Read};
+mod canon;
+
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
+use canon::Top;
 use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
-use serde_json::Value;
 
 /// The files looked for, at the repo's top level, in hashing order.
 pub const LOCK_KEY_FILES: &[&str] = &[
@@ -31,6 +33,12 @@ pub const LOCK_KEY_FILES: &[&str] = &[
 pub const DENO_CONFIG_FIELDS: &[&str] =
     &["imports", "scopes", "importMap", "lock", "nodeModulesDir", "vendor", "unstable", "workspace", "links", "patch"];
 
+struct DenoConfigFields;
+
+impl canon::Fields for DenoConfigFields {
+    const FIELDS: Option<&'static [&'static str]> = Some(DENO_CONFIG_FIELDS);
+}
+
 /// The `package.json` fields that count.
 pub const PACKAGE_JSON_FIELDS: &[&str] = &[
     "dependencies",
@@ -45,12 +53,24 @@ pub const PACKAGE_JSON_FIELDS: &[&str] = &[
     "pnpm",
 ];
 
+struct PackageJsonFields;
+
+impl canon::Fields for PackageJsonFields {
+    const FIELDS: Option<&'static [&'static str]> = Some(PACKAGE_JSON_FIELDS);
+}
+
 /// The version tag hashed first: a change of the rules changes it, and so
 /// every key.
 pub const SCHEME: &str = "sandcache-lockkey/1";
 
-/// Largest dependency file read.
-pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Largest dependency file read: 16 MiB. Real lockfiles are far smaller
+/// (see docs/configuration.md, "Lockfile keys"); a larger file is refused,
+/// naming it and the cap, rather than keyed.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Largest sum of the dependency files read for one key (an import map
+/// included): 32 MiB.
+pub const MAX_TOTAL_BYTES: u64 = 32 << 20;
 
 /// Hex digits of the hash in the key.
 const SHORT_HEX: usize = 16;
@@ -149,8 +169,11 @@ fn kind(name: &str) -> Kind {
 /// * `bun.lockb` (binary): the bytes as they are.
 ///
 /// Parsed files are written back as canonical JSON (object keys sorted by
-/// their UTF-8 bytes, no whitespace, array order kept; a leading BOM is
-/// dropped): reformatting, comments and key order never change the key.
+/// their UTF-8 bytes, no whitespace, array order kept, numbers and strings
+/// as `serde_json` writes them, of a key given twice the last value; a
+/// leading BOM is dropped): reformatting, comments and key order never
+/// change the key. It is made without a value tree (see `canon`), in
+/// memory a small multiple of the file.
 /// The hash is BLAKE3 over a version tag (`sandcache-lockkey/1`) then, for each present
 /// file in the fixed order above, its name and its normalized bytes, each
 /// preceded by its length (u64, little-endian). The key is
@@ -158,72 +181,93 @@ fn kind(name: &str) -> Kind {
 /// tell one site's dependency sets apart).
 ///
 /// Files are opened relative to the repo dir with `O_NOFOLLOW`, regular
-/// files only, at most 64 MiB: a repo is untrusted, and a
-/// symlinked `deno.json` could point anywhere (`/proc/self/environ`).
+/// files only, at most 16 MiB each and 32 MiB in all (`MAX_FILE_BYTES`,
+/// `MAX_TOTAL_BYTES`): a repo is untrusted, a symlinked `deno.json` could
+/// point anywhere (`/proc/self/environ`), and a huge lockfile must not
+/// exhaust the runner that keys it. Blocking: call it off async threads.
 pub fn lock_key(repo: &Path, prefix: Option<&str>) -> Result<LockKey, LockKeyError> {
     if let Some(p) = prefix {
         crate::validate_key(p).map_err(LockKeyError::InvalidPrefix)?;
     }
     let dir = rustix::fs::open(repo, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .map_err(|e| LockKeyError::Read { path: repo.to_path_buf(), source: e.into() })?;
-    // (framing name, file as listed, normalized bytes), in hashing order.
-    let mut parts: Vec<(String, String, Vec<u8>)> = Vec::new();
+    // Each file is hashed as soon as it is normalized, then dropped: at
+    // most one file and its canonical form are in memory at a time.
+    let mut hasher = blake3::Hasher::new();
+    frame(&mut hasher, SCHEME.as_bytes());
+    // The files hashed, as listed.
+    let mut files: Vec<String> = Vec::new();
+    let mut budget = MAX_TOTAL_BYTES;
     for &name in LOCK_KEY_FILES {
         let path = repo.join(name);
-        let Some(bytes) = read_in_repo(&dir, repo, Path::new(name))? else { continue };
-        let normalized = match kind(name) {
+        let Some(bytes) = read_in_repo(&dir, repo, Path::new(name), &mut budget)? else { continue };
+        match kind(name) {
             Kind::DenoConfig => {
-                let mut config = match parse_json(&path, &bytes, true)? {
-                    Value::Null => serde_json::Map::new(),
-                    Value::Object(map) => map,
-                    _ => return Err(not_an_object(&path)),
+                let config = parse_json::<DenoConfigFields>(&path, &bytes, true)?;
+                drop(bytes);
+                frame(&mut hasher, name.as_bytes());
+                match config.top() {
+                    // An empty file (or `null`) counts as `{}`.
+                    Top::Null => frame(&mut hasher, b"{}"),
+                    Top::Object => frame_doc(&mut hasher, &path, &config)?,
+                    Top::Other => return Err(not_an_object(&path)),
+                }
+                files.push(name.to_owned());
+                let import_map = match config.import_map() {
+                    Some(spec) => local_import_map(&path, spec)?,
+                    None => None,
                 };
-                config.retain(|k, _| DENO_CONFIG_FIELDS.contains(&k.as_str()));
-                let import_map = match config.get("importMap") {
-                    Some(Value::String(spec)) => local_import_map(&path, spec)?,
-                    _ => None,
-                };
-                parts.push((name.to_owned(), name.to_owned(), canonical(&Value::Object(config))));
+                drop(config);
                 if let Some(rel) = import_map {
                     let listed = rel.to_string_lossy().into_owned();
                     // Counted already (both configs name it), or counted as itself.
-                    if parts.iter().any(|(_, l, _)| *l == listed) || LOCK_KEY_FILES.contains(&listed.as_str()) {
+                    if files.contains(&listed) || LOCK_KEY_FILES.contains(&listed.as_str()) {
                         continue;
                     }
                     let map_path = repo.join(&rel);
-                    let Some(map_bytes) = read_in_repo(&dir, repo, &rel)? else {
+                    let Some(map_bytes) = read_in_repo(&dir, repo, &rel, &mut budget)? else {
                         let source = io::Error::new(
                             io::ErrorKind::NotFound,
                             format!("the importMap of {name} names it, and it does not exist"),
                         );
                         return Err(LockKeyError::Read { path: map_path, source });
                     };
-                    let map = parse_json(&map_path, &map_bytes, true)?;
-                    parts.push((format!("importMap:{listed}"), listed, canonical(&map)));
+                    let map = parse_json::<canon::Whole>(&map_path, &map_bytes, true)?;
+                    drop(map_bytes);
+                    frame(&mut hasher, format!("importMap:{listed}").as_bytes());
+                    frame_doc(&mut hasher, &map_path, &map)?;
+                    files.push(listed);
                 }
                 continue;
             }
             Kind::PackageJson => {
-                let Value::Object(mut package) = parse_json(&path, &bytes, false)? else {
+                let package = parse_json::<PackageJsonFields>(&path, &bytes, false)?;
+                drop(bytes);
+                if package.top() != Top::Object {
                     return Err(not_an_object(&path));
-                };
-                package.retain(|k, _| PACKAGE_JSON_FIELDS.contains(&k.as_str()));
-                canonical(&Value::Object(package))
+                }
+                frame(&mut hasher, name.as_bytes());
+                frame_doc(&mut hasher, &path, &package)?;
             }
-            Kind::Json { jsonc } => canonical(&parse_json(&path, &bytes, jsonc)?),
-            Kind::Text => crlf_to_lf(&bytes),
-            Kind::Binary => bytes,
-        };
-        parts.push((name.to_owned(), name.to_owned(), normalized));
+            Kind::Json { jsonc } => {
+                let doc = parse_json::<canon::Whole>(&path, &bytes, jsonc)?;
+                drop(bytes);
+                frame(&mut hasher, name.as_bytes());
+                frame_doc(&mut hasher, &path, &doc)?;
+            }
+            Kind::Text => {
+                frame(&mut hasher, name.as_bytes());
+                frame_crlf_to_lf(&mut hasher, &bytes);
+            }
+            Kind::Binary => {
+                frame(&mut hasher, name.as_bytes());
+                frame(&mut hasher, &bytes);
+            }
+        }
+        files.push(name.to_owned());
     }
-    if parts.is_empty() {
+    if files.is_empty() {
         return Err(LockKeyError::NoFiles { dir: repo.to_path_buf() });
-    }
-    let mut hasher = blake3::Hasher::new();
-    frame(&mut hasher, SCHEME.as_bytes());
-    for (name, _, bytes) in &parts {
-        frame(&mut hasher, name.as_bytes());
-        frame(&mut hasher, bytes);
     }
     let hash = hasher.finalize().to_hex().to_string();
     let short = &hash[..SHORT_HEX];
@@ -233,12 +277,42 @@ pub fn lock_key(repo: &Path, prefix: Option<&str>) -> Result<LockKey, LockKeyErr
     };
     // A valid prefix and a hex name always make a valid key; checked anyway.
     crate::validate_key(&key).map_err(LockKeyError::InvalidPrefix)?;
-    Ok(LockKey { key, files: parts.into_iter().map(|(_, listed, _)| listed).collect(), hash })
+    Ok(LockKey { key, files, hash })
 }
 
 fn frame(hasher: &mut blake3::Hasher, bytes: &[u8]) {
     hasher.update(&(bytes.len() as u64).to_le_bytes());
     hasher.update(bytes);
+}
+
+/// Frames a document's canonical text, written straight into the hasher.
+fn frame_doc<F>(hasher: &mut blake3::Hasher, path: &Path, doc: &canon::Doc<F>) -> Result<(), LockKeyError> {
+    let failed = |source: io::Error| LockKeyError::Read { path: path.to_path_buf(), source };
+    let len = doc.len().map_err(failed)?;
+    hasher.update(&len.to_le_bytes());
+    let mut w = io::BufWriter::with_capacity(64 << 10, &mut *hasher);
+    doc.write_to(&mut w).and_then(|()| w.flush()).map_err(failed)
+}
+
+/// Frames text with each CRLF turned into LF, without a copy.
+fn frame_crlf_to_lf(hasher: &mut blake3::Hasher, bytes: &[u8]) {
+    let crlfs = bytes.windows(2).filter(|w| w == b"\r\n").count();
+    hasher.update(&((bytes.len() - crlfs) as u64).to_le_bytes());
+    for_each_crlf_to_lf(bytes, |piece| {
+        hasher.update(piece);
+    });
+}
+
+/// The pieces of `bytes` that are left once the CR of each CRLF is dropped.
+fn for_each_crlf_to_lf(bytes: &[u8], mut piece: impl FnMut(&[u8])) {
+    let mut from = 0;
+    for (i, w) in bytes.windows(2).enumerate() {
+        if w == b"\r\n" {
+            piece(&bytes[from..i]);
+            from = i + 1;
+        }
+    }
+    piece(&bytes[from..]);
 }
 
 fn not_an_object(path: &Path) -> LockKeyError {
@@ -281,8 +355,10 @@ fn has_url_scheme(spec: &str) -> bool {
 
 /// Reads `rel` under the open repo dir: every component opened relative to
 /// its parent with `O_NOFOLLOW`, the file a regular one of at most
-/// [`MAX_FILE_BYTES`]. `None` when it does not exist.
-fn read_in_repo(dir: &OwnedFd, repo: &Path, rel: &Path) -> Result<Option<Vec<u8>>, LockKeyError> {
+/// [`MAX_FILE_BYTES`] and of at most `budget` bytes (what is left of
+/// [`MAX_TOTAL_BYTES`], less this file afterwards). `None` when it does
+/// not exist.
+fn read_in_repo(dir: &OwnedFd, repo: &Path, rel: &Path, budget: &mut u64) -> Result<Option<Vec<u8>>, LockKeyError> {
     let names: Vec<&std::ffi::OsStr> = rel.iter().collect();
     let Some((last, parents)) = names.split_last() else { return Ok(None) };
     let mut at = repo.to_path_buf();
@@ -314,18 +390,35 @@ fn read_in_repo(dir: &OwnedFd, repo: &Path, rel: &Path) -> Result<Option<Vec<u8>
     if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
         return Err(LockKeyError::Refused { path, why: "not a regular file".into() });
     }
-    let too_large = || LockKeyError::Refused { path: path.clone(), why: format!("larger than {MAX_FILE_BYTES} bytes") };
-    if st.st_size as u64 > MAX_FILE_BYTES {
-        return Err(too_large());
+    // `size`: what it is, or (grown while read) at least.
+    let too_large = |size: u64, at_least: bool| {
+        let over_file_cap = size > MAX_FILE_BYTES;
+        let size = if at_least { format!("at least {size} bytes") } else { format!("{size} bytes") };
+        let why = if over_file_cap {
+            format!("larger than the cap of {} per dependency file: {size}", mib(MAX_FILE_BYTES))
+        } else {
+            format!(
+                "larger than what is left ({} bytes) of the cap of {} on all the dependency files of a repo: {size}",
+                *budget,
+                mib(MAX_TOTAL_BYTES)
+            )
+        };
+        LockKeyError::Refused { path: path.clone(), why }
+    };
+    let limit = MAX_FILE_BYTES.min(*budget);
+    if st.st_size as u64 > limit {
+        return Err(too_large(st.st_size as u64, false));
     }
     let mut bytes = Vec::with_capacity(st.st_size as usize);
+    // The file may grow as it is read: what was read counts.
     std::fs::File::from(fd)
-        .take(MAX_FILE_BYTES + 1)
+        .take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(|source| LockKeyError::Read { path: path.clone(), source })?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(too_large());
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64, true));
     }
+    *budget -= bytes.len() as u64;
     Ok(Some(bytes))
 }
 
@@ -336,6 +429,11 @@ fn is_symlink(dir: &OwnedFd, name: &std::ffi::OsStr) -> bool {
         .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink)
 }
 
+/// `16 MiB (16777216 bytes)`.
+fn mib(bytes: u64) -> String {
+    format!("{} MiB ({bytes} bytes)", bytes >> 20)
+}
+
 fn symlink(path: &Path) -> LockKeyError {
     LockKeyError::Refused {
         path: path.to_path_buf(),
@@ -343,9 +441,9 @@ fn symlink(path: &Path) -> LockKeyError {
     }
 }
 
-/// Parses JSON (strict) or JSONC (what Deno accepts) into a value; errors
-/// carry line and column.
-fn parse_json(path: &Path, bytes: &[u8], jsonc: bool) -> Result<Value, LockKeyError> {
+/// Parses JSON (strict) or JSONC (what Deno accepts) for its canonical
+/// form; errors carry line and column.
+fn parse_json<F: canon::Fields>(path: &Path, bytes: &[u8], jsonc: bool) -> Result<canon::Doc<F>, LockKeyError> {
     let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let valid = &bytes[..e.valid_up_to()];
@@ -370,62 +468,12 @@ fn parse_json(path: &Path, bytes: &[u8], jsonc: bool) -> Result<Value, LockKeyEr
             allow_extended_string_escapes: false,
         }
     };
-    jsonc_parser::parse_to_serde_value::<Value>(text, &options).map_err(|e| LockKeyError::Parse {
+    jsonc_parser::parse_to_serde_value::<canon::Doc<F>>(text, &options).map_err(|e| LockKeyError::Parse {
         path: path.to_path_buf(),
         message: e.kind().to_string(),
         line: e.line_display(),
         column: e.column_display(),
     })
-}
-
-/// Canonical JSON: object keys sorted by their UTF-8 bytes, no whitespace.
-/// Written here rather than left to serde_json, whose map order depends on
-/// a cargo feature any crate in the build may turn on.
-fn canonical(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(Value::from(k.as_str()).to_string().as_bytes());
-                out.push(b':');
-                write_canonical(v, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(v, out);
-            }
-            out.push(b']');
-        }
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
-    }
-}
-
-fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-            continue;
-        }
-        out.push(b);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -702,12 +750,273 @@ mod tests {
         assert_eq!(lock_key(a.path(), None).unwrap(), lock_key(b.path(), None).unwrap());
     }
 
+    /// The canonical text through the streaming path.
+    fn canonical(text: &str, jsonc: bool) -> Result<String, LockKeyError> {
+        let doc = parse_json::<canon::Whole>(Path::new("x.json"), text.as_bytes(), jsonc)?;
+        let mut out = Vec::new();
+        doc.write_to(&mut out).unwrap();
+        assert_eq!(doc.len().unwrap(), out.len() as u64);
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    /// The canonical text as sandcache-lockkey/1 first made it: parsed into
+    /// a `serde_json::Value`, written back by hand. The streaming path must
+    /// give the same bytes for every input this accepts.
+    fn canonical_via_value(text: &str, jsonc: bool) -> Option<String> {
+        use serde_json::Value;
+        fn write(value: &Value, out: &mut Vec<u8>) {
+            match value {
+                Value::Object(map) => {
+                    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    out.push(b'{');
+                    for (i, (k, v)) in entries.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(Value::from(k.as_str()).to_string().as_bytes());
+                        out.push(b':');
+                        write(v, out);
+                    }
+                    out.push(b'}');
+                }
+                Value::Array(items) => {
+                    out.push(b'[');
+                    for (i, v) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        write(v, out);
+                    }
+                    out.push(b']');
+                }
+                scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+            }
+        }
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let options = if jsonc { jsonc_parser::ParseOptions::default() } else { strict() };
+        let value: Value = jsonc_parser::parse_to_serde_value(text, &options).ok()?;
+        let mut out = Vec::new();
+        write(&value, &mut out);
+        Some(String::from_utf8(out).unwrap())
+    }
+
+    fn strict() -> jsonc_parser::ParseOptions {
+        jsonc_parser::ParseOptions {
+            allow_comments: false,
+            allow_loose_object_property_names: false,
+            allow_trailing_commas: false,
+            allow_missing_commas: false,
+            allow_single_quoted_strings: false,
+            allow_hexadecimal_numbers: false,
+            allow_unary_plus_numbers: false,
+            allow_bare_decimal_point_numbers: false,
+            allow_non_finite_numbers: false,
+            allow_extended_string_escapes: false,
+        }
+    }
+
+    fn assert_same_as_value_tree(text: &str, jsonc: bool) {
+        match (canonical_via_value(text, jsonc), canonical(text, jsonc)) {
+            (Some(old), Ok(new)) => assert_eq!(old, new, "{text:?}"),
+            (None, Err(_)) => {}
+            (old, new) => panic!("{text:?} (jsonc {jsonc}): accepted differently: {old:?} / {new:?}"),
+        }
+    }
+
     #[test]
     fn lockkey_canonical_json_sorts_keys_and_drops_whitespace() {
-        let v: Value = serde_json::from_str(r#"{ "b": [1, {"d": null, "c": "x\ny"}], "a": 1.5 }"#).unwrap();
-        assert_eq!(String::from_utf8(canonical(&v)).unwrap(), r#"{"a":1.5,"b":[1,{"c":"x\ny","d":null}]}"#);
-        assert_eq!(crlf_to_lf(b"a\r\nb\rc\r\n\r\n"), b"a\nb\rc\n\n");
+        let text = r#"{ "b": [1, {"d": null, "c": "x\ny"}], "a": 1.5 }"#;
+        assert_eq!(canonical(text, false).unwrap(), r#"{"a":1.5,"b":[1,{"c":"x\ny","d":null}]}"#);
+        let mut lf = Vec::new();
+        for_each_crlf_to_lf(b"a\r\nb\rc\r\n\r\n", |p| lf.extend_from_slice(p));
+        assert_eq!(lf, b"a\nb\rc\n\n");
+        for text in ["", "\r", "\n", "\r\n", "\r\r\n\n", "x\r"] {
+            let mut lf = Vec::new();
+            for_each_crlf_to_lf(text.as_bytes(), |p| lf.extend_from_slice(p));
+            assert_eq!(String::from_utf8(lf).unwrap(), text.replace("\r\n", "\n"), "{text:?}");
+        }
         assert!(has_url_scheme("https://x") && has_url_scheme("file:///x") && has_url_scheme("jsr:@std/x"));
         assert!(!has_url_scheme("./x.json") && !has_url_scheme("c:x") && !has_url_scheme("x.json"));
+    }
+
+    /// What the `Value` tree did, byte for byte: duplicates (the last
+    /// wins), escapes, every number form, unicode, nesting, JSONC.
+    #[test]
+    fn lockkey_canonical_form_is_the_value_trees_on_tricky_input() {
+        let cases = [
+            "null",
+            "true",
+            "0",
+            "-0",
+            "-0.0",
+            "1.0",
+            "1e2",
+            "1E2",
+            "1e15",
+            "1e16",
+            "1e-7",
+            "0.1",
+            "1.5e300",
+            "123456789012345678901234567890",
+            "18446744073709551615",
+            "18446744073709551616",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "9007199254740993",
+            "3.141592653589793238462643",
+            "1e400",
+            "-1e400",
+            "\"\"",
+            r#""\u0000\u001f\u007f\u00e9\ud83d\ude00\/\b\f\n\r\t\"\\""#,
+            r#""\ud800""#,
+            r#""\udc00x""#,
+            "\"é 😀 \u{2028}\"",
+            "[]",
+            "{}",
+            "[[]]",
+            "[{}]",
+            "{\"a\":{}}",
+            r#"{"b":1,"a":2,"b":3}"#,
+            r#"{"a":{"y":1,"x":2},"a":[3]}"#,
+            r#"{"":0,"\u0000":1," ":2}"#,
+            r#"{"a\"":1,"a#":2,"a\n":3,"a":4,"A":5,"é":6,"z":7,"\ud83d\ude00":8,"\uffff":9}"#,
+            r#"[1,{"b":[{"d":1,"c":2},{"d":{},"c":[]}],"a":null},"s",[true,false]]"#,
+            r#"{"$serde_json::private::Number":"1.5"}"#,
+            r#"{"$serde_json::private::RawValue":"[1]"}"#,
+            r#"{"x":{"$serde_json::private::RawValue":"1"},"y":2}"#,
+            " {\n \"a\" : [ 1 , 2 ] \t}\r\n",
+            "\u{feff}{\"a\":1}",
+            "{\"a\":1}{}",
+            "[1,]",
+            "{\"a\":1,}",
+            "// c\n{\"a\":1}",
+            "{/* c */\"a\":1}",
+            "{a:1}",
+            "{'a':'b'}",
+            "[0x1F, +1, .5, 5., Infinity, NaN]",
+            "[\"\\x41\", \"\\v\"]",
+            "{\"a\" 1}",
+            "[1 2]",
+            "{\"a\":1 \"b\":2}",
+            "\"\u{1}\"",
+            "[\"a\tb\"]",
+            "01",
+            "-",
+            "1.",
+            "[",
+            "{",
+            "{\"a\":",
+            "]",
+            "\"\\u12\"",
+            "tru",
+            "nul",
+            // Objects in order and out of it, nested either way.
+            r#"{"a":1,"a":2}"#,
+            r#"{"a":{"c":1,"b":2},"b":[{"x":1},{"y":2,"x":1},{}]}"#,
+            r#"[{"a":{"b":{"d":1,"c":2}}},{"a":{"b":{"c":1}}}]"#,
+            r#"{"b":{"a":1},"a":{"b":1,"a":[{"z":0,"y":0}]}}"#,
+            r#"{"\u0001":1,"\"":2,"\\":3,"a\u001fb":4,"a b":5}"#,
+            r#"{"a":{},"b":[],"c":{"x":{}}}"#,
+        ];
+        for text in cases {
+            assert_same_as_value_tree(text, false);
+            assert_same_as_value_tree(text, true);
+        }
+        let deep = format!("{}1{}", "[{\"k\":".repeat(200), "}]".repeat(200));
+        assert_same_as_value_tree(&deep, false);
+        let too_deep = format!("{}{}", "[".repeat(600), "]".repeat(600));
+        assert_same_as_value_tree(&too_deep, false);
+    }
+
+    /// Real lockfiles of each JSON kind keep their keys.
+    #[test]
+    fn lockkey_canonical_form_is_the_value_trees_on_real_lockfiles() {
+        let deno_lock = r#"{
+  "version": "4",
+  "specifiers": { "npm:preact@10.29.8": "10.29.8", "npm:hono@4.13.19": "4.13.19" },
+  "npm": {
+    "preact@10.29.8": { "integrity": "sha512-AAAA==" },
+    "hono@4.13.19": { "integrity": "sha512-BBBB==", "dependencies": [ "x@1.0.0" ] }
+  },
+  "remote": { "https://deno.land/x/a.ts": "0123abcd" },
+  "workspace": { "dependencies": [ "npm:hono@4.13.19", "npm:preact@10.29.8" ] }
+}
+"#;
+        let package_lock = r#"{
+  "name": "m", "version": "1.0.0", "lockfileVersion": 3, "requires": true,
+  "packages": {
+    "": { "name": "m", "version": "1.0.0", "dependencies": { "ms": "^2.1.3" } },
+    "node_modules/ms": { "version": "2.1.3", "resolved": "https://registry.npmjs.org/ms/-/ms-2.1.3.tgz",
+      "integrity": "sha512-6FlzubTLZG3J2a/NVCAleEhjzq5oxgHyaCU9yYXvcLsvoVaHJq/s5xXI6/XXP6tz7R9xAOtHnSO/tXtF3WRTlA==",
+      "license": "MIT", "engines": { "node": ">=0.10.0" }, "optional": true, "peer": false }
+  }
+}
+"#;
+        for text in [deno_lock, package_lock] {
+            assert_same_as_value_tree(text, false);
+            assert_same_as_value_tree(text, true);
+        }
+    }
+
+    /// Random JSON, with whitespace, comments, duplicates and escapes: the
+    /// streaming form equals the tree's.
+    #[test]
+    fn lockkey_canonical_form_is_the_value_trees_on_random_json() {
+        use proptest::prelude::*;
+        let key = prop_oneof![
+            Just("a".to_owned()),
+            Just("b".to_owned()),
+            Just("\\u0000".to_owned()),
+            Just("\\\"".to_owned()),
+            Just("é".to_owned()),
+            Just("\\ud83d\\ude00".to_owned()),
+            "[a-c#\\- ]{0,3}",
+        ];
+        let scalar = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+            (0u32..1000, -20i32..20).prop_map(|(m, e)| format!("{m}.5e{e}")),
+            "\"[a-z\\\\/ é\\t]{0,4}\"".prop_map(|s| s.replace('\\', "\\\\").replace('\t', "\\t")),
+        ];
+        let value = scalar.prop_recursive(5, 64, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(|v| format!("[{}]", v.join(" , "))),
+                prop::collection::vec((key.clone(), inner), 0..6).prop_map(|v| {
+                    let entries: Vec<String> = v.into_iter().map(|(k, v)| format!("\"{k}\" :{v}")).collect();
+                    format!("{{ {} }}", entries.join(",\n /* c */ "))
+                }),
+            ]
+        });
+        let mut runner = proptest::test_runner::TestRunner::default();
+        runner
+            .run(&value, |text| {
+                assert_same_as_value_tree(&text, true);
+                assert_same_as_value_tree(&text.replace("/* c */", ""), false);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn lockkey_files_over_the_total_cap_are_refused_naming_the_one_over() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Each at the cap per file: together over the total.
+        let mut left = MAX_TOTAL_BYTES;
+        for name in ["bun.lockb", "pnpm-lock.yaml", "yarn.lock"] {
+            let size = MAX_FILE_BYTES.min(left).max(1);
+            fs::File::create(tmp.path().join(name)).unwrap().set_len(size).unwrap();
+            left = left.saturating_sub(size);
+        }
+        let e = lock_key(tmp.path(), None).unwrap_err();
+        assert!(matches!(&e, LockKeyError::Refused { path, .. } if path.ends_with("yarn.lock")), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains("yarn.lock") && msg.contains(&MAX_TOTAL_BYTES.to_string()), "{msg}");
+        // One byte less in all, and it is keyed.
+        fs::File::create(tmp.path().join("yarn.lock")).unwrap().set_len(0).unwrap();
+        assert_eq!(lock_key(tmp.path(), None).unwrap().files, ["bun.lockb", "pnpm-lock.yaml", "yarn.lock"]);
     }
 }

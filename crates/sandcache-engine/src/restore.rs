@@ -223,8 +223,10 @@ async fn restore(
     // The dir's own name is never followed (nor is it later: renames do not
     // follow their last component), so a dir swapped for a symlink is
     // replaced, never the place it points at.
+    // Its parents are walked one by one, created where missing, and a
+    // symlink among them the worker could have made is `unsafe`.
     let target = Target::resolve_for_restore(dir)
-        .map_err(|e| Skip::new(Reason::IoError, format!("target dir: {e}")))?
+        .map_err(|e| Skip::new(crate::target::target_reason(&e), format!("target dir: {e}")))?
         .with_state_dir(opts.state_dir.as_deref());
     if std::fs::symlink_metadata(&target.dir).is_ok_and(|m| m.file_type().is_symlink()) {
         let why = format!("{} is a symlink; a restore never follows one", target.dir.display());

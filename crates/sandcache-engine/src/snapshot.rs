@@ -211,7 +211,7 @@ async fn snapshot(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Skip::new(Reason::Empty, format!("{} does not exist", dir.display())));
         }
-        Err(e) => return Err(Skip::new(Reason::IoError, format!("target dir: {e}"))),
+        Err(e) => return Err(Skip::new(crate::target::target_reason(&e), format!("target dir: {e}"))),
     };
     let _lock = target.lock_or_skip(deadline).await?;
     crate::target::remove_in_background(target.sqlite_leftovers());

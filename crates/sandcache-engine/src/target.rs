@@ -37,34 +37,6 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Resolves `dir` to an absolute path. With `create_parent`, missing
-    /// parent directories are created (a restore into a fresh location).
-    pub(crate) fn resolve(dir: &Path, create_parent: bool) -> io::Result<Target> {
-        let abs = if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) };
-        let dir = match fs::canonicalize(&abs) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let parent = abs.parent().ok_or_else(|| invalid("the target dir has no parent"))?;
-                let name = abs.file_name().ok_or_else(|| invalid("the target dir has no name"))?;
-                if create_parent {
-                    make_parents(parent)?;
-                }
-                fs::canonicalize(parent).map_err(|e| with_path(e, parent))?.join(name)
-            }
-            Err(e) => return Err(with_path(e, &abs)),
-        };
-        let parent = dir.parent().ok_or_else(|| invalid("the target dir cannot be `/`"))?.to_owned();
-        let name = dir.file_name().ok_or_else(|| invalid("the target dir has no name"))?.to_owned();
-        let inside = match (fs::metadata(&dir), fs::metadata(&parent)) {
-            (Ok(d), Ok(p)) if d.is_dir() => d.dev() != p.dev() || is_mount_root(&dir),
-            (Ok(d), _) if !d.is_dir() => {
-                return Err(invalid(&format!("`{}` exists and is not a directory", dir.display())));
-            }
-            _ => false,
-        };
-        Ok(Target { dir, parent, name, inside, state_dir: None })
-    }
-
     /// Keeps the lock, state and index in `state_dir` (when given) instead
     /// of beside the dir, e.g. where a runner's worker cannot write them.
     pub(crate) fn with_state_dir(mut self, state_dir: Option<&Path>) -> Target {
@@ -72,18 +44,42 @@ impl Target {
         self
     }
 
-    /// For reading the dir (a snapshot): as [`Target::resolve`], but the
-    /// dir's own name is never followed. Its parents are resolved; if the
-    /// dir itself is a symlink, `dir` stays the link's path, which the
-    /// walker then refuses to open (`O_NOFOLLOW`), however often it is
-    /// swapped.
+    /// For reading the dir (a snapshot): its parents are walked one by one
+    /// (see [`walk`]: a symlink among them is followed only when root or we
+    /// own it and the dir it is in), the dir's own name never followed: if
+    /// it is a symlink, `dir` stays the link's path, which the walker then
+    /// refuses to open (`O_NOFOLLOW`), however often it is swapped.
     pub(crate) fn resolve_nofollow(dir: &Path) -> io::Result<Target> {
-        let abs = if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) };
+        let abs = absolute(dir)?;
         let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
-            // `/`, or a path ending in `..`: no name of its own to follow.
-            return Target::resolve(dir, false);
+            // `/`, or a path ending in `..`: no name of its own to keep.
+            let whole = walk(&abs, false)?;
+            if whole.parent().is_none() {
+                return Err(invalid("the target dir cannot be `/`"));
+            }
+            return Target::resolve_nofollow(&whole);
         };
-        let parent = fs::canonicalize(parent).map_err(|e| with_path(e, parent))?;
+        Target::at(walk(parent, false)?, name)
+    }
+
+    /// For writing the dir (a restore): its parents are walked as for
+    /// [`Target::resolve_nofollow`], each missing one created (0755) right
+    /// where the walk is, its own name never followed (the swap renames it,
+    /// and renames do not follow their last component either).
+    pub(crate) fn resolve_for_restore(dir: &Path) -> io::Result<Target> {
+        let abs = absolute(dir)?;
+        match (abs.parent(), abs.file_name()) {
+            (Some(parent), Some(name)) => Target::at(walk(parent, true)?, name),
+            (Some(parent), None) => {
+                walk(parent, true)?;
+                Target::resolve_nofollow(&abs)
+            }
+            (None, _) => Err(invalid("the target dir cannot be `/`")),
+        }
+    }
+
+    /// `name` in `parent`, a dir already resolved.
+    fn at(parent: PathBuf, name: &std::ffi::OsStr) -> io::Result<Target> {
         let dir = parent.join(name);
         let inside = match (fs::symlink_metadata(&dir), fs::metadata(&parent)) {
             (Ok(d), Ok(p)) if d.is_dir() => d.dev() != p.dev() || is_mount_root(&dir),
@@ -93,17 +89,6 @@ impl Target {
             _ => false,
         };
         Ok(Target { dir, parent, name: name.to_owned(), inside, state_dir: None })
-    }
-
-    /// For writing the dir (a restore): its parents are created if missing
-    /// and resolved, its own name never followed (the swap renames it, and
-    /// renames do not follow their last component either).
-    pub(crate) fn resolve_for_restore(dir: &Path) -> io::Result<Target> {
-        let abs = if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) };
-        if let Some(parent) = abs.parent() {
-            make_parents(parent)?;
-        }
-        Target::resolve_nofollow(&abs)
     }
 
     fn sibling(&self, what: &str) -> PathBuf {
@@ -471,6 +456,132 @@ impl Staging {
     }
 }
 
+fn absolute(dir: &Path) -> io::Result<PathBuf> {
+    Ok(if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) })
+}
+
+/// A symlink among a dir's parents that neither root nor we made: a restore
+/// or snapshot of the dir is `unsafe`, never done through it.
+#[derive(Debug)]
+pub(crate) struct UntrustedSymlink(String);
+
+impl std::fmt::Display for UntrustedSymlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UntrustedSymlink {}
+
+/// The reason a dir that did not resolve is skipped with: `unsafe` for an
+/// [`UntrustedSymlink`], `io_error` otherwise.
+pub(crate) fn target_reason(e: &io::Error) -> crate::Reason {
+    match e.get_ref().is_some_and(|inner| inner.is::<UntrustedSymlink>()) {
+        true => crate::Reason::Unsafe,
+        false => crate::Reason::IoError,
+    }
+}
+
+/// Symlinks followed in one walk, as the kernel's own limit.
+const MAX_LINKS: usize = 40;
+
+/// O_PATH: passing through a dir needs only search permission, as a path
+/// lookup does.
+const WALK_FLAGS: OFlags = OFlags::PATH.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+/// Resolves the absolute `path` to the directory it names, the way the
+/// kernel would, but one component at a time from `/`, each opened relative
+/// to the last with `O_NOFOLLOW`. A component that is missing is created
+/// there (0755, with `create`), never through a symlink. A symlink is
+/// followed (its target walked the same way) only when its owner is root or
+/// our own uid and so is the dir it is in: a link the worker made (a
+/// committed `.cache -> /etc` in the repo it cloned, or a root-owned link
+/// it hard-linked into its own dir) is refused, [`UntrustedSymlink`]. The
+/// result has no symlink in it.
+///
+/// A path whose dirs the worker owns is sound only while no worker process
+/// runs: the result is used by name afterwards. The runner restores into
+/// such a dir (DENO_DIR_RUN in the clone) before the worker starts.
+fn walk(path: &Path, create: bool) -> io::Result<PathBuf> {
+    use rustix::fs::{AtFlags, FileType};
+    use std::collections::VecDeque;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn push_front(pending: &mut VecDeque<OsString>, path: &Path) {
+        for c in path.components().rev() {
+            match c {
+                std::path::Component::Normal(n) => pending.push_front(n.to_owned()),
+                std::path::Component::ParentDir => pending.push_front("..".into()),
+                _ => {}
+            }
+        }
+    }
+    let root = || rustix::fs::open("/", WALK_FLAGS, Mode::empty()).map_err(|e| with_path(e.into(), Path::new("/")));
+    let euid = rustix::process::geteuid().as_raw();
+    let trusted = |uid: u32| uid == 0 || uid == euid;
+    let mut fd = root()?;
+    let mut at = PathBuf::from("/");
+    let mut pending = VecDeque::new();
+    push_front(&mut pending, path);
+    let mut links = 0;
+    // The component just created: missing again, someone removes it.
+    let mut made: Option<PathBuf> = None;
+    while let Some(name) = pending.pop_front() {
+        if name == ".." {
+            // `at` has no symlink in it: its parent by name is its real one.
+            if at.pop() {
+                fd = rustix::fs::openat(&fd, "..", WALK_FLAGS, Mode::empty()).map_err(|e| with_path(e.into(), &at))?;
+            }
+            continue;
+        }
+        let here = at.join(&name);
+        match rustix::fs::openat(&fd, &name, WALK_FLAGS, Mode::empty()) {
+            Ok(next) => {
+                fd = next;
+                at = here;
+            }
+            Err(Errno::NOENT) if create && made.as_ref() != Some(&here) => {
+                match rustix::fs::mkdirat(&fd, &name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(with_path(e.into(), &here)),
+                }
+                made = Some(here);
+                pending.push_front(name);
+            }
+            Err(Errno::NOTDIR | Errno::LOOP) => {
+                let st = rustix::fs::statat(&fd, &name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| with_path(e.into(), &here))?;
+                if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+                    return Err(with_path(Errno::NOTDIR.into(), &here));
+                }
+                let target = rustix::fs::readlinkat(&fd, &name, Vec::new()).map_err(|e| with_path(e.into(), &here))?;
+                let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
+                let holder = rustix::fs::fstat(&fd).map_err(|e| with_path(e.into(), &at))?;
+                if !trusted(st.st_uid) || !trusted(holder.st_uid) {
+                    let owner = if trusted(st.st_uid) { holder.st_uid } else { st.st_uid };
+                    return Err(io::Error::other(UntrustedSymlink(format!(
+                        "`{}` is a symlink (to `{}`) that uid {owner} could have made: a symlink among the \
+                         dir's parents is followed only when root or uid {euid} owns it and the dir it is in",
+                        here.display(),
+                        target.display()
+                    ))));
+                }
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(with_path(Errno::LOOP.into(), &here));
+                }
+                if target.is_absolute() {
+                    fd = root()?;
+                    at = PathBuf::from("/");
+                }
+                push_front(&mut pending, &target);
+            }
+            Err(e) => return Err(with_path(e.into(), &here)),
+        }
+    }
+    Ok(at)
+}
+
 /// Missing parents of a target, 0755 whatever the umask (the CLI restores
 /// under a zero one).
 fn make_parents(dir: &Path) -> io::Result<()> {
@@ -595,7 +706,7 @@ mod tests {
         let dir = tmp.path().join("deno-dir");
         fs::create_dir(&dir).unwrap();
         fs::write(dir.join("old"), b"old").unwrap();
-        let t = Target::resolve(&dir, false).unwrap();
+        let t = Target::resolve_for_restore(&dir).unwrap();
         let staging = t.create_staging().unwrap();
         fs::write(staging.io().join("new"), b"new").unwrap();
         let old = t.swap_in(&staging).unwrap().unwrap();
@@ -608,7 +719,7 @@ mod tests {
     fn swap_into_a_missing_dir() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("a/b/deno-dir");
-        let t = Target::resolve(&dir, true).unwrap();
+        let t = Target::resolve_for_restore(&dir).unwrap();
         let staging = t.create_staging().unwrap();
         fs::write(staging.io().join("f"), b"x").unwrap();
         assert_eq!(t.swap_in(&staging).unwrap(), None);
@@ -621,7 +732,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("f");
         fs::write(&dir, b"x").unwrap();
-        let err = Target::resolve(&dir, false).unwrap_err();
+        let err = Target::resolve_nofollow(&dir).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
     }
 
@@ -632,7 +743,7 @@ mod tests {
         fs::create_dir_all(dir.join("npm/pkg")).unwrap();
         fs::write(dir.join("npm/pkg/old.js"), b"old").unwrap();
         fs::write(dir.join("gone"), b"gone").unwrap();
-        let mut t = Target::resolve(&dir, false).unwrap();
+        let mut t = Target::resolve_for_restore(&dir).unwrap();
         t.inside = true;
         let staging = t.create_staging().unwrap();
         assert!(staging.path.starts_with(&dir));
@@ -643,5 +754,84 @@ mod tests {
         assert!(!dir.join("npm/pkg/old.js").exists() && !dir.join("gone").exists());
         assert!(trash.join("npm/pkg/old.js").exists() && trash.join("gone.old").exists());
         assert_eq!(t.leftovers(), vec![trash]);
+    }
+
+    #[test]
+    fn parents_are_created_and_our_own_symlinks_among_them_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(tmp.path()).unwrap();
+        fs::create_dir(base.join("real")).unwrap();
+        std::os::unix::fs::symlink(base.join("real"), base.join("abs")).unwrap();
+        fs::create_dir(base.join("x")).unwrap();
+        std::os::unix::fs::symlink("../real", base.join("x/rel")).unwrap();
+        for (dir, want) in [
+            ("abs/a/b/deno", "real/a/b/deno"),
+            ("x/rel/c/deno", "real/c/deno"),
+            ("real/a/../d/./deno", "real/d/deno"),
+            ("x/rel/../real/e/deno", "real/e/deno"),
+        ] {
+            let t = Target::resolve_for_restore(&base.join(dir)).unwrap();
+            assert_eq!(t.dir, base.join(want), "{dir}");
+            assert!(t.parent.is_dir() && !t.dir.exists(), "{dir}: the parents are made, not the dir");
+            assert_eq!(Target::resolve_nofollow(&base.join(dir)).unwrap().dir, base.join(want));
+        }
+        // A snapshot creates nothing.
+        let e = Target::resolve_nofollow(&base.join("real/none/deno")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        assert!(e.to_string().contains("real/none"), "{e}");
+        assert!(!base.join("real/none").exists());
+    }
+
+    #[test]
+    fn a_file_or_a_symlink_loop_among_the_parents_is_an_error_not_a_hang() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(tmp.path()).unwrap();
+        fs::write(base.join("file"), b"x").unwrap();
+        let e = Target::resolve_for_restore(&base.join("file/deno")).unwrap_err();
+        assert!(e.to_string().contains("file"), "{e}");
+        std::os::unix::fs::symlink("l2", base.join("l1")).unwrap();
+        std::os::unix::fs::symlink("l1", base.join("l2")).unwrap();
+        let e = Target::resolve_for_restore(&base.join("l1/deno")).unwrap_err();
+        assert!(e.to_string().contains("symbolic links") && e.to_string().contains("/l"), "{e}");
+        assert_eq!(target_reason(&e), crate::Reason::IoError);
+    }
+
+    /// As root: a symlink among the parents that another uid owns, or that
+    /// sits in a dir another uid owns, is refused (`unsafe`), and nothing is
+    /// created where it points; so is a root-owned link to a path through
+    /// one.
+    #[test]
+    fn a_symlink_among_the_parents_another_uid_could_have_made_is_refused() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: needs root to own files as another uid");
+            return;
+        }
+        const OTHER: u32 = 23457;
+        let tmp = tempfile::tempdir().unwrap();
+        let base = fs::canonicalize(tmp.path()).unwrap();
+        let (work, outside) = (base.join("work"), base.join("outside"));
+        fs::create_dir(&work).unwrap();
+        fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::chown(&work, Some(OTHER), Some(OTHER)).unwrap();
+        // The worker's own link, and a root-owned one in the worker's dir.
+        std::os::unix::fs::symlink(&outside, work.join(".cache")).unwrap();
+        std::os::unix::fs::lchown(work.join(".cache"), Some(OTHER), Some(OTHER)).unwrap();
+        std::os::unix::fs::symlink(&outside, work.join("rootlink")).unwrap();
+        // Root's link in root's dir, to a path through the worker's link.
+        std::os::unix::fs::symlink(work.join(".cache"), base.join("ops")).unwrap();
+        for dir in [".cache/deno", ".cache/a/deno", "rootlink/deno"]
+            .map(|d| work.join(d))
+            .into_iter()
+            .chain([base.join("ops/deno")])
+        {
+            for e in [Target::resolve_for_restore(&dir).unwrap_err(), Target::resolve_nofollow(&dir).unwrap_err()] {
+                assert_eq!(target_reason(&e), crate::Reason::Unsafe, "{}: {e}", dir.display());
+                assert!(
+                    e.to_string().contains("symlink") && e.to_string().contains(&work.display().to_string()),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "nothing was made outside");
     }
 }

@@ -528,7 +528,16 @@ impl Runner {
             None => {
                 *lock(&self.deploy_step) = "restoring";
                 let template = config.key.clone().unwrap_or_default();
-                let key = expand_lock_key(&template, work);
+                // Reading and parsing the repo's lockfiles is blocking work
+                // (bounded by the lockfile caps): off the async threads.
+                let repo = work.clone();
+                let key = match tokio::task::spawn_blocking(move || expand_lock_key(&template, &repo)).await {
+                    Ok(key) => key,
+                    Err(e) => {
+                        tracing::error!(target: "sandbox", "the lockfile key failed ({e}); using `nolock`");
+                        config.key.clone().unwrap_or_default().replace(LOCK_PLACEHOLDER, "nolock")
+                    }
+                };
                 if let Some((prefix, _)) = key.rsplit_once('/') {
                     fallbacks.insert(0, format!("{prefix}/"));
                 }

@@ -576,6 +576,53 @@ async fn planted_bookkeeping_symlinks_are_never_followed() {
     assert!(fs::symlink_metadata(beside("-index.json")).is_err());
 }
 
+/// DIR inside a dir the worker owns (the runner's legacy DENO_DIR_RUN in
+/// the clone), through a symlink the worker made there (a committed
+/// `.cache -> /etc`): a root restore is `unsafe`, names the link, and
+/// creates or writes nothing where it points; a snapshot reads nothing
+/// there (issue 24, part 6).
+#[tokio::test]
+async fn a_symlink_the_worker_made_among_dirs_parents_is_never_followed() {
+    if !is_root() {
+        eprintln!("skipping: needs root to own the link as another uid");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (work, outside) = (tmp.path().join("work"), tmp.path().join("outside"));
+    fs::create_dir(&work).unwrap();
+    fs::create_dir_all(outside.join("deno")).unwrap();
+    fs::write(outside.join("deno/secret"), b"root-only bytes").unwrap();
+    chmod(&outside.join("deno/secret"), 0o600);
+    symlink(&outside, work.join(".cache")).unwrap();
+    give_to_worker(&work);
+    let listing = |d: &Path| {
+        let mut names: Vec<_> = fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        names
+    };
+    let before = (listing(&outside), listing(&outside.join("deno")));
+
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    let cache = Cache::new(store.clone(), "site/cache");
+    let snap = SnapshotOptions { format: Format::Native, ..Default::default() };
+    assert!(cache.snapshot(&src, &snap).await.is_done());
+
+    for dir in [work.join(".cache/deno"), work.join(".cache/new/deno")] {
+        let opts = RestoreOptions { owner: Some((WORKER, WORKER)), ..Default::default() };
+        let o = cache.restore(&dir, &opts).await;
+        let skip = o.result.as_ref().expect_err("refused");
+        assert_eq!(skip.reason, Reason::Unsafe, "{}: {}", dir.display(), skip.detail);
+        assert!(skip.detail.contains(&work.join(".cache").display().to_string()), "{}", skip.detail);
+        let o = Cache::new(store.clone(), "site/other").snapshot(&dir, &snap).await;
+        assert_eq!(o.reason(), Some(Reason::Unsafe), "{:?}", o.result);
+    }
+    sandcache_engine::wait_for_background(Duration::from_secs(10));
+    assert_eq!((listing(&outside), listing(&outside.join("deno"))), before, "nothing changed outside");
+    assert!(fs::symlink_metadata(work.join(".cache")).unwrap().is_symlink(), "the link itself is left alone");
+}
+
 /// Where the restore swapper finds its sandbox (set only for the child).
 const RESTORE_SWAPPER_ENV: &str = "SANDCACHE_TEST_RESTORE_SWAPPER";
 

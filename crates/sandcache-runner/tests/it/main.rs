@@ -388,21 +388,15 @@ async fn the_default_run_command_needs_its_entry_file() {
     call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
 }
 
-/// The seed's legacy build cache, from Garage with static admin keys, into
-/// DENO_DIR_RUN; the keys never reach the worker.
-#[tokio::test]
-async fn the_legacy_build_cache_restores_and_its_keys_stay_out_of_the_worker() {
-    let Some(spec) = sandcache_testkit::s3::spec("legacy") else { return };
-    let tmp = tempfile::tempdir().unwrap();
-    // The build pipeline's plain cache.tar for site `legacy-site`, in a
-    // bucket reached with static keys (the test server's).
-    let src = tmp.path().join("build-cache");
-    sandcache_testkit::tree::sample_tree(&src);
+/// The build pipeline's plain `cache.tar` of `src` for site `site`, put
+/// where the seed's layout has it: `deco-sites/<site>/cache.tar` at the
+/// bucket's root.
+async fn put_legacy_cache(spec: &sandcache_store::S3Spec, site: &str, src: &Path) {
     let mut tar = Vec::new();
     {
         let mut b = tar::Builder::new(&mut tar);
         b.follow_symlinks(false);
-        b.append_dir_all(".", &src).unwrap();
+        b.append_dir_all(".", src).unwrap();
         b.finish().unwrap();
     }
     let root = sandcache_store::S3Store::new(
@@ -414,27 +408,43 @@ async fn the_legacy_build_cache_restores_and_its_keys_stay_out_of_the_worker() {
         &Default::default(),
     )
     .unwrap();
-    // A unique site per run; its objects sit at the bucket root, where the
-    // seed's layout puts them.
-    let site = spec.prefix.clone();
     let key = format!("deco-sites/{site}/cache.tar");
     let body = futures::stream::once(async move { Ok(bytes::Bytes::from(tar)) });
     sandcache_store::Store::put(&root, &key, Box::pin(body)).await.unwrap();
+}
+
+/// The legacy cache's variables: the test server's keys as the admin ones.
+fn legacy_envs(spec: &sandcache_store::S3Spec, run_dir: &Path) -> Value {
+    json!({
+        "ASSETS_BUCKET": spec.bucket,
+        "ADMIN_S3_REGION": spec.region,
+        "ADMIN_S3_ENDPOINT": spec.endpoint.clone().unwrap(),
+        "ADMIN_S3_ACCESS_KEY_ID": std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
+        "ADMIN_S3_SECRET_ACCESS_KEY": std::env::var("AWS_SECRET_ACCESS_KEY").unwrap(),
+        "DENO_DIR_RUN": run_dir.display().to_string(),
+    })
+}
+
+/// The seed's legacy build cache, from Garage with static admin keys, into
+/// DENO_DIR_RUN; the keys never reach the worker.
+#[tokio::test]
+async fn the_legacy_build_cache_restores_and_its_keys_stay_out_of_the_worker() {
+    let Some(spec) = sandcache_testkit::s3::spec("legacy") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // The build pipeline's plain cache.tar for a unique site per run, in a
+    // bucket reached with static keys (the test server's).
+    let src = tmp.path().join("build-cache");
+    sandcache_testkit::tree::sample_tree(&src);
+    let site = spec.prefix.clone();
+    put_legacy_cache(&spec, &site, &src).await;
 
     let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap();
     let run_dir = tmp.path().join("deno-dir-run");
     let mut cfg = test_config(tmp.path());
     // The runner itself holds keys in its env that must not leak either.
-    cfg.runner_env.push(("ADMIN_S3_SECRET_ACCESS_KEY".into(), secret.clone()));
+    cfg.runner_env.push(("ADMIN_S3_SECRET_ACCESS_KEY".into(), secret));
     let runner = Runner::new(cfg);
-    let envs = json!({
-        "ASSETS_BUCKET": spec.bucket,
-        "ADMIN_S3_REGION": spec.region,
-        "ADMIN_S3_ENDPOINT": spec.endpoint.clone().unwrap(),
-        "ADMIN_S3_ACCESS_KEY_ID": std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
-        "ADMIN_S3_SECRET_ACCESS_KEY": secret,
-        "DENO_DIR_RUN": run_dir.display().to_string(),
-    });
+    let envs = legacy_envs(&spec, &run_dir);
     let env_dump = tmp.path().join("worker-env");
     let script = format!("env > {}; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1", env_dump.display());
     let (s, v) = call(
@@ -452,6 +462,80 @@ async fn the_legacy_build_cache_restores_and_its_keys_stay_out_of_the_worker() {
     assert!(!dump.contains(&std::env::var("AWS_SECRET_ACCESS_KEY").unwrap()), "a secret reached the worker");
     assert!(dump.lines().any(|l| l.starts_with("PORT=")) && dump.lines().any(|l| l.starts_with("DENO_DIR=")));
     assert!(dump.contains("DENO_DIR_RUN="), "non-secret deploy envs are forwarded");
+    call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+}
+
+/// DENO_DIR_RUN inside the clone, where the site's repo commits
+/// `.cache -> <a dir outside>`: the root runner's legacy restore is
+/// skipped as `unsafe` (the worker's link is never followed), writes
+/// nothing outside, and the deploy goes on (issue 24, part 6).
+#[tokio::test]
+async fn a_committed_symlink_in_the_clone_does_not_redirect_the_legacy_restore() {
+    let Some(spec) = sandcache_testkit::s3::spec("legacy-link") else { return };
+    if !rustix::process::geteuid().is_root() {
+        // Without root the worker is the runner's own uid: it could write
+        // the outside dir itself, and its link is the runner's own.
+        eprintln!("skipping: needs root to clone as a worker uid of its own");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let worker = sandcache_runner::isolation::WorkerUser { uid: 20016, gid: 20016 };
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = tmp.path().join("build-cache");
+    sandcache_testkit::tree::sample_tree(&src);
+    let site = spec.prefix.clone();
+    put_legacy_cache(&spec, &site, &src).await;
+
+    // Root's dir, which the restore must not touch.
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(repo.join("README"), "a site").unwrap();
+    std::os::unix::fs::symlink(&outside, repo.join(".cache")).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(&repo).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["-c", "user.email=t@t", "-c", "user.name=t", "add", "."]);
+    git(&["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "site"]);
+    // git refuses a local repo another uid owns; a real site's is remote.
+    let out = std::process::Command::new("chown").arg("-R").arg("20016:20016").arg(&repo).output().unwrap();
+    assert!(out.status.success());
+
+    let mut cfg = test_config(tmp.path());
+    cfg.worker_user = Some(worker);
+    let work = cfg.work_dir.clone();
+    let runner = Runner::new(cfg);
+    let run_dir = work.join(".cache/deno");
+    let url = format!("file://{}", repo.display());
+    let body =
+        json!({"site": site, "repo": url, "branch": "main", "runCommand": [], "envs": legacy_envs(&spec, &run_dir)});
+    let (s, v) = call(&runner, "POST", "/sandbox/deploy", body).await;
+    assert_eq!(s, StatusCode::OK, "the legacy cache is advisory: {v}");
+    assert!(std::fs::symlink_metadata(work.join(".cache")).unwrap().is_symlink(), "the clone is as committed");
+    sandcache_engine::wait_for_background(Duration::from_secs(10));
+    let names: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["passwd"], "the restore wrote outside the clone");
+
+    // The outcome itself: a skip, `unsafe`, naming the link.
+    let vars: BTreeMap<String, String> = serde_json::from_value(legacy_envs(&spec, &run_dir)).unwrap();
+    let legacy = sandcache_runner::LegacyCache::from_vars(&vars).unwrap();
+    let opts = sandcache_engine::RestoreOptions {
+        owner: Some((worker.uid, worker.gid)),
+        state_dir: Some(tmp.path().join("legacy-state")),
+        ..Default::default()
+    };
+    std::fs::create_dir(tmp.path().join("legacy-state")).unwrap();
+    let o = legacy.restore(&site, &Default::default(), &opts).await;
+    let skip = o.result.as_ref().expect_err("refused");
+    assert_eq!(skip.reason, sandcache_engine::Reason::Unsafe, "{}", skip.detail);
+    assert!(skip.detail.contains(&work.join(".cache").display().to_string()), "{}", skip.detail);
+    let names: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["passwd"]);
     call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
 }
 

@@ -175,3 +175,88 @@ fn lockkey_invalid_prefix_exits_2() {
         assert!(stderr.contains("--prefix"), "{bad:?}: {stderr}");
     }
 }
+
+/// The cap on one dependency file (docs/configuration.md, "Lockfile keys").
+const FILE_CAP: usize = 16 << 20;
+
+/// `n` bytes of JSON made of tiny values, as in the security review: an
+/// array of zeros, then an object of one-digit entries, padded with spaces.
+fn tiny_values(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    out.extend_from_slice(b"{\"a\":[0");
+    while out.len() + 2 < n / 2 {
+        out.extend_from_slice(b",0");
+    }
+    out.extend_from_slice(b"],\"b\":{\"0\":0");
+    for i in 1u64.. {
+        let entry = format!(",\"{i}\":0");
+        if out.len() + entry.len() + 2 > n {
+            break;
+        }
+        out.extend_from_slice(entry.as_bytes());
+    }
+    out.extend_from_slice(b"}}");
+    out.resize(n, b' ');
+    out
+}
+
+/// `sandcache key --repo DIR` as the only child of a python3 process that
+/// then prints the child's peak RSS (`getrusage(RUSAGE_CHILDREN)`, which
+/// counts no other process of this test binary). Exit code, peak RSS in
+/// bytes, stderr. `None` without python3.
+fn key_with_peak_rss(repo: &Path) -> Option<(i32, u64, String)> {
+    const MEASURE: &str = "import resource, subprocess, sys\n\
+        code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode\n\
+        print('maxrss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n\
+        sys.exit(code)\n";
+    let out = std::process::Command::new("python3")
+        .args(["-c", MEASURE, env!("CARGO_BIN_EXE_sandcache"), "key", "--repo"])
+        .arg(repo)
+        .output()
+        .ok()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let kib: u64 = stderr.lines().last()?.strip_prefix("maxrss_kib ")?.parse().ok()?;
+    Some((out.status.code().unwrap_or(-1), kib * 1024, stderr))
+}
+
+/// The security review's trick: a 64 MiB `deno.lock` of tiny JSON values
+/// cost `sandcache key` 1.4 GiB of RSS and seconds of CPU (in the root
+/// runner, on an async thread). It is refused now before it is parsed,
+/// naming the file and the cap; so is a file one byte over the cap.
+#[test]
+fn lockkey_a_lockfile_over_the_cap_is_refused_naming_it_and_the_cap() {
+    for size in [64 << 20, FILE_CAP + 1] {
+        let tmp = tempfile::tempdir().unwrap();
+        let lock = tmp.path().join("deno.lock");
+        fs::write(&lock, tiny_values(size)).unwrap();
+        let (code, stdout, stderr) = key(tmp.path(), &[]);
+        assert_eq!(code, 2, "{size} bytes: keyed as {stdout}");
+        assert!(stderr.contains(&lock.display().to_string()), "{stderr}");
+        assert!(stderr.contains("16 MiB") && stderr.contains(&FILE_CAP.to_string()), "names the cap: {stderr}");
+        assert!(stderr.contains(&size.to_string()), "names the size: {stderr}");
+    }
+}
+
+/// A file of the same tiny values just under the cap is keyed, in memory
+/// proportionate to it: the process's peak RSS grows by less than 6 times
+/// the file over that of keying a small repo: 3 now, where a
+/// `serde_json::Value` tree of it took 16.
+#[test]
+fn lockkey_a_lockfile_just_under_the_cap_is_keyed_in_memory_proportionate_to_it() {
+    let small = tempfile::tempdir().unwrap();
+    write(small.path(), &[("deno.lock", r#"{"version": "4"}"#)]);
+    let Some((code, baseline, stderr)) = key_with_peak_rss(small.path()) else {
+        assert!(std::env::var_os("CI").is_none(), "python3 is missing on CI");
+        eprintln!("skipping: no python3 to measure the peak RSS with");
+        return;
+    };
+    assert_eq!(code, 0, "{stderr}");
+    let tmp = tempfile::tempdir().unwrap();
+    let size = FILE_CAP - 4096;
+    fs::write(tmp.path().join("deno.lock"), tiny_values(size)).unwrap();
+    let (code, peak, stderr) = key_with_peak_rss(tmp.path()).unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let grown = peak.saturating_sub(baseline);
+    eprintln!("peak RSS {peak} bytes, {grown} over a small repo's, for a {size}-byte file");
+    assert!(grown < 6 * size as u64, "{grown} bytes more than a small repo for a {size}-byte file: {stderr}");
+}
