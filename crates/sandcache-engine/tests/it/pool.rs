@@ -389,3 +389,138 @@ async fn hostile_roots_and_pieces_are_corrupt() {
     }
     settle();
 }
+
+/// A fresh pod for one deploy: its DENO_DIR and its state dir (the runner's),
+/// neither shared with any other.
+fn pod(tmp: &std::path::Path, name: &str) -> (std::path::PathBuf, RestoreOptions) {
+    let pod = tmp.join(format!("pod-{name}-{}", rand::random::<u32>()));
+    fs::create_dir_all(pod.join("state")).unwrap();
+    let opts = RestoreOptions {
+        state_dir: Some(pod.join("state")),
+        fallbacks: vec!["base/deno".into()],
+        ..Default::default()
+    };
+    (pod.join("deno-dir"), opts)
+}
+
+fn snapshot_opts(restore: &RestoreOptions) -> SnapshotOptions {
+    SnapshotOptions { state_dir: restore.state_dir.clone(), ..Default::default() }
+}
+
+/// The largest pack of a key's newest generation, and its size.
+async fn largest_pack(store: &dyn Store, key: &str) -> (String, String, u64) {
+    let (_, m) = manifests(store, key).await.unwrap().remove(0);
+    let p = m.packs.iter().max_by_key(|p| p.size).unwrap();
+    (pack_location(key, &m, &p.id), p.id.clone(), p.size)
+}
+
+/// Issue 24: one base pack overwritten with other bytes of the same length
+/// (a HEAD cannot tell), and two sites, X and Y, built on it over two rounds
+/// of deploys, each on a fresh pod. Round one: each site's restore falls
+/// back to the base, finds it corrupt, and starts cold; its snapshot packs
+/// the same content, whose pack the pool holds under the bad object's
+/// name, and must upload it rather than reference the bad object. Round
+/// two: both restore their own keys, exact. A bad shared object costs each
+/// site one cold start, never every start after it.
+#[tokio::test]
+async fn an_overwritten_base_pack_costs_each_site_one_cold_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base_src = tmp.path().join("base");
+    tree(&base_src);
+    for store in stores("pool-heal", tmp.path()) {
+        assert!(Cache::new(store.clone(), "base/deno").snapshot(&base_src, &force()).await.is_done());
+        let (victim, _, size) = largest_pack(store.as_ref(), "base/deno").await;
+        put(store.as_ref(), &victim, vec![0x5a; size as usize]).await;
+
+        for round in 0..2 {
+            for site in ["x", "y"] {
+                let cache = Cache::new(store.clone(), format!("site-{site}/cache.tgz"));
+                let (dir, opts) = pod(tmp.path(), &format!("{site}{round}"));
+                let out = cache.restore(&dir, &opts).await;
+                let j = out.to_json();
+                if round == 0 {
+                    // The base is the only candidate, and it is corrupt.
+                    assert_eq!(out.reason(), Some(Reason::Corrupt), "{site}: {j}");
+                    // Cold: the app fetches its dependencies, the base's.
+                    assert!(
+                        std::process::Command::new("cp").arg("-a").arg(&base_src).arg(&dir).status().unwrap().success()
+                    );
+                    let snap = cache.snapshot(&dir, &snapshot_opts(&opts)).await;
+                    assert!(snap.is_done(), "{site}: {}", snap.to_json());
+                    // What the site's generation names is what it says.
+                    assert_eq!(check(store.as_ref(), &format!("site-{site}/cache.tgz")).await, Ok(1), "{site}");
+                } else {
+                    assert_eq!(j["hit"], "exact", "{site}, round two: {j}");
+                    assert_same_tree(&base_src, &dir);
+                }
+                settle();
+            }
+        }
+        // The bad object is marked, for gc.
+        let marks: Vec<String> = store.list("pool/bad/").await.unwrap().into_iter().map(|o| o.key).collect();
+        let id = victim.rsplit('/').next().unwrap();
+        assert_eq!(marks, [format!("pool/bad/{id}")]);
+    }
+}
+
+/// A snapshot on a pod that never restored the bad object (another site,
+/// a fresh pod) knows it from the store's mark: it uploads that content
+/// again rather than reference the bad object.
+#[tokio::test]
+async fn a_snapshot_elsewhere_reads_the_mark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base_src = tmp.path().join("base");
+    tree(&base_src);
+    for store in stores("pool-mark", tmp.path()) {
+        assert!(Cache::new(store.clone(), "base/deno").snapshot(&base_src, &force()).await.is_done());
+        let (victim, _, size) = largest_pack(store.as_ref(), "base/deno").await;
+        put(store.as_ref(), &victim, vec![0x33; size as usize]).await;
+        // A restore somewhere finds it, and marks it.
+        let (dir, opts) = pod(tmp.path(), "finder");
+        let out = Cache::new(store.clone(), "site-a/cache.tgz").restore(&dir, &opts).await;
+        assert_eq!(out.reason(), Some(Reason::Corrupt), "{}", out.to_json());
+        assert_eq!(store.list("pool/bad/").await.unwrap().len(), 1);
+        // Another pod, another site, the same content: never restored.
+        let (dir, opts) = pod(tmp.path(), "elsewhere");
+        assert!(std::process::Command::new("cp").arg("-a").arg(&base_src).arg(&dir).status().unwrap().success());
+        let z = Cache::new(store.clone(), "site-z/cache.tgz");
+        let snap = z.snapshot(&dir, &snapshot_opts(&opts)).await;
+        assert!(snap.is_done(), "{}", snap.to_json());
+        assert!(snap.to_json()["pool_added"].as_u64().unwrap() >= size, "{}", snap.to_json());
+        assert_eq!(check(store.as_ref(), "site-z/cache.tgz").await, Ok(1));
+        let (again, opts) = pod(tmp.path(), "z-again");
+        assert_eq!(z.restore(&again, &opts).await.to_json()["hit"], "exact");
+        assert_same_tree(&base_src, &again);
+        settle();
+    }
+}
+
+/// A pool object of another length than its content (no mark yet): the
+/// snapshot's HEAD finds it, refuses to skip it, uploads the content
+/// salted, and marks the object.
+#[tokio::test]
+async fn a_head_of_the_wrong_length_is_never_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    for store in stores("pool-head", tmp.path()) {
+        assert!(Cache::new(store.clone(), "first/k").snapshot(&src, &force()).await.is_done());
+        let (victim, id, _) = largest_pack(store.as_ref(), "first/k").await;
+        put(store.as_ref(), &victim, b"shorter than the pack".to_vec()).await;
+        // Another key, the same content (another dir: no shared state).
+        let copy = tmp.path().join(format!("copy-{}", rand::random::<u32>()));
+        assert!(std::process::Command::new("cp").arg("-a").arg(&src).arg(&copy).status().unwrap().success());
+        let second = Cache::new(store.clone(), "second/k");
+        let snap = second.snapshot(&copy, &force()).await;
+        assert!(snap.is_done(), "{}", snap.to_json());
+        assert_eq!(check(store.as_ref(), "second/k").await, Ok(1));
+        let (_, m) = manifests(store.as_ref(), "second/k").await.unwrap().remove(0);
+        assert!(m.packs.iter().all(|p| p.id != id), "the bad object is not named");
+        let marks: Vec<String> = store.list("pool/bad/").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(marks, [format!("pool/bad/{id}.pack")]);
+        let dest = tmp.path().join(format!("dest-{}", rand::random::<u32>()));
+        assert!(second.restore(&dest, &RestoreOptions::default()).await.is_done());
+        assert_same_tree(&src, &dest);
+        settle();
+    }
+}
