@@ -585,6 +585,44 @@ async fn room_for(budget: &Arc<tokio::sync::Semaphore>, len: u64) -> tokio::sync
     budget.clone().acquire_many_owned(kib).await.expect("the budget is never closed")
 }
 
+/// Where fetches hand frames to the writers: room in the in-flight budget,
+/// then a place in the queue. Both waits end as soon as a writer has
+/// failed: the writers have stopped taking frames, and the queue and the
+/// budget it holds would never drain (the restore would sit until its
+/// deadline instead of falling through to the next candidate).
+#[derive(Clone)]
+struct Feed {
+    tx: tokio::sync::mpsc::Sender<FrameJob>,
+    budget: Arc<tokio::sync::Semaphore>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Feed {
+    /// Waits for room for `len` compressed bytes; `None` once the writers
+    /// stopped.
+    async fn room(&mut self, len: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::select! {
+            permit = room_for(&self.budget, len) => Some(permit),
+            () = stopped(&mut self.stop) => None,
+        }
+    }
+
+    /// Queues a frame for the writers; `false` once they stopped.
+    async fn send(&mut self, job: FrameJob) -> bool {
+        tokio::select! {
+            sent = self.tx.send(job) => sent.is_ok(),
+            () = stopped(&mut self.stop) => false,
+        }
+    }
+}
+
+/// Resolves once a writer failed (never, if nobody can say so any more).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The nice value of a second phase's writer thread: the app's boot first,
 /// the tail in the CPU time it leaves.
 const TAIL_NICE: i32 = 19;
@@ -809,6 +847,8 @@ async fn write_frames(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<FrameJob>(threads * 2);
     let rx = Arc::new(Mutex::new(rx));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let error: Arc<Mutex<Option<ExtractError>>> = Arc::new(Mutex::new(None));
     let files = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
@@ -826,7 +866,7 @@ async fn write_frames(
             sink.clone(),
         );
         let behind_the_app = matches!(sink, Sink::Live(_));
-        let (found, key) = (found.clone(), key.to_owned());
+        let (found, key, stop_tx) = (found.clone(), key.to_owned(), stop_tx.clone());
         let work = move || {
             let mut decoder = pack::FrameDecoder::default();
             loop {
@@ -852,6 +892,7 @@ async fn write_frames(
                         }
                         error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         cancel.store(true, Ordering::Relaxed);
+                        stop_tx.send_replace(true);
                         return;
                     }
                 }
@@ -883,37 +924,24 @@ async fn write_frames(
     // recycled as they are written (a frame in flight holds its own, so the
     // budget still bounds them; a few wait for reuse).
     let frame_bufs = Recycler::new(8);
+    let feed_of = || Feed { tx: tx.clone(), budget: budget.clone(), stop: stop.clone() };
     let fetches = futures::stream::iter(runs.into_iter().map(|run| {
-        let (tx, m, cancel, transferred, progress, budget) =
-            (tx.clone(), m.clone(), cancel.clone(), transferred.clone(), progress.clone(), budget.clone());
+        let (feed, m, cancel, transferred, progress) =
+            (feed_of(), m.clone(), cancel.clone(), transferred.clone(), progress.clone());
         let (pieces, frame_bufs) = (pieces.clone(), &frame_bufs);
         async move {
-            fetch_run(
-                store,
-                key,
-                &m,
-                &pieces,
-                run,
-                tx,
-                cancel,
-                transferred,
-                progress,
-                budget,
-                frame_bufs,
-                prefetch,
-                found,
-            )
-            .await
+            fetch_run(store, key, &m, &pieces, run, feed, cancel, transferred, progress, frame_bufs, prefetch, found)
+                .await
         }
     }))
     .buffer_unordered(concurrency.max(1))
     .try_collect::<Vec<()>>();
     let feed = {
-        let (tx, budget) = (tx.clone(), budget.clone());
+        let mut feed = feed_of();
         async move {
             for (frame, bytes) in kept {
-                let permit = room_for(&budget, bytes.len() as u64).await;
-                if tx.send(FrameJob { frame, bytes, _budget: permit }).await.is_err() {
+                let Some(permit) = feed.room(bytes.len() as u64).await else { return };
+                if !feed.send(FrameJob { frame, bytes, _budget: permit }).await {
                     return;
                 }
             }
@@ -1624,11 +1652,10 @@ async fn fetch_run(
     m: &Manifest,
     pieces: &[Vec<Piece>],
     (pack, range, frames): Run,
-    tx: tokio::sync::mpsc::Sender<FrameJob>,
+    mut feed: Feed,
     cancel: Arc<AtomicBool>,
     transferred: Arc<AtomicU64>,
     progress: Option<Arc<Progress>>,
-    budget: Arc<tokio::sync::Semaphore>,
     frame_bufs: &Recycler,
     prefetch: &Prefetch,
     found: &Found,
@@ -1667,7 +1694,7 @@ async fn fetch_run(
         }
         let fr = &m.frames[frame as usize];
         // Wait for room before taking in this frame's bytes.
-        let permit = room_for(&budget, fr.clen).await;
+        let Some(permit) = feed.room(fr.clen).await else { return Ok(()) };
         let clen = fr.clen as usize;
         let mut gathered: Option<Vec<u8>> = None;
         let bytes = loop {
@@ -1730,7 +1757,7 @@ async fn fetch_run(
             // when there was no room) for the tail, not written.
             continue;
         }
-        if tx.send(FrameJob { frame, bytes, _budget: permit }).await.is_err() {
+        if !feed.send(FrameJob { frame, bytes, _budget: permit }).await {
             return Ok(());
         }
     }
