@@ -45,7 +45,7 @@ use sandcache_store::{Store, StoreOptions};
 
 pub use config::{CacheConfig, seed_env};
 pub use delete::DeleteReport;
-pub use gc::{GcOptions, GcReport, gc_store};
+pub use gc::{DEFAULT_VERIFY_BYTES, DEFAULT_VERIFY_RATE, GcOptions, GcReport, gc_store};
 pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
 pub use restore::{RestoreHandle, RestoreOptions};

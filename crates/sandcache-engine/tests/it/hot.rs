@@ -529,7 +529,7 @@ async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_
     assert!(HOT.iter().all(|h| hot.entries.iter().any(|e| e.path == *h)));
     assert!(hot.entries.len() < whole.entries.len() / 2, "{} of {}", hot.entries.len(), whole.entries.len());
     // gc keeps it with its root.
-    let keep = sandcache_engine::GcOptions { keep: 1, grace: Duration::ZERO };
+    let keep = sandcache_engine::GcOptions { keep: 1, grace: Duration::ZERO, ..Default::default() };
     sandcache_engine::gc_store(inner.as_ref(), &keep).await.unwrap();
     assert!(inner.head(&piece_key(&hot_ref.id)).await.unwrap().is_some(), "gc kept the hot piece");
 

@@ -122,10 +122,12 @@ async fn a_shared_pack_survives_delete_and_gc_of_another_key() {
             fs::write(src.join("remote/noise.bin"), format!("round {i}")).unwrap();
             assert!(base.snapshot(&src, &force()).await.is_done());
         }
-        let r = base.gc(&GcOptions { keep: 1, grace: Duration::ZERO }).await.unwrap();
+        let r = base.gc(&GcOptions { keep: 1, grace: Duration::ZERO, ..Default::default() }).await.unwrap();
         assert_eq!(r.generations_deleted, 2, "{r:?}");
         assert!(!base.delete().await.unwrap().not_found);
-        let r = gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::ZERO }).await.unwrap();
+        let r = gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::ZERO, ..Default::default() })
+            .await
+            .unwrap();
         assert!(r.packs_deleted >= 1, "the base's own last packs go: {r:?}");
         assert!(r.packs_kept >= 1, "{r:?}");
 
@@ -135,7 +137,9 @@ async fn a_shared_pack_survives_delete_and_gc_of_another_key() {
         assert!(out.is_done(), "{}", out.to_json());
         assert_same_tree(&copy, &dest);
         // Nothing unreferenced is left: a second sweep deletes nothing.
-        let r = gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::ZERO }).await.unwrap();
+        let r = gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::ZERO, ..Default::default() })
+            .await
+            .unwrap();
         assert_eq!((r.generations_deleted, r.packs_deleted), (0, 0), "{r:?}");
         settle();
     }
@@ -521,6 +525,113 @@ async fn a_head_of_the_wrong_length_is_never_skipped() {
         let dest = tmp.path().join(format!("dest-{}", rand::random::<u32>()));
         assert!(second.restore(&dest, &RestoreOptions::default()).await.is_done());
         assert_same_tree(&src, &dest);
+        settle();
+    }
+}
+
+/// gc without sampling: only marks and the listing's sizes.
+fn gc_unsampled() -> GcOptions {
+    GcOptions { keep: 3, grace: Duration::ZERO, verify_rate: 0.0, ..Default::default() }
+}
+
+/// Two keys with the same content (both name the same packs) and a third
+/// with other content.
+async fn two_sharing_and_one_apart(store: &Arc<dyn Store>, tmp: &std::path::Path, src: &std::path::Path) {
+    assert!(Cache::new(store.clone(), "a/k").snapshot(src, &force()).await.is_done());
+    let copy = tmp.join(format!("copy-{}", rand::random::<u32>()));
+    assert!(std::process::Command::new("cp").arg("-a").arg(src).arg(&copy).status().unwrap().success());
+    assert!(Cache::new(store.clone(), "b/k").snapshot(&copy, &force()).await.is_done());
+    let other = tmp.join(format!("other-{}", rand::random::<u32>()));
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("alone.txt"), b"content no other key has").unwrap();
+    assert!(Cache::new(store.clone(), "c/k").snapshot(&other, &force()).await.is_done());
+}
+
+/// gc reads every marked object whole: a bad one goes, with every
+/// generation naming it, then its mark; a mark on a good object (anyone
+/// with pool write can plant one) is cleared and nothing else happens.
+/// Then the content can go up again under its own name.
+#[tokio::test]
+async fn gc_acts_on_a_mark_only_once_it_has_read_the_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    for store in stores("pool-gc-marks", tmp.path()) {
+        two_sharing_and_one_apart(&store, tmp.path(), &src).await;
+        let (victim, id, size) = largest_pack(store.as_ref(), "a/k").await;
+        let (good, good_id, _) = largest_pack(store.as_ref(), "c/k").await;
+        put(store.as_ref(), &victim, vec![0x5a; size as usize]).await;
+        // A restore finds it, and marks it; someone plants a false mark.
+        let dir = tmp.path().join(format!("d-{}", rand::random::<u32>()));
+        let out = Cache::new(store.clone(), "a/k").restore(&dir, &RestoreOptions::default()).await;
+        assert_eq!(out.reason(), Some(Reason::Corrupt), "{}", out.to_json());
+        assert!(store.put_new(&format!("pool/bad/{good_id}.pack"), b"{}".to_vec().into()).await.unwrap());
+        assert_eq!(store.list("pool/bad/").await.unwrap().len(), 2);
+
+        let r = gc_store(store.as_ref(), &gc_unsampled()).await.unwrap();
+        assert_eq!((r.bad_objects, r.generations_withdrawn_bad, r.false_marks), (1, 2, 1), "{r:?}");
+        assert_eq!(r.objects_verified, 2, "{r:?}");
+        assert!(store.head(&victim).await.unwrap().is_none(), "the bad object is gone");
+        assert!(store.list("pool/bad/").await.unwrap().is_empty(), "both marks are gone");
+        for key in ["a/k", "b/k"] {
+            assert!(manifests(store.as_ref(), key).await.unwrap().is_empty(), "{key}'s generation is withdrawn");
+        }
+        assert!(store.head(&good).await.unwrap().is_some(), "the falsely marked object stays");
+        assert_eq!(check(store.as_ref(), "c/k").await, Ok(1));
+        // No mark, no object: the next snapshot uploads it under its own name.
+        assert!(Cache::new(store.clone(), "a/k").snapshot(&src, &force()).await.is_done());
+        assert_eq!(check(store.as_ref(), "a/k").await, Ok(1));
+        assert!(store.head(&format!("pool/{}/{id}.pack", &id[..2])).await.unwrap().is_some());
+        let r = gc_store(store.as_ref(), &gc_unsampled()).await.unwrap();
+        assert_eq!((r.bad_objects, r.generations_withdrawn_bad, r.false_marks), (0, 0, 0), "{r:?}");
+        settle();
+    }
+}
+
+/// A kept pack whose listed size is not what its generations say is read
+/// whole (no mark, no sample needed), found bad, and goes with them.
+#[tokio::test]
+async fn gc_finds_a_kept_pack_of_the_wrong_length_in_the_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    for store in stores("pool-gc-length", tmp.path()) {
+        two_sharing_and_one_apart(&store, tmp.path(), &src).await;
+        let (victim, _, _) = largest_pack(store.as_ref(), "a/k").await;
+        put(store.as_ref(), &victim, b"not the pack".to_vec()).await;
+        let r = gc_store(store.as_ref(), &gc_unsampled()).await.unwrap();
+        assert_eq!((r.objects_verified, r.bad_objects, r.generations_withdrawn_bad), (1, 1, 2), "{r:?}");
+        assert!(store.head(&victim).await.unwrap().is_none());
+        assert_eq!(check(store.as_ref(), "c/k").await, Ok(1));
+        settle();
+    }
+}
+
+/// A kept pack overwritten with bytes of the same length, and nobody has
+/// restored it since: only the sample finds it. At rate 0 it stays; at
+/// rate 1 every kept object is read whole, and it goes.
+#[tokio::test]
+async fn gc_samples_what_nobody_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    for store in stores("pool-gc-sample", tmp.path()) {
+        two_sharing_and_one_apart(&store, tmp.path(), &src).await;
+        let (victim, _, size) = largest_pack(store.as_ref(), "a/k").await;
+        put(store.as_ref(), &victim, vec![0x77; size as usize]).await;
+        let r = gc_store(store.as_ref(), &gc_unsampled()).await.unwrap();
+        assert_eq!((r.objects_verified, r.bad_objects), (0, 0), "{r:?}");
+        // A budget too small for anything reads nothing.
+        let tiny = GcOptions { verify_rate: 1.0, verify_bytes: 10, ..gc_unsampled() };
+        let r = gc_store(store.as_ref(), &tiny).await.unwrap();
+        assert_eq!((r.objects_verified, r.bad_objects), (0, 0), "{r:?}");
+        let all = GcOptions { verify_rate: 1.0, ..gc_unsampled() };
+        let r = gc_store(store.as_ref(), &all).await.unwrap();
+        assert_eq!((r.bad_objects, r.generations_withdrawn_bad), (1, 2), "{r:?}");
+        assert_eq!(r.objects_verified, r.packs_kept + 1, "every kept object, and the bad one: {r:?}");
+        assert!(store.head(&victim).await.unwrap().is_none());
+        let bad_rate = GcOptions { verify_rate: 1.5, ..gc_unsampled() };
+        assert!(gc_store(store.as_ref(), &bad_rate).await.unwrap_err().contains("verify rate"));
         settle();
     }
 }
