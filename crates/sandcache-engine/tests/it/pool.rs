@@ -635,3 +635,48 @@ async fn gc_samples_what_nobody_reported() {
         settle();
     }
 }
+
+/// What the sandbox policy requires (deploy/iam/sandbox-policy.json): every
+/// write to the pool is one PUT carrying `If-None-Match: *`, never a
+/// multipart upload (whose parts cannot carry it): packs, pieces, salted
+/// copies and marks alike. Seen on the wire, through a proxy in front of
+/// the test S3 server.
+#[tokio::test]
+async fn every_pool_write_is_one_put_with_if_none_match() {
+    use sandcache_testkit::faults::FaultProxy;
+    let Some(spec) = sandcache_testkit::s3::spec("pool-if-none-match") else { return };
+    let proxy = FaultProxy::start(spec.endpoint.as_deref().unwrap()).await;
+    let mut via = spec.clone();
+    via.endpoint = Some(proxy.url());
+    let store: Arc<dyn Store> =
+        Arc::new(sandcache_store::S3Store::new(&via, &sandcache_store::StoreOptions::default()).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    packages(&src, 300);
+    tree(&src);
+    // A base (packs, pieces), one of its packs overwritten, a restore that
+    // marks it, and a snapshot that uploads that content salted.
+    assert!(Cache::new(store.clone(), "base/deno").snapshot(&src, &force()).await.is_done());
+    let (victim, _, size) = largest_pack(store.as_ref(), "base/deno").await;
+    put(store.as_ref(), &victim, vec![0x5a; size as usize]).await;
+    let (dir, opts) = pod(tmp.path(), "wire");
+    let site = Cache::new(store.clone(), "site/cache.tgz");
+    assert_eq!(site.restore(&dir, &opts).await.reason(), Some(Reason::Corrupt));
+    assert!(std::process::Command::new("cp").arg("-a").arg(&src).arg(&dir).status().unwrap().success());
+    assert!(site.snapshot(&dir, &snapshot_opts(&opts)).await.is_done());
+    assert_eq!(check(store.as_ref(), "site/cache.tgz").await, Ok(1));
+
+    let writes = proxy.take_writes();
+    let pool: Vec<_> = writes.iter().filter(|w| w.path.contains("/pool/")).collect();
+    let kinds = |ext: &str| pool.iter().filter(|w| w.path.contains(ext)).count();
+    assert!(kinds(".pack") >= 3 && kinds(".tree") >= 2 && kinds("/pool/bad/") == 1, "{pool:#?}");
+    for w in &pool {
+        // The one overwrite is this test's own, with `put`.
+        if w.path.ends_with(victim.as_str()) && w.if_none_match.is_none() {
+            continue;
+        }
+        assert_eq!((w.method.as_str(), w.if_none_match.as_deref()), ("PUT", Some("*")), "{w:?}");
+        assert!(!w.path.contains('?'), "no multipart: {w:?}");
+    }
+    settle();
+}
