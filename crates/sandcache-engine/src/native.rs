@@ -1083,6 +1083,7 @@ fn split_hot(m: &Manifest, pieces: Vec<Vec<Piece>>) -> (Vec<Vec<Piece>>, Option<
 /// renamed into place, unless the worker made that path meanwhile (left
 /// alone). A directory the worker removed or replaced loses its files: they
 /// are a cold miss, fetched again by the app.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn restore_tail(
     store: &dyn Store,
     key: &str,
@@ -1848,6 +1849,7 @@ fn suspect_file(found: &Found, key: &str, m: &Manifest, entry: usize) {
 
 /// Symlinks last, then large files' metadata and each directory's, deepest
 /// first. Returns the number of symlinks and large files.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     m: &Manifest,
     staging: &Path,

@@ -853,7 +853,10 @@ fn iam_policies_are_least_privilege() {
     // The S3 store sends it for every pool write: put_new is a PUT in
     // object_store's create mode, which it forces on.
     let s3 = read("crates/sandcache-store/src/s3.rs");
-    assert!(s3.contains("PutMode::Create") && s3.contains("S3ConditionalPut::ETagMatch"), "put_new sends If-None-Match");
+    assert!(
+        s3.contains("PutMode::Create") && s3.contains("S3ConditionalPut::ETagMatch"),
+        "put_new sends If-None-Match"
+    );
     assert!(!read("deploy/iam/sandbox-policy.json").contains("Delete"), "no sandbox deletes");
     // The same document as the threat model's.
     let doc = read("docs/threat-model.md");
