@@ -501,6 +501,35 @@ impl PackBuilder {
     }
 }
 
+/// Bytes a salted object starts with: a zstd skippable frame (4 bytes of
+/// magic, 4 of length, then the nonce).
+pub const SALT_LEN: u64 = 8 + SALT_NONCE as u64;
+/// The nonce in a salted object's skippable frame.
+const SALT_NONCE: usize = 16;
+/// The skippable frame's magic (zstd reserves 0x184D2A50 to 0x184D2A5F for
+/// frames every decoder skips).
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
+
+/// A pool object (a pack, or a manifest piece) salted: the same bytes after
+/// a zstd skippable frame holding `nonce`, so its BLAKE3, its name in the
+/// pool, differs from the unsalted object's.
+///
+/// For when the canonical name is taken by a bad object that cannot be
+/// overwritten (S3 refuses the overwrite under `If-None-Match`, and the
+/// name would be the bad object's anyway). Every frame of a salted pack is
+/// [`SALT_LEN`] bytes further in, so a manifest naming it shifts its frames'
+/// offsets by that much; readers fetch frames by offset and never see the
+/// skippable frame, and a zstd decoder reading the whole object (a piece's
+/// [`Manifest::decode`]) skips it.
+pub fn salt(bytes: &[u8], nonce: [u8; SALT_NONCE]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SALT_LEN as usize + bytes.len());
+    out.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+    out.extend_from_slice(&(SALT_NONCE as u32).to_le_bytes());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(bytes);
+    out
+}
+
 /// Decompresses a frame and checks its length and hash.
 pub fn decode_frame(compressed: &[u8], frame: &Frame) -> Result<Vec<u8>, ExtractError> {
     Ok(FrameDecoder::default().decode(compressed, frame)?.to_vec())
@@ -560,5 +589,72 @@ impl FrameDecoder {
             return Err(corrupt(format!("frame at {} decodes to {n} bytes, not {}", frame.offset, frame.rawlen)));
         }
         Ok(&self.buf[..rawlen])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(files: &[&[u8]]) -> (BuiltPack, Vec<(u32, u64)>) {
+        let mut done = Vec::new();
+        let mut b = PackBuilder::new(3);
+        let at: Vec<(u32, u64)> = files.iter().map(|f| b.add(f, &mut done)).collect();
+        b.finish(&mut done);
+        assert_eq!(done.len(), 1);
+        (done.remove(0), at)
+    }
+
+    /// A salted pack has another id, and every frame decodes at the
+    /// manifest's offset moved by [`SALT_LEN`]; a decoder reading the whole
+    /// object skips the salt.
+    #[test]
+    fn a_salted_pack_keeps_its_frames_under_another_id() {
+        let big: Vec<u8> = (0..FRAME_RAW as u32 + 5000).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let files: [&[u8]; 3] = [b"first file", &big, b"third"];
+        let (p, at) = built(&files);
+        assert!(p.frames.len() >= 2, "{} frames", p.frames.len());
+        let salted = salt(&p.bytes, [7; 16]);
+        assert_eq!(salted.len() as u64, p.bytes.len() as u64 + SALT_LEN);
+        let id = blake3::hash(&salted).to_hex().to_string();
+        assert_ne!(id, p.id, "another name in the pool");
+        assert_ne!(salt(&p.bytes, [8; 16]), salted, "the nonce makes the name");
+        let mut raw = Vec::new();
+        for f in &p.frames {
+            let at = (f.offset + SALT_LEN) as usize;
+            let bytes = &salted[at..at + f.clen as usize];
+            raw.extend(decode_frame(bytes, f).unwrap());
+        }
+        let (first, off) = at[0];
+        assert_eq!((first, off), (0, 0));
+        assert_eq!(&raw[..files[0].len()], files[0]);
+        assert_eq!(&raw[raw.len() - files[2].len()..], files[2]);
+        // Read whole as a zstd stream, the salt is skipped and the frames
+        // follow one another.
+        let whole = zstd::stream::decode_all(&salted[..]).unwrap();
+        assert_eq!(whole, raw);
+    }
+
+    /// A manifest piece salted still decodes, as any reader (this version
+    /// or an older one) decodes a piece.
+    #[test]
+    fn a_salted_piece_decodes_as_the_piece() {
+        let m = Manifest {
+            version: VERSION,
+            created_ms: 0,
+            packs: Vec::new(),
+            frames: Vec::new(),
+            entries: vec![Entry::dir("npm".into(), 0o755, 1), Entry::file("a".into(), 0o644, 1, 0, "0".repeat(64))],
+            pieces: Vec::new(),
+            hot: Vec::new(),
+        };
+        let bytes = m.encode();
+        let salted = salt(&bytes, rand_nonce());
+        assert_ne!(blake3::hash(&salted), blake3::hash(&bytes));
+        assert_eq!(Manifest::decode(&salted).unwrap(), m);
+    }
+
+    fn rand_nonce() -> [u8; 16] {
+        *blake3::hash(b"a nonce for a test").as_bytes().first_chunk().unwrap()
     }
 }

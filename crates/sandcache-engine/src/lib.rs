@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+mod bad;
 mod config;
 mod delete;
 mod gc;
@@ -44,7 +45,7 @@ use sandcache_store::{Store, StoreOptions};
 
 pub use config::{CacheConfig, seed_env};
 pub use delete::DeleteReport;
-pub use gc::{GcOptions, GcReport, gc_store};
+pub use gc::{DEFAULT_VERIFY_BYTES, DEFAULT_VERIFY_RATE, GcOptions, GcReport, gc_store};
 pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
 pub use restore::{RestoreHandle, RestoreOptions};
@@ -194,7 +195,7 @@ pub fn validate_key(key: &str) -> Result<(), String> {
     sandcache_store::check_key(key).map_err(|_| {
         format!("invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`")
     })?;
-    if native::pool_id_of(key).is_some() {
+    if native::pool_id_of(key).is_some() || bad::object_of_mark(key).is_some() {
         return Err(format!("invalid cache key `{key}`: it names an object of the shared pool"));
     }
     Ok(())

@@ -40,6 +40,7 @@ use sandcache_archive::{ExtractError, Progress, SqliteOptions, WalkError, WalkOp
 use sandcache_store::{Recycler, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::bad::Found;
 use crate::outcome::{Reason, Skip};
 
 pub(crate) fn manifests_prefix(key: &str) -> String {
@@ -108,14 +109,15 @@ pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, Store
 }
 
 /// A generation's manifest, whole: a root's pieces are fetched (16 at a
-/// time), each checked against its hash, and joined in order.
-pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str) -> Result<Manifest, Skip> {
-    whole(store, fetch_root(store, key).await?).await
+/// time), each checked against its hash, and joined in order. A piece
+/// that is not what its name says goes into `found`.
+pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str, found: &Found) -> Result<Manifest, Skip> {
+    whole(store, fetch_root(store, key).await?, found).await
 }
 
 /// A stored manifest made whole: a root joined with its pieces.
-pub(crate) async fn whole(store: &dyn Store, root: Manifest) -> Result<Manifest, Skip> {
-    if root.pieces.is_empty() { Ok(root) } else { assemble(store, root).await }
+pub(crate) async fn whole(store: &dyn Store, root: Manifest, found: &Found) -> Result<Manifest, Skip> {
+    if root.pieces.is_empty() { Ok(root) } else { assemble(store, root, found).await }
 }
 
 /// Whole packs downloading while a root's pieces are fetched and the
@@ -415,7 +417,7 @@ fn sub_manifest<'a>(m: &Manifest, entries: impl Iterator<Item = &'a Entry>) -> M
 /// Joins a root's pieces into one whole manifest (which the caller then
 /// validates as any other): each piece must hash to its id and be whole
 /// itself; frames and packs are renumbered into one list.
-async fn assemble(store: &dyn Store, root: Manifest) -> Result<Manifest, Skip> {
+async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Manifest, Skip> {
     if root.pieces.len() > MAX_PIECES {
         return Err(corrupt(format!("the manifest names {} pieces (at most {MAX_PIECES})", root.pieces.len())));
     }
@@ -433,7 +435,7 @@ async fn assemble(store: &dyn Store, root: Manifest) -> Result<Manifest, Skip> {
     // A window of fetches in flight, answered in order; each piece is
     // checked and decoded on a blocking thread as it arrives, so the
     // decoding (most of a manifest's cost) runs on every core.
-    let fetch = |p: &PieceRef| fetch_piece(store, p.clone());
+    let fetch = |p: &PieceRef| fetch_piece(store, p.clone(), found);
     let mut next = root.pieces.iter();
     let mut in_flight = futures::stream::FuturesOrdered::new();
     for p in next.by_ref().take(PIECES_IN_FLIGHT) {
@@ -475,25 +477,39 @@ async fn assemble(store: &dyn Store, root: Manifest) -> Result<Manifest, Skip> {
 }
 
 /// One piece, checked against its hash and its root's word, decoded on a
-/// blocking thread.
-async fn fetch_piece(store: &dyn Store, p: PieceRef) -> Result<Manifest, Skip> {
-    let (k, id, entries) = (piece_key(&p.id), p.id, p.entries);
+/// blocking thread. A piece of another length than its root says, or that
+/// does not hash to its name, is a bad pool object: noted in `found`.
+async fn fetch_piece(store: &dyn Store, p: PieceRef, found: &Found) -> Result<Manifest, Skip> {
+    let (k, id, entries) = (piece_key(&p.id), p.id.clone(), p.entries);
     let bytes = get_all(store, &k).await.map_err(|e| match e {
         StoreError::NotFound { .. } => Skip::new(Reason::NotFound, format!("piece {id} is gone")),
         e => crate::restore::store_skip(e),
     })?;
-    tokio::task::spawn_blocking(move || {
+    if bytes.len() as u64 != p.size {
+        let why = format!("{} bytes where its root says {}", bytes.len(), p.size);
+        found.add(&k, p.size, &why);
+        return Err(corrupt(format!("piece {id} is {why}")));
+    }
+    // Err(Some(_)): the object is not what its name says; Err(None): it
+    // is, but it is not a piece this root can use.
+    let checked = tokio::task::spawn_blocking(move || {
         if blake3::hash(&bytes).to_hex().as_str() != id {
-            return Err(corrupt(format!("piece {id} does not hash to its name")));
+            return Err((corrupt(format!("piece {id} does not hash to its name")), true));
         }
-        let piece = Manifest::decode(&bytes).map_err(crate::restore::extract_skip)?;
+        let piece = Manifest::decode(&bytes).map_err(|e| (crate::restore::extract_skip(e), false))?;
         if !piece.pieces.is_empty() || !piece.hot.is_empty() || piece.entries.len() as u64 != entries {
-            return Err(corrupt(format!("piece {id} is not what its root says")));
+            return Err((corrupt(format!("piece {id} is not what its root says")), false));
         }
         Ok(piece)
     })
     .await
-    .map_err(|e| Skip::joined("a manifest piece's decoder", e))?
+    .map_err(|e| Skip::joined("a manifest piece's decoder", e))?;
+    checked.map_err(|(skip, bad)| {
+        if bad {
+            found.add(&k, p.size, "does not hash to its name");
+        }
+        skip
+    })
 }
 
 /// A root's hot piece (see [`Manifest::hot`]) as a validated manifest of
@@ -505,6 +521,7 @@ pub(crate) async fn usable_hot(
     limits: &sandcache_archive::Limits,
     dir: &Path,
     generation: &str,
+    found: &Found,
 ) -> Option<Manifest> {
     if root.hot.is_empty() {
         return None;
@@ -519,7 +536,7 @@ pub(crate) async fn usable_hot(
         pieces: root.hot.clone(),
         hot: Vec::new(),
     };
-    let checked = assemble(store, pieces).await.and_then(|hot| {
+    let checked = assemble(store, pieces, found).await.and_then(|hot| {
         hot.validate(limits, dir).map_err(crate::restore::extract_skip)?;
         Ok(hot)
     });
@@ -568,6 +585,44 @@ async fn room_for(budget: &Arc<tokio::sync::Semaphore>, len: u64) -> tokio::sync
     budget.clone().acquire_many_owned(kib).await.expect("the budget is never closed")
 }
 
+/// Where fetches hand frames to the writers: room in the in-flight budget,
+/// then a place in the queue. Both waits end as soon as a writer has
+/// failed: the writers have stopped taking frames, and the queue and the
+/// budget it holds would never drain (the restore would sit until its
+/// deadline instead of falling through to the next candidate).
+#[derive(Clone)]
+struct Feed {
+    tx: tokio::sync::mpsc::Sender<FrameJob>,
+    budget: Arc<tokio::sync::Semaphore>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Feed {
+    /// Waits for room for `len` compressed bytes; `None` once the writers
+    /// stopped.
+    async fn room(&mut self, len: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        tokio::select! {
+            permit = room_for(&self.budget, len) => Some(permit),
+            () = stopped(&mut self.stop) => None,
+        }
+    }
+
+    /// Queues a frame for the writers; `false` once they stopped.
+    async fn send(&mut self, job: FrameJob) -> bool {
+        tokio::select! {
+            sent = self.tx.send(job) => sent.is_ok(),
+            () = stopped(&mut self.stop) => false,
+        }
+    }
+}
+
+/// Resolves once a writer failed (never, if nobody can say so any more).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The nice value of a second phase's writer thread: the app's boot first,
 /// the tail in the CPU time it leaves.
 const TAIL_NICE: i32 = 19;
@@ -610,6 +665,7 @@ pub(crate) async fn restore_into(
     opts: &crate::RestoreOptions,
     prefetch: Prefetch,
     hot_piece: Option<HotPiece>,
+    found: &Arc<Found>,
 ) -> Result<(RestoreStats, Option<Tail>), Skip> {
     let owner = opts.owner;
     // Every path below starts at the held-open staging dir; each blocking
@@ -651,7 +707,7 @@ pub(crate) async fn restore_into(
     let parts = Arc::new(PartHashes::default());
     let sink = Sink::Staging { io: staging.to_owned(), dir: anchored.fd(), exact, parts: parts.clone() };
     let (files, bytes, transferred) =
-        write_frames(store, key, &m, Arc::new(pieces), sink, cancel.clone(), opts, &prefetch).await?;
+        write_frames(store, key, &m, Arc::new(pieces), sink, cancel.clone(), opts, &prefetch, found).await?;
     if cancel.load(Ordering::Relaxed) {
         return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
     }
@@ -665,11 +721,14 @@ pub(crate) async fn restore_into(
     // 3. Symlinks, then metadata of large files and directories.
     let deferred: HashSet<u32> = tail.as_ref().map(|t| t.entries.iter().copied().collect()).unwrap_or_default();
     let (fin_m, fin_staging, held) = (m.clone(), staging.to_owned(), anchored.clone());
-    let symlinks =
-        tokio::task::spawn_blocking(move || finish(&fin_m, &fin_staging, &held.fd(), owner, &deferred, exact, &parts))
-            .await
-            .map_err(|e| Skip::joined("the finish thread", e))?
-            .map_err(crate::restore::extract_skip)?;
+    let (fin_key, fin_found) = (key.to_owned(), found.clone());
+    let symlinks = tokio::task::spawn_blocking(move || {
+        let suspect = |i: usize| suspect_file(&fin_found, &fin_key, &fin_m, i);
+        finish(&fin_m, &fin_staging, &held.fd(), owner, &deferred, exact, &parts, &suspect)
+    })
+    .await
+    .map_err(|e| Skip::joined("the finish thread", e))?
+    .map_err(crate::restore::extract_skip)?;
     tracing::debug!(
         target: "sandbox-cache",
         "staged in {} ms: setup {} ms, content {} ms ({files} files), links and metadata {} ms",
@@ -767,6 +826,7 @@ async fn write_frames(
     cancel: Arc<AtomicBool>,
     opts: &crate::RestoreOptions,
     prefetch: &Prefetch,
+    found: &Arc<Found>,
 ) -> Result<(u64, u64, u64), Skip> {
     let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
     // Frames kept from phase one need no fetch.
@@ -787,6 +847,8 @@ async fn write_frames(
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<FrameJob>(threads * 2);
     let rx = Arc::new(Mutex::new(rx));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let error: Arc<Mutex<Option<ExtractError>>> = Arc::new(Mutex::new(None));
     let files = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
@@ -804,6 +866,7 @@ async fn write_frames(
             sink.clone(),
         );
         let behind_the_app = matches!(sink, Sink::Live(_));
+        let (found, key, stop_tx) = (found.clone(), key.to_owned(), stop_tx.clone());
         let work = move || {
             let mut decoder = pack::FrameDecoder::default();
             loop {
@@ -822,8 +885,14 @@ async fn write_frames(
                         }
                     }
                     Err(e) => {
+                        // Bytes that do not decode, or do not hash as the
+                        // manifest says: the pack they came from is bad.
+                        if matches!(e, ExtractError::Corrupt { .. }) {
+                            suspect_frame(&found, &key, &m, job.frame, &e);
+                        }
                         error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
                         cancel.store(true, Ordering::Relaxed);
+                        stop_tx.send_replace(true);
                         return;
                     }
                 }
@@ -855,23 +924,24 @@ async fn write_frames(
     // recycled as they are written (a frame in flight holds its own, so the
     // budget still bounds them; a few wait for reuse).
     let frame_bufs = Recycler::new(8);
+    let feed_of = || Feed { tx: tx.clone(), budget: budget.clone(), stop: stop.clone() };
     let fetches = futures::stream::iter(runs.into_iter().map(|run| {
-        let (tx, m, cancel, transferred, progress, budget) =
-            (tx.clone(), m.clone(), cancel.clone(), transferred.clone(), progress.clone(), budget.clone());
+        let (feed, m, cancel, transferred, progress) =
+            (feed_of(), m.clone(), cancel.clone(), transferred.clone(), progress.clone());
         let (pieces, frame_bufs) = (pieces.clone(), &frame_bufs);
         async move {
-            fetch_run(store, key, &m, &pieces, run, tx, cancel, transferred, progress, budget, frame_bufs, prefetch)
+            fetch_run(store, key, &m, &pieces, run, feed, cancel, transferred, progress, frame_bufs, prefetch, found)
                 .await
         }
     }))
     .buffer_unordered(concurrency.max(1))
     .try_collect::<Vec<()>>();
     let feed = {
-        let (tx, budget) = (tx.clone(), budget.clone());
+        let mut feed = feed_of();
         async move {
             for (frame, bytes) in kept {
-                let permit = room_for(&budget, bytes.len() as u64).await;
-                if tx.send(FrameJob { frame, bytes, _budget: permit }).await.is_err() {
+                let Some(permit) = feed.room(bytes.len() as u64).await else { return };
+                if !feed.send(FrameJob { frame, bytes, _budget: permit }).await {
                     return;
                 }
             }
@@ -933,11 +1003,12 @@ impl Tail {
         store: &dyn Store,
         m: Arc<Manifest>,
         limits: &sandcache_archive::Limits,
+        found: &Found,
     ) -> Result<(Arc<Manifest>, Tail), Skip> {
         let Some(HotPiece { root, dir }) = self.pending.take() else { return Ok((m, self)) };
         let hot = m;
         let started = std::time::Instant::now();
-        let whole = whole(store, root).await?;
+        let whole = whole(store, root, found).await?;
         let limits = *limits;
         let whole = tokio::task::spawn_blocking(move || whole.validate(&limits, &dir).map(|()| whole))
             .await
@@ -1012,6 +1083,7 @@ fn split_hot(m: &Manifest, pieces: Vec<Vec<Piece>>) -> (Vec<Vec<Piece>>, Option<
 /// renamed into place, unless the worker made that path meanwhile (left
 /// alone). A directory the worker removed or replaced loses its files: they
 /// are a cold miss, fetched again by the app.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn restore_tail(
     store: &dyn Store,
     key: &str,
@@ -1020,12 +1092,13 @@ pub(crate) async fn restore_tail(
     live: Arc<LiveDir>,
     cancel: Arc<AtomicBool>,
     opts: &crate::RestoreOptions,
+    found: &Arc<Found>,
 ) -> Result<(RestoreStats, Arc<Manifest>), Skip> {
     let owner = opts.owner;
     if tail.pending.is_some() {
         live.expect(Expected::Unknown);
     }
-    let (m, tail) = tail.resolve(store, m, &opts.limits).await?;
+    let (m, tail) = tail.resolve(store, m, &opts.limits, found).await?;
     live.expect(Expected::Files(m.clone(), tail.entries.clone()));
     if cancel.load(Ordering::Relaxed) {
         return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
@@ -1035,16 +1108,20 @@ pub(crate) async fn restore_tail(
     let mut prefetch = tail.prefetch;
     prefetch.stop_keeping();
     let (files, bytes, transferred) =
-        write_frames(store, key, &m, pieces, sink, cancel.clone(), opts, &prefetch).await?;
+        write_frames(store, key, &m, pieces, sink, cancel.clone(), opts, &prefetch, found).await?;
     if cancel.load(Ordering::Relaxed) {
         return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
     }
     let transferred = transferred + prefetch.downloaded.load(Ordering::Relaxed);
     let (entries, fin_live, fin_m) = (tail.entries, live.clone(), m.clone());
-    let large = tokio::task::spawn_blocking(move || finish_tail(&fin_m, &entries, &fin_live, owner))
-        .await
-        .map_err(|e| Skip::joined("the tail's finish thread", e))?
-        .map_err(crate::restore::extract_skip)?;
+    let (fin_key, fin_found) = (key.to_owned(), found.clone());
+    let large = tokio::task::spawn_blocking(move || {
+        let suspect = |i: usize| suspect_file(&fin_found, &fin_key, &fin_m, i);
+        finish_tail(&fin_m, &entries, &fin_live, owner, &suspect)
+    })
+    .await
+    .map_err(|e| Skip::joined("the tail's finish thread", e))?
+    .map_err(crate::restore::extract_skip)?;
     live.complete.store(true, Ordering::SeqCst);
     Ok((RestoreStats { files: files + large, bytes, transferred }, m))
 }
@@ -1334,7 +1411,14 @@ impl Drop for LiveDir {
 
 /// The tail's large files: each read back against its hash, given its
 /// metadata, and renamed into place. Returns how many went into place.
-fn finish_tail(m: &Manifest, entries: &[u32], live: &LiveDir, owner: Option<(u32, u32)>) -> Result<u64, ExtractError> {
+/// `suspect` is told of a file that fails its hash (its packs are bad).
+fn finish_tail(
+    m: &Manifest,
+    entries: &[u32],
+    live: &LiveDir,
+    owner: Option<(u32, u32)>,
+    suspect: &dyn Fn(usize),
+) -> Result<u64, ExtractError> {
     let mut n = 0;
     for &i in entries {
         let e = &m.entries[i as usize];
@@ -1357,6 +1441,7 @@ fn finish_tail(m: &Manifest, entries: &[u32], live: &LiveDir, owner: Option<(u32
         match checked {
             Ok(true) => {}
             Ok(false) => {
+                suspect(i as usize);
                 return Err(fail(ExtractError::Corrupt {
                     detail: format!("{} fails its BLAKE3 check", e.path),
                     source: None,
@@ -1568,15 +1653,16 @@ async fn fetch_run(
     m: &Manifest,
     pieces: &[Vec<Piece>],
     (pack, range, frames): Run,
-    tx: tokio::sync::mpsc::Sender<FrameJob>,
+    mut feed: Feed,
     cancel: Arc<AtomicBool>,
     transferred: Arc<AtomicU64>,
     progress: Option<Arc<Progress>>,
-    budget: Arc<tokio::sync::Semaphore>,
     frame_bufs: &Recycler,
     prefetch: &Prefetch,
+    found: &Found,
 ) -> Result<(), Skip> {
-    let pkey = pack_key(key, m, &m.packs[pack as usize].id);
+    let pack_ref = &m.packs[pack as usize];
+    let pkey = pack_key(key, m, &pack_ref.id);
     // A prefetched pack is sliced, not fetched again; it is verified frame
     // by frame like any download.
     let (obj_size, mut stream, prefetched): (u64, sandcache_store::ByteStream, bool) = match prefetch.take(&pkey).await
@@ -1590,6 +1676,14 @@ async fn fetch_run(
             (obj.size, obj.stream, false)
         }
     };
+    // A pack of another length than its manifest says is not the pack it
+    // names (a pack's length is part of what its name hashes).
+    if obj_size != pack_ref.size {
+        let than = if obj_size < pack_ref.size { "shorter" } else { "longer" };
+        let why = format!("{obj_size} bytes, {than} than its manifest says ({})", pack_ref.size);
+        found.add(&pkey, pack_ref.size, &why);
+        return Err(Skip::new(Reason::Corrupt, format!("`{pkey}` is {why}")));
+    }
     // Each frame's bytes: a slice of the chunk that holds it whole (no
     // copy: a prefetched pack, or a large chunk), else gathered into a
     // recycled buffer.
@@ -1601,7 +1695,7 @@ async fn fetch_run(
         }
         let fr = &m.frames[frame as usize];
         // Wait for room before taking in this frame's bytes.
-        let permit = room_for(&budget, fr.clen).await;
+        let Some(permit) = feed.room(fr.clen).await else { return Ok(()) };
         let clen = fr.clen as usize;
         let mut gathered: Option<Vec<u8>> = None;
         let bytes = loop {
@@ -1664,7 +1758,7 @@ async fn fetch_run(
             // when there was no room) for the tail, not written.
             continue;
         }
-        if tx.send(FrameJob { frame, bytes, _budget: permit }).await.is_err() {
+        if !feed.send(FrameJob { frame, bytes, _budget: permit }).await {
             return Ok(());
         }
     }
@@ -1729,8 +1823,33 @@ fn write_frame(
     Ok((files, bytes))
 }
 
+/// A frame that does not decode, or holds a file that fails its hash: the
+/// pack it lies in is bad (noted in `found`, when it is a pool object).
+fn suspect_frame(found: &Found, key: &str, m: &Manifest, frame: u32, e: &ExtractError) {
+    if let Some(pack) = m.frames.get(frame as usize).and_then(|f| m.packs.get(f.pack as usize)) {
+        let why = match e {
+            ExtractError::Corrupt { detail, .. } => format!("frame at {}: {detail}", m.frames[frame as usize].offset),
+            other => other.to_string(),
+        };
+        found.add(&pack_key(key, m, &pack.id), pack.size, why);
+    }
+}
+
+/// A large file that fails its hash once all its parts are written: the
+/// packs its frames lie in are suspect (one of them is bad).
+fn suspect_file(found: &Found, key: &str, m: &Manifest, entry: usize) {
+    let Some(e) = m.entries.get(entry) else { return };
+    let Ok(span) = m.span_frames(e) else { return };
+    let mut packs: Vec<u32> = span.filter_map(|f| m.frames.get(f).map(|f| f.pack)).collect();
+    packs.dedup();
+    for pack in packs.into_iter().filter_map(|p| m.packs.get(p as usize)) {
+        found.add(&pack_key(key, m, &pack.id), pack.size, format!("{} fails its BLAKE3 check", e.path));
+    }
+}
+
 /// Symlinks last, then large files' metadata and each directory's, deepest
 /// first. Returns the number of symlinks and large files.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     m: &Manifest,
     staging: &Path,
@@ -1739,6 +1858,7 @@ fn finish(
     deferred: &HashSet<u32>,
     exact: Umask,
     parts: &PartHashes,
+    suspect: &dyn Fn(usize),
 ) -> Result<u64, ExtractError> {
     let mut n = 0;
     for (i, e) in m.entries.iter().enumerate() {
@@ -1793,6 +1913,7 @@ fn finish(
                     }
                 };
                 if hash.to_hex().as_str() != e.hash.as_deref().unwrap_or_default() {
+                    suspect(i);
                     return Err(ExtractError::Corrupt {
                         detail: format!("{} fails its BLAKE3 check", e.path),
                         source: None,
@@ -2309,6 +2430,20 @@ pub(crate) fn build(
     compact(&mut manifest);
     let unchanged = new_packs.iter().all(Vec::is_empty) && base.is_some_and(|b| b.entries == manifest.entries);
     Ok(SnapshotPlan { manifest, index: new_index, files, bytes, unchanged })
+}
+
+/// Names a pack that went up salted (see [`pack::salt`]) by its salted id
+/// and size: its frames lie [`pack::SALT_LEN`] bytes further in.
+pub(crate) fn rename_salted_pack(m: &mut Manifest, id: &str, (to, size): &(String, u64)) {
+    for (i, p) in m.packs.iter_mut().enumerate() {
+        if p.id != id {
+            continue;
+        }
+        (p.id, p.size) = (to.clone(), *size);
+        for f in m.frames.iter_mut().filter(|f| f.pack as usize == i) {
+            f.offset += pack::SALT_LEN;
+        }
+    }
 }
 
 /// Tags a frame of the cold builder until frames are numbered.

@@ -11,6 +11,7 @@ use sandcache_archive::{ExtractError, ExtractOptions, Limits, Progress};
 use sandcache_store::{Store, StoreError};
 use std::time::UNIX_EPOCH;
 
+use crate::bad::{self, Found, Known};
 use crate::native;
 
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
@@ -234,6 +235,14 @@ async fn restore(
     }
     let _lock = target.lock_or_skip(deadline).await?;
     let leftovers = target.leftovers();
+    // Pool objects found bad on the way are recorded (here, and as marks in
+    // the store) before the next candidate is tried: the next snapshot and
+    // gc act on them. What is known bad already is read once, by the first
+    // hot-first candidate.
+    let found = Arc::new(Found::default());
+    let known = tokio::sync::OnceCell::new();
+    let (store_label, bad_path) = (shared.to_string(), target.bad_path());
+    let report = || bad::report(store, &bad_path, &store_label, &found);
 
     // The key itself, then each fallback: the first usable generation wins.
     // A missing, incomplete, corrupt or unsafe one falls through to the next
@@ -270,7 +279,9 @@ async fn restore(
             }
             tried += 1;
             let result = match &candidate {
-                Candidate::Native { key, manifest } => restore_native(shared, key, manifest, &target, opts).await,
+                Candidate::Native { key, manifest } => {
+                    restore_native(shared, key, manifest, &target, opts, &found, &known).await
+                }
                 Candidate::Archive { key } => {
                     restore_archive(store, key, &target, opts).await.map(|(d, s)| (d, s, None, None))
                 }
@@ -299,7 +310,8 @@ async fn restore(
                         after_swap(&target, trash, store, &source_key, manifest);
                         return Ok(done);
                     };
-                    let finished = phase_two(shared, &source_key, m.clone(), tail, &target, &staging, opts).await;
+                    let finished =
+                        phase_two(shared, &source_key, m.clone(), tail, &target, &staging, opts, &found).await;
                     return match finished {
                         Ok((more, whole)) => {
                             let _ = std::fs::remove_file(target.tail_path());
@@ -315,8 +327,11 @@ async fn restore(
                         Err(skip) => {
                             // The hot set is in place and every file there is
                             // whole; what is missing is a cold miss. The
-                            // marker stays: no snapshot stores this tree.
+                            // marker stays: no snapshot stores this tree. A
+                            // bad pool object found is recorded: the next
+                            // restore of a generation naming it is one phase.
                             remove_in_background(trash);
+                            report().await;
                             Err(Skip::new(
                                 skip.reason,
                                 format!("the hot set is in place, but the rest did not land: {}", skip.detail),
@@ -325,6 +340,7 @@ async fn restore(
                     };
                 }
                 Err(skip) if falls_through(skip.reason) => {
+                    report().await;
                     tracing::warn!(
                         target: "sandbox-cache",
                         "generation {} is unusable ({}: {}); trying the next candidate",
@@ -332,7 +348,10 @@ async fn restore(
                     );
                     last = Some(skip);
                 }
-                Err(skip) => return Err(skip),
+                Err(skip) => {
+                    report().await;
+                    return Err(skip);
+                }
             }
         }
     }
@@ -401,7 +420,10 @@ impl Source {
                     if let Some(key) = native::generation_of(&o.key) {
                         let (ms, key) = (manifest_ms(&o.key).unwrap_or(0), key.to_owned());
                         out.push((ms, Candidate::Native { key, manifest: o }));
-                    } else if !o.key.contains(".d/") && native::pool_id_of(&o.key).is_none() {
+                    } else if !o.key.contains(".d/")
+                        && native::pool_id_of(&o.key).is_none()
+                        && bad::object_of_mark(&o.key).is_none()
+                    {
                         out.push((unix_ms(o.last_modified), Candidate::Archive { key: o.key }));
                     }
                 }
@@ -464,6 +486,7 @@ fn manifest_ms(key: &str) -> Option<u64> {
 
 /// Phase two of a hot-first restore: the tail, into the live dir. Dropped
 /// at the deadline, it cancels its writers, and its temporary files go.
+#[allow(clippy::too_many_arguments)]
 async fn phase_two(
     shared: &Arc<dyn Store>,
     key: &str,
@@ -472,6 +495,7 @@ async fn phase_two(
     target: &Target,
     staging: &Staging,
     opts: &RestoreOptions,
+    found: &Arc<Found>,
 ) -> Result<(native::RestoreStats, Arc<Manifest>), Skip> {
     let started = Instant::now();
     let root = target.live_root(staging).map_err(|e| Skip::new(Reason::IoError, format!("live dir: {e}")))?;
@@ -499,7 +523,7 @@ async fn phase_two(
     let _parts = RemoveParts(live.clone(), target.clone());
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
-    let (stats, m) = native::restore_tail(shared.as_ref(), key, m, tail, live.clone(), cancel, opts).await?;
+    let (stats, m) = native::restore_tail(shared.as_ref(), key, m, tail, live.clone(), cancel, opts, found).await?;
     let (kept, missed) = (live.kept.load(Ordering::Relaxed), live.missed.load(Ordering::Relaxed));
     tracing::debug!(
         target: "sandbox-cache",
@@ -517,18 +541,57 @@ async fn phase_two(
 /// hot-first restore.
 type Staged = (Done, Staging, Option<(Arc<Manifest>, String)>, Option<native::Tail>);
 
-/// Restores one native generation into a new staging dir.
+/// Restores one native generation into a new staging dir. Bad pool
+/// objects found go into `found`. A hot-first restore first learns which
+/// are known bad (`known`, read once per restore, beside the root): a
+/// generation naming one is restored in one phase, so that a bad cold pack
+/// makes it fall through before the swap, never leaves a partial tree.
 async fn restore_native(
     shared: &Arc<dyn Store>,
     key: &str,
     info: &sandcache_store::ObjectInfo,
     target: &Target,
     opts: &RestoreOptions,
+    found: &Arc<Found>,
+    known: &tokio::sync::OnceCell<Known>,
 ) -> Result<Staged, Skip> {
     let store = shared.as_ref();
     let started = Instant::now();
     // The root first; then its pieces, while the first packs download.
-    let root = native::fetch_root(store, &info.key).await?;
+    let root = match opts.hot_first {
+        true => {
+            let (label, bad_path) = (shared.to_string(), target.bad_path());
+            let load = || Known::load(store, &bad_path, &label);
+            let (root, known) = tokio::join!(native::fetch_root(store, &info.key), known.get_or_init(load));
+            let root = root?;
+            if let Some(object) = known.named_by(&root) {
+                tracing::info!(
+                    target: "sandbox-cache",
+                    "{} names {object}, reported bad: restoring it in one phase", info.key
+                );
+                let opts = RestoreOptions { hot_first: false, ..opts.clone() };
+                return restore_native_root(shared, key, info, target, &opts, found, root, started).await;
+            }
+            root
+        }
+        false => native::fetch_root(store, &info.key).await?,
+    };
+    restore_native_root(shared, key, info, target, opts, found, root, started).await
+}
+
+/// [`restore_native`] once the root is in.
+#[allow(clippy::too_many_arguments)]
+async fn restore_native_root(
+    shared: &Arc<dyn Store>,
+    key: &str,
+    info: &sandcache_store::ObjectInfo,
+    target: &Target,
+    opts: &RestoreOptions,
+    found: &Arc<Found>,
+    root: Manifest,
+    started: Instant,
+) -> Result<Staged, Skip> {
+    let store = shared.as_ref();
     let prefetch = native::Prefetch::start(shared, key, &root, opts.hot_first);
     if let Some(p) = &opts.progress {
         let total: u64 = root.packs.iter().map(|p| p.size).sum();
@@ -537,13 +600,13 @@ async fn restore_native(
     // Hot-first, with hot pieces: those alone before the swap, the whole
     // manifest after it, for the tail.
     let hot = match opts.hot_first {
-        true => native::usable_hot(store, &root, &opts.limits, &target.dir, &info.key).await,
+        true => native::usable_hot(store, &root, &opts.limits, &target.dir, &info.key, found).await,
         false => None,
     };
     let (m, whole_later, what) = match hot {
         Some(hot) => (hot, Some(native::HotPiece { root, dir: target.dir.clone() }), "hot pieces of"),
         None => {
-            let m = native::whole(store, root).await?;
+            let m = native::whole(store, root, found).await?;
             m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;
             (m, None, "manifest")
         }
@@ -565,7 +628,7 @@ async fn restore_native(
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
     let at = staging.0.clone().expect("set above");
-    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, prefetch, whole_later).await;
+    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, prefetch, whole_later, found).await;
     drop(guard);
     let (s, tail) = result?;
     staging.0 = None;

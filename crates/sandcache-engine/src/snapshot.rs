@@ -13,6 +13,7 @@ use sandcache_archive::{
 use sandcache_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::bad::{self, Bad, Found, Known};
 use crate::native;
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelWriter};
@@ -93,7 +94,7 @@ struct State {
 /// caches are left out (they are always hot). Any trouble reading either
 /// side, or nothing read: no (the snapshot stays a cheap `unchanged`).
 async fn hot_set_moved(store: &dyn Store, target: &Target, generation: &str, walk: &WalkOptions) -> bool {
-    let Ok(m) = native::fetch_manifest(store, generation).await else { return false };
+    let Ok(m) = native::fetch_manifest(store, generation, &Found::default()).await else { return false };
     let recorded: std::collections::HashSet<String> = m
         .entries
         .into_iter()
@@ -311,7 +312,9 @@ pub(crate) fn walk_skip(e: &WalkError) -> Skip {
 
 /// Native: only content the store lacks is packed and uploaded, packs first
 /// (into the shared pool, skipping any it already holds) and the manifest
-/// last, with at most two packs in memory.
+/// last, with at most two packs in memory. Pool objects found bad on the
+/// way (another length than their content) are recorded, as a restore
+/// records them (see `bad`).
 async fn snapshot_native(
     store: &Arc<dyn Store>,
     key: &str,
@@ -321,30 +324,59 @@ async fn snapshot_native(
     sqlite: &SqliteOptions,
     fp: &[u8; 32],
 ) -> Result<Done, Skip> {
+    let found = Found::default();
+    let done = build_and_upload(store, key, target, opts, walk, sqlite, fp, &found).await;
+    bad::report(store.as_ref(), &target.bad_path(), &store.to_string(), &found).await;
+    done
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build_and_upload(
+    store: &Arc<dyn Store>,
+    key: &str,
+    target: &Target,
+    opts: &SnapshotOptions,
+    walk: &WalkOptions,
+    sqlite: &SqliteOptions,
+    fp: &[u8; 32],
+    found: &Found,
+) -> Result<Done, Skip> {
+    let store_label = store.to_string();
     // The base to dedup against: the key's newest generation, whoever wrote
     // it; else the generation the dir was restored from (a fallback, such as
     // a base cache), whose content is in the same pool. Only pooled
-    // generations can be referenced from a new one.
-    let listed = native::list_manifests(store.as_ref(), key).await.map_err(store_skip)?;
+    // generations can be referenced from a new one. Beside the listing, what
+    // is known bad: this pod's record and the store's marks.
+    let bad_path = target.bad_path();
+    let (listed, known) =
+        tokio::join!(native::list_manifests(store.as_ref(), key), Known::load(store.as_ref(), &bad_path, &store_label));
+    let listed = listed.map_err(store_skip)?;
+    let mut known = known;
     let restored_from = load_state(target)
-        .filter(|s| s.store == store.to_string() && s.key != key)
+        .filter(|s| s.store == store_label && s.key != key)
         .and_then(|s| s.generation)
         .filter(|g| g.ends_with(".json.zst"));
     let mut base = None;
     let mut base_key = None;
     for generation in listed.first().map(|i| i.key.clone()).into_iter().chain(restored_from) {
-        match native::fetch_manifest(store.as_ref(), &generation).await {
+        match native::fetch_manifest(store.as_ref(), &generation, found).await {
             Ok(m) if m.pooled() && m.validate(&Limits::default(), &target.dir).is_ok() => {
                 // A base whose pack is gone (gc, a wiped pool, a withdraw
                 // that was not allowed) would make every later generation
-                // reference it too: build on it only when it is whole.
-                match missing_pack(store.as_ref(), &m).await {
-                    Ok(None) => {
-                        base = Some(m);
+                // reference it too: build on it only when it is whole. A
+                // pack of another length than the base says is bad: its
+                // content is packed again, never referenced.
+                match check_objects(store.as_ref(), &m).await {
+                    Ok((None, wrong)) => {
+                        for b in wrong {
+                            known.insert(&b.object);
+                            found.add(&b.object, b.size, b.why);
+                        }
+                        base = Some(without_bad(m, &known));
                         base_key = Some(generation);
                         break;
                     }
-                    Ok(Some(id)) => tracing::warn!(
+                    Ok((Some(id), _)) => tracing::warn!(
                         target: "sandbox-cache",
                         "not building on {generation}: its pack {id} is gone; its content is uploaded again"
                     ),
@@ -360,11 +392,11 @@ async fn snapshot_native(
     let mut index = native::Index::load(&target.index_path());
     // After a restore, the index is its manifest's (no walk, no file): the
     // base's, when the dir was restored from it, else fetched.
-    let restored = load_state(target).filter(|s| s.store == store.to_string());
+    let restored = load_state(target).filter(|s| s.store == store_label);
     if let Some((generation, until)) = restored.and_then(|s| Some((s.generation?, s.restored_until_ns?))) {
         let m = match (&base, &base_key) {
             (Some(b), Some(k)) if *k == generation => Some(b.clone()),
-            _ => native::fetch_manifest(store.as_ref(), &generation).await.ok(),
+            _ => native::fetch_manifest(store.as_ref(), &generation, found).await.ok(),
         };
         if let Some(m) = m {
             index = native::Index::of_manifest_ns(&m, until);
@@ -380,46 +412,44 @@ async fn snapshot_native(
             .map(|plan| (plan, base))
     });
     // Each upload answers the bytes it added to the pool (0 for a pack the
-    // pool already held).
+    // pool already held), and the pack's salted name when it went up
+    // salted (its canonical one being a bad object's).
+    let known = &known;
     let uploads = async {
         let packs = futures::stream::poll_fn(|cx| rx.poll_recv(cx));
         let mut puts = std::pin::pin!(
             packs
                 .map(|p: BuiltPack| async move {
-                    // Never overwrite a pool object: content-addressed, it
-                    // already holds these bytes (readers verify them).
-                    let pkey = native::pool_key(&p.id);
-                    if store.head(&pkey).await?.is_some() {
-                        return Ok(0);
-                    }
-                    // `If-None-Match` where the server enforces it: a writer
-                    // that raced us keeps its object.
-                    let len = p.bytes.len() as u64;
-                    Ok::<u64, StoreError>(if store.put_new(&pkey, p.bytes.into()).await? { len } else { 0 })
+                    let put = put_pool(store.as_ref(), &p.id, p.bytes.into(), native::pool_key, known, found).await?;
+                    Ok::<_, StoreError>((p.id, put))
                 })
                 .buffer_unordered(2)
         );
-        let mut total = 0u64;
+        let (mut total, mut salted) = (0u64, Vec::new());
         while let Some(r) = futures::StreamExt::next(&mut puts).await {
-            let n = r?;
+            let (id, (n, as_salted)) = r?;
             total += n;
+            salted.extend(as_salted.map(|s| (id, s)));
             if let Some(p) = &opts.progress {
                 p.transferred.fetch_add(n, Ordering::Relaxed);
             }
         }
-        Ok::<u64, StoreError>(total)
+        Ok::<_, StoreError>((total, salted))
     };
     let (uploaded, built) = tokio::join!(uploads, builder);
-    let (plan, base) = match (uploaded.as_ref(), built) {
+    let (mut plan, base) = match (uploaded.as_ref(), built) {
         (Err(_), _) => return Err(store_skip(uploaded.unwrap_err())),
         (_, Err(e)) => return Err(Skip::joined("the snapshot thread", e)),
         (_, Ok(Err(native::BuildError::Walk(e)))) => return Err(walk_skip(&e)),
         (_, Ok(Err(e))) => return Err(Skip::new(Reason::IoError, error_chain(&e))),
         (Ok(_), Ok(Ok(p))) => p,
     };
-    let packs_added = uploaded.unwrap_or(0);
+    let (packs_added, salted) = uploaded.unwrap_or_default();
+    // Packs that went up salted are named so, their frames further in.
+    for (id, to) in &salted {
+        native::rename_salted_pack(&mut plan.manifest, id, to);
+    }
     let mut transferred = packs_added;
-    let store_label = store.to_string();
     // Unchanged only against the key's own newest generation: a dir
     // restored from a fallback still needs a generation under its key.
     let base_is_own = !listed.is_empty();
@@ -435,22 +465,28 @@ async fn snapshot_native(
         .validate(&Limits::default(), &target.dir)
         .map_err(|e| Skip::new(Reason::Corrupt, format!("refusing to upload an invalid manifest: {e}")))?;
     // The manifest as pieces and a small root: only pieces the pool lacks
-    // (the runs of entries that changed) are uploaded.
-    let (root, pieces) = native::split(&plan.manifest);
+    // (the runs of entries that changed) are uploaded; a piece whose name a
+    // bad object holds goes up salted, and the root names that.
+    let (mut root, pieces) = native::split(&plan.manifest);
     let (mut pieces_added, mut pieces_reused) = (0u64, 0u64);
     for chunk in pieces.chunks(8) {
         let puts = chunk.iter().map(|(id, bytes)| async move {
-            let pkey = native::piece_key(id);
             let len = bytes.len() as u64;
-            if store.head(&pkey).await?.is_some() || !store.put_new(&pkey, bytes.clone().into()).await? {
-                return Ok::<_, StoreError>((0, len));
-            }
-            Ok((len, 0))
+            let (added, as_salted) =
+                put_pool(store.as_ref(), id, bytes.clone().into(), native::piece_key, known, found).await?;
+            Ok::<_, StoreError>((id, len, added, as_salted))
         });
         for r in futures::future::join_all(puts).await {
-            let (added, reused) = r.map_err(store_skip)?;
-            pieces_added += added;
-            pieces_reused += reused;
+            let (id, len, added, as_salted) = r.map_err(store_skip)?;
+            match added {
+                0 => pieces_reused += len,
+                n => pieces_added += n,
+            }
+            if let Some((to, size)) = as_salted {
+                for p in root.pieces.iter_mut().chain(root.hot.iter_mut()).filter(|p| p.id == *id) {
+                    (p.id, p.size) = (to.clone(), size);
+                }
+            }
         }
     }
     transferred += pieces_added;
@@ -461,8 +497,14 @@ async fn snapshot_native(
     // A gc that ran meanwhile may have removed a pack this generation reuses
     // (nothing it kept referenced it): withdraw the generation rather than
     // leave a manifest that points at nothing. One HEAD per pack.
-    let gone = match missing_pack(store.as_ref(), &root).await {
-        Ok(gone) => gone,
+    let gone = match check_objects(store.as_ref(), &root).await {
+        Ok((gone, wrong)) => {
+            let wrong_one = wrong.first().map(|b| b.object.clone());
+            for b in wrong {
+                found.add(&b.object, b.size, b.why);
+            }
+            gone.or(wrong_one)
+        }
         // Unknown: keep the generation; a reader that finds a pack missing
         // falls back, the next snapshot does not build on it, and gc's own
         // check withdraws it.
@@ -476,7 +518,7 @@ async fn snapshot_native(
         return Err(Skip::new(
             Reason::StoreError,
             format!(
-                "pack {gone} of the new generation was removed while it was written (a concurrent gc?); generation {mkey} {}",
+                "pool object {gone} of the new generation was removed or replaced while it was written (a concurrent gc?); generation {mkey} {}",
                 if withdrawn.is_ok() { "withdrawn" } else { "could not be withdrawn" }
             ),
         ));
@@ -488,36 +530,114 @@ async fn snapshot_native(
     tracing::info!(
         target: "sandbox-cache",
         pool_added = added, pool_reused = reused,
-        "generation {mkey}: {} packs and {} pieces, {} MB added to the pool, {} MB reused{}",
+        "generation {mkey}: {} packs and {} pieces, {} MB added to the pool, {} MB reused{}{}",
         plan.manifest.packs.len(),
         root.pieces.len(),
         crate::mb(added),
         crate::mb(reused),
-        if base.is_some() { " (deduplicated against the base)" } else { "" }
+        if base.is_some() { " (deduplicated against the base)" } else { "" },
+        if salted.is_empty() { String::new() } else { format!("; {} packs salted past bad objects", salted.len()) }
     );
     plan.index.save(&target.index_path());
     save_state(target, &store_label, key, fp, &mkey);
     Ok(Done { files: plan.files, bytes: plan.bytes, transferred, pool_added: added, pool_reused: reused })
 }
 
-/// The first pool object (pack or piece) a generation names that the store
-/// no longer holds: one HEAD each, 16 at a time.
-async fn missing_pack(store: &dyn Store, m: &sandcache_archive::pack::Manifest) -> Result<Option<String>, StoreError> {
-    let objects: Vec<String> = m
+/// Puts a pool object (`name(id)`: a pack or a piece) unless the pool
+/// holds it already, of the right length. Content whose canonical name a
+/// bad object holds (known bad, or found so now: another length) goes up
+/// salted ([`sandcache_archive::pack::salt`]), under the salted bytes' own
+/// name, fresh and unpredictable. Returns the bytes added, and the salted
+/// id and size when it was salted.
+async fn put_pool(
+    store: &dyn Store,
+    id: &str,
+    bytes: bytes::Bytes,
+    name: fn(&str) -> String,
+    known: &Known,
+    found: &Found,
+) -> Result<(u64, Option<(String, u64)>), StoreError> {
+    let (key, len) = (name(id), bytes.len() as u64);
+    let bad = known.contains(id) || {
+        match store.head(&key).await? {
+            Some(info) if info.size == len => return Ok((0, None)),
+            Some(info) => {
+                found.add(&key, len, format!("{} bytes, where its content is {len}", info.size));
+                true
+            }
+            None => false,
+        }
+    };
+    if !bad {
+        // `If-None-Match` where the server enforces it: a writer that raced
+        // us keeps its object.
+        return Ok((if store.put_new(&key, bytes).await? { len } else { 0 }, None));
+    }
+    let salted = tokio::task::spawn_blocking(move || {
+        let salted = sandcache_archive::pack::salt(&bytes, rand::random());
+        (blake3::hash(&salted).to_hex().to_string(), bytes::Bytes::from(salted))
+    })
+    .await
+    .map_err(|e| StoreError::Body { key: key.clone(), source: std::io::Error::other(e) })?;
+    let (salted_id, salted) = salted;
+    let size = salted.len() as u64;
+    tracing::info!(target: "sandbox-cache", "{key} is bad: its content goes up salted, as {}", name(&salted_id));
+    store.put_new(&name(&salted_id), salted).await?;
+    Ok((size, Some((salted_id, size))))
+}
+
+/// The base without the content of its packs known bad: a snapshot never
+/// references them, and packs that content again.
+fn without_bad(mut m: sandcache_archive::pack::Manifest, known: &Known) -> sandcache_archive::pack::Manifest {
+    let bad: Vec<bool> = m.packs.iter().map(|p| known.contains(&p.id)).collect();
+    if !bad.contains(&true) {
+        return m;
+    }
+    let keep: Vec<bool> = m
+        .entries
+        .iter()
+        .map(|e| {
+            let content = e.kind == sandcache_archive::pack::Kind::File && e.size > 0;
+            let in_bad = |span: std::ops::Range<usize>| span.into_iter().any(|f| bad[m.frames[f].pack as usize]);
+            !content || m.span_frames(e).is_ok_and(|span| !in_bad(span))
+        })
+        .collect();
+    let dropped = keep.iter().filter(|k| !**k).count();
+    tracing::info!(target: "sandbox-cache", "{dropped} files of the base lie in packs known bad: packed again");
+    let mut keep = keep.into_iter();
+    m.entries.retain(|_| keep.next().unwrap_or(true));
+    m
+}
+
+/// The pool objects a generation names (packs, pieces, hot pieces), by
+/// HEAD, 16 at a time: the first one missing, and those of another length
+/// than the manifest says (bad).
+async fn check_objects(
+    store: &dyn Store,
+    m: &sandcache_archive::pack::Manifest,
+) -> Result<(Option<String>, Vec<Bad>), StoreError> {
+    let objects: Vec<(String, u64)> = m
         .packs
         .iter()
-        .map(|p| native::pool_key(&p.id))
-        .chain(m.piece_refs().map(|p| native::piece_key(&p.id)))
+        .map(|p| (native::pool_key(&p.id), p.size))
+        .chain(m.piece_refs().map(|p| (native::piece_key(&p.id), p.size)))
         .collect();
+    let mut wrong = Vec::new();
     for chunk in objects.chunks(16) {
-        let heads = futures::future::join_all(chunk.iter().map(|k| store.head(k))).await;
-        for (k, head) in chunk.iter().zip(heads) {
-            if head?.is_none() {
-                return Ok(Some(k.clone()));
+        let heads = futures::future::join_all(chunk.iter().map(|(k, _)| store.head(k))).await;
+        for ((k, size), head) in chunk.iter().zip(heads) {
+            match head? {
+                None => return Ok((Some(k.clone()), wrong)),
+                Some(info) if info.size != *size => wrong.push(Bad {
+                    object: k.clone(),
+                    size: *size,
+                    why: format!("{} bytes, where its generation says {size}", info.size),
+                }),
+                Some(_) => {}
             }
         }
     }
-    Ok(None)
+    Ok((None, wrong))
 }
 
 fn one_chunk(bytes: Vec<u8>) -> sandcache_store::BodyStream {

@@ -122,6 +122,12 @@ impl Target {
         self.bookkeeping("-tail")
     }
 
+    /// Pool objects this process found bad (see `bad`): kept across sites,
+    /// as they are the store's, not the dir's.
+    pub(crate) fn bad_path(&self) -> PathBuf {
+        self.bookkeeping("-bad.json")
+    }
+
     /// Per-file hashes of the last restore or snapshot (native format).
     pub(crate) fn index_path(&self) -> PathBuf {
         self.bookkeeping("-index.json")

@@ -82,6 +82,15 @@ pub trait Store: fmt::Debug + fmt::Display + Send + Sync {
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError>;
     /// Every object whose key starts with `prefix`.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// At most `max` objects whose key starts with `prefix`: the first in
+    /// the server's (lexical) order, sorted. A bounded listing, for a
+    /// prefix anyone may fill (S3 lists 1,000 keys a page: no more pages
+    /// than `max` needs are requested).
+    async fn list_first(&self, prefix: &str, max: usize) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut all = self.list(prefix).await?;
+        all.truncate(max);
+        Ok(all)
+    }
     /// Deletes an object; deleting a missing one is not an error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Writes a whole object only if none exists under the key; `Ok(false)`
@@ -89,6 +98,9 @@ pub trait Store: fmt::Debug + fmt::Display + Send + Sync {
     /// that must never be overwritten. Where the server does not enforce
     /// conditional writes (Garage ignores `If-None-Match`), a racing writer
     /// may still overwrite: callers must not depend on it for correctness.
+    /// Always one request, never a multipart upload (whose parts cannot
+    /// carry the condition): the sandbox policy requires `If-None-Match`
+    /// for every write to the pool.
     async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
         if self.head(key).await?.is_some() {
             return Ok(false);

@@ -67,6 +67,11 @@ impl S3Store {
             .with_region(&spec.region)
             .with_virtual_hosted_style_request(false)
             .with_disable_bulk_delete(true)
+            // `put_new` is a PUT with `If-None-Match: *`, whatever the
+            // environment says (`AWS_CONDITIONAL_PUT=disabled` would make
+            // it fail): the sandbox policy requires the header for every
+            // pool write.
+            .with_conditional_put(object_store::aws::S3ConditionalPut::ETagMatch)
             .with_client_options(
                 ClientOptions::new()
                     .with_connect_timeout(opts.connect_timeout)
@@ -153,6 +158,38 @@ impl S3Store {
         }
         writer.finish().await.map_err(|e| map_err(key, e))?;
         Ok(total)
+    }
+}
+
+impl S3Store {
+    /// The first `max` objects under `prefix`, sorted: pages are requested
+    /// only as long as more are wanted.
+    async fn list_up_to(&self, prefix: &str, max: usize) -> Result<Vec<ObjectInfo>, StoreError> {
+        // object_store lists whole path segments; filter the partial last one.
+        let full = match (self.spec.prefix.is_empty(), prefix.is_empty()) {
+            (true, _) => prefix.to_owned(),
+            (false, true) => self.spec.prefix.clone(),
+            (false, false) => format!("{}/{prefix}", self.spec.prefix),
+        };
+        let dir = full.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+        let list_prefix = if dir.is_empty() { None } else { Some(ObjectPath::from(dir)) };
+        let mut out: Vec<ObjectInfo> = self
+            .inner
+            .list(list_prefix.as_ref())
+            .map_err(|e| map_err(prefix, e))
+            .try_filter_map(|meta| {
+                let info = meta.location.as_ref().starts_with(&full).then(|| ObjectInfo {
+                    key: self.key_of(&meta.location),
+                    size: meta.size,
+                    last_modified: meta.last_modified.into(),
+                });
+                futures::future::ready(Ok(info))
+            })
+            .take(max)
+            .try_collect()
+            .await?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
 }
 
@@ -262,30 +299,11 @@ impl Store for S3Store {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        // object_store lists whole path segments; filter the partial last one.
-        let full = match (self.spec.prefix.is_empty(), prefix.is_empty()) {
-            (true, _) => prefix.to_owned(),
-            (false, true) => self.spec.prefix.clone(),
-            (false, false) => format!("{}/{prefix}", self.spec.prefix),
-        };
-        let dir = full.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-        let list_prefix = if dir.is_empty() { None } else { Some(ObjectPath::from(dir)) };
-        let mut out: Vec<ObjectInfo> = self
-            .inner
-            .list(list_prefix.as_ref())
-            .map_err(|e| map_err(prefix, e))
-            .try_filter_map(|meta| {
-                let info = meta.location.as_ref().starts_with(&full).then(|| ObjectInfo {
-                    key: self.key_of(&meta.location),
-                    size: meta.size,
-                    last_modified: meta.last_modified.into(),
-                });
-                futures::future::ready(Ok(info))
-            })
-            .try_collect()
-            .await?;
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        self.list_up_to(prefix, usize::MAX).await
+    }
+
+    async fn list_first(&self, prefix: &str, max: usize) -> Result<Vec<ObjectInfo>, StoreError> {
+        self.list_up_to(prefix, max).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

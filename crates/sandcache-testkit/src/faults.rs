@@ -142,7 +142,19 @@ struct Shared {
     ranged: AtomicUsize,
     uploads: AtomicUsize,
     injected: AtomicUsize,
+    /// Every write request seen: method, path, and its `If-None-Match`.
+    writes: Mutex<Vec<Write>>,
     client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A write request the proxy saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// `PUT` or `POST` (multipart creation and completion).
+    pub method: String,
+    /// The request target, query included (`/bucket/key?uploads`).
+    pub path: String,
+    pub if_none_match: Option<String>,
 }
 
 /// The proxy. Dropping it leaves the listener running until the runtime
@@ -165,6 +177,7 @@ impl FaultProxy {
             ranged: AtomicUsize::new(0),
             uploads: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
+            writes: Mutex::new(Vec::new()),
             client: Client::builder(TokioExecutor::new()).build_http(),
         });
         let s = shared.clone();
@@ -199,6 +212,11 @@ impl FaultProxy {
             Direction::RangedDownload => self.shared.ranged.load(Ordering::SeqCst),
             Direction::Upload => self.shared.uploads.load(Ordering::SeqCst),
         }
+    }
+
+    /// The write requests seen since the proxy started, taken out.
+    pub fn take_writes(&self) -> Vec<Write> {
+        std::mem::take(&mut *self.shared.writes.lock().unwrap())
     }
 
     /// Faults injected since the last [`FaultProxy::set`].
@@ -243,6 +261,14 @@ async fn serve(mut sock: TcpStream, shared: Arc<Shared>) {
         };
         let _ = buf.split_to(head_len);
         let mut req = Request { method, path, headers, body: Vec::new() };
+        if matches!(req.method.as_str(), "PUT" | "POST") {
+            let if_none_match = req.header("if-none-match").map(|v| String::from_utf8_lossy(v).into_owned());
+            shared.writes.lock().unwrap().push(Write {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                if_none_match,
+            });
+        }
         if req.header("transfer-encoding").is_some() {
             let _ = sock.write_all(&response(501, &[], b"chunked uploads are not supported by the fault proxy")).await;
             return;

@@ -529,7 +529,7 @@ async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_
     assert!(HOT.iter().all(|h| hot.entries.iter().any(|e| e.path == *h)));
     assert!(hot.entries.len() < whole.entries.len() / 2, "{} of {}", hot.entries.len(), whole.entries.len());
     // gc keeps it with its root.
-    let keep = sandcache_engine::GcOptions { keep: 1, grace: Duration::ZERO };
+    let keep = sandcache_engine::GcOptions { keep: 1, grace: Duration::ZERO, ..Default::default() };
     sandcache_engine::gc_store(inner.as_ref(), &keep).await.unwrap();
     assert!(inner.head(&piece_key(&hot_ref.id)).await.unwrap().is_some(), "gc kept the hot piece");
 
@@ -665,4 +665,38 @@ async fn a_tail_that_does_not_land_leaves_no_incomplete_npm_package() {
     assert!(out.is_done(), "{:?}", out.result);
     assert_eq!(contents(&dest), want);
     super::settle();
+}
+
+/// A cold pack overwritten (same length): the first hot-first restore puts
+/// the hot set in place and its tail fails, once, and marks the pack. The
+/// next hot-first restore of that generation, knowing the pack bad, runs in
+/// one phase: it falls through before any swap (no partial tree, no
+/// `incomplete` marker keeping the site from ever snapshotting again), and
+/// the site starts cold.
+#[tokio::test]
+async fn a_known_bad_cold_pack_makes_the_next_hot_first_restore_one_phase() {
+    let Some(tmp) = tmp_tracking_reads() else { return };
+    for store in super::stores("hot-bad-cold", tmp.path()) {
+        let src = tmp.path().join(format!("src-{}", store.to_string().len()));
+        stored_with_hot_set(&store, "site/hot", &src).await;
+        let (_, root) = generations::manifests(store.as_ref(), "site/hot").await.unwrap().remove(0);
+        let cold = root.packs.iter().find(|p| !p.hot).expect("a cold pack");
+        let victim = format!("pool/{}/{}.pack", &cold.id[..2], cold.id);
+        super::put(store.as_ref(), &victim, vec![0x5a; cold.size as usize]).await;
+
+        let first = tmp.path().join(format!("first-{}", store.to_string().len()));
+        let out = Cache::new(store.clone(), "site/hot").restore(&first, &hot_first()).await;
+        assert_eq!(out.reason(), Some(Reason::Corrupt), "{}", out.to_json());
+        assert!(out.hot.is_some(), "the tail failed after hot-ready: {}", out.to_json());
+        super::settle();
+        let marks: Vec<String> = store.list("pool/bad/").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(marks, [format!("pool/bad/{}.pack", cold.id)]);
+
+        let next = tmp.path().join(format!("next-{}", store.to_string().len()));
+        let out = Cache::new(store.clone(), "site/hot").restore(&next, &hot_first()).await;
+        assert_eq!(out.reason(), Some(Reason::Corrupt), "{}", out.to_json());
+        assert!(out.hot.is_none(), "one phase, nothing swapped in: {}", out.to_json());
+        assert!(!next.exists() || fs::read_dir(&next).unwrap().count() == 0, "no partial tree");
+        super::settle();
+    }
 }

@@ -129,22 +129,29 @@ async fn gc_keeps_the_newest_generations_and_honours_grace() {
         }
         assert_eq!(keys(store.as_ref(), "site/cache.d/manifests/").await.len(), 5);
         // Within the grace period nothing goes.
-        let r = cache.gc(&GcOptions { keep: 1, grace: Duration::from_secs(3600) }).await.unwrap();
+        let r = cache.gc(&GcOptions { keep: 1, grace: Duration::from_secs(3600), ..Default::default() }).await.unwrap();
         assert_eq!((r.generations_deleted, r.packs_deleted), (0, 0), "{r:?}");
-        let r = sandcache_engine::gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::from_secs(3600) })
-            .await
-            .unwrap();
+        let r = sandcache_engine::gc_store(
+            store.as_ref(),
+            &GcOptions { keep: 1, grace: Duration::from_secs(3600), ..Default::default() },
+        )
+        .await
+        .unwrap();
         assert_eq!((r.generations_deleted, r.packs_deleted), (0, 0), "{r:?}");
         // Past it, with a key: only that key's old generations go; the
         // shared pool is the store-wide sweep's.
         let pool = keys(store.as_ref(), "pool/").await.len();
-        let r = cache.gc(&GcOptions { keep: 2, grace: Duration::ZERO }).await.unwrap();
+        let r = cache.gc(&GcOptions { keep: 2, grace: Duration::ZERO, ..Default::default() }).await.unwrap();
         assert_eq!((r.generations_deleted, r.packs_deleted), (3, 0), "{r:?}");
         assert_eq!(keys(store.as_ref(), "site/cache.d/manifests/").await.len(), 2);
         assert_eq!(keys(store.as_ref(), "pool/").await.len(), pool);
         // The store-wide sweep drops the packs only the deleted ones used.
-        let r =
-            sandcache_engine::gc_store(store.as_ref(), &GcOptions { keep: 2, grace: Duration::ZERO }).await.unwrap();
+        let r = sandcache_engine::gc_store(
+            store.as_ref(),
+            &GcOptions { keep: 2, grace: Duration::ZERO, ..Default::default() },
+        )
+        .await
+        .unwrap();
         assert_eq!((r.generations_kept, r.generations_deleted), (2, 0), "{r:?}");
         assert!(r.packs_deleted >= 2 && r.bytes_freed > 0, "{r:?}");
         assert_eq!(keys(store.as_ref(), "pool/").await.len(), pool - r.packs_deleted);

@@ -122,10 +122,12 @@ async fn a_shared_pack_survives_delete_and_gc_of_another_key() {
             fs::write(src.join("remote/noise.bin"), format!("round {i}")).unwrap();
             assert!(base.snapshot(&src, &force()).await.is_done());
         }
-        let r = base.gc(&GcOptions { keep: 1, grace: Duration::ZERO }).await.unwrap();
+        let r = base.gc(&GcOptions { keep: 1, grace: Duration::ZERO, ..Default::default() }).await.unwrap();
         assert_eq!(r.generations_deleted, 2, "{r:?}");
         assert!(!base.delete().await.unwrap().not_found);
-        let r = gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::ZERO }).await.unwrap();
+        let r = gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::ZERO, ..Default::default() })
+            .await
+            .unwrap();
         assert!(r.packs_deleted >= 1, "the base's own last packs go: {r:?}");
         assert!(r.packs_kept >= 1, "{r:?}");
 
@@ -135,7 +137,9 @@ async fn a_shared_pack_survives_delete_and_gc_of_another_key() {
         assert!(out.is_done(), "{}", out.to_json());
         assert_same_tree(&copy, &dest);
         // Nothing unreferenced is left: a second sweep deletes nothing.
-        let r = gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::ZERO }).await.unwrap();
+        let r = gc_store(store.as_ref(), &GcOptions { keep: 1, grace: Duration::ZERO, ..Default::default() })
+            .await
+            .unwrap();
         assert_eq!((r.generations_deleted, r.packs_deleted), (0, 0), "{r:?}");
         settle();
     }
@@ -386,6 +390,293 @@ async fn hostile_roots_and_pieces_are_corrupt() {
         let out = Cache::new(store.clone(), key).restore(&dir, &RestoreOptions::default()).await;
         assert_eq!(out.reason(), Some(Reason::Corrupt), "{what}: {}", out.to_json());
         assert!(!dir.exists() || fs::read_dir(&dir).unwrap().count() == 0, "{what}: nothing written");
+    }
+    settle();
+}
+
+/// A fresh pod for one deploy: its DENO_DIR and its state dir (the runner's),
+/// neither shared with any other.
+fn pod(tmp: &std::path::Path, name: &str) -> (std::path::PathBuf, RestoreOptions) {
+    let pod = tmp.join(format!("pod-{name}-{}", rand::random::<u32>()));
+    fs::create_dir_all(pod.join("state")).unwrap();
+    let opts = RestoreOptions {
+        state_dir: Some(pod.join("state")),
+        fallbacks: vec!["base/deno".into()],
+        ..Default::default()
+    };
+    (pod.join("deno-dir"), opts)
+}
+
+fn snapshot_opts(restore: &RestoreOptions) -> SnapshotOptions {
+    SnapshotOptions { state_dir: restore.state_dir.clone(), ..Default::default() }
+}
+
+/// The largest pack of a key's newest generation, and its size.
+async fn largest_pack(store: &dyn Store, key: &str) -> (String, String, u64) {
+    let (_, m) = manifests(store, key).await.unwrap().remove(0);
+    let p = m.packs.iter().max_by_key(|p| p.size).unwrap();
+    (pack_location(key, &m, &p.id), p.id.clone(), p.size)
+}
+
+/// Issue 24: one base pack overwritten with other bytes of the same length
+/// (a HEAD cannot tell), and two sites, X and Y, built on it over two rounds
+/// of deploys, each on a fresh pod. Round one: each site's restore falls
+/// back to the base, finds it corrupt, and starts cold; its snapshot packs
+/// the same content, whose pack the pool holds under the bad object's
+/// name, and must upload it rather than reference the bad object. Round
+/// two: both restore their own keys, exact. A bad shared object costs each
+/// site one cold start, never every start after it.
+#[tokio::test]
+async fn an_overwritten_base_pack_costs_each_site_one_cold_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base_src = tmp.path().join("base");
+    tree(&base_src);
+    for store in stores("pool-heal", tmp.path()) {
+        assert!(Cache::new(store.clone(), "base/deno").snapshot(&base_src, &force()).await.is_done());
+        let (victim, _, size) = largest_pack(store.as_ref(), "base/deno").await;
+        put(store.as_ref(), &victim, vec![0x5a; size as usize]).await;
+
+        for round in 0..2 {
+            for site in ["x", "y"] {
+                let cache = Cache::new(store.clone(), format!("site-{site}/cache.tgz"));
+                let (dir, opts) = pod(tmp.path(), &format!("{site}{round}"));
+                let out = cache.restore(&dir, &opts).await;
+                let j = out.to_json();
+                if round == 0 {
+                    // The base is the only candidate, and it is corrupt.
+                    assert_eq!(out.reason(), Some(Reason::Corrupt), "{site}: {j}");
+                    // Cold: the app fetches its dependencies, the base's.
+                    assert!(
+                        std::process::Command::new("cp").arg("-a").arg(&base_src).arg(&dir).status().unwrap().success()
+                    );
+                    let snap = cache.snapshot(&dir, &snapshot_opts(&opts)).await;
+                    assert!(snap.is_done(), "{site}: {}", snap.to_json());
+                    // What the site's generation names is what it says.
+                    assert_eq!(check(store.as_ref(), &format!("site-{site}/cache.tgz")).await, Ok(1), "{site}");
+                } else {
+                    assert_eq!(j["hit"], "exact", "{site}, round two: {j}");
+                    assert_same_tree(&base_src, &dir);
+                }
+                settle();
+            }
+        }
+        // The bad object is marked, for gc.
+        let marks: Vec<String> = store.list("pool/bad/").await.unwrap().into_iter().map(|o| o.key).collect();
+        let id = victim.rsplit('/').next().unwrap();
+        assert_eq!(marks, [format!("pool/bad/{id}")]);
+    }
+}
+
+/// A snapshot on a pod that never restored the bad object (another site,
+/// a fresh pod) knows it from the store's mark: it uploads that content
+/// again rather than reference the bad object.
+#[tokio::test]
+async fn a_snapshot_elsewhere_reads_the_mark() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base_src = tmp.path().join("base");
+    tree(&base_src);
+    for store in stores("pool-mark", tmp.path()) {
+        assert!(Cache::new(store.clone(), "base/deno").snapshot(&base_src, &force()).await.is_done());
+        let (victim, _, size) = largest_pack(store.as_ref(), "base/deno").await;
+        put(store.as_ref(), &victim, vec![0x33; size as usize]).await;
+        // A restore somewhere finds it, and marks it.
+        let (dir, opts) = pod(tmp.path(), "finder");
+        let out = Cache::new(store.clone(), "site-a/cache.tgz").restore(&dir, &opts).await;
+        assert_eq!(out.reason(), Some(Reason::Corrupt), "{}", out.to_json());
+        assert_eq!(store.list("pool/bad/").await.unwrap().len(), 1);
+        // Another pod, another site, the same content: never restored.
+        let (dir, opts) = pod(tmp.path(), "elsewhere");
+        assert!(std::process::Command::new("cp").arg("-a").arg(&base_src).arg(&dir).status().unwrap().success());
+        let z = Cache::new(store.clone(), "site-z/cache.tgz");
+        let snap = z.snapshot(&dir, &snapshot_opts(&opts)).await;
+        assert!(snap.is_done(), "{}", snap.to_json());
+        assert!(snap.to_json()["pool_added"].as_u64().unwrap() >= size, "{}", snap.to_json());
+        assert_eq!(check(store.as_ref(), "site-z/cache.tgz").await, Ok(1));
+        let (again, opts) = pod(tmp.path(), "z-again");
+        assert_eq!(z.restore(&again, &opts).await.to_json()["hit"], "exact");
+        assert_same_tree(&base_src, &again);
+        settle();
+    }
+}
+
+/// A pool object of another length than its content (no mark yet): the
+/// snapshot's HEAD finds it, refuses to skip it, uploads the content
+/// salted, and marks the object.
+#[tokio::test]
+async fn a_head_of_the_wrong_length_is_never_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    for store in stores("pool-head", tmp.path()) {
+        assert!(Cache::new(store.clone(), "first/k").snapshot(&src, &force()).await.is_done());
+        let (victim, id, _) = largest_pack(store.as_ref(), "first/k").await;
+        put(store.as_ref(), &victim, b"shorter than the pack".to_vec()).await;
+        // Another key, the same content (another dir: no shared state).
+        let copy = tmp.path().join(format!("copy-{}", rand::random::<u32>()));
+        assert!(std::process::Command::new("cp").arg("-a").arg(&src).arg(&copy).status().unwrap().success());
+        let second = Cache::new(store.clone(), "second/k");
+        let snap = second.snapshot(&copy, &force()).await;
+        assert!(snap.is_done(), "{}", snap.to_json());
+        assert_eq!(check(store.as_ref(), "second/k").await, Ok(1));
+        let (_, m) = manifests(store.as_ref(), "second/k").await.unwrap().remove(0);
+        assert!(m.packs.iter().all(|p| p.id != id), "the bad object is not named");
+        let marks: Vec<String> = store.list("pool/bad/").await.unwrap().into_iter().map(|o| o.key).collect();
+        assert_eq!(marks, [format!("pool/bad/{id}.pack")]);
+        let dest = tmp.path().join(format!("dest-{}", rand::random::<u32>()));
+        assert!(second.restore(&dest, &RestoreOptions::default()).await.is_done());
+        assert_same_tree(&src, &dest);
+        settle();
+    }
+}
+
+/// gc without sampling: only marks and the listing's sizes.
+fn gc_unsampled() -> GcOptions {
+    GcOptions { keep: 3, grace: Duration::ZERO, verify_rate: 0.0, ..Default::default() }
+}
+
+/// Two keys with the same content (both name the same packs) and a third
+/// with other content.
+async fn two_sharing_and_one_apart(store: &Arc<dyn Store>, tmp: &std::path::Path, src: &std::path::Path) {
+    assert!(Cache::new(store.clone(), "a/k").snapshot(src, &force()).await.is_done());
+    let copy = tmp.join(format!("copy-{}", rand::random::<u32>()));
+    assert!(std::process::Command::new("cp").arg("-a").arg(src).arg(&copy).status().unwrap().success());
+    assert!(Cache::new(store.clone(), "b/k").snapshot(&copy, &force()).await.is_done());
+    let other = tmp.join(format!("other-{}", rand::random::<u32>()));
+    fs::create_dir_all(&other).unwrap();
+    fs::write(other.join("alone.txt"), b"content no other key has").unwrap();
+    assert!(Cache::new(store.clone(), "c/k").snapshot(&other, &force()).await.is_done());
+}
+
+/// gc reads every marked object whole: a bad one goes, with every
+/// generation naming it, then its mark; a mark on a good object (anyone
+/// with pool write can plant one) is cleared and nothing else happens.
+/// Then the content can go up again under its own name.
+#[tokio::test]
+async fn gc_acts_on_a_mark_only_once_it_has_read_the_object() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    for store in stores("pool-gc-marks", tmp.path()) {
+        two_sharing_and_one_apart(&store, tmp.path(), &src).await;
+        let (victim, id, size) = largest_pack(store.as_ref(), "a/k").await;
+        let (good, good_id, _) = largest_pack(store.as_ref(), "c/k").await;
+        put(store.as_ref(), &victim, vec![0x5a; size as usize]).await;
+        // A restore finds it, and marks it; someone plants a false mark.
+        let dir = tmp.path().join(format!("d-{}", rand::random::<u32>()));
+        let out = Cache::new(store.clone(), "a/k").restore(&dir, &RestoreOptions::default()).await;
+        assert_eq!(out.reason(), Some(Reason::Corrupt), "{}", out.to_json());
+        assert!(store.put_new(&format!("pool/bad/{good_id}.pack"), b"{}".to_vec().into()).await.unwrap());
+        assert_eq!(store.list("pool/bad/").await.unwrap().len(), 2);
+
+        let r = gc_store(store.as_ref(), &gc_unsampled()).await.unwrap();
+        assert_eq!((r.bad_objects, r.generations_withdrawn_bad, r.false_marks), (1, 2, 1), "{r:?}");
+        assert_eq!(r.objects_verified, 2, "{r:?}");
+        assert!(store.head(&victim).await.unwrap().is_none(), "the bad object is gone");
+        assert!(store.list("pool/bad/").await.unwrap().is_empty(), "both marks are gone");
+        for key in ["a/k", "b/k"] {
+            assert!(manifests(store.as_ref(), key).await.unwrap().is_empty(), "{key}'s generation is withdrawn");
+        }
+        assert!(store.head(&good).await.unwrap().is_some(), "the falsely marked object stays");
+        assert_eq!(check(store.as_ref(), "c/k").await, Ok(1));
+        // No mark, no object: the next snapshot uploads it under its own name.
+        assert!(Cache::new(store.clone(), "a/k").snapshot(&src, &force()).await.is_done());
+        assert_eq!(check(store.as_ref(), "a/k").await, Ok(1));
+        assert!(store.head(&format!("pool/{}/{id}.pack", &id[..2])).await.unwrap().is_some());
+        let r = gc_store(store.as_ref(), &gc_unsampled()).await.unwrap();
+        assert_eq!((r.bad_objects, r.generations_withdrawn_bad, r.false_marks), (0, 0, 0), "{r:?}");
+        settle();
+    }
+}
+
+/// A kept pack whose listed size is not what its generations say is read
+/// whole (no mark, no sample needed), found bad, and goes with them.
+#[tokio::test]
+async fn gc_finds_a_kept_pack_of_the_wrong_length_in_the_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    for store in stores("pool-gc-length", tmp.path()) {
+        two_sharing_and_one_apart(&store, tmp.path(), &src).await;
+        let (victim, _, _) = largest_pack(store.as_ref(), "a/k").await;
+        put(store.as_ref(), &victim, b"not the pack".to_vec()).await;
+        let r = gc_store(store.as_ref(), &gc_unsampled()).await.unwrap();
+        assert_eq!((r.objects_verified, r.bad_objects, r.generations_withdrawn_bad), (1, 1, 2), "{r:?}");
+        assert!(store.head(&victim).await.unwrap().is_none());
+        assert_eq!(check(store.as_ref(), "c/k").await, Ok(1));
+        settle();
+    }
+}
+
+/// A kept pack overwritten with bytes of the same length, and nobody has
+/// restored it since: only the sample finds it. At rate 0 it stays; at
+/// rate 1 every kept object is read whole, and it goes.
+#[tokio::test]
+async fn gc_samples_what_nobody_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    tree(&src);
+    for store in stores("pool-gc-sample", tmp.path()) {
+        two_sharing_and_one_apart(&store, tmp.path(), &src).await;
+        let (victim, _, size) = largest_pack(store.as_ref(), "a/k").await;
+        put(store.as_ref(), &victim, vec![0x77; size as usize]).await;
+        let r = gc_store(store.as_ref(), &gc_unsampled()).await.unwrap();
+        assert_eq!((r.objects_verified, r.bad_objects), (0, 0), "{r:?}");
+        // A budget too small for anything reads nothing.
+        let tiny = GcOptions { verify_rate: 1.0, verify_bytes: 10, ..gc_unsampled() };
+        let r = gc_store(store.as_ref(), &tiny).await.unwrap();
+        assert_eq!((r.objects_verified, r.bad_objects), (0, 0), "{r:?}");
+        let all = GcOptions { verify_rate: 1.0, ..gc_unsampled() };
+        let r = gc_store(store.as_ref(), &all).await.unwrap();
+        assert_eq!((r.bad_objects, r.generations_withdrawn_bad), (1, 2), "{r:?}");
+        assert_eq!(r.objects_verified, r.packs_kept + 1, "every kept object, and the bad one: {r:?}");
+        assert!(store.head(&victim).await.unwrap().is_none());
+        let bad_rate = GcOptions { verify_rate: 1.5, ..gc_unsampled() };
+        assert!(gc_store(store.as_ref(), &bad_rate).await.unwrap_err().contains("verify rate"));
+        settle();
+    }
+}
+
+/// What the sandbox policy requires (deploy/iam/sandbox-policy.json): every
+/// write to the pool is one PUT carrying `If-None-Match: *`, never a
+/// multipart upload (whose parts cannot carry it): packs, pieces, salted
+/// copies and marks alike. Seen on the wire, through a proxy in front of
+/// the test S3 server.
+#[tokio::test]
+async fn every_pool_write_is_one_put_with_if_none_match() {
+    use sandcache_testkit::faults::FaultProxy;
+    let Some(spec) = sandcache_testkit::s3::spec("pool-if-none-match") else { return };
+    let proxy = FaultProxy::start(spec.endpoint.as_deref().unwrap()).await;
+    let mut via = spec.clone();
+    via.endpoint = Some(proxy.url());
+    let store: Arc<dyn Store> =
+        Arc::new(sandcache_store::S3Store::new(&via, &sandcache_store::StoreOptions::default()).unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    packages(&src, 300);
+    tree(&src);
+    // A base (packs, pieces), one of its packs overwritten, a restore that
+    // marks it, and a snapshot that uploads that content salted.
+    assert!(Cache::new(store.clone(), "base/deno").snapshot(&src, &force()).await.is_done());
+    let (victim, _, size) = largest_pack(store.as_ref(), "base/deno").await;
+    put(store.as_ref(), &victim, vec![0x5a; size as usize]).await;
+    let (dir, opts) = pod(tmp.path(), "wire");
+    let site = Cache::new(store.clone(), "site/cache.tgz");
+    assert_eq!(site.restore(&dir, &opts).await.reason(), Some(Reason::Corrupt));
+    assert!(std::process::Command::new("cp").arg("-a").arg(&src).arg(&dir).status().unwrap().success());
+    assert!(site.snapshot(&dir, &snapshot_opts(&opts)).await.is_done());
+    assert_eq!(check(store.as_ref(), "site/cache.tgz").await, Ok(1));
+
+    let writes = proxy.take_writes();
+    let pool: Vec<_> = writes.iter().filter(|w| w.path.contains("/pool/")).collect();
+    let kinds = |ext: &str| pool.iter().filter(|w| w.path.contains(ext)).count();
+    assert!(kinds(".pack") >= 3 && kinds(".tree") >= 2 && kinds("/pool/bad/") == 1, "{pool:#?}");
+    for w in &pool {
+        // The one overwrite is this test's own, with `put`.
+        if w.path.ends_with(victim.as_str()) && w.if_none_match.is_none() {
+            continue;
+        }
+        assert_eq!((w.method.as_str(), w.if_none_match.as_deref()), ("PUT", Some("*")), "{w:?}");
+        assert!(!w.path.contains('?'), "no multipart: {w:?}");
     }
     settle();
 }

@@ -73,6 +73,10 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(keys, ["site/sm-other", "site/small"]);
     let keys: Vec<String> = store.list("site/").await.unwrap().into_iter().map(|o| o.key).collect();
     assert_eq!(keys, ["site/big", "site/sm-other", "site/small"]);
+    // A bounded listing: the first ones, in order.
+    let keys: Vec<String> = store.list_first("site/", 2).await.unwrap().into_iter().map(|o| o.key).collect();
+    assert_eq!(keys, ["site/big", "site/sm-other"]);
+    assert!(store.list_first("nothing/", 2).await.unwrap().is_empty());
 
     // Delete, idempotently.
     store.delete("site/small").await.unwrap();

@@ -898,12 +898,26 @@ fn statements(policy: &Value) -> Vec<Value> {
     policy["Statement"].as_array().unwrap().clone()
 }
 
-/// A policy's allowed actions by resource; nothing denied, no wildcard
-/// action, no `*` resource, everything in BUCKET (under PREFIX for objects).
+/// A policy's allowed actions by resource (and their condition): no
+/// wildcard action, no `*` resource, everything in BUCKET (under PREFIX for
+/// objects).
 fn allowed(rel: &str) -> BTreeMap<String, (BTreeSet<String>, Value)> {
+    by_resource(rel, "Allow")
+}
+
+/// A policy's denied actions by resource (and their condition), checked
+/// as [`allowed`]'s are.
+fn denied(rel: &str) -> BTreeMap<String, (BTreeSet<String>, Value)> {
+    by_resource(rel, "Deny")
+}
+
+fn by_resource(rel: &str, effect: &str) -> BTreeMap<String, (BTreeSet<String>, Value)> {
     let mut out: BTreeMap<String, (BTreeSet<String>, Value)> = BTreeMap::new();
     for s in statements(&json_file(rel)) {
-        assert_eq!(s["Effect"], "Allow", "{rel}: {s}");
+        assert!(s["Effect"] == "Allow" || s["Effect"] == "Deny", "{rel}: {s}");
+        if s["Effect"] != effect {
+            continue;
+        }
         let list = |v: &Value| if v.is_string() { vec![v.as_str().unwrap().to_owned()] } else { strings(v) };
         let actions = list(&s["Action"]);
         assert!(!actions.is_empty() && actions.iter().all(|a| a.starts_with("s3:") && !a.contains('*')), "{rel}: {s}");
@@ -921,9 +935,11 @@ fn allowed(rel: &str) -> BTreeMap<String, (BTreeSet<String>, Value)> {
 
 /// Least privilege, as docs/threat-model.md has it: the sandbox role reads
 /// the prefix, lists it, writes its own site's objects (the `site`
-/// principal tag), deletes nothing; maintenance lists, reads and deletes
-/// and writes nothing (gc and delete only list, read and delete). And the
-/// objects a snapshot writes are all where WriteOwnSite allows.
+/// principal tag), creates pool objects only with `If-None-Match` (so never
+/// overwrites one, whatever else it is granted), deletes nothing;
+/// maintenance lists, reads and deletes and writes nothing (gc and delete
+/// only list, read and delete). And the objects a snapshot writes are all
+/// where WriteOwnSite and CreateInSharedPool allow.
 #[test]
 fn iam_policies_are_least_privilege() {
     let set = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
@@ -935,9 +951,27 @@ fn iam_policies_are_least_privilege() {
     assert_eq!(sandbox["arn:aws:s3:::BUCKET/PREFIX/*"].0, set(&["s3:GetObject"]));
     let own = &sandbox["arn:aws:s3:::BUCKET/PREFIX/${aws:PrincipalTag/site}/*"];
     assert_eq!(own.0, set(&["s3:PutObject", "s3:AbortMultipartUpload"]));
+    // The pool: create only, one PUT with `If-None-Match` (the condition
+    // key is present: S3 then refuses an existing name with 412); and the
+    // same denied without it, so that no other grant (a site tagged `pool`,
+    // or WriteOwnSite widened to PREFIX/* without per-deploy sessions) can
+    // overwrite a pool object. Multipart cannot carry the header: the pool
+    // has none (`put_new` is one PUT; pool::every_pool_write_is_one_put_...).
     let pool = &sandbox["arn:aws:s3:::BUCKET/PREFIX/pool/*"];
-    assert_eq!(pool.0, set(&["s3:PutObject", "s3:AbortMultipartUpload"]));
+    assert_eq!(pool.0, set(&["s3:PutObject"]));
+    assert_eq!(pool.1, json!({"Null": {"s3:if-none-match": "false"}}));
     assert_eq!(sandbox.len(), 4);
+    let deny = denied("deploy/iam/sandbox-policy.json");
+    assert_eq!(deny.len(), 1, "{deny:?}");
+    let never = &deny["arn:aws:s3:::BUCKET/PREFIX/pool/*"];
+    assert_eq!((&never.0, &never.1), (&set(&["s3:PutObject"]), &json!({"Null": {"s3:if-none-match": "true"}})));
+    // The S3 store sends it for every pool write: put_new is a PUT in
+    // object_store's create mode, which it forces on.
+    let s3 = read("crates/sandcache-store/src/s3.rs");
+    assert!(
+        s3.contains("PutMode::Create") && s3.contains("S3ConditionalPut::ETagMatch"),
+        "put_new sends If-None-Match"
+    );
     assert!(!read("deploy/iam/sandbox-policy.json").contains("Delete"), "no sandbox deletes");
     // The same document as the threat model's.
     let doc = read("docs/threat-model.md");
@@ -951,7 +985,8 @@ fn iam_policies_are_least_privilege() {
     assert_eq!((&bucket.0, &bucket.1), (&set(&["s3:ListBucket"]), &list_condition));
     assert_eq!(maintenance["arn:aws:s3:::BUCKET/PREFIX/*"].0, set(&["s3:GetObject", "s3:DeleteObject"]));
     assert_eq!(maintenance.len(), 2);
-    // Every object a snapshot writes is one WriteOwnSite or WriteSharedPool
+    assert!(denied("deploy/iam/maintenance-policy.json").is_empty());
+    // Every object a snapshot writes is one WriteOwnSite or CreateInSharedPool
     // covers: the store's root stands for PREFIX, the key is the runner's
     // default for a site.
     let tmp = tempfile::tempdir().unwrap();

@@ -97,6 +97,50 @@ fn snapshot_and_restore_print_one_json_object_and_exit_0() {
     assert_eq!((code, json["reason"].as_str()), (1, Some("empty")));
 }
 
+/// `gc --json` says what it verified: a pool object overwritten with other
+/// bytes, nobody having reported it, is found by a full sample and goes
+/// with the generation naming it.
+#[test]
+fn gc_reports_what_it_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, store) = (tmp.path().join("src"), tmp.path().join("store"));
+    sample_tree(&src);
+    let (code, _, stderr) = run(&mut local("snapshot", &src, &store, "site/cache"));
+    assert_eq!(code, 0, "{stderr}");
+    let pack = walkdir(&store.join("pool")).into_iter().find(|p| p.extension().is_some_and(|e| e == "pack")).unwrap();
+    let len = std::fs::metadata(&pack).unwrap().len() as usize;
+    std::fs::write(&pack, vec![0x5a; len]).unwrap();
+    let gc = |rate: &str| {
+        let mut c = bin();
+        c.args(["gc", "--grace", "0", "--json", "--verify-rate", rate, "--store"]).arg(&store);
+        run(&mut c)
+    };
+    let (code, json, stderr) = gc("0");
+    assert_eq!(
+        (code, json["objects_verified"].as_u64(), json["bad_objects"].as_u64()),
+        (0, Some(0), Some(0)),
+        "{stderr}"
+    );
+    let (code, json, stderr) = gc("1");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        (json["bad_objects"].as_u64(), json["generations_withdrawn_bad"].as_u64()),
+        (Some(1), Some(1)),
+        "{json}"
+    );
+    assert!(json["objects_verified"].as_u64().unwrap() >= 1 && json["false_marks"] == 0, "{json}");
+    assert!(!pack.exists());
+}
+
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walkdir(&p)) } else { out.push(p) }
+    }
+    out
+}
+
 #[test]
 fn a_miss_is_exit_0_and_exit_1_under_strict() {
     let tmp = tempfile::tempdir().unwrap();
@@ -122,6 +166,7 @@ fn usage_and_configuration_errors_exit_2_with_a_clear_message() {
         (vec!["restore", "--key", "k", "--store", "s3://bkt", "--endpoint", "localhost:9000"], "http://"),
         (vec!["snapshot", "--key", "k", "--format", "zip"], "invalid value"),
         (vec!["frobnicate"], "unrecognized subcommand"),
+        (vec!["gc", "--verify-rate", "2"], "not a fraction from 0 to 1"),
     ];
     for (args, expect) in cases {
         let out = bin().args(&args).current_dir(tmp.path()).output().unwrap();
