@@ -397,16 +397,31 @@ fn main() -> ExitCode {
     // index each time.
     let index =
         corpus.with_file_name(format!(".{}.sandcache-index.json", corpus.file_name().unwrap().to_string_lossy()));
-    let s = (0..runs)
-        .map(|i| {
+    // With --baseline, the older binary's full snapshot runs right after
+    // this one's in each round, so drift hits both alike.
+    let (mut s, mut old_s) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let _ = std::fs::remove_file(&index);
+        s.push(measure(
+            &format!("{sc} snapshot -q --json --force --dir {} --store {store}/{run}-full-{i} --key k", q(&corpus)),
+            None,
+        ));
+        if let Some(old) = &args.baseline {
             let _ = std::fs::remove_file(&index);
-            measure(
-                &format!("{sc} snapshot -q --json --force --dir {} --store {store}/{run}-full-{i} --key k", q(&corpus)),
+            old_s.push(measure(
+                &format!(
+                    "{} snapshot -q --json --force --dir {} --store {store}/{run}-old-full-{i} --key k",
+                    old.display(),
+                    q(&corpus)
+                ),
                 None,
-            )
-        })
-        .collect();
+            ));
+        }
+    }
     rows.push(Row { name: "sandcache snapshot, native, full".into(), samples: s, bytes: None });
+    if !old_s.is_empty() {
+        rows.push(Row { name: "baseline binary snapshot, native, full".into(), samples: old_s, bytes: None });
+    }
     let last = runs - 1;
     // Unchanged, as a runner sees it: the state the last snapshot left says
     // nothing changed. Then the same with --force, where the native path
