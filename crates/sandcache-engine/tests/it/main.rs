@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use sandcache_engine::{Cache, Format, Limits, Reason, RestoreOptions, SnapshotOptions};
 use sandcache_store::{LocalStore, S3Spec, S3Store, Store, StoreOptions};
 use sandcache_testkit::raw::Raw;
@@ -42,8 +42,7 @@ async fn put(store: &dyn Store, key: &str, bytes: Vec<u8>) {
 }
 
 async fn get(store: &dyn Store, key: &str) -> Vec<u8> {
-    let parts: Vec<Bytes> = store.get(key).await.unwrap().stream.try_collect().await.unwrap();
-    parts.concat()
+    store.get(key).await.unwrap().bytes().await.unwrap()
 }
 
 pub fn settle() {

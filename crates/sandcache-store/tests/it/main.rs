@@ -13,9 +13,7 @@ fn body(chunks: Vec<Vec<u8>>) -> BodyStream {
 }
 
 async fn read_all(store: &dyn Store, key: &str) -> Vec<u8> {
-    let obj = store.get(key).await.unwrap();
-    let bytes: Vec<Bytes> = obj.stream.try_collect().await.unwrap();
-    bytes.concat()
+    store.get(key).await.unwrap().bytes().await.unwrap()
 }
 
 async fn conformance(store: Arc<dyn Store>) {
