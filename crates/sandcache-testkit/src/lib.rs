@@ -8,7 +8,8 @@
 //! * [`throttle`]: a bandwidth-throttled HTTP proxy, for honest cold starts;
 //! * [`generations`]: checks that every stored generation is whole;
 //! * [`seeds`]: the committed fuzz seeds, replayed through the fuzz checks;
-//! * [`sqlite`]: hostile SQLite files (a WAL that claims a huge database).
+//! * [`sqlite`]: hostile SQLite files (a WAL that claims a huge database);
+//! * [`store`]: the store conformance suite, and a wrapper store with hooks.
 
 pub mod faults;
 pub mod generations;
@@ -17,6 +18,7 @@ pub mod raw;
 pub mod s3;
 pub mod seeds;
 pub mod sqlite;
+pub mod store;
 pub mod throttle;
 pub mod tree;
 
