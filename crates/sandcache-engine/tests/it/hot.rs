@@ -10,14 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use sandcache_engine::{Cache, Format, Reason, RestoreOptions, SnapshotOptions};
+use sandcache_engine::{Cache, Reason, RestoreOptions, SnapshotOptions};
 use sandcache_store::{BodyStream, GetObject, LocalStore, ObjectInfo, Store, StoreError};
 use sandcache_testkit::generations;
 use sandcache_testkit::tree::{contents, settle_times};
 
-fn snap() -> SnapshotOptions {
-    SnapshotOptions { format: Format::Native, ..Default::default() }
-}
+use crate::support::snap;
 
 fn hot_first() -> RestoreOptions {
     RestoreOptions { hot_first: true, timeout: Duration::from_secs(30), ..Default::default() }

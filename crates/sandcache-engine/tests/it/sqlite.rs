@@ -17,18 +17,16 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
-use sandcache_engine::{Cache, Format, Reason, RestoreOptions, SnapshotOptions};
+use sandcache_engine::{Cache, Format, Reason, SnapshotOptions};
 use sandcache_store::{LocalStore, Store};
 use sandcache_testkit::tree::sandbox_state;
+
+use crate::support::quick;
 
 const FORMATS: [(Format, &str); 2] = [(Format::Native, "site/sqlite"), (Format::Tgz, "site/sqlite.tgz")];
 
 fn snap(format: Format) -> SnapshotOptions {
     SnapshotOptions { format, force: true, timeout: Duration::from_secs(60), ..Default::default() }
-}
-
-fn quick() -> RestoreOptions {
-    RestoreOptions { timeout: Duration::from_secs(20), ..Default::default() }
 }
 
 /// Row `i`'s payload: 1 KiB that says which row it is.
