@@ -5,6 +5,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use sandcache_testkit::serve::Serve;
 use sandcache_testkit::tree::{assert_same_tree, sample_tree};
 
 use crate::support::{bin, http, local, run, worker_user_for_test};
@@ -332,11 +333,7 @@ async fn pod_identity_credentials_are_enough() {
 #[test]
 fn deno_app_runs_offline_from_a_restored_cache() {
     let Some(spec) = sandcache_testkit::s3::spec("deno-e2e") else { return };
-    let Ok(deno) = std::env::var("SANDCACHE_DENO") else {
-        assert!(std::env::var_os("CI").is_none(), "SANDCACHE_DENO is not set on CI: run scripts/test.sh");
-        eprintln!("skipping: SANDCACHE_DENO is not set (scripts/install-deno.sh prints it)");
-        return;
-    };
+    let Some(deno) = sandcache_testkit::deno::binary("deno_app_runs_offline_from_a_restored_cache") else { return };
     let tmp = tempfile::tempdir().unwrap();
     let app = tmp.path().join("app");
     fs::create_dir(&app).unwrap();
@@ -440,26 +437,12 @@ fn serve_stops_its_worker_and_cleans_up_on_sigterm() {
     for (d, mode) in [(tmp.path(), 0o755), (out_dir.as_path(), 0o777)] {
         fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let work = tmp.path().join("site");
-    let mut server = bin()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--stop-grace", "2"])
-        .arg("--dir")
-        .arg(tmp.path().join("deno-dir"))
-        .arg("--work-dir")
-        .arg(&work)
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .args(worker_user_for_test(3))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let request = |method: &str, path: &str, body: &str| http(port, method, path, None, body);
     let start = std::time::Instant::now();
-    while request("GET", "/deco/_liveness", "").is_none() {
-        assert!(start.elapsed() < std::time::Duration::from_secs(20), "serve never listened");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let served = Serve::command(bin(), tmp.path()).args(worker_user_for_test(3)).start();
+    let port = served.port;
+    let mut server = served.into_child();
+    let request = |method: &str, path: &str, body: &str| http(port, method, path, None, body);
     let pid_file = out_dir.join("worker.pid");
     let script = format!("echo $$ > {}; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1", pid_file.display());
     let body = serde_json::json!({"site": "s", "runCommand": ["sh", "-c", script]}).to_string();

@@ -22,7 +22,7 @@ mod secrets;
 /// memory.
 mod soak;
 
-/// The binary, its output, HTTP to `serve`.
+/// The binary, its output, HTTP to `serve`, and `serve` as tests start it.
 mod support;
 
-use support::{bin, http, run, worker_user_for_test};
+use support::{bin, run};

@@ -1,8 +1,12 @@
 //! What the CLI's tests share: the binary with a clean environment, its
-//! JSON output, and a blocking HTTP request to `serve`.
+//! JSON output, a blocking HTTP request to `serve`, and `serve` itself as
+//! the tests start it.
 
 use std::path::Path;
 use std::process::{Command, Output};
+
+use sandcache_testkit::http::{self, Request};
+use sandcache_testkit::serve::{Serve, ServeProcess};
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sandcache"));
@@ -32,18 +36,12 @@ pub fn run(cmd: &mut Command) -> (i32, serde_json::Value, String) {
 /// One HTTP/1.1 request to `sandcache serve` on `port`; the whole answer,
 /// or `None` if it does not listen (yet).
 pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).ok()?;
-    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
+    let req = Request::new(method, path)
+        .header("host", "x")
+        .bearer(token)
+        .json(body)
+        .timeout(std::time::Duration::from_secs(60));
+    http::send_blocking(([127, 0, 0, 1], port).into(), &req).ok().map(|r| r.text)
 }
 
 /// `--worker-user` for a test that runs `serve` as root: a uid of its own
@@ -57,4 +55,25 @@ pub fn local(cmd: &str, dir: &Path, store: &Path, key: &str) -> Command {
     let mut c = bin();
     c.arg(cmd).arg("--dir").arg(dir).arg("--store").arg(store).arg("--key").arg(key).arg("--json");
     c
+}
+
+/// `sandcache serve` from [`bin`], its dirs under `tmp`, without the
+/// developer's admin token.
+pub fn serve(tmp: &Path) -> Serve {
+    Serve::command(bin(), tmp).env_remove("SANDCACHE_ADMIN_TOKEN")
+}
+
+/// `serve` as the isolation and admin-plane tests run it, started: debug
+/// logs, a 1 s settle, `envs`, then `extra` arguments.
+pub fn start_serve(tmp: &Path, envs: &[(&str, &str)], extra: &[&str]) -> ServeProcess {
+    start_serve_on("127.0.0.1", tmp, envs, extra)
+}
+
+/// As [`start_serve`], on `host` (`[::]` for every address).
+pub fn start_serve_on(host: &str, tmp: &Path, envs: &[(&str, &str)], extra: &[&str]) -> ServeProcess {
+    let mut s = serve(tmp).host(host).args(["--settle", "1"]).args(extra).env("SANDCACHE_LOG", "debug");
+    for (k, v) in envs {
+        s = s.env(k, v);
+    }
+    s.start()
 }
