@@ -10,6 +10,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use sandcache_runner::admin::Key;
 use sandcache_runner::{AdminAuth, Peer, Runner};
+use sandcache_testkit::http;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -39,19 +40,12 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever(
 
 /// One raw HTTP/1.1 request, the path sent byte for byte as given.
 async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: site.example\r\nconnection: close\r\n");
+    let mut req = http::Request::new(method, path).header("host", "site.example").header("connection", "close");
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(k, v);
     }
-    req.push_str("content-length: 0\r\n\r\n");
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), sock.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    let resp = http::send(addr, &req.timeout(Duration::from_secs(30))).await.unwrap();
+    (resp.status(), resp.body().to_owned())
 }
 
 struct Served {

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use sandcache_engine::CacheConfig;
 use sandcache_runner::{Runner, RunnerConfig};
 use sandcache_store::StoreSpec;
+use sandcache_testkit::site::Repo;
 use serde_json::{Value, json};
 
 use crate::support::{call, call_with, raw_call, stalled_store_envs, test_config, wait_status};
@@ -282,15 +283,9 @@ async fn an_explicit_snapshot_request_runs_detached() {
 async fn the_default_run_command_needs_its_entry_file() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git").args(args).current_dir(&repo).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    std::fs::write(repo.join("README"), "no entry here").unwrap();
-    git(&["init", "-q", "-b", "main"]);
-    git(&["-c", "user.email=t@t", "-c", "user.name=t", "add", "."]);
-    git(&["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "one"]);
+    let site = Repo::init(&repo);
+    site.write(&[("README", "no entry here")]);
+    site.commit("one");
     let mut cfg = test_config(tmp.path());
     cfg.default_run_command = Some(vec!["python3".into(), "-m".into(), "http.server".into()]);
     cfg.default_entry = "serve.py".into();
@@ -302,9 +297,8 @@ async fn the_default_run_command_needs_its_entry_file() {
     assert_eq!(st["worker"], "none", "no entry file: the default does not apply: {st}");
     call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
 
-    std::fs::write(repo.join("serve.py"), "").unwrap();
-    git(&["-c", "user.email=t@t", "-c", "user.name=t", "add", "."]);
-    git(&["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "two"]);
+    site.write(&[("serve.py", "")]);
+    site.commit("two");
     let (s, _) = call(&runner, "POST", "/sandbox/deploy", json!({"repo": url, "branch": "main"})).await;
     assert_eq!(s, StatusCode::OK);
     let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
@@ -417,18 +411,9 @@ async fn a_committed_symlink_in_the_clone_does_not_redirect_the_legacy_restore()
     std::fs::write(outside.join("passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
     let repo = tmp.path().join("repo");
     std::fs::create_dir(&repo).unwrap();
-    std::fs::write(repo.join("README"), "a site").unwrap();
     std::os::unix::fs::symlink(&outside, repo.join(".cache")).unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git").args(args).current_dir(&repo).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    git(&["init", "-q", "-b", "main"]);
-    git(&["-c", "user.email=t@t", "-c", "user.name=t", "add", "."]);
-    git(&["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "site"]);
     // git refuses a local repo another uid owns; a real site's is remote.
-    let out = std::process::Command::new("chown").arg("-R").arg("20016:20016").arg(&repo).output().unwrap();
-    assert!(out.status.success());
+    sandcache_testkit::site::repo(&repo, &[("README", "a site")], Some(20016));
 
     let mut cfg = test_config(tmp.path());
     cfg.worker_user = Some(worker);
@@ -621,19 +606,11 @@ async fn a_first_deploy_restores_a_fallback_base_and_says_so() {
 async fn a_lock_key_follows_the_repos_dependencies() {
     let tmp = tempfile::tempdir().unwrap();
     let (repo, store) = (tmp.path().join("repo"), tmp.path().join("store"));
-    std::fs::create_dir(&repo).unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git").args(args).current_dir(&repo).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
+    let site = Repo::init(&repo);
     let commit = |files: &[(&str, &str)], msg: &str| {
-        for (name, text) in files {
-            std::fs::write(repo.join(name), text).unwrap();
-        }
-        git(&["add", "-A"]);
-        git(&["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", msg]);
+        site.write(files);
+        site.commit(msg);
     };
-    git(&["init", "-q", "-b", "main"]);
     commit(&[("deno.json", r#"{"lock": false, "imports": {"preact": "npm:preact@10.0.0"}}"#)], "one");
     let first_key = format!("site/{}", sandcache_engine::lock_key(&repo, None).unwrap().key);
     // The site's cache for those dependencies exists.
@@ -682,7 +659,7 @@ async fn a_lock_key_follows_the_repos_dependencies() {
     assert!(r["from_key"].as_str().unwrap().starts_with("site/lock-"), "{r}");
 
     // No dependency file: one stable key all the same.
-    git(&["rm", "-q", "deno.json"]);
+    site.git(&["rm", "-q", "deno.json"]);
     commit(&[("README", "no deps")], "four");
     assert_eq!(deploy(runner.clone()).await["key"], "site/nolock");
 }
