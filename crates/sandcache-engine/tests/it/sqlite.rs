@@ -592,8 +592,8 @@ fn deno_version(deno: &str) -> String {
 /// and a Deno run over the restored dir works and keeps them.
 #[tokio::test]
 async fn real_deno_caches_snapshotted_while_open_restore_and_are_reused() {
-    let Ok(deno) = std::env::var("SANDCACHE_DENO") else {
-        eprintln!("skipping: SANDCACHE_DENO is not set");
+    let Some(deno) = sandcache_testkit::deno::binary("real_deno_caches_snapshotted_while_open_restore_and_are_reused")
+    else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
