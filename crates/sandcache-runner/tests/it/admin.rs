@@ -14,6 +14,8 @@ use sandcache_testkit::http;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+use crate::support::Served;
+
 const TOKEN: &str = "fleet-token-5f1e";
 
 /// Logs each request (method, path, headers) as a JSON line to $RECORD,
@@ -48,26 +50,21 @@ async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)
     (resp.status(), resp.body().to_owned())
 }
 
-struct Served {
+struct Recorder {
     addr: SocketAddr,
     record: std::path::PathBuf,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _served: Served,
     _tmp: tempfile::TempDir,
 }
 
-async fn serve_with_recorder(admin: AdminAuth) -> Served {
+async fn serve_with_recorder(admin: AdminAuth) -> Recorder {
     let tmp = tempfile::tempdir().unwrap();
     let record = tmp.path().join("record.jsonl");
     std::fs::write(&record, "").unwrap();
     let mut cfg = super::test_config(tmp.path());
     cfg.admin = admin;
-    let runner = Runner::new(cfg);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sandcache_runner::serve(listener, runner.clone(), async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(cfg).await;
+    let (addr, runner) = (served.addr, served.runner.clone());
     let body = json!({"site": "recorder", "runCommand": ["python3", "-c", RECORDER],
         "envs": {"RECORD": record.display().to_string()}});
     let (s, v) = super::call_with(&runner, "POST", "/sandbox/deploy", body, Some(TOKEN)).await;
@@ -77,7 +74,7 @@ async fn serve_with_recorder(admin: AdminAuth) -> Served {
         assert!(start.elapsed() < Duration::from_secs(30), "the recorder never answered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Served { addr, record, _stop: stop, _tmp: tmp }
+    Recorder { addr, record, _served: served, _tmp: tmp }
 }
 
 fn recorded(path: &std::path::Path) -> Vec<Value> {

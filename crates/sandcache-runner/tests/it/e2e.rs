@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use sandcache_testkit::http::{self, Request};
 use serde_json::{Value, json};
 
+use crate::support::Served;
+
 async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let resp = http::send(addr, &Request::new(method, path).json(body)).await.unwrap();
@@ -49,13 +51,8 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
         cfg.worker_user = Some(worker);
     }
     let deno_dir = cfg.deno_dir.clone();
-    let runner = sandcache_runner::Runner::new(cfg);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sandcache_runner::serve(listener, runner.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let served = Served::start(cfg).await;
+    let addr = served.addr;
 
     let key = format!("{}/storefront/cache.tgz", spec.prefix);
     // The registry as a sandbox sees it: one throttled link (40 MB/s, 50 ms
@@ -180,7 +177,6 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
     }
 
     // Shutdown undeploys: the worker is stopped and the work dir cleaned.
-    stop_tx.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    served.stop().await.unwrap();
     assert!(!tmp.path().join("site").exists());
 }

@@ -2,6 +2,7 @@
 //! to the app in process, and waiting on its status.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,8 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use sandcache_runner::{Runner, RunnerConfig};
 use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 pub fn test_config(tmp: &Path) -> RunnerConfig {
@@ -81,5 +84,33 @@ pub async fn wait_status(runner: &Arc<Runner>, secs: u64, what: &str, pred: impl
         }
         assert!(start.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}: {s}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A runner served on a loopback port, as the binary serves it
+/// (`serve(listener, shutdown)`); dropped, it shuts down.
+pub struct Served {
+    pub addr: SocketAddr,
+    pub runner: Arc<Runner>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    pub async fn start(cfg: RunnerConfig) -> Served {
+        let runner = Runner::new(cfg);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sandcache_runner::serve(listener, runner.clone(), async {
+            let _ = stopped.await;
+        }));
+        Served { addr, runner, stop: Some(stop), task }
+    }
+
+    /// Shuts it down (the runner undeploys) and returns what `serve` did.
+    pub async fn stop(mut self) -> std::io::Result<()> {
+        self.stop.take().unwrap().send(()).unwrap();
+        (&mut self.task).await.unwrap()
     }
 }
