@@ -739,16 +739,8 @@ fn the_runner_works_with_only_the_manifest_capabilities() {
     assert_eq!((code, json["ok"].as_bool()), (0, Some(true)), "{err}");
 
     // The site's repo, the worker's (git refuses another owner's).
-    let git = |args: &[&str], dir: &Path| {
-        let out = Command::new("git").args(args).current_dir(dir).output().unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    fs::create_dir(t.join("src")).unwrap();
-    fs::write(t.join("src/main.ts"), "console.log(1);\n").unwrap();
-    git(&["init", "-q"], &t.join("src"));
-    git(&["add", "."], &t.join("src"));
-    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "site"], &t.join("src"));
-    git(&["clone", "-q", "--bare", "src", "repo.git"], t);
+    let src = sandcache_testkit::site::repo(&t.join("src"), &[("main.ts", "console.log(1);\n")], None);
+    src.git(&["clone", "-q", "--bare", ".", "../repo.git"]);
     let chown = Command::new("chown").args(["-R", &format!("{uid}:{uid}")]).arg(t.join("repo.git")).status();
     assert!(chown.unwrap().success());
 
