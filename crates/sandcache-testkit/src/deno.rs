@@ -2,21 +2,13 @@
 //! `scripts/test.sh` sets from `scripts/install-deno.sh`).
 //!
 //! Without it, tests that need Deno skip with a message, except on CI (`CI`
-//! set), where a missing Deno is a failure (as [`crate::s3::spec`]).
+//! set), where a missing Deno is a failure ([`crate::ci::var_or_skip`]).
 
 use std::path::Path;
 
 /// The Deno binary, or `None` (skip) outside CI.
 pub fn binary(test: &str) -> Option<String> {
-    let Ok(deno) = std::env::var("SANDCACHE_DENO") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "SANDCACHE_DENO is not set on CI: run the tests through scripts/test.sh"
-        );
-        eprintln!("skipping {test}: SANDCACHE_DENO is not set (scripts/install-deno.sh prints it)");
-        return None;
-    };
-    Some(deno)
+    crate::ci::var_or_skip("SANDCACHE_DENO", test, "scripts/install-deno.sh prints it")
 }
 
 /// `deno` put in `dir` (a hard link, else a copy), where a worker's uid can

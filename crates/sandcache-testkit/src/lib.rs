@@ -14,8 +14,10 @@
 //! * [`serve`]: `sandcache serve` as a child process;
 //! * [`site`]: a site's git repo;
 //! * [`deno`]: the Deno binary the tests run (`SANDCACHE_DENO`);
+//! * [`ci`]: a variable the tests need: skip without it, fail on CI;
 //! * [`wait`]: waiting for a condition, within a bound.
 
+pub mod ci;
 pub mod deno;
 pub mod faults;
 pub mod generations;
