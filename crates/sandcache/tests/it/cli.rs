@@ -8,7 +8,7 @@ use std::process::Command;
 use sandcache_testkit::serve::Serve;
 use sandcache_testkit::tree::{assert_same_tree, sample_tree};
 
-use crate::support::{bin, http, local, run, worker_user_for_test};
+use crate::support::{bin, http, local, run, tmp_with_out, worker_user_for_test};
 
 #[test]
 fn snapshot_and_restore_print_one_json_object_and_exit_0() {
@@ -431,12 +431,7 @@ async fn a_killed_restore_leaves_the_dir_intact_and_the_next_run_cleans_up() {
 /// exits 0.
 #[test]
 fn serve_stops_its_worker_and_cleans_up_on_sigterm() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out_dir = tmp.path().join("out");
-    fs::create_dir(&out_dir).unwrap();
-    for (d, mode) in [(tmp.path(), 0o755), (out_dir.as_path(), 0o777)] {
-        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
-    }
+    let (tmp, out_dir) = tmp_with_out();
     let work = tmp.path().join("site");
     let start = std::time::Instant::now();
     let served = Serve::command(bin(), tmp.path()).args(worker_user_for_test(3)).start();

@@ -139,6 +139,20 @@ open(os.environ["DENO_DIR"] + "/marker", "w").write("x")
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 "#;
 
+/// `serve` with `extra` arguments, the streaming worker deployed, and its
+/// store one that accepts connections and never answers (as long as the
+/// returned listener lives): every snapshot hangs.
+fn streaming_on_a_black_hole(tmp: &Path, uid: u32, extra: &[&str]) -> (Child, u16, std::net::TcpListener) {
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
+    let (server, port) = serve(tmp, uid, extra);
+    let envs = store_envs(&endpoint);
+    let body =
+        serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER], "envs": envs}).to_string();
+    deploy_and_wait(port, &body, 30);
+    (server, port, black_hole)
+}
+
 /// An event stream held open by a client, and SIGTERM: serve stops the
 /// worker (which ends the stream) and exits 0 within stop grace + final
 /// snapshot bound, instead of waiting for the client forever.
@@ -177,14 +191,8 @@ fn sigterm_ends_serve_in_bounded_time_with_a_stream_open() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    // A store that accepts connections and never answers.
-    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
-    let (mut server, port) = serve(tmp.path(), 7, &["--final-snapshot-timeout", "60", "--restore-timeout", "1"]);
-    let envs = store_envs(&endpoint);
-    let body =
-        serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER], "envs": envs}).to_string();
-    deploy_and_wait(port, &body, 30);
+    let args = ["--final-snapshot-timeout", "60", "--restore-timeout", "1"];
+    let (mut server, port, black_hole) = streaming_on_a_black_hole(tmp.path(), 7, &args);
     // A manual snapshot hangs on the store; a second request says so.
     let first = http(port, "POST", "/sandbox/cache/snapshot", None, "").unwrap();
     assert!(first.contains(r#"{"ok":true,"started":true}"#), "{first}");
@@ -552,13 +560,8 @@ fn json_logs_carry_structured_fields() {
 #[test]
 fn the_final_snapshot_bound_covers_a_running_manual_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
-    let (mut server, port) = serve(tmp.path(), 15, &["--final-snapshot-timeout", "3", "--restore-timeout", "1"]);
-    let envs = store_envs(&endpoint);
-    let body =
-        serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER], "envs": envs}).to_string();
-    deploy_and_wait(port, &body, 30);
+    let args = ["--final-snapshot-timeout", "3", "--restore-timeout", "1"];
+    let (mut server, port, black_hole) = streaming_on_a_black_hole(tmp.path(), 15, &args);
     let reply = http(port, "POST", "/sandbox/cache/snapshot", None, "").unwrap();
     assert!(reply.contains(r#""started":true"#), "{reply}");
     term(&server);

@@ -11,18 +11,13 @@ use sandcache_testkit::serve::Serve;
 use sandcache_testkit::tree::sample_tree;
 use sandcache_testkit::wait_for;
 
-use crate::support::{bin, http, run, worker_user_for_test};
+use crate::support::{bin, http, run, tmp_with_out, worker_user_for_test};
 
 #[test]
 fn no_secret_reaches_any_output_or_the_worker() {
-    let tmp = tempfile::tempdir().unwrap();
     // The worker runs as its own uid (when root): it reaches the script's
     // output dir only.
-    let out_dir = tmp.path().join("out");
-    fs::create_dir(&out_dir).unwrap();
-    for (d, mode) in [(tmp.path(), 0o755), (out_dir.as_path(), 0o777)] {
-        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
-    }
+    let (tmp, out_dir) = tmp_with_out();
     // The S3 credentials are real when Garage is up (so the cache really
     // works), invented otherwise; the other secrets are invented.
     let spec = sandcache_testkit::s3::spec("secrets");

@@ -2,7 +2,9 @@
 //! JSON output, a blocking HTTP request to `serve`, and `serve` itself as
 //! the tests start it.
 
-use std::path::Path;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use sandcache_testkit::http::{self, Request};
@@ -49,6 +51,18 @@ pub fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str
 /// uid. Not root: nothing (the worker shares the runner's uid).
 pub fn worker_user_for_test(n: u32) -> Vec<String> {
     if rustix::process::geteuid().is_root() { vec!["--worker-user".into(), format!("{}", 20000 + n)] } else { vec![] }
+}
+
+/// A test dir a worker's uid can pass through (0755), and in it `out`, a
+/// dir it can write (0777) for what the worker reports.
+pub fn tmp_with_out() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    for (d, mode) in [(tmp.path(), 0o755), (out_dir.as_path(), 0o777)] {
+        fs::set_permissions(d, fs::Permissions::from_mode(mode)).unwrap();
+    }
+    (tmp, out_dir)
 }
 
 pub fn local(cmd: &str, dir: &Path, store: &Path, key: &str) -> Command {
