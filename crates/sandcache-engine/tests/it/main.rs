@@ -28,4 +28,5 @@ mod sqlite;
 /// The stores tests run on, whole-object reads and writes, option presets.
 mod support;
 
+// The helpers the modules name from here (`crate::x`, `super::x`).
 use support::{get, put, settle, stores};

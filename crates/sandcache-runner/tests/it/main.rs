@@ -13,7 +13,9 @@ mod hot;
 /// The deploy body's fuzz seeds, replayed.
 mod seeds;
 
-/// A runner config under a test dir, calls to the app in process.
+/// A runner config under a test dir, calls to the app in process, a
+/// runner served on a loopback port.
 mod support;
 
+// The helpers the modules name from here (`crate::x`, `super::x`).
 use support::{call, call_with, raw_call, test_config};

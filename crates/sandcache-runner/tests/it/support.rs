@@ -1,5 +1,6 @@
 //! What the runner's tests share: a runner config under a test dir, calls
-//! to the app in process, and waiting on its status.
+//! to the app in process, waiting on its status, and a runner served on a
+//! loopback port.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

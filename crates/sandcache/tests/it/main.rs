@@ -25,4 +25,5 @@ mod soak;
 /// The binary, its output, HTTP to `serve`, and `serve` as tests start it.
 mod support;
 
+// The helpers the modules name from here (`crate::x`, `super::x`).
 use support::{bin, run};
