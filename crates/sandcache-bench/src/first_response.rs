@@ -5,12 +5,12 @@
 //! alternate between the two modes; medians and ratios are printed.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sandcache_engine::CacheConfig;
 use sandcache_runner::{Runner, RunnerConfig};
 use sandcache_store::StoreSpec;
+use sandcache_testkit::http::{self, Request};
 use sandcache_testkit::throttle::{ThrottleOptions, ThrottledProxy};
 use serde_json::{Value, json};
 
@@ -70,19 +70,10 @@ pub struct Options {
 }
 
 async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.ok()?;
     let body = body.map(Value::to_string).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(req.as_bytes()).await.ok()?;
-    let mut out = Vec::new();
-    sock.read_to_end(&mut out).await.ok()?;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Some((status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()))
+    let req = Request::new(method, path).bearer(Some(TOKEN)).json(body);
+    let resp = http::send(addr, &req).await.ok()?;
+    Some((resp.status(), resp.body().to_owned()))
 }
 
 async fn status(addr: std::net::SocketAddr) -> Value {
@@ -173,11 +164,6 @@ fn median(v: &[f64]) -> f64 {
     s[s.len() / 2]
 }
 
-fn git(dir: &Path, args: &[&str]) {
-    let ok = Command::new("git").args(args).current_dir(dir).status().is_ok_and(|s| s.success());
-    assert!(ok, "git {args:?}");
-}
-
 pub async fn run(o: Options) {
     let throttle = ThrottleOptions::from_env();
     let proxy = ThrottledProxy::start(throttle).await.expect("throttled proxy");
@@ -190,11 +176,7 @@ pub async fn run(o: Options) {
     for (fs_name, root) in &o.roots {
         let root = root.join(&tag);
         let repo = root.join("repo");
-        std::fs::create_dir_all(&repo).expect("repo dir");
-        std::fs::write(repo.join("main.ts"), APP).expect("main.ts");
-        git(&repo, &["init", "-q", "-b", "main"]);
-        git(&repo, &["-c", "user.email=b@b", "-c", "user.name=b", "add", "."]);
-        git(&repo, &["-c", "user.email=b@b", "-c", "user.name=b", "commit", "-qm", "storefront"]);
+        sandcache_testkit::site::repo(&repo, &[("main.ts", APP)], None);
         let mut store: StoreSpec = o.store.parse().expect("a store spec");
         let mut _link = None;
         if let StoreSpec::S3(s3) = &mut store {

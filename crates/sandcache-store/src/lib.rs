@@ -53,6 +53,15 @@ pub struct GetObject {
     pub stream: ByteStream,
 }
 
+impl GetObject {
+    /// The whole body (or range), read into memory: for small objects such
+    /// as manifests, and for tests (object_store's `GetResult::bytes`).
+    pub async fn bytes(self) -> Result<Vec<u8>, StoreError> {
+        let parts: Vec<Bytes> = futures::TryStreamExt::try_collect(self.stream).await?;
+        Ok(parts.concat())
+    }
+}
+
 impl fmt::Debug for GetObject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GetObject").field("size", &self.size).finish_non_exhaustive()

@@ -2,7 +2,6 @@
 
 use std::path::Path;
 
-use futures::TryStreamExt;
 use sandcache_archive::Limits;
 use sandcache_archive::pack::{self, Manifest};
 use sandcache_store::Store;
@@ -64,8 +63,7 @@ pub async fn manifests(store: &dyn Store, key: &str) -> Result<Vec<(String, Mani
 
 async fn get(store: &dyn Store, key: &str) -> Result<Vec<u8>, String> {
     let obj = store.get(key).await.map_err(|e| e.to_string())?;
-    let parts: Vec<bytes::Bytes> = obj.stream.try_collect().await.map_err(|e| e.to_string())?;
-    Ok(parts.concat())
+    obj.bytes().await.map_err(|e| e.to_string())
 }
 
 /// The entries of a generation, its pieces joined in order (a version-3

@@ -8,14 +8,7 @@ use sandcache_store::{S3Spec, StoreSpec};
 
 /// The test bucket with a fresh prefix, or `None` (skip) outside CI.
 pub fn spec(test: &str) -> Option<S3Spec> {
-    let Ok(url) = std::env::var("SANDCACHE_TEST_S3") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "SANDCACHE_TEST_S3 is not set on CI: run the tests through scripts/test.sh"
-        );
-        eprintln!("skipping {test}: SANDCACHE_TEST_S3 is not set (run scripts/test.sh for S3 tests)");
-        return None;
-    };
+    let url = crate::ci::var_or_skip("SANDCACHE_TEST_S3", test, "run scripts/test.sh for S3 tests")?;
     let StoreSpec::S3(mut spec) = url.parse::<StoreSpec>().expect("SANDCACHE_TEST_S3 is an s3:// URL") else {
         panic!("SANDCACHE_TEST_S3 must be an s3:// URL");
     };

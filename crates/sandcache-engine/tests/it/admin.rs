@@ -2,16 +2,17 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use sandcache_engine::{Cache, CacheConfig, Format, Reason, RestoreOptions, SnapshotOptions, seed_env};
-use sandcache_store::{BodyStream, GetObject, ObjectInfo, Store, StoreError, StoreOptions};
+use sandcache_store::{LocalStore, Store, StoreOptions};
+use sandcache_testkit::store::{Method, Wrapped};
 use sandcache_testkit::tree::sample_tree;
 
-use crate::{settle, stores};
+use crate::{put, settle, stores};
 
 #[tokio::test]
 async fn delete_removes_every_generation_and_the_seed_object_and_nothing_else() {
@@ -80,38 +81,21 @@ fn rand_suffix() -> u32 {
     rand::random()
 }
 
-/// A store whose every call panics, inside the call or inside the stream.
-#[derive(Debug)]
-struct Panicking;
-
-impl std::fmt::Display for Panicking {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("panicking://")
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for Panicking {
-    async fn get(&self, _: &str) -> Result<GetObject, StoreError> {
-        // The stream panics when polled: a bug in a client's body decoding.
-        let stream = futures::stream::poll_fn(|_| -> std::task::Poll<Option<_>> { panic!("body decoder bug") });
-        Ok(GetObject { size: 100, stream: Box::pin(stream) })
-    }
-    async fn get_range(&self, _: &str, _: Range<u64>) -> Result<GetObject, StoreError> {
-        panic!("get_range bug")
-    }
-    async fn put(&self, _: &str, _: BodyStream) -> Result<u64, StoreError> {
-        panic!("request signing bug")
-    }
-    async fn head(&self, _: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        panic!("head bug")
-    }
-    async fn list(&self, _: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        Ok(Vec::new())
-    }
-    async fn delete(&self, _: &str) -> Result<(), StoreError> {
-        panic!("delete bug")
-    }
+/// A store whose every call panics, inside the call or inside the stream
+/// (listings aside): the wrapper store over one that holds `key`.
+async fn panicking(dir: &Path, key: &str) -> Arc<dyn Store> {
+    let inner: Arc<dyn Store> = Arc::new(LocalStore::new(dir));
+    put(inner.as_ref(), key, vec![0; 100]).await;
+    let store = Wrapped::new(inner)
+        .named("panicking://")
+        // The body panics when polled: a bug in a client's body decoding.
+        .panic_in_body("body decoder bug")
+        .panic_on(Method::GetRange, "get_range bug")
+        .panic_on(Method::Put, "request signing bug")
+        .panic_on(Method::PutNew, "head bug")
+        .panic_on(Method::Head, "head bug")
+        .panic_on(Method::Delete, "delete bug");
+    Arc::new(store)
 }
 
 /// A panic in the store client (as object_store's signing panicked on a bad
@@ -124,7 +108,7 @@ async fn a_panic_inside_the_store_is_an_internal_skip() {
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("kept"), b"previous content").unwrap();
     sample_tree(&src);
-    let cache = Cache::new(Arc::new(Panicking), "site/cache.tgz");
+    let cache = Cache::new(panicking(&tmp.path().join("store"), "site/cache.tgz").await, "site/cache.tgz");
     let out = cache.restore(&dir, &RestoreOptions::default()).await;
     assert_eq!(out.reason(), Some(Reason::Internal), "{}", out.to_json());
     let detail = out.to_json()["detail"].as_str().unwrap().to_owned();

@@ -4,20 +4,18 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sandcache_engine::{Cache, Format, Reason, RestoreOptions, SnapshotOptions};
-use sandcache_store::{BodyStream, GetObject, LocalStore, ObjectInfo, Store, StoreError};
+use sandcache_engine::{Cache, Reason, RestoreOptions, SnapshotOptions};
+use sandcache_store::{LocalStore, Store};
 use sandcache_testkit::generations;
+use sandcache_testkit::store::Wrapped;
 use sandcache_testkit::tree::{contents, settle_times};
 
-fn snap() -> SnapshotOptions {
-    SnapshotOptions { format: Format::Native, ..Default::default() }
-}
+use crate::support::snap;
 
 fn hot_first() -> RestoreOptions {
     RestoreOptions { hot_first: true, timeout: Duration::from_secs(30), ..Default::default() }
@@ -85,67 +83,6 @@ fn expected(want: &BTreeMap<String, Vec<u8>>) -> BTreeMap<String, Vec<u8>> {
     let mut all = want.clone();
     all.insert("npm/link.js".into(), b"-> pkg0/file000.js".to_vec());
     all
-}
-
-/// A store whose ranged reads wait `delay` while `slow` is set: a tail that
-/// lands while the test looks at the tree. Whole-object reads (manifests,
-/// and the packs a restore prefetches, hot ones first) pass through, unless
-/// `no_whole_packs`: then every pack is read by range, or the object is
-/// `gone`. `ranged` counts the bytes asked for by range.
-#[derive(Debug)]
-struct Gate {
-    inner: Arc<dyn Store>,
-    slow: AtomicBool,
-    delay: Duration,
-    slowed: AtomicU64,
-    no_whole_packs: bool,
-    ranged: AtomicU64,
-    /// Objects the store has lost: a read of one is `NotFound`.
-    gone: Vec<String>,
-}
-
-impl Gate {
-    fn new(inner: Arc<dyn Store>, delay: Duration) -> Gate {
-        let slow = AtomicBool::new(!delay.is_zero());
-        let (slowed, ranged) = (AtomicU64::new(0), AtomicU64::new(0));
-        Gate { inner, slow, delay, slowed, no_whole_packs: false, ranged, gone: Vec::new() }
-    }
-}
-
-impl std::fmt::Display for Gate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.inner.fmt(f)
-    }
-}
-
-#[async_trait::async_trait]
-impl Store for Gate {
-    async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
-        if (self.no_whole_packs && key.ends_with(".pack")) || self.gone.iter().any(|g| g == key) {
-            return Err(StoreError::NotFound { key: key.into() });
-        }
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
-        self.ranged.fetch_add(range.end - range.start, Ordering::SeqCst);
-        if self.slow.load(Ordering::SeqCst) {
-            self.slowed.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(self.delay).await;
-        }
-        self.inner.get_range(key, range).await
-    }
-    async fn put(&self, key: &str, body: BodyStream) -> Result<u64, StoreError> {
-        self.inner.put(key, body).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
 }
 
 fn tail_temps(dir: &Path) -> Vec<String> {
@@ -225,7 +162,7 @@ async fn hot_first_swaps_the_hot_set_in_then_lands_the_rest_whole() {
     for inner in super::stores("hot-first", tmp.path()) {
         let tag = inner.to_string().len();
         let want = stored_with_hot_set(&inner, "site/two", &tmp.path().join(format!("src-{tag}"))).await;
-        let gate = Arc::new(Gate::new(inner.clone(), Duration::from_millis(300)));
+        let gate = Arc::new(Wrapped::new(inner.clone()).delay_ranged(Duration::from_millis(300)));
         let store: Arc<dyn Store> = gate.clone();
         let dest = tmp.path().join(format!("dest-{tag}"));
         let mut handle = Cache::new(store.clone(), "site/two").restore_handle(&dest, &hot_first());
@@ -274,7 +211,7 @@ async fn hot_first_swaps_the_hot_set_in_then_lands_the_rest_whole() {
         assert!(out.is_done(), "{:?}", out.result);
         assert_eq!(out.hot, Some(hot));
         assert!(hot < out.elapsed, "hot-ready {hot:?} before completion {:?}", out.elapsed);
-        assert!(gate.slowed.load(Ordering::SeqCst) > 0, "the tail came after hot-ready");
+        assert!(gate.delayed() > 0, "the tail came after hot-ready");
         assert!(missing_seen > 0, "the reader saw the tail land");
         let json = out.to_json();
         assert!(json["hot_ms"].as_u64().unwrap() <= json["ms"].as_u64().unwrap());
@@ -300,7 +237,7 @@ async fn a_tail_cut_by_the_deadline_leaves_a_usable_tree_that_no_snapshot_stores
     let Some(tmp) = tmp_tracking_reads() else { return };
     let inner: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
     let want = stored_with_hot_set(&inner, "site/cut", &tmp.path().join("src")).await;
-    let gate = Arc::new(Gate::new(inner.clone(), Duration::from_secs(60)));
+    let gate = Arc::new(Wrapped::new(inner.clone()).delay_ranged(Duration::from_secs(60)));
     let store: Arc<dyn Store> = gate.clone();
     let dest = tmp.path().join("dest");
     let opts = RestoreOptions { timeout: Duration::from_secs(3), ..hot_first() };
@@ -368,13 +305,13 @@ async fn the_tail_fetches_no_frame_phase_one_fetched() {
     // The same generation, whole and hot-first: the same bytes fetched.
     let mut fetched = Vec::new();
     for (name, opts) in [("whole", RestoreOptions::default()), ("hot-first", hot_first())] {
-        let store = Arc::new(Gate { no_whole_packs: true, ..Gate::new(inner.clone(), Duration::ZERO) });
+        let store = Arc::new(Wrapped::new(inner.clone()).gone_if(|key| key.ends_with(".pack")));
         let dest = tmp.path().join(name);
         let out = Cache::new(store.clone(), "site/once").restore(&dest, &opts).await;
         assert!(out.is_done(), "{name}: {:?}", out.result);
         assert_eq!(out.hot.is_some(), name == "hot-first");
         assert_eq!(contents(&dest), expected(&want), "{name}");
-        let bytes = store.ranged.load(Ordering::SeqCst);
+        let bytes = store.ranged_bytes();
         assert_eq!(out.result.as_ref().unwrap().transferred, bytes, "{name}: the outcome says what was fetched");
         fetched.push(bytes);
         super::settle();
@@ -536,7 +473,7 @@ async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_
     // Every other piece lost: hot-ready comes from the hot piece alone;
     // then the tail cannot know its files, and the hot set stays usable.
     let gone: Vec<String> = root.pieces.iter().map(|p| piece_key(&p.id)).collect();
-    let store: Arc<dyn Store> = Arc::new(Gate { gone, ..Gate::new(inner.clone(), Duration::ZERO) });
+    let store: Arc<dyn Store> = Arc::new(Wrapped::new(inner.clone()).gone(gone));
     let dest = tmp.path().join("no-pieces");
     let mut handle = Cache::new(store, "site/piece").restore_handle(&dest, &hot_first());
     assert!(handle.hot_ready().await.is_some(), "hot-ready from the hot piece alone");
@@ -552,7 +489,7 @@ async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_
     // The hot piece lost: the restore reads the whole manifest first and
     // is complete as ever.
     let gone = vec![piece_key(&hot_ref.id)];
-    let store: Arc<dyn Store> = Arc::new(Gate { gone, ..Gate::new(inner.clone(), Duration::ZERO) });
+    let store: Arc<dyn Store> = Arc::new(Wrapped::new(inner.clone()).gone(gone));
     let dest = tmp.path().join("no-hot-piece");
     let out = Cache::new(store, "site/piece").restore(&dest, &hot_first()).await;
     assert!(out.is_done(), "{:?}", out.result);
@@ -630,7 +567,7 @@ async fn a_tail_that_does_not_land_leaves_no_incomplete_npm_package() {
     let reg = "npm/registry.npmjs.org";
 
     // The tail cut by the deadline while it fetches by range.
-    let store: Arc<dyn Store> = Arc::new(Gate::new(inner.clone(), Duration::from_secs(60)));
+    let store: Arc<dyn Store> = Arc::new(Wrapped::new(inner.clone()).delay_ranged(Duration::from_secs(60)));
     let dest = tmp.path().join("cut");
     let opts = RestoreOptions { timeout: Duration::from_secs(2), ..hot_first() };
     let out = Cache::new(store, "site/npm").restore(&dest, &opts).await;
@@ -650,7 +587,7 @@ async fn a_tail_that_does_not_land_leaves_no_incomplete_npm_package() {
     // Every piece but the hot one lost: the tail never learns its files,
     // and no package dir can be trusted.
     let gone: Vec<String> = root.pieces.iter().map(|p| piece_key(&p.id)).collect();
-    let store: Arc<dyn Store> = Arc::new(Gate { gone, ..Gate::new(inner.clone(), Duration::ZERO) });
+    let store: Arc<dyn Store> = Arc::new(Wrapped::new(inner.clone()).gone(gone));
     let dest = tmp.path().join("unknown");
     let out = Cache::new(store, "site/npm").restore(&dest, &hot_first()).await;
     assert_eq!(out.reason(), Some(Reason::NotFound), "{:?}", out.result);

@@ -11,9 +11,7 @@ use sandcache_engine::{Cache, Format, GcOptions, Reason, RestoreOptions, Snapsho
 use sandcache_store::{LocalStore, Store};
 use sandcache_testkit::tree::{assert_same_tree, fs_state, sample_tree};
 
-fn snap() -> SnapshotOptions {
-    SnapshotOptions { format: Format::Native, ..Default::default() }
-}
+use crate::support::snap;
 
 async fn keys(store: &dyn Store, prefix: &str) -> Vec<String> {
     store.list(prefix).await.unwrap().into_iter().map(|o| o.key).collect()

@@ -17,18 +17,16 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
-use sandcache_engine::{Cache, Format, Reason, RestoreOptions, SnapshotOptions};
+use sandcache_engine::{Cache, Format, Reason, SnapshotOptions};
 use sandcache_store::{LocalStore, Store};
 use sandcache_testkit::tree::sandbox_state;
+
+use crate::support::quick;
 
 const FORMATS: [(Format, &str); 2] = [(Format::Native, "site/sqlite"), (Format::Tgz, "site/sqlite.tgz")];
 
 fn snap(format: Format) -> SnapshotOptions {
     SnapshotOptions { format, force: true, timeout: Duration::from_secs(60), ..Default::default() }
-}
-
-fn quick() -> RestoreOptions {
-    RestoreOptions { timeout: Duration::from_secs(20), ..Default::default() }
 }
 
 /// Row `i`'s payload: 1 KiB that says which row it is.
@@ -594,8 +592,8 @@ fn deno_version(deno: &str) -> String {
 /// and a Deno run over the restored dir works and keeps them.
 #[tokio::test]
 async fn real_deno_caches_snapshotted_while_open_restore_and_are_reused() {
-    let Ok(deno) = std::env::var("SANDCACHE_DENO") else {
-        eprintln!("skipping: SANDCACHE_DENO is not set");
+    let Some(deno) = sandcache_testkit::deno::binary("real_deno_caches_snapshotted_while_open_restore_and_are_reused")
+    else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

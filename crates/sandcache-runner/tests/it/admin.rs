@@ -10,8 +10,11 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use sandcache_runner::admin::Key;
 use sandcache_runner::{AdminAuth, Peer, Runner};
+use sandcache_testkit::http;
 use serde_json::{Value, json};
 use tower::ServiceExt;
+
+use crate::support::Served;
 
 const TOKEN: &str = "fleet-token-5f1e";
 
@@ -39,41 +42,29 @@ http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever(
 
 /// One raw HTTP/1.1 request, the path sent byte for byte as given.
 async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: site.example\r\nconnection: close\r\n");
+    let mut req = http::Request::new(method, path).header("host", "site.example").header("connection", "close");
     for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
+        req = req.header(k, v);
     }
-    req.push_str("content-length: 0\r\n\r\n");
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(30), sock.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default())
+    let resp = http::send(addr, &req.timeout(Duration::from_secs(30))).await.unwrap();
+    (resp.status(), resp.body().to_owned())
 }
 
-struct Served {
+struct Recorder {
     addr: SocketAddr,
     record: std::path::PathBuf,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _served: Served,
     _tmp: tempfile::TempDir,
 }
 
-async fn serve_with_recorder(admin: AdminAuth) -> Served {
+async fn serve_with_recorder(admin: AdminAuth) -> Recorder {
     let tmp = tempfile::tempdir().unwrap();
     let record = tmp.path().join("record.jsonl");
     std::fs::write(&record, "").unwrap();
     let mut cfg = super::test_config(tmp.path());
     cfg.admin = admin;
-    let runner = Runner::new(cfg);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(sandcache_runner::serve(listener, runner.clone(), async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(cfg).await;
+    let (addr, runner) = (served.addr, served.runner.clone());
     let body = json!({"site": "recorder", "runCommand": ["python3", "-c", RECORDER],
         "envs": {"RECORD": record.display().to_string()}});
     let (s, v) = super::call_with(&runner, "POST", "/sandbox/deploy", body, Some(TOKEN)).await;
@@ -83,7 +74,7 @@ async fn serve_with_recorder(admin: AdminAuth) -> Served {
         assert!(start.elapsed() < Duration::from_secs(30), "the recorder never answered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Served { addr, record, _stop: stop, _tmp: tmp }
+    Recorder { addr, record, _served: served, _tmp: tmp }
 }
 
 fn recorded(path: &std::path::Path) -> Vec<Value> {

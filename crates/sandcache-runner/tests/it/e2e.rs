@@ -1,32 +1,17 @@
 //! End to end over a socket: Garage as the store, real Deno as the worker, a
 //! site in a local git repo. Cold first deploy, then a warm one offline.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sandcache_testkit::http::{self, Request};
 use serde_json::{Value, json};
 
-async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    sock.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
-}
+use crate::support::Served;
 
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git").args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let resp = http::send(addr, &Request::new(method, path).json(body)).await.unwrap();
+    (resp.status(), resp.body().to_owned())
 }
 
 /// The body of a chunked or plain response, good enough for a short text.
@@ -37,11 +22,7 @@ fn text_of(body: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deno_site_deploys_cold_then_warm_from_garage() {
     let Some(spec) = sandcache_testkit::s3::spec("runner-e2e") else { return };
-    let Ok(deno) = std::env::var("SANDCACHE_DENO") else {
-        assert!(std::env::var_os("CI").is_none(), "SANDCACHE_DENO is not set on CI");
-        eprintln!("skipping: SANDCACHE_DENO is not set");
-        return;
-    };
+    let Some(deno) = sandcache_testkit::deno::binary("a_deno_site_deploys_cold_then_warm_from_garage") else { return };
     let tmp = tempfile::tempdir().unwrap();
     // As root, the site runs as a worker uid of its own, as in production:
     // it must reach Deno, the repo and its dirs, and own DENO_DIR.
@@ -49,34 +30,19 @@ async fn a_deno_site_deploys_cold_then_warm_from_garage() {
     let deno = if root {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let copy = tmp.path().join("deno");
-        if std::fs::hard_link(&deno, &copy).is_err() {
-            std::fs::copy(&deno, &copy).unwrap();
-        }
-        copy.display().to_string()
+        sandcache_testkit::deno::linked_into(&deno, tmp.path())
     } else {
         deno
     };
     let repo = tmp.path().join("repo");
-    std::fs::create_dir(&repo).unwrap();
-    std::fs::write(
-        repo.join("main.ts"),
-        r#"import ms from "npm:ms@2.1.3";
+    let main = r#"import ms from "npm:ms@2.1.3";
 import isNumber from "npm:is-number@7.0.0";
 const port = Number(Deno.env.get("PORT"));
 Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_000)} ${isNumber(port)}\n`));
-"#,
-    )
-    .unwrap();
-    git(&repo, &["init", "-q", "-b", "main"]);
-    git(&repo, &["-c", "user.email=t@t", "-c", "user.name=t", "add", "."]);
-    git(&repo, &["-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "site"]);
-
-    if root {
-        // git refuses a local repo another uid owns; a real site's is remote.
-        let out = Command::new("chown").args(["-R", "20013:20013"]).arg(&repo).output().unwrap();
-        assert!(out.status.success());
-    }
+"#;
+    // As root, the worker's: git refuses a local repo another uid owns (a
+    // real site's is remote).
+    sandcache_testkit::site::repo(&repo, &[("main.ts", main)], root.then_some(20013));
     let mut cfg = super::test_config(tmp.path());
     cfg.settle = Duration::from_secs(1);
     cfg.settle_poll = Duration::from_millis(250);
@@ -85,13 +51,8 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
         cfg.worker_user = Some(worker);
     }
     let deno_dir = cfg.deno_dir.clone();
-    let runner = sandcache_runner::Runner::new(cfg);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sandcache_runner::serve(listener, runner.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let served = Served::start(cfg).await;
+    let addr = served.addr;
 
     let key = format!("{}/storefront/cache.tgz", spec.prefix);
     // The registry as a sandbox sees it: one throttled link (40 MB/s, 50 ms
@@ -216,7 +177,6 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
     }
 
     // Shutdown undeploys: the worker is stopped and the work dir cleaned.
-    stop_tx.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    served.stop().await.unwrap();
     assert!(!tmp.path().join("site").exists());
 }

@@ -9,8 +9,7 @@ use std::process::Stdio;
 
 use serde_json::Value;
 
-use super::isolation::Serve;
-use super::{bin, http};
+use crate::support::{bin, http, start_serve};
 
 /// `serve` that must not start: its exit code and stderr.
 fn refused(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
@@ -57,7 +56,7 @@ fn the_admin_api_on_a_unix_socket_and_metrics_on_a_port_of_their_own() {
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let admin = format!("unix:{}", sock.display());
     let metrics = format!("127.0.0.1:{metrics_port}");
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &[],
         &["--admin-listen", &admin, "--admin-on-main", "false", "--metrics-listen", &metrics],
@@ -109,7 +108,7 @@ fn per_pod_tokens_from_the_cli_open_that_pod_only() {
     let key_file = tmp.path().join("pod-key");
     fs::write(&key_file, admin_token("runner-0", &["--pod-key"])).unwrap();
     fs::set_permissions(&key_file, fs::Permissions::from_mode(0o400)).unwrap();
-    let serve = Serve::start(tmp.path(), &[("SANDCACHE_ADMIN_KEY_FILE", key_file.to_str().unwrap())], &[]);
+    let serve = start_serve(tmp.path(), &[("SANDCACHE_ADMIN_KEY_FILE", key_file.to_str().unwrap())], &[]);
     let mine = admin_token("runner-0", &["--ttl", "60"]);
     let theirs = admin_token("runner-1", &[]);
     let reply = http(serve.port, "GET", "/sandbox/status", Some(&mine), "").unwrap();

@@ -16,13 +16,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use sandcache_testkit::serve::Serve;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{bin, http, run};
+use crate::support::{bin, http, run};
 
 /// The credential endpoints (docs/threat-model.md).
 const ENDPOINTS: [&str; 5] = ["169.254.169.254", "169.254.170.23", "169.254.170.2", "fd00:ec2::254", "fd00:ec2::23"];
@@ -648,11 +649,9 @@ fn the_network_policy_opens_each_port_to_its_callers_alone() {
 /// Kubernetes it carries that EKS still runs.
 #[test]
 fn kubernetes_manifests_validate_strictly() {
-    let Some(tool) = std::env::var_os("SANDCACHE_KUBERNETES_VALIDATE") else {
-        assert!(std::env::var_os("CI").is_none(), "SANDCACHE_KUBERNETES_VALIDATE is not set on CI");
-        eprintln!("skipping: SANDCACHE_KUBERNETES_VALIDATE is not set (scripts/install-kubernetes-validate.sh)");
-        return;
-    };
+    let test = "kubernetes_manifests_validate_strictly";
+    let hint = "scripts/install-kubernetes-validate.sh";
+    let Some(tool) = sandcache_testkit::ci::var_or_skip("SANDCACHE_KUBERNETES_VALIDATE", test, hint) else { return };
     let files: Vec<PathBuf> = ["deployment", "networkpolicy", "serviceaccount", "gc-cronjob"]
         .iter()
         .map(|f| repo().join(format!("deploy/k8s/{f}.yaml")))
@@ -738,20 +737,11 @@ fn the_runner_works_with_only_the_manifest_capabilities() {
     assert_eq!((code, json["ok"].as_bool()), (0, Some(true)), "{err}");
 
     // The site's repo, the worker's (git refuses another owner's).
-    let git = |args: &[&str], dir: &Path| {
-        let out = Command::new("git").args(args).current_dir(dir).output().unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    fs::create_dir(t.join("src")).unwrap();
-    fs::write(t.join("src/main.ts"), "console.log(1);\n").unwrap();
-    git(&["init", "-q"], &t.join("src"));
-    git(&["add", "."], &t.join("src"));
-    git(&["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "site"], &t.join("src"));
-    git(&["clone", "-q", "--bare", "src", "repo.git"], t);
+    let src = sandcache_testkit::site::repo(&t.join("src"), &[("main.ts", "console.log(1);\n")], None);
+    src.git(&["clone", "-q", "--bare", ".", "../repo.git"]);
     let chown = Command::new("chown").args(["-R", &format!("{uid}:{uid}")]).arg(t.join("repo.git")).status();
     assert!(chown.unwrap().success());
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let bounding =
         format!("-all,{}", caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect::<Vec<_>>().join(","));
     // A mount namespace: the runner's dirs are file systems of their own
@@ -772,30 +762,21 @@ fn the_runner_works_with_only_the_manifest_capabilities() {
         .arg(t)
         .args(["setpriv", "--bounding-set", &bounding, "--inh-caps", "-all", "--no-new-privs", "--"])
         .arg(env!("CARGO_BIN_EXE_sandcache"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--store", &store])
-        .args(["--worker-user", &format!("{uid}:{uid}"), "--stop-grace", "2", "--settle", "1"])
-        .args(["--final-snapshot-timeout", "20", "--dir"])
-        .arg(t.join("deno-dir"))
-        .arg("--work-dir")
-        .arg(t.join("work/site"))
-        .arg("--state-dir")
-        .arg(t.join("state"))
-        .env("SANDCACHE_LOG", "debug")
-        .stdout(Stdio::from(fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(fs::File::create(t.join("serve.err")).unwrap()));
+        .env("SANDCACHE_LOG", "debug");
     for var in ["SANDCACHE_STORE", "DECO_CACHE_S3_BUCKET", "DECO_CACHE_S3_KEY", "DENO_DIR", "SANDCACHE_ADMIN_TOKEN"] {
         cmd.env_remove(var);
     }
-    let mut server = Stopped(cmd.spawn().unwrap(), uid);
+    let served = Serve::command(cmd, t)
+        .work_dir(&t.join("work/site"))
+        .args(["--store", &store, "--worker-user", &format!("{uid}:{uid}"), "--settle", "1"])
+        .args(["--final-snapshot-timeout", "20"])
+        .log(&log)
+        .start();
+    let port = served.port;
+    let mut server = Stopped(served.into_child(), uid);
     let server = &mut server.0;
     let logs =
         || fs::read_to_string(&log).unwrap_or_default() + &fs::read_to_string(t.join("serve.err")).unwrap_or_default();
-    let start = Instant::now();
-    while http(port, "GET", "/deco/_liveness", None, "").is_none() {
-        assert!(server.try_wait().unwrap().is_none(), "serve exited: {}", logs());
-        assert!(start.elapsed() < Duration::from_secs(20), "serve never listened: {}", logs());
-        std::thread::sleep(Duration::from_millis(50));
-    }
 
     let worker = r#"import os, sys, http.server
 out, d = sys.argv[1], os.environ["DENO_DIR"]

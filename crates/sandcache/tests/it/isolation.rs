@@ -8,24 +8,16 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
+use sandcache_testkit::wait_for;
 use serde_json::{Value, json};
 
-use super::{bin, http, run};
+use crate::support::{bin, http, run, start_serve, start_serve_on};
 
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < Duration::from_secs(secs), "{what} did not happen within {secs} s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A temp dir others can pass through (the worker has another uid).
@@ -43,58 +35,6 @@ fn body(reply: &str) -> &str {
 fn status_of(port: u16, token: Option<&str>) -> Value {
     let reply = http(port, "GET", "/sandbox/status", token, "").unwrap_or_default();
     serde_json::from_str(body(&reply)).unwrap_or(Value::Null)
-}
-
-/// `sandcache serve` on a free port with its dirs under `tmp`, the log
-/// kept for [`Serve::stop`].
-pub(super) struct Serve {
-    child: Child,
-    pub(super) port: u16,
-    log: PathBuf,
-}
-
-impl Serve {
-    pub(super) fn start(tmp: &Path, envs: &[(&str, &str)], extra: &[&str]) -> Serve {
-        Serve::start_on("127.0.0.1", tmp, envs, extra)
-    }
-
-    /// On `host` (`[::]` for every address), a free port.
-    pub(super) fn start_on(host: &str, tmp: &Path, envs: &[(&str, &str)], extra: &[&str]) -> Serve {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let log = tmp.join(format!("serve-{port}.log"));
-        let mut cmd = bin();
-        cmd.args(["serve", "--listen", &format!("{host}:{port}"), "--stop-grace", "2", "--settle", "1"])
-            .arg("--dir")
-            .arg(tmp.join("deno-dir"))
-            .arg("--work-dir")
-            .arg(tmp.join("site"))
-            .arg("--state-dir")
-            .arg(tmp.join("state"))
-            .args(extra)
-            .env("SANDCACHE_LOG", "debug")
-            .env_remove("SANDCACHE_ADMIN_TOKEN")
-            .stdout(Stdio::from(fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(fs::File::create(tmp.join(format!("serve-{port}.err"))).unwrap()));
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().unwrap();
-        wait_for("serve listening", 20, || http(port, "GET", "/deco/_liveness", None, "").is_some());
-        Serve { child, port, log }
-    }
-
-    pub(super) fn stop(mut self) -> String {
-        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-        assert!(self.child.wait().unwrap().success());
-        fs::read_to_string(&self.log).unwrap() + &fs::read_to_string(self.log.with_extension("err")).unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
 }
 
 fn probe_run(with_token: bool) {
@@ -146,7 +86,7 @@ fn probe_run(with_token: bool) {
     if with_token {
         envs.push(("SANDCACHE_ADMIN_TOKEN", admin_token));
     }
-    let serve = Serve::start(tmp.path(), &envs, &[]);
+    let serve = start_serve(tmp.path(), &envs, &[]);
     let token = with_token.then_some(admin_token);
     let state = tmp.path().join("state");
     let runner_files = ["deno-dir.sandcache.lock", "deno-dir.sandcache-state.json", "deno-dir.sandcache-index.json"]
@@ -283,7 +223,7 @@ fn the_worker_reaches_no_admin_route_by_any_socket_trick() {
     let probe = tmp.path().join("probe_admin.py");
     fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/probe_admin.py"), &probe).unwrap();
     fs::set_permissions(&probe, fs::Permissions::from_mode(0o644)).unwrap();
-    let serve = Serve::start_on("[::]", tmp.path(), &[], &["--admin-without-token", "--worker-user", "20014"]);
+    let serve = start_serve_on("[::]", tmp.path(), &[], &["--admin-without-token", "--worker-user", "20014"]);
     let deploy = json!({"site": "hostile", "runCommand": ["python3", probe.display().to_string()],
         "envs": {"PROBE_RUNNER_PORT": serve.port.to_string()}});
     let reply = http(serve.port, "POST", "/sandbox/deploy", None, &deploy.to_string()).unwrap();
@@ -322,7 +262,7 @@ fn nothing_of_one_site_survives_into_the_next() {
     fs::create_dir(&out).unwrap();
     fs::set_permissions(&out, fs::Permissions::from_mode(0o777)).unwrap();
     let store = tmp.path().join("store");
-    let serve = Serve::start(
+    let serve = start_serve(
         tmp.path(),
         &[],
         &["--store", store.to_str().unwrap(), "--worker-user", "20011", "--restore-timeout", "10"],

@@ -4,41 +4,21 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::{bin, http, worker_user_for_test};
+use sandcache_testkit::serve::{Serve, term, wait_exit};
+use sandcache_testkit::wait_for;
 
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < Duration::from_secs(secs), "{what} did not happen within {secs} s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::support::{self, http, worker_user_for_test};
 
 /// `sandcache serve` on a free port, its dirs in `tmp` (made passable for a
 /// worker uid), logging to `tmp/serve.log`.
 fn serve(tmp: &Path, uid: u32, extra: &[&str]) -> (Child, u16) {
     fs::set_permissions(tmp, fs::Permissions::from_mode(0o755)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = bin()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--stop-grace", "2"])
-        .arg("--dir")
-        .arg(tmp.join("deno-dir"))
-        .arg("--work-dir")
-        .arg(tmp.join("site"))
-        .arg("--state-dir")
-        .arg(tmp.join("state"))
-        .args(worker_user_for_test(uid))
-        .args(extra)
-        .env_remove("SANDCACHE_ADMIN_TOKEN")
-        .stdout(Stdio::from(fs::File::create(tmp.join("serve.log")).unwrap()))
-        .stderr(Stdio::from(fs::File::create(tmp.join("serve.err")).unwrap()))
-        .spawn()
-        .unwrap();
-    wait_for("serve listening", 20, || http(port, "GET", "/deco/_liveness", None, "").is_some());
-    (child, port)
+    let served = support::serve(tmp).args(worker_user_for_test(uid)).args(extra).log(&tmp.join("serve.log")).start();
+    let port = served.port;
+    (served.into_child(), port)
 }
 
 /// Deploys `body` (JSON text) and waits up to `secs` for the worker.
@@ -144,25 +124,6 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve
     assert!(warn.contains("WARN") && warn.contains("GET") && warn.contains("/hang/here"), "{warn}");
 }
 
-fn term(child: &Child) {
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> (std::process::ExitStatus, Duration) {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return (status, start.elapsed());
-        }
-        assert!(start.elapsed() < within, "serve did not exit within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 const STREAMING_WORKER: &str = r#"
 import http.server, os, time
 class H(http.server.BaseHTTPRequestHandler):
@@ -177,6 +138,20 @@ class H(http.server.BaseHTTPRequestHandler):
 open(os.environ["DENO_DIR"] + "/marker", "w").write("x")
 http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 "#;
+
+/// `serve` with `extra` arguments, the streaming worker deployed, and its
+/// store one that accepts connections and never answers (as long as the
+/// returned listener lives): every snapshot hangs.
+fn streaming_on_a_black_hole(tmp: &Path, uid: u32, extra: &[&str]) -> (Child, u16, std::net::TcpListener) {
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
+    let (server, port) = serve(tmp, uid, extra);
+    let envs = store_envs(&endpoint);
+    let body =
+        serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER], "envs": envs}).to_string();
+    deploy_and_wait(port, &body, 30);
+    (server, port, black_hole)
+}
 
 /// An event stream held open by a client, and SIGTERM: serve stops the
 /// worker (which ends the stream) and exits 0 within stop grace + final
@@ -216,14 +191,8 @@ fn sigterm_ends_serve_in_bounded_time_with_a_stream_open() {
 #[test]
 fn a_second_signal_exits_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    // A store that accepts connections and never answers.
-    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
-    let (mut server, port) = serve(tmp.path(), 7, &["--final-snapshot-timeout", "60", "--restore-timeout", "1"]);
-    let envs = store_envs(&endpoint);
-    let body =
-        serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER], "envs": envs}).to_string();
-    deploy_and_wait(port, &body, 30);
+    let args = ["--final-snapshot-timeout", "60", "--restore-timeout", "1"];
+    let (mut server, port, black_hole) = streaming_on_a_black_hole(tmp.path(), 7, &args);
     // A manual snapshot hangs on the store; a second request says so.
     let first = http(port, "POST", "/sandbox/cache/snapshot", None, "").unwrap();
     assert!(first.contains(r#"{"ok":true,"started":true}"#), "{first}");
@@ -244,16 +213,8 @@ fn a_second_signal_exits_at_once() {
 
 /// Real Deno for the worker, where the worker's uid can run it.
 fn deno_for_worker(tmp: &Path) -> Option<String> {
-    let Ok(deno) = std::env::var("SANDCACHE_DENO") else {
-        assert!(std::env::var_os("CI").is_none(), "SANDCACHE_DENO is not set on CI");
-        eprintln!("skipping: SANDCACHE_DENO is not set");
-        return None;
-    };
-    let copy = tmp.join("deno");
-    if fs::hard_link(&deno, &copy).is_err() {
-        fs::copy(&deno, &copy).unwrap();
-    }
-    Some(copy.display().to_string())
+    let deno = sandcache_testkit::deno::binary("websockets_and_event_streams_reach_a_deno_worker")?;
+    Some(sandcache_testkit::deno::linked_into(&deno, tmp))
 }
 
 /// A Deno site with a WebSocket echo and an event stream, behind the
@@ -509,23 +470,12 @@ fn as_pid_1_the_runner_reaps_every_orphan() {
     }
     let tmp = tempfile::tempdir().unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut unshare = std::process::Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc"])
-        .arg(env!("CARGO_BIN_EXE_sandcache"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--stop-grace", "2"])
-        .arg("--dir")
-        .arg(tmp.path().join("deno-dir"))
-        .arg("--work-dir")
-        .arg(tmp.path().join("site"))
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .args(worker_user_for_test(12))
-        .stdout(Stdio::from(fs::File::create(tmp.path().join("serve.log")).unwrap()))
-        .stderr(Stdio::from(fs::File::create(tmp.path().join("serve.err")).unwrap()))
-        .spawn()
-        .unwrap();
-    wait_for("serve listening", 20, || http(port, "GET", "/deco/_liveness", None, "").is_some());
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc"]).arg(env!("CARGO_BIN_EXE_sandcache"));
+    let served =
+        Serve::command(cmd, tmp.path()).args(worker_user_for_test(12)).log(&tmp.path().join("serve.log")).start();
+    let port = served.port;
+    let mut unshare = served.into_child();
     // The runner's pid outside the namespace: unshare's child.
     let runner = fs::read_to_string(format!("/proc/{}/task/{}/children", unshare.id(), unshare.id()))
         .unwrap()
@@ -610,13 +560,8 @@ fn json_logs_carry_structured_fields() {
 #[test]
 fn the_final_snapshot_bound_covers_a_running_manual_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
-    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
-    let (mut server, port) = serve(tmp.path(), 15, &["--final-snapshot-timeout", "3", "--restore-timeout", "1"]);
-    let envs = store_envs(&endpoint);
-    let body =
-        serde_json::json!({"site": "s", "runCommand": ["python3", "-c", STREAMING_WORKER], "envs": envs}).to_string();
-    deploy_and_wait(port, &body, 30);
+    let args = ["--final-snapshot-timeout", "3", "--restore-timeout", "1"];
+    let (mut server, port, black_hole) = streaming_on_a_black_hole(tmp.path(), 15, &args);
     let reply = http(port, "POST", "/sandbox/cache/snapshot", None, "").unwrap();
     assert!(reply.contains(r#""started":true"#), "{reply}");
     term(&server);

@@ -6,31 +6,18 @@
 //! secret, and the worker's environment for the ones it must not get.
 
 use std::fs;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
+use sandcache_testkit::serve::Serve;
 use sandcache_testkit::tree::sample_tree;
+use sandcache_testkit::wait_for;
 
-use super::{bin, http, run};
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < Duration::from_secs(secs), "{what} did not happen within {secs} s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use crate::support::{bin, http, run, tmp_with_out, worker_user_for_test};
 
 #[test]
 fn no_secret_reaches_any_output_or_the_worker() {
-    let tmp = tempfile::tempdir().unwrap();
     // The worker runs as its own uid (when root): it reaches the script's
     // output dir only.
-    let out_dir = tmp.path().join("out");
-    fs::create_dir(&out_dir).unwrap();
-    for (d, mode) in [(tmp.path(), 0o755), (out_dir.as_path(), 0o777)] {
-        fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
-    }
+    let (tmp, out_dir) = tmp_with_out();
     // The S3 credentials are real when Garage is up (so the cache really
     // works), invented otherwise; the other secrets are invented.
     let spec = sandcache_testkit::s3::spec("secrets");
@@ -43,21 +30,13 @@ fn no_secret_reaches_any_output_or_the_worker() {
     let deploy_secret = "DEPLOYSECRET-55aa66bb";
     let secrets = [aws_secret.as_str(), admin_s3, session, admin_token, git_token, deploy_secret];
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (bucket, endpoint, prefix) = match &spec {
         Some(s) => (s.bucket.clone(), s.endpoint.clone().unwrap(), s.prefix.clone()),
         None => ("nobucket".into(), "http://127.0.0.1:9".into(), "p".into()),
     };
-    let log = tmp.path().join("serve.log");
-    let mut server = bin()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--stop-grace", "2", "--settle", "1"])
-        .arg("--dir")
-        .arg(tmp.path().join("deno-dir"))
-        .arg("--work-dir")
-        .arg(tmp.path().join("site"))
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .args(super::worker_user_for_test(2))
+    let server = Serve::command(bin(), tmp.path())
+        .args(["--settle", "1"])
+        .args(worker_user_for_test(2))
         .env("SANDCACHE_LOG", "trace")
         .env("SANDCACHE_ADMIN_TOKEN", admin_token)
         .env("AWS_ACCESS_KEY_ID", &aws_key_id)
@@ -65,17 +44,15 @@ fn no_secret_reaches_any_output_or_the_worker() {
         .env("ADMIN_S3_SECRET_ACCESS_KEY", admin_s3)
         .env("ADMIN_S3_ACCESS_KEY_ID", "ADMINKEYID")
         .env("AWS_ENDPOINT_URL", &endpoint)
-        .stdout(Stdio::from(fs::File::create(&log).unwrap()))
-        .stderr(Stdio::from(fs::File::create(tmp.path().join("serve.err")).unwrap()))
-        .spawn()
-        .unwrap();
+        .log(&tmp.path().join("serve.log"))
+        .start();
+    let port = server.port;
     let mut answers = Vec::new();
     let mut call = |method: &str, path: &str, body: &str| {
         let reply = http(port, method, path, Some(admin_token), body).unwrap_or_default();
         answers.push(format!("{method} {path} -> {reply}"));
         reply
     };
-    wait_for("serve listening", 20, || http(port, "GET", "/deco/_liveness", None, "").is_some());
 
     // A deploy whose cache is on the S3 server, with secrets in its envs,
     // one of them forwarded on purpose, and a worker that dumps its env.
@@ -114,9 +91,7 @@ fn no_secret_reaches_any_output_or_the_worker() {
     call("GET", "/metrics", "");
     // Wrong or missing admin token.
     answers.push(http(port, "GET", "/sandbox/status", Some("wrong"), "").unwrap_or_default());
-    let pid = rustix::process::Pid::from_raw(server.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    assert!(server.wait().unwrap().success());
+    server.stop();
 
     // The CLI, working and failing, verbosely.
     let store = match &spec {
