@@ -57,12 +57,24 @@ struct Recorder {
     _tmp: tempfile::TempDir,
 }
 
-async fn serve_with_recorder(admin: AdminAuth) -> Recorder {
+/// A runner with `admin`, deployed with the recorder. As root the worker
+/// gets a uid of its own, as in production: with the runner's own uid, the
+/// peer check must also look at who holds a socket, and a worker another
+/// test forks at that moment holds the test's socket too (until its exec),
+/// which is refused as the worker's. Each test its own `uid`: a deploy
+/// kills every process of its worker's uid.
+async fn serve_with_recorder(admin: AdminAuth, uid: u32) -> Recorder {
     let tmp = tempfile::tempdir().unwrap();
     let record = tmp.path().join("record.jsonl");
     std::fs::write(&record, "").unwrap();
     let mut cfg = super::test_config(tmp.path());
     cfg.admin = admin;
+    if rustix::process::geteuid().is_root() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::chown(&record, Some(uid), Some(uid)).unwrap();
+        cfg.worker_user = Some(sandcache_runner::isolation::WorkerUser { uid, gid: uid });
+    }
     let served = Served::start(cfg).await;
     let (addr, runner) = (served.addr, served.runner.clone());
     let body = json!({"site": "recorder", "runCommand": ["python3", "-c", RECORDER],
@@ -103,7 +115,7 @@ const ADMIN_PATHS: [&str; 15] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_admin_path_and_no_admin_credential_reaches_the_worker() {
-    let s = serve_with_recorder(AdminAuth { token: Some(TOKEN.into()), ..Default::default() }).await;
+    let s = serve_with_recorder(AdminAuth { token: Some(TOKEN.into()), ..Default::default() }, 20023).await;
     let bearer = format!("Bearer {TOKEN}");
     let before = recorded(&s.record).len();
     for path in ADMIN_PATHS {
@@ -147,9 +159,11 @@ async fn no_admin_path_and_no_admin_credential_reaches_the_worker() {
 async fn per_pod_tokens_open_the_admin_api_and_never_reach_the_worker() {
     let key = Key::from_hex(&"5a".repeat(32)).unwrap().pod_key("runner-7");
     let other = Key::from_hex(&"5a".repeat(32)).unwrap().pod_key("runner-8");
-    let s =
-        serve_with_recorder(AdminAuth { token: Some(TOKEN.into()), pod_key: Some(key.clone()), ..Default::default() })
-            .await;
+    let s = serve_with_recorder(
+        AdminAuth { token: Some(TOKEN.into()), pod_key: Some(key.clone()), ..Default::default() },
+        20024,
+    )
+    .await;
     let now = sandcache_runner::admin::token::unix_now();
     let mine = format!("Bearer {}", key.mint(now + 60));
     let theirs = format!("Bearer {}", other.mint(now + 60));
