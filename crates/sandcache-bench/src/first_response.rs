@@ -186,7 +186,11 @@ pub async fn run(o: Options) {
                 // The pod's link to its object store: throttled, 2 ms per
                 // connection, not loopback.
                 let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned();
-                let opts = ThrottleOptions { bytes_per_sec: o.store_bps, connect_delay: Duration::from_millis(2) };
+                let opts = ThrottleOptions {
+                    bytes_per_sec: o.store_bps,
+                    connect_delay: Duration::from_millis(2),
+                    ..Default::default()
+                };
                 let link = ThrottledProxy::relay_to(&hostport, opts).await.expect("store link");
                 s3.endpoint = Some(link.url());
                 _link = Some(link);

@@ -39,7 +39,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -72,11 +72,20 @@ pub struct ThrottleOptions {
     /// Waited before each proxied connection is answered (or forwarded), as a
     /// distant server's connection setup would take.
     pub connect_delay: Duration,
+    /// Waited before each request of a relayed connection goes on: a
+    /// distant store's time to first byte, per request, kept-alive
+    /// connections included. A request is the client's first bytes on the
+    /// connection, or its first after the server sent anything.
+    pub first_byte_delay: Duration,
 }
 
 impl Default for ThrottleOptions {
     fn default() -> Self {
-        ThrottleOptions { bytes_per_sec: 40_000_000, connect_delay: Duration::from_millis(50) }
+        ThrottleOptions {
+            bytes_per_sec: 40_000_000,
+            connect_delay: Duration::from_millis(50),
+            first_byte_delay: Duration::ZERO,
+        }
     }
 }
 
@@ -389,8 +398,11 @@ async fn reply(client: &mut TcpStream, status: &str, why: &str) {
 async fn relay(client: TcpStream, upstream: TcpStream, shared: &Shared, tunnel: bool) {
     let (client_r, client_w) = client.into_split();
     let (upstream_r, upstream_w) = upstream.into_split();
-    let up = pump(client_r, upstream_w, shared);
-    let down = pump(upstream_r, client_w, shared);
+    // Set when the server sends: the client's next bytes start a request.
+    let answered = AtomicBool::new(true);
+    let delay = shared.opts.first_byte_delay;
+    let up = pump(client_r, upstream_w, shared, Turn::Request { answered: &answered, delay });
+    let down = pump(upstream_r, client_w, shared, Turn::Response { answered: &answered });
     tokio::pin!(up, down);
     let mut up_done = false;
     loop {
@@ -411,13 +423,34 @@ async fn relay(client: TcpStream, upstream: TcpStream, shared: &Shared, tunnel: 
     }
 }
 
+/// Which way a pump copies, for the first-byte delay.
+#[derive(Clone, Copy)]
+enum Turn<'a> {
+    /// Client to server: a request's first bytes wait `delay`.
+    Request { answered: &'a AtomicBool, delay: Duration },
+    /// Server to client: marks the request answered.
+    Response { answered: &'a AtomicBool },
+}
+
 /// Copies `from` to `to`, paying for each chunk, and passes the end on.
-async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, shared: &Shared) -> io::Result<()> {
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    shared: &Shared,
+    turn: Turn<'_>,
+) -> io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
+        }
+        match turn {
+            Turn::Request { answered, delay } if !delay.is_zero() && answered.swap(false, Ordering::SeqCst) => {
+                tokio::time::sleep(delay).await;
+            }
+            Turn::Response { answered } => answered.store(true, Ordering::SeqCst),
+            Turn::Request { .. } => {}
         }
         shared.pay(n).await;
         to.write_all(&buf[..n]).await?;
@@ -427,6 +460,23 @@ async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn each_request_on_a_kept_alive_connection_waits_its_first_byte_delay() {
+        let echo = echo_server().await;
+        let delay = Duration::from_millis(80);
+        let opts = ThrottleOptions { bytes_per_sec: 0, connect_delay: Duration::ZERO, first_byte_delay: delay };
+        let link = ThrottledProxy::relay_to(&echo.to_string(), opts).await.unwrap();
+        let mut c = TcpStream::connect(link.addr()).await.unwrap();
+        let mut got = [0u8; 2];
+        for round in 0..3 {
+            let start = Instant::now();
+            c.write_all(b"ab").await.unwrap();
+            c.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ab");
+            assert!(start.elapsed() >= delay, "round {round}: a request went on before its delay");
+        }
+    }
 
     /// Echoes every connection back to itself.
     async fn echo_server() -> SocketAddr {
@@ -462,7 +512,7 @@ mod tests {
     }
 
     fn fast() -> ThrottleOptions {
-        ThrottleOptions { bytes_per_sec: 0, connect_delay: Duration::ZERO }
+        ThrottleOptions { bytes_per_sec: 0, connect_delay: Duration::ZERO, first_byte_delay: Duration::ZERO }
     }
 
     /// Sends `request` to the proxy and reads its answer's head.
@@ -508,7 +558,11 @@ mod tests {
     async fn the_budget_is_shared_by_all_connections() {
         const EACH: usize = 2_000_000;
         let bulk = bulk_server(EACH).await;
-        let opts = ThrottleOptions { bytes_per_sec: 8_000_000, connect_delay: Duration::ZERO };
+        let opts = ThrottleOptions {
+            bytes_per_sec: 8_000_000,
+            connect_delay: Duration::ZERO,
+            first_byte_delay: Duration::ZERO,
+        };
         let proxy = ThrottledProxy::start(opts).await.unwrap();
         let started = Instant::now();
         let fetch = || async {

@@ -45,7 +45,8 @@ async fn s3_behind_the_fault_proxy_conformance() {
 async fn s3_behind_a_throttled_link_conformance() {
     let Some(spec) = sandcache_testkit::s3::spec("store-conformance-throttled") else { return };
     let hostport = spec.endpoint.as_deref().unwrap().trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let opts = ThrottleOptions { bytes_per_sec: 200 << 20, connect_delay: Duration::from_millis(2) };
+    let opts =
+        ThrottleOptions { bytes_per_sec: 200 << 20, connect_delay: Duration::from_millis(2), ..Default::default() };
     let link = ThrottledProxy::relay_to(&hostport, opts).await.unwrap();
     conformance::run(&via(&spec, link.url())).await;
     assert!(link.bytes() > 13 << 20, "the big object went through the link");
