@@ -215,7 +215,7 @@ fn dump(family: u8, mut each: impl FnMut(&SocketId, u8, u32, u32)) -> io::Result
 /// The processes holding the socket with this inode.
 pub fn socket_holders(inode: u64) -> Vec<u32> {
     let wanted = format!("socket:[{inode}]");
-    super::processes()
+    super::procs::processes()
         .into_iter()
         .filter(|p| {
             std::fs::read_dir(format!("/proc/{}/fd", p.pid)).is_ok_and(|fds| {
@@ -230,7 +230,7 @@ pub fn socket_holders(inode: u64) -> Vec<u32> {
 /// Whether `pid` is one of the runner's descendants (its worker, git, or an
 /// orphan a subreaper runner adopted), not the runner itself.
 pub fn is_runner_descendant(pid: u32) -> bool {
-    super::descends_from(&super::processes(), pid, std::process::id())
+    super::procs::descends_from(&super::procs::processes(), pid, std::process::id())
 }
 
 #[cfg(test)]
