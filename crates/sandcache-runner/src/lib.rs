@@ -254,7 +254,7 @@ async fn not_the_worker(State(runner): State<Arc<Runner>>, req: Request, next: N
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<Peer>>().copied() {
         let attribution = tokio::task::spawn_blocking(move || isolation::peer::attribute(&peer)).await;
         if let Ok(isolation::Attribution::Local { uid, inode }) = attribution {
-            if runner.is_worker_peer(&peer, uid, inode) {
+            if isolation::peer::is_worker_peer(runner.worker_user(), &peer, uid, inode) {
                 tracing::warn!(target: "sandbox", "refused /metrics to the worker ({peer})");
                 return json_error(StatusCode::FORBIDDEN, "not open to the worker");
             }

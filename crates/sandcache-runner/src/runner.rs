@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use crate::deploy::DeployRequest;
-use crate::isolation::{Peer, SweepScope, WorkerUser};
+use crate::isolation::{SweepScope, WorkerUser};
 use crate::legacy::LegacyCache;
 use crate::metrics::Metrics;
 use crate::worker::{SpawnError, Worker, WorkerState};
@@ -909,111 +909,11 @@ impl Runner {
         }
     }
 
-    /// Whether an admin request from `peer`, whose socket the kernel names
-    /// as `uid`'s (`inode`), comes from the worker: a socket of the
-    /// worker's uid; when the worker shares the runner's uid, a socket held
-    /// by one of the runner's descendants (or by nobody any more), or a
-    /// unix-socket client that is one.
-    pub(crate) fn is_worker_peer(&self, peer: &Peer, uid: u32, inode: u64) -> bool {
-        use crate::isolation::peer::{is_runner_descendant, socket_holders};
-        let user = self.worker_user();
-        if uid != user.uid {
-            return false;
-        }
-        if user.is_separate() {
-            return true;
-        }
-        match peer {
-            Peer::Unix { pid, .. } => pid.is_none_or(|p| u32::try_from(p).is_ok_and(is_runner_descendant)),
-            Peer::Tcp { .. } => {
-                let holders = socket_holders(inode);
-                holders.is_empty() || holders.into_iter().any(is_runner_descendant)
-            }
-        }
-    }
-
     /// What the runner says once at startup about the worker's reach:
     /// `(is_warning, line)`.
     pub fn startup_report(&self) -> Vec<(bool, String)> {
-        let user = self.worker_user();
-        let mut lines = Vec::new();
-        if user.is_root() {
-            lines.push((
-                true,
-                "the worker runs as root (--worker-user root): it can read the runner's credentials, token files \
-                 and /proc, reach the credential endpoints and write any site's cache"
-                    .to_owned(),
-            ));
-        } else if !user.is_separate() {
-            lines.push((
-                true,
-                format!(
-                    "the runner is not root, so the worker runs as the runner's own uid {}: it can read every file \
-                     the runner can (token files, ~/.aws), reach the credential endpoints, and signal the runner. \
-                     /proc/<runner> is closed (the runner is non-dumpable) and the worker's environment holds no \
-                     credentials. Run as root (the worker then gets uid {}) for a real boundary",
-                    user.uid,
-                    crate::isolation::DEFAULT_WORKER_UID
-                ),
-            ));
-        } else {
-            lines.push((false, format!("the worker runs as {user}, with no supplementary groups")));
-        }
-        let admin = &self.cfg.admin;
-        let who = if user.is_separate() {
-            format!("the worker (any socket uid {} created)", user.uid)
-        } else {
-            format!("the worker (uid {}, sockets held by the runner's descendants)", user.uid)
-        };
-        if admin.requires_credential() {
-            lines.push((false, format!("admin API: a bearer token is required, and {who} is refused even with one")));
-        } else if admin.remote_without_token {
-            lines.push((
-                true,
-                format!(
-                    "admin API: no token (--admin-without-token): any peer on another host may deploy, snapshot \
-                     and undeploy; {who} and local peers that cannot be named are refused"
-                ),
-            ));
-        } else {
-            lines.push((
-                false,
-                format!(
-                    "admin API: no token: only local peers get in; {who} and peers that cannot be named are refused"
-                ),
-            ));
-        }
-        if !user.is_root() {
-            for f in crate::isolation::secret_files(&self.cfg.runner_env) {
-                if crate::isolation::readable_by(&f, user.uid, user.gid) && user.is_separate() {
-                    lines.push((
-                        true,
-                        format!(
-                            "{} is readable by the worker (uid {}): mount it 0400 (or 0440 with a group the worker \
-                             is not in), owned by the runner",
-                            f.display(),
-                            user.uid
-                        ),
-                    ));
-                }
-            }
-            if user.is_separate() {
-                for dir in [&self.cfg.deno_dir, &self.cfg.work_dir] {
-                    let parent = dir.parent().unwrap_or(Path::new("/"));
-                    if crate::isolation::writable_by(parent, user.uid, user.gid) {
-                        lines.push((
-                            true,
-                            format!(
-                                "{} is writable by the worker, which could put a symlink in place of {}",
-                                parent.display(),
-                                dir.display()
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        lines
+        let dirs = [self.cfg.deno_dir.as_path(), self.cfg.work_dir.as_path()];
+        crate::isolation::startup_report(self.worker_user(), &self.cfg.admin, &self.cfg.runner_env, &dirs)
     }
 
     /// Who the worker runs as.

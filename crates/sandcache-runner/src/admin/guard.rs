@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::auth::Presented;
+use crate::isolation::peer::is_worker_peer;
 use crate::isolation::{Attribution, Peer};
 use crate::runner::Runner;
 
@@ -33,7 +34,7 @@ pub(crate) async fn guard(
         .await
         .unwrap_or_else(|e| Attribution::Unattributable(format!("the lookup failed: {e}")));
     match attribution {
-        Attribution::Local { uid, inode } if runner.is_worker_peer(&peer, uid, inode) => {
+        Attribution::Local { uid, inode } if is_worker_peer(runner.worker_user(), &peer, uid, inode) => {
             Err(refuse(StatusCode::FORBIDDEN, "the admin API is not open to the worker", what, Some(peer), ""))
         }
         Attribution::Local { .. } => Ok(()),

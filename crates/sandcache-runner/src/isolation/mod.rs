@@ -15,7 +15,8 @@
 //!   itself.
 //! - `metadata.rs`: [`block_metadata`], the credential endpoints closed to
 //!   the worker's uid.
-//! - `report.rs`: what the worker could still read or write.
+//! - `report.rs`: [`startup_report`], what the worker could still read or
+//!   write.
 
 mod hardening;
 mod metadata;
@@ -31,6 +32,6 @@ pub use metadata::{CREDENTIAL_ENDPOINTS_V4, CREDENTIAL_ENDPOINTS_V6, block_metad
 pub use peer::{Attribution, Peer};
 pub(crate) use reaper::own_child;
 pub use reaper::reap_orphans;
-pub use report::{readable_by, secret_files, writable_by};
+pub use report::{readable_by, secret_files, startup_report, writable_by};
 pub use sweep::{SweepScope, sweep};
 pub use user::{DEFAULT_WORKER_GID, DEFAULT_WORKER_UID, WorkerUser};

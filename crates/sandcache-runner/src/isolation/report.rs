@@ -1,9 +1,12 @@
-//! What the worker could still reach: the secret files it could read and
-//! the dirs it could write.
+//! What the worker could still reach, said once at startup: the secret
+//! files it could read, the dirs it could write, the admin API's policy.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use super::user::{DEFAULT_WORKER_UID, WorkerUser};
+use crate::admin::AdminAuth;
 
 /// Whether `uid` (with primary group `gid` and no other groups) could open
 /// `path` for reading: the file's read bit for its class, and search on
@@ -66,10 +69,95 @@ pub fn secret_files(env: &[(String, String)]) -> Vec<PathBuf> {
     files
 }
 
+/// What the runner says once at startup about the worker's reach:
+/// `(is_warning, line)`. `dirs` are the cache dir and the work dir,
+/// whose parents the worker must not be able to write.
+pub fn startup_report(
+    user: WorkerUser,
+    admin: &AdminAuth,
+    runner_env: &[(String, String)],
+    dirs: &[&Path],
+) -> Vec<(bool, String)> {
+    let mut lines = Vec::new();
+    if user.is_root() {
+        lines.push((
+            true,
+            "the worker runs as root (--worker-user root): it can read the runner's credentials, token files \
+             and /proc, reach the credential endpoints and write any site's cache"
+                .to_owned(),
+        ));
+    } else if !user.is_separate() {
+        lines.push((
+            true,
+            format!(
+                "the runner is not root, so the worker runs as the runner's own uid {}: it can read every file \
+                 the runner can (token files, ~/.aws), reach the credential endpoints, and signal the runner. \
+                 /proc/<runner> is closed (the runner is non-dumpable) and the worker's environment holds no \
+                 credentials. Run as root (the worker then gets uid {}) for a real boundary",
+                user.uid, DEFAULT_WORKER_UID
+            ),
+        ));
+    } else {
+        lines.push((false, format!("the worker runs as {user}, with no supplementary groups")));
+    }
+    let who = if user.is_separate() {
+        format!("the worker (any socket uid {} created)", user.uid)
+    } else {
+        format!("the worker (uid {}, sockets held by the runner's descendants)", user.uid)
+    };
+    if admin.requires_credential() {
+        lines.push((false, format!("admin API: a bearer token is required, and {who} is refused even with one")));
+    } else if admin.remote_without_token {
+        lines.push((
+            true,
+            format!(
+                "admin API: no token (--admin-without-token): any peer on another host may deploy, snapshot \
+                 and undeploy; {who} and local peers that cannot be named are refused"
+            ),
+        ));
+    } else {
+        lines.push((
+            false,
+            format!("admin API: no token: only local peers get in; {who} and peers that cannot be named are refused"),
+        ));
+    }
+    if !user.is_root() {
+        for f in secret_files(runner_env) {
+            if readable_by(&f, user.uid, user.gid) && user.is_separate() {
+                lines.push((
+                    true,
+                    format!(
+                        "{} is readable by the worker (uid {}): mount it 0400 (or 0440 with a group the worker \
+                         is not in), owned by the runner",
+                        f.display(),
+                        user.uid
+                    ),
+                ));
+            }
+        }
+        if user.is_separate() {
+            for dir in dirs {
+                let parent = dir.parent().unwrap_or(Path::new("/"));
+                if writable_by(parent, user.uid, user.gid) {
+                    lines.push((
+                        true,
+                        format!(
+                            "{} is writable by the worker, which could put a symlink in place of {}",
+                            parent.display(),
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::isolation::user::WorkerUser;
+
     #[test]
     fn readability_follows_modes_and_directories() {
         use std::os::unix::fs::PermissionsExt;
