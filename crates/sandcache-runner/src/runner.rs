@@ -675,7 +675,7 @@ impl Runner {
         let child = cmd.spawn().map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
         // git's helpers (git-remote-https) share its group: a timeout or a
         // cancelled deploy kills them all, not just git.
-        let _group = KillGroupOnDrop(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
+        let _group = crate::isolation::kill::KillGroupOnDrop::new(child.id());
         let _waited_here = crate::isolation::own_child(child.id());
         let out = match tokio::time::timeout(self.cfg.clone_timeout, child.wait_with_output()).await {
             Err(_) => {
@@ -1016,18 +1016,6 @@ impl Runner {
             WorkerState::Starting => Err((StatusCode::SERVICE_UNAVAILABLE, "worker starting")),
             WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "Error while starting worker")),
             WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),
-        }
-    }
-}
-
-/// Kills a process group when dropped (SIGKILL; a group already gone is
-/// fine).
-struct KillGroupOnDrop(Option<rustix::process::Pid>);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
         }
     }
 }

@@ -7,7 +7,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -108,7 +107,7 @@ struct Spec {
 #[derive(Debug, Default)]
 struct Shared {
     stopping: std::sync::atomic::AtomicBool,
-    pgid: std::sync::Mutex<Option<Pid>>,
+    pgid: std::sync::Mutex<Option<u32>>,
     restarts: std::sync::atomic::AtomicU32,
     last_exit: std::sync::Mutex<Option<String>>,
     /// The worker listens on `[::1]` only.
@@ -250,21 +249,13 @@ impl Worker {
     /// TERM to the whole group, `grace` to exit, then KILL; no restart.
     pub async fn stop(&self, grace: Duration) {
         self.shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-        let pgid = *self.shared.pgid.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pgid) = pgid {
-            let _ = rustix::process::kill_process_group(pgid, Signal::TERM);
-        }
         let Some(mut supervisor) = self.supervisor.lock().await.take() else { return };
-        let ended = tokio::time::timeout(grace, &mut supervisor).await.is_ok();
+        // Whatever is left of the group (grandchildren included) goes at
+        // the end, even after the worker itself exited.
+        let pgid = || *self.shared.pgid.lock().unwrap_or_else(|p| p.into_inner());
+        let ended = crate::isolation::kill::terminate_group(pgid, grace, &mut supervisor).await;
         if !ended {
             tracing::warn!(target: "sandbox", "worker did not exit within {grace:?} of SIGTERM; killing its group");
-        }
-        // Whatever is left of the group (grandchildren included) goes now.
-        let pgid = *self.shared.pgid.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pgid) = pgid {
-            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
-        }
-        if !ended {
             let _ = tokio::time::timeout(Duration::from_secs(5), supervisor).await;
         }
     }
@@ -289,7 +280,7 @@ async fn supervise(
     let first_start = tokio::time::Instant::now();
     let mut during_tail = during_tail;
     loop {
-        *shared.pgid.lock().unwrap_or_else(|p| p.into_inner()) = child.id().and_then(|id| Pid::from_raw(id as i32));
+        *shared.pgid.lock().unwrap_or_else(|p| p.into_inner()) = child.id();
         let _waited_here = crate::isolation::own_child(child.id());
         let ready = wait_ready(&mut child, spec.port, spec.ready_timeout, &shared).await;
         let ready_at = tokio::time::Instant::now();

@@ -10,6 +10,7 @@
 //! - `peer.rs`: who is on the other end of a connection ([`Peer`],
 //!   `sock_diag`).
 //! - `procs.rs`: the process table, as `/proc` shows it.
+//! - `kill.rs`: every signal the runner sends and every child it reaps.
 //! - `sweep.rs`: [`sweep`], killing every process a worker left.
 //! - `reaper.rs`: [`reap_orphans`], and the children the runner waits for
 //!   itself.
@@ -19,6 +20,7 @@
 //!   write.
 
 mod hardening;
+pub(crate) mod kill;
 mod metadata;
 pub mod peer;
 mod procs;

@@ -1,8 +1,7 @@
 //! Reaping the orphans a subreaper runner adopts, and leaving alone the
 //! children it waits for itself.
 
-use rustix::process::Pid;
-
+use super::kill::reap;
 use super::procs::processes;
 
 /// Children the runner waits for itself (the worker, git): the orphan
@@ -38,10 +37,8 @@ pub fn reap_orphans() -> usize {
     let own = OWN_CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut reaped = 0;
     for pid in zombies.into_iter().filter(|p| !own.contains(p)) {
-        if let Some(pid) = Pid::from_raw(pid as i32) {
-            if matches!(rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG), Ok(Some(_))) {
-                reaped += 1;
-            }
+        if reap(pid) {
+            reaped += 1;
         }
     }
     reaped

@@ -2,8 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal};
-
+use super::kill::{kill, reap};
 use super::procs::{Proc, descends_from, processes};
 
 /// Which processes a sweep kills.
@@ -33,10 +32,8 @@ pub fn sweep(scope: SweepScope, within: Duration) -> usize {
             .copied()
             .collect();
         for p in &targets {
-            if let Some(pid) = Pid::from_raw(p.pid as i32) {
-                if rustix::process::kill_process(pid, Signal::KILL).is_ok() {
-                    killed += 1;
-                }
+            if kill(p.pid) {
+                killed += 1;
             }
         }
         reap_killed(&all, scope);
@@ -56,9 +53,7 @@ fn reap_killed(all: &[Proc], scope: SweepScope) {
     let me = std::process::id();
     for p in all.iter().filter(|p| p.ppid == me) {
         if scope.uid.is_some_and(|u| p.uid == u) || scope.descendants {
-            if let Some(pid) = Pid::from_raw(p.pid as i32) {
-                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
-            }
+            reap(p.pid);
         }
     }
 }
