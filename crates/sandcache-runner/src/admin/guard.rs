@@ -52,5 +52,5 @@ fn refuse(status: StatusCode, msg: &str, what: &str, peer: Option<Peer>, why: &s
     let from = peer.map_or_else(|| "in process".to_owned(), |p| p.to_string());
     let why = if why.is_empty() { String::new() } else { format!(" ({why})") };
     tracing::warn!(target: "sandbox", "refused {what} from {from}: {msg}{why}");
-    crate::json_error(status, msg)
+    crate::http::json_error(status, msg)
 }
