@@ -79,8 +79,9 @@ pub struct RunnerConfig {
     /// worker's fresh HOME and TMPDIR (`worker/`).
     pub state_dir: PathBuf,
     /// The runner is a child subreaper (or PID 1): undeploy also kills
-    /// every descendant of the runner (a worker's orphans are among them),
-    /// and `serve` reaps exited orphans as they come.
+    /// every descendant of the runner (a worker's orphans are among them).
+    /// The daemon also reaps exited orphans as they come
+    /// ([`start_orphan_reaper`](crate::isolation::start_orphan_reaper)).
     pub sweep_descendants: bool,
     /// Runner-wide fallbacks (keys, or `prefix/`es), tried after a deploy's
     /// own `DECO_CACHE_S3_FALLBACK_KEYS`. Only ever read.

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::http::{admin_app, app, metrics_app};
-use crate::isolation::{self, Peer};
+use crate::isolation::Peer;
 use crate::runner::Runner;
 
 /// Listeners besides the main port, each serving its own routes.
@@ -83,26 +83,6 @@ pub async fn serve_with(
         tracing::info!(target: "sandbox", "metrics on http://{}/metrics", l.local_addr()?);
         let app = metrics_app(runner.clone()).into_make_service_with_connect_info::<Peer>();
         side.spawn(async move { axum::serve(l, app).await });
-    }
-    for (warn, line) in runner.startup_report() {
-        if warn {
-            tracing::warn!(target: "sandbox", "{line}");
-        } else {
-            tracing::info!(target: "sandbox", "{line}");
-        }
-    }
-    if runner.cfg.sweep_descendants {
-        // A subreaper (or PID 1) adopts every orphan below it: collect the
-        // exited ones, so none stays a zombie.
-        tokio::spawn(async {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                let n = tokio::task::spawn_blocking(isolation::reap_orphans).await.unwrap_or(0);
-                if n > 0 {
-                    tracing::debug!(target: "sandbox", "reaped {n} orphaned processes");
-                }
-            }
-        });
     }
     let app = app(runner.clone()).into_make_service_with_connect_info::<Peer>();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();

@@ -382,6 +382,17 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             }
         }
         let runner = Runner::new(cfg);
+        // Said once: what the worker could still reach.
+        for (warn, line) in runner.startup_report() {
+            if warn {
+                tracing::warn!(target: "sandbox", "{line}");
+            } else {
+                tracing::info!(target: "sandbox", "{line}");
+            }
+        }
+        // A subreaper (or PID 1) adopts every orphan below it: the exited
+        // ones are collected, so none stays a zombie.
+        isolation::start_orphan_reaper();
         let second = runner.clone();
         let shutdown = async move {
             shutdown_signal().await;

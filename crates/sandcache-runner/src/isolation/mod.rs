@@ -12,8 +12,8 @@
 //! - `procs.rs`: the process table, as `/proc` shows it.
 //! - `kill.rs`: every signal the runner sends and every child it reaps.
 //! - `sweep.rs`: [`sweep`], killing every process a worker left.
-//! - `reaper.rs`: [`reap_orphans`], and the children the runner waits for
-//!   itself.
+//! - `reaper.rs`: [`start_orphan_reaper`], and the children the runner
+//!   waits for itself.
 //! - `metadata.rs`: [`block_metadata`], the credential endpoints closed to
 //!   the worker's uid.
 //! - `report.rs`: [`startup_report`], what the worker could still read or
@@ -33,7 +33,7 @@ pub use hardening::{become_subreaper, make_non_dumpable};
 pub use metadata::{CREDENTIAL_ENDPOINTS_V4, CREDENTIAL_ENDPOINTS_V6, block_metadata};
 pub use peer::{Attribution, Peer};
 pub(crate) use reaper::own_child;
-pub use reaper::reap_orphans;
+pub use reaper::{reap_orphans, start_orphan_reaper};
 pub use report::{readable_by, secret_files, startup_report, writable_by};
 pub use sweep::{SweepScope, sweep};
 pub use user::{DEFAULT_WORKER_GID, DEFAULT_WORKER_UID, WorkerUser};

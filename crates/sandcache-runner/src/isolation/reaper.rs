@@ -1,6 +1,8 @@
 //! Reaping the orphans a subreaper runner adopts, and leaving alone the
 //! children it waits for itself.
 
+use std::time::Duration;
+
 use super::kill::reap;
 use super::procs::processes;
 
@@ -27,6 +29,22 @@ impl Drop for OwnChild {
             OWN_CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).remove(&pid);
         }
     }
+}
+
+/// Starts reaping, twice a second for as long as the runtime runs, the
+/// orphans the runner adopts as a child subreaper (or PID 1), so none
+/// stays a zombie. The daemon starts it once, after
+/// [`become_subreaper`](super::become_subreaper); it needs a Tokio runtime.
+pub fn start_orphan_reaper() {
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let n = tokio::task::spawn_blocking(reap_orphans).await.unwrap_or(0);
+            if n > 0 {
+                tracing::debug!(target: "sandbox", "reaped {n} orphaned processes");
+            }
+        }
+    });
 }
 
 /// Reaps every exited child of the runner that nobody else waits for: the
