@@ -17,6 +17,7 @@
 //! ```
 
 pub mod admin;
+mod config;
 mod deploy;
 mod http;
 pub mod isolation;
@@ -28,11 +29,12 @@ mod server;
 mod worker;
 
 pub use admin::AdminAuth;
+pub use config::RunnerConfig;
 pub use deploy::{BadRequest, DeployRequest, site_from_repo};
 pub use http::{admin_app, app, metrics_app};
 pub use isolation::Peer;
 pub use legacy::{LegacyCache, vars as legacy_vars};
 pub use metrics::Metrics;
-pub use runner::{DeployError, Runner, RunnerConfig, redact_url};
+pub use runner::{DeployError, Runner, redact_url};
 pub use server::{AdminListener, ExtraListeners, serve, serve_with};
 pub use worker::{SCRUBBED, WorkerState};
