@@ -11,24 +11,11 @@ use tokio::task::JoinHandle;
 
 use crate::config::RunnerConfig;
 use crate::deploy::DeployRequest;
+use crate::error::DeployError;
 use crate::isolation::{SweepScope, WorkerUser};
 use crate::legacy::LegacyCache;
 use crate::metrics::Metrics;
 use crate::worker::{SpawnError, Worker, WorkerState};
-
-/// What a deploy failure is, and so which status it gets.
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    BadInput(String),
-    #[error("{0}")]
-    Failed(String),
-    /// An undeploy cancelled the deploy.
-    #[error("Deploy cancelled")]
-    Cancelled,
-}
 
 pub(crate) struct Deployment {
     pub site: String,

@@ -13,9 +13,10 @@ use serde_json::json;
 use super::error::{json_error, json_error_detail};
 use crate::admin;
 use crate::deploy::{self, DeployRequest};
+use crate::error::DeployError;
 use crate::isolation::Peer;
 use crate::proxy;
-use crate::runner::{DeployError, Runner};
+use crate::runner::Runner;
 
 /// The version, as text (the seed's `denoJSON.version`).
 pub(super) async fn healthcheck() -> Response {
