@@ -17,6 +17,7 @@
 //! ```
 
 pub mod admin;
+mod clone;
 mod config;
 mod deploy;
 mod error;
@@ -30,6 +31,7 @@ mod server;
 mod worker;
 
 pub use admin::AdminAuth;
+pub use clone::redact_url;
 pub use config::RunnerConfig;
 pub use deploy::{BadRequest, DeployRequest, site_from_repo};
 pub use error::DeployError;
@@ -37,6 +39,6 @@ pub use http::{admin_app, app, metrics_app};
 pub use isolation::Peer;
 pub use legacy::{LegacyCache, vars as legacy_vars};
 pub use metrics::Metrics;
-pub use runner::{Runner, redact_url};
+pub use runner::Runner;
 pub use server::{AdminListener, ExtraListeners, serve, serve_with};
 pub use worker::{SCRUBBED, WorkerState};
