@@ -28,6 +28,7 @@ mod metrics;
 mod proxy;
 mod runner;
 mod server;
+mod workdirs;
 mod worker;
 
 pub use admin::AdminAuth;

@@ -1,7 +1,7 @@
 //! The deploy lifecycle: restore → clone → legacy cache → worker → deps-ready
 //! snapshot; and undeploy: stop → final snapshot → clean.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use crate::error::DeployError;
 use crate::isolation::{SweepScope, WorkerUser};
 use crate::legacy::LegacyCache;
 use crate::metrics::Metrics;
+use crate::workdirs::{self, give_to, remove_dir};
 use crate::worker::{SpawnError, Worker, WorkerState};
 
 pub(crate) struct Deployment {
@@ -328,8 +329,8 @@ impl Runner {
         // 0. Nothing of an earlier site survives: its processes, its cache
         //    dir, its HOME. The restore below can then race no one.
         self.sweep().await;
-        let home = self.prepare_worker_home(user).map_err(DeployError::Failed)?;
-        self.clear(&self.cfg.deno_dir).await?;
+        let home = workdirs::prepare_worker_home(&self.cfg, user).map_err(DeployError::Failed)?;
+        workdirs::clear(&self.cfg, &self.cfg.deno_dir).await?;
 
         // 1. The cache config from the deploy's envs, over runner-wide defaults.
         let mut config = CacheConfig::from_envs(&req.envs.clone().into_iter().collect()).or(&self.cfg.cache_defaults);
@@ -347,7 +348,7 @@ impl Runner {
             timeout: self.cfg.restore_timeout,
             limits: self.cfg.restore_limits,
             owner: user.is_separate().then_some((user.uid, user.gid)),
-            state_dir: Some(self.cache_state_dir()),
+            state_dir: Some(workdirs::cache_state_dir(&self.cfg)),
             hot_first: self.cfg.hot_first,
             ..Default::default()
         };
@@ -601,7 +602,7 @@ impl Runner {
             format: self.cfg.snapshot_format,
             timeout,
             limits: self.cfg.restore_limits,
-            state_dir: Some(self.cache_state_dir()),
+            state_dir: Some(workdirs::cache_state_dir(&self.cfg)),
             owner: Some(self.worker_user().uid).filter(|_| self.worker_user().is_separate()),
             ..Default::default()
         };
@@ -695,7 +696,7 @@ impl Runner {
                 this.final_snapshot(&d.cache).await;
             }
             // Nothing of this site reaches the next one.
-            if let Err(e) = this.clear(&this.cfg.deno_dir).await {
+            if let Err(e) = workdirs::clear(&this.cfg, &this.cfg.deno_dir).await {
                 tracing::warn!(target: "sandbox", "{e}");
             }
             if let Err(e) = remove_dir(&this.cfg.work_dir) {
@@ -728,35 +729,6 @@ impl Runner {
     /// Who the worker runs as.
     pub fn worker_user(&self) -> WorkerUser {
         self.cfg.worker_user.unwrap_or_else(WorkerUser::current)
-    }
-
-    fn cache_state_dir(&self) -> PathBuf {
-        self.cfg.state_dir.join("cache")
-    }
-
-    /// The state dir (0711: the worker may pass through to its home, not
-    /// list or write) and a fresh, empty HOME and TMPDIR owned by the
-    /// worker, under `worker/`. Returns `worker/`.
-    fn prepare_worker_home(&self, user: WorkerUser) -> Result<PathBuf, String> {
-        private_dir(&self.cfg.state_dir, 0o711)?;
-        private_dir(&self.cache_state_dir(), 0o700)?;
-        let base = self.cfg.state_dir.join("worker");
-        remove_dir(&base).map_err(|e| format!("cleaning {}: {e}", base.display()))?;
-        private_dir(&base, 0o711)?;
-        for sub in ["home", "tmp"] {
-            let d = base.join(sub);
-            std::fs::create_dir(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
-            give_to(&d, user)?;
-        }
-        Ok(base)
-    }
-
-    /// Empties the cache dir (moved aside, removed in the background).
-    async fn clear(&self, dir: &Path) -> Result<(), DeployError> {
-        let state = self.cache_state_dir();
-        sandcache_engine::clear_dir(dir, Some(&state), self.cfg.restore_timeout)
-            .await
-            .map_err(|e| DeployError::Failed(format!("emptying {}: {e}", dir.display())))
     }
 
     /// Kills every process the worker may have left: all of the worker's
@@ -826,44 +798,6 @@ impl Runner {
             WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "Error while starting worker")),
             WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),
         }
-    }
-}
-
-/// Gives `path` itself (not what is under it) to the worker.
-fn give_to(path: &Path, user: WorkerUser) -> Result<(), String> {
-    if !user.is_separate() {
-        return Ok(());
-    }
-    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
-        .map_err(|e| format!("giving {} to the worker ({user}): {e}", path.display()))
-}
-
-/// Creates `dir` (and its parents) if missing with `mode`; an existing one
-/// must be the runner's and closed to others' writes.
-fn private_dir(dir: &Path, mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    match std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir) {
-        Ok(()) => {}
-        Err(e) => return Err(format!("creating {}: {e}", dir.display())),
-    }
-    // Ours (an emptyDir mount is ours and 0777 until this chmod), and then
-    // closed to others' writes.
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let me = rustix::process::getuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me {
-        return Err(format!(
-            "{} must be a directory owned by the runner (uid {me}); it is owned by uid {}",
-            dir.display(),
-            meta.uid()
-        ));
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", dir.display()))
-}
-
-fn remove_dir(p: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }
 
