@@ -28,6 +28,7 @@ mod metrics;
 mod proxy;
 mod runner;
 mod server;
+mod snapshots;
 mod workdirs;
 mod worker;
 

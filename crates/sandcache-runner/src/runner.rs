@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sandcache_engine::{Cache, CacheConfig, Outcome, RestoreOptions, SnapshotOptions, seed_env};
+use sandcache_engine::{Cache, CacheConfig, Outcome, RestoreOptions, seed_env};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
@@ -25,7 +25,7 @@ pub(crate) struct Deployment {
     pub worker: Option<Worker>,
     watcher: Mutex<Option<JoinHandle<()>>>,
     /// A hot-first restore's second phase, while it lands.
-    tail: Option<Arc<TailWatch>>,
+    pub tail: Option<Arc<TailWatch>>,
     /// When the deploy request came.
     started: Instant,
     /// From the deploy request to the first response the worker sent.
@@ -84,14 +84,14 @@ pub struct Runner {
     pub(crate) phase: Mutex<Phase>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: crate::proxy::HttpClient,
-    snapshotting: Arc<tokio::sync::Mutex<()>>,
+    pub(crate) snapshotting: Arc<tokio::sync::Mutex<()>>,
     /// Where the deploy in progress is: restoring, cloning, legacy_cache,
     /// starting.
     deploy_step: Mutex<&'static str>,
     /// How the last deploy ended: `{ok, error?, at (unix ms), ms}`.
     last_deploy: Mutex<Option<serde_json::Value>>,
     /// The latest manual snapshot's task, for the final snapshot to cancel.
-    manual_snapshot: Mutex<Option<tokio::task::AbortHandle>>,
+    pub(crate) manual_snapshot: Mutex<Option<tokio::task::AbortHandle>>,
     last_restore: Mutex<Option<Outcome>>,
     last_snapshot: Mutex<Option<Outcome>>,
     /// The current deploy's hot-first restore: when it was hot-ready, and
@@ -99,7 +99,9 @@ pub struct Runner {
     hot: Mutex<Option<(Duration, bool)>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A lock whose holder panicked is still usable: every value behind one
+/// is whole between statements.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -195,7 +197,7 @@ impl Runner {
         }
     }
 
-    fn record(&self, o: Outcome) {
+    pub(crate) fn record(&self, o: Outcome) {
         self.metrics.record(&o);
         let slot = match o.op {
             sandcache_engine::Op::Restore => &self.last_restore,
@@ -511,124 +513,6 @@ impl Runner {
                 }
             }
         }
-    }
-
-    /// Waits for the worker to be ready and the cache dir to stop changing,
-    /// then snapshots. Never before readiness: a cold, near-empty cache must
-    /// not replace a good one (the seed's review finding).
-    async fn after_ready(self: Arc<Self>, d: Arc<Deployment>, port: u16) {
-        let Some(worker) = &d.worker else { return };
-        // The tail first: until it lands the dir is not the cache (and a
-        // snapshot would skip as `incomplete`).
-        if let Some(tail) = &d.tail {
-            tail.landed_within(self.cfg.restore_timeout).await;
-        }
-        if worker.settled().await != WorkerState::Ready {
-            tracing::warn!(target: "sandbox", "worker on port {port} failed to start; no deps-ready snapshot");
-            return;
-        }
-        if !d.cache.is_enabled() {
-            return;
-        }
-        let dir = self.cfg.deno_dir.clone();
-        let fingerprint = || {
-            let dir = dir.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    sandcache_archive::fingerprint(&dir, true, &Default::default()).ok()
-                })
-                .await
-                .ok()
-                .flatten()
-            }
-        };
-        let ready_at = Instant::now();
-        let mut last = fingerprint().await;
-        let mut stable_since = Instant::now();
-        loop {
-            tokio::time::sleep(self.cfg.settle_poll).await;
-            let now = fingerprint().await;
-            if now != last {
-                last = now;
-                stable_since = Instant::now();
-            } else if stable_since.elapsed() >= self.cfg.settle {
-                break;
-            }
-            if ready_at.elapsed() >= self.cfg.settle_max_wait {
-                tracing::warn!(target: "sandbox-cache", "cache dir never settled; leaving the snapshot to undeploy");
-                return;
-            }
-        }
-        tracing::info!(target: "sandbox-cache", "deps ready (cache dir settled for {:?}); snapshotting", self.cfg.settle);
-        self.snapshot(&d.cache, self.cfg.snapshot_timeout).await;
-    }
-
-    /// Takes a snapshot unless one is running. Returns whether it ran.
-    pub(crate) async fn snapshot(&self, cache: &Cache, timeout: Duration) -> bool {
-        let Ok(_one_at_a_time) = self.snapshotting.try_lock() else {
-            tracing::info!(target: "sandbox-cache", "a snapshot is already running");
-            return false;
-        };
-        self.snapshot_now(cache, timeout).await;
-        true
-    }
-
-    /// The final snapshot: waits for a running one, then takes its own while
-    /// holding the lock, so no other snapshot can slip in between.
-    ///
-    /// One bound covers both: a manual snapshot still running when it runs
-    /// out is cancelled (its upload never becomes a generation), and this
-    /// one gets what is left.
-    async fn final_snapshot(&self, cache: &Cache) {
-        let bound = self.cfg.final_snapshot_timeout;
-        let deadline = tokio::time::Instant::now() + bound;
-        let Ok(_one_at_a_time) = tokio::time::timeout_at(deadline, self.snapshotting.lock()).await else {
-            if let Some(h) = lock(&self.manual_snapshot).take() {
-                h.abort();
-            }
-            tracing::warn!(target: "sandbox-cache", "a running snapshot did not end within the final snapshot's {bound:?}; cancelled it");
-            return;
-        };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        self.snapshot_now(cache, left).await;
-    }
-
-    async fn snapshot_now(&self, cache: &Cache, timeout: Duration) {
-        // A cache this runner could not restore is not worth uploading.
-        let opts = SnapshotOptions {
-            format: self.cfg.snapshot_format,
-            timeout,
-            limits: self.cfg.restore_limits,
-            state_dir: Some(workdirs::cache_state_dir(&self.cfg)),
-            owner: Some(self.worker_user().uid).filter(|_| self.worker_user().is_separate()),
-            ..Default::default()
-        };
-        let o = cache.snapshot(&self.cfg.deno_dir, &opts).await;
-        self.record(o);
-    }
-
-    /// `POST /sandbox/cache/snapshot`: starts a detached snapshot now.
-    /// Returns whether one started (`false`: one is already running).
-    pub(crate) fn request_snapshot(self: &Arc<Self>) -> Result<bool, DeployError> {
-        let d = match &*lock(&self.phase) {
-            Phase::Deployed(d) => d.clone(),
-            _ => return Err(DeployError::Conflict("Not deployed".into())),
-        };
-        // Held from here, not from when the task first runs: a final
-        // snapshot (SIGTERM) right after this answer must find it running.
-        let Ok(one_at_a_time) = self.snapshotting.clone().try_lock_owned() else {
-            return Ok(false);
-        };
-        let this = self.clone();
-        let task = tokio::spawn(async move {
-            let _one_at_a_time = one_at_a_time;
-            this.snapshot_now(&d.cache, this.cfg.snapshot_timeout).await;
-        });
-        *lock(&self.manual_snapshot) = Some(task.abort_handle());
-        Ok(true)
     }
 
     /// Undeploys: stop the worker (TERM, grace, KILL), take a bounded final
