@@ -24,6 +24,7 @@ mod error;
 mod http;
 pub mod isolation;
 mod legacy;
+mod lifecycle;
 mod metrics;
 mod proxy;
 mod runner;
