@@ -30,6 +30,7 @@ mod proxy;
 mod runner;
 mod server;
 mod snapshots;
+mod status;
 mod workdirs;
 mod worker;
 
