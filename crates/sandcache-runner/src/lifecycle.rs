@@ -82,7 +82,7 @@ impl Runner {
             Err(_) => "error",
         };
         self.metrics.deployed(outcome, started.elapsed());
-        *lock(&self.last_deploy) = Some(match &result {
+        lock(&self.history).deploy = Some(match &result {
             Ok(_) => json!({"ok": true, "at": at, "ms": ms}),
             Err(e) => json!({"ok": false, "outcome": outcome, "error": e.to_string(), "at": at, "ms": ms}),
         });
@@ -100,13 +100,13 @@ impl Runner {
     ) -> Result<(Cache, Option<Arc<TailWatch>>), DeployError> {
         let cache = Cache::open(config, &self.cfg.store_options);
         let mut tail = None;
-        *lock(&self.hot) = None;
+        lock(&self.history).hot = None;
         if opts.hot_first && cache.is_enabled() {
             let mut handle = cache.restore_handle(&self.cfg.deno_dir, opts);
             match handle.hot_ready().await {
                 Some(hot) => {
                     let hot_ms = hot.as_millis() as u64;
-                    *lock(&self.hot) = Some((hot, true));
+                    lock(&self.history).hot = Some((hot, true));
                     tracing::info!(target: "sandbox-cache", hot_ms, "hot-ready after {hot_ms}ms: starting the worker while the rest lands");
                     let (tx, rx) = tokio::sync::watch::channel(false);
                     let this = self.clone();
@@ -116,7 +116,7 @@ impl Runner {
                         tracing::info!(target: "sandbox-cache", tail_ms, "restore tail over after {tail_ms}ms more");
                         this.metrics.restore_phases(hot, o.elapsed.saturating_sub(hot));
                         this.record(o);
-                        *lock(&this.hot) = Some((hot, false));
+                        lock(&this.history).hot = Some((hot, false));
                         let _ = tx.send(true);
                     });
                     tail = Some(Arc::new(TailWatch::new(rx, task.abort_handle())));

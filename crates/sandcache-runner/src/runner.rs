@@ -79,6 +79,19 @@ pub(crate) enum Phase {
     },
 }
 
+/// What the last deploy, restore and snapshot did, whatever the phase is
+/// now: `/sandbox/status` shows it, and an undeploy keeps it.
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    /// How the last deploy ended: `{ok, error?, at (unix ms), ms}`.
+    pub deploy: Option<serde_json::Value>,
+    pub restore: Option<Outcome>,
+    pub snapshot: Option<Outcome>,
+    /// The current deploy's hot-first restore: when it was hot-ready, and
+    /// whether its tail is still landing.
+    pub hot: Option<(Duration, bool)>,
+}
+
 /// The sandbox runner: one site at a time.
 pub struct Runner {
     pub(crate) cfg: RunnerConfig,
@@ -89,15 +102,10 @@ pub struct Runner {
     /// Where the deploy in progress is: restoring, cloning, legacy_cache,
     /// starting.
     pub(crate) deploy_step: Mutex<&'static str>,
-    /// How the last deploy ended: `{ok, error?, at (unix ms), ms}`.
-    pub(crate) last_deploy: Mutex<Option<serde_json::Value>>,
     /// The latest manual snapshot's task, for the final snapshot to cancel.
     pub(crate) manual_snapshot: Mutex<Option<tokio::task::AbortHandle>>,
-    pub(crate) last_restore: Mutex<Option<Outcome>>,
-    pub(crate) last_snapshot: Mutex<Option<Outcome>>,
-    /// The current deploy's hot-first restore: when it was hot-ready, and
-    /// whether its tail is still landing.
-    pub(crate) hot: Mutex<Option<(Duration, bool)>>,
+    /// What the last deploy, restore and snapshot did.
+    pub(crate) history: Mutex<History>,
 }
 
 /// A lock whose holder panicked is still usable: every value behind one
@@ -116,10 +124,7 @@ impl Runner {
             snapshotting: Arc::new(tokio::sync::Mutex::new(())),
             manual_snapshot: Mutex::new(None),
             deploy_step: Mutex::new("restoring"),
-            last_deploy: Mutex::new(None),
-            last_restore: Mutex::new(None),
-            last_snapshot: Mutex::new(None),
-            hot: Mutex::new(None),
+            history: Mutex::new(History::default()),
         })
     }
 
@@ -144,11 +149,12 @@ impl Runner {
 
     pub(crate) fn record(&self, o: Outcome) {
         self.metrics.record(&o);
+        let mut history = lock(&self.history);
         let slot = match o.op {
-            sandcache_engine::Op::Restore => &self.last_restore,
-            sandcache_engine::Op::Snapshot => &self.last_snapshot,
+            sandcache_engine::Op::Restore => &mut history.restore,
+            sandcache_engine::Op::Snapshot => &mut history.snapshot,
         };
-        *lock(slot) = Some(o);
+        *slot = Some(o);
     }
 
     /// What the runner says once at startup about the worker's reach:

@@ -1,7 +1,6 @@
 //! `/sandbox/status`: where the runner is, the worker, the timings of the
 //! last deploy, and the last cache outcomes.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use sandcache_engine::Outcome;
@@ -32,10 +31,13 @@ impl Runner {
                 (true, false, Some(d.site.clone()), state, restarts, phase)
             }
         };
-        let outcome = |o: &Mutex<Option<Outcome>>| lock(o).as_ref().map(Outcome::to_json);
+        let (last_deploy, restore, snapshot, hot_first, total) = {
+            let history = lock(&self.history);
+            let total = history.restore.as_ref().filter(|o| o.hot.is_some()).map(|o| o.elapsed);
+            let outcome = |o: &Option<Outcome>| o.as_ref().map(Outcome::to_json);
+            (history.deploy.clone(), outcome(&history.restore), outcome(&history.snapshot), history.hot, total)
+        };
         let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
-        let hot_first = *lock(&self.hot);
-        let total = lock(&self.last_restore).as_ref().filter(|o| o.hot.is_some()).map(|o| o.elapsed);
         let (hot, landing) = (hot_first.map(|(h, _)| h), hot_first.is_some_and(|(_, l)| l));
         let (boot, first_response) = match &*lock(&self.phase) {
             Phase::Deployed(d) => (d.worker.as_ref().and_then(Worker::boot), d.first_response.get().copied()),
@@ -56,11 +58,11 @@ impl Runner {
             "worker_restarts": restarts,
             "worker_last_exit": last_exit,
             "phase": phase,
-            "last_deploy": lock(&self.last_deploy).clone(),
+            "last_deploy": last_deploy,
             "timings": timings,
             "cache": {
-                "restore": outcome(&self.last_restore),
-                "snapshot": outcome(&self.last_snapshot),
+                "restore": restore,
+                "snapshot": snapshot,
                 "snapshot_running": self.snapshotting.try_lock().is_err(),
                 "tail_landing": landing,
             },
