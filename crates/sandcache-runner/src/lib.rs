@@ -43,6 +43,7 @@ pub use http::{admin_app, app, metrics_app};
 pub use isolation::Peer;
 pub use legacy::{LegacyCache, vars as legacy_vars};
 pub use metrics::Metrics;
-pub use runner::Runner;
+pub use runner::{LastDeploy, Runner};
 pub use server::{AdminListener, ExtraListeners, serve, serve_with};
+pub use status::{CacheStatus, Status, Timings};
 pub use worker::{SCRUBBED, WorkerState};

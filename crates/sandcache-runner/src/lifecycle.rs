@@ -6,14 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sandcache_engine::{Cache, CacheConfig, RestoreOptions, seed_env};
-use serde_json::json;
 
 use crate::clone::clone_repo;
 use crate::deploy::DeployRequest;
 use crate::error::DeployError;
 use crate::isolation::WorkerUser;
 use crate::legacy::LegacyCache;
-use crate::runner::{Deployment, Phase, Runner, TailWatch, lock};
+use crate::runner::{Deployment, LastDeploy, Phase, Runner, TailWatch, lock};
 use crate::workdirs::{self, give_to, remove_dir};
 use crate::worker::{SpawnError, Worker};
 
@@ -83,8 +82,8 @@ impl Runner {
         };
         self.metrics.deployed(outcome, started.elapsed());
         lock(&self.history).deploy = Some(match &result {
-            Ok(_) => json!({"ok": true, "at": at, "ms": ms}),
-            Err(e) => json!({"ok": false, "outcome": outcome, "error": e.to_string(), "at": at, "ms": ms}),
+            Ok(_) => LastDeploy { ok: true, outcome: None, error: None, at, ms },
+            Err(e) => LastDeploy { ok: false, outcome: Some(outcome), error: Some(e.to_string()), at, ms },
         });
         result
     }

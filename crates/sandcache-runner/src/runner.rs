@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sandcache_engine::{Cache, Outcome};
+use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::config::RunnerConfig;
@@ -83,13 +84,29 @@ pub(crate) enum Phase {
 /// now: `/sandbox/status` shows it, and an undeploy keeps it.
 #[derive(Debug, Default)]
 pub(crate) struct History {
-    /// How the last deploy ended: `{ok, error?, at (unix ms), ms}`.
-    pub deploy: Option<serde_json::Value>,
+    pub deploy: Option<LastDeploy>,
     pub restore: Option<Outcome>,
     pub snapshot: Option<Outcome>,
     /// The current deploy's hot-first restore: when it was hot-ready, and
     /// whether its tail is still landing.
     pub hot: Option<(Duration, bool)>,
+}
+
+/// How the last deploy ended, as `/sandbox/status` shows it: `{ok, at, ms}`,
+/// and `outcome` and `error` when it failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastDeploy {
+    pub ok: bool,
+    /// A failure: `error`, or `cancelled` (an undeploy stopped it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    /// A failure: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it ended, in Unix milliseconds.
+    pub at: u64,
+    /// How long it took, in milliseconds.
+    pub ms: u64,
 }
 
 /// The sandbox runner: one site at a time.
