@@ -24,7 +24,10 @@ impl Runner {
             let mut phase = lock(&self.phase);
             match &*phase {
                 Phase::Idle => {
-                    *phase = Phase::Deploying { site: req.site.clone(), cancel: tokio::sync::watch::channel(false).0 }
+                    *phase = Phase::Deploying { site: req.site.clone(), cancel: tokio::sync::watch::channel(false).0 };
+                    // The clean slate (step 0) shows as the restore's, at
+                    // every deploy; not as the step the last deploy ended on.
+                    *lock(&self.deploy_step) = "restoring";
                 }
                 // The seed answers the same for deployed and deploying.
                 _ => return Err(DeployError::Conflict("Already deployed".into())),
