@@ -24,10 +24,9 @@ impl Runner {
             let mut phase = lock(&self.phase);
             match &*phase {
                 Phase::Idle => {
-                    *phase = Phase::Deploying { site: req.site.clone(), cancel: tokio::sync::watch::channel(false).0 };
-                    // The clean slate (step 0) shows as the restore's, at
-                    // every deploy; not as the step the last deploy ended on.
-                    *lock(&self.deploy_step) = "restoring";
+                    // The clean slate (step 0) shows as the restore's.
+                    let cancel = tokio::sync::watch::channel(false).0;
+                    *phase = Phase::Deploying { site: req.site.clone(), cancel, step: "restoring" };
                 }
                 // The seed answers the same for deployed and deploying.
                 _ => return Err(DeployError::Conflict("Already deployed".into())),
@@ -176,7 +175,7 @@ impl Runner {
         //    the site's code, cloned as the worker into a dir it owns (the
         //    two touch nothing in common). With `{lock}` the key needs the
         //    clone: the restore comes after it (2').
-        *lock(&self.deploy_step) = if lock_templated { "cloning" } else { "restoring" };
+        self.set_step(if lock_templated { "cloning" } else { "restoring" });
         opts.fallbacks = fallbacks.clone();
         // The status shows what is still running: the restore, then the
         // clone if it outlasts the restore.
@@ -187,7 +186,7 @@ impl Runner {
                 false => self.restore_cache(&config, &opts, user).await.map(Some),
             };
             if !cloned_yet.load(std::sync::atomic::Ordering::SeqCst) {
-                *lock(&self.deploy_step) = "cloning";
+                self.set_step("cloning");
             }
             restored
         };
@@ -215,7 +214,7 @@ impl Runner {
         let (cache, tail) = match cache {
             Some(c) => c,
             None => {
-                *lock(&self.deploy_step) = "restoring";
+                self.set_step("restoring");
                 let template = config.key.clone().unwrap_or_default();
                 // Reading and parsing the repo's lockfiles is blocking work
                 // (bounded by the lockfile caps): off the async threads.
@@ -236,7 +235,7 @@ impl Runner {
             }
         };
 
-        *lock(&self.deploy_step) = "legacy_cache";
+        self.set_step("legacy_cache");
         // 4. The legacy build cache, when its keys are configured.
         let mut legacy_vars = self.cfg.legacy_vars.clone();
         legacy_vars.extend(
@@ -250,7 +249,7 @@ impl Runner {
             tracing::info!(target: "sandbox", "legacy build cache: {}", o.reason().map_or("restored", |r| r.as_str()));
         }
 
-        *lock(&self.deploy_step) = "starting";
+        self.set_step("starting");
         // 5. The worker.
         let argv = self.run_command(&req);
         let worker = match argv {
@@ -341,7 +340,7 @@ impl Runner {
                     Ok(d)
                 }
                 Phase::Idle => return Err(DeployError::Conflict("Not deployed".into())),
-                Phase::Deploying { site, cancel } => {
+                Phase::Deploying { site, cancel, .. } => {
                     let _ = cancel.send(true);
                     Err(site.clone())
                 }

@@ -69,10 +69,12 @@ impl TailWatch {
 
 pub(crate) enum Phase {
     Idle,
-    /// `cancel` set to true stops the deploy where it is (DELETE).
+    /// `cancel` set to true stops the deploy where it is (DELETE). `step`
+    /// is where it is: restoring, cloning, legacy_cache, starting.
     Deploying {
         site: String,
         cancel: tokio::sync::watch::Sender<bool>,
+        step: &'static str,
     },
     Deployed(Arc<Deployment>),
     Undeploying {
@@ -116,9 +118,6 @@ pub struct Runner {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: crate::proxy::HttpClient,
     pub(crate) snapshotting: Arc<tokio::sync::Mutex<()>>,
-    /// Where the deploy in progress is: restoring, cloning, legacy_cache,
-    /// starting.
-    pub(crate) deploy_step: Mutex<&'static str>,
     /// The latest manual snapshot's task, for the final snapshot to cancel.
     pub(crate) manual_snapshot: Mutex<Option<tokio::task::AbortHandle>>,
     /// What the last deploy, restore and snapshot did.
@@ -140,13 +139,19 @@ impl Runner {
             client: crate::proxy::client(),
             snapshotting: Arc::new(tokio::sync::Mutex::new(())),
             manual_snapshot: Mutex::new(None),
-            deploy_step: Mutex::new("restoring"),
             history: Mutex::new(History::default()),
         })
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The deploy in progress is at `step` (`/sandbox/status`'s phase).
+    pub(crate) fn set_step(&self, step: &'static str) {
+        if let Phase::Deploying { step: now, .. } = &mut *lock(&self.phase) {
+            *now = step;
+        }
     }
 
     /// The first response the worker sent for this deploy: the time from

@@ -64,8 +64,8 @@ impl Runner {
     pub fn status(&self) -> Status {
         let (deployed, deploying, site, worker, (restarts, last_exit), phase) = match &*lock(&self.phase) {
             Phase::Idle => (false, false, None, WorkerState::None, (0, None), "idle"),
-            Phase::Deploying { site, .. } => {
-                (false, true, Some(site.clone()), WorkerState::None, (0, None), *lock(&self.deploy_step))
+            Phase::Deploying { site, step, .. } => {
+                (false, true, Some(site.clone()), WorkerState::None, (0, None), *step)
             }
             Phase::Undeploying { site } => {
                 (true, false, Some(site.clone()), WorkerState::None, (0, None), "undeploying")
