@@ -111,15 +111,28 @@ pub struct LastDeploy {
     pub ms: u64,
 }
 
+/// Snapshots run one at a time; a manual one can be cancelled.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshots {
+    /// Held while a snapshot runs.
+    pub one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+    /// The latest manual snapshot's task, for the final snapshot to cancel.
+    pub manual: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Snapshots {
+    pub fn running(&self) -> bool {
+        self.one_at_a_time.try_lock().is_err()
+    }
+}
+
 /// The sandbox runner: one site at a time.
 pub struct Runner {
     pub(crate) cfg: RunnerConfig,
     pub(crate) phase: Mutex<Phase>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: crate::proxy::HttpClient,
-    pub(crate) snapshotting: Arc<tokio::sync::Mutex<()>>,
-    /// The latest manual snapshot's task, for the final snapshot to cancel.
-    pub(crate) manual_snapshot: Mutex<Option<tokio::task::AbortHandle>>,
+    pub(crate) snapshots: Snapshots,
     /// What the last deploy, restore and snapshot did.
     pub(crate) history: Mutex<History>,
 }
@@ -137,8 +150,7 @@ impl Runner {
             phase: Mutex::new(Phase::Idle),
             metrics: Arc::new(Metrics::default()),
             client: crate::proxy::client(),
-            snapshotting: Arc::new(tokio::sync::Mutex::new(())),
-            manual_snapshot: Mutex::new(None),
+            snapshots: Snapshots::default(),
             history: Mutex::new(History::default()),
         })
     }

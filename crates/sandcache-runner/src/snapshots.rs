@@ -65,7 +65,7 @@ impl Runner {
 
     /// Takes a snapshot unless one is running. Returns whether it ran.
     pub(crate) async fn snapshot(&self, cache: &Cache, timeout: Duration) -> bool {
-        let Ok(_one_at_a_time) = self.snapshotting.try_lock() else {
+        let Ok(_one_at_a_time) = self.snapshots.one_at_a_time.try_lock() else {
             tracing::info!(target: "sandbox-cache", "a snapshot is already running");
             return false;
         };
@@ -82,8 +82,8 @@ impl Runner {
     pub(crate) async fn final_snapshot(&self, cache: &Cache) {
         let bound = self.cfg.final_snapshot_timeout;
         let deadline = tokio::time::Instant::now() + bound;
-        let Ok(_one_at_a_time) = tokio::time::timeout_at(deadline, self.snapshotting.lock()).await else {
-            if let Some(h) = lock(&self.manual_snapshot).take() {
+        let Ok(_one_at_a_time) = tokio::time::timeout_at(deadline, self.snapshots.one_at_a_time.lock()).await else {
+            if let Some(h) = lock(&self.snapshots.manual).take() {
                 h.abort();
             }
             tracing::warn!(target: "sandbox-cache", "a running snapshot did not end within the final snapshot's {bound:?}; cancelled it");
@@ -119,7 +119,7 @@ impl Runner {
         };
         // Held from here, not from when the task first runs: a final
         // snapshot (SIGTERM) right after this answer must find it running.
-        let Ok(one_at_a_time) = self.snapshotting.clone().try_lock_owned() else {
+        let Ok(one_at_a_time) = self.snapshots.one_at_a_time.clone().try_lock_owned() else {
             return Ok(false);
         };
         let this = self.clone();
@@ -127,7 +127,7 @@ impl Runner {
             let _one_at_a_time = one_at_a_time;
             this.snapshot_now(&d.cache, this.cfg.snapshot_timeout).await;
         });
-        *lock(&self.manual_snapshot) = Some(task.abort_handle());
+        *lock(&self.snapshots.manual) = Some(task.abort_handle());
         Ok(true)
     }
 }

@@ -110,12 +110,7 @@ impl Runner {
             phase,
             last_deploy,
             timings,
-            cache: CacheStatus {
-                restore,
-                snapshot,
-                snapshot_running: self.snapshotting.try_lock().is_err(),
-                tail_landing: landing,
-            },
+            cache: CacheStatus { restore, snapshot, snapshot_running: self.snapshots.running(), tail_landing: landing },
         }
     }
 }
