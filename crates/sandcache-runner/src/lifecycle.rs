@@ -1,7 +1,7 @@
 //! The deploy lifecycle: restore → clone → legacy cache → worker → deps-ready
 //! snapshot; and undeploy: stop → final snapshot → clean.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,7 @@ impl Runner {
         Ok((cache, tail))
     }
 
+    /// A deploy's steps, in order; each logs what it did.
     async fn run_deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Arc<Deployment>, DeployError> {
         let started = Instant::now();
         tracing::info!(target: "sandbox", site = %req.site, "deploying {}", req.site);
@@ -140,155 +141,11 @@ impl Runner {
         if user.is_root() {
             tracing::warn!(target: "sandbox", "the worker runs as root (--worker-user root): it can read the runner's credentials and write any site's cache");
         }
-
-        // 0. Nothing of an earlier site survives: its processes, its cache
-        //    dir, its HOME. The restore below can then race no one.
-        self.sweep().await;
-        let home = workdirs::prepare_worker_home(&self.cfg, user).map_err(DeployError::Failed)?;
-        workdirs::clear(&self.cfg, &self.cfg.deno_dir).await?;
-
-        // 1. The cache config from the deploy's envs, over runner-wide defaults.
-        let mut config = CacheConfig::from_envs(&req.envs.clone().into_iter().collect()).or(&self.cfg.cache_defaults);
-        if config.store.is_some() && config.key.is_none() {
-            config.key = Some(format!("{}/cache.tgz", req.site));
-        }
-        // Read-only bases: the deploy's own, then the runner's.
-        let mut fallbacks = seed_env::fallbacks(req.envs.get(seed_env::FALLBACK_KEYS).map(String::as_str));
-        for f in &self.cfg.fallbacks {
-            if !fallbacks.contains(f) {
-                fallbacks.push(f.clone());
-            }
-        }
-        let mut opts = RestoreOptions {
-            timeout: self.cfg.restore_timeout,
-            limits: self.cfg.restore_limits,
-            owner: user.is_separate().then_some((user.uid, user.gid)),
-            state_dir: Some(workdirs::cache_state_dir(&self.cfg)),
-            hot_first: self.cfg.hot_first,
-            ..Default::default()
-        };
-        // A key with `{lock}` names the site's dependency set, known only
-        // once the repo is cloned: then the clone comes first.
-        let lock_templated = config.key.as_deref().is_some_and(|k| k.contains(LOCK_PLACEHOLDER));
-
-        // 2. Restore, bounded, before anything reads the dir; 3. meanwhile,
-        //    the site's code, cloned as the worker into a dir it owns (the
-        //    two touch nothing in common). With `{lock}` the key needs the
-        //    clone: the restore comes after it (2').
-        self.set_step(if lock_templated { "cloning" } else { "restoring" });
-        opts.fallbacks = fallbacks.clone();
-        // The status shows what is still running: the restore, then the
-        // clone if it outlasts the restore.
-        let cloned_yet = std::sync::atomic::AtomicBool::new(false);
-        let restore = async {
-            let restored = match lock_templated {
-                true => Ok(None),
-                false => self.restore_cache(&config, &opts, user).await.map(Some),
-            };
-            if !cloned_yet.load(std::sync::atomic::Ordering::SeqCst) {
-                self.set_step("cloning");
-            }
-            restored
-        };
-        let work = &self.cfg.work_dir;
-        let clone = async {
-            remove_dir(work).map_err(|e| DeployError::Failed(format!("cleaning {}: {e}", work.display())))?;
-            std::fs::create_dir_all(work)
-                .map_err(|e| DeployError::Failed(format!("creating {}: {e}", work.display())))?;
-            give_to(work, user).map_err(DeployError::Failed)?;
-            if let Some(repo) = &req.repo {
-                let cloned = Instant::now();
-                clone_repo(&self.cfg, repo, req.branch.as_deref(), user, &home).await?;
-                tracing::info!(target: "sandbox", clone_ms = cloned.elapsed().as_millis() as u64, "cloned {repo}");
-            }
-            cloned_yet.store(true, std::sync::atomic::Ordering::SeqCst);
-            Ok::<(), DeployError>(())
-        };
-        let (restored, cloned) = tokio::join!(restore, clone);
-        let cache = restored?;
-        cloned?;
-
-        // 2'. With `{lock}`: the exact key of the cloned repo's dependency
-        //     files, then the site's newest generation under its prefix,
-        //     then the deploy's and the runner's fallbacks.
-        let (cache, tail) = match cache {
-            Some(c) => c,
-            None => {
-                self.set_step("restoring");
-                let template = config.key.clone().unwrap_or_default();
-                // Reading and parsing the repo's lockfiles is blocking work
-                // (bounded by the lockfile caps): off the async threads.
-                let repo = work.clone();
-                let key = match tokio::task::spawn_blocking(move || expand_lock_key(&template, &repo)).await {
-                    Ok(key) => key,
-                    Err(e) => {
-                        tracing::error!(target: "sandbox", "the lockfile key failed ({e}); using `nolock`");
-                        config.key.clone().unwrap_or_default().replace(LOCK_PLACEHOLDER, "nolock")
-                    }
-                };
-                if let Some((prefix, _)) = key.rsplit_once('/') {
-                    fallbacks.insert(0, format!("{prefix}/"));
-                }
-                config.key = Some(key);
-                opts.fallbacks = fallbacks;
-                self.restore_cache(&config, &opts, user).await?
-            }
-        };
-
-        self.set_step("legacy_cache");
-        // 4. The legacy build cache, when its keys are configured.
-        let mut legacy_vars = self.cfg.legacy_vars.clone();
-        legacy_vars.extend(
-            req.envs
-                .iter()
-                .filter(|(k, _)| crate::legacy::vars::ALL.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        if let Some(legacy) = LegacyCache::from_vars(&legacy_vars) {
-            let o = legacy.restore(&req.site, &self.cfg.store_options, &opts).await;
-            tracing::info!(target: "sandbox", "legacy build cache: {}", o.reason().map_or("restored", |r| r.as_str()));
-        }
-
-        self.set_step("starting");
-        // 5. The worker.
-        let argv = self.run_command(&req);
-        let worker = match argv {
-            None => {
-                tracing::info!(target: "sandbox", "no runCommand: no worker");
-                None
-            }
-            Some(argv) => {
-                let port = crate::worker::free_port().map_err(|e| DeployError::Failed(format!("no free port: {e}")))?;
-                let mut env =
-                    crate::worker::environment(self.cfg.runner_env.clone(), &req.envs, port, &self.cfg.deno_dir);
-                env.insert("HOME".into(), home.join("home").display().to_string());
-                env.insert("TMPDIR".into(), home.join("tmp").display().to_string());
-                let spawn_as = user.is_separate().then_some(user);
-                let worker = Worker::spawn(
-                    &argv,
-                    work,
-                    &env,
-                    port,
-                    self.cfg.port_timeout,
-                    spawn_as,
-                    self.cfg.worker_restarts,
-                    self.metrics.clone(),
-                    tail.as_ref().map(|t| t.watch()),
-                )
-                .map_err(|e| {
-                    self.metrics.worker_failed();
-                    match e {
-                        SpawnError::NotFound { .. } => DeployError::BadInput(e.to_string()),
-                        SpawnError::Io { .. } => DeployError::Failed(format!(
-                            "{e}: {}",
-                            std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
-                        )),
-                    }
-                })?;
-                tracing::info!(target: "sandbox", "worker started on port {port} as {user}: {}", argv.join(" "));
-                Some(worker)
-            }
-        };
+        let home = self.prepare(user).await?;
+        let mut plan = self.cache_plan(&req, user);
+        let (cache, tail) = self.restore_and_clone(&req, &mut plan, user, &home).await?;
+        self.legacy_cache(&req, &plan.opts).await;
+        let worker = self.start_worker(&req, user, &home, tail.as_ref())?;
         let deployment = Arc::new(Deployment {
             site: req.site.clone(),
             cache,
@@ -309,6 +166,184 @@ impl Runner {
         let ms = started.elapsed().as_millis() as u64;
         tracing::info!(target: "sandbox", site = %req.site, ms, "deployed {} in {ms}ms", req.site);
         Ok(deployment)
+    }
+
+    /// 0. Nothing of an earlier site survives: its processes, its cache
+    ///    dir, its HOME. The restore can then race no one. Returns the
+    ///    worker's fresh home (`worker/`, with `home` and `tmp`).
+    async fn prepare(&self, user: WorkerUser) -> Result<PathBuf, DeployError> {
+        self.sweep().await;
+        let home = workdirs::prepare_worker_home(&self.cfg, user).map_err(DeployError::Failed)?;
+        workdirs::clear(&self.cfg, &self.cfg.deno_dir).await?;
+        Ok(home)
+    }
+
+    /// 1. The cache config from the deploy's envs, over runner-wide
+    ///    defaults, and the restore's options.
+    fn cache_plan(&self, req: &DeployRequest, user: WorkerUser) -> CachePlan {
+        let mut config = CacheConfig::from_envs(&req.envs.clone().into_iter().collect()).or(&self.cfg.cache_defaults);
+        if config.store.is_some() && config.key.is_none() {
+            config.key = Some(format!("{}/cache.tgz", req.site));
+        }
+        // Read-only bases: the deploy's own, then the runner's.
+        let mut fallbacks = seed_env::fallbacks(req.envs.get(seed_env::FALLBACK_KEYS).map(String::as_str));
+        for f in &self.cfg.fallbacks {
+            if !fallbacks.contains(f) {
+                fallbacks.push(f.clone());
+            }
+        }
+        let opts = RestoreOptions {
+            timeout: self.cfg.restore_timeout,
+            limits: self.cfg.restore_limits,
+            owner: user.is_separate().then_some((user.uid, user.gid)),
+            state_dir: Some(workdirs::cache_state_dir(&self.cfg)),
+            hot_first: self.cfg.hot_first,
+            fallbacks,
+            ..Default::default()
+        };
+        CachePlan { config, opts }
+    }
+
+    /// 2. Restore, bounded, before anything reads the dir; 3. meanwhile,
+    ///    the site's code, cloned as the worker into a dir it owns (the two
+    ///    touch nothing in common). With `{lock}` the key needs the clone:
+    ///    the restore comes after it (2').
+    async fn restore_and_clone(
+        self: &Arc<Self>,
+        req: &DeployRequest,
+        plan: &mut CachePlan,
+        user: WorkerUser,
+        home: &Path,
+    ) -> Result<(Cache, Option<Arc<TailWatch>>), DeployError> {
+        let lock_templated = plan.lock_templated();
+        self.set_step(if lock_templated { "cloning" } else { "restoring" });
+        // The status shows what is still running: the restore, then the
+        // clone if it outlasts the restore.
+        let cloned_yet = std::sync::atomic::AtomicBool::new(false);
+        let restore = async {
+            let restored = match lock_templated {
+                true => Ok(None),
+                false => self.restore_cache(&plan.config, &plan.opts, user).await.map(Some),
+            };
+            if !cloned_yet.load(std::sync::atomic::Ordering::SeqCst) {
+                self.set_step("cloning");
+            }
+            restored
+        };
+        let clone = async {
+            self.clone_site(req, user, home).await?;
+            cloned_yet.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok::<(), DeployError>(())
+        };
+        let (restored, cloned) = tokio::join!(restore, clone);
+        let cache = restored?;
+        cloned?;
+        match cache {
+            Some(c) => Ok(c),
+            None => self.restore_by_lock_key(plan, user).await,
+        }
+    }
+
+    /// 3. The work dir, emptied and given to the worker, and the repo
+    ///    cloned into it.
+    async fn clone_site(&self, req: &DeployRequest, user: WorkerUser, home: &Path) -> Result<(), DeployError> {
+        let work = &self.cfg.work_dir;
+        remove_dir(work).map_err(|e| DeployError::Failed(format!("cleaning {}: {e}", work.display())))?;
+        std::fs::create_dir_all(work).map_err(|e| DeployError::Failed(format!("creating {}: {e}", work.display())))?;
+        give_to(work, user).map_err(DeployError::Failed)?;
+        if let Some(repo) = &req.repo {
+            let cloned = Instant::now();
+            clone_repo(&self.cfg, repo, req.branch.as_deref(), user, home).await?;
+            tracing::info!(target: "sandbox", clone_ms = cloned.elapsed().as_millis() as u64, "cloned {repo}");
+        }
+        Ok(())
+    }
+
+    /// 2'. With `{lock}`: the exact key of the cloned repo's dependency
+    ///     files, then the site's newest generation under its prefix, then
+    ///     the deploy's and the runner's fallbacks.
+    async fn restore_by_lock_key(
+        self: &Arc<Self>,
+        plan: &mut CachePlan,
+        user: WorkerUser,
+    ) -> Result<(Cache, Option<Arc<TailWatch>>), DeployError> {
+        self.set_step("restoring");
+        let template = plan.config.key.clone().unwrap_or_default();
+        // Reading and parsing the repo's lockfiles is blocking work
+        // (bounded by the lockfile caps): off the async threads.
+        let repo = self.cfg.work_dir.clone();
+        let key = match tokio::task::spawn_blocking(move || expand_lock_key(&template, &repo)).await {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::error!(target: "sandbox", "the lockfile key failed ({e}); using `nolock`");
+                plan.config.key.clone().unwrap_or_default().replace(LOCK_PLACEHOLDER, "nolock")
+            }
+        };
+        if let Some((prefix, _)) = key.rsplit_once('/') {
+            plan.opts.fallbacks.insert(0, format!("{prefix}/"));
+        }
+        plan.config.key = Some(key);
+        self.restore_cache(&plan.config, &plan.opts, user).await
+    }
+
+    /// 4. The legacy build cache, when its keys are configured.
+    async fn legacy_cache(&self, req: &DeployRequest, opts: &RestoreOptions) {
+        self.set_step("legacy_cache");
+        let mut legacy_vars = self.cfg.legacy_vars.clone();
+        legacy_vars.extend(
+            req.envs
+                .iter()
+                .filter(|(k, _)| crate::legacy::vars::ALL.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        if let Some(legacy) = LegacyCache::from_vars(&legacy_vars) {
+            let o = legacy.restore(&req.site, &self.cfg.store_options, opts).await;
+            tracing::info!(target: "sandbox", "legacy build cache: {}", o.reason().map_or("restored", |r| r.as_str()));
+        }
+    }
+
+    /// 5. The worker, if the deploy runs one, on a free port, as the
+    ///    worker user, in its fresh home.
+    fn start_worker(
+        &self,
+        req: &DeployRequest,
+        user: WorkerUser,
+        home: &Path,
+        tail: Option<&Arc<TailWatch>>,
+    ) -> Result<Option<Worker>, DeployError> {
+        self.set_step("starting");
+        let Some(argv) = self.run_command(req) else {
+            tracing::info!(target: "sandbox", "no runCommand: no worker");
+            return Ok(None);
+        };
+        let port = crate::worker::free_port().map_err(|e| DeployError::Failed(format!("no free port: {e}")))?;
+        let mut env = crate::worker::environment(self.cfg.runner_env.clone(), &req.envs, port, &self.cfg.deno_dir);
+        env.insert("HOME".into(), home.join("home").display().to_string());
+        env.insert("TMPDIR".into(), home.join("tmp").display().to_string());
+        let spawn_as = user.is_separate().then_some(user);
+        let worker = Worker::spawn(
+            &argv,
+            &self.cfg.work_dir,
+            &env,
+            port,
+            self.cfg.port_timeout,
+            spawn_as,
+            self.cfg.worker_restarts,
+            self.metrics.clone(),
+            tail.map(|t| t.watch()),
+        )
+        .map_err(|e| {
+            self.metrics.worker_failed();
+            match e {
+                SpawnError::NotFound { .. } => DeployError::BadInput(e.to_string()),
+                SpawnError::Io { .. } => DeployError::Failed(format!(
+                    "{e}: {}",
+                    std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+                )),
+            }
+        })?;
+        tracing::info!(target: "sandbox", "worker started on port {port} as {user}: {}", argv.join(" "));
+        Ok(Some(worker))
     }
 
     fn run_command(&self, req: &DeployRequest) -> Option<Vec<String>> {
@@ -414,6 +449,21 @@ impl Runner {
         if matches!(&*lock(&self.phase), Phase::Deployed(_)) {
             let _ = self.undeploy().await;
         }
+    }
+}
+
+/// The deploy's cache (step 1): its config and the restore's options,
+/// fallbacks included; with `{lock}`, its key is known after the clone.
+struct CachePlan {
+    config: CacheConfig,
+    opts: RestoreOptions,
+}
+
+impl CachePlan {
+    /// A key with `{lock}` names the site's dependency set, known only once
+    /// the repo is cloned: then the clone comes first.
+    fn lock_templated(&self) -> bool {
+        self.config.key.as_deref().is_some_and(|k| k.contains(LOCK_PLACEHOLDER))
     }
 }
 
