@@ -14,7 +14,7 @@ use crate::isolation::WorkerUser;
 use crate::legacy::LegacyCache;
 use crate::runner::{Deployment, LastDeploy, Phase, Runner, TailWatch, lock};
 use crate::workdirs::{self, give_to, remove_dir};
-use crate::worker::{SpawnError, Worker};
+use crate::worker::{self, SpawnError, Worker};
 
 impl Runner {
     /// Deploys a site. The lifecycle runs in its own task, so a client that
@@ -316,32 +316,29 @@ impl Runner {
             tracing::info!(target: "sandbox", "no runCommand: no worker");
             return Ok(None);
         };
-        let port = crate::worker::free_port().map_err(|e| DeployError::Failed(format!("no free port: {e}")))?;
-        let mut env = crate::worker::environment(self.cfg.runner_env.clone(), &req.envs, port, &self.cfg.deno_dir);
+        let port = worker::free_port().map_err(|e| DeployError::Failed(format!("no free port: {e}")))?;
+        let mut env = worker::environment(self.cfg.runner_env.clone(), &req.envs, port, &self.cfg.deno_dir);
         env.insert("HOME".into(), home.join("home").display().to_string());
         env.insert("TMPDIR".into(), home.join("tmp").display().to_string());
-        let spawn_as = user.is_separate().then_some(user);
-        let worker = Worker::spawn(
-            &argv,
-            &self.cfg.work_dir,
-            &env,
+        let spec = worker::Spec {
+            argv: argv.clone(),
+            cwd: self.cfg.work_dir.clone(),
+            env,
             port,
-            self.cfg.port_timeout,
-            spawn_as,
-            self.cfg.worker_restarts,
-            self.metrics.clone(),
-            tail.map(|t| t.watch()),
-        )
-        .map_err(|e| {
-            self.metrics.worker_failed();
-            match e {
-                SpawnError::NotFound { .. } => DeployError::BadInput(e.to_string()),
-                SpawnError::Io { .. } => DeployError::Failed(format!(
-                    "{e}: {}",
-                    std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
-                )),
-            }
-        })?;
+            ready_timeout: self.cfg.port_timeout,
+            user: user.is_separate().then_some(user),
+        };
+        let worker = Worker::spawn(spec, self.cfg.worker_restarts, self.metrics.clone(), tail.map(|t| t.watch()))
+            .map_err(|e| {
+                self.metrics.worker_failed();
+                match e {
+                    SpawnError::NotFound { .. } => DeployError::BadInput(e.to_string()),
+                    SpawnError::Io { .. } => DeployError::Failed(format!(
+                        "{e}: {}",
+                        std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
+                    )),
+                }
+            })?;
         tracing::info!(target: "sandbox", "worker started on port {port} as {user}: {}", argv.join(" "));
         Ok(Some(worker))
     }
