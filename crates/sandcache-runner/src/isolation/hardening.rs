@@ -11,7 +11,7 @@ pub fn make_non_dumpable() -> io::Result<()> {
 }
 
 /// Orphaned descendants (a worker's `setsid` + double fork) are re-parented
-/// to the runner, where [`sweep`](super::sweep()) finds and reaps them.
+/// to the runner, where the sweep finds and reaps them.
 pub fn become_subreaper() -> io::Result<()> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(io::Error::from)
 }

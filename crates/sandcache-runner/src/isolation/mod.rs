@@ -11,29 +11,32 @@
 //!   `sock_diag`).
 //! - `procs.rs`: the process table, as `/proc` shows it.
 //! - `kill.rs`: every signal the runner sends and every child it reaps.
-//! - `sweep.rs`: [`sweep`], killing every process a worker left.
+//! - `sweep.rs`: `sweep`, killing every process a worker left.
 //! - `reaper.rs`: [`start_orphan_reaper`], and the children the runner
-//!   waits for itself.
+//!   waits for itself (`own_child`).
 //! - `metadata.rs`: [`block_metadata`], the credential endpoints closed to
 //!   the worker's uid.
-//! - `report.rs`: [`startup_report`], what the worker could still read or
+//! - `report.rs`: `startup_report`, what the worker could still read or
 //!   write.
 
 mod hardening;
 pub(crate) mod kill;
 mod metadata;
-pub mod peer;
+pub(crate) mod peer;
 mod procs;
 mod reaper;
 mod report;
 mod sweep;
 mod user;
 
+// What the binary uses (and the tests name); the rest is the runner's own.
 pub use hardening::{become_subreaper, make_non_dumpable};
 pub use metadata::{CREDENTIAL_ENDPOINTS_V4, CREDENTIAL_ENDPOINTS_V6, block_metadata};
-pub use peer::{Attribution, Peer};
-pub(crate) use reaper::own_child;
-pub use reaper::{reap_orphans, start_orphan_reaper};
-pub use report::{readable_by, secret_files, startup_report, writable_by};
-pub use sweep::{SweepScope, sweep};
+pub use peer::Peer;
+pub use reaper::start_orphan_reaper;
 pub use user::{DEFAULT_WORKER_GID, DEFAULT_WORKER_UID, WorkerUser};
+
+pub(crate) use peer::Attribution;
+pub(crate) use reaper::own_child;
+pub(crate) use report::startup_report;
+pub(crate) use sweep::{SweepScope, sweep};
