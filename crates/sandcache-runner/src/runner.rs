@@ -1,8 +1,10 @@
 //! The runner and its state: where it is ([`Phase`]), the deployment, what
-//! the last deploy, restore and snapshot did, and the worker's reach. Its
-//! jobs are `impl Runner` blocks in files of their own, which use this file
-//! and never the other way: `lifecycle.rs` (deploy, undeploy),
-//! `snapshots.rs` and `status.rs`.
+//! the last deploy, restore and snapshot did ([`History`]), the snapshot
+//! lock; and what every job needs of it: the worker user, the sweep, the
+//! record of an outcome, the proxy's target. Its jobs are `impl Runner`
+//! blocks in files of their own, which use this file and never the other
+//! way: `lifecycle.rs` (deploy, undeploy, shutdown), `snapshots.rs` and
+//! `status.rs`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,10 +18,13 @@ use crate::isolation::{SweepScope, WorkerUser};
 use crate::metrics::Metrics;
 use crate::worker::{Worker, WorkerState};
 
+/// A deployed site: its cache (for the snapshots), its worker, and what the
+/// status and the proxy need of this deploy.
 pub(crate) struct Deployment {
     pub site: String,
     pub cache: Cache,
     pub worker: Option<Worker>,
+    /// Readiness, then the deps-ready snapshot; an undeploy aborts it.
     pub watcher: Mutex<Option<JoinHandle<()>>>,
     /// A hot-first restore's second phase, while it lands.
     pub tail: Option<Arc<TailWatch>>,

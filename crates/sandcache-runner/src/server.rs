@@ -13,9 +13,9 @@ use crate::runner::Runner;
 /// Listeners besides the main port, each serving its own routes.
 #[derive(Debug, Default)]
 pub struct ExtraListeners {
-    /// [`admin_app`](crate::admin_app), on a TCP port or a unix socket.
+    /// [`admin_app`], on a TCP port or a unix socket.
     pub admin: Option<AdminListener>,
-    /// [`metrics_app`](crate::metrics_app).
+    /// [`metrics_app`].
     pub metrics: Option<tokio::net::TcpListener>,
 }
 

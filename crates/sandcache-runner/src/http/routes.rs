@@ -15,7 +15,7 @@ use crate::admin;
 use crate::isolation::{self, Peer};
 use crate::runner::Runner;
 
-/// The admin routes, each behind [`admin::guard`](crate::admin::guard).
+/// The admin routes, each behind [`admin::guard`].
 fn admin_routes(runner: &Arc<Runner>) -> Router<Arc<Runner>> {
     Router::new()
         .route("/sandbox/status", get(status))
@@ -64,7 +64,7 @@ pub fn metrics_app(runner: Arc<Runner>) -> Router {
         .with_state(runner)
 }
 
-/// The admin check ([`admin::guard`](crate::admin::guard)) before an admin route.
+/// The admin check ([`admin::guard`]) before an admin route.
 async fn require_admin(State(runner): State<Arc<Runner>>, req: Request, next: Next) -> Response {
     let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0);
     let what = format!("{} {}", req.method(), req.uri().path());
