@@ -72,7 +72,7 @@ pub async fn forward(
     let port = addr.port();
     let uri: Uri = match format!("http://{addr}{path_and_query}").parse() {
         Ok(u) => u,
-        Err(e) => return (crate::json_error(StatusCode::BAD_REQUEST, &format!("bad request URI: {e}")), false),
+        Err(e) => return (crate::http::json_error(StatusCode::BAD_REQUEST, &format!("bad request URI: {e}")), false),
     };
     *req.uri_mut() = uri;
     *req.version_mut() = axum::http::Version::HTTP_11;
@@ -112,13 +112,16 @@ pub async fn forward(
         Ok(Err(e)) => {
             let cause = sandcache_engine::error_chain(&e);
             tracing::warn!(target: "sandbox", %method, path, port, "proxy to the worker failed: {cause}");
-            (crate::json_error(StatusCode::BAD_GATEWAY, "the worker did not answer"), false)
+            (crate::http::json_error(StatusCode::BAD_GATEWAY, "the worker did not answer"), false)
         }
         Err(_) => {
             let secs = headers_timeout.as_secs_f32();
             tracing::warn!(target: "sandbox", %method, path, port, "the worker sent no response headers within {secs} s");
             (
-                crate::json_error(StatusCode::GATEWAY_TIMEOUT, &format!("the worker did not answer within {secs} s")),
+                crate::http::json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!("the worker did not answer within {secs} s"),
+                ),
                 false,
             )
         }

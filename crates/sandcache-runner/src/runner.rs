@@ -1,162 +1,37 @@
-//! The deploy lifecycle: restore → clone → legacy cache → worker → deps-ready
-//! snapshot; and undeploy: stop → final snapshot → clean.
+//! The runner and its state: where it is ([`Phase`]), the deployment, what
+//! the last deploy, restore and snapshot did ([`History`]), the snapshot
+//! lock; and what every job needs of it: the worker user, the sweep, the
+//! record of an outcome, the proxy's target. Its jobs are `impl Runner`
+//! blocks in files of their own, which use this file and never the other
+//! way: `lifecycle.rs` (deploy, undeploy, shutdown), `snapshots.rs` and
+//! `status.rs`.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sandcache_engine::{Cache, CacheConfig, Format, Limits, Outcome, RestoreOptions, SnapshotOptions, seed_env};
-use sandcache_store::StoreOptions;
-use serde_json::json;
+use sandcache_engine::{Cache, Outcome};
+use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use crate::deploy::DeployRequest;
-use crate::isolation::{Peer, SweepScope, WorkerUser};
-use crate::legacy::LegacyCache;
+use crate::config::RunnerConfig;
+use crate::isolation::{SweepScope, WorkerUser};
 use crate::metrics::Metrics;
-use crate::worker::{SpawnError, Worker, WorkerState};
+use crate::worker::{Worker, WorkerState};
 
-/// How the runner behaves. Library code reads no environment: the binary
-/// fills this from flags and env vars.
-#[derive(Debug, Clone)]
-pub struct RunnerConfig {
-    /// The cache dir (`DENO_DIR`, default `/deno-dir`).
-    pub deno_dir: PathBuf,
-    /// Where the site is cloned and the worker runs.
-    pub work_dir: PathBuf,
-    /// Runner-wide cache settings; a deploy's `DECO_CACHE_S3_*` override them.
-    pub cache_defaults: CacheConfig,
-    pub store_options: StoreOptions,
-    pub restore_timeout: Duration,
-    /// Bounds on what a restore may expand to (size, entries, path length).
-    pub restore_limits: Limits,
-    pub snapshot_timeout: Duration,
-    /// Bound on the snapshot taken at undeploy or shutdown.
-    pub final_snapshot_timeout: Duration,
-    pub snapshot_format: Format,
-    /// The worker must listen on `PORT` within this (`PORT_TIMEOUT`).
-    pub port_timeout: Duration,
-    /// The cache dir must not change for this long after the worker is ready
-    /// before the deps-ready snapshot is taken.
-    pub settle: Duration,
-    /// How often the cache dir is checked while settling.
-    pub settle_poll: Duration,
-    /// Give up on a dir that never settles after this long.
-    pub settle_max_wait: Duration,
-    /// SIGTERM to SIGKILL.
-    pub stop_grace: Duration,
-    pub clone_timeout: Duration,
-    /// How long a proxied request waits for the worker's response headers
-    /// (then 504). A body that has started is not bounded.
-    pub proxy_timeout: Duration,
-    /// How a worker that exits after it was ready is restarted.
-    pub worker_restarts: crate::worker::Restarts,
-    /// A default `runCommand`, used only when the repo has `default_entry`.
-    pub default_run_command: Option<Vec<String>>,
-    pub default_entry: String,
-    /// The runner's own environment, which the worker inherits minus secrets.
-    pub runner_env: Vec<(String, String)>,
-    /// Legacy build cache variables from the runner's env (deploy envs win).
-    pub legacy_vars: BTreeMap<String, String>,
-    /// Who may call the admin plane (`/sandbox/*`): a token, a pod key for
-    /// short-lived tokens, or neither (then only local peers that are not
-    /// the worker).
-    pub admin: crate::admin::AdminAuth,
-    /// Serve the admin routes on the main port too (the platform calls
-    /// them there); off once it calls a separate admin listener. Either
-    /// way, no path under `/sandbox` is ever proxied to the worker.
-    pub admin_on_main: bool,
-    /// Serve `/metrics` on the main port (behind the admin check); off when
-    /// a metrics listener of its own serves it, and then `/metrics` is the
-    /// site's.
-    pub metrics_on_main: bool,
-    /// Who the worker (and the clone) runs as; `None`: the runner's own
-    /// uid. `sandcache serve` as root defaults to [`WorkerUser::DEFAULT`].
-    pub worker_user: Option<WorkerUser>,
-    /// The runner's own directory, which the worker must not be able to
-    /// write: the cache's lock, state and index (`cache/`), and the
-    /// worker's fresh HOME and TMPDIR (`worker/`).
-    pub state_dir: PathBuf,
-    /// The runner is a child subreaper (or PID 1): undeploy also kills
-    /// every descendant of the runner (a worker's orphans are among them),
-    /// and `serve` reaps exited orphans as they come.
-    pub sweep_descendants: bool,
-    /// Runner-wide fallbacks (keys, or `prefix/`es), tried after a deploy's
-    /// own `DECO_CACHE_S3_FALLBACK_KEYS`. Only ever read.
-    pub fallbacks: Vec<String>,
-    /// Start the worker at `hot-ready` (the hot set in place), while the
-    /// rest of the cache lands (`SANDCACHE_HOT_FIRST=0` turns it off).
-    pub hot_first: bool,
-    /// Let proxied requests through while the tail lands, instead of
-    /// holding them until it has (`--serve-during-tail`). For sites whose
-    /// whole working set is hot: a request that needs a file still missing
-    /// makes the app fetch it again, or fail.
-    pub serve_during_tail: bool,
-}
-
-impl Default for RunnerConfig {
-    fn default() -> Self {
-        RunnerConfig {
-            deno_dir: "/deno-dir".into(),
-            work_dir: std::env::temp_dir().join("sandcache-site"),
-            cache_defaults: CacheConfig::default(),
-            store_options: StoreOptions::default(),
-            restore_timeout: Duration::from_secs(30),
-            restore_limits: Limits::default(),
-            snapshot_timeout: Duration::from_secs(600),
-            final_snapshot_timeout: Duration::from_secs(60),
-            snapshot_format: Format::Native,
-            port_timeout: Duration::from_secs(60),
-            settle: Duration::from_secs(10),
-            settle_poll: Duration::from_secs(1),
-            settle_max_wait: Duration::from_secs(600),
-            stop_grace: Duration::from_secs(10),
-            clone_timeout: Duration::from_secs(120),
-            proxy_timeout: Duration::from_secs(60),
-            worker_restarts: crate::worker::Restarts::default(),
-            default_run_command: None,
-            default_entry: "main.ts".into(),
-            runner_env: Vec::new(),
-            legacy_vars: BTreeMap::new(),
-            fallbacks: Vec::new(),
-            admin: crate::admin::AdminAuth::default(),
-            admin_on_main: true,
-            metrics_on_main: true,
-            worker_user: None,
-            state_dir: std::env::temp_dir().join(format!("sandcache-runner-{}", rustix::process::getuid().as_raw())),
-            sweep_descendants: false,
-            hot_first: true,
-            serve_during_tail: false,
-        }
-    }
-}
-
-/// What a deploy failure is, and so which status it gets.
-#[derive(Debug, thiserror::Error)]
-pub enum DeployError {
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    BadInput(String),
-    #[error("{0}")]
-    Failed(String),
-    /// An undeploy cancelled the deploy.
-    #[error("Deploy cancelled")]
-    Cancelled,
-}
-
+/// A deployed site: its cache (for the snapshots), its worker, and what the
+/// status and the proxy need of this deploy.
 pub(crate) struct Deployment {
     pub site: String,
     pub cache: Cache,
     pub worker: Option<Worker>,
-    watcher: Mutex<Option<JoinHandle<()>>>,
+    /// Readiness, then the deps-ready snapshot; an undeploy aborts it.
+    pub watcher: Mutex<Option<JoinHandle<()>>>,
     /// A hot-first restore's second phase, while it lands.
-    tail: Option<Arc<TailWatch>>,
+    pub tail: Option<Arc<TailWatch>>,
     /// When the deploy request came.
-    started: Instant,
+    pub started: Instant,
     /// From the deploy request to the first response the worker sent.
-    first_response: std::sync::OnceLock<Duration>,
+    pub first_response: std::sync::OnceLock<Duration>,
 }
 
 /// The second phase of a hot-first restore, running in the background
@@ -175,6 +50,11 @@ impl Drop for TailWatch {
 }
 
 impl TailWatch {
+    /// The tail `task`, which sends `true` on `landed` once it is over.
+    pub(crate) fn new(landed: tokio::sync::watch::Receiver<bool>, task: tokio::task::AbortHandle) -> TailWatch {
+        TailWatch { landed, task }
+    }
+
     /// Cancels the tail if it is still landing.
     pub(crate) fn stop(&self) {
         self.task.abort();
@@ -194,15 +74,61 @@ impl TailWatch {
 
 pub(crate) enum Phase {
     Idle,
-    /// `cancel` set to true stops the deploy where it is (DELETE).
+    /// `cancel` set to true stops the deploy where it is (DELETE). `step`
+    /// is where it is: restoring, cloning, legacy_cache, starting.
     Deploying {
         site: String,
         cancel: tokio::sync::watch::Sender<bool>,
+        step: &'static str,
     },
     Deployed(Arc<Deployment>),
     Undeploying {
         site: String,
     },
+}
+
+/// What the last deploy, restore and snapshot did, whatever the phase is
+/// now: `/sandbox/status` shows it, and an undeploy keeps it.
+#[derive(Debug, Default)]
+pub(crate) struct History {
+    pub deploy: Option<LastDeploy>,
+    pub restore: Option<Outcome>,
+    pub snapshot: Option<Outcome>,
+    /// The current deploy's hot-first restore: when it was hot-ready, and
+    /// whether its tail is still landing.
+    pub hot: Option<(Duration, bool)>,
+}
+
+/// How the last deploy ended, as `/sandbox/status` shows it: `{ok, at, ms}`,
+/// and `outcome` and `error` when it failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastDeploy {
+    pub ok: bool,
+    /// A failure: `error`, or `cancelled` (an undeploy stopped it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<&'static str>,
+    /// A failure: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it ended, in Unix milliseconds.
+    pub at: u64,
+    /// How long it took, in milliseconds.
+    pub ms: u64,
+}
+
+/// Snapshots run one at a time; a manual one can be cancelled.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshots {
+    /// Held while a snapshot runs.
+    pub one_at_a_time: Arc<tokio::sync::Mutex<()>>,
+    /// The latest manual snapshot's task, for the final snapshot to cancel.
+    pub manual: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Snapshots {
+    pub fn running(&self) -> bool {
+        self.one_at_a_time.try_lock().is_err()
+    }
 }
 
 /// The sandbox runner: one site at a time.
@@ -211,22 +137,14 @@ pub struct Runner {
     pub(crate) phase: Mutex<Phase>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) client: crate::proxy::HttpClient,
-    snapshotting: Arc<tokio::sync::Mutex<()>>,
-    /// Where the deploy in progress is: restoring, cloning, legacy_cache,
-    /// starting.
-    deploy_step: Mutex<&'static str>,
-    /// How the last deploy ended: `{ok, error?, at (unix ms), ms}`.
-    last_deploy: Mutex<Option<serde_json::Value>>,
-    /// The latest manual snapshot's task, for the final snapshot to cancel.
-    manual_snapshot: Mutex<Option<tokio::task::AbortHandle>>,
-    last_restore: Mutex<Option<Outcome>>,
-    last_snapshot: Mutex<Option<Outcome>>,
-    /// The current deploy's hot-first restore: when it was hot-ready, and
-    /// whether its tail is still landing.
-    hot: Mutex<Option<(Duration, bool)>>,
+    pub(crate) snapshots: Snapshots,
+    /// What the last deploy, restore and snapshot did.
+    pub(crate) history: Mutex<History>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A lock whose holder panicked is still usable: every value behind one
+/// is whole between statements.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -237,13 +155,8 @@ impl Runner {
             phase: Mutex::new(Phase::Idle),
             metrics: Arc::new(Metrics::default()),
             client: crate::proxy::client(),
-            snapshotting: Arc::new(tokio::sync::Mutex::new(())),
-            manual_snapshot: Mutex::new(None),
-            deploy_step: Mutex::new("restoring"),
-            last_deploy: Mutex::new(None),
-            last_restore: Mutex::new(None),
-            last_snapshot: Mutex::new(None),
-            hot: Mutex::new(None),
+            snapshots: Snapshots::default(),
+            history: Mutex::new(History::default()),
         })
     }
 
@@ -251,60 +164,11 @@ impl Runner {
         &self.metrics
     }
 
-    /// `/sandbox/status`: no secrets, only names, states and outcomes.
-    pub fn status(&self) -> serde_json::Value {
-        let (deployed, deploying, site, worker, (restarts, last_exit), phase) = match &*lock(&self.phase) {
-            Phase::Idle => (false, false, None, WorkerState::None, (0, None), "idle"),
-            Phase::Deploying { site, .. } => {
-                (false, true, Some(site.clone()), WorkerState::None, (0, None), *lock(&self.deploy_step))
-            }
-            Phase::Undeploying { site } => {
-                (true, false, Some(site.clone()), WorkerState::None, (0, None), "undeploying")
-            }
-            Phase::Deployed(d) => {
-                let state = d.worker.as_ref().map_or(WorkerState::None, Worker::state);
-                let phase = match state {
-                    WorkerState::Starting => "starting",
-                    WorkerState::Failed => "failed",
-                    WorkerState::Ready | WorkerState::None => "ready",
-                };
-                let restarts = d.worker.as_ref().map_or((0, None), Worker::restarts);
-                (true, false, Some(d.site.clone()), state, restarts, phase)
-            }
-        };
-        let outcome = |o: &Mutex<Option<Outcome>>| lock(o).as_ref().map(Outcome::to_json);
-        let ms = |d: Option<Duration>| d.map(|d| d.as_millis() as u64);
-        let hot_first = *lock(&self.hot);
-        let total = lock(&self.last_restore).as_ref().filter(|o| o.hot.is_some()).map(|o| o.elapsed);
-        let (hot, landing) = (hot_first.map(|(h, _)| h), hot_first.is_some_and(|(_, l)| l));
-        let (boot, first_response) = match &*lock(&self.phase) {
-            Phase::Deployed(d) => (d.worker.as_ref().and_then(Worker::boot), d.first_response.get().copied()),
-            _ => (None, None),
-        };
-        let timings = json!({
-            "hot_ms": ms(hot),
-            "tail_ms": ms(hot.zip(total.filter(|_| !landing)).map(|(h, t)| t.saturating_sub(h))),
-            "boot_ms": ms(boot),
-            "first_response_ms": ms(first_response),
-        });
-        json!({
-            "sandbox": true,
-            "deployed": deployed,
-            "deploying": deploying,
-            "site": site,
-            "worker": worker,
-            "worker_restarts": restarts,
-            "worker_last_exit": last_exit,
-            "phase": phase,
-            "last_deploy": lock(&self.last_deploy).clone(),
-            "timings": timings,
-            "cache": {
-                "restore": outcome(&self.last_restore),
-                "snapshot": outcome(&self.last_snapshot),
-                "snapshot_running": self.snapshotting.try_lock().is_err(),
-                "tail_landing": landing,
-            },
-        })
+    /// The deploy in progress is at `step` (`/sandbox/status`'s phase).
+    pub(crate) fn set_step(&self, step: &'static str) {
+        if let Phase::Deploying { step: now, .. } = &mut *lock(&self.phase) {
+            *now = step;
+        }
     }
 
     /// The first response the worker sent for this deploy: the time from
@@ -322,698 +186,21 @@ impl Runner {
         }
     }
 
-    fn record(&self, o: Outcome) {
+    pub(crate) fn record(&self, o: Outcome) {
         self.metrics.record(&o);
+        let mut history = lock(&self.history);
         let slot = match o.op {
-            sandcache_engine::Op::Restore => &self.last_restore,
-            sandcache_engine::Op::Snapshot => &self.last_snapshot,
+            sandcache_engine::Op::Restore => &mut history.restore,
+            sandcache_engine::Op::Snapshot => &mut history.snapshot,
         };
-        *lock(slot) = Some(o);
-    }
-
-    /// Deploys a site. The lifecycle runs in its own task, so a client that
-    /// hangs up cannot leave the runner half-deployed.
-    pub async fn deploy(self: &Arc<Self>, req: DeployRequest) -> Result<String, DeployError> {
-        {
-            let mut phase = lock(&self.phase);
-            match &*phase {
-                Phase::Idle => {
-                    *phase = Phase::Deploying { site: req.site.clone(), cancel: tokio::sync::watch::channel(false).0 }
-                }
-                // The seed answers the same for deployed and deploying.
-                _ => return Err(DeployError::Conflict("Already deployed".into())),
-            }
-        }
-        let mut cancelled = match &*lock(&self.phase) {
-            Phase::Deploying { cancel, .. } => cancel.subscribe(),
-            _ => unreachable!("set above"),
-        };
-        let this = self.clone();
-        let site = req.site.clone();
-        let started = Instant::now();
-        let task = tokio::spawn(async move {
-            // Cancelling drops the deploy where it is: a restore stops (its
-            // staging removed), git's whole process group is killed.
-            let result = tokio::select! {
-                r = this.run_deploy(req) => r,
-                _ = cancelled.wait_for(|c| *c) => Err(DeployError::Cancelled),
-            };
-            if result.is_err() {
-                // Clean before going idle, so a next deploy's clone is safe,
-                // and nothing a half-made deploy started survives.
-                this.sweep().await;
-                let _ = remove_dir(&this.cfg.work_dir);
-            }
-            let mut phase = lock(&this.phase);
-            match result {
-                Ok(d) => {
-                    *phase = Phase::Deployed(d);
-                    Ok(())
-                }
-                Err(e) => {
-                    *phase = Phase::Idle;
-                    Err(e)
-                }
-            }
-        });
-        let result = match task.await {
-            Ok(Ok(())) => Ok(site),
-            Ok(Err(e)) => {
-                tracing::warn!(target: "sandbox", site = %site, "deploy of {site} failed: {e}");
-                Err(e)
-            }
-            Err(e) => {
-                *lock(&self.phase) = Phase::Idle;
-                Err(DeployError::Failed(format!("deploy task failed: {e}")))
-            }
-        };
-        let ms = started.elapsed().as_millis() as u64;
-        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(DeployError::Cancelled) => "cancelled",
-            Err(_) => "error",
-        };
-        self.metrics.deployed(outcome, started.elapsed());
-        *lock(&self.last_deploy) = Some(match &result {
-            Ok(_) => json!({"ok": true, "at": at, "ms": ms}),
-            Err(e) => json!({"ok": false, "outcome": outcome, "error": e.to_string(), "at": at, "ms": ms}),
-        });
-        result
-    }
-
-    /// Restores the deploy's cache into DENO_DIR and hands the dir to the
-    /// worker, whatever the outcome; returns the cache for the snapshots.
-    /// Hot-first, it returns at `hot-ready`, with the tail still landing.
-    async fn restore_cache(
-        self: &Arc<Self>,
-        config: &CacheConfig,
-        opts: &RestoreOptions,
-        user: WorkerUser,
-    ) -> Result<(Cache, Option<Arc<TailWatch>>), DeployError> {
-        let cache = Cache::open(config, &self.cfg.store_options);
-        let mut tail = None;
-        *lock(&self.hot) = None;
-        if opts.hot_first && cache.is_enabled() {
-            let mut handle = cache.restore_handle(&self.cfg.deno_dir, opts);
-            match handle.hot_ready().await {
-                Some(hot) => {
-                    let hot_ms = hot.as_millis() as u64;
-                    *lock(&self.hot) = Some((hot, true));
-                    tracing::info!(target: "sandbox-cache", hot_ms, "hot-ready after {hot_ms}ms: starting the worker while the rest lands");
-                    let (tx, rx) = tokio::sync::watch::channel(false);
-                    let this = self.clone();
-                    let task = tokio::spawn(async move {
-                        let o = handle.finish().await;
-                        let tail_ms = o.elapsed.saturating_sub(hot).as_millis() as u64;
-                        tracing::info!(target: "sandbox-cache", tail_ms, "restore tail over after {tail_ms}ms more");
-                        this.metrics.restore_phases(hot, o.elapsed.saturating_sub(hot));
-                        this.record(o);
-                        *lock(&this.hot) = Some((hot, false));
-                        let _ = tx.send(true);
-                    });
-                    tail = Some(Arc::new(TailWatch { landed: rx, task: task.abort_handle() }));
-                }
-                None => self.record(handle.finish().await),
-            }
-        } else {
-            let outcome = cache.restore(&self.cfg.deno_dir, opts).await;
-            self.record(outcome);
-        }
-        // Restored or not, the dir is the worker's: Deno adds modules to it.
-        give_to(&self.cfg.deno_dir, user).map_err(DeployError::Failed)?;
-        Ok((cache, tail))
-    }
-
-    async fn run_deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Arc<Deployment>, DeployError> {
-        let started = Instant::now();
-        tracing::info!(target: "sandbox", site = %req.site, "deploying {}", req.site);
-        let user = self.worker_user();
-        if user.is_root() {
-            tracing::warn!(target: "sandbox", "the worker runs as root (--worker-user root): it can read the runner's credentials and write any site's cache");
-        }
-
-        // 0. Nothing of an earlier site survives: its processes, its cache
-        //    dir, its HOME. The restore below can then race no one.
-        self.sweep().await;
-        let home = self.prepare_worker_home(user).map_err(DeployError::Failed)?;
-        self.clear(&self.cfg.deno_dir).await?;
-
-        // 1. The cache config from the deploy's envs, over runner-wide defaults.
-        let mut config = CacheConfig::from_envs(&req.envs.clone().into_iter().collect()).or(&self.cfg.cache_defaults);
-        if config.store.is_some() && config.key.is_none() {
-            config.key = Some(format!("{}/cache.tgz", req.site));
-        }
-        // Read-only bases: the deploy's own, then the runner's.
-        let mut fallbacks = seed_env::fallbacks(req.envs.get(seed_env::FALLBACK_KEYS).map(String::as_str));
-        for f in &self.cfg.fallbacks {
-            if !fallbacks.contains(f) {
-                fallbacks.push(f.clone());
-            }
-        }
-        let mut opts = RestoreOptions {
-            timeout: self.cfg.restore_timeout,
-            limits: self.cfg.restore_limits,
-            owner: user.is_separate().then_some((user.uid, user.gid)),
-            state_dir: Some(self.cache_state_dir()),
-            hot_first: self.cfg.hot_first,
-            ..Default::default()
-        };
-        // A key with `{lock}` names the site's dependency set, known only
-        // once the repo is cloned: then the clone comes first.
-        let lock_templated = config.key.as_deref().is_some_and(|k| k.contains(LOCK_PLACEHOLDER));
-
-        // 2. Restore, bounded, before anything reads the dir; 3. meanwhile,
-        //    the site's code, cloned as the worker into a dir it owns (the
-        //    two touch nothing in common). With `{lock}` the key needs the
-        //    clone: the restore comes after it (2').
-        *lock(&self.deploy_step) = if lock_templated { "cloning" } else { "restoring" };
-        opts.fallbacks = fallbacks.clone();
-        // The status shows what is still running: the restore, then the
-        // clone if it outlasts the restore.
-        let cloned_yet = std::sync::atomic::AtomicBool::new(false);
-        let restore = async {
-            let restored = match lock_templated {
-                true => Ok(None),
-                false => self.restore_cache(&config, &opts, user).await.map(Some),
-            };
-            if !cloned_yet.load(std::sync::atomic::Ordering::SeqCst) {
-                *lock(&self.deploy_step) = "cloning";
-            }
-            restored
-        };
-        let work = &self.cfg.work_dir;
-        let clone = async {
-            remove_dir(work).map_err(|e| DeployError::Failed(format!("cleaning {}: {e}", work.display())))?;
-            std::fs::create_dir_all(work)
-                .map_err(|e| DeployError::Failed(format!("creating {}: {e}", work.display())))?;
-            give_to(work, user).map_err(DeployError::Failed)?;
-            if let Some(repo) = &req.repo {
-                let cloned = Instant::now();
-                self.clone_repo(repo, req.branch.as_deref(), user, &home).await?;
-                tracing::info!(target: "sandbox", clone_ms = cloned.elapsed().as_millis() as u64, "cloned {repo}");
-            }
-            cloned_yet.store(true, std::sync::atomic::Ordering::SeqCst);
-            Ok::<(), DeployError>(())
-        };
-        let (restored, cloned) = tokio::join!(restore, clone);
-        let cache = restored?;
-        cloned?;
-
-        // 2'. With `{lock}`: the exact key of the cloned repo's dependency
-        //     files, then the site's newest generation under its prefix,
-        //     then the deploy's and the runner's fallbacks.
-        let (cache, tail) = match cache {
-            Some(c) => c,
-            None => {
-                *lock(&self.deploy_step) = "restoring";
-                let template = config.key.clone().unwrap_or_default();
-                // Reading and parsing the repo's lockfiles is blocking work
-                // (bounded by the lockfile caps): off the async threads.
-                let repo = work.clone();
-                let key = match tokio::task::spawn_blocking(move || expand_lock_key(&template, &repo)).await {
-                    Ok(key) => key,
-                    Err(e) => {
-                        tracing::error!(target: "sandbox", "the lockfile key failed ({e}); using `nolock`");
-                        config.key.clone().unwrap_or_default().replace(LOCK_PLACEHOLDER, "nolock")
-                    }
-                };
-                if let Some((prefix, _)) = key.rsplit_once('/') {
-                    fallbacks.insert(0, format!("{prefix}/"));
-                }
-                config.key = Some(key);
-                opts.fallbacks = fallbacks;
-                self.restore_cache(&config, &opts, user).await?
-            }
-        };
-
-        *lock(&self.deploy_step) = "legacy_cache";
-        // 4. The legacy build cache, when its keys are configured.
-        let mut legacy_vars = self.cfg.legacy_vars.clone();
-        legacy_vars.extend(
-            req.envs
-                .iter()
-                .filter(|(k, _)| crate::legacy::vars::ALL.contains(&k.as_str()))
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        if let Some(legacy) = LegacyCache::from_vars(&legacy_vars) {
-            let o = legacy.restore(&req.site, &self.cfg.store_options, &opts).await;
-            tracing::info!(target: "sandbox", "legacy build cache: {}", o.reason().map_or("restored", |r| r.as_str()));
-        }
-
-        *lock(&self.deploy_step) = "starting";
-        // 5. The worker.
-        let argv = self.run_command(&req);
-        let worker = match argv {
-            None => {
-                tracing::info!(target: "sandbox", "no runCommand: no worker");
-                None
-            }
-            Some(argv) => {
-                let port = crate::worker::free_port().map_err(|e| DeployError::Failed(format!("no free port: {e}")))?;
-                let mut env =
-                    crate::worker::environment(self.cfg.runner_env.clone(), &req.envs, port, &self.cfg.deno_dir);
-                env.insert("HOME".into(), home.join("home").display().to_string());
-                env.insert("TMPDIR".into(), home.join("tmp").display().to_string());
-                let spawn_as = user.is_separate().then_some(user);
-                let worker = Worker::spawn(
-                    &argv,
-                    work,
-                    &env,
-                    port,
-                    self.cfg.port_timeout,
-                    spawn_as,
-                    self.cfg.worker_restarts,
-                    self.metrics.clone(),
-                    tail.as_ref().map(|t| t.watch()),
-                )
-                .map_err(|e| {
-                    self.metrics.worker_failed();
-                    match e {
-                        SpawnError::NotFound { .. } => DeployError::BadInput(e.to_string()),
-                        SpawnError::Io { .. } => DeployError::Failed(format!(
-                            "{e}: {}",
-                            std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default()
-                        )),
-                    }
-                })?;
-                tracing::info!(target: "sandbox", "worker started on port {port} as {user}: {}", argv.join(" "));
-                Some(worker)
-            }
-        };
-        let deployment = Arc::new(Deployment {
-            site: req.site.clone(),
-            cache,
-            worker,
-            watcher: Mutex::new(None),
-            tail,
-            started,
-            first_response: std::sync::OnceLock::new(),
-        });
-
-        // 6-7. Readiness, then the deps-ready snapshot, in the background.
-        if let Some(w) = &deployment.worker {
-            let (this, d) = (self.clone(), deployment.clone());
-            let port = w.port;
-            let handle = tokio::spawn(async move { this.after_ready(d, port).await });
-            *lock(&deployment.watcher) = Some(handle);
-        }
-        let ms = started.elapsed().as_millis() as u64;
-        tracing::info!(target: "sandbox", site = %req.site, ms, "deployed {} in {ms}ms", req.site);
-        Ok(deployment)
-    }
-
-    fn run_command(&self, req: &DeployRequest) -> Option<Vec<String>> {
-        match &req.run_command {
-            Some(argv) if argv.is_empty() => None,
-            Some(argv) => Some(argv.clone()),
-            None => {
-                let default = self.cfg.default_run_command.clone()?;
-                let entry = self.cfg.work_dir.join(&self.cfg.default_entry);
-                if entry.exists() {
-                    Some(default)
-                } else {
-                    tracing::info!(target: "sandbox", "default run command skipped: {} is missing", entry.display());
-                    None
-                }
-            }
-        }
-    }
-
-    /// `git clone` as the worker, into the (empty, worker-owned) work dir,
-    /// with none of the runner's environment but what git needs.
-    async fn clone_repo(
-        &self,
-        repo: &str,
-        branch: Option<&str>,
-        user: WorkerUser,
-        home: &Path,
-    ) -> Result<(), DeployError> {
-        let mut cmd = tokio::process::Command::new("git");
-        // No prompt, no hooks or templates, no system or global config, and
-        // a transfer slower than 1 KB/s for 30 s is a failure.
-        cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=30"]);
-        cmd.args(["clone", "--depth", "1", "--single-branch", "--quiet", "--template="]);
-        if let Some(b) = branch {
-            cmd.args(["--branch", b]);
-        }
-        cmd.arg("--").arg(repo).arg(&self.cfg.work_dir);
-        cmd.env_clear()
-            .envs(self.cfg.runner_env.iter().filter(|(k, _)| GIT_ENV.contains(&k.as_str())).map(|(k, v)| (k, v)));
-        cmd.env("HOME", home.join("home")).env("TMPDIR", home.join("tmp")).env("GIT_TERMINAL_PROMPT", "0");
-        cmd.env("GIT_CONFIG_NOSYSTEM", "1").env("GIT_CONFIG_GLOBAL", "/dev/null");
-        cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new");
-        if user.is_separate() {
-            cmd.uid(user.uid).gid(user.gid);
-        }
-        cmd.current_dir(&self.cfg.work_dir)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
-        // git's helpers (git-remote-https) share its group: a timeout or a
-        // cancelled deploy kills them all, not just git.
-        let _group = KillGroupOnDrop(child.id().and_then(|id| rustix::process::Pid::from_raw(id as i32)));
-        let _waited_here = crate::isolation::own_child(child.id());
-        let out = match tokio::time::timeout(self.cfg.clone_timeout, child.wait_with_output()).await {
-            Err(_) => {
-                let secs = self.cfg.clone_timeout.as_secs_f32();
-                return Err(DeployError::BadInput(format!(
-                    "git clone of {} timed out after {secs} s",
-                    redact_url(repo)
-                )));
-            }
-            Ok(Err(e)) => return Err(DeployError::Failed(format!("cannot run git: {e}"))),
-            Ok(Ok(out)) => out,
-        };
-        if !out.status.success() {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            // git's `fatal:` line says why; its last line is often a hint.
-            let why = stderr
-                .lines()
-                .find(|l| l.starts_with("fatal:"))
-                .or_else(|| stderr.lines().rfind(|l| !l.trim().is_empty()))
-                .unwrap_or("unknown error")
-                .trim();
-            return Err(DeployError::BadInput(format!("cannot clone {}: {}", redact_url(repo), redact_urls(why))));
-        }
-        tracing::info!(target: "sandbox", "cloned {}{}", redact_url(repo), branch.map(|b| format!(" ({b})")).unwrap_or_default());
-        Ok(())
-    }
-
-    /// Waits for the worker to be ready and the cache dir to stop changing,
-    /// then snapshots. Never before readiness: a cold, near-empty cache must
-    /// not replace a good one (the seed's review finding).
-    async fn after_ready(self: Arc<Self>, d: Arc<Deployment>, port: u16) {
-        let Some(worker) = &d.worker else { return };
-        // The tail first: until it lands the dir is not the cache (and a
-        // snapshot would skip as `incomplete`).
-        if let Some(tail) = &d.tail {
-            tail.landed_within(self.cfg.restore_timeout).await;
-        }
-        if worker.settled().await != WorkerState::Ready {
-            tracing::warn!(target: "sandbox", "worker on port {port} failed to start; no deps-ready snapshot");
-            return;
-        }
-        if !d.cache.is_enabled() {
-            return;
-        }
-        let dir = self.cfg.deno_dir.clone();
-        let fingerprint = || {
-            let dir = dir.clone();
-            async move {
-                tokio::task::spawn_blocking(move || {
-                    sandcache_archive::fingerprint(&dir, true, &Default::default()).ok()
-                })
-                .await
-                .ok()
-                .flatten()
-            }
-        };
-        let ready_at = Instant::now();
-        let mut last = fingerprint().await;
-        let mut stable_since = Instant::now();
-        loop {
-            tokio::time::sleep(self.cfg.settle_poll).await;
-            let now = fingerprint().await;
-            if now != last {
-                last = now;
-                stable_since = Instant::now();
-            } else if stable_since.elapsed() >= self.cfg.settle {
-                break;
-            }
-            if ready_at.elapsed() >= self.cfg.settle_max_wait {
-                tracing::warn!(target: "sandbox-cache", "cache dir never settled; leaving the snapshot to undeploy");
-                return;
-            }
-        }
-        tracing::info!(target: "sandbox-cache", "deps ready (cache dir settled for {:?}); snapshotting", self.cfg.settle);
-        self.snapshot(&d.cache, self.cfg.snapshot_timeout).await;
-    }
-
-    /// Takes a snapshot unless one is running. Returns whether it ran.
-    pub(crate) async fn snapshot(&self, cache: &Cache, timeout: Duration) -> bool {
-        let Ok(_one_at_a_time) = self.snapshotting.try_lock() else {
-            tracing::info!(target: "sandbox-cache", "a snapshot is already running");
-            return false;
-        };
-        self.snapshot_now(cache, timeout).await;
-        true
-    }
-
-    /// The final snapshot: waits for a running one, then takes its own while
-    /// holding the lock, so no other snapshot can slip in between.
-    ///
-    /// One bound covers both: a manual snapshot still running when it runs
-    /// out is cancelled (its upload never becomes a generation), and this
-    /// one gets what is left.
-    async fn final_snapshot(&self, cache: &Cache) {
-        let bound = self.cfg.final_snapshot_timeout;
-        let deadline = tokio::time::Instant::now() + bound;
-        let Ok(_one_at_a_time) = tokio::time::timeout_at(deadline, self.snapshotting.lock()).await else {
-            if let Some(h) = lock(&self.manual_snapshot).take() {
-                h.abort();
-            }
-            tracing::warn!(target: "sandbox-cache", "a running snapshot did not end within the final snapshot's {bound:?}; cancelled it");
-            return;
-        };
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        self.snapshot_now(cache, left).await;
-    }
-
-    async fn snapshot_now(&self, cache: &Cache, timeout: Duration) {
-        // A cache this runner could not restore is not worth uploading.
-        let opts = SnapshotOptions {
-            format: self.cfg.snapshot_format,
-            timeout,
-            limits: self.cfg.restore_limits,
-            state_dir: Some(self.cache_state_dir()),
-            owner: Some(self.worker_user().uid).filter(|_| self.worker_user().is_separate()),
-            ..Default::default()
-        };
-        let o = cache.snapshot(&self.cfg.deno_dir, &opts).await;
-        self.record(o);
-    }
-
-    /// `POST /sandbox/cache/snapshot`: starts a detached snapshot now.
-    /// Returns whether one started (`false`: one is already running).
-    pub(crate) fn request_snapshot(self: &Arc<Self>) -> Result<bool, DeployError> {
-        let d = match &*lock(&self.phase) {
-            Phase::Deployed(d) => d.clone(),
-            _ => return Err(DeployError::Conflict("Not deployed".into())),
-        };
-        // Held from here, not from when the task first runs: a final
-        // snapshot (SIGTERM) right after this answer must find it running.
-        let Ok(one_at_a_time) = self.snapshotting.clone().try_lock_owned() else {
-            return Ok(false);
-        };
-        let this = self.clone();
-        let task = tokio::spawn(async move {
-            let _one_at_a_time = one_at_a_time;
-            this.snapshot_now(&d.cache, this.cfg.snapshot_timeout).await;
-        });
-        *lock(&self.manual_snapshot) = Some(task.abort_handle());
-        Ok(true)
-    }
-
-    /// Undeploys: stop the worker (TERM, grace, KILL), take a bounded final
-    /// snapshot if the cache changed, clean the work dir, back to idle.
-    pub async fn undeploy(self: &Arc<Self>) -> Result<String, DeployError> {
-        let d = {
-            let mut phase = lock(&self.phase);
-            match &*phase {
-                Phase::Deployed(d) => {
-                    let d = d.clone();
-                    *phase = Phase::Undeploying { site: d.site.clone() };
-                    Ok(d)
-                }
-                Phase::Idle => return Err(DeployError::Conflict("Not deployed".into())),
-                Phase::Deploying { site, cancel } => {
-                    let _ = cancel.send(true);
-                    Err(site.clone())
-                }
-                Phase::Undeploying { site } => {
-                    return Err(DeployError::Conflict(format!("Undeploy of {site} in progress")));
-                }
-            }
-        };
-        let d = match d {
-            Ok(d) => d,
-            Err(site) => {
-                // A deploy in progress is cancelled; answer once it has
-                // cleaned up and gone idle.
-                tracing::info!(target: "sandbox", "undeploy during the deploy of {site}: cancelling it");
-                let start = Instant::now();
-                loop {
-                    match &*lock(&self.phase) {
-                        Phase::Idle => return Ok(site),
-                        // It finished just before the cancel: undeploy it.
-                        Phase::Deployed(_) => break,
-                        _ => {}
-                    }
-                    if start.elapsed() > Duration::from_secs(30) {
-                        return Err(DeployError::Failed(format!("the deploy of {site} did not stop")));
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                return Box::pin(self.undeploy()).await;
-            }
-        };
-        let this = self.clone();
-        let task = tokio::spawn(async move {
-            if let Some(h) = lock(&d.watcher).take() {
-                h.abort();
-            }
-            // A tail still landing stops first: it holds the dir's lock,
-            // which the clean below needs (its marker keeps the final
-            // snapshot from storing the partial tree).
-            if let Some(tail) = &d.tail {
-                tail.stop();
-            }
-            if let Some(w) = &d.worker {
-                w.stop(this.cfg.stop_grace).await;
-                tracing::info!(target: "sandbox", "worker stopped");
-            }
-            // Whatever it left running (setsid, double forks) goes too,
-            // before the snapshot reads the dir it could still change.
-            this.sweep().await;
-            if d.cache.is_enabled() {
-                this.final_snapshot(&d.cache).await;
-            }
-            // Nothing of this site reaches the next one.
-            if let Err(e) = this.clear(&this.cfg.deno_dir).await {
-                tracing::warn!(target: "sandbox", "{e}");
-            }
-            if let Err(e) = remove_dir(&this.cfg.work_dir) {
-                tracing::warn!(target: "sandbox", "cleaning {}: {e}", this.cfg.work_dir.display());
-            }
-            if let Err(e) = remove_dir(&this.cfg.state_dir.join("worker")) {
-                tracing::warn!(target: "sandbox", "cleaning the worker's home: {e}");
-            }
-            *lock(&this.phase) = Phase::Idle;
-            tracing::info!(target: "sandbox", site = %d.site, "undeployed {}", d.site);
-            d.site.clone()
-        });
-        task.await.map_err(|e| DeployError::Failed(format!("undeploy task failed: {e}")))
-    }
-
-    /// For shutdown: undeploy if anything is deployed.
-    pub async fn shutdown(self: &Arc<Self>) {
-        if matches!(&*lock(&self.phase), Phase::Deployed(_)) {
-            let _ = self.undeploy().await;
-        }
-    }
-
-    /// Whether an admin request from `peer`, whose socket the kernel names
-    /// as `uid`'s (`inode`), comes from the worker: a socket of the
-    /// worker's uid; when the worker shares the runner's uid, a socket held
-    /// by one of the runner's descendants (or by nobody any more), or a
-    /// unix-socket client that is one.
-    pub(crate) fn is_worker_peer(&self, peer: &Peer, uid: u32, inode: u64) -> bool {
-        use crate::isolation::peer::{is_runner_descendant, socket_holders};
-        let user = self.worker_user();
-        if uid != user.uid {
-            return false;
-        }
-        if user.is_separate() {
-            return true;
-        }
-        match peer {
-            Peer::Unix { pid, .. } => pid.is_none_or(|p| u32::try_from(p).is_ok_and(is_runner_descendant)),
-            Peer::Tcp { .. } => {
-                let holders = socket_holders(inode);
-                holders.is_empty() || holders.into_iter().any(is_runner_descendant)
-            }
-        }
+        *slot = Some(o);
     }
 
     /// What the runner says once at startup about the worker's reach:
     /// `(is_warning, line)`.
     pub fn startup_report(&self) -> Vec<(bool, String)> {
-        let user = self.worker_user();
-        let mut lines = Vec::new();
-        if user.is_root() {
-            lines.push((
-                true,
-                "the worker runs as root (--worker-user root): it can read the runner's credentials, token files \
-                 and /proc, reach the credential endpoints and write any site's cache"
-                    .to_owned(),
-            ));
-        } else if !user.is_separate() {
-            lines.push((
-                true,
-                format!(
-                    "the runner is not root, so the worker runs as the runner's own uid {}: it can read every file \
-                     the runner can (token files, ~/.aws), reach the credential endpoints, and signal the runner. \
-                     /proc/<runner> is closed (the runner is non-dumpable) and the worker's environment holds no \
-                     credentials. Run as root (the worker then gets uid {}) for a real boundary",
-                    user.uid,
-                    crate::isolation::DEFAULT_WORKER_UID
-                ),
-            ));
-        } else {
-            lines.push((false, format!("the worker runs as {user}, with no supplementary groups")));
-        }
-        let admin = &self.cfg.admin;
-        let who = if user.is_separate() {
-            format!("the worker (any socket uid {} created)", user.uid)
-        } else {
-            format!("the worker (uid {}, sockets held by the runner's descendants)", user.uid)
-        };
-        if admin.requires_credential() {
-            lines.push((false, format!("admin API: a bearer token is required, and {who} is refused even with one")));
-        } else if admin.remote_without_token {
-            lines.push((
-                true,
-                format!(
-                    "admin API: no token (--admin-without-token): any peer on another host may deploy, snapshot \
-                     and undeploy; {who} and local peers that cannot be named are refused"
-                ),
-            ));
-        } else {
-            lines.push((
-                false,
-                format!(
-                    "admin API: no token: only local peers get in; {who} and peers that cannot be named are refused"
-                ),
-            ));
-        }
-        if !user.is_root() {
-            for f in crate::isolation::secret_files(&self.cfg.runner_env) {
-                if crate::isolation::readable_by(&f, user.uid, user.gid) && user.is_separate() {
-                    lines.push((
-                        true,
-                        format!(
-                            "{} is readable by the worker (uid {}): mount it 0400 (or 0440 with a group the worker \
-                             is not in), owned by the runner",
-                            f.display(),
-                            user.uid
-                        ),
-                    ));
-                }
-            }
-            if user.is_separate() {
-                for dir in [&self.cfg.deno_dir, &self.cfg.work_dir] {
-                    let parent = dir.parent().unwrap_or(Path::new("/"));
-                    if crate::isolation::writable_by(parent, user.uid, user.gid) {
-                        lines.push((
-                            true,
-                            format!(
-                                "{} is writable by the worker, which could put a symlink in place of {}",
-                                parent.display(),
-                                dir.display()
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        lines
+        let dirs = [self.cfg.deno_dir.as_path(), self.cfg.work_dir.as_path()];
+        crate::isolation::startup_report(self.worker_user(), &self.cfg.admin, &self.cfg.runner_env, &dirs)
     }
 
     /// Who the worker runs as.
@@ -1021,39 +208,10 @@ impl Runner {
         self.cfg.worker_user.unwrap_or_else(WorkerUser::current)
     }
 
-    fn cache_state_dir(&self) -> PathBuf {
-        self.cfg.state_dir.join("cache")
-    }
-
-    /// The state dir (0711: the worker may pass through to its home, not
-    /// list or write) and a fresh, empty HOME and TMPDIR owned by the
-    /// worker, under `worker/`. Returns `worker/`.
-    fn prepare_worker_home(&self, user: WorkerUser) -> Result<PathBuf, String> {
-        private_dir(&self.cfg.state_dir, 0o711)?;
-        private_dir(&self.cache_state_dir(), 0o700)?;
-        let base = self.cfg.state_dir.join("worker");
-        remove_dir(&base).map_err(|e| format!("cleaning {}: {e}", base.display()))?;
-        private_dir(&base, 0o711)?;
-        for sub in ["home", "tmp"] {
-            let d = base.join(sub);
-            std::fs::create_dir(&d).map_err(|e| format!("creating {}: {e}", d.display()))?;
-            give_to(&d, user)?;
-        }
-        Ok(base)
-    }
-
-    /// Empties the cache dir (moved aside, removed in the background).
-    async fn clear(&self, dir: &Path) -> Result<(), DeployError> {
-        let state = self.cache_state_dir();
-        sandcache_engine::clear_dir(dir, Some(&state), self.cfg.restore_timeout)
-            .await
-            .map_err(|e| DeployError::Failed(format!("emptying {}: {e}", dir.display())))
-    }
-
     /// Kills every process the worker may have left: all of the worker's
     /// uid when it has its own, and the runner's descendants when it is a
     /// subreaper.
-    async fn sweep(&self) {
+    pub(crate) async fn sweep(&self) {
         let Some(scope) = self.sweep_scope() else { return };
         let killed = tokio::task::spawn_blocking(move || crate::isolation::sweep(scope, Duration::from_secs(5)))
             .await
@@ -1117,126 +275,5 @@ impl Runner {
             WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "Error while starting worker")),
             WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),
         }
-    }
-}
-
-/// Kills a process group when dropped (SIGKILL; a group already gone is
-/// fine).
-struct KillGroupOnDrop(Option<rustix::process::Pid>);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-        }
-    }
-}
-
-/// The runner environment git may see: where programs are, proxies and CA
-/// certificates. Never credentials.
-const GIT_ENV: &[&str] = &[
-    "PATH",
-    "LANG",
-    "LC_ALL",
-    "SSL_CERT_FILE",
-    "SSL_CERT_DIR",
-    "GIT_SSL_CAINFO",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "NO_PROXY",
-    "http_proxy",
-    "https_proxy",
-    "no_proxy",
-];
-
-/// Gives `path` itself (not what is under it) to the worker.
-fn give_to(path: &Path, user: WorkerUser) -> Result<(), String> {
-    if !user.is_separate() {
-        return Ok(());
-    }
-    std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid))
-        .map_err(|e| format!("giving {} to the worker ({user}): {e}", path.display()))
-}
-
-/// Creates `dir` (and its parents) if missing with `mode`; an existing one
-/// must be the runner's and closed to others' writes.
-fn private_dir(dir: &Path, mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    match std::fs::DirBuilder::new().recursive(true).mode(mode).create(dir) {
-        Ok(()) => {}
-        Err(e) => return Err(format!("creating {}: {e}", dir.display())),
-    }
-    // Ours (an emptyDir mount is ours and 0777 until this chmod), and then
-    // closed to others' writes.
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let me = rustix::process::getuid().as_raw();
-    if !meta.is_dir() || meta.uid() != me {
-        return Err(format!(
-            "{} must be a directory owned by the runner (uid {me}); it is owned by uid {}",
-            dir.display(),
-            meta.uid()
-        ));
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", dir.display()))
-}
-
-fn remove_dir(p: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(p) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-/// A URL with any `user:password@` part replaced: private repos are often
-/// cloned with a token in the URL, which must not reach logs or replies.
-pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('/').map_or(rest, |(auth, _)| auth).rfind('@') {
-            Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-/// [`redact_url`] applied to every URL-looking word of a message.
-fn redact_urls(text: &str) -> String {
-    text.split(' ').map(|w| if w.contains("://") { redact_url(w) } else { w.to_owned() }).collect::<Vec<_>>().join(" ")
-}
-
-/// The placeholder a deploy's `DECO_CACHE_S3_KEY` may hold for the lockfile
-/// key of the cloned repo (`sandcache key`).
-pub const LOCK_PLACEHOLDER: &str = "{lock}";
-
-/// `template` with `{lock}` replaced by the repo's lockfile key
-/// (`lock-<hash>`), or by `nolock` when the repo has no dependency file the
-/// key can be made of (or one that cannot be read), with the reason logged:
-/// the site then still has one stable key.
-fn expand_lock_key(template: &str, repo: &Path) -> String {
-    let part = match sandcache_engine::lock_key(repo, None) {
-        Ok(k) => {
-            tracing::info!(target: "sandbox", files = ?k.files, "lockfile key {} from {}", k.key, k.files.join(", "));
-            k.key
-        }
-        Err(e) => {
-            tracing::warn!(target: "sandbox", "no lockfile key for the repo ({e}); using `nolock`");
-            "nolock".to_owned()
-        }
-    };
-    template.replace(LOCK_PLACEHOLDER, &part)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn credentials_in_repo_urls_are_redacted() {
-        assert_eq!(redact_url("https://x-token:ghp_SECRET@github.com/o/r.git"), "https://***@github.com/o/r.git");
-        assert_eq!(redact_url("https://github.com/o/r.git"), "https://github.com/o/r.git");
-        assert_eq!(redact_url("file:///tmp/repo"), "file:///tmp/repo");
-        assert_eq!(redact_url("https://github.com/o/r@v1"), "https://github.com/o/r@v1");
-        let msg = redact_urls("fatal: repository 'https://u:ghp_SECRET@h/o/r/' not found");
-        assert!(!msg.contains("ghp_SECRET"), "{msg}");
     }
 }

@@ -7,7 +7,6 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::process::{Pid, Signal};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -93,22 +92,23 @@ impl Default for Restarts {
     }
 }
 
-/// What to run, kept for restarts.
+/// What to run, kept for restarts: `argv` in `cwd` with exactly `env` (as
+/// `user`, if given), which must listen on `port` within `ready_timeout`.
 #[derive(Debug, Clone)]
-struct Spec {
-    argv: Vec<String>,
-    cwd: std::path::PathBuf,
-    env: BTreeMap<String, String>,
-    port: u16,
-    ready_timeout: Duration,
-    user: Option<crate::isolation::WorkerUser>,
+pub(crate) struct Spec {
+    pub argv: Vec<String>,
+    pub cwd: std::path::PathBuf,
+    pub env: BTreeMap<String, String>,
+    pub port: u16,
+    pub ready_timeout: Duration,
+    pub user: Option<crate::isolation::WorkerUser>,
 }
 
 /// What the supervisor shares with the rest of the runner.
 #[derive(Debug, Default)]
 struct Shared {
     stopping: std::sync::atomic::AtomicBool,
-    pgid: std::sync::Mutex<Option<Pid>>,
+    pgid: std::sync::Mutex<Option<u32>>,
     restarts: std::sync::atomic::AtomicU32,
     last_exit: std::sync::Mutex<Option<String>>,
     /// The worker listens on `[::1]` only.
@@ -175,22 +175,17 @@ impl Spec {
 }
 
 impl Worker {
-    /// Starts `argv` in `cwd` with exactly `env` (as `user`, if given), and
-    /// supervises it. A program that cannot be started at all is an error
-    /// here; everything later is a state.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts `spec` and supervises it, restarting it as `restarts` says;
+    /// `tail` is a hot-first restore's, `true` once it is over. A program
+    /// that cannot be started at all is an error here; everything later is
+    /// a state.
     pub(crate) fn spawn(
-        argv: &[String],
-        cwd: &Path,
-        env: &BTreeMap<String, String>,
-        port: u16,
-        ready_timeout: Duration,
-        user: Option<crate::isolation::WorkerUser>,
+        spec: Spec,
         restarts: Restarts,
         metrics: Arc<crate::metrics::Metrics>,
         tail: Option<watch::Receiver<bool>>,
     ) -> Result<Worker, SpawnError> {
-        let spec = Spec { argv: argv.to_vec(), cwd: cwd.to_owned(), env: env.clone(), port, ready_timeout, user };
+        let port = spec.port;
         // Whether this run starts on an incomplete tree: read before the
         // start, so a tail landing meanwhile cannot hide it.
         let during_tail = tail.as_ref().is_some_and(|t| !*t.borrow());
@@ -198,7 +193,8 @@ impl Worker {
         metrics.worker_started();
         let shared = Arc::new(Shared::default());
         let (tx, rx) = watch::channel(WorkerState::Starting);
-        let supervisor = tokio::spawn(supervise(spec, child, shared.clone(), tx, restarts, metrics, tail, during_tail));
+        let supervisor = Supervisor { spec, shared: shared.clone(), state: tx, restarts, metrics, tail };
+        let supervisor = tokio::spawn(supervise(supervisor, child, during_tail));
         Ok(Worker { port, shared, state: rx, supervisor: tokio::sync::Mutex::new(Some(supervisor)) })
     }
 
@@ -250,46 +246,42 @@ impl Worker {
     /// TERM to the whole group, `grace` to exit, then KILL; no restart.
     pub async fn stop(&self, grace: Duration) {
         self.shared.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-        let pgid = *self.shared.pgid.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pgid) = pgid {
-            let _ = rustix::process::kill_process_group(pgid, Signal::TERM);
-        }
         let Some(mut supervisor) = self.supervisor.lock().await.take() else { return };
-        let ended = tokio::time::timeout(grace, &mut supervisor).await.is_ok();
+        // Whatever is left of the group (grandchildren included) goes at
+        // the end, even after the worker itself exited.
+        let pgid = || *self.shared.pgid.lock().unwrap_or_else(|p| p.into_inner());
+        let ended = crate::isolation::kill::terminate_group(pgid, grace, &mut supervisor).await;
         if !ended {
             tracing::warn!(target: "sandbox", "worker did not exit within {grace:?} of SIGTERM; killing its group");
-        }
-        // Whatever is left of the group (grandchildren included) goes now.
-        let pgid = *self.shared.pgid.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pgid) = pgid {
-            let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
-        }
-        if !ended {
             let _ = tokio::time::timeout(Duration::from_secs(5), supervisor).await;
         }
     }
 }
 
-/// Runs the worker: readiness, then its exit, then (unless it is being
-/// stopped, or it failed before it was ever ready) a restart after a
-/// backoff, up to the cap.
-#[allow(clippy::too_many_arguments)]
-async fn supervise(
+/// What the supervisor holds for the worker's whole life.
+struct Supervisor {
     spec: Spec,
-    mut child: Child,
     shared: Arc<Shared>,
-    tx: watch::Sender<WorkerState>,
+    /// Where the worker is, for the rest of the runner.
+    state: watch::Sender<WorkerState>,
     restarts: Restarts,
     metrics: Arc<crate::metrics::Metrics>,
+    /// A hot-first restore's tail: `true` once it is over.
     tail: Option<watch::Receiver<bool>>,
-    during_tail: bool,
-) {
+}
+
+/// Runs the worker, `child` its first run (started `during_tail`):
+/// readiness, then its exit, then (unless it is being stopped, or it
+/// failed before it was ever ready) a restart after a backoff, up to the
+/// cap.
+async fn supervise(supervisor: Supervisor, mut child: Child, during_tail: bool) {
     use std::sync::atomic::Ordering;
+    let Supervisor { spec, shared, state: tx, restarts, metrics, tail } = supervisor;
     let mut in_a_row = 0u32;
     let first_start = tokio::time::Instant::now();
     let mut during_tail = during_tail;
     loop {
-        *shared.pgid.lock().unwrap_or_else(|p| p.into_inner()) = child.id().and_then(|id| Pid::from_raw(id as i32));
+        *shared.pgid.lock().unwrap_or_else(|p| p.into_inner()) = child.id();
         let _waited_here = crate::isolation::own_child(child.id());
         let ready = wait_ready(&mut child, spec.port, spec.ready_timeout, &shared).await;
         let ready_at = tokio::time::Instant::now();

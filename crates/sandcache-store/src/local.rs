@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use crate::{BodyStream, GetObject, ObjectInfo, Recycler, Store, StoreError, check_key};
+use crate::error::StoreError;
+use crate::key::check_key;
+use crate::recycle::Recycler;
+use crate::store::{BodyStream, ByteStream, GetObject, ObjectInfo, Store};
 
 /// Objects as files under a root directory. Writes go to a temporary file
 /// beside the object and are renamed over it once complete, so readers see
@@ -94,7 +97,7 @@ const CHUNK: usize = 1 << 20;
 /// Up to `len` bytes from `file`'s position on (fewer at its end), read on
 /// the blocking pool into recycled chunks: a few, as the reader passes each
 /// on or copies it out before asking for more.
-fn byte_stream(file: std::fs::File, len: u64, path: PathBuf) -> crate::ByteStream {
+fn byte_stream(file: std::fs::File, len: u64, path: PathBuf) -> ByteStream {
     let bufs = Recycler::new(4);
     futures::stream::try_unfold((file, len), move |(mut file, left)| {
         let (bufs, path) = (bufs.clone(), path.clone());

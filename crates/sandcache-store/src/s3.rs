@@ -13,8 +13,12 @@ use object_store::{
     WriteMultipart,
 };
 
+use crate::error::StoreError;
+use crate::key::check_key;
+use crate::options::StoreOptions;
 use crate::profile::ProfileCredentials;
-use crate::{BodyStream, GetObject, ObjectInfo, S3Spec, Store, StoreError, StoreOptions, check_key};
+use crate::spec::{S3Spec, StoreSpec};
+use crate::store::{BodyStream, GetObject, ObjectInfo, Store};
 
 /// An S3 bucket (and optional key prefix).
 ///
@@ -231,7 +235,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 impl fmt::Display for S3Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", crate::StoreSpec::S3(self.spec.clone()))
+        write!(f, "{}", StoreSpec::S3(self.spec.clone()))
     }
 }
 

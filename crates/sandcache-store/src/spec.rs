@@ -2,7 +2,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::StoreError;
+use crate::error::StoreError;
+use crate::key::check_key;
 
 /// Where caches live: `s3://BUCKET[/PREFIX]`, `file://PATH` or a plain path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +126,7 @@ impl S3Spec {
                 return Err(format!("endpoint `{e}` is not an http:// or https:// URL with a host"));
             }
         }
-        if !self.prefix.is_empty() && crate::check_key(&self.prefix).is_err() {
+        if !self.prefix.is_empty() && check_key(&self.prefix).is_err() {
             return Err(format!("prefix `{}` has empty, `.` or `..` segments", self.prefix));
         }
         if let Some(c) = &self.credentials {
@@ -157,7 +158,7 @@ impl FromStr for StoreSpec {
             }
             let prefix = prefix.trim_matches('/');
             if !prefix.is_empty() {
-                crate::check_key(prefix).map_err(|_| invalid("prefix has empty, `.` or `..` segments"))?;
+                check_key(prefix).map_err(|_| invalid("prefix has empty, `.` or `..` segments"))?;
             }
             let mut spec = S3Spec::new(bucket);
             spec.prefix = prefix.to_owned();

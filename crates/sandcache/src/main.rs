@@ -7,6 +7,7 @@
 mod admin_token;
 mod env_vars;
 mod progress;
+mod runtime;
 mod serve;
 mod settings;
 
@@ -16,11 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sandcache_engine::{Cache, Format, Outcome, Progress, Reason, RestoreOptions, SnapshotOptions};
+use sandcache_engine::{Cache, Outcome, Progress, Reason, RestoreOptions, SnapshotOptions};
 use sandcache_store::StoreOptions;
 use tracing_subscriber::EnvFilter;
 
-use crate::settings::{LimitArgs, StoreArgs};
+use crate::runtime::runtime;
+use crate::settings::{FormatArg, LimitArgs, StoreArgs, parse_fallback};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -160,21 +162,6 @@ struct Common {
     /// Only warnings and errors on stderr; no progress bar.
     #[arg(long, short)]
     quiet: bool,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub(crate) enum FormatArg {
-    Native,
-    Tgz,
-}
-
-impl From<FormatArg> for Format {
-    fn from(f: FormatArg) -> Format {
-        match f {
-            FormatArg::Native => Format::Native,
-            FormatArg::Tgz => Format::Tgz,
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -446,14 +433,6 @@ fn open_cache(store: &StoreArgs) -> anyhow::Result<Cache> {
     }
 }
 
-/// The async runtime every command runs on.
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| {
-        eprintln!("error: cannot start the async runtime: {e}");
-        ExitCode::from(2)
-    })
-}
-
 fn report(outcome: &Outcome, json: bool) {
     if json {
         println!("{}", outcome.to_json());
@@ -482,11 +461,6 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err(format!("`{s}` is not a fraction from 0 to 1 (0.1 reads a tenth of the pool each run)")),
     }
-}
-
-pub(crate) fn parse_fallback(f: &str) -> Result<String, String> {
-    let f = f.trim();
-    sandcache_engine::validate_fallback(f).map(|()| f.to_owned())
 }
 
 fn parse_owner(spec: &str) -> Result<(u32, u32), String> {

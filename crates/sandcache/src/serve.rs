@@ -8,10 +8,8 @@ use sandcache_engine::CacheConfig;
 use sandcache_runner::isolation::{self, WorkerUser};
 use sandcache_runner::{Runner, RunnerConfig};
 
-use crate::FormatArg;
 use crate::env_vars;
-use crate::settings::LimitArgs;
-use crate::settings::StoreArgs;
+use crate::settings::{FormatArg, LimitArgs, StoreArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -33,7 +31,7 @@ pub struct ServeArgs {
     /// DECO_CACHE_S3_FALLBACK_KEYS: a key, or a prefix ending in `/`.
     /// Repeatable. Read-only: snapshots write the deploy's key only.
     #[arg(long = "fallback-key", value_name = "F", env = env_vars::DECO_CACHE_S3_FALLBACK_KEYS)]
-    #[arg(value_delimiter = ',', value_parser = crate::parse_fallback)]
+    #[arg(value_delimiter = ',', value_parser = crate::settings::parse_fallback)]
     fallbacks: Vec<String>,
     /// Restore deadline in seconds.
     #[arg(long, env = env_vars::SANDCACHE_TIMEOUT, default_value = "30", value_name = "SECS")]
@@ -352,7 +350,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let runtime = match crate::runtime() {
+    let runtime = match crate::runtime::runtime() {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -384,6 +382,17 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             }
         }
         let runner = Runner::new(cfg);
+        // Said once: what the worker could still reach.
+        for (warn, line) in runner.startup_report() {
+            if warn {
+                tracing::warn!(target: "sandbox", "{line}");
+            } else {
+                tracing::info!(target: "sandbox", "{line}");
+            }
+        }
+        // A subreaper (or PID 1) adopts every orphan below it: the exited
+        // ones are collected, so none stays a zombie.
+        isolation::start_orphan_reaper();
         let second = runner.clone();
         let shutdown = async move {
             shutdown_signal().await;

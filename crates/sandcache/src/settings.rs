@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use sandcache_engine::{CacheConfig, Limits};
+use clap::ValueEnum;
+use sandcache_engine::{CacheConfig, Format, Limits};
 use sandcache_store::{S3Spec, StoreSpec};
 
 use crate::env_vars;
@@ -128,6 +129,29 @@ impl LimitArgs {
     pub(crate) fn limits(&self) -> Limits {
         Limits { max_bytes: self.max_bytes.0, max_entries: self.max_files, max_path_len: self.max_path_len as usize }
     }
+}
+
+/// `--format`: the snapshot's archive format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum FormatArg {
+    Native,
+    Tgz,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Native => Format::Native,
+            FormatArg::Tgz => Format::Tgz,
+        }
+    }
+}
+
+/// A fallback (`--fallback`, `--fallback-key`): a key, or a prefix ending
+/// in `/`.
+pub(crate) fn parse_fallback(f: &str) -> Result<String, String> {
+    let f = f.trim();
+    sandcache_engine::validate_fallback(f).map(|()| f.to_owned())
 }
 
 /// A byte count written as `4096`, `512M` or `32G` (K, M, G, T: powers of

@@ -28,6 +28,8 @@ use netlink_packet_sock_diag::constants::{
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr, protocols::NETLINK_SOCK_DIAG};
 
+use super::user::WorkerUser;
+
 /// The kernel's state for a request socket (a connection not yet
 /// accepted); not in the crate's constants.
 const TCP_NEW_SYN_RECV: u8 = 12;
@@ -215,7 +217,7 @@ fn dump(family: u8, mut each: impl FnMut(&SocketId, u8, u32, u32)) -> io::Result
 /// The processes holding the socket with this inode.
 pub fn socket_holders(inode: u64) -> Vec<u32> {
     let wanted = format!("socket:[{inode}]");
-    super::processes()
+    super::procs::processes()
         .into_iter()
         .filter(|p| {
             std::fs::read_dir(format!("/proc/{}/fd", p.pid)).is_ok_and(|fds| {
@@ -230,7 +232,28 @@ pub fn socket_holders(inode: u64) -> Vec<u32> {
 /// Whether `pid` is one of the runner's descendants (its worker, git, or an
 /// orphan a subreaper runner adopted), not the runner itself.
 pub fn is_runner_descendant(pid: u32) -> bool {
-    super::descends_from(&super::processes(), pid, std::process::id())
+    super::procs::descends_from(&super::procs::processes(), pid, std::process::id())
+}
+
+/// Whether an admin request from `peer`, whose socket the kernel names
+/// as `uid`'s (`inode`), comes from the worker, which runs as `user`: a
+/// socket of the worker's uid; when the worker shares the runner's uid, a
+/// socket held by one of the runner's descendants (or by nobody any
+/// more), or a unix-socket client that is one.
+pub fn is_worker_peer(user: WorkerUser, peer: &Peer, uid: u32, inode: u64) -> bool {
+    if uid != user.uid {
+        return false;
+    }
+    if user.is_separate() {
+        return true;
+    }
+    match peer {
+        Peer::Unix { pid, .. } => pid.is_none_or(|p| u32::try_from(p).is_ok_and(is_runner_descendant)),
+        Peer::Tcp { .. } => {
+            let holders = socket_holders(inode);
+            holders.is_empty() || holders.into_iter().any(is_runner_descendant)
+        }
+    }
 }
 
 #[cfg(test)]

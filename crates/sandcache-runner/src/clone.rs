@@ -1,0 +1,118 @@
+//! The site's code: `git clone` as the worker into the work dir, with
+//! none of the runner's environment but what git needs; and repo URLs,
+//! which may carry a token, redacted for logs and replies.
+
+use std::path::Path;
+
+use crate::config::RunnerConfig;
+use crate::error::DeployError;
+use crate::isolation::WorkerUser;
+use crate::isolation::kill::KillGroupOnDrop;
+
+/// `git clone` as the worker, into the (empty, worker-owned) work dir,
+/// with none of the runner's environment but what git needs.
+pub(crate) async fn clone_repo(
+    cfg: &RunnerConfig,
+    repo: &str,
+    branch: Option<&str>,
+    user: WorkerUser,
+    home: &Path,
+) -> Result<(), DeployError> {
+    let mut cmd = tokio::process::Command::new("git");
+    // No prompt, no hooks or templates, no system or global config, and
+    // a transfer slower than 1 KB/s for 30 s is a failure.
+    cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=30"]);
+    cmd.args(["clone", "--depth", "1", "--single-branch", "--quiet", "--template="]);
+    if let Some(b) = branch {
+        cmd.args(["--branch", b]);
+    }
+    cmd.arg("--").arg(repo).arg(&cfg.work_dir);
+    cmd.env_clear().envs(cfg.runner_env.iter().filter(|(k, _)| GIT_ENV.contains(&k.as_str())).map(|(k, v)| (k, v)));
+    cmd.env("HOME", home.join("home")).env("TMPDIR", home.join("tmp")).env("GIT_TERMINAL_PROMPT", "0");
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1").env("GIT_CONFIG_GLOBAL", "/dev/null");
+    cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new");
+    if user.is_separate() {
+        cmd.uid(user.uid).gid(user.gid);
+    }
+    cmd.current_dir(&cfg.work_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let child = cmd.spawn().map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
+    // git's helpers (git-remote-https) share its group: a timeout or a
+    // cancelled deploy kills them all, not just git.
+    let _group = KillGroupOnDrop::new(child.id());
+    let _waited_here = crate::isolation::own_child(child.id());
+    let out = match tokio::time::timeout(cfg.clone_timeout, child.wait_with_output()).await {
+        Err(_) => {
+            let secs = cfg.clone_timeout.as_secs_f32();
+            return Err(DeployError::BadInput(format!("git clone of {} timed out after {secs} s", redact_url(repo))));
+        }
+        Ok(Err(e)) => return Err(DeployError::Failed(format!("cannot run git: {e}"))),
+        Ok(Ok(out)) => out,
+    };
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // git's `fatal:` line says why; its last line is often a hint.
+        let why = stderr
+            .lines()
+            .find(|l| l.starts_with("fatal:"))
+            .or_else(|| stderr.lines().rfind(|l| !l.trim().is_empty()))
+            .unwrap_or("unknown error")
+            .trim();
+        return Err(DeployError::BadInput(format!("cannot clone {}: {}", redact_url(repo), redact_urls(why))));
+    }
+    tracing::info!(target: "sandbox", "cloned {}{}", redact_url(repo), branch.map(|b| format!(" ({b})")).unwrap_or_default());
+    Ok(())
+}
+
+/// The runner environment git may see: where programs are, proxies and CA
+/// certificates. Never credentials.
+const GIT_ENV: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "GIT_SSL_CAINFO",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+];
+
+/// A URL with any `user:password@` part replaced: private repos are often
+/// cloned with a token in the URL, which must not reach logs or replies.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/').map_or(rest, |(auth, _)| auth).rfind('@') {
+            Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// [`redact_url`] applied to every URL-looking word of a message.
+fn redact_urls(text: &str) -> String {
+    text.split(' ').map(|w| if w.contains("://") { redact_url(w) } else { w.to_owned() }).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_repo_urls_are_redacted() {
+        assert_eq!(redact_url("https://x-token:ghp_SECRET@github.com/o/r.git"), "https://***@github.com/o/r.git");
+        assert_eq!(redact_url("https://github.com/o/r.git"), "https://github.com/o/r.git");
+        assert_eq!(redact_url("file:///tmp/repo"), "file:///tmp/repo");
+        assert_eq!(redact_url("https://github.com/o/r@v1"), "https://github.com/o/r@v1");
+        let msg = redact_urls("fatal: repository 'https://u:ghp_SECRET@h/o/r/' not found");
+        assert!(!msg.contains("ghp_SECRET"), "{msg}");
+    }
+}
