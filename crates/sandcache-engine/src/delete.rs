@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::native;
+use crate::layout;
 use crate::{Cache, Inner, error_chain};
 
 /// What a delete removed.
@@ -45,7 +45,7 @@ impl Cache {
         let mut report = DeleteReport::default();
         let fail = |what: &str, e: &dyn std::error::Error| format!("{what} under {}/{key}: {}", store, error_chain(e));
         for round in 0..ROUNDS {
-            let manifests = native::list_manifests(store, key).await.map_err(|e| fail("listing generations", &e))?;
+            let manifests = layout::list_manifests(store, key).await.map_err(|e| fail("listing generations", &e))?;
             let mut rest = store.list(&format!("{key}.d/")).await.map_err(|e| fail("listing objects", &e))?;
             rest.retain(|o| !manifests.iter().any(|m| m.key == o.key));
             let seed = store.head(key).await.map_err(|e| fail("looking up the object", &e))?;
@@ -66,7 +66,7 @@ impl Cache {
             }
             for o in seed.iter().chain(&rest) {
                 store.delete(&o.key).await.map_err(|e| fail("deleting an object", &e))?;
-                report.packs_deleted += usize::from(native::pack_id_of(&o.key).is_some());
+                report.packs_deleted += usize::from(layout::pack_id_of(&o.key).is_some());
                 report.objects_deleted += 1;
                 report.bytes_freed += o.size;
             }

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::bad::{self, Verdict};
+use crate::layout;
 use crate::native;
 use crate::{Cache, Inner, error_chain};
 
@@ -115,7 +116,7 @@ impl Cache {
         };
         let now = SystemTime::now();
         let young = |t: SystemTime| now.duration_since(t).unwrap_or_default() < opts.grace;
-        let manifests = native::list_manifests(store, key).await.map_err(|e| error_chain(&e))?;
+        let manifests = layout::list_manifests(store, key).await.map_err(|e| error_chain(&e))?;
         let (keep, drop): (Vec<_>, Vec<_>) =
             manifests.into_iter().enumerate().partition(|(i, m)| *i < opts.keep || young(m.last_modified));
         let mut referenced = HashSet::new();
@@ -136,7 +137,7 @@ impl Cache {
         }
         let packs = store.list(&format!("{key}.d/packs/")).await.map_err(|e| error_chain(&e))?;
         // Generations written while we worked protect their packs too.
-        for m in native::list_manifests(store, key).await.map_err(|e| error_chain(&e))? {
+        for m in layout::list_manifests(store, key).await.map_err(|e| error_chain(&e))? {
             if !kept_keys.contains(&m.key) && !drop.iter().any(|(_, d)| d.key == m.key) {
                 if let Ok(manifest) = native::fetch_root(store, &m.key).await {
                     referenced.extend(manifest.packs.iter().map(|p| p.id.clone()));
@@ -147,7 +148,7 @@ impl Cache {
         }
         let mut deleted = HashSet::new();
         for p in packs {
-            let Some(id) = native::pack_id_of(&p.key) else { continue };
+            let Some(id) = layout::pack_id_of(&p.key) else { continue };
             if referenced.contains(id) || young(p.last_modified) {
                 report.packs_kept += 1;
                 continue;
@@ -161,7 +162,7 @@ impl Cache {
         // deleted (its writer checks too, and withdraws it): withdraw any
         // such generation, so no manifest is left pointing at nothing.
         if !deleted.is_empty() {
-            for m in native::list_manifests(store, key).await.map_err(|e| error_chain(&e))? {
+            for m in layout::list_manifests(store, key).await.map_err(|e| error_chain(&e))? {
                 if kept_keys.contains(&m.key) {
                     continue;
                 }
@@ -221,13 +222,13 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     let mut keyed_packs = Vec::new();
     let mut marks = Vec::new();
     for o in listed {
-        if let Some(id) = native::pool_id_of(&o.key) {
+        if let Some(id) = layout::pool_id_of(&o.key) {
             pool.push((parse_id(id), o));
-        } else if o.key.starts_with(bad::MARKS) {
+        } else if o.key.starts_with(layout::MARKS) {
             marks.push(o);
-        } else if let Some(key) = native::generation_of(&o.key) {
+        } else if let Some(key) = layout::generation_of(&o.key) {
             generations.entry(key.to_owned()).or_default().push(o);
-        } else if o.key.contains(".d/packs/") && native::pack_id_of(&o.key).is_some() {
+        } else if o.key.contains(".d/packs/") && layout::pack_id_of(&o.key).is_some() {
             keyed_packs.push(o);
         }
     }
@@ -380,7 +381,7 @@ async fn check_marks(
     let (mut bad, mut bad_marks, mut cleared) = (BadObjects::new(), Vec::new(), Vec::new());
     let mut todo = Vec::new();
     for m in marks {
-        let Some(object) = bad::object_of_mark(&m.key) else {
+        let Some(object) = layout::object_of_mark(&m.key) else {
             if !young(m.last_modified) {
                 cleared.push(m.key);
             }
@@ -414,7 +415,7 @@ async fn check_marks(
             match verdict {
                 Verdict::Bad(why) => {
                     tracing::warn!(target: "sandbox-cache", "{object}, marked bad, is: {why}");
-                    let id = native::pool_id_of(&object).and_then(parse_id).expect("a listed pool object");
+                    let id = layout::pool_id_of(&object).and_then(parse_id).expect("a listed pool object");
                     bad.insert(id, object);
                     bad_marks.push(mark);
                 }
@@ -547,7 +548,7 @@ fn note_refs(
                 sizes.entry(id).or_insert(p.size);
             }
         } else {
-            keyed.insert(native::pack_key(key, m, &p.id));
+            keyed.insert(layout::pack_key(key, m, &p.id));
         }
     }
 }
@@ -561,7 +562,7 @@ async fn new_generations(
     Ok(listed
         .into_iter()
         .filter(|o| !seen.contains(&o.key))
-        .filter_map(|o| Some((native::generation_of(&o.key)?.to_owned(), o)))
+        .filter_map(|o| Some((layout::generation_of(&o.key)?.to_owned(), o)))
         .collect())
 }
 

@@ -29,6 +29,7 @@ mod bad;
 mod config;
 mod delete;
 mod gc;
+mod layout;
 mod lockkey;
 mod native;
 mod outcome;
@@ -46,6 +47,7 @@ use sandcache_store::{Store, StoreOptions};
 pub use config::{CacheConfig, seed_env};
 pub use delete::DeleteReport;
 pub use gc::{DEFAULT_VERIFY_BYTES, DEFAULT_VERIFY_RATE, GcOptions, GcReport, gc_store};
+pub use layout::{validate_fallback, validate_key};
 pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
 pub use restore::{RestoreHandle, RestoreOptions};
@@ -187,30 +189,6 @@ pub async fn clear_dir(
     target.forget();
     target::remove_in_background(trash);
     Ok(())
-}
-
-/// Checks a cache key: a relative `/`-separated name with no empty, `.` or
-/// `..` segments. The error is a sentence for the user.
-pub fn validate_key(key: &str) -> Result<(), String> {
-    sandcache_store::check_key(key).map_err(|_| {
-        format!("invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`")
-    })?;
-    if native::pool_id_of(key).is_some() || bad::object_of_mark(key).is_some() {
-        return Err(format!("invalid cache key `{key}`: it names an object of the shared pool"));
-    }
-    Ok(())
-}
-
-/// Checks a fallback: a key, or a prefix of keys ending in `/`.
-pub fn validate_fallback(f: &str) -> Result<(), String> {
-    match f.strip_suffix('/') {
-        Some(prefix) => sandcache_store::check_key(prefix).map_err(|_| {
-            format!("invalid fallback prefix `{f}`: use a relative `/`-separated name ending in `/`, such as `base/`")
-        }),
-        None => validate_key(f).map_err(|_| {
-            format!("invalid fallback `{f}`: use a key such as `base/cache.tgz`, or a prefix ending in `/`")
-        }),
-    }
 }
 
 /// An error and its sources, `: `-joined, for one-line reasons.

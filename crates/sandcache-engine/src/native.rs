@@ -1,23 +1,6 @@
-//! The native layout in a store:
-//!
-//! ```text
-//! pool/<2 hex>/<blake3>.pack              immutable, content-addressed, shared by every key
-//! pool/<2 hex>/<blake3>.tree              a manifest piece (or a root's hot piece), likewise
-//! K.d/manifests/<ms>-<random>.json.zst    one per generation of key K, written last
-//! K.d/packs/<blake3>.pack                 version-1 generations only (still read)
-//! ```
-//!
-//! Pool objects are spread over 256 prefixes by the first byte of their
-//! hash, so a fleet restoring one base at once is not held to one S3
-//! prefix's request rate. A writer never overwrites one: it skips a pack the
-//! pool already holds. Readers verify every frame against the manifest they
-//! chose to trust, so a wrong pool object is `corrupt`, never a wrong file.
-//!
-//! A snapshot uploads its new packs first and its manifest last; a reader
-//! takes the newest manifest whose packs are all there. Nothing is ever
-//! overwritten, so two writers at once can only each add a generation: no
-//! manifest can point at a pack that is not already stored, and no complete
-//! generation is lost. This needs no conditional writes.
+//! The native format: a generation restored from content-addressed packs
+//! (into staging, or in two phases), and built from a walk of the dir.
+//! Where its objects live: [`crate::layout`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
@@ -41,61 +24,8 @@ use sandcache_store::{Recycler, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::bad::Found;
+use crate::layout::{pack_key, piece_key};
 use crate::outcome::{Reason, Skip};
-
-pub(crate) fn manifests_prefix(key: &str) -> String {
-    format!("{key}.d/manifests/")
-}
-
-/// The cache key a stored object is a generation of, when it is one:
-/// `K.d/manifests/<name>.json.zst`, with K a valid key. The one reading of
-/// generation names, for listings under a key, under a prefix, and of a
-/// whole store.
-pub(crate) fn generation_of(object: &str) -> Option<&str> {
-    let (key, name) = object.rsplit_once(".d/manifests/")?;
-    (name.ends_with(".json.zst") && !name.contains('/') && crate::validate_key(key).is_ok()).then_some(key)
-}
-
-/// Where a generation's pack lives: in the pool (version 2 on), or under
-/// its key (version 1).
-pub(crate) fn pack_key(key: &str, m: &Manifest, id: &str) -> String {
-    if m.pooled() { pool_key(id) } else { format!("{key}.d/packs/{id}.pack") }
-}
-
-/// The shared pool's name for a pack.
-pub(crate) fn pool_key(id: &str) -> String {
-    format!("{POOL}{}/{id}.pack", id.get(..2).unwrap_or("00"))
-}
-
-/// The shared pool's name for a manifest piece.
-pub(crate) fn piece_key(id: &str) -> String {
-    format!("{POOL}{}/{id}.tree", id.get(..2).unwrap_or("00"))
-}
-
-/// The pool's prefix in a store.
-pub(crate) const POOL: &str = "pool/";
-
-/// The id a pool object name carries, if it is one: a pack
-/// (`pool/<2 hex>/<64 hex>.pack`) or a manifest piece (`.tree`), with
-/// matching first two digits.
-pub(crate) fn pool_id_of(key: &str) -> Option<&str> {
-    let rest = key.strip_prefix(POOL)?;
-    let (fan, file) = rest.split_once('/')?;
-    let id = file.strip_suffix(".pack").or_else(|| file.strip_suffix(".tree"))?;
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    (fan.len() == 2 && id.len() == 64 && hex(id) && id.starts_with(fan)).then_some(id)
-}
-
-/// The stored manifests of a key, newest first.
-pub(crate) async fn list_manifests(
-    store: &dyn Store,
-    key: &str,
-) -> Result<Vec<sandcache_store::ObjectInfo>, StoreError> {
-    let mut all = store.list(&manifests_prefix(key)).await?;
-    all.retain(|o| generation_of(&o.key) == Some(key));
-    all.sort_by(|a, b| b.key.cmp(&a.key));
-    Ok(all)
-}
 
 pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, StoreError> {
     let mut obj = store.get(key).await?;
@@ -2500,14 +2430,6 @@ fn compact(m: &mut Manifest) {
     }
     m.packs = order.into_iter().map(|i| packs[i].clone()).collect();
     m.frames = frames;
-}
-
-pub(crate) fn manifest_key(key: &str, created_ms: u64) -> String {
-    format!("{}{created_ms:013}-{:08x}.json.zst", manifests_prefix(key), rand::random::<u32>())
-}
-
-pub(crate) fn pack_id_of(key_in_store: &str) -> Option<&str> {
-    key_in_store.rsplit('/').next()?.strip_suffix(".pack")
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use sandcache_store::{Store, StoreError};
 use std::time::UNIX_EPOCH;
 
 use crate::bad::{self, Found, Known};
+use crate::layout;
 use crate::native;
 
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
@@ -385,7 +386,7 @@ impl Source {
     /// and the runner check them first and say so).
     fn parse(f: &str) -> Option<Source> {
         let f = f.trim();
-        if let Err(why) = crate::validate_fallback(f) {
+        if let Err(why) = layout::validate_fallback(f) {
             tracing::warn!(target: "sandbox-cache", "{why}; ignored");
             return None;
         }
@@ -399,13 +400,15 @@ impl Source {
                 // The native layout and a single archive (the seed's
                 // cache.tgz, a legacy tar.zst, or `--format tgz`) may both
                 // exist: the newer first.
-                let (listed, legacy) = tokio::join!(native::list_manifests(store, key), store.head(key));
+                let (listed, legacy) = tokio::join!(layout::list_manifests(store, key), store.head(key));
                 let manifests = listed.map_err(store_skip)?;
                 let legacy = legacy.map_err(store_skip)?;
                 let mut out: Vec<(u64, Candidate)> = manifests
                     .into_iter()
                     .take(PER_SOURCE)
-                    .map(|m| (manifest_ms(&m.key).unwrap_or(0), Candidate::Native { key: key.clone(), manifest: m }))
+                    .map(|m| {
+                        (layout::manifest_ms(&m.key).unwrap_or(0), Candidate::Native { key: key.clone(), manifest: m })
+                    })
                     .collect();
                 if let Some(l) = legacy {
                     out.push((unix_ms(l.last_modified), Candidate::Archive { key: key.clone() }));
@@ -417,12 +420,12 @@ impl Source {
                 let listed = store.list(prefix).await.map_err(store_skip)?;
                 let mut out: Vec<(u64, Candidate)> = Vec::new();
                 for o in listed {
-                    if let Some(key) = native::generation_of(&o.key) {
-                        let (ms, key) = (manifest_ms(&o.key).unwrap_or(0), key.to_owned());
+                    if let Some(key) = layout::generation_of(&o.key) {
+                        let (ms, key) = (layout::manifest_ms(&o.key).unwrap_or(0), key.to_owned());
                         out.push((ms, Candidate::Native { key, manifest: o }));
                     } else if !o.key.contains(".d/")
-                        && native::pool_id_of(&o.key).is_none()
-                        && bad::object_of_mark(&o.key).is_none()
+                        && layout::pool_id_of(&o.key).is_none()
+                        && layout::object_of_mark(&o.key).is_none()
                     {
                         out.push((unix_ms(o.last_modified), Candidate::Archive { key: o.key }));
                     }
@@ -477,11 +480,6 @@ impl Drop for DropStaging {
             remove_in_background(vec![s.path]);
         }
     }
-}
-
-/// The creation time a manifest's name starts with.
-fn manifest_ms(key: &str) -> Option<u64> {
-    key.rsplit('/').next()?.split('-').next()?.parse().ok()
 }
 
 /// Phase two of a hot-first restore: the tail, into the live dir. Dropped

@@ -14,6 +14,7 @@ use sandcache_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::bad::{self, Bad, Found, Known};
+use crate::layout;
 use crate::native;
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelWriter};
@@ -349,7 +350,7 @@ async fn build_and_upload(
     // is known bad: this pod's record and the store's marks.
     let bad_path = target.bad_path();
     let (listed, known) =
-        tokio::join!(native::list_manifests(store.as_ref(), key), Known::load(store.as_ref(), &bad_path, &store_label));
+        tokio::join!(layout::list_manifests(store.as_ref(), key), Known::load(store.as_ref(), &bad_path, &store_label));
     let listed = listed.map_err(store_skip)?;
     let mut known = known;
     let restored_from = load_state(target)
@@ -420,7 +421,7 @@ async fn build_and_upload(
         let mut puts = std::pin::pin!(
             packs
                 .map(|p: BuiltPack| async move {
-                    let put = put_pool(store.as_ref(), &p.id, p.bytes.into(), native::pool_key, known, found).await?;
+                    let put = put_pool(store.as_ref(), &p.id, p.bytes.into(), layout::pool_key, known, found).await?;
                     Ok::<_, StoreError>((p.id, put))
                 })
                 .buffer_unordered(2)
@@ -473,7 +474,7 @@ async fn build_and_upload(
         let puts = chunk.iter().map(|(id, bytes)| async move {
             let len = bytes.len() as u64;
             let (added, as_salted) =
-                put_pool(store.as_ref(), id, bytes.clone().into(), native::piece_key, known, found).await?;
+                put_pool(store.as_ref(), id, bytes.clone().into(), layout::piece_key, known, found).await?;
             Ok::<_, StoreError>((id, len, added, as_salted))
         });
         for r in futures::future::join_all(puts).await {
@@ -492,7 +493,7 @@ async fn build_and_upload(
     transferred += pieces_added;
     let bytes = root.encode();
     transferred += bytes.len() as u64;
-    let mkey = native::manifest_key(key, plan.manifest.created_ms);
+    let mkey = layout::manifest_key(key, plan.manifest.created_ms);
     store.put(&mkey, one_chunk(bytes)).await.map_err(store_skip)?;
     // A gc that ran meanwhile may have removed a pack this generation reuses
     // (nothing it kept referenced it): withdraw the generation rather than
@@ -619,8 +620,8 @@ async fn check_objects(
     let objects: Vec<(String, u64)> = m
         .packs
         .iter()
-        .map(|p| (native::pool_key(&p.id), p.size))
-        .chain(m.piece_refs().map(|p| (native::piece_key(&p.id), p.size)))
+        .map(|p| (layout::pool_key(&p.id), p.size))
+        .chain(m.piece_refs().map(|p| (layout::piece_key(&p.id), p.size)))
         .collect();
     let mut wrong = Vec::new();
     for chunk in objects.chunks(16) {
