@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+mod background;
 mod bad;
 mod config;
 mod delete;
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 
 use sandcache_store::{Store, StoreOptions};
 
+pub use background::wait_for_background;
 pub use config::{CacheConfig, seed_env};
 pub use delete::DeleteReport;
 pub use gc::{DEFAULT_VERIFY_BYTES, DEFAULT_VERIFY_RATE, GcOptions, GcReport, gc_store};
@@ -53,7 +55,6 @@ pub use outcome::{Done, Op, Outcome, Reason, Skip};
 pub use restore::{RestoreHandle, RestoreOptions};
 pub use sandcache_archive::{Limits, Progress};
 pub use snapshot::{Format, SnapshotOptions};
-pub use target::wait_for_background;
 
 /// A cache: a store and the key of one directory's cache in it.
 #[derive(Debug, Clone)]
@@ -187,7 +188,7 @@ pub async fn clear_dir(
     let mut trash = target.leftovers();
     trash.extend(target.clear()?);
     target.forget();
-    target::remove_in_background(trash);
+    background::remove_in_background(trash);
     Ok(())
 }
 

@@ -15,10 +15,11 @@ use crate::bad::{self, Found, Known};
 use crate::layout;
 use crate::native;
 
+use crate::background::{self, CancelOnDrop, remove_in_background};
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelReader, Msg};
 use crate::snapshot::{save_state, save_state_restored};
-use crate::target::{CancelOnDrop, Staging, Target, remove_in_background};
+use crate::target::{Staging, Target};
 use crate::{Cache, error_chain, mb};
 
 /// How to restore.
@@ -730,7 +731,7 @@ fn after_swap(
         }
         // A single archive's tree is walked once for its fingerprint, off
         // the critical path.
-        None => crate::target::background("after-restore", move || {
+        None => background::background("after-restore", move || {
             match sandcache_archive::fingerprint(&target.dir, true, &Default::default()) {
                 Ok(fp) => save_state(&target, &store, &key, &fp, &key),
                 Err(e) => tracing::debug!("no fingerprint for {}: {e}", target.dir.display()),

@@ -13,13 +13,14 @@ use sandcache_archive::{
 use sandcache_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
+use crate::background::{self, CancelOnDrop};
 use crate::bad::{self, Bad, Found, Known};
 use crate::layout;
 use crate::native;
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelWriter};
 use crate::restore::store_skip;
-use crate::target::{CancelOnDrop, Target};
+use crate::target::Target;
 use crate::{Cache, error_chain, mb};
 
 /// The format a snapshot is written in.
@@ -216,7 +217,7 @@ async fn snapshot(
         Err(e) => return Err(Skip::new(crate::target::target_reason(&e), format!("target dir: {e}"))),
     };
     let _lock = target.lock_or_skip(deadline).await?;
-    crate::target::remove_in_background(target.sqlite_leftovers());
+    background::remove_in_background(target.sqlite_leftovers());
     if std::fs::symlink_metadata(target.tail_path()).is_ok() {
         return Err(Skip::new(
             Reason::Incomplete,
