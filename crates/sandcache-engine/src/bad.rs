@@ -169,7 +169,7 @@ fn now_ms() -> u64 {
 /// The local record, its expired entries left out; empty when there is
 /// none or it cannot be read.
 fn read_local(path: &Path) -> Vec<Local> {
-    let Ok(bytes) = crate::target::read_bookkeeping(path, 1 << 20) else { return Vec::new() };
+    let Ok(bytes) = crate::bookkeeping::read_bookkeeping(path, 1 << 20) else { return Vec::new() };
     let record: LocalRecord = serde_json::from_slice(&bytes).unwrap_or_default();
     let oldest = now_ms().saturating_sub(LOCAL_TTL.as_millis() as u64);
     record.objects.into_iter().filter(|b| b.at_ms >= oldest).collect()
@@ -187,7 +187,7 @@ fn record_local(path: &Path, store_label: &str, found: &[Bad]) {
     objects.drain(..excess);
     let written = serde_json::to_vec(&LocalRecord { objects })
         .map_err(std::io::Error::other)
-        .and_then(|json| crate::target::write_bookkeeping(path, &json));
+        .and_then(|json| crate::bookkeeping::write_bookkeeping(path, &json));
     if let Err(e) = written {
         tracing::debug!("could not record the bad pool objects in {}: {e}", path.display());
     }

@@ -27,6 +27,7 @@
 
 mod background;
 mod bad;
+mod bookkeeping;
 mod config;
 mod delete;
 mod gc;

@@ -18,12 +18,12 @@ use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest, PackBuilder, PackRef, PieceRef, Span};
 use sandcache_archive::sqlite::{self, Copier, SQLITE_MAGIC};
-use sandcache_archive::walk::{FileReader, Kind as WalkKind, Meta, Step, Tree};
+use sandcache_archive::walk::{FileReader, Kind as WalkKind, Step, Tree};
 use sandcache_archive::{ExtractError, Progress, SqliteOptions, WalkError, WalkOptions};
 use sandcache_store::{Recycler, Store, StoreError};
-use serde::{Deserialize, Serialize};
 
 use crate::bad::Found;
+use crate::bookkeeping::{Index, IndexEntry, stamp};
 use crate::layout::{pack_key, piece_key};
 use crate::outcome::{Reason, Skip};
 
@@ -1899,139 +1899,6 @@ fn finish(
         std::os::unix::fs::lchown(staging, Some(uid), Some(gid)).map_err(|err| io_err(staging, err))?;
     }
     Ok(n)
-}
-
-// --------------------------------------------------------------- the index
-
-/// The largest index read back: about 200 bytes a file, for millions.
-const MAX_INDEX_BYTES: u64 = 1 << 30;
-
-/// What the last restore or snapshot knew of each file, beside the dir: a
-/// file whose size, mtime, inode and ctime are unchanged keeps its hash
-/// without being read again.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Index {
-    pub files: HashMap<String, IndexEntry>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct IndexEntry {
-    pub size: u64,
-    pub mtime_ns: i128,
-    pub ctime_ns: i128,
-    pub ino: u64,
-    pub hash: String,
-    /// Recorded from a manifest by the restore that wrote the file, without
-    /// reading the disk back: the inode is unknown, and `ctime_ns` is a
-    /// bound (the restore's end). The file is as restored while its size and
-    /// mtime are the manifest's and its ctime is not past the bound: any
-    /// later write, chmod or rename-into-place moves the ctime past it, and
-    /// no process can set a ctime.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub upto: bool,
-}
-
-fn stamp(meta: &Meta) -> (u64, i128, i128, u64) {
-    (
-        meta.size,
-        meta.mtime as i128 * 1_000_000_000 + meta.mtime_nsec as i128,
-        meta.ctime as i128 * 1_000_000_000 + meta.ctime_nsec as i128,
-        meta.ino,
-    )
-}
-
-impl Index {
-    pub(crate) fn load(path: &Path) -> Index {
-        crate::target::read_bookkeeping(path, MAX_INDEX_BYTES)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-
-    pub(crate) fn save(&self, path: &Path) {
-        let ok =
-            serde_json::to_vec(self).map_err(io::Error::other).and_then(|b| crate::target::write_bookkeeping(path, &b));
-        if let Err(e) = ok {
-            tracing::debug!("could not save the index {}: {e}", path.display());
-        }
-    }
-
-    fn lookup(&self, rel: &str, meta: &Meta) -> Option<&str> {
-        let (size, mtime_ns, ctime_ns, ino) = stamp(meta);
-        self.files
-            .get(rel)
-            .filter(|e| {
-                e.size == size
-                    && e.mtime_ns == mtime_ns
-                    && match e.upto {
-                        true => ctime_ns <= e.ctime_ns,
-                        false => e.ctime_ns == ctime_ns && e.ino == ino,
-                    }
-            })
-            .map(|e| e.hash.as_str())
-    }
-
-    /// What [`sandcache_archive::fingerprint`] gives for the tree a restore
-    /// writes from `m` (walk order, the modes and times the restore sets),
-    /// computed without reading the disk back. Should the two ever differ,
-    /// the only cost is a snapshot that walks instead of skipping at once.
-    /// Deno's own caches do not count, as there.
-    pub(crate) fn fingerprint_of(m: &Manifest) -> [u8; 32] {
-        let mut h = blake3::Hasher::new();
-        for e in &m.entries {
-            let top = e.path.split('/').next().unwrap_or_default();
-            if sqlite::is_deno_cache_or_companion(std::ffi::OsStr::new(top)) {
-                continue;
-            }
-            h.update(e.path.as_bytes());
-            match e.kind {
-                Kind::Dir => {
-                    h.update(&[0, b'd']);
-                    h.update(&((e.mode & 0o777) | 0o700).to_le_bytes());
-                    continue;
-                }
-                Kind::File => {
-                    h.update(&[0, b'f']);
-                    h.update(&e.size.to_le_bytes());
-                }
-                Kind::Symlink => {
-                    h.update(&[0, b'l']);
-                    h.update(&(e.target.as_deref().unwrap_or_default().len() as u64).to_le_bytes());
-                }
-            }
-            h.update(&e.mtime.max(0).to_le_bytes());
-            h.update(&0i64.to_le_bytes());
-            h.update(&(if e.kind == Kind::Symlink { 0o777 } else { e.mode & 0o777 }).to_le_bytes());
-            if let Some(t) = e.target.as_deref().filter(|_| e.kind == Kind::Symlink) {
-                h.update(t.as_bytes());
-            }
-        }
-        *h.finalize().as_bytes()
-    }
-
-    /// The index of a tree a restore just wrote from `m`, finished by
-    /// `until` (see [`IndexEntry::upto`]): no walk of the disk, so nothing
-    /// the app did meanwhile (it may be running during a second phase) can
-    /// be taken for restored content.
-    pub(crate) fn of_manifest_ns(m: &Manifest, until_ns: i128) -> Index {
-        let files = m
-            .entries
-            .iter()
-            .filter(|e| e.kind == Kind::File)
-            .filter_map(|e| {
-                let entry = IndexEntry {
-                    size: e.size,
-                    mtime_ns: e.mtime.max(0) as i128 * 1_000_000_000,
-                    ctime_ns: until_ns,
-                    ino: 0,
-                    hash: e.hash.clone()?,
-                    upto: true,
-                };
-                Some((e.path.clone(), entry))
-            })
-            .collect();
-        Index { files }
-    }
 }
 
 // ---------------------------------------------------------------- snapshot

@@ -16,9 +16,9 @@ use crate::layout;
 use crate::native;
 
 use crate::background::{self, CancelOnDrop, remove_in_background};
+use crate::bookkeeping::{Index, save_state, save_state_restored};
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelReader, Msg};
-use crate::snapshot::{save_state, save_state_restored};
 use crate::target::{Staging, Target};
 use crate::{Cache, error_chain, mb};
 
@@ -293,7 +293,7 @@ async fn restore(
                     // While a tail is pending, snapshots of the dir skip:
                     // the marker goes down before the swap makes it visible.
                     let marked = match &tail {
-                        Some(_) => crate::target::write_bookkeeping(&target.tail_path(), b"")
+                        Some(_) => crate::bookkeeping::write_bookkeeping(&target.tail_path(), b"")
                             .map_err(|e| Skip::new(Reason::IoError, format!("tail marker: {e}"))),
                         None => Ok(()),
                     };
@@ -726,7 +726,7 @@ fn after_swap(
         // the next snapshot from the manifest and this bound: nothing to
         // walk, nothing more to write than the state.
         Some((m, generation)) => {
-            save_state_restored(&target, &store, &key, &native::Index::fingerprint_of(m), generation, Some(until_ns));
+            save_state_restored(&target, &store, &key, &Index::fingerprint_of(m), generation, Some(until_ns));
             remove_in_background(trash);
         }
         // A single archive's tree is walked once for its fingerprint, off

@@ -11,10 +11,10 @@ use sandcache_archive::{
     Encoding, Layout, Limits, Progress, SqliteOptions, WalkError, WalkOptions, WriteError, WriteOptions,
 };
 use sandcache_store::{Store, StoreError};
-use serde::{Deserialize, Serialize};
 
 use crate::background::{self, CancelOnDrop};
 use crate::bad::{self, Bad, Found, Known};
+use crate::bookkeeping::{Index, hex, load_state, save_state};
 use crate::layout;
 use crate::native;
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
@@ -72,25 +72,6 @@ impl Default for SnapshotOptions {
     }
 }
 
-/// What the last restore or snapshot of a dir left: which cache it matches,
-/// and the stored object that holds it (a native generation's manifest, or
-/// the single archive). Kept beside the dir, never inside it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct State {
-    store: String,
-    key: String,
-    fingerprint: String,
-    /// Absent in state files older than this field: then the dir is not
-    /// taken as unchanged.
-    #[serde(default)]
-    generation: Option<String>,
-    /// Written by a native restore instead of an index: every file it wrote
-    /// has a ctime up to this (ns since the epoch). A snapshot rebuilds the
-    /// index from the generation's manifest ([`native::Index::of_manifest`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    restored_until_ns: Option<i128>,
-}
-
 /// Whether the files read since `generation` was restored (access time
 /// past mtime) differ from the hot set it was restored with. Deno's own
 /// caches are left out (they are always hot). Any trouble reading either
@@ -130,42 +111,6 @@ async fn hot_set_moved(store: &dyn Store, target: &Target, generation: &str, wal
     // Nothing read at all says nothing (a restore, then a snapshot with no
     // app run in between): the recorded hot set stays.
     read.is_some_and(|r| !r.is_empty() && r != recorded)
-}
-
-pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32], generation: &str) {
-    save_state_restored(target, store, key, fp, generation, None);
-}
-
-pub(crate) fn save_state_restored(
-    target: &Target,
-    store: &str,
-    key: &str,
-    fp: &[u8; 32],
-    generation: &str,
-    restored_until_ns: Option<i128>,
-) {
-    let state = State {
-        store: store.to_owned(),
-        key: key.to_owned(),
-        fingerprint: hex(fp),
-        generation: Some(generation.to_owned()),
-        restored_until_ns,
-    };
-    let path = target.state_path();
-    let written = serde_json::to_vec(&state)
-        .map_err(std::io::Error::other)
-        .and_then(|json| crate::target::write_bookkeeping(&path, &json));
-    if let Err(e) = written {
-        tracing::debug!("could not record the cache state in {}: {e}", path.display());
-    }
-}
-
-fn load_state(target: &Target) -> Option<State> {
-    serde_json::from_slice(&crate::target::read_bookkeeping(&target.state_path(), 64 << 10).ok()?).ok()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 impl Cache {
@@ -391,7 +336,7 @@ async fn build_and_upload(
             Ok(_) | Err(_) => tracing::warn!(target: "sandbox-cache", "ignoring unreadable generation {generation}"),
         }
     }
-    let mut index = native::Index::load(&target.index_path());
+    let mut index = Index::load(&target.index_path());
     // After a restore, the index is its manifest's (no walk, no file): the
     // base's, when the dir was restored from it, else fetched.
     let restored = load_state(target).filter(|s| s.store == store_label);
@@ -401,7 +346,7 @@ async fn build_and_upload(
             _ => native::fetch_manifest(store.as_ref(), &generation, found).await.ok(),
         };
         if let Some(m) = m {
-            index = native::Index::of_manifest_ns(&m, until);
+            index = Index::of_manifest_ns(&m, until);
         }
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BuiltPack>(1);

@@ -394,42 +394,6 @@ impl Target {
     }
 }
 
-/// Reads a bookkeeping file (lock, state, index): never through a symlink,
-/// only a regular file, at most `max` bytes. Whoever can write beside the
-/// dir may have planted anything there.
-pub(crate) fn read_bookkeeping(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let fd = rustix::fs::open(path, flags, Mode::empty())?;
-    let st = rustix::fs::fstat(&fd)?;
-    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() || st.st_size as u64 > max {
-        return Err(io::Error::other(format!("{} is not a regular file of at most {max} bytes", path.display())));
-    }
-    let mut bytes = Vec::with_capacity(st.st_size as usize);
-    fs::File::from(fd).take(max).read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
-/// Writes a bookkeeping file: a fresh temp file (`O_EXCL|O_NOFOLLOW`, 0600)
-/// renamed over the name, which replaces a planted symlink rather than
-/// following it.
-pub(crate) fn write_bookkeeping(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp{}-{:08x}", std::process::id(), rand::random::<u32>()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
-        .open(&tmp)?;
-    let written = f.write_all(bytes).and_then(|()| fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
-}
-
 const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
 /// A staging dir, held open. Writes go through [`Staging::io`]
