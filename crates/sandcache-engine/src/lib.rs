@@ -34,6 +34,7 @@ mod gc;
 mod layout;
 mod lockkey;
 mod native;
+mod options;
 mod outcome;
 mod pipe;
 mod restore;
@@ -52,10 +53,10 @@ pub use delete::DeleteReport;
 pub use gc::{DEFAULT_VERIFY_BYTES, DEFAULT_VERIFY_RATE, GcOptions, GcReport, gc_store};
 pub use layout::{validate_fallback, validate_key};
 pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
+pub use options::{Format, RestoreOptions, SnapshotOptions};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
-pub use restore::{RestoreHandle, RestoreOptions};
+pub use restore::RestoreHandle;
 pub use sandcache_archive::{Limits, Progress};
-pub use snapshot::{Format, SnapshotOptions};
 
 /// A cache: a store and the key of one directory's cache in it.
 #[derive(Debug, Clone)]

@@ -25,6 +25,7 @@ use sandcache_store::{Recycler, Store, StoreError};
 use crate::bad::Found;
 use crate::bookkeeping::{Index, IndexEntry, stamp};
 use crate::layout::{pack_key, piece_key};
+use crate::options::RestoreOptions;
 use crate::outcome::{Reason, Skip};
 
 pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, StoreError> {
@@ -592,7 +593,7 @@ pub(crate) async fn restore_into(
     m: Arc<Manifest>,
     anchored: &crate::target::Staging,
     cancel: Arc<AtomicBool>,
-    opts: &crate::RestoreOptions,
+    opts: &RestoreOptions,
     prefetch: Prefetch,
     hot_piece: Option<HotPiece>,
     found: &Arc<Found>,
@@ -754,7 +755,7 @@ async fn write_frames(
     pieces: Arc<Vec<Vec<Piece>>>,
     sink: Sink,
     cancel: Arc<AtomicBool>,
-    opts: &crate::RestoreOptions,
+    opts: &RestoreOptions,
     prefetch: &Prefetch,
     found: &Arc<Found>,
 ) -> Result<(u64, u64, u64), Skip> {
@@ -1021,7 +1022,7 @@ pub(crate) async fn restore_tail(
     tail: Tail,
     live: Arc<LiveDir>,
     cancel: Arc<AtomicBool>,
-    opts: &crate::RestoreOptions,
+    opts: &RestoreOptions,
     found: &Arc<Found>,
 ) -> Result<(RestoreStats, Arc<Manifest>), Skip> {
     let owner = opts.owner;

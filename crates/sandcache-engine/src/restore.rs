@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sandcache_archive::pack::Manifest;
-use sandcache_archive::{ExtractError, ExtractOptions, Limits, Progress};
+use sandcache_archive::{ExtractError, ExtractOptions};
 use sandcache_store::{Store, StoreError};
 use std::time::UNIX_EPOCH;
 
@@ -17,57 +17,11 @@ use crate::native;
 
 use crate::background::{self, CancelOnDrop, remove_in_background};
 use crate::bookkeeping::{Index, save_state, save_state_restored};
+use crate::options::RestoreOptions;
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelReader, Msg};
 use crate::target::{Staging, Target};
 use crate::{Cache, error_chain, mb};
-
-/// How to restore.
-#[derive(Debug, Clone)]
-pub struct RestoreOptions {
-    /// The hard total deadline: lock, request, download, extraction and swap.
-    pub timeout: Duration,
-    pub limits: Limits,
-    /// Pack downloads in flight (native format).
-    pub concurrency: usize,
-    pub progress: Option<Arc<Progress>>,
-    /// Who owns what the restore writes: `(uid, gid)`, or the restoring
-    /// process. A root runner gives the tree to its worker's uid, which must
-    /// be able to add modules to it.
-    pub owner: Option<(u32, u32)>,
-    /// Where the lock, state and index files live; by default beside the
-    /// dir, as hidden siblings. A runner names a directory its worker cannot
-    /// write.
-    pub state_dir: Option<PathBuf>,
-    /// Where to look when the cache's own key has no usable generation, in
-    /// order: a key, or a prefix ending in `/` meaning the newest
-    /// generations of any key under it (actions/cache's restore-keys). The
-    /// first usable generation wins; the outcome's `from_key` says which.
-    /// Fallbacks are only read: snapshots write the cache's own key.
-    pub fallbacks: Vec<String>,
-    /// Two phases (native generations with a recorded hot set): the hot
-    /// files, every directory and every symlink go in first, swapped in at
-    /// once (`hot-ready`); the rest is then written into the live dir, each
-    /// file whole or not at all, leaving alone any path the app made
-    /// meanwhile. One deadline and one lock cover both phases. See
-    /// [`Cache::restore_handle`] to act at `hot-ready`.
-    pub hot_first: bool,
-}
-
-impl Default for RestoreOptions {
-    fn default() -> Self {
-        RestoreOptions {
-            timeout: Duration::from_secs(30),
-            limits: Limits::default(),
-            concurrency: 8,
-            progress: None,
-            owner: None,
-            state_dir: None,
-            fallbacks: Vec::new(),
-            hot_first: false,
-        }
-    }
-}
 
 impl Cache {
     /// Restores the cache into `dir`. Never fails: a miss or any failure is a

@@ -3,13 +3,11 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use sandcache_archive::pack::BuiltPack;
-use sandcache_archive::{
-    Encoding, Layout, Limits, Progress, SqliteOptions, WalkError, WalkOptions, WriteError, WriteOptions,
-};
+use sandcache_archive::{Encoding, Layout, Limits, SqliteOptions, WalkError, WalkOptions, WriteError, WriteOptions};
 use sandcache_store::{Store, StoreError};
 
 use crate::background::{self, CancelOnDrop};
@@ -17,60 +15,12 @@ use crate::bad::{self, Bad, Found, Known};
 use crate::bookkeeping::{Index, hex, load_state, save_state};
 use crate::layout;
 use crate::native;
+use crate::options::{Format, SnapshotOptions};
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 use crate::pipe::{self, ChannelWriter};
 use crate::restore::store_skip;
 use crate::target::Target;
 use crate::{Cache, error_chain, mb};
-
-/// The format a snapshot is written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Format {
-    /// sandcache's own: content-addressed packs of zstd frames and a
-    /// manifest; incremental, verified, restored in parallel.
-    #[default]
-    Native,
-    /// The seed's layout and encoding: gzip tar rooted at `/`, which
-    /// `tar -xzf - -C /` (a runner still on the seed) restores.
-    Tgz,
-}
-
-/// How to snapshot.
-#[derive(Debug, Clone)]
-pub struct SnapshotOptions {
-    pub format: Format,
-    /// The total deadline; a snapshot past it is abandoned and the stored
-    /// cache stays as it was.
-    pub timeout: Duration,
-    /// Upload even when nothing changed since the last restore or snapshot.
-    pub force: bool,
-    /// Bounds on the tree read: bytes of regular files and entries as they
-    /// are listed, and path length. Past one the snapshot skips as
-    /// `too_large` before reading that content. The defaults are restore's:
-    /// a larger cache could not be restored anyway.
-    pub limits: Limits,
-    pub progress: Option<Arc<Progress>>,
-    /// Where the lock, state and index files live (see
-    /// [`crate::RestoreOptions::state_dir`]).
-    pub state_dir: Option<std::path::PathBuf>,
-    /// The uid that owns the tree (a runner's worker): a file with several
-    /// links that another uid owns is refused as `unsafe`.
-    pub owner: Option<u32>,
-}
-
-impl Default for SnapshotOptions {
-    fn default() -> Self {
-        SnapshotOptions {
-            format: Format::Native,
-            timeout: Duration::from_secs(600),
-            force: false,
-            limits: Limits::default(),
-            progress: None,
-            state_dir: None,
-            owner: None,
-        }
-    }
-}
 
 /// Whether the files read since `generation` was restored (access time
 /// past mtime) differ from the hot set it was restored with. Deno's own
