@@ -141,7 +141,7 @@ impl Known {
                     }
                 }
             }
-            Ok(Err(e)) => tracing::debug!("could not list the pool's marks: {}", crate::error_chain(&e)),
+            Ok(Err(e)) => tracing::debug!("could not list the pool's marks: {}", crate::error::error_chain(&e)),
             Err(_) => tracing::debug!("listing the pool's marks took over {MARKS_LIST_WITHIN:?}; going without"),
         }
         known
@@ -256,7 +256,7 @@ pub(crate) async fn report(store: &dyn Store, local: &Path, store_label: &str, f
             }
             Ok((Verdict::Gone, _)) => None,
             Err(e) => {
-                tracing::warn!(target: "sandbox-cache", "could not check pool object {}: {}", b.object, crate::error_chain(&e));
+                tracing::warn!(target: "sandbox-cache", "could not check pool object {}: {}", b.object, crate::error::error_chain(&e));
                 None
             }
         }
@@ -282,7 +282,7 @@ pub(crate) async fn report(store: &dyn Store, local: &Path, store_label: &str, f
             Some(async move {
                 // `put_new`: a mark already there (another pod's) is kept.
                 if let Err(e) = store.put_new(&key, body.into()).await {
-                    tracing::warn!(target: "sandbox-cache", "could not mark {} bad in the store: {}", b.object, crate::error_chain(&e));
+                    tracing::warn!(target: "sandbox-cache", "could not mark {} bad in the store: {}", b.object, crate::error::error_chain(&e));
                 }
             })
         });

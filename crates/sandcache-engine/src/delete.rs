@@ -4,8 +4,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::cache::{Cache, Inner};
+use crate::error::error_chain;
 use crate::layout;
-use crate::{Cache, Inner, error_chain};
+use crate::outcome::mb;
 
 /// What a delete removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -80,7 +82,7 @@ impl Cache {
             report.generations_deleted,
             report.packs_deleted,
             report.objects_deleted,
-            crate::mb(report.bytes_freed)
+            mb(report.bytes_freed)
         );
         Ok(report)
     }

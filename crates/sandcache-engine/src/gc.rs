@@ -13,9 +13,11 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::bad::{self, Verdict};
+use crate::cache::{Cache, Inner};
+use crate::error::error_chain;
 use crate::layout;
 use crate::native;
-use crate::{Cache, Inner, error_chain};
+use crate::outcome::mb;
 
 /// How much to keep.
 #[derive(Debug, Clone)]
@@ -92,9 +94,9 @@ impl GcReport {
             self.packs_kept,
             self.generations_deleted,
             self.packs_deleted,
-            crate::mb(self.bytes_freed),
+            mb(self.bytes_freed),
             self.objects_verified,
-            crate::mb(self.bytes_verified),
+            mb(self.bytes_verified),
             self.bad_objects,
             self.generations_withdrawn_bad,
             self.false_marks,

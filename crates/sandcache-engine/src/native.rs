@@ -107,7 +107,7 @@ impl Prefetch {
             let (tx, rx) = tokio::sync::watch::channel(None);
             let (store, k, downloaded) = (store.clone(), pkey.clone(), p.downloaded.clone());
             let task = tokio::spawn(async move {
-                let got = get_all(store.as_ref(), &k).await.map_err(|e| crate::error_chain(&e));
+                let got = get_all(store.as_ref(), &k).await.map_err(|e| crate::error::error_chain(&e));
                 if let Ok(b) = &got {
                     downloaded.fetch_add(b.len() as u64, Ordering::Relaxed);
                 }

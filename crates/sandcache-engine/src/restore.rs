@@ -17,11 +17,12 @@ use crate::native;
 
 use crate::background::{self, CancelOnDrop, remove_in_background};
 use crate::bookkeeping::{Index, save_state, save_state_restored};
+use crate::cache::Cache;
+use crate::error::error_chain;
 use crate::options::RestoreOptions;
-use crate::outcome::{Done, Op, Outcome, Reason, Skip};
+use crate::outcome::{Done, Op, Outcome, Reason, Skip, mb};
 use crate::pipe::{self, ChannelReader, Msg};
 use crate::target::{Staging, Target};
-use crate::{Cache, error_chain, mb};
 
 impl Cache {
     /// Restores the cache into `dir`. Never fails: a miss or any failure is a

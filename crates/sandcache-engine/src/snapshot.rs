@@ -13,14 +13,15 @@ use sandcache_store::{Store, StoreError};
 use crate::background::{self, CancelOnDrop};
 use crate::bad::{self, Bad, Found, Known};
 use crate::bookkeeping::{Index, hex, load_state, save_state};
+use crate::cache::Cache;
+use crate::error::error_chain;
 use crate::layout;
 use crate::native;
 use crate::options::{Format, SnapshotOptions};
-use crate::outcome::{Done, Op, Outcome, Reason, Skip};
+use crate::outcome::{Done, Op, Outcome, Reason, Skip, mb};
 use crate::pipe::{self, ChannelWriter};
 use crate::restore::store_skip;
 use crate::target::Target;
-use crate::{Cache, error_chain, mb};
 
 /// Whether the files read since `generation` was restored (access time
 /// past mtime) differ from the hot set it was restored with. Deno's own
@@ -430,8 +431,8 @@ async fn build_and_upload(
         "generation {mkey}: {} packs and {} pieces, {} MB added to the pool, {} MB reused{}{}",
         plan.manifest.packs.len(),
         root.pieces.len(),
-        crate::mb(added),
-        crate::mb(reused),
+        mb(added),
+        mb(reused),
         if base.is_some() { " (deduplicated against the base)" } else { "" },
         if salted.is_empty() { String::new() } else { format!("; {} packs salted past bad objects", salted.len()) }
     );

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use rustix::fs::{CWD, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
+use crate::background::remove_in_background;
+
 /// Marker in the names of everything sandcache keeps inside a mounted dir;
 /// snapshots leave such entries out.
 use sandcache_archive::RESERVED_PREFIX as INSIDE_MARKER;
@@ -203,11 +205,11 @@ impl Target {
 
     /// [`Target::lock`] with its failure as a reason: waiting past the
     /// deadline is `timed_out`, anything else `io_error`.
-    pub(crate) async fn lock_or_skip(&self, deadline: Instant) -> Result<Lock, crate::Skip> {
-        use crate::Reason;
+    pub(crate) async fn lock_or_skip(&self, deadline: Instant) -> Result<Lock, crate::outcome::Skip> {
+        use crate::outcome::Reason;
         self.lock(deadline).await.map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => crate::Skip::new(Reason::TimedOut, e.to_string()),
-            _ => crate::Skip::new(Reason::IoError, format!("lock: {e}")),
+            io::ErrorKind::TimedOut => crate::outcome::Skip::new(Reason::TimedOut, e.to_string()),
+            _ => crate::outcome::Skip::new(Reason::IoError, format!("lock: {e}")),
         })
     }
 
@@ -443,10 +445,10 @@ impl std::error::Error for UntrustedSymlink {}
 
 /// The reason a dir that did not resolve is skipped with: `unsafe` for an
 /// [`UntrustedSymlink`], `io_error` otherwise.
-pub(crate) fn target_reason(e: &io::Error) -> crate::Reason {
+pub(crate) fn target_reason(e: &io::Error) -> crate::outcome::Reason {
     match e.get_ref().is_some_and(|inner| inner.is::<UntrustedSymlink>()) {
-        true => crate::Reason::Unsafe,
-        false => crate::Reason::IoError,
+        true => crate::outcome::Reason::Unsafe,
+        false => crate::outcome::Reason::IoError,
     }
 }
 
@@ -590,6 +592,24 @@ fn is_mount_root(dir: &Path) -> bool {
     }
 }
 
+/// Empties `dir` between two sites, so nothing of one reaches the next: its
+/// content is moved aside at once (renamed, or entry by entry when `dir` is
+/// a mount point) and removed in the background, and the state and index
+/// recorded for it are dropped. Afterwards `dir` exists and is empty. Takes
+/// the dir's lock, waiting up to `timeout`.
+pub async fn clear_dir(dir: &Path, state_dir: Option<&Path>, timeout: Duration) -> io::Result<()> {
+    let target = Target::resolve_for_restore(dir)?.with_state_dir(state_dir);
+    if fs::symlink_metadata(&target.dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(io::Error::other(format!("{} is a symlink; it is never followed", target.dir.display())));
+    }
+    let _lock = target.lock(Instant::now() + timeout).await?;
+    let mut trash = target.leftovers();
+    trash.extend(target.clear()?);
+    target.forget();
+    remove_in_background(trash);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -687,7 +707,7 @@ mod tests {
         std::os::unix::fs::symlink("l1", base.join("l2")).unwrap();
         let e = Target::resolve_for_restore(&base.join("l1/deno")).unwrap_err();
         assert!(e.to_string().contains("symbolic links") && e.to_string().contains("/l"), "{e}");
-        assert_eq!(target_reason(&e), crate::Reason::IoError);
+        assert_eq!(target_reason(&e), crate::outcome::Reason::IoError);
     }
 
     /// As root: a symlink among the parents that another uid owns, or that
@@ -719,7 +739,7 @@ mod tests {
             .chain([base.join("ops/deno")])
         {
             for e in [Target::resolve_for_restore(&dir).unwrap_err(), Target::resolve_nofollow(&dir).unwrap_err()] {
-                assert_eq!(target_reason(&e), crate::Reason::Unsafe, "{}: {e}", dir.display());
+                assert_eq!(target_reason(&e), crate::outcome::Reason::Unsafe, "{}: {e}", dir.display());
                 assert!(
                     e.to_string().contains("symlink") && e.to_string().contains(&work.display().to_string()),
                     "{e}"
