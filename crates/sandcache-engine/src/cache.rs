@@ -8,18 +8,18 @@ use std::time::{Duration, Instant};
 use sandcache_store::{Store, StoreOptions};
 
 use crate::config::{CacheConfig, seed_env};
-use crate::error::error_chain;
+use crate::error::{Error, error_chain};
 use crate::layout::validate_key;
 use crate::outcome::{Done, Op, Outcome, Reason, Skip};
 
 /// A cache: a store and the key of one directory's cache in it.
 #[derive(Debug, Clone)]
 pub struct Cache {
-    pub(crate) inner: Inner,
+    inner: Inner,
 }
 
 #[derive(Debug, Clone)]
-pub(crate) enum Inner {
+enum Inner {
     Disabled,
     /// Configured, but unusable: every operation skips with this.
     Invalid(Skip),
@@ -91,9 +91,20 @@ impl Cache {
         }
     }
 
-    /// The one boundary where an operation becomes an outcome: disabled and
-    /// unusable caches skip without a call, and `run` is bounded by the total
-    /// deadline (dropped when it passes, which cancels its blocking work).
+    /// The store and key of an enabled cache, for the administrative
+    /// commands: an error when it is disabled or unusable.
+    pub(crate) fn enabled(&self) -> Result<(&dyn Store, &str), Error> {
+        match &self.inner {
+            Inner::Enabled { store, key } => Ok((store.as_ref(), key.as_str())),
+            Inner::Disabled => Err(Error::Disabled),
+            Inner::Invalid(skip) => Err(Error::Unusable(skip.clone())),
+        }
+    }
+
+    /// The one boundary where an operation becomes an outcome, and its
+    /// error a reason: disabled and unusable caches skip without a call,
+    /// and `run` is bounded by the total deadline (dropped when it passes,
+    /// which cancels its blocking work).
     pub(crate) async fn bounded<'a, Fut>(
         &'a self,
         op: Op,
@@ -101,19 +112,20 @@ impl Cache {
         run: impl FnOnce(&'a Arc<dyn Store>, &'a str, Instant) -> Fut,
     ) -> Outcome
     where
-        Fut: Future<Output = Result<Done, Skip>> + 'a,
+        Fut: Future<Output = Result<Done, Error>> + 'a,
     {
         let start = Instant::now();
         let (key, store) = self.labels();
         let result = match &self.inner {
-            Inner::Disabled => Err(Skip::new(Reason::Disabled, "no cache store configured")),
+            Inner::Disabled => Err(Error::Disabled.into_skip()),
             Inner::Invalid(skip) => Err(skip.clone()),
             Inner::Enabled { store, key } => {
                 // A panic anywhere inside (the S3 client, extraction, our
                 // own code) ends here as a skip, never as a failed caller.
                 let guarded = std::panic::AssertUnwindSafe(run(store, key, start + timeout));
                 match tokio::time::timeout(timeout, futures::FutureExt::catch_unwind(guarded)).await {
-                    Ok(Ok(r)) => r,
+                    // The one place an error becomes a reason.
+                    Ok(Ok(r)) => r.map_err(Error::into_skip),
                     Ok(Err(payload)) => Err(Skip::panicked(op.as_str(), payload.as_ref())),
                     Err(_) => Err(Skip::new(
                         Reason::TimedOut,

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::bad::{self, Verdict};
-use crate::cache::{Cache, Inner};
-use crate::error::error_chain;
+use crate::cache::Cache;
+use crate::error::Error;
 use crate::layout;
 use crate::native;
 use crate::outcome::mb;
@@ -110,15 +110,11 @@ impl Cache {
     /// and that are older than the grace period. Manifests go first, so no
     /// remaining manifest ever points at a deleted pack. Unlike restore and
     /// snapshot this is an administrative command and reports failures.
-    pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport, String> {
-        let (store, key) = match &self.inner {
-            Inner::Enabled { store, key } => (store.as_ref(), key.as_str()),
-            Inner::Disabled => return Err("no cache store configured".into()),
-            Inner::Invalid(skip) => return Err(skip.detail.clone()),
-        };
+    pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport, Error> {
+        let (store, key) = self.enabled()?;
         let now = SystemTime::now();
         let young = |t: SystemTime| now.duration_since(t).unwrap_or_default() < opts.grace;
-        let manifests = layout::list_manifests(store, key).await.map_err(|e| error_chain(&e))?;
+        let manifests = layout::list_manifests(store, key).await?;
         let (keep, drop): (Vec<_>, Vec<_>) =
             manifests.into_iter().enumerate().partition(|(i, m)| *i < opts.keep || young(m.last_modified));
         let mut referenced = HashSet::new();
@@ -127,24 +123,27 @@ impl Cache {
             // A kept generation that cannot be read stops gc: its packs are
             // unknown, so none may be deleted.
             let manifest =
-                native::fetch_root(store, &m.key).await.map_err(|s| format!("reading {}: {}", m.key, s.detail))?;
+                native::fetch_root(store, &m.key).await.map_err(|e| e.context(format!("reading {}", m.key)))?;
             referenced.extend(manifest.packs.iter().map(|p| p.id.clone()));
             kept_keys.insert(m.key.clone());
         }
         let mut report = GcReport { generations_kept: keep.len(), ..GcReport::default() };
         for (_, m) in &drop {
-            store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
+            store.delete(&m.key).await?;
             report.generations_deleted += 1;
             report.bytes_freed += m.size;
         }
-        let packs = store.list(&format!("{key}.d/packs/")).await.map_err(|e| error_chain(&e))?;
+        let packs = store.list(&format!("{key}.d/packs/")).await?;
         // Generations written while we worked protect their packs too.
-        for m in layout::list_manifests(store, key).await.map_err(|e| error_chain(&e))? {
+        for m in layout::list_manifests(store, key).await? {
             if !kept_keys.contains(&m.key) && !drop.iter().any(|(_, d)| d.key == m.key) {
                 if let Ok(manifest) = native::fetch_root(store, &m.key).await {
                     referenced.extend(manifest.packs.iter().map(|p| p.id.clone()));
                 } else {
-                    return Err(format!("a new generation {} appeared and cannot be read; no pack deleted", m.key));
+                    return Err(Error::Raced(format!(
+                        "a new generation {} appeared and cannot be read; no pack deleted",
+                        m.key
+                    )));
                 }
             }
         }
@@ -155,7 +154,7 @@ impl Cache {
                 report.packs_kept += 1;
                 continue;
             }
-            store.delete(&p.key).await.map_err(|e| error_chain(&e))?;
+            store.delete(&p.key).await?;
             deleted.insert(id.to_owned());
             report.packs_deleted += 1;
             report.bytes_freed += p.size;
@@ -164,14 +163,14 @@ impl Cache {
         // deleted (its writer checks too, and withdraws it): withdraw any
         // such generation, so no manifest is left pointing at nothing.
         if !deleted.is_empty() {
-            for m in layout::list_manifests(store, key).await.map_err(|e| error_chain(&e))? {
+            for m in layout::list_manifests(store, key).await? {
                 if kept_keys.contains(&m.key) {
                     continue;
                 }
                 let Ok(manifest) = native::fetch_root(store, &m.key).await else { continue };
                 if manifest.packs.iter().any(|p| deleted.contains(&p.id)) {
                     tracing::warn!(target: "sandbox-cache", "withdrawing {}: written during gc, it reuses a deleted pack", m.key);
-                    store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
+                    store.delete(&m.key).await?;
                     report.generations_withdrawn += 1;
                 }
             }
@@ -210,13 +209,13 @@ impl Cache {
 ///
 /// Memory: one manifest at a time, plus the set of referenced pack ids (32
 /// bytes each) and their sizes, and the listing.
-pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> Result<GcReport, String> {
+pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> Result<GcReport, Error> {
     if !(0.0..=1.0).contains(&opts.verify_rate) {
-        return Err(format!("the verify rate must be a fraction from 0 to 1, not {}", opts.verify_rate));
+        return Err(Error::Config(format!("the verify rate must be a fraction from 0 to 1, not {}", opts.verify_rate)));
     }
     let now = SystemTime::now();
     let young = |t: SystemTime| now.duration_since(t).unwrap_or_default() < opts.grace;
-    let listed = store.list("").await.map_err(|e| format!("listing {store}: {}", error_chain(&e)))?;
+    let listed = store.list("").await.map_err(|e| Error::Store(e).context(format!("listing {store}")))?;
     // Generations by key, and the packs: in the pool, and under keys (v1);
     // and the marks of pool objects reported bad.
     let mut generations: std::collections::BTreeMap<String, Vec<sandcache_store::ObjectInfo>> = Default::default();
@@ -259,7 +258,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
         for ((key, m), root) in chunk.iter().zip(roots) {
             // A kept generation that cannot be read stops gc: its packs are
             // unknown, so none may be deleted.
-            let root = root.map_err(|s| format!("reading {}: {}; no pack deleted", m.key, s.detail))?;
+            let root = root.map_err(|e| e.context(format!("reading {}; no pack deleted", m.key)))?;
             if names_any(&root, &bad) {
                 withdraw.push(m.clone());
                 continue;
@@ -276,7 +275,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     for (key, m) in &appeared {
         let manifest = native::fetch_root(store, &m.key)
             .await
-            .map_err(|s| format!("a new generation {} cannot be read ({}); no pack deleted", m.key, s.detail))?;
+            .map_err(|e| e.context(format!("a new generation {} cannot be read; no pack deleted", m.key)))?;
         seen.insert(m.key.clone());
         if names_any(&manifest, &bad) {
             withdraw.push(m.clone());
@@ -352,7 +351,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
             let mut named = manifest.packs.iter().map(|p| &p.id).chain(manifest.piece_refs().map(|p| &p.id));
             if manifest.pooled() && named.any(|id| parse_id(id).is_some_and(|id| deleted.contains(&id))) {
                 tracing::warn!(target: "sandbox-cache", "withdrawing {}: written during gc, it reuses a deleted pack", m.key);
-                store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
+                store.delete(&m.key).await?;
                 report.generations_withdrawn += 1;
             }
         }
@@ -379,7 +378,7 @@ async fn check_marks(
     young: &impl Fn(SystemTime) -> bool,
     budget: &mut u64,
     report: &mut GcReport,
-) -> Result<(BadObjects, Vec<String>), String> {
+) -> Result<(BadObjects, Vec<String>), Error> {
     let (mut bad, mut bad_marks, mut cleared) = (BadObjects::new(), Vec::new(), Vec::new());
     let mut todo = Vec::new();
     for m in marks {
@@ -411,7 +410,7 @@ async fn check_marks(
         }
         let verdicts = futures::future::join_all(chunk.iter().map(|(_, o, _)| bad::verify(store, o, None))).await;
         for ((mark, object, _), verdict) in chunk.into_iter().zip(verdicts) {
-            let (verdict, read) = verdict.map_err(|e| format!("verifying {object}: {}", error_chain(&e)))?;
+            let (verdict, read) = verdict.map_err(|e| Error::Store(e).context(format!("verifying {object}")))?;
             report.objects_verified += usize::from(read > 0);
             report.bytes_verified += read;
             match verdict {
@@ -446,7 +445,7 @@ async fn check_kept(
     opts: &GcOptions,
     budget: &mut u64,
     report: &mut GcReport,
-) -> Result<BadObjects, String> {
+) -> Result<BadObjects, Error> {
     use rand::seq::SliceRandom;
     let (mut wrong, mut sample) = (Vec::new(), Vec::new());
     for (id, o) in pool {
@@ -477,7 +476,7 @@ async fn check_kept(
             let verdicts =
                 futures::future::join_all(chunk.iter().map(|(_, o, said)| bad::verify(store, &o.key, *said))).await;
             for ((id, o, said), verdict) in chunk.into_iter().zip(verdicts) {
-                let (verdict, read) = verdict.map_err(|e| format!("verifying {}: {}", o.key, error_chain(&e)))?;
+                let (verdict, read) = verdict.map_err(|e| Error::Store(e).context(format!("verifying {}", o.key)))?;
                 report.objects_verified += usize::from(read > 0);
                 report.bytes_verified += read;
                 match verdict {
@@ -517,11 +516,11 @@ fn names_any(m: &sandcache_archive::pack::Manifest, objects: &BadObjects) -> boo
 const IN_FLIGHT: usize = 32;
 
 /// Deletes every key, [`IN_FLIGHT`] at a time; the first error stops it.
-async fn delete_all<'a>(store: &dyn sandcache_store::Store, keys: impl Iterator<Item = &'a str>) -> Result<(), String> {
+async fn delete_all<'a>(store: &dyn sandcache_store::Store, keys: impl Iterator<Item = &'a str>) -> Result<(), Error> {
     let keys: Vec<&str> = keys.collect();
     for chunk in keys.chunks(IN_FLIGHT) {
         for r in futures::future::join_all(chunk.iter().map(|k| store.delete(k))).await {
-            r.map_err(|e| error_chain(&e))?;
+            r?;
         }
     }
     Ok(())
@@ -559,8 +558,8 @@ fn note_refs(
 async fn new_generations(
     store: &dyn sandcache_store::Store,
     seen: &HashSet<String>,
-) -> Result<Vec<(String, sandcache_store::ObjectInfo)>, String> {
-    let listed = store.list("").await.map_err(|e| format!("listing {store}: {}", error_chain(&e)))?;
+) -> Result<Vec<(String, sandcache_store::ObjectInfo)>, Error> {
+    let listed = store.list("").await.map_err(|e| Error::Store(e).context(format!("listing {store}")))?;
     Ok(listed
         .into_iter()
         .filter(|o| !seen.contains(&o.key))

@@ -47,7 +47,7 @@ pub use background::wait_for_background;
 pub use cache::Cache;
 pub use config::{CacheConfig, seed_env};
 pub use delete::DeleteReport;
-pub use error::error_chain;
+pub use error::{Declined, Error, error_chain};
 pub use gc::{DEFAULT_VERIFY_BYTES, DEFAULT_VERIFY_RATE, GcOptions, GcReport, gc_store};
 pub use layout::{validate_fallback, validate_key};
 pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};

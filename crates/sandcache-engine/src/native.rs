@@ -24,9 +24,9 @@ use sandcache_store::{Recycler, Store, StoreError};
 
 use crate::bad::Found;
 use crate::bookkeeping::{Index, IndexEntry, stamp};
+use crate::error::{Declined, Error};
 use crate::layout::{pack_key, piece_key};
 use crate::options::RestoreOptions;
-use crate::outcome::{Reason, Skip};
 
 pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, StoreError> {
     let mut obj = store.get(key).await?;
@@ -42,12 +42,12 @@ pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, Store
 /// A generation's manifest, whole: a root's pieces are fetched (16 at a
 /// time), each checked against its hash, and joined in order. A piece
 /// that is not what its name says goes into `found`.
-pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str, found: &Found) -> Result<Manifest, Skip> {
+pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str, found: &Found) -> Result<Manifest, Error> {
     whole(store, fetch_root(store, key).await?, found).await
 }
 
 /// A stored manifest made whole: a root joined with its pieces.
-pub(crate) async fn whole(store: &dyn Store, root: Manifest, found: &Found) -> Result<Manifest, Skip> {
+pub(crate) async fn whole(store: &dyn Store, root: Manifest, found: &Found) -> Result<Manifest, Error> {
     if root.pieces.is_empty() { Ok(root) } else { assemble(store, root, found).await }
 }
 
@@ -199,9 +199,9 @@ impl Drop for Prefetch {
 
 /// A generation's manifest as stored: for a root, its pieces unread (what
 /// gc needs: the union of packs, and the pieces' ids).
-pub(crate) async fn fetch_root(store: &dyn Store, key: &str) -> Result<Manifest, Skip> {
-    let bytes = get_all(store, key).await.map_err(crate::restore::store_skip)?;
-    Manifest::decode(&bytes).map_err(crate::restore::extract_skip)
+pub(crate) async fn fetch_root(store: &dyn Store, key: &str) -> Result<Manifest, Error> {
+    let bytes = get_all(store, key).await?;
+    Ok(Manifest::decode(&bytes)?)
 }
 
 // ---------------------------------------------------------------- pieces
@@ -219,8 +219,8 @@ const PIECES_IN_FLIGHT: usize = 64;
 /// Most pieces a root may name.
 const MAX_PIECES: usize = 1 << 16;
 
-fn corrupt(detail: String) -> Skip {
-    Skip::new(Reason::Corrupt, detail)
+fn corrupt(detail: String) -> Error {
+    Error::Corrupt(detail)
 }
 
 /// Splits a whole manifest into content-addressed pieces (runs of entries,
@@ -348,7 +348,7 @@ fn sub_manifest<'a>(m: &Manifest, entries: impl Iterator<Item = &'a Entry>) -> M
 /// Joins a root's pieces into one whole manifest (which the caller then
 /// validates as any other): each piece must hash to its id and be whole
 /// itself; frames and packs are renumbered into one list.
-async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Manifest, Skip> {
+async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Manifest, Error> {
     if root.pieces.len() > MAX_PIECES {
         return Err(corrupt(format!("the manifest names {} pieces (at most {MAX_PIECES})", root.pieces.len())));
     }
@@ -378,7 +378,7 @@ async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Ma
             in_flight.push_back(fetch(n));
         }
         if (whole.entries.len() + piece.entries.len()) as u64 > max_entries {
-            return Err(Skip::new(Reason::TooLarge, format!("the manifest holds over {max_entries} entries")));
+            return Err(Error::TooLarge(format!("the manifest holds over {max_entries} entries")));
         }
         let base = whole.frames.len() as u32;
         for f in &piece.frames {
@@ -410,11 +410,11 @@ async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Ma
 /// One piece, checked against its hash and its root's word, decoded on a
 /// blocking thread. A piece of another length than its root says, or that
 /// does not hash to its name, is a bad pool object: noted in `found`.
-async fn fetch_piece(store: &dyn Store, p: PieceRef, found: &Found) -> Result<Manifest, Skip> {
+async fn fetch_piece(store: &dyn Store, p: PieceRef, found: &Found) -> Result<Manifest, Error> {
     let (k, id, entries) = (piece_key(&p.id), p.id.clone(), p.entries);
     let bytes = get_all(store, &k).await.map_err(|e| match e {
-        StoreError::NotFound { .. } => Skip::new(Reason::NotFound, format!("piece {id} is gone")),
-        e => crate::restore::store_skip(e),
+        StoreError::NotFound { .. } => Declined::NotFound(format!("piece {id} is gone")).into(),
+        e => Error::Store(e),
     })?;
     if bytes.len() as u64 != p.size {
         let why = format!("{} bytes where its root says {}", bytes.len(), p.size);
@@ -427,19 +427,19 @@ async fn fetch_piece(store: &dyn Store, p: PieceRef, found: &Found) -> Result<Ma
         if blake3::hash(&bytes).to_hex().as_str() != id {
             return Err((corrupt(format!("piece {id} does not hash to its name")), true));
         }
-        let piece = Manifest::decode(&bytes).map_err(|e| (crate::restore::extract_skip(e), false))?;
+        let piece = Manifest::decode(&bytes).map_err(|e| (Error::Extract(e), false))?;
         if !piece.pieces.is_empty() || !piece.hot.is_empty() || piece.entries.len() as u64 != entries {
             return Err((corrupt(format!("piece {id} is not what its root says")), false));
         }
         Ok(piece)
     })
     .await
-    .map_err(|e| Skip::joined("a manifest piece's decoder", e))?;
-    checked.map_err(|(skip, bad)| {
+    .map_err(|e| Error::joined("a manifest piece's decoder", e))?;
+    checked.map_err(|(e, bad)| {
         if bad {
             found.add(&k, p.size, "does not hash to its name");
         }
-        skip
+        e
     })
 }
 
@@ -468,12 +468,12 @@ pub(crate) async fn usable_hot(
         hot: Vec::new(),
     };
     let checked = assemble(store, pieces, found).await.and_then(|hot| {
-        hot.validate(limits, dir).map_err(crate::restore::extract_skip)?;
+        hot.validate(limits, dir)?;
         Ok(hot)
     });
     checked
-        .inspect_err(|skip| {
-            tracing::warn!(target: "sandbox-cache", "{generation}: its hot piece is unusable ({}); reading the whole manifest first", skip.detail)
+        .inspect_err(|e| {
+            tracing::warn!(target: "sandbox-cache", "{generation}: its hot piece is unusable ({}); reading the whole manifest first", crate::error::error_chain(e))
         })
         .ok()
 }
@@ -597,7 +597,7 @@ pub(crate) async fn restore_into(
     prefetch: Prefetch,
     hot_piece: Option<HotPiece>,
     found: &Arc<Found>,
-) -> Result<(RestoreStats, Option<Tail>), Skip> {
+) -> Result<(RestoreStats, Option<Tail>), Error> {
     let owner = opts.owner;
     // Every path below starts at the held-open staging dir; each blocking
     // task keeps a clone of it, so the fd outlives any writer.
@@ -613,8 +613,7 @@ pub(crate) async fn restore_into(
     let (setup_staging, held) = (staging.to_owned(), anchored.clone());
     let pieces = tokio::task::spawn_blocking(move || setup(&setup_m, &setup_staging, &held.fd(), owner, exact))
         .await
-        .map_err(|e| Skip::joined("the setup thread", e))?
-        .map_err(crate::restore::extract_skip)?;
+        .map_err(|e| Error::joined("the setup thread", e))??;
     let t_setup = t0.elapsed();
     // `m` is a hot piece: all of it now, and a tail known once the whole
     // manifest is in (see `Tail::resolve`).
@@ -640,7 +639,7 @@ pub(crate) async fn restore_into(
     let (files, bytes, transferred) =
         write_frames(store, key, &m, Arc::new(pieces), sink, cancel.clone(), opts, &prefetch, found).await?;
     if cancel.load(Ordering::Relaxed) {
-        return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
+        return Err(Error::Cancelled);
     }
     let t_content = t0.elapsed();
     // What was prefetched for the tail is not fetched again, and counts
@@ -658,8 +657,7 @@ pub(crate) async fn restore_into(
         finish(&fin_m, &fin_staging, &held.fd(), owner, &deferred, exact, &parts, &suspect)
     })
     .await
-    .map_err(|e| Skip::joined("the finish thread", e))?
-    .map_err(crate::restore::extract_skip)?;
+    .map_err(|e| Error::joined("the finish thread", e))??;
     tracing::debug!(
         target: "sandbox-cache",
         "staged in {} ms: setup {} ms, content {} ms ({files} files), links and metadata {} ms",
@@ -758,7 +756,7 @@ async fn write_frames(
     opts: &RestoreOptions,
     prefetch: &Prefetch,
     found: &Arc<Found>,
-) -> Result<(u64, u64, u64), Skip> {
+) -> Result<(u64, u64, u64), Error> {
     let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
     // Frames kept from phase one need no fetch.
     let kept = prefetch.take_kept((0..pieces.len() as u32).filter(|f| !pieces[*f as usize].is_empty()));
@@ -889,10 +887,10 @@ async fn write_frames(
         }
     }
     if let Some(e) = panicked {
-        return Err(Skip::joined("a writer thread", e));
+        return Err(Error::joined("a writer thread", e));
     }
     if let Some(e) = error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(crate::restore::extract_skip(e));
+        return Err(e.into());
     }
     fetched?;
     Ok((files.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed), transferred.load(Ordering::Relaxed)))
@@ -935,7 +933,7 @@ impl Tail {
         m: Arc<Manifest>,
         limits: &sandcache_archive::Limits,
         found: &Found,
-    ) -> Result<(Arc<Manifest>, Tail), Skip> {
+    ) -> Result<(Arc<Manifest>, Tail), Error> {
         let Some(HotPiece { root, dir }) = self.pending.take() else { return Ok((m, self)) };
         let hot = m;
         let started = std::time::Instant::now();
@@ -943,8 +941,7 @@ impl Tail {
         let limits = *limits;
         let whole = tokio::task::spawn_blocking(move || whole.validate(&limits, &dir).map(|()| whole))
             .await
-            .map_err(|e| Skip::joined("the manifest's validation", e))?
-            .map_err(crate::restore::extract_skip)?;
+            .map_err(|e| Error::joined("the manifest's validation", e))??;
         let same = |a: &Entry, b: &Entry| {
             (&a.path, a.kind, a.mode, a.mtime, a.size, &a.hash, &a.target, a.hot)
                 == (&b.path, b.kind, b.mode, b.mtime, b.size, &b.hash, &b.target, b.hot)
@@ -959,7 +956,7 @@ impl Tail {
                 }
                 continue;
             }
-            file_pieces(&whole, i, e, &mut pieces).map_err(crate::restore::extract_skip)?;
+            file_pieces(&whole, i, e, &mut pieces)?;
             entries.push(i as u32);
         }
         if now.next().is_some() {
@@ -1024,7 +1021,7 @@ pub(crate) async fn restore_tail(
     cancel: Arc<AtomicBool>,
     opts: &RestoreOptions,
     found: &Arc<Found>,
-) -> Result<(RestoreStats, Arc<Manifest>), Skip> {
+) -> Result<(RestoreStats, Arc<Manifest>), Error> {
     let owner = opts.owner;
     if tail.pending.is_some() {
         live.expect(Expected::Unknown);
@@ -1032,7 +1029,7 @@ pub(crate) async fn restore_tail(
     let (m, tail) = tail.resolve(store, m, &opts.limits, found).await?;
     live.expect(Expected::Files(m.clone(), tail.entries.clone()));
     if cancel.load(Ordering::Relaxed) {
-        return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
+        return Err(Error::Cancelled);
     }
     let pieces = Arc::new(tail.pieces);
     let sink = Sink::Live(live.clone());
@@ -1041,7 +1038,7 @@ pub(crate) async fn restore_tail(
     let (files, bytes, transferred) =
         write_frames(store, key, &m, pieces, sink, cancel.clone(), opts, &prefetch, found).await?;
     if cancel.load(Ordering::Relaxed) {
-        return Err(Skip::new(Reason::TimedOut, "restore cancelled"));
+        return Err(Error::Cancelled);
     }
     let transferred = transferred + prefetch.downloaded.load(Ordering::Relaxed);
     let (entries, fin_live, fin_m) = (tail.entries, live.clone(), m.clone());
@@ -1051,8 +1048,7 @@ pub(crate) async fn restore_tail(
         finish_tail(&fin_m, &entries, &fin_live, owner, &suspect)
     })
     .await
-    .map_err(|e| Skip::joined("the tail's finish thread", e))?
-    .map_err(crate::restore::extract_skip)?;
+    .map_err(|e| Error::joined("the tail's finish thread", e))??;
     live.complete.store(true, Ordering::SeqCst);
     Ok((RestoreStats { files: files + large, bytes, transferred }, m))
 }
@@ -1591,7 +1587,7 @@ async fn fetch_run(
     frame_bufs: &Recycler,
     prefetch: &Prefetch,
     found: &Found,
-) -> Result<(), Skip> {
+) -> Result<(), Error> {
     let pack_ref = &m.packs[pack as usize];
     let pkey = pack_key(key, m, &pack_ref.id);
     // A prefetched pack is sliced, not fetched again; it is verified frame
@@ -1603,7 +1599,7 @@ async fn fetch_run(
             (all.len() as u64, Box::pin(futures::stream::once(async move { Ok(part) })), true)
         }
         _ => {
-            let obj = store.get_range(&pkey, range.clone()).await.map_err(crate::restore::store_skip)?;
+            let obj = store.get_range(&pkey, range.clone()).await?;
             (obj.size, obj.stream, false)
         }
     };
@@ -1613,7 +1609,7 @@ async fn fetch_run(
         let than = if obj_size < pack_ref.size { "shorter" } else { "longer" };
         let why = format!("{obj_size} bytes, {than} than its manifest says ({})", pack_ref.size);
         found.add(&pkey, pack_ref.size, &why);
-        return Err(Skip::new(Reason::Corrupt, format!("`{pkey}` is {why}")));
+        return Err(Error::Corrupt(format!("`{pkey}` is {why}")));
     }
     // Each frame's bytes: a slice of the chunk that holds it whole (no
     // copy: a prefetched pack, or a large chunk), else gathered into a
@@ -1633,7 +1629,7 @@ async fn fetch_run(
             if chunk.is_empty() {
                 match stream.next().await {
                     Some(next) => {
-                        chunk = next.map_err(crate::restore::store_skip)?;
+                        chunk = next?;
                         if !prefetched {
                             // (A prefetched pack's bytes count once, as downloaded.)
                             transferred.fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -1648,13 +1644,10 @@ async fn fetch_run(
                         // manifest places in it: the stored pack and its
                         // manifest disagree (a transfer cut short is an
                         // error of the stream instead).
-                        return Err(Skip::new(
-                            Reason::Corrupt,
-                            format!(
-                                "`{pkey}` is {} bytes, shorter than its manifest says (frames up to byte {})",
-                                obj_size, range.end
-                            ),
-                        ));
+                        return Err(Error::Corrupt(format!(
+                            "`{pkey}` is {} bytes, shorter than its manifest says (frames up to byte {})",
+                            obj_size, range.end
+                        )));
                     }
                 }
             }
@@ -1962,17 +1955,6 @@ fn hash_stream(f: &mut FileReader) -> Result<(String, Vec<u8>), WalkError> {
     Ok((hasher.finalize().to_hex().to_string(), head))
 }
 
-/// Why building a snapshot stopped.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BuildError {
-    /// Reading the tree: unsafe, changed, too large, cancelled, or an I/O error.
-    #[error(transparent)]
-    Walk(#[from] WalkError),
-    /// The upload side went away (its own error is the cause).
-    #[error("the upload stopped")]
-    Upload(#[source] io::Error),
-}
-
 /// Walks `dir` (as a hostile tree: see [`sandcache_archive::walk`]), reuses
 /// what `base` already stores, and hands each new pack to `upload` as soon
 /// as it is full (bounded memory). Blocking. SQLite databases are left out,
@@ -1987,7 +1969,7 @@ pub(crate) fn build(
     sqlite: Option<&SqliteOptions>,
     progress: Option<&Progress>,
     upload: &mut dyn FnMut(pack::BuiltPack) -> io::Result<()>,
-) -> Result<SnapshotPlan, BuildError> {
+) -> Result<SnapshotPlan, Error> {
     let tree = Tree::open(dir, walk)?.ok_or_else(|| WalkError::Io {
         path: dir.to_owned(),
         source: io::Error::new(io::ErrorKind::NotFound, "no such directory"),
@@ -2013,7 +1995,7 @@ pub(crate) fn build(
     // SQLite databases seen (relative paths), for their companions.
     let mut databases: Vec<String> = Vec::new();
     let mut caches = sqlite.cloned().map(|o| Copier::new(o, walk.cancel.clone()));
-    tree.walk::<BuildError>(&mut |c| {
+    tree.walk::<Error>(&mut |c| {
         if c.name().to_str().is_none() {
             tracing::warn!("leaving out a non-UTF-8 name: {}", c.path().display());
             return Ok(Step::SkipDir);
@@ -2136,9 +2118,9 @@ pub(crate) fn build(
                             size: p.bytes.len() as u64,
                             frames: p.frames.clone(),
                         });
-                        upload(p).map_err(BuildError::Upload)?;
+                        upload(p).map_err(Error::io("the upload stopped"))?;
                     }
-                    Ok::<(), BuildError>(())
+                    Ok::<(), Error>(())
                 };
                 let changed = || WalkError::Changed {
                     path: c.path(),
@@ -2193,7 +2175,7 @@ pub(crate) fn build(
         builder.finish(&mut built);
         for p in built.drain(..) {
             new_packs.push(PackInfo { id: p.id.clone(), size: p.bytes.len() as u64, frames: p.frames.clone() });
-            upload(p).map_err(BuildError::Upload)?;
+            upload(p).map_err(Error::io("the upload stopped"))?;
         }
     }
 

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use sandcache_archive::ExtractOptions;
 use sandcache_archive::pack::Manifest;
-use sandcache_archive::{ExtractError, ExtractOptions};
 use sandcache_store::{Store, StoreError};
 use std::time::UNIX_EPOCH;
 
@@ -18,7 +18,7 @@ use crate::native;
 use crate::background::{self, CancelOnDrop, remove_in_background};
 use crate::bookkeeping::{Index, save_state, save_state_restored};
 use crate::cache::Cache;
-use crate::error::error_chain;
+use crate::error::{Declined, Error, error_chain};
 use crate::options::RestoreOptions;
 use crate::outcome::{Done, Op, Outcome, Reason, Skip, mb};
 use crate::pipe::{self, ChannelReader, Msg};
@@ -176,21 +176,19 @@ async fn restore(
     deadline: Instant,
     from: &std::sync::OnceLock<String>,
     hot: &HotSignal,
-) -> Result<Done, Skip> {
+) -> Result<Done, Error> {
     let store = shared.as_ref();
     // The dir's own name is never followed (nor is it later: renames do not
     // follow their last component), so a dir swapped for a symlink is
     // replaced, never the place it points at.
     // Its parents are walked one by one, created where missing, and a
     // symlink among them the worker could have made is `unsafe`.
-    let target = Target::resolve_for_restore(dir)
-        .map_err(|e| Skip::new(crate::target::target_reason(&e), format!("target dir: {e}")))?
-        .with_state_dir(opts.state_dir.as_deref());
+    let target = Target::resolve_for_restore(dir).map_err(Error::Target)?.with_state_dir(opts.state_dir.as_deref());
     if std::fs::symlink_metadata(&target.dir).is_ok_and(|m| m.file_type().is_symlink()) {
         let why = format!("{} is a symlink; a restore never follows one", target.dir.display());
-        return Err(Skip::new(Reason::Unsafe, why));
+        return Err(Error::Unsafe(why));
     }
-    let _lock = target.lock_or_skip(deadline).await?;
+    let _lock = target.lock(deadline).await.map_err(Error::lock)?;
     let leftovers = target.leftovers();
     // Pool objects found bad on the way are recorded (here, and as marks in
     // the store) before the next candidate is tried: the next snapshot and
@@ -207,7 +205,7 @@ async fn restore(
     // ends the restore.
     let mut sources = vec![Source::Key(key.to_owned())];
     sources.extend(opts.fallbacks.iter().filter_map(|f| Source::parse(f)));
-    let mut last: Option<Skip> = None;
+    let mut last: Option<Error> = None;
     let (mut tried, mut seen) = (0, std::collections::HashSet::new());
     for source in &sources {
         // Past the cap, no more listings either: each costs a request.
@@ -216,9 +214,9 @@ async fn restore(
         }
         let candidates = match source.candidates(store).await {
             Ok(c) => c,
-            Err(skip) => {
-                tracing::warn!(target: "sandbox-cache", "fallback {source}: {}; trying the next", skip.detail);
-                last = Some(skip);
+            Err(e) => {
+                tracing::warn!(target: "sandbox-cache", "fallback {source}: {}; trying the next", error_chain(&e));
+                last = Some(e);
                 continue;
             }
         };
@@ -249,14 +247,10 @@ async fn restore(
                     // the marker goes down before the swap makes it visible.
                     let marked = match &tail {
                         Some(_) => crate::bookkeeping::write_bookkeeping(&target.tail_path(), b"")
-                            .map_err(|e| Skip::new(Reason::IoError, format!("tail marker: {e}"))),
+                            .map_err(Error::io("tail marker")),
                         None => Ok(()),
                     };
-                    let old = marked.and_then(|()| {
-                        target
-                            .swap_in(&staging)
-                            .map_err(|e| Skip::new(Reason::IoError, format!("swap into place: {e}")))
-                    });
+                    let old = marked.and_then(|()| target.swap_in(&staging).map_err(Error::io("swap into place")));
                     let old = old.inspect_err(|_| remove_in_background(vec![staging.path.clone()]))?;
                     hot.ready();
                     let source_key = candidate.key().to_owned();
@@ -281,7 +275,7 @@ async fn restore(
                                 ..done
                             })
                         }
-                        Err(skip) => {
+                        Err(e) => {
                             // The hot set is in place and every file there is
                             // whole; what is missing is a cold miss. The
                             // marker stays: no snapshot stores this tree. A
@@ -289,32 +283,29 @@ async fn restore(
                             // restore of a generation naming it is one phase.
                             remove_in_background(trash);
                             report().await;
-                            Err(Skip::new(
-                                skip.reason,
-                                format!("the hot set is in place, but the rest did not land: {}", skip.detail),
-                            ))
+                            Err(e.context("the hot set is in place, but the rest did not land"))
                         }
                     };
                 }
-                Err(skip) if falls_through(skip.reason) => {
+                Err(e) if falls_through(e.reason()) => {
                     report().await;
                     tracing::warn!(
                         target: "sandbox-cache",
                         "generation {} is unusable ({}: {}); trying the next candidate",
-                        candidate.generation(), skip.reason, skip.detail
+                        candidate.generation(), e.reason(), error_chain(&e)
                     );
-                    last = Some(skip);
+                    last = Some(e);
                 }
-                Err(skip) => {
+                Err(e) => {
                     report().await;
-                    return Err(skip);
+                    return Err(e);
                 }
             }
         }
     }
     Err(last.unwrap_or_else(|| {
         let also = if opts.fallbacks.is_empty() { String::new() } else { " nor under any fallback".to_owned() };
-        Skip::new(Reason::NotFound, format!("no object at `{key}` nor any generation under `{key}.d/`{also}"))
+        Declined::NotFound(format!("no object at `{key}` nor any generation under `{key}.d/`{also}")).into()
     }))
 }
 
@@ -350,15 +341,15 @@ impl Source {
     }
 
     /// The generations to try, best first.
-    async fn candidates(&self, store: &dyn Store) -> Result<Vec<Candidate>, Skip> {
+    async fn candidates(&self, store: &dyn Store) -> Result<Vec<Candidate>, Error> {
         match self {
             Source::Key(key) => {
                 // The native layout and a single archive (the seed's
                 // cache.tgz, a legacy tar.zst, or `--format tgz`) may both
                 // exist: the newer first.
                 let (listed, legacy) = tokio::join!(layout::list_manifests(store, key), store.head(key));
-                let manifests = listed.map_err(store_skip)?;
-                let legacy = legacy.map_err(store_skip)?;
+                let manifests = listed?;
+                let legacy = legacy?;
                 let mut out: Vec<(u64, Candidate)> = manifests
                     .into_iter()
                     .take(PER_SOURCE)
@@ -373,7 +364,7 @@ impl Source {
                 Ok(out.into_iter().map(|(_, c)| c).collect())
             }
             Source::Prefix(prefix) => {
-                let listed = store.list(prefix).await.map_err(store_skip)?;
+                let listed = store.list(prefix).await?;
                 let mut out: Vec<(u64, Candidate)> = Vec::new();
                 for o in listed {
                     if let Some(key) = layout::generation_of(&o.key) {
@@ -450,9 +441,9 @@ async fn phase_two(
     staging: &Staging,
     opts: &RestoreOptions,
     found: &Arc<Found>,
-) -> Result<(native::RestoreStats, Arc<Manifest>), Skip> {
+) -> Result<(native::RestoreStats, Arc<Manifest>), Error> {
     let started = Instant::now();
-    let root = target.live_root(staging).map_err(|e| Skip::new(Reason::IoError, format!("live dir: {e}")))?;
+    let root = target.live_root(staging).map_err(Error::io("live dir"))?;
     let live = Arc::new(native::LiveDir::new(root));
     // Dropped in reverse: the writers are told to stop, then the temporary
     // files of unfinished large files go, at once (the deadline, an error).
@@ -508,7 +499,7 @@ async fn restore_native(
     opts: &RestoreOptions,
     found: &Arc<Found>,
     known: &tokio::sync::OnceCell<Known>,
-) -> Result<Staged, Skip> {
+) -> Result<Staged, Error> {
     let store = shared.as_ref();
     let started = Instant::now();
     // The root first; then its pieces, while the first packs download.
@@ -544,7 +535,7 @@ async fn restore_native_root(
     found: &Arc<Found>,
     root: Manifest,
     started: Instant,
-) -> Result<Staged, Skip> {
+) -> Result<Staged, Error> {
     let store = shared.as_ref();
     let prefetch = native::Prefetch::start(shared, key, &root, opts.hot_first);
     if let Some(p) = &opts.progress {
@@ -561,7 +552,7 @@ async fn restore_native_root(
         Some(hot) => (hot, Some(native::HotPiece { root, dir: target.dir.clone() }), "hot pieces of"),
         None => {
             let m = native::whole(store, root, found).await?;
-            m.validate(&opts.limits, &target.dir).map_err(extract_skip)?;
+            m.validate(&opts.limits, &target.dir)?;
             (m, None, "manifest")
         }
     };
@@ -574,7 +565,7 @@ async fn restore_native_root(
         started.elapsed().as_millis()
     );
     let m = Arc::new(m);
-    let staging = target.create_staging().map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
+    let staging = target.create_staging().map_err(Error::io("staging dir"))?;
     // Dropped at the deadline, this future still removes its staging dir,
     // after the cancel below (declared later, dropped first) stops its
     // writers.
@@ -596,13 +587,13 @@ async fn restore_archive(
     key: &str,
     target: &Target,
     opts: &RestoreOptions,
-) -> Result<(Done, Staging), Skip> {
-    let object = store.get(key).await.map_err(store_skip)?;
+) -> Result<(Done, Staging), Error> {
+    let object = store.get(key).await?;
     let progress = opts.progress.clone();
     if let Some(p) = &progress {
         p.expected.store(object.size, Ordering::Relaxed);
     }
-    let staging = target.create_staging().map_err(|e| Skip::new(Reason::IoError, format!("staging dir: {e}")))?;
+    let staging = target.create_staging().map_err(Error::io("staging dir"))?;
     // Removed unless swapped in: a download that fails or stalls after the
     // last tar entry leaves a complete extraction nobody will use.
     let mut drop_staging = DropStaging(Some(staging.clone()));
@@ -650,8 +641,8 @@ async fn restore_archive(
     };
     let (downloaded, extracted) = tokio::join!(download, extraction);
 
-    let transferred = downloaded.map_err(store_skip)?;
-    let stats = extracted.map_err(|e| Skip::joined("the extraction thread", e))?.map_err(extract_skip)?;
+    let transferred = downloaded?;
+    let stats = extracted.map_err(|e| Error::joined("the extraction thread", e))??;
     drop_staging.0 = None;
     Ok((Done { files: stats.files, bytes: stats.bytes, transferred, ..Done::default() }, staging))
 }
@@ -694,25 +685,4 @@ fn after_swap(
             remove_in_background(trash);
         }),
     }
-}
-
-pub(crate) fn store_skip(e: StoreError) -> Skip {
-    let reason = match &e {
-        StoreError::NotFound { .. } => Reason::NotFound,
-        StoreError::TimedOut { .. } => Reason::TimedOut,
-        StoreError::InvalidKey { .. } | StoreError::InvalidSpec { .. } => Reason::Config,
-        _ => Reason::StoreError,
-    };
-    Skip::new(reason, error_chain(&e))
-}
-
-pub(crate) fn extract_skip(e: ExtractError) -> Skip {
-    let reason = match &e {
-        ExtractError::Corrupt { .. } => Reason::Corrupt,
-        ExtractError::Unsafe { .. } => Reason::Unsafe,
-        ExtractError::Limit { .. } => Reason::TooLarge,
-        ExtractError::Io { .. } => Reason::IoError,
-        ExtractError::Cancelled => Reason::TimedOut,
-    };
-    Skip::new(reason, error_chain(&e))
 }

@@ -7,20 +7,19 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use sandcache_archive::pack::BuiltPack;
-use sandcache_archive::{Encoding, Layout, Limits, SqliteOptions, WalkError, WalkOptions, WriteError, WriteOptions};
+use sandcache_archive::{Encoding, Layout, Limits, SqliteOptions, WalkError, WalkOptions, WriteOptions};
 use sandcache_store::{Store, StoreError};
 
 use crate::background::{self, CancelOnDrop};
 use crate::bad::{self, Bad, Found, Known};
 use crate::bookkeeping::{Index, hex, load_state, save_state};
 use crate::cache::Cache;
-use crate::error::error_chain;
+use crate::error::{Declined, Error, error_chain};
 use crate::layout;
 use crate::native;
 use crate::options::{Format, SnapshotOptions};
-use crate::outcome::{Done, Op, Outcome, Reason, Skip, mb};
+use crate::outcome::{Done, Op, Outcome, Reason, mb};
 use crate::pipe::{self, ChannelWriter};
-use crate::restore::store_skip;
 use crate::target::Target;
 
 /// Whether the files read since `generation` was restored (access time
@@ -103,25 +102,23 @@ async fn snapshot(
     dir: &Path,
     opts: &SnapshotOptions,
     deadline: Instant,
-) -> Result<Done, Skip> {
+) -> Result<Done, Error> {
     // The dir's own name is never followed: a symlink there is `unsafe`.
     let target = match Target::resolve_nofollow(dir) {
         Ok(t) => t.with_state_dir(opts.state_dir.as_deref()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Skip::new(Reason::Empty, format!("{} does not exist", dir.display())));
+            return Err(Declined::Empty(format!("{} does not exist", dir.display())).into());
         }
-        Err(e) => return Err(Skip::new(crate::target::target_reason(&e), format!("target dir: {e}"))),
+        Err(e) => return Err(Error::Target(e)),
     };
-    let _lock = target.lock_or_skip(deadline).await?;
+    let _lock = target.lock(deadline).await.map_err(Error::lock)?;
     background::remove_in_background(target.sqlite_leftovers());
     if std::fs::symlink_metadata(target.tail_path()).is_ok() {
-        return Err(Skip::new(
-            Reason::Incomplete,
-            format!(
-                "the last restore of {} put its hot files in place but not the rest; the stored cache is kept until a restore completes",
-                target.dir.display()
-            ),
-        ));
+        return Err(Declined::Incomplete(format!(
+            "the last restore of {} put its hot files in place but not the rest; the stored cache is kept until a restore completes",
+            target.dir.display()
+        ))
+        .into());
     }
 
     // Every blocking step below checks this flag at each entry and read, so
@@ -136,13 +133,11 @@ async fn snapshot(
         Ok::<_, WalkError>((empty, fp))
     })
     .await
-    .map_err(|e| Skip::joined("the scan thread", e))?
-    .map_err(|e| walk_skip(&e))?;
+    .map_err(|e| Error::joined("the scan thread", e))??;
     if empty {
-        return Err(Skip::new(
-            Reason::Empty,
-            format!("{} holds no files; the stored cache is kept", target.dir.display()),
-        ));
+        return Err(
+            Declined::Empty(format!("{} holds no files; the stored cache is kept", target.dir.display())).into()
+        );
     }
     let fp = fp.expect("set when not empty");
     let store_label = store.to_string();
@@ -170,10 +165,11 @@ async fn snapshot(
                 );
             }
             Ok(Some(_)) => {
-                return Err(Skip::new(
-                    Reason::Unchanged,
-                    format!("{} is as last restored or snapshotted ({generation})", target.dir.display()),
-                ));
+                return Err(Declined::Unchanged(format!(
+                    "{} is as last restored or snapshotted ({generation})",
+                    target.dir.display()
+                ))
+                .into());
             }
             Ok(None) => tracing::info!(
                 target: "sandbox-cache",
@@ -195,19 +191,6 @@ async fn snapshot(
     }
 }
 
-/// A failed walk as a reason: a symlinked dir, or an entry that turned into
-/// a symlink, FIFO or device while it was read, is `unsafe`; a limit is
-/// `too_large`; cancellation is the deadline's.
-pub(crate) fn walk_skip(e: &WalkError) -> Skip {
-    let reason = match e {
-        WalkError::Io { .. } | WalkError::Changed { .. } => Reason::IoError,
-        WalkError::Unsafe { .. } => Reason::Unsafe,
-        WalkError::Limit { .. } => Reason::TooLarge,
-        WalkError::Cancelled => Reason::TimedOut,
-    };
-    Skip::new(reason, error_chain(e))
-}
-
 /// Native: only content the store lacks is packed and uploaded, packs first
 /// (into the shared pool, skipping any it already holds) and the manifest
 /// last, with at most two packs in memory. Pool objects found bad on the
@@ -221,7 +204,7 @@ async fn snapshot_native(
     walk: &WalkOptions,
     sqlite: &SqliteOptions,
     fp: &[u8; 32],
-) -> Result<Done, Skip> {
+) -> Result<Done, Error> {
     let found = Found::default();
     let done = build_and_upload(store, key, target, opts, walk, sqlite, fp, &found).await;
     bad::report(store.as_ref(), &target.bad_path(), &store.to_string(), &found).await;
@@ -238,7 +221,7 @@ async fn build_and_upload(
     sqlite: &SqliteOptions,
     fp: &[u8; 32],
     found: &Found,
-) -> Result<Done, Skip> {
+) -> Result<Done, Error> {
     let store_label = store.to_string();
     // The base to dedup against: the key's newest generation, whoever wrote
     // it; else the generation the dir was restored from (a fallback, such as
@@ -248,7 +231,7 @@ async fn build_and_upload(
     let bad_path = target.bad_path();
     let (listed, known) =
         tokio::join!(layout::list_manifests(store.as_ref(), key), Known::load(store.as_ref(), &bad_path, &store_label));
-    let listed = listed.map_err(store_skip)?;
+    let listed = listed?;
     let mut known = known;
     let restored_from = load_state(target)
         .filter(|s| s.store == store_label && s.key != key)
@@ -278,7 +261,7 @@ async fn build_and_upload(
                         target: "sandbox-cache",
                         "not building on {generation}: its pack {id} is gone; its content is uploaded again"
                     ),
-                    Err(e) => return Err(store_skip(e)),
+                    Err(e) => return Err(e.into()),
                 }
             }
             Ok(m) if !m.pooled() => {
@@ -336,10 +319,9 @@ async fn build_and_upload(
     };
     let (uploaded, built) = tokio::join!(uploads, builder);
     let (mut plan, base) = match (uploaded.as_ref(), built) {
-        (Err(_), _) => return Err(store_skip(uploaded.unwrap_err())),
-        (_, Err(e)) => return Err(Skip::joined("the snapshot thread", e)),
-        (_, Ok(Err(native::BuildError::Walk(e)))) => return Err(walk_skip(&e)),
-        (_, Ok(Err(e))) => return Err(Skip::new(Reason::IoError, error_chain(&e))),
+        (Err(_), _) => return Err(uploaded.unwrap_err().into()),
+        (_, Err(e)) => return Err(Error::joined("the snapshot thread", e)),
+        (_, Ok(Err(e))) => return Err(e),
         (Ok(_), Ok(Ok(p))) => p,
     };
     let (packs_added, salted) = uploaded.unwrap_or_default();
@@ -356,12 +338,12 @@ async fn build_and_upload(
         if let Some(newest) = listed.first() {
             save_state(target, &store_label, key, fp, &newest.key);
         }
-        return Err(Skip::new(Reason::Unchanged, "every file is already in the newest generation"));
+        return Err(Declined::Unchanged("every file is already in the newest generation".into()).into());
     }
     // Our own manifest must pass the checks every reader makes.
     plan.manifest
         .validate(&Limits::default(), &target.dir)
-        .map_err(|e| Skip::new(Reason::Corrupt, format!("refusing to upload an invalid manifest: {e}")))?;
+        .map_err(|e| Error::Corrupt(format!("refusing to upload an invalid manifest: {e}")))?;
     // The manifest as pieces and a small root: only pieces the pool lacks
     // (the runs of entries that changed) are uploaded; a piece whose name a
     // bad object holds goes up salted, and the root names that.
@@ -375,7 +357,7 @@ async fn build_and_upload(
             Ok::<_, StoreError>((id, len, added, as_salted))
         });
         for r in futures::future::join_all(puts).await {
-            let (id, len, added, as_salted) = r.map_err(store_skip)?;
+            let (id, len, added, as_salted) = r?;
             match added {
                 0 => pieces_reused += len,
                 n => pieces_added += n,
@@ -391,7 +373,7 @@ async fn build_and_upload(
     let bytes = root.encode();
     transferred += bytes.len() as u64;
     let mkey = layout::manifest_key(key, plan.manifest.created_ms);
-    store.put(&mkey, one_chunk(bytes)).await.map_err(store_skip)?;
+    store.put(&mkey, one_chunk(bytes)).await?;
     // A gc that ran meanwhile may have removed a pack this generation reuses
     // (nothing it kept referenced it): withdraw the generation rather than
     // leave a manifest that points at nothing. One HEAD per pack.
@@ -413,13 +395,10 @@ async fn build_and_upload(
     };
     if let Some(gone) = gone {
         let withdrawn = store.delete(&mkey).await;
-        return Err(Skip::new(
-            Reason::StoreError,
-            format!(
-                "pool object {gone} of the new generation was removed or replaced while it was written (a concurrent gc?); generation {mkey} {}",
-                if withdrawn.is_ok() { "withdrawn" } else { "could not be withdrawn" }
-            ),
-        ));
+        return Err(Error::Raced(format!(
+            "pool object {gone} of the new generation was removed or replaced while it was written (a concurrent gc?); generation {mkey} {}",
+            if withdrawn.is_ok() { "withdrawn" } else { "could not be withdrawn" }
+        )));
     }
     // Every new pack is in the manifest (only unused frames of old packs are
     // dropped), so what was not added was reused.
@@ -554,7 +533,7 @@ async fn snapshot_archive(
     fp: &[u8; 32],
     layout: Layout,
     encoding: Encoding,
-) -> Result<Done, Skip> {
+) -> Result<Done, Error> {
     let store_label = store.to_string();
     let wopts = WriteOptions {
         layout,
@@ -571,17 +550,11 @@ async fn snapshot_archive(
     let writer = tokio::task::spawn_blocking(move || {
         let mut sink = ChannelWriter::new(tx);
         match sandcache_archive::write_archive(&src, &mut sink, &wopts) {
-            Ok(stats) => sink
-                .finish()
-                .map(|()| stats)
-                .map_err(|e| Skip::new(Reason::IoError, format!("finishing the stream: {e}"))),
+            Ok(stats) => sink.finish().map(|()| stats).map_err(Error::io("finishing the stream")),
             Err(e) => {
-                let skip = match &e {
-                    WriteError::Walk(w) => walk_skip(w),
-                    WriteError::Sink(_) => Skip::new(Reason::IoError, error_chain(&e)),
-                };
-                sink.fail(skip.detail.clone());
-                Err(skip)
+                let e = Error::Write(e);
+                sink.fail(error_chain(&e));
+                Err(e)
             }
         }
     });
@@ -599,12 +572,12 @@ async fn snapshot_archive(
     // A failed upload breaks the writer's pipe: the store's error is the cause.
     // A failed writer fails the body: the writer's error is the cause.
     let (transferred, stats) = match (uploaded, written) {
-        (Err(e), _) if !matches!(e, StoreError::Body { .. }) => return Err(store_skip(e)),
+        (Err(e), _) if !matches!(e, StoreError::Body { .. }) => return Err(e.into()),
         (_, Err(e)) => {
-            return Err(Skip::joined("the archive thread", e));
+            return Err(Error::joined("the archive thread", e));
         }
-        (_, Ok(Err(skip))) => return Err(skip),
-        (Err(e), Ok(Ok(_))) => return Err(store_skip(e)),
+        (_, Ok(Err(e))) => return Err(e),
+        (Err(e), Ok(Ok(_))) => return Err(e.into()),
         (Ok(n), Ok(Ok(stats))) => (n, stats),
     };
     save_state(target, &store_label, key, fp, key);

@@ -19,6 +19,7 @@ use rustix::fs::{CWD, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use crate::background::remove_in_background;
+use crate::error::UntrustedSymlink;
 
 /// Marker in the names of everything sandcache keeps inside a mounted dir;
 /// snapshots leave such entries out.
@@ -201,16 +202,6 @@ impl Target {
                 Err(e) => return Err(with_path(e.into(), &path)),
             }
         }
-    }
-
-    /// [`Target::lock`] with its failure as a reason: waiting past the
-    /// deadline is `timed_out`, anything else `io_error`.
-    pub(crate) async fn lock_or_skip(&self, deadline: Instant) -> Result<Lock, crate::outcome::Skip> {
-        use crate::outcome::Reason;
-        self.lock(deadline).await.map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => crate::outcome::Skip::new(Reason::TimedOut, e.to_string()),
-            _ => crate::outcome::Skip::new(Reason::IoError, format!("lock: {e}")),
-        })
     }
 
     /// Staging and trash dirs left by earlier runs that crashed or failed.
@@ -430,28 +421,6 @@ fn absolute(dir: &Path) -> io::Result<PathBuf> {
     Ok(if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) })
 }
 
-/// A symlink among a dir's parents that neither root nor we made: a restore
-/// or snapshot of the dir is `unsafe`, never done through it.
-#[derive(Debug)]
-pub(crate) struct UntrustedSymlink(String);
-
-impl std::fmt::Display for UntrustedSymlink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UntrustedSymlink {}
-
-/// The reason a dir that did not resolve is skipped with: `unsafe` for an
-/// [`UntrustedSymlink`], `io_error` otherwise.
-pub(crate) fn target_reason(e: &io::Error) -> crate::outcome::Reason {
-    match e.get_ref().is_some_and(|inner| inner.is::<UntrustedSymlink>()) {
-        true => crate::outcome::Reason::Unsafe,
-        false => crate::outcome::Reason::IoError,
-    }
-}
-
 /// Symlinks followed in one walk, as the kernel's own limit.
 const MAX_LINKS: usize = 40;
 
@@ -613,6 +582,7 @@ pub async fn clear_dir(dir: &Path, state_dir: Option<&Path>, timeout: Duration) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::target_reason;
 
     #[test]
     fn swap_replaces_an_existing_dir_and_returns_the_old_one() {
