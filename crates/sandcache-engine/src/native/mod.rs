@@ -1,0 +1,27 @@
+//! The native format: a generation restored from content-addressed packs
+//! (into staging, or in two phases), and built from a walk of the dir.
+//! Where its objects live: [`crate::layout`].
+
+mod algebra;
+mod build;
+mod fetch;
+mod filesystem;
+mod live;
+mod manifest;
+mod parts;
+mod pieces;
+mod plan;
+mod prefetch;
+mod staging;
+mod tail;
+mod writers;
+
+pub(crate) use algebra::rename_salted_pack;
+pub(crate) use build::build;
+pub(crate) use live::LiveDir;
+pub(crate) use manifest::{fetch_manifest, fetch_root, usable_hot, whole};
+pub(crate) use pieces::split;
+pub(crate) use prefetch::Prefetch;
+pub(crate) use staging::restore_into;
+pub(crate) use tail::{HotPiece, Tail, restore_tail};
+pub(crate) use writers::RestoreStats;
