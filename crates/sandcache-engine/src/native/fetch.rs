@@ -14,10 +14,10 @@ use crate::bad::Found;
 use crate::error::Error;
 use crate::layout::pack_key;
 
-use super::plan::{Piece, Run};
+use super::plan::{Run, Slice};
 use super::prefetch::Prefetch;
 
-/// Bytes of one frame's location and the pieces of files in it.
+/// Bytes of one frame's location and the slices of files in it.
 pub(super) struct FrameJob {
     pub(super) frame: u32,
     pub(super) bytes: Bytes,
@@ -80,7 +80,7 @@ pub(super) async fn fetch_run(
     store: &dyn Store,
     key: &str,
     m: &Manifest,
-    pieces: &[Vec<Piece>],
+    slices: &[Vec<Slice>],
     (pack, range, frames): Run,
     mut feed: Feed,
     cancel: Arc<AtomicBool>,
@@ -179,7 +179,7 @@ pub(super) async fn fetch_run(
             // (A prefetched pack's frames are sliced again by the tail.)
             prefetch.keep(frame, &bytes);
         }
-        if pieces[frame as usize].is_empty() {
+        if slices[frame as usize].is_empty() {
             // Only passed over on the way to another frame: kept (or not,
             // when there was no room) for the tail, not written.
             continue;

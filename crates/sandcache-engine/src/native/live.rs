@@ -28,7 +28,7 @@ pub(crate) struct LiveDir {
     dirs: Mutex<HashMap<String, Option<Arc<OwnedFd>>>>,
     /// Directories files landed in, whose archived mtime goes back at the end.
     touched: Mutex<HashSet<String>>,
-    /// Large files being written piece by piece, under temporary names.
+    /// Large files being written slice by slice, under temporary names.
     parts: Mutex<HashMap<u32, Option<Arc<Part>>>>,
     /// Paths the worker made meanwhile, left alone.
     pub(crate) kept: AtomicU64,
@@ -185,7 +185,7 @@ impl LiveDir {
         self.publish(&parent, &tmp, name, entry)
     }
 
-    /// The temporary file a large file's pieces go to (`None`: its
+    /// The temporary file a large file's slices go to (`None`: its
     /// directory is gone).
     pub(super) fn part(&self, entry: u32, e: &Entry) -> io::Result<Option<Arc<Part>>> {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());

@@ -12,7 +12,7 @@ use sandcache_store::{Store, StoreError};
 
 use crate::layout::pack_key;
 
-use super::plan::Piece;
+use super::plan::Slice;
 
 pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, StoreError> {
     let mut obj = store.get(key).await?;
@@ -93,19 +93,19 @@ impl Prefetch {
         p
     }
 
-    /// From now on, keeps a copy of each frame with pieces in `tail` that
+    /// From now on, keeps a copy of each frame with slices in `tail` that
     /// passes through [`fetch_run`] (up to [`KEEP_BYTES`]), for the tail.
-    pub(super) fn keep_for(&mut self, tail: &[Vec<Piece>]) {
+    pub(super) fn keep_for(&mut self, tail: &[Vec<Slice>]) {
         self.keep_frames(tail.iter().map(|p| !p.is_empty()).collect());
     }
 
-    /// Keeps the frames of `m` that hold bytes besides the `pieces` written
+    /// Keeps the frames of `m` that hold bytes besides the `slices` written
     /// now: a hot piece's frames that also hold files of a tail not known
     /// yet (every byte of a frame belongs to some file).
-    pub(super) fn keep_uncovered(&mut self, m: &Manifest, pieces: &[Vec<Piece>]) {
-        let covered = |f: usize| pieces[f].iter().map(|p| p.len).sum::<u64>();
+    pub(super) fn keep_uncovered(&mut self, m: &Manifest, slices: &[Vec<Slice>]) {
+        let covered = |f: usize| slices[f].iter().map(|p| p.len).sum::<u64>();
         self.keep_frames(
-            (0..m.frames.len()).map(|f| !pieces[f].is_empty() && covered(f) < m.frames[f].rawlen).collect(),
+            (0..m.frames.len()).map(|f| !slices[f].is_empty() && covered(f) < m.frames[f].rawlen).collect(),
         );
     }
 

@@ -23,7 +23,7 @@ use crate::options::RestoreOptions;
 
 use super::filesystem::{Umask, create, dir_mode, file_mode, io_err, set_meta};
 use super::parts::PartHashes;
-use super::plan::{Piece, file_pieces};
+use super::plan::{Slice, slice_file};
 use super::prefetch::Prefetch;
 use super::tail::{HotPiece, Tail, split_hot};
 use super::writers::{RestoreStats, Sink, suspect_file, write_frames};
@@ -59,33 +59,33 @@ pub(crate) async fn restore_into(
     let t0 = std::time::Instant::now();
     let setup_m = m.clone();
     let (setup_staging, held) = (staging.to_owned(), anchored.clone());
-    let pieces = tokio::task::spawn_blocking(move || setup(&setup_m, &setup_staging, &held.fd(), owner, exact))
+    let slices = tokio::task::spawn_blocking(move || setup(&setup_m, &setup_staging, &held.fd(), owner, exact))
         .await
         .map_err(|e| Error::joined("the setup thread", e))??;
     let t_setup = t0.elapsed();
     // `m` is a hot piece: all of it now, and a tail known once the whole
     // manifest is in (see `Tail::resolve`).
     let from_piece = hot_piece.is_some();
-    let (pieces, tail) = match (hot_piece, opts.hot_first) {
+    let (slices, tail) = match (hot_piece, opts.hot_first) {
         (Some(p), _) => (
-            pieces,
-            Some(Tail { pieces: Vec::new(), entries: Vec::new(), prefetch: Prefetch::none(), pending: Some(p) }),
+            slices,
+            Some(Tail { slices: Vec::new(), entries: Vec::new(), prefetch: Prefetch::none(), pending: Some(p) }),
         ),
-        (None, true) => split_hot(&m, pieces),
-        (None, false) => (pieces, None),
+        (None, true) => split_hot(&m, slices),
+        (None, false) => (slices, None),
     };
     let mut prefetch = prefetch;
     if let Some(t) = &tail {
         // A frame phase one fetches (or passes over in a coalesced range)
         // that the tail needs too is kept, not fetched again.
-        if from_piece { prefetch.keep_uncovered(&m, &pieces) } else { prefetch.keep_for(&t.pieces) }
+        if from_piece { prefetch.keep_uncovered(&m, &slices) } else { prefetch.keep_for(&t.slices) }
     }
 
     // 2. Content: every frame needed now, fetched and written.
     let parts = Arc::new(PartHashes::default());
     let sink = Sink::Staging { io: staging.to_owned(), dir: anchored.fd(), exact, parts: parts.clone() };
     let (files, bytes, transferred) =
-        write_frames(store, key, &m, Arc::new(pieces), sink, cancel.clone(), opts, &prefetch, found).await?;
+        write_frames(store, key, &m, Arc::new(slices), sink, cancel.clone(), opts, &prefetch, found).await?;
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
@@ -122,15 +122,15 @@ fn empty_files(m: &Manifest) -> u64 {
     m.entries.iter().filter(|e| e.kind == Kind::File && e.size == 0).count() as u64
 }
 
-/// Creates every directory and empty file; returns each frame's pieces.
+/// Creates every directory and empty file; returns each frame's slices.
 fn setup(
     m: &Manifest,
     staging: &Path,
     dir: &OwnedFd,
     owner: Option<(u32, u32)>,
     exact: Umask,
-) -> Result<Vec<Vec<Piece>>, ExtractError> {
-    let mut pieces: Vec<Vec<Piece>> = vec![Vec::new(); m.frames.len()];
+) -> Result<Vec<Vec<Slice>>, ExtractError> {
+    let mut slices: Vec<Vec<Slice>> = vec![Vec::new(); m.frames.len()];
     let mut made: HashSet<&str> = HashSet::new();
     for (i, e) in m.entries.iter().enumerate() {
         let parent = match e.kind {
@@ -165,9 +165,9 @@ fn setup(
                 .map_err(|err| io_err(&path, err))?;
             continue;
         }
-        file_pieces(m, i, e, &mut pieces)?;
+        slice_file(m, i, e, &mut slices)?;
     }
-    Ok(pieces)
+    Ok(slices)
 }
 
 /// Symlinks last, then large files' metadata and each directory's, deepest

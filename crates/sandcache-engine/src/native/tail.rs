@@ -15,14 +15,14 @@ use crate::options::RestoreOptions;
 use super::algebra::{has_tail, in_tail};
 use super::live::{Expected, LiveDir, finish_tail};
 use super::manifest::{corrupt, whole};
-use super::plan::{Piece, file_pieces};
+use super::plan::{Slice, slice_file};
 use super::prefetch::Prefetch;
 use super::writers::{RestoreStats, Sink, suspect_file, write_frames};
 
 /// What a two-phase restore writes after the swap: the files that are not
 /// hot.
 pub(crate) struct Tail {
-    pub(super) pieces: Vec<Vec<Piece>>,
+    pub(super) slices: Vec<Vec<Slice>>,
     /// The deferred entries (files with content).
     pub(super) entries: Vec<u32>,
     /// The packs downloading since the manifest was read, whole: the first
@@ -68,7 +68,7 @@ impl Tail {
                 == (&b.path, b.kind, b.mode, b.mtime, b.size, &b.hash, &b.target, b.hot)
         };
         let mut now = hot.entries.iter();
-        let mut pieces: Vec<Vec<Piece>> = vec![Vec::new(); whole.frames.len()];
+        let mut slices: Vec<Vec<Slice>> = vec![Vec::new(); whole.frames.len()];
         let mut entries = Vec::new();
         for (i, e) in whole.entries.iter().enumerate() {
             if !in_tail(e) {
@@ -77,7 +77,7 @@ impl Tail {
                 }
                 continue;
             }
-            file_pieces(&whole, i, e, &mut pieces)?;
+            slice_file(&whole, i, e, &mut slices)?;
             entries.push(i as u32);
         }
         if now.next().is_some() {
@@ -91,20 +91,20 @@ impl Tail {
             entries.len(),
             started.elapsed().as_millis()
         );
-        Ok((Arc::new(whole), Tail { pieces, entries, prefetch: self.prefetch, pending: None }))
+        Ok((Arc::new(whole), Tail { slices, entries, prefetch: self.prefetch, pending: None }))
     }
 }
 
-/// Splits a restore's pieces: the hot files now, every other file with
+/// Splits a restore's slices: the hot files now, every other file with
 /// content later. Cold files that share a frame with hot ones wait too: the
 /// tail decodes that frame once more for them (sliced from the prefetched
 /// pack, or the copy phase one kept: never fetched twice), while writing
 /// them now would hold up `hot-ready` by every such file. `None` when the
 /// manifest has no hot set (everything is hot) or nothing is left for
 /// later.
-pub(super) fn split_hot(m: &Manifest, pieces: Vec<Vec<Piece>>) -> (Vec<Vec<Piece>>, Option<Tail>) {
+pub(super) fn split_hot(m: &Manifest, slices: Vec<Vec<Slice>>) -> (Vec<Vec<Slice>>, Option<Tail>) {
     if !has_tail(m) {
-        return (pieces, None);
+        return (slices, None);
     }
     let mut deferred = vec![false; m.entries.len()];
     let (mut entries, mut bytes) = (Vec::new(), 0);
@@ -117,13 +117,13 @@ pub(super) fn split_hot(m: &Manifest, pieces: Vec<Vec<Piece>>) -> (Vec<Vec<Piece
     }
     let hot = m.entries.iter().filter(|e| e.kind == Kind::File && e.size > 0 && e.hot).count();
     tracing::debug!(target: "sandbox-cache", "hot set: {hot} files; the tail {} ({bytes} bytes)", entries.len());
-    let (mut now, mut later) = (Vec::with_capacity(pieces.len()), Vec::with_capacity(pieces.len()));
-    for ps in pieces {
-        let (l, n): (Vec<Piece>, Vec<Piece>) = ps.into_iter().partition(|p| deferred[p.entry as usize]);
+    let (mut now, mut later) = (Vec::with_capacity(slices.len()), Vec::with_capacity(slices.len()));
+    for frame in slices {
+        let (l, n): (Vec<Slice>, Vec<Slice>) = frame.into_iter().partition(|p| deferred[p.entry as usize]);
         now.push(n);
         later.push(l);
     }
-    (now, Some(Tail { pieces: later, entries, prefetch: Prefetch::none(), pending: None }))
+    (now, Some(Tail { slices: later, entries, prefetch: Prefetch::none(), pending: None }))
 }
 
 /// The second phase: the tail's files, written into the live dir (which
@@ -152,12 +152,12 @@ pub(crate) async fn restore_tail(
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
-    let pieces = Arc::new(tail.pieces);
+    let slices = Arc::new(tail.slices);
     let sink = Sink::Live(live.clone());
     let mut prefetch = tail.prefetch;
     prefetch.stop_keeping();
     let (files, bytes, transferred) =
-        write_frames(store, key, &m, pieces, sink, cancel.clone(), opts, &prefetch, found).await?;
+        write_frames(store, key, &m, slices, sink, cancel.clone(), opts, &prefetch, found).await?;
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
@@ -207,19 +207,19 @@ mod tests {
             pieces: Vec::new(),
             hot: Vec::new(),
         };
-        let piece = |entry: u32, at: u64| Piece { entry, at, len: 10, file_offset: 0 };
-        let pieces = vec![vec![piece(1, 0), piece(2, 10)], vec![piece(3, 0)]];
-        let (now, tail) = split_hot(&m, pieces);
+        let slice = |entry: u32, at: u64| Slice { entry, at, len: 10, file_offset: 0 };
+        let slices = vec![vec![slice(1, 0), slice(2, 10)], vec![slice(3, 0)]];
+        let (now, tail) = split_hot(&m, slices);
         let tail = tail.expect("a tail");
-        let entries = |ps: &[Vec<Piece>]| ps.iter().flatten().map(|p| p.entry).collect::<Vec<_>>();
+        let entries = |slices: &[Vec<Slice>]| slices.iter().flatten().map(|p| p.entry).collect::<Vec<_>>();
         assert_eq!(entries(&now), vec![1]);
-        assert_eq!(entries(&tail.pieces), vec![2, 3]);
+        assert_eq!(entries(&tail.slices), vec![2, 3]);
         assert_eq!(tail.entries, vec![2, 3]);
 
         // No hot entry: no hot set, one phase.
         let mut cold = m.clone();
         cold.entries.iter_mut().for_each(|e| e.hot = false);
-        let (now, tail) = split_hot(&cold, vec![vec![piece(1, 0), piece(2, 10)], vec![piece(3, 0)]]);
+        let (now, tail) = split_hot(&cold, vec![vec![slice(1, 0), slice(2, 10)], vec![slice(3, 0)]]);
         assert!(tail.is_none());
         assert_eq!(entries(&now), vec![1, 2, 3]);
 
@@ -234,9 +234,9 @@ mod tests {
         assert_eq!(paths, ["npm", "npm/hot.js"]);
         assert_eq!((hot.frames.len(), hot.packs.len(), hot.entries[1].frame), (1, 1, Some(0)));
         let mut p = Prefetch::none();
-        p.keep_uncovered(&hot, &[vec![piece(1, 0)]]);
+        p.keep_uncovered(&hot, &[vec![slice(1, 0)]]);
         assert_eq!(p.wanted(), [true], "its frame holds a tail file too: kept for the tail");
-        p.keep_uncovered(&hot, &[vec![Piece { len: 20, ..piece(1, 0) }]]);
+        p.keep_uncovered(&hot, &[vec![Slice { len: 20, ..slice(1, 0) }]]);
         assert_eq!(p.wanted(), [false], "a frame phase one writes whole");
         assert!(split(&cold).0.hot.is_empty());
         let mut most = m.clone();

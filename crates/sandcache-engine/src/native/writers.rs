@@ -1,4 +1,4 @@
-//! The writer threads: each frame decoded, and the pieces of files it
+//! The writer threads: each frame decoded, and the slices of files it
 //! holds written, into staging or into the live dir.
 
 use std::collections::HashSet;
@@ -23,7 +23,7 @@ use super::fetch::{Feed, FrameJob, IN_FLIGHT_KIB, fetch_run};
 use super::filesystem::{Umask, create, file_mode, io_err, set_meta};
 use super::live::LiveDir;
 use super::parts::PartHashes;
-use super::plan::{Piece, plan_runs};
+use super::plan::{Slice, plan_runs};
 use super::prefetch::Prefetch;
 
 /// The nice value of a second phase's writer thread: the app's boot first,
@@ -45,7 +45,7 @@ pub(super) enum Sink {
     Live(Arc<LiveDir>),
 }
 
-/// The writer pool and the downloads feeding it: every frame with pieces
+/// The writer pool and the downloads feeding it: every frame with slices
 /// is fetched (coalesced per pack), decoded, verified and written.
 /// Returns (files, bytes, transferred).
 #[allow(clippy::too_many_arguments)]
@@ -53,7 +53,7 @@ pub(super) async fn write_frames(
     store: &dyn Store,
     key: &str,
     m: &Arc<Manifest>,
-    pieces: Arc<Vec<Vec<Piece>>>,
+    slices: Arc<Vec<Vec<Slice>>>,
     sink: Sink,
     cancel: Arc<AtomicBool>,
     opts: &RestoreOptions,
@@ -62,10 +62,10 @@ pub(super) async fn write_frames(
 ) -> Result<(u64, u64, u64), Error> {
     let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
     // Frames kept from phase one need no fetch.
-    let kept = prefetch.take_kept((0..pieces.len() as u32).filter(|f| !pieces[*f as usize].is_empty()));
+    let kept = prefetch.take_kept((0..slices.len() as u32).filter(|f| !slices[*f as usize].is_empty()));
     let have: HashSet<u32> = kept.iter().map(|(f, _)| *f).collect();
     // Which byte ranges to fetch: needed frames, coalesced per pack.
-    let runs = plan_runs(m, &pieces, &have, |f| prefetch.wants(f));
+    let runs = plan_runs(m, &slices, &have, |f| prefetch.wants(f));
 
     // Writer pool.
     // The tail lands while the app boots: two writers, each at a lowered
@@ -86,10 +86,10 @@ pub(super) async fn write_frames(
     let bytes = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..threads {
-        let (rx, m, pieces, error, cancel, files, bytes, progress, sink) = (
+        let (rx, m, slices, error, cancel, files, bytes, progress, sink) = (
             rx.clone(),
             m.clone(),
-            pieces.clone(),
+            slices.clone(),
             error.clone(),
             cancel.clone(),
             files.clone(),
@@ -107,7 +107,7 @@ pub(super) async fn write_frames(
                 if cancel.load(Ordering::Relaxed) {
                     return;
                 }
-                match write_frame(&m, &pieces, &sink, &job, owner, &mut decoder) {
+                match write_frame(&m, &slices, &sink, &job, owner, &mut decoder) {
                     Ok((f, b)) => {
                         files.fetch_add(f, Ordering::Relaxed);
                         bytes.fetch_add(b, Ordering::Relaxed);
@@ -160,9 +160,9 @@ pub(super) async fn write_frames(
     let fetches = futures::stream::iter(runs.into_iter().map(|run| {
         let (feed, m, cancel, transferred, progress) =
             (feed_of(), m.clone(), cancel.clone(), transferred.clone(), progress.clone());
-        let (pieces, frame_bufs) = (pieces.clone(), &frame_bufs);
+        let (slices, frame_bufs) = (slices.clone(), &frame_bufs);
         async move {
-            fetch_run(store, key, &m, &pieces, run, feed, cancel, transferred, progress, frame_bufs, prefetch, found)
+            fetch_run(store, key, &m, &slices, run, feed, cancel, transferred, progress, frame_bufs, prefetch, found)
                 .await
         }
     }))
@@ -199,11 +199,11 @@ pub(super) async fn write_frames(
     Ok((files.load(Ordering::Relaxed), bytes.load(Ordering::Relaxed), transferred.load(Ordering::Relaxed)))
 }
 
-/// Decodes one frame and writes the pieces it holds, each whole file
+/// Decodes one frame and writes the slices it holds, each whole file
 /// checked against its hash.
 fn write_frame(
     m: &Manifest,
-    pieces: &[Vec<Piece>],
+    slices: &[Vec<Slice>],
     sink: &Sink,
     job: &FrameJob,
     owner: Option<(u32, u32)>,
@@ -218,7 +218,7 @@ fn write_frame(
     // live dir under a temporary name.
     let raw = decoder.decode_unhashed(&job.bytes, frame)?;
     let (mut files, mut bytes) = (0, 0);
-    for p in &pieces[job.frame as usize] {
+    for p in &slices[job.frame as usize] {
         let e = &m.entries[p.entry as usize];
         let data = &raw[p.at as usize..(p.at + p.len) as usize];
         let whole = p.len == e.size;
