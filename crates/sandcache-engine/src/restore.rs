@@ -548,8 +548,8 @@ async fn restore_native_root(
         true => native::usable_hot(store, &root, &opts.limits, &target.dir, &info.key, found).await,
         false => None,
     };
-    let (m, whole_later, what) = match hot {
-        Some(hot) => (hot, Some(native::HotPiece { root, dir: target.dir.clone() }), "hot pieces of"),
+    let (m, pending, what) = match hot {
+        Some(hot) => (hot, Some(native::PendingManifest { root, dir: target.dir.clone() }), "hot pieces of"),
         None => {
             let m = native::whole(store, root, found).await?;
             m.validate(&opts.limits, &target.dir)?;
@@ -573,7 +573,7 @@ async fn restore_native_root(
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
     let at = staging.0.clone().expect("set above");
-    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, prefetch, whole_later, found).await;
+    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, prefetch, pending, found).await;
     drop(guard);
     let (s, tail) = result?;
     staging.0 = None;

@@ -23,5 +23,5 @@ pub(crate) use manifest::{fetch_manifest, fetch_root, usable_hot, whole};
 pub(crate) use pieces::split;
 pub(crate) use prefetch::Prefetch;
 pub(crate) use staging::restore_into;
-pub(crate) use tail::{HotPiece, Tail, restore_tail};
+pub(crate) use tail::{PendingManifest, Tail, restore_tail};
 pub(crate) use writers::RestoreStats;

@@ -25,7 +25,7 @@ use super::filesystem::{Umask, create, dir_mode, file_mode, io_err, set_meta};
 use super::parts::PartHashes;
 use super::plan::{Slice, slice_file};
 use super::prefetch::Prefetch;
-use super::tail::{HotPiece, Tail, split_hot};
+use super::tail::{PendingManifest, Tail, split_hot};
 use super::writers::{RestoreStats, Sink, suspect_file, write_frames};
 
 /// Restores manifest `m` into `staging`. Downloads, decompression and file
@@ -43,7 +43,7 @@ pub(crate) async fn restore_into(
     cancel: Arc<AtomicBool>,
     opts: &RestoreOptions,
     prefetch: Prefetch,
-    hot_piece: Option<HotPiece>,
+    pending: Option<PendingManifest>,
     found: &Arc<Found>,
 ) -> Result<(RestoreStats, Option<Tail>), Error> {
     let owner = opts.owner;
@@ -63,10 +63,10 @@ pub(crate) async fn restore_into(
         .await
         .map_err(|e| Error::joined("the setup thread", e))??;
     let t_setup = t0.elapsed();
-    // `m` is a hot piece: all of it now, and a tail known once the whole
-    // manifest is in (see `Tail::resolve`).
-    let from_piece = hot_piece.is_some();
-    let (slices, tail) = match (hot_piece, opts.hot_first) {
+    // `m` is the hot pieces' manifest: all of it now, and a tail known once
+    // the whole manifest is in (see `Tail::resolve`).
+    let from_hot_pieces = pending.is_some();
+    let (slices, tail) = match (pending, opts.hot_first) {
         (Some(p), _) => (
             slices,
             Some(Tail { slices: Vec::new(), entries: Vec::new(), prefetch: Prefetch::none(), pending: Some(p) }),
@@ -78,7 +78,7 @@ pub(crate) async fn restore_into(
     if let Some(t) = &tail {
         // A frame phase one fetches (or passes over in a coalesced range)
         // that the tail needs too is kept, not fetched again.
-        if from_piece { prefetch.keep_uncovered(&m, &slices) } else { prefetch.keep_for(&t.slices) }
+        if from_hot_pieces { prefetch.keep_uncovered(&m, &slices) } else { prefetch.keep_for(&t.slices) }
     }
 
     // 2. Content: every frame needed now, fetched and written.

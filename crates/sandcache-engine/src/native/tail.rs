@@ -28,16 +28,18 @@ pub(crate) struct Tail {
     /// The packs downloading since the manifest was read, whole: the first
     /// ones may hold cold content too.
     pub(super) prefetch: Prefetch,
-    /// When phase one restored a hot piece: what the tail needs first.
-    pub(super) pending: Option<HotPiece>,
+    /// When phase one restored hot pieces: the whole manifest, which the
+    /// tail reads first.
+    pub(super) pending: Option<PendingManifest>,
 }
 
-/// Phase one restored a generation's hot piece: the tail first reads the
-/// whole manifest (its root's pieces), then knows its files. Read after the
+/// The whole manifest, not read yet: phase one restored a generation's hot
+/// pieces, and the tail first reads the rest (its root's pieces), then
+/// knows its files. Read after the
 /// swap, not beside phase one: phase one then has the machine to itself
 /// (hot-ready came 30 ms sooner on the storefront), and the tail has slack
 /// while the app boots.
-pub(crate) struct HotPiece {
+pub(crate) struct PendingManifest {
     pub(crate) root: Manifest,
     /// The target dir, which the whole manifest is validated against.
     pub(crate) dir: std::path::PathBuf,
@@ -55,7 +57,7 @@ impl Tail {
         limits: &sandcache_archive::Limits,
         found: &Found,
     ) -> Result<(Arc<Manifest>, Tail), Error> {
-        let Some(HotPiece { root, dir }) = self.pending.take() else { return Ok((m, self)) };
+        let Some(PendingManifest { root, dir }) = self.pending.take() else { return Ok((m, self)) };
         let hot = m;
         let started = std::time::Instant::now();
         let whole = whole(store, root, found).await?;
