@@ -469,10 +469,10 @@ async fn phase_two(
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
     let (stats, m) = native::restore_tail(shared.as_ref(), key, m, tail, live.clone(), cancel, opts, found).await?;
-    let (kept, missed) = (live.kept.load(Ordering::Relaxed), live.missed.load(Ordering::Relaxed));
+    let (left_alone, missed) = (live.left_alone.load(Ordering::Relaxed), live.missed.load(Ordering::Relaxed));
     tracing::debug!(
         target: "sandbox-cache",
-        "tail: {} files ({}) in {} ms ({} fetched by both phases); {kept} left to what the app made meanwhile, {missed} under dirs it removed",
+        "tail: {} files ({}) in {} ms ({} fetched by both phases); {left_alone} left to what the app made meanwhile, {missed} under dirs it removed",
         stats.files,
         mb(stats.bytes),
         started.elapsed().as_millis(),

@@ -31,7 +31,7 @@ pub(crate) struct LiveDir {
     /// Large files being written slice by slice, under temporary names.
     parts: Mutex<HashMap<u32, Option<Arc<Part>>>>,
     /// Paths the worker made meanwhile, left alone.
-    pub(crate) kept: AtomicU64,
+    pub(crate) left_alone: AtomicU64,
     /// Files whose directory the worker removed or replaced.
     pub(crate) missed: AtomicU64,
     /// Set when the phase ended (cancelled or failed): nothing more is made.
@@ -77,7 +77,7 @@ impl LiveDir {
             dirs: Mutex::default(),
             touched: Mutex::default(),
             parts: Mutex::default(),
-            kept: AtomicU64::new(0),
+            left_alone: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             // A temporary file sits in a dir the worker may be using: it is
@@ -152,7 +152,7 @@ impl LiveDir {
                 let _ = rustix::fs::unlinkat(parent, tmp, AtFlags::empty());
                 match e {
                     Errno::EXIST => {
-                        self.kept.fetch_add(1, Ordering::Relaxed);
+                        self.left_alone.fetch_add(1, Ordering::Relaxed);
                         landed();
                         Ok(false)
                     }

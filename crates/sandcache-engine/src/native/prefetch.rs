@@ -37,13 +37,13 @@ pub(crate) struct Prefetch {
     pub(super) downloaded: Arc<AtomicU64>,
     /// Frames phase one fetched by range that the tail needs too, kept
     /// (compressed) so the tail does not fetch them again.
-    kept: Kept,
+    tail_frames: TailFrames,
 }
 
 /// Frames kept from phase one for the tail: which ones it wants (by frame
 /// index), the ones kept so far, and the room left for more.
 #[derive(Default)]
-struct Kept {
+struct TailFrames {
     wanted: Vec<bool>,
     frames: Mutex<HashMap<u32, Bytes>>,
     room: AtomicU64,
@@ -58,7 +58,12 @@ const PREFETCH_BYTES: u64 = 16 << 20;
 
 impl Prefetch {
     pub(crate) fn none() -> Prefetch {
-        Prefetch { packs: HashMap::new(), tasks: Vec::new(), downloaded: Arc::default(), kept: Kept::default() }
+        Prefetch {
+            packs: HashMap::new(),
+            tasks: Vec::new(),
+            downloaded: Arc::default(),
+            tail_frames: TailFrames::default(),
+        }
     }
 
     /// Starts downloading a root's first packs (only roots with pieces: a
@@ -110,53 +115,53 @@ impl Prefetch {
     }
 
     fn keep_frames(&mut self, wanted: Vec<bool>) {
-        self.kept.wanted = wanted;
-        self.kept.room = AtomicU64::new(KEEP_BYTES);
+        self.tail_frames.wanted = wanted;
+        self.tail_frames.room = AtomicU64::new(KEEP_BYTES);
     }
 
     /// The kept frames, numbered as `from` numbers them, renumbered as `to`
     /// does (the same pack and offset); those `to` lacks are dropped.
-    pub(super) fn renumber_kept(&mut self, from: &Manifest, to: &Manifest) {
+    pub(super) fn renumber_tail_frames(&mut self, from: &Manifest, to: &Manifest) {
         let at = |m: &Manifest, f: &Frame| (m.packs[f.pack as usize].id.clone(), f.offset);
         let index: HashMap<(String, u64), u32> =
             to.frames.iter().enumerate().map(|(i, f)| (at(to, f), i as u32)).collect();
-        let kept = std::mem::take(self.kept.frames.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let kept = std::mem::take(self.tail_frames.frames.get_mut().unwrap_or_else(|p| p.into_inner()));
         let renumbered = kept
             .into_iter()
             .filter_map(|(f, b)| index.get(&at(from, from.frames.get(f as usize)?)).map(|&t| (t, b)))
             .collect();
-        *self.kept.frames.get_mut().unwrap_or_else(|p| p.into_inner()) = renumbered;
+        *self.tail_frames.frames.get_mut().unwrap_or_else(|p| p.into_inner()) = renumbered;
     }
 
     /// Keeps no more frames (the tail's own fetches are not for later).
     pub(super) fn stop_keeping(&mut self) {
-        self.kept.wanted.clear();
+        self.tail_frames.wanted.clear();
     }
 
     /// Which frames it keeps for the tail, by index.
     #[cfg(test)]
     pub(super) fn wanted(&self) -> &[bool] {
-        &self.kept.wanted
+        &self.tail_frames.wanted
     }
 
     pub(super) fn wants(&self, frame: u32) -> bool {
-        self.kept.wanted.get(frame as usize).copied().unwrap_or(false)
+        self.tail_frames.wanted.get(frame as usize).copied().unwrap_or(false)
     }
 
     /// Keeps a copy of a wanted frame's bytes, if there is room.
     pub(super) fn keep(&self, frame: u32, bytes: &[u8]) {
         let len = bytes.len() as u64;
         if !self.wants(frame)
-            || self.kept.room.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(len)).is_err()
+            || self.tail_frames.room.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(len)).is_err()
         {
             return;
         }
-        self.kept.frames.lock().unwrap_or_else(|p| p.into_inner()).insert(frame, Bytes::copy_from_slice(bytes));
+        self.tail_frames.frames.lock().unwrap_or_else(|p| p.into_inner()).insert(frame, Bytes::copy_from_slice(bytes));
     }
 
     /// The kept frames among `frames`, taken out.
-    pub(super) fn take_kept(&self, frames: impl Iterator<Item = u32>) -> Vec<(u32, Bytes)> {
-        let mut kept = self.kept.frames.lock().unwrap_or_else(|p| p.into_inner());
+    pub(super) fn take_tail_frames(&self, frames: impl Iterator<Item = u32>) -> Vec<(u32, Bytes)> {
+        let mut kept = self.tail_frames.frames.lock().unwrap_or_else(|p| p.into_inner());
         frames.filter_map(|f| kept.remove(&f).map(|b| (f, b))).collect()
     }
 

@@ -85,7 +85,7 @@ impl Tail {
         if now.next().is_some() {
             return Err(corrupt("the hot piece holds entries the manifest lacks".into()));
         }
-        self.prefetch.renumber_kept(&hot, &whole);
+        self.prefetch.renumber_tail_frames(&hot, &whole);
         tracing::debug!(
             target: "sandbox-cache",
             "the tail's manifest: {} entries, {} files for the tail, in {} ms",

@@ -62,8 +62,8 @@ pub(super) async fn write_frames(
 ) -> Result<(u64, u64, u64), Error> {
     let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
     // Frames kept from phase one need no fetch.
-    let kept = prefetch.take_kept((0..slices.len() as u32).filter(|f| !slices[*f as usize].is_empty()));
-    let have: HashSet<u32> = kept.iter().map(|(f, _)| *f).collect();
+    let kept_frames = prefetch.take_tail_frames((0..slices.len() as u32).filter(|f| !slices[*f as usize].is_empty()));
+    let have: HashSet<u32> = kept_frames.iter().map(|(f, _)| *f).collect();
     // Which byte ranges to fetch: needed frames, coalesced per pack.
     let runs = plan_runs(m, &slices, &have, |f| prefetch.wants(f));
 
@@ -171,7 +171,7 @@ pub(super) async fn write_frames(
     let feed = {
         let mut feed = feed_of();
         async move {
-            for (frame, bytes) in kept {
+            for (frame, bytes) in kept_frames {
                 let Some(permit) = feed.room(bytes.len() as u64).await else { return };
                 if !feed.send(FrameJob { frame, bytes, _budget: permit }).await {
                     return;
