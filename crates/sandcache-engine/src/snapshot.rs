@@ -16,7 +16,7 @@ use crate::bookkeeping::{Index, hex, load_state, save_state};
 use crate::cache::Cache;
 use crate::error::{Declined, Error, error_chain};
 use crate::layout;
-use crate::native;
+use crate::native::{self, ManifestAlgebra};
 use crate::options::{Format, SnapshotOptions};
 use crate::outcome::{Done, Op, Outcome, Reason, mb};
 use crate::pipe::{self, ChannelWriter};
@@ -327,7 +327,7 @@ async fn build_and_upload(
     let (packs_added, salted) = uploaded.unwrap_or_default();
     // Packs that went up salted are named so, their frames further in.
     for (id, to) in &salted {
-        native::rename_salted_pack(&mut plan.manifest, id, to);
+        plan.manifest.rename_salted_pack(id, to);
     }
     let mut transferred = packs_added;
     // Unchanged only against the key's own newest generation: a dir
@@ -362,10 +362,8 @@ async fn build_and_upload(
                 0 => pieces_reused += len,
                 n => pieces_added += n,
             }
-            if let Some((to, size)) = as_salted {
-                for p in root.pieces.iter_mut().chain(root.hot.iter_mut()).filter(|p| p.id == *id) {
-                    (p.id, p.size) = (to.clone(), size);
-                }
+            if let Some(salted) = &as_salted {
+                root.rename_salted_piece(id, salted);
             }
         }
     }

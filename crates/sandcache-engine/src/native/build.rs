@@ -16,7 +16,7 @@ use sandcache_archive::{Progress, SqliteOptions, WalkError, WalkOptions};
 use crate::bookkeeping::{Index, IndexEntry, stamp};
 use crate::error::Error;
 
-use super::algebra::compact;
+use super::algebra::ManifestAlgebra;
 
 /// Where content already stored lives: hash → (frame, offset) in `base`.
 fn content_map(base: &Manifest) -> HashMap<&str, &Entry> {
@@ -312,9 +312,8 @@ pub(crate) fn build(
         entries[i].offset = span.offset;
     }
     let created_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let mut manifest =
-        Manifest { version: pack::VERSION, created_ms, packs, frames, entries, pieces: Vec::new(), hot: Vec::new() };
-    compact(&mut manifest);
+    let mut manifest = Manifest { packs, frames, entries, ..Manifest::empty(pack::VERSION, created_ms) };
+    manifest.compact();
     let unchanged = new_packs.iter().all(Vec::is_empty) && base.is_some_and(|b| b.entries == manifest.entries);
     Ok(SnapshotPlan { manifest, index: new_index, files, bytes, unchanged })
 }

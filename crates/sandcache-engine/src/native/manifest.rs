@@ -1,18 +1,17 @@
 //! Reading a generation's manifest: its root, its pieces (fetched, checked
 //! against their hashes, joined in order) and its hot pieces.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use futures::StreamExt;
-use sandcache_archive::pack::{Frame, Manifest, PieceRef};
+use sandcache_archive::pack::{Manifest, PieceRef};
 use sandcache_store::{Store, StoreError};
 
 use crate::bad::Found;
 use crate::error::{Declined, Error};
 use crate::layout::piece_key;
 
-use super::algebra::dedup_frames;
+use super::algebra::{Joiner, ManifestAlgebra};
 use super::prefetch::get_all;
 
 /// A generation's manifest, whole: a root's pieces are fetched (16 at a
@@ -53,16 +52,7 @@ async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Ma
         return Err(corrupt(format!("the manifest names {} pieces (at most {MAX_PIECES})", root.pieces.len())));
     }
     let max_entries = sandcache_archive::Limits::default().max_entries;
-    let mut whole = Manifest {
-        version: root.version,
-        created_ms: root.created_ms,
-        packs: Vec::new(),
-        frames: Vec::new(),
-        entries: Vec::new(),
-        pieces: Vec::new(),
-        hot: Vec::new(),
-    };
-    let mut pack_index: HashMap<String, u32> = HashMap::new();
+    let mut whole = Joiner::new(&root);
     // A window of fetches in flight, answered in order; each piece is
     // checked and decoded on a blocking thread as it arrives, so the
     // decoding (most of a manifest's cost) runs on every core.
@@ -77,32 +67,12 @@ async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Ma
         if let Some(n) = next.next() {
             in_flight.push_back(fetch(n));
         }
-        if (whole.entries.len() + piece.entries.len()) as u64 > max_entries {
+        if (whole.entries() + piece.entries.len()) as u64 > max_entries {
             return Err(Error::TooLarge(format!("the manifest holds over {max_entries} entries")));
         }
-        let base = whole.frames.len() as u32;
-        for f in &piece.frames {
-            let pr =
-                piece.packs.get(f.pack as usize).ok_or_else(|| corrupt(format!("piece {}: bad pack index", p.id)))?;
-            let pi = *pack_index.entry(pr.id.clone()).or_insert_with(|| {
-                whole.packs.push(pr.clone());
-                whole.packs.len() as u32 - 1
-            });
-            whole.frames.push(Frame { pack: pi, ..f.clone() });
-        }
-        for mut e in piece.entries {
-            if let Some(f) = e.frame.as_mut() {
-                if *f as usize >= piece.frames.len() {
-                    return Err(corrupt(format!("piece {}: bad frame index", p.id)));
-                }
-                *f += base;
-            }
-            whole.entries.push(e);
-        }
+        whole.append(piece).map_err(|why| corrupt(format!("piece {}: {why}", p.id)))?;
     }
-    // The same frame named by two pieces is two frames here: harmless (the
-    // same bytes), but frames may not overlap, so merge exact duplicates.
-    dedup_frames(&mut whole);
+    let whole = whole.finish();
     tracing::debug!(target: "sandbox-cache", "{} pieces joined: {} entries", root.pieces.len(), whole.entries.len());
     Ok(whole)
 }
@@ -158,15 +128,7 @@ pub(crate) async fn usable_hot(
         return None;
     }
     // Joined as a root's pieces are.
-    let pieces = Manifest {
-        version: root.version,
-        created_ms: root.created_ms,
-        packs: Vec::new(),
-        frames: Vec::new(),
-        entries: Vec::new(),
-        pieces: root.hot.clone(),
-        hot: Vec::new(),
-    };
+    let pieces = Manifest { pieces: root.hot.clone(), ..Manifest::empty(root.version, root.created_ms) };
     let checked = assemble(store, pieces, found).await.and_then(|hot| {
         hot.validate(limits, dir)?;
         Ok(hot)

@@ -16,7 +16,7 @@ mod staging;
 mod tail;
 mod writers;
 
-pub(crate) use algebra::rename_salted_pack;
+pub(crate) use algebra::ManifestAlgebra;
 pub(crate) use build::build;
 pub(crate) use live::LiveDir;
 pub(crate) use manifest::{fetch_manifest, fetch_root, usable_hot, whole};

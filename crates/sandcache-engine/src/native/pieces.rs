@@ -3,7 +3,7 @@
 
 use sandcache_archive::pack::{self, Entry, Manifest, PieceRef};
 
-use super::algebra::{has_tail, in_tail, sub_manifest};
+use super::algebra::{ManifestAlgebra, in_tail};
 
 /// A piece closes after an entry whose path hashes to a multiple of this
 /// (so boundaries depend on paths only: inserting a package changes the
@@ -32,7 +32,7 @@ pub(crate) fn split(m: &Manifest) -> (Manifest, Vec<(String, Vec<u8>)>) {
         r
     };
     for run in cut_runs(&all, PIECE_CUT, PIECE_MIN, PIECE_MAX) {
-        refs.push(add(sub_manifest(m, all[run].iter().copied())));
+        refs.push(add(m.subset(all[run].iter().copied())));
     }
     // With a hot set, the part of the manifest a hot-first restore needs
     // before the swap, alone: it reads this instead of every piece first.
@@ -42,20 +42,12 @@ pub(crate) fn split(m: &Manifest) -> (Manifest, Vec<(String, Vec<u8>)>) {
     // (phase one needs most of it).
     let now: Vec<&Entry> = m.entries.iter().filter(|e| !in_tail(e)).collect();
     let mut hot = Vec::new();
-    if has_tail(m) && now.len() <= m.entries.len() / 2 {
+    if m.has_tail() && now.len() <= m.entries.len() / 2 {
         for run in cut_runs(&now, HOT_PIECE_CUT, HOT_PIECE_MIN, HOT_PIECE_MAX) {
-            hot.push(add(sub_manifest(m, now[run].iter().copied())));
+            hot.push(add(m.subset(now[run].iter().copied())));
         }
     }
-    let root = Manifest {
-        version: pack::VERSION,
-        created_ms: m.created_ms,
-        packs: m.packs.clone(),
-        frames: Vec::new(),
-        entries: Vec::new(),
-        pieces: refs,
-        hot,
-    };
+    let root = Manifest { packs: m.packs.clone(), pieces: refs, hot, ..Manifest::empty(pack::VERSION, m.created_ms) };
     (root, pieces)
 }
 

@@ -12,7 +12,7 @@ use crate::bad::Found;
 use crate::error::Error;
 use crate::options::RestoreOptions;
 
-use super::algebra::{has_tail, in_tail};
+use super::algebra::{ManifestAlgebra, in_tail};
 use super::live::{Expected, LiveDir, finish_tail};
 use super::manifest::{corrupt, whole};
 use super::plan::{Slice, slice_file};
@@ -105,7 +105,7 @@ impl Tail {
 /// manifest has no hot set (everything is hot) or nothing is left for
 /// later.
 pub(super) fn split_hot(m: &Manifest, slices: Vec<Vec<Slice>>) -> (Vec<Vec<Slice>>, Option<Tail>) {
-    if !has_tail(m) {
+    if !m.has_tail() {
         return (slices, None);
     }
     let mut deferred = vec![false; m.entries.len()];
