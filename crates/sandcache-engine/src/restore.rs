@@ -468,7 +468,8 @@ async fn phase_two(
     let _parts = RemoveParts(live.clone(), target.clone());
     let cancel = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancel.clone());
-    let (stats, m) = native::restore_tail(shared.as_ref(), key, m, tail, live.clone(), cancel, opts, found).await?;
+    let restoring = native::Restoring { store: shared.as_ref(), key, opts, found, cancel };
+    let (stats, m) = native::restore_tail(&restoring, m, tail, live.clone()).await?;
     let (left_alone, missed) = (live.left_alone.load(Ordering::Relaxed), live.missed.load(Ordering::Relaxed));
     tracing::debug!(
         target: "sandbox-cache",
@@ -573,7 +574,8 @@ async fn restore_native_root(
     let cancel = Arc::new(AtomicBool::new(false));
     let guard = CancelOnDrop(cancel.clone());
     let at = staging.0.clone().expect("set above");
-    let result = native::restore_into(store, key, m.clone(), &at, cancel, opts, prefetch, pending, found).await;
+    let restoring = native::Restoring { store, key, opts, found, cancel };
+    let result = native::restore_into(&restoring, m.clone(), &at, prefetch, pending).await;
     drop(guard);
     let (s, tail) = result?;
     staging.0 = None;

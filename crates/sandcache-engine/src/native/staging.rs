@@ -9,24 +9,22 @@ use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 use sandcache_archive::ExtractError;
 use sandcache_archive::pack::{Entry, Kind, Manifest};
-use sandcache_store::Store;
 
-use crate::bad::Found;
 use crate::error::Error;
-use crate::options::RestoreOptions;
 
 use super::filesystem::{Umask, create, dir_mode, file_mode, io_err, set_meta};
 use super::parts::PartHashes;
 use super::plan::{Slice, slice_file};
 use super::prefetch::Prefetch;
+use super::restoring::{RestoreStats, Restoring};
 use super::tail::{PendingManifest, Tail, split_hot};
-use super::writers::{RestoreStats, Sink, suspect_file, write_frames};
+use super::writers::{Sink, suspect_file, write_frames};
 
 /// Restores manifest `m` into `staging`. Downloads, decompression and file
 /// writes overlap: ranged GETs stream frames to a pool of writer threads.
@@ -34,18 +32,14 @@ use super::writers::{RestoreStats, Sink, suspect_file, write_frames};
 /// With `hot_first`, and a manifest that records a hot set, only the hot
 /// files are written now, with every directory and symlink; the rest is
 /// returned as a [`Tail`] for [`restore_tail`] to write after the swap.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn restore_into(
-    store: &dyn Store,
-    key: &str,
+    r: &Restoring<'_>,
     m: Arc<Manifest>,
     anchored: &crate::target::Staging,
-    cancel: Arc<AtomicBool>,
-    opts: &RestoreOptions,
     prefetch: Prefetch,
     pending: Option<PendingManifest>,
-    found: &Arc<Found>,
 ) -> Result<(RestoreStats, Option<Tail>), Error> {
+    let (key, opts, found, cancel) = (r.key, r.opts, r.found, &r.cancel);
     let owner = opts.owner;
     // Every path below starts at the held-open staging dir; each blocking
     // task keeps a clone of it, so the fd outlives any writer.
@@ -84,8 +78,7 @@ pub(crate) async fn restore_into(
     // 2. Content: every frame needed now, fetched and written.
     let parts = Arc::new(PartHashes::default());
     let sink = Sink::Staging { io: staging.to_owned(), dir: anchored.fd(), exact, parts: parts.clone() };
-    let (files, bytes, transferred) =
-        write_frames(store, key, &m, Arc::new(slices), sink, cancel.clone(), opts, &prefetch, found).await?;
+    let (files, bytes, transferred) = write_frames(r, &m, Arc::new(slices), sink, &prefetch).await?;
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }

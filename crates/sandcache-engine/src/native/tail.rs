@@ -3,21 +3,21 @@
 //! only, and written into the live dir.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use sandcache_archive::pack::{Entry, Kind, Manifest};
 use sandcache_store::Store;
 
 use crate::bad::Found;
 use crate::error::Error;
-use crate::options::RestoreOptions;
 
 use super::algebra::{ManifestAlgebra, in_tail};
 use super::live::{Expected, LiveDir, finish_tail};
 use super::manifest::{corrupt, whole};
 use super::plan::{Slice, slice_file};
 use super::prefetch::Prefetch;
-use super::writers::{RestoreStats, Sink, suspect_file, write_frames};
+use super::restoring::{RestoreStats, Restoring};
+use super::writers::{Sink, suspect_file, write_frames};
 
 /// What a two-phase restore writes after the swap: the files that are not
 /// hot.
@@ -134,17 +134,13 @@ pub(super) fn split_hot(m: &Manifest, slices: Vec<Vec<Slice>>) -> (Vec<Vec<Slice
 /// renamed into place, unless the worker made that path meanwhile (left
 /// alone). A directory the worker removed or replaced loses its files: they
 /// are a cold miss, fetched again by the app.
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn restore_tail(
-    store: &dyn Store,
-    key: &str,
+    r: &Restoring<'_>,
     m: Arc<Manifest>,
     tail: Tail,
     live: Arc<LiveDir>,
-    cancel: Arc<AtomicBool>,
-    opts: &RestoreOptions,
-    found: &Arc<Found>,
 ) -> Result<(RestoreStats, Arc<Manifest>), Error> {
+    let (store, key, opts, found, cancel) = (r.store, r.key, r.opts, r.found, &r.cancel);
     let owner = opts.owner;
     if tail.pending.is_some() {
         live.expect(Expected::Unknown);
@@ -158,8 +154,7 @@ pub(crate) async fn restore_tail(
     let sink = Sink::Live(live.clone());
     let mut prefetch = tail.prefetch;
     prefetch.stop_keeping();
-    let (files, bytes, transferred) =
-        write_frames(store, key, &m, slices, sink, cancel.clone(), opts, &prefetch, found).await?;
+    let (files, bytes, transferred) = write_frames(r, &m, slices, sink, &prefetch).await?;
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }

@@ -6,18 +6,17 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use sandcache_archive::ExtractError;
 use sandcache_archive::pack::{self, Frame, Manifest};
-use sandcache_store::{Recycler, Store};
+use sandcache_store::Recycler;
 
 use crate::bad::Found;
 use crate::error::Error;
 use crate::layout::pack_key;
-use crate::options::RestoreOptions;
 
 use super::fetch::{Feed, FrameJob, IN_FLIGHT_KIB, fetch_run};
 use super::filesystem::{Umask, create, file_mode, io_err, set_meta};
@@ -25,16 +24,11 @@ use super::live::LiveDir;
 use super::parts::PartHashes;
 use super::plan::{Slice, plan_runs};
 use super::prefetch::Prefetch;
+use super::restoring::Restoring;
 
 /// The nice value of a second phase's writer thread: the app's boot first,
 /// the tail in the CPU time it leaves.
 const TAIL_NICE: i32 = 19;
-
-pub(crate) struct RestoreStats {
-    pub files: u64,
-    pub bytes: u64,
-    pub transferred: u64,
-}
 
 /// Where frames are written: a private staging dir (relative to its
 /// held-open fd; `io` names it in errors), or the live dir of a restore's
@@ -48,18 +42,14 @@ pub(super) enum Sink {
 /// The writer pool and the downloads feeding it: every frame with slices
 /// is fetched (coalesced per pack), decoded, verified and written.
 /// Returns (files, bytes, transferred).
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn write_frames(
-    store: &dyn Store,
-    key: &str,
+    r: &Restoring<'_>,
     m: &Arc<Manifest>,
     slices: Arc<Vec<Vec<Slice>>>,
     sink: Sink,
-    cancel: Arc<AtomicBool>,
-    opts: &RestoreOptions,
     prefetch: &Prefetch,
-    found: &Arc<Found>,
 ) -> Result<(u64, u64, u64), Error> {
+    let (store, key, opts, found, cancel) = (r.store, r.key, r.opts, r.found, &r.cancel);
     let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
     // Frames kept from phase one need no fetch.
     let kept_frames = prefetch.take_tail_frames((0..slices.len() as u32).filter(|f| !slices[*f as usize].is_empty()));
