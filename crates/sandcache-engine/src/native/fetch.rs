@@ -2,20 +2,19 @@
 //! budget.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use sandcache_archive::Progress;
 use sandcache_archive::pack::Manifest;
-use sandcache_store::{Recycler, Store};
+use sandcache_store::Recycler;
 
-use crate::bad::Found;
 use crate::error::Error;
 use crate::layout::pack_key;
 
 use super::plan::{Run, Slice};
 use super::prefetch::Prefetch;
+use super::restoring::Restoring;
 
 /// Bytes of one frame's location and the slices of files in it.
 pub(super) struct FrameJob {
@@ -75,21 +74,26 @@ pub(super) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
 /// restore's peak RSS within 128 MiB.
 pub(super) const IN_FLIGHT_KIB: u32 = 32 << 10;
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn fetch_run(
-    store: &dyn Store,
-    key: &str,
-    m: &Manifest,
-    slices: &[Vec<Slice>],
-    (pack, range, frames): Run,
-    mut feed: Feed,
-    cancel: Arc<AtomicBool>,
-    transferred: Arc<AtomicU64>,
-    progress: Option<Arc<Progress>>,
-    frame_bufs: &Recycler,
-    prefetch: &Prefetch,
-    found: &Found,
-) -> Result<(), Error> {
+/// What every ranged fetch of one [`write_frames`] call shares.
+///
+/// [`write_frames`]: super::writers::write_frames
+#[derive(Clone, Copy)]
+pub(super) struct Fetches<'a> {
+    pub(super) r: &'a Restoring<'a>,
+    pub(super) m: &'a Manifest,
+    pub(super) slices: &'a [Vec<Slice>],
+    /// Bytes downloaded by range (a prefetched pack's count once, apart).
+    pub(super) transferred: &'a AtomicU64,
+    /// Buffers for frames split across chunks.
+    pub(super) frame_bufs: &'a Recycler,
+    pub(super) prefetch: &'a Prefetch,
+}
+
+/// Fetches one run (a byte range of one pack, or a prefetched pack's
+/// slice of it) and feeds its frames to the writers.
+pub(super) async fn fetch_run(f: &Fetches<'_>, (pack, range, frames): Run, mut feed: Feed) -> Result<(), Error> {
+    let Fetches { r, m, slices, transferred, frame_bufs, prefetch } = *f;
+    let (store, key, found, cancel, progress) = (r.store, r.key, r.found, &r.cancel, &r.opts.progress);
     let pack_ref = &m.packs[pack as usize];
     let pkey = pack_key(key, m, &pack_ref.id);
     // A prefetched pack is sliced, not fetched again; it is verified frame

@@ -18,7 +18,7 @@ use crate::bad::Found;
 use crate::error::Error;
 use crate::layout::pack_key;
 
-use super::fetch::{Feed, FrameJob, IN_FLIGHT_KIB, fetch_run};
+use super::fetch::{Feed, Fetches, FrameJob, IN_FLIGHT_KIB, fetch_run};
 use super::filesystem::{Umask, create, file_mode, io_err, set_meta};
 use super::live::LiveDir;
 use super::parts::PartHashes;
@@ -49,7 +49,7 @@ pub(super) async fn write_frames(
     sink: Sink,
     prefetch: &Prefetch,
 ) -> Result<(u64, u64, u64), Error> {
-    let (store, key, opts, found, cancel) = (r.store, r.key, r.opts, r.found, &r.cancel);
+    let (key, opts, found, cancel) = (r.key, r.opts, r.found, &r.cancel);
     let (progress, concurrency, owner) = (opts.progress.clone(), opts.concurrency, opts.owner);
     // Frames kept from phase one need no fetch.
     let kept_frames = prefetch.take_tail_frames((0..slices.len() as u32).filter(|f| !slices[*f as usize].is_empty()));
@@ -140,21 +140,17 @@ pub(super) async fn write_frames(
     }
 
     // Downloads, concurrently, each feeding frames as they complete.
-    let transferred = Arc::new(AtomicU64::new(0));
+    let transferred = AtomicU64::new(0);
     let budget = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_KIB as usize));
     // Frames that arrive split across chunks are gathered into buffers
     // recycled as they are written (a frame in flight holds its own, so the
     // budget still bounds them; a few wait for reuse).
     let frame_bufs = Recycler::new(8);
     let feed_of = || Feed { tx: tx.clone(), budget: budget.clone(), stop: stop.clone() };
+    let shared = Fetches { r, m, slices: &slices, transferred: &transferred, frame_bufs: &frame_bufs, prefetch };
     let fetches = futures::stream::iter(runs.into_iter().map(|run| {
-        let (feed, m, cancel, transferred, progress) =
-            (feed_of(), m.clone(), cancel.clone(), transferred.clone(), progress.clone());
-        let (slices, frame_bufs) = (slices.clone(), &frame_bufs);
-        async move {
-            fetch_run(store, key, &m, &slices, run, feed, cancel, transferred, progress, frame_bufs, prefetch, found)
-                .await
-        }
+        let (feed, shared) = (feed_of(), &shared);
+        async move { fetch_run(shared, run, feed).await }
     }))
     .buffer_unordered(concurrency.max(1))
     .try_collect::<Vec<()>>();
