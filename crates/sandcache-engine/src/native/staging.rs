@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -50,10 +50,10 @@ pub(crate) async fn restore_into(
     // the umask keeps them (always under the CLI's zero umask; 0644 and
     // 0755 under the usual 022): no chmod per entry.
     let exact = Umask::current();
+    let stage = StagingDir { io: staging.to_owned(), dir: anchored.fd(), exact, owner };
     let t0 = std::time::Instant::now();
-    let setup_m = m.clone();
-    let (setup_staging, held) = (staging.to_owned(), anchored.clone());
-    let slices = tokio::task::spawn_blocking(move || setup(&setup_m, &setup_staging, &held.fd(), owner, exact))
+    let (setup_m, setup_stage) = (m.clone(), stage.clone());
+    let slices = tokio::task::spawn_blocking(move || setup(&setup_m, &setup_stage))
         .await
         .map_err(|e| Error::joined("the setup thread", e))??;
     let t_setup = t0.elapsed();
@@ -91,11 +91,11 @@ pub(crate) async fn restore_into(
 
     // 3. Symlinks, then metadata of large files and directories.
     let deferred: HashSet<u32> = tail.as_ref().map(|t| t.entries.iter().copied().collect()).unwrap_or_default();
-    let (fin_m, fin_staging, held) = (m.clone(), staging.to_owned(), anchored.clone());
+    let fin_m = m.clone();
     let (fin_key, fin_found) = (key.to_owned(), found.clone());
     let symlinks = tokio::task::spawn_blocking(move || {
         let suspect = |i: usize| suspect_file(&fin_found, &fin_key, &fin_m, i);
-        finish(&fin_m, &fin_staging, &held.fd(), owner, &deferred, exact, &parts, &suspect)
+        finish(&fin_m, &stage, &deferred, &parts, &suspect)
     })
     .await
     .map_err(|e| Error::joined("the finish thread", e))??;
@@ -115,14 +115,22 @@ fn empty_files(m: &Manifest) -> u64 {
     m.entries.iter().filter(|e| e.kind == Kind::File && e.size == 0).count() as u64
 }
 
-/// Creates every directory and empty file; returns each frame's slices.
-fn setup(
-    m: &Manifest,
-    staging: &Path,
-    dir: &OwnedFd,
-    owner: Option<(u32, u32)>,
+/// The staging dir as its blocking steps write it: every call relative to
+/// the held-open `dir` (`io`, its path through that fd, names entries in
+/// errors), modes set at creation where the umask keeps them (`exact`), and
+/// what is made given to `owner`. Each step holds a clone, so the fd
+/// outlives any writer.
+#[derive(Clone)]
+struct StagingDir {
+    io: PathBuf,
+    dir: Arc<OwnedFd>,
     exact: Umask,
-) -> Result<Vec<Vec<Slice>>, ExtractError> {
+    owner: Option<(u32, u32)>,
+}
+
+/// Creates every directory and empty file; returns each frame's slices.
+fn setup(m: &Manifest, s: &StagingDir) -> Result<Vec<Vec<Slice>>, ExtractError> {
+    let (staging, dir, exact, owner) = (s.io.as_path(), &*s.dir, s.exact, s.owner);
     let mut slices: Vec<Vec<Slice>> = vec![Vec::new(); m.frames.len()];
     let mut made: HashSet<&str> = HashSet::new();
     for (i, e) in m.entries.iter().enumerate() {
@@ -165,17 +173,14 @@ fn setup(
 
 /// Symlinks last, then large files' metadata and each directory's, deepest
 /// first. Returns the number of symlinks and large files.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn finish(
+fn finish(
     m: &Manifest,
-    staging: &Path,
-    dir: &OwnedFd,
-    owner: Option<(u32, u32)>,
+    s: &StagingDir,
     deferred: &HashSet<u32>,
-    exact: Umask,
     parts: &PartHashes,
     suspect: &dyn Fn(usize),
 ) -> Result<u64, ExtractError> {
+    let (staging, dir, exact, owner) = (s.io.as_path(), &*s.dir, s.exact, s.owner);
     let mut n = 0;
     for (i, e) in m.entries.iter().enumerate() {
         // The path only names the entry in an error (every call below is
