@@ -235,7 +235,8 @@ async fn restore(
             tried += 1;
             let result = match &candidate {
                 Candidate::Native { key, manifest } => {
-                    restore_native(shared, key, manifest, &target, opts, &found, &known).await
+                    let job = NativeRestore { shared, key, target: &target, opts, found: &found };
+                    restore_native(&job, manifest, &known).await
                 }
                 Candidate::Archive { key } => {
                     restore_archive(store, key, &target, opts).await.map(|(d, s)| (d, s, None, None))
@@ -261,8 +262,8 @@ async fn restore(
                         after_swap(&target, trash, store, &source_key, manifest);
                         return Ok(done);
                     };
-                    let finished =
-                        phase_two(shared, &source_key, m.clone(), tail, &target, &staging, opts, &found).await;
+                    let job = NativeRestore { shared, key: &source_key, target: &target, opts, found: &found };
+                    let finished = phase_two(&job, m.clone(), tail, &staging).await;
                     return match finished {
                         Ok((more, whole)) => {
                             let _ = std::fs::remove_file(target.tail_path());
@@ -429,19 +430,26 @@ impl Drop for DropStaging {
     }
 }
 
+/// One native generation's restore: the store, the key it is under, the
+/// dir, the options, and the bad pool objects found on the way.
+#[derive(Clone, Copy)]
+struct NativeRestore<'a> {
+    shared: &'a Arc<dyn Store>,
+    key: &'a str,
+    target: &'a Target,
+    opts: &'a RestoreOptions,
+    found: &'a Arc<Found>,
+}
+
 /// Phase two of a hot-first restore: the tail, into the live dir. Dropped
 /// at the deadline, it cancels its writers, and its temporary files go.
-#[allow(clippy::too_many_arguments)]
 async fn phase_two(
-    shared: &Arc<dyn Store>,
-    key: &str,
+    job: &NativeRestore<'_>,
     m: Arc<Manifest>,
     tail: native::Tail,
-    target: &Target,
     staging: &Staging,
-    opts: &RestoreOptions,
-    found: &Arc<Found>,
 ) -> Result<(native::RestoreStats, Arc<Manifest>), Error> {
+    let NativeRestore { shared, key, target, opts, found } = *job;
     let started = Instant::now();
     let root = target.live_root(staging).map_err(Error::io("live dir"))?;
     let live = Arc::new(native::LiveDir::new(root));
@@ -493,14 +501,11 @@ type Staged = (Done, Staging, Option<(Arc<Manifest>, String)>, Option<native::Ta
 /// generation naming one is restored in one phase, so that a bad cold pack
 /// makes it fall through before the swap, never leaves a partial tree.
 async fn restore_native(
-    shared: &Arc<dyn Store>,
-    key: &str,
+    job: &NativeRestore<'_>,
     info: &sandcache_store::ObjectInfo,
-    target: &Target,
-    opts: &RestoreOptions,
-    found: &Arc<Found>,
     known: &tokio::sync::OnceCell<Known>,
 ) -> Result<Staged, Error> {
+    let NativeRestore { shared, target, opts, .. } = *job;
     let store = shared.as_ref();
     let started = Instant::now();
     // The root first; then its pieces, while the first packs download.
@@ -516,27 +521,23 @@ async fn restore_native(
                     "{} names {object}, reported bad: restoring it in one phase", info.key
                 );
                 let opts = RestoreOptions { hot_first: false, ..opts.clone() };
-                return restore_native_root(shared, key, info, target, &opts, found, root, started).await;
+                return restore_native_root(&NativeRestore { opts: &opts, ..*job }, info, root, started).await;
             }
             root
         }
         false => native::fetch_root(store, &info.key).await?,
     };
-    restore_native_root(shared, key, info, target, opts, found, root, started).await
+    restore_native_root(job, info, root, started).await
 }
 
 /// [`restore_native`] once the root is in.
-#[allow(clippy::too_many_arguments)]
 async fn restore_native_root(
-    shared: &Arc<dyn Store>,
-    key: &str,
+    job: &NativeRestore<'_>,
     info: &sandcache_store::ObjectInfo,
-    target: &Target,
-    opts: &RestoreOptions,
-    found: &Arc<Found>,
     root: Manifest,
     started: Instant,
 ) -> Result<Staged, Error> {
+    let NativeRestore { shared, key, target, opts, found } = *job;
     let store = shared.as_ref();
     let prefetch = native::Prefetch::start(shared, key, &root, opts.hot_first);
     if let Some(p) = &opts.progress {
