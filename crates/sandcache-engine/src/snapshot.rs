@@ -183,12 +183,24 @@ async fn snapshot(
     // Deno's own caches are stored as consistent copies, made in a private
     // dir beside the state files (see sandcache_archive::sqlite).
     let sqlite = SqliteOptions::new(target.sqlite_scratch());
+    let job = Snapshotting { store, key, target: &target, opts, walk: &walk, sqlite: &sqlite, fp: &fp };
     match opts.format {
-        Format::Native => snapshot_native(store, key, &target, opts, &walk, &sqlite, &fp).await,
-        Format::Tgz => {
-            snapshot_archive(store, key, &target, opts, &walk, &sqlite, &fp, Layout::Rooted, Encoding::Gzip).await
-        }
+        Format::Native => snapshot_native(&job).await,
+        Format::Tgz => snapshot_archive(&job, Layout::Rooted, Encoding::Gzip).await,
     }
+}
+
+/// A snapshot that is to be written: the store and key, the dir, the
+/// options, how its tree is read (`walk`, and `sqlite` for Deno's caches),
+/// and its fingerprint, recorded once it is stored.
+struct Snapshotting<'a> {
+    store: &'a Arc<dyn Store>,
+    key: &'a str,
+    target: &'a Target,
+    opts: &'a SnapshotOptions,
+    walk: &'a WalkOptions,
+    sqlite: &'a SqliteOptions,
+    fp: &'a [u8; 32],
 }
 
 /// Native: only content the store lacks is packed and uploaded, packs first
@@ -196,32 +208,16 @@ async fn snapshot(
 /// last, with at most two packs in memory. Pool objects found bad on the
 /// way (another length than their content) are recorded, as a restore
 /// records them (see `bad`).
-async fn snapshot_native(
-    store: &Arc<dyn Store>,
-    key: &str,
-    target: &Target,
-    opts: &SnapshotOptions,
-    walk: &WalkOptions,
-    sqlite: &SqliteOptions,
-    fp: &[u8; 32],
-) -> Result<Done, Error> {
+async fn snapshot_native(job: &Snapshotting<'_>) -> Result<Done, Error> {
+    let Snapshotting { store, target, .. } = *job;
     let found = Found::default();
-    let done = build_and_upload(store, key, target, opts, walk, sqlite, fp, &found).await;
+    let done = build_and_upload(job, &found).await;
     bad::report(store.as_ref(), &target.bad_path(), &store.to_string(), &found).await;
     done
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn build_and_upload(
-    store: &Arc<dyn Store>,
-    key: &str,
-    target: &Target,
-    opts: &SnapshotOptions,
-    walk: &WalkOptions,
-    sqlite: &SqliteOptions,
-    fp: &[u8; 32],
-    found: &Found,
-) -> Result<Done, Error> {
+async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done, Error> {
+    let Snapshotting { store, key, target, opts, walk, sqlite, fp } = *job;
     let store_label = store.to_string();
     // The base to dedup against: the key's newest generation, whoever wrote
     // it; else the generation the dir was restored from (a fallback, such as
@@ -520,18 +516,8 @@ fn one_chunk(bytes: Vec<u8>) -> sandcache_store::BodyStream {
 }
 
 /// A single archive streamed into one upload (the seed's tgz layout).
-#[allow(clippy::too_many_arguments)]
-async fn snapshot_archive(
-    store: &Arc<dyn Store>,
-    key: &str,
-    target: &Target,
-    opts: &SnapshotOptions,
-    walk: &WalkOptions,
-    sqlite: &SqliteOptions,
-    fp: &[u8; 32],
-    layout: Layout,
-    encoding: Encoding,
-) -> Result<Done, Error> {
+async fn snapshot_archive(job: &Snapshotting<'_>, layout: Layout, encoding: Encoding) -> Result<Done, Error> {
+    let Snapshotting { store, key, target, opts, walk, sqlite, fp } = *job;
     let store_label = store.to_string();
     let wopts = WriteOptions {
         layout,
