@@ -238,9 +238,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     // Marked objects first: read whole, checked against their names.
     let (bad, bad_marks) = check_marks(store, &pool, marks, &young, &mut budget, &mut report).await?;
     let mut bad = bad;
-    let mut referenced: HashSet<[u8; 32]> = HashSet::new();
-    let mut sizes: HashMap<[u8; 32], u64> = HashMap::new();
-    let mut referenced_keyed: HashSet<String> = HashSet::new();
+    let mut referenced = Referenced::default();
     let mut seen: HashSet<String> = HashSet::new();
     let (mut keep, mut drop) = (Vec::new(), Vec::new());
     for (key, mut gens) in generations {
@@ -263,7 +261,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
                 withdraw.push(m.clone());
                 continue;
             }
-            note_refs(&root, key, &mut referenced, &mut referenced_keyed, &mut sizes);
+            referenced.note(&root, key);
             report.generations_kept += 1;
         }
     }
@@ -281,11 +279,11 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
             withdraw.push(m.clone());
             continue;
         }
-        note_refs(&manifest, key, &mut referenced, &mut referenced_keyed, &mut sizes);
+        referenced.note(&manifest, key);
     }
     // The kept pool objects: each of the length its generations say (the
     // listing's sizes, free), and a sample read whole.
-    let found = check_kept(store, &pool, &referenced, &sizes, &bad, opts, &mut budget, &mut report).await?;
+    let found = check_kept(store, &pool, &referenced, &bad, opts, &mut budget, &mut report).await?;
     if !found.is_empty() {
         // Generations naming an object just found bad go too (what only
         // they referenced stays until the next run: it is counted as kept).
@@ -325,7 +323,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
         if id.is_some_and(|id| bad.contains_key(&id)) {
             continue;
         }
-        if id.is_some_and(|id| referenced.contains(&id)) || young(o.last_modified) {
+        if id.is_some_and(|id| referenced.pool.contains(&id)) || young(o.last_modified) {
             report.packs_kept += 1;
             continue;
         }
@@ -334,7 +332,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
         doomed.push(o.key);
     }
     for o in keyed_packs {
-        if referenced_keyed.contains(&o.key) || young(o.last_modified) {
+        if referenced.keyed.contains(&o.key) || young(o.last_modified) {
             report.packs_kept += 1;
             continue;
         }
@@ -435,12 +433,10 @@ async fn check_marks(
 /// Checks the kept pool objects: each whose listed size differs from what
 /// its generations say, then a random sample at `opts.verify_rate`, read
 /// whole within the budget. Returns those found bad.
-#[allow(clippy::too_many_arguments)]
 async fn check_kept(
     store: &dyn sandcache_store::Store,
     pool: &[(Option<[u8; 32]>, sandcache_store::ObjectInfo)],
-    referenced: &HashSet<[u8; 32]>,
-    sizes: &HashMap<[u8; 32], u64>,
+    referenced: &Referenced,
     bad: &BadObjects,
     opts: &GcOptions,
     budget: &mut u64,
@@ -449,8 +445,8 @@ async fn check_kept(
     use rand::seq::SliceRandom;
     let (mut wrong, mut sample) = (Vec::new(), Vec::new());
     for (id, o) in pool {
-        let Some(id) = id.filter(|id| referenced.contains(id) && !bad.contains_key(id)) else { continue };
-        match sizes.get(&id) {
+        let Some(id) = id.filter(|id| referenced.pool.contains(id) && !bad.contains_key(id)) else { continue };
+        match referenced.sizes.get(&id) {
             Some(&said) if said != o.size => wrong.push((id, o, Some(said))),
             _ if opts.verify_rate > 0.0 && rand::random::<f64>() < opts.verify_rate => sample.push((id, o, None)),
             _ => {}
@@ -526,30 +522,36 @@ async fn delete_all<'a>(store: &dyn sandcache_store::Store, keys: impl Iterator<
     Ok(())
 }
 
-/// Records the packs a kept generation needs, and the sizes it gives
-/// its pool objects (the first generation to name one says).
-fn note_refs(
-    m: &sandcache_archive::pack::Manifest,
-    key: &str,
-    pool: &mut HashSet<[u8; 32]>,
-    keyed: &mut HashSet<String>,
-    sizes: &mut HashMap<[u8; 32], u64>,
-) {
-    // A root names its pieces (its hot piece too) and the union of their packs.
-    for p in m.piece_refs() {
-        if let Some(id) = parse_id(&p.id) {
-            pool.insert(id);
-            sizes.entry(id).or_insert(p.size);
-        }
-    }
-    for p in &m.packs {
-        if m.pooled() {
+/// What the kept generations reference: pool objects by id, with the
+/// length the first generation to name one gives it, and version-1 packs
+/// by key.
+#[derive(Default)]
+struct Referenced {
+    pool: HashSet<[u8; 32]>,
+    sizes: HashMap<[u8; 32], u64>,
+    keyed: HashSet<String>,
+}
+
+impl Referenced {
+    /// Records the packs a kept generation needs, and the sizes it gives
+    /// its pool objects (the first generation to name one says).
+    fn note(&mut self, m: &sandcache_archive::pack::Manifest, key: &str) {
+        // A root names its pieces (its hot piece too) and the union of their packs.
+        for p in m.piece_refs() {
             if let Some(id) = parse_id(&p.id) {
-                pool.insert(id);
-                sizes.entry(id).or_insert(p.size);
+                self.pool.insert(id);
+                self.sizes.entry(id).or_insert(p.size);
             }
-        } else {
-            keyed.insert(layout::pack_key(key, m, &p.id));
+        }
+        for p in &m.packs {
+            if m.pooled() {
+                if let Some(id) = parse_id(&p.id) {
+                    self.pool.insert(id);
+                    self.sizes.entry(id).or_insert(p.size);
+                }
+            } else {
+                self.keyed.insert(layout::pack_key(key, m, &p.id));
+            }
         }
     }
 }
