@@ -417,6 +417,17 @@ impl Staging {
     }
 }
 
+/// A staging dir nobody will swap in, removed (by name) when dropped.
+pub(crate) struct DropStaging(pub(crate) Option<Staging>);
+
+impl Drop for DropStaging {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            remove_in_background(vec![s.path]);
+        }
+    }
+}
+
 fn absolute(dir: &Path) -> io::Result<PathBuf> {
     Ok(if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) })
 }
