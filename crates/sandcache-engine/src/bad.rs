@@ -34,10 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sandcache_store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::native;
-
-/// Where marks live in a store.
-pub(crate) const MARKS: &str = "pool/bad/";
+use crate::layout;
 
 /// Most marks a restore or snapshot reads (one page of an S3 listing): a
 /// prefix anyone with pool write can fill must not cost more. gc reads
@@ -71,21 +68,6 @@ pub(crate) struct Bad {
     pub why: String,
 }
 
-/// The mark of a pool object: `pool/bad/<id>.pack` (or `.tree`). `None`
-/// for a key that is not a pool object's.
-pub(crate) fn mark_key(object: &str) -> Option<String> {
-    native::pool_id_of(object)?;
-    let file = object.rsplit_once('/')?.1;
-    Some(format!("{MARKS}{file}"))
-}
-
-/// The pool object a mark names, when `key` is a mark.
-pub(crate) fn object_of_mark(key: &str) -> Option<String> {
-    let file = key.strip_prefix(MARKS)?;
-    let object = format!("{}{}/{file}", native::POOL, file.get(..2)?);
-    native::pool_id_of(&object).is_some().then_some(object)
-}
-
 /// What a mark holds: for people reading the store, never trusted by gc.
 #[derive(Serialize)]
 struct Mark<'a> {
@@ -103,7 +85,7 @@ impl Found {
     /// its key) is not the pool's and is left out.
     /// `size`: its length as the manifest naming it says.
     pub(crate) fn add(&self, object: &str, size: u64, why: impl Into<String>) {
-        if native::pool_id_of(object).is_none() {
+        if layout::pool_id_of(object).is_none() {
             return;
         }
         let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -128,7 +110,7 @@ impl Known {
     }
 
     pub(crate) fn insert(&mut self, object: &str) {
-        if let Some(id) = native::pool_id_of(object) {
+        if let Some(id) = layout::pool_id_of(object) {
             self.0.insert(id.to_owned());
         }
     }
@@ -139,9 +121,9 @@ impl Known {
         if !m.pooled() {
             return None;
         }
-        let packs = m.packs.iter().map(|p| native::pool_key(&p.id));
-        let pieces = m.piece_refs().map(|p| native::piece_key(&p.id));
-        packs.chain(pieces).find(|k| native::pool_id_of(k).is_some_and(|id| self.contains(id)))
+        let packs = m.packs.iter().map(|p| layout::pool_key(&p.id));
+        let pieces = m.piece_refs().map(|p| layout::piece_key(&p.id));
+        packs.chain(pieces).find(|k| layout::pool_id_of(k).is_some_and(|id| self.contains(id)))
     }
 
     /// What this pod recorded for `store`, and the store's marks (a
@@ -151,15 +133,15 @@ impl Known {
         for b in read_local(local).into_iter().filter(|b| b.store == store_label) {
             known.insert(&b.object);
         }
-        match tokio::time::timeout(MARKS_LIST_WITHIN, store.list_first(MARKS, MAX_MARKS)).await {
+        match tokio::time::timeout(MARKS_LIST_WITHIN, store.list_first(layout::MARKS, MAX_MARKS)).await {
             Ok(Ok(marks)) => {
                 for m in marks {
-                    if let Some(object) = object_of_mark(&m.key) {
+                    if let Some(object) = layout::object_of_mark(&m.key) {
                         known.insert(&object);
                     }
                 }
             }
-            Ok(Err(e)) => tracing::debug!("could not list the pool's marks: {}", crate::error_chain(&e)),
+            Ok(Err(e)) => tracing::debug!("could not list the pool's marks: {}", crate::error::error_chain(&e)),
             Err(_) => tracing::debug!("listing the pool's marks took over {MARKS_LIST_WITHIN:?}; going without"),
         }
         known
@@ -187,7 +169,7 @@ fn now_ms() -> u64 {
 /// The local record, its expired entries left out; empty when there is
 /// none or it cannot be read.
 fn read_local(path: &Path) -> Vec<Local> {
-    let Ok(bytes) = crate::target::read_bookkeeping(path, 1 << 20) else { return Vec::new() };
+    let Ok(bytes) = crate::bookkeeping::read_bookkeeping(path, 1 << 20) else { return Vec::new() };
     let record: LocalRecord = serde_json::from_slice(&bytes).unwrap_or_default();
     let oldest = now_ms().saturating_sub(LOCAL_TTL.as_millis() as u64);
     record.objects.into_iter().filter(|b| b.at_ms >= oldest).collect()
@@ -205,7 +187,7 @@ fn record_local(path: &Path, store_label: &str, found: &[Bad]) {
     objects.drain(..excess);
     let written = serde_json::to_vec(&LocalRecord { objects })
         .map_err(std::io::Error::other)
-        .and_then(|json| crate::target::write_bookkeeping(path, &json));
+        .and_then(|json| crate::bookkeeping::write_bookkeeping(path, &json));
     if let Err(e) = written {
         tracing::debug!("could not record the bad pool objects in {}: {e}", path.display());
     }
@@ -227,7 +209,7 @@ pub(crate) enum Verdict {
 /// Returns the verdict and the bytes read.
 pub(crate) async fn verify(store: &dyn Store, object: &str, size: Option<u64>) -> Result<(Verdict, u64), StoreError> {
     use futures::StreamExt;
-    let Some(id) = native::pool_id_of(object) else {
+    let Some(id) = layout::pool_id_of(object) else {
         return Ok((Verdict::Bad(format!("{object} is not a pool object's name")), 0));
     };
     let mut got = match store.get(object).await {
@@ -274,7 +256,7 @@ pub(crate) async fn report(store: &dyn Store, local: &Path, store_label: &str, f
             }
             Ok((Verdict::Gone, _)) => None,
             Err(e) => {
-                tracing::warn!(target: "sandbox-cache", "could not check pool object {}: {}", b.object, crate::error_chain(&e));
+                tracing::warn!(target: "sandbox-cache", "could not check pool object {}: {}", b.object, crate::error::error_chain(&e));
                 None
             }
         }
@@ -295,12 +277,12 @@ pub(crate) async fn report(store: &dyn Store, local: &Path, store_label: &str, f
         }
         record_local(local, store_label, &bad);
         let marks = bad.iter().filter_map(|b| {
-            let key = mark_key(&b.object)?;
+            let key = layout::mark_key(&b.object)?;
             let body = serde_json::to_vec(&Mark { object: &b.object, why: &b.why, at_ms: now_ms() }).ok()?;
             Some(async move {
                 // `put_new`: a mark already there (another pod's) is kept.
                 if let Err(e) = store.put_new(&key, body.into()).await {
-                    tracing::warn!(target: "sandbox-cache", "could not mark {} bad in the store: {}", b.object, crate::error_chain(&e));
+                    tracing::warn!(target: "sandbox-cache", "could not mark {} bad in the store: {}", b.object, crate::error::error_chain(&e));
                 }
             })
         });
@@ -314,24 +296,6 @@ pub(crate) async fn report(store: &dyn Store, local: &Path, store_label: &str, f
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn marks_name_their_object_and_nothing_else() {
-        let id = "ab".repeat(32);
-        for ext in ["pack", "tree"] {
-            let object = format!("pool/ab/{id}.{ext}");
-            let mark = mark_key(&object).unwrap();
-            assert_eq!(mark, format!("pool/bad/{id}.{ext}"));
-            assert_eq!(object_of_mark(&mark).as_deref(), Some(object.as_str()));
-            // A mark is not a pool object, nor a generation.
-            assert!(native::pool_id_of(&mark).is_none(), "{mark}");
-            assert!(native::generation_of(&mark).is_none(), "{mark}");
-        }
-        for not in ["pool/bad/", "pool/bad/x", "pool/bad/ab.pack", &format!("pool/bad/{id}.zip"), "site/cache"] {
-            assert!(object_of_mark(not).is_none(), "{not}");
-        }
-        assert!(mark_key("site/cache.d/packs/x.pack").is_none());
-    }
 
     #[test]
     fn the_local_record_is_bounded_and_per_store() {

@@ -4,8 +4,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::native;
-use crate::{Cache, Inner, error_chain};
+use crate::cache::Cache;
+use crate::error::Error;
+use crate::layout;
+use crate::outcome::mb;
 
 /// What a delete removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -35,38 +37,34 @@ impl Cache {
     /// a whole generation or none. The next restore of the key is
     /// `not_found`. A key that holds nothing is not an error. Like gc, this
     /// is an administrative command and reports failures.
-    pub async fn delete(&self) -> Result<DeleteReport, String> {
+    pub async fn delete(&self) -> Result<DeleteReport, Error> {
         let start = Instant::now();
-        let (store, key) = match &self.inner {
-            Inner::Enabled { store, key } => (store.as_ref(), key.as_str()),
-            Inner::Disabled => return Err("no cache store configured".into()),
-            Inner::Invalid(skip) => return Err(skip.detail.clone()),
-        };
+        let (store, key) = self.enabled()?;
         let mut report = DeleteReport::default();
-        let fail = |what: &str, e: &dyn std::error::Error| format!("{what} under {}/{key}: {}", store, error_chain(e));
+        let fail = |what: &str, e| Error::Store(e).context(format!("{what} under {store}/{key}"));
         for round in 0..ROUNDS {
-            let manifests = native::list_manifests(store, key).await.map_err(|e| fail("listing generations", &e))?;
-            let mut rest = store.list(&format!("{key}.d/")).await.map_err(|e| fail("listing objects", &e))?;
+            let manifests = layout::list_manifests(store, key).await.map_err(|e| fail("listing generations", e))?;
+            let mut rest = store.list(&format!("{key}.d/")).await.map_err(|e| fail("listing objects", e))?;
             rest.retain(|o| !manifests.iter().any(|m| m.key == o.key));
-            let seed = store.head(key).await.map_err(|e| fail("looking up the object", &e))?;
+            let seed = store.head(key).await.map_err(|e| fail("looking up the object", e))?;
             if manifests.is_empty() && rest.is_empty() && seed.is_none() {
                 break;
             }
             if round + 1 == ROUNDS {
-                return Err(format!(
+                return Err(Error::Raced(format!(
                     "objects keep appearing under {store}/{key} (a snapshot of this key is still running?); \
                      stop the site's sandbox and delete again"
-                ));
+                )));
             }
             for m in &manifests {
-                store.delete(&m.key).await.map_err(|e| fail("deleting a generation", &e))?;
+                store.delete(&m.key).await.map_err(|e| fail("deleting a generation", e))?;
                 report.generations_deleted += 1;
                 report.objects_deleted += 1;
                 report.bytes_freed += m.size;
             }
             for o in seed.iter().chain(&rest) {
-                store.delete(&o.key).await.map_err(|e| fail("deleting an object", &e))?;
-                report.packs_deleted += usize::from(native::pack_id_of(&o.key).is_some());
+                store.delete(&o.key).await.map_err(|e| fail("deleting an object", e))?;
+                report.packs_deleted += usize::from(layout::pack_id_of(&o.key).is_some());
                 report.objects_deleted += 1;
                 report.bytes_freed += o.size;
             }
@@ -80,7 +78,7 @@ impl Cache {
             report.generations_deleted,
             report.packs_deleted,
             report.objects_deleted,
-            crate::mb(report.bytes_freed)
+            mb(report.bytes_freed)
         );
         Ok(report)
     }

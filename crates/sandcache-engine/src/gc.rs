@@ -13,8 +13,11 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::bad::{self, Verdict};
+use crate::cache::Cache;
+use crate::error::Error;
+use crate::layout;
 use crate::native;
-use crate::{Cache, Inner, error_chain};
+use crate::outcome::mb;
 
 /// How much to keep.
 #[derive(Debug, Clone)]
@@ -91,9 +94,9 @@ impl GcReport {
             self.packs_kept,
             self.generations_deleted,
             self.packs_deleted,
-            crate::mb(self.bytes_freed),
+            mb(self.bytes_freed),
             self.objects_verified,
-            crate::mb(self.bytes_verified),
+            mb(self.bytes_verified),
             self.bad_objects,
             self.generations_withdrawn_bad,
             self.false_marks,
@@ -107,15 +110,11 @@ impl Cache {
     /// and that are older than the grace period. Manifests go first, so no
     /// remaining manifest ever points at a deleted pack. Unlike restore and
     /// snapshot this is an administrative command and reports failures.
-    pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport, String> {
-        let (store, key) = match &self.inner {
-            Inner::Enabled { store, key } => (store.as_ref(), key.as_str()),
-            Inner::Disabled => return Err("no cache store configured".into()),
-            Inner::Invalid(skip) => return Err(skip.detail.clone()),
-        };
+    pub async fn gc(&self, opts: &GcOptions) -> Result<GcReport, Error> {
+        let (store, key) = self.enabled()?;
         let now = SystemTime::now();
         let young = |t: SystemTime| now.duration_since(t).unwrap_or_default() < opts.grace;
-        let manifests = native::list_manifests(store, key).await.map_err(|e| error_chain(&e))?;
+        let manifests = layout::list_manifests(store, key).await?;
         let (keep, drop): (Vec<_>, Vec<_>) =
             manifests.into_iter().enumerate().partition(|(i, m)| *i < opts.keep || young(m.last_modified));
         let mut referenced = HashSet::new();
@@ -124,35 +123,38 @@ impl Cache {
             // A kept generation that cannot be read stops gc: its packs are
             // unknown, so none may be deleted.
             let manifest =
-                native::fetch_root(store, &m.key).await.map_err(|s| format!("reading {}: {}", m.key, s.detail))?;
+                native::fetch_root(store, &m.key).await.map_err(|e| e.context(format!("reading {}", m.key)))?;
             referenced.extend(manifest.packs.iter().map(|p| p.id.clone()));
             kept_keys.insert(m.key.clone());
         }
         let mut report = GcReport { generations_kept: keep.len(), ..GcReport::default() };
         for (_, m) in &drop {
-            store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
+            store.delete(&m.key).await?;
             report.generations_deleted += 1;
             report.bytes_freed += m.size;
         }
-        let packs = store.list(&format!("{key}.d/packs/")).await.map_err(|e| error_chain(&e))?;
+        let packs = store.list(&format!("{key}.d/packs/")).await?;
         // Generations written while we worked protect their packs too.
-        for m in native::list_manifests(store, key).await.map_err(|e| error_chain(&e))? {
+        for m in layout::list_manifests(store, key).await? {
             if !kept_keys.contains(&m.key) && !drop.iter().any(|(_, d)| d.key == m.key) {
                 if let Ok(manifest) = native::fetch_root(store, &m.key).await {
                     referenced.extend(manifest.packs.iter().map(|p| p.id.clone()));
                 } else {
-                    return Err(format!("a new generation {} appeared and cannot be read; no pack deleted", m.key));
+                    return Err(Error::Raced(format!(
+                        "a new generation {} appeared and cannot be read; no pack deleted",
+                        m.key
+                    )));
                 }
             }
         }
         let mut deleted = HashSet::new();
         for p in packs {
-            let Some(id) = native::pack_id_of(&p.key) else { continue };
+            let Some(id) = layout::pack_id_of(&p.key) else { continue };
             if referenced.contains(id) || young(p.last_modified) {
                 report.packs_kept += 1;
                 continue;
             }
-            store.delete(&p.key).await.map_err(|e| error_chain(&e))?;
+            store.delete(&p.key).await?;
             deleted.insert(id.to_owned());
             report.packs_deleted += 1;
             report.bytes_freed += p.size;
@@ -161,14 +163,14 @@ impl Cache {
         // deleted (its writer checks too, and withdraws it): withdraw any
         // such generation, so no manifest is left pointing at nothing.
         if !deleted.is_empty() {
-            for m in native::list_manifests(store, key).await.map_err(|e| error_chain(&e))? {
+            for m in layout::list_manifests(store, key).await? {
                 if kept_keys.contains(&m.key) {
                     continue;
                 }
                 let Ok(manifest) = native::fetch_root(store, &m.key).await else { continue };
                 if manifest.packs.iter().any(|p| deleted.contains(&p.id)) {
                     tracing::warn!(target: "sandbox-cache", "withdrawing {}: written during gc, it reuses a deleted pack", m.key);
-                    store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
+                    store.delete(&m.key).await?;
                     report.generations_withdrawn += 1;
                 }
             }
@@ -207,13 +209,13 @@ impl Cache {
 ///
 /// Memory: one manifest at a time, plus the set of referenced pack ids (32
 /// bytes each) and their sizes, and the listing.
-pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> Result<GcReport, String> {
+pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> Result<GcReport, Error> {
     if !(0.0..=1.0).contains(&opts.verify_rate) {
-        return Err(format!("the verify rate must be a fraction from 0 to 1, not {}", opts.verify_rate));
+        return Err(Error::Config(format!("the verify rate must be a fraction from 0 to 1, not {}", opts.verify_rate)));
     }
     let now = SystemTime::now();
     let young = |t: SystemTime| now.duration_since(t).unwrap_or_default() < opts.grace;
-    let listed = store.list("").await.map_err(|e| format!("listing {store}: {}", error_chain(&e)))?;
+    let listed = store.list("").await.map_err(|e| Error::Store(e).context(format!("listing {store}")))?;
     // Generations by key, and the packs: in the pool, and under keys (v1);
     // and the marks of pool objects reported bad.
     let mut generations: std::collections::BTreeMap<String, Vec<sandcache_store::ObjectInfo>> = Default::default();
@@ -221,13 +223,13 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     let mut keyed_packs = Vec::new();
     let mut marks = Vec::new();
     for o in listed {
-        if let Some(id) = native::pool_id_of(&o.key) {
+        if let Some(id) = layout::pool_id_of(&o.key) {
             pool.push((parse_id(id), o));
-        } else if o.key.starts_with(bad::MARKS) {
+        } else if o.key.starts_with(layout::MARKS) {
             marks.push(o);
-        } else if let Some(key) = native::generation_of(&o.key) {
+        } else if let Some(key) = layout::generation_of(&o.key) {
             generations.entry(key.to_owned()).or_default().push(o);
-        } else if o.key.contains(".d/packs/") && native::pack_id_of(&o.key).is_some() {
+        } else if o.key.contains(".d/packs/") && layout::pack_id_of(&o.key).is_some() {
             keyed_packs.push(o);
         }
     }
@@ -236,9 +238,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     // Marked objects first: read whole, checked against their names.
     let (bad, bad_marks) = check_marks(store, &pool, marks, &young, &mut budget, &mut report).await?;
     let mut bad = bad;
-    let mut referenced: HashSet<[u8; 32]> = HashSet::new();
-    let mut sizes: HashMap<[u8; 32], u64> = HashMap::new();
-    let mut referenced_keyed: HashSet<String> = HashSet::new();
+    let mut referenced = Referenced::default();
     let mut seen: HashSet<String> = HashSet::new();
     let (mut keep, mut drop) = (Vec::new(), Vec::new());
     for (key, mut gens) in generations {
@@ -256,12 +256,12 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
         for ((key, m), root) in chunk.iter().zip(roots) {
             // A kept generation that cannot be read stops gc: its packs are
             // unknown, so none may be deleted.
-            let root = root.map_err(|s| format!("reading {}: {}; no pack deleted", m.key, s.detail))?;
+            let root = root.map_err(|e| e.context(format!("reading {}; no pack deleted", m.key)))?;
             if names_any(&root, &bad) {
                 withdraw.push(m.clone());
                 continue;
             }
-            note_refs(&root, key, &mut referenced, &mut referenced_keyed, &mut sizes);
+            referenced.note(&root, key);
             report.generations_kept += 1;
         }
     }
@@ -273,17 +273,17 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     for (key, m) in &appeared {
         let manifest = native::fetch_root(store, &m.key)
             .await
-            .map_err(|s| format!("a new generation {} cannot be read ({}); no pack deleted", m.key, s.detail))?;
+            .map_err(|e| e.context(format!("a new generation {} cannot be read; no pack deleted", m.key)))?;
         seen.insert(m.key.clone());
         if names_any(&manifest, &bad) {
             withdraw.push(m.clone());
             continue;
         }
-        note_refs(&manifest, key, &mut referenced, &mut referenced_keyed, &mut sizes);
+        referenced.note(&manifest, key);
     }
     // The kept pool objects: each of the length its generations say (the
     // listing's sizes, free), and a sample read whole.
-    let found = check_kept(store, &pool, &referenced, &sizes, &bad, opts, &mut budget, &mut report).await?;
+    let found = check_kept(store, &pool, &referenced, &bad, opts, &mut budget, &mut report).await?;
     if !found.is_empty() {
         // Generations naming an object just found bad go too (what only
         // they referenced stays until the next run: it is counted as kept).
@@ -323,7 +323,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
         if id.is_some_and(|id| bad.contains_key(&id)) {
             continue;
         }
-        if id.is_some_and(|id| referenced.contains(&id)) || young(o.last_modified) {
+        if id.is_some_and(|id| referenced.pool.contains(&id)) || young(o.last_modified) {
             report.packs_kept += 1;
             continue;
         }
@@ -332,7 +332,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
         doomed.push(o.key);
     }
     for o in keyed_packs {
-        if referenced_keyed.contains(&o.key) || young(o.last_modified) {
+        if referenced.keyed.contains(&o.key) || young(o.last_modified) {
             report.packs_kept += 1;
             continue;
         }
@@ -349,7 +349,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
             let mut named = manifest.packs.iter().map(|p| &p.id).chain(manifest.piece_refs().map(|p| &p.id));
             if manifest.pooled() && named.any(|id| parse_id(id).is_some_and(|id| deleted.contains(&id))) {
                 tracing::warn!(target: "sandbox-cache", "withdrawing {}: written during gc, it reuses a deleted pack", m.key);
-                store.delete(&m.key).await.map_err(|e| error_chain(&e))?;
+                store.delete(&m.key).await?;
                 report.generations_withdrawn += 1;
             }
         }
@@ -376,11 +376,11 @@ async fn check_marks(
     young: &impl Fn(SystemTime) -> bool,
     budget: &mut u64,
     report: &mut GcReport,
-) -> Result<(BadObjects, Vec<String>), String> {
+) -> Result<(BadObjects, Vec<String>), Error> {
     let (mut bad, mut bad_marks, mut cleared) = (BadObjects::new(), Vec::new(), Vec::new());
     let mut todo = Vec::new();
     for m in marks {
-        let Some(object) = bad::object_of_mark(&m.key) else {
+        let Some(object) = layout::object_of_mark(&m.key) else {
             if !young(m.last_modified) {
                 cleared.push(m.key);
             }
@@ -408,13 +408,13 @@ async fn check_marks(
         }
         let verdicts = futures::future::join_all(chunk.iter().map(|(_, o, _)| bad::verify(store, o, None))).await;
         for ((mark, object, _), verdict) in chunk.into_iter().zip(verdicts) {
-            let (verdict, read) = verdict.map_err(|e| format!("verifying {object}: {}", error_chain(&e)))?;
+            let (verdict, read) = verdict.map_err(|e| Error::Store(e).context(format!("verifying {object}")))?;
             report.objects_verified += usize::from(read > 0);
             report.bytes_verified += read;
             match verdict {
                 Verdict::Bad(why) => {
                     tracing::warn!(target: "sandbox-cache", "{object}, marked bad, is: {why}");
-                    let id = native::pool_id_of(&object).and_then(parse_id).expect("a listed pool object");
+                    let id = layout::pool_id_of(&object).and_then(parse_id).expect("a listed pool object");
                     bad.insert(id, object);
                     bad_marks.push(mark);
                 }
@@ -433,22 +433,20 @@ async fn check_marks(
 /// Checks the kept pool objects: each whose listed size differs from what
 /// its generations say, then a random sample at `opts.verify_rate`, read
 /// whole within the budget. Returns those found bad.
-#[allow(clippy::too_many_arguments)]
 async fn check_kept(
     store: &dyn sandcache_store::Store,
     pool: &[(Option<[u8; 32]>, sandcache_store::ObjectInfo)],
-    referenced: &HashSet<[u8; 32]>,
-    sizes: &HashMap<[u8; 32], u64>,
+    referenced: &Referenced,
     bad: &BadObjects,
     opts: &GcOptions,
     budget: &mut u64,
     report: &mut GcReport,
-) -> Result<BadObjects, String> {
+) -> Result<BadObjects, Error> {
     use rand::seq::SliceRandom;
     let (mut wrong, mut sample) = (Vec::new(), Vec::new());
     for (id, o) in pool {
-        let Some(id) = id.filter(|id| referenced.contains(id) && !bad.contains_key(id)) else { continue };
-        match sizes.get(&id) {
+        let Some(id) = id.filter(|id| referenced.pool.contains(id) && !bad.contains_key(id)) else { continue };
+        match referenced.sizes.get(&id) {
             Some(&said) if said != o.size => wrong.push((id, o, Some(said))),
             _ if opts.verify_rate > 0.0 && rand::random::<f64>() < opts.verify_rate => sample.push((id, o, None)),
             _ => {}
@@ -474,7 +472,7 @@ async fn check_kept(
             let verdicts =
                 futures::future::join_all(chunk.iter().map(|(_, o, said)| bad::verify(store, &o.key, *said))).await;
             for ((id, o, said), verdict) in chunk.into_iter().zip(verdicts) {
-                let (verdict, read) = verdict.map_err(|e| format!("verifying {}: {}", o.key, error_chain(&e)))?;
+                let (verdict, read) = verdict.map_err(|e| Error::Store(e).context(format!("verifying {}", o.key)))?;
                 report.objects_verified += usize::from(read > 0);
                 report.bytes_verified += read;
                 match verdict {
@@ -514,40 +512,46 @@ fn names_any(m: &sandcache_archive::pack::Manifest, objects: &BadObjects) -> boo
 const IN_FLIGHT: usize = 32;
 
 /// Deletes every key, [`IN_FLIGHT`] at a time; the first error stops it.
-async fn delete_all<'a>(store: &dyn sandcache_store::Store, keys: impl Iterator<Item = &'a str>) -> Result<(), String> {
+async fn delete_all<'a>(store: &dyn sandcache_store::Store, keys: impl Iterator<Item = &'a str>) -> Result<(), Error> {
     let keys: Vec<&str> = keys.collect();
     for chunk in keys.chunks(IN_FLIGHT) {
         for r in futures::future::join_all(chunk.iter().map(|k| store.delete(k))).await {
-            r.map_err(|e| error_chain(&e))?;
+            r?;
         }
     }
     Ok(())
 }
 
-/// Records the packs a kept generation needs, and the sizes it gives
-/// its pool objects (the first generation to name one says).
-fn note_refs(
-    m: &sandcache_archive::pack::Manifest,
-    key: &str,
-    pool: &mut HashSet<[u8; 32]>,
-    keyed: &mut HashSet<String>,
-    sizes: &mut HashMap<[u8; 32], u64>,
-) {
-    // A root names its pieces (its hot piece too) and the union of their packs.
-    for p in m.piece_refs() {
-        if let Some(id) = parse_id(&p.id) {
-            pool.insert(id);
-            sizes.entry(id).or_insert(p.size);
-        }
-    }
-    for p in &m.packs {
-        if m.pooled() {
+/// What the kept generations reference: pool objects by id, with the
+/// length the first generation to name one gives it, and version-1 packs
+/// by key.
+#[derive(Default)]
+struct Referenced {
+    pool: HashSet<[u8; 32]>,
+    sizes: HashMap<[u8; 32], u64>,
+    keyed: HashSet<String>,
+}
+
+impl Referenced {
+    /// Records the packs a kept generation needs, and the sizes it gives
+    /// its pool objects (the first generation to name one says).
+    fn note(&mut self, m: &sandcache_archive::pack::Manifest, key: &str) {
+        // A root names its pieces (its hot piece too) and the union of their packs.
+        for p in m.piece_refs() {
             if let Some(id) = parse_id(&p.id) {
-                pool.insert(id);
-                sizes.entry(id).or_insert(p.size);
+                self.pool.insert(id);
+                self.sizes.entry(id).or_insert(p.size);
             }
-        } else {
-            keyed.insert(native::pack_key(key, m, &p.id));
+        }
+        for p in &m.packs {
+            if m.pooled() {
+                if let Some(id) = parse_id(&p.id) {
+                    self.pool.insert(id);
+                    self.sizes.entry(id).or_insert(p.size);
+                }
+            } else {
+                self.keyed.insert(layout::pack_key(key, m, &p.id));
+            }
         }
     }
 }
@@ -556,12 +560,12 @@ fn note_refs(
 async fn new_generations(
     store: &dyn sandcache_store::Store,
     seen: &HashSet<String>,
-) -> Result<Vec<(String, sandcache_store::ObjectInfo)>, String> {
-    let listed = store.list("").await.map_err(|e| format!("listing {store}: {}", error_chain(&e)))?;
+) -> Result<Vec<(String, sandcache_store::ObjectInfo)>, Error> {
+    let listed = store.list("").await.map_err(|e| Error::Store(e).context(format!("listing {store}")))?;
     Ok(listed
         .into_iter()
         .filter(|o| !seen.contains(&o.key))
-        .filter_map(|o| Some((native::generation_of(&o.key)?.to_owned(), o)))
+        .filter_map(|o| Some((layout::generation_of(&o.key)?.to_owned(), o)))
         .collect())
 }
 

@@ -222,3 +222,8 @@ impl Outcome {
         v
     }
 }
+
+/// Bytes as megabytes, for logs.
+pub(crate) fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1e6)
+}

@@ -3,91 +3,24 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use sandcache_archive::pack::BuiltPack;
-use sandcache_archive::{
-    Encoding, Layout, Limits, Progress, SqliteOptions, WalkError, WalkOptions, WriteError, WriteOptions,
-};
+use sandcache_archive::{Encoding, Layout, Limits, SqliteOptions, WalkError, WalkOptions, WriteOptions};
 use sandcache_store::{Store, StoreError};
-use serde::{Deserialize, Serialize};
 
+use crate::background::{self, CancelOnDrop};
 use crate::bad::{self, Bad, Found, Known};
-use crate::native;
-use crate::outcome::{Done, Op, Outcome, Reason, Skip};
+use crate::bookkeeping::{Index, hex, load_state, save_state};
+use crate::cache::Cache;
+use crate::error::{Declined, Error, error_chain};
+use crate::layout;
+use crate::native::{self, ManifestAlgebra};
+use crate::options::{Format, SnapshotOptions};
+use crate::outcome::{Done, Op, Outcome, Reason, mb};
 use crate::pipe::{self, ChannelWriter};
-use crate::restore::store_skip;
-use crate::target::{CancelOnDrop, Target};
-use crate::{Cache, error_chain, mb};
-
-/// The format a snapshot is written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Format {
-    /// sandcache's own: content-addressed packs of zstd frames and a
-    /// manifest; incremental, verified, restored in parallel.
-    #[default]
-    Native,
-    /// The seed's layout and encoding: gzip tar rooted at `/`, which
-    /// `tar -xzf - -C /` (a runner still on the seed) restores.
-    Tgz,
-}
-
-/// How to snapshot.
-#[derive(Debug, Clone)]
-pub struct SnapshotOptions {
-    pub format: Format,
-    /// The total deadline; a snapshot past it is abandoned and the stored
-    /// cache stays as it was.
-    pub timeout: Duration,
-    /// Upload even when nothing changed since the last restore or snapshot.
-    pub force: bool,
-    /// Bounds on the tree read: bytes of regular files and entries as they
-    /// are listed, and path length. Past one the snapshot skips as
-    /// `too_large` before reading that content. The defaults are restore's:
-    /// a larger cache could not be restored anyway.
-    pub limits: Limits,
-    pub progress: Option<Arc<Progress>>,
-    /// Where the lock, state and index files live (see
-    /// [`crate::RestoreOptions::state_dir`]).
-    pub state_dir: Option<std::path::PathBuf>,
-    /// The uid that owns the tree (a runner's worker): a file with several
-    /// links that another uid owns is refused as `unsafe`.
-    pub owner: Option<u32>,
-}
-
-impl Default for SnapshotOptions {
-    fn default() -> Self {
-        SnapshotOptions {
-            format: Format::Native,
-            timeout: Duration::from_secs(600),
-            force: false,
-            limits: Limits::default(),
-            progress: None,
-            state_dir: None,
-            owner: None,
-        }
-    }
-}
-
-/// What the last restore or snapshot of a dir left: which cache it matches,
-/// and the stored object that holds it (a native generation's manifest, or
-/// the single archive). Kept beside the dir, never inside it.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-struct State {
-    store: String,
-    key: String,
-    fingerprint: String,
-    /// Absent in state files older than this field: then the dir is not
-    /// taken as unchanged.
-    #[serde(default)]
-    generation: Option<String>,
-    /// Written by a native restore instead of an index: every file it wrote
-    /// has a ctime up to this (ns since the epoch). A snapshot rebuilds the
-    /// index from the generation's manifest ([`native::Index::of_manifest`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    restored_until_ns: Option<i128>,
-}
+use crate::target::Target;
 
 /// Whether the files read since `generation` was restored (access time
 /// past mtime) differ from the hot set it was restored with. Deno's own
@@ -130,42 +63,6 @@ async fn hot_set_moved(store: &dyn Store, target: &Target, generation: &str, wal
     read.is_some_and(|r| !r.is_empty() && r != recorded)
 }
 
-pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32], generation: &str) {
-    save_state_restored(target, store, key, fp, generation, None);
-}
-
-pub(crate) fn save_state_restored(
-    target: &Target,
-    store: &str,
-    key: &str,
-    fp: &[u8; 32],
-    generation: &str,
-    restored_until_ns: Option<i128>,
-) {
-    let state = State {
-        store: store.to_owned(),
-        key: key.to_owned(),
-        fingerprint: hex(fp),
-        generation: Some(generation.to_owned()),
-        restored_until_ns,
-    };
-    let path = target.state_path();
-    let written = serde_json::to_vec(&state)
-        .map_err(std::io::Error::other)
-        .and_then(|json| crate::target::write_bookkeeping(&path, &json));
-    if let Err(e) = written {
-        tracing::debug!("could not record the cache state in {}: {e}", path.display());
-    }
-}
-
-fn load_state(target: &Target) -> Option<State> {
-    serde_json::from_slice(&crate::target::read_bookkeeping(&target.state_path(), 64 << 10).ok()?).ok()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl Cache {
     /// Uploads `dir` under the cache's key. Never fails: an empty or missing
     /// dir, an unchanged one, or any failure is a skipped outcome, and the
@@ -205,25 +102,23 @@ async fn snapshot(
     dir: &Path,
     opts: &SnapshotOptions,
     deadline: Instant,
-) -> Result<Done, Skip> {
+) -> Result<Done, Error> {
     // The dir's own name is never followed: a symlink there is `unsafe`.
     let target = match Target::resolve_nofollow(dir) {
         Ok(t) => t.with_state_dir(opts.state_dir.as_deref()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Skip::new(Reason::Empty, format!("{} does not exist", dir.display())));
+            return Err(Declined::Empty(format!("{} does not exist", dir.display())).into());
         }
-        Err(e) => return Err(Skip::new(crate::target::target_reason(&e), format!("target dir: {e}"))),
+        Err(e) => return Err(Error::Target(e)),
     };
-    let _lock = target.lock_or_skip(deadline).await?;
-    crate::target::remove_in_background(target.sqlite_leftovers());
+    let _lock = target.lock(deadline).await.map_err(Error::lock)?;
+    background::remove_in_background(target.sqlite_leftovers());
     if std::fs::symlink_metadata(target.tail_path()).is_ok() {
-        return Err(Skip::new(
-            Reason::Incomplete,
-            format!(
-                "the last restore of {} put its hot files in place but not the rest; the stored cache is kept until a restore completes",
-                target.dir.display()
-            ),
-        ));
+        return Err(Declined::Incomplete(format!(
+            "the last restore of {} put its hot files in place but not the rest; the stored cache is kept until a restore completes",
+            target.dir.display()
+        ))
+        .into());
     }
 
     // Every blocking step below checks this flag at each entry and read, so
@@ -238,13 +133,11 @@ async fn snapshot(
         Ok::<_, WalkError>((empty, fp))
     })
     .await
-    .map_err(|e| Skip::joined("the scan thread", e))?
-    .map_err(|e| walk_skip(&e))?;
+    .map_err(|e| Error::joined("the scan thread", e))??;
     if empty {
-        return Err(Skip::new(
-            Reason::Empty,
-            format!("{} holds no files; the stored cache is kept", target.dir.display()),
-        ));
+        return Err(
+            Declined::Empty(format!("{} holds no files; the stored cache is kept", target.dir.display())).into()
+        );
     }
     let fp = fp.expect("set when not empty");
     let store_label = store.to_string();
@@ -272,10 +165,11 @@ async fn snapshot(
                 );
             }
             Ok(Some(_)) => {
-                return Err(Skip::new(
-                    Reason::Unchanged,
-                    format!("{} is as last restored or snapshotted ({generation})", target.dir.display()),
-                ));
+                return Err(Declined::Unchanged(format!(
+                    "{} is as last restored or snapshotted ({generation})",
+                    target.dir.display()
+                ))
+                .into());
             }
             Ok(None) => tracing::info!(
                 target: "sandbox-cache",
@@ -289,25 +183,24 @@ async fn snapshot(
     // Deno's own caches are stored as consistent copies, made in a private
     // dir beside the state files (see sandcache_archive::sqlite).
     let sqlite = SqliteOptions::new(target.sqlite_scratch());
+    let job = Snapshotting { store, key, target: &target, opts, walk: &walk, sqlite: &sqlite, fp: &fp };
     match opts.format {
-        Format::Native => snapshot_native(store, key, &target, opts, &walk, &sqlite, &fp).await,
-        Format::Tgz => {
-            snapshot_archive(store, key, &target, opts, &walk, &sqlite, &fp, Layout::Rooted, Encoding::Gzip).await
-        }
+        Format::Native => snapshot_native(&job).await,
+        Format::Tgz => snapshot_archive(&job, Layout::Rooted, Encoding::Gzip).await,
     }
 }
 
-/// A failed walk as a reason: a symlinked dir, or an entry that turned into
-/// a symlink, FIFO or device while it was read, is `unsafe`; a limit is
-/// `too_large`; cancellation is the deadline's.
-pub(crate) fn walk_skip(e: &WalkError) -> Skip {
-    let reason = match e {
-        WalkError::Io { .. } | WalkError::Changed { .. } => Reason::IoError,
-        WalkError::Unsafe { .. } => Reason::Unsafe,
-        WalkError::Limit { .. } => Reason::TooLarge,
-        WalkError::Cancelled => Reason::TimedOut,
-    };
-    Skip::new(reason, error_chain(e))
+/// A snapshot that is to be written: the store and key, the dir, the
+/// options, how its tree is read (`walk`, and `sqlite` for Deno's caches),
+/// and its fingerprint, recorded once it is stored.
+struct Snapshotting<'a> {
+    store: &'a Arc<dyn Store>,
+    key: &'a str,
+    target: &'a Target,
+    opts: &'a SnapshotOptions,
+    walk: &'a WalkOptions,
+    sqlite: &'a SqliteOptions,
+    fp: &'a [u8; 32],
 }
 
 /// Native: only content the store lacks is packed and uploaded, packs first
@@ -315,32 +208,16 @@ pub(crate) fn walk_skip(e: &WalkError) -> Skip {
 /// last, with at most two packs in memory. Pool objects found bad on the
 /// way (another length than their content) are recorded, as a restore
 /// records them (see `bad`).
-async fn snapshot_native(
-    store: &Arc<dyn Store>,
-    key: &str,
-    target: &Target,
-    opts: &SnapshotOptions,
-    walk: &WalkOptions,
-    sqlite: &SqliteOptions,
-    fp: &[u8; 32],
-) -> Result<Done, Skip> {
+async fn snapshot_native(job: &Snapshotting<'_>) -> Result<Done, Error> {
+    let Snapshotting { store, target, .. } = *job;
     let found = Found::default();
-    let done = build_and_upload(store, key, target, opts, walk, sqlite, fp, &found).await;
+    let done = build_and_upload(job, &found).await;
     bad::report(store.as_ref(), &target.bad_path(), &store.to_string(), &found).await;
     done
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn build_and_upload(
-    store: &Arc<dyn Store>,
-    key: &str,
-    target: &Target,
-    opts: &SnapshotOptions,
-    walk: &WalkOptions,
-    sqlite: &SqliteOptions,
-    fp: &[u8; 32],
-    found: &Found,
-) -> Result<Done, Skip> {
+async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done, Error> {
+    let Snapshotting { store, key, target, opts, walk, sqlite, fp } = *job;
     let store_label = store.to_string();
     // The base to dedup against: the key's newest generation, whoever wrote
     // it; else the generation the dir was restored from (a fallback, such as
@@ -349,8 +226,8 @@ async fn build_and_upload(
     // is known bad: this pod's record and the store's marks.
     let bad_path = target.bad_path();
     let (listed, known) =
-        tokio::join!(native::list_manifests(store.as_ref(), key), Known::load(store.as_ref(), &bad_path, &store_label));
-    let listed = listed.map_err(store_skip)?;
+        tokio::join!(layout::list_manifests(store.as_ref(), key), Known::load(store.as_ref(), &bad_path, &store_label));
+    let listed = listed?;
     let mut known = known;
     let restored_from = load_state(target)
         .filter(|s| s.store == store_label && s.key != key)
@@ -380,7 +257,7 @@ async fn build_and_upload(
                         target: "sandbox-cache",
                         "not building on {generation}: its pack {id} is gone; its content is uploaded again"
                     ),
-                    Err(e) => return Err(store_skip(e)),
+                    Err(e) => return Err(e.into()),
                 }
             }
             Ok(m) if !m.pooled() => {
@@ -389,7 +266,7 @@ async fn build_and_upload(
             Ok(_) | Err(_) => tracing::warn!(target: "sandbox-cache", "ignoring unreadable generation {generation}"),
         }
     }
-    let mut index = native::Index::load(&target.index_path());
+    let mut index = Index::load(&target.index_path());
     // After a restore, the index is its manifest's (no walk, no file): the
     // base's, when the dir was restored from it, else fetched.
     let restored = load_state(target).filter(|s| s.store == store_label);
@@ -399,7 +276,7 @@ async fn build_and_upload(
             _ => native::fetch_manifest(store.as_ref(), &generation, found).await.ok(),
         };
         if let Some(m) = m {
-            index = native::Index::of_manifest_ns(&m, until);
+            index = Index::of_manifest_ns(&m, until);
         }
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<BuiltPack>(1);
@@ -420,7 +297,7 @@ async fn build_and_upload(
         let mut puts = std::pin::pin!(
             packs
                 .map(|p: BuiltPack| async move {
-                    let put = put_pool(store.as_ref(), &p.id, p.bytes.into(), native::pool_key, known, found).await?;
+                    let put = put_pool(store.as_ref(), &p.id, p.bytes.into(), layout::pool_key, known, found).await?;
                     Ok::<_, StoreError>((p.id, put))
                 })
                 .buffer_unordered(2)
@@ -438,16 +315,15 @@ async fn build_and_upload(
     };
     let (uploaded, built) = tokio::join!(uploads, builder);
     let (mut plan, base) = match (uploaded.as_ref(), built) {
-        (Err(_), _) => return Err(store_skip(uploaded.unwrap_err())),
-        (_, Err(e)) => return Err(Skip::joined("the snapshot thread", e)),
-        (_, Ok(Err(native::BuildError::Walk(e)))) => return Err(walk_skip(&e)),
-        (_, Ok(Err(e))) => return Err(Skip::new(Reason::IoError, error_chain(&e))),
+        (Err(_), _) => return Err(uploaded.unwrap_err().into()),
+        (_, Err(e)) => return Err(Error::joined("the snapshot thread", e)),
+        (_, Ok(Err(e))) => return Err(e),
         (Ok(_), Ok(Ok(p))) => p,
     };
     let (packs_added, salted) = uploaded.unwrap_or_default();
     // Packs that went up salted are named so, their frames further in.
     for (id, to) in &salted {
-        native::rename_salted_pack(&mut plan.manifest, id, to);
+        plan.manifest.rename_salted_pack(id, to);
     }
     let mut transferred = packs_added;
     // Unchanged only against the key's own newest generation: a dir
@@ -458,12 +334,12 @@ async fn build_and_upload(
         if let Some(newest) = listed.first() {
             save_state(target, &store_label, key, fp, &newest.key);
         }
-        return Err(Skip::new(Reason::Unchanged, "every file is already in the newest generation"));
+        return Err(Declined::Unchanged("every file is already in the newest generation".into()).into());
     }
     // Our own manifest must pass the checks every reader makes.
     plan.manifest
         .validate(&Limits::default(), &target.dir)
-        .map_err(|e| Skip::new(Reason::Corrupt, format!("refusing to upload an invalid manifest: {e}")))?;
+        .map_err(|e| Error::Corrupt(format!("refusing to upload an invalid manifest: {e}")))?;
     // The manifest as pieces and a small root: only pieces the pool lacks
     // (the runs of entries that changed) are uploaded; a piece whose name a
     // bad object holds goes up salted, and the root names that.
@@ -473,27 +349,25 @@ async fn build_and_upload(
         let puts = chunk.iter().map(|(id, bytes)| async move {
             let len = bytes.len() as u64;
             let (added, as_salted) =
-                put_pool(store.as_ref(), id, bytes.clone().into(), native::piece_key, known, found).await?;
+                put_pool(store.as_ref(), id, bytes.clone().into(), layout::piece_key, known, found).await?;
             Ok::<_, StoreError>((id, len, added, as_salted))
         });
         for r in futures::future::join_all(puts).await {
-            let (id, len, added, as_salted) = r.map_err(store_skip)?;
+            let (id, len, added, as_salted) = r?;
             match added {
                 0 => pieces_reused += len,
                 n => pieces_added += n,
             }
-            if let Some((to, size)) = as_salted {
-                for p in root.pieces.iter_mut().chain(root.hot.iter_mut()).filter(|p| p.id == *id) {
-                    (p.id, p.size) = (to.clone(), size);
-                }
+            if let Some(salted) = &as_salted {
+                root.rename_salted_piece(id, salted);
             }
         }
     }
     transferred += pieces_added;
     let bytes = root.encode();
     transferred += bytes.len() as u64;
-    let mkey = native::manifest_key(key, plan.manifest.created_ms);
-    store.put(&mkey, one_chunk(bytes)).await.map_err(store_skip)?;
+    let mkey = layout::manifest_key(key, plan.manifest.created_ms);
+    store.put(&mkey, one_chunk(bytes)).await?;
     // A gc that ran meanwhile may have removed a pack this generation reuses
     // (nothing it kept referenced it): withdraw the generation rather than
     // leave a manifest that points at nothing. One HEAD per pack.
@@ -515,13 +389,10 @@ async fn build_and_upload(
     };
     if let Some(gone) = gone {
         let withdrawn = store.delete(&mkey).await;
-        return Err(Skip::new(
-            Reason::StoreError,
-            format!(
-                "pool object {gone} of the new generation was removed or replaced while it was written (a concurrent gc?); generation {mkey} {}",
-                if withdrawn.is_ok() { "withdrawn" } else { "could not be withdrawn" }
-            ),
-        ));
+        return Err(Error::Raced(format!(
+            "pool object {gone} of the new generation was removed or replaced while it was written (a concurrent gc?); generation {mkey} {}",
+            if withdrawn.is_ok() { "withdrawn" } else { "could not be withdrawn" }
+        )));
     }
     // Every new pack is in the manifest (only unused frames of old packs are
     // dropped), so what was not added was reused.
@@ -533,8 +404,8 @@ async fn build_and_upload(
         "generation {mkey}: {} packs and {} pieces, {} MB added to the pool, {} MB reused{}{}",
         plan.manifest.packs.len(),
         root.pieces.len(),
-        crate::mb(added),
-        crate::mb(reused),
+        mb(added),
+        mb(reused),
         if base.is_some() { " (deduplicated against the base)" } else { "" },
         if salted.is_empty() { String::new() } else { format!("; {} packs salted past bad objects", salted.len()) }
     );
@@ -619,8 +490,8 @@ async fn check_objects(
     let objects: Vec<(String, u64)> = m
         .packs
         .iter()
-        .map(|p| (native::pool_key(&p.id), p.size))
-        .chain(m.piece_refs().map(|p| (native::piece_key(&p.id), p.size)))
+        .map(|p| (layout::pool_key(&p.id), p.size))
+        .chain(m.piece_refs().map(|p| (layout::piece_key(&p.id), p.size)))
         .collect();
     let mut wrong = Vec::new();
     for chunk in objects.chunks(16) {
@@ -645,18 +516,8 @@ fn one_chunk(bytes: Vec<u8>) -> sandcache_store::BodyStream {
 }
 
 /// A single archive streamed into one upload (the seed's tgz layout).
-#[allow(clippy::too_many_arguments)]
-async fn snapshot_archive(
-    store: &Arc<dyn Store>,
-    key: &str,
-    target: &Target,
-    opts: &SnapshotOptions,
-    walk: &WalkOptions,
-    sqlite: &SqliteOptions,
-    fp: &[u8; 32],
-    layout: Layout,
-    encoding: Encoding,
-) -> Result<Done, Skip> {
+async fn snapshot_archive(job: &Snapshotting<'_>, layout: Layout, encoding: Encoding) -> Result<Done, Error> {
+    let Snapshotting { store, key, target, opts, walk, sqlite, fp } = *job;
     let store_label = store.to_string();
     let wopts = WriteOptions {
         layout,
@@ -673,17 +534,11 @@ async fn snapshot_archive(
     let writer = tokio::task::spawn_blocking(move || {
         let mut sink = ChannelWriter::new(tx);
         match sandcache_archive::write_archive(&src, &mut sink, &wopts) {
-            Ok(stats) => sink
-                .finish()
-                .map(|()| stats)
-                .map_err(|e| Skip::new(Reason::IoError, format!("finishing the stream: {e}"))),
+            Ok(stats) => sink.finish().map(|()| stats).map_err(Error::io("finishing the stream")),
             Err(e) => {
-                let skip = match &e {
-                    WriteError::Walk(w) => walk_skip(w),
-                    WriteError::Sink(_) => Skip::new(Reason::IoError, error_chain(&e)),
-                };
-                sink.fail(skip.detail.clone());
-                Err(skip)
+                let e = Error::Write(e);
+                sink.fail(error_chain(&e));
+                Err(e)
             }
         }
     });
@@ -701,12 +556,12 @@ async fn snapshot_archive(
     // A failed upload breaks the writer's pipe: the store's error is the cause.
     // A failed writer fails the body: the writer's error is the cause.
     let (transferred, stats) = match (uploaded, written) {
-        (Err(e), _) if !matches!(e, StoreError::Body { .. }) => return Err(store_skip(e)),
+        (Err(e), _) if !matches!(e, StoreError::Body { .. }) => return Err(e.into()),
         (_, Err(e)) => {
-            return Err(Skip::joined("the archive thread", e));
+            return Err(Error::joined("the archive thread", e));
         }
-        (_, Ok(Err(skip))) => return Err(skip),
-        (Err(e), Ok(Ok(_))) => return Err(store_skip(e)),
+        (_, Ok(Err(e))) => return Err(e),
+        (Err(e), Ok(Ok(_))) => return Err(e.into()),
         (Ok(n), Ok(Ok(stats))) => (n, stats),
     };
     save_state(target, &store_label, key, fp, key);

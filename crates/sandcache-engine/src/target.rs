@@ -13,12 +13,13 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{CWD, FlockOperation, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
+
+use crate::background::remove_in_background;
+use crate::error::UntrustedSymlink;
 
 /// Marker in the names of everything sandcache keeps inside a mounted dir;
 /// snapshots leave such entries out.
@@ -201,16 +202,6 @@ impl Target {
                 Err(e) => return Err(with_path(e.into(), &path)),
             }
         }
-    }
-
-    /// [`Target::lock`] with its failure as a reason: waiting past the
-    /// deadline is `timed_out`, anything else `io_error`.
-    pub(crate) async fn lock_or_skip(&self, deadline: Instant) -> Result<Lock, crate::Skip> {
-        use crate::Reason;
-        self.lock(deadline).await.map_err(|e| match e.kind() {
-            io::ErrorKind::TimedOut => crate::Skip::new(Reason::TimedOut, e.to_string()),
-            _ => crate::Skip::new(Reason::IoError, format!("lock: {e}")),
-        })
     }
 
     /// Staging and trash dirs left by earlier runs that crashed or failed.
@@ -396,42 +387,6 @@ impl Target {
     }
 }
 
-/// Reads a bookkeeping file (lock, state, index): never through a symlink,
-/// only a regular file, at most `max` bytes. Whoever can write beside the
-/// dir may have planted anything there.
-pub(crate) fn read_bookkeeping(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
-    let fd = rustix::fs::open(path, flags, Mode::empty())?;
-    let st = rustix::fs::fstat(&fd)?;
-    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() || st.st_size as u64 > max {
-        return Err(io::Error::other(format!("{} is not a regular file of at most {max} bytes", path.display())));
-    }
-    let mut bytes = Vec::with_capacity(st.st_size as usize);
-    fs::File::from(fd).take(max).read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
-/// Writes a bookkeeping file: a fresh temp file (`O_EXCL|O_NOFOLLOW`, 0600)
-/// renamed over the name, which replaces a planted symlink rather than
-/// following it.
-pub(crate) fn write_bookkeeping(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp{}-{:08x}", std::process::id(), rand::random::<u32>()));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
-        .open(&tmp)?;
-    let written = f.write_all(bytes).and_then(|()| fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    written
-}
-
 const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
 /// A staging dir, held open. Writes go through [`Staging::io`]
@@ -462,30 +417,19 @@ impl Staging {
     }
 }
 
+/// A staging dir nobody will swap in, removed (by name) when dropped.
+pub(crate) struct DropStaging(pub(crate) Option<Staging>);
+
+impl Drop for DropStaging {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            remove_in_background(vec![s.path]);
+        }
+    }
+}
+
 fn absolute(dir: &Path) -> io::Result<PathBuf> {
     Ok(if dir.is_absolute() { dir.to_owned() } else { std::env::current_dir()?.join(dir) })
-}
-
-/// A symlink among a dir's parents that neither root nor we made: a restore
-/// or snapshot of the dir is `unsafe`, never done through it.
-#[derive(Debug)]
-pub(crate) struct UntrustedSymlink(String);
-
-impl std::fmt::Display for UntrustedSymlink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UntrustedSymlink {}
-
-/// The reason a dir that did not resolve is skipped with: `unsafe` for an
-/// [`UntrustedSymlink`], `io_error` otherwise.
-pub(crate) fn target_reason(e: &io::Error) -> crate::Reason {
-    match e.get_ref().is_some_and(|inner| inner.is::<UntrustedSymlink>()) {
-        true => crate::Reason::Unsafe,
-        false => crate::Reason::IoError,
-    }
 }
 
 /// Symlinks followed in one walk, as the kernel's own limit.
@@ -613,80 +557,6 @@ pub(crate) fn with_path(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
-/// Sets the flag when dropped: an operation's future dropped at its deadline
-/// stops its blocking thread at the next read or entry.
-pub(crate) struct CancelOnDrop(pub(crate) std::sync::Arc<std::sync::atomic::AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-static BACKGROUND: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
-
-/// Runs `work` on a background thread, tracked so a short-lived process can
-/// wait for it before exiting (see [`crate::wait_for_background`]).
-pub(crate) fn background(name: &str, work: impl FnOnce() + Send + 'static) {
-    let spawned = std::thread::Builder::new().name(format!("sandcache-{name}")).spawn(work);
-    match spawned {
-        Ok(handle) => {
-            let mut all = BACKGROUND.lock().unwrap_or_else(|p| p.into_inner());
-            all.retain(|h| !h.is_finished());
-            all.push(handle);
-        }
-        Err(e) => tracing::warn!("could not start a background thread: {e}"),
-    }
-}
-
-/// Removes trees in the background: old trees after a swap, failed stagings,
-/// leftovers of crashed runs. Never right before extracting: on ext4,
-/// creating files right after freeing many inodes is several times slower.
-pub(crate) fn remove_in_background(paths: Vec<PathBuf>) {
-    if paths.is_empty() {
-        return;
-    }
-    background("cleanup", move || {
-        for p in paths {
-            // An abandoned restore's writers may still be finishing a file
-            // in it: a second pass removes what they added meanwhile.
-            let mut result = fs::remove_dir_all(&p);
-            for _ in 0..3 {
-                if result.is_ok() || !p.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-                result = fs::remove_dir_all(&p);
-            }
-            match result {
-                Ok(()) => tracing::debug!("removed {}", p.display()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!("could not remove {}: {e}", p.display()),
-            }
-        }
-    });
-}
-
-/// Waits up to `timeout` for background cleanup to finish. Returns whether
-/// everything finished.
-pub fn wait_for_background(timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let pending = {
-            let mut all = BACKGROUND.lock().unwrap_or_else(|p| p.into_inner());
-            all.retain(|h| !h.is_finished());
-            all.len()
-        };
-        if pending == 0 {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Whether `dir` is the root of a mount, even one of the file system that
 /// holds its parent (a bind mount, which has the same device number):
 /// `statx`'s `STATX_ATTR_MOUNT_ROOT` (Linux 5.8). Without it, only a
@@ -702,9 +572,28 @@ fn is_mount_root(dir: &Path) -> bool {
     }
 }
 
+/// Empties `dir` between two sites, so nothing of one reaches the next: its
+/// content is moved aside at once (renamed, or entry by entry when `dir` is
+/// a mount point) and removed in the background, and the state and index
+/// recorded for it are dropped. Afterwards `dir` exists and is empty. Takes
+/// the dir's lock, waiting up to `timeout`.
+pub async fn clear_dir(dir: &Path, state_dir: Option<&Path>, timeout: Duration) -> io::Result<()> {
+    let target = Target::resolve_for_restore(dir)?.with_state_dir(state_dir);
+    if fs::symlink_metadata(&target.dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(io::Error::other(format!("{} is a symlink; it is never followed", target.dir.display())));
+    }
+    let _lock = target.lock(Instant::now() + timeout).await?;
+    let mut trash = target.leftovers();
+    trash.extend(target.clear()?);
+    target.forget();
+    remove_in_background(trash);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::target_reason;
 
     #[test]
     fn swap_replaces_an_existing_dir_and_returns_the_old_one() {
@@ -799,7 +688,7 @@ mod tests {
         std::os::unix::fs::symlink("l1", base.join("l2")).unwrap();
         let e = Target::resolve_for_restore(&base.join("l1/deno")).unwrap_err();
         assert!(e.to_string().contains("symbolic links") && e.to_string().contains("/l"), "{e}");
-        assert_eq!(target_reason(&e), crate::Reason::IoError);
+        assert_eq!(target_reason(&e), crate::outcome::Reason::IoError);
     }
 
     /// As root: a symlink among the parents that another uid owns, or that
@@ -831,7 +720,7 @@ mod tests {
             .chain([base.join("ops/deno")])
         {
             for e in [Target::resolve_for_restore(&dir).unwrap_err(), Target::resolve_nofollow(&dir).unwrap_err()] {
-                assert_eq!(target_reason(&e), crate::Reason::Unsafe, "{}: {e}", dir.display());
+                assert_eq!(target_reason(&e), crate::outcome::Reason::Unsafe, "{}: {e}", dir.display());
                 assert!(
                     e.to_string().contains("symlink") && e.to_string().contains(&work.display().to_string()),
                     "{e}"

@@ -344,7 +344,7 @@ fn gc(store: &StoreArgs, opts: sandcache_engine::GcOptions, json: bool) -> ExitC
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: gc of {target} failed: {e}");
+            eprintln!("error: gc of {target} failed: {}", sandcache_engine::error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -385,6 +385,7 @@ fn delete(store: &StoreArgs, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            let e = sandcache_engine::error_chain(&e);
             if json {
                 let v = serde_json::json!({"ok": false, "op": "delete", "key": key, "store": store, "error": e});
                 println!("{v}");

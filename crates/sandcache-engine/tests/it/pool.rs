@@ -631,7 +631,7 @@ async fn gc_samples_what_nobody_reported() {
         assert_eq!(r.objects_verified, r.packs_kept + 1, "every kept object, and the bad one: {r:?}");
         assert!(store.head(&victim).await.unwrap().is_none());
         let bad_rate = GcOptions { verify_rate: 1.5, ..gc_unsampled() };
-        assert!(gc_store(store.as_ref(), &bad_rate).await.unwrap_err().contains("verify rate"));
+        assert!(gc_store(store.as_ref(), &bad_rate).await.unwrap_err().to_string().contains("verify rate"));
         settle();
     }
 }

@@ -1,0 +1,234 @@
+//! What sandcache records beside a dir (in the state dir, when there is
+//! one), and how such a file is read and written: the **state** (which
+//! cache and generation the dir matches, and its fingerprint: what makes a
+//! snapshot `unchanged`) and the **index** (each file's hash, kept while
+//! its size, times and inode are unchanged: what a native snapshot does
+//! not read again). Their paths are [`Target`]'s; the lock and the tail
+//! marker are there too, and `bad`'s record of bad pool objects.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags};
+use sandcache_archive::pack::{Kind, Manifest};
+use sandcache_archive::sqlite;
+use sandcache_archive::walk::Meta;
+use serde::{Deserialize, Serialize};
+
+use crate::target::Target;
+
+/// What the last restore or snapshot of a dir left: which cache it matches,
+/// and the stored object that holds it (a native generation's manifest, or
+/// the single archive). Kept beside the dir, never inside it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct State {
+    pub(crate) store: String,
+    pub(crate) key: String,
+    pub(crate) fingerprint: String,
+    /// Absent in state files older than this field: then the dir is not
+    /// taken as unchanged.
+    #[serde(default)]
+    pub(crate) generation: Option<String>,
+    /// Written by a native restore instead of an index: every file it wrote
+    /// has a ctime up to this (ns since the epoch). A snapshot rebuilds the
+    /// index from the generation's manifest ([`Index::of_manifest_ns`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) restored_until_ns: Option<i128>,
+}
+
+pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32], generation: &str) {
+    save_state_restored(target, store, key, fp, generation, None);
+}
+
+pub(crate) fn save_state_restored(
+    target: &Target,
+    store: &str,
+    key: &str,
+    fp: &[u8; 32],
+    generation: &str,
+    restored_until_ns: Option<i128>,
+) {
+    let state = State {
+        store: store.to_owned(),
+        key: key.to_owned(),
+        fingerprint: hex(fp),
+        generation: Some(generation.to_owned()),
+        restored_until_ns,
+    };
+    let path = target.state_path();
+    let written = serde_json::to_vec(&state).map_err(io::Error::other).and_then(|json| write_bookkeeping(&path, &json));
+    if let Err(e) = written {
+        tracing::debug!("could not record the cache state in {}: {e}", path.display());
+    }
+}
+
+pub(crate) fn load_state(target: &Target) -> Option<State> {
+    serde_json::from_slice(&read_bookkeeping(&target.state_path(), 64 << 10).ok()?).ok()
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The largest index read back: about 200 bytes a file, for millions.
+const MAX_INDEX_BYTES: u64 = 1 << 30;
+
+/// What the last restore or snapshot knew of each file, beside the dir: a
+/// file whose size, mtime, inode and ctime are unchanged keeps its hash
+/// without being read again.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Index {
+    pub files: HashMap<String, IndexEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct IndexEntry {
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
+    pub ino: u64,
+    pub hash: String,
+    /// Recorded from a manifest by the restore that wrote the file, without
+    /// reading the disk back: the inode is unknown, and `ctime_ns` is a
+    /// bound (the restore's end). The file is as restored while its size and
+    /// mtime are the manifest's and its ctime is not past the bound: any
+    /// later write, chmod or rename-into-place moves the ctime past it, and
+    /// no process can set a ctime.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upto: bool,
+}
+
+pub(crate) fn stamp(meta: &Meta) -> (u64, i128, i128, u64) {
+    (
+        meta.size,
+        meta.mtime as i128 * 1_000_000_000 + meta.mtime_nsec as i128,
+        meta.ctime as i128 * 1_000_000_000 + meta.ctime_nsec as i128,
+        meta.ino,
+    )
+}
+
+impl Index {
+    pub(crate) fn load(path: &Path) -> Index {
+        read_bookkeeping(path, MAX_INDEX_BYTES).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    pub(crate) fn save(&self, path: &Path) {
+        let ok = serde_json::to_vec(self).map_err(io::Error::other).and_then(|b| write_bookkeeping(path, &b));
+        if let Err(e) = ok {
+            tracing::debug!("could not save the index {}: {e}", path.display());
+        }
+    }
+
+    pub(crate) fn lookup(&self, rel: &str, meta: &Meta) -> Option<&str> {
+        let (size, mtime_ns, ctime_ns, ino) = stamp(meta);
+        self.files
+            .get(rel)
+            .filter(|e| {
+                e.size == size
+                    && e.mtime_ns == mtime_ns
+                    && match e.upto {
+                        true => ctime_ns <= e.ctime_ns,
+                        false => e.ctime_ns == ctime_ns && e.ino == ino,
+                    }
+            })
+            .map(|e| e.hash.as_str())
+    }
+
+    /// What [`sandcache_archive::fingerprint`] gives for the tree a restore
+    /// writes from `m` (walk order, the modes and times the restore sets),
+    /// computed without reading the disk back. Should the two ever differ,
+    /// the only cost is a snapshot that walks instead of skipping at once.
+    /// Deno's own caches do not count, as there.
+    pub(crate) fn fingerprint_of(m: &Manifest) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        for e in &m.entries {
+            let top = e.path.split('/').next().unwrap_or_default();
+            if sqlite::is_deno_cache_or_companion(std::ffi::OsStr::new(top)) {
+                continue;
+            }
+            h.update(e.path.as_bytes());
+            match e.kind {
+                Kind::Dir => {
+                    h.update(&[0, b'd']);
+                    h.update(&((e.mode & 0o777) | 0o700).to_le_bytes());
+                    continue;
+                }
+                Kind::File => {
+                    h.update(&[0, b'f']);
+                    h.update(&e.size.to_le_bytes());
+                }
+                Kind::Symlink => {
+                    h.update(&[0, b'l']);
+                    h.update(&(e.target.as_deref().unwrap_or_default().len() as u64).to_le_bytes());
+                }
+            }
+            h.update(&e.mtime.max(0).to_le_bytes());
+            h.update(&0i64.to_le_bytes());
+            h.update(&(if e.kind == Kind::Symlink { 0o777 } else { e.mode & 0o777 }).to_le_bytes());
+            if let Some(t) = e.target.as_deref().filter(|_| e.kind == Kind::Symlink) {
+                h.update(t.as_bytes());
+            }
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// The index of a tree a restore just wrote from `m`, finished by
+    /// `until` (see [`IndexEntry::upto`]): no walk of the disk, so nothing
+    /// the app did meanwhile (it may be running during a second phase) can
+    /// be taken for restored content.
+    pub(crate) fn of_manifest_ns(m: &Manifest, until_ns: i128) -> Index {
+        let files = m
+            .entries
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .filter_map(|e| {
+                let entry = IndexEntry {
+                    size: e.size,
+                    mtime_ns: e.mtime.max(0) as i128 * 1_000_000_000,
+                    ctime_ns: until_ns,
+                    ino: 0,
+                    hash: e.hash.clone()?,
+                    upto: true,
+                };
+                Some((e.path.clone(), entry))
+            })
+            .collect();
+        Index { files }
+    }
+}
+
+/// Reads a bookkeeping file (lock, state, index): never through a symlink,
+/// only a regular file, at most `max` bytes. Whoever can write beside the
+/// dir may have planted anything there.
+pub(crate) fn read_bookkeeping(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = rustix::fs::open(path, flags, Mode::empty())?;
+    let st = rustix::fs::fstat(&fd)?;
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() || st.st_size as u64 > max {
+        return Err(io::Error::other(format!("{} is not a regular file of at most {max} bytes", path.display())));
+    }
+    let mut bytes = Vec::with_capacity(st.st_size as usize);
+    fs::File::from(fd).take(max).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Writes a bookkeeping file: a fresh temp file (`O_EXCL|O_NOFOLLOW`, 0600)
+/// renamed over the name, which replaces a planted symlink rather than
+/// following it.
+pub(crate) fn write_bookkeeping(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}-{:08x}", std::process::id(), rand::random::<u32>()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(OFlags::NOFOLLOW.bits() as i32)
+        .open(&tmp)?;
+    let written = f.write_all(bytes).and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}

@@ -1,0 +1,160 @@
+//! Where everything lives in a store, and which keys are valid: the one
+//! reading and writing of object names.
+//!
+//! The native layout:
+//!
+//! ```text
+//! pool/<2 hex>/<blake3>.pack              immutable, content-addressed, shared by every key
+//! pool/<2 hex>/<blake3>.tree              a manifest piece (or a root's hot piece), likewise
+//! K.d/manifests/<ms>-<random>.json.zst    one per generation of key K, written last
+//! K.d/packs/<blake3>.pack                 version-1 generations only (still read)
+//! pool/bad/<blake3>.pack (or .tree)       a mark: that pool object was found bad (see `bad`)
+//! K                                       a single archive (the seed's cache.tgz, `--format tgz`)
+//! ```
+//!
+//! Pool objects are spread over 256 prefixes by the first byte of their
+//! hash, so a fleet restoring one base at once is not held to one S3
+//! prefix's request rate. A writer never overwrites one: it skips a pack the
+//! pool already holds. Readers verify every frame against the manifest they
+//! chose to trust, so a wrong pool object is `corrupt`, never a wrong file.
+//!
+//! A snapshot uploads its new packs first and its manifest last; a reader
+//! takes the newest manifest whose packs are all there. Nothing is ever
+//! overwritten, so two writers at once can only each add a generation: no
+//! manifest can point at a pack that is not already stored, and no complete
+//! generation is lost. This needs no conditional writes.
+
+use sandcache_archive::pack::Manifest;
+use sandcache_store::{Store, StoreError};
+
+/// Checks a cache key: a relative `/`-separated name with no empty, `.` or
+/// `..` segments. The error is a sentence for the user.
+pub fn validate_key(key: &str) -> Result<(), String> {
+    sandcache_store::check_key(key).map_err(|_| {
+        format!("invalid cache key `{key}`: use a relative `/`-separated name such as `site/cache.tgz`")
+    })?;
+    if pool_id_of(key).is_some() || object_of_mark(key).is_some() {
+        return Err(format!("invalid cache key `{key}`: it names an object of the shared pool"));
+    }
+    Ok(())
+}
+
+/// Checks a fallback: a key, or a prefix of keys ending in `/`.
+pub fn validate_fallback(f: &str) -> Result<(), String> {
+    match f.strip_suffix('/') {
+        Some(prefix) => sandcache_store::check_key(prefix).map_err(|_| {
+            format!("invalid fallback prefix `{f}`: use a relative `/`-separated name ending in `/`, such as `base/`")
+        }),
+        None => validate_key(f).map_err(|_| {
+            format!("invalid fallback `{f}`: use a key such as `base/cache.tgz`, or a prefix ending in `/`")
+        }),
+    }
+}
+
+pub(crate) fn manifests_prefix(key: &str) -> String {
+    format!("{key}.d/manifests/")
+}
+
+/// The cache key a stored object is a generation of, when it is one:
+/// `K.d/manifests/<name>.json.zst`, with K a valid key. The one reading of
+/// generation names, for listings under a key, under a prefix, and of a
+/// whole store.
+pub(crate) fn generation_of(object: &str) -> Option<&str> {
+    let (key, name) = object.rsplit_once(".d/manifests/")?;
+    (name.ends_with(".json.zst") && !name.contains('/') && validate_key(key).is_ok()).then_some(key)
+}
+
+/// Where a generation's pack lives: in the pool (version 2 on), or under
+/// its key (version 1).
+pub(crate) fn pack_key(key: &str, m: &Manifest, id: &str) -> String {
+    if m.pooled() { pool_key(id) } else { format!("{key}.d/packs/{id}.pack") }
+}
+
+/// The shared pool's name for a pack.
+pub(crate) fn pool_key(id: &str) -> String {
+    format!("{POOL}{}/{id}.pack", id.get(..2).unwrap_or("00"))
+}
+
+/// The shared pool's name for a manifest piece.
+pub(crate) fn piece_key(id: &str) -> String {
+    format!("{POOL}{}/{id}.tree", id.get(..2).unwrap_or("00"))
+}
+
+/// The pool's prefix in a store.
+pub(crate) const POOL: &str = "pool/";
+
+/// The id a pool object name carries, if it is one: a pack
+/// (`pool/<2 hex>/<64 hex>.pack`) or a manifest piece (`.tree`), with
+/// matching first two digits.
+pub(crate) fn pool_id_of(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(POOL)?;
+    let (fan, file) = rest.split_once('/')?;
+    let id = file.strip_suffix(".pack").or_else(|| file.strip_suffix(".tree"))?;
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    (fan.len() == 2 && id.len() == 64 && hex(id) && id.starts_with(fan)).then_some(id)
+}
+
+/// The stored manifests of a key, newest first.
+pub(crate) async fn list_manifests(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Vec<sandcache_store::ObjectInfo>, StoreError> {
+    let mut all = store.list(&manifests_prefix(key)).await?;
+    all.retain(|o| generation_of(&o.key) == Some(key));
+    all.sort_by(|a, b| b.key.cmp(&a.key));
+    Ok(all)
+}
+
+pub(crate) fn manifest_key(key: &str, created_ms: u64) -> String {
+    format!("{}{created_ms:013}-{:08x}.json.zst", manifests_prefix(key), rand::random::<u32>())
+}
+
+pub(crate) fn pack_id_of(key_in_store: &str) -> Option<&str> {
+    key_in_store.rsplit('/').next()?.strip_suffix(".pack")
+}
+
+/// The creation time a manifest's name starts with.
+pub(crate) fn manifest_ms(key: &str) -> Option<u64> {
+    key.rsplit('/').next()?.split('-').next()?.parse().ok()
+}
+
+/// Where marks live in a store.
+pub(crate) const MARKS: &str = "pool/bad/";
+
+/// The mark of a pool object: `pool/bad/<id>.pack` (or `.tree`). `None`
+/// for a key that is not a pool object's.
+pub(crate) fn mark_key(object: &str) -> Option<String> {
+    pool_id_of(object)?;
+    let file = object.rsplit_once('/')?.1;
+    Some(format!("{MARKS}{file}"))
+}
+
+/// The pool object a mark names, when `key` is a mark.
+pub(crate) fn object_of_mark(key: &str) -> Option<String> {
+    let file = key.strip_prefix(MARKS)?;
+    let object = format!("{POOL}{}/{file}", file.get(..2)?);
+    pool_id_of(&object).is_some().then_some(object)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_name_their_object_and_nothing_else() {
+        let id = "ab".repeat(32);
+        for ext in ["pack", "tree"] {
+            let object = format!("pool/ab/{id}.{ext}");
+            let mark = mark_key(&object).unwrap();
+            assert_eq!(mark, format!("pool/bad/{id}.{ext}"));
+            assert_eq!(object_of_mark(&mark).as_deref(), Some(object.as_str()));
+            // A mark is not a pool object, nor a generation.
+            assert!(pool_id_of(&mark).is_none(), "{mark}");
+            assert!(generation_of(&mark).is_none(), "{mark}");
+        }
+        for not in ["pool/bad/", "pool/bad/x", "pool/bad/ab.pack", &format!("pool/bad/{id}.zip"), "site/cache"] {
+            assert!(object_of_mark(not).is_none(), "{not}");
+        }
+        assert!(mark_key("site/cache.d/packs/x.pack").is_none());
+    }
+}

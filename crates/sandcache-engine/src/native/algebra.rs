@@ -1,0 +1,234 @@
+//! The manifest algebra: operations on [`Manifest`]s that read no store
+//! and write no file. Written against `sandcache_archive::pack` alone, so
+//! it can move next to `Manifest::validate` as it is: [`ManifestAlgebra`]
+//! is a trait only because `Manifest` is another crate's type (there, its
+//! methods are `impl Manifest`, and callers drop the import), and
+//! [`Joiner`] and [`in_tail`] move unchanged.
+
+use std::collections::HashMap;
+
+use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest};
+
+/// What a manifest's users compute from it, and how a snapshot's manifest
+/// is put together and renamed.
+pub(crate) trait ManifestAlgebra {
+    /// A manifest with no packs, frames, entries or pieces.
+    fn empty(version: u32, created_ms: u64) -> Manifest;
+
+    /// A whole manifest of some of these entries (in order), with the
+    /// frames and packs they use, renumbered by first use.
+    fn subset<'a>(&self, entries: impl Iterator<Item = &'a Entry>) -> Manifest;
+
+    /// Merges frames that are the same frame (pack, offset and hash), which
+    /// pieces sharing a frame each carry.
+    fn dedup_frames(&mut self);
+
+    /// Drops frames no entry uses and packs no frame uses, renumbering both.
+    /// Frames keep their order, so a large file's frames stay consecutive.
+    /// Packs holding hot content are marked and listed first.
+    fn compact(&mut self);
+
+    /// Names a pack that went up salted (see [`pack::salt`]) by its salted
+    /// id and size: its frames lie [`pack::SALT_LEN`] bytes further in.
+    fn rename_salted_pack(&mut self, id: &str, to: &(String, u64));
+
+    /// Names a piece (or hot piece) of a root that went up salted by its
+    /// salted id and size.
+    fn rename_salted_piece(&mut self, id: &str, to: &(String, u64));
+
+    /// Whether the manifest has a hot set and files outside it: a hot-first
+    /// restore of it has two phases.
+    fn has_tail(&self) -> bool;
+}
+
+impl ManifestAlgebra for Manifest {
+    fn empty(version: u32, created_ms: u64) -> Manifest {
+        Manifest {
+            version,
+            created_ms,
+            packs: Vec::new(),
+            frames: Vec::new(),
+            entries: Vec::new(),
+            pieces: Vec::new(),
+            hot: Vec::new(),
+        }
+    }
+
+    fn subset<'a>(&self, entries: impl Iterator<Item = &'a Entry>) -> Manifest {
+        let mut piece = Manifest::empty(pack::VERSION, 0);
+        let (mut frame_map, mut pack_map) = (HashMap::new(), HashMap::new());
+        for e in entries {
+            let mut e = e.clone();
+            if let Some(first) = e.frame {
+                let span = self.span_frames(&e).unwrap_or(first as usize..first as usize + 1);
+                for f in span {
+                    if frame_map.contains_key(&f) {
+                        continue;
+                    }
+                    let frame = &self.frames[f];
+                    let pi = *pack_map.entry(frame.pack).or_insert_with(|| {
+                        piece.packs.push(self.packs[frame.pack as usize].clone());
+                        piece.packs.len() as u32 - 1
+                    });
+                    frame_map.insert(f, piece.frames.len() as u32);
+                    piece.frames.push(Frame { pack: pi, ..frame.clone() });
+                }
+                e.frame = Some(frame_map[&(first as usize)]);
+            }
+            piece.entries.push(e);
+        }
+        piece
+    }
+
+    fn dedup_frames(&mut self) {
+        let mut seen: HashMap<(u32, u64), u32> = HashMap::new();
+        let mut map = Vec::with_capacity(self.frames.len());
+        let mut frames = Vec::with_capacity(self.frames.len());
+        for f in self.frames.drain(..) {
+            let idx = *seen.entry((f.pack, f.offset)).or_insert_with(|| {
+                frames.push(f.clone());
+                frames.len() as u32 - 1
+            });
+            map.push(idx);
+        }
+        self.frames = frames;
+        for e in &mut self.entries {
+            if let Some(f) = e.frame.as_mut() {
+                *f = map[*f as usize];
+            }
+        }
+    }
+
+    fn compact(&mut self) {
+        let mut used = vec![false; self.frames.len()];
+        for e in &self.entries {
+            if e.kind == Kind::File && e.size > 0 {
+                if let Ok(span) = self.span_frames(e) {
+                    for i in span {
+                        used[i] = true;
+                    }
+                }
+            }
+        }
+        let mut frame_map = vec![u32::MAX; self.frames.len()];
+        let mut pack_map: HashMap<u32, u32> = HashMap::new();
+        let mut packs = Vec::new();
+        let mut frames = Vec::new();
+        for (i, f) in self.frames.iter().enumerate() {
+            if !used[i] {
+                continue;
+            }
+            let pi = *pack_map.entry(f.pack).or_insert_with(|| {
+                packs.push(self.packs[f.pack as usize].clone());
+                packs.len() as u32 - 1
+            });
+            frame_map[i] = frames.len() as u32;
+            frames.push(Frame { pack: pi, ..f.clone() });
+        }
+        for e in &mut self.entries {
+            if let Some(f) = e.frame.as_mut() {
+                *f = frame_map[*f as usize];
+            }
+        }
+        // Packs holding hot content are marked, and listed first: a hot-first
+        // restore prefetches them alone.
+        for e in self.entries.iter().filter(|e| e.hot && e.kind == Kind::File && e.size > 0) {
+            if let Some(f) = e.frame.and_then(|f| frames.get(f as usize)) {
+                packs[f.pack as usize].hot = true;
+            }
+        }
+        let mut order: Vec<usize> = (0..packs.len()).collect();
+        order.sort_by_key(|&i| !packs[i].hot);
+        let mut new_index = vec![0u32; packs.len()];
+        for (new, &old) in order.iter().enumerate() {
+            new_index[old] = new as u32;
+        }
+        for f in &mut frames {
+            f.pack = new_index[f.pack as usize];
+        }
+        self.packs = order.into_iter().map(|i| packs[i].clone()).collect();
+        self.frames = frames;
+    }
+
+    fn rename_salted_pack(&mut self, id: &str, (to, size): &(String, u64)) {
+        for (i, p) in self.packs.iter_mut().enumerate() {
+            if p.id != id {
+                continue;
+            }
+            (p.id, p.size) = (to.clone(), *size);
+            for f in self.frames.iter_mut().filter(|f| f.pack as usize == i) {
+                f.offset += pack::SALT_LEN;
+            }
+        }
+    }
+
+    fn rename_salted_piece(&mut self, id: &str, (to, size): &(String, u64)) {
+        for p in self.pieces.iter_mut().chain(self.hot.iter_mut()).filter(|p| p.id == id) {
+            (p.id, p.size) = (to.clone(), *size);
+        }
+    }
+
+    fn has_tail(&self) -> bool {
+        let content = |e: &&Entry| e.kind == Kind::File && e.size > 0;
+        self.entries.iter().filter(content).any(|e| e.hot) && self.entries.iter().any(in_tail)
+    }
+}
+
+/// Whether an entry waits for a hot-first restore's second phase: a file
+/// with content that is not hot.
+pub(super) fn in_tail(e: &Entry) -> bool {
+    e.kind == Kind::File && e.size > 0 && !e.hot
+}
+
+/// A whole manifest joined from a root's pieces, appended one at a time and
+/// in order: their frames and packs renumbered into one list.
+pub(super) struct Joiner {
+    whole: Manifest,
+    /// Each pack's index in `whole`, by id.
+    pack_index: HashMap<String, u32>,
+}
+
+impl Joiner {
+    /// An empty join, for the pieces of `root`.
+    pub(super) fn new(root: &Manifest) -> Joiner {
+        Joiner { whole: Manifest::empty(root.version, root.created_ms), pack_index: HashMap::new() }
+    }
+
+    /// Entries joined so far.
+    pub(super) fn entries(&self) -> usize {
+        self.whole.entries.len()
+    }
+
+    /// Appends the next piece; an error says why it cannot be joined (a
+    /// frame naming a pack, or an entry naming a frame, it does not have).
+    pub(super) fn append(&mut self, piece: Manifest) -> Result<(), &'static str> {
+        let whole = &mut self.whole;
+        let base = whole.frames.len() as u32;
+        for f in &piece.frames {
+            let pr = piece.packs.get(f.pack as usize).ok_or("bad pack index")?;
+            let pi = *self.pack_index.entry(pr.id.clone()).or_insert_with(|| {
+                whole.packs.push(pr.clone());
+                whole.packs.len() as u32 - 1
+            });
+            whole.frames.push(Frame { pack: pi, ..f.clone() });
+        }
+        for mut e in piece.entries {
+            if let Some(f) = e.frame.as_mut() {
+                if *f as usize >= piece.frames.len() {
+                    return Err("bad frame index");
+                }
+                *f += base;
+            }
+            whole.entries.push(e);
+        }
+        Ok(())
+    }
+
+    /// The whole manifest. The same frame named by two pieces is two frames
+    /// until now: harmless (the same bytes), but frames may not overlap, so
+    /// exact duplicates are merged.
+    pub(super) fn finish(mut self) -> Manifest {
+        self.whole.dedup_frames();
+        self.whole
+    }
+}

@@ -1,0 +1,141 @@
+//! Reading a generation's manifest: its root, its pieces (fetched, checked
+//! against their hashes, joined in order) and its hot pieces.
+
+use std::path::Path;
+
+use futures::StreamExt;
+use sandcache_archive::pack::{Manifest, PieceRef};
+use sandcache_store::{Store, StoreError};
+
+use crate::bad::Found;
+use crate::error::{Declined, Error};
+use crate::layout::piece_key;
+
+use super::algebra::{Joiner, ManifestAlgebra};
+use super::prefetch::get_all;
+
+/// A generation's manifest, whole: a root's pieces are fetched (16 at a
+/// time), each checked against its hash, and joined in order. A piece
+/// that is not what its name says goes into `found`.
+pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str, found: &Found) -> Result<Manifest, Error> {
+    whole(store, fetch_root(store, key).await?, found).await
+}
+
+/// A stored manifest made whole: a root joined with its pieces.
+pub(crate) async fn whole(store: &dyn Store, root: Manifest, found: &Found) -> Result<Manifest, Error> {
+    if root.pieces.is_empty() { Ok(root) } else { assemble(store, root, found).await }
+}
+
+/// A generation's manifest as stored: for a root, its pieces unread (what
+/// gc needs: the union of packs, and the pieces' ids).
+pub(crate) async fn fetch_root(store: &dyn Store, key: &str) -> Result<Manifest, Error> {
+    let bytes = get_all(store, key).await?;
+    Ok(Manifest::decode(&bytes)?)
+}
+
+/// Pieces fetched at once: a DENO_DIR of 25k entries is about 45 pieces,
+/// one round trip.
+const PIECES_IN_FLIGHT: usize = 64;
+
+/// Most pieces a root may name.
+const MAX_PIECES: usize = 1 << 16;
+
+pub(super) fn corrupt(detail: String) -> Error {
+    Error::Corrupt(detail)
+}
+
+/// Joins a root's pieces into one whole manifest (which the caller then
+/// validates as any other): each piece must hash to its id and be whole
+/// itself; frames and packs are renumbered into one list.
+async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Manifest, Error> {
+    if root.pieces.len() > MAX_PIECES {
+        return Err(corrupt(format!("the manifest names {} pieces (at most {MAX_PIECES})", root.pieces.len())));
+    }
+    let max_entries = sandcache_archive::Limits::default().max_entries;
+    let mut whole = Joiner::new(&root);
+    // A window of fetches in flight, answered in order; each piece is
+    // checked and decoded on a blocking thread as it arrives, so the
+    // decoding (most of a manifest's cost) runs on every core.
+    let fetch = |p: &PieceRef| fetch_piece(store, p.clone(), found);
+    let mut next = root.pieces.iter();
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    for p in next.by_ref().take(PIECES_IN_FLIGHT) {
+        in_flight.push_back(fetch(p));
+    }
+    for p in &root.pieces {
+        let piece = in_flight.next().await.expect("one fetch per piece")?;
+        if let Some(n) = next.next() {
+            in_flight.push_back(fetch(n));
+        }
+        if (whole.entries() + piece.entries.len()) as u64 > max_entries {
+            return Err(Error::TooLarge(format!("the manifest holds over {max_entries} entries")));
+        }
+        whole.append(piece).map_err(|why| corrupt(format!("piece {}: {why}", p.id)))?;
+    }
+    let whole = whole.finish();
+    tracing::debug!(target: "sandbox-cache", "{} pieces joined: {} entries", root.pieces.len(), whole.entries.len());
+    Ok(whole)
+}
+
+/// One piece, checked against its hash and its root's word, decoded on a
+/// blocking thread. A piece of another length than its root says, or that
+/// does not hash to its name, is a bad pool object: noted in `found`.
+async fn fetch_piece(store: &dyn Store, p: PieceRef, found: &Found) -> Result<Manifest, Error> {
+    let (k, id, entries) = (piece_key(&p.id), p.id.clone(), p.entries);
+    let bytes = get_all(store, &k).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => Declined::NotFound(format!("piece {id} is gone")).into(),
+        e => Error::Store(e),
+    })?;
+    if bytes.len() as u64 != p.size {
+        let why = format!("{} bytes where its root says {}", bytes.len(), p.size);
+        found.add(&k, p.size, &why);
+        return Err(corrupt(format!("piece {id} is {why}")));
+    }
+    // Err(Some(_)): the object is not what its name says; Err(None): it
+    // is, but it is not a piece this root can use.
+    let checked = tokio::task::spawn_blocking(move || {
+        if blake3::hash(&bytes).to_hex().as_str() != id {
+            return Err((corrupt(format!("piece {id} does not hash to its name")), true));
+        }
+        let piece = Manifest::decode(&bytes).map_err(|e| (Error::Extract(e), false))?;
+        if !piece.pieces.is_empty() || !piece.hot.is_empty() || piece.entries.len() as u64 != entries {
+            return Err((corrupt(format!("piece {id} is not what its root says")), false));
+        }
+        Ok(piece)
+    })
+    .await
+    .map_err(|e| Error::joined("a manifest piece's decoder", e))?;
+    checked.map_err(|(e, bad)| {
+        if bad {
+            found.add(&k, p.size, "does not hash to its name");
+        }
+        e
+    })
+}
+
+/// A root's hot piece (see [`Manifest::hot`]) as a validated manifest of
+/// its own generation; `None` when the root has none or it cannot be used
+/// (gone, corrupt, unsafe: logged), and the whole manifest is read first.
+pub(crate) async fn usable_hot(
+    store: &dyn Store,
+    root: &Manifest,
+    limits: &sandcache_archive::Limits,
+    dir: &Path,
+    generation: &str,
+    found: &Found,
+) -> Option<Manifest> {
+    if root.hot.is_empty() {
+        return None;
+    }
+    // Joined as a root's pieces are.
+    let pieces = Manifest { pieces: root.hot.clone(), ..Manifest::empty(root.version, root.created_ms) };
+    let checked = assemble(store, pieces, found).await.and_then(|hot| {
+        hot.validate(limits, dir)?;
+        Ok(hot)
+    });
+    checked
+        .inspect_err(|e| {
+            tracing::warn!(target: "sandbox-cache", "{generation}: its hot piece is unusable ({}); reading the whole manifest first", crate::error::error_chain(e))
+        })
+        .ok()
+}
