@@ -29,6 +29,7 @@
 mod error;
 mod extract;
 mod format;
+mod limits;
 pub mod pack;
 mod progress;
 pub mod sqlite;
@@ -36,8 +37,9 @@ pub mod walk;
 mod write;
 
 pub use error::{ExtractError, WriteError};
-pub use extract::{ExtractOptions, ExtractStats, Limits, extract};
+pub use extract::{ExtractOptions, ExtractStats, extract};
 pub use format::Compression;
+pub use limits::Limits;
 pub use progress::Progress;
 pub use sqlite::SqliteOptions;
 pub use walk::{WalkError, WalkOptions};

@@ -17,7 +17,8 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ExtractError;
-use crate::extract::{Limits, check_symlink_target};
+use crate::extract::check_symlink_target;
+use crate::limits::Limits;
 
 /// Raw bytes per frame: the unit of download, decompression and verification.
 pub const FRAME_RAW: usize = 4 << 20;

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::extract::Limits;
+use crate::limits::Limits;
 use crate::write::{RESERVED_PREFIX, TAIL_PREFIX};
 
 /// Why a walk stopped.

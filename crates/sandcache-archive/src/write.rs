@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use crate::error::WriteError;
-use crate::extract::Limits;
+use crate::limits::Limits;
 use crate::progress::Progress;
 use crate::sqlite::{self, COMPANIONS as SQLITE_COMPANIONS, Copier, SQLITE_MAGIC, SqliteOptions};
 use crate::walk::{Entry, Kind, Meta, Step, Tree, WalkError, WalkOptions};
