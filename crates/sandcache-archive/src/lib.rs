@@ -30,6 +30,7 @@ mod error;
 mod extract;
 mod format;
 mod limits;
+mod names;
 pub mod pack;
 mod progress;
 pub mod sqlite;
@@ -40,10 +41,11 @@ pub use error::{ExtractError, WriteError};
 pub use extract::{ExtractOptions, ExtractStats, extract};
 pub use format::Compression;
 pub use limits::Limits;
+pub use names::{RESERVED_PREFIX, TAIL_PREFIX};
 pub use progress::Progress;
 pub use sqlite::SqliteOptions;
 pub use walk::{WalkError, WalkOptions};
 pub use write::{
-    Encoding, FileVisitor, Layout, RESERVED_PREFIX, TAIL_PREFIX, WriteOptions, WriteStats, fingerprint,
-    fingerprint_visit, is_empty_tree, write_archive,
+    Encoding, FileVisitor, Layout, WriteOptions, WriteStats, fingerprint, fingerprint_visit, is_empty_tree,
+    write_archive,
 };

@@ -37,7 +37,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::limits::Limits;
-use crate::write::{RESERVED_PREFIX, TAIL_PREFIX};
+use crate::names::{RESERVED_PREFIX, TAIL_PREFIX};
 
 /// Why a walk stopped.
 #[derive(Debug, thiserror::Error)]
