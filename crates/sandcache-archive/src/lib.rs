@@ -37,7 +37,7 @@ pub mod sqlite;
 pub mod walk;
 mod write;
 
-pub use error::{ExtractError, WriteError};
+pub use error::ExtractError;
 pub use extract::{ExtractOptions, ExtractStats, extract};
 pub use format::Compression;
 pub use limits::Limits;
@@ -46,6 +46,6 @@ pub use progress::Progress;
 pub use sqlite::SqliteOptions;
 pub use walk::{WalkError, WalkOptions};
 pub use write::{
-    Encoding, FileVisitor, Layout, WriteOptions, WriteStats, fingerprint, fingerprint_visit, is_empty_tree,
+    Encoding, FileVisitor, Layout, WriteError, WriteOptions, WriteStats, fingerprint, fingerprint_visit, is_empty_tree,
     write_archive,
 };

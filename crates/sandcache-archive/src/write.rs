@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use crate::error::WriteError;
 use crate::limits::Limits;
 use crate::progress::Progress;
 use crate::sqlite::{self, COMPANIONS as SQLITE_COMPANIONS, Copier, SQLITE_MAGIC, SqliteOptions};
@@ -71,6 +70,18 @@ impl WriteOptions {
             owner: None,
         }
     }
+}
+
+/// Why writing an archive stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Reading the source tree failed, found something unsafe, a limit was
+    /// exceeded, or the caller cancelled.
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    /// The output sink refused bytes (upload failed or was cancelled).
+    #[error("failed to write the archive stream")]
+    Sink(#[source] io::Error),
 }
 
 /// What an archive holds.
