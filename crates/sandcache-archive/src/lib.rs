@@ -33,6 +33,7 @@ mod limits;
 mod names;
 pub mod pack;
 mod progress;
+mod rules;
 pub mod sqlite;
 pub mod walk;
 mod write;
