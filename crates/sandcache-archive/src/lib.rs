@@ -46,7 +46,4 @@ pub use names::{RESERVED_PREFIX, TAIL_PREFIX};
 pub use progress::Progress;
 pub use sqlite::SqliteOptions;
 pub use walk::{WalkError, WalkOptions};
-pub use write::{
-    Encoding, FileVisitor, Layout, WriteError, WriteOptions, WriteStats, fingerprint, fingerprint_visit, is_empty_tree,
-    write_archive,
-};
+pub use write::{Encoding, Layout, WriteError, WriteOptions, WriteStats, fingerprint, is_empty_tree, write_archive};

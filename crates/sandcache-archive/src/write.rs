@@ -281,17 +281,6 @@ fn progress(opts: &WriteOptions, bytes: u64) {
 /// boot. A snapshot that happens anyway (anything else changed) takes them
 /// as they are then.
 pub fn fingerprint(dir: &Path, skip_sqlite: bool, opts: &WalkOptions) -> Result<[u8; 32], WalkError> {
-    fingerprint_visit(dir, skip_sqlite, opts, &mut |_, _| {})
-}
-
-/// [`fingerprint`], also showing each regular file it counts (relative path
-/// and `lstat`) to `visit`, so a caller needing per-file stats walks once.
-pub fn fingerprint_visit(
-    dir: &Path,
-    skip_sqlite: bool,
-    opts: &WalkOptions,
-    visit: &mut FileVisitor<'_>,
-) -> Result<[u8; 32], WalkError> {
     use std::os::unix::ffi::OsStrExt;
     let mut h = blake3::Hasher::new();
     let Some(tree) = Tree::open(dir, opts)? else {
@@ -328,9 +317,6 @@ pub fn fingerprint_visit(
             h.update(&meta.mode.to_le_bytes());
             return Ok(Step::Continue);
         }
-        if kind == b'f' {
-            visit(e.rel(), meta);
-        }
         h.update(&meta.size.to_le_bytes());
         h.update(&meta.mtime.to_le_bytes());
         h.update(&meta.mtime_nsec.to_le_bytes());
@@ -358,9 +344,6 @@ fn is_sqlite(e: &Entry<'_>) -> Result<bool, WalkError> {
         Err(_) => Ok(false),
     }
 }
-
-/// Called with each regular file's relative path and `lstat`.
-pub type FileVisitor<'a> = dyn FnMut(&Path, &Meta) + 'a;
 
 /// Whether `rel` is the `-wal`, `-shm` or `-journal` of a database seen.
 fn is_companion(rel: &Path, sqlite: &[PathBuf]) -> bool {
