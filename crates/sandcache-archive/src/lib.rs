@@ -12,6 +12,9 @@
 //!   that reads a tree to snapshot it goes through it.
 //! * [`sqlite`] copies Deno's own SQLite caches consistently, through the
 //!   walker and a private scratch dir, for the writers to store.
+//! * [`select`] is what a snapshot takes from a tree (SQLite databases and
+//!   special files left out, Deno's caches copied): the one policy of the
+//!   tar writer, the fingerprint and the native build.
 //!
 //! Both are blocking and streaming: they never hold a whole archive in memory.
 //! The engine runs them on a blocking thread, fed by or feeding the store.
@@ -34,6 +37,7 @@ mod names;
 pub mod pack;
 mod progress;
 mod rules;
+pub mod select;
 pub mod sqlite;
 pub mod walk;
 mod write;
