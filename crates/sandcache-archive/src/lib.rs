@@ -31,6 +31,7 @@
 
 mod error;
 mod extract;
+mod fingerprint;
 mod format;
 mod limits;
 mod names;
@@ -44,10 +45,11 @@ mod write;
 
 pub use error::ExtractError;
 pub use extract::{ExtractOptions, ExtractStats, extract};
+pub use fingerprint::{fingerprint, is_empty_tree};
 pub use format::Compression;
 pub use limits::Limits;
 pub use names::{RESERVED_PREFIX, TAIL_PREFIX};
 pub use progress::Progress;
 pub use sqlite::SqliteOptions;
 pub use walk::{WalkError, WalkOptions};
-pub use write::{Encoding, Layout, WriteError, WriteOptions, WriteStats, fingerprint, is_empty_tree, write_archive};
+pub use write::{Encoding, Layout, WriteError, WriteOptions, WriteStats, write_archive};

@@ -9,7 +9,7 @@ use crate::limits::Limits;
 use crate::progress::Progress;
 use crate::select::{Selection, Take};
 use crate::sqlite::SqliteOptions;
-use crate::walk::{Entry, Kind, Meta, Step, Tree, WalkError, WalkOptions};
+use crate::walk::{Meta, Step, Tree, WalkError, WalkOptions};
 
 /// Where the archive's entries are rooted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,26 +96,6 @@ pub struct WriteStats {
     pub bytes: u64,
     /// Files left out (SQLite, sockets, fifos, devices).
     pub skipped: u64,
-}
-
-/// True when `dir` is missing, not a directory, or holds no regular file
-/// or symlink (directories alone, however many, make an empty cache). A
-/// `dir` that is a symlink is an error ([`WalkError::Unsafe`]).
-pub fn is_empty_tree(dir: &Path, opts: &WalkOptions) -> Result<bool, WalkError> {
-    let Some(tree) = Tree::open(dir, opts)? else {
-        return Ok(true);
-    };
-    let mut found = false;
-    tree.walk::<WalkError>(&mut |e| {
-        Ok(match e.meta().kind {
-            Kind::File | Kind::Symlink => {
-                found = true;
-                Step::Stop
-            }
-            _ => Step::Continue,
-        })
-    })?;
-    Ok(!found)
 }
 
 /// Writes `dir` as a tar stream into `out`, walking it in name order so equal
@@ -252,78 +232,6 @@ fn append_dir<W: Write>(
 fn progress(opts: &WriteOptions, bytes: u64) {
     if let Some(p) = &opts.progress {
         p.add(bytes, 1);
-    }
-}
-
-/// A hash of what an archive of `dir` would hold: every path, kind, size,
-/// mtime, mode and symlink target, leaving out SQLite databases at the top
-/// of `dir` (and their journals) as [`write_archive`] does. Two equal
-/// fingerprints mean an archive would not change. It costs one `lstat` per
-/// entry. A missing dir has the fingerprint of an empty one; a dir that is
-/// a symlink is an error.
-///
-/// Deno's own caches ([`crate::sqlite::DENO_CACHES`] and their companions, by
-/// name) never count, even though a snapshot stores them: Deno writes them
-/// on every run, so counting them would upload a new generation for every
-/// boot. A snapshot that happens anyway (anything else changed) takes them
-/// as they are then.
-pub fn fingerprint(dir: &Path, skip_sqlite: bool, opts: &WalkOptions) -> Result<[u8; 32], WalkError> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut h = blake3::Hasher::new();
-    let Some(tree) = Tree::open(dir, opts)? else {
-        return Ok(*h.finalize().as_bytes());
-    };
-    let mut select = Selection::fingerprint(skip_sqlite);
-    tree.walk::<WalkError>(&mut |e| {
-        let meta = e.meta();
-        let kind = match select.classify(e)? {
-            Take::Dir => b'd',
-            Take::Symlink => b'l',
-            Take::File => {
-                // SQLite databases are looked for at the top only, where Deno
-                // keeps its caches: opening every file would double the cost
-                // of a walk. A deeper database only makes a change look
-                // possible; the snapshot itself still leaves it out.
-                if e.is_top() && select.sniffs(e) && is_database(&mut select, e)? {
-                    return Ok(Step::Continue);
-                }
-                b'f'
-            }
-            // This selection makes no copies: Deno's caches never count.
-            Take::CacheCopy(_) | Take::LeaveOut => return Ok(Step::SkipDir),
-        };
-        h.update(e.rel().as_os_str().as_bytes());
-        h.update(&[0, kind]);
-        if kind == b'd' {
-            h.update(&meta.mode.to_le_bytes());
-            return Ok(Step::Continue);
-        }
-        h.update(&meta.size.to_le_bytes());
-        h.update(&meta.mtime.to_le_bytes());
-        h.update(&meta.mtime_nsec.to_le_bytes());
-        h.update(&meta.mode.to_le_bytes());
-        if kind == b'l' {
-            h.update(e.read_link()?.as_bytes());
-        }
-        Ok(Step::Continue)
-    })?;
-    Ok(*h.finalize().as_bytes())
-}
-
-/// Whether a listed regular file is a database, by its first bytes (see
-/// [`Selection::is_database`]). A file that cannot be opened as the one
-/// listed counts as not a database (the fingerprint is only a change
-/// detector); cancellation still stops.
-fn is_database(select: &mut Selection, e: &Entry<'_>) -> Result<bool, WalkError> {
-    let mut head = [0u8; 16];
-    let read = e.open().and_then(|f| match f {
-        Some(mut f) => f.read_full(&mut head),
-        None => Ok(0),
-    });
-    match read {
-        Ok(n) => Ok(select.is_database(e, &head[..n])),
-        Err(WalkError::Cancelled) => Err(WalkError::Cancelled),
-        Err(_) => Ok(false),
     }
 }
 
