@@ -40,16 +40,18 @@ pub fn is_empty_tree(dir: &Path, opts: &WalkOptions) -> Result<bool, WalkError> 
 /// boot. A snapshot that happens anyway (anything else changed) takes them
 /// as they are then.
 pub fn fingerprint(dir: &Path, skip_sqlite: bool, opts: &WalkOptions) -> Result<[u8; 32], WalkError> {
-    let mut h = blake3::Hasher::new();
+    let mut fp = Fingerprinter::new();
     let Some(tree) = Tree::open(dir, opts)? else {
-        return Ok(*h.finalize().as_bytes());
+        return Ok(fp.finish());
     };
     let mut select = Selection::fingerprint(skip_sqlite);
     tree.walk::<WalkError>(&mut |e| {
+        let rel = e.rel().as_os_str().as_bytes();
         let meta = e.meta();
-        let kind = match select.classify(e)? {
-            Take::Dir => b'd',
-            Take::Symlink => b'l',
+        let stamp = Stamp { size: meta.size, mtime: meta.mtime, mtime_nsec: meta.mtime_nsec, mode: meta.mode };
+        match select.classify(e)? {
+            Take::Dir => fp.add_dir(rel, meta.mode),
+            Take::Symlink => fp.add_symlink(rel, &stamp, e.read_link()?.as_bytes()),
             Take::File => {
                 // SQLite databases are looked for at the top only, where Deno
                 // keeps its caches: opening every file would double the cost
@@ -58,27 +60,14 @@ pub fn fingerprint(dir: &Path, skip_sqlite: bool, opts: &WalkOptions) -> Result<
                 if e.is_top() && select.sniffs(e) && is_database(&mut select, e)? {
                     return Ok(Step::Continue);
                 }
-                b'f'
+                fp.add_file(rel, &stamp);
             }
             // This selection makes no copies: Deno's caches never count.
             Take::CacheCopy(_) | Take::LeaveOut => return Ok(Step::SkipDir),
-        };
-        h.update(e.rel().as_os_str().as_bytes());
-        h.update(&[0, kind]);
-        if kind == b'd' {
-            h.update(&meta.mode.to_le_bytes());
-            return Ok(Step::Continue);
-        }
-        h.update(&meta.size.to_le_bytes());
-        h.update(&meta.mtime.to_le_bytes());
-        h.update(&meta.mtime_nsec.to_le_bytes());
-        h.update(&meta.mode.to_le_bytes());
-        if kind == b'l' {
-            h.update(e.read_link()?.as_bytes());
         }
         Ok(Step::Continue)
     })?;
-    Ok(*h.finalize().as_bytes())
+    Ok(fp.finish())
 }
 
 /// Whether a listed regular file is a database, by its first bytes (see
@@ -95,5 +84,54 @@ fn is_database(select: &mut Selection, e: &Entry<'_>) -> Result<bool, WalkError>
         Ok(n) => Ok(select.is_database(e, &head[..n])),
         Err(WalkError::Cancelled) => Err(WalkError::Cancelled),
         Err(_) => Ok(false),
+    }
+}
+
+/// The fingerprint's encoding, fed in walk order the entries a snapshot
+/// takes (by [`fingerprint`], from the disk). Each entry is its path, a
+/// NUL, its kind, then its stamp (a directory's: its mode alone) and a
+/// symlink's target.
+pub(crate) struct Fingerprinter(blake3::Hasher);
+
+/// What the fingerprint counts of a file or a symlink, beside its path.
+pub(crate) struct Stamp {
+    pub(crate) size: u64,
+    pub(crate) mtime: i64,
+    pub(crate) mtime_nsec: i64,
+    /// Permission bits, with setuid, setgid and sticky.
+    pub(crate) mode: u32,
+}
+
+impl Fingerprinter {
+    pub(crate) fn new() -> Fingerprinter {
+        Fingerprinter(blake3::Hasher::new())
+    }
+
+    pub(crate) fn add_dir(&mut self, rel: &[u8], mode: u32) {
+        self.0.update(rel);
+        self.0.update(&[0, b'd']);
+        self.0.update(&mode.to_le_bytes());
+    }
+
+    pub(crate) fn add_file(&mut self, rel: &[u8], stamp: &Stamp) {
+        self.add(rel, b'f', stamp);
+    }
+
+    pub(crate) fn add_symlink(&mut self, rel: &[u8], stamp: &Stamp, target: &[u8]) {
+        self.add(rel, b'l', stamp);
+        self.0.update(target);
+    }
+
+    fn add(&mut self, rel: &[u8], kind: u8, stamp: &Stamp) {
+        self.0.update(rel);
+        self.0.update(&[0, kind]);
+        self.0.update(&stamp.size.to_le_bytes());
+        self.0.update(&stamp.mtime.to_le_bytes());
+        self.0.update(&stamp.mtime_nsec.to_le_bytes());
+        self.0.update(&stamp.mode.to_le_bytes());
+    }
+
+    pub(crate) fn finish(&self) -> [u8; 32] {
+        *self.0.finalize().as_bytes()
     }
 }
