@@ -31,7 +31,7 @@
 
 mod error;
 mod extract;
-mod fingerprint;
+pub mod fingerprint;
 mod format;
 mod limits;
 mod names;
