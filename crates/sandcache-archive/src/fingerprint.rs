@@ -38,7 +38,7 @@ pub fn is_empty_tree(dir: &Path, opts: &WalkOptions) -> Result<bool, WalkError> 
 /// entry. A missing dir has the fingerprint of an empty one; a dir that is
 /// a symlink is an error.
 ///
-/// Deno's own caches ([`crate::sqlite::DENO_CACHES`] and their companions, by
+/// Deno's own caches ([`crate::sqlite::is_deno_cache`] and their companions, by
 /// name) never count, even though a snapshot stores them: Deno writes them
 /// on every run, so counting them would upload a new generation for every
 /// boot. A snapshot that happens anyway (anything else changed) takes them

@@ -23,7 +23,7 @@ use crate::rules::{check_path, check_symlink_target, unsafe_entry};
 /// Raw bytes per frame: the unit of download, decompression and verification.
 pub const FRAME_RAW: usize = 4 << 20;
 /// Compressed bytes after which a pack is closed.
-pub const PACK_TARGET: usize = 8 << 20;
+pub(crate) const PACK_TARGET: usize = 8 << 20;
 /// Room for a pack that closes past [`PACK_TARGET`] by up to one frame, so
 /// its buffer never doubles (and RSS never counts twice a pack's size).
 const PACK_CAPACITY: usize = PACK_TARGET + FRAME_RAW + (FRAME_RAW >> 6);
@@ -36,7 +36,7 @@ pub const MAX_MANIFEST: usize = 256 << 20;
 /// small root, lists. All are read.
 pub const VERSION: u32 = 3;
 /// The oldest version still read.
-pub const OLDEST_VERSION: u32 = 1;
+pub(crate) const OLDEST_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -7,7 +7,7 @@
 //!   companions ([`COMPANIONS`]) of one seen before them: a copy of a
 //!   database taken while it is written is corrupt, and such caches
 //!   regenerate.
-//! * Deno's own caches at the top ([`sqlite::DENO_CACHES`], by name,
+//! * Deno's own caches at the top ([`sqlite::is_deno_cache`], by name,
 //!   whatever they are, and their companions) are never read as they are:
 //!   each is taken as a consistent copy (see [`crate::sqlite`]) when there
 //!   is a scratch dir to make it in, and left out otherwise.
@@ -31,7 +31,7 @@ pub enum Take {
     /// A symlink: taken, with the target [`Entry::read_link`] reads.
     Symlink,
     /// A regular file: taken, through [`Entry::open`], unless its first
-    /// bytes make it a database (see [`Selection::sniffs`]).
+    /// bytes make it a database (see [`Selection::is_database`]).
     File,
     /// One of Deno's caches: taken as this consistent copy, stored at the
     /// entry's path with the entry's mode and times.
@@ -105,7 +105,7 @@ impl Selection {
 
     /// Whether a [`Take::File`] must be told from a database by its first
     /// 16 bytes, given to [`Selection::is_database`] before it is taken.
-    pub fn sniffs(&self, e: &Entry<'_>) -> bool {
+    pub(crate) fn sniffs(&self, e: &Entry<'_>) -> bool {
         self.skip_sqlite && e.meta().size >= SQLITE_MAGIC.len() as u64
     }
 

@@ -41,7 +41,7 @@ pub struct WriteOptions {
     /// Leave out SQLite databases (by their header) and their `-wal`, `-shm`
     /// and `-journal` companions. Deno keeps its analysis caches open as SQLite
     /// files; a copy taken mid-write is corrupt, and they regenerate. Deno's
-    /// own caches at the top ([`crate::sqlite::DENO_CACHES`], by name, whatever
+    /// own caches at the top ([`crate::sqlite::is_deno_cache`], by name, whatever
     /// they hold) are left out too, unless [`WriteOptions::sqlite`] is set.
     /// The policy is [`crate::select`]'s, as for every snapshot.
     pub skip_sqlite: bool,
