@@ -1,4 +1,4 @@
-//! Archive formats for sandcache.
+//! Archive formats for sandcache, and what a snapshot reads of a tree.
 //!
 //! * [`extract`] reads a tar stream (plain, gzip or zstd, told apart by their
 //!   magic bytes) and writes it into a fresh staging directory, refusing
@@ -6,6 +6,8 @@
 //! * [`write_archive`] walks a directory and writes it as a tar stream, either
 //!   relative to the directory or rooted at its absolute path (the layout of
 //!   `tar -czf - -C / deno-dir`, which the seed runner reads).
+//! * [`pack`] is the native format: packs of zstd frames and a manifest,
+//!   with the manifest's checks, the pack builder and the frame decoder.
 //! * [`walk`] reads a directory that someone else may change meanwhile:
 //!   through directory fds, never following a symlink, never opening a
 //!   FIFO or device, never reading past a file's listed size. Everything
@@ -15,9 +17,12 @@
 //! * [`select`] is what a snapshot takes from a tree (SQLite databases and
 //!   special files left out, Deno's caches copied): the one policy of the
 //!   tar writer, the fingerprint and the native build.
+//! * [`fingerprint`](mod@fingerprint) tells whether a tree changed from one
+//!   `lstat` per entry, and gives the same value from a manifest.
 //!
-//! Both are blocking and streaming: they never hold a whole archive in memory.
-//! The engine runs them on a blocking thread, fed by or feeding the store.
+//! The extractor and the writer are blocking and streaming: they never hold
+//! a whole archive in memory. The engine runs them on a blocking thread, fed
+//! by or feeding the store.
 //!
 //! ```no_run
 //! use sandcache_archive::{extract, ExtractOptions};
