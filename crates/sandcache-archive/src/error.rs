@@ -30,15 +30,3 @@ pub enum ExtractError {
     #[error("extraction cancelled")]
     Cancelled,
 }
-
-/// Why writing an archive stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    /// Reading the source tree failed, found something unsafe, a limit was
-    /// exceeded, or the caller cancelled.
-    #[error(transparent)]
-    Walk(#[from] crate::walk::WalkError),
-    /// The output sink refused bytes (upload failed or was cancelled).
-    #[error("failed to write the archive stream")]
-    Sink(#[source] io::Error),
-}

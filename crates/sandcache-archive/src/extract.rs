@@ -23,25 +23,9 @@ use tar::EntryType;
 
 use crate::error::ExtractError;
 use crate::format::{Compression, sniff};
+use crate::limits::Limits;
 use crate::progress::Progress;
-
-/// Bounds on what one archive may expand to. The defaults fit real caches
-/// (a 200 MB DENO_DIR has about 20,000 files) with a wide margin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Total bytes of file content.
-    pub max_bytes: u64,
-    /// Entries of any kind.
-    pub max_entries: u64,
-    /// Bytes in one entry's path.
-    pub max_path_len: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits { max_bytes: 32 << 30, max_entries: 2_000_000, max_path_len: 4096 }
-    }
-}
+use crate::rules::{check_symlink_target, unsafe_entry};
 
 /// How to extract.
 #[derive(Debug, Clone)]
@@ -621,51 +605,8 @@ impl<'a> Extractor<'a> {
     }
 }
 
-/// A symlink may point anywhere under the target, and nowhere else.
-///
-/// A relative target must be some `..` steps that stay within the
-/// symlink's own depth, followed by plain names: `..` after a name is
-/// refused, because the kernel resolves it against wherever that name
-/// (maybe itself a symlink) leads, not lexically. An absolute target must
-/// lie under the final target directory, with no `..` at all.
-pub(crate) fn check_symlink_target(
-    parents: &[&[u8]],
-    target: &[u8],
-    prefix: &[Vec<u8>],
-    shown: &str,
-) -> Result<(), ExtractError> {
-    if target.is_empty() {
-        return Err(unsafe_entry(shown, "symlink with an empty target"));
-    }
-    if target.contains(&0) {
-        return Err(unsafe_entry(shown, "NUL in a symlink target"));
-    }
-    let comps: Vec<&[u8]> = target.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
-    if target[0] == b'/' {
-        let inside = comps.len() >= prefix.len()
-            && comps.iter().zip(prefix).all(|(a, b)| *a == b.as_slice())
-            && !comps.contains(&&b".."[..]);
-        if !inside {
-            return Err(unsafe_entry(shown, "symlink points outside the target directory"));
-        }
-        return Ok(());
-    }
-    let ups = comps.iter().take_while(|c| **c == b"..").count();
-    if comps[ups..].contains(&&b".."[..]) {
-        return Err(unsafe_entry(shown, "symlink target has `..` after a name"));
-    }
-    if ups > parents.len() {
-        return Err(unsafe_entry(shown, "symlink points outside the target directory"));
-    }
-    Ok(())
-}
-
 fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
-}
-
-fn unsafe_entry(path: &str, why: &str) -> ExtractError {
-    ExtractError::Unsafe { path: path.to_owned(), why: why.to_owned() }
 }
 
 fn timestamps(mtime: u64) -> Timestamps {

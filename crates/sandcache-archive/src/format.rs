@@ -11,11 +11,11 @@ pub enum Compression {
 
 impl Compression {
     /// Bytes needed to tell the formats apart (the ustar magic sits at 257).
-    pub const SNIFF_LEN: usize = 262;
+    pub(crate) const SNIFF_LEN: usize = 262;
 
     /// Detects the compression from the first bytes of a stream, or `None`
     /// when they match no format we read.
-    pub fn detect(head: &[u8]) -> Option<Compression> {
+    pub(crate) fn detect(head: &[u8]) -> Option<Compression> {
         if head.starts_with(&[0x1f, 0x8b]) {
             Some(Compression::Gzip)
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -24,14 +24,6 @@ impl Compression {
             Some(Compression::None)
         } else {
             None
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-            Compression::None => "tar",
         }
     }
 }

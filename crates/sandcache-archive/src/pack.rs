@@ -17,12 +17,13 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ExtractError;
-use crate::extract::{Limits, check_symlink_target};
+use crate::limits::Limits;
+use crate::rules::{check_path, check_symlink_target, unsafe_entry};
 
 /// Raw bytes per frame: the unit of download, decompression and verification.
 pub const FRAME_RAW: usize = 4 << 20;
 /// Compressed bytes after which a pack is closed.
-pub const PACK_TARGET: usize = 8 << 20;
+pub(crate) const PACK_TARGET: usize = 8 << 20;
 /// Room for a pack that closes past [`PACK_TARGET`] by up to one frame, so
 /// its buffer never doubles (and RSS never counts twice a pack's size).
 const PACK_CAPACITY: usize = PACK_TARGET + FRAME_RAW + (FRAME_RAW >> 6);
@@ -35,7 +36,7 @@ pub const MAX_MANIFEST: usize = 256 << 20;
 /// small root, lists. All are read.
 pub const VERSION: u32 = 3;
 /// The oldest version still read.
-pub const OLDEST_VERSION: u32 = 1;
+pub(crate) const OLDEST_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -331,28 +332,6 @@ impl Manifest {
         }
         Ok(first..i)
     }
-}
-
-fn unsafe_entry(path: &str, why: &str) -> ExtractError {
-    ExtractError::Unsafe { path: path.to_owned(), why: why.to_owned() }
-}
-
-/// A relative path's components, or why it is unsafe.
-pub fn check_path<'p>(path: &'p str, limits: &Limits) -> Result<Vec<&'p [u8]>, ExtractError> {
-    if path.is_empty() || path.len() > limits.max_path_len {
-        return Err(unsafe_entry(&path.chars().take(80).collect::<String>(), "empty path or over the length limit"));
-    }
-    let mut comps = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => return Err(unsafe_entry(path, "empty or `.` component")),
-            ".." => return Err(unsafe_entry(path, "path contains `..`")),
-            c if c.len() > 255 => return Err(unsafe_entry(path, "a path component is longer than 255 bytes")),
-            c if c.contains('\0') => return Err(unsafe_entry(path, "NUL in a path")),
-            c => comps.push(c.as_bytes()),
-        }
-    }
-    Ok(comps)
 }
 
 /// Builds frames and packs from file contents, in order. Used by snapshot.

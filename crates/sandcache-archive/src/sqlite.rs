@@ -1,7 +1,7 @@
 //! Deno's own SQLite caches, copied consistently.
 //!
 //! Deno keeps caches at the top of DENO_DIR as SQLite databases in WAL
-//! mode ([`DENO_CACHES`]), holds them open while it runs, and leaves most of
+//! mode ([`is_deno_cache`]), holds them open while it runs, and leaves most of
 //! their content in the `-wal` file when it exits. With them its second boot
 //! is fast (0.42–0.46 s measured, against 0.65–0.94 s without), so a
 //! snapshot keeps them; but a copy of the files taken mid-write is corrupt,
@@ -15,7 +15,7 @@
 //!    symlink there can redirect it, and nothing is ever written there
 //!    (not even a `-shm`).
 //! 2. The copy counts only if nobody wrote those files while it was taken:
-//!    their ctimes (which no process can set) are older than [`QUIET`] when
+//!    their ctimes (which no process can set) are older than `QUIET` (50 ms) when
 //!    it starts, and their sizes, times and inodes, and the names, are the
 //!    same when it ends. Otherwise it is taken again, until `busy_timeout`.
 //! 3. SQLite opens the private copy read-only (defensive, untrusted schema,
@@ -62,7 +62,7 @@ use crate::walk::{Entry, FileReader, Kind, Meta, WalkError};
 /// Deno's caches (2.x) kept by a snapshot, at the top of DENO_DIR: what its
 /// boot reads (compiled code, module and CommonJS analysis) and what
 /// `--check` reads (type checks). Other databases are left out.
-pub const DENO_CACHES: [&str; 5] =
+pub(crate) const DENO_CACHES: [&str; 5] =
     ["v8_code_cache_v2", "dep_analysis_cache_v2", "node_analysis_cache_v2", "check_cache_v2", "fast_check_cache_v2"];
 
 /// The first 16 bytes of every SQLite database.
@@ -74,18 +74,19 @@ pub const COMPANIONS: [&str; 3] = ["-wal", "-shm", "-journal"];
 /// A database's files must have been left alone this long before a copy
 /// starts: longer than the coarsest kernel timestamp tick (10 ms at
 /// `HZ=100`), so that any write during the copy moves a ctime.
-pub const QUIET: Duration = Duration::from_millis(50);
+pub(crate) const QUIET: Duration = Duration::from_millis(50);
 
 /// Default bound on a database with its `-wal` and `-journal` and its copy.
-pub const DEFAULT_MAX_BYTES: u64 = 256 << 20;
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 256 << 20;
 
-/// Whether a top-level name is one of [`DENO_CACHES`].
+/// Whether a top-level name is one of Deno's caches a snapshot keeps
+/// (`DENO_CACHES`).
 pub fn is_deno_cache(name: &OsStr) -> bool {
     DENO_CACHES.iter().any(|c| c.as_bytes() == name.as_bytes())
 }
 
-/// Whether a top-level name is one of [`DENO_CACHES`] or one of their
-/// [`COMPANIONS`]: what the fingerprint leaves out.
+/// Whether a top-level name is one of Deno's caches ([`is_deno_cache`]) or
+/// one of their [`COMPANIONS`]: what the fingerprint leaves out.
 pub fn is_deno_cache_or_companion(name: &OsStr) -> bool {
     let name = name.as_bytes();
     DENO_CACHES.iter().any(|c| {
@@ -144,7 +145,7 @@ impl Copier {
     }
 
     /// A consistent copy of the database `e` (a top-level entry named like
-    /// one of [`DENO_CACHES`]), as a reader of a private file already
+    /// one of Deno's caches: [`is_deno_cache`]), as a reader of a private file already
     /// unlinked; `None` when it is left out (logged, naming it). Errors
     /// only when cancelled.
     pub fn copy(&mut self, e: &Entry<'_>) -> Result<Option<FileReader>, WalkError> {

@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-use crate::extract::Limits;
-use crate::write::{RESERVED_PREFIX, TAIL_PREFIX};
+use crate::limits::Limits;
+use crate::names::{RESERVED_PREFIX, TAIL_PREFIX};
 
 /// Why a walk stopped.
 #[derive(Debug, thiserror::Error)]
@@ -273,12 +273,8 @@ impl Tree {
     }
 
     /// The dir's own `fstat`.
-    pub fn meta(&self) -> &Meta {
+    pub(crate) fn meta(&self) -> &Meta {
         &self.meta
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Visits every entry below the dir, depth first, in name order (bytes),
@@ -519,7 +515,7 @@ impl Entry<'_> {
     /// match. The reader yields its size at the open. `None` when there is
     /// no such entry. For a file and its companions that must be read
     /// together (a database and its write-ahead log).
-    pub fn open_sibling(&self, name: &OsStr) -> Result<Option<FileReader>, WalkError> {
+    pub(crate) fn open_sibling(&self, name: &OsStr) -> Result<Option<FileReader>, WalkError> {
         let path = self.path().with_file_name(name);
         let cname = CString::new(name.as_bytes())
             .map_err(|_| WalkError::io(&path, io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the name")))?;
@@ -531,7 +527,7 @@ impl Entry<'_> {
 
     /// The `lstat` of `name` in this entry's directory, as it is now;
     /// `None` when there is no such entry.
-    pub fn stat_sibling(&self, name: &OsStr) -> Result<Option<Meta>, WalkError> {
+    pub(crate) fn stat_sibling(&self, name: &OsStr) -> Result<Option<Meta>, WalkError> {
         match rustix::fs::statat(self.parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(Meta::of(&st))),
             Err(Errno::NOENT) => Ok(None),
@@ -599,12 +595,12 @@ impl FileReader {
         self.len == 0
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Its `fstat` now (the open file, whatever its name became).
-    pub fn stat(&self) -> Result<Meta, WalkError> {
+    pub(crate) fn stat(&self) -> Result<Meta, WalkError> {
         Ok(Meta::of(&rustix::fs::fstat(&self.file).map_err(|e| WalkError::io(&self.path, e))?))
     }
 

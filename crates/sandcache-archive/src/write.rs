@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use crate::error::WriteError;
-use crate::extract::Limits;
+use crate::limits::Limits;
 use crate::progress::Progress;
-use crate::sqlite::{self, COMPANIONS as SQLITE_COMPANIONS, Copier, SQLITE_MAGIC, SqliteOptions};
-use crate::walk::{Entry, Kind, Meta, Step, Tree, WalkError, WalkOptions};
+use crate::select::{Selection, Take};
+use crate::sqlite::SqliteOptions;
+use crate::walk::{Meta, Step, Tree, WalkError, WalkOptions};
 
 /// Where the archive's entries are rooted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +41,9 @@ pub struct WriteOptions {
     /// Leave out SQLite databases (by their header) and their `-wal`, `-shm`
     /// and `-journal` companions. Deno keeps its analysis caches open as SQLite
     /// files; a copy taken mid-write is corrupt, and they regenerate. Deno's
-    /// own caches at the top ([`sqlite::DENO_CACHES`], by name, whatever
+    /// own caches at the top ([`crate::sqlite::is_deno_cache`], by name, whatever
     /// they hold) are left out too, unless [`WriteOptions::sqlite`] is set.
+    /// The policy is [`crate::select`]'s, as for every snapshot.
     pub skip_sqlite: bool,
     /// With `skip_sqlite`: store consistent copies of Deno's own caches at
     /// their paths (see [`crate::sqlite`]), made in this private scratch
@@ -73,6 +74,18 @@ impl WriteOptions {
     }
 }
 
+/// Why writing an archive stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Reading the source tree failed, found something unsafe, a limit was
+    /// exceeded, or the caller cancelled.
+    #[error(transparent)]
+    Walk(#[from] WalkError),
+    /// The output sink refused bytes (upload failed or was cancelled).
+    #[error("failed to write the archive stream")]
+    Sink(#[source] io::Error),
+}
+
 /// What an archive holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteStats {
@@ -83,35 +96,6 @@ pub struct WriteStats {
     pub bytes: u64,
     /// Files left out (SQLite, sockets, fifos, devices).
     pub skipped: u64,
-}
-
-/// Top-level entries with this prefix are sandcache's own (staging and trash
-/// inside a mounted target dir); they are never archived or fingerprinted.
-pub const RESERVED_PREFIX: &str = ".sandcache-";
-/// A restore's second phase writes each file under a temporary name with
-/// this prefix, in the file's own directory, then renames it into place. At
-/// any depth such names are never archived or fingerprinted: a restore
-/// killed mid-write leaves one behind.
-pub const TAIL_PREFIX: &str = ".sandcache-tail-";
-
-/// True when `dir` is missing, not a directory, or holds no regular file
-/// or symlink (directories alone, however many, make an empty cache). A
-/// `dir` that is a symlink is an error ([`WalkError::Unsafe`]).
-pub fn is_empty_tree(dir: &Path, opts: &WalkOptions) -> Result<bool, WalkError> {
-    let Some(tree) = Tree::open(dir, opts)? else {
-        return Ok(true);
-    };
-    let mut found = false;
-    tree.walk::<WalkError>(&mut |e| {
-        Ok(match e.meta().kind {
-            Kind::File | Kind::Symlink => {
-                found = true;
-                Step::Stop
-            }
-            _ => Step::Continue,
-        })
-    })?;
-    Ok(!found)
 }
 
 /// Writes `dir` as a tar stream into `out`, walking it in name order so equal
@@ -167,54 +151,44 @@ fn walk_into<W: Write>(
     // mtime survive a round trip.
     let root = if prefix.as_os_str().is_empty() { Path::new(".") } else { prefix };
     append_dir(&mut builder, root, tree.meta(), stats)?;
-    // SQLite databases seen so far (relative paths), for their companions.
-    let mut sqlite: Vec<PathBuf> = Vec::new();
     let mut head = [0u8; 16];
-    let mut caches = opts.sqlite.clone().filter(|_| opts.skip_sqlite).map(|o| Copier::new(o, opts.cancel.clone()));
+    let mut select = match opts.skip_sqlite {
+        true => Selection::new(opts.sqlite.clone(), opts.cancel.clone()),
+        false => Selection::everything(),
+    };
     tree.walk::<WriteError>(&mut |e| {
         let rel = prefix.join(e.rel());
         let meta = e.meta();
-        if opts.skip_sqlite && e.is_top() && sqlite::is_deno_cache_or_companion(e.name()) {
-            // Deno's own caches: a consistent copy, or nothing.
-            let copy = match caches.as_mut() {
-                Some(c) if sqlite::is_deno_cache(e.name()) => c.copy(e)?,
-                _ => None,
-            };
-            let Some(mut file) = copy else {
+        match select.classify(e)? {
+            Take::LeaveOut => {
                 stats.skipped += 1;
-                return Ok(if meta.kind == Kind::Dir { Step::SkipDir } else { Step::Continue });
-            };
-            let size = file.len();
-            let mut header = header_for(meta, tar::EntryType::Regular, size);
-            builder.append_data(&mut header, &rel, &mut file).map_err(|err| sink_or_walk(err, file.path()))?;
-            stats.files += 1;
-            stats.bytes += size;
-            progress(opts, size);
-            return Ok(Step::Continue);
-        }
-        match meta.kind {
-            Kind::Dir => append_dir(&mut builder, &rel, meta, stats)?,
-            Kind::Symlink => {
+                return Ok(Step::SkipDir);
+            }
+            Take::CacheCopy(mut file) => {
+                let size = file.len();
+                let mut header = header_for(meta, tar::EntryType::Regular, size);
+                builder.append_data(&mut header, &rel, &mut file).map_err(|err| sink_or_walk(err, file.path()))?;
+                stats.files += 1;
+                stats.bytes += size;
+                progress(opts, size);
+            }
+            Take::Dir => append_dir(&mut builder, &rel, meta, stats)?,
+            Take::Symlink => {
                 let target = e.read_link()?;
                 let mut header = header_for(meta, tar::EntryType::Symlink, 0);
                 builder.append_link(&mut header, &rel, Path::new(&target)).map_err(WriteError::Sink)?;
                 stats.files += 1;
                 progress(opts, 0);
             }
-            Kind::File => {
-                if opts.skip_sqlite && is_companion(e.rel(), &sqlite) {
-                    stats.skipped += 1;
-                    return Ok(Step::Continue);
-                }
+            Take::File => {
                 let Some(mut file) = e.open()? else {
                     return Ok(Step::Continue);
                 };
                 let size = file.len();
-                let sniffed = opts.skip_sqlite && size >= 16;
+                let sniffed = select.sniffs(e);
                 if sniffed {
                     file.read_full(&mut head)?;
-                    if &head == SQLITE_MAGIC {
-                        sqlite.push(e.rel().to_owned());
+                    if select.is_database(e, &head) {
                         stats.skipped += 1;
                         return Ok(Step::Continue);
                     }
@@ -227,11 +201,6 @@ fn walk_into<W: Write>(
                 stats.files += 1;
                 stats.bytes += size;
                 progress(opts, size);
-            }
-            Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice | Kind::Unknown => {
-                // Listed, never opened.
-                tracing::debug!(path = %e.path().display(), "leaving out {}", meta.kind.describe());
-                stats.skipped += 1;
             }
         }
         Ok(Step::Continue)
@@ -264,110 +233,6 @@ fn progress(opts: &WriteOptions, bytes: u64) {
     if let Some(p) = &opts.progress {
         p.add(bytes, 1);
     }
-}
-
-/// A hash of what an archive of `dir` would hold: every path, kind, size,
-/// mtime, mode and symlink target, leaving out SQLite databases at the top
-/// of `dir` (and their journals) as [`write_archive`] does. Two equal
-/// fingerprints mean an archive would not change. It costs one `lstat` per
-/// entry. A missing dir has the fingerprint of an empty one; a dir that is
-/// a symlink is an error.
-///
-/// Deno's own caches ([`sqlite::DENO_CACHES`] and their companions, by
-/// name) never count, even though a snapshot stores them: Deno writes them
-/// on every run, so counting them would upload a new generation for every
-/// boot. A snapshot that happens anyway (anything else changed) takes them
-/// as they are then.
-pub fn fingerprint(dir: &Path, skip_sqlite: bool, opts: &WalkOptions) -> Result<[u8; 32], WalkError> {
-    fingerprint_visit(dir, skip_sqlite, opts, &mut |_, _| {})
-}
-
-/// [`fingerprint`], also showing each regular file it counts (relative path
-/// and `lstat`) to `visit`, so a caller needing per-file stats walks once.
-pub fn fingerprint_visit(
-    dir: &Path,
-    skip_sqlite: bool,
-    opts: &WalkOptions,
-    visit: &mut FileVisitor<'_>,
-) -> Result<[u8; 32], WalkError> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut h = blake3::Hasher::new();
-    let Some(tree) = Tree::open(dir, opts)? else {
-        return Ok(*h.finalize().as_bytes());
-    };
-    let mut sqlite: Vec<PathBuf> = Vec::new();
-    tree.walk::<WalkError>(&mut |e| {
-        let meta = e.meta();
-        if skip_sqlite && e.is_top() && sqlite::is_deno_cache_or_companion(e.name()) {
-            return Ok(if meta.kind == Kind::Dir { Step::SkipDir } else { Step::Continue });
-        }
-        // SQLite databases are looked for at the top only, where Deno keeps
-        // its caches: opening every file would double the cost of a walk. A
-        // deeper database only makes a change look possible; the snapshot
-        // itself still leaves it out.
-        if meta.kind == Kind::File && skip_sqlite && e.is_top() {
-            if is_companion(e.rel(), &sqlite) {
-                return Ok(Step::Continue);
-            }
-            if meta.size >= 16 && is_sqlite(e)? {
-                sqlite.push(e.rel().to_owned());
-                return Ok(Step::Continue);
-            }
-        }
-        let kind = match meta.kind {
-            Kind::Dir => b'd',
-            Kind::Symlink => b'l',
-            Kind::File => b'f',
-            _ => return Ok(Step::Continue),
-        };
-        h.update(e.rel().as_os_str().as_bytes());
-        h.update(&[0, kind]);
-        if kind == b'd' {
-            h.update(&meta.mode.to_le_bytes());
-            return Ok(Step::Continue);
-        }
-        if kind == b'f' {
-            visit(e.rel(), meta);
-        }
-        h.update(&meta.size.to_le_bytes());
-        h.update(&meta.mtime.to_le_bytes());
-        h.update(&meta.mtime_nsec.to_le_bytes());
-        h.update(&meta.mode.to_le_bytes());
-        if kind == b'l' {
-            h.update(e.read_link()?.as_bytes());
-        }
-        Ok(Step::Continue)
-    })?;
-    Ok(*h.finalize().as_bytes())
-}
-
-/// Whether a listed regular file starts with the SQLite header. A file that
-/// cannot be opened as the one listed counts as not a database (the
-/// fingerprint is only a change detector); cancellation still stops.
-fn is_sqlite(e: &Entry<'_>) -> Result<bool, WalkError> {
-    let mut head = [0u8; 16];
-    let read = e.open().and_then(|f| match f {
-        Some(mut f) => f.read_full(&mut head).map(|n| n == head.len()),
-        None => Ok(false),
-    });
-    match read {
-        Ok(full) => Ok(full && &head == SQLITE_MAGIC),
-        Err(WalkError::Cancelled) => Err(WalkError::Cancelled),
-        Err(_) => Ok(false),
-    }
-}
-
-/// Called with each regular file's relative path and `lstat`.
-pub type FileVisitor<'a> = dyn FnMut(&Path, &Meta) + 'a;
-
-/// Whether `rel` is the `-wal`, `-shm` or `-journal` of a database seen.
-fn is_companion(rel: &Path, sqlite: &[PathBuf]) -> bool {
-    let Some(name) = rel.to_str() else {
-        return false;
-    };
-    SQLITE_COMPANIONS
-        .iter()
-        .any(|suffix| name.strip_suffix(suffix).is_some_and(|base| sqlite.iter().any(|s| s.to_str() == Some(base))))
 }
 
 fn header_for(meta: &Meta, kind: tar::EntryType, size: u64) -> tar::Header {
