@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest, PackBuilder, PackRef, Span};
-use sandcache_archive::sqlite::{self, Copier, SQLITE_MAGIC};
+use sandcache_archive::select::{Selection, Take};
 use sandcache_archive::walk::{FileReader, Kind as WalkKind, Step, Tree};
 use sandcache_archive::{Progress, SqliteOptions, WalkError, WalkOptions};
 
@@ -99,9 +99,9 @@ pub(crate) fn build(
     // Reused content: hash → base entry.
     let mut reused: Vec<(usize, Span)> = Vec::new();
     let (mut files, mut bytes) = (0u64, 0u64);
-    // SQLite databases seen (relative paths), for their companions.
-    let mut databases: Vec<String> = Vec::new();
-    let mut caches = sqlite.cloned().map(|o| Copier::new(o, walk.cancel.clone()));
+    // What a snapshot takes: the archive's one policy (databases and their
+    // companions left out, Deno's caches as consistent copies).
+    let mut select = Selection::new(sqlite.cloned(), walk.cancel.clone());
     tree.walk::<Error>(&mut |c| {
         if c.name().to_str().is_none() {
             tracing::warn!("leaving out a non-UTF-8 name: {}", c.path().display());
@@ -111,27 +111,12 @@ pub(crate) fn build(
         let child_rel = c.rel().to_str().expect("UTF-8 components").to_owned();
         let meta = c.meta();
         let (mode, mtime) = (meta.mode, meta.mtime);
-        // Deno's own caches: a consistent copy, or nothing.
-        let copy = if c.is_top() && sqlite::is_deno_cache_or_companion(c.name()) {
-            let copy = match caches.as_mut() {
-                Some(k) if sqlite::is_deno_cache(c.name()) => k.copy(c)?,
-                _ => None,
-            };
-            match copy {
-                Some(copy) => Some(copy),
-                None => return Ok(if meta.kind == WalkKind::Dir { Step::SkipDir } else { Step::Continue }),
-            }
-        } else {
-            None
-        };
-        let is_cache = copy.is_some();
-        match meta.kind {
-            _ if is_cache => {}
-            WalkKind::Dir => {
+        let copy = match select.classify(c)? {
+            Take::Dir => {
                 entries.push(Entry::dir(child_rel, mode, mtime));
                 return Ok(Step::Continue);
             }
-            WalkKind::Symlink => {
+            Take::Symlink => {
                 let target = c.read_link()?;
                 if let Some(target) = target.to_str() {
                     entries.push(Entry::symlink(child_rel, target.to_owned(), mode, mtime));
@@ -139,19 +124,11 @@ pub(crate) fn build(
                 }
                 return Ok(Step::Continue);
             }
-            WalkKind::File => {}
-            other => {
-                // Listed, never opened.
-                tracing::debug!(path = %c.path().display(), "leaving out {}", other.describe());
-                return Ok(Step::Continue);
-            }
-        }
-        if sqlite::COMPANIONS
-            .iter()
-            .any(|s| child_rel.strip_suffix(s).is_some_and(|b| databases.iter().any(|q| q == b)))
-        {
-            return Ok(Step::Continue);
-        }
+            Take::LeaveOut => return Ok(if meta.kind == WalkKind::Dir { Step::SkipDir } else { Step::Continue }),
+            Take::CacheCopy(copy) => Some(copy),
+            Take::File => None,
+        };
+        let is_cache = copy.is_some();
         // The open file, when it was read for its hash: read again from it,
         // never reopened by name.
         let mut opened: Option<FileReader> = None;
@@ -170,8 +147,7 @@ pub(crate) fn build(
                     // A large file is hashed in frame-sized pieces and, if
                     // new, read again into the packs: never whole in memory.
                     let (hash, head) = hash_stream(&mut f)?;
-                    if !is_cache && head.starts_with(SQLITE_MAGIC) {
-                        databases.push(child_rel);
+                    if !is_cache && select.is_database(c, &head) {
                         return Ok(Step::Continue);
                     }
                     opened = Some(f);
@@ -179,8 +155,7 @@ pub(crate) fn build(
                 } else {
                     let mut data = vec![0; size as usize];
                     f.read_full(&mut data)?;
-                    if !is_cache && data.len() >= 16 && &data[..16] == SQLITE_MAGIC {
-                        databases.push(child_rel);
+                    if !is_cache && select.is_database(c, &data[..data.len().min(16)]) {
                         return Ok(Step::Continue);
                     }
                     (blake3::hash(&data).to_hex().to_string(), Some(data), size)
