@@ -358,7 +358,8 @@ mod tests {
     }
 
     /// [`of_manifest`] gives what the engine's own `Index::fingerprint_of`
-    /// gave, which restored dirs' state files hold: a change would make
+    /// gave before it was replaced by this one (checked equal when it
+    /// was), which restored dirs' state files hold: a change would make
     /// each of them look changed once.
     #[test]
     fn a_manifests_fingerprint_is_what_state_files_hold() {

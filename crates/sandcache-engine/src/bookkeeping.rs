@@ -14,7 +14,6 @@ use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
 use sandcache_archive::pack::{Kind, Manifest};
-use sandcache_archive::sqlite;
 use sandcache_archive::walk::Meta;
 use serde::{Deserialize, Serialize};
 
@@ -135,44 +134,6 @@ impl Index {
                     }
             })
             .map(|e| e.hash.as_str())
-    }
-
-    /// What [`sandcache_archive::fingerprint`] gives for the tree a restore
-    /// writes from `m` (walk order, the modes and times the restore sets),
-    /// computed without reading the disk back. Should the two ever differ,
-    /// the only cost is a snapshot that walks instead of skipping at once.
-    /// Deno's own caches do not count, as there.
-    pub(crate) fn fingerprint_of(m: &Manifest) -> [u8; 32] {
-        let mut h = blake3::Hasher::new();
-        for e in &m.entries {
-            let top = e.path.split('/').next().unwrap_or_default();
-            if sqlite::is_deno_cache_or_companion(std::ffi::OsStr::new(top)) {
-                continue;
-            }
-            h.update(e.path.as_bytes());
-            match e.kind {
-                Kind::Dir => {
-                    h.update(&[0, b'd']);
-                    h.update(&((e.mode & 0o777) | 0o700).to_le_bytes());
-                    continue;
-                }
-                Kind::File => {
-                    h.update(&[0, b'f']);
-                    h.update(&e.size.to_le_bytes());
-                }
-                Kind::Symlink => {
-                    h.update(&[0, b'l']);
-                    h.update(&(e.target.as_deref().unwrap_or_default().len() as u64).to_le_bytes());
-                }
-            }
-            h.update(&e.mtime.max(0).to_le_bytes());
-            h.update(&0i64.to_le_bytes());
-            h.update(&(if e.kind == Kind::Symlink { 0o777 } else { e.mode & 0o777 }).to_le_bytes());
-            if let Some(t) = e.target.as_deref().filter(|_| e.kind == Kind::Symlink) {
-                h.update(t.as_bytes());
-            }
-        }
-        *h.finalize().as_bytes()
     }
 
     /// The index of a tree a restore just wrote from `m`, finished by

@@ -11,7 +11,7 @@ use sandcache_store::Store;
 
 use crate::background::{self, remove_in_background};
 use crate::bad::{self, Found};
-use crate::bookkeeping::{Index, save_state, save_state_restored};
+use crate::bookkeeping::{save_state, save_state_restored};
 use crate::error::{Declined, Error, error_chain};
 use crate::layout;
 use crate::options::RestoreOptions;
@@ -322,7 +322,14 @@ fn after_swap(
         // the next snapshot from the manifest and this bound: nothing to
         // walk, nothing more to write than the state.
         Some((m, generation)) => {
-            save_state_restored(&target, &store, &key, &Index::fingerprint_of(m), generation, Some(until_ns));
+            save_state_restored(
+                &target,
+                &store,
+                &key,
+                &sandcache_archive::fingerprint::of_manifest(m),
+                generation,
+                Some(until_ns),
+            );
             remove_in_background(trash);
         }
         // A single archive's tree is walked once for its fingerprint, off
