@@ -11,6 +11,10 @@
 //! compressed and raw lengths, and the BLAKE3 of its raw content, so every
 //! byte restored is verified. [`Manifest::validate`] checks everything a
 //! hostile manifest could get wrong before anything is written.
+//!
+//! `pack/algebra.rs` holds what renumbers frames and packs: a manifest's
+//! subset, the join of its pieces ([`Joiner`]), frame dedup, compaction and
+//! the renames of salted objects, all `impl Manifest`.
 
 use std::collections::{HashMap, HashSet};
 
@@ -19,6 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::ExtractError;
 use crate::limits::Limits;
 use crate::rules::{check_path, check_symlink_target, unsafe_entry};
+
+mod algebra;
+
+pub use algebra::{Joiner, in_tail};
 
 /// Raw bytes per frame: the unit of download, decompression and verification.
 pub const FRAME_RAW: usize = 4 << 20;

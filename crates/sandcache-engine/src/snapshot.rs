@@ -16,7 +16,7 @@ use crate::bookkeeping::{Index, hex, load_state, save_state};
 use crate::cache::Cache;
 use crate::error::{Declined, Error, error_chain};
 use crate::layout;
-use crate::native::{self, ManifestAlgebra};
+use crate::native;
 use crate::options::{Format, SnapshotOptions};
 use crate::outcome::{Done, Op, Outcome, Reason, mb};
 use crate::pipe::{self, ChannelWriter};

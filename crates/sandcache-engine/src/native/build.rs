@@ -16,8 +16,6 @@ use sandcache_archive::{Progress, SqliteOptions, WalkError, WalkOptions};
 use crate::bookkeeping::{Index, IndexEntry, stamp};
 use crate::error::Error;
 
-use super::algebra::ManifestAlgebra;
-
 /// Where content already stored lives: hash → (frame, offset) in `base`.
 fn content_map(base: &Manifest) -> HashMap<&str, &Entry> {
     base.entries

@@ -11,8 +11,8 @@ use crate::bad::Found;
 use crate::error::{Declined, Error};
 use crate::layout::piece_key;
 
-use super::algebra::{Joiner, ManifestAlgebra};
 use super::prefetch::get_all;
+use sandcache_archive::pack::Joiner;
 
 /// A generation's manifest, whole: a root's pieces are fetched (16 at a
 /// time), each checked against its hash, and joined in order. A piece

@@ -2,7 +2,6 @@
 //! (into staging, or in two phases), and built from a walk of the dir.
 //! Where its objects live: [`crate::layout`].
 
-mod algebra;
 mod build;
 mod fetch;
 mod filesystem;
@@ -17,7 +16,6 @@ mod staging;
 mod tail;
 mod writers;
 
-pub(crate) use algebra::ManifestAlgebra;
 pub(crate) use build::build;
 pub(crate) use live::LiveDir;
 pub(crate) use manifest::{fetch_manifest, fetch_root, usable_hot, whole};

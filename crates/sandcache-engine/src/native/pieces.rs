@@ -3,7 +3,7 @@
 
 use sandcache_archive::pack::{self, Entry, Manifest, PieceRef};
 
-use super::algebra::{ManifestAlgebra, in_tail};
+use sandcache_archive::pack::in_tail;
 
 /// A piece closes after an entry whose path hashes to a multiple of this
 /// (so boundaries depend on paths only: inserting a package changes the

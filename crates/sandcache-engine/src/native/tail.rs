@@ -11,13 +11,13 @@ use sandcache_store::Store;
 use crate::bad::Found;
 use crate::error::Error;
 
-use super::algebra::{ManifestAlgebra, in_tail};
 use super::live::{Expected, LiveDir, finish_tail};
 use super::manifest::{corrupt, whole};
 use super::plan::{Slice, slice_file};
 use super::prefetch::Prefetch;
 use super::restoring::{RestoreStats, Restoring};
 use super::writers::{Sink, suspect_file, write_frames};
+use sandcache_archive::pack::in_tail;
 
 /// What a two-phase restore writes after the swap: the files that are not
 /// hot.

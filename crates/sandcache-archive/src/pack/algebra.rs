@@ -1,48 +1,15 @@
 //! The manifest algebra: operations on [`Manifest`]s that read no store
-//! and write no file. Written against `sandcache_archive::pack` alone, so
-//! it can move next to `Manifest::validate` as it is: [`ManifestAlgebra`]
-//! is a trait only because `Manifest` is another crate's type (there, its
-//! methods are `impl Manifest`, and callers drop the import), and
-//! [`Joiner`] and [`in_tail`] move unchanged.
+//! and write no file, beside [`Manifest::validate`], so that renumbering
+//! frames and packs has one home: a subset, a join of pieces
+//! ([`Joiner`]), frame dedup, compaction, salted renames.
 
 use std::collections::HashMap;
 
-use sandcache_archive::pack::{self, Entry, Frame, Kind, Manifest};
+use super::{Entry, Frame, Kind, Manifest};
 
-/// What a manifest's users compute from it, and how a snapshot's manifest
-/// is put together and renamed.
-pub(crate) trait ManifestAlgebra {
+impl Manifest {
     /// A manifest with no packs, frames, entries or pieces.
-    fn empty(version: u32, created_ms: u64) -> Manifest;
-
-    /// A whole manifest of some of these entries (in order), with the
-    /// frames and packs they use, renumbered by first use.
-    fn subset<'a>(&self, entries: impl Iterator<Item = &'a Entry>) -> Manifest;
-
-    /// Merges frames that are the same frame (pack, offset and hash), which
-    /// pieces sharing a frame each carry.
-    fn dedup_frames(&mut self);
-
-    /// Drops frames no entry uses and packs no frame uses, renumbering both.
-    /// Frames keep their order, so a large file's frames stay consecutive.
-    /// Packs holding hot content are marked and listed first.
-    fn compact(&mut self);
-
-    /// Names a pack that went up salted (see [`pack::salt`]) by its salted
-    /// id and size: its frames lie [`pack::SALT_LEN`] bytes further in.
-    fn rename_salted_pack(&mut self, id: &str, to: &(String, u64));
-
-    /// Names a piece (or hot piece) of a root that went up salted by its
-    /// salted id and size.
-    fn rename_salted_piece(&mut self, id: &str, to: &(String, u64));
-
-    /// Whether the manifest has a hot set and files outside it: a hot-first
-    /// restore of it has two phases.
-    fn has_tail(&self) -> bool;
-}
-
-impl ManifestAlgebra for Manifest {
-    fn empty(version: u32, created_ms: u64) -> Manifest {
+    pub fn empty(version: u32, created_ms: u64) -> Manifest {
         Manifest {
             version,
             created_ms,
@@ -54,8 +21,10 @@ impl ManifestAlgebra for Manifest {
         }
     }
 
-    fn subset<'a>(&self, entries: impl Iterator<Item = &'a Entry>) -> Manifest {
-        let mut piece = Manifest::empty(pack::VERSION, 0);
+    /// A whole manifest of some of these entries (in order), with the
+    /// frames and packs they use, renumbered by first use.
+    pub fn subset<'a>(&self, entries: impl Iterator<Item = &'a Entry>) -> Manifest {
+        let mut piece = Manifest::empty(super::VERSION, 0);
         let (mut frame_map, mut pack_map) = (HashMap::new(), HashMap::new());
         for e in entries {
             let mut e = e.clone();
@@ -80,7 +49,9 @@ impl ManifestAlgebra for Manifest {
         piece
     }
 
-    fn dedup_frames(&mut self) {
+    /// Merges frames that are the same frame (pack, offset and hash), which
+    /// pieces sharing a frame each carry.
+    pub fn dedup_frames(&mut self) {
         let mut seen: HashMap<(u32, u64), u32> = HashMap::new();
         let mut map = Vec::with_capacity(self.frames.len());
         let mut frames = Vec::with_capacity(self.frames.len());
@@ -99,7 +70,10 @@ impl ManifestAlgebra for Manifest {
         }
     }
 
-    fn compact(&mut self) {
+    /// Drops frames no entry uses and packs no frame uses, renumbering both.
+    /// Frames keep their order, so a large file's frames stay consecutive.
+    /// Packs holding hot content are marked and listed first.
+    pub fn compact(&mut self) {
         let mut used = vec![false; self.frames.len()];
         for e in &self.entries {
             if e.kind == Kind::File && e.size > 0 {
@@ -150,25 +124,31 @@ impl ManifestAlgebra for Manifest {
         self.frames = frames;
     }
 
-    fn rename_salted_pack(&mut self, id: &str, (to, size): &(String, u64)) {
+    /// Names a pack that went up salted (see [`super::salt`]) by its salted
+    /// id and size: its frames lie [`super::SALT_LEN`] bytes further in.
+    pub fn rename_salted_pack(&mut self, id: &str, (to, size): &(String, u64)) {
         for (i, p) in self.packs.iter_mut().enumerate() {
             if p.id != id {
                 continue;
             }
             (p.id, p.size) = (to.clone(), *size);
             for f in self.frames.iter_mut().filter(|f| f.pack as usize == i) {
-                f.offset += pack::SALT_LEN;
+                f.offset += super::SALT_LEN;
             }
         }
     }
 
-    fn rename_salted_piece(&mut self, id: &str, (to, size): &(String, u64)) {
+    /// Names a piece (or hot piece) of a root that went up salted by its
+    /// salted id and size.
+    pub fn rename_salted_piece(&mut self, id: &str, (to, size): &(String, u64)) {
         for p in self.pieces.iter_mut().chain(self.hot.iter_mut()).filter(|p| p.id == id) {
             (p.id, p.size) = (to.clone(), *size);
         }
     }
 
-    fn has_tail(&self) -> bool {
+    /// Whether the manifest has a hot set and files outside it: a hot-first
+    /// restore of it has two phases.
+    pub fn has_tail(&self) -> bool {
         let content = |e: &&Entry| e.kind == Kind::File && e.size > 0;
         self.entries.iter().filter(content).any(|e| e.hot) && self.entries.iter().any(in_tail)
     }
@@ -176,13 +156,13 @@ impl ManifestAlgebra for Manifest {
 
 /// Whether an entry waits for a hot-first restore's second phase: a file
 /// with content that is not hot.
-pub(super) fn in_tail(e: &Entry) -> bool {
+pub fn in_tail(e: &Entry) -> bool {
     e.kind == Kind::File && e.size > 0 && !e.hot
 }
 
 /// A whole manifest joined from a root's pieces, appended one at a time and
 /// in order: their frames and packs renumbered into one list.
-pub(super) struct Joiner {
+pub struct Joiner {
     whole: Manifest,
     /// Each pack's index in `whole`, by id.
     pack_index: HashMap<String, u32>,
@@ -190,18 +170,18 @@ pub(super) struct Joiner {
 
 impl Joiner {
     /// An empty join, for the pieces of `root`.
-    pub(super) fn new(root: &Manifest) -> Joiner {
+    pub fn new(root: &Manifest) -> Joiner {
         Joiner { whole: Manifest::empty(root.version, root.created_ms), pack_index: HashMap::new() }
     }
 
     /// Entries joined so far.
-    pub(super) fn entries(&self) -> usize {
+    pub fn entries(&self) -> usize {
         self.whole.entries.len()
     }
 
     /// Appends the next piece; an error says why it cannot be joined (a
     /// frame naming a pack, or an entry naming a frame, it does not have).
-    pub(super) fn append(&mut self, piece: Manifest) -> Result<(), &'static str> {
+    pub fn append(&mut self, piece: Manifest) -> Result<(), &'static str> {
         let whole = &mut self.whole;
         let base = whole.frames.len() as u32;
         for f in &piece.frames {
@@ -227,7 +207,7 @@ impl Joiner {
     /// The whole manifest. The same frame named by two pieces is two frames
     /// until now: harmless (the same bytes), but frames may not overlap, so
     /// exact duplicates are merged.
-    pub(super) fn finish(mut self) -> Manifest {
+    pub fn finish(mut self) -> Manifest {
         self.whole.dedup_frames();
         self.whole
     }
