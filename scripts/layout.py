@@ -10,7 +10,9 @@ An import is any path a file names: `crate::a::b`, `super::x`, `self::x`,
 and the modules a `use` brings in (braces expanded). A name the target
 module only re-exports (`pub use inner::Thing`) counts as an import of the
 file that defines it, so `crate::Outcome` is an edge to `outcome.rs`, not to
-`lib.rs`. A module's `mod` declarations are not imports.
+`lib.rs`. A module's `mod` declarations, and its own `pub use`
+re-exports, are not imports: a parent that re-exports its child's items
+does not depend on them.
 """
 
 import os
@@ -156,7 +158,7 @@ def crate_graph(src):
                 reexports[(m, name)] = (parent, name)
     edges = defaultdict(set)
     for m, text in texts.items():
-        paths = [p for _, p in uses(text)]
+        paths = [p for public, p in uses(text) if not public]
         paths += re.findall(r"\b((?:crate|super|self)(?:::" + IDENT + ")+)", text)
         # Paths through a child module declared here (`native::x`) are imports too.
         for child in [k for k in mods if len(k) == len(m) + 1 and k[: len(m)] == m]:

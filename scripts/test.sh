@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run all tests: starts the local Garage S3 server (scripts/dev-s3.sh), installs Deno
-# (scripts/install-deno.sh) and kubernetes-validate (scripts/install-kubernetes-validate.sh), then `cargo test --workspace --locked "$@"`.
+# (scripts/install-deno.sh) and kubernetes-validate (scripts/install-kubernetes-validate.sh), checks
+# the source layout (scripts/layout.py), then `cargo test --workspace --locked "$@"`.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -p sandcache-store -- conformance
@@ -33,6 +34,12 @@ export SANDCACHE_DENO
 SANDCACHE_KUBERNETES_VALIDATE=$(scripts/install-kubernetes-validate.sh)
 export SANDCACHE_KUBERNETES_VALIDATE
 
+# The house rules for the source layout (no file over 700 lines of code,
+# no import circle between a crate's files): a failure fails the run, after
+# the tests.
+layout=0
+python3 scripts/layout.py || layout=$?
+
 log "S3 at $AWS_ENDPOINT_URL ($SANDCACHE_TEST_S3), deno at $SANDCACHE_DENO"
 log "cargo test --workspace --locked $*"
 out=$(mktemp)
@@ -42,4 +49,8 @@ cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$out" || status=
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "\ntests: %d passed, %d failed\n", p, f }' "$out"
 rm -f "$out"
+if [[ $layout != 0 ]]; then
+    log "scripts/layout.py found violations (above)"
+    [[ $status != 0 ]] || status=$layout
+fi
 exit "$status"
