@@ -62,10 +62,33 @@ pub(crate) async fn clone_repo(
             .or_else(|| stderr.lines().rfind(|l| !l.trim().is_empty()))
             .unwrap_or("unknown error")
             .trim();
-        return Err(DeployError::BadInput(format!("cannot clone {}: {}", redact_url(repo), redact_urls(why))));
+        let mut message = format!("cannot clone {}: {}", redact_url(repo), redact_urls(why));
+        if stderr.contains("dubious ownership") {
+            let uid = if user.is_separate() { user.uid } else { rustix::process::geteuid().as_raw() };
+            message.push_str(&dubious_ownership_hint(&stderr, uid));
+        }
+        return Err(DeployError::BadInput(message));
     }
     tracing::info!(target: "sandbox", "cloned {}{}", redact_url(repo), branch.map(|b| format!(" ({b})")).unwrap_or_default());
     Ok(())
+}
+
+/// What to do when the worker's git refuses a local repository another uid
+/// owns ("dubious ownership"): git trusts only repositories its own user
+/// owns, and the clone runs as the worker, with no global config where an
+/// exception could be added.
+fn dubious_ownership_hint(stderr: &str, uid: u32) -> String {
+    // git: "detected dubious ownership in repository at '/srv/site/.git'".
+    let path = stderr.split("repository at '").nth(1).and_then(|rest| rest.split('\'').next());
+    let owner = path
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| format!(" (owned by uid {})", std::os::unix::fs::MetadataExt::uid(&m)))
+        .unwrap_or_default();
+    let what = path.map_or_else(|| "the repository".to_owned(), |p| p.to_owned());
+    format!(
+        ". The runner clones as the worker, uid {uid}, and git refuses a local repository another user owns: \
+         {what}{owner}. Serve the repo over http(s), ssh or git://, or make it owned by uid {uid}."
+    )
 }
 
 /// The runner environment git may see: where programs are, proxies and CA

@@ -134,6 +134,36 @@ async fn a_missing_run_command_or_unclonable_repo_is_a_400_and_leaves_the_runner
     assert_eq!(s, StatusCode::OK, "the runner is usable again");
 }
 
+/// A local repo another uid owns, as a new user tries first (`file://`, as
+/// root): the worker's git refuses it, and the deploy error says which uid
+/// clones and how to serve the repo (issue 26, part 4).
+#[tokio::test]
+async fn a_local_repo_another_uid_owns_gets_a_clear_error() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root to clone as a worker uid of its own");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let repo = tmp.path().join("repo");
+    // Owned by root, the runner's uid: not by the worker.
+    sandcache_testkit::site::repo(&repo, &[("main.ts", "Deno.serve(() => new Response('hi'))")], None);
+    let mut cfg = test_config(tmp.path());
+    cfg.worker_user = Some(sandcache_runner::isolation::WorkerUser { uid: 20025, gid: 20025 });
+    let runner = Runner::new(cfg);
+    let url = format!("file://{}", repo.display());
+    let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "s", "repo": url, "runCommand": []})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(error.contains("dubious ownership"), "git's own words: {error}");
+    assert!(error.contains("clones as the worker, uid 20025"), "{error}");
+    assert!(error.contains("owned by uid 0"), "{error}");
+    assert!(error.contains("over http(s)") && error.contains("owned by uid 20025"), "{error}");
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!((st["deployed"].as_bool(), st["deploying"].as_bool()), (Some(false), Some(false)));
+}
+
 #[tokio::test]
 async fn a_worker_that_fails_to_start_makes_proxied_requests_424() {
     let tmp = tempfile::tempdir().unwrap();
