@@ -56,6 +56,11 @@ impl Cache {
                      stop the site's sandbox and delete again"
                 )));
             }
+            // The pointer first: a restore meanwhile lists, and finds a whole
+            // generation or none.
+            if rest.iter().any(|o| o.key == layout::pointer_key(key)) {
+                store.delete(&layout::pointer_key(key)).await.map_err(|e| fail("deleting the pointer", e))?;
+            }
             for m in &manifests {
                 store.delete(&m.key).await.map_err(|e| fail("deleting a generation", e))?;
                 report.generations_deleted += 1;

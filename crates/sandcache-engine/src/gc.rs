@@ -128,6 +128,7 @@ impl Cache {
             kept_keys.insert(m.key.clone());
         }
         let mut report = GcReport { generations_kept: keep.len(), ..GcReport::default() };
+        forget_pointers(store, drop.iter().map(|(_, m)| m.key.as_str())).await?;
         for (_, m) in &drop {
             store.delete(&m.key).await?;
             report.generations_deleted += 1;
@@ -170,6 +171,7 @@ impl Cache {
                 let Ok(manifest) = native::fetch_root(store, &m.key).await else { continue };
                 if manifest.packs.iter().any(|p| deleted.contains(&p.id)) {
                     tracing::warn!(target: "sandbox-cache", "withdrawing {}: written during gc, it reuses a deleted pack", m.key);
+                    forget_pointers(store, std::iter::once(m.key.as_str())).await?;
                     store.delete(&m.key).await?;
                     report.generations_withdrawn += 1;
                 }
@@ -265,6 +267,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
             report.generations_kept += 1;
         }
     }
+    forget_pointers(store, drop.iter().map(|m| m.key.as_str())).await?;
     delete_all(store, drop.iter().map(|m| m.key.as_str())).await?;
     report.generations_deleted += drop.len();
     report.bytes_freed += drop.iter().map(|m| m.size).sum::<u64>();
@@ -304,6 +307,7 @@ pub async fn gc_store(store: &dyn sandcache_store::Store, opts: &GcOptions) -> R
     for m in &withdraw {
         tracing::warn!(target: "sandbox-cache", "withdrawing {}: it names a bad pool object", m.key);
     }
+    forget_pointers(store, withdraw.iter().map(|m| m.key.as_str())).await?;
     delete_all(store, withdraw.iter().map(|m| m.key.as_str())).await?;
     report.generations_withdrawn_bad += withdraw.len();
     // Bad objects go, whatever their age or references; then their marks.
@@ -512,6 +516,29 @@ fn names_any(m: &sandcache_archive::pack::Manifest, objects: &BadObjects) -> boo
 const IN_FLIGHT: usize = 32;
 
 /// Deletes every key, [`IN_FLIGHT`] at a time; the first error stops it.
+/// Deletes the pointer (see [`layout::read_pointer`]) of each key that
+/// names one of `generations`, before they go: a restore then lists the
+/// key's generations instead of trying one that is being deleted.
+async fn forget_pointers<'a>(
+    store: &dyn sandcache_store::Store,
+    generations: impl Iterator<Item = &'a str>,
+) -> Result<(), Error> {
+    use std::collections::BTreeSet;
+    let doomed: HashSet<&str> = generations.collect();
+    let keys: Vec<&str> =
+        doomed.iter().filter_map(|g| layout::generation_of(g)).collect::<BTreeSet<_>>().into_iter().collect();
+    for chunk in keys.chunks(IN_FLIGHT) {
+        let pointers = futures::future::join_all(chunk.iter().map(|k| layout::read_pointer(store, k))).await;
+        let stale = chunk
+            .iter()
+            .zip(pointers)
+            .filter(|(_, p)| p.as_ref().is_some_and(|(g, _)| doomed.contains(g.key.as_str())));
+        let stale: Vec<String> = stale.map(|(k, _)| layout::pointer_key(k)).collect();
+        delete_all(store, stale.iter().map(String::as_str)).await?;
+    }
+    Ok(())
+}
+
 async fn delete_all<'a>(store: &dyn sandcache_store::Store, keys: impl Iterator<Item = &'a str>) -> Result<(), Error> {
     let keys: Vec<&str> = keys.collect();
     for chunk in keys.chunks(IN_FLIGHT) {

@@ -7,6 +7,7 @@
 //! pool/<2 hex>/<blake3>.pack              immutable, content-addressed, shared by every key
 //! pool/<2 hex>/<blake3>.tree              a manifest piece (or a root's hot piece), likewise
 //! K.d/manifests/<ms>-<random>.json.zst    one per generation of key K, written last
+//! K.d/latest                              a pointer: K's newest generation's name and root
 //! K.d/packs/<blake3>.pack                 version-1 generations only (still read)
 //! pool/bad/<blake3>.pack (or .tree)       a mark: that pool object was found bad (see `bad`)
 //! K                                       a single archive (the seed's cache.tgz, `--format tgz`)
@@ -23,6 +24,15 @@
 //! overwritten, so two writers at once can only each add a generation: no
 //! manifest can point at a pack that is not already stored, and no complete
 //! generation is lost. This needs no conditional writes.
+//!
+//! The pointer (`K.d/latest`) is the one object that is overwritten: after
+//! its manifest, a snapshot writes the generation's name and a copy of its
+//! root there, so a restore finds the newest root in one GET instead of a
+//! LIST and a GET. It is only a hint: missing, unreadable, or naming a
+//! generation that cannot be restored, the restore lists the manifests as
+//! before. Two snapshots racing (or an older binary, which writes none) may
+//! leave it naming an older complete generation: that one is restored,
+//! still whole, and the next snapshot points at its own.
 
 use sandcache_archive::pack::Manifest;
 use sandcache_store::{Store, StoreError};
@@ -105,6 +115,70 @@ pub(crate) async fn list_manifests(
     Ok(all)
 }
 
+/// Where a key's pointer lives (see the module doc).
+pub(crate) fn pointer_key(key: &str) -> String {
+    format!("{key}.d/latest")
+}
+
+/// The first line of a pointer.
+const POINTER_MAGIC: &str = "sandcache-latest 1";
+
+/// The largest pointer read: a root names its pieces and packs, about 150
+/// bytes each, a few KB for a DENO_DIR.
+const MAX_POINTER: u64 = 4 << 20;
+
+/// A pointer's bytes: the magic line, the generation's name, then its root
+/// exactly as stored.
+pub(crate) fn encode_pointer(generation: &str, root: &[u8]) -> Vec<u8> {
+    let mut out = format!("{POINTER_MAGIC}\n{generation}\n").into_bytes();
+    out.extend_from_slice(root);
+    out
+}
+
+/// A key's newest generation as its pointer says: its name and its root's
+/// stored bytes. `None` when there is no pointer, or it is not one naming
+/// a generation of `key` (a hint, never an error: the caller lists).
+pub(crate) async fn read_pointer(store: &dyn Store, key: &str) -> Option<(sandcache_store::ObjectInfo, Vec<u8>)> {
+    let object = match store.get(&pointer_key(key)).await {
+        Ok(o) if o.size <= MAX_POINTER => o,
+        Ok(o) => {
+            tracing::debug!(target: "sandbox-cache", "{key}: its pointer is {} bytes; listing instead", o.size);
+            return None;
+        }
+        Err(StoreError::NotFound { .. }) => return None,
+        Err(e) => {
+            tracing::debug!(target: "sandbox-cache", "{key}: its pointer cannot be read ({e}); listing instead");
+            return None;
+        }
+    };
+    let bytes = match object.bytes().await {
+        Ok(b) if b.len() as u64 <= MAX_POINTER => b,
+        _ => return None,
+    };
+    let parsed = decode_pointer(key, &bytes);
+    if parsed.is_none() {
+        tracing::debug!(target: "sandbox-cache", "{key}: its pointer is not one; listing instead");
+    }
+    parsed
+}
+
+fn decode_pointer(key: &str, bytes: &[u8]) -> Option<(sandcache_store::ObjectInfo, Vec<u8>)> {
+    let rest = bytes.strip_prefix(POINTER_MAGIC.as_bytes())?.strip_prefix(b"\n")?;
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    let generation = std::str::from_utf8(&rest[..end]).ok()?;
+    if generation_of(generation) != Some(key) {
+        return None;
+    }
+    let root = rest[end + 1..].to_vec();
+    let ms = manifest_ms(generation)?;
+    let info = sandcache_store::ObjectInfo {
+        key: generation.to_owned(),
+        size: root.len() as u64,
+        last_modified: std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+    };
+    Some((info, root))
+}
+
 pub(crate) fn manifest_key(key: &str, created_ms: u64) -> String {
     format!("{}{created_ms:013}-{:08x}.json.zst", manifests_prefix(key), rand::random::<u32>())
 }
@@ -156,5 +230,22 @@ mod tests {
             assert!(object_of_mark(not).is_none(), "{not}");
         }
         assert!(mark_key("site/cache.d/packs/x.pack").is_none());
+    }
+
+    #[test]
+    fn a_pointer_names_a_generation_of_its_own_key_only() {
+        let generation = manifest_key("site/a", 1_700_000_000_000);
+        let bytes = encode_pointer(&generation, b"root bytes\n\x00");
+        let (info, root) = decode_pointer("site/a", &bytes).unwrap();
+        assert_eq!((info.key.as_str(), root.as_slice()), (generation.as_str(), &b"root bytes\n\x00"[..]));
+        assert_eq!(manifest_ms(&info.key), Some(1_700_000_000_000));
+        // Another key's generation, or not a generation at all: no pointer.
+        assert!(decode_pointer("site/b", &bytes).is_none());
+        assert!(decode_pointer("site/a", &encode_pointer("pool/ab/x.tree", b"")).is_none());
+        assert!(decode_pointer("site/a", b"sandcache-latest 2\nx\n").is_none());
+        assert!(decode_pointer("site/a", b"").is_none());
+        // A pointer is not a generation, a pool object or a mark.
+        let p = pointer_key("site/a");
+        assert!(generation_of(&p).is_none() && pool_id_of(&p).is_none() && object_of_mark(&p).is_none());
     }
 }

@@ -367,6 +367,7 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
     let bytes = root.encode();
     transferred += bytes.len() as u64;
     let mkey = layout::manifest_key(key, plan.manifest.created_ms);
+    let pointer = layout::encode_pointer(&mkey, &bytes);
     store.put(&mkey, one_chunk(bytes)).await?;
     // A gc that ran meanwhile may have removed a pack this generation reuses
     // (nothing it kept referenced it): withdraw the generation rather than
@@ -393,6 +394,11 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
             "pool object {gone} of the new generation was removed or replaced while it was written (a concurrent gc?); generation {mkey} {}",
             if withdrawn.is_ok() { "withdrawn" } else { "could not be withdrawn" }
         )));
+    }
+    // The pointer goes last, once the generation is known whole: a restore
+    // reads it instead of listing. Only a hint, so a failure is logged.
+    if let Err(e) = store.put(&layout::pointer_key(key), one_chunk(pointer)).await {
+        tracing::warn!(target: "sandbox-cache", "could not point {key} at {mkey} ({e}); restores list instead");
     }
     // Every new pack is in the manifest (only unused frames of old packs are
     // dropped), so what was not added was reused.

@@ -80,8 +80,15 @@ pub(super) async fn restore(
     // A missing, incomplete, corrupt or unsafe one falls through to the next
     // candidate, within the same deadline; local trouble (disk, deadline)
     // ends the restore.
-    let mut sources = vec![Source::Key(key.to_owned())];
-    sources.extend(opts.fallbacks.iter().filter_map(|f| Source::parse(f)));
+    // A key's pointer first (its newest root in one request), then its
+    // listing, reached only when the pointer's generation did not do.
+    let mut sources = vec![Source::Latest(key.to_owned()), Source::Key(key.to_owned())];
+    for f in opts.fallbacks.iter().filter_map(|f| Source::parse(f)) {
+        if let Source::Key(k) = &f {
+            sources.push(Source::Latest(k.clone()));
+        }
+        sources.push(f);
+    }
     let mut last: Option<Error> = None;
     let (mut tried, mut seen) = (0, std::collections::HashSet::new());
     for source in &sources {
@@ -97,12 +104,20 @@ pub(super) async fn restore(
                 continue;
             }
         };
-        if candidates.is_empty() && !matches!(source, Source::Key(k) if k == key) {
+        if candidates.is_empty()
+            && !matches!(source, Source::Latest(_))
+            && !matches!(source, Source::Key(k) if k == key)
+        {
             tracing::debug!(target: "sandbox-cache", "fallback {source}: nothing stored");
         }
         for candidate in candidates.into_iter().take(PER_SOURCE) {
             // A prefix may list the key itself again: each generation once.
-            if !seen.insert(candidate.generation().to_owned()) {
+            // A pointer's copy of a root is not the stored manifest: when it
+            // did not do, the listing may still try the generation once.
+            let copy = matches!(candidate, Candidate::Native { root: Some(_), .. });
+            let name =
+                if copy { format!("{} (pointer)", candidate.generation()) } else { candidate.generation().to_owned() };
+            if !seen.insert(name) {
                 continue;
             }
             // Each generation tried costs requests against one deadline.
@@ -111,9 +126,9 @@ pub(super) async fn restore(
             }
             tried += 1;
             let result = match &candidate {
-                Candidate::Native { key, manifest } => {
+                Candidate::Native { key, manifest, root } => {
                     let job = NativeRestore { shared, key, target: &target, opts, found: &found };
-                    restore_native(&job, manifest, &known).await
+                    restore_native(&job, manifest, root.as_deref(), &known).await
                 }
                 Candidate::Archive { key } => {
                     restore_archive(store, key, &target, opts).await.map(|(d, s)| (d, s, None, None))
@@ -202,6 +217,9 @@ fn falls_through(reason: Reason) -> bool {
 /// One link of the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Source {
+    /// A key's pointer: its newest generation, root included, without a
+    /// listing (see [`layout::read_pointer`]); nothing when there is none.
+    Latest(String),
     Key(String),
     /// The newest generations of any key under it.
     Prefix(String),
@@ -222,6 +240,17 @@ impl Source {
     /// The generations to try, best first.
     async fn candidates(&self, store: &dyn Store) -> Result<Vec<Candidate>, Error> {
         match self {
+            Source::Latest(key) => {
+                let (pointer, legacy) = tokio::join!(layout::read_pointer(store, key), store.head(key));
+                let Some((manifest, root)) = pointer else { return Ok(Vec::new()) };
+                let ms = layout::manifest_ms(&manifest.key).unwrap_or(0);
+                let mut out = vec![(ms, Candidate::Native { key: key.clone(), manifest, root: Some(root.into()) })];
+                if let Some(l) = legacy? {
+                    out.push((unix_ms(l.last_modified), Candidate::Archive { key: key.clone() }));
+                }
+                out.sort_by_key(|c| std::cmp::Reverse(c.0));
+                Ok(out.into_iter().map(|(_, c)| c).collect())
+            }
             Source::Key(key) => {
                 // The native layout and a single archive (the seed's
                 // cache.tgz, a legacy tar.zst, or `--format tgz`) may both
@@ -233,7 +262,8 @@ impl Source {
                     .into_iter()
                     .take(PER_SOURCE)
                     .map(|m| {
-                        (layout::manifest_ms(&m.key).unwrap_or(0), Candidate::Native { key: key.clone(), manifest: m })
+                        let ms = layout::manifest_ms(&m.key).unwrap_or(0);
+                        (ms, Candidate::Native { key: key.clone(), manifest: m, root: None })
                     })
                     .collect();
                 if let Some(l) = legacy {
@@ -248,7 +278,7 @@ impl Source {
                 for o in listed {
                     if let Some(key) = layout::generation_of(&o.key) {
                         let (ms, key) = (layout::manifest_ms(&o.key).unwrap_or(0), key.to_owned());
-                        out.push((ms, Candidate::Native { key, manifest: o }));
+                        out.push((ms, Candidate::Native { key, manifest: o, root: None }));
                     } else if !o.key.contains(".d/")
                         && layout::pool_id_of(&o.key).is_none()
                         && layout::object_of_mark(&o.key).is_none()
@@ -266,7 +296,7 @@ impl Source {
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Key(k) | Source::Prefix(k) => f.write_str(k),
+            Source::Latest(k) | Source::Key(k) | Source::Prefix(k) => f.write_str(k),
         }
     }
 }
@@ -274,8 +304,15 @@ impl std::fmt::Display for Source {
 /// One generation to try.
 #[derive(Debug, Clone)]
 enum Candidate {
-    Native { key: String, manifest: sandcache_store::ObjectInfo },
-    Archive { key: String },
+    /// `root`: its root's stored bytes, when a pointer gave them.
+    Native {
+        key: String,
+        manifest: sandcache_store::ObjectInfo,
+        root: Option<Arc<[u8]>>,
+    },
+    Archive {
+        key: String,
+    },
 }
 
 impl Candidate {

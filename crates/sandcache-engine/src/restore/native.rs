@@ -90,17 +90,25 @@ pub(super) type Staged = (Done, Staging, Option<(Arc<Manifest>, String)>, Option
 pub(super) async fn restore_native(
     job: &NativeRestore<'_>,
     info: &sandcache_store::ObjectInfo,
+    root: Option<&[u8]>,
     known: &tokio::sync::OnceCell<Known>,
 ) -> Result<Staged, Error> {
     let NativeRestore { shared, target, opts, .. } = *job;
     let store = shared.as_ref();
     let started = Instant::now();
-    // The root first; then its pieces, while the first packs download.
+    // The root first (unless a pointer gave it); then its pieces, while the
+    // first packs download.
+    let fetch_root = async {
+        match root {
+            Some(bytes) => Ok(Manifest::decode(bytes)?),
+            None => native::fetch_root(store, &info.key).await,
+        }
+    };
     let root = match opts.hot_first {
         true => {
             let (label, bad_path) = (shared.to_string(), target.bad_path());
             let load = || Known::load(store, &bad_path, &label);
-            let (root, known) = tokio::join!(native::fetch_root(store, &info.key), known.get_or_init(load));
+            let (root, known) = tokio::join!(fetch_root, known.get_or_init(load));
             let root = root?;
             if let Some(object) = known.named_by(&root) {
                 tracing::info!(
@@ -112,7 +120,7 @@ pub(super) async fn restore_native(
             }
             root
         }
-        false => native::fetch_root(store, &info.key).await?,
+        false => fetch_root.await?,
     };
     restore_native_root(job, info, root, started).await
 }

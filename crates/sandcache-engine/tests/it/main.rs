@@ -18,6 +18,8 @@ mod native;
 /// Every outcome reason, the deadline with a stalled server, staging and
 /// swap, and interop with the seed's tar.
 mod outcomes;
+/// The key's pointer to its newest generation.
+mod pointer;
 /// The content pool shared by keys, its marks and gc.
 mod pool;
 /// A full disk, a read-only target, a target written by another process.

@@ -50,6 +50,8 @@ pub struct Wrapped {
     panics: Vec<(Method, &'static str)>,
     body_panic: Option<&'static str>,
     calls: [AtomicU64; METHODS],
+    /// Every call, in order: its method and key (or prefix).
+    log: std::sync::Mutex<Vec<(Method, String)>>,
     ranged_bytes: AtomicU64,
     delayed: AtomicU64,
 }
@@ -64,6 +66,7 @@ impl Wrapped {
             panics: Vec::new(),
             body_panic: None,
             calls: Default::default(),
+            log: Default::default(),
             ranged_bytes: AtomicU64::new(0),
             delayed: AtomicU64::new(0),
         }
@@ -113,6 +116,12 @@ impl Wrapped {
         self.calls[method as usize].load(Ordering::SeqCst)
     }
 
+    /// Every call that reached this store, in order: its method and the key
+    /// (or a listing's prefix).
+    pub fn log(&self) -> Vec<(Method, String)> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The bytes asked for by ranged GETs.
     pub fn ranged_bytes(&self) -> u64 {
         self.ranged_bytes.load(Ordering::SeqCst)
@@ -123,8 +132,9 @@ impl Wrapped {
         self.delayed.load(Ordering::SeqCst)
     }
 
-    fn called(&self, method: Method) {
+    fn called(&self, method: Method, key: &str) {
         self.calls[method as usize].fetch_add(1, Ordering::SeqCst);
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).push((method, key.to_owned()));
         if let Some((_, message)) = self.panics.iter().find(|(m, _)| *m == method) {
             panic!("{message}");
         }
@@ -149,7 +159,7 @@ impl fmt::Display for Wrapped {
 #[async_trait::async_trait]
 impl Store for Wrapped {
     async fn get(&self, key: &str) -> Result<GetObject, StoreError> {
-        self.called(Method::Get);
+        self.called(Method::Get, key);
         if self.gone.iter().any(|gone| gone(key)) {
             return Err(StoreError::NotFound { key: key.into() });
         }
@@ -161,7 +171,7 @@ impl Store for Wrapped {
         Ok(obj)
     }
     async fn get_range(&self, key: &str, range: Range<u64>) -> Result<GetObject, StoreError> {
-        self.called(Method::GetRange);
+        self.called(Method::GetRange, key);
         self.ranged_bytes.fetch_add(range.end - range.start, Ordering::SeqCst);
         if !self.ranged_delay.is_zero() {
             self.delayed.fetch_add(1, Ordering::SeqCst);
@@ -170,27 +180,27 @@ impl Store for Wrapped {
         self.inner.get_range(key, range).await
     }
     async fn put(&self, key: &str, body: BodyStream) -> Result<u64, StoreError> {
-        self.called(Method::Put);
+        self.called(Method::Put, key);
         self.inner.put(key, body).await
     }
     async fn put_new(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
-        self.called(Method::PutNew);
+        self.called(Method::PutNew, key);
         self.inner.put_new(key, bytes).await
     }
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        self.called(Method::Head);
+        self.called(Method::Head, key);
         self.inner.head(key).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.called(Method::List);
+        self.called(Method::List, prefix);
         self.inner.list(prefix).await
     }
     async fn list_first(&self, prefix: &str, max: usize) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.called(Method::ListFirst);
+        self.called(Method::ListFirst, prefix);
         self.inner.list_first(prefix, max).await
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.called(Method::Delete);
+        self.called(Method::Delete, key);
         self.inner.delete(key).await
     }
 }

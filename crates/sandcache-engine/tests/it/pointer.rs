@@ -1,0 +1,150 @@
+//! The pointer (`K.d/latest`): a restore finds a key's newest root in one
+//! GET, without a listing, and lists as before when the pointer is missing,
+//! unreadable, or names what cannot be restored; gc and delete keep it from
+//! naming a generation they remove.
+
+use std::fs;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sandcache_engine::{Cache, GcOptions};
+use sandcache_store::{LocalStore, Store};
+use sandcache_testkit::store::{Method, Wrapped};
+use sandcache_testkit::tree::sample_tree;
+
+use crate::support::{quick, snap};
+use crate::{get, put, settle, stores};
+
+const KEY: &str = "site/cache";
+const POINTER: &str = "site/cache.d/latest";
+
+fn generations(log: &[(Method, String)]) -> Vec<&str> {
+    log.iter().filter(|(m, k)| *m == Method::Get && k.contains(".d/manifests/")).map(|(_, k)| k.as_str()).collect()
+}
+
+/// With a pointer, a restore lists nothing and never reads the manifest
+/// object: the pointer (beside a HEAD of the key, for a single archive
+/// stored there) gives the root, then its pieces and packs follow. Two
+/// sequential requests before it knows what to write.
+#[tokio::test]
+async fn a_restore_reads_the_pointer_instead_of_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    for store in stores("pointer-read", tmp.path()) {
+        let cache = Cache::new(store.clone(), KEY);
+        assert!(cache.snapshot(&src, &snap()).await.is_done());
+        assert!(store.head(POINTER).await.unwrap().is_some(), "{store}: the snapshot wrote the pointer");
+        let wrapped = Arc::new(Wrapped::new(store.clone()));
+        let dir = tmp.path().join(format!("out-{}", rand::random::<u32>()));
+        let out = Cache::new(wrapped.clone(), KEY).restore(&dir, &quick()).await;
+        assert!(out.is_done(), "{store}: {}", out.to_json());
+        let log = wrapped.log();
+        assert_eq!(wrapped.calls(Method::List) + wrapped.calls(Method::ListFirst), 0, "{store}: {log:?}");
+        assert!(generations(&log).is_empty(), "{store}: the root came with the pointer: {log:?}");
+        // The first requests, sent together: the pointer and the HEAD.
+        let first: Vec<_> = log.iter().take(2).map(|(m, k)| (*m, k.as_str())).collect();
+        assert!(first.contains(&(Method::Get, POINTER)) && first.contains(&(Method::Head, KEY)), "{log:?}");
+        assert_eq!(
+            fs::read(dir.join("npm/registry.npmjs.org/pkg/1.0.0/package.json")).unwrap(),
+            fs::read(src.join("npm/registry.npmjs.org/pkg/1.0.0/package.json")).unwrap()
+        );
+    }
+    settle();
+}
+
+/// Missing (a generation an older binary wrote), not a pointer, another
+/// key's, or naming a root that does not decode: the restore lists, and
+/// restores the newest generation.
+#[tokio::test]
+async fn a_missing_or_bad_pointer_falls_back_to_the_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    let cache = Cache::new(store.clone(), KEY);
+    assert!(cache.snapshot(&src, &snap()).await.is_done());
+    assert!(Cache::new(store.clone(), "other/cache").snapshot(&src, &snap()).await.is_done());
+    let other = get(store.as_ref(), "other/cache.d/latest").await;
+    let good = get(store.as_ref(), POINTER).await;
+    let generation = String::from_utf8_lossy(&good).lines().nth(1).unwrap().to_owned();
+    let mut bad_root = good[..good.len() - 8].to_vec();
+    bad_root.extend_from_slice(b"garbage!");
+    let cases: [(&str, Option<Vec<u8>>); 4] = [
+        ("missing", None),
+        ("not a pointer", Some(b"{\"hello\": 1}".to_vec())),
+        ("another key's", Some(other)),
+        ("an undecodable root", Some(bad_root)),
+    ];
+    for (what, pointer) in cases {
+        store.delete(POINTER).await.unwrap();
+        if let Some(p) = pointer {
+            put(store.as_ref(), POINTER, p).await;
+        }
+        let wrapped = Arc::new(Wrapped::new(store.clone()));
+        let dir = tmp.path().join(format!("out-{}", rand::random::<u32>()));
+        let out = Cache::new(wrapped.clone(), KEY).restore(&dir, &quick()).await;
+        assert!(out.is_done(), "{what}: {}", out.to_json());
+        assert_eq!(wrapped.calls(Method::List), 1, "{what}: {:?}", wrapped.log());
+        assert_eq!(generations(&wrapped.log()), [generation.as_str()], "{what}");
+        assert_eq!(
+            fs::read(dir.join("npm/registry.npmjs.org/pkg/1.0.0/package.json")).unwrap(),
+            fs::read(src.join("npm/registry.npmjs.org/pkg/1.0.0/package.json")).unwrap(),
+            "{what}"
+        );
+    }
+    settle();
+}
+
+/// gc removes a pointer naming a generation it deletes (before deleting
+/// it), and leaves one naming a kept generation; delete removes it first.
+#[tokio::test]
+async fn gc_and_delete_never_leave_a_pointer_to_a_removed_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    for store in stores("pointer-gc", tmp.path()) {
+        let cache = Cache::new(store.clone(), KEY);
+        assert!(cache.snapshot(&src, &snap()).await.is_done());
+        let first = get(store.as_ref(), POINTER).await;
+        // Generation names are millisecond stamps: the next is newer.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        fs::write(src.join("new.txt"), b"a second generation").unwrap();
+        assert!(cache.snapshot(&src, &snap()).await.is_done());
+        let keep = GcOptions { keep: 1, grace: Duration::ZERO, ..Default::default() };
+
+        // The pointer names the newest: gc keeps it.
+        let r = cache.gc(&keep).await.unwrap();
+        assert_eq!(r.generations_deleted, 1, "{store}: {r:?}");
+        assert!(store.head(POINTER).await.unwrap().is_some(), "{store}: the pointer names the kept generation");
+
+        // A stale pointer (a racing writer, an older binary) naming the
+        // generation gc deletes goes with it, per key and store-wide.
+        for store_wide in [false, true] {
+            fs::write(src.join("new.txt"), format!("generation {store_wide}")).unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(cache.snapshot(&src, &snap()).await.is_done());
+            let stale = get(store.as_ref(), POINTER).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            fs::write(src.join("new.txt"), format!("generation {store_wide} again")).unwrap();
+            assert!(cache.snapshot(&src, &snap()).await.is_done());
+            put(store.as_ref(), POINTER, stale).await;
+            let r = match store_wide {
+                false => cache.gc(&keep).await.unwrap(),
+                true => sandcache_engine::gc_store(store.as_ref(), &keep).await.unwrap(),
+            };
+            assert!(r.generations_deleted >= 1, "{store}: {r:?}");
+            assert!(store.head(POINTER).await.unwrap().is_none(), "{store} (store-wide {store_wide}): pointer left");
+            let dir = tmp.path().join(format!("out-{}", rand::random::<u32>()));
+            let out = cache.restore(&dir, &quick()).await;
+            assert!(out.is_done(), "{store}: {}", out.to_json());
+            assert_eq!(fs::read(dir.join("new.txt")).unwrap(), format!("generation {store_wide} again").as_bytes());
+        }
+
+        put(store.as_ref(), POINTER, first).await;
+        cache.delete().await.unwrap();
+        assert!(store.head(POINTER).await.unwrap().is_none(), "{store}: delete removed the pointer");
+        assert!(store.list("site/cache.d/").await.unwrap().is_empty());
+    }
+    settle();
+}
