@@ -129,6 +129,11 @@ impl Target {
         self.bookkeeping("-bad.json")
     }
 
+    /// Manifest pieces kept between restores (see `native::PieceCache`).
+    pub(crate) fn pieces_dir(&self) -> PathBuf {
+        self.bookkeeping("-pieces")
+    }
+
     /// Per-file hashes of the last restore or snapshot (native format).
     pub(crate) fn index_path(&self) -> PathBuf {
         self.bookkeeping("-index.json")

@@ -11,6 +11,8 @@ use crate::bad::Found;
 use crate::error::{Declined, Error};
 use crate::layout::piece_key;
 
+use super::piece_cache::PieceCache;
+
 use super::prefetch::get_all;
 use sandcache_archive::pack::Joiner;
 
@@ -18,12 +20,22 @@ use sandcache_archive::pack::Joiner;
 /// time), each checked against its hash, and joined in order. A piece
 /// that is not what its name says goes into `found`.
 pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str, found: &Found) -> Result<Manifest, Error> {
-    whole(store, fetch_root(store, key).await?, found).await
+    let pieces = Pieces { store, found, cache: None };
+    whole(&pieces, fetch_root(store, key).await?).await
+}
+
+/// Where a manifest's pieces come from: the local cache when it holds
+/// them, else the store; and where bad ones are noted.
+#[derive(Clone, Copy)]
+pub(crate) struct Pieces<'a> {
+    pub(crate) store: &'a dyn Store,
+    pub(crate) found: &'a Found,
+    pub(crate) cache: Option<&'a PieceCache>,
 }
 
 /// A stored manifest made whole: a root joined with its pieces.
-pub(crate) async fn whole(store: &dyn Store, root: Manifest, found: &Found) -> Result<Manifest, Error> {
-    if root.pieces.is_empty() { Ok(root) } else { assemble(store, root, found).await }
+pub(crate) async fn whole(pieces: &Pieces<'_>, root: Manifest) -> Result<Manifest, Error> {
+    if root.pieces.is_empty() { Ok(root) } else { assemble(pieces, root).await }
 }
 
 /// A generation's manifest as stored: for a root, its pieces unread (what
@@ -47,7 +59,7 @@ pub(super) fn corrupt(detail: String) -> Error {
 /// Joins a root's pieces into one whole manifest (which the caller then
 /// validates as any other): each piece must hash to its id and be whole
 /// itself; frames and packs are renumbered into one list.
-async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Manifest, Error> {
+async fn assemble(pieces: &Pieces<'_>, root: Manifest) -> Result<Manifest, Error> {
     if root.pieces.len() > MAX_PIECES {
         return Err(corrupt(format!("the manifest names {} pieces (at most {MAX_PIECES})", root.pieces.len())));
     }
@@ -56,7 +68,7 @@ async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Ma
     // A window of fetches in flight, answered in order; each piece is
     // checked and decoded on a blocking thread as it arrives, so the
     // decoding (most of a manifest's cost) runs on every core.
-    let fetch = |p: &PieceRef| fetch_piece(store, p.clone(), found);
+    let fetch = |p: &PieceRef| fetch_piece(pieces, p.clone());
     let mut next = root.pieces.iter();
     let mut in_flight = futures::stream::FuturesOrdered::new();
     for p in next.by_ref().take(PIECES_IN_FLIGHT) {
@@ -80,8 +92,25 @@ async fn assemble(store: &dyn Store, root: Manifest, found: &Found) -> Result<Ma
 /// One piece, checked against its hash and its root's word, decoded on a
 /// blocking thread. A piece of another length than its root says, or that
 /// does not hash to its name, is a bad pool object: noted in `found`.
-async fn fetch_piece(store: &dyn Store, p: PieceRef, found: &Found) -> Result<Manifest, Error> {
+async fn fetch_piece(pieces: &Pieces<'_>, p: PieceRef) -> Result<Manifest, Error> {
+    let Pieces { store, found, cache } = *pieces;
     let (k, id, entries) = (piece_key(&p.id), p.id.clone(), p.entries);
+    // Held locally and whole: no request. (Checked here, as the store's
+    // copy is below: a local file that does not hash to its name is only
+    // ignored, never reported as a bad pool object.)
+    if let Some(bytes) = cache.and_then(|c| c.get(&id, p.size)) {
+        let local = tokio::task::spawn_blocking(move || {
+            let ok = blake3::hash(&bytes).to_hex().as_str() == id;
+            let piece = ok.then(|| Manifest::decode(&bytes).ok()).flatten();
+            piece.filter(|m| m.pieces.is_empty() && m.hot.is_empty() && m.entries.len() as u64 == entries)
+        })
+        .await
+        .map_err(|e| Error::joined("a manifest piece's decoder", e))?;
+        if let Some(piece) = local {
+            return Ok(piece);
+        }
+    }
+    let id = p.id.clone();
     let bytes = get_all(store, &k).await.map_err(|e| match e {
         StoreError::NotFound { .. } => Declined::NotFound(format!("piece {id} is gone")).into(),
         e => Error::Store(e),
@@ -101,35 +130,38 @@ async fn fetch_piece(store: &dyn Store, p: PieceRef, found: &Found) -> Result<Ma
         if !piece.pieces.is_empty() || !piece.hot.is_empty() || piece.entries.len() as u64 != entries {
             return Err((corrupt(format!("piece {id} is not what its root says")), false));
         }
-        Ok(piece)
+        Ok((piece, bytes))
     })
     .await
     .map_err(|e| Error::joined("a manifest piece's decoder", e))?;
-    checked.map_err(|(e, bad)| {
+    let (piece, bytes) = checked.map_err(|(e, bad)| {
         if bad {
             found.add(&k, p.size, "does not hash to its name");
         }
         e
-    })
+    })?;
+    if let Some(c) = cache {
+        c.put(&p.id, &bytes);
+    }
+    Ok(piece)
 }
 
 /// A root's hot piece (see [`Manifest::hot`]) as a validated manifest of
 /// its own generation; `None` when the root has none or it cannot be used
 /// (gone, corrupt, unsafe: logged), and the whole manifest is read first.
 pub(crate) async fn usable_hot(
-    store: &dyn Store,
+    pieces: &Pieces<'_>,
     root: &Manifest,
     limits: &sandcache_archive::Limits,
     dir: &Path,
     generation: &str,
-    found: &Found,
 ) -> Option<Manifest> {
     if root.hot.is_empty() {
         return None;
     }
     // Joined as a root's pieces are.
-    let pieces = Manifest { pieces: root.hot.clone(), ..Manifest::empty(root.version, root.created_ms) };
-    let checked = assemble(store, pieces, found).await.and_then(|hot| {
+    let hot = Manifest { pieces: root.hot.clone(), ..Manifest::empty(root.version, root.created_ms) };
+    let checked = assemble(pieces, hot).await.and_then(|hot| {
         hot.validate(limits, dir)?;
         Ok(hot)
     });

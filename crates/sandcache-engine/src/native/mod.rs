@@ -8,6 +8,7 @@ mod filesystem;
 mod live;
 mod manifest;
 mod parts;
+mod piece_cache;
 mod pieces;
 mod plan;
 mod prefetch;
@@ -18,7 +19,8 @@ mod writers;
 
 pub(crate) use build::build;
 pub(crate) use live::LiveDir;
-pub(crate) use manifest::{fetch_manifest, fetch_root, usable_hot, whole};
+pub(crate) use manifest::{Pieces, fetch_manifest, fetch_root, usable_hot, whole};
+pub(crate) use piece_cache::PieceCache;
 pub(crate) use pieces::split;
 pub(crate) use prefetch::Prefetch;
 pub(crate) use restoring::{RestoreStats, Restoring};

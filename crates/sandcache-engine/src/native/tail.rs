@@ -43,6 +43,8 @@ pub(crate) struct PendingManifest {
     pub(crate) root: Manifest,
     /// The target dir, which the whole manifest is validated against.
     pub(crate) dir: std::path::PathBuf,
+    /// Pieces held locally (see [`super::piece_cache`]).
+    pub(crate) cache: Option<Arc<super::piece_cache::PieceCache>>,
 }
 
 impl Tail {
@@ -57,10 +59,10 @@ impl Tail {
         limits: &sandcache_archive::Limits,
         found: &Found,
     ) -> Result<(Arc<Manifest>, Tail), Error> {
-        let Some(PendingManifest { root, dir }) = self.pending.take() else { return Ok((m, self)) };
+        let Some(PendingManifest { root, dir, cache }) = self.pending.take() else { return Ok((m, self)) };
         let hot = m;
         let started = std::time::Instant::now();
-        let whole = whole(store, root, found).await?;
+        let whole = whole(&super::manifest::Pieces { store, found, cache: cache.as_deref() }, root).await?;
         let limits = *limits;
         let whole = tokio::task::spawn_blocking(move || whole.validate(&limits, &dir).map(|()| whole))
             .await

@@ -141,14 +141,19 @@ async fn restore_native_root(
     }
     // Hot-first, with hot pieces: those alone before the swap, the whole
     // manifest after it, for the tail.
+    let cache = native::PieceCache::open(&target.pieces_dir()).map(Arc::new);
+    let pieces = native::Pieces { store, found, cache: cache.as_deref() };
     let hot = match opts.hot_first {
-        true => native::usable_hot(store, &root, &opts.limits, &target.dir, &info.key, found).await,
+        true => native::usable_hot(&pieces, &root, &opts.limits, &target.dir, &info.key).await,
         false => None,
     };
     let (m, pending, what) = match hot {
-        Some(hot) => (hot, Some(native::PendingManifest { root, dir: target.dir.clone() }), "hot pieces of"),
+        Some(hot) => {
+            let pending = native::PendingManifest { root, dir: target.dir.clone(), cache: cache.clone() };
+            (hot, Some(pending), "hot pieces of")
+        }
         None => {
-            let m = native::whole(store, root, found).await?;
+            let m = native::whole(&pieces, root).await?;
             m.validate(&opts.limits, &target.dir)?;
             (m, None, "manifest")
         }

@@ -18,7 +18,7 @@ mod native;
 /// Every outcome reason, the deadline with a stalled server, staging and
 /// swap, and interop with the seed's tar.
 mod outcomes;
-/// The key's pointer to its newest generation.
+/// Fewer requests before the first byte: the key's pointer, and pieces held locally.
 mod pointer;
 /// The content pool shared by keys, its marks and gc.
 mod pool;

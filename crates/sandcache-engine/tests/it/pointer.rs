@@ -148,3 +148,37 @@ async fn gc_and_delete_never_leave_a_pointer_to_a_removed_generation() {
     }
     settle();
 }
+
+/// The pieces a restore read are kept beside the state: the next restore
+/// (here of the same generation) asks the store for none of them. A local
+/// piece that is not what its name says is ignored, fetched again, and
+/// never reported as a bad pool object.
+#[tokio::test]
+async fn pieces_already_held_are_not_fetched_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    assert!(Cache::new(store.clone(), KEY).snapshot(&src, &snap()).await.is_done());
+    let dir = tmp.path().join("deno-dir");
+    let pieces_of = |w: &Wrapped| w.log().iter().filter(|(_, k)| k.ends_with(".tree")).count();
+    let restore = || async {
+        let wrapped = Arc::new(Wrapped::new(store.clone()));
+        let out = Cache::new(wrapped.clone(), KEY).restore(&dir, &quick()).await;
+        assert!(out.is_done(), "{}", out.to_json());
+        settle();
+        wrapped
+    };
+    assert!(pieces_of(&*restore().await) > 0, "the first restore fetches its pieces");
+    assert_eq!(pieces_of(&*restore().await), 0, "the second holds them");
+    let cache = tmp.path().join(".deno-dir.sandcache-pieces");
+    let held: Vec<_> = fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(!held.is_empty());
+    for p in &held {
+        let len = fs::metadata(p).unwrap().len() as usize;
+        fs::write(p, vec![b'x'; len]).unwrap();
+    }
+    assert_eq!(pieces_of(&*restore().await), held.len(), "damaged local pieces are fetched again");
+    assert!(store.list("pool/bad/").await.unwrap().is_empty(), "and not reported");
+    assert_eq!(fs::read(dir.join("npm/registry.npmjs.org/pkg/1.0.0/package.json")).unwrap(), b"{\"name\":\"pkg\"}");
+}
