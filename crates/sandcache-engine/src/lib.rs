@@ -24,6 +24,26 @@
 //! println!("{}", outcome.to_json());
 //! # }
 //! ```
+//!
+//! Where things live (data flows down: the public calls at the top, the
+//! shared rooms at the bottom; `restore/` and `snapshot.rs` never import
+//! each other, and `native/` imports neither):
+//!
+//! | file | holds |
+//! |---|---|
+//! | `cache.rs` | [`Cache`]: a store and a key, or the reason there is none; `Cache::bounded`, the one place an [`Error`] becomes a [`Reason`] |
+//! | `restore/` | the restore: public calls, the chain of candidates, a native generation, a single archive (see its `mod.rs`) |
+//! | `snapshot.rs` | the snapshot: native (build, pieces, pool uploads, manifest) and tgz |
+//! | `gc.rs`, `delete.rs` | retention per key and store-wide, with the bad-object checks; a key's removal |
+//! | `native/` | the native format's restore and build steps (see its `mod.rs`) |
+//! | `lockkey.rs`, `lockkey/canon.rs` | lockfile keys ([`lock_key`]) and canonical JSON |
+//! | `bad.rs` | pool objects found bad: recorded locally and as marks |
+//! | `target.rs` | the dir: staging, lock, the atomic swap, bookkeeping paths |
+//! | `bookkeeping.rs` | the state (which generation the dir matches) and the index (hashes kept while files are unchanged) |
+//! | `layout.rs` | every object name in a store, and key checks |
+//! | `options.rs`, `config.rs` | the public calls' options; configuration from the seed's variables |
+//! | `outcome.rs`, `error.rs` | what an operation ended as; the one `Error` |
+//! | `background.rs`, `pipe.rs` | work that outlives an operation; channels between async and blocking sides |
 
 mod background;
 mod bad;

@@ -1,4 +1,13 @@
-//! Snapshot: walk → tar → compress → streamed multipart upload.
+//! Snapshot: the dir, once its dependencies are warm, uploaded as a new
+//! generation when it changed.
+//!
+//! * Native (the default): `native::build` walks the dir (reusing the
+//!   index's hashes and the base generation's content), hands each new
+//!   pack to the pool as it fills (`put_pool`: skipped when the pool holds
+//!   it, salted past a bad object), then uploads the manifest's pieces the
+//!   pool lacks and the root last; a pack gone meanwhile withdraws it.
+//! * tgz (`--format tgz`): walk → tar → gzip → one streamed multipart
+//!   upload at the key itself (the seed's `cache.tgz`).
 
 use std::path::Path;
 use std::sync::Arc;

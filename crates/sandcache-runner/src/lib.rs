@@ -15,6 +15,21 @@
 //! sandcache_runner::serve(listener, runner, async { let _ = tokio::signal::ctrl_c().await; }).await
 //! # }
 //! ```
+//!
+//! | file | holds |
+//! |---|---|
+//! | `server.rs` | the accept loops ([`serve`], [`serve_with`]): the site's, admin and metrics listeners |
+//! | `http/` | each listener's routes, their handlers, the seed's error shape |
+//! | `admin/` | which requests are the runner's, who may make them, the admin credential |
+//! | `proxy.rs` | the reverse proxy to the worker, credentials stripped |
+//! | `runner.rs` | [`Runner`] and its state: the phase, the deployment, the history |
+//! | `lifecycle.rs` | deploy (restore, clone, legacy cache, worker, snapshot) and undeploy |
+//! | `snapshots.rs` | the deps-ready snapshot, one on request, the final one |
+//! | `clone.rs`, `legacy.rs`, `workdirs.rs` | the site's code; the seed's legacy build cache; the dirs a deploy uses |
+//! | `worker.rs` | the worker process: started, logged, watched, stopped |
+//! | `isolation/` | the worker kept away from the runner: its uid, peer checks, sweeps, kills |
+//! | `deploy.rs`, `config.rs` | the deploy body, validated; [`RunnerConfig`] |
+//! | `status.rs`, `metrics.rs`, `error.rs` | [`Status`], the API's contract; Prometheus [`Metrics`]; [`DeployError`] |
 
 pub mod admin;
 mod clone;

@@ -18,6 +18,16 @@
 //! println!("{} bytes", object.size);
 //! # Ok(()) }
 //! ```
+//!
+//! | file | holds |
+//! |---|---|
+//! | `store.rs` | the [`Store`] trait, and the objects it hands back ([`GetObject`], [`ObjectInfo`]) |
+//! | `local.rs` | [`LocalStore`]: one file per object, written by rename |
+//! | `s3.rs` | [`S3Store`], through `object_store`; `profile.rs`: the shared credentials file |
+//! | `spec.rs`, `open.rs` | [`StoreSpec`] (`s3://bucket/prefix`, a path), checked before any client sees it; [`open`] |
+//! | `options.rs` | [`StoreOptions`]: timeouts, retries, part sizes |
+//! | `key.rs`, `error.rs` | what a key may be ([`check_key`]); [`StoreError`] |
+//! | `recycle.rs` | [`Recycler`]: buffers handed out as `Bytes` and taken back |
 
 mod error;
 mod key;

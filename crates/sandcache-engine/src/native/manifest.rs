@@ -16,7 +16,7 @@ use super::piece_cache::PieceCache;
 use super::prefetch::get_all;
 use sandcache_archive::pack::Joiner;
 
-/// A generation's manifest, whole: a root's pieces are fetched (16 at a
+/// A generation's manifest, whole: a root's pieces are fetched (64 at a
 /// time), each checked against its hash, and joined in order. A piece
 /// that is not what its name says goes into `found`.
 pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str, found: &Found) -> Result<Manifest, Error> {

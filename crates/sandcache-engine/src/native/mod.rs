@@ -1,6 +1,30 @@
 //! The native format: a generation restored from content-addressed packs
 //! (into staging, or in two phases), and built from a walk of the dir.
-//! Where its objects live: [`crate::layout`].
+//! Where its objects live: [`crate::layout`]; the manifest itself and its
+//! algebra: `sandcache_archive::pack`.
+//!
+//! Restoring, in the order a restore uses them:
+//!
+//! | file | holds | key types |
+//! |---|---|---|
+//! | `manifest.rs` | a generation's root, pieces and hot pieces, fetched, checked and joined | `fetch_root`, `whole`, `usable_hot` |
+//! | `prefetch.rs` | packs downloading whole while the manifest is read; frames kept for the tail | `Prefetch` |
+//! | `restoring.rs` | what one generation's restore steps share, and what it reports | `Restoring`, `RestoreStats` |
+//! | `plan.rs` | each file's slices per frame, frames coalesced into ranges per pack | `Slice`, `Run` |
+//! | `fetch.rs` | ranged downloads feeding frames to the writers, within the in-flight budget | `FrameJob`, `Fetches` |
+//! | `writers.rs` | the writer threads: frames decoded, slices written | `Sink`, `write_frames` |
+//! | `filesystem.rs` | how an entry is made on disk: modes under the umask, metadata on the fd | `Umask` |
+//! | `parts.rs` | a large file's hash from its parts, merged as they are written | `PartHashes` |
+//! | `staging.rs` | phase one (or the only phase): a manifest into a private staging dir | `restore_into` |
+//! | `tail.rs` | phase two: the files that are not hot, into the live dir | `Tail`, `PendingManifest`, `restore_tail` |
+//! | `live.rs` | the live dir of phase two: files placed whole, what a tail that did not land leaves | `LiveDir` |
+//!
+//! Snapshotting:
+//!
+//! | file | holds | key types |
+//! |---|---|---|
+//! | `build.rs` | the walk (through the archive's `Selection`), content reused from the base, new packs hot and cold apart, the manifest | `build`, `SnapshotPlan` |
+//! | `pieces.rs` | a manifest cut into content-addressed pieces and a root, and the hot pieces | `split` |
 
 mod build;
 mod fetch;
