@@ -81,6 +81,12 @@ pub struct RunnerConfig {
     /// Runner-wide fallbacks (keys, or `prefix/`es), tried after a deploy's
     /// own `DECO_CACHE_S3_FALLBACK_KEYS`. Only ever read.
     pub fallbacks: Vec<String>,
+    /// Pre-warm DENO_DIR with this key (or the newest generation under
+    /// this `prefix/`) while no site is deployed (see `prewarm`).
+    pub prewarm: Option<String>,
+    /// How often an idle runner checks the pre-warmed base for a newer
+    /// generation.
+    pub prewarm_refresh: Duration,
     /// Start the worker at `hot-ready` (the hot set in place), while the
     /// rest of the cache lands (`SANDCACHE_HOT_FIRST=0` turns it off).
     pub hot_first: bool,
@@ -122,6 +128,8 @@ impl Default for RunnerConfig {
             worker_user: None,
             state_dir: std::env::temp_dir().join(format!("sandcache-runner-{}", rustix::process::getuid().as_raw())),
             sweep_descendants: false,
+            prewarm: None,
+            prewarm_refresh: Duration::from_secs(300),
             hot_first: true,
             serve_during_tail: false,
         }

@@ -25,6 +25,7 @@
 //! | `runner.rs` | [`Runner`] and its state: the phase, the deployment, the history |
 //! | `lifecycle.rs` | deploy (restore, clone, legacy cache, worker, snapshot) and undeploy |
 //! | `snapshots.rs` | the deps-ready snapshot, one on request, the final one |
+//! | `prewarm.rs` | the pool-wide base restored into DENO_DIR while idle, at low priority |
 //! | `clone.rs`, `legacy.rs`, `workdirs.rs` | the site's code; the seed's legacy build cache; the dirs a deploy uses |
 //! | `worker.rs` | the worker process: started, logged, watched, stopped |
 //! | `isolation/` | the worker kept away from the runner: its uid, peer checks, sweeps, kills |
@@ -41,6 +42,7 @@ pub mod isolation;
 mod legacy;
 mod lifecycle;
 mod metrics;
+mod prewarm;
 mod proxy;
 mod runner;
 mod server;
@@ -58,6 +60,7 @@ pub use http::{admin_app, app, metrics_app};
 pub use isolation::Peer;
 pub use legacy::{LegacyCache, vars as legacy_vars};
 pub use metrics::Metrics;
+pub use prewarm::PrewarmStatus;
 pub use runner::{LastDeploy, Runner};
 pub use server::{AdminListener, ExtraListeners, serve, serve_with};
 pub use status::{CacheStatus, Status, Timings};

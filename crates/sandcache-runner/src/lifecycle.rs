@@ -32,6 +32,8 @@ impl Runner {
                 _ => return Err(DeployError::Conflict("Already deployed".into())),
             }
         }
+        // A pre-warm lets go of the dir first.
+        self.prewarm.cancel().await;
         let mut cancelled = match &*lock(&self.phase) {
             Phase::Deploying { cancel, .. } => cancel.subscribe(),
             _ => unreachable!("set above"),
@@ -83,6 +85,11 @@ impl Runner {
             Err(_) => "error",
         };
         self.metrics.deployed(outcome, started.elapsed());
+        if result.is_err() {
+            // Idle again: the pod pre-warms again (emptying DENO_DIR first,
+            // as it may hold what this deploy restored).
+            self.start_prewarm();
+        }
         lock(&self.history).deploy = Some(match &result {
             Ok(_) => LastDeploy { ok: true, outcome: None, error: None, at, ms },
             Err(e) => LastDeploy { ok: false, outcome: Some(outcome), error: Some(e.to_string()), at, ms },
@@ -174,7 +181,13 @@ impl Runner {
     async fn prepare(&self, user: WorkerUser) -> Result<PathBuf, DeployError> {
         self.sweep().await;
         let home = workdirs::prepare_worker_home(&self.cfg, user).map_err(DeployError::Failed)?;
-        workdirs::clear(&self.cfg, &self.cfg.deno_dir).await?;
+        // A dir only pre-warms wrote since it was emptied is kept: the
+        // restore then writes what this site adds to the base. From here
+        // on it is this site's.
+        if !self.prewarm.pristine() {
+            workdirs::clear(&self.cfg, &self.cfg.deno_dir).await?;
+        }
+        self.prewarm.set_pristine(false);
         Ok(home)
     }
 
@@ -436,6 +449,8 @@ impl Runner {
             }
             *lock(&this.phase) = Phase::Idle;
             tracing::info!(target: "sandbox", site = %d.site, "undeployed {}", d.site);
+            // Emptied above (if that failed, the pre-warm empties it first).
+            this.start_prewarm();
             d.site.clone()
         });
         task.await.map_err(|e| DeployError::Failed(format!("undeploy task failed: {e}")))

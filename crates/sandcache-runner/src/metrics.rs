@@ -42,6 +42,8 @@ pub struct Metrics {
     worker_boot: Histogram,
     first_response: Histogram,
     worker_tail_restarts: Counter,
+    prewarms: Family<DeployLabels, Counter>,
+    prewarm_duration: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,6 +194,17 @@ impl Default for Metrics {
             "Workers started again because they exited before the restore's tail landed",
             worker_tail_restarts.clone(),
         );
+        let prewarms = Family::<DeployLabels, Counter>::default();
+        registry.register(
+            "prewarms",
+            "Pre-warms of DENO_DIR with the pool-wide base, by outcome (ok, error)",
+            prewarms.clone(),
+        );
+        for outcome in ["ok", "error"] {
+            let _ = prewarms.get_or_create(&DeployLabels { outcome });
+        }
+        let prewarm_duration = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]);
+        registry.register("prewarm_seconds", "Time a pre-warm took (at low priority)", prewarm_duration.clone());
         // Every label set exists from the start, so a dashboard sees zeros.
         for op in [Op::Restore, Op::Snapshot] {
             let labels = OpLabels { op: op_name(op) };
@@ -225,6 +238,8 @@ impl Default for Metrics {
             worker_boot,
             first_response,
             worker_tail_restarts,
+            prewarms,
+            prewarm_duration,
         }
     }
 }
@@ -247,6 +262,12 @@ impl Metrics {
             self.transferred.get_or_create(&OpLabels { op }).inc_by(d.transferred);
             self.files.get_or_create(&OpLabels { op }).inc_by(d.files);
         }
+    }
+
+    /// A pre-warm ended: restored (`ok`) or not (`error`), after `took`.
+    pub(crate) fn prewarmed(&self, ok: bool, took: std::time::Duration) {
+        self.prewarms.get_or_create(&DeployLabels { outcome: if ok { "ok" } else { "error" } }).inc();
+        self.prewarm_duration.observe(took.as_secs_f64());
     }
 
     pub fn worker_started(&self) {

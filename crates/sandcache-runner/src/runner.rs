@@ -140,6 +140,8 @@ pub struct Runner {
     pub(crate) snapshots: Snapshots,
     /// What the last deploy, restore and snapshot did.
     pub(crate) history: Mutex<History>,
+    /// The pool-wide base, restored into DENO_DIR while idle.
+    pub(crate) prewarm: crate::prewarm::Prewarm,
 }
 
 /// A lock whose holder panicked is still usable: every value behind one
@@ -157,6 +159,7 @@ impl Runner {
             client: crate::proxy::client(),
             snapshots: Snapshots::default(),
             history: Mutex::new(History::default()),
+            prewarm: Default::default(),
         })
     }
 

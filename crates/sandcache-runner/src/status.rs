@@ -31,6 +31,8 @@ pub struct Status {
     pub last_deploy: Option<LastDeploy>,
     pub timings: Timings,
     pub cache: CacheStatus,
+    /// The pre-warm (`--prewarm`): its state and last outcome.
+    pub prewarm: crate::prewarm::PrewarmStatus,
 }
 
 /// What the last deploy's user waited for, in milliseconds.
@@ -111,6 +113,7 @@ impl Runner {
             last_deploy,
             timings,
             cache: CacheStatus { restore, snapshot, snapshot_running: self.snapshots.running(), tail_landing: landing },
+            prewarm: self.prewarm.status(),
         }
     }
 }
@@ -132,6 +135,7 @@ mod tests {
                 "sandbox": true, "deployed": false, "deploying": false, "site": null, "worker": "none",
                 "worker_restarts": 0, "worker_last_exit": null, "phase": "idle", "last_deploy": null,
                 "timings": timings, "cache": cache,
+                "prewarm": {"state": "off", "source": null, "from_key": null, "ms": null, "at": null, "outcome": null, "error": null},
             })
         );
         let ok = LastDeploy { ok: true, outcome: None, error: None, at: 7, ms: 3 };

@@ -17,8 +17,7 @@ pub(crate) fn cache_state_dir(cfg: &RunnerConfig) -> PathBuf {
 /// list or write) and a fresh, empty HOME and TMPDIR owned by the
 /// worker, under `worker/`. Returns `worker/`.
 pub(crate) fn prepare_worker_home(cfg: &RunnerConfig, user: WorkerUser) -> Result<PathBuf, String> {
-    private_dir(&cfg.state_dir, 0o711)?;
-    private_dir(&cache_state_dir(cfg), 0o700)?;
+    prepare_state_dir(cfg)?;
     let base = cfg.state_dir.join("worker");
     remove_dir(&base).map_err(|e| format!("cleaning {}: {e}", base.display()))?;
     private_dir(&base, 0o711)?;
@@ -28,6 +27,12 @@ pub(crate) fn prepare_worker_home(cfg: &RunnerConfig, user: WorkerUser) -> Resul
         give_to(&d, user)?;
     }
     Ok(base)
+}
+
+/// The state dir (0711) and the cache's bookkeeping in it (0700).
+pub(crate) fn prepare_state_dir(cfg: &RunnerConfig) -> Result<(), String> {
+    private_dir(&cfg.state_dir, 0o711)?;
+    private_dir(&cache_state_dir(cfg), 0o700)
 }
 
 /// Empties the cache dir (moved aside, removed in the background).

@@ -40,6 +40,12 @@ pub const AWS_ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
 pub const AWS_REGION: &str = "AWS_REGION";
 pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
 
+/// `serve`: what to pre-warm DENO_DIR with while no site is deployed
+/// (`--prewarm`): a key, or a `prefix/`, in the runner-wide store.
+pub const SANDCACHE_PREWARM: &str = "SANDCACHE_PREWARM";
+/// `serve`: how often an idle runner looks for a newer generation of the
+/// pre-warmed base, in seconds (`--prewarm-refresh-secs`, default 300).
+pub const SANDCACHE_PREWARM_REFRESH_SECS: &str = "SANDCACHE_PREWARM_REFRESH_SECS";
 /// `serve`: `0` turns off starting the worker at `hot-ready` (the hot set
 /// in place, the rest still landing); on by default.
 pub const SANDCACHE_HOT_FIRST: &str = "SANDCACHE_HOT_FIRST";

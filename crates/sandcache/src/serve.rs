@@ -33,6 +33,18 @@ pub struct ServeArgs {
     #[arg(long = "fallback-key", value_name = "F", env = env_vars::DECO_CACHE_S3_FALLBACK_KEYS)]
     #[arg(value_delimiter = ',', value_parser = crate::settings::parse_fallback)]
     fallbacks: Vec<String>,
+    /// Pre-warm DENO_DIR while no site is deployed: a key, or a prefix
+    /// ending in `/` (its newest generation), from the runner-wide store.
+    /// For a generic pool, the platform's shared base; for a tenant pool,
+    /// the site's own key. A deploy's restore then writes only what differs.
+    #[arg(long, value_name = "F", env = env_vars::SANDCACHE_PREWARM)]
+    #[arg(value_parser = crate::settings::parse_fallback)]
+    prewarm: Option<String>,
+    /// How often an idle runner looks for a newer generation of the
+    /// pre-warmed base, in seconds.
+    #[arg(long, value_name = "SECS", env = env_vars::SANDCACHE_PREWARM_REFRESH_SECS, default_value = "300")]
+    #[arg(value_parser = clap::value_parser!(u64).range(1..))]
+    prewarm_refresh_secs: u64,
     /// Restore deadline in seconds.
     #[arg(long, env = env_vars::SANDCACHE_TIMEOUT, default_value = "30", value_name = "SECS")]
     restore_timeout: f64,
@@ -282,6 +294,8 @@ fn config(args: &ServeArgs) -> Result<Plan, String> {
         runner_env: env,
         legacy_vars,
         fallbacks: args.fallbacks.clone(),
+        prewarm: args.prewarm.clone(),
+        prewarm_refresh: std::time::Duration::from_secs(args.prewarm_refresh_secs),
         hot_first: args.hot_first,
         serve_during_tail: args.serve_during_tail,
         ..RunnerConfig::default()
@@ -393,6 +407,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
         // A subreaper (or PID 1) adopts every orphan below it: the exited
         // ones are collected, so none stays a zombie.
         isolation::start_orphan_reaper();
+        runner.start_prewarm();
         let second = runner.clone();
         let shutdown = async move {
             shutdown_signal().await;

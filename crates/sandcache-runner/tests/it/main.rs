@@ -10,6 +10,8 @@ mod api;
 mod e2e;
 /// A hot-first restore under the runner: the worker at hot-ready.
 mod hot;
+/// Pre-warmed pods: the base in DENO_DIR while idle.
+mod prewarm;
 /// The deploy body's fuzz seeds, replayed.
 mod seeds;
 

@@ -1,0 +1,223 @@
+//! Pre-warming: while no site is deployed, the pool-wide base (`--prewarm`,
+//! a key or a `prefix/`) is restored into DENO_DIR, so that a deploy's
+//! restore writes only what its site adds to the base.
+//!
+//! * It runs only while the runner is idle: at start, and after each
+//!   undeploy (which empties DENO_DIR first, as always). It is refreshed
+//!   every `--prewarm-refresh` while idle, so a long-idle pod is not
+//!   stale: with the key's pointer that check is one GET, and a restore of
+//!   an unchanged generation writes nothing.
+//! * It is advisory and bounded as any restore (the restore timeout), and
+//!   runs at low priority: its own runtime, whose threads (and every thread
+//!   they start: the writers, background removals) run at nice 19, which
+//!   also makes their IO the lowest best-effort level.
+//! * A deploy cancels it first ([`Prewarm::cancel`]): its future is dropped
+//!   (a restore's staging goes, a delta leaves every unit whole), the
+//!   dir's lock is free within [`CANCEL_BOUND`], and the deploy's restore
+//!   starts from whatever the state proves.
+//! * No worker ever runs against the pre-warmed tree before a deploy's own
+//!   restore has made it that site's, and DENO_DIR is kept at a deploy only
+//!   while [`Prewarm::pristine`] says nothing but pre-warms wrote it since
+//!   it was last emptied.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use sandcache_engine::{Cache, Outcome, RestoreOptions};
+use serde::Serialize;
+
+use crate::runner::{Phase, Runner, lock};
+use crate::workdirs;
+
+/// How long a deploy waits for a cancelled pre-warm to let go of the dir.
+pub(crate) const CANCEL_BOUND: Duration = Duration::from_secs(2);
+
+/// What `/sandbox/status` shows of the pre-warm.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrewarmStatus {
+    /// `off` (no `--prewarm`), `waiting` (for the runner to be idle, or the
+    /// next refresh), `running`, `ready`, `failed` (the last one did not
+    /// restore: the reason is in `outcome`) or `cancelled` (by a deploy).
+    pub state: &'static str,
+    /// What is pre-warmed: the key or `prefix/`.
+    pub source: Option<String>,
+    /// The key whose generation is in DENO_DIR.
+    pub from_key: Option<String>,
+    /// How long the last pre-warm took, in milliseconds.
+    pub ms: Option<u64>,
+    /// When the last one ended, in Unix milliseconds.
+    pub at: Option<u64>,
+    /// The last pre-warm's outcome: the object `sandcache restore --json`
+    /// prints.
+    pub outcome: Option<serde_json::Value>,
+    /// Why the last one could not start (the dirs could not be prepared).
+    pub error: Option<String>,
+}
+
+impl Default for PrewarmStatus {
+    fn default() -> Self {
+        PrewarmStatus { state: "off", source: None, from_key: None, ms: None, at: None, outcome: None, error: None }
+    }
+}
+
+/// The runner's pre-warm: its task, and what it did.
+#[derive(Debug, Default)]
+pub(crate) struct Prewarm {
+    status: Mutex<PrewarmStatus>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// DENO_DIR holds nothing but what pre-warms wrote since it was last
+    /// emptied: a deploy may restore over it.
+    pristine: AtomicBool,
+}
+
+impl Prewarm {
+    pub(crate) fn status(&self) -> PrewarmStatus {
+        lock(&self.status).clone()
+    }
+
+    pub(crate) fn pristine(&self) -> bool {
+        self.pristine.load(Ordering::SeqCst)
+    }
+
+    /// DENO_DIR was just emptied, or a deploy's restore is about to make it
+    /// a site's.
+    pub(crate) fn set_pristine(&self, pristine: bool) {
+        self.pristine.store(pristine, Ordering::SeqCst);
+    }
+
+    /// Stops a running pre-warm: its future is dropped, and this waits (up
+    /// to [`CANCEL_BOUND`]) until it has let go of the dir. Returns whether
+    /// one was running.
+    pub(crate) async fn cancel(&self) -> bool {
+        let Some(task) = lock(&self.task).take() else { return false };
+        if task.is_finished() {
+            return false;
+        }
+        task.abort();
+        let started = Instant::now();
+        if tokio::time::timeout(CANCEL_BOUND, task).await.is_err() {
+            tracing::warn!(target: "sandbox-cache", "the pre-warm did not stop within {CANCEL_BOUND:?}");
+        }
+        let mut status = lock(&self.status);
+        if status.state == "running" {
+            status.state = "cancelled";
+        }
+        tracing::info!(target: "sandbox-cache", ms = started.elapsed().as_millis() as u64, "pre-warm cancelled by a deploy");
+        true
+    }
+}
+
+/// The runtime pre-warms run on: one worker thread, a few blocking ones,
+/// all at low CPU and IO priority. One per process, never dropped.
+fn low_priority_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(8)
+                .thread_name("sandcache-prewarm")
+                .on_thread_start(lower_priority)
+                .enable_all()
+                .build()
+                .inspect_err(|e| tracing::warn!(target: "sandbox-cache", "no pre-warm runtime: {e}"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The calling thread at nice 19 (per thread on Linux, where `who` 0 is
+/// the calling thread, and inherited by the threads it starts). With no IO
+/// priority of its own, a thread's IO priority follows its nice value: the
+/// lowest best-effort level, for the schedulers that weigh them (BFQ). The
+/// idle IO class would need `ioprio_set`, which no safe wrapper offers.
+fn lower_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::debug!(target: "sandbox-cache", "the pre-warm runs at normal priority: {e}");
+    }
+}
+
+impl Runner {
+    /// Starts pre-warming (with `--prewarm`, while idle): now, then every
+    /// `--prewarm-refresh`. Does nothing when one is running already.
+    pub fn start_prewarm(self: &Arc<Self>) {
+        let Some(source) = self.cfg.prewarm.clone() else {
+            lock(&self.prewarm.status).state = "off";
+            return;
+        };
+        let Some(runtime) = low_priority_runtime() else { return };
+        let mut task = lock(&self.prewarm.task);
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        {
+            let mut status = lock(&self.prewarm.status);
+            status.source = Some(source.clone());
+            status.state = "waiting";
+        }
+        let this = self.clone();
+        *task = Some(runtime.spawn(async move {
+            loop {
+                if !matches!(&*lock(&this.phase), Phase::Idle) {
+                    return;
+                }
+                this.prewarm_once(&source).await;
+                tokio::time::sleep(this.cfg.prewarm_refresh).await;
+            }
+        }));
+    }
+
+    /// One pre-warm: DENO_DIR emptied first unless pristine, then the base
+    /// restored into it (a delta over what an earlier pre-warm left).
+    async fn prewarm_once(&self, source: &str) {
+        lock(&self.prewarm.status).state = "running";
+        let started = Instant::now();
+        let prepared = match workdirs::prepare_state_dir(&self.cfg) {
+            Err(e) => Err(e),
+            Ok(()) if self.prewarm.pristine() => Ok(()),
+            Ok(()) => workdirs::clear(&self.cfg, &self.cfg.deno_dir).await.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = prepared {
+            tracing::warn!(target: "sandbox-cache", "pre-warm: {e}");
+            let mut status = lock(&self.prewarm.status);
+            (status.state, status.error) = ("failed", Some(e));
+            return;
+        }
+        self.prewarm.set_pristine(true);
+        let user = self.worker_user();
+        // A key, or the newest generation under a `prefix/` (as a
+        // fallback): the key itself is then the prefix's name, which holds
+        // nothing.
+        let key = source.trim_end_matches('/');
+        let fallbacks = if source.ends_with('/') { vec![source.to_owned()] } else { Vec::new() };
+        let mut config = self.cfg.cache_defaults.clone();
+        config.key = Some(key.to_owned());
+        let cache = Cache::open(&config, &self.cfg.store_options);
+        let opts = RestoreOptions {
+            timeout: self.cfg.restore_timeout,
+            limits: self.cfg.restore_limits,
+            owner: user.is_separate().then_some((user.uid, user.gid)),
+            state_dir: Some(workdirs::cache_state_dir(&self.cfg)),
+            hot_first: false,
+            fallbacks,
+            ..Default::default()
+        };
+        let outcome = cache.restore(&self.cfg.deno_dir, &opts).await;
+        self.finish_prewarm(outcome, started);
+    }
+
+    fn finish_prewarm(&self, outcome: Outcome, started: Instant) {
+        let took = started.elapsed();
+        self.metrics.prewarmed(outcome.is_done(), took);
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut status = lock(&self.prewarm.status);
+        status.state = if outcome.is_done() { "ready" } else { "failed" };
+        status.from_key = outcome.from_key.clone().filter(|_| outcome.is_done()).or(status.from_key.take());
+        status.ms = Some(took.as_millis() as u64);
+        status.at = Some(at);
+        status.outcome = Some(outcome.to_json());
+        status.error = None;
+        tracing::info!(target: "sandbox-cache", ms = took.as_millis() as u64, "pre-warm {}: {}", status.state, outcome.to_json());
+    }
+}

@@ -1,0 +1,109 @@
+//! Pre-warmed pods: the pool-wide base restored into DENO_DIR while idle,
+//! cancelled by a deploy, kept for the deploy's restore, and never seen by
+//! a worker of another site.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use sandcache_engine::{Cache, CacheConfig, SnapshotOptions};
+use sandcache_runner::Runner;
+use sandcache_store::{LocalStore, StoreSpec};
+use serde_json::{Value, json};
+
+use crate::support::{call, test_config, wait_status};
+
+/// A base in a local store, with one npm package.
+async fn base(store: &Path, tmp: &Path) {
+    let src = tmp.join("base-src");
+    let pkg = src.join("npm/registry.npmjs.org/base-pkg/1.0.0");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("index.js"), "export const base = 1;\n").unwrap();
+    std::fs::write(pkg.join("package.json"), r#"{"name":"base-pkg","version":"1.0.0"}"#).unwrap();
+    let cache = Cache::new(std::sync::Arc::new(LocalStore::new(store)), "base/deno");
+    let out = cache.snapshot(&src, &SnapshotOptions::default()).await;
+    assert!(out.is_done(), "{}", out.to_json());
+}
+
+/// Idle, the runner pre-warms DENO_DIR with the base; a deploy whose
+/// fallback is the base restores over it; its worker's writes do not
+/// survive the undeploy, after which the pod pre-warms again.
+#[tokio::test]
+async fn an_idle_runner_prewarms_and_a_deploy_restores_over_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    base(&store, tmp.path()).await;
+    let mut cfg = test_config(tmp.path());
+    cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::Local(store.clone())), key: None };
+    cfg.prewarm = Some("base/deno".into());
+    cfg.fallbacks = vec!["base/deno".into()];
+    let deno_dir = cfg.deno_dir.clone();
+    let runner = Runner::new(cfg);
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!(st["prewarm"]["state"], "off", "not started yet: {st}");
+    runner.start_prewarm();
+    let st = wait_status(&runner, 20, "the pre-warm", |s| s["prewarm"]["state"] == "ready").await;
+    assert_eq!(st["prewarm"]["source"], "base/deno", "{st}");
+    assert_eq!(st["prewarm"]["from_key"], "base/deno", "{st}");
+    assert_eq!(st["prewarm"]["outcome"]["ok"], true, "{st}");
+    let index = deno_dir.join("npm/registry.npmjs.org/base-pkg/1.0.0/index.js");
+    assert!(index.is_file(), "the base is in DENO_DIR");
+    assert!(runner.metrics().encode().contains("prewarms_total{outcome=\"ok\"} 1"));
+
+    // A worker that records what it finds, and leaves a file behind.
+    let script = format!(
+        "ls -R \"$DENO_DIR\" > {}/seen.txt; echo site-a > \"$DENO_DIR/left-by-a\"; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
+        tmp.path().display()
+    );
+    let (s, v) =
+        call(&runner, "POST", "/sandbox/deploy", json!({"site": "a", "runCommand": ["sh", "-c", script]})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let st = wait_status(&runner, 20, "the worker", |s| s["worker"] == "ready").await;
+    assert_eq!(st["cache"]["restore"]["ok"], true, "{st}");
+    assert_eq!(st["cache"]["restore"]["from_key"], "base/deno", "the fallback, over the pre-warm: {st}");
+    let seen = std::fs::read_to_string(tmp.path().join("seen.txt")).unwrap();
+    assert!(seen.contains("base-pkg"), "the worker sees its restored cache: {seen}");
+    let (s, _) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    // Emptied at undeploy, then pre-warmed again: nothing of site a.
+    let st =
+        wait_status(&runner, 20, "the next pre-warm", |s| s["prewarm"]["state"] == "ready" && s["phase"] == "idle")
+            .await;
+    assert!(index.is_file(), "{st}");
+    assert!(!deno_dir.join("left-by-a").exists(), "site a's file survived into the pre-warm");
+    sandcache_engine::wait_for_background(Duration::from_secs(10));
+}
+
+/// A deploy during a pre-warm (here stuck on a store that never answers)
+/// cancels it within a bound, and its own restore runs at once.
+#[tokio::test]
+async fn a_deploy_cancels_a_running_prewarm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = sandcache_testkit::net::stalling_server(vec![]).await;
+    let mut cfg = test_config(tmp.path());
+    let mut spec = sandcache_store::S3Spec::new("bucket");
+    spec.endpoint = Some(format!("http://{addr}"));
+    let (key_id, secret) = ("key".to_owned(), "secret".to_owned());
+    spec.credentials = Some(sandcache_store::StaticCredentials { key_id, secret, session_token: None });
+    cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::S3(spec)), key: None };
+    cfg.restore_timeout = Duration::from_secs(60);
+    cfg.prewarm = Some("base/".into());
+    let runner = Runner::new(cfg);
+    runner.start_prewarm();
+    wait_status(&runner, 10, "the pre-warm to start", |s| s["prewarm"]["state"] == "running").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The deploy's own restore uses the same stalled store: it is cancelled
+    // in turn by an undeploy. What matters is how soon the pre-warm goes.
+    let started = Instant::now();
+    let r2 = runner.clone();
+    let deploy =
+        tokio::spawn(async move { call(&r2, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": []})).await });
+    let st = wait_status(&runner, 5, "the pre-warm cancelled", |s| s["prewarm"]["state"] == "cancelled").await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "the pre-warm took {took:?} to stop (restore timeout 60 s): {st}");
+    assert_eq!(st["deploying"], true, "{st}");
+    let (s, _) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = deploy.await.unwrap();
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+}
