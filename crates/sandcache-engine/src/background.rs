@@ -45,6 +45,9 @@ pub(crate) fn remove_in_background(paths: Vec<PathBuf>) {
         return;
     }
     background("cleanup", move || {
+        // Removal is never urgent: it yields the CPU (and, following the
+        // nice value, the disk) to whatever else runs. Only this thread.
+        let _ = rustix::process::setpriority_process(None, 19);
         for p in paths {
             // An abandoned restore's writers may still be finishing a file
             // in it: a second pass removes what they added meanwhile.

@@ -75,4 +75,4 @@ pub use options::{Format, RestoreOptions, SnapshotOptions};
 pub use outcome::{Done, Op, Outcome, Reason, Skip};
 pub use restore::RestoreHandle;
 pub use sandcache_archive::{Limits, Progress};
-pub use target::clear_dir;
+pub use target::{clear_dir, remove_leftovers};

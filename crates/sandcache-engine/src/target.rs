@@ -579,20 +579,54 @@ fn is_mount_root(dir: &Path) -> bool {
 
 /// Empties `dir` between two sites, so nothing of one reaches the next: its
 /// content is moved aside at once (renamed, or entry by entry when `dir` is
-/// a mount point) and removed in the background, and the state and index
-/// recorded for it are dropped. Afterwards `dir` exists and is empty. Takes
-/// the dir's lock, waiting up to `timeout`.
+/// a mount point), and the state and index recorded for it are dropped.
+/// Afterwards `dir` exists and is empty. Takes the dir's lock, waiting up
+/// to `timeout`.
+///
+/// The old tree is not removed now: on ext4, a restore that creates
+/// thousands of files while as many are being deleted is several times
+/// slower. It is closed to everyone but this process's user at once (its
+/// top dir ours and 0700: the next site's worker cannot enter it), and
+/// left for the next restore of `dir` to remove after its swap, or for
+/// [`remove_leftovers`]. Where it cannot be closed, it is removed in the
+/// background at once, as before.
 pub async fn clear_dir(dir: &Path, state_dir: Option<&Path>, timeout: Duration) -> io::Result<()> {
     let target = Target::resolve_for_restore(dir)?.with_state_dir(state_dir);
     if fs::symlink_metadata(&target.dir).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(io::Error::other(format!("{} is a symlink; it is never followed", target.dir.display())));
     }
     let _lock = target.lock(Instant::now() + timeout).await?;
-    let mut trash = target.leftovers();
-    trash.extend(target.clear()?);
+    let moved = target.clear()?;
     target.forget();
-    remove_in_background(trash);
+    if let Some(trash) = moved {
+        if let Err(e) = close_to_others(&trash) {
+            tracing::debug!("could not close {} to others ({e}): removing it now", trash.display());
+            remove_in_background(vec![trash]);
+        }
+    }
     Ok(())
+}
+
+/// Makes `dir` (not what is under it) ours and 0700: owner first, so that
+/// nobody else can change its mode back meanwhile.
+fn close_to_others(dir: &Path) -> io::Result<()> {
+    let fd = rustix::fs::open(dir, DIR_FLAGS, Mode::empty())?;
+    rustix::fs::fchown(&fd, Some(rustix::process::geteuid()), Some(rustix::process::getegid()))?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700))?;
+    Ok(())
+}
+
+/// Removes, in the background, what earlier runs left beside `dir`: old
+/// trees a [`clear_dir`] moved aside, stagings of restores that crashed.
+/// For an idle runner whose dir no restore follows soon. Takes the dir's
+/// lock, waiting up to `timeout`; returns how many it found.
+pub async fn remove_leftovers(dir: &Path, state_dir: Option<&Path>, timeout: Duration) -> io::Result<usize> {
+    let target = Target::resolve_for_restore(dir)?.with_state_dir(state_dir);
+    let _lock = target.lock(Instant::now() + timeout).await?;
+    let leftovers = target.leftovers();
+    let found = leftovers.len();
+    remove_in_background(leftovers);
+    Ok(found)
 }
 
 #[cfg(test)]

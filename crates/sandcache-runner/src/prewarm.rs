@@ -30,6 +30,11 @@ use serde::Serialize;
 use crate::runner::{Phase, Runner, lock};
 use crate::workdirs;
 
+/// How long an idle runner without `--prewarm` waits before removing the
+/// old trees emptying DENO_DIR left: a deploy that comes sooner removes
+/// them after its own restore.
+pub(crate) const IDLE_CLEANUP: Duration = Duration::from_secs(10);
+
 /// How long a deploy waits for a cancelled pre-warm to let go of the dir.
 pub(crate) const CANCEL_BOUND: Duration = Duration::from_secs(2);
 
@@ -141,16 +146,26 @@ fn lower_priority() {
 impl Runner {
     /// Starts pre-warming (with `--prewarm`, while idle): now, then every
     /// `--prewarm-refresh`. Does nothing when one is running already.
+    ///
+    /// Without `--prewarm`, an idle runner still removes, after
+    /// [`IDLE_CLEANUP`], the old trees that emptying DENO_DIR moved aside
+    /// (a restore removes them after its swap, off its critical path; see
+    /// [`sandcache_engine::clear_dir`]).
     pub fn start_prewarm(self: &Arc<Self>) {
-        let Some(source) = self.cfg.prewarm.clone() else {
-            lock(&self.prewarm.status).state = "off";
-            return;
-        };
         let Some(runtime) = low_priority_runtime() else { return };
         let mut task = lock(&self.prewarm.task);
         if task.as_ref().is_some_and(|t| !t.is_finished()) {
             return;
         }
+        let Some(source) = self.cfg.prewarm.clone() else {
+            lock(&self.prewarm.status).state = "off";
+            let this = self.clone();
+            *task = Some(runtime.spawn(async move {
+                tokio::time::sleep(IDLE_CLEANUP).await;
+                this.remove_leftovers().await;
+            }));
+            return;
+        };
         {
             let mut status = lock(&self.prewarm.status);
             status.source = Some(source.clone());
@@ -163,6 +178,8 @@ impl Runner {
                     return;
                 }
                 this.prewarm_once(&source).await;
+                // What a failed pre-warm did not remove after a swap.
+                this.remove_leftovers().await;
                 tokio::time::sleep(this.cfg.prewarm_refresh).await;
             }
         }));
@@ -205,6 +222,19 @@ impl Runner {
         };
         let outcome = cache.restore(&self.cfg.deno_dir, &opts).await;
         self.finish_prewarm(outcome, started);
+    }
+
+    /// Old trees moved aside, removed while the runner is idle.
+    async fn remove_leftovers(&self) {
+        if !matches!(&*lock(&self.phase), Phase::Idle) {
+            return;
+        }
+        let state = workdirs::cache_state_dir(&self.cfg);
+        match sandcache_engine::remove_leftovers(&self.cfg.deno_dir, Some(&state), self.cfg.restore_timeout).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(target: "sandbox", "removing {n} old trees beside DENO_DIR while idle"),
+            Err(e) => tracing::debug!(target: "sandbox", "could not remove what is left beside DENO_DIR: {e}"),
+        }
     }
 
     fn finish_prewarm(&self, outcome: Outcome, started: Instant) {

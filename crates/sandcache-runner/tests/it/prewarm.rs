@@ -107,3 +107,39 @@ async fn a_deploy_cancels_a_running_prewarm() {
     let (s, v) = deploy.await.unwrap();
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
 }
+
+/// After an undeploy, the old site's tree waits (moved aside, removed after
+/// the next restore or when idle), closed to the next site's worker: it
+/// cannot read a file of it, though both run as the same uid.
+#[tokio::test]
+async fn the_next_worker_cannot_reach_the_old_tree_while_it_waits() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root to run the worker as a uid of its own");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = test_config(tmp.path());
+    cfg.worker_user = Some(sandcache_runner::isolation::WorkerUser { uid: 20027, gid: 20027 });
+    let runner = Runner::new(cfg);
+    let report = tmp.path().join("report.txt");
+    std::fs::write(&report, "").unwrap();
+    std::os::unix::fs::chown(&report, Some(20027), Some(20027)).unwrap();
+    let serve = "exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
+    let a = format!("echo site-a-secret > \"$DENO_DIR/secret\"; {serve}");
+    let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "a", "runCommand": ["sh", "-c", a]})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_status(&runner, 20, "site a", |s| s["worker"] == "ready").await;
+    assert_eq!(call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await.0, StatusCode::OK);
+    let b = format!(
+        "for t in \"$(dirname \"$DENO_DIR\")\"/.deno-dir.sandcache-trash-*; do cat \"$t/secret\"; done > {r} 2>&1; {serve}",
+        r = report.display()
+    );
+    let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "b", "runCommand": ["sh", "-c", b]})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_status(&runner, 20, "site b", |s| s["worker"] == "ready").await;
+    let seen = std::fs::read_to_string(&report).unwrap();
+    assert!(!seen.contains("site-a-secret") && seen.contains("Permission denied"), "{seen}");
+    assert_eq!(call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await.0, StatusCode::OK);
+}
