@@ -22,7 +22,7 @@
 //! | `http/` | each listener's routes, their handlers, the seed's error shape |
 //! | `admin/` | which requests are the runner's, who may make them, the admin credential |
 //! | `proxy.rs` | the reverse proxy to the worker, credentials stripped |
-//! | `runner.rs` | [`Runner`] and its state: the phase, the deployment, the history |
+//! | `runner.rs` | [`Runner`] and its state: the phase, the deployment, the history, the pre-warm |
 //! | `lifecycle.rs` | deploy (restore, clone, legacy cache, worker, snapshot) and undeploy |
 //! | `snapshots.rs` | the deps-ready snapshot, one on request, the final one |
 //! | `prewarm.rs` | the pool-wide base restored into DENO_DIR while idle, at low priority |
@@ -60,7 +60,7 @@ pub use http::{admin_app, app, metrics_app};
 pub use isolation::Peer;
 pub use legacy::{LegacyCache, vars as legacy_vars};
 pub use metrics::Metrics;
-pub use prewarm::PrewarmStatus;
+pub use runner::PrewarmStatus;
 pub use runner::{LastDeploy, Runner};
 pub use server::{AdminListener, ExtraListeners, serve, serve_with};
 pub use status::{CacheStatus, Status, Timings};

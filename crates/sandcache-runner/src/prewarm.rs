@@ -11,21 +11,19 @@
 //!   runs at low priority: its own runtime, whose threads (and every thread
 //!   they start: the writers, background removals) run at nice 19, which
 //!   also makes their IO the lowest best-effort level.
-//! * A deploy cancels it first ([`Prewarm::cancel`]): its future is dropped
+//! * A deploy cancels it first (`Prewarm::cancel`): its future is dropped
 //!   (a restore's staging goes, a delta leaves every unit whole), the
-//!   dir's lock is free within [`CANCEL_BOUND`], and the deploy's restore
+//!   dir's lock is free within `CANCEL_BOUND`, and the deploy's restore
 //!   starts from whatever the state proves.
 //! * No worker ever runs against the pre-warmed tree before a deploy's own
 //!   restore has made it that site's, and DENO_DIR is kept at a deploy only
-//!   while [`Prewarm::pristine`] says nothing but pre-warms wrote it since
+//!   while `Prewarm::pristine` says nothing but pre-warms wrote it since
 //!   it was last emptied.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use sandcache_engine::{Cache, Outcome, RestoreOptions};
-use serde::Serialize;
 
 use crate::runner::{Phase, Runner, lock};
 use crate::workdirs;
@@ -34,84 +32,6 @@ use crate::workdirs;
 /// old trees emptying DENO_DIR left: a deploy that comes sooner removes
 /// them after its own restore.
 pub(crate) const IDLE_CLEANUP: Duration = Duration::from_secs(10);
-
-/// How long a deploy waits for a cancelled pre-warm to let go of the dir.
-pub(crate) const CANCEL_BOUND: Duration = Duration::from_secs(2);
-
-/// What `/sandbox/status` shows of the pre-warm.
-#[derive(Debug, Clone, Serialize)]
-pub struct PrewarmStatus {
-    /// `off` (no `--prewarm`), `waiting` (for the runner to be idle, or the
-    /// next refresh), `running`, `ready`, `failed` (the last one did not
-    /// restore: the reason is in `outcome`) or `cancelled` (by a deploy).
-    pub state: &'static str,
-    /// What is pre-warmed: the key or `prefix/`.
-    pub source: Option<String>,
-    /// The key whose generation is in DENO_DIR.
-    pub from_key: Option<String>,
-    /// How long the last pre-warm took, in milliseconds.
-    pub ms: Option<u64>,
-    /// When the last one ended, in Unix milliseconds.
-    pub at: Option<u64>,
-    /// The last pre-warm's outcome: the object `sandcache restore --json`
-    /// prints.
-    pub outcome: Option<serde_json::Value>,
-    /// Why the last one could not start (the dirs could not be prepared).
-    pub error: Option<String>,
-}
-
-impl Default for PrewarmStatus {
-    fn default() -> Self {
-        PrewarmStatus { state: "off", source: None, from_key: None, ms: None, at: None, outcome: None, error: None }
-    }
-}
-
-/// The runner's pre-warm: its task, and what it did.
-#[derive(Debug, Default)]
-pub(crate) struct Prewarm {
-    status: Mutex<PrewarmStatus>,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// DENO_DIR holds nothing but what pre-warms wrote since it was last
-    /// emptied: a deploy may restore over it.
-    pristine: AtomicBool,
-}
-
-impl Prewarm {
-    pub(crate) fn status(&self) -> PrewarmStatus {
-        lock(&self.status).clone()
-    }
-
-    pub(crate) fn pristine(&self) -> bool {
-        self.pristine.load(Ordering::SeqCst)
-    }
-
-    /// DENO_DIR was just emptied, or a deploy's restore is about to make it
-    /// a site's.
-    pub(crate) fn set_pristine(&self, pristine: bool) {
-        self.pristine.store(pristine, Ordering::SeqCst);
-    }
-
-    /// Stops a running pre-warm: its future is dropped, and this waits (up
-    /// to [`CANCEL_BOUND`]) until it has let go of the dir. Returns whether
-    /// one was running.
-    pub(crate) async fn cancel(&self) -> bool {
-        let Some(task) = lock(&self.task).take() else { return false };
-        if task.is_finished() {
-            return false;
-        }
-        task.abort();
-        let started = Instant::now();
-        if tokio::time::timeout(CANCEL_BOUND, task).await.is_err() {
-            tracing::warn!(target: "sandbox-cache", "the pre-warm did not stop within {CANCEL_BOUND:?}");
-        }
-        let mut status = lock(&self.status);
-        if status.state == "running" {
-            status.state = "cancelled";
-        }
-        tracing::info!(target: "sandbox-cache", ms = started.elapsed().as_millis() as u64, "pre-warm cancelled by a deploy");
-        true
-    }
-}
 
 /// The runtime pre-warms run on: one worker thread, a few blocking ones,
 /// all at low CPU and IO priority. One per process, never dropped.

@@ -6,6 +6,7 @@
 //! way: `lifecycle.rs` (deploy, undeploy, shutdown), `snapshots.rs` and
 //! `status.rs`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -141,7 +142,7 @@ pub struct Runner {
     /// What the last deploy, restore and snapshot did.
     pub(crate) history: Mutex<History>,
     /// The pool-wide base, restored into DENO_DIR while idle.
-    pub(crate) prewarm: crate::prewarm::Prewarm,
+    pub(crate) prewarm: Prewarm,
 }
 
 /// A lock whose holder panicked is still usable: every value behind one
@@ -278,5 +279,83 @@ impl Runner {
             WorkerState::Failed => Err((StatusCode::FAILED_DEPENDENCY, "Error while starting worker")),
             WorkerState::None => Err((StatusCode::SERVICE_UNAVAILABLE, "no worker")),
         }
+    }
+}
+
+/// How long a deploy waits for a cancelled pre-warm to let go of the dir.
+pub(crate) const CANCEL_BOUND: Duration = Duration::from_secs(2);
+
+/// What `/sandbox/status` shows of the pre-warm.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrewarmStatus {
+    /// `off` (no `--prewarm`), `waiting` (for the runner to be idle, or the
+    /// next refresh), `running`, `ready`, `failed` (the last one did not
+    /// restore: the reason is in `outcome`) or `cancelled` (by a deploy).
+    pub state: &'static str,
+    /// What is pre-warmed: the key or `prefix/`.
+    pub source: Option<String>,
+    /// The key whose generation is in DENO_DIR.
+    pub from_key: Option<String>,
+    /// How long the last pre-warm took, in milliseconds.
+    pub ms: Option<u64>,
+    /// When the last one ended, in Unix milliseconds.
+    pub at: Option<u64>,
+    /// The last pre-warm's outcome: the object `sandcache restore --json`
+    /// prints.
+    pub outcome: Option<serde_json::Value>,
+    /// Why the last one could not start (the dirs could not be prepared).
+    pub error: Option<String>,
+}
+
+impl Default for PrewarmStatus {
+    fn default() -> Self {
+        PrewarmStatus { state: "off", source: None, from_key: None, ms: None, at: None, outcome: None, error: None }
+    }
+}
+
+/// The runner's pre-warm: its task, and what it did.
+#[derive(Debug, Default)]
+pub(crate) struct Prewarm {
+    pub(crate) status: Mutex<PrewarmStatus>,
+    pub(crate) task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// DENO_DIR holds nothing but what pre-warms wrote since it was last
+    /// emptied: a deploy may restore over it.
+    pristine: AtomicBool,
+}
+
+impl Prewarm {
+    pub(crate) fn status(&self) -> PrewarmStatus {
+        lock(&self.status).clone()
+    }
+
+    pub(crate) fn pristine(&self) -> bool {
+        self.pristine.load(Ordering::SeqCst)
+    }
+
+    /// DENO_DIR was just emptied, or a deploy's restore is about to make it
+    /// a site's.
+    pub(crate) fn set_pristine(&self, pristine: bool) {
+        self.pristine.store(pristine, Ordering::SeqCst);
+    }
+
+    /// Stops a running pre-warm: its future is dropped, and this waits (up
+    /// to [`CANCEL_BOUND`]) until it has let go of the dir. Returns whether
+    /// one was running.
+    pub(crate) async fn cancel(&self) -> bool {
+        let Some(task) = lock(&self.task).take() else { return false };
+        if task.is_finished() {
+            return false;
+        }
+        task.abort();
+        let started = Instant::now();
+        if tokio::time::timeout(CANCEL_BOUND, task).await.is_err() {
+            tracing::warn!(target: "sandbox-cache", "the pre-warm did not stop within {CANCEL_BOUND:?}");
+        }
+        let mut status = lock(&self.status);
+        if status.state == "running" {
+            status.state = "cancelled";
+        }
+        tracing::info!(target: "sandbox-cache", ms = started.elapsed().as_millis() as u64, "pre-warm cancelled by a deploy");
+        true
     }
 }

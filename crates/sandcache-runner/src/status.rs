@@ -32,7 +32,7 @@ pub struct Status {
     pub timings: Timings,
     pub cache: CacheStatus,
     /// The pre-warm (`--prewarm`): its state and last outcome.
-    pub prewarm: crate::prewarm::PrewarmStatus,
+    pub prewarm: crate::runner::PrewarmStatus,
 }
 
 /// What the last deploy's user waited for, in milliseconds.
