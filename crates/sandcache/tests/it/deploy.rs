@@ -5,7 +5,8 @@
 //!   (the cargo build is replaced by the binary `cargo test` built, apt by a
 //!   check of the host's packages);
 //! - the manifests, policies and lifecycle are parsed, the fields that
-//!   matter asserted, and checked against each other, the image and the docs;
+//!   matter asserted, and checked against each other, the image and the docs
+//!   (agent-sandbox's template and warm pool in [`agent_sandbox`]);
 //! - the init container's rules go into a network namespace's iptables;
 //! - the runner runs a site with only the manifest's capabilities, under a
 //!   read-only root;
@@ -24,6 +25,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::support::{bin, http, run};
+
+/// The warm pool through agent-sandbox: the template's pod is the
+/// Deployment's, and the CRD fields used are agent-sandbox's.
+mod agent_sandbox;
 
 /// The credential endpoints (docs/threat-model.md).
 const ENDPOINTS: [&str; 5] = ["169.254.169.254", "169.254.170.23", "169.254.170.2", "fd00:ec2::254", "fd00:ec2::23"];
