@@ -13,6 +13,7 @@
 //! wall time and peak RSS (the largest process of a pipeline).
 
 mod first_response;
+mod link;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -50,6 +51,15 @@ struct Args {
     /// pool) whose native restore is measured beside this one's.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// The link to the S3 store for the "over an S3-like link" tables, in
+    /// MB/s per connection.
+    #[arg(long, default_value = "90")]
+    store_mbps: u64,
+    /// Each response's first byte comes this long after its request on
+    /// that link (S3's time to first byte); the tables are measured with
+    /// and without it.
+    #[arg(long, default_value = "25")]
+    store_latency_ms: u64,
 }
 
 /// Pipeline pieces the cases run in child processes.
@@ -170,6 +180,8 @@ struct Sample {
     secs: f64,
     rss_kib: u64,
     bytes: u64,
+    /// A restore's `files_written` (its `--json`), when it reports one.
+    written: u64,
 }
 
 /// Runs `script` under `sh -c` and GNU time; `bytes` reads what moved from
@@ -188,13 +200,10 @@ fn measure(script: &str, cpus: Option<&str>) -> Sample {
     let secs = it.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
     let rss_kib = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let bytes = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["transferred"].as_u64())
-        .next_back()
-        .unwrap_or(0);
-    Sample { secs, rss_kib, bytes }
+    let json: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let bytes = json.iter().filter_map(|v| v["transferred"].as_u64()).next_back().unwrap_or(0);
+    let written = json.iter().filter_map(|v| v["files_written"].as_u64()).next_back().unwrap_or(0);
+    Sample { secs, rss_kib, bytes, written }
 }
 
 struct Row {
@@ -471,6 +480,19 @@ fn main() -> ExitCode {
     print_table("Snapshot (corpus on disk)", &rows);
     if let Some(extra) = &args.corpus_extra {
         layers(&sc, store, &run, &corpus, extra, &work, runs);
+        let extra = std::fs::canonicalize(extra).expect("the extra corpus exists");
+        link::restores(&link::Link {
+            sc: &sc,
+            me: &me,
+            store,
+            run: &run,
+            corpus: &corpus,
+            extra: &extra,
+            work: &work,
+            runs,
+            mbps: args.store_mbps,
+            latency_ms: args.store_latency_ms,
+        });
     }
     sh(&format!("rm -rf {}", q(&work)));
     ExitCode::SUCCESS
