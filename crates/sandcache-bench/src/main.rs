@@ -14,6 +14,8 @@
 
 mod first_response;
 mod link;
+mod prewarmed;
+mod served;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};

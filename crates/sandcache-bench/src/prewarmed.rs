@@ -1,0 +1,152 @@
+//! Time to first response for a pre-warmed pod: the storefront's cache is
+//! the pool-wide base, and the site is the storefront plus one package
+//! (`extra-package.ts`'s `yaml`). Each row is a deploy of the site, from
+//! the request to its first proxied 200, alternating per round:
+//!
+//! * **floor**: the site's own generation pre-warmed (a restore writes
+//!   nothing): what no restore at all costs;
+//! * **pre-warmed**: the base pre-warmed, the site restored as a delta;
+//! * **warm**: no pre-warm, the site restored whole (as before);
+//!
+//! and the site's first deploy, once (cold is in the table above). Every runner pre-warms again after each undeploy, and
+//! the next deploy waits for it, as a pool pod is claimed after idling.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sandcache_engine::CacheConfig;
+use sandcache_runner::RunnerConfig;
+use sandcache_store::StoreSpec;
+use serde_json::{Value, json};
+
+use crate::served::{Served, deploy_to_first_200, median, status, undeploy};
+
+/// The storefront plus one package.
+fn site_app(storefront: &str) -> String {
+    let extra = "import * as yaml from \"npm:yaml@2.8.1\";\n";
+    storefront.replacen("const loaded = [", &format!("{extra}const loaded = [yaml, "), 1)
+}
+
+pub(crate) struct Prewarmed<'a> {
+    pub fs_name: &'a str,
+    pub root: &'a Path,
+    pub store: &'a StoreSpec,
+    /// The storefront's key: the base.
+    pub base: &'a str,
+    pub storefront: &'a str,
+    /// The deploy body's run command and envs (the registry's proxy).
+    pub body: &'a Value,
+    /// A runner config for this root.
+    pub config: &'a dyn Fn(bool) -> RunnerConfig,
+    pub runs: usize,
+}
+
+async fn wait_prewarmed(s: &Served) {
+    let start = Instant::now();
+    loop {
+        let st = status(s.addr).await;
+        if st["phase"] == "idle" && st["prewarm"]["state"] == "ready" {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(300), "no pre-warm: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub(crate) async fn measure(p: &Prewarmed<'_>) {
+    let repo = p.root.join("repo-site");
+    sandcache_testkit::site::repo(&repo, &[("main.ts", &site_app(p.storefront))], None);
+    let site = format!("{}-site", p.base);
+    let mut body = p.body.clone();
+    body["repo"] = json!(format!("file://{}", repo.display()));
+    body["site"] = json!("site");
+    let runner = |prewarm: Option<&str>| {
+        let mut cfg = (p.config)(true);
+        cfg.cache_defaults = CacheConfig { store: Some(p.store.clone()), key: Some(site.clone()) };
+        cfg.fallbacks = vec![p.base.to_owned()];
+        cfg.prewarm = prewarm.map(str::to_owned);
+        let name = prewarm.map_or("none", |k| if k == site { "site" } else { "base" });
+        cfg.deno_dir = p.root.join(format!("deno-dir-{name}"));
+        cfg.state_dir = p.root.join(format!("state-{name}"));
+        cfg
+    };
+
+    // The site's first deploy: from the base, the new package through the
+    // registry; its deps-ready snapshot is the site's generation. Then one
+    // unmeasured warm run records the warm boot's hot set.
+    let first = Served::start(runner(None)).await;
+    let (cold, st) = deploy_to_first_200(&first, &body).await;
+    assert_eq!(st["cache"]["restore"]["from_key"], p.base, "{st}");
+    let start = Instant::now();
+    while status(first.addr).await["cache"]["snapshot"]["ok"] != true {
+        assert!(start.elapsed() < Duration::from_secs(300), "no deps-ready snapshot: {}", status(first.addr).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    undeploy(&first).await;
+    let _ = deploy_to_first_200(&first, &body).await;
+    undeploy(&first).await;
+
+    let floor = Served::start(runner(Some(&site))).await;
+    let prewarmed = Served::start(runner(Some(p.base))).await;
+    let warm = first;
+    let servers = [("floor", &floor), ("pre-warmed", &prewarmed), ("warm", &warm)];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    let mut written: Vec<Vec<u64>> = vec![Vec::new(); servers.len()];
+    let mut restore_ms: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    for _ in 0..p.runs {
+        for (i, (name, s)) in servers.iter().enumerate() {
+            // Every pod idle and pre-warmed: no pre-warm runs beside a
+            // measured deploy.
+            wait_prewarmed(&floor).await;
+            wait_prewarmed(&prewarmed).await;
+            let (t, st) = deploy_to_first_200(s, &body).await;
+            let r = &st["cache"]["restore"];
+            assert_eq!(r["ok"], true, "{name}: {st}");
+            eprintln!(
+                "  {name}: {t:.3} s: restore {} ms, mode {}, {} files written, boot {} ms",
+                r["ms"], r["mode"], r["files_written"], st["timings"]["boot_ms"]
+            );
+            times[i].push(t);
+            written[i].push(r["files_written"].as_u64().unwrap_or(0));
+            restore_ms[i].push(r["ms"].as_f64().unwrap_or(f64::NAN));
+            undeploy(s).await;
+        }
+    }
+    let names: Vec<&str> = servers.iter().map(|(n, _)| *n).collect();
+    for s in [floor, prewarmed, warm] {
+        s.stop().await;
+    }
+    let m: Vec<f64> = times.iter().map(|t| median(t)).collect();
+    let w = |i: usize| {
+        let mut v = written[i].clone();
+        v.sort();
+        v[v.len() / 2]
+    };
+    println!(
+        "\nTime to first response, pre-warmed pods, onto {} ({}): the storefront as the base, the site adds one package",
+        p.fs_name,
+        p.root.display()
+    );
+    println!("| case | median s to first 200 | ratio to floor | restore ms (median) | files written (median) | runs |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (i, name) in names.iter().enumerate() {
+        println!(
+            "| {name} | {:.3} | {:.2}x | {:.0} | {} | {} |",
+            m[i],
+            m[i] / m[0],
+            median(&restore_ms[i]),
+            w(i),
+            times[i].len()
+        );
+    }
+    println!(
+        "| the site's first deploy (the base restored, its package through the registry) | {cold:.3} | {:.2}x | | | 1 |",
+        cold / m[0]
+    );
+    println!(
+        "pre-warmed / floor: {:.2} (target <= 1.2); (pre-warmed - floor) / (warm - floor): {:.2} (target <= 0.2); files the pre-warmed deploy wrote: {} (the package's, its dirs, bookkeeping)",
+        m[1] / m[0],
+        (m[1] - m[0]) / (m[2] - m[0]),
+        w(1)
+    );
+}
