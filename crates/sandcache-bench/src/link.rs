@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sandcache_testkit::throttle::{ThrottleOptions, ThrottledProxy};
 
-use crate::{Row, Sample, measure, print_table, sh};
+use crate::measure::{Row, Sample, measure, print_table, sh};
 
 pub(crate) struct Link<'a> {
     pub sc: &'a str,

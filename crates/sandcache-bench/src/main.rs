@@ -14,13 +14,16 @@
 
 mod first_response;
 mod link;
+mod measure;
 mod prewarmed;
 mod served;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 
 use clap::Parser;
+
+use crate::measure::{Row, Sample, measure, print_table, sh};
 use futures::TryStreamExt;
 use sandcache_store::{S3Spec, S3Store, Store, StoreOptions, StoreSpec};
 
@@ -174,82 +177,6 @@ fn helper(h: Helper) -> ExitCode {
         }
     });
     ExitCode::SUCCESS
-}
-
-/// One measured run: seconds, peak RSS in KiB, bytes moved.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    secs: f64,
-    rss_kib: u64,
-    bytes: u64,
-    /// A restore's `files_written` (its `--json`), when it reports one.
-    written: u64,
-}
-
-/// Runs `script` under `sh -c` and GNU time; `bytes` reads what moved from
-/// the command's stdout (sandcache's `--json`) when it reports it.
-fn measure(script: &str, cpus: Option<&str>) -> Sample {
-    let mut cmd = Command::new("/usr/bin/time");
-    cmd.args(["-f", "@@ %e %M"]);
-    if let Some(c) = cpus {
-        cmd.args(["taskset", "-c", c]);
-    }
-    let out = cmd.args(["sh", "-c", script]).stdin(Stdio::null()).output().expect("run /usr/bin/time");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "case failed: {script}\n{stderr}");
-    let line = stderr.lines().rev().find(|l| l.starts_with("@@ ")).expect("GNU time output");
-    let mut it = line[3..].split_whitespace();
-    let secs = it.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-    let rss_kib = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: Vec<serde_json::Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    let bytes = json.iter().filter_map(|v| v["transferred"].as_u64()).next_back().unwrap_or(0);
-    let written = json.iter().filter_map(|v| v["files_written"].as_u64()).next_back().unwrap_or(0);
-    Sample { secs, rss_kib, bytes, written }
-}
-
-struct Row {
-    name: String,
-    samples: Vec<Sample>,
-    /// Bytes when the command does not report them.
-    bytes: Option<u64>,
-}
-
-impl Row {
-    fn median(&self) -> Sample {
-        let mut s = self.samples.clone();
-        s.sort_by(|a, b| a.secs.total_cmp(&b.secs));
-        let mut m = s[s.len() / 2];
-        m.rss_kib = self.samples.iter().map(|s| s.rss_kib).max().unwrap_or(0);
-        if let Some(b) = self.bytes {
-            m.bytes = b;
-        }
-        m
-    }
-}
-
-fn print_table(title: &str, rows: &[Row]) {
-    let base = rows[0].median().secs;
-    println!("\n{title}");
-    println!("| case | median s | ratio to seed | bytes moved | peak RSS MiB | runs |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for r in rows {
-        let m = r.median();
-        println!(
-            "| {} | {:.3} | {:.2}x | {:.1} MB | {:.0} | {} |",
-            r.name,
-            m.secs,
-            m.secs / base,
-            m.bytes as f64 / 1e6,
-            m.rss_kib as f64 / 1024.0,
-            r.samples.len()
-        );
-    }
-}
-
-fn sh(script: &str) {
-    let st = Command::new("sh").args(["-c", script]).status().expect("sh");
-    assert!(st.success(), "setup failed: {script}");
 }
 
 fn main() -> ExitCode {
