@@ -161,6 +161,26 @@ impl Index {
     }
 }
 
+/// Now, in ns since the epoch, as the ctime bound a restore records:
+/// everything written before has a ctime up to it, and, as this waits
+/// until the coarse clock the kernel stamps ctimes with has passed it (a
+/// tick: a few ms at most), everything written after a later one. Without
+/// the wait, a write in the restore's last tick (the app's first, say)
+/// could get a ctime under the bound and pass for restored.
+pub(crate) async fn ctime_bound() -> i128 {
+    let ns = |t: rustix::time::Timespec| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
+    let now = ns(rustix::time::clock_gettime(rustix::time::ClockId::Realtime));
+    let coarse = || ns(rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse));
+    // Bounded, should the clock be stepped back meanwhile.
+    for _ in 0..50 {
+        if coarse() > now {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    now
+}
+
 /// Reads a bookkeeping file (lock, state, index): never through a symlink,
 /// only a regular file, at most `max` bytes. Whoever can write beside the
 /// dir may have planted anything there.

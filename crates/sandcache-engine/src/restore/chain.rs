@@ -11,7 +11,7 @@ use sandcache_store::Store;
 
 use crate::background::{self, remove_in_background};
 use crate::bad::{self, Found};
-use crate::bookkeeping::{save_state, save_state_restored};
+use crate::bookkeeping::{ctime_bound, save_state, save_state_restored};
 use crate::error::{Declined, Error, error_chain};
 use crate::layout;
 use crate::options::RestoreOptions;
@@ -136,7 +136,7 @@ pub(super) async fn restore(
                     let trash: Vec<PathBuf> = old.into_iter().chain(leftovers).collect();
                     let (Some(tail), Some((m, _))) = (tail, &manifest) else {
                         let _ = std::fs::remove_file(target.tail_path());
-                        after_swap(&target, trash, store, &source_key, manifest);
+                        after_swap(&target, trash, store, &source_key, manifest).await;
                         return Ok(done);
                     };
                     let job = NativeRestore { shared, key: &source_key, target: &target, opts, found: &found };
@@ -145,7 +145,7 @@ pub(super) async fn restore(
                         Ok((more, whole)) => {
                             let _ = std::fs::remove_file(target.tail_path());
                             let manifest = manifest.map(|(_, generation)| (whole, generation));
-                            after_swap(&target, trash, store, &source_key, manifest);
+                            after_swap(&target, trash, store, &source_key, manifest).await;
                             Ok(Done {
                                 files: done.files + more.files,
                                 bytes: done.bytes + more.bytes,
@@ -302,7 +302,7 @@ fn unix_ms(t: std::time::SystemTime) -> u64 {
 /// leftovers in the background.
 /// `manifest`: a native generation's, with its key; `None` for a single
 /// archive (stored at `key` itself).
-fn after_swap(
+async fn after_swap(
     target: &Target,
     trash: Vec<PathBuf>,
     store: &dyn Store,
@@ -311,8 +311,12 @@ fn after_swap(
 ) {
     let target = target.clone();
     let (store, key) = (store.to_string(), key.to_owned());
-    // Everything the restore wrote has a ctime up to this.
-    let until_ns = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+    // Everything the restore wrote has a ctime up to this, and anything
+    // written from now on a later one.
+    let until_ns = match manifest {
+        Some(_) => ctime_bound().await,
+        None => 0,
+    };
     // The previous index describes the tree that was just replaced.
     let _ = std::fs::remove_file(target.index_path());
     match &manifest {
