@@ -52,7 +52,7 @@ pub use gc::{DEFAULT_VERIFY_BYTES, DEFAULT_VERIFY_RATE, GcOptions, GcReport, gc_
 pub use layout::{validate_fallback, validate_key};
 pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
 pub use options::{Format, RestoreOptions, SnapshotOptions};
-pub use outcome::{Done, Op, Outcome, Reason, Skip};
+pub use outcome::{Done, Op, Outcome, Reason, RestoreMode, Skip};
 pub use restore::RestoreHandle;
 pub use sandcache_archive::{Limits, Progress};
 pub use target::clear_dir;

@@ -411,7 +411,14 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
     );
     plan.index.save(&target.index_path());
     save_state(target, &store_label, key, fp, &mkey);
-    Ok(Done { files: plan.files, bytes: plan.bytes, transferred, pool_added: added, pool_reused: reused })
+    Ok(Done {
+        files: plan.files,
+        bytes: plan.bytes,
+        transferred,
+        pool_added: added,
+        pool_reused: reused,
+        ..Done::default()
+    })
 }
 
 /// Puts a pool object (`name(id)`: a pack or a piece) unless the pool

@@ -15,7 +15,7 @@ use crate::bookkeeping::{ctime_bound, save_state, save_state_restored};
 use crate::error::{Declined, Error, error_chain};
 use crate::layout;
 use crate::options::RestoreOptions;
-use crate::outcome::{Done, Reason};
+use crate::outcome::{Done, Reason, RestoreMode};
 use crate::target::Target;
 
 use super::archive::restore_archive;
@@ -137,7 +137,7 @@ pub(super) async fn restore(
                     let (Some(tail), Some((m, _))) = (tail, &manifest) else {
                         let _ = std::fs::remove_file(target.tail_path());
                         after_swap(&target, trash, store, &source_key, manifest).await;
-                        return Ok(done);
+                        return Ok(written_whole(done));
                     };
                     let job = NativeRestore { shared, key: &source_key, target: &target, opts, found: &found };
                     let finished = phase_two(&job, m.clone(), tail, &staging).await;
@@ -146,12 +146,12 @@ pub(super) async fn restore(
                             let _ = std::fs::remove_file(target.tail_path());
                             let manifest = manifest.map(|(_, generation)| (whole, generation));
                             after_swap(&target, trash, store, &source_key, manifest).await;
-                            Ok(Done {
+                            Ok(written_whole(Done {
                                 files: done.files + more.files,
                                 bytes: done.bytes + more.bytes,
                                 transferred: done.transferred + more.transferred,
                                 ..done
-                            })
+                            }))
                         }
                         Err(e) => {
                             // The hot set is in place and every file there is
@@ -185,6 +185,11 @@ pub(super) async fn restore(
         let also = if opts.fallbacks.is_empty() { String::new() } else { " nor under any fallback".to_owned() };
         Declined::NotFound(format!("no object at `{key}` nor any generation under `{key}.d/`{also}")).into()
     }))
+}
+
+/// A full restore's outcome: it wrote every file it restored.
+fn written_whole(done: Done) -> Done {
+    Done { mode: RestoreMode::Full, files_written: done.files, bytes_written: done.bytes, ..done }
 }
 
 /// Generations tried in one restore, over the whole chain, and per link.
