@@ -9,7 +9,11 @@
 //! Guarantees:
 //! * a restore is bounded by its total deadline, stalls included;
 //! * the directory holds its previous content or the complete new content,
-//!   never a mix: extraction goes to a staging dir swapped into place;
+//!   never a mix: extraction goes to a staging dir swapped into place; a
+//!   delta restore (the dir holds a generation it restored, unchanged)
+//!   puts each package dir and file in place whole instead, and one that
+//!   does not complete leaves every unit whole, marked so that no snapshot
+//!   stores the dir and the next restore is full;
 //! * nothing is written outside the directory, whatever the archive says;
 //! * a snapshot of a missing or empty directory uploads nothing, and a
 //!   failed one leaves the stored cache as it was.

@@ -1,6 +1,8 @@
 //! One restore: the dir resolved and locked, then the key's generations
 //! and each fallback's, tried in order until one is usable; the winner
-//! swapped in (and, hot-first, its tail landed), and recorded.
+//! restored in place when the dir holds another native generation and
+//! that writes less (`delta.rs`), else swapped in (and, hot-first, its
+//! tail landed), and recorded.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,14 +13,16 @@ use sandcache_store::Store;
 
 use crate::background::{self, remove_in_background};
 use crate::bad::{self, Found};
-use crate::bookkeeping::{ctime_bound, save_state, save_state_restored};
+use crate::bookkeeping::{Restored, ctime_bound, save_state, save_state_restored};
 use crate::error::{Declined, Error, error_chain};
 use crate::layout;
+use crate::native;
 use crate::options::RestoreOptions;
 use crate::outcome::{Done, Reason, RestoreMode};
 use crate::target::Target;
 
 use super::archive::restore_archive;
+use super::delta::restore_delta;
 use super::native::{NativeRestore, phase_two, restore_native};
 
 /// Fires `hot-ready` once, and remembers when.
@@ -113,7 +117,19 @@ pub(super) async fn restore(
             let result = match &candidate {
                 Candidate::Native { key, manifest } => {
                     let job = NativeRestore { shared, key, target: &target, opts, found: &found };
-                    restore_native(&job, manifest, &known).await
+                    // In place, when the dir's state proves it holds another
+                    // native generation; else (or when in place would write
+                    // everything) whole.
+                    match restore_delta(&job, manifest).await {
+                        Ok(Some(done)) => {
+                            hot.ready();
+                            let _ = from.set(key.clone());
+                            remove_in_background(leftovers);
+                            return Ok(done);
+                        }
+                        Ok(None) => restore_native(&job, manifest, &known).await,
+                        Err(e) => Err(e),
+                    }
                 }
                 Candidate::Archive { key } => {
                     restore_archive(store, key, &target, opts).await.map(|(d, s)| (d, s, None, None))
@@ -331,13 +347,15 @@ async fn after_swap(
         // the next snapshot from the manifest and this bound: nothing to
         // walk, nothing more to write than the state.
         Some((m, generation)) => {
+            // With the manifest's digest: what a later delta trusts the
+            // dir to hold.
             save_state_restored(
                 &target,
                 &store,
                 &key,
                 &sandcache_archive::fingerprint::of_manifest(m),
                 generation,
-                Some(until_ns),
+                Some(Restored { until_ns, digest: native::digest(m) }),
             );
             remove_in_background(trash);
         }
