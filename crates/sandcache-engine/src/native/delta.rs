@@ -21,9 +21,7 @@
 //!   restore of `new`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -84,27 +82,30 @@ pub(crate) struct Trust {
 }
 
 /// Plans the delta from `old` (what the dir, open as `root`, held when
-/// restored) to `new`. Only reads the disk. Fails only when cancelled.
+/// restored) to `new`. Only reads the disk. `None`: the dir cannot be told
+/// apart from the old generation well enough (a directory that cannot be
+/// listed): a full restore. Fails only when cancelled.
 pub(crate) fn plan(
     old: &Manifest,
     new: &Manifest,
     root: Arc<OwnedFd>,
     trust: Trust,
     cancel: &AtomicBool,
-) -> Result<Plan, ExtractError> {
+) -> Result<Option<Plan>, ExtractError> {
     let (o, n) = (Units::of(old), Units::of(new));
     let mut disk = Disk { dirs: DirFds::new(root), trust, euid: rustix::process::geteuid().as_raw() };
     let mut remove: BTreeSet<String> = BTreeSet::new();
     let cancelled = || cancel.load(Ordering::Relaxed);
 
-    // Directories outside packages that both hold, past the bound: what
-    // the old generation lacks there is an extra.
-    let shared = std::iter::once("").chain(n.dirs.keys().copied().filter(|d| o.dirs.contains_key(d)));
-    for dir in shared {
+    // Directories outside packages that both hold: what the old generation
+    // lacks there is an extra. One that cannot be listed: a full restore.
+    let shared = std::iter::once(("", None)).chain(n.dirs.keys().filter_map(|d| Some((*d, *o.dirs.get(d)?))));
+    for (dir, entry) in shared {
         if cancelled() {
             return Err(ExtractError::Cancelled);
         }
-        let Some(extras) = disk.extras(dir, &o) else { continue };
+        let mtime = entry.map(|i| old.entries[i as usize].mtime.max(0));
+        let Ok(extras) = disk.extras(dir, &o, mtime) else { return Ok(None) };
         remove.extend(extras.into_iter().map(|name| join(dir, &name)));
     }
 
@@ -145,7 +146,7 @@ pub(crate) fn plan(
     plan.dirs = n.dirs.iter().map(|(d, e)| ((*d).to_owned(), *e)).collect();
     (plan.files, plan.bytes) = n.count(0..new.entries.len() as u32);
     (plan.files_written, plan.bytes_written) = n.count(plan.write.iter().copied());
-    Ok(plan)
+    Ok(Some(plan))
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -203,34 +204,43 @@ impl Disk {
         })
     }
 
-    /// The names in directory `dir` that `old` did not put there, when it
-    /// is past the bound (sandcache's own at the top left out); `None` when
-    /// it is not past it (it has exactly the names it was restored with),
-    /// or is no directory (whatever it is, it goes).
-    fn extras(&mut self, dir: &str, old: &Units) -> Option<Vec<String>> {
+    /// The names in directory `dir` that `old` did not put there
+    /// (sandcache's own at the top left out). It is listed when its ctime
+    /// is past the bound, or its mtime is not the one the restore gave it
+    /// (`mtime`; `None`: unknown, an implied directory or the top, always
+    /// listed): a name made or removed in it moves both, and an app running
+    /// before the bound (a hot-first restore's second phase) moves the
+    /// mtime. Else it holds exactly the names it was restored with. No
+    /// names when it is not a directory (whatever it is goes); `Err` when
+    /// it cannot be listed faithfully (a name that is not UTF-8, which no
+    /// manifest holds, could not be moved away by name).
+    fn extras(&mut self, dir: &str, old: &Units, mtime: Option<i64>) -> Result<Vec<String>, Doubt> {
         let st = match dir {
-            "" => rustix::fs::fstat(&*self.dirs.get("").ok()??).ok()?,
-            _ => self.stat(dir)?,
+            "" => self.dirs.get("").ok().flatten().and_then(|fd| rustix::fs::fstat(&*fd).ok()),
+            _ => self.stat(dir),
+        };
+        let Some(st) = st.filter(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory) else {
+            return Ok(Vec::new());
         };
         let ctime = st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128;
-        if ctime <= self.trust.until_ns || FileType::from_raw_mode(st.st_mode) != FileType::Directory {
-            return None;
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        let as_set = mtime.is_some_and(|m| (st.st_mtime as i64, st.st_mtime_nsec as i64) == (m, 0));
+        if ctime <= self.trust.until_ns && as_set {
+            return Ok(Vec::new());
         }
         let known = old.children.get(dir);
-        let names = self.names(dir)?;
+        let names = self.names(dir).ok_or(Doubt)?;
         let ours = |n: &[u8]| {
             dir.is_empty() && n.starts_with(RESERVED_PREFIX.as_bytes()) && !n.starts_with(TAIL_PREFIX.as_bytes())
         };
-        Some(
-            names
-                .into_iter()
-                .filter(|n| !ours(n.as_bytes()) && !known.is_some_and(|k| k.contains(n.as_str())))
-                .collect(),
-        )
+        Ok(names
+            .into_iter()
+            .filter(|n| !ours(n.as_bytes()) && !known.is_some_and(|k| k.contains(n.as_str())))
+            .collect())
     }
 
-    /// The names in directory `dir`, listed from its fd. A name that is
-    /// not UTF-8 is kept as it reads: no manifest holds it.
+    /// The names in directory `dir`, listed from its fd; `None` when it
+    /// cannot be read, or holds a name that is not UTF-8.
     fn names(&mut self, dir: &str) -> Option<Vec<String>> {
         let fd = self.dirs.get(dir).ok()??;
         let mut listing = rustix::fs::Dir::read_from(&*fd).ok()?;
@@ -241,7 +251,7 @@ impl Disk {
             if name == b"." || name == b".." {
                 continue;
             }
-            out.push(OsStr::from_bytes(name).to_string_lossy().into_owned());
+            out.push(std::str::from_utf8(name).ok()?.to_owned());
         }
         Some(out)
     }
@@ -282,7 +292,10 @@ impl Disk {
                     return None;
                 }
             }
-            if e.kind == Kind::Dir && seen.past && self.extras(&e.path, old).is_none_or(|x| !x.is_empty()) {
+            if e.kind == Kind::Dir
+                && seen.past
+                && self.extras(&e.path, old, Some(shape.mtime)).is_ok_and(|x| !x.is_empty())
+            {
                 return None;
             }
             if seen.read {
@@ -292,6 +305,9 @@ impl Disk {
         Some(read)
     }
 }
+
+/// A directory that cannot be listed faithfully.
+struct Doubt;
 
 /// An entry found as restored.
 struct Seen {
@@ -381,7 +397,8 @@ mod tests {
         new.entries.push(Entry::dir("npm/r/c/1.0.0".into(), 0o755, 1_600_000_000));
         new.entries.push(file("npm/r/c/1.0.0/index.js", "index"));
         let root = Arc::new(rustix::fs::open(&dir, rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty()).unwrap());
-        let p = plan(&old, &new, root, Trust { until_ns: bound, owner: None }, &AtomicBool::new(false)).unwrap();
+        let p =
+            plan(&old, &new, root, Trust { until_ns: bound, owner: None }, &AtomicBool::new(false)).unwrap().unwrap();
         assert_eq!(p.place, [("npm/r/c/1.0.0".to_owned(), true), ("remote/touched.js".to_owned(), false)]);
         assert_eq!(p.remove, ["npm/r/b", "remote/extra.js", "remote/gone.js"].map(str::to_owned));
         assert_eq!((p.files, p.files_written, p.bytes_written), (4, 2, 5 + 7));

@@ -131,6 +131,10 @@ pub(super) async fn restore_delta(
     let plan = tokio::task::spawn_blocking(move || native::plan(&o, &n, fd, trust, &stop))
         .await
         .map_err(|e| Error::joined("the delta's check", e))??;
+    let Some(plan) = plan else {
+        tracing::info!(target: "sandbox-cache", "{} cannot be read well enough for a delta: a full restore", target.dir.display());
+        return Ok(None);
+    };
     tracing::debug!(
         target: "sandbox-cache",
         "delta {} → {}: {} units to write ({} files, {}), {} to move away, planned in {} ms",

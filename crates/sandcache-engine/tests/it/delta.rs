@@ -181,6 +181,38 @@ async fn a_file_touched_after_the_restore_is_written_again_never_trusted() {
     assert_eq!(listing(&dir), listing(&src));
 }
 
+/// A hot-first restore records its bound after its second phase, while the
+/// app already runs: what the app makes then has a ctime under the bound.
+/// A new name still moves its directory's mtime, which is then listed.
+#[tokio::test]
+async fn a_package_the_app_made_before_the_bound_is_found_by_its_dirs_mtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dir, fresh) = (tmp.path().join("src"), tmp.path().join("d"), tmp.path().join("fresh"));
+    write(&src, &sample());
+    let cache = Cache::new(store_at(tmp.path()), "site/k");
+    snapshot(&cache, &src).await;
+    restore(&cache, &dir).await;
+    // The app fetches a package, and writes a file at the top.
+    let made = dir.join(format!("{REG}/zz/1.0.0"));
+    fs::create_dir_all(&made).unwrap();
+    fs::write(made.join("index.js"), "zz").unwrap();
+    fs::write(dir.join("gen.txt"), "made").unwrap();
+    // ... all before the bound.
+    std::thread::sleep(Duration::from_millis(20));
+    let state = fs::read_to_string(state_path(&dir)).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    v["restored_until_ns"] = now.into();
+    fs::write(state_path(&dir), v.to_string()).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+
+    let out = restore(&cache, &dir).await;
+    assert_eq!((mode_of(&out), written(&out)), (RestoreMode::Delta, 0));
+    restore(&cache, &fresh).await;
+    settle();
+    assert_eq!(listing(&dir), listing(&fresh));
+}
+
 /// Both sides of the property test: a universe of a few packages and
 /// other paths, each present or not, in one of a few versions and forms.
 fn tree_strategy() -> impl proptest::strategy::Strategy<Value = Tree> {
