@@ -10,9 +10,9 @@
 //!   disk as the restore left it: the same kind, mode, mtime, size (and
 //!   symlink target) and owner, and a ctime not past the bound (any later
 //!   write, chmod, chown, utime, link or rename into place moves it; no
-//!   process can set one). A directory past the bound is listed: a name
-//!   the old generation lacks is an extra, and a package holding one is
-//!   changed. Any doubt (a missing or unlisted directory, a type or
+//!   process can set one). A directory past the bound, or whose mtime is
+//!   not the archived one, is listed (the top always): a name the old
+//!   generation lacks is an extra, and a package holding one is changed. Any doubt (a missing or unlisted directory, a type or
 //!   reading error) is a change.
 //! - Every other unit of `new` is written (into staging) and put in place.
 //! - Units of `old` that `new` lacks, directories it lacks, and extras in
