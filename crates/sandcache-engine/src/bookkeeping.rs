@@ -36,6 +36,19 @@ pub(crate) struct State {
     /// index from the generation's manifest ([`Index::of_manifest_ns`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) restored_until_ns: Option<i128>,
+    /// Written with `restored_until_ns`: the digest of the manifest the
+    /// restore wrote (`native::units::digest`), so that a delta restore
+    /// trusts only that manifest for what the dir holds, not whatever a
+    /// store now says under the generation's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) digest: Option<String>,
+}
+
+/// What a native restore records of the tree it wrote: every file it wrote
+/// has a ctime up to `until_ns`, and `digest` is its manifest's.
+pub(crate) struct Restored {
+    pub(crate) until_ns: i128,
+    pub(crate) digest: String,
 }
 
 pub(crate) fn save_state(target: &Target, store: &str, key: &str, fp: &[u8; 32], generation: &str) {
@@ -48,14 +61,16 @@ pub(crate) fn save_state_restored(
     key: &str,
     fp: &[u8; 32],
     generation: &str,
-    restored_until_ns: Option<i128>,
+    restored: Option<Restored>,
 ) {
+    let (restored_until_ns, digest) = restored.map_or((None, None), |r| (Some(r.until_ns), Some(r.digest)));
     let state = State {
         store: store.to_owned(),
         key: key.to_owned(),
         fingerprint: hex(fp),
         generation: Some(generation.to_owned()),
         restored_until_ns,
+        digest,
     };
     let path = target.state_path();
     let written = serde_json::to_vec(&state).map_err(io::Error::other).and_then(|json| write_bookkeeping(&path, &json));
@@ -159,6 +174,58 @@ impl Index {
             .collect();
         Index { files }
     }
+}
+
+/// Now, in ns since the epoch, as the ctime bound a restore records:
+/// everything written before has a ctime up to it, and, as this waits
+/// until the coarse clock the kernel stamps ctimes with has passed it (a
+/// tick: a few ms at most), everything written after a later one. Without
+/// the wait, a write in the restore's last tick (the app's first, say)
+/// could get a ctime under the bound and pass for restored.
+pub(crate) async fn ctime_bound() -> i128 {
+    let ns = |t: rustix::time::Timespec| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
+    let now = ns(rustix::time::clock_gettime(rustix::time::ClockId::Realtime));
+    let coarse = || ns(rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse));
+    // Bounded, should the clock be stepped back meanwhile.
+    for _ in 0..50 {
+        if coarse() > now {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    now
+}
+
+/// What the tail marker holds when a delta restore left it: the dir may
+/// hold units of two generations, each whole.
+pub(crate) const DELTA_MARKER: &[u8] = b"delta";
+
+/// Writes a bookkeeping file that guards what comes next, and makes it
+/// durable first: the file, then the directory that names it.
+pub(crate) fn write_durable(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_bookkeeping(path, bytes)?;
+    sync_path(path)?;
+    path.parent().map_or(Ok(()), sync_path)
+}
+
+/// Removes bookkeeping files (missing ones are fine), durably: their
+/// directory is synced after.
+pub(crate) fn remove_durable(paths: &[std::path::PathBuf]) -> io::Result<()> {
+    for p in paths {
+        match fs::remove_file(p) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    let dirs: std::collections::BTreeSet<&Path> = paths.iter().filter_map(|p| p.parent()).collect();
+    dirs.into_iter().try_for_each(sync_path)
+}
+
+/// `fsync` of a file or directory of ours, opened without following.
+fn sync_path(path: &Path) -> io::Result<()> {
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())?;
+    rustix::fs::fsync(&fd)?;
+    Ok(())
 }
 
 /// Reads a bookkeeping file (lock, state, index): never through a symlink,

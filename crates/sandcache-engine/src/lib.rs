@@ -9,7 +9,11 @@
 //! Guarantees:
 //! * a restore is bounded by its total deadline, stalls included;
 //! * the directory holds its previous content or the complete new content,
-//!   never a mix: extraction goes to a staging dir swapped into place;
+//!   never a mix: extraction goes to a staging dir swapped into place; a
+//!   delta restore (the dir holds a generation it restored, unchanged)
+//!   puts each package dir and file in place whole instead, and one that
+//!   does not complete leaves every unit whole, marked so that no snapshot
+//!   stores the dir and the next restore is full;
 //! * nothing is written outside the directory, whatever the archive says;
 //! * a snapshot of a missing or empty directory uploads nothing, and a
 //!   failed one leaves the stored cache as it was.
@@ -72,7 +76,7 @@ pub use gc::{DEFAULT_VERIFY_BYTES, DEFAULT_VERIFY_RATE, GcOptions, GcReport, gc_
 pub use layout::{validate_fallback, validate_key};
 pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
 pub use options::{Format, RestoreOptions, SnapshotOptions};
-pub use outcome::{Done, Op, Outcome, Reason, Skip};
+pub use outcome::{Done, Op, Outcome, Reason, RestoreMode, Skip};
 pub use restore::RestoreHandle;
 pub use sandcache_archive::{Limits, Progress};
 pub use target::{clear_dir, remove_leftovers};

@@ -49,8 +49,9 @@ pub enum Reason {
     /// Snapshot: nothing changed since the last restore or snapshot.
     Unchanged,
     /// Snapshot: the dir's last restore put its hot files in place but not
-    /// the rest (its second phase failed or was killed); storing it would
-    /// replace a good cache with a partial one. The next restore completes it.
+    /// the rest (its second phase failed or was killed), or was a delta
+    /// that did not complete; storing it would replace a good cache with a
+    /// partial one. The next restore completes it.
     Incomplete,
     /// The configuration is unusable (bad key or store).
     Config,
@@ -141,13 +142,42 @@ impl Skip {
     }
 }
 
+/// How a restore wrote the dir.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreMode {
+    /// The whole generation, written into staging and swapped in.
+    #[default]
+    Full,
+    /// Only what differs from the generation the dir holds, written in
+    /// place, unit by unit.
+    Delta,
+}
+
+impl RestoreMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreMode::Full => "full",
+            RestoreMode::Delta => "delta",
+        }
+    }
+}
+
 /// What a completed operation moved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Done {
-    /// Files (and symlinks) restored or archived.
+    /// Files (and symlinks) restored or archived: for a restore, what the
+    /// dir holds afterwards.
     pub files: u64,
-    /// Bytes of file content.
+    /// Bytes of file content (of those files).
     pub bytes: u64,
+    /// A restore: full or delta.
+    pub mode: RestoreMode,
+    /// A restore: the files (and symlinks) it wrote, and their bytes. A
+    /// full restore writes every one (`files`, `bytes`); a delta only
+    /// what differs.
+    pub files_written: u64,
+    pub bytes_written: u64,
     /// Bytes over the wire to or from the store.
     pub transferred: u64,
     /// A native snapshot: bytes of packs it added to the shared pool, and
@@ -194,7 +224,9 @@ impl Outcome {
     }
 
     /// The one-object JSON the CLI prints with `--json` and the runner shows
-    /// in its status: `ok, op, reason, ms, files, bytes, key, store`.
+    /// in its status: `ok, op, reason, ms, files, bytes, key, store`; a
+    /// restore adds `mode` (`full`, `delta`; null when skipped),
+    /// `files_written` and `bytes_written`.
     pub fn to_json(&self) -> serde_json::Value {
         let done = self.result.as_ref().ok().copied().unwrap_or_default();
         let mut v = serde_json::json!({
@@ -215,6 +247,9 @@ impl Outcome {
             v["hit"] = self.hit().into();
             v["from_key"] = self.from_key.clone().into();
             v["hot_ms"] = self.hot.map(|d| d.as_millis() as u64).into();
+            v["mode"] = self.result.as_ref().ok().map(|d| d.mode.as_str()).into();
+            v["files_written"] = done.files_written.into();
+            v["bytes_written"] = done.bytes_written.into();
         } else if done.pool_added + done.pool_reused > 0 {
             v["pool_added"] = done.pool_added.into();
             v["pool_reused"] = done.pool_reused.into();

@@ -21,7 +21,7 @@ use sandcache_store::{Store, StoreError};
 
 use crate::background::{self, CancelOnDrop};
 use crate::bad::{self, Bad, Found, Known};
-use crate::bookkeeping::{Index, hex, load_state, save_state};
+use crate::bookkeeping::{DELTA_MARKER, Index, hex, load_state, read_bookkeeping, save_state};
 use crate::cache::Cache;
 use crate::error::{Declined, Error, error_chain};
 use crate::layout;
@@ -123,8 +123,12 @@ async fn snapshot(
     let _lock = target.lock(deadline).await.map_err(Error::lock)?;
     background::remove_in_background(target.sqlite_leftovers());
     if std::fs::symlink_metadata(target.tail_path()).is_ok() {
+        let what = match read_bookkeeping(&target.tail_path(), 64).is_ok_and(|m| m == DELTA_MARKER) {
+            true => "was a delta that did not complete (every unit whole, of either generation)",
+            false => "put its hot files in place but not the rest",
+        };
         return Err(Declined::Incomplete(format!(
-            "the last restore of {} put its hot files in place but not the rest; the stored cache is kept until a restore completes",
+            "the last restore of {} {what}; the stored cache is kept until a restore completes",
             target.dir.display()
         ))
         .into());
@@ -426,7 +430,14 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
     );
     plan.index.save(&target.index_path());
     save_state(target, &store_label, key, fp, &mkey);
-    Ok(Done { files: plan.files, bytes: plan.bytes, transferred, pool_added: added, pool_reused: reused })
+    Ok(Done {
+        files: plan.files,
+        bytes: plan.bytes,
+        transferred,
+        pool_added: added,
+        pool_reused: reused,
+        ..Done::default()
+    })
 }
 
 /// Puts a pool object (`name(id)`: a pack or a piece) unless the pool

@@ -1,14 +1,17 @@
 //! How a restored entry is made on disk: its mode under the umask, files
 //! created relative to a held-open dir, metadata set on the open fd.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
 use sandcache_archive::ExtractError;
 use sandcache_archive::pack::Entry;
 
@@ -73,4 +76,62 @@ pub(super) fn set_meta(f: &fs::File, e: &Entry, owner: Option<(u32, u32)>, exact
     }
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(e.mtime.max(0) as u64);
     f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+}
+
+/// A path's directory and name (`""` for the top).
+pub(crate) fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+/// Most directories a [`DirFds`] holds open at once (a pod's descriptor
+/// limit may be 1024).
+const DIRS_OPEN: usize = 256;
+
+/// The directories of a tree someone else may change, each opened
+/// relative to its parent's fd with `O_NOFOLLOW`: a symlink put in a
+/// directory's place is never followed. Kept open while used.
+pub(crate) struct DirFds {
+    root: Arc<OwnedFd>,
+    /// By relative path; `None`: missing, or not a directory.
+    open: HashMap<String, Option<Arc<OwnedFd>>>,
+}
+
+impl DirFds {
+    pub(crate) fn new(root: Arc<OwnedFd>) -> DirFds {
+        DirFds { root, open: HashMap::new() }
+    }
+
+    /// The directory at `rel` (`""`: the top); `None` when it is missing
+    /// or is not a directory (a symlink included).
+    pub(crate) fn get(&mut self, rel: &str) -> io::Result<Option<Arc<OwnedFd>>> {
+        if rel.is_empty() {
+            return Ok(Some(self.root.clone()));
+        }
+        if let Some(d) = self.open.get(rel) {
+            return Ok(d.clone());
+        }
+        let (up, name) = split(rel);
+        let fd = match self.get(up)? {
+            None => None,
+            Some(parent) => match rustix::fs::openat(&*parent, name, DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => Some(Arc::new(fd)),
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => None,
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if self.open.len() >= DIRS_OPEN {
+            // Opened again when needed: walk order keeps a directory's
+            // entries together.
+            self.open.clear();
+        }
+        self.open.insert(rel.to_owned(), fd.clone());
+        Ok(fd)
+    }
+
+    /// Forgets `rel` and everything under it: moved, removed or made.
+    pub(crate) fn forget(&mut self, rel: &str) {
+        self.open.retain(|k, _| !(k == rel || (k.starts_with(rel) && k.as_bytes().get(rel.len()) == Some(&b'/'))));
+    }
 }

@@ -16,6 +16,7 @@ use sandcache_archive::ExtractError;
 use sandcache_archive::pack::{Entry, Kind, Manifest};
 
 use super::filesystem::{Umask, file_mode, io_err, set_meta};
+use super::units::npm_package_dir;
 
 /// The live dir of a second phase, held open. Every directory is opened
 /// relative to its parent's fd with `O_NOFOLLOW`: the worker may have
@@ -278,22 +279,6 @@ impl LiveDir {
     }
 }
 
-/// The npm package dir a DENO_DIR path lies in, if any:
-/// `npm/<registry>/<name>/<version>` (`<name>` may be `@scope/name`), for a
-/// path inside it.
-fn npm_package_dir(path: &str) -> Option<&str> {
-    let comps: Vec<&str> = path.split('/').collect();
-    if comps.first() != Some(&"npm") || comps.len() < 3 {
-        return None;
-    }
-    let depth = if comps[2].starts_with('@') { 5 } else { 4 };
-    if comps.len() <= depth {
-        return None;
-    }
-    let len = comps[..depth].iter().map(|c| c.len() + 1).sum::<usize>() - 1;
-    Some(&path[..len])
-}
-
 impl Drop for LiveDir {
     fn drop(&mut self) {
         self.remove_parts();
@@ -355,27 +340,4 @@ pub(super) fn finish_tail(
         }
     }
     Ok(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn npm_package_dirs_of_deno_dir_paths() {
-        let reg = "npm/registry.npmjs.org";
-        for (path, dir) in [
-            (format!("{reg}/lodash/4.17.21/lodash.js"), Some(format!("{reg}/lodash/4.17.21"))),
-            (format!("{reg}/lodash/4.17.21/fp/a.js"), Some(format!("{reg}/lodash/4.17.21"))),
-            (format!("{reg}/@aws-sdk/client-s3/3.1.0/dist/i.js"), Some(format!("{reg}/@aws-sdk/client-s3/3.1.0"))),
-            (format!("{reg}/lodash/registry.json"), None),
-            (format!("{reg}/lodash/4.17.21"), None),
-            (format!("{reg}/@aws-sdk/client-s3/3.1.0"), None),
-            ("remote/https/deno.land/x".into(), None),
-            ("npm".into(), None),
-            ("npmx/a/b/c/d".into(), None),
-        ] {
-            assert_eq!(npm_package_dir(&path).map(str::to_owned), dir, "{path}");
-        }
-    }
 }

@@ -1,5 +1,6 @@
 //! The native format: a generation restored from content-addressed packs
-//! (into staging, or in two phases), and built from a walk of the dir.
+//! (into staging, in two phases, or as a delta in place), and built from a
+//! walk of the dir.
 //! Where its objects live: [`crate::layout`]; the manifest itself and its
 //! algebra: `sandcache_archive::pack`.
 //!
@@ -13,11 +14,14 @@
 //! | `plan.rs` | each file's slices per frame, frames coalesced into ranges per pack | `Slice`, `Run` |
 //! | `fetch.rs` | ranged downloads feeding frames to the writers, within the in-flight budget | `FrameJob`, `Fetches` |
 //! | `writers.rs` | the writer threads: frames decoded, slices written | `Sink`, `write_frames` |
-//! | `filesystem.rs` | how an entry is made on disk: modes under the umask, metadata on the fd | `Umask` |
+//! | `filesystem.rs` | how an entry is made on disk: modes under the umask, metadata on the fd; directory fds opened without following | `Umask`, `DirFds` |
 //! | `parts.rs` | a large file's hash from its parts, merged as they are written | `PartHashes` |
 //! | `staging.rs` | phase one (or the only phase): a manifest into a private staging dir | `restore_into` |
 //! | `tail.rs` | phase two: the files that are not hot, into the live dir | `Tail`, `PendingManifest`, `restore_tail` |
 //! | `live.rs` | the live dir of phase two: files placed whole, what a tail that did not land leaves | `LiveDir` |
+//! | `units.rs` | what a delta replaces whole: npm package dirs, other files | `Unit`, `Units`, `Shape` |
+//! | `delta.rs` | a delta's plan, from two manifests and a check of the disk | `plan`, `Plan`, `Trust` |
+//! | `inplace.rs` | a delta's plan carried out in the live dir | `InPlace`, `apply` |
 //!
 //! Snapshotting:
 //!
@@ -27,8 +31,10 @@
 //! | `pieces.rs` | a manifest cut into content-addressed pieces and a root, and the hot pieces | `split` |
 
 mod build;
+mod delta;
 mod fetch;
 mod filesystem;
+mod inplace;
 mod live;
 mod manifest;
 mod parts;
@@ -39,9 +45,12 @@ mod prefetch;
 mod restoring;
 mod staging;
 mod tail;
+mod units;
 mod writers;
 
 pub(crate) use build::build;
+pub(crate) use delta::{Trust, plan};
+pub(crate) use inplace::{InPlace, apply};
 pub(crate) use live::LiveDir;
 pub(crate) use manifest::{Pieces, fetch_manifest, fetch_root, usable_hot, whole};
 pub(crate) use piece_cache::PieceCache;
@@ -50,3 +59,4 @@ pub(crate) use prefetch::Prefetch;
 pub(crate) use restoring::{RestoreStats, Restoring};
 pub(crate) use staging::restore_into;
 pub(crate) use tail::{PendingManifest, Tail, restore_tail};
+pub(crate) use units::digest;

@@ -1,6 +1,8 @@
 //! One restore: the dir resolved and locked, then the key's generations
 //! and each fallback's, tried in order until one is usable; the winner
-//! swapped in (and, hot-first, its tail landed), and recorded.
+//! restored in place when the dir holds another native generation and
+//! that writes less (`delta.rs`), else swapped in (and, hot-first, its
+//! tail landed), and recorded.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,14 +13,16 @@ use sandcache_store::Store;
 
 use crate::background::{self, remove_in_background};
 use crate::bad::{self, Found};
-use crate::bookkeeping::{save_state, save_state_restored};
+use crate::bookkeeping::{Restored, ctime_bound, save_state, save_state_restored};
 use crate::error::{Declined, Error, error_chain};
 use crate::layout;
+use crate::native;
 use crate::options::RestoreOptions;
-use crate::outcome::{Done, Reason};
+use crate::outcome::{Done, Reason, RestoreMode};
 use crate::target::Target;
 
 use super::archive::restore_archive;
+use super::delta::restore_delta;
 use super::native::{NativeRestore, phase_two, restore_native};
 
 /// Fires `hot-ready` once, and remembers when.
@@ -128,7 +132,19 @@ pub(super) async fn restore(
             let result = match &candidate {
                 Candidate::Native { key, manifest, root } => {
                     let job = NativeRestore { shared, key, target: &target, opts, found: &found };
-                    restore_native(&job, manifest, root.as_deref(), &known).await
+                    // In place, when the dir's state proves it holds another
+                    // native generation; else (or when in place would write
+                    // everything) whole.
+                    match restore_delta(&job, manifest, root.as_deref()).await {
+                        Ok(Some(done)) => {
+                            hot.ready();
+                            let _ = from.set(key.clone());
+                            remove_in_background(leftovers);
+                            return Ok(done);
+                        }
+                        Ok(None) => restore_native(&job, manifest, root.as_deref(), &known).await,
+                        Err(e) => Err(e),
+                    }
                 }
                 Candidate::Archive { key } => {
                     restore_archive(store, key, &target, opts).await.map(|(d, s)| (d, s, None, None))
@@ -151,8 +167,8 @@ pub(super) async fn restore(
                     let trash: Vec<PathBuf> = old.into_iter().chain(leftovers).collect();
                     let (Some(tail), Some((m, _))) = (tail, &manifest) else {
                         let _ = std::fs::remove_file(target.tail_path());
-                        after_swap(&target, trash, store, &source_key, manifest);
-                        return Ok(done);
+                        after_swap(&target, trash, store, &source_key, manifest).await;
+                        return Ok(written_whole(done));
                     };
                     let job = NativeRestore { shared, key: &source_key, target: &target, opts, found: &found };
                     let finished = phase_two(&job, m.clone(), tail, &staging).await;
@@ -160,13 +176,13 @@ pub(super) async fn restore(
                         Ok((more, whole)) => {
                             let _ = std::fs::remove_file(target.tail_path());
                             let manifest = manifest.map(|(_, generation)| (whole, generation));
-                            after_swap(&target, trash, store, &source_key, manifest);
-                            Ok(Done {
+                            after_swap(&target, trash, store, &source_key, manifest).await;
+                            Ok(written_whole(Done {
                                 files: done.files + more.files,
                                 bytes: done.bytes + more.bytes,
                                 transferred: done.transferred + more.transferred,
                                 ..done
-                            })
+                            }))
                         }
                         Err(e) => {
                             // The hot set is in place and every file there is
@@ -200,6 +216,11 @@ pub(super) async fn restore(
         let also = if opts.fallbacks.is_empty() { String::new() } else { " nor under any fallback".to_owned() };
         Declined::NotFound(format!("no object at `{key}` nor any generation under `{key}.d/`{also}")).into()
     }))
+}
+
+/// A full restore's outcome: it wrote every file it restored.
+fn written_whole(done: Done) -> Done {
+    Done { mode: RestoreMode::Full, files_written: done.files, bytes_written: done.bytes, ..done }
 }
 
 /// Generations tried in one restore, over the whole chain, and per link.
@@ -339,7 +360,7 @@ fn unix_ms(t: std::time::SystemTime) -> u64 {
 /// leftovers in the background.
 /// `manifest`: a native generation's, with its key; `None` for a single
 /// archive (stored at `key` itself).
-fn after_swap(
+async fn after_swap(
     target: &Target,
     trash: Vec<PathBuf>,
     store: &dyn Store,
@@ -348,8 +369,12 @@ fn after_swap(
 ) {
     let target = target.clone();
     let (store, key) = (store.to_string(), key.to_owned());
-    // Everything the restore wrote has a ctime up to this.
-    let until_ns = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
+    // Everything the restore wrote has a ctime up to this, and anything
+    // written from now on a later one.
+    let until_ns = match manifest {
+        Some(_) => ctime_bound().await,
+        None => 0,
+    };
     // The previous index describes the tree that was just replaced.
     let _ = std::fs::remove_file(target.index_path());
     match &manifest {
@@ -359,13 +384,15 @@ fn after_swap(
         // the next snapshot from the manifest and this bound: nothing to
         // walk, nothing more to write than the state.
         Some((m, generation)) => {
+            // With the manifest's digest: what a later delta trusts the
+            // dir to hold.
             save_state_restored(
                 &target,
                 &store,
                 &key,
                 &sandcache_archive::fingerprint::of_manifest(m),
                 generation,
-                Some(until_ns),
+                Some(Restored { until_ns, digest: native::digest(m) }),
             );
             remove_in_background(trash);
         }

@@ -102,10 +102,14 @@ fn log(o: &Outcome, location: &str) {
     match &o.result {
         Ok(d) => tracing::info!(
             target: "sandbox-cache",
-            op, key, reason, ms, hot_ms, hit, from_key, files = d.files, bytes = d.bytes, transferred = d.transferred,
-            "restored cache from {location}{tier} in {ms}ms ({} files, {} MB, {} MB transferred{hot})",
+            op, key, reason, ms, hot_ms, hit, from_key, mode = d.mode.as_str(), files = d.files, bytes = d.bytes,
+            files_written = d.files_written, bytes_written = d.bytes_written, transferred = d.transferred,
+            "restored cache from {location}{tier} in {ms}ms ({}: {} files, {} MB, of which {} files, {} MB written; {} MB transferred{hot})",
+            d.mode.as_str(),
             d.files,
             mb(d.bytes),
+            d.files_written,
+            mb(d.bytes_written),
             mb(d.transferred)
         ),
         Err(s) if s.reason == Reason::NotFound => {

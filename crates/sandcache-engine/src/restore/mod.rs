@@ -10,6 +10,9 @@
 //! - `native.rs`: a native generation (`NativeRestore`): its manifest or
 //!   hot pieces read, `native::restore_into` a new staging dir, and after
 //!   the swap `phase_two` (`native::restore_tail` into the live dir).
+//! - `delta.rs`: a native generation restored in place (`restore_delta`),
+//!   when the dir's state proves it holds another one, unchanged: only the
+//!   units that differ written (whole, in staging) and put in place.
 //! - `archive.rs`: a single archive, streamed through the decoder into the
 //!   extractor, into a new staging dir.
 //!
@@ -17,6 +20,7 @@
 
 mod archive;
 mod chain;
+mod delta;
 mod handle;
 mod native;
 

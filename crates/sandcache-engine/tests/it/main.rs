@@ -3,6 +3,8 @@
 
 /// `delete`, a panicking store client, and hostile configuration values.
 mod admin;
+/// Delta restores: only what differs written, in place, unit by unit.
+mod delta;
 /// Fallback keys: the exact key first, then prefixes, in order.
 mod fallback;
 /// Every fault of the fault proxy, in every form, restore and snapshot.

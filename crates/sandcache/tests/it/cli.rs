@@ -27,6 +27,18 @@ fn snapshot_and_restore_print_one_json_object_and_exit_0() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!((json["ok"].as_bool(), json["reason"].is_null()), (Some(true), true), "{json}");
     assert!(stderr.contains("restored cache from"), "{stderr}");
+    let files = json["files"].as_u64().unwrap();
+    assert_eq!((json["mode"].as_str(), json["files_written"].as_u64()), (Some("full"), Some(files)), "{json}");
+    assert_eq!(json["bytes_written"], json["bytes"], "{json}");
+    assert_same_tree(&src, &dest);
+
+    // Again: the dir holds that generation, untouched: a delta that writes
+    // nothing.
+    let (code, json, stderr) = run(&mut local("restore", &dest, &store, "site/cache"));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!((json["mode"].as_str(), json["files_written"].as_u64()), (Some("delta"), Some(0)), "{json}");
+    assert_eq!((json["files"].as_u64(), json["bytes_written"].as_u64()), (Some(files), Some(0)), "{json}");
+    assert!(stderr.contains("delta"), "{stderr}");
     assert_same_tree(&src, &dest);
 
     // Unchanged and empty are skips: exit 0, or 1 under --strict.

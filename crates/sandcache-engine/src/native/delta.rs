@@ -1,0 +1,409 @@
+//! A delta restore's plan, from two manifests and the disk: the
+//! generation the dir holds (`old`, as restored, unchanged up to a ctime
+//! bound) and the one to restore (`new`). Pure but for the disk check,
+//! which only reads: `lstat`s relative to directory fds opened without
+//! following ([`DirFds`]), listings of directories past the bound,
+//! `readlinkat`.
+//!
+//! - A unit (see [`super::units`]) of `new` is kept when `old` has the
+//!   same unit, entry for entry ([`Shape`]), and every entry of it is on
+//!   disk as the restore left it: the same kind, mode, mtime, size (and
+//!   symlink target) and owner, and a ctime not past the bound (any later
+//!   write, chmod, chown, utime, link or rename into place moves it; no
+//!   process can set one). A directory past the bound, or whose mtime is
+//!   not the archived one, is listed (the top always): a name the old
+//!   generation lacks is an extra, and a package holding one is changed. Any doubt (a missing or unlisted directory, a type or
+//!   reading error) is a change.
+//! - Every other unit of `new` is written (into staging) and put in place.
+//! - Units of `old` that `new` lacks, directories it lacks, and extras in
+//!   directories outside packages are moved away (the topmost path: a
+//!   directory takes what it holds), because the result must equal a full
+//!   restore of `new`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::fs::{AtFlags, FileType, Stat};
+use sandcache_archive::ExtractError;
+use sandcache_archive::pack::{Kind, Manifest};
+use sandcache_archive::{RESERVED_PREFIX, TAIL_PREFIX};
+
+use super::filesystem::{DirFds, split};
+use super::units::{Shape, Unit, Units};
+
+/// What a delta does, in the order it does it.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// Entries of `new` to write into staging, in its order: every entry
+    /// of each unit that is new or changed.
+    pub(crate) write: Vec<u32>,
+    /// Those units, by root path, to put in place once written: `true`
+    /// for a package dir (exchanged whole), `false` for a file or symlink
+    /// (renamed over).
+    pub(crate) place: Vec<(String, bool)>,
+    /// Paths moved away first, topmost only.
+    pub(crate) remove: Vec<String>,
+    /// Directories of `new` outside packages (and their entry, when
+    /// listed), parents first: made where missing, modes and times set.
+    pub(crate) dirs: Vec<(String, Option<u32>)>,
+    /// Kept files read since they were restored: their access time goes
+    /// back to their mtime, as a restore leaves it (the hot set is what is
+    /// read after a restore).
+    pub(crate) reset_atime: Vec<u32>,
+    /// What `new` holds (files and symlinks, and bytes), and what the
+    /// delta writes of it.
+    pub(crate) files: u64,
+    pub(crate) bytes: u64,
+    pub(crate) files_written: u64,
+    pub(crate) bytes_written: u64,
+}
+
+impl Plan {
+    /// Whether the delta writes less than a full restore would (files and
+    /// bytes counted together). Writing everything, it does not: a full
+    /// restore swaps the whole tree in at once, with no unit-by-unit
+    /// renames.
+    pub(crate) fn worth_it(&self) -> bool {
+        let written = self.files_written + self.bytes_written;
+        written == 0 || written < self.files + self.bytes
+    }
+}
+
+/// What the disk check trusts: entries with a ctime up to `until_ns`, as
+/// the restore that wrote them left them, owned as a restore leaves them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Trust {
+    pub(crate) until_ns: i128,
+    /// The owner a restore gives what it makes (`RestoreOptions::owner`);
+    /// without one, ours.
+    pub(crate) owner: Option<(u32, u32)>,
+}
+
+/// Plans the delta from `old` (what the dir, open as `root`, held when
+/// restored) to `new`. Only reads the disk. `None`: the dir cannot be told
+/// apart from the old generation well enough (a directory that cannot be
+/// listed): a full restore. Fails only when cancelled.
+pub(crate) fn plan(
+    old: &Manifest,
+    new: &Manifest,
+    root: Arc<OwnedFd>,
+    trust: Trust,
+    cancel: &AtomicBool,
+) -> Result<Option<Plan>, ExtractError> {
+    let (o, n) = (Units::of(old), Units::of(new));
+    let mut disk = Disk { dirs: DirFds::new(root), trust, euid: rustix::process::geteuid().as_raw() };
+    let mut remove: BTreeSet<String> = BTreeSet::new();
+    let cancelled = || cancel.load(Ordering::Relaxed);
+
+    // Directories outside packages that both hold: what the old generation
+    // lacks there is an extra. One that cannot be listed: a full restore.
+    let shared = std::iter::once(("", None)).chain(n.dirs.keys().filter_map(|d| Some((*d, *o.dirs.get(d)?))));
+    for (dir, entry) in shared {
+        if cancelled() {
+            return Err(ExtractError::Cancelled);
+        }
+        let mtime = entry.map(|i| old.entries[i as usize].mtime.max(0));
+        let Ok(extras) = disk.extras(dir, &o, mtime) else { return Ok(None) };
+        remove.extend(extras.into_iter().map(|name| join(dir, &name)));
+    }
+
+    let mut plan = Plan::default();
+    for (&unit, entries) in &n.units {
+        if cancelled() {
+            return Err(ExtractError::Cancelled);
+        }
+        let same = o.units.contains_key(&unit) && o.shape(unit) == n.shape(unit);
+        match same.then(|| disk.kept(unit, &n, &o)).flatten() {
+            Some(read) => plan.reset_atime.extend(read),
+            None => {
+                plan.write.extend(entries);
+                plan.place.push((unit.path().to_owned(), matches!(unit, Unit::Package(_))));
+            }
+        }
+    }
+    plan.write.sort_unstable();
+    // What `new` lacks goes: units, and directories outside packages.
+    for unit in o.units.keys().filter(|u| !n.units.contains_key(u)) {
+        remove.insert(unit.path().to_owned());
+    }
+    for dir in o.dirs.keys().filter(|d| !n.dirs.contains_key(*d)) {
+        remove.insert((*dir).to_owned());
+    }
+    // Topmost only: moving a directory away takes what it holds.
+    let under_another = |p: &str| {
+        let mut p = p;
+        while let Some((up, _)) = p.rsplit_once('/') {
+            if remove.contains(up) {
+                return true;
+            }
+            p = up;
+        }
+        false
+    };
+    plan.remove = remove.iter().filter(|p| !under_another(p)).cloned().collect();
+    plan.dirs = n.dirs.iter().map(|(d, e)| ((*d).to_owned(), *e)).collect();
+    (plan.files, plan.bytes) = n.count(0..new.entries.len() as u32);
+    (plan.files_written, plan.bytes_written) = n.count(plan.write.iter().copied());
+    Ok(Some(plan))
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") }
+}
+
+/// The disk, read as the check reads it.
+struct Disk {
+    dirs: DirFds,
+    trust: Trust,
+    euid: u32,
+}
+
+impl Disk {
+    /// The `lstat` of `path`, relative to its directory's fd; `None` when
+    /// it, or a directory on the way, is missing or not a directory.
+    fn stat(&mut self, path: &str) -> Option<Stat> {
+        let (up, name) = split(path);
+        let parent = self.dirs.get(up).ok()??;
+        rustix::fs::statat(&*parent, name, AtFlags::SYMLINK_NOFOLLOW).ok()
+    }
+
+    /// Whether `st` is what a restore makes of `s`, and untouched since
+    /// (a directory may be past the bound: its names are then listed).
+    /// `Some(read)`: as restored, and (a file) read since.
+    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+    fn as_restored(&self, st: &Stat, s: &Shape) -> Option<Seen> {
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => Kind::Dir,
+            FileType::RegularFile => Kind::File,
+            FileType::Symlink => Kind::Symlink,
+            _ => return None,
+        };
+        let owned = match self.trust.owner {
+            Some((uid, gid)) => st.st_uid == uid && st.st_gid == gid,
+            None => st.st_uid == self.euid,
+        };
+        let mode_ok = kind == Kind::Symlink || (st.st_mode as u32 & 0o7777) == s.mode;
+        let size = match kind {
+            Kind::File => s.size,
+            Kind::Symlink => s.target.map_or(0, |t| t.len() as u64),
+            Kind::Dir => st.st_size as u64,
+        };
+        let ctime = st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128;
+        let past = ctime > self.trust.until_ns;
+        let ok = kind == s.kind
+            && owned
+            && mode_ok
+            && (st.st_mtime as i64, st.st_mtime_nsec as i64) == (s.mtime, 0)
+            && st.st_size as u64 == size
+            && (!past || kind == Kind::Dir);
+        ok.then(|| Seen {
+            past,
+            read: kind == Kind::File && (st.st_atime as i64, st.st_atime_nsec as i64) != (s.mtime, 0),
+        })
+    }
+
+    /// The names in directory `dir` that `old` did not put there
+    /// (sandcache's own at the top left out). It is listed when its ctime
+    /// is past the bound, or its mtime is not the one the restore gave it
+    /// (`mtime`; `None`: unknown, an implied directory or the top, always
+    /// listed): a name made or removed in it moves both, and an app running
+    /// before the bound (a hot-first restore's second phase) moves the
+    /// mtime. Else it holds exactly the names it was restored with. No
+    /// names when it is not a directory (whatever it is goes); `Err` when
+    /// it cannot be listed faithfully (a name that is not UTF-8, which no
+    /// manifest holds, could not be moved away by name).
+    fn extras(&mut self, dir: &str, old: &Units, mtime: Option<i64>) -> Result<Vec<String>, Doubt> {
+        let st = match dir {
+            "" => self.dirs.get("").ok().flatten().and_then(|fd| rustix::fs::fstat(&*fd).ok()),
+            _ => self.stat(dir),
+        };
+        let Some(st) = st.filter(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory) else {
+            return Ok(Vec::new());
+        };
+        let ctime = st.st_ctime as i128 * 1_000_000_000 + st.st_ctime_nsec as i128;
+        #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+        let as_set = mtime.is_some_and(|m| (st.st_mtime as i64, st.st_mtime_nsec as i64) == (m, 0));
+        if ctime <= self.trust.until_ns && as_set {
+            return Ok(Vec::new());
+        }
+        let known = old.children.get(dir);
+        let names = self.names(dir).ok_or(Doubt)?;
+        let ours = |n: &[u8]| {
+            dir.is_empty() && n.starts_with(RESERVED_PREFIX.as_bytes()) && !n.starts_with(TAIL_PREFIX.as_bytes())
+        };
+        Ok(names
+            .into_iter()
+            .filter(|n| !ours(n.as_bytes()) && !known.is_some_and(|k| k.contains(n.as_str())))
+            .collect())
+    }
+
+    /// The names in directory `dir`, listed from its fd; `None` when it
+    /// cannot be read, or holds a name that is not UTF-8.
+    fn names(&mut self, dir: &str) -> Option<Vec<String>> {
+        let fd = self.dirs.get(dir).ok()??;
+        let mut listing = rustix::fs::Dir::read_from(&*fd).ok()?;
+        let mut out = Vec::new();
+        while let Some(entry) = listing.read() {
+            let entry = entry.ok()?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            out.push(std::str::from_utf8(name).ok()?.to_owned());
+        }
+        Some(out)
+    }
+
+    /// Whether `unit` (the same in `old` and `new`) is on disk as restored
+    /// and untouched since: `Some(files read since)` to keep it, `None`
+    /// when it is to be written again.
+    fn kept(&mut self, unit: Unit, new: &Units, old: &Units) -> Option<Vec<u32>> {
+        let entries = &new.units[&unit];
+        if let Unit::Package(root) = unit {
+            // Every directory in a package is listed (its own too): one
+            // that is only implied has no names the check could trust.
+            let listed: HashSet<&str> = entries
+                .iter()
+                .map(|&i| &new.m.entries[i as usize])
+                .filter(|e| e.kind == Kind::Dir)
+                .map(|e| e.path.as_str())
+                .collect();
+            let implied = |i: &u32| {
+                let path = new.m.entries[*i as usize].path.as_str();
+                path != root && !listed.contains(split(path).0)
+            };
+            if !listed.contains(root) || entries.iter().any(implied) {
+                return None;
+            }
+        }
+        let mut read = Vec::new();
+        for &i in entries {
+            let e = &new.m.entries[i as usize];
+            let shape = Shape::of(e);
+            let st = self.stat(&e.path)?;
+            let seen = self.as_restored(&st, &shape)?;
+            if e.kind == Kind::Symlink {
+                let (up, name) = split(&e.path);
+                let parent = self.dirs.get(up).ok()??;
+                let target = rustix::fs::readlinkat(&*parent, name, Vec::new()).ok()?;
+                if Some(target.to_bytes()) != shape.target.map(str::as_bytes) {
+                    return None;
+                }
+            }
+            if e.kind == Kind::Dir
+                && seen.past
+                && self.extras(&e.path, old, Some(shape.mtime)).is_ok_and(|x| !x.is_empty())
+            {
+                return None;
+            }
+            if seen.read {
+                read.push(i);
+            }
+        }
+        Some(read)
+    }
+}
+
+/// A directory that cannot be listed faithfully.
+struct Doubt;
+
+/// An entry found as restored.
+struct Seen {
+    /// A directory whose ctime is past the bound: listed.
+    past: bool,
+    /// A file read since.
+    read: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    use sandcache_archive::pack::Entry;
+
+    use super::*;
+
+    fn file(path: &str, body: &str) -> Entry {
+        Entry::file(path.into(), 0o644, MTIME, body.len() as u64, blake3::hash(body.as_bytes()).to_hex().to_string())
+    }
+
+    /// A file's content in these tests: its name without `.js`.
+    fn body(path: &str) -> &'static str {
+        let name = path.rsplit('/').next().unwrap().trim_end_matches(".js");
+        Box::leak(name.to_owned().into_boxed_str())
+    }
+
+    fn manifest(entries: Vec<Entry>) -> Manifest {
+        Manifest { entries, ..Manifest::empty(3, 0) }
+    }
+
+    const MTIME: i64 = 1_600_000_000;
+
+    /// Writes `m` as a restore would (each file's content: `body` of its
+    /// path), and returns the ctime bound after it.
+    fn restore(dir: &std::path::Path, m: &Manifest, body: &dyn Fn(&str) -> &'static str) -> i128 {
+        for e in &m.entries {
+            let p = dir.join(&e.path);
+            match e.kind {
+                Kind::Dir => fs::create_dir_all(&p).unwrap(),
+                Kind::File => {
+                    fs::create_dir_all(p.parent().unwrap()).unwrap();
+                    fs::write(&p, body(&e.path)).unwrap();
+                    fs::set_permissions(&p, fs::Permissions::from_mode(e.mode)).unwrap();
+                }
+                Kind::Symlink => std::os::unix::fs::symlink(e.target.as_deref().unwrap(), &p).unwrap(),
+            }
+        }
+        let mut all: Vec<&Entry> = m.entries.iter().collect();
+        all.sort_by(|a, b| b.path.cmp(&a.path));
+        let t = rustix::fs::Timespec { tv_sec: MTIME, tv_nsec: 0 };
+        let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+        for e in all {
+            rustix::fs::utimensat(rustix::fs::CWD, dir.join(&e.path), &times, AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let bound = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i128;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        bound
+    }
+
+    #[test]
+    fn the_plan_keeps_untouched_units_and_rewrites_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        let pkg = "npm/r/a/1.0.0";
+        let old = manifest(vec![
+            Entry::dir("npm".into(), 0o755, MTIME),
+            Entry::dir(pkg.into(), 0o755, MTIME),
+            file(&format!("{pkg}/index.js"), "index"),
+            Entry::dir("npm/r/b/1.0.0".into(), 0o755, MTIME),
+            file("npm/r/b/1.0.0/index.js", "index"),
+            Entry::dir("remote".into(), 0o755, MTIME),
+            file("remote/kept.js", "kept"),
+            file("remote/touched.js", "touched"),
+            file("remote/gone.js", "gone"),
+        ]);
+        let bound = restore(&dir, &old, &body);
+        // After the bound: one file rewritten as it was, one extra beside.
+        fs::write(dir.join("remote/touched.js"), "touched").unwrap();
+        let t = fs::File::open(dir.join("remote/touched.js")).unwrap();
+        t.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(MTIME as u64)).unwrap();
+        fs::write(dir.join("remote/extra.js"), "x").unwrap();
+        let mut new = old.clone();
+        new.entries.retain(|e| e.path != "remote/gone.js" && !e.path.starts_with("npm/r/b"));
+        new.entries.push(Entry::dir("npm/r/c/1.0.0".into(), 0o755, 1_600_000_000));
+        new.entries.push(file("npm/r/c/1.0.0/index.js", "index"));
+        let root = Arc::new(rustix::fs::open(&dir, rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty()).unwrap());
+        let p =
+            plan(&old, &new, root, Trust { until_ns: bound, owner: None }, &AtomicBool::new(false)).unwrap().unwrap();
+        assert_eq!(p.place, [("npm/r/c/1.0.0".to_owned(), true), ("remote/touched.js".to_owned(), false)]);
+        assert_eq!(p.remove, ["npm/r/b", "remote/extra.js", "remote/gone.js"].map(str::to_owned));
+        assert_eq!((p.files, p.files_written, p.bytes_written), (4, 2, 5 + 7));
+        assert!(p.worth_it());
+        let dirs: Vec<&str> = p.dirs.iter().map(|d| d.0.as_str()).collect();
+        assert_eq!(dirs, ["npm", "npm/r", "npm/r/a", "npm/r/c", "remote"]);
+    }
+}
