@@ -134,6 +134,6 @@ impl Cache {
                 }
             }
         };
-        Outcome { op, result, elapsed: start.elapsed(), key, store, from_key: None, hot: None }
+        Outcome { op, result, elapsed: start.elapsed(), key, store, from_key: None, generation: None, hot: None }
     }
 }

@@ -25,10 +25,12 @@
 //! manifest can point at a pack that is not already stored, and no complete
 //! generation is lost. This needs no conditional writes.
 //!
-//! The pointer (`K.d/latest`) is the one object that is overwritten: after
-//! its manifest, a snapshot writes the generation's name and a copy of its
-//! root there, so a restore finds the newest root in one GET instead of a
-//! LIST and a GET. It is only a hint: missing, unreadable, or naming a
+//! The pointer (`K.d/latest`) is the one object that is overwritten: a
+//! snapshot deletes it before writing its manifest, and after the manifest
+//! writes the generation's name and a copy of its root (with its BLAKE3)
+//! there, so a restore finds the newest root in one GET instead of a LIST
+//! and a GET. A snapshot that is done never leaves it naming an older
+//! generation. It is only a hint: missing, unreadable, or naming a
 //! generation that cannot be restored, the restore lists the manifests as
 //! before. Two snapshots racing (or an older binary, which writes none) may
 //! leave it naming an older complete generation: that one is restored,
@@ -127,10 +129,11 @@ const POINTER_MAGIC: &str = "sandcache-latest 1";
 /// bytes each, a few KB for a DENO_DIR.
 const MAX_POINTER: u64 = 4 << 20;
 
-/// A pointer's bytes: the magic line, the generation's name, then its root
-/// exactly as stored.
+/// A pointer's bytes: the magic line, the generation's name, the BLAKE3 of
+/// its root, then the root exactly as stored. A pointer whose root does not
+/// hash as it says (damaged on its way) is no pointer.
 pub(crate) fn encode_pointer(generation: &str, root: &[u8]) -> Vec<u8> {
-    let mut out = format!("{POINTER_MAGIC}\n{generation}\n").into_bytes();
+    let mut out = format!("{POINTER_MAGIC}\n{generation}\n{}\n", blake3::hash(root).to_hex()).into_bytes();
     out.extend_from_slice(root);
     out
 }
@@ -163,13 +166,18 @@ pub(crate) async fn read_pointer(store: &dyn Store, key: &str) -> Option<(sandca
 }
 
 fn decode_pointer(key: &str, bytes: &[u8]) -> Option<(sandcache_store::ObjectInfo, Vec<u8>)> {
+    let line = |rest: &[u8]| -> Option<(String, usize)> {
+        let end = rest.iter().position(|&b| b == b'\n')?;
+        Some((std::str::from_utf8(&rest[..end]).ok()?.to_owned(), end + 1))
+    };
     let rest = bytes.strip_prefix(POINTER_MAGIC.as_bytes())?.strip_prefix(b"\n")?;
-    let end = rest.iter().position(|&b| b == b'\n')?;
-    let generation = std::str::from_utf8(&rest[..end]).ok()?;
-    if generation_of(generation) != Some(key) {
+    let (generation, n) = line(rest)?;
+    let (hash, m) = line(&rest[n..])?;
+    let root = rest[n + m..].to_vec();
+    if generation_of(&generation) != Some(key) || blake3::hash(&root).to_hex().as_str() != hash {
         return None;
     }
-    let root = rest[end + 1..].to_vec();
+    let generation = generation.as_str();
     let ms = manifest_ms(generation)?;
     let info = sandcache_store::ObjectInfo {
         key: generation.to_owned(),
@@ -243,6 +251,10 @@ mod tests {
         assert!(decode_pointer("site/b", &bytes).is_none());
         assert!(decode_pointer("site/a", &encode_pointer("pool/ab/x.tree", b"")).is_none());
         assert!(decode_pointer("site/a", b"sandcache-latest 2\nx\n").is_none());
+        // A root damaged on its way: no pointer.
+        let mut damaged = bytes.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        assert!(decode_pointer("site/a", &damaged).is_none());
         assert!(decode_pointer("site/a", b"").is_none());
         // A pointer is not a generation, a pool object or a mark.
         let p = pointer_key("site/a");

@@ -198,6 +198,9 @@ pub struct Outcome {
     /// A done restore: the key whose generation was restored, `key` itself
     /// or one of the fallbacks.
     pub from_key: Option<String>,
+    /// A done restore: the generation restored (a native generation's
+    /// manifest, or the single archive's key).
+    pub generation: Option<String>,
     /// A hot-first restore: when its first phase put the hot files (and
     /// every directory and symlink) in place, from the start. The dir was
     /// usable from then on, even if the rest then failed.
@@ -246,6 +249,7 @@ impl Outcome {
         if self.op == Op::Restore {
             v["hit"] = self.hit().into();
             v["from_key"] = self.from_key.clone().into();
+            v["generation"] = self.generation.clone().into();
             v["hot_ms"] = self.hot.map(|d| d.as_millis() as u64).into();
             v["mode"] = self.result.as_ref().ok().map(|d| d.mode.as_str()).into();
             v["files_written"] = done.files_written.into();

@@ -12,7 +12,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use sandcache_archive::pack::BuiltPack;
@@ -196,7 +196,7 @@ async fn snapshot(
     // Deno's own caches are stored as consistent copies, made in a private
     // dir beside the state files (see sandcache_archive::sqlite).
     let sqlite = SqliteOptions::new(target.sqlite_scratch());
-    let job = Snapshotting { store, key, target: &target, opts, walk: &walk, sqlite: &sqlite, fp: &fp };
+    let job = Snapshotting { store, key, target: &target, opts, walk: &walk, sqlite: &sqlite, fp: &fp, deadline };
     match opts.format {
         Format::Native => snapshot_native(&job).await,
         Format::Tgz => snapshot_archive(&job, Layout::Rooted, Encoding::Gzip).await,
@@ -214,7 +214,12 @@ struct Snapshotting<'a> {
     walk: &'a WalkOptions,
     sqlite: &'a SqliteOptions,
     fp: &'a [u8; 32],
+    /// When the snapshot's time is up.
+    deadline: Instant,
 }
+
+/// What a snapshot keeps of its deadline for itself, past its pointer.
+const POINTER_MARGIN: Duration = Duration::from_millis(250);
 
 /// Native: only content the store lacks is packed and uploaded, packs first
 /// (into the shared pool, skipping any it already holds) and the manifest
@@ -230,7 +235,7 @@ async fn snapshot_native(job: &Snapshotting<'_>) -> Result<Done, Error> {
 }
 
 async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done, Error> {
-    let Snapshotting { store, key, target, opts, walk, sqlite, fp } = *job;
+    let Snapshotting { store, key, target, opts, walk, sqlite, fp, .. } = *job;
     let store_label = store.to_string();
     // The base to dedup against: the key's newest generation, whoever wrote
     // it; else the generation the dir was restored from (a fallback, such as
@@ -381,6 +386,11 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
     transferred += bytes.len() as u64;
     let mkey = layout::manifest_key(key, plan.manifest.created_ms);
     let pointer = layout::encode_pointer(&mkey, &bytes);
+    // The pointer goes first, so that no reader is led to an older
+    // generation once this one is stored, whatever happens to the new
+    // pointer below: readers list until it is written. Failing that, the
+    // snapshot fails before anything is stored (the pool's objects aside).
+    store.delete(&layout::pointer_key(key)).await?;
     store.put(&mkey, one_chunk(bytes)).await?;
     // A gc that ran meanwhile may have removed a pack this generation reuses
     // (nothing it kept referenced it): withdraw the generation rather than
@@ -409,9 +419,16 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
         )));
     }
     // The pointer goes last, once the generation is known whole: a restore
-    // reads it instead of listing. Only a hint, so a failure is logged.
-    if let Err(e) = store.put(&layout::pointer_key(key), one_chunk(pointer)).await {
-        tracing::warn!(target: "sandbox-cache", "could not point {key} at {mkey} ({e}); restores list instead");
+    // reads it instead of listing. Only a hint: a failure is logged, and it
+    // may take what is left of the deadline but a margin, so a slow one
+    // never turns a stored generation into a timed-out snapshot.
+    let left = job.deadline.saturating_duration_since(Instant::now()).saturating_sub(POINTER_MARGIN);
+    match tokio::time::timeout(left, store.put(&layout::pointer_key(key), one_chunk(pointer))).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(target: "sandbox-cache", "could not point {key} at {mkey} ({e}); restores list instead")
+        }
+        Err(_) => tracing::warn!(target: "sandbox-cache", "pointing {key} at {mkey} timed out; restores list instead"),
     }
     // Every new pack is in the manifest (only unused frames of old packs are
     // dropped), so what was not added was reused.
@@ -543,7 +560,7 @@ fn one_chunk(bytes: Vec<u8>) -> sandcache_store::BodyStream {
 
 /// A single archive streamed into one upload (the seed's tgz layout).
 async fn snapshot_archive(job: &Snapshotting<'_>, layout: Layout, encoding: Encoding) -> Result<Done, Error> {
-    let Snapshotting { store, key, target, opts, walk, sqlite, fp } = *job;
+    let Snapshotting { store, key, target, opts, walk, sqlite, fp, .. } = *job;
     let store_label = store.to_string();
     let wopts = WriteOptions {
         layout,

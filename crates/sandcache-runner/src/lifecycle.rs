@@ -219,8 +219,9 @@ impl Runner {
 
     /// 2. Restore, bounded, before anything reads the dir; 3. meanwhile,
     ///    the site's code, cloned as the worker into a dir it owns (the two
-    ///    touch nothing in common). With `{lock}` the key needs the clone:
-    ///    the restore comes after it (2').
+    ///    touch nothing in common). With `{lock}` the exact key needs the
+    ///    clone: meanwhile the site's newest generation goes in, and the
+    ///    exact key's restore after the clone (2') is a delta over it.
     async fn restore_and_clone(
         self: &Arc<Self>,
         req: &DeployRequest,
@@ -229,13 +230,17 @@ impl Runner {
         home: &Path,
     ) -> Result<(Cache, Option<Arc<TailWatch>>), DeployError> {
         let lock_templated = plan.lock_templated();
-        self.set_step(if lock_templated { "cloning" } else { "restoring" });
+        self.set_step("restoring");
         // The status shows what is still running: the restore, then the
         // clone if it outlasts the restore.
         let cloned_yet = std::sync::atomic::AtomicBool::new(false);
+        let started = Instant::now();
         let restore = async {
             let restored = match lock_templated {
-                true => Ok(None),
+                true => {
+                    self.restore_provisionally(plan).await;
+                    Ok(None)
+                }
                 false => self.restore_cache(&plan.config, &plan.opts, user).await.map(Some),
             };
             if !cloned_yet.load(std::sync::atomic::Ordering::SeqCst) {
@@ -253,8 +258,28 @@ impl Runner {
         cloned?;
         match cache {
             Some(c) => Ok(c),
-            None => self.restore_by_lock_key(plan, user).await,
+            None => {
+                // One deadline for both steps (at least a second for this one).
+                let left = self.cfg.restore_timeout.saturating_sub(started.elapsed());
+                plan.opts.timeout = left.max(Duration::from_secs(1));
+                self.restore_by_lock_key(plan, user).await
+            }
         }
+    }
+
+    /// 2 (with `{lock}`), beside the clone: the site's newest generation
+    /// under its key's prefix (else its fallbacks), so that the exact key's
+    /// restore after the clone writes only what differs, usually nothing.
+    /// Advisory and one phase; what it did is logged, not recorded.
+    async fn restore_provisionally(&self, plan: &CachePlan) {
+        let template = plan.config.key.clone().unwrap_or_default();
+        let Some((prefix, _)) = template.rsplit_once('/') else { return };
+        let mut config = plan.config.clone();
+        config.key = Some(template.replace(LOCK_PLACEHOLDER, "nolock"));
+        let mut opts = RestoreOptions { hot_first: false, ..plan.opts.clone() };
+        opts.fallbacks.insert(0, format!("{prefix}/"));
+        let outcome = Cache::open(&config, &self.cfg.store_options).restore(&self.cfg.deno_dir, &opts).await;
+        tracing::info!(target: "sandbox-cache", "beside the clone, the site's newest generation: {}", outcome.to_json());
     }
 
     /// 3. The work dir, emptied and given to the worker, and the repo

@@ -44,6 +44,14 @@ pub struct Metrics {
     worker_tail_restarts: Counter,
     prewarms: Family<DeployLabels, Counter>,
     prewarm_duration: Histogram,
+    restores_by_mode: Family<ModeLabels, Counter>,
+    files_written: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    /// `full` or `delta`.
+    mode: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -205,6 +213,17 @@ impl Default for Metrics {
         }
         let prewarm_duration = Histogram::new([0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0]);
         registry.register("prewarm_seconds", "Time a pre-warm took (at low priority)", prewarm_duration.clone());
+        let restores_by_mode = Family::<ModeLabels, Counter>::default();
+        registry.register(
+            "restores_by_mode",
+            "Done restores by how they wrote the dir: whole (full) or only what differs (delta)",
+            restores_by_mode.clone(),
+        );
+        for mode in ["full", "delta"] {
+            let _ = restores_by_mode.get_or_create(&ModeLabels { mode });
+        }
+        let files_written = Counter::default();
+        registry.register("restore_files_written", "Files (and symlinks) done restores wrote", files_written.clone());
         // Every label set exists from the start, so a dashboard sees zeros.
         for op in [Op::Restore, Op::Snapshot] {
             let labels = OpLabels { op: op_name(op) };
@@ -240,6 +259,8 @@ impl Default for Metrics {
             worker_tail_restarts,
             prewarms,
             prewarm_duration,
+            restores_by_mode,
+            files_written,
         }
     }
 }
@@ -252,6 +273,10 @@ impl Metrics {
         self.outcomes.get_or_create(&OutcomeLabels { op, reason }).inc();
         if o.op == Op::Restore && o.reason() != Some(sandcache_engine::Reason::Disabled) {
             self.tiers.get_or_create(&TierLabels { tier: o.hit().unwrap_or("cold") }).inc();
+        }
+        if let (Op::Restore, Ok(d)) = (o.op, &o.result) {
+            self.restores_by_mode.get_or_create(&ModeLabels { mode: d.mode.as_str() }).inc();
+            self.files_written.inc_by(d.files_written);
         }
         if let (Op::Snapshot, Ok(d)) = (o.op, &o.result) {
             self.pool.get_or_create(&PoolLabels { kind: "added" }).inc_by(d.pool_added);

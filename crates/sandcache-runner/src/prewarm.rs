@@ -163,7 +163,9 @@ impl Runner {
         let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let mut status = lock(&self.prewarm.status);
         status.state = if outcome.is_done() { "ready" } else { "failed" };
-        status.from_key = outcome.from_key.clone().filter(|_| outcome.is_done()).or(status.from_key.take());
+        if outcome.is_done() {
+            (status.from_key, status.generation) = (outcome.from_key.clone(), outcome.generation.clone());
+        }
         status.ms = Some(took.as_millis() as u64);
         status.at = Some(at);
         status.outcome = Some(outcome.to_json());

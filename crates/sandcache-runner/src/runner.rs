@@ -296,6 +296,8 @@ pub struct PrewarmStatus {
     pub source: Option<String>,
     /// The key whose generation is in DENO_DIR.
     pub from_key: Option<String>,
+    /// That generation (a manifest's name).
+    pub generation: Option<String>,
     /// How long the last pre-warm took, in milliseconds.
     pub ms: Option<u64>,
     /// When the last one ended, in Unix milliseconds.
@@ -309,7 +311,16 @@ pub struct PrewarmStatus {
 
 impl Default for PrewarmStatus {
     fn default() -> Self {
-        PrewarmStatus { state: "off", source: None, from_key: None, ms: None, at: None, outcome: None, error: None }
+        PrewarmStatus {
+            state: "off",
+            source: None,
+            from_key: None,
+            generation: None,
+            ms: None,
+            at: None,
+            outcome: None,
+            error: None,
+        }
     }
 }
 

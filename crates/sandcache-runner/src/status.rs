@@ -135,7 +135,8 @@ mod tests {
                 "sandbox": true, "deployed": false, "deploying": false, "site": null, "worker": "none",
                 "worker_restarts": 0, "worker_last_exit": null, "phase": "idle", "last_deploy": null,
                 "timings": timings, "cache": cache,
-                "prewarm": {"state": "off", "source": null, "from_key": null, "ms": null, "at": null, "outcome": null, "error": null},
+                "prewarm": {"state": "off", "source": null, "from_key": null, "generation": null, "ms": null, "at": null,
+                    "outcome": null, "error": null},
             })
         );
         let ok = LastDeploy { ok: true, outcome: None, error: None, at: 7, ms: 3 };

@@ -3,9 +3,11 @@
 //!
 //! Pieces are content-addressed (a piece's name is the BLAKE3 of its
 //! bytes) and cut where paths say, so two generations of one key, or a
-//! site and the base it was built on, share most of them. Every restore
-//! keeps the pieces it read here; the next one, of a newer generation or
-//! of a site after a pre-warmed base, reads those from disk.
+//! site and the base it was built on, share most of them. A restore that
+//! completes keeps the pieces it read here ([`PieceCache::keep`]: those of
+//! a manifest that was refused are never kept, and a restore that fails
+//! leaves nothing); the next one, of a newer generation or of a site after
+//! a pre-warmed base, reads those from disk.
 //!
 //! The dir is the runner's (beside the state, see
 //! [`crate::target::Target::pieces_dir`]), but nothing read from it is
@@ -19,7 +21,8 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
 
@@ -27,30 +30,34 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
 /// 25k-entry DENO_DIR (45 pieces of ~50 KB each).
 pub(crate) const MAX_BYTES: u64 = 32 << 20;
 
-/// A dir of pieces, `<id>.tree`.
+/// A dir of pieces, `<id>.tree`, made when a restore first keeps some.
 #[derive(Debug)]
 pub(crate) struct PieceCache {
-    dir: OwnedFd,
+    path: PathBuf,
+    dir: OnceLock<OwnedFd>,
+    /// Pieces read from the store, kept once the restore completes.
+    pending: Mutex<Vec<(String, Vec<u8>)>>,
 }
 
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
 impl PieceCache {
-    /// Opens (creating, 0700) the cache at `path`, and trims it to
-    /// [`MAX_BYTES`]. `None` when it cannot be used (a symlink, not a dir,
-    /// a read-only disk): restores then fetch every piece, as without one.
+    /// The cache at `path`, trimmed to [`MAX_BYTES`]; nothing is made yet.
+    /// `None` when it cannot be used (a symlink, not a dir): restores then
+    /// fetch every piece, as without one.
     pub(crate) fn open(path: &Path) -> Option<PieceCache> {
-        match rustix::fs::mkdir(path, Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        let cache = PieceCache { path: path.to_owned(), dir: OnceLock::new(), pending: Mutex::new(Vec::new()) };
+        match rustix::fs::open(path, DIR_FLAGS, Mode::empty()) {
+            Ok(dir) => {
+                let _ = cache.dir.set(dir);
+                cache.trim(MAX_BYTES);
+            }
+            Err(rustix::io::Errno::NOENT) => {}
             Err(e) => {
                 tracing::debug!("no piece cache at {}: {e}", path.display());
                 return None;
             }
         }
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let dir = rustix::fs::open(path, flags, Mode::empty())
-            .inspect_err(|e| tracing::debug!("no piece cache at {}: {e}", path.display()))
-            .ok()?;
-        let cache = PieceCache { dir };
-        cache.trim(MAX_BYTES);
         Some(cache)
     }
 
@@ -59,7 +66,7 @@ impl PieceCache {
     pub(crate) fn get(&self, id: &str, size: u64) -> Option<Vec<u8>> {
         let name = file_name(id)?;
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(&self.dir, &name, flags, Mode::empty()).ok()?;
+        let fd = rustix::fs::openat(self.dir.get()?, &name, flags, Mode::empty()).ok()?;
         let st = rustix::fs::fstat(&fd).ok()?;
         if !FileType::from_raw_mode(st.st_mode).is_file() || st.st_size as u64 != size {
             return None;
@@ -71,26 +78,60 @@ impl PieceCache {
         (bytes.len() as u64 == size).then_some(bytes)
     }
 
-    /// Keeps a piece the store gave (its hash already checked): written
-    /// under a temporary name, renamed into place. Best effort.
+    /// A piece the store gave (its hash already checked), to keep if the
+    /// restore completes.
     pub(crate) fn put(&self, id: &str, bytes: &[u8]) {
-        let Some(name) = file_name(id) else { return };
-        let tmp = format!(".{name}.{:08x}", rand::random::<u32>());
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let written = rustix::fs::openat(&self.dir, &tmp, flags, Mode::from_raw_mode(0o600))
-            .map_err(std::io::Error::from)
-            .and_then(|fd| File::from(fd).write_all(bytes))
-            .and_then(|()| rustix::fs::renameat(&self.dir, &tmp, &self.dir, &name).map_err(Into::into));
-        if let Err(e) = written {
-            tracing::debug!("could not keep piece {id}: {e}");
-            let _ = rustix::fs::unlinkat(&self.dir, &tmp, AtFlags::empty());
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let held: usize = pending.iter().map(|(_, b)| b.len()).sum();
+        if held + bytes.len() <= MAX_BYTES as usize {
+            pending.push((id.to_owned(), bytes.to_vec()));
+        }
+    }
+
+    /// The restore completed: the pieces it read from the store are kept
+    /// (the dir made, 0700, if missing), each written under a temporary
+    /// name and renamed into place. Best effort.
+    pub(crate) fn keep(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if pending.is_empty() {
+            return;
+        }
+        let dir = match self.dir.get() {
+            Some(d) => d,
+            None => {
+                let made = match rustix::fs::mkdir(&self.path, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => rustix::fs::open(&self.path, DIR_FLAGS, Mode::empty()),
+                    Err(e) => Err(e),
+                };
+                match made {
+                    Ok(fd) => self.dir.get_or_init(|| fd),
+                    Err(e) => {
+                        tracing::debug!("no piece cache at {}: {e}", self.path.display());
+                        return;
+                    }
+                }
+            }
+        };
+        for (id, bytes) in pending {
+            let Some(name) = file_name(&id) else { continue };
+            let tmp = format!(".{name}.{:08x}", rand::random::<u32>());
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let written = rustix::fs::openat(dir, &tmp, flags, Mode::from_raw_mode(0o600))
+                .map_err(std::io::Error::from)
+                .and_then(|fd| File::from(fd).write_all(&bytes))
+                .and_then(|()| rustix::fs::renameat(dir, &tmp, dir, &name).map_err(Into::into));
+            if let Err(e) = written {
+                tracing::debug!("could not keep piece {id}: {e}");
+                let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
+            }
         }
     }
 
     /// Removes the least recently used pieces (and anything else in the
     /// dir) until at most `max` bytes of pieces are left.
     fn trim(&self, max: u64) {
-        let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(&self.dir, 0) else { return };
+        let Some(dir) = self.dir.get() else { return };
+        let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(dir, 0) else { return };
         let Ok(mut listing) = rustix::fs::Dir::read_from(&dup) else { return };
         let mut pieces = Vec::new();
         let mut total = 0u64;
@@ -99,7 +140,7 @@ impl PieceCache {
             if name == "." || name == ".." {
                 continue;
             }
-            let st = rustix::fs::statat(&self.dir, &*name, AtFlags::SYMLINK_NOFOLLOW);
+            let st = rustix::fs::statat(dir, &*name, AtFlags::SYMLINK_NOFOLLOW);
             match st {
                 Ok(st) if FileType::from_raw_mode(st.st_mode).is_file() && name.ends_with(".tree") => {
                     total += st.st_size as u64;
@@ -107,7 +148,7 @@ impl PieceCache {
                 }
                 // Temporary files of a crashed run, or what does not belong.
                 _ => {
-                    let _ = rustix::fs::unlinkat(&self.dir, &*name, AtFlags::empty());
+                    let _ = rustix::fs::unlinkat(dir, &*name, AtFlags::empty());
                 }
             }
         }
@@ -116,7 +157,7 @@ impl PieceCache {
             if total <= max {
                 break;
             }
-            if rustix::fs::unlinkat(&self.dir, &*name, AtFlags::empty()).is_ok() {
+            if rustix::fs::unlinkat(dir, &*name, AtFlags::empty()).is_ok() {
                 total -= size;
             }
         }
@@ -145,11 +186,14 @@ mod tests {
         let (a, b) = (vec![1u8; 1000], vec![2u8; 1000]);
         cache.put(&id(&a), &a);
         cache.put(&id(&b), &b);
+        assert!(!path.exists(), "nothing is made until the restore completes");
+        cache.keep();
         assert_eq!(cache.get(&id(&a), 1000).as_deref(), Some(&a[..]));
         // Another length than the root says, or a name that is no id: none.
         assert_eq!(cache.get(&id(&a), 999), None);
         assert_eq!(cache.get("../etc/passwd", 10), None);
         cache.put("not-an-id", b"x");
+        cache.keep();
         // `a` was used last: trimming to one piece keeps it.
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(cache.get(&id(&a), 1000).is_some());
@@ -168,6 +212,7 @@ mod tests {
         assert!(PieceCache::open(&tmp.path().join("file")).is_none());
         // A planted symlink in the cache is not read through, and goes.
         let path = tmp.path().join("pieces");
+        std::fs::create_dir(&path).unwrap();
         let cache = PieceCache::open(&path).unwrap();
         let a = vec![7u8; 10];
         std::fs::write(elsewhere.join("secret"), &a).unwrap();

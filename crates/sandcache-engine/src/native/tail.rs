@@ -87,6 +87,9 @@ impl Tail {
         if now.next().is_some() {
             return Err(corrupt("the hot piece holds entries the manifest lacks".into()));
         }
+        if let Some(c) = &cache {
+            c.keep();
+        }
         self.prefetch.renumber_tail_frames(&hot, &whole);
         tracing::debug!(
             target: "sandbox-cache",

@@ -55,7 +55,7 @@ pub(super) async fn restore(
     dir: &Path,
     opts: &RestoreOptions,
     deadline: Instant,
-    from: &std::sync::OnceLock<String>,
+    from: &std::sync::OnceLock<(String, String)>,
     hot: &HotSignal,
 ) -> Result<Done, Error> {
     let store = shared.as_ref();
@@ -115,13 +115,9 @@ pub(super) async fn restore(
             tracing::debug!(target: "sandbox-cache", "fallback {source}: nothing stored");
         }
         for candidate in candidates.into_iter().take(PER_SOURCE) {
-            // A prefix may list the key itself again: each generation once.
-            // A pointer's copy of a root is not the stored manifest: when it
-            // did not do, the listing may still try the generation once.
-            let copy = matches!(candidate, Candidate::Native { root: Some(_), .. });
-            let name =
-                if copy { format!("{} (pointer)", candidate.generation()) } else { candidate.generation().to_owned() };
-            if !seen.insert(name) {
+            // A prefix may list the key itself again, and a key's listing
+            // its pointer's generation: each generation once.
+            if !seen.insert(candidate.generation().to_owned()) {
                 continue;
             }
             // Each generation tried costs requests against one deadline.
@@ -138,7 +134,7 @@ pub(super) async fn restore(
                     match restore_delta(&job, manifest, root.as_deref()).await {
                         Ok(Some(done)) => {
                             hot.ready();
-                            let _ = from.set(key.clone());
+                            let _ = from.set((key.clone(), manifest.key.clone()));
                             remove_in_background(leftovers);
                             return Ok(done);
                         }
@@ -163,7 +159,7 @@ pub(super) async fn restore(
                     let old = old.inspect_err(|_| remove_in_background(vec![staging.path.clone()]))?;
                     hot.ready();
                     let source_key = candidate.key().to_owned();
-                    let _ = from.set(source_key.clone());
+                    let _ = from.set((source_key.clone(), candidate.generation().to_owned()));
                     let trash: Vec<PathBuf> = old.into_iter().chain(leftovers).collect();
                     let (Some(tail), Some((m, _))) = (tail, &manifest) else {
                         let _ = std::fs::remove_file(target.tail_path());
@@ -263,6 +259,9 @@ impl Source {
         match self {
             Source::Latest(key) => {
                 let (pointer, legacy) = tokio::join!(layout::read_pointer(store, key), store.head(key));
+                // A root that does not decode is as good as no pointer: the
+                // listing then finds the stored manifest.
+                let pointer = pointer.filter(|(_, root)| Manifest::decode(root).is_ok());
                 let Some((manifest, root)) = pointer else { return Ok(Vec::new()) };
                 let ms = layout::manifest_ms(&manifest.key).unwrap_or(0);
                 let mut out = vec![(ms, Candidate::Native { key: key.clone(), manifest, root: Some(root.into()) })];

@@ -205,6 +205,9 @@ pub(super) async fn restore_delta(
     .await
     .map_err(|e| Error::joined("the delta's renames", e))?;
     let plan = applied?;
+    if let Some(c) = &cache {
+        c.keep();
+    }
     let until_ns = ctime_bound().await;
 
     // 5. The new generation, as a restore records it.

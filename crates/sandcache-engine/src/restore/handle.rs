@@ -39,7 +39,7 @@ impl Cache {
             })
             .await;
         if outcome.is_done() {
-            outcome.from_key = from.into_inner();
+            (outcome.from_key, outcome.generation) = from.into_inner().unzip();
         }
         outcome.hot = hot.at().filter(|_| opts.hot_first);
         log(&outcome, &self.location());
@@ -77,6 +77,7 @@ impl RestoreHandle {
                 key: String::new(),
                 store: String::new(),
                 from_key: None,
+                generation: None,
                 hot: None,
             },
         }

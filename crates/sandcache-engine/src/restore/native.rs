@@ -179,6 +179,9 @@ async fn restore_native_root(
     let result = native::restore_into(&restoring, m.clone(), &at, prefetch, pending).await;
     drop(guard);
     let (s, tail) = result?;
+    if let Some(c) = &cache {
+        c.keep();
+    }
     staging.0 = None;
     let done = Done { files: s.files, bytes: s.bytes, transferred: s.transferred, ..Done::default() };
     Ok((done, at, Some((m, info.key.clone())), tail))

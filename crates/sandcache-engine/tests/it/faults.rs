@@ -67,6 +67,9 @@ enum Form {
     /// Native, with a hot set, restored hot-first: faults hit the second
     /// phase too.
     NativeHotFirst,
+    /// Native, restored as a delta over the old generation, which a
+    /// restore put in the dir (its state proves it).
+    NativeDelta,
     Tgz,
     TarZst,
 }
@@ -75,7 +78,7 @@ enum Form {
 async fn seed(store: &Arc<dyn Store>, key: &str, dir: &Path, form: Form) {
     let cache = Cache::new(store.clone(), key);
     let format = match form {
-        Form::Native => Format::Native,
+        Form::Native | Form::NativeDelta => Format::Native,
         Form::NativeHotFirst => {
             // As a restore leaves them (access time = mtime), then a boot
             // that reads a few files: the hot set.
@@ -200,6 +203,24 @@ fn result_text(out: &sandcache_engine::Outcome) -> String {
 async fn restore_matrix(form: Form) {
     let Some(rig) = rig(&format!("faults-restore-{form:?}").to_lowercase()).await else { return };
     seed(&rig.direct, KEY, &rig.new, form).await;
+    if form == Form::NativeDelta {
+        seed(&rig.direct, "old/cache", &rig.old, form).await;
+    }
+    // The dir a cell starts from: a copy of the old tree, or for a delta,
+    // the old generation restored (so its state allows one).
+    let (direct, old_tree) = (rig.direct.clone(), rig.old.clone());
+    let start_from = |dir: PathBuf| {
+        let (direct, old_tree) = (direct.clone(), old_tree.clone());
+        async move {
+            match form {
+                Form::NativeDelta => {
+                    let out = Cache::new(direct, "old/cache").restore(&dir, &RestoreOptions::default()).await;
+                    assert!(out.is_done(), "restoring the old generation: {:?}", out.result);
+                }
+                _ => copy_tree(&old_tree, &dir),
+            }
+        }
+    };
     let (old, new) = (listing(&rig.old), listing(&rig.new));
     let opts = RestoreOptions { timeout: DEADLINE, hot_first: form == Form::NativeHotFirst, ..Default::default() };
     let cache = Cache::new(rig.faulty.clone(), KEY);
@@ -207,9 +228,13 @@ async fn restore_matrix(form: Form) {
     // A clean pass through the proxy counts the transfers.
     rig.proxy.set(None);
     let dry = rig.tmp.path().join("dry/deno-dir");
+    start_from(dry.clone()).await;
     let out = cache.restore(&dry, &opts).await;
     assert!(out.is_done(), "through the proxy, no fault: {:?}", out.result);
     assert_eq!(listing(&dry), new);
+    if form == Form::NativeDelta {
+        assert_eq!(out.to_json()["mode"], "delta", "{}", out.to_json());
+    }
     let n = rig.proxy.transfers(Direction::Download);
     assert!(n >= 1);
 
@@ -224,7 +249,7 @@ async fn restore_matrix(form: Form) {
             rig.direct.delete(&o.key).await.unwrap();
         }
         let dir = rig.tmp.path().join(format!("cell-{i}/deno-dir"));
-        copy_tree(&rig.old, &dir);
+        start_from(dir.clone()).await;
         let plan =
             Plan { fault: c.fault, at: c.at, direction: Direction::Download, index: c.at.index(n), sticky: c.sticky };
         rig.proxy.set(Some(plan));
@@ -334,6 +359,11 @@ async fn fault_matrix_restore_native() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_matrix_restore_native_hot_first() {
     restore_matrix(Form::NativeHotFirst).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_matrix_restore_native_delta() {
+    restore_matrix(Form::NativeDelta).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

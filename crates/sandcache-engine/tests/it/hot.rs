@@ -508,6 +508,9 @@ async fn phase_one_reads_the_hot_piece_alone_and_the_tail_checks_it_against_the_
     new_root.hot = vec![sandcache_archive::pack::PieceRef { id, size: bytes.len() as u64, entries: hot_ref.entries }];
     let ms: u64 = root_key.rsplit('/').next().unwrap().split('-').next().unwrap().parse().unwrap();
     super::put(inner.as_ref(), &format!("site/piece.d/manifests/{}-forged.json.zst", ms + 1), new_root.encode()).await;
+    // Written as a writer without a pointer would (an older binary): the
+    // restore lists, and finds the forged generation newest.
+    inner.delete("site/piece.d/latest").await.unwrap();
     let dest = tmp.path().join("disagrees");
     let out = Cache::new(inner.clone(), "site/piece").restore(&dest, &hot_first()).await;
     assert_eq!(out.reason(), Some(Reason::Corrupt), "{:?}", out.result);

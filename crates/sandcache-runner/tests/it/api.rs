@@ -31,7 +31,9 @@ async fn health_liveness_metrics_and_idle_status() {
         json!({"sandbox": true, "deployed": false, "deploying": false, "site": null, "worker": "none",
         "worker_restarts": 0, "worker_last_exit": null, "phase": "idle", "last_deploy": null,
         "cache": {"restore": null, "snapshot": null, "snapshot_running": false, "tail_landing": false},
-        "timings": {"hot_ms": null, "tail_ms": null, "boot_ms": null, "first_response_ms": null}})
+        "timings": {"hot_ms": null, "tail_ms": null, "boot_ms": null, "first_response_ms": null},
+        "prewarm": {"state": "off", "source": null, "from_key": null, "generation": null, "ms": null, "at": null,
+            "outcome": null, "error": null}})
     );
     let (s, text) = raw_call(&runner, "GET", "/metrics", vec![]).await;
     assert_eq!(s, StatusCode::OK);
@@ -41,6 +43,8 @@ async fn health_liveness_metrics_and_idle_status() {
         "sandcache_worker_starts_total",
         "sandcache_worker_failures_total",
         "sandcache_cache_bytes_total",
+        "sandcache_prewarms_total",
+        "sandcache_restores_by_mode_total",
     ] {
         assert!(text.contains(m), "{m} in {text}");
     }
@@ -610,7 +614,9 @@ async fn a_first_deploy_restores_a_fallback_base_and_says_so() {
         let (s, v) =
             call(&runner, "POST", "/sandbox/deploy", json!({"site": site, "runCommand": [], "envs": envs})).await;
         assert_eq!(s, StatusCode::OK, "{v}");
-        let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+        // A hot-first deploy answers at hot-ready; its restore's outcome is
+        // recorded once the rest has landed.
+        let st = wait_status(&runner, 10, "the restore's outcome", |s| s["cache"]["tail_landing"] == false).await;
         let restore = &st["cache"]["restore"];
         assert_eq!(
             (restore["hit"].as_str(), restore["from_key"].as_str()),
@@ -629,7 +635,8 @@ async fn a_first_deploy_restores_a_fallback_base_and_says_so() {
 }
 
 /// `DECO_CACHE_S3_KEY` with `{lock}`: after the clone, the key of the
-/// repo's dependency files. Same files: an exact hit; changed imports: a
+/// repo's dependency files, restored over the site's newest generation
+/// (restored beside the clone). Same files: an exact hit; changed imports: a
 /// new key, restored from the site's newest generation under its prefix;
 /// no dependency file: `nolock`.
 #[tokio::test]
@@ -663,13 +670,18 @@ async fn a_lock_key_follows_the_repos_dependencies() {
                 json!({"repo": url, "site": "site", "runCommand": [], "envs": {"DECO_CACHE_S3_KEY": "site/{lock}"}});
             let (s, v) = call(&runner, "POST", "/sandbox/deploy", body).await;
             assert_eq!(s, StatusCode::OK, "{v}");
-            let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+            // A hot-first deploy answers at hot-ready; its restore's outcome is
+            // recorded once the rest has landed.
+            let st = wait_status(&runner, 10, "the restore's outcome", |s| s["cache"]["tail_landing"] == false).await;
             assert_eq!(call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await.0, StatusCode::OK);
             st["cache"]["restore"].clone()
         }
     };
     let r = deploy(runner.clone()).await;
     assert_eq!((r["key"].as_str(), r["hit"].as_str()), (Some(first_key.as_str()), Some("exact")), "{r}");
+    // The site's newest generation went in beside the clone: the exact
+    // key's restore after it is a delta that writes nothing.
+    assert_eq!((r["mode"].as_str(), r["files_written"].as_u64()), (Some("delta"), Some(0)), "{r}");
 
     // Reformatting changes nothing; new imports make a new key, restored
     // from the site's newest generation under `site/`.

@@ -179,4 +179,42 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
     // Shutdown undeploys: the worker is stopped and the work dir cleaned.
     served.stop().await.unwrap();
     assert!(!tmp.path().join("site").exists());
+
+    // 4. A pre-warmed pod of a tenant pool: idle, it restores the site's
+    // key; the deploy's restore is then a delta that writes nothing, and
+    // Deno serves the site offline.
+    let pod = tmp.path().join("pod");
+    std::fs::create_dir(&pod).unwrap();
+    let mut cfg = super::test_config(&pod);
+    let mut store = spec.clone();
+    store.prefix = String::new();
+    cfg.cache_defaults =
+        sandcache_engine::CacheConfig { store: Some(sandcache_store::StoreSpec::S3(store)), key: None };
+    cfg.prewarm = Some(key.clone());
+    if root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pod, std::fs::Permissions::from_mode(0o755)).unwrap();
+        cfg.worker_user = Some(worker);
+    }
+    let served = Served::start(cfg).await;
+    served.runner.start_prewarm();
+    let addr = served.addr;
+    let status =
+        || async { serde_json::from_str::<Value>(&http(addr, "GET", "/sandbox/status", None).await.1).unwrap() };
+    let start = Instant::now();
+    while status().await["prewarm"]["state"] != "ready" {
+        assert!(start.elapsed() < Duration::from_secs(60), "no pre-warm: {}", status().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = json!([deno, "run", "--cached-only", "--allow-net", "--allow-env", "main.ts"]);
+    let (code, body) =
+        http(addr, "POST", "/sandbox/deploy", Some(json!({"repo": repo_url, "runCommand": run, "envs": envs(true)})))
+            .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http(addr, "GET", "/", None).await;
+    assert_eq!((code, text_of(&body)), (200, "hello 1m true".to_owned()), "{body}");
+    let s = status().await;
+    let r = &s["cache"]["restore"];
+    assert_eq!((r["mode"].as_str(), r["files_written"].as_u64()), (Some("delta"), Some(0)), "{s}");
+    served.stop().await.unwrap();
 }

@@ -8,6 +8,9 @@ mod adminplane;
 /// Exit codes, output, limits, credentials from EKS Pod Identity, a real
 /// Deno app restored from Garage with no network, signals.
 mod cli;
+/// A delta restore killed at random points: units whole, the next restore
+/// complete.
+mod delta_kill;
 /// The deploy files: image, manifests, policies, capabilities.
 mod deploy;
 /// A hostile site against `serve` run as root, as in production.
