@@ -23,7 +23,10 @@ fn generation(root: &Path, g: u32) {
         if (g == 0 && p % 10 == 9) || (g == 1 && p % 10 == 8) {
             continue; // only in the other generation
         }
+        // A third bumped (another dir), a third republished in place (the
+        // same dir, new content), a third the same in both.
         let version = if g == 1 && p % 3 == 0 { "1.0.1" } else { "1.0.0" };
+        let g = if p % 3 == 2 { 0 } else { g };
         let dir = root.join(format!("npm/registry.npmjs.org/pkg{p}/{version}"));
         fs::create_dir_all(dir.join("lib")).unwrap();
         for f in 0..6 {
@@ -37,9 +40,17 @@ fn generation(root: &Path, g: u32) {
             .unwrap();
     }
     fs::create_dir_all(root.join("remote/https/example.com")).unwrap();
+    // One time for every entry of both: what is the same in both is equal.
     for f in 0..40 {
+        let g = if f % 2 == 0 { 0 } else { g };
         fs::write(root.join(format!("remote/https/example.com/m{f}")), format!("module {f} generation {g}\n")).unwrap();
     }
+    let touched = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("find '{}' -exec touch -h -d @1700000000 {{}} +", root.display()))
+        .status()
+        .unwrap();
+    assert!(touched.success());
 }
 
 /// Every package dir of `dir`, by path: the generation each of its files
