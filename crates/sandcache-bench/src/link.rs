@@ -25,7 +25,8 @@ pub(crate) struct Link<'a> {
     pub run: &'a str,
     pub corpus: &'a Path,
     pub extra: &'a Path,
-    pub work: &'a Path,
+    /// Where the restores go: tmpfs, so the link is what is measured.
+    pub root: &'a Path,
     pub runs: usize,
     pub mbps: u64,
     pub latency_ms: u64,
@@ -45,7 +46,7 @@ pub(crate) fn restores(l: &Link<'_>) {
     sh(&format!("tar -cf - -C {} . | zstd -3 -T0 -q -c | {me} put-buffered {store} {prefix}/site.tar.zst", q(l.extra)));
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let target = endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let root = l.work.join("link");
+    let root = l.root.join(format!("{run}-link"));
     for latency in [0, l.latency_ms] {
         let opts = ThrottleOptions {
             bytes_per_sec: l.mbps * 1_000_000,
@@ -105,7 +106,7 @@ pub(crate) fn restores(l: &Link<'_>) {
             "Restore of the site (corpus + one package) over an S3-like link: {} MB/s per connection, {latency} ms to each response's first byte",
             l.mbps
         );
-        print_table(&title, &rows);
+        print_table(&title, "peer", &rows);
         let m = |i: usize| rows[i].median().secs;
         let median_written = |i: usize| {
             let mut v = written[i].clone();

@@ -65,6 +65,9 @@ struct Args {
     /// and without it.
     #[arg(long, default_value = "25")]
     store_latency_ms: u64,
+    /// Only the restores over an S3-like link (needs --corpus-extra).
+    #[arg(long)]
+    link_only: bool,
 }
 
 /// Pipeline pieces the cases run in child processes.
@@ -213,6 +216,29 @@ fn main() -> ExitCode {
     let runs = args.runs.max(1);
     let q = |p: &Path| format!("'{}'", p.display());
 
+    let link = |extra: &Path| {
+        let extra = std::fs::canonicalize(extra).expect("the extra corpus exists");
+        link::restores(&link::Link {
+            sc: &sc,
+            me: &me,
+            store,
+            run: &run,
+            corpus: &corpus,
+            extra: &extra,
+            root: &args.tmpfs,
+            runs,
+            mbps: args.store_mbps,
+            latency_ms: args.store_latency_ms,
+        });
+    };
+    if args.link_only {
+        match &args.corpus_extra {
+            Some(extra) => link(extra),
+            None => eprintln!("error: --link-only needs --corpus-extra"),
+        }
+        return ExitCode::SUCCESS;
+    }
+
     // Setup: the corpus in each stored form, and a plain local tar.
     eprintln!("setup: uploading the corpus as tgz and native, and writing a local tar");
     let work = args.disk.join(&run);
@@ -309,7 +335,7 @@ fn main() -> ExitCode {
         // The seed's bytes moved: the tgz object.
         let tgz_bytes = rows[2].median().bytes;
         rows[0].bytes = Some(tgz_bytes);
-        print_table(&format!("Restore onto {fs_name} ({})", root.display()), &rows);
+        print_table(&format!("Restore onto {fs_name} ({})", root.display()), "seed", &rows);
         println!(
             "restore (native, CLI wall time) / tar -xf floor on {fs_name}: {:.2} (target <= 1.15 on tmpfs; medians of {runs} alternating runs)",
             rows[3].median().secs / rows[1].median().secs
@@ -406,22 +432,10 @@ fn main() -> ExitCode {
         .output()
         .expect("sh");
     rows[0].bytes = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
-    print_table("Snapshot (corpus on disk)", &rows);
+    print_table("Snapshot (corpus on disk)", "seed", &rows);
     if let Some(extra) = &args.corpus_extra {
         layers(&sc, store, &run, &corpus, extra, &work, runs);
-        let extra = std::fs::canonicalize(extra).expect("the extra corpus exists");
-        link::restores(&link::Link {
-            sc: &sc,
-            me: &me,
-            store,
-            run: &run,
-            corpus: &corpus,
-            extra: &extra,
-            work: &work,
-            runs,
-            mbps: args.store_mbps,
-            latency_ms: args.store_latency_ms,
-        });
+        link(extra);
     }
     sh(&format!("rm -rf {}", q(&work)));
     ExitCode::SUCCESS

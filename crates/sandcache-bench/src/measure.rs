@@ -55,10 +55,11 @@ impl Row {
     }
 }
 
-pub(crate) fn print_table(title: &str, rows: &[Row]) {
+/// A table of `rows`, each with its ratio to the first (`base`).
+pub(crate) fn print_table(title: &str, base_name: &str, rows: &[Row]) {
     let base = rows[0].median().secs;
     println!("\n{title}");
-    println!("| case | median s | ratio to seed | bytes moved | peak RSS MiB | runs |");
+    println!("| case | median s | ratio to {base_name} | bytes moved | peak RSS MiB | runs |");
     println!("|---|---:|---:|---:|---:|---:|");
     for r in rows {
         let m = r.median();

@@ -66,6 +66,8 @@ fn lower_priority() {
 impl Runner {
     /// Starts pre-warming (with `--prewarm`, while idle): now, then every
     /// `--prewarm-refresh`. Does nothing when one is running already.
+    /// [`serve`](crate::serve) calls it as it starts; an undeploy, or a
+    /// deploy that failed, when the runner is idle again.
     ///
     /// Without `--prewarm`, an idle runner still removes, after
     /// [`IDLE_CLEANUP`], the old trees that emptying DENO_DIR moved aside

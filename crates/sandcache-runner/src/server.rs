@@ -64,6 +64,8 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(target: "sandbox", "listening on http://{addr}");
+    // Idle from the start: with `--prewarm`, the base goes into DENO_DIR.
+    runner.start_prewarm();
     let mut side = tokio::task::JoinSet::new();
     match extra.admin {
         Some(AdminListener::Tcp(l)) => {

@@ -407,7 +407,6 @@ pub fn run(args: &ServeArgs) -> ExitCode {
         // A subreaper (or PID 1) adopts every orphan below it: the exited
         // ones are collected, so none stays a zombie.
         isolation::start_orphan_reaper();
-        runner.start_prewarm();
         let second = runner.clone();
         let shutdown = async move {
             shutdown_signal().await;

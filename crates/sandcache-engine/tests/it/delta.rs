@@ -112,6 +112,27 @@ fn sample() -> Tree {
     t
 }
 
+/// The sample stored and restored into `dir`: the test dir, the source,
+/// the restored dir, a fresh dir for a full restore to compare with, and
+/// the cache.
+struct Restored {
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    dir: PathBuf,
+    fresh: PathBuf,
+    cache: Cache,
+}
+
+async fn restored_sample() -> Restored {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dir, fresh) = (tmp.path().join("src"), tmp.path().join("d"), tmp.path().join("fresh"));
+    write(&src, &sample());
+    let cache = Cache::new(store_at(tmp.path()), "site/k");
+    snapshot(&cache, &src).await;
+    restore(&cache, &dir).await;
+    Restored { tmp, src, dir, fresh, cache }
+}
+
 #[tokio::test]
 async fn an_unchanged_generation_writes_nothing_and_json_says_delta() {
     let tmp = tempfile::tempdir().unwrap();
@@ -141,12 +162,7 @@ async fn an_unchanged_generation_writes_nothing_and_json_says_delta() {
 
 #[tokio::test]
 async fn a_file_touched_after_the_restore_is_written_again_never_trusted() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dir, fresh) = (tmp.path().join("src"), tmp.path().join("d"), tmp.path().join("fresh"));
-    write(&src, &sample());
-    let cache = Cache::new(store_at(tmp.path()), "site/k");
-    snapshot(&cache, &src).await;
-    restore(&cache, &dir).await;
+    let Restored { tmp, src, dir, fresh, cache } = restored_sample().await;
     let same_times = |p: &Path| {
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(T0);
         fs::File::open(p).unwrap().set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).unwrap();
@@ -186,12 +202,7 @@ async fn a_file_touched_after_the_restore_is_written_again_never_trusted() {
 /// A new name still moves its directory's mtime, which is then listed.
 #[tokio::test]
 async fn a_package_the_app_made_before_the_bound_is_found_by_its_dirs_mtime() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dir, fresh) = (tmp.path().join("src"), tmp.path().join("d"), tmp.path().join("fresh"));
-    write(&src, &sample());
-    let cache = Cache::new(store_at(tmp.path()), "site/k");
-    snapshot(&cache, &src).await;
-    restore(&cache, &dir).await;
+    let Restored { tmp: _tmp, dir, fresh, cache, .. } = restored_sample().await;
     // The app fetches a package, and writes a file at the top.
     let made = dir.join(format!("{REG}/zz/1.0.0"));
     fs::create_dir_all(&made).unwrap();

@@ -18,6 +18,14 @@ use crate::{get, put, settle, stores};
 const KEY: &str = "site/cache";
 const POINTER: &str = "site/cache.d/latest";
 
+/// A test dir with the sample tree in `src`.
+fn sample_src() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    sample_tree(&src);
+    (tmp, src)
+}
+
 fn generations(log: &[(Method, String)]) -> Vec<&str> {
     log.iter().filter(|(m, k)| *m == Method::Get && k.contains(".d/manifests/")).map(|(_, k)| k.as_str()).collect()
 }
@@ -28,9 +36,7 @@ fn generations(log: &[(Method, String)]) -> Vec<&str> {
 /// sequential requests before it knows what to write.
 #[tokio::test]
 async fn a_restore_reads_the_pointer_instead_of_listing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    sample_tree(&src);
+    let (tmp, src) = sample_src();
     for store in stores("pointer-read", tmp.path()) {
         let cache = Cache::new(store.clone(), KEY);
         assert!(cache.snapshot(&src, &snap()).await.is_done());
@@ -58,9 +64,7 @@ async fn a_restore_reads_the_pointer_instead_of_listing() {
 /// restores the newest generation.
 #[tokio::test]
 async fn a_missing_or_bad_pointer_falls_back_to_the_listing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    sample_tree(&src);
+    let (tmp, src) = sample_src();
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
     let cache = Cache::new(store.clone(), KEY);
     assert!(cache.snapshot(&src, &snap()).await.is_done());
@@ -100,9 +104,7 @@ async fn a_missing_or_bad_pointer_falls_back_to_the_listing() {
 /// it), and leaves one naming a kept generation; delete removes it first.
 #[tokio::test]
 async fn gc_and_delete_never_leave_a_pointer_to_a_removed_generation() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    sample_tree(&src);
+    let (tmp, src) = sample_src();
     for store in stores("pointer-gc", tmp.path()) {
         let cache = Cache::new(store.clone(), KEY);
         assert!(cache.snapshot(&src, &snap()).await.is_done());
@@ -155,9 +157,7 @@ async fn gc_and_delete_never_leave_a_pointer_to_a_removed_generation() {
 /// never reported as a bad pool object.
 #[tokio::test]
 async fn pieces_already_held_are_not_fetched_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    sample_tree(&src);
+    let (tmp, src) = sample_src();
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
     assert!(Cache::new(store.clone(), KEY).snapshot(&src, &snap()).await.is_done());
     let dir = tmp.path().join("deno-dir");

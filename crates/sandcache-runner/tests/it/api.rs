@@ -143,13 +143,7 @@ async fn a_missing_run_command_or_unclonable_repo_is_a_400_and_leaves_the_runner
 /// clones and how to serve the repo (issue 26, part 4).
 #[tokio::test]
 async fn a_local_repo_another_uid_owns_gets_a_clear_error() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: needs root to clone as a worker uid of its own");
-        return;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(tmp) = crate::support::root_tmp("clone as a worker uid of its own") else { return };
     let repo = tmp.path().join("repo");
     // Owned by root, the runner's uid: not by the worker.
     sandcache_testkit::site::repo(&repo, &[("main.ts", "Deno.serve(() => new Response('hi'))")], None);

@@ -147,10 +147,8 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
 
     // 3. Warm: the restore hits, and the worker starts with no network.
     let t1 = Instant::now();
-    let run = json!([deno, "run", "--cached-only", "--allow-net", "--allow-env", "main.ts"]);
-    let (code, body) =
-        http(addr, "POST", "/sandbox/deploy", Some(json!({"repo": repo_url, "runCommand": run, "envs": envs(true)})))
-            .await;
+    let offline = json!({"repo": repo_url, "runCommand": [deno, "run", "--cached-only", "--allow-net", "--allow-env", "main.ts"], "envs": envs(true)});
+    let (code, body) = http(addr, "POST", "/sandbox/deploy", Some(offline.clone())).await;
     assert_eq!(code, 200, "{body}");
     let (code, body) = http(addr, "GET", "/", None).await;
     let warm_first = t1.elapsed();
@@ -196,8 +194,8 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
         std::fs::set_permissions(&pod, std::fs::Permissions::from_mode(0o755)).unwrap();
         cfg.worker_user = Some(worker);
     }
+    // Serving, an idle runner pre-warms.
     let served = Served::start(cfg).await;
-    served.runner.start_prewarm();
     let addr = served.addr;
     let status =
         || async { serde_json::from_str::<Value>(&http(addr, "GET", "/sandbox/status", None).await.1).unwrap() };
@@ -206,10 +204,7 @@ Deno.serve({ port, hostname: "127.0.0.1" }, () => new Response(`hello ${ms(60_00
         assert!(start.elapsed() < Duration::from_secs(60), "no pre-warm: {}", status().await);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let run = json!([deno, "run", "--cached-only", "--allow-net", "--allow-env", "main.ts"]);
-    let (code, body) =
-        http(addr, "POST", "/sandbox/deploy", Some(json!({"repo": repo_url, "runCommand": run, "envs": envs(true)})))
-            .await;
+    let (code, body) = http(addr, "POST", "/sandbox/deploy", Some(offline)).await;
     assert_eq!(code, 200, "{body}");
     let (code, body) = http(addr, "GET", "/", None).await;
     assert_eq!((code, text_of(&body)), (200, "hello 1m true".to_owned()), "{body}");

@@ -113,13 +113,7 @@ async fn a_deploy_cancels_a_running_prewarm() {
 /// cannot read a file of it, though both run as the same uid.
 #[tokio::test]
 async fn the_next_worker_cannot_reach_the_old_tree_while_it_waits() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("skipping: needs root to run the worker as a uid of its own");
-        return;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(tmp) = crate::support::root_tmp("run the worker as a uid of its own") else { return };
     let mut cfg = test_config(tmp.path());
     cfg.worker_user = Some(sandcache_runner::isolation::WorkerUser { uid: 20027, gid: 20027 });
     let runner = Runner::new(cfg);

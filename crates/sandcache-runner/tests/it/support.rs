@@ -115,3 +115,16 @@ impl Served {
         (&mut self.task).await.unwrap()
     }
 }
+
+/// For a test that runs the worker as a uid of its own: a test dir that
+/// uid can pass through (0755), or `None` (said) when not root.
+pub fn root_tmp(why: &str) -> Option<tempfile::TempDir> {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: needs root to {why}");
+        return None;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(tmp)
+}
