@@ -8,8 +8,10 @@
 //! * **pre-warmed**: the base pre-warmed, the site restored as a delta;
 //! * **warm**: no pre-warm, the site restored whole (as before);
 //!
-//! and the site's first deploy, once (cold is in the table above). Every runner pre-warms again after each undeploy, and
-//! the next deploy waits for it, as a pool pod is claimed after idling.
+//! and the site's first deploy, once (cold is in the table above). One pod
+//! at a time, all on one DENO_DIR path (Deno's caches name modules by their
+//! absolute paths): started, pre-warmed before its deploy (as a pool pod is
+//! claimed after idling), one deploy, undeployed, stopped.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -65,9 +67,11 @@ pub(crate) async fn measure(p: &Prewarmed<'_>) {
         cfg.cache_defaults = CacheConfig { store: Some(p.store.clone()), key: Some(site.clone()) };
         cfg.fallbacks = vec![p.base.to_owned()];
         cfg.prewarm = prewarm.map(str::to_owned);
-        let name = prewarm.map_or("none", |k| if k == site { "site" } else { "base" });
-        cfg.deno_dir = p.root.join(format!("deno-dir-{name}"));
-        cfg.state_dir = p.root.join(format!("state-{name}"));
+        // One DENO_DIR path for every pod, as in production: Deno's caches
+        // name modules by their absolute paths, so a generation written
+        // from another path would miss them all.
+        cfg.deno_dir = p.root.join("deno-dir-pod");
+        cfg.state_dir = p.root.join("state-pod");
         cfg
     };
 
@@ -86,19 +90,20 @@ pub(crate) async fn measure(p: &Prewarmed<'_>) {
     let _ = deploy_to_first_200(&first, &body).await;
     undeploy(&first).await;
 
-    let floor = Served::start(runner(Some(&site))).await;
-    let prewarmed = Served::start(runner(Some(p.base))).await;
-    let warm = first;
-    let servers = [("floor", &floor), ("pre-warmed", &prewarmed), ("warm", &warm)];
-    let mut times: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
-    let mut written: Vec<Vec<u64>> = vec![Vec::new(); servers.len()];
-    let mut restore_ms: Vec<Vec<f64>> = vec![Vec::new(); servers.len()];
+    first.stop().await;
+    // One pod at a time, on the one DENO_DIR: started (a pod of the pool),
+    // pre-warmed before the claim, one deploy, undeployed, stopped.
+    let modes: [(&str, Option<&str>); 3] = [("floor", Some(&site)), ("pre-warmed", Some(p.base)), ("warm", None)];
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut written: Vec<Vec<u64>> = vec![Vec::new(); modes.len()];
+    let mut restore_ms: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
     for _ in 0..p.runs {
-        for (i, (name, s)) in servers.iter().enumerate() {
-            // Every pod idle and pre-warmed: no pre-warm runs beside a
-            // measured deploy.
-            wait_prewarmed(&floor).await;
-            wait_prewarmed(&prewarmed).await;
+        for (i, (name, prewarm)) in modes.iter().enumerate() {
+            let pod = Served::start(runner(*prewarm)).await;
+            let s = &pod;
+            if prewarm.is_some() {
+                wait_prewarmed(s).await;
+            }
             let (t, st) = deploy_to_first_200(s, &body).await;
             let r = &st["cache"]["restore"];
             assert_eq!(r["ok"], true, "{name}: {st}");
@@ -110,12 +115,10 @@ pub(crate) async fn measure(p: &Prewarmed<'_>) {
             written[i].push(r["files_written"].as_u64().unwrap_or(0));
             restore_ms[i].push(r["ms"].as_f64().unwrap_or(f64::NAN));
             undeploy(s).await;
+            pod.stop().await;
         }
     }
-    let names: Vec<&str> = servers.iter().map(|(n, _)| *n).collect();
-    for s in [floor, prewarmed, warm] {
-        s.stop().await;
-    }
+    let names: Vec<&str> = modes.iter().map(|(n, _)| *n).collect();
     let m: Vec<f64> = times.iter().map(|t| median(t)).collect();
     let w = |i: usize| {
         let mut v = written[i].clone();
