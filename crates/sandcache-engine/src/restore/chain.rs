@@ -261,10 +261,10 @@ impl Source {
                 let (pointer, legacy) = tokio::join!(layout::read_pointer(store, key), store.head(key));
                 // A root that does not decode is as good as no pointer: the
                 // listing then finds the stored manifest.
-                let pointer = pointer.filter(|(_, root)| Manifest::decode(root).is_ok());
-                let Some((manifest, root)) = pointer else { return Ok(Vec::new()) };
+                let decoded = pointer.and_then(|(info, root)| Some((info, Manifest::decode(&root).ok()?)));
+                let Some((manifest, root)) = decoded else { return Ok(Vec::new()) };
                 let ms = layout::manifest_ms(&manifest.key).unwrap_or(0);
-                let mut out = vec![(ms, Candidate::Native { key: key.clone(), manifest, root: Some(root.into()) })];
+                let mut out = vec![(ms, Candidate::Native { key: key.clone(), manifest, root: Some(Arc::new(root)) })];
                 if let Some(l) = legacy? {
                     out.push((unix_ms(l.last_modified), Candidate::Archive { key: key.clone() }));
                 }
@@ -324,11 +324,11 @@ impl std::fmt::Display for Source {
 /// One generation to try.
 #[derive(Debug, Clone)]
 enum Candidate {
-    /// `root`: its root's stored bytes, when a pointer gave them.
+    /// `root`: its root, decoded, when a pointer gave it.
     Native {
         key: String,
         manifest: sandcache_store::ObjectInfo,
-        root: Option<Arc<[u8]>>,
+        root: Option<Arc<Manifest>>,
     },
     Archive {
         key: String,

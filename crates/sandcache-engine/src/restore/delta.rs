@@ -77,7 +77,7 @@ fn held(target: &Target, store: &str) -> Option<Held> {
 pub(super) async fn restore_delta(
     job: &NativeRestore<'_>,
     info: &sandcache_store::ObjectInfo,
-    root: Option<&[u8]>,
+    root: Option<&sandcache_archive::pack::Manifest>,
 ) -> Result<Option<Done>, Error> {
     let NativeRestore { shared, key, target, opts, found } = *job;
     let store = shared.as_ref();
@@ -100,7 +100,7 @@ pub(super) async fn restore_delta(
     );
     let new = async {
         let root = match root {
-            Some(bytes) => sandcache_archive::pack::Manifest::decode(bytes)?,
+            Some(root) => root.clone(),
             None => native::fetch_root(store, &info.key).await?,
         };
         native::whole(&pieces, root).await

@@ -90,7 +90,7 @@ pub(super) type Staged = (Done, Staging, Option<(Arc<Manifest>, String)>, Option
 pub(super) async fn restore_native(
     job: &NativeRestore<'_>,
     info: &sandcache_store::ObjectInfo,
-    root: Option<&[u8]>,
+    root: Option<&Manifest>,
     known: &tokio::sync::OnceCell<Known>,
 ) -> Result<Staged, Error> {
     let NativeRestore { shared, target, opts, .. } = *job;
@@ -100,7 +100,7 @@ pub(super) async fn restore_native(
     // first packs download.
     let fetch_root = async {
         match root {
-            Some(bytes) => Ok(Manifest::decode(bytes)?),
+            Some(root) => Ok(root.clone()),
             None => native::fetch_root(store, &info.key).await,
         }
     };
