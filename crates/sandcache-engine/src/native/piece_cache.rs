@@ -4,7 +4,8 @@
 //! Pieces are content-addressed (a piece's name is the BLAKE3 of its
 //! bytes) and cut where paths say, so two generations of one key, or a
 //! site and the base it was built on, share most of them. A restore that
-//! completes keeps the pieces it read here ([`PieceCache::keep`]: those of
+//! completes keeps the pieces it read here ([`PieceCache::keep`], on a
+//! background thread, which also trims the cache: those of
 //! a manifest that was refused are never kept, and a restore that fails
 //! leaves nothing); the next one, of a newer generation or of a site after
 //! a pre-warmed base, reads those from disk.
@@ -42,15 +43,15 @@ pub(crate) struct PieceCache {
 const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
 impl PieceCache {
-    /// The cache at `path`, trimmed to [`MAX_BYTES`]; nothing is made yet.
-    /// `None` when it cannot be used (a symlink, not a dir): restores then
-    /// fetch every piece, as without one.
+    /// The cache at `path`; nothing is made yet, nothing is trimmed (that
+    /// is [`PieceCache::keep`]'s, off the restore's path). `None` when it
+    /// cannot be used (a symlink, not a dir): restores then fetch every
+    /// piece, as without one.
     pub(crate) fn open(path: &Path) -> Option<PieceCache> {
         let cache = PieceCache { path: path.to_owned(), dir: OnceLock::new(), pending: Mutex::new(Vec::new()) };
         match rustix::fs::open(path, DIR_FLAGS, Mode::empty()) {
             Ok(dir) => {
                 let _ = cache.dir.set(dir);
-                cache.trim(MAX_BYTES);
             }
             Err(rustix::io::Errno::NOENT) => {}
             Err(e) => {
@@ -90,76 +91,81 @@ impl PieceCache {
 
     /// The restore completed: the pieces it read from the store are kept
     /// (the dir made, 0700, if missing), each written under a temporary
-    /// name and renamed into place. Best effort.
+    /// name and renamed into place, then the cache trimmed to
+    /// [`MAX_BYTES`]. On a background thread: none of it delays the swap.
+    /// Best effort.
     pub(crate) fn keep(&self) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         if pending.is_empty() {
             return;
         }
-        let dir = match self.dir.get() {
-            Some(d) => d,
-            None => {
-                let made = match rustix::fs::mkdir(&self.path, Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => rustix::fs::open(&self.path, DIR_FLAGS, Mode::empty()),
-                    Err(e) => Err(e),
-                };
-                match made {
-                    Ok(fd) => self.dir.get_or_init(|| fd),
-                    Err(e) => {
-                        tracing::debug!("no piece cache at {}: {e}", self.path.display());
-                        return;
-                    }
-                }
+        let dir = self.dir.get().and_then(|d| rustix::io::fcntl_dupfd_cloexec(d, 0).ok());
+        let path = self.path.clone();
+        crate::background::background("pieces", move || {
+            let dir = match dir {
+                Some(d) => d,
+                None => match rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => match rustix::fs::open(&path, DIR_FLAGS, Mode::empty()) {
+                        Ok(fd) => fd,
+                        Err(e) => return tracing::debug!("no piece cache at {}: {e}", path.display()),
+                    },
+                    Err(e) => return tracing::debug!("no piece cache at {}: {e}", path.display()),
+                },
+            };
+            for (id, bytes) in pending {
+                write_piece(&dir, &id, &bytes);
             }
-        };
-        for (id, bytes) in pending {
-            let Some(name) = file_name(&id) else { continue };
-            let tmp = format!(".{name}.{:08x}", rand::random::<u32>());
-            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-            let written = rustix::fs::openat(dir, &tmp, flags, Mode::from_raw_mode(0o600))
-                .map_err(std::io::Error::from)
-                .and_then(|fd| File::from(fd).write_all(&bytes))
-                .and_then(|()| rustix::fs::renameat(dir, &tmp, dir, &name).map_err(Into::into));
-            if let Err(e) = written {
-                tracing::debug!("could not keep piece {id}: {e}");
-                let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
+            trim(&dir, MAX_BYTES);
+        });
+    }
+}
+
+/// One piece into the cache: a temporary name, then renamed over its own.
+fn write_piece(dir: &OwnedFd, id: &str, bytes: &[u8]) {
+    let Some(name) = file_name(id) else { return };
+    let tmp = format!(".{name}.{:08x}", rand::random::<u32>());
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let written = rustix::fs::openat(dir, &tmp, flags, Mode::from_raw_mode(0o600))
+        .map_err(std::io::Error::from)
+        .and_then(|fd| File::from(fd).write_all(bytes))
+        .and_then(|()| rustix::fs::renameat(dir, &tmp, dir, &name).map_err(Into::into));
+    if let Err(e) = written {
+        tracing::debug!("could not keep piece {id}: {e}");
+        let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
+    }
+}
+
+/// Removes the least recently used pieces (and anything else in the dir)
+/// until at most `max` bytes of pieces are left.
+fn trim(dir: &OwnedFd, max: u64) {
+    let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(dir, 0) else { return };
+    let Ok(mut listing) = rustix::fs::Dir::read_from(&dup) else { return };
+    let mut pieces = Vec::new();
+    let mut total = 0u64;
+    while let Some(Ok(entry)) = listing.next() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let st = rustix::fs::statat(dir, &*name, AtFlags::SYMLINK_NOFOLLOW);
+        match st {
+            Ok(st) if FileType::from_raw_mode(st.st_mode).is_file() && name.ends_with(".tree") => {
+                total += st.st_size as u64;
+                pieces.push(((st.st_mtime, st.st_mtime_nsec), st.st_size as u64, name));
+            }
+            // Temporary files of a crashed run, or what does not belong.
+            _ => {
+                let _ = rustix::fs::unlinkat(dir, &*name, AtFlags::empty());
             }
         }
     }
-
-    /// Removes the least recently used pieces (and anything else in the
-    /// dir) until at most `max` bytes of pieces are left.
-    fn trim(&self, max: u64) {
-        let Some(dir) = self.dir.get() else { return };
-        let Ok(dup) = rustix::io::fcntl_dupfd_cloexec(dir, 0) else { return };
-        let Ok(mut listing) = rustix::fs::Dir::read_from(&dup) else { return };
-        let mut pieces = Vec::new();
-        let mut total = 0u64;
-        while let Some(Ok(entry)) = listing.next() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name == "." || name == ".." {
-                continue;
-            }
-            let st = rustix::fs::statat(dir, &*name, AtFlags::SYMLINK_NOFOLLOW);
-            match st {
-                Ok(st) if FileType::from_raw_mode(st.st_mode).is_file() && name.ends_with(".tree") => {
-                    total += st.st_size as u64;
-                    pieces.push(((st.st_mtime, st.st_mtime_nsec), st.st_size as u64, name));
-                }
-                // Temporary files of a crashed run, or what does not belong.
-                _ => {
-                    let _ = rustix::fs::unlinkat(dir, &*name, AtFlags::empty());
-                }
-            }
+    pieces.sort();
+    for (_, size, name) in pieces {
+        if total <= max {
+            break;
         }
-        pieces.sort();
-        for (_, size, name) in pieces {
-            if total <= max {
-                break;
-            }
-            if rustix::fs::unlinkat(dir, &*name, AtFlags::empty()).is_ok() {
-                total -= size;
-            }
+        if rustix::fs::unlinkat(dir, &*name, AtFlags::empty()).is_ok() {
+            total -= size;
         }
     }
 }
@@ -188,16 +194,20 @@ mod tests {
         cache.put(&id(&b), &b);
         assert!(!path.exists(), "nothing is made until the restore completes");
         cache.keep();
+        assert!(crate::background::wait_for_background(std::time::Duration::from_secs(10)));
+        // Kept for the next restore, which opens the cache again.
+        let cache = PieceCache::open(&path).unwrap();
         assert_eq!(cache.get(&id(&a), 1000).as_deref(), Some(&a[..]));
         // Another length than the root says, or a name that is no id: none.
         assert_eq!(cache.get(&id(&a), 999), None);
         assert_eq!(cache.get("../etc/passwd", 10), None);
         cache.put("not-an-id", b"x");
         cache.keep();
+        assert!(crate::background::wait_for_background(std::time::Duration::from_secs(10)));
         // `a` was used last: trimming to one piece keeps it.
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert!(cache.get(&id(&a), 1000).is_some());
-        cache.trim(1000);
+        trim(cache.dir.get().unwrap(), 1000);
         assert!(cache.get(&id(&a), 1000).is_some() && cache.get(&id(&b), 1000).is_none());
     }
 
@@ -219,7 +229,7 @@ mod tests {
         std::os::unix::fs::symlink(elsewhere.join("secret"), path.join(format!("{}.tree", id(&a)))).unwrap();
         assert_eq!(cache.get(&id(&a), 10), None);
         drop(cache);
-        let _ = PieceCache::open(&path).unwrap();
+        trim(&rustix::fs::open(&path, DIR_FLAGS, Mode::empty()).unwrap(), MAX_BYTES);
         assert!(std::fs::symlink_metadata(path.join(format!("{}.tree", id(&a)))).is_err());
         assert!(elsewhere.join("secret").exists());
     }
