@@ -235,11 +235,7 @@ async fn bad_keys_and_unwritable_targets_are_reasons_too() {
 #[tokio::test]
 async fn restore_swaps_atomically_and_cleans_old_trees_and_stale_staging() {
     let tmp = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
-    let src = tmp.path().join("src");
-    sample_tree(&src);
-    let cache = Cache::new(store, "site/cache");
-    assert!(cache.snapshot(&src, &SnapshotOptions::default()).await.is_done());
+    let (src, cache) = crate::support::stored_sample(tmp.path(), "site/cache").await;
 
     let parent = tmp.path().join("target");
     let dir = parent.join("deno-dir");
@@ -269,11 +265,7 @@ async fn restore_swaps_atomically_and_cleans_old_trees_and_stale_staging() {
 #[tokio::test]
 async fn concurrent_restores_of_one_dir_take_turns() {
     let tmp = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
-    let src = tmp.path().join("src");
-    sample_tree(&src);
-    let cache = Cache::new(store, "site/cache");
-    assert!(cache.snapshot(&src, &SnapshotOptions::default()).await.is_done());
+    let (src, cache) = crate::support::stored_sample(tmp.path(), "site/cache").await;
     let dir = tmp.path().join("deno-dir");
     let opts = quick();
     let (a, b) = tokio::join!(cache.restore(&dir, &opts), cache.restore(&dir, &opts));
@@ -384,11 +376,7 @@ async fn a_cleared_tree_waits_closed_until_the_next_restore_or_idle() {
     assert!(old[0].exists(), "not removed yet");
 
     // The next restore removes it, after its swap.
-    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
-    let src = tmp.path().join("src");
-    sample_tree(&src);
-    let cache = Cache::new(store, "site/cache");
-    assert!(cache.snapshot(&src, &SnapshotOptions::default()).await.is_done());
+    let (_src, cache) = crate::support::stored_sample(tmp.path(), "site/cache").await;
     let opts = RestoreOptions { state_dir: Some(state.clone()), ..quick() };
     assert!(cache.restore(&dir, &opts).await.is_done());
     settle();

@@ -41,3 +41,13 @@ pub fn quick() -> RestoreOptions {
 pub fn snap() -> SnapshotOptions {
     SnapshotOptions { format: Format::Native, ..Default::default() }
 }
+
+/// The sample tree in `tmp/src`, snapshotted (native) under `key` in a
+/// local store at `tmp/store`: the source and the cache.
+pub async fn stored_sample(tmp: &Path, key: &str) -> (std::path::PathBuf, sandcache_engine::Cache) {
+    let src = tmp.join("src");
+    sandcache_testkit::tree::sample_tree(&src);
+    let cache = sandcache_engine::Cache::new(Arc::new(LocalStore::new(tmp.join("store"))), key);
+    assert!(cache.snapshot(&src, &SnapshotOptions::default()).await.is_done());
+    (src, cache)
+}
