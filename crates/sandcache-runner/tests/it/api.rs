@@ -14,7 +14,7 @@ use sandcache_store::StoreSpec;
 use sandcache_testkit::site::Repo;
 use serde_json::{Value, json};
 
-use crate::support::{call, call_with, raw_call, stalled_store_envs, test_config, wait_status};
+use crate::support::{call, call_with, deploy_on_a_stalled_store, raw_call, test_config, wait_status};
 
 #[tokio::test]
 async fn health_liveness_metrics_and_idle_status() {
@@ -244,17 +244,8 @@ async fn the_snapshot_waits_for_readiness_and_a_settled_cache() {
 /// goes on cold and succeeds. Meanwhile another deploy is refused (409).
 #[tokio::test]
 async fn a_stalled_store_keeps_the_deploy_within_the_restore_deadline() {
-    let tmp = tempfile::tempdir().unwrap();
-    let addr = sandcache_testkit::net::stalling_server(vec![0x1f, 0x8b]).await;
-    let mut cfg = test_config(tmp.path());
-    cfg.restore_timeout = Duration::from_secs(2);
-    let runner = Runner::new(cfg);
-    let envs = stalled_store_envs(addr);
-    let r2 = runner.clone();
     let start = Instant::now();
-    let deploy = tokio::spawn(async move {
-        call(&r2, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": [], "envs": envs})).await
-    });
+    let (_tmp, runner, deploy) = deploy_on_a_stalled_store(Duration::from_secs(2)).await;
     wait_status(&runner, 5, "deploying", |s| s["deploying"] == true).await;
     let (s, v) = call(&runner, "POST", "/sandbox/deploy", json!({"site": "t"})).await;
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
@@ -482,16 +473,7 @@ async fn a_committed_symlink_in_the_clone_does_not_redirect_the_legacy_restore()
 /// the next deploy.
 #[tokio::test]
 async fn undeploy_during_a_deploy_cancels_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let addr = sandcache_testkit::net::stalling_server(vec![0x1f, 0x8b]).await;
-    let mut cfg = test_config(tmp.path());
-    cfg.restore_timeout = Duration::from_secs(60);
-    let runner = Runner::new(cfg);
-    let envs = stalled_store_envs(addr);
-    let r2 = runner.clone();
-    let deploy = tokio::spawn(async move {
-        call(&r2, "POST", "/sandbox/deploy", json!({"site": "s", "runCommand": [], "envs": envs})).await
-    });
+    let (_tmp, runner, deploy) = deploy_on_a_stalled_store(Duration::from_secs(60)).await;
     wait_status(&runner, 5, "deploying", |s| s["deploying"] == true).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let start = Instant::now();

@@ -128,3 +128,21 @@ pub fn root_tmp(why: &str) -> Option<tempfile::TempDir> {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     Some(tmp)
 }
+
+/// A runner whose deploy restores from a store that never answers (the
+/// restore deadline `restore_timeout`), and that deploy, under way: the
+/// test dir, the runner, and the deploy's answer to come.
+pub async fn deploy_on_a_stalled_store(
+    restore_timeout: Duration,
+) -> (tempfile::TempDir, Arc<Runner>, tokio::task::JoinHandle<(StatusCode, Value)>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let addr = sandcache_testkit::net::stalling_server(vec![0x1f, 0x8b]).await;
+    let mut cfg = test_config(tmp.path());
+    cfg.restore_timeout = restore_timeout;
+    let runner = Runner::new(cfg);
+    let (r2, envs) = (runner.clone(), stalled_store_envs(addr));
+    let deploy = tokio::spawn(async move {
+        call(&r2, "POST", "/sandbox/deploy", serde_json::json!({"site": "s", "runCommand": [], "envs": envs})).await
+    });
+    (tmp, runner, deploy)
+}
