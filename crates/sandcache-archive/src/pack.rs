@@ -204,14 +204,30 @@ impl Manifest {
         // generous ratio): no growing and copying as it decodes.
         let said = zstd::zstd_safe::get_frame_content_size(bytes).ok().flatten().unwrap_or(0);
         let room = said.min(MAX_MANIFEST as u64 + 1).min((bytes.len() as u64).saturating_mul(64));
-        let mut json = Vec::with_capacity(room as usize);
-        let mut dec = zstd::stream::read::Decoder::new(bytes).map_err(|e| bad(format!("manifest: {e}")))?;
-        std::io::Read::read_to_end(&mut std::io::Read::take(&mut dec, MAX_MANIFEST as u64 + 1), &mut json)
-            .map_err(|e| bad(format!("manifest is not zstd: {e}")))?;
-        if json.len() > MAX_MANIFEST {
-            return Err(bad(format!("manifest expands past {MAX_MANIFEST} bytes")));
+        // The JSON goes into this thread's buffer, kept between calls (up to
+        // a bound): a restore decodes ~45 pieces per manifest, and a fresh
+        // buffer for each costs its pages, faulted in and given back.
+        thread_local! {
+            static JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        serde_json::from_slice(&json).map_err(|e| bad(format!("manifest is not valid: {e}")))
+        const KEPT: usize = 4 << 20;
+        JSON.with_borrow_mut(|json| {
+            json.clear();
+            json.reserve(room as usize);
+            let decoded = (|| {
+                let mut dec = zstd::stream::read::Decoder::new(bytes).map_err(|e| bad(format!("manifest: {e}")))?;
+                std::io::Read::read_to_end(&mut std::io::Read::take(&mut dec, MAX_MANIFEST as u64 + 1), json)
+                    .map_err(|e| bad(format!("manifest is not zstd: {e}")))?;
+                if json.len() > MAX_MANIFEST {
+                    return Err(bad(format!("manifest expands past {MAX_MANIFEST} bytes")));
+                }
+                serde_json::from_slice(json).map_err(|e| bad(format!("manifest is not valid: {e}")))
+            })();
+            if json.capacity() > KEPT {
+                *json = Vec::new();
+            }
+            decoded
+        })
     }
 
     /// Checks everything a hostile or broken manifest could get wrong:

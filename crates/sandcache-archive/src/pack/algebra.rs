@@ -171,7 +171,12 @@ pub struct Joiner {
 impl Joiner {
     /// An empty join, for the pieces of `root`.
     pub fn new(root: &Manifest) -> Joiner {
-        Joiner { whole: Manifest::empty(root.version, root.created_ms), pack_index: HashMap::new() }
+        let mut whole = Manifest::empty(root.version, root.created_ms);
+        // Room for the entries the root says its pieces hold (not trusted
+        // past a bound): the list is not grown and copied piece by piece.
+        let said: u64 = root.pieces.iter().map(|p| p.entries).fold(0, u64::saturating_add);
+        whole.entries.reserve(said.min(1 << 20) as usize);
+        Joiner { whole, pack_index: HashMap::new() }
     }
 
     /// Entries joined so far.
