@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sandcache_testkit::throttle::{ThrottleOptions, ThrottledProxy};
 
-use crate::measure::{Row, Sample, measure, print_table, sh};
+use crate::measure::{Row, Sample, add_package, measure, print_table, sh};
 
 pub(crate) struct Link<'a> {
     pub sc: &'a str,
@@ -32,6 +32,16 @@ pub(crate) struct Link<'a> {
     pub latency_ms: u64,
 }
 
+/// The store at `target` (host:port) relayed through the link.
+pub(crate) async fn relay(target: &str, mbps: u64, latency_ms: u64) -> ThrottledProxy {
+    let opts = ThrottleOptions {
+        bytes_per_sec: mbps * 1_000_000,
+        connect_delay: Duration::from_millis(2),
+        first_byte_delay: Duration::from_millis(latency_ms),
+    };
+    ThrottledProxy::relay_to(target, opts).await.expect("store link")
+}
+
 pub(crate) fn restores(l: &Link<'_>) {
     let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") else {
         eprintln!("link restores: no AWS_ENDPOINT_URL (an S3 store); skipped");
@@ -40,20 +50,22 @@ pub(crate) fn restores(l: &Link<'_>) {
     let q = |p: &Path| format!("'{}'", p.display());
     let (sc, me, store, run) = (l.sc, l.me, l.store, l.run);
     let prefix = format!("{run}/link");
+    // The site: the base as a fallback restore leaves it, and the files
+    // Deno adds for one more package (a tree of its own, built apart, would
+    // differ from the base in every file's time).
+    let root = l.root.join(format!("{run}-link"));
+    let site = root.join("site");
     eprintln!("setup: the base and the site stored native, the site as one tar.zst");
+    sh(&format!("mkdir -p {s} && cp -a {}/. {s}", q(l.corpus), s = q(&site)));
+    add_package(l.corpus, l.extra, &site);
     sh(&format!("{sc} snapshot -q --force --dir {} --store {store} --key {prefix}/base", q(l.corpus)));
-    sh(&format!("{sc} snapshot -q --force --dir {} --store {store} --key {prefix}/site", q(l.extra)));
-    sh(&format!("tar -cf - -C {} . | zstd -3 -T0 -q -c | {me} put-buffered {store} {prefix}/site.tar.zst", q(l.extra)));
+    sh(&format!("{sc} snapshot -q --force --dir {} --store {store} --key {prefix}/site", q(&site)));
+    sh(&format!("tar -cf - -C {} . | zstd -3 -T0 -q -c | {me} put-buffered {store} {prefix}/site.tar.zst", q(&site)));
+    sh(&format!("rm -rf {}", q(&site)));
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
     let target = endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let root = l.root.join(format!("{run}-link"));
     for latency in [0, l.latency_ms] {
-        let opts = ThrottleOptions {
-            bytes_per_sec: l.mbps * 1_000_000,
-            connect_delay: Duration::from_millis(2),
-            first_byte_delay: Duration::from_millis(latency),
-        };
-        let link = rt.block_on(ThrottledProxy::relay_to(&target, opts)).expect("store link");
+        let link = rt.block_on(relay(&target, l.mbps, latency));
         let env = format!("AWS_ENDPOINT_URL={}", link.url());
         let restore = |d: &Path, key: &str| {
             format!("{env} {sc} restore -q --json --dir {} --store {store} --key {prefix}/{key}", q(d))

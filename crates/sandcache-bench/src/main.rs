@@ -23,7 +23,7 @@ use std::process::{Command, ExitCode};
 
 use clap::Parser;
 
-use crate::measure::{Row, Sample, measure, print_table, sh};
+use crate::measure::{Row, Sample, add_package, measure, print_table, sh};
 use futures::TryStreamExt;
 use sandcache_store::{S3Spec, S3Store, Store, StoreOptions, StoreSpec};
 
@@ -85,6 +85,15 @@ enum Helper {
         keys: usize,
         #[arg(long, default_value = "3")]
         generations: usize,
+    },
+    /// Relay $AWS_ENDPOINT_URL through the benchmark's S3-like link until
+    /// killed, printing the link's URL: one restore over it can then be
+    /// traced (SANDCACHE_LOG=debug).
+    Link {
+        #[arg(long, default_value = "90")]
+        mbps: u64,
+        #[arg(long, default_value = "25")]
+        latency_ms: u64,
     },
     /// Time from a deploy to the first proxied 200 for a Deno storefront:
     /// cold through a throttled registry (SANDCACHE_THROTTLE_BPS,
@@ -156,6 +165,19 @@ fn helper(h: Helper) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    if let Helper::Link { mbps, latency_ms } = h {
+        let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") else {
+            eprintln!("error: no AWS_ENDPOINT_URL to relay");
+            return ExitCode::from(2);
+        };
+        let target = endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        rt.block_on(async {
+            let link = link::relay(&target, mbps, latency_ms).await;
+            println!("{}", link.url());
+            std::future::pending::<()>().await;
+        });
+        return ExitCode::SUCCESS;
+    }
     rt.block_on(async {
         match h {
             Helper::Cat { store, key } => {
@@ -176,7 +198,9 @@ fn helper(h: Helper) -> ExitCode {
                 let body = futures::stream::once(async move { Ok(bytes::Bytes::from(all)) });
                 store_of(&store).put(&key, Box::pin(body)).await.expect("put");
             }
-            Helper::GcSynthetic { .. } | Helper::FirstResponse { .. } => unreachable!("handled above"),
+            Helper::GcSynthetic { .. } | Helper::FirstResponse { .. } | Helper::Link { .. } => {
+                unreachable!("handled above")
+            }
         }
     });
     ExitCode::SUCCESS
@@ -419,9 +443,11 @@ fn main() -> ExitCode {
                 let copy = work.join(format!("extra-{i}/deno-dir"));
                 sh(&format!("mkdir -p {p} && cp -a {}/. {p}", q(&corpus), p = q(&copy)));
                 sh(&format!("{sc} snapshot -q --dir {} --store {store}/{run}-extra-{i} --key k", q(&copy)));
-                sh(&format!("cd {} && find . -type f | while read f; do [ -e {}/\"$f\" ] || {{ mkdir -p {}/\"$(dirname \"$f\")\"; cp -a \"$f\" {}/\"$f\"; }}; done",
-                    q(extra), q(&corpus), q(&copy), q(&copy)));
-                measure(&format!("{sc} snapshot -q --json --dir {} --store {store}/{run}-extra-{i} --key k", q(&copy)), None)
+                add_package(&corpus, extra, &copy);
+                measure(
+                    &format!("{sc} snapshot -q --json --dir {} --store {store}/{run}-extra-{i} --key k", q(&copy)),
+                    None,
+                )
             })
             .collect();
         rows.push(Row { name: "sandcache snapshot, native, after adding one package".into(), samples: s, bytes: None });

@@ -79,3 +79,17 @@ pub(crate) fn sh(script: &str) {
     let st = Command::new("sh").args(["-c", script]).status().expect("sh");
     assert!(st.success(), "setup failed: {script}");
 }
+
+/// Copies into `dir` the files of `extra` that `corpus` lacks, times kept:
+/// what Deno adds to a tree that holds `corpus` when the app imports one
+/// more package. Every other file keeps the corpus's times, as on a site
+/// restored from the corpus.
+pub(crate) fn add_package(corpus: &std::path::Path, extra: &std::path::Path, dir: &std::path::Path) {
+    let q = |p: &std::path::Path| format!("'{}'", p.display());
+    sh(&format!(
+        "cd {} && find . -type f | while read f; do [ -e {c}/\"$f\" ] || {{ mkdir -p {d}/\"$(dirname \"$f\")\"; cp -a \"$f\" {d}/\"$f\"; }}; done",
+        q(extra),
+        c = q(corpus),
+        d = q(dir)
+    ));
+}
