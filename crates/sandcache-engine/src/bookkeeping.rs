@@ -183,9 +183,26 @@ impl Index {
 /// the wait, a write in the restore's last tick (the app's first, say)
 /// could get a ctime under the bound and pass for restored.
 pub(crate) async fn ctime_bound() -> i128 {
-    let ns = |t: rustix::time::Timespec| t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128;
-    let now = ns(rustix::time::clock_gettime(rustix::time::ClockId::Realtime));
-    let coarse = || ns(rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse));
+    let now = ctime_now();
+    ctime_passed(now).await;
+    now
+}
+
+/// The clock now, as [`ctime_bound`] reads it: a bound that may be
+/// recorded at once, provided nothing is handed over (the restore not
+/// returned) before [`ctime_passed`] says the coarse clock passed it.
+pub(crate) fn ctime_now() -> i128 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+}
+
+/// Waits until the coarse clock the kernel stamps ctimes with has passed
+/// `now` (a tick: a few ms at most).
+pub(crate) async fn ctime_passed(now: i128) {
+    let coarse = || {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
+        t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+    };
     // Bounded, should the clock be stepped back meanwhile.
     for _ in 0..50 {
         if coarse() > now {
@@ -193,7 +210,6 @@ pub(crate) async fn ctime_bound() -> i128 {
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
-    now
 }
 
 /// What the tail marker holds when a delta restore left it: the dir may

@@ -1,26 +1,28 @@
-//! A delta restore's plan, from two manifests and the disk: the
+//! A delta restore's plan, in two steps: the disk checked against the
 //! generation the dir holds (`old`, as restored, unchanged up to a ctime
-//! bound) and the one to restore (`new`). Pure but for the disk check,
-//! which only reads: `lstat`s relative to directory fds opened without
-//! following ([`DirFds`]), listings of directories past the bound,
-//! `readlinkat`.
+//! bound), while the one to restore (`new`) is still being fetched; then
+//! the two manifests compared. The check only reads: `lstat`s relative to
+//! directory fds opened without following ([`DirFds`]), listings of
+//! directories past the bound, `readlinkat`.
 //!
-//! - A unit (see [`super::units`]) of `new` is kept when `old` has the
-//!   same unit, entry for entry ([`Shape`]), and every entry of it is on
-//!   disk as the restore left it: the same kind, mode, mtime, size (and
-//!   symlink target) and owner, and a ctime not past the bound (any later
-//!   write, chmod, chown, utime, link or rename into place moves it; no
-//!   process can set one). A directory past the bound, or whose mtime is
-//!   not the archived one, is listed (the top always): a name the old
-//!   generation lacks is an extra, and a package holding one is changed. Any doubt (a missing or unlisted directory, a type or
+//! - [`check`]: a unit (see [`super::units`]) of `old` is intact when
+//!   every entry of it is on disk as the restore left it: the same kind,
+//!   mode, mtime, size (and symlink target) and owner, and a ctime not past
+//!   the bound (any later write, chmod, chown, utime, link or rename into
+//!   place moves it; no process can set one). A directory past the bound,
+//!   or whose mtime is not the archived one, is listed (the top always): a
+//!   name the old generation lacks is an extra, and a package holding one
+//!   is changed. Any doubt (a missing or unlisted directory, a type or
 //!   reading error) is a change.
-//! - Every other unit of `new` is written (into staging) and put in place.
+//! - [`plan`]: a unit of `new` is kept when `old` has the same unit, entry
+//!   for entry ([`Shape`]), and it is intact. Every other unit of `new` is
+//!   written (into staging) and put in place.
 //! - Units of `old` that `new` lacks, directories it lacks, and extras in
 //!   directories outside packages are moved away (the topmost path: a
 //!   directory takes what it holds), because the result must equal a full
 //!   restore of `new`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,42 +83,75 @@ pub(crate) struct Trust {
     pub(crate) owner: Option<(u32, u32)>,
 }
 
-/// Plans the delta from `old` (what the dir, open as `root`, held when
-/// restored) to `new`. Only reads the disk. `None`: the dir cannot be told
-/// apart from the old generation well enough (a directory that cannot be
-/// listed): a full restore. Fails only when cancelled.
-pub(crate) fn plan(
+/// What the disk check found of the generation a dir holds: the units on
+/// disk as its restore left them, untouched since, and the names in its
+/// directories that it did not put there.
+#[derive(Debug, Default)]
+pub(crate) struct Intact {
+    /// Units found as restored, by root path: for each, the files in it
+    /// read since (their paths).
+    units: HashMap<String, Vec<String>>,
+    /// Names in directories outside packages (and the top) that the
+    /// generation lacks: extras, moved away.
+    extras: Vec<String>,
+}
+
+/// Checks the disk (the dir, open as `root`) against `old`, the generation
+/// it held when restored. Only reads: it runs while the new generation's
+/// manifest is still on its way. `None`: the dir cannot be told apart from
+/// the old generation well enough (a directory that cannot be listed): a
+/// full restore. Fails only when cancelled.
+pub(crate) fn check(
     old: &Manifest,
-    new: &Manifest,
     root: Arc<OwnedFd>,
     trust: Trust,
     cancel: &AtomicBool,
-) -> Result<Option<Plan>, ExtractError> {
-    let (o, n) = (Units::of(old), Units::of(new));
-    let mut disk = Disk { dirs: DirFds::new(root), trust, euid: rustix::process::geteuid().as_raw() };
-    let mut remove: BTreeSet<String> = BTreeSet::new();
+) -> Result<Option<Intact>, ExtractError> {
+    let o = Units::of(old);
     let cancelled = || cancel.load(Ordering::Relaxed);
-
-    // Directories outside packages that both hold: what the old generation
-    // lacks there is an extra. One that cannot be listed: a full restore.
-    let shared = std::iter::once(("", None)).chain(n.dirs.keys().filter_map(|d| Some((*d, *o.dirs.get(d)?))));
-    for (dir, entry) in shared {
+    let mut disk = Disk { dirs: DirFds::new(root), trust, euid: rustix::process::geteuid().as_raw() };
+    let mut intact = Intact::default();
+    // Every directory outside packages, and the top: what the generation
+    // lacks there is an extra (one the new generation lacks goes whole,
+    // its extras with it). One that cannot be listed: a full restore.
+    for (dir, entry) in std::iter::once(("", None)).chain(o.dirs.iter().map(|(d, e)| (*d, *e))) {
         if cancelled() {
             return Err(ExtractError::Cancelled);
         }
         let mtime = entry.map(|i| old.entries[i as usize].mtime.max(0));
         let Ok(extras) = disk.extras(dir, &o, mtime) else { return Ok(None) };
-        remove.extend(extras.into_iter().map(|name| join(dir, &name)));
+        intact.extras.extend(extras.into_iter().map(|name| join(dir, &name)));
     }
-
-    let mut plan = Plan::default();
-    for (&unit, entries) in &n.units {
+    // One thread: a short-lived second one costs more than it saves (its
+    // allocator cache is purged when it exits), and the check runs beside
+    // the new manifest's fetch anyway.
+    for &unit in o.units.keys() {
         if cancelled() {
             return Err(ExtractError::Cancelled);
         }
-        let same = o.units.contains_key(&unit) && o.shape(unit) == n.shape(unit);
-        match same.then(|| disk.kept(unit, &n, &o)).flatten() {
-            Some(read) => plan.reset_atime.extend(read),
+        if let Some(read) = disk.kept(unit, &o) {
+            let read = read.into_iter().map(|i| old.entries[i as usize].path.clone()).collect();
+            intact.units.insert(unit.path().to_owned(), read);
+        }
+    }
+    Ok(Some(intact))
+}
+
+/// Plans the delta from `old` (what the dir held when restored, as
+/// [`check`] found it on disk) to `new`. Pure.
+pub(crate) fn plan(old: &Manifest, new: &Manifest, intact: &Intact) -> Plan {
+    let (o, n) = (Units::of(old), Units::of(new));
+    let mut remove: BTreeSet<String> = intact.extras.iter().cloned().collect();
+    let mut plan = Plan::default();
+    for (&unit, entries) in &n.units {
+        match n.same(&o, unit).then(|| intact.units.get(unit.path())).flatten() {
+            Some(read) => {
+                let read: HashSet<&str> = read.iter().map(String::as_str).collect();
+                if !read.is_empty() {
+                    let paths = entries.iter().filter(|&&i| read.contains(new.entries[i as usize].path.as_str()));
+                    plan.reset_atime.extend(paths);
+                }
+            }
             None => {
                 plan.write.extend(entries);
                 plan.place.push((unit.path().to_owned(), matches!(unit, Unit::Package(_))));
@@ -146,7 +181,7 @@ pub(crate) fn plan(
     plan.dirs = n.dirs.iter().map(|(d, e)| ((*d).to_owned(), *e)).collect();
     (plan.files, plan.bytes) = n.count(0..new.entries.len() as u32);
     (plan.files_written, plan.bytes_written) = n.count(plan.write.iter().copied());
-    Ok(Some(plan))
+    plan
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -228,7 +263,7 @@ impl Disk {
         if ctime <= self.trust.until_ns && as_set {
             return Ok(Vec::new());
         }
-        let known = old.children.get(dir);
+        let known = old.children(dir);
         let names = self.names(dir).ok_or(Doubt)?;
         let ours = |n: &[u8]| {
             dir.is_empty() && n.starts_with(RESERVED_PREFIX.as_bytes()) && !n.starts_with(TAIL_PREFIX.as_bytes())
@@ -256,22 +291,22 @@ impl Disk {
         Some(out)
     }
 
-    /// Whether `unit` (the same in `old` and `new`) is on disk as restored
-    /// and untouched since: `Some(files read since)` to keep it, `None`
-    /// when it is to be written again.
-    fn kept(&mut self, unit: Unit, new: &Units, old: &Units) -> Option<Vec<u32>> {
-        let entries = &new.units[&unit];
+    /// Whether `unit` of `old` is on disk as restored and untouched since:
+    /// `Some(files read since)` to keep it, `None` when it is to be
+    /// written again (should the new generation hold it too).
+    fn kept(&mut self, unit: Unit, old: &Units) -> Option<Vec<u32>> {
+        let entries = &old.units[&unit];
         if let Unit::Package(root) = unit {
             // Every directory in a package is listed (its own too): one
             // that is only implied has no names the check could trust.
             let listed: HashSet<&str> = entries
                 .iter()
-                .map(|&i| &new.m.entries[i as usize])
+                .map(|&i| &old.m.entries[i as usize])
                 .filter(|e| e.kind == Kind::Dir)
                 .map(|e| e.path.as_str())
                 .collect();
             let implied = |i: &u32| {
-                let path = new.m.entries[*i as usize].path.as_str();
+                let path = old.m.entries[*i as usize].path.as_str();
                 path != root && !listed.contains(split(path).0)
             };
             if !listed.contains(root) || entries.iter().any(implied) {
@@ -280,7 +315,7 @@ impl Disk {
         }
         let mut read = Vec::new();
         for &i in entries {
-            let e = &new.m.entries[i as usize];
+            let e = &old.m.entries[i as usize];
             let shape = Shape::of(e);
             let st = self.stat(&e.path)?;
             let seen = self.as_restored(&st, &shape)?;
@@ -292,9 +327,11 @@ impl Disk {
                     return None;
                 }
             }
+            // A directory past the bound holds no name it was not restored
+            // with, and can be listed faithfully.
             if e.kind == Kind::Dir
                 && seen.past
-                && self.extras(&e.path, old, Some(shape.mtime)).is_ok_and(|x| !x.is_empty())
+                && !self.extras(&e.path, old, Some(shape.mtime)).is_ok_and(|x| x.is_empty())
             {
                 return None;
             }
@@ -397,8 +434,9 @@ mod tests {
         new.entries.push(Entry::dir("npm/r/c/1.0.0".into(), 0o755, 1_600_000_000));
         new.entries.push(file("npm/r/c/1.0.0/index.js", "index"));
         let root = Arc::new(rustix::fs::open(&dir, rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty()).unwrap());
-        let p =
-            plan(&old, &new, root, Trust { until_ns: bound, owner: None }, &AtomicBool::new(false)).unwrap().unwrap();
+        let intact =
+            check(&old, root, Trust { until_ns: bound, owner: None }, &AtomicBool::new(false)).unwrap().unwrap();
+        let p = plan(&old, &new, &intact);
         assert_eq!(p.place, [("npm/r/c/1.0.0".to_owned(), true), ("remote/touched.js".to_owned(), false)]);
         assert_eq!(p.remove, ["npm/r/b", "remote/extra.js", "remote/gone.js"].map(str::to_owned));
         assert_eq!((p.files, p.files_written, p.bytes_written), (4, 2, 5 + 7));

@@ -96,11 +96,14 @@ pub(crate) struct DirFds {
     root: Arc<OwnedFd>,
     /// By relative path; `None`: missing, or not a directory.
     open: HashMap<String, Option<Arc<OwnedFd>>>,
+    /// The one asked for last: walk order asks for one directory many
+    /// times in a row.
+    last: Option<(String, Option<Arc<OwnedFd>>)>,
 }
 
 impl DirFds {
     pub(crate) fn new(root: Arc<OwnedFd>) -> DirFds {
-        DirFds { root, open: HashMap::new() }
+        DirFds { root, open: HashMap::new(), last: None }
     }
 
     /// The directory at `rel` (`""`: the top); `None` when it is missing
@@ -109,6 +112,17 @@ impl DirFds {
         if rel.is_empty() {
             return Ok(Some(self.root.clone()));
         }
+        if let Some((path, d)) = &self.last
+            && path == rel
+        {
+            return Ok(d.clone());
+        }
+        let d = self.lookup(rel)?;
+        self.last = Some((rel.to_owned(), d.clone()));
+        Ok(d)
+    }
+
+    fn lookup(&mut self, rel: &str) -> io::Result<Option<Arc<OwnedFd>>> {
         if let Some(d) = self.open.get(rel) {
             return Ok(d.clone());
         }
@@ -132,6 +146,7 @@ impl DirFds {
 
     /// Forgets `rel` and everything under it: moved, removed or made.
     pub(crate) fn forget(&mut self, rel: &str) {
+        self.last = None;
         self.open.retain(|k, _| !(k == rel || (k.starts_with(rel) && k.as_bytes().get(rel.len()) == Some(&b'/'))));
     }
 }

@@ -18,6 +18,11 @@
 //! relative to the held-open dir, never through a symlink, only regular
 //! files of the expected length. At most [`MAX_BYTES`] are kept: the
 //! least recently used go first.
+//!
+//! Beside the pieces, the root of each generation a restore completed
+//! ([`PieceCache::put_root`]): the next delta from that generation reads
+//! its whole manifest from here, with no request, and trusts it only
+//! through the digest its state recorded.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -26,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timestamps};
+use sandcache_archive::pack::Manifest;
 
 /// What the cache keeps at most: about ten generations' manifests of a
 /// 25k-entry DENO_DIR (45 pieces of ~50 KB each).
@@ -65,11 +71,39 @@ impl PieceCache {
     /// The piece `id`, when held and of `size` bytes. The caller checks
     /// its hash before trusting it. A hit counts as a use (for the trim).
     pub(crate) fn get(&self, id: &str, size: u64) -> Option<Vec<u8>> {
-        let name = file_name(id)?;
+        self.read(&file_name(id)?, |len| len == size)
+    }
+
+    /// The root of `generation` as a restore of it kept it (see
+    /// [`PieceCache::put_root`]). Not checked against anything: the caller
+    /// trusts only the manifest it joins to, by its recorded digest.
+    pub(crate) fn get_root(&self, generation: &str) -> Option<Manifest> {
+        let bytes = self.read(&root_name(generation), |len| len <= MAX_ROOT)?;
+        Manifest::decode(&bytes).ok()
+    }
+
+    /// Keeps the root of `generation` with the pieces, if the restore
+    /// completes and it is small (a root naming pieces, ~10 KB): the next
+    /// delta from that generation then reads its manifest without a
+    /// request. Trimmed as pieces are.
+    pub(crate) fn put_root(&self, generation: &str, root: &Manifest) {
+        if root.pieces.is_empty() {
+            return;
+        }
+        let bytes = root.encode();
+        if bytes.len() as u64 <= MAX_ROOT {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending.push((root_name(generation), bytes));
+        }
+    }
+
+    /// A file of the cache, by name, whose length `fits`; read as a use.
+    fn read(&self, name: &str, fits: impl Fn(u64) -> bool) -> Option<Vec<u8>> {
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(self.dir.get()?, &name, flags, Mode::empty()).ok()?;
+        let fd = rustix::fs::openat(self.dir.get()?, name, flags, Mode::empty()).ok()?;
         let st = rustix::fs::fstat(&fd).ok()?;
-        if !FileType::from_raw_mode(st.st_mode).is_file() || st.st_size as u64 != size {
+        let size = st.st_size as u64;
+        if !FileType::from_raw_mode(st.st_mode).is_file() || !fits(size) {
             return None;
         }
         let now = rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW };
@@ -84,8 +118,10 @@ impl PieceCache {
     pub(crate) fn put(&self, id: &str, bytes: &[u8]) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let held: usize = pending.iter().map(|(_, b)| b.len()).sum();
-        if held + bytes.len() <= MAX_BYTES as usize {
-            pending.push((id.to_owned(), bytes.to_vec()));
+        if let Some(name) = file_name(id)
+            && held + bytes.len() <= MAX_BYTES as usize
+        {
+            pending.push((name, bytes.to_vec()));
         }
     }
 
@@ -112,25 +148,25 @@ impl PieceCache {
                     Err(e) => return tracing::debug!("no piece cache at {}: {e}", path.display()),
                 },
             };
-            for (id, bytes) in pending {
-                write_piece(&dir, &id, &bytes);
+            for (name, bytes) in pending {
+                write_piece(&dir, &name, &bytes);
             }
             trim(&dir, MAX_BYTES);
         });
     }
 }
 
-/// One piece into the cache: a temporary name, then renamed over its own.
-fn write_piece(dir: &OwnedFd, id: &str, bytes: &[u8]) {
-    let Some(name) = file_name(id) else { return };
+/// One piece (or root) into the cache, by file name: a temporary name,
+/// then renamed over its own.
+fn write_piece(dir: &OwnedFd, name: &str, bytes: &[u8]) {
     let tmp = format!(".{name}.{:08x}", rand::random::<u32>());
     let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let written = rustix::fs::openat(dir, &tmp, flags, Mode::from_raw_mode(0o600))
         .map_err(std::io::Error::from)
         .and_then(|fd| File::from(fd).write_all(bytes))
-        .and_then(|()| rustix::fs::renameat(dir, &tmp, dir, &name).map_err(Into::into));
+        .and_then(|()| rustix::fs::renameat(dir, &tmp, dir, name).map_err(Into::into));
     if let Err(e) = written {
-        tracing::debug!("could not keep piece {id}: {e}");
+        tracing::debug!("could not keep piece {name}: {e}");
         let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
     }
 }
@@ -168,6 +204,16 @@ fn trim(dir: &OwnedFd, max: u64) {
             total -= size;
         }
     }
+}
+
+/// The most bytes a kept root may have.
+const MAX_ROOT: u64 = 1 << 20;
+
+/// The file name of a generation's root: named by the BLAKE3 of the
+/// generation's name, a digest as a piece's is (so trimmed as pieces are),
+/// never a piece's own (that is the digest of its bytes).
+fn root_name(generation: &str) -> String {
+    format!("{}.tree", blake3::hash(format!("root of {generation}").as_bytes()).to_hex())
 }
 
 /// A piece's file name, for an id that is a BLAKE3 hex digest only.

@@ -13,22 +13,29 @@
 //! size, content hash, symlink target.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::OnceLock;
 
 use sandcache_archive::pack::{Entry, Kind, Manifest};
 
 /// The npm package dir `path` is, or lies in: `npm/<registry>/<name>/<version>`
-/// (`<name>` may be `@scope/name`).
+/// (`<name>` may be `@scope/name`). One pass over the path: a delta's plan
+/// asks it of every entry.
 pub(crate) fn package_root(path: &str) -> Option<&str> {
-    let mut comps = path.split('/');
-    let (Some("npm"), Some(_registry), Some(name)) = (comps.next(), comps.next(), comps.next()) else {
-        return None;
-    };
-    let depth = if name.starts_with('@') { 5 } else { 4 };
-    if path.split('/').count() < depth {
-        return None;
+    const NPM: &str = "npm/";
+    let rest = path.strip_prefix(NPM)?.as_bytes();
+    let slash = |from: usize| rest[from..].iter().position(|&c| c == b'/').map(|j| from + j);
+    // After the registry: the name (two components when scoped), then the version.
+    let mut at = slash(0)? + 1;
+    let parts = if rest.get(at) == Some(&b'@') { 3 } else { 2 };
+    for part in 1..=parts {
+        match slash(at) {
+            Some(end) if part == parts => return Some(&path[..NPM.len() + end]),
+            Some(end) => at = end + 1,
+            None if part == parts => return Some(path),
+            None => return None,
+        }
     }
-    let len = path.split('/').take(depth).map(|c| c.len() + 1).sum::<usize>() - 1;
-    Some(&path[..len])
+    None
 }
 
 /// The npm package dir a path lies in (strictly: not the dir itself).
@@ -95,55 +102,113 @@ pub(crate) struct Units<'m> {
     /// the paths under them (`None`).
     pub(crate) dirs: BTreeMap<&'m str, Option<u32>>,
     /// The names in each directory (`""`: the top), packages' insides too:
-    /// what a directory the restore made held.
-    pub(crate) children: HashMap<&'m str, HashSet<&'m str>>,
+    /// what a directory the restore made held. Made when first asked for
+    /// (see [`Units::children`]): a plan needs none, a check usually only
+    /// the top's.
+    children: OnceLock<HashMap<&'m str, HashSet<&'m str>>>,
+    top: OnceLock<HashSet<&'m str>>,
 }
 
 impl<'m> Units<'m> {
     pub(crate) fn of(m: &'m Manifest) -> Units<'m> {
-        let kind_at: HashMap<&str, Kind> = m.entries.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+        let roots: Vec<Option<&str>> = m.entries.iter().map(|e| package_root(&e.path)).collect();
         // A package root listed as anything but a directory is a plain
         // file or symlink (nothing lies under it: validation says so).
-        let package = |path: &'m str| package_root(path).filter(|r| kind_at.get(r).is_none_or(|k| *k == Kind::Dir));
+        let not_dirs: HashSet<&str> = m
+            .entries
+            .iter()
+            .zip(&roots)
+            .filter(|(e, root)| e.kind != Kind::Dir && root.is_some_and(|r| r.len() == e.path.len()))
+            .map(|(e, _)| e.path.as_str())
+            .collect();
         let mut units: BTreeMap<Unit<'m>, Vec<u32>> = BTreeMap::new();
         let mut dirs: BTreeMap<&'m str, Option<u32>> = BTreeMap::new();
-        let mut children: HashMap<&'m str, HashSet<&'m str>> = HashMap::new();
-        for (i, e) in m.entries.iter().enumerate() {
+        let mut last_dir = "";
+        for (i, (e, root)) in m.entries.iter().zip(roots).enumerate() {
             let path = e.path.as_str();
-            match (package(path), e.kind) {
+            let package = root.filter(|r| !not_dirs.contains(r));
+            match (package, e.kind) {
                 (Some(root), _) => units.entry(Unit::Package(root)).or_default().push(i as u32),
                 (None, Kind::Dir) => {
                     dirs.insert(path, Some(i as u32));
                 }
                 (None, _) => units.entry(Unit::Entry(path)).or_default().push(i as u32),
             }
-            // Every parent is a directory, listed or not.
+            // Every parent is a directory, listed or not; those as long as
+            // the package's root, or longer, lie in it (or are it). Walk
+            // order lists a directory's entries together: a parent already
+            // seen has its own parents too.
             let mut p = path;
-            loop {
-                let (up, name) = p.rsplit_once('/').unwrap_or(("", p));
-                if !children.entry(up).or_default().insert(name) || up.is_empty() {
+            while let Some((up, _)) = p.rsplit_once('/') {
+                if package.is_some_and(|r| up.len() >= r.len()) {
+                    p = up;
+                    continue;
+                }
+                if last_dir == up || dirs.contains_key(up) {
                     break;
                 }
-                if package(up).is_none() {
-                    dirs.entry(up).or_insert(None);
-                }
+                dirs.insert(up, None);
                 p = up;
             }
+            if let Some((up, _)) = path.rsplit_once('/') {
+                last_dir = up;
+            }
         }
-        Units { m, units, dirs, children }
+        Units { m, units, dirs, children: OnceLock::new(), top: OnceLock::new() }
+    }
+
+    /// The names directory `dir` holds (`""`: the top), as restored.
+    pub(crate) fn children(&self, dir: &str) -> Option<&HashSet<&'m str>> {
+        if dir.is_empty() {
+            let top = self.top.get_or_init(|| {
+                self.m
+                    .entries
+                    .iter()
+                    .map(|e| e.path.split_once('/').map_or(e.path.as_str(), |(first, _)| first))
+                    .collect()
+            });
+            return Some(top);
+        }
+        let children = self.children.get_or_init(|| {
+            let mut children: HashMap<&'m str, HashSet<&'m str>> = HashMap::new();
+            for e in &self.m.entries {
+                let mut p = e.path.as_str();
+                while let Some((up, name)) = p.rsplit_once('/') {
+                    if !children.entry(up).or_default().insert(name) {
+                        break;
+                    }
+                    p = up;
+                }
+            }
+            children
+        });
+        children.get(dir)
+    }
+
+    /// Whether `unit` is the same in `self` and `other`: entry for entry,
+    /// by path relative to its root, the same [`Shape`]. Without sorting
+    /// when both list the unit in the same order (one manifest's order is
+    /// its walk's, so nearly always).
+    pub(crate) fn same(&self, other: &Units<'m>, unit: Unit<'m>) -> bool {
+        let (Some(a), Some(b)) = (self.units.get(&unit), other.units.get(&unit)) else { return false };
+        if a.len() != b.len() {
+            return false;
+        }
+        let in_order = a.iter().zip(b).all(|(&x, &y)| self.rel(unit, x) == other.rel(unit, y));
+        in_order || self.shape(unit) == other.shape(unit)
+    }
+
+    /// Entry `i` of a unit: its path relative to the unit's root, and its
+    /// shape.
+    fn rel(&self, unit: Unit<'m>, i: u32) -> (&'m str, Shape<'m>) {
+        let e = &self.m.entries[i as usize];
+        (e.path[unit.path().len()..].trim_start_matches('/'), Shape::of(e))
     }
 
     /// The shape of each of a unit's entries, by its path relative to the
     /// unit's root, in path order: what two units are compared by.
     pub(crate) fn shape(&self, unit: Unit<'m>) -> Vec<(&'m str, Shape<'m>)> {
-        let root = unit.path();
-        let mut out: Vec<(&str, Shape)> = self.units[&unit]
-            .iter()
-            .map(|&i| {
-                let e = &self.m.entries[i as usize];
-                (e.path[root.len()..].trim_start_matches('/'), Shape::of(e))
-            })
-            .collect();
+        let mut out: Vec<(&str, Shape)> = self.units[&unit].iter().map(|&i| self.rel(unit, i)).collect();
         out.sort_by(|a, b| a.0.cmp(b.0));
         out
     }
@@ -203,6 +268,29 @@ mod tests {
         assert_eq!(npm_package_dir(&format!("{reg}/lodash/4.17.21")), None);
     }
 
+    /// `package_root` as it was first written (three passes over the
+    /// path): the one-pass version must agree with it on any path.
+    fn package_root_by_split(path: &str) -> Option<&str> {
+        let mut comps = path.split('/');
+        let (Some("npm"), Some(_registry), Some(name)) = (comps.next(), comps.next(), comps.next()) else {
+            return None;
+        };
+        let depth = if name.starts_with('@') { 5 } else { 4 };
+        if path.split('/').count() < depth {
+            return None;
+        }
+        let len = path.split('/').take(depth).map(|c| c.len() + 1).sum::<usize>() - 1;
+        Some(&path[..len])
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn package_root_in_one_pass_agrees(comps in proptest::collection::vec("(npm|r|@s|a|1|)", 0..8)) {
+            let path = comps.join("/");
+            proptest::prop_assert_eq!(package_root(&path), package_root_by_split(&path), "{}", path);
+        }
+    }
+
     #[test]
     fn a_manifest_as_units_and_dirs() {
         let reg = "npm/r";
@@ -242,8 +330,9 @@ mod tests {
                 ("remote", false)
             ]
         );
-        assert_eq!(u.children[""], HashSet::from(["npm", "remote"]));
-        assert_eq!(u.children["npm/r/@s/b/2.0.0"], HashSet::from(["lib"]));
+        assert_eq!(u.children(""), Some(&HashSet::from(["npm", "remote"])));
+        assert_eq!(u.children("npm/r/@s/b/2.0.0"), Some(&HashSet::from(["lib"])));
+        assert_eq!(u.children("npm/r/a"), Some(&HashSet::from(["1.0.0", "registry.json"])));
         assert_eq!(u.count(0..m.entries.len() as u32), (4, 3));
         let shape = u.shape(Unit::Package("npm/r/a/1.0.0"));
         assert_eq!(shape.iter().map(|s| s.0).collect::<Vec<_>>(), ["", "index.js"]);

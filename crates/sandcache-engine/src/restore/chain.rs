@@ -22,7 +22,7 @@ use crate::outcome::{Done, Reason, RestoreMode};
 use crate::target::Target;
 
 use super::archive::restore_archive;
-use super::delta::restore_delta;
+use super::delta::{HeldCheck, restore_delta};
 use super::native::{NativeRestore, phase_two, restore_native};
 
 /// Fires `hot-ready` once, and remembers when.
@@ -70,6 +70,8 @@ pub(super) async fn restore(
         return Err(Error::Unsafe(why));
     }
     let _lock = target.lock(deadline).await.map_err(Error::lock)?;
+    // What the dir holds is checked from now on, beside the reads below.
+    let held = HeldCheck::start(shared, &target, opts);
     let leftovers = target.leftovers();
     // Pool objects found bad on the way are recorded (here, and as marks in
     // the store) before the next candidate is tried: the next snapshot and
@@ -131,7 +133,7 @@ pub(super) async fn restore(
                     // In place, when the dir's state proves it holds another
                     // native generation; else (or when in place would write
                     // everything) whole.
-                    match restore_delta(&job, manifest, root.as_deref()).await {
+                    match restore_delta(&job, manifest, root.as_deref(), &held).await {
                         Ok(Some(done)) => {
                             hot.ready();
                             let _ = from.set((key.clone(), manifest.key.clone()));

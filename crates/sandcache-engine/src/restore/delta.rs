@@ -4,13 +4,16 @@
 //! generation is restored in place, writing only the units that differ
 //! (see `native::delta` for the plan, `native::inplace` for the renames).
 //!
-//! 1. Both manifests, at once: the new one as any restore reads it
-//!    (validated before anything is written), the old one by the name the
-//!    state gives, and taken only when its digest is the one the state
-//!    recorded.
-//! 2. The plan, from the manifests and a check of the disk. Where it would
-//!    write as much as a full restore (files and bytes), the full one is
-//!    done instead.
+//! 1. The old generation, from the moment the restore takes the lock
+//!    ([`HeldCheck`], beside the reads that find what to restore): its
+//!    manifest by the name the state gives (its root as its restore kept
+//!    it, else the store's), taken only when its digest is the one the
+//!    state recorded, then checked against the disk (`native::check`).
+//!    Beside it, the new manifest as any restore reads it.
+//! 2. The plan, from the two manifests and the check (`native::plan`),
+//!    while the new manifest is validated (before anything is written).
+//!    Where it would write as much as a full restore (files and bytes), the
+//!    full one is done instead.
 //! 3. The tail marker (`DELTA_MARKER`) goes down and the state and index
 //!    go, durably, before anything is written: from here on, a delta that
 //!    fails or runs out of time leaves the state naming neither
@@ -20,7 +23,8 @@
 //!    on the dir's filesystem, by the usual restore (`native::restore_into`:
 //!    only their frames fetched, every file checked against its hash),
 //!    then put in place, unit by unit (`native::apply`).
-//! 5. The state names the new generation, bound by the delta's end; the
+//! 5. The state names the new generation, bound by the delta's end (its
+//!    digest and fingerprint made while the units were written); the
 //!    marker goes. The index is not rebuilt (as after a full restore).
 //!
 //! One phase always: a hot-first restore's delta writes its few units
@@ -30,12 +34,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use rustix::fs::{Mode, OFlags};
+use std::os::fd::OwnedFd;
 
-use crate::background::{CancelOnDrop, remove_in_background};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use rustix::fs::{Mode, OFlags};
+use sandcache_archive::pack::Manifest;
+use sandcache_store::Store;
+
+use crate::background::remove_in_background;
 use crate::bad::Found;
 use crate::bookkeeping::{
-    DELTA_MARKER, Restored, ctime_bound, load_state, remove_durable, save_state_restored, write_durable,
+    DELTA_MARKER, Restored, ctime_now, ctime_passed, load_state, remove_durable, save_state_restored, write_durable,
 };
 use crate::error::Error;
 use crate::native;
@@ -51,6 +61,20 @@ struct Held {
     until_ns: i128,
     digest: String,
 }
+
+/// The generation the dir holds, checked.
+enum Checked {
+    /// Its manifest, and what of it is on disk as restored.
+    Intact(Arc<Manifest>, Arc<native::Intact>),
+    /// Its manifest cannot be read.
+    Unfetched(String),
+    /// Its manifest is not the one the dir was restored from.
+    NotHeld,
+    /// The dir cannot be read well enough to tell.
+    Unreadable,
+}
+
+type CheckResult = Arc<Result<Checked, Error>>;
 
 /// What the dir's state proves it holds: a native generation of this
 /// store, written by a restore (a ctime bound and the manifest's digest),
@@ -68,6 +92,81 @@ fn held(target: &Target, store: &str) -> Option<Held> {
     Some(Held { generation, until_ns: state.restored_until_ns?, digest: state.digest? })
 }
 
+/// The generation the dir holds, fetched (its pieces from the local cache)
+/// and checked against its recorded digest and against the disk in the
+/// background, from the moment a restore takes the dir's lock: beside the
+/// reads that find what to restore, not after them. Every delta candidate
+/// of the restore awaits the same check. Dropped (the restore done, or
+/// its deadline), the check stops.
+pub(super) struct HeldCheck {
+    held: Option<(Held, Arc<OwnedFd>)>,
+    result: Option<Shared<BoxFuture<'static, CheckResult>>>,
+    cancel: Arc<AtomicBool>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for HeldCheck {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+impl HeldCheck {
+    /// Starts the check when the dir's state names a native generation of
+    /// `shared` (else there is nothing to check: any restore is full).
+    pub(super) fn start(shared: &Arc<dyn Store>, target: &Target, opts: &RestoreOptions) -> HeldCheck {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let none = || HeldCheck { held: None, result: None, cancel: Arc::new(AtomicBool::new(false)), task: None };
+        let Some(held) = held(target, &shared.to_string()) else { return none() };
+        // The live dir, held open, its name never followed.
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let Ok(live) = rustix::fs::open(&target.dir, dir_flags, Mode::empty()) else { return none() };
+        let live = Arc::new(live);
+        let (store, pieces_dir, fd, stop) = (shared.clone(), target.pieces_dir(), live.clone(), cancel.clone());
+        let (generation, digest) = (held.generation.clone(), held.digest.clone());
+        let trust = native::Trust { until_ns: held.until_ns, owner: opts.owner };
+        let task = tokio::spawn(async move {
+            // Its bad objects are not reported: it is only compared.
+            let (cache, quiet) = (native::PieceCache::open(&pieces_dir), Found::default());
+            let pieces = native::Pieces { store: store.as_ref(), found: &quiet, cache: cache.as_ref() };
+            // Its root as the restore that wrote it kept it, else the
+            // store's: trusted only through the digest, below.
+            let old = async {
+                let root = match cache.as_ref().and_then(|c| c.get_root(&generation)) {
+                    Some(root) => root,
+                    None => native::fetch_root(store.as_ref(), &generation).await?,
+                };
+                native::whole(&pieces, root).await
+            };
+            let started = Instant::now();
+            let old = match old.await {
+                Ok(old) => old,
+                Err(e) => return Ok(Checked::Unfetched(crate::error::error_chain(&e))),
+            };
+            tokio::task::spawn_blocking(move || {
+                if native::digest(&old) != digest {
+                    return Ok(Checked::NotHeld);
+                }
+                let intact = native::check(&old, fd, trust, &stop)?;
+                let ms = started.elapsed().as_millis();
+                tracing::debug!(target: "sandbox-cache", "the dir's generation read and checked against the disk in {ms} ms");
+                Ok(match intact {
+                    Some(intact) => Checked::Intact(Arc::new(old), Arc::new(intact)),
+                    None => Checked::Unreadable,
+                })
+            })
+            .await
+            .map_err(|e| Error::joined("the delta's check", e))?
+        });
+        let abort = task.abort_handle();
+        let result = task.map(|r| Arc::new(r.unwrap_or_else(|e| Err(Error::joined("the delta's check", e)))));
+        HeldCheck { held: Some((held, live)), result: Some(result.boxed().shared()), cancel, task: Some(abort) }
+    }
+}
+
 /// A delta restore of generation `info` into the dir, when the dir's state
 /// allows one and it writes less than a full restore. `Ok(None)`: restore
 /// it in full. `Ok(Some(done))`: done and recorded. An error before the
@@ -77,82 +176,83 @@ fn held(target: &Target, store: &str) -> Option<Held> {
 pub(super) async fn restore_delta(
     job: &NativeRestore<'_>,
     info: &sandcache_store::ObjectInfo,
-    root: Option<&sandcache_archive::pack::Manifest>,
+    root: Option<&Manifest>,
+    check: &HeldCheck,
 ) -> Result<Option<Done>, Error> {
     let NativeRestore { shared, key, target, opts, found } = *job;
     let store = shared.as_ref();
-    let Some(held) = held(target, &shared.to_string()) else { return Ok(None) };
-    // The live dir, held open, its name never followed.
-    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let Ok(live) = rustix::fs::open(&target.dir, dir_flags, Mode::empty()) else { return Ok(None) };
-    let live = Arc::new(live);
+    let (Some((held, live)), Some(checked)) = (&check.held, &check.result) else { return Ok(None) };
+    let live = live.clone();
     let started = Instant::now();
 
-    // 1. Both manifests at once (the new root as a pointer gave it, pieces
-    // held locally not fetched again); the old one only as the state knows
-    // it, its bad objects not reported (it is only compared).
+    // 1. The new manifest (its root as a pointer gave it, pieces held
+    // locally not fetched again); beside it, the check of the old one,
+    // under way since the lock.
+    // Restoring the generation the dir holds, they are one manifest.
     let same = held.generation == info.key;
     let cache = native::PieceCache::open(&target.pieces_dir());
-    let quiet = Found::default();
-    let (pieces, old_pieces) = (
-        native::Pieces { store, found, cache: cache.as_ref() },
-        native::Pieces { store, found: &quiet, cache: cache.as_ref() },
-    );
+    let pieces = native::Pieces { store, found, cache: cache.as_ref() };
     let new = async {
-        let root = match root {
-            Some(root) => root.clone(),
-            None => native::fetch_root(store, &info.key).await?,
+        let new = match same {
+            true => match &*checked.clone().await {
+                Ok(Checked::Intact(old, _)) => (**old).clone(),
+                // A full restore: below.
+                _ => return Ok(None),
+            },
+            false => {
+                let root = match root {
+                    Some(root) => root.clone(),
+                    None => native::fetch_root(store, &info.key).await?,
+                };
+                if let Some(c) = &cache {
+                    c.put_root(&info.key, &root);
+                }
+                native::whole(&pieces, root).await?
+            }
         };
-        native::whole(&pieces, root).await
+        Ok::<_, Error>(Some(Arc::new(new)))
     };
-    let old = async {
-        match same {
-            true => None,
-            false => Some(
-                async { native::whole(&old_pieces, native::fetch_root(store, &held.generation).await?).await }.await,
-            ),
-        }
-    };
-    let (new, old) = tokio::join!(new, old);
-    let (limits, dir) = (opts.limits, target.dir.clone());
-    let new = tokio::task::spawn_blocking(move || {
-        let new = new?;
-        new.validate(&limits, &dir)?;
-        Ok::<_, Error>(new)
-    })
-    .await
-    .map_err(|e| Error::joined("the manifest's validation", e))??;
-    let old = match old {
-        None => None,
-        Some(Ok(m)) => Some(m),
-        Some(Err(e)) => {
-            let why = crate::error::error_chain(&e);
-            tracing::info!(target: "sandbox-cache", "the dir's generation {} cannot be read ({why}): a full restore", held.generation);
+    let (new, checked) = tokio::join!(new, checked.clone());
+    let new = new?;
+    let checked = match &*checked {
+        Ok(checked) => checked,
+        Err(Error::Cancelled) => return Err(Error::Cancelled),
+        Err(e) => {
+            let why = crate::error::error_chain(e);
+            tracing::info!(target: "sandbox-cache", "the delta's check failed ({why}): a full restore");
             return Ok(None);
         }
     };
-    let (new, old) = (Arc::new(new), old.map(Arc::new));
-    let old = old.unwrap_or_else(|| new.clone());
-    if native::digest(&old) != held.digest {
-        tracing::info!(
-            target: "sandbox-cache",
-            "{} is not the manifest the dir was restored from: a full restore", held.generation
-        );
-        return Ok(None);
-    }
-
-    // 2. The plan: the disk checked against the old generation.
-    let cancel = Arc::new(AtomicBool::new(false));
-    let _cancel_on_drop = CancelOnDrop(cancel.clone());
-    let trust = native::Trust { until_ns: held.until_ns, owner: opts.owner };
-    let (o, n, fd, stop) = (old.clone(), new.clone(), live.clone(), cancel.clone());
-    let plan = tokio::task::spawn_blocking(move || native::plan(&o, &n, fd, trust, &stop))
-        .await
-        .map_err(|e| Error::joined("the delta's check", e))??;
-    let Some(plan) = plan else {
-        tracing::info!(target: "sandbox-cache", "{} cannot be read well enough for a delta: a full restore", target.dir.display());
-        return Ok(None);
+    let (old, intact) = match checked {
+        Checked::Intact(old, intact) => (old.clone(), intact.clone()),
+        Checked::Unfetched(why) => {
+            tracing::info!(target: "sandbox-cache", "the dir's generation {} cannot be read ({why}): a full restore", held.generation);
+            return Ok(None);
+        }
+        Checked::NotHeld => {
+            tracing::info!(
+                target: "sandbox-cache",
+                "{} is not the manifest the dir was restored from: a full restore", held.generation
+            );
+            return Ok(None);
+        }
+        Checked::Unreadable => {
+            tracing::info!(target: "sandbox-cache", "{} cannot be read well enough for a delta: a full restore", target.dir.display());
+            return Ok(None);
+        }
     };
+    let Some(new) = new else { return Ok(None) };
+    let cancel = check.cancel.clone();
+
+    // 2. The plan, from the two manifests and what the check found; beside
+    // it, the new manifest validated (before anything is written).
+    let (n, limits, dir) = (new.clone(), opts.limits, target.dir.clone());
+    let validated = tokio::task::spawn_blocking(move || n.validate(&limits, &dir));
+    let n = new.clone();
+    let plan = tokio::task::spawn_blocking(move || native::plan(&old, &n, &intact));
+    let (validated, plan) = tokio::join!(validated, plan);
+    validated.map_err(|e| Error::joined("the manifest's validation", e))??;
+    let plan = plan.map_err(|e| Error::joined("the delta's plan", e))?;
     tracing::debug!(
         target: "sandbox-cache",
         "delta {} → {}: {} units to write ({} files, {}), {} to move away, planned in {} ms",
@@ -163,6 +263,10 @@ pub(super) async fn restore_delta(
         tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
         return Ok(None);
     }
+
+    let n = new.clone();
+    let recorded =
+        tokio::task::spawn_blocking(move || (native::digest(&n), sandcache_archive::fingerprint::of_manifest(&n)));
 
     // 3. Neither generation, durably, before anything is written.
     write_durable(&target.tail_path(), DELTA_MARKER).map_err(Error::io("delta marker"))?;
@@ -208,14 +312,15 @@ pub(super) async fn restore_delta(
     if let Some(c) = &cache {
         c.keep();
     }
-    let until_ns = ctime_bound().await;
-
-    // 5. The new generation, as a restore records it.
+    // 5. The new generation, as a restore records it (its digest and
+    // fingerprint made while the units were written); the bound recorded
+    // at once, the restore returned once the coarse clock passed it.
+    let until_ns = ctime_now();
+    let (digest, fp) = recorded.await.map_err(|e| Error::joined("the delta's record", e))?;
     let source = shared.to_string();
-    let restored = Restored { until_ns, digest: native::digest(&new) };
-    let fp = sandcache_archive::fingerprint::of_manifest(&new);
-    save_state_restored(target, &source, key, &fp, &info.key, Some(restored));
+    save_state_restored(target, &source, key, &fp, &info.key, Some(Restored { until_ns, digest }));
     let _ = std::fs::remove_file(target.tail_path());
+    ctime_passed(until_ns).await;
     Ok(Some(Done {
         files: plan.files,
         bytes: plan.bytes,

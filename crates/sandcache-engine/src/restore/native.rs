@@ -142,6 +142,9 @@ async fn restore_native_root(
     // Hot-first, with hot pieces: those alone before the swap, the whole
     // manifest after it, for the tail.
     let cache = native::PieceCache::open(&target.pieces_dir()).map(Arc::new);
+    if let Some(c) = &cache {
+        c.put_root(&info.key, &root);
+    }
     let pieces = native::Pieces { store, found, cache: cache.as_deref() };
     let hot = match opts.hot_first {
         true => native::usable_hot(&pieces, &root, &opts.limits, &target.dir, &info.key).await,

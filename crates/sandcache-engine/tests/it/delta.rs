@@ -534,3 +534,66 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A name that no manifest holds (not UTF-8) in a directory inside a
+/// package, made after the restore: the package is written again, never
+/// kept with it.
+#[tokio::test]
+async fn a_name_that_cannot_be_listed_in_a_package_makes_it_written_again() {
+    use std::os::unix::ffi::OsStrExt;
+    let Restored { tmp: _tmp, src, dir, fresh, cache } = restored_sample().await;
+    let lib = dir.join(format!("{REG}/a/1.0.0/lib"));
+    fs::write(lib.join(std::ffi::OsStr::from_bytes(b"bad-\xff.js")), "x").unwrap();
+    // Its directory's mtime put back: only its ctime and its listing tell.
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(T0);
+    fs::File::open(&lib).unwrap().set_times(fs::FileTimes::new().set_modified(t)).unwrap();
+
+    let out = restore(&cache, &dir).await;
+    assert_eq!((mode_of(&out), written(&out)), (RestoreMode::Delta, 4), "package a again: {:?}", out.result);
+    restore(&cache, &fresh).await;
+    settle();
+    assert_eq!(listing(&dir), listing(&fresh));
+    assert_eq!(listing(&dir), listing(&src));
+}
+
+/// The generation the dir holds is read from the root its restore kept
+/// beside the pieces: a delta needs no request for it, and still works
+/// when the store no longer has it.
+#[tokio::test]
+async fn the_held_generations_root_is_read_from_the_local_cache() {
+    let Restored { tmp, src, dir, fresh, cache } = restored_sample().await;
+    let state: serde_json::Value = serde_json::from_str(&fs::read_to_string(state_path(&dir)).unwrap()).unwrap();
+    let held = state["generation"].as_str().unwrap().to_owned();
+    // A newer generation: one package bumped.
+    let mut next = sample();
+    next.retain(|p, _| !p.starts_with(&format!("{REG}/c/")));
+    package(&mut next, "c", "1.0.1", 0, 5, 0o755);
+    write(&src, &next);
+    snapshot(&cache, &src).await;
+    // The store loses the held generation's root.
+    fs::remove_file(tmp.path().join("store").join(&held)).unwrap();
+
+    let out = restore(&cache, &dir).await;
+    assert_eq!((mode_of(&out), written(&out)), (RestoreMode::Delta, 5), "{:?}", out.result);
+    restore(&cache, &fresh).await;
+    settle();
+    assert_eq!(listing(&dir), listing(&fresh));
+
+    // A kept root that is not the generation's own (another's, planted)
+    // is never trusted: its manifest's digest is not the state's, and the
+    // restore is full.
+    let pieces = dir.with_file_name(format!(".{}.sandcache-pieces", dir.file_name().unwrap().to_str().unwrap()));
+    let state: serde_json::Value = serde_json::from_str(&fs::read_to_string(state_path(&dir)).unwrap()).unwrap();
+    let now_held = state["generation"].as_str().unwrap().to_owned();
+    let name = |g: &str| format!("{}.tree", blake3::hash(format!("root of {g}").as_bytes()).to_hex());
+    let (ours, other) = (pieces.join(name(&now_held)), pieces.join(name(&held)));
+    assert!(ours.is_file() && other.is_file(), "both roots kept");
+    fs::copy(&other, &ours).unwrap();
+    fs::remove_file(tmp.path().join("store").join(&now_held)).unwrap();
+    write(&src, &sample());
+    snapshot(&cache, &src).await;
+    let out = restore(&cache, &dir).await;
+    assert_eq!(mode_of(&out), RestoreMode::Full, "{:?}", out.result);
+    settle();
+    assert_eq!(listing(&dir), listing(&src));
+}
