@@ -138,9 +138,18 @@ pub(crate) fn check(
 }
 
 /// Plans the delta from `old` (what the dir held when restored, as
-/// [`check`] found it on disk) to `new`. Pure.
+/// [`check`] found it on disk) to `new`. Pure. The same manifest on both
+/// sides (the generation the dir holds, again) is seen as units once.
 pub(crate) fn plan(old: &Manifest, new: &Manifest, intact: &Intact) -> Plan {
-    let (o, n) = (Units::of(old), Units::of(new));
+    let o = Units::of(old);
+    let other;
+    let n = match std::ptr::eq(old, new) {
+        true => &o,
+        false => {
+            other = Units::of(new);
+            &other
+        }
+    };
     let mut remove: BTreeSet<String> = intact.extras.iter().cloned().collect();
     let mut plan = Plan::default();
     for (&unit, entries) in &n.units {

@@ -191,6 +191,9 @@ impl<'m> Units<'m> {
     /// its walk's, so nearly always).
     pub(crate) fn same(&self, other: &Units<'m>, unit: Unit<'m>) -> bool {
         let (Some(a), Some(b)) = (self.units.get(&unit), other.units.get(&unit)) else { return false };
+        if std::ptr::eq(self.m, other.m) {
+            return true;
+        }
         if a.len() != b.len() {
             return false;
         }

@@ -193,24 +193,21 @@ pub(super) async fn restore_delta(
     let cache = native::PieceCache::open(&target.pieces_dir());
     let pieces = native::Pieces { store, found, cache: cache.as_ref() };
     let new = async {
-        let new = match same {
-            true => match &*checked.clone().await {
-                Ok(Checked::Intact(old, _)) => (**old).clone(),
+        if same {
+            return Ok(match &*checked.clone().await {
+                Ok(Checked::Intact(old, _)) => Some(old.clone()),
                 // A full restore: below.
-                _ => return Ok(None),
-            },
-            false => {
-                let root = match root {
-                    Some(root) => root.clone(),
-                    None => native::fetch_root(store, &info.key).await?,
-                };
-                if let Some(c) = &cache {
-                    c.put_root(&info.key, &root);
-                }
-                native::whole(&pieces, root).await?
-            }
+                _ => None,
+            });
+        }
+        let root = match root {
+            Some(root) => root.clone(),
+            None => native::fetch_root(store, &info.key).await?,
         };
-        Ok::<_, Error>(Some(Arc::new(new)))
+        if let Some(c) = &cache {
+            c.put_root(&info.key, &root);
+        }
+        Ok::<_, Error>(Some(Arc::new(native::whole(&pieces, root).await?)))
     };
     let (new, checked) = tokio::join!(new, checked.clone());
     let new = new?;
@@ -264,9 +261,11 @@ pub(super) async fn restore_delta(
         return Ok(None);
     }
 
-    let n = new.clone();
-    let recorded =
-        tokio::task::spawn_blocking(move || (native::digest(&n), sandcache_archive::fingerprint::of_manifest(&n)));
+    // Of the generation the dir holds, the digest is the state's already.
+    let (n, known) = (new.clone(), same.then(|| held.digest.clone()));
+    let recorded = tokio::task::spawn_blocking(move || {
+        (known.unwrap_or_else(|| native::digest(&n)), sandcache_archive::fingerprint::of_manifest(&n))
+    });
 
     // 3. Neither generation, durably, before anything is written.
     write_durable(&target.tail_path(), DELTA_MARKER).map_err(Error::io("delta marker"))?;
