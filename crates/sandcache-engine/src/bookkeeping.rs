@@ -192,24 +192,24 @@ pub(crate) async fn ctime_bound() -> i128 {
 /// recorded at once, provided nothing is handed over (the restore not
 /// returned) before [`ctime_passed`] says the coarse clock passed it.
 pub(crate) fn ctime_now() -> i128 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
-    t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
+    clock_ns(rustix::time::ClockId::Realtime)
 }
 
 /// Waits until the coarse clock the kernel stamps ctimes with has passed
 /// `now` (a tick: a few ms at most).
 pub(crate) async fn ctime_passed(now: i128) {
-    let coarse = || {
-        let t = rustix::time::clock_gettime(rustix::time::ClockId::RealtimeCoarse);
-        t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
-    };
     // Bounded, should the clock be stepped back meanwhile.
     for _ in 0..50 {
-        if coarse() > now {
+        if clock_ns(rustix::time::ClockId::RealtimeCoarse) > now {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
+}
+
+fn clock_ns(clock: rustix::time::ClockId) -> i128 {
+    let t = rustix::time::clock_gettime(clock);
+    t.tv_sec as i128 * 1_000_000_000 + t.tv_nsec as i128
 }
 
 /// What the tail marker holds when a delta restore left it: the dir may

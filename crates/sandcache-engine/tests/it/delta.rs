@@ -94,6 +94,20 @@ fn written(out: &Outcome) -> u64 {
     out.result.as_ref().unwrap().files_written
 }
 
+/// `dir`, after a delta, is the tree a full restore of the same generation
+/// gives (into `fresh`).
+async fn as_a_full_restore_gives(cache: &Cache, dir: &Path, fresh: &Path) {
+    restore(cache, fresh).await;
+    settle();
+    assert_eq!(listing(dir), listing(fresh));
+}
+
+/// The generation the state beside `dir` names.
+fn held_generation(dir: &Path) -> String {
+    let state: serde_json::Value = serde_json::from_str(&fs::read_to_string(state_path(dir)).unwrap()).unwrap();
+    state["generation"].as_str().unwrap().to_owned()
+}
+
 /// The state file a restore of `dir` writes beside it.
 fn state_path(dir: &Path) -> PathBuf {
     dir.with_file_name(format!(".{}.sandcache-state.json", dir.file_name().unwrap().to_str().unwrap()))
@@ -191,9 +205,7 @@ async fn a_file_touched_after_the_restore_is_written_again_never_trusted() {
     // x, y, and the packages c (5 files) and b (3 files); the extra outside
     // goes.
     assert_eq!(written(&out), 1 + 1 + 5 + 3, "{:?}", out.result);
-    restore(&cache, &fresh).await;
-    settle();
-    assert_eq!(listing(&dir), listing(&fresh));
+    as_a_full_restore_gives(&cache, &dir, &fresh).await;
     assert_eq!(listing(&dir), listing(&src));
 }
 
@@ -219,9 +231,7 @@ async fn a_package_the_app_made_before_the_bound_is_found_by_its_dirs_mtime() {
 
     let out = restore(&cache, &dir).await;
     assert_eq!((mode_of(&out), written(&out)), (RestoreMode::Delta, 0));
-    restore(&cache, &fresh).await;
-    settle();
-    assert_eq!(listing(&dir), listing(&fresh));
+    as_a_full_restore_gives(&cache, &dir, &fresh).await;
 }
 
 /// Both sides of the property test: a universe of a few packages and
@@ -550,9 +560,7 @@ async fn a_name_that_cannot_be_listed_in_a_package_makes_it_written_again() {
 
     let out = restore(&cache, &dir).await;
     assert_eq!((mode_of(&out), written(&out)), (RestoreMode::Delta, 4), "package a again: {:?}", out.result);
-    restore(&cache, &fresh).await;
-    settle();
-    assert_eq!(listing(&dir), listing(&fresh));
+    as_a_full_restore_gives(&cache, &dir, &fresh).await;
     assert_eq!(listing(&dir), listing(&src));
 }
 
@@ -562,8 +570,7 @@ async fn a_name_that_cannot_be_listed_in_a_package_makes_it_written_again() {
 #[tokio::test]
 async fn the_held_generations_root_is_read_from_the_local_cache() {
     let Restored { tmp, src, dir, fresh, cache } = restored_sample().await;
-    let state: serde_json::Value = serde_json::from_str(&fs::read_to_string(state_path(&dir)).unwrap()).unwrap();
-    let held = state["generation"].as_str().unwrap().to_owned();
+    let held = held_generation(&dir);
     // A newer generation: one package bumped.
     let mut next = sample();
     next.retain(|p, _| !p.starts_with(&format!("{REG}/c/")));
@@ -575,16 +582,13 @@ async fn the_held_generations_root_is_read_from_the_local_cache() {
 
     let out = restore(&cache, &dir).await;
     assert_eq!((mode_of(&out), written(&out)), (RestoreMode::Delta, 5), "{:?}", out.result);
-    restore(&cache, &fresh).await;
-    settle();
-    assert_eq!(listing(&dir), listing(&fresh));
+    as_a_full_restore_gives(&cache, &dir, &fresh).await;
 
     // A kept root that is not the generation's own (another's, planted)
     // is never trusted: its manifest's digest is not the state's, and the
     // restore is full.
     let pieces = dir.with_file_name(format!(".{}.sandcache-pieces", dir.file_name().unwrap().to_str().unwrap()));
-    let state: serde_json::Value = serde_json::from_str(&fs::read_to_string(state_path(&dir)).unwrap()).unwrap();
-    let now_held = state["generation"].as_str().unwrap().to_owned();
+    let now_held = held_generation(&dir);
     let name = |g: &str| format!("{}.tree", blake3::hash(format!("root of {g}").as_bytes()).to_hex());
     let (ours, other) = (pieces.join(name(&now_held)), pieces.join(name(&held)));
     assert!(ours.is_file() && other.is_file(), "both roots kept");
