@@ -229,11 +229,14 @@ async fn restore_matrix(form: Form) {
     rig.proxy.set(None);
     let dry = rig.tmp.path().join("dry/deno-dir");
     start_from(dry.clone()).await;
+    let logs = Logs::capture();
     let out = cache.restore(&dry, &opts).await;
     assert!(out.is_done(), "through the proxy, no fault: {:?}", out.result);
     assert_eq!(listing(&dry), new);
     if form == Form::NativeDelta {
-        assert_eq!(out.to_json()["mode"], "delta", "{}", out.to_json());
+        // Why not, should it not be: the engine's log says (with other
+        // tests' lines mixed in).
+        assert_eq!(out.to_json()["mode"], "delta", "{}\nthe engine's log meanwhile:\n{}", out.to_json(), logs.take());
     }
     let n = rig.proxy.transfers(Direction::Download);
     assert!(n >= 1);
@@ -384,4 +387,45 @@ async fn fault_matrix_snapshot_native() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_matrix_snapshot_tgz() {
     snapshot_matrix(Form::Tgz).await;
+}
+
+/// The engine's log lines (target `sandbox-cache`, debug and up) from now
+/// on, for a failure message. One subscriber serves the whole test binary,
+/// so other tests' lines are mixed in.
+struct Logs;
+
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+impl Logs {
+    fn capture() -> Logs {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("sandbox-cache=debug,sandcache_engine=debug")
+                .with_writer(|| Logs)
+                .with_ansi(false)
+                .try_init();
+        });
+        Logs::buffer().clear();
+        Logs
+    }
+
+    fn buffer() -> std::sync::MutexGuard<'static, Vec<u8>> {
+        LOG.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take(&self) -> String {
+        String::from_utf8_lossy(&std::mem::take(&mut *Logs::buffer())).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        Logs::buffer().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
