@@ -1,9 +1,10 @@
-//! A delta restore's plan, in two steps: the disk checked against the
-//! generation the dir holds (`old`, as restored, unchanged up to a ctime
-//! bound), while the one to restore (`new`) is still being fetched; then
-//! the two manifests compared. The check only reads: `lstat`s relative to
-//! directory fds opened without following ([`DirFds`]), listings of
-//! directories past the bound, `readlinkat`.
+//! A delta restore's plan, in two steps that run side by side: the two
+//! manifests compared as soon as both are in ([`diff`]: what is written
+//! whatever the disk holds), and the disk checked against the generation
+//! the dir holds (`old`, as restored, unchanged up to a ctime bound,
+//! [`check`]), which completes the plan ([`Diff::plan`]). The check only
+//! reads: `lstat`s relative to directory fds opened without following
+//! ([`DirFds`]), listings of directories past the bound, `readlinkat`.
 //!
 //! - [`check`]: a unit (see [`super::units`]) of `old` is intact when
 //!   every entry of it is on disk as the restore left it: the same kind,
@@ -14,9 +15,10 @@
 //!   name the old generation lacks is an extra, and a package holding one
 //!   is changed. Any doubt (a missing or unlisted directory, a type or
 //!   reading error) is a change.
-//! - [`plan`]: a unit of `new` is kept when `old` has the same unit, entry
-//!   for entry ([`Shape`]), and it is intact. Every other unit of `new` is
-//!   written (into staging) and put in place.
+//! - [`diff`], [`Diff::plan`]: a unit of `new` is kept when `old` has the
+//!   same unit, entry for entry ([`Shape`]), and the check found it
+//!   intact. Every other unit of `new` is written (into staging) and put
+//!   in place.
 //! - Units of `old` that `new` lacks, directories it lacks, and extras in
 //!   directories outside packages are moved away (the topmost path: a
 //!   directory takes what it holds), because the result must equal a full
@@ -33,7 +35,7 @@ use sandcache_archive::pack::{Kind, Manifest};
 use sandcache_archive::{RESERVED_PREFIX, TAIL_PREFIX};
 
 use super::filesystem::{DirFds, split};
-use super::units::{Shape, Unit, Units};
+use super::units::{Shape, Unit, Units, count};
 
 /// What a delta does, in the order it does it.
 #[derive(Debug, Default)]
@@ -137,10 +139,80 @@ pub(crate) fn check(
     Ok(Some(intact))
 }
 
-/// Plans the delta from `old` (what the dir held when restored, as
-/// [`check`] found it on disk) to `new`. Pure. The same manifest on both
-/// sides (the generation the dir holds, again) is seen as units once.
-pub(crate) fn plan(old: &Manifest, new: &Manifest, intact: &Intact) -> Plan {
+/// The part of a delta's plan the two manifests decide alone: what it
+/// writes whatever the disk check finds (the units of `new` that `old`
+/// lacks or has otherwise), and what it moves away. Made while the check
+/// is still running, so those units can be written into staging beside it.
+#[derive(Debug, Default)]
+pub(crate) struct Diff {
+    /// The plan so far: the units that differ to write and place, the
+    /// units and directories `new` lacks to remove (not yet topmost only),
+    /// `new`'s directories, and its counts.
+    plan: Plan,
+    remove: BTreeSet<String>,
+    /// Units of `new` that `old` has the same, by root path (and whether a
+    /// package), with their entries: kept if the check finds them intact.
+    same: Vec<(String, bool, Vec<u32>)>,
+}
+
+impl Diff {
+    /// Entries of `new` written whatever the check finds, in its order.
+    pub(crate) fn written(&self) -> &[u32] {
+        &self.plan.write
+    }
+
+    /// Whether writing only what differs already writes no less than a
+    /// full restore (a plan only adds to it).
+    pub(crate) fn worth_it(&self) -> bool {
+        self.plan.worth_it()
+    }
+
+    /// The whole plan, with what the check found on disk: a same unit not
+    /// intact is written too, extras go. Pure.
+    pub(crate) fn plan(self, new: &Manifest, intact: &Intact) -> Plan {
+        let Diff { mut plan, mut remove, same } = self;
+        let before = plan.write.len();
+        for (path, package, entries) in same {
+            match intact.units.get(&path) {
+                Some(read) if read.is_empty() => {}
+                Some(read) => {
+                    let read: HashSet<&str> = read.iter().map(String::as_str).collect();
+                    let paths = entries.iter().filter(|&&i| read.contains(new.entries[i as usize].path.as_str()));
+                    plan.reset_atime.extend(paths);
+                }
+                None => {
+                    plan.write.extend(entries);
+                    plan.place.push((path, package));
+                }
+            }
+        }
+        if plan.write.len() != before {
+            plan.write.sort_unstable();
+            // Packages first, each kind by path: as the units are ordered.
+            plan.place.sort_unstable_by(|a, b| (!a.1, &a.0).cmp(&(!b.1, &b.0)));
+            (plan.files_written, plan.bytes_written) = count(new, plan.write.iter().copied());
+        }
+        remove.extend(intact.extras.iter().cloned());
+        // Topmost only: moving a directory away takes what it holds.
+        let under_another = |p: &str| {
+            let mut p = p;
+            while let Some((up, _)) = p.rsplit_once('/') {
+                if remove.contains(up) {
+                    return true;
+                }
+                p = up;
+            }
+            false
+        };
+        plan.remove = remove.iter().filter(|p| !under_another(p)).cloned().collect();
+        plan
+    }
+}
+
+/// What differs from `old` (what the dir held when restored) to `new`, the
+/// two manifests compared. Pure. The same manifest on both sides (the
+/// generation the dir holds, again) is seen as units once.
+pub(crate) fn diff(old: &Manifest, new: &Manifest) -> Diff {
     let o = Units::of(old);
     let other;
     let n = match std::ptr::eq(old, new) {
@@ -150,47 +222,35 @@ pub(crate) fn plan(old: &Manifest, new: &Manifest, intact: &Intact) -> Plan {
             &other
         }
     };
-    let mut remove: BTreeSet<String> = intact.extras.iter().cloned().collect();
-    let mut plan = Plan::default();
+    let mut d = Diff::default();
     for (&unit, entries) in &n.units {
-        match n.same(&o, unit).then(|| intact.units.get(unit.path())).flatten() {
-            Some(read) => {
-                let read: HashSet<&str> = read.iter().map(String::as_str).collect();
-                if !read.is_empty() {
-                    let paths = entries.iter().filter(|&&i| read.contains(new.entries[i as usize].path.as_str()));
-                    plan.reset_atime.extend(paths);
-                }
-            }
-            None => {
-                plan.write.extend(entries);
-                plan.place.push((unit.path().to_owned(), matches!(unit, Unit::Package(_))));
-            }
+        let package = matches!(unit, Unit::Package(_));
+        if n.same(&o, unit) {
+            d.same.push((unit.path().to_owned(), package, entries.clone()));
+        } else {
+            d.plan.write.extend(entries);
+            d.plan.place.push((unit.path().to_owned(), package));
         }
     }
-    plan.write.sort_unstable();
+    d.plan.write.sort_unstable();
     // What `new` lacks goes: units, and directories outside packages.
     for unit in o.units.keys().filter(|u| !n.units.contains_key(u)) {
-        remove.insert(unit.path().to_owned());
+        d.remove.insert(unit.path().to_owned());
     }
     for dir in o.dirs.keys().filter(|d| !n.dirs.contains_key(*d)) {
-        remove.insert((*dir).to_owned());
+        d.remove.insert((*dir).to_owned());
     }
-    // Topmost only: moving a directory away takes what it holds.
-    let under_another = |p: &str| {
-        let mut p = p;
-        while let Some((up, _)) = p.rsplit_once('/') {
-            if remove.contains(up) {
-                return true;
-            }
-            p = up;
-        }
-        false
-    };
-    plan.remove = remove.iter().filter(|p| !under_another(p)).cloned().collect();
-    plan.dirs = n.dirs.iter().map(|(d, e)| ((*d).to_owned(), *e)).collect();
-    (plan.files, plan.bytes) = n.count(0..new.entries.len() as u32);
-    (plan.files_written, plan.bytes_written) = n.count(plan.write.iter().copied());
-    plan
+    d.plan.dirs = n.dirs.iter().map(|(d, e)| ((*d).to_owned(), *e)).collect();
+    (d.plan.files, d.plan.bytes) = count(new, 0..new.entries.len() as u32);
+    (d.plan.files_written, d.plan.bytes_written) = count(new, d.plan.write.iter().copied());
+    d
+}
+
+/// Plans the delta from `old` (what the dir held when restored, as
+/// [`check`] found it on disk) to `new`: [`diff`], then [`Diff::plan`].
+#[cfg(test)]
+pub(crate) fn plan(old: &Manifest, new: &Manifest, intact: &Intact) -> Plan {
+    diff(old, new).plan(new, intact)
 }
 
 fn join(dir: &str, name: &str) -> String {
@@ -445,6 +505,11 @@ mod tests {
         let root = Arc::new(rustix::fs::open(&dir, rustix::fs::OFlags::DIRECTORY, rustix::fs::Mode::empty()).unwrap());
         let intact =
             check(&old, root, Trust { until_ns: bound, owner: None }, &AtomicBool::new(false)).unwrap().unwrap();
+        // What the manifests alone say is written: the new package, not
+        // the file touched on disk (the check adds it).
+        let d = diff(&old, &new);
+        let early: Vec<&str> = d.written().iter().map(|&i| new.entries[i as usize].path.as_str()).collect();
+        assert_eq!(early, ["npm/r/c/1.0.0", "npm/r/c/1.0.0/index.js"]);
         let p = plan(&old, &new, &intact);
         assert_eq!(p.place, [("npm/r/c/1.0.0".to_owned(), true), ("remote/touched.js".to_owned(), false)]);
         assert_eq!(p.remove, ["npm/r/b", "remote/extra.js", "remote/gone.js"].map(str::to_owned));

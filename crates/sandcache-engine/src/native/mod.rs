@@ -20,7 +20,7 @@
 //! | `tail.rs` | phase two: the files that are not hot, into the live dir | `Tail`, `PendingManifest`, `restore_tail` |
 //! | `live.rs` | the live dir of phase two: files placed whole, what a tail that did not land leaves | `LiveDir` |
 //! | `units.rs` | what a delta replaces whole: npm package dirs, other files | `Unit`, `Units`, `Shape` |
-//! | `delta.rs` | a delta's plan: the disk checked against the generation it holds, then the two manifests compared | `check`, `Intact`, `plan`, `Plan`, `Trust` |
+//! | `delta.rs` | a delta's plan: the two manifests compared, then the disk checked against the generation it holds | `diff`, `Diff`, `check`, `Intact`, `Plan`, `Trust` |
 //! | `inplace.rs` | a delta's plan carried out in the live dir | `InPlace`, `apply` |
 //!
 //! Snapshotting:
@@ -49,7 +49,7 @@ mod units;
 mod writers;
 
 pub(crate) use build::build;
-pub(crate) use delta::{Intact, Trust, check, plan};
+pub(crate) use delta::{Intact, Trust, check, diff};
 pub(crate) use inplace::{InPlace, apply};
 pub(crate) use live::LiveDir;
 pub(crate) use manifest::{Pieces, fetch_manifest, fetch_root, usable_hot, whole};

@@ -10,20 +10,23 @@
 //!    it, else the store's), taken only when its digest is the one the
 //!    state recorded, then checked against the disk (`native::check`).
 //!    Beside it, the new manifest as any restore reads it.
-//! 2. The plan, from the two manifests and the check (`native::plan`),
-//!    while the new manifest is validated (before anything is written).
-//!    Where it would write as much as a full restore (files and bytes), the
-//!    full one is done instead.
+//! 2. As soon as both manifests are in, what they say differs
+//!    (`native::diff`), while the new manifest is validated (before
+//!    anything is written). Where that alone writes as much as a full
+//!    restore (files and bytes), the full one is done instead.
 //! 3. The tail marker (`DELTA_MARKER`) goes down and the state and index
-//!    go, durably, before anything is written: from here on, a delta that
-//!    fails or runs out of time leaves the state naming neither
-//!    generation, no snapshot stores the dir (`incomplete`), and the next
-//!    restore is a full one.
+//!    go, durably, before anything is written: from here on, a delta that fails or runs out of time leaves
+//!    the state naming neither generation, no snapshot stores the dir
+//!    (`incomplete`), and the next restore is a full one.
 //! 4. The units that differ are written whole into a private staging dir
 //!    on the dir's filesystem, by the usual restore (`native::restore_into`:
 //!    only their frames fetched, every file checked against its hash),
-//!    then put in place, unit by unit (`native::apply`).
-//! 5. The state names the new generation, bound by the delta's end (its
+//!    while the disk check ends. The check's findings complete the plan
+//!    (`Diff::plan`): a unit both manifests share that was touched on disk
+//!    is written too (all units are then staged again), and where the plan
+//!    writes as much as a full restore, the full one is done.
+//! 5. The staged units are put in place, unit by unit (`native::apply`).
+//! 6. The state names the new generation, bound by the delta's end (its
 //!    digest and fingerprint made while the units were written); the
 //!    marker goes. The index is not rebuilt (as after a full restore).
 //!
@@ -62,19 +65,25 @@ struct Held {
     digest: String,
 }
 
-/// The generation the dir holds, checked.
-enum Checked {
-    /// Its manifest, and what of it is on disk as restored.
-    Intact(Arc<Manifest>, Arc<native::Intact>),
+/// The generation the dir holds, read.
+enum Old {
+    /// Its manifest: the one the dir was restored from.
+    Held(Arc<Manifest>),
     /// Its manifest cannot be read.
     Unfetched(String),
     /// Its manifest is not the one the dir was restored from.
     NotHeld,
+}
+
+/// What the disk check found of it.
+enum Checked {
+    /// What of it is on disk as restored.
+    Intact(Arc<native::Intact>),
     /// The dir cannot be read well enough to tell.
     Unreadable,
 }
 
-type CheckResult = Arc<Result<Checked, Error>>;
+type Awaited<T> = Shared<BoxFuture<'static, Arc<Result<T, Error>>>>;
 
 /// What the dir's state proves it holds: a native generation of this
 /// store, written by a restore (a ctime bound and the manifest's digest),
@@ -100,7 +109,10 @@ fn held(target: &Target, store: &str) -> Option<Held> {
 /// its deadline), the check stops.
 pub(super) struct HeldCheck {
     held: Option<(Held, Arc<OwnedFd>)>,
-    result: Option<Shared<BoxFuture<'static, CheckResult>>>,
+    /// Its manifest, read first.
+    old: Option<Awaited<Old>>,
+    /// Then the disk checked against it.
+    result: Option<Awaited<Checked>>,
     cancel: Arc<AtomicBool>,
     task: Option<tokio::task::AbortHandle>,
 }
@@ -119,7 +131,7 @@ impl HeldCheck {
     /// `shared` (else there is nothing to check: any restore is full).
     pub(super) fn start(shared: &Arc<dyn Store>, target: &Target, opts: &RestoreOptions) -> HeldCheck {
         let cancel = Arc::new(AtomicBool::new(false));
-        let none = || HeldCheck { held: None, result: None, cancel: Arc::new(AtomicBool::new(false)), task: None };
+        let none = || HeldCheck { held: None, old: None, result: None, cancel: cancel.clone(), task: None };
         let Some(held) = held(target, &shared.to_string()) else { return none() };
         // The live dir, held open, its name never followed.
         let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -128,6 +140,7 @@ impl HeldCheck {
         let (store, pieces_dir, fd, stop) = (shared.clone(), target.pieces_dir(), live.clone(), cancel.clone());
         let (generation, digest) = (held.generation.clone(), held.digest.clone());
         let trust = native::Trust { until_ns: held.until_ns, owner: opts.owner };
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<Old, Error>>();
         let task = tokio::spawn(async move {
             // Its bad objects are not reported: it is only compared.
             let (cache, quiet) = (native::PieceCache::open(&pieces_dir), Found::default());
@@ -144,26 +157,39 @@ impl HeldCheck {
             let started = Instant::now();
             let old = match old.await {
                 Ok(old) => old,
-                Err(e) => return Ok(Checked::Unfetched(crate::error::error_chain(&e))),
+                Err(e) => {
+                    let _ = tx.send(Ok(Old::Unfetched(crate::error::error_chain(&e))));
+                    return Ok(Checked::Unreadable);
+                }
             };
             tokio::task::spawn_blocking(move || {
                 if native::digest(&old) != digest {
-                    return Ok(Checked::NotHeld);
+                    let _ = tx.send(Ok(Old::NotHeld));
+                    return Ok(Checked::Unreadable);
                 }
+                let old = Arc::new(old);
+                // Read: a delta can compare it with the new one meanwhile.
+                let _ = tx.send(Ok(Old::Held(old.clone())));
                 let intact = native::check(&old, fd, trust, &stop)?;
                 let ms = started.elapsed().as_millis();
                 tracing::debug!(target: "sandbox-cache", "the dir's generation read and checked against the disk in {ms} ms");
-                Ok(match intact {
-                    Some(intact) => Checked::Intact(Arc::new(old), Arc::new(intact)),
-                    None => Checked::Unreadable,
-                })
+                Ok(intact.map_or(Checked::Unreadable, |intact| Checked::Intact(Arc::new(intact))))
             })
             .await
             .map_err(|e| Error::joined("the delta's check", e))?
         });
         let abort = task.abort_handle();
         let result = task.map(|r| Arc::new(r.unwrap_or_else(|e| Err(Error::joined("the delta's check", e)))));
-        HeldCheck { held: Some((held, live)), result: Some(result.boxed().shared()), cancel, task: Some(abort) }
+        // Ended before it said (it failed to run, or was stopped): as if
+        // unreadable.
+        let old = rx.map(|r| Arc::new(r.unwrap_or_else(|_| Ok(Old::Unfetched("the check ended early".into())))));
+        HeldCheck {
+            held: Some((held, live)),
+            old: Some(old.boxed().shared()),
+            result: Some(result.boxed().shared()),
+            cancel,
+            task: Some(abort),
+        }
     }
 }
 
@@ -181,24 +207,22 @@ pub(super) async fn restore_delta(
 ) -> Result<Option<Done>, Error> {
     let NativeRestore { shared, key, target, opts, found } = *job;
     let store = shared.as_ref();
-    let (Some((held, live)), Some(checked)) = (&check.held, &check.result) else { return Ok(None) };
+    let (Some((held, live)), Some(old), Some(checked)) = (&check.held, &check.old, &check.result) else {
+        return Ok(None);
+    };
     let live = live.clone();
     let started = Instant::now();
 
     // 1. The new manifest (its root as a pointer gave it, pieces held
-    // locally not fetched again); beside it, the check of the old one,
-    // under way since the lock.
+    // locally not fetched again); beside it, the old one, read since the
+    // lock (and the disk check under way after it).
     // Restoring the generation the dir holds, they are one manifest.
     let same = held.generation == info.key;
     let cache = native::PieceCache::open(&target.pieces_dir());
     let pieces = native::Pieces { store, found, cache: cache.as_ref() };
     let new = async {
         if same {
-            return Ok(match &*checked.clone().await {
-                Ok(Checked::Intact(old, _)) => Some(old.clone()),
-                // A full restore: below.
-                _ => None,
-            });
+            return Ok(None);
         }
         let root = match root {
             Some(root) => root.clone(),
@@ -209,58 +233,39 @@ pub(super) async fn restore_delta(
         }
         Ok::<_, Error>(Some(Arc::new(native::whole(&pieces, root).await?)))
     };
-    let (new, checked) = tokio::join!(new, checked.clone());
+    let (new, old) = tokio::join!(new, old.clone());
     let new = new?;
-    let checked = match &*checked {
-        Ok(checked) => checked,
-        Err(Error::Cancelled) => return Err(Error::Cancelled),
-        Err(e) => {
-            let why = crate::error::error_chain(e);
-            tracing::info!(target: "sandbox-cache", "the delta's check failed ({why}): a full restore");
-            return Ok(None);
-        }
-    };
-    let (old, intact) = match checked {
-        Checked::Intact(old, intact) => (old.clone(), intact.clone()),
-        Checked::Unfetched(why) => {
+    let old = match &*old {
+        Ok(Old::Held(old)) => old.clone(),
+        Ok(Old::Unfetched(why)) => {
             tracing::info!(target: "sandbox-cache", "the dir's generation {} cannot be read ({why}): a full restore", held.generation);
             return Ok(None);
         }
-        Checked::NotHeld => {
+        Ok(Old::NotHeld) => {
             tracing::info!(
                 target: "sandbox-cache",
                 "{} is not the manifest the dir was restored from: a full restore", held.generation
             );
             return Ok(None);
         }
-        Checked::Unreadable => {
-            tracing::info!(target: "sandbox-cache", "{} cannot be read well enough for a delta: a full restore", target.dir.display());
-            return Ok(None);
-        }
+        Err(e) => return check_failed(e),
     };
-    let Some(new) = new else { return Ok(None) };
-    let cancel = check.cancel.clone();
+    let new = new.unwrap_or_else(|| old.clone());
 
-    // 2. The plan, from the two manifests and what the check found; beside
-    // it, the new manifest validated (before anything is written).
+    // 2. What the two manifests say differs, while the new one is
+    // validated (before anything is written). Where that alone writes as
+    // much as a full restore (files and bytes), the full one is done.
     let (n, limits, dir) = (new.clone(), opts.limits, target.dir.clone());
     let validated = tokio::task::spawn_blocking(move || n.validate(&limits, &dir));
-    let n = new.clone();
-    let plan = tokio::task::spawn_blocking(move || native::plan(&old, &n, &intact));
-    let (validated, plan) = tokio::join!(validated, plan);
+    let (o, n) = (old.clone(), new.clone());
+    let diff = tokio::task::spawn_blocking(move || native::diff(&o, &n));
+    let (validated, diff) = tokio::join!(validated, diff);
     validated.map_err(|e| Error::joined("the manifest's validation", e))??;
-    let plan = plan.map_err(|e| Error::joined("the delta's plan", e))?;
-    tracing::debug!(
-        target: "sandbox-cache",
-        "delta {} → {}: {} units to write ({} files, {}), {} to move away, planned in {} ms",
-        held.generation, info.key, plan.place.len(), plan.files_written, mb(plan.bytes_written),
-        plan.remove.len(), started.elapsed().as_millis()
-    );
-    if !plan.worth_it() {
+    let diff = diff.map_err(|e| Error::joined("the delta's plan", e))?;
+    if !diff.worth_it() {
         tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
         return Ok(None);
     }
-
     // Of the generation the dir holds, the digest is the state's already.
     let (n, known) = (new.clone(), same.then(|| held.digest.clone()));
     let recorded = tokio::task::spawn_blocking(move || {
@@ -271,23 +276,66 @@ pub(super) async fn restore_delta(
     write_durable(&target.tail_path(), DELTA_MARKER).map_err(Error::io("delta marker"))?;
     remove_durable(&[target.state_path(), target.index_path()]).map_err(Error::io("state"))?;
 
-    // 4. The units that differ, whole, in staging; then in place.
-    let mut sub = new.subset(plan.write.iter().map(|&i| &new.entries[i as usize]));
-    sub.version = new.version;
-    if let Some(p) = &opts.progress {
-        p.expected.store(sub.packs.iter().map(|p| p.size).sum(), Ordering::Relaxed);
-    }
-    let staging = target.create_staging().map_err(Error::io("staging dir"))?;
-    let mut dropped = DropStaging(Some(staging.clone()));
+    // 4. The units that differ, whole, into a private staging dir, while
+    // the disk check ends: only their frames fetched, every file checked
+    // against its hash.
+    let cancel = check.cancel.clone();
     let one_phase = RestoreOptions { hot_first: false, ..opts.clone() };
     let restoring = native::Restoring { store, key, opts: &one_phase, found, cancel: cancel.clone() };
-    let (stats, _) = native::restore_into(&restoring, Arc::new(sub), &staging, native::Prefetch::none(), None).await?;
+    let stage = |entries: &[u32]| {
+        let mut sub = new.subset(entries.iter().map(|&i| &new.entries[i as usize]));
+        sub.version = new.version;
+        if let Some(p) = &opts.progress {
+            p.expected.store(sub.packs.iter().map(|p| p.size).sum(), Ordering::Relaxed);
+        }
+        let staging = target.create_staging().map_err(Error::io("staging dir"));
+        let restoring = &restoring;
+        async move {
+            let staging = staging?;
+            let dropped = DropStaging(Some(staging.clone()));
+            let (stats, _) =
+                native::restore_into(restoring, Arc::new(sub), &staging, native::Prefetch::none(), None).await?;
+            Ok::<_, Error>((stats, staging, dropped))
+        }
+    };
+    let early = diff.written().len();
+    let (staged, checked) = tokio::join!(stage(diff.written()), checked.clone());
+    let intact = match &*checked {
+        Ok(Checked::Intact(intact)) => intact.clone(),
+        Ok(Checked::Unreadable) => {
+            tracing::info!(target: "sandbox-cache", "{} cannot be read well enough for a delta: a full restore", target.dir.display());
+            return Ok(None);
+        }
+        Err(e) => return check_failed(e),
+    };
+    let plan = diff.plan(&new, &intact);
+    tracing::debug!(
+        target: "sandbox-cache",
+        "delta {} → {}: {} units to write ({} files, {}), {} to move away, planned in {} ms",
+        held.generation, info.key, plan.place.len(), plan.files_written, mb(plan.bytes_written),
+        plan.remove.len(), started.elapsed().as_millis()
+    );
+    if !plan.worth_it() {
+        tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
+        return Ok(None);
+    }
+    // Units the manifests share that the check found touched are written
+    // too: staged again, all of them (rare: something changed the dir).
+    let (stats, staging, mut dropped) = match plan.write.len() == early {
+        true => staged?,
+        false => {
+            drop(staged);
+            stage(&plan.write).await?
+        }
+    };
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
-    // From here the renaming thread owns staging and trash: it removes them
-    // when it ends, even after this future is dropped at the deadline (it
-    // stops at its next unit), never while it still takes units from them.
+
+    // 5. The staged units in place. From here the renaming thread owns
+    // staging and trash: it removes them when it ends, even after this
+    // future is dropped at the deadline (it stops at its next unit), never
+    // while it still takes units from them.
     dropped.0 = None;
     let trash = target.scratch("trash");
     let (n, owner, stop) = (new.clone(), opts.owner, cancel.clone());
@@ -311,7 +359,7 @@ pub(super) async fn restore_delta(
     if let Some(c) = &cache {
         c.keep();
     }
-    // 5. The new generation, as a restore records it (its digest and
+    // 6. The new generation, as a restore records it (its digest and
     // fingerprint made while the units were written); the bound recorded
     // at once, the restore returned once the coarse clock passed it.
     let until_ns = ctime_now();
@@ -329,4 +377,14 @@ pub(super) async fn restore_delta(
         transferred: stats.transferred,
         ..Done::default()
     }))
+}
+
+/// The check failed: cancelled (the restore's deadline), or a full restore.
+fn check_failed<T>(e: &Error) -> Result<Option<T>, Error> {
+    if let Error::Cancelled = e {
+        return Err(Error::Cancelled);
+    }
+    let why = crate::error::error_chain(e);
+    tracing::info!(target: "sandbox-cache", "the delta's check failed ({why}): a full restore");
+    Ok(None)
 }

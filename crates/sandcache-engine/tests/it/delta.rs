@@ -209,6 +209,30 @@ async fn a_file_touched_after_the_restore_is_written_again_never_trusted() {
     assert_eq!(listing(&dir), listing(&src));
 }
 
+/// The units the two manifests say differ are staged while the disk is
+/// still being checked; a unit they share that was touched is found by the
+/// check, and written too.
+#[tokio::test]
+async fn a_touched_file_is_written_beside_what_the_new_generation_changes() {
+    let Restored { tmp: _tmp, src, dir, fresh, cache } = restored_sample().await;
+    let mut next = sample();
+    package(&mut next, "e", "3.0.0", 0, 4, 0o644);
+    write(&src, &next);
+    snapshot(&cache, &src).await;
+    // Content rewritten, same size and mtime: only the ctime tells.
+    let x = dir.join("remote/x.js");
+    fs::write(&x, "export const x = 2;\n").unwrap();
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(T0);
+    fs::File::open(&x).unwrap().set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).unwrap();
+
+    let out = restore(&cache, &dir).await;
+    assert_eq!(mode_of(&out), RestoreMode::Delta);
+    // The new package (4 files) and x.
+    assert_eq!(written(&out), 4 + 1, "{:?}", out.result);
+    as_a_full_restore_gives(&cache, &dir, &fresh).await;
+    assert_eq!(listing(&dir), listing(&src));
+}
+
 /// A hot-first restore records its bound after its second phase, while the
 /// app already runs: what the app makes then has a ctime under the bound.
 /// A new name still moves its directory's mtime, which is then listed.
