@@ -50,15 +50,18 @@ pub(crate) fn restores(l: &Link<'_>) {
     let q = |p: &Path| format!("'{}'", p.display());
     let (sc, me, store, run) = (l.sc, l.me, l.store, l.run);
     let prefix = format!("{run}/link");
-    // The site: the base as a fallback restore leaves it, and the files
-    // Deno adds for one more package (a tree of its own, built apart, would
-    // differ from the base in every file's time).
+    // The site as a deploy makes it: the base restored as its fallback,
+    // the files Deno adds for one more package, and its own snapshot (which
+    // reuses the base's packs and pieces, and adds what the package adds).
+    // A tree of its own, built apart, would differ from the base in every
+    // file's time.
     let root = l.root.join(format!("{run}-link"));
     let site = root.join("site");
     eprintln!("setup: the base and the site stored native, the site as one tar.zst");
-    sh(&format!("mkdir -p {s} && cp -a {}/. {s}", q(l.corpus), s = q(&site)));
-    add_package(l.corpus, l.extra, &site);
     sh(&format!("{sc} snapshot -q --force --dir {} --store {store} --key {prefix}/base", q(l.corpus)));
+    let from_base = format!("--key {prefix}/site --fallback {prefix}/base");
+    sh(&format!("{sc} restore -q --dir {} --store {store} {from_base} > /dev/null", q(&site)));
+    add_package(l.corpus, l.extra, &site);
     sh(&format!("{sc} snapshot -q --force --dir {} --store {store} --key {prefix}/site", q(&site)));
     sh(&format!("tar -cf - -C {} . | zstd -3 -T0 -q -c | {me} put-buffered {store} {prefix}/site.tar.zst", q(&site)));
     sh(&format!("rm -rf {}", q(&site)));
