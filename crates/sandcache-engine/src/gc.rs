@@ -517,7 +517,8 @@ const IN_FLIGHT: usize = 32;
 
 /// Deletes every key, [`IN_FLIGHT`] at a time; the first error stops it.
 /// Deletes the pointer (see [`layout::read_pointer`]) of each key that
-/// names one of `generations`, before they go: a restore then lists the
+/// names one of `generations`, and the pieces copied beside it, before
+/// they go: a restore then lists the
 /// key's generations instead of trying one that is being deleted.
 async fn forget_pointers<'a>(
     store: &dyn sandcache_store::Store,
@@ -533,7 +534,8 @@ async fn forget_pointers<'a>(
             .iter()
             .zip(pointers)
             .filter(|(_, p)| p.as_ref().is_some_and(|(g, _)| doomed.contains(g.key.as_str())));
-        let stale: Vec<String> = stale.map(|(k, _)| layout::pointer_key(k)).collect();
+        // With the pieces copied beside it, which belong to its generation.
+        let stale: Vec<String> = stale.flat_map(|(k, _)| [layout::pointer_key(k), layout::new_pieces_key(k)]).collect();
         delete_all(store, stale.iter().map(String::as_str)).await?;
     }
     Ok(())

@@ -8,6 +8,7 @@
 //! pool/<2 hex>/<blake3>.tree              a manifest piece (or a root's hot piece), likewise
 //! K.d/manifests/<ms>-<random>.json.zst    one per generation of key K, written last
 //! K.d/latest                              a pointer: K's newest generation's name and root
+//! K.d/latest-pieces                       copies of the pieces K's newest generation added
 //! K.d/packs/<blake3>.pack                 version-1 generations only (still read)
 //! pool/bad/<blake3>.pack (or .tree)       a mark: that pool object was found bad (see `bad`)
 //! K                                       a single archive (the seed's cache.tgz, `--format tgz`)
@@ -35,6 +36,15 @@
 //! before. Two snapshots racing (or an older binary, which writes none) may
 //! leave it naming an older complete generation: that one is restored,
 //! still whole, and the next snapshot points at its own.
+//!
+//! Beside the pointer, `K.d/latest-pieces` holds copies of the pieces a pod
+//! holding the generation the snapshot's dir was restored from (an older
+//! generation, or the base) lacks of the new manifest (up to
+//! [`MAX_NEW_PIECES`] bytes). A
+//! restore reads it beside the pointer, so a delta needs no round trip for
+//! pieces. Only a hint too: each piece is checked against its name, and
+//! used only where the root names it; missing, stale or damaged, the
+//! pieces come from the pool.
 
 use sandcache_archive::pack::Manifest;
 use sandcache_store::{Store, StoreError};
@@ -187,6 +197,74 @@ fn decode_pointer(key: &str, bytes: &[u8]) -> Option<(sandcache_store::ObjectInf
     Some((info, root))
 }
 
+/// Where the pieces a key's newest snapshot added are copied (see the
+/// module doc).
+pub(crate) fn new_pieces_key(key: &str) -> String {
+    format!("{key}.d/latest-pieces")
+}
+
+/// The first line of a copy of new pieces.
+const NEW_PIECES_MAGIC: &str = "sandcache-pieces 1";
+
+/// The most bytes of pieces copied beside the pointer (and read): a new
+/// package changes a piece or two of about 25 KB; a whole DENO_DIR's
+/// manifest (25k entries) is about 1.2 MB of pieces.
+pub(crate) const MAX_NEW_PIECES: usize = 2 << 20;
+
+/// Copies of pieces, by id: the magic line, a line per piece (`<id>
+/// <length>`), an empty line, then their bytes in that order.
+pub(crate) fn encode_new_pieces<'a>(pieces: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let pieces: Vec<(&str, &[u8])> = pieces.collect();
+    let mut out = format!("{NEW_PIECES_MAGIC}\n").into_bytes();
+    for (id, bytes) in &pieces {
+        out.extend_from_slice(format!("{id} {}\n", bytes.len()).as_bytes());
+    }
+    out.push(b'\n');
+    for (_, bytes) in pieces {
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// Pieces given beside a pointer, by id, each hashing to its id.
+pub(crate) type GivenPieces = std::collections::HashMap<String, bytes::Bytes>;
+
+/// The pieces a key's newest snapshot copied beside its pointer: those
+/// that hash to their ids (the rest dropped). Empty when there is no copy,
+/// or it is not one (a hint, never an error).
+pub(crate) async fn read_new_pieces(store: &dyn Store, key: &str) -> GivenPieces {
+    let object = match store.get(&new_pieces_key(key)).await {
+        Ok(o) if o.size <= (MAX_NEW_PIECES + 64 * 1024) as u64 => o,
+        _ => return GivenPieces::new(),
+    };
+    match object.bytes().await {
+        Ok(b) if b.len() <= MAX_NEW_PIECES + 64 * 1024 => decode_new_pieces(&b.into()),
+        _ => GivenPieces::new(),
+    }
+}
+
+fn decode_new_pieces(bytes: &bytes::Bytes) -> GivenPieces {
+    let mut out = GivenPieces::new();
+    let Some(rest) = bytes.strip_prefix(NEW_PIECES_MAGIC.as_bytes()).and_then(|r| r.strip_prefix(b"\n")) else {
+        return out;
+    };
+    let Some(end) = rest.windows(2).position(|w| w == b"\n\n") else { return out };
+    let Ok(head) = std::str::from_utf8(&rest[..end]) else { return out };
+    let mut at = bytes.len() - rest.len() + end + 2;
+    for line in head.split('\n').filter(|l| !l.is_empty()) {
+        let Some((id, len)) = line.split_once(' ') else { return out };
+        let Ok(len) = len.parse::<usize>() else { return out };
+        let Some(piece) = at.checked_add(len).filter(|&e| e <= bytes.len()).map(|e| bytes.slice(at..e)) else {
+            return out;
+        };
+        at += len;
+        if blake3::hash(&piece).to_hex().as_str() == id {
+            out.insert(id.to_owned(), piece);
+        }
+    }
+    out
+}
+
 pub(crate) fn manifest_key(key: &str, created_ms: u64) -> String {
     format!("{}{created_ms:013}-{:08x}.json.zst", manifests_prefix(key), rand::random::<u32>())
 }
@@ -221,6 +299,31 @@ pub(crate) fn object_of_mark(key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copied_pieces_are_taken_only_when_they_hash_to_their_ids() {
+        let (a, b) = (b"piece a".as_slice(), b"piece b, longer".as_slice());
+        let id = |p: &[u8]| blake3::hash(p).to_hex().to_string();
+        let (ia, ib) = (id(a), id(b));
+        let bytes = encode_new_pieces([(ia.as_str(), a), (ib.as_str(), b)].into_iter());
+        let got = decode_new_pieces(&bytes.clone().into());
+        assert_eq!(got.len(), 2);
+        assert_eq!(&got[&ia][..], a);
+        assert_eq!(&got[&ib][..], b);
+        // A damaged piece is dropped, the others kept.
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 1;
+        damaged[last] ^= 1;
+        let got = decode_new_pieces(&damaged.into());
+        assert_eq!(got.keys().collect::<Vec<_>>(), [&ia]);
+        // Cut short, lengths past the end, garbage: what is whole, or none.
+        let got = decode_new_pieces(&bytes[..bytes.len() - 3].to_vec().into());
+        assert_eq!(got.keys().collect::<Vec<_>>(), [&ia]);
+        for junk in [&b""[..], b"sandcache-pieces 1\n", b"sandcache-pieces 1\nx 99999999999\n\n", b"\xff\xfe"] {
+            assert!(decode_new_pieces(&junk.to_vec().into()).is_empty());
+        }
+        assert!(decode_new_pieces(&encode_new_pieces(std::iter::empty()).into()).is_empty());
+    }
 
     #[test]
     fn marks_name_their_object_and_nothing_else() {

@@ -363,6 +363,7 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
     // bad object holds goes up salted, and the root names that.
     let (mut root, pieces) = native::split(&plan.manifest);
     let (mut pieces_added, mut pieces_reused) = (0u64, 0u64);
+    let mut new_pieces: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for chunk in pieces.chunks(8) {
         let puts = chunk.iter().map(|(id, bytes)| async move {
             let len = bytes.len() as u64;
@@ -374,7 +375,10 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
             let (id, len, added, as_salted) = r?;
             match added {
                 0 => pieces_reused += len,
-                n => pieces_added += n,
+                n => {
+                    pieces_added += n;
+                    new_pieces.insert(id);
+                }
             }
             if let Some(salted) = &as_salted {
                 root.rename_salted_piece(id, salted);
@@ -423,7 +427,38 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
     // may take what is left of the deadline but a margin, so a slow one
     // never turns a stored generation into a timed-out snapshot.
     let left = job.deadline.saturating_duration_since(Instant::now()).saturating_sub(POINTER_MARGIN);
-    match tokio::time::timeout(left, store.put(&layout::pointer_key(key), one_chunk(pointer))).await {
+    // Beside it, copies of the pieces a pod holding the generation this
+    // dir was restored from lacks (its root as that restore kept it; else
+    // the pieces this snapshot added to the pool), up to a bound: a
+    // restore reads them beside the pointer, not after its root.
+    let held: Option<std::collections::HashSet<String>> = load_state(target)
+        .filter(|s| s.store == store_label)
+        .and_then(|s| s.generation)
+        .and_then(|g| native::PieceCache::open(&target.pieces_dir())?.get_root(&g))
+        .map(|r| r.pieces.into_iter().chain(r.hot).map(|p| p.id).collect());
+    let lacked = |id: &str| match &held {
+        Some(held) => !held.contains(id),
+        None => new_pieces.contains(id),
+    };
+    let mut room = layout::MAX_NEW_PIECES;
+    let copies = pieces.iter().filter(|(id, _)| lacked(id)).filter(|(_, b)| {
+        let fits = b.len() <= room;
+        room -= if fits { b.len() } else { 0 };
+        fits
+    });
+    let copies = layout::encode_new_pieces(copies.map(|(id, b)| (id.as_str(), b.as_slice())));
+    transferred += copies.len() as u64;
+    let copied = async {
+        if let Err(e) = store.put(&layout::new_pieces_key(key), one_chunk(copies)).await {
+            tracing::debug!(target: "sandbox-cache", "could not copy {key}'s new pieces ({e}); restores read them from the pool");
+        }
+    };
+    let pointer_key = layout::pointer_key(key);
+    let pointed = async {
+        let (pointed, ()) = tokio::join!(store.put(&pointer_key, one_chunk(pointer)), copied);
+        pointed
+    };
+    match tokio::time::timeout(left, pointed).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::warn!(target: "sandbox-cache", "could not point {key} at {mkey} ({e}); restores list instead")

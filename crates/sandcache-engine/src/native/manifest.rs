@@ -20,7 +20,7 @@ use sandcache_archive::pack::Joiner;
 /// time), each checked against its hash, and joined in order. A piece
 /// that is not what its name says goes into `found`.
 pub(crate) async fn fetch_manifest(store: &dyn Store, key: &str, found: &Found) -> Result<Manifest, Error> {
-    let pieces = Pieces { store, found, cache: None };
+    let pieces = Pieces { store, found, cache: None, given: None };
     whole(&pieces, fetch_root(store, key).await?).await
 }
 
@@ -31,6 +31,9 @@ pub(crate) struct Pieces<'a> {
     pub(crate) store: &'a dyn Store,
     pub(crate) found: &'a Found,
     pub(crate) cache: Option<&'a PieceCache>,
+    /// Pieces given beside the key's pointer (each hashing to its id):
+    /// read there first, and kept in `cache` as if fetched.
+    pub(crate) given: Option<&'a crate::layout::GivenPieces>,
 }
 
 /// A stored manifest made whole: a root joined with its pieces.
@@ -93,20 +96,31 @@ async fn assemble(pieces: &Pieces<'_>, root: Manifest) -> Result<Manifest, Error
 /// blocking thread. A piece of another length than its root says, or that
 /// does not hash to its name, is a bad pool object: noted in `found`.
 async fn fetch_piece(pieces: &Pieces<'_>, p: PieceRef) -> Result<Manifest, Error> {
-    let Pieces { store, found, cache } = *pieces;
+    let Pieces { store, found, cache, given } = *pieces;
     let (k, id, entries) = (piece_key(&p.id), p.id.clone(), p.entries);
-    // Held locally and whole: no request. (Checked here, as the store's
-    // copy is below: a local file that does not hash to its name is only
-    // ignored, never reported as a bad pool object.)
-    if let Some(bytes) = cache.and_then(|c| c.get(&id, p.size)) {
+    // Given beside the pointer (its hash checked as it was read), or held
+    // locally and whole: no request. (Checked here, as the store's copy is
+    // below: a copy that does not hash to its name is only ignored, never
+    // reported as a bad pool object.)
+    let given = given.and_then(|g| g.get(&id)).filter(|b| b.len() as u64 == p.size);
+    let local = match given {
+        Some(bytes) => Some((bytes.to_vec(), true)),
+        None => cache.and_then(|c| c.get(&id, p.size)).map(|b| (b, false)),
+    };
+    if let Some((bytes, keep)) = local {
+        let want = id.clone();
         let local = tokio::task::spawn_blocking(move || {
-            let ok = blake3::hash(&bytes).to_hex().as_str() == id;
+            let ok = blake3::hash(&bytes).to_hex().as_str() == want;
             let piece = ok.then(|| Manifest::decode(&bytes).ok()).flatten();
-            piece.filter(|m| m.pieces.is_empty() && m.hot.is_empty() && m.entries.len() as u64 == entries)
+            let piece = piece.filter(|m| m.pieces.is_empty() && m.hot.is_empty() && m.entries.len() as u64 == entries);
+            piece.map(|piece| (piece, bytes))
         })
         .await
         .map_err(|e| Error::joined("a manifest piece's decoder", e))?;
-        if let Some(piece) = local {
+        if let Some((piece, bytes)) = local {
+            if let (true, Some(c)) = (keep, cache) {
+                c.put(&id, &bytes);
+            }
             return Ok(piece);
         }
     }

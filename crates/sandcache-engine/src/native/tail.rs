@@ -62,7 +62,8 @@ impl Tail {
         let Some(PendingManifest { root, dir, cache }) = self.pending.take() else { return Ok((m, self)) };
         let hot = m;
         let started = std::time::Instant::now();
-        let whole = whole(&super::manifest::Pieces { store, found, cache: cache.as_deref() }, root).await?;
+        let whole =
+            whole(&super::manifest::Pieces { store, found, cache: cache.as_deref(), given: None }, root).await?;
         let limits = *limits;
         let whole = tokio::task::spawn_blocking(move || whole.validate(&limits, &dir).map(|()| whole))
             .await

@@ -128,8 +128,9 @@ pub(super) async fn restore(
             }
             tried += 1;
             let result = match &candidate {
-                Candidate::Native { key, manifest, root } => {
-                    let job = NativeRestore { shared, key, target: &target, opts, found: &found };
+                Candidate::Native { key, manifest, root, given } => {
+                    let given = given.as_deref();
+                    let job = NativeRestore { shared, key, target: &target, opts, found: &found, given };
                     // In place, when the dir's state proves it holds another
                     // native generation; else (or when in place would write
                     // everything) whole.
@@ -168,7 +169,8 @@ pub(super) async fn restore(
                         after_swap(&target, trash, store, &source_key, manifest).await;
                         return Ok(written_whole(done));
                     };
-                    let job = NativeRestore { shared, key: &source_key, target: &target, opts, found: &found };
+                    let job =
+                        NativeRestore { shared, key: &source_key, target: &target, opts, found: &found, given: None };
                     let finished = phase_two(&job, m.clone(), tail, &staging).await;
                     return match finished {
                         Ok((more, whole)) => {
@@ -260,13 +262,21 @@ impl Source {
     async fn candidates(&self, store: &dyn Store) -> Result<Vec<Candidate>, Error> {
         match self {
             Source::Latest(key) => {
-                let (pointer, legacy) = tokio::join!(layout::read_pointer(store, key), store.head(key));
+                // Beside it, the pieces its snapshot added: a delta then
+                // needs no request for them after the root.
+                let (pointer, legacy, given) = tokio::join!(
+                    layout::read_pointer(store, key),
+                    store.head(key),
+                    layout::read_new_pieces(store, key)
+                );
                 // A root that does not decode is as good as no pointer: the
                 // listing then finds the stored manifest.
                 let decoded = pointer.and_then(|(info, root)| Some((info, Manifest::decode(&root).ok()?)));
                 let Some((manifest, root)) = decoded else { return Ok(Vec::new()) };
                 let ms = layout::manifest_ms(&manifest.key).unwrap_or(0);
-                let mut out = vec![(ms, Candidate::Native { key: key.clone(), manifest, root: Some(Arc::new(root)) })];
+                let given = (!given.is_empty()).then(|| Arc::new(given));
+                let native = Candidate::Native { key: key.clone(), manifest, root: Some(Arc::new(root)), given };
+                let mut out = vec![(ms, native)];
                 if let Some(l) = legacy? {
                     out.push((unix_ms(l.last_modified), Candidate::Archive { key: key.clone() }));
                 }
@@ -285,7 +295,7 @@ impl Source {
                     .take(PER_SOURCE)
                     .map(|m| {
                         let ms = layout::manifest_ms(&m.key).unwrap_or(0);
-                        (ms, Candidate::Native { key: key.clone(), manifest: m, root: None })
+                        (ms, Candidate::Native { key: key.clone(), manifest: m, root: None, given: None })
                     })
                     .collect();
                 if let Some(l) = legacy {
@@ -300,7 +310,7 @@ impl Source {
                 for o in listed {
                     if let Some(key) = layout::generation_of(&o.key) {
                         let (ms, key) = (layout::manifest_ms(&o.key).unwrap_or(0), key.to_owned());
-                        out.push((ms, Candidate::Native { key, manifest: o, root: None }));
+                        out.push((ms, Candidate::Native { key, manifest: o, root: None, given: None }));
                     } else if !o.key.contains(".d/")
                         && layout::pool_id_of(&o.key).is_none()
                         && layout::object_of_mark(&o.key).is_none()
@@ -331,6 +341,8 @@ enum Candidate {
         key: String,
         manifest: sandcache_store::ObjectInfo,
         root: Option<Arc<Manifest>>,
+        /// The pieces its snapshot added, when a pointer gave them.
+        given: Option<Arc<layout::GivenPieces>>,
     },
     Archive {
         key: String,

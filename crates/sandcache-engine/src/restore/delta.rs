@@ -144,7 +144,7 @@ impl HeldCheck {
         let task = tokio::spawn(async move {
             // Its bad objects are not reported: it is only compared.
             let (cache, quiet) = (native::PieceCache::open(&pieces_dir), Found::default());
-            let pieces = native::Pieces { store: store.as_ref(), found: &quiet, cache: cache.as_ref() };
+            let pieces = native::Pieces { store: store.as_ref(), found: &quiet, cache: cache.as_ref(), given: None };
             // Its root as the restore that wrote it kept it, else the
             // store's: trusted only through the digest, below.
             let old = async {
@@ -205,7 +205,7 @@ pub(super) async fn restore_delta(
     root: Option<&Manifest>,
     check: &HeldCheck,
 ) -> Result<Option<Done>, Error> {
-    let NativeRestore { shared, key, target, opts, found } = *job;
+    let NativeRestore { shared, key, target, opts, found, given } = *job;
     let store = shared.as_ref();
     let (Some((held, live)), Some(old), Some(checked)) = (&check.held, &check.old, &check.result) else {
         return Ok(None);
@@ -219,7 +219,7 @@ pub(super) async fn restore_delta(
     // Restoring the generation the dir holds, they are one manifest.
     let same = held.generation == info.key;
     let cache = native::PieceCache::open(&target.pieces_dir());
-    let pieces = native::Pieces { store, found, cache: cache.as_ref() };
+    let pieces = native::Pieces { store, found, cache: cache.as_ref(), given };
     let new = async {
         if same {
             return Ok(None);

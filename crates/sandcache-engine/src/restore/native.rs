@@ -26,6 +26,8 @@ pub(super) struct NativeRestore<'a> {
     pub(super) target: &'a Target,
     pub(super) opts: &'a RestoreOptions,
     pub(super) found: &'a Arc<Found>,
+    /// Pieces given beside the key's pointer, when it was read.
+    pub(super) given: Option<&'a crate::layout::GivenPieces>,
 }
 
 /// Phase two of a hot-first restore: the tail, into the live dir. Dropped
@@ -36,7 +38,7 @@ pub(super) async fn phase_two(
     tail: native::Tail,
     staging: &Staging,
 ) -> Result<(native::RestoreStats, Arc<Manifest>), Error> {
-    let NativeRestore { shared, key, target, opts, found } = *job;
+    let NativeRestore { shared, key, target, opts, found, .. } = *job;
     let started = Instant::now();
     let root = target.live_root(staging).map_err(Error::io("live dir"))?;
     let live = Arc::new(native::LiveDir::new(root));
@@ -132,7 +134,7 @@ async fn restore_native_root(
     root: Manifest,
     started: Instant,
 ) -> Result<Staged, Error> {
-    let NativeRestore { shared, key, target, opts, found } = *job;
+    let NativeRestore { shared, key, target, opts, found, given } = *job;
     let store = shared.as_ref();
     let prefetch = native::Prefetch::start(shared, key, &root, opts.hot_first);
     if let Some(p) = &opts.progress {
@@ -145,7 +147,7 @@ async fn restore_native_root(
     if let Some(c) = &cache {
         c.put_root(&info.key, &root);
     }
-    let pieces = native::Pieces { store, found, cache: cache.as_deref() };
+    let pieces = native::Pieces { store, found, cache: cache.as_deref(), given };
     let hot = match opts.hot_first {
         true => native::usable_hot(&pieces, &root, &opts.limits, &target.dir, &info.key).await,
         false => None,

@@ -17,6 +17,7 @@ use crate::{get, put, settle, stores};
 
 const KEY: &str = "site/cache";
 const POINTER: &str = "site/cache.d/latest";
+const PIECES: &str = "site/cache.d/latest-pieces";
 
 /// A test dir with the sample tree in `src`.
 fn sample_src() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -160,6 +161,9 @@ async fn pieces_already_held_are_not_fetched_again() {
     let (tmp, src) = sample_src();
     let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
     assert!(Cache::new(store.clone(), KEY).snapshot(&src, &snap()).await.is_done());
+    // Without the copies beside the pointer: here, pieces come from the
+    // store or the local cache.
+    store.delete(PIECES).await.unwrap();
     let dir = tmp.path().join("deno-dir");
     let pieces_of = |w: &Wrapped| w.log().iter().filter(|(_, k)| k.ends_with(".tree")).count();
     let restore = || async {
@@ -188,4 +192,55 @@ async fn pieces_already_held_are_not_fetched_again() {
     assert_eq!(pieces_of(&*restore().await), held.len() - 1, "damaged local pieces are fetched again");
     assert!(store.list("pool/bad/").await.unwrap().is_empty(), "and not reported");
     assert_eq!(fs::read(dir.join("npm/registry.npmjs.org/pkg/1.0.0/package.json")).unwrap(), b"{\"name\":\"pkg\"}");
+}
+
+/// A site's snapshot, made in a dir restored from the base, copies beside
+/// its pointer the pieces the base lacks: a pod holding the base restores
+/// the site as a delta with no request for a piece. A damaged copy costs
+/// only the requests: the pieces come from the pool, nothing is marked bad.
+#[tokio::test]
+async fn the_pieces_a_pod_holding_the_base_lacks_come_with_the_pointer() {
+    let (tmp, src) = sample_src();
+    let store: Arc<dyn Store> = Arc::new(LocalStore::new(tmp.path().join("store")));
+    assert!(Cache::new(store.clone(), "base/cache").snapshot(&src, &snap()).await.is_done());
+    let from_base = sandcache_engine::RestoreOptions { fallbacks: vec!["base/cache".into()], ..quick() };
+    let site = tmp.path().join("site/deno-dir");
+    assert!(Cache::new(store.clone(), KEY).restore(&site, &from_base).await.is_done());
+    let added = site.join("npm/registry.npmjs.org/added/1.0.0");
+    fs::create_dir_all(&added).unwrap();
+    fs::write(added.join("index.js"), b"export const added = 1;").unwrap();
+    assert!(Cache::new(store.clone(), KEY).snapshot(&site, &snap()).await.is_done());
+    assert!(store.head(PIECES).await.unwrap().is_some());
+
+    let pieces_of = |w: &Wrapped| w.log().iter().filter(|(_, k)| k.ends_with(".tree")).count();
+    let pod = |n: &str| tmp.path().join(format!("pod-{n}/deno-dir"));
+    let pod_restore = |dir: std::path::PathBuf| {
+        let store = store.clone();
+        async move {
+            let out = Cache::new(store.clone(), "base/cache").restore(&dir, &quick()).await;
+            assert!(out.is_done(), "{}", out.to_json());
+            settle();
+            let wrapped = Arc::new(Wrapped::new(store));
+            let out = Cache::new(wrapped.clone(), KEY).restore(&dir, &quick()).await;
+            assert!(out.is_done(), "{}", out.to_json());
+            assert_eq!(out.to_json()["mode"], "delta", "{}", out.to_json());
+            assert_eq!(
+                fs::read(dir.join("npm/registry.npmjs.org/added/1.0.0/index.js")).unwrap(),
+                b"export const added = 1;"
+            );
+            wrapped
+        }
+    };
+    let wrapped = pod_restore(pod("a")).await;
+    assert_eq!(pieces_of(&wrapped), 0, "{:?}", wrapped.log());
+
+    // Every copied piece damaged (its header kept): fetched from the pool.
+    let copy = get(store.as_ref(), PIECES).await;
+    let body = copy.windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+    let damaged: Vec<u8> = copy.iter().enumerate().map(|(i, b)| if i >= body { b ^ 0x5a } else { *b }).collect();
+    put(store.as_ref(), PIECES, damaged).await;
+    let wrapped = pod_restore(pod("b")).await;
+    assert!(pieces_of(&wrapped) > 0);
+    assert!(store.list("pool/bad/").await.unwrap().is_empty(), "a damaged copy is no bad pool object");
+    settle();
 }
