@@ -36,6 +36,13 @@ pub struct RestoreOptions {
     /// meanwhile. One deadline and one lock cover both phases. See
     /// [`crate::Cache::restore_handle`] to act at `hot-ready`.
     pub hot_first: bool,
+    /// Keep the manifest of the native generation restored in memory (one
+    /// per process, the last): the next restore of the same dir in this
+    /// process then checks that generation for a delta without reading and
+    /// hashing its manifest again. For a long-running process (the runner,
+    /// whose deploy follows its pre-warm); it costs the manifest's memory
+    /// (some MB for a DENO_DIR).
+    pub remember: bool,
 }
 
 impl Default for RestoreOptions {
@@ -49,6 +56,7 @@ impl Default for RestoreOptions {
             state_dir: None,
             fallbacks: Vec::new(),
             hot_first: false,
+            remember: false,
         }
     }
 }

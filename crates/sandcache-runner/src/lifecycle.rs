@@ -212,6 +212,9 @@ impl Runner {
             state_dir: Some(workdirs::cache_state_dir(&self.cfg)),
             hot_first: self.cfg.hot_first,
             fallbacks,
+            // A restore after the pre-warm (or another deploy's) reads
+            // the generation the dir holds from memory.
+            remember: true,
             ..Default::default()
         };
         CachePlan { config, opts }

@@ -140,6 +140,9 @@ impl Runner {
             state_dir: Some(workdirs::cache_state_dir(&self.cfg)),
             hot_first: false,
             fallbacks,
+            // The deploy's delta then reads the pre-warmed generation
+            // from memory.
+            remember: true,
             ..Default::default()
         };
         let outcome = cache.restore(&self.cfg.deno_dir, &opts).await;

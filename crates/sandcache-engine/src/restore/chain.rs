@@ -166,7 +166,7 @@ pub(super) async fn restore(
                     let trash: Vec<PathBuf> = old.into_iter().chain(leftovers).collect();
                     let (Some(tail), Some((m, _))) = (tail, &manifest) else {
                         let _ = std::fs::remove_file(target.tail_path());
-                        after_swap(&target, trash, store, &source_key, manifest).await;
+                        after_swap(&target, trash, store, &source_key, manifest, opts.remember).await;
                         return Ok(written_whole(done));
                     };
                     let job =
@@ -176,7 +176,7 @@ pub(super) async fn restore(
                         Ok((more, whole)) => {
                             let _ = std::fs::remove_file(target.tail_path());
                             let manifest = manifest.map(|(_, generation)| (whole, generation));
-                            after_swap(&target, trash, store, &source_key, manifest).await;
+                            after_swap(&target, trash, store, &source_key, manifest, opts.remember).await;
                             Ok(written_whole(Done {
                                 files: done.files + more.files,
                                 bytes: done.bytes + more.bytes,
@@ -372,13 +372,15 @@ fn unix_ms(t: std::time::SystemTime) -> u64 {
 /// a native snapshot rereads nothing), then remove the old tree and any
 /// leftovers in the background.
 /// `manifest`: a native generation's, with its key; `None` for a single
-/// archive (stored at `key` itself).
+/// archive (stored at `key` itself). `remember`: kept in memory too (see
+/// `RestoreOptions::remember`).
 async fn after_swap(
     target: &Target,
     trash: Vec<PathBuf>,
     store: &dyn Store,
     key: &str,
     manifest: Option<(Arc<Manifest>, String)>,
+    remember: bool,
 ) {
     let target = target.clone();
     let (store, key) = (store.to_string(), key.to_owned());
@@ -399,13 +401,17 @@ async fn after_swap(
         Some((m, generation)) => {
             // With the manifest's digest: what a later delta trusts the
             // dir to hold.
+            let digest = native::digest(m);
+            if remember {
+                super::delta::remember(&store, generation, &digest, m);
+            }
             save_state_restored(
                 &target,
                 &store,
                 &key,
                 &sandcache_archive::fingerprint::of_manifest(m),
                 generation,
-                Some(Restored { until_ns, digest: native::digest(m) }),
+                Some(Restored { until_ns, digest }),
             );
             remove_in_background(trash);
         }

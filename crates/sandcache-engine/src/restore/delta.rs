@@ -85,6 +85,39 @@ enum Checked {
 
 type Awaited<T> = Shared<BoxFuture<'static, Arc<Result<T, Error>>>>;
 
+/// The manifest this process restored last (with `RestoreOptions::remember`),
+/// whole, with its store, name and digest: a runner's deploy then checks
+/// the generation its pre-warm wrote without reading and hashing that
+/// manifest again. Trusted as the
+/// local root is, only through the digest the dir's state records. One
+/// only (a DENO_DIR's manifest is some MB in memory).
+struct Remembered {
+    store: String,
+    generation: String,
+    digest: String,
+    manifest: Arc<Manifest>,
+}
+
+static REMEMBERED: std::sync::Mutex<Option<Remembered>> = std::sync::Mutex::new(None);
+
+/// Remembers the manifest a restore just wrote (see [`Remembered`]).
+pub(super) fn remember(store: &str, generation: &str, digest: &str, manifest: &Arc<Manifest>) {
+    let r = Remembered {
+        store: store.to_owned(),
+        generation: generation.to_owned(),
+        digest: digest.to_owned(),
+        manifest: manifest.clone(),
+    };
+    *REMEMBERED.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+}
+
+/// The remembered manifest, when it is the one `held` names.
+fn recall(store: &str, held: &Held) -> Option<Arc<Manifest>> {
+    let remembered = REMEMBERED.lock().unwrap_or_else(|p| p.into_inner());
+    let r = remembered.as_ref()?;
+    (r.store == store && r.generation == held.generation && r.digest == held.digest).then(|| r.manifest.clone())
+}
+
 /// What the dir's state proves it holds: a native generation of this
 /// store, written by a restore (a ctime bound and the manifest's digest),
 /// with no restore left unfinished (no tail marker). `None`: a full
@@ -132,7 +165,9 @@ impl HeldCheck {
     pub(super) fn start(shared: &Arc<dyn Store>, target: &Target, opts: &RestoreOptions) -> HeldCheck {
         let cancel = Arc::new(AtomicBool::new(false));
         let none = || HeldCheck { held: None, old: None, result: None, cancel: cancel.clone(), task: None };
-        let Some(held) = held(target, &shared.to_string()) else { return none() };
+        let store_label = shared.to_string();
+        let Some(held) = held(target, &store_label) else { return none() };
+        let recalled = recall(&store_label, &held);
         // The live dir, held open, its name never followed.
         let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let Ok(live) = rustix::fs::open(&target.dir, dir_flags, Mode::empty()) else { return none() };
@@ -141,6 +176,7 @@ impl HeldCheck {
         let (generation, digest) = (held.generation.clone(), held.digest.clone());
         let trust = native::Trust { until_ns: held.until_ns, owner: opts.owner };
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<Old, Error>>();
+        let known = recalled.is_some();
         let task = tokio::spawn(async move {
             // Its bad objects are not reported: it is only compared.
             let (cache, quiet) = (native::PieceCache::open(&pieces_dir), Found::default());
@@ -155,7 +191,11 @@ impl HeldCheck {
                 native::whole(&pieces, root).await
             };
             let started = Instant::now();
-            let old = match old.await {
+            let old = match recalled {
+                Some(old) => Ok(old),
+                None => old.await.map(Arc::new),
+            };
+            let old = match old {
                 Ok(old) => old,
                 Err(e) => {
                     let _ = tx.send(Ok(Old::Unfetched(crate::error::error_chain(&e))));
@@ -163,11 +203,11 @@ impl HeldCheck {
                 }
             };
             tokio::task::spawn_blocking(move || {
-                if native::digest(&old) != digest {
+                // (A recalled manifest was hashed when it was remembered.)
+                if !known && native::digest(&old) != digest {
                     let _ = tx.send(Ok(Old::NotHeld));
                     return Ok(Checked::Unreadable);
                 }
-                let old = Arc::new(old);
                 // Read: a delta can compare it with the new one meanwhile.
                 let _ = tx.send(Ok(Old::Held(old.clone())));
                 let intact = native::check(&old, fd, trust, &stop)?;
@@ -365,6 +405,9 @@ pub(super) async fn restore_delta(
     let until_ns = ctime_now();
     let (digest, fp) = recorded.await.map_err(|e| Error::joined("the delta's record", e))?;
     let source = shared.to_string();
+    if opts.remember {
+        remember(&source, &info.key, &digest, &new);
+    }
     save_state_restored(target, &source, key, &fp, &info.key, Some(Restored { until_ns, digest }));
     let _ = std::fs::remove_file(target.tail_path());
     ctime_passed(until_ns).await;

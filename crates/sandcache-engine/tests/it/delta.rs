@@ -625,3 +625,47 @@ async fn the_held_generations_root_is_read_from_the_local_cache() {
     settle();
     assert_eq!(listing(&dir), listing(&src));
 }
+
+/// With `remember` (the runner's), the generation a restore wrote stays in
+/// memory: the next delta of the dir in this process reads neither its
+/// root nor its pieces. Trusted only through the state's digest: a state
+/// recording another digest is not taken for it, and the restore is full.
+#[tokio::test]
+async fn a_remembered_generation_is_checked_without_reading_its_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dir) = (tmp.path().join("src"), tmp.path().join("d"));
+    write(&src, &sample());
+    let cache = Cache::new(store_at(tmp.path()), "site/k");
+    snapshot(&cache, &src).await;
+    let remember = RestoreOptions { remember: true, ..quick() };
+    assert!(cache.restore(&dir, &remember).await.is_done());
+    let held = held_generation(&dir);
+    let mut next = sample();
+    next.retain(|p, _| !p.starts_with(&format!("{REG}/c/")));
+    package(&mut next, "c", "1.0.1", 0, 5, 0o755);
+    write(&src, &next);
+    snapshot(&cache, &src).await;
+    // Its root can be read neither from the store nor locally.
+    fs::remove_file(tmp.path().join("store").join(&held)).unwrap();
+    let pieces = dir.with_file_name(".d.sandcache-pieces");
+    let root = format!("{}.tree", blake3::hash(format!("root of {held}").as_bytes()).to_hex());
+    fs::remove_file(pieces.join(root)).unwrap();
+
+    let out = cache.restore(&dir, &remember).await;
+    assert_eq!((mode_of(&out), written(&out)), (RestoreMode::Delta, 5), "{:?}", out.result);
+    settle();
+    assert_eq!(listing(&dir), listing(&src));
+
+    // The state records another digest: neither the remembered manifest
+    // nor any other copy is taken for what the dir holds.
+    let path = state_path(&dir);
+    let mut state: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    state["digest"] = serde_json::Value::String("0".repeat(64));
+    fs::write(&path, state.to_string()).unwrap();
+    write(&src, &sample());
+    snapshot(&cache, &src).await;
+    let out = cache.restore(&dir, &remember).await;
+    assert_eq!(mode_of(&out), RestoreMode::Full, "{:?}", out.result);
+    settle();
+    assert_eq!(listing(&dir), listing(&src));
+}
