@@ -55,7 +55,7 @@ pub(super) async fn write_frames(
     let kept_frames = prefetch.take_tail_frames((0..slices.len() as u32).filter(|f| !slices[*f as usize].is_empty()));
     let have: HashSet<u32> = kept_frames.iter().map(|(f, _)| *f).collect();
     // Which byte ranges to fetch: needed frames, coalesced per pack.
-    let runs = plan_runs(m, &slices, &have, |f| prefetch.wants(f));
+    let runs = plan_runs(m, &slices, &have, |f| prefetch.wants(f), concurrency);
 
     // Writer pool.
     // The tail lands while the app boots: two writers, each at a lowered
