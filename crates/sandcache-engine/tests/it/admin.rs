@@ -41,8 +41,9 @@ async fn delete_removes_every_generation_and_the_seed_object_and_nothing_else() 
         assert_eq!(report.generations_deleted, 2, "{store}: {report:?}");
         // Packs live in the shared pool now: only gc removes them.
         assert_eq!(report.packs_deleted, 0, "{report:?}");
-        // The generations, the seed's object and the key's pointer.
-        assert_eq!(report.objects_deleted, report.generations_deleted + 2, "{report:?}");
+        // The generations, the seed's object, the key's pointer and the
+        // pieces copied beside it.
+        assert_eq!(report.objects_deleted, report.generations_deleted + 3, "{report:?}");
         assert!(!store.list("pool/").await.unwrap().is_empty(), "shared content is left to gc");
         assert!(report.bytes_freed > 0 && !report.not_found, "{report:?}");
         assert!(store.list("site/cache.tgz.d/").await.unwrap().is_empty());
