@@ -84,12 +84,14 @@ pub async fn run(o: Options) {
             s3.endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
             s3.region = std::env::var("AWS_REGION").unwrap_or_else(|_| sandcache_store::S3Spec::DEFAULT_REGION.into());
             if let (Some(endpoint), true) = (&s3.endpoint, o.store_bps > 0) {
-                // The pod's link to its object store: throttled, 2 ms per
+                // The pod's link to its object store: throttled per
+                // connection (S3 serves each at its own speed), 2 ms per
                 // connection, not loopback.
                 let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/').to_owned();
                 let opts = ThrottleOptions {
                     bytes_per_sec: o.store_bps,
                     connect_delay: Duration::from_millis(2),
+                    per_connection: true,
                     ..Default::default()
                 };
                 let link = ThrottledProxy::relay_to(&hostport, opts).await.expect("store link");

@@ -38,6 +38,8 @@ pub(crate) async fn relay(target: &str, mbps: u64, latency_ms: u64) -> Throttled
         bytes_per_sec: mbps * 1_000_000,
         connect_delay: Duration::from_millis(2),
         first_byte_delay: Duration::from_millis(latency_ms),
+        // S3 serves each connection at its own speed.
+        per_connection: true,
     };
     ThrottledProxy::relay_to(target, opts).await.expect("store link")
 }

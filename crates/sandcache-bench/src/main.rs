@@ -106,9 +106,9 @@ enum Helper {
         deno: Option<PathBuf>,
         #[arg(long, default_value = "s3://sandcache")]
         store: String,
-        /// The S3 store's link in MB/s, relayed through a throttle (0:
-        /// loopback as it is). A pod reaches its object store over a
-        /// network, not loopback.
+        /// The S3 store's link in MB/s per connection, relayed through a
+        /// throttle (0: loopback as it is). A pod reaches its object store
+        /// over a network, not loopback.
         #[arg(long, default_value = "0")]
         store_mbps: u64,
         /// Warm runs per mode (alternating); the median is reported.

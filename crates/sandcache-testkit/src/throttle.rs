@@ -25,7 +25,10 @@
 //! Every relayed chunk, in either direction and on any connection, is paid
 //! for from one shared token bucket, because a sandbox's bandwidth is one
 //! link, not one link per connection: opening more connections must not buy
-//! more throughput.
+//! more throughput. A store such as S3 is the other way round, each
+//! connection served at its own speed: with
+//! [`ThrottleOptions::per_connection`], each connection has a bucket of its
+//! own.
 //!
 //! Two environment variables override the defaults, read by
 //! [`ThrottleOptions::from_env`], for benchmarking other links without a
@@ -77,6 +80,9 @@ pub struct ThrottleOptions {
     /// connections included. A request is the client's first bytes on the
     /// connection, or its first after the server sent anything.
     pub first_byte_delay: Duration,
+    /// `bytes_per_sec` is each connection's, not shared: a store such as
+    /// S3, which serves every connection at its own speed.
+    pub per_connection: bool,
 }
 
 impl Default for ThrottleOptions {
@@ -85,6 +91,7 @@ impl Default for ThrottleOptions {
             bytes_per_sec: 40_000_000,
             connect_delay: Duration::from_millis(50),
             first_byte_delay: Duration::ZERO,
+            per_connection: false,
         }
     }
 }
@@ -209,11 +216,11 @@ impl Shared {
     /// The payer sleeps off its debt while holding the lock, so every other
     /// chunk queues behind it (tokio's mutex is first come, first served):
     /// the budget is never overspent and the connections take turns.
-    async fn pay(&self, n: usize) {
+    async fn pay(&self, bucket: &Mutex<Bucket>, n: usize) {
         let rate = self.opts.bytes_per_sec;
         if rate > 0 {
             let rate = rate as f64;
-            let mut bucket = self.bucket.lock().await;
+            let mut bucket = bucket.lock().await;
             let now = Instant::now();
             let refill = now.duration_since(bucket.last).as_secs_f64() * rate;
             bucket.tokens = (bucket.tokens + refill).min(self.opts.burst()) - n as f64;
@@ -304,7 +311,7 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
             true
         }
         Ask::Forward { head, .. } => {
-            shared.pay(head.len()).await;
+            shared.pay(&shared.bucket, head.len()).await;
             if upstream.write_all(&head).await.is_err() {
                 return;
             }
@@ -312,7 +319,7 @@ async fn serve(mut client: TcpStream, shared: Arc<Shared>) {
         }
     };
     if !rest.is_empty() {
-        shared.pay(rest.len()).await;
+        shared.pay(&shared.bucket, rest.len()).await;
         if upstream.write_all(rest).await.is_err() {
             return;
         }
@@ -401,8 +408,12 @@ async fn relay(client: TcpStream, upstream: TcpStream, shared: &Shared, tunnel: 
     // Set when the server sends: the client's next bytes start a request.
     let answered = AtomicBool::new(true);
     let delay = shared.opts.first_byte_delay;
-    let up = pump(client_r, upstream_w, shared, Turn::Request { answered: &answered, delay });
-    let down = pump(upstream_r, client_w, shared, Turn::Response { answered: &answered });
+    // The connection's own budget, or the one all share.
+    let own =
+        shared.opts.per_connection.then(|| Mutex::new(Bucket { tokens: shared.opts.burst(), last: Instant::now() }));
+    let bucket = own.as_ref().unwrap_or(&shared.bucket);
+    let up = pump(client_r, upstream_w, shared, bucket, Turn::Request { answered: &answered, delay });
+    let down = pump(upstream_r, client_w, shared, bucket, Turn::Response { answered: &answered });
     tokio::pin!(up, down);
     let mut up_done = false;
     loop {
@@ -437,6 +448,7 @@ async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     shared: &Shared,
+    bucket: &Mutex<Bucket>,
     turn: Turn<'_>,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; CHUNK];
@@ -452,7 +464,7 @@ async fn pump(
             Turn::Response { answered } => answered.store(true, Ordering::SeqCst),
             Turn::Request { .. } => {}
         }
-        shared.pay(n).await;
+        shared.pay(bucket, n).await;
         to.write_all(&buf[..n]).await?;
     }
 }
@@ -465,7 +477,7 @@ mod tests {
     async fn each_request_on_a_kept_alive_connection_waits_its_first_byte_delay() {
         let echo = echo_server().await;
         let delay = Duration::from_millis(80);
-        let opts = ThrottleOptions { bytes_per_sec: 0, connect_delay: Duration::ZERO, first_byte_delay: delay };
+        let opts = ThrottleOptions { first_byte_delay: delay, ..fast() };
         let link = ThrottledProxy::relay_to(&echo.to_string(), opts).await.unwrap();
         let mut c = TcpStream::connect(link.addr()).await.unwrap();
         let mut got = [0u8; 2];
@@ -512,7 +524,12 @@ mod tests {
     }
 
     fn fast() -> ThrottleOptions {
-        ThrottleOptions { bytes_per_sec: 0, connect_delay: Duration::ZERO, first_byte_delay: Duration::ZERO }
+        ThrottleOptions {
+            bytes_per_sec: 0,
+            connect_delay: Duration::ZERO,
+            first_byte_delay: Duration::ZERO,
+            per_connection: false,
+        }
     }
 
     /// Sends `request` to the proxy and reads its answer's head.
@@ -558,11 +575,7 @@ mod tests {
     async fn the_budget_is_shared_by_all_connections() {
         const EACH: usize = 2_000_000;
         let bulk = bulk_server(EACH).await;
-        let opts = ThrottleOptions {
-            bytes_per_sec: 8_000_000,
-            connect_delay: Duration::ZERO,
-            first_byte_delay: Duration::ZERO,
-        };
+        let opts = ThrottleOptions { bytes_per_sec: 8_000_000, ..fast() };
         let proxy = ThrottledProxy::start(opts).await.unwrap();
         let started = Instant::now();
         let fetch = || async {
@@ -577,6 +590,29 @@ mod tests {
         // 4 MB at 8 MB/s, less the burst: about 0.49 s at the least.
         assert!(took >= Duration::from_millis(400), "4 MB at 8 MB/s took only {took:?}");
         assert_eq!(proxy.bytes(), 2 * EACH as u64);
+    }
+
+    /// A store's link: each connection at the full rate.
+    #[tokio::test]
+    async fn per_connection_each_connection_has_the_whole_rate() {
+        const EACH: usize = 2_000_000;
+        let bulk = bulk_server(EACH).await;
+        let opts = ThrottleOptions { bytes_per_sec: 8_000_000, per_connection: true, ..fast() };
+        let proxy = ThrottledProxy::relay_to(&bulk.to_string(), opts).await.unwrap();
+        let started = Instant::now();
+        let fetch = || async {
+            let mut sock = TcpStream::connect(proxy.addr()).await.unwrap();
+            let mut got = Vec::new();
+            sock.read_to_end(&mut got).await.unwrap();
+            got.len()
+        };
+        let (a, b) = tokio::join!(fetch(), fetch());
+        let took = started.elapsed();
+        assert_eq!((a, b), (EACH, EACH));
+        // 2 MB each at 8 MB/s each, less the burst: about 0.24 s, and far
+        // under the 0.49 s a shared budget takes.
+        assert!(took >= Duration::from_millis(150), "2 MB at 8 MB/s took only {took:?}");
+        assert!(took < Duration::from_millis(420), "two connections shared the budget: {took:?}");
     }
 
     #[tokio::test]
