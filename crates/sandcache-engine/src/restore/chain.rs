@@ -69,9 +69,11 @@ pub(super) async fn restore(
         let why = format!("{} is a symlink; a restore never follows one", target.dir.display());
         return Err(Error::Unsafe(why));
     }
-    let _lock = target.lock(deadline).await.map_err(Error::lock)?;
+    // Held until the restore ends, and until work it leaves running (a
+    // delta's marker) ends.
+    let lock = Arc::new(target.lock(deadline).await.map_err(Error::lock)?);
     // What the dir holds is checked from now on, beside the reads below.
-    let held = HeldCheck::start(shared, &target, opts);
+    let held = HeldCheck::start(shared, &target, opts, lock);
     let leftovers = target.leftovers();
     // Pool objects found bad on the way are recorded (here, and as marks in
     // the store) before the next candidate is tried: the next snapshot and

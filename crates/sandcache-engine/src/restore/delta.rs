@@ -15,9 +15,12 @@
 //!    anything is written). Where that alone writes as much as a full
 //!    restore (files and bytes), the full one is done instead.
 //! 3. The tail marker (`DELTA_MARKER`) goes down and the state and index
-//!    go, durably, before anything is written: from here on, a delta that fails or runs out of time leaves
-//!    the state naming neither generation, no snapshot stores the dir
-//!    (`incomplete`), and the next restore is a full one.
+//!    go, durably, beside the staging below and before the live dir is
+//!    touched (a blocking task holding the dir's lock, so that a restore
+//!    cut meanwhile leaves the dir to no other until it ends): from here
+//!    on, a delta that fails or runs out of time leaves the state naming
+//!    neither generation, no snapshot stores the dir (`incomplete`), and
+//!    the next restore is a full one.
 //! 4. The units that differ are written whole into a private staging dir
 //!    on the dir's filesystem, by the usual restore (`native::restore_into`:
 //!    only their frames fetched, every file checked against its hash),
@@ -54,7 +57,7 @@ use crate::error::Error;
 use crate::native;
 use crate::options::RestoreOptions;
 use crate::outcome::{Done, RestoreMode, mb};
-use crate::target::{DropStaging, Target};
+use crate::target::{DropStaging, Lock, Target};
 
 use super::native::NativeRestore;
 
@@ -141,6 +144,8 @@ fn held(target: &Target, store: &str) -> Option<Held> {
 /// of the restore awaits the same check. Dropped (the restore done, or
 /// its deadline), the check stops.
 pub(super) struct HeldCheck {
+    /// The dir's lock, shared with what must end before it is released.
+    lock: Arc<Lock>,
     held: Option<(Held, Arc<OwnedFd>)>,
     /// Its manifest, read first.
     old: Option<Awaited<Old>>,
@@ -162,9 +167,16 @@ impl Drop for HeldCheck {
 impl HeldCheck {
     /// Starts the check when the dir's state names a native generation of
     /// `shared` (else there is nothing to check: any restore is full).
-    pub(super) fn start(shared: &Arc<dyn Store>, target: &Target, opts: &RestoreOptions) -> HeldCheck {
+    pub(super) fn start(shared: &Arc<dyn Store>, target: &Target, opts: &RestoreOptions, lock: Arc<Lock>) -> HeldCheck {
         let cancel = Arc::new(AtomicBool::new(false));
-        let none = || HeldCheck { held: None, old: None, result: None, cancel: cancel.clone(), task: None };
+        let none = || HeldCheck {
+            lock: lock.clone(),
+            held: None,
+            old: None,
+            result: None,
+            cancel: cancel.clone(),
+            task: None,
+        };
         let store_label = shared.to_string();
         let Some(held) = held(target, &store_label) else { return none() };
         let recalled = recall(&store_label, &held);
@@ -224,6 +236,7 @@ impl HeldCheck {
         // unreadable.
         let old = rx.map(|r| Arc::new(r.unwrap_or_else(|_| Ok(Old::Unfetched("the check ended early".into())))));
         HeldCheck {
+            lock,
             held: Some((held, live)),
             old: Some(old.boxed().shared()),
             result: Some(result.boxed().shared()),
@@ -312,13 +325,21 @@ pub(super) async fn restore_delta(
         (known.unwrap_or_else(|| native::digest(&n)), sandcache_archive::fingerprint::of_manifest(&n))
     });
 
-    // 3. Neither generation, durably, before anything is written.
-    write_durable(&target.tail_path(), DELTA_MARKER).map_err(Error::io("delta marker"))?;
-    remove_durable(&[target.state_path(), target.index_path()]).map_err(Error::io("state"))?;
+    // 3. Neither generation, durably, before anything is written: on a
+    // blocking thread beside the staging (its fsyncs cost a disk as much
+    // as the rest of the way to the renames), awaited before the live dir
+    // is touched and before any return. It holds the dir's lock: cut at the
+    // deadline meanwhile, it ends before another restore of the dir starts.
+    let (tail, state, index, lock) = (target.tail_path(), target.state_path(), target.index_path(), check.lock.clone());
+    let marked = tokio::task::spawn_blocking(move || {
+        let _lock = lock;
+        write_durable(&tail, DELTA_MARKER).map_err(Error::io("delta marker"))?;
+        remove_durable(&[state, index]).map_err(Error::io("state"))
+    });
 
     // 4. The units that differ, whole, into a private staging dir, while
     // the disk check ends: only their frames fetched, every file checked
-    // against its hash.
+    // against its hash. `None`: a full restore after all.
     let cancel = check.cancel.clone();
     let one_phase = RestoreOptions { hot_first: false, ..opts.clone() };
     let restoring = native::Restoring { store, key, opts: &one_phase, found, cancel: cancel.clone() };
@@ -338,36 +359,44 @@ pub(super) async fn restore_delta(
             Ok::<_, Error>((stats, staging, dropped))
         }
     };
-    let early = diff.written().len();
-    let (staged, checked) = tokio::join!(stage(diff.written()), checked.clone());
-    let intact = match &*checked {
-        Ok(Checked::Intact(intact)) => intact.clone(),
-        Ok(Checked::Unreadable) => {
-            tracing::info!(target: "sandbox-cache", "{} cannot be read well enough for a delta: a full restore", target.dir.display());
+    let staged = async {
+        let early = diff.written().len();
+        let (staged, checked) = tokio::join!(stage(diff.written()), checked.clone());
+        let intact = match &*checked {
+            Ok(Checked::Intact(intact)) => intact.clone(),
+            Ok(Checked::Unreadable) => {
+                tracing::info!(target: "sandbox-cache", "{} cannot be read well enough for a delta: a full restore", target.dir.display());
+                return Ok(None);
+            }
+            Err(e) => return check_failed(e),
+        };
+        let plan = diff.plan(&new, &intact);
+        tracing::debug!(
+            target: "sandbox-cache",
+            "delta {} → {}: {} units to write ({} files, {}), {} to move away, planned in {} ms",
+            held.generation, info.key, plan.place.len(), plan.files_written, mb(plan.bytes_written),
+            plan.remove.len(), started.elapsed().as_millis()
+        );
+        if !plan.worth_it() {
+            tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
             return Ok(None);
         }
-        Err(e) => return check_failed(e),
+        // Units the manifests share that the check found touched are
+        // written too: staged again, all of them (rare: something changed
+        // the dir).
+        let (stats, staging, dropped) = match plan.write.len() == early {
+            true => staged?,
+            false => {
+                drop(staged);
+                stage(&plan.write).await?
+            }
+        };
+        Ok(Some((stats, staging, dropped, plan)))
     };
-    let plan = diff.plan(&new, &intact);
-    tracing::debug!(
-        target: "sandbox-cache",
-        "delta {} → {}: {} units to write ({} files, {}), {} to move away, planned in {} ms",
-        held.generation, info.key, plan.place.len(), plan.files_written, mb(plan.bytes_written),
-        plan.remove.len(), started.elapsed().as_millis()
-    );
-    if !plan.worth_it() {
-        tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
-        return Ok(None);
-    }
-    // Units the manifests share that the check found touched are written
-    // too: staged again, all of them (rare: something changed the dir).
-    let (stats, staging, mut dropped) = match plan.write.len() == early {
-        true => staged?,
-        false => {
-            drop(staged);
-            stage(&plan.write).await?
-        }
-    };
+    let staged = staged.await;
+    let marked = marked.await.map_err(|e| Error::joined("the delta marker", e));
+    let Some((stats, staging, mut dropped, plan)) = staged? else { return Ok(None) };
+    marked??;
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
