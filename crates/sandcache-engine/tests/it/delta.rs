@@ -44,7 +44,14 @@ fn write(dir: &Path, tree: &Tree) {
                 let t = SystemTime::UNIX_EPOCH + Duration::from_secs(*mtime);
                 fs::File::open(&p).unwrap().set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).unwrap();
             }
-            Node::Link(target) => std::os::unix::fs::symlink(target, &p).unwrap(),
+            Node::Link(target) => {
+                std::os::unix::fs::symlink(target, &p).unwrap();
+                // Its own time too: else a tree written again across a
+                // second's turn differs in its links.
+                let t = rustix::fs::Timespec { tv_sec: T0 as i64, tv_nsec: 0 };
+                let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+                rustix::fs::utimensat(rustix::fs::CWD, &p, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+            }
         }
     }
     set_dir_times(dir);

@@ -57,6 +57,11 @@ async fn rig(test: &str) -> Option<Rig> {
             std::fs::write(dir.join(format!("remote/{tag}-{i}.js")), format!("export const v = '{tag}{i}';\n"))
                 .unwrap();
         }
+        // One mtime for every file: the files both trees share are the
+        // same to a delta (whole seconds), however long writing them took.
+        // (The trees written across a second's turn once made the delta
+        // dry pass write everything, so a full restore.)
+        settle_times(dir);
     }
     Some(Rig { proxy, direct, faulty, tmp, old, new })
 }
