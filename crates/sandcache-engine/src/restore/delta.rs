@@ -305,16 +305,18 @@ pub(super) async fn restore_delta(
     };
     let new = new.unwrap_or_else(|| old.clone());
 
-    // 2. What the two manifests say differs, while the new one is
-    // validated (before anything is written). Where that alone writes as
-    // much as a full restore (files and bytes), the full one is done.
-    let (n, limits, dir) = (new.clone(), opts.limits, target.dir.clone());
+    // 2. What the two manifests say differs; beside it, and beside the
+    // staging below, the new manifest validated whole (before the marker,
+    // and so before the live dir is touched; what is staged first is
+    // validated on its own before it is written). Where the difference
+    // alone writes as much as a full restore (files and bytes), the full
+    // one is done.
+    let (limits, dir) = (opts.limits, target.dir.clone());
+    let n = new.clone();
     let validated = tokio::task::spawn_blocking(move || n.validate(&limits, &dir));
     let (o, n) = (old.clone(), new.clone());
     let diff = tokio::task::spawn_blocking(move || native::diff(&o, &n));
-    let (validated, diff) = tokio::join!(validated, diff);
-    validated.map_err(|e| Error::joined("the manifest's validation", e))??;
-    let diff = diff.map_err(|e| Error::joined("the delta's plan", e))?;
+    let diff = diff.await.map_err(|e| Error::joined("the delta's plan", e))?;
     if !diff.worth_it() {
         tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
         return Ok(None);
@@ -330,11 +332,18 @@ pub(super) async fn restore_delta(
     // as the rest of the way to the renames), awaited before the live dir
     // is touched and before any return. It holds the dir's lock: cut at the
     // deadline meanwhile, it ends before another restore of the dir starts.
+    // Only once the new manifest is valid: one that is not leaves the
+    // state as it was.
     let (tail, state, index, lock) = (target.tail_path(), target.state_path(), target.index_path(), check.lock.clone());
-    let marked = tokio::task::spawn_blocking(move || {
-        let _lock = lock;
-        write_durable(&tail, DELTA_MARKER).map_err(Error::io("delta marker"))?;
-        remove_durable(&[state, index]).map_err(Error::io("state"))
+    let marked = tokio::spawn(async move {
+        validated.await.map_err(|e| Error::joined("the manifest's validation", e))??;
+        tokio::task::spawn_blocking(move || {
+            let _lock = lock;
+            write_durable(&tail, DELTA_MARKER).map_err(Error::io("delta marker"))?;
+            remove_durable(&[state, index]).map_err(Error::io("state"))
+        })
+        .await
+        .map_err(|e| Error::joined("the delta marker", e))?
     });
 
     // 4. The units that differ, whole, into a private staging dir, while
@@ -349,10 +358,14 @@ pub(super) async fn restore_delta(
         if let Some(p) = &opts.progress {
             p.expected.store(sub.packs.iter().map(|p| p.size).sum(), Ordering::Relaxed);
         }
-        let staging = target.create_staging().map_err(Error::io("staging dir"));
         let restoring = &restoring;
+        let dir = target.dir.clone();
         async move {
-            let staging = staging?;
+            // What is written is validated first, on its own.
+            let sub = tokio::task::spawn_blocking(move || sub.validate(&limits, &dir).map(|()| sub))
+                .await
+                .map_err(|e| Error::joined("the manifest's validation", e))??;
+            let staging = target.create_staging().map_err(Error::io("staging dir"))?;
             let dropped = DropStaging(Some(staging.clone()));
             let (stats, _) =
                 native::restore_into(restoring, Arc::new(sub), &staging, native::Prefetch::none(), None).await?;
