@@ -11,9 +11,10 @@
 //!    state recorded, then checked against the disk (`native::check`).
 //!    Beside it, the new manifest as any restore reads it.
 //! 2. As soon as both manifests are in, what they say differs
-//!    (`native::diff`), while the new manifest is validated (before
-//!    anything is written). Where that alone writes as much as a full
-//!    restore (files and bytes), the full one is done instead.
+//!    (`native::diff`). Where that alone writes as much as a full restore
+//!    (files and bytes), the full one is done instead. The new manifest is
+//!    validated whole beside what follows, and before the marker; what is
+//!    staged is validated on its own before it is written.
 //! 3. The tail marker (`DELTA_MARKER`) goes down and the state and index
 //!    go, durably, beside the staging below and before the live dir is
 //!    touched (a blocking task holding the dir's lock, so that a restore
