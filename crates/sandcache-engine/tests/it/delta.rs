@@ -595,6 +595,16 @@ async fn a_name_that_cannot_be_listed_in_a_package_makes_it_written_again() {
     assert_eq!(listing(&dir), listing(&src));
 }
 
+/// A newer generation of the sample, stored: package `c` bumped to 1.0.1
+/// (5 files).
+async fn stored_with_c_bumped(cache: &Cache, src: &Path) {
+    let mut next = sample();
+    next.retain(|p, _| !p.starts_with(&format!("{REG}/c/")));
+    package(&mut next, "c", "1.0.1", 0, 5, 0o755);
+    write(src, &next);
+    snapshot(cache, src).await;
+}
+
 /// The generation the dir holds is read from the root its restore kept
 /// beside the pieces: a delta needs no request for it, and still works
 /// when the store no longer has it.
@@ -602,12 +612,7 @@ async fn a_name_that_cannot_be_listed_in_a_package_makes_it_written_again() {
 async fn the_held_generations_root_is_read_from_the_local_cache() {
     let Restored { tmp, src, dir, fresh, cache } = restored_sample().await;
     let held = held_generation(&dir);
-    // A newer generation: one package bumped.
-    let mut next = sample();
-    next.retain(|p, _| !p.starts_with(&format!("{REG}/c/")));
-    package(&mut next, "c", "1.0.1", 0, 5, 0o755);
-    write(&src, &next);
-    snapshot(&cache, &src).await;
+    stored_with_c_bumped(&cache, &src).await;
     // The store loses the held generation's root.
     fs::remove_file(tmp.path().join("store").join(&held)).unwrap();
 
@@ -647,11 +652,7 @@ async fn a_remembered_generation_is_checked_without_reading_its_manifest() {
     let remember = RestoreOptions { remember: true, ..quick() };
     assert!(cache.restore(&dir, &remember).await.is_done());
     let held = held_generation(&dir);
-    let mut next = sample();
-    next.retain(|p, _| !p.starts_with(&format!("{REG}/c/")));
-    package(&mut next, "c", "1.0.1", 0, 5, 0o755);
-    write(&src, &next);
-    snapshot(&cache, &src).await;
+    stored_with_c_bumped(&cache, &src).await;
     // Its root can be read neither from the store nor locally.
     fs::remove_file(tmp.path().join("store").join(&held)).unwrap();
     let pieces = dir.with_file_name(".d.sandcache-pieces");
