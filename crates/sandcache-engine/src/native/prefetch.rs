@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use sandcache_archive::pack::{Frame, Manifest};
+use sandcache_archive::pack::{Frame, Manifest, PackRef};
 use sandcache_store::{Store, StoreError};
 
 use crate::layout::pack_key;
@@ -71,13 +71,24 @@ impl Prefetch {
     /// `hot_first`: only the packs marked hot, when there are any (the rest
     /// would take the link from them).
     pub(crate) fn start(store: &Arc<dyn Store>, key: &str, root: &Manifest, hot_first: bool) -> Prefetch {
+        let hot_only = hot_first && root.packs.iter().any(|p| p.hot);
+        Prefetch::start_where(store, key, root, |p| p.hot || !hot_only)
+    }
+
+    /// Starts downloading the root's first packs that `wanted` says (only
+    /// roots with pieces: a whole manifest arrives in one request anyway).
+    pub(crate) fn start_where(
+        store: &Arc<dyn Store>,
+        key: &str,
+        root: &Manifest,
+        wanted: impl Fn(&PackRef) -> bool,
+    ) -> Prefetch {
         let mut p = Prefetch::none();
         if root.pieces.is_empty() || tokio::runtime::Handle::try_current().is_err() {
             return p;
         }
-        let hot_only = hot_first && root.packs.iter().any(|p| p.hot);
         let mut total = 0;
-        for pack in root.packs.iter().filter(|p| p.hot || !hot_only) {
+        for pack in root.packs.iter().filter(|p| wanted(p)) {
             if total + pack.size > PREFETCH_BYTES {
                 break;
             }

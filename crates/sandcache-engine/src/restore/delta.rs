@@ -276,7 +276,7 @@ pub(super) async fn restore_delta(
     let pieces = native::Pieces { store, found, cache: cache.as_ref(), given };
     let new = async {
         if same {
-            return Ok(None);
+            return Ok((None, native::Prefetch::none()));
         }
         let root = match root {
             Some(root) => root.clone(),
@@ -285,10 +285,11 @@ pub(super) async fn restore_delta(
         if let Some(c) = &cache {
             c.put_root(&info.key, &root);
         }
-        Ok::<_, Error>(Some(Arc::new(native::whole(&pieces, root).await?)))
+        let prefetch = prefetch_new_packs(shared, key, &root, held, cache.as_ref());
+        Ok::<_, Error>((Some(Arc::new(native::whole(&pieces, root).await?)), prefetch))
     };
     let (new, old) = tokio::join!(new, old.clone());
-    let new = new?;
+    let (new, prefetch) = new?;
     let old = match &*old {
         Ok(Old::Held(old)) => old.clone(),
         Ok(Old::Unfetched(why)) => {
@@ -353,7 +354,7 @@ pub(super) async fn restore_delta(
     let cancel = check.cancel.clone();
     let one_phase = RestoreOptions { hot_first: false, ..opts.clone() };
     let restoring = native::Restoring { store, key, opts: &one_phase, found, cancel: cancel.clone() };
-    let stage = |entries: &[u32]| {
+    let stage = |entries: &[u32], prefetch: native::Prefetch| {
         let mut sub = new.subset(entries.iter().map(|&i| &new.entries[i as usize]));
         sub.version = new.version;
         if let Some(p) = &opts.progress {
@@ -368,14 +369,13 @@ pub(super) async fn restore_delta(
                 .map_err(|e| Error::joined("the manifest's validation", e))??;
             let staging = target.create_staging().map_err(Error::io("staging dir"))?;
             let dropped = DropStaging(Some(staging.clone()));
-            let (stats, _) =
-                native::restore_into(restoring, Arc::new(sub), &staging, native::Prefetch::none(), None).await?;
+            let (stats, _) = native::restore_into(restoring, Arc::new(sub), &staging, prefetch, None).await?;
             Ok::<_, Error>((stats, staging, dropped))
         }
     };
     let staged = async {
         let early = diff.written().len();
-        let (staged, checked) = tokio::join!(stage(diff.written()), checked.clone());
+        let (staged, checked) = tokio::join!(stage(diff.written(), prefetch), checked.clone());
         let intact = match &*checked {
             Ok(Checked::Intact(intact)) => intact.clone(),
             Ok(Checked::Unreadable) => {
@@ -402,7 +402,7 @@ pub(super) async fn restore_delta(
             true => staged?,
             false => {
                 drop(staged);
-                stage(&plan.write).await?
+                stage(&plan.write, native::Prefetch::none()).await?
             }
         };
         Ok(Some((stats, staging, dropped, plan)))
@@ -464,6 +464,30 @@ pub(super) async fn restore_delta(
         ..Done::default()
     }))
 }
+
+/// The small packs of `root` that the generation the dir holds lacks,
+/// downloading whole from the moment the root is in: they hold what the
+/// new generation adds (a snapshot puts new content in new packs), so the
+/// delta's staging finds them there instead of asking after the diff. A
+/// large pack is left to the staging's ranged requests, which split it
+/// over several connections.
+fn prefetch_new_packs(
+    shared: &Arc<dyn Store>,
+    key: &str,
+    root: &Manifest,
+    held: &Held,
+    cache: Option<&native::PieceCache>,
+) -> native::Prefetch {
+    let held_root = recall(&shared.to_string(), held).map(|m| m.packs.clone());
+    let Some(had) = held_root.or_else(|| cache?.get_root(&held.generation).map(|r| r.packs)) else {
+        return native::Prefetch::none();
+    };
+    let had: std::collections::HashSet<&str> = had.iter().map(|p| p.id.as_str()).collect();
+    native::Prefetch::start_where(shared, key, root, |p| p.size <= SMALL_PACK && !had.contains(p.id.as_str()))
+}
+
+/// The largest pack a delta downloads whole before it knows it needs it.
+const SMALL_PACK: u64 = 1 << 20;
 
 /// The check failed: cancelled (the restore's deadline), or a full restore.
 fn check_failed<T>(e: &Error) -> Result<Option<T>, Error> {

@@ -493,7 +493,7 @@ async fn a_delta_cut_by_the_deadline_names_neither_generation_and_the_next_resto
     snapshot(&cache, &src_b).await;
 
     // Packs come slower than the deadline.
-    let slow: Arc<dyn Store> = Arc::new(Wrapped::new(store.clone()).delay_ranged(Duration::from_secs(5)));
+    let slow: Arc<dyn Store> = Arc::new(Wrapped::new(store.clone()).delay_packs(Duration::from_secs(5)));
     let opts = RestoreOptions { timeout: Duration::from_millis(1500), ..quick() };
     let out = Cache::new(slow, "site/k").restore(&dir, &opts).await;
     assert_eq!(out.reason(), Some(Reason::TimedOut), "{:?}", out.result);

@@ -196,7 +196,8 @@ async fn pieces_already_held_are_not_fetched_again() {
 
 /// A site's snapshot, made in a dir restored from the base, copies beside
 /// its pointer the pieces the base lacks: a pod holding the base restores
-/// the site as a delta with no request for a piece. A damaged copy costs
+/// the site as a delta with no request for a piece, its new pack
+/// downloading while the manifest is read. A damaged copy costs
 /// only the requests: the pieces come from the pool, nothing is marked bad.
 #[tokio::test]
 async fn the_pieces_a_pod_holding_the_base_lacks_come_with_the_pointer() {
@@ -233,6 +234,11 @@ async fn the_pieces_a_pod_holding_the_base_lacks_come_with_the_pointer() {
     };
     let wrapped = pod_restore(pod("a")).await;
     assert_eq!(pieces_of(&wrapped), 0, "{:?}", wrapped.log());
+    // The package's new pack (small, and one the base lacks) downloaded
+    // whole from the moment the root was in, not asked for by range after
+    // the diff.
+    let packs = |m: Method| wrapped.log().iter().filter(|(x, k)| *x == m && k.ends_with(".pack")).count();
+    assert_eq!((packs(Method::Get), packs(Method::GetRange)), (1, 0), "{:?}", wrapped.log());
 
     // Every copied piece damaged (its header kept): fetched from the pool.
     let copy = get(store.as_ref(), PIECES).await;

@@ -47,6 +47,7 @@ pub struct Wrapped {
     name: Option<String>,
     gone: Vec<Gone>,
     ranged_delay: Duration,
+    pack_delay: Duration,
     panics: Vec<(Method, &'static str)>,
     body_panic: Option<&'static str>,
     calls: [AtomicU64; METHODS],
@@ -63,6 +64,7 @@ impl Wrapped {
             name: None,
             gone: Vec::new(),
             ranged_delay: Duration::ZERO,
+            pack_delay: Duration::ZERO,
             panics: Vec::new(),
             body_panic: None,
             calls: Default::default(),
@@ -94,6 +96,14 @@ impl Wrapped {
     /// Every ranged GET waits `delay` before it is passed on (zero: none).
     pub fn delay_ranged(mut self, delay: Duration) -> Wrapped {
         self.ranged_delay = delay;
+        self
+    }
+
+    /// Every GET of a pack, whole or ranged, waits `delay` before it is
+    /// passed on: content that comes slower than a deadline, however a
+    /// restore asks for it.
+    pub fn delay_packs(mut self, delay: Duration) -> Wrapped {
+        self.pack_delay = delay;
         self
     }
 
@@ -163,6 +173,9 @@ impl Store for Wrapped {
         if self.gone.iter().any(|gone| gone(key)) {
             return Err(StoreError::NotFound { key: key.into() });
         }
+        if key.ends_with(".pack") && !self.pack_delay.is_zero() {
+            tokio::time::sleep(self.pack_delay).await;
+        }
         let mut obj = self.inner.get(key).await?;
         if let Some(message) = self.body_panic {
             obj.stream =
@@ -176,6 +189,9 @@ impl Store for Wrapped {
         if !self.ranged_delay.is_zero() {
             self.delayed.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(self.ranged_delay).await;
+        }
+        if key.ends_with(".pack") && !self.pack_delay.is_zero() {
+            tokio::time::sleep(self.pack_delay).await;
         }
         self.inner.get_range(key, range).await
     }
