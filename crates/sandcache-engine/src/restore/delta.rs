@@ -37,6 +37,7 @@
 //! One phase always: a hot-first restore's delta writes its few units
 //! before `hot-ready`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -148,6 +149,10 @@ pub(super) struct HeldCheck {
     /// The dir's lock, shared with what must end before it is released.
     lock: Arc<Lock>,
     held: Option<(Held, Arc<OwnedFd>)>,
+    /// The packs of the generation the dir holds, by id, when its root or
+    /// manifest is at hand (locally kept, or remembered): what a delta
+    /// need not download.
+    held_packs: Option<HashSet<String>>,
     /// Its manifest, read first.
     old: Option<Awaited<Old>>,
     /// Then the disk checked against it.
@@ -173,6 +178,7 @@ impl HeldCheck {
         let none = || HeldCheck {
             lock: lock.clone(),
             held: None,
+            held_packs: None,
             old: None,
             result: None,
             cancel: cancel.clone(),
@@ -180,24 +186,32 @@ impl HeldCheck {
         };
         let store_label = shared.to_string();
         let Some(held) = held(target, &store_label) else { return none() };
-        let recalled = recall(&store_label, &held);
         // The live dir, held open, its name never followed.
         let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let Ok(live) = rustix::fs::open(&target.dir, dir_flags, Mode::empty()) else { return none() };
         let live = Arc::new(live);
-        let (store, pieces_dir, fd, stop) = (shared.clone(), target.pieces_dir(), live.clone(), cancel.clone());
+        // Its manifest as this process remembers it, else its root as the
+        // restore that wrote it kept it (else, in the task, the store's):
+        // trusted only through the digest, below.
+        let recalled = recall(&store_label, &held);
+        let cache = native::PieceCache::open(&target.pieces_dir());
+        let kept_root = match recalled {
+            Some(_) => None,
+            None => cache.as_ref().and_then(|c| c.get_root(&held.generation)),
+        };
+        let packs = recalled.as_ref().map(|m| &m.packs).or(kept_root.as_ref().map(|r| &r.packs));
+        let held_packs = packs.map(|p| p.iter().map(|p| p.id.clone()).collect());
+        let (store, fd, stop) = (shared.clone(), live.clone(), cancel.clone());
         let (generation, digest) = (held.generation.clone(), held.digest.clone());
         let trust = native::Trust { until_ns: held.until_ns, owner: opts.owner };
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<Old, Error>>();
         let known = recalled.is_some();
         let task = tokio::spawn(async move {
             // Its bad objects are not reported: it is only compared.
-            let (cache, quiet) = (native::PieceCache::open(&pieces_dir), Found::default());
+            let quiet = Found::default();
             let pieces = native::Pieces { store: store.as_ref(), found: &quiet, cache: cache.as_ref(), given: None };
-            // Its root as the restore that wrote it kept it, else the
-            // store's: trusted only through the digest, below.
             let old = async {
-                let root = match cache.as_ref().and_then(|c| c.get_root(&generation)) {
+                let root = match kept_root {
                     Some(root) => root,
                     None => native::fetch_root(store.as_ref(), &generation).await?,
                 };
@@ -239,6 +253,7 @@ impl HeldCheck {
         HeldCheck {
             lock,
             held: Some((held, live)),
+            held_packs,
             old: Some(old.boxed().shared()),
             result: Some(result.boxed().shared()),
             cancel,
@@ -285,7 +300,7 @@ pub(super) async fn restore_delta(
         if let Some(c) = &cache {
             c.put_root(&info.key, &root);
         }
-        let prefetch = prefetch_new_packs(shared, key, &root, held, cache.as_ref());
+        let prefetch = prefetch_new_packs(shared, key, &root, check.held_packs.as_ref());
         Ok::<_, Error>((Some(Arc::new(native::whole(&pieces, root).await?)), prefetch))
     };
     let (new, old) = tokio::join!(new, old.clone());
@@ -307,15 +322,11 @@ pub(super) async fn restore_delta(
     };
     let new = new.unwrap_or_else(|| old.clone());
 
-    // 2. What the two manifests say differs; beside it, and beside the
-    // staging below, the new manifest validated whole (before the marker,
-    // and so before the live dir is touched; what is staged first is
-    // validated on its own before it is written). Where the difference
-    // alone writes as much as a full restore (files and bytes), the full
-    // one is done.
-    let (limits, dir) = (opts.limits, target.dir.clone());
-    let n = new.clone();
-    let validated = tokio::task::spawn_blocking(move || n.validate(&limits, &dir));
+    // 2. What the two manifests say differs. Where that alone writes as
+    // much as a full restore (files and bytes), the full one is done. Else
+    // the new manifest is validated whole beside the staging below (before
+    // the marker, and so before the live dir is touched; what is staged is
+    // validated on its own before it is written).
     let (o, n) = (old.clone(), new.clone());
     let diff = tokio::task::spawn_blocking(move || native::diff(&o, &n));
     let diff = diff.await.map_err(|e| Error::joined("the delta's plan", e))?;
@@ -323,6 +334,8 @@ pub(super) async fn restore_delta(
         tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
         return Ok(None);
     }
+    let (limits, dir, n) = (opts.limits, target.dir.clone(), new.clone());
+    let validated = tokio::task::spawn_blocking(move || n.validate(&limits, &dir));
     // Of the generation the dir holds, the digest is the state's already.
     let (n, known) = (new.clone(), same.then(|| held.digest.clone()));
     let recorded = tokio::task::spawn_blocking(move || {
@@ -465,25 +478,20 @@ pub(super) async fn restore_delta(
     }))
 }
 
-/// The small packs of `root` that the generation the dir holds lacks,
-/// downloading whole from the moment the root is in: they hold what the
-/// new generation adds (a snapshot puts new content in new packs), so the
-/// delta's staging finds them there instead of asking after the diff. A
-/// large pack is left to the staging's ranged requests, which split it
-/// over several connections.
+/// The small packs of `root` that the generation the dir holds lacks
+/// (`held`: its packs, when known), downloading whole from the moment the
+/// root is in: they hold what the new generation adds (a snapshot puts new
+/// content in new packs), so the delta's staging finds them there instead
+/// of asking after the diff. A large pack is left to the staging's ranged
+/// requests, which split it over several connections.
 fn prefetch_new_packs(
     shared: &Arc<dyn Store>,
     key: &str,
     root: &Manifest,
-    held: &Held,
-    cache: Option<&native::PieceCache>,
+    held: Option<&HashSet<String>>,
 ) -> native::Prefetch {
-    let held_root = recall(&shared.to_string(), held).map(|m| m.packs.clone());
-    let Some(had) = held_root.or_else(|| cache?.get_root(&held.generation).map(|r| r.packs)) else {
-        return native::Prefetch::none();
-    };
-    let had: std::collections::HashSet<&str> = had.iter().map(|p| p.id.as_str()).collect();
-    native::Prefetch::start_where(shared, key, root, |p| p.size <= SMALL_PACK && !had.contains(p.id.as_str()))
+    let Some(had) = held else { return native::Prefetch::none() };
+    native::Prefetch::start_where(shared, key, root, |p| p.size <= SMALL_PACK && !had.contains(&p.id))
 }
 
 /// The largest pack a delta downloads whole before it knows it needs it.
