@@ -98,19 +98,19 @@ async fn assemble(pieces: &Pieces<'_>, root: Manifest) -> Result<Manifest, Error
 async fn fetch_piece(pieces: &Pieces<'_>, p: PieceRef) -> Result<Manifest, Error> {
     let Pieces { store, found, cache, given } = *pieces;
     let (k, id, entries) = (piece_key(&p.id), p.id.clone(), p.entries);
-    // Given beside the pointer (its hash checked as it was read), or held
-    // locally and whole: no request. (Checked here, as the store's copy is
-    // below: a copy that does not hash to its name is only ignored, never
-    // reported as a bad pool object.)
+    // Given beside the pointer (its hash checked as it was read: kept as
+    // if fetched), or held locally and whole (checked here, as the store's
+    // copy is below): no request. A copy that does not hash to its name is
+    // only ignored, never reported as a bad pool object.
     let given = given.and_then(|g| g.get(&id)).filter(|b| b.len() as u64 == p.size);
     let local = match given {
-        Some(bytes) => Some((bytes.to_vec(), true)),
-        None => cache.and_then(|c| c.get(&id, p.size)).map(|b| (b, false)),
+        Some(bytes) => Some((bytes.clone(), true)),
+        None => cache.and_then(|c| c.get(&id, p.size)).map(|b| (bytes::Bytes::from(b), false)),
     };
-    if let Some((bytes, keep)) = local {
+    if let Some((bytes, copied)) = local {
         let want = id.clone();
         let local = tokio::task::spawn_blocking(move || {
-            let ok = blake3::hash(&bytes).to_hex().as_str() == want;
+            let ok = copied || blake3::hash(&bytes).to_hex().as_str() == want;
             let piece = ok.then(|| Manifest::decode(&bytes).ok()).flatten();
             let piece = piece.filter(|m| m.pieces.is_empty() && m.hot.is_empty() && m.entries.len() as u64 == entries);
             piece.map(|piece| (piece, bytes))
@@ -118,7 +118,7 @@ async fn fetch_piece(pieces: &Pieces<'_>, p: PieceRef) -> Result<Manifest, Error
         .await
         .map_err(|e| Error::joined("a manifest piece's decoder", e))?;
         if let Some((piece, bytes)) = local {
-            if let (true, Some(c)) = (keep, cache) {
+            if let (true, Some(c)) = (copied, cache) {
                 c.put(&id, &bytes);
             }
             return Ok(piece);
