@@ -211,6 +211,9 @@ const NEW_PIECES_MAGIC: &str = "sandcache-pieces 1";
 /// manifest (25k entries) is about 1.2 MB of pieces.
 pub(crate) const MAX_NEW_PIECES: usize = 2 << 20;
 
+/// The largest copy read: the pieces and a header line for each.
+const MAX_NEW_PIECES_OBJECT: usize = MAX_NEW_PIECES + (64 << 10);
+
 /// Copies of pieces, by id: the magic line, a line per piece (`<id>
 /// <length>`), an empty line, then their bytes in that order.
 pub(crate) fn encode_new_pieces<'a>(pieces: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
@@ -234,11 +237,11 @@ pub(crate) type GivenPieces = std::collections::HashMap<String, bytes::Bytes>;
 /// or it is not one (a hint, never an error).
 pub(crate) async fn read_new_pieces(store: &dyn Store, key: &str) -> GivenPieces {
     let object = match store.get(&new_pieces_key(key)).await {
-        Ok(o) if o.size <= (MAX_NEW_PIECES + 64 * 1024) as u64 => o,
+        Ok(o) if o.size <= MAX_NEW_PIECES_OBJECT as u64 => o,
         _ => return GivenPieces::new(),
     };
     match object.bytes().await {
-        Ok(b) if b.len() <= MAX_NEW_PIECES + 64 * 1024 => decode_new_pieces(&b.into()),
+        Ok(b) if b.len() <= MAX_NEW_PIECES_OBJECT => decode_new_pieces(&b.into()),
         _ => GivenPieces::new(),
     }
 }

@@ -247,10 +247,10 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
         tokio::join!(layout::list_manifests(store.as_ref(), key), Known::load(store.as_ref(), &bad_path, &store_label));
     let listed = listed?;
     let mut known = known;
-    let restored_from = load_state(target)
-        .filter(|s| s.store == store_label && s.key != key)
-        .and_then(|s| s.generation)
-        .filter(|g| g.ends_with(".json.zst"));
+    // What the dir's state says it was restored from (read once).
+    let state = load_state(target).filter(|s| s.store == store_label);
+    let restored_from =
+        state.as_ref().filter(|s| s.key != key).and_then(|s| s.generation.clone()).filter(|g| g.ends_with(".json.zst"));
     let mut base = None;
     let mut base_key = None;
     for generation in listed.first().map(|i| i.key.clone()).into_iter().chain(restored_from) {
@@ -287,8 +287,8 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
     let mut index = Index::load(&target.index_path());
     // After a restore, the index is its manifest's (no walk, no file): the
     // base's, when the dir was restored from it, else fetched.
-    let restored = load_state(target).filter(|s| s.store == store_label);
-    if let Some((generation, until)) = restored.and_then(|s| Some((s.generation?, s.restored_until_ns?))) {
+    let restored = state.as_ref().and_then(|s| Some((s.generation.clone()?, s.restored_until_ns?)));
+    if let Some((generation, until)) = restored {
         let m = match (&base, &base_key) {
             (Some(b), Some(k)) if *k == generation => Some(b.clone()),
             _ => native::fetch_manifest(store.as_ref(), &generation, found).await.ok(),
@@ -431,8 +431,7 @@ async fn build_and_upload(job: &Snapshotting<'_>, found: &Found) -> Result<Done,
     // dir was restored from lacks (its root as that restore kept it; else
     // the pieces this snapshot added to the pool), up to a bound: a
     // restore reads them beside the pointer, not after its root.
-    let held: Option<std::collections::HashSet<String>> = load_state(target)
-        .filter(|s| s.store == store_label)
+    let held: Option<std::collections::HashSet<String>> = state
         .and_then(|s| s.generation)
         .and_then(|g| native::PieceCache::open(&target.pieces_dir())?.get_root(&g))
         .map(|r| r.pieces.into_iter().chain(r.hot).map(|p| p.id).collect());
