@@ -145,12 +145,18 @@ struct Restored {
 }
 
 async fn restored_sample() -> Restored {
+    restored_sample_with(&quick()).await
+}
+
+/// [`restored_sample`], restored with `opts`.
+async fn restored_sample_with(opts: &RestoreOptions) -> Restored {
     let tmp = tempfile::tempdir().unwrap();
     let (src, dir, fresh) = (tmp.path().join("src"), tmp.path().join("d"), tmp.path().join("fresh"));
     write(&src, &sample());
     let cache = Cache::new(store_at(tmp.path()), "site/k");
     snapshot(&cache, &src).await;
-    restore(&cache, &dir).await;
+    let out = cache.restore(&dir, opts).await;
+    assert!(out.is_done(), "{:?}", out.result);
     Restored { tmp, src, dir, fresh, cache }
 }
 
@@ -644,13 +650,8 @@ async fn the_held_generations_root_is_read_from_the_local_cache() {
 /// recording another digest is not taken for it, and the restore is full.
 #[tokio::test]
 async fn a_remembered_generation_is_checked_without_reading_its_manifest() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dir) = (tmp.path().join("src"), tmp.path().join("d"));
-    write(&src, &sample());
-    let cache = Cache::new(store_at(tmp.path()), "site/k");
-    snapshot(&cache, &src).await;
     let remember = RestoreOptions { remember: true, ..quick() };
-    assert!(cache.restore(&dir, &remember).await.is_done());
+    let Restored { tmp, src, dir, cache, .. } = restored_sample_with(&remember).await;
     let held = held_generation(&dir);
     stored_with_c_bumped(&cache, &src).await;
     // Its root can be read neither from the store nor locally.
