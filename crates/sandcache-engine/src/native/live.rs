@@ -37,6 +37,10 @@ pub(crate) struct LiveDir {
     pub(crate) missed: AtomicU64,
     /// Set when the phase ended (cancelled or failed): nothing more is made.
     closed: AtomicBool,
+    /// Held (shared) by each whole file being placed, from its temporary
+    /// name to its rename: [`LiveDir::close`] waits for them, so a phase
+    /// that ended leaves no temporary name behind when it returns.
+    placing: std::sync::RwLock<()>,
     umask: Umask,
     /// What the tail is to write, and the files that went into place (or
     /// whose path the worker took first).
@@ -81,6 +85,7 @@ impl LiveDir {
             left_alone: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            placing: std::sync::RwLock::new(()),
             // A temporary file sits in a dir the worker may be using: it is
             // never writable by others before it is whole (and, when large,
             // read back), even under a zero umask; such a mode is set last.
@@ -169,6 +174,7 @@ impl LiveDir {
 
     /// Writes a whole file; `false` when it did not go into place.
     pub(super) fn place(&self, e: &Entry, entry: u32, data: &[u8], owner: Option<(u32, u32)>) -> io::Result<bool> {
+        let _placing = self.placing.read().unwrap_or_else(|p| p.into_inner());
         if self.closed.load(Ordering::SeqCst) {
             return Ok(false);
         }
@@ -217,12 +223,19 @@ impl LiveDir {
 }
 
 impl LiveDir {
+    /// Nothing more is made: once the files being placed now are in place
+    /// (or their temporary names gone), each a write of one whole file.
+    fn close(&self) {
+        let _placing = self.placing.write().unwrap_or_else(|p| p.into_inner());
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
     /// Removes the temporary files of large files still being written: a
     /// second phase that failed or was cancelled leaves none, even while a
     /// writer thread (stopping at its next frame) still holds this.
     pub(crate) fn remove_parts(&self) {
+        self.close();
         let mut guard = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        self.closed.store(true, Ordering::SeqCst);
         let parts = std::mem::take(&mut *guard);
         drop(guard);
         for p in parts.into_values().flatten() {
@@ -249,7 +262,7 @@ impl LiveDir {
     /// writer still finishing a file as this runs can only make a package
     /// look less complete than it is: moved, and fetched again.
     pub(crate) fn unland_incomplete_packages(&self, trash: impl Fn() -> std::path::PathBuf) -> Vec<std::path::PathBuf> {
-        self.closed.store(true, Ordering::SeqCst);
+        self.close();
         if self.complete.load(Ordering::SeqCst) {
             return Vec::new();
         }
