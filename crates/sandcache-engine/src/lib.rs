@@ -67,7 +67,7 @@ mod restore;
 mod snapshot;
 mod target;
 
-pub use background::wait_for_background;
+pub use background::{RemovalsPaused, pause_removals, wait_for_background};
 pub use cache::Cache;
 pub use config::{CacheConfig, seed_env};
 pub use delete::DeleteReport;

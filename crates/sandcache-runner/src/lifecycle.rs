@@ -144,6 +144,10 @@ impl Runner {
     async fn run_deploy(self: &Arc<Self>, req: DeployRequest) -> Result<Arc<Deployment>, DeployError> {
         let started = Instant::now();
         tracing::info!(target: "sandbox", site = %req.site, "deploying {}", req.site);
+        // Old trees are not removed while this deploy restores and its
+        // worker boots: that removal is never urgent, and on a 2-core pod
+        // it would be on the first response's critical path.
+        let paused = sandcache_engine::pause_removals();
         let user = self.worker_user();
         if user.is_root() {
             tracing::warn!(target: "sandbox", "the worker runs as root (--worker-user root): it can read the runner's credentials and write any site's cache");
@@ -167,7 +171,7 @@ impl Runner {
         if let Some(w) = &deployment.worker {
             let (this, d) = (self.clone(), deployment.clone());
             let port = w.port;
-            let handle = tokio::spawn(async move { this.after_ready(d, port).await });
+            let handle = tokio::spawn(async move { this.after_ready(d, port, paused).await });
             *lock(&deployment.watcher) = Some(handle);
         }
         let ms = started.elapsed().as_millis() as u64;

@@ -16,14 +16,22 @@ impl Runner {
     /// Waits for the worker to be ready and the cache dir to stop changing,
     /// then snapshots. Never before readiness: a cold, near-empty cache must
     /// not replace a good one (the seed's review finding).
-    pub(crate) async fn after_ready(self: Arc<Self>, d: Arc<Deployment>, port: u16) {
+    /// Background removals stay `paused` until then.
+    pub(crate) async fn after_ready(
+        self: Arc<Self>,
+        d: Arc<Deployment>,
+        port: u16,
+        paused: sandcache_engine::RemovalsPaused,
+    ) {
         let Some(worker) = &d.worker else { return };
         // The tail first: until it lands the dir is not the cache (and a
         // snapshot would skip as `incomplete`).
         if let Some(tail) = &d.tail {
             tail.landed_within(self.cfg.restore_timeout).await;
         }
-        if worker.settled().await != WorkerState::Ready {
+        let settled = worker.settled().await;
+        drop(paused);
+        if settled != WorkerState::Ready {
             tracing::warn!(target: "sandbox", "worker on port {port} failed to start; no deps-ready snapshot");
             return;
         }
