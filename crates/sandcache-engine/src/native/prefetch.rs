@@ -25,6 +25,41 @@ pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, Store
     Ok(all.into())
 }
 
+/// A pack of `size` bytes (the root's word), downloaded whole: a large one
+/// in parallel ranges of [`SPLIT_AT`] or more, at most [`SPLIT_STREAMS`]
+/// (a connection to S3 moves some 90 MB/s; a delta's one new pack of a
+/// few MB is otherwise held to that). A pack that is not as long as the
+/// root says is not prefetched.
+async fn get_split(store: &dyn Store, key: &str, size: u64) -> Result<Bytes, String> {
+    let chain = |e: StoreError| crate::error::error_chain(&e);
+    if size < 2 * SPLIT_AT {
+        return get_all(store, key).await.map_err(chain);
+    }
+    let parts = size.div_ceil(SPLIT_AT).min(SPLIT_STREAMS);
+    let step = size.div_ceil(parts);
+    let ranges = (0..parts).map(|i| i * step..((i + 1) * step).min(size));
+    let got = futures::future::try_join_all(ranges.map(|r| async move {
+        let len = r.end - r.start;
+        let obj = store.get_range(key, r).await.map_err(chain)?;
+        // Of another length than the root says: left to the restore's own
+        // requests, which report it.
+        let total = obj.size;
+        let bytes = obj.bytes().await.map_err(chain)?;
+        match (total, bytes.len() as u64) == (size, len) {
+            true => Ok(bytes),
+            false => Err(format!("`{key}`: {} of {total} bytes where {len} of {size} were asked", bytes.len())),
+        }
+    }))
+    .await?;
+    Ok(got.concat().into())
+}
+
+/// A pack this large or more is prefetched in ranges (see [`get_split`]).
+const SPLIT_AT: u64 = 1 << 20;
+
+/// Most ranges one pack is prefetched in.
+const SPLIT_STREAMS: u64 = 6;
+
 /// Whole packs downloading while a root's pieces are fetched and the
 /// manifest validated, so the piece round trip costs no wall time. Only a
 /// root's first packs, up to [`PREFETCH_BYTES`]; the rest are fetched by
@@ -96,8 +131,9 @@ impl Prefetch {
             let pkey = pack_key(key, root, &pack.id);
             let (tx, rx) = tokio::sync::watch::channel(None);
             let (store, k, downloaded) = (store.clone(), pkey.clone(), p.downloaded.clone());
+            let size = pack.size;
             let task = tokio::spawn(async move {
-                let got = get_all(store.as_ref(), &k).await.map_err(|e| crate::error::error_chain(&e));
+                let got = get_split(store.as_ref(), &k, size).await;
                 if let Ok(b) = &got {
                     downloaded.fetch_add(b.len() as u64, Ordering::Relaxed);
                 }

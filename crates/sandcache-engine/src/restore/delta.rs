@@ -478,12 +478,13 @@ pub(super) async fn restore_delta(
     }))
 }
 
-/// The small packs of `root` that the generation the dir holds lacks
-/// (`held`: its packs, when known), downloading whole from the moment the
-/// root is in: they hold what the new generation adds (a snapshot puts new
-/// content in new packs), so the delta's staging finds them there instead
-/// of asking after the diff. A large pack is left to the staging's ranged
-/// requests, which split it over several connections.
+/// The packs of `root` that the generation the dir holds lacks (`held`:
+/// its packs, when known), downloading whole (a large one in parallel
+/// ranges) from the moment the root is in: they hold what the new
+/// generation adds (a snapshot puts new content in new packs), so the
+/// delta's staging finds them there instead of asking after the diff. At
+/// most the prefetch's bound (16 MiB): a generation that adds more is
+/// fetched by range as the staging needs it.
 fn prefetch_new_packs(
     shared: &Arc<dyn Store>,
     key: &str,
@@ -491,11 +492,8 @@ fn prefetch_new_packs(
     held: Option<&HashSet<String>>,
 ) -> native::Prefetch {
     let Some(had) = held else { return native::Prefetch::none() };
-    native::Prefetch::start_where(shared, key, root, |p| p.size <= SMALL_PACK && !had.contains(&p.id))
+    native::Prefetch::start_where(shared, key, root, |p| !had.contains(&p.id))
 }
-
-/// The largest pack a delta downloads whole before it knows it needs it.
-const SMALL_PACK: u64 = 1 << 20;
 
 /// The check failed: cancelled (the restore's deadline), or a full restore.
 fn check_failed<T>(e: &Error) -> Result<Option<T>, Error> {
