@@ -187,6 +187,21 @@ impl Joiner {
     /// Appends the next piece; an error says why it cannot be joined (a
     /// frame naming a pack, or an entry naming a frame, it does not have).
     pub fn append(&mut self, piece: Manifest) -> Result<(), &'static str> {
+        let base = self.frames_of(&piece)?;
+        let frames = piece.frames.len();
+        piece.entries.into_iter().try_for_each(|e| self.push(e, base, frames))
+    }
+
+    /// [`Joiner::append`] for a piece that is kept elsewhere: its entries
+    /// copied (cheaper than decoding it again).
+    pub fn append_shared(&mut self, piece: &Manifest) -> Result<(), &'static str> {
+        let base = self.frames_of(piece)?;
+        piece.entries.iter().try_for_each(|e| self.push(e.clone(), base, piece.frames.len()))
+    }
+
+    /// A piece's frames, renumbered after those joined so far (their packs
+    /// by id); returns the first one's new index.
+    fn frames_of(&mut self, piece: &Manifest) -> Result<u32, &'static str> {
         let whole = &mut self.whole;
         let base = whole.frames.len() as u32;
         for f in &piece.frames {
@@ -197,15 +212,19 @@ impl Joiner {
             });
             whole.frames.push(Frame { pack: pi, ..f.clone() });
         }
-        for mut e in piece.entries {
-            if let Some(f) = e.frame.as_mut() {
-                if *f as usize >= piece.frames.len() {
-                    return Err("bad frame index");
-                }
-                *f += base;
+        Ok(base)
+    }
+
+    /// One of a piece's entries (of `frames` frames, the first renumbered
+    /// to `base`).
+    fn push(&mut self, mut e: Entry, base: u32, frames: usize) -> Result<(), &'static str> {
+        if let Some(f) = e.frame.as_mut() {
+            if *f as usize >= frames {
+                return Err("bad frame index");
             }
-            whole.entries.push(e);
+            *f += base;
         }
+        self.whole.entries.push(e);
         Ok(())
     }
 

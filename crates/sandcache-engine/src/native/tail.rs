@@ -63,7 +63,8 @@ impl Tail {
         let hot = m;
         let started = std::time::Instant::now();
         let whole =
-            whole(&super::manifest::Pieces { store, found, cache: cache.as_deref(), given: None }, root).await?;
+            whole(&super::manifest::Pieces { store, found, cache: cache.as_deref(), given: None, keep: false }, root)
+                .await?;
         let limits = *limits;
         let whole = tokio::task::spawn_blocking(move || whole.validate(&limits, &dir).map(|()| whole))
             .await

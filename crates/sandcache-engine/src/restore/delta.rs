@@ -209,7 +209,13 @@ impl HeldCheck {
         let task = tokio::spawn(async move {
             // Its bad objects are not reported: it is only compared.
             let quiet = Found::default();
-            let pieces = native::Pieces { store: store.as_ref(), found: &quiet, cache: cache.as_ref(), given: None };
+            let pieces = native::Pieces {
+                store: store.as_ref(),
+                found: &quiet,
+                cache: cache.as_ref(),
+                given: None,
+                keep: false,
+            };
             let old = async {
                 let root = match kept_root {
                     Some(root) => root,
@@ -288,7 +294,7 @@ pub(super) async fn restore_delta(
     // Restoring the generation the dir holds, they are one manifest.
     let same = held.generation == info.key;
     let cache = native::PieceCache::open(&target.pieces_dir());
-    let pieces = native::Pieces { store, found, cache: cache.as_ref(), given };
+    let pieces = native::Pieces { store, found, cache: cache.as_ref(), given, keep: opts.remember };
     let new = async {
         if same {
             return Ok((None, native::Prefetch::none()));
@@ -305,6 +311,7 @@ pub(super) async fn restore_delta(
     };
     let (new, old) = tokio::join!(new, old.clone());
     let (new, prefetch) = new?;
+    let read_ms = started.elapsed().as_millis();
     let old = match &*old {
         Ok(Old::Held(old)) => old.clone(),
         Ok(Old::Unfetched(why)) => {
@@ -330,6 +337,7 @@ pub(super) async fn restore_delta(
     let (o, n) = (old.clone(), new.clone());
     let diff = tokio::task::spawn_blocking(move || native::diff(&o, &n));
     let diff = diff.await.map_err(|e| Error::joined("the delta's plan", e))?;
+    let diff_ms = started.elapsed().as_millis();
     if !diff.worth_it() {
         tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
         return Ok(None);
@@ -400,7 +408,8 @@ pub(super) async fn restore_delta(
         let plan = diff.plan(&new, &intact);
         tracing::debug!(
             target: "sandbox-cache",
-            "delta {} → {}: {} units to write ({} files, {}), {} to move away, planned in {} ms",
+            "delta {} → {}: {} units to write ({} files, {}), {} to move away; manifests in {read_ms} ms, \
+             compared by {diff_ms} ms, planned by {} ms",
             held.generation, info.key, plan.place.len(), plan.files_written, mb(plan.bytes_written),
             plan.remove.len(), started.elapsed().as_millis()
         );
@@ -421,7 +430,9 @@ pub(super) async fn restore_delta(
         Ok(Some((stats, staging, dropped, plan)))
     };
     let staged = staged.await;
+    let staged_ms = started.elapsed().as_millis();
     let marked = marked.await.map_err(|e| Error::joined("the delta marker", e));
+    let marked_ms = started.elapsed().as_millis();
     let Some((stats, staging, mut dropped, plan)) = staged? else { return Ok(None) };
     marked??;
     if cancel.load(Ordering::Relaxed) {
@@ -452,6 +463,7 @@ pub(super) async fn restore_delta(
     .await
     .map_err(|e| Error::joined("the delta's renames", e))?;
     let plan = applied?;
+    let placed_ms = started.elapsed().as_millis();
     if let Some(c) = &cache {
         c.keep();
     }
@@ -467,6 +479,11 @@ pub(super) async fn restore_delta(
     save_state_restored(target, &source, key, &fp, &info.key, Some(Restored { until_ns, digest }));
     let _ = std::fs::remove_file(target.tail_path());
     ctime_passed(until_ns).await;
+    tracing::debug!(
+        target: "sandbox-cache",
+        "delta written: staged by {staged_ms} ms, marked by {marked_ms} ms, placed by {placed_ms} ms, \
+         recorded by {} ms", started.elapsed().as_millis()
+    );
     Ok(Some(Done {
         files: plan.files,
         bytes: plan.bytes,

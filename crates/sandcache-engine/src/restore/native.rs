@@ -147,7 +147,7 @@ async fn restore_native_root(
     if let Some(c) = &cache {
         c.put_root(&info.key, &root);
     }
-    let pieces = native::Pieces { store, found, cache: cache.as_deref(), given };
+    let pieces = native::Pieces { store, found, cache: cache.as_deref(), given, keep: opts.remember };
     let hot = match opts.hot_first {
         true => native::usable_hot(&pieces, &root, &opts.limits, &target.dir, &info.key).await,
         false => None,
