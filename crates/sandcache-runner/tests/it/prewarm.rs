@@ -137,3 +137,34 @@ async fn the_next_worker_cannot_reach_the_old_tree_while_it_waits() {
     assert!(!seen.contains("site-a-secret") && seen.contains("Permission denied"), "{seen}");
     assert_eq!(call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await.0, StatusCode::OK);
 }
+
+/// Old trees (what emptying DENO_DIR moved aside) are not removed while a
+/// deploy's worker starts: the removal waits until the worker is ready,
+/// then goes on.
+#[tokio::test]
+async fn old_trees_wait_until_the_deploys_worker_is_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = test_config(tmp.path());
+    let deno_dir = cfg.deno_dir.clone();
+    let runner = Runner::new(cfg);
+    // A worker that listens only after a while.
+    let script = "sleep 1.5; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1";
+    let (s, v) =
+        call(&runner, "POST", "/sandbox/deploy", json!({"site": "a", "runCommand": ["sh", "-c", script]})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // An old tree beside DENO_DIR, as emptying it leaves one, removed now.
+    let old = deno_dir.with_file_name(".deno-dir.sandcache-trash-old");
+    std::fs::create_dir_all(old.join("npm/p/1.0.0")).unwrap();
+    std::fs::write(old.join("npm/p/1.0.0/index.js"), "old").unwrap();
+    let found = sandcache_engine::remove_leftovers(&deno_dir, None, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(found, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_ne!(st["worker"], "ready", "{st}");
+    assert!(old.join("npm/p/1.0.0/index.js").exists(), "removed while the worker was starting");
+    wait_status(&runner, 20, "the worker", |s| s["worker"] == "ready").await;
+    assert!(sandcache_engine::wait_for_background(Duration::from_secs(10)));
+    assert!(!old.exists(), "not removed once the worker was ready");
+    let (s, _) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
+    assert_eq!(s, StatusCode::OK);
+}
