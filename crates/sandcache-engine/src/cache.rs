@@ -62,6 +62,14 @@ impl Cache {
         }
     }
 
+    /// The store, when this cache has one to use.
+    fn store(&self) -> Option<&Arc<dyn Store>> {
+        match &self.inner {
+            Inner::Enabled { store, .. } => Some(store),
+            _ => None,
+        }
+    }
+
     /// Why this cache cannot be used, when it was configured but its
     /// configuration is unusable (every operation would skip with this).
     pub fn unusable(&self) -> Option<&Skip> {
@@ -135,5 +143,75 @@ impl Cache {
             }
         };
         Outcome { op, result, elapsed: start.elapsed(), key, store, from_key: None, generation: None, hot: None }
+    }
+}
+
+/// Stores opened once per spec, with one set of options, and shared by the
+/// caches made from them. A daemon's restores and snapshots then reuse the
+/// store's connections (a TCP and TLS handshake each) and credentials (a
+/// token fetched from Pod Identity or IRSA, refreshed by the client),
+/// where [`Cache::open`] starts afresh each time. A few specs at most (a
+/// runner's own, and those of deploy bodies): the oldest goes first.
+#[derive(Debug)]
+pub struct Stores {
+    opts: StoreOptions,
+    opened: std::sync::Mutex<Vec<(sandcache_store::StoreSpec, Arc<dyn Store>)>>,
+}
+
+/// Most stores a [`Stores`] keeps open.
+const STORES_KEPT: usize = 4;
+
+impl Stores {
+    pub fn new(opts: StoreOptions) -> Stores {
+        Stores { opts, opened: Default::default() }
+    }
+
+    /// The cache a config names, as [`Cache::open`] makes it, over the store
+    /// opened for the same spec before, if any.
+    pub fn cache(&self, config: &CacheConfig) -> Cache {
+        let (Some(spec), Some(key)) = (&config.store, &config.key) else {
+            return Cache::open(config, &self.opts);
+        };
+        let mut opened = self.opened.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, store)) = opened.iter().find(|(s, _)| s == spec) {
+            return Cache::new(store.clone(), key.clone());
+        }
+        let cache = Cache::open(config, &self.opts);
+        if let Some(store) = cache.store() {
+            if opened.len() >= STORES_KEPT {
+                opened.remove(0);
+            }
+            opened.push((spec.clone(), store.clone()));
+        }
+        cache
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sandcache_store::StoreSpec;
+
+    use super::*;
+
+    #[test]
+    fn stores_open_each_spec_once() {
+        let stores = Stores::new(StoreOptions::default());
+        let config = |store: &str, key: &str| CacheConfig {
+            store: Some(StoreSpec::Local(std::path::PathBuf::from(store))),
+            key: Some(key.to_owned()),
+        };
+        let a = stores.cache(&config("/nonexistent/a", "site/one"));
+        let b = stores.cache(&config("/nonexistent/a", "site/two"));
+        let c = stores.cache(&config("/nonexistent/c", "site/one"));
+        assert!(Arc::ptr_eq(a.store().unwrap(), b.store().unwrap()), "one spec, one store");
+        assert!(!Arc::ptr_eq(a.store().unwrap(), c.store().unwrap()));
+        // Keys are checked per cache, as Cache::open checks them.
+        assert!(stores.cache(&config("/nonexistent/a", "../bad")).unusable().is_some());
+        assert!(stores.cache(&CacheConfig { store: None, key: None }).store().is_none());
+        // A few specs at most.
+        for i in 0..10 {
+            stores.cache(&config(&format!("/nonexistent/{i}"), "k"));
+        }
+        assert_eq!(stores.opened.lock().unwrap().len(), STORES_KEPT);
     }
 }

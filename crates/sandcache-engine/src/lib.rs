@@ -68,7 +68,7 @@ mod snapshot;
 mod target;
 
 pub use background::{RemovalsPaused, pause_removals, wait_for_background};
-pub use cache::Cache;
+pub use cache::{Cache, Stores};
 pub use config::{CacheConfig, seed_env};
 pub use delete::DeleteReport;
 pub use error::{Declined, Error, error_chain};

@@ -106,7 +106,7 @@ impl Runner {
         opts: &RestoreOptions,
         user: WorkerUser,
     ) -> Result<(Cache, Option<Arc<TailWatch>>), DeployError> {
-        let cache = Cache::open(config, &self.cfg.store_options);
+        let cache = self.stores.cache(config);
         let mut tail = None;
         lock(&self.history).hot = None;
         if opts.hot_first && cache.is_enabled() {
@@ -285,7 +285,7 @@ impl Runner {
         config.key = Some(template.replace(LOCK_PLACEHOLDER, "nolock"));
         let mut opts = RestoreOptions { hot_first: false, ..plan.opts.clone() };
         opts.fallbacks.insert(0, format!("{prefix}/"));
-        let outcome = Cache::open(&config, &self.cfg.store_options).restore(&self.cfg.deno_dir, &opts).await;
+        let outcome = self.stores.cache(&config).restore(&self.cfg.deno_dir, &opts).await;
         tracing::info!(target: "sandbox-cache", "beside the clone, the site's newest generation: {}", outcome.to_json());
     }
 

@@ -23,7 +23,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sandcache_engine::{Cache, Outcome, RestoreOptions};
+use sandcache_engine::{Outcome, RestoreOptions};
 
 use crate::runner::{Phase, Runner, lock};
 use crate::workdirs;
@@ -132,7 +132,7 @@ impl Runner {
         let fallbacks = if source.ends_with('/') { vec![source.to_owned()] } else { Vec::new() };
         let mut config = self.cfg.cache_defaults.clone();
         config.key = Some(key.to_owned());
-        let cache = Cache::open(&config, &self.cfg.store_options);
+        let cache = self.prewarm_stores.cache(&config);
         let opts = RestoreOptions {
             timeout: self.cfg.restore_timeout,
             limits: self.cfg.restore_limits,

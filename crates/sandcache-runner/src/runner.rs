@@ -143,6 +143,13 @@ pub struct Runner {
     pub(crate) history: Mutex<History>,
     /// The pool-wide base, restored into DENO_DIR while idle.
     pub(crate) prewarm: Prewarm,
+    /// The stores deploys' restores use, each opened once: the next
+    /// deploy reuses the last one's connections and credentials (with
+    /// IRSA, an STS request before the first read).
+    pub(crate) stores: sandcache_engine::Stores,
+    /// The pre-warm's own: its connections are driven by its low-priority
+    /// runtime, which a deploy's reads must not wait for.
+    pub(crate) prewarm_stores: sandcache_engine::Stores,
 }
 
 /// A lock whose holder panicked is still usable: every value behind one
@@ -154,13 +161,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Runner {
     pub fn new(cfg: RunnerConfig) -> Arc<Runner> {
         Arc::new(Runner {
-            cfg,
             phase: Mutex::new(Phase::Idle),
             metrics: Arc::new(Metrics::default()),
             client: crate::proxy::client(),
             snapshots: Snapshots::default(),
             history: Mutex::new(History::default()),
             prewarm: Default::default(),
+            stores: sandcache_engine::Stores::new(cfg.store_options.clone()),
+            prewarm_stores: sandcache_engine::Stores::new(cfg.store_options.clone()),
+            cfg,
         })
     }
 
