@@ -47,8 +47,9 @@ pub(crate) struct Pieces<'a> {
 /// joins the pieces its new root shares with the generation the dir holds
 /// from here, copied (a few ms for a DENO_DIR) instead of decoded again
 /// (some 20 ms of a core, on the deploy's critical path). Checked against
-/// the root's word as any piece is. Bounded: emptied when it would hold
-/// more than [`DECODED_ENTRIES`].
+/// the root's word as any piece is. Bounded: past [`DECODED_ENTRIES`],
+/// only the pieces of the manifest joined last are kept (the next delta
+/// starts from it).
 static DECODED: Mutex<Decoded> = Mutex::new(Decoded { pieces: None, entries: 0 });
 
 struct Decoded {
@@ -64,13 +65,26 @@ fn decoded(id: &str) -> Option<Arc<Manifest>> {
 }
 
 fn keep_decoded(id: &str, piece: &Arc<Manifest>) {
-    let mut d = DECODED.lock().unwrap_or_else(|p| p.into_inner());
-    if d.entries + piece.entries.len() > DECODED_ENTRIES {
-        *d = Decoded { pieces: None, entries: 0 };
-    }
-    if piece.entries.len() <= DECODED_ENTRIES {
+    let mut guard = DECODED.lock().unwrap_or_else(|p| p.into_inner());
+    let d = &mut *guard;
+    let pieces = d.pieces.get_or_insert_with(HashMap::new);
+    if pieces.insert(id.to_owned(), piece.clone()).is_none() {
         d.entries += piece.entries.len();
-        d.pieces.get_or_insert_with(HashMap::new).insert(id.to_owned(), piece.clone());
+    }
+}
+
+/// Past the bound, keeps only the pieces `root` names (a manifest a
+/// remembering restore just joined).
+fn trim_decoded(root: &Manifest) {
+    let mut guard = DECODED.lock().unwrap_or_else(|p| p.into_inner());
+    let d = &mut *guard;
+    if d.entries <= DECODED_ENTRIES {
+        return;
+    }
+    let named: std::collections::HashSet<&str> = root.pieces.iter().map(|p| p.id.as_str()).collect();
+    if let Some(pieces) = d.pieces.as_mut() {
+        pieces.retain(|id, _| named.contains(id.as_str()));
+        d.entries = pieces.values().map(|p| p.entries.len()).sum();
     }
 }
 
@@ -145,6 +159,9 @@ async fn assemble(pieces: &Pieces<'_>, root: Manifest) -> Result<Manifest, Error
         joined.map_err(|why| corrupt(format!("piece {}: {why}", p.id)))?;
     }
     let whole = whole.finish();
+    if pieces.keep {
+        trim_decoded(&root);
+    }
     tracing::debug!(target: "sandbox-cache", "{} pieces joined: {} entries", root.pieces.len(), whole.entries.len());
     Ok(whole)
 }
@@ -288,8 +305,14 @@ mod tests {
         assert_eq!(whole(&pieces(false), root.clone()).await.unwrap().entries, m.entries);
         // A root that says a piece holds other entries than the kept one
         // does not take it: it asks the store, which has none.
-        let mut other = root;
+        let mut other = root.clone();
         other.pieces[0].entries += 1;
         assert!(whole(&pieces(false), other).await.is_err());
+        // Past the bound, only the pieces of the manifest joined last stay.
+        let big = (0..=DECODED_ENTRIES).map(|i| Entry::dir(format!("d{i}"), 0o755, 1)).collect();
+        keep_decoded("big", &Arc::new(Manifest { entries: big, ..Manifest::empty(3, 0) }));
+        trim_decoded(&root);
+        assert!(decoded("big").is_none());
+        assert!(root.pieces.iter().all(|p| decoded(&p.id).is_some()));
     }
 }
