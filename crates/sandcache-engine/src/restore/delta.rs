@@ -61,6 +61,7 @@ use crate::options::RestoreOptions;
 use crate::outcome::{Done, RestoreMode, mb};
 use crate::target::{DropStaging, Lock, Target};
 
+use super::chain::HotSignal;
 use super::native::NativeRestore;
 
 /// The generation a dir holds, as its state proves it.
@@ -279,6 +280,7 @@ pub(super) async fn restore_delta(
     info: &sandcache_store::ObjectInfo,
     root: Option<&Manifest>,
     check: &HeldCheck,
+    hot: &HotSignal,
 ) -> Result<Option<Done>, Error> {
     let NativeRestore { shared, key, target, opts, found, given } = *job;
     let store = shared.as_ref();
@@ -467,18 +469,29 @@ pub(super) async fn restore_delta(
     if let Some(c) = &cache {
         c.keep();
     }
-    // 6. The new generation, as a restore records it (its digest and
-    // fingerprint made while the units were written); the bound recorded
-    // at once, the restore returned once the coarse clock passed it.
+    // 6. The bound taken at once, and once the coarse clock has passed it
+    // (a later write cannot get a ctime under it), the dir is usable: a
+    // runner starts its worker now, beside the bookkeeping. Nothing after
+    // this fails the restore: a record that cannot be made leaves the
+    // marker, and the next restore is full.
     let until_ns = ctime_now();
-    let (digest, fp) = recorded.await.map_err(|e| Error::joined("the delta's record", e))?;
-    let source = shared.to_string();
-    if opts.remember {
-        remember(&source, &info.key, &digest, &new);
-    }
-    save_state_restored(target, &source, key, &fp, &info.key, Some(Restored { until_ns, digest }));
-    let _ = std::fs::remove_file(target.tail_path());
     ctime_passed(until_ns).await;
+    hot.ready();
+    // The new generation, as a restore records it (its digest and
+    // fingerprint made while the units were written).
+    match recorded.await {
+        Ok((digest, fp)) => {
+            let source = shared.to_string();
+            if opts.remember {
+                remember(&source, &info.key, &digest, &new);
+            }
+            save_state_restored(target, &source, key, &fp, &info.key, Some(Restored { until_ns, digest }));
+            let _ = std::fs::remove_file(target.tail_path());
+        }
+        Err(e) => {
+            tracing::warn!(target: "sandbox-cache", "the delta's record could not be made ({e}): the next restore is full")
+        }
+    }
     tracing::debug!(
         target: "sandbox-cache",
         "delta written: staged by {staged_ms} ms, marked by {marked_ms} ms, placed by {placed_ms} ms, \
