@@ -37,7 +37,7 @@ impl HotSignal {
         HotSignal { start: Instant::now(), tx: std::sync::Mutex::new(tx), at: std::sync::OnceLock::new() }
     }
 
-    pub(super) fn ready(&self) {
+    fn ready(&self) {
         let at = *self.at.get_or_init(|| self.start.elapsed());
         if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = tx.send(at);
@@ -136,7 +136,7 @@ pub(super) async fn restore(
                     // In place, when the dir's state proves it holds another
                     // native generation; else (or when in place would write
                     // everything) whole.
-                    match restore_delta(&job, manifest, root.as_deref(), &held, hot).await {
+                    match restore_delta(&job, manifest, root.as_deref(), &held, &|| hot.ready()).await {
                         Ok(Some(done)) => {
                             let _ = from.set((key.clone(), manifest.key.clone()));
                             remove_in_background(leftovers);

@@ -61,7 +61,6 @@ use crate::options::RestoreOptions;
 use crate::outcome::{Done, RestoreMode, mb};
 use crate::target::{DropStaging, Lock, Target};
 
-use super::chain::HotSignal;
 use super::native::NativeRestore;
 
 /// The generation a dir holds, as its state proves it.
@@ -274,13 +273,14 @@ impl HeldCheck {
 /// it in full. `Ok(Some(done))`: done and recorded. An error before the
 /// marker (the new manifest unusable) leaves the dir and its state as they
 /// were; one after it leaves every unit whole and the state naming no
-/// generation.
+/// generation. `hot_ready` is called once the units are in place and the
+/// bound is past, before the state is recorded: nothing fails after it.
 pub(super) async fn restore_delta(
     job: &NativeRestore<'_>,
     info: &sandcache_store::ObjectInfo,
     root: Option<&Manifest>,
     check: &HeldCheck,
-    hot: &HotSignal,
+    hot_ready: &(dyn Fn() + Sync),
 ) -> Result<Option<Done>, Error> {
     let NativeRestore { shared, key, target, opts, found, given } = *job;
     let store = shared.as_ref();
@@ -476,7 +476,7 @@ pub(super) async fn restore_delta(
     // marker, and the next restore is full.
     let until_ns = ctime_now();
     ctime_passed(until_ns).await;
-    hot.ready();
+    hot_ready();
     // The new generation, as a restore records it (its digest and
     // fingerprint made while the units were written).
     match recorded.await {
