@@ -489,7 +489,12 @@ impl Runner {
     }
 
     /// For shutdown: undeploy if anything is deployed.
+    /// Pre-warming stops first, for good: its loop runs on a runtime that
+    /// outlives the runner, and would go on writing DENO_DIR (a library's
+    /// caller may start another runner on the same path).
     pub async fn shutdown(self: &Arc<Self>) {
+        self.prewarm.stop();
+        self.prewarm.cancel().await;
         if matches!(&*lock(&self.phase), Phase::Deployed(_)) {
             let _ = self.undeploy().await;
         }

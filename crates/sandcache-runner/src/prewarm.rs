@@ -74,6 +74,11 @@ impl Runner {
     /// (a restore removes them after its swap, off its critical path; see
     /// [`sandcache_engine::clear_dir`]).
     pub fn start_prewarm(self: &Arc<Self>) {
+        // A runner shutting down (the undeploy of its shutdown calls this
+        // too) starts nothing: the runtime outlives it.
+        if self.prewarm.stopped() {
+            return;
+        }
         let Some(runtime) = low_priority_runtime() else { return };
         let mut task = lock(&self.prewarm.task);
         if task.as_ref().is_some_and(|t| !t.is_finished()) {

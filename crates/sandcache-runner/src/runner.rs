@@ -341,6 +341,8 @@ pub(crate) struct Prewarm {
     /// DENO_DIR holds nothing but what pre-warms wrote since it was last
     /// emptied: a deploy may restore over it.
     pristine: AtomicBool,
+    /// The runner is shutting down: no pre-warm starts any more.
+    stopped: AtomicBool,
 }
 
 impl Prewarm {
@@ -356,6 +358,15 @@ impl Prewarm {
     /// a site's.
     pub(crate) fn set_pristine(&self, pristine: bool) {
         self.pristine.store(pristine, Ordering::SeqCst);
+    }
+
+    /// No pre-warm starts from now on (shutdown).
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
     }
 
     /// Stops a running pre-warm: its future is dropped, and this waits (up
@@ -375,7 +386,7 @@ impl Prewarm {
         if status.state == "running" {
             status.state = "cancelled";
         }
-        tracing::info!(target: "sandbox-cache", ms = started.elapsed().as_millis() as u64, "pre-warm cancelled by a deploy");
+        tracing::info!(target: "sandbox-cache", ms = started.elapsed().as_millis() as u64, "pre-warm cancelled");
         true
     }
 }

@@ -168,3 +168,28 @@ async fn old_trees_wait_until_the_deploys_worker_is_ready() {
     let (s, _) = call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+/// A runner that shut down pre-warms no more: its refresh loop is stopped,
+/// and the undeploy of its shutdown, or anything else, starts none again
+/// (the loop's runtime outlives the runner; another runner may use the
+/// same DENO_DIR).
+#[tokio::test]
+async fn a_runner_that_shut_down_prewarms_no_more() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    base(&store, tmp.path()).await;
+    let mut cfg = test_config(tmp.path());
+    cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::Local(store.clone())), key: None };
+    cfg.prewarm = Some("base/deno".into());
+    cfg.prewarm_refresh = Duration::from_millis(200);
+    let deno_dir = cfg.deno_dir.clone();
+    let runner = Runner::new(cfg);
+    runner.start_prewarm();
+    wait_status(&runner, 20, "the pre-warm", |s| s["prewarm"]["state"] == "ready").await;
+    runner.shutdown().await;
+    // Emptied by someone else: neither the refresh nor a new start fills it.
+    std::fs::remove_dir_all(&deno_dir).unwrap();
+    runner.start_prewarm();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(!deno_dir.exists(), "a pre-warm ran after the shutdown");
+}
