@@ -156,24 +156,20 @@ impl Pauses {
 /// each directory opened relative to its parent's fd with `O_NOFOLLOW`
 /// (as `std::fs::remove_dir_all`), so a tree a worker could change is
 /// never a way out of it. Waits for paused removals before each
-/// directory. A missing `path` is removed already.
+/// directory. A missing `path` is removed already. Errors name no path,
+/// as `remove_dir_all`'s: the caller names `path`.
 fn remove_tree(path: &Path, pauses: &mut Pauses) -> io::Result<()> {
     let (Some(up), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err(io::Error::other(format!("{} has no parent to remove it from", path.display())));
+        return Err(io::Error::other("no parent to remove it from"));
     };
     let up = if up.as_os_str().is_empty() { Path::new(".") } else { up };
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let parent = match rustix::fs::open(up, flags, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(with_path(e, path)),
+        Err(e) => return Err(e.into()),
     };
-    remove_at(&parent, name, pauses).map_err(|e| with_path(e, path))
-}
-
-fn with_path(e: impl Into<io::Error>, path: &Path) -> io::Error {
-    let e = e.into();
-    io::Error::new(e.kind(), format!("removing {}: {e}", path.display()))
+    Ok(remove_at(&parent, name, pauses)?)
 }
 
 /// Removes `name` in `parent`, whatever it is (see [`remove_tree`]).
