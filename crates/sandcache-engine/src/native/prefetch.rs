@@ -25,33 +25,39 @@ pub(crate) async fn get_all(store: &dyn Store, key: &str) -> Result<Bytes, Store
     Ok(all.into())
 }
 
-/// A pack of `size` bytes (the root's word), downloaded whole: a large one
-/// in parallel ranges of [`SPLIT_AT`] or more, at most [`SPLIT_STREAMS`]
-/// (a connection to S3 moves some 90 MB/s; a delta's one new pack of a
-/// few MB is otherwise held to that). A pack that is not as long as the
-/// root says is not prefetched.
+/// A pack of `size` bytes (the root's word, within [`PREFETCH_BYTES`]),
+/// downloaded whole: a large one in parallel ranges of [`SPLIT_AT`] or
+/// more, at most [`SPLIT_STREAMS`] (a connection to S3 moves some 90 MB/s;
+/// a delta's one new pack of a few MB is otherwise held to that), each
+/// range streamed into its own part of one buffer. A pack that is not as
+/// long as the root says is not prefetched: the restore's own requests
+/// report it.
 async fn get_split(store: &dyn Store, key: &str, size: u64) -> Result<Bytes, String> {
     let chain = |e: StoreError| crate::error::error_chain(&e);
     if size < 2 * SPLIT_AT {
         return get_all(store, key).await.map_err(chain);
     }
-    let parts = size.div_ceil(SPLIT_AT).min(SPLIT_STREAMS);
-    let step = size.div_ceil(parts);
-    let ranges = (0..parts).map(|i| i * step..((i + 1) * step).min(size));
-    let got = futures::future::try_join_all(ranges.map(|r| async move {
-        let len = r.end - r.start;
-        let obj = store.get_range(key, r).await.map_err(chain)?;
-        // Of another length than the root says: left to the restore's own
-        // requests, which report it.
-        let total = obj.size;
-        let bytes = obj.bytes().await.map_err(chain)?;
-        match (total, bytes.len() as u64) == (size, len) {
-            true => Ok(bytes),
-            false => Err(format!("`{key}`: {} of {total} bytes where {len} of {size} were asked", bytes.len())),
+    let step = size.div_ceil(size.div_ceil(SPLIT_AT).min(SPLIT_STREAMS));
+    let mut all = vec![0u8; size as usize];
+    let parts = all.chunks_mut(step as usize).enumerate().map(|(i, part)| async move {
+        let start = i as u64 * step;
+        let mut obj = store.get_range(key, start..start + part.len() as u64).await.map_err(chain)?;
+        let mut at = 0;
+        while let Some(chunk) = obj.stream.next().await {
+            let chunk = chunk.map_err(chain)?;
+            let Some(to) = part.get_mut(at..at + chunk.len()) else {
+                return Err(format!("`{key}`: a range longer than asked"));
+            };
+            to.copy_from_slice(&chunk);
+            at += chunk.len();
         }
-    }))
-    .await?;
-    Ok(got.concat().into())
+        match (obj.size, at) == (size, part.len()) {
+            true => Ok(()),
+            false => Err(format!("`{key}`: not the {size} bytes its root says")),
+        }
+    });
+    futures::future::try_join_all(parts).await?;
+    Ok(all.into())
 }
 
 /// A pack this large or more is prefetched in ranges (see [`get_split`]).
