@@ -25,17 +25,24 @@ async fn base(store: &Path, tmp: &Path) {
     assert!(out.is_done(), "{}", out.to_json());
 }
 
+/// A runner config for `tmp` that pre-warms the base (stored there first,
+/// in a local store) and restores with no key of its own.
+async fn prewarming_config(tmp: &Path) -> sandcache_runner::RunnerConfig {
+    let store = tmp.join("store");
+    base(&store, tmp).await;
+    let mut cfg = test_config(tmp);
+    cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::Local(store)), key: None };
+    cfg.prewarm = Some("base/deno".into());
+    cfg
+}
+
 /// Idle, the runner pre-warms DENO_DIR with the base; a deploy whose
 /// fallback is the base restores over it; its worker's writes do not
 /// survive the undeploy, after which the pod pre-warms again.
 #[tokio::test]
 async fn an_idle_runner_prewarms_and_a_deploy_restores_over_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
-    base(&store, tmp.path()).await;
-    let mut cfg = test_config(tmp.path());
-    cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::Local(store.clone())), key: None };
-    cfg.prewarm = Some("base/deno".into());
+    let mut cfg = prewarming_config(tmp.path()).await;
     cfg.fallbacks = vec!["base/deno".into()];
     let deno_dir = cfg.deno_dir.clone();
     let runner = Runner::new(cfg);
@@ -176,11 +183,7 @@ async fn old_trees_wait_until_the_deploys_worker_is_ready() {
 #[tokio::test]
 async fn a_runner_that_shut_down_prewarms_no_more() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
-    base(&store, tmp.path()).await;
-    let mut cfg = test_config(tmp.path());
-    cfg.cache_defaults = CacheConfig { store: Some(StoreSpec::Local(store.clone())), key: None };
-    cfg.prewarm = Some("base/deno".into());
+    let mut cfg = prewarming_config(tmp.path()).await;
     cfg.prewarm_refresh = Duration::from_millis(200);
     let deno_dir = cfg.deno_dir.clone();
     let runner = Runner::new(cfg);
