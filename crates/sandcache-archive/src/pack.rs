@@ -30,6 +30,11 @@ pub use algebra::{Joiner, in_tail};
 
 /// Raw bytes per frame: the unit of download, decompression and verification.
 pub const FRAME_RAW: usize = 4 << 20;
+/// Raw bytes per frame of a file that changes in place (Deno's SQLite
+/// caches, written page by page): each such frame holds a run of the file at
+/// a fixed offset, so two versions of the file share most frames, and a
+/// delta restore copies those from the old file instead of decoding them.
+pub const CHUNK_RAW: usize = 256 << 10;
 /// Compressed bytes after which a pack is closed.
 pub(crate) const PACK_TARGET: usize = 8 << 20;
 /// Room for a pack that closes past [`PACK_TARGET`] by up to one frame, so
@@ -446,6 +451,24 @@ impl PackBuilder {
         at
     }
 
+    /// Adds a run of a file's content in frames of its own, each of at most
+    /// `frame_raw` bytes (a power of two up to [`FRAME_RAW`]); returns the
+    /// first frame (at offset 0). The runs of one file, added in order in
+    /// multiples of `frame_raw` but for the last, lie in consecutive frames
+    /// cut at multiples of `frame_raw` of the file: two versions of a file
+    /// changed in place then share every frame they hold the same.
+    pub fn add_in_frames(&mut self, data: &[u8], frame_raw: usize, done: &mut Vec<BuiltPack>) -> (u32, u64) {
+        let frame_raw = frame_raw.clamp(1, FRAME_RAW);
+        self.close_frame(done);
+        let at = (self.current_frame(), 0);
+        for chunk in data.chunks(frame_raw) {
+            self.raw.extend_from_slice(chunk);
+            self.close_frame(done);
+        }
+        self.collect(false, done);
+        at
+    }
+
     fn close_frame(&mut self, done: &mut Vec<BuiltPack>) {
         if self.raw.is_empty() {
             return;
@@ -606,6 +629,34 @@ mod tests {
         b.finish(&mut done);
         assert_eq!(done.len(), 1);
         (done.remove(0), at)
+    }
+
+    /// A file added in frames of its own is cut at fixed offsets, whatever
+    /// came before it, and nothing after it shares its last frame: two
+    /// versions that differ in one place share every other frame.
+    #[test]
+    fn a_file_added_in_frames_shares_its_unchanged_frames_with_another_version() {
+        let v1: Vec<u8> = (0..3 * CHUNK_RAW as u32 + 100).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let mut v2 = v1.clone();
+        v2[CHUNK_RAW + 7] ^= 1;
+        let frames = |before: &[u8], file: &[u8]| {
+            let mut done = Vec::new();
+            let mut b = PackBuilder::new(3);
+            b.add(before, &mut done);
+            // In two runs, as a snapshot reads a large file.
+            let at = b.add_in_frames(&file[..2 * CHUNK_RAW], CHUNK_RAW, &mut done);
+            b.add_in_frames(&file[2 * CHUNK_RAW..], CHUNK_RAW, &mut done);
+            let after = b.add(b"after", &mut done);
+            b.finish(&mut done);
+            let frames: Vec<Frame> = done.into_iter().flat_map(|p| p.frames).collect();
+            assert_eq!((at.0, at.1, after.0, after.1), (1, 0, 5, 0), "its frames are its own");
+            frames[1..5].iter().map(|f| (f.rawlen, f.hash.clone())).collect::<Vec<_>>()
+        };
+        let (a, b) = (frames(b"a small file", &v1), frames(b"another, longer small file", &v2));
+        let lens: Vec<u64> = a.iter().map(|f| f.0).collect();
+        assert_eq!(lens, [CHUNK_RAW as u64, CHUNK_RAW as u64, CHUNK_RAW as u64, 100]);
+        let same: Vec<bool> = a.iter().zip(&b).map(|(x, y)| x == y).collect();
+        assert_eq!(same, [true, false, true, true]);
     }
 
     /// A salted pack has another id, and every frame decodes at the

@@ -206,8 +206,16 @@ pub(crate) fn build(
                     path: c.path(),
                     why: "its content no longer matches the hash it was read with".into(),
                 };
+                // Deno's caches change in place, page by page: packed in
+                // small frames at fixed offsets of the file, which the
+                // next version shares but where it changed.
+                let chunked = is_cache && size > pack::CHUNK_RAW as u64;
+                let mut add = |data: &[u8], built: &mut Vec<pack::BuiltPack>| match chunked {
+                    true => builder.add_in_frames(data, pack::CHUNK_RAW, built),
+                    false => builder.add(data, built),
+                };
                 let (f, o) = match content {
-                    Some(data) => builder.add(&data, &mut built),
+                    Some(data) => add(&data, &mut built),
                     None => {
                         // Piece by piece, shipping full packs as they close;
                         // the bytes must still hash as indexed.
@@ -225,7 +233,7 @@ pub(crate) fn build(
                                 break;
                             }
                             hasher.update(&piece[..n]);
-                            let placed = builder.add(&piece[..n], &mut built);
+                            let placed = add(&piece[..n], &mut built);
                             at.get_or_insert(placed);
                             ship(&mut built)?;
                         }

@@ -236,7 +236,8 @@ fn write_frame(
             // (their hashes merged, against the file's), before the swap.
             let f = create(dir, &e.path, false, file_mode(e, exact)).map_err(err)?;
             f.write_all_at(data, p.file_offset).map_err(err)?;
-            parts.add(p.entry, e.size, p.file_offset, data);
+            let part = e.frame.and_then(|f| m.frames.get(f as usize)).map_or(0, |f| f.rawlen);
+            parts.add(p.entry, e.size, part, p.file_offset, data);
         }
         bytes += p.len;
     }
