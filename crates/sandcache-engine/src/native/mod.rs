@@ -21,6 +21,7 @@
 //! | `live.rs` | the live dir of phase two: files placed whole, what a tail that did not land leaves | `LiveDir` |
 //! | `units.rs` | what a delta replaces whole: npm package dirs, other files | `Unit`, `Units`, `Shape` |
 //! | `delta.rs` | a delta's plan: the two manifests compared, then the disk checked against the generation it holds | `diff`, `Diff`, `check`, `Intact`, `Plan`, `Trust` |
+//! | `patch.rs` | a large file a delta writes, its unchanged frames copied from the old file | `patches`, `write_patches` |
 //! | `inplace.rs` | a delta's plan carried out in the live dir | `InPlace`, `apply` |
 //!
 //! Snapshotting:
@@ -38,6 +39,7 @@ mod inplace;
 mod live;
 mod manifest;
 mod parts;
+mod patch;
 mod piece_cache;
 mod pieces;
 mod plan;
@@ -53,6 +55,7 @@ pub(crate) use delta::{Intact, Trust, check, diff};
 pub(crate) use inplace::{InPlace, apply};
 pub(crate) use live::LiveDir;
 pub(crate) use manifest::{Pieces, fetch_manifest, fetch_root, usable_hot, whole};
+pub(crate) use patch::{Patch, PatchJob, patches, write_patches};
 pub(crate) use piece_cache::PieceCache;
 pub(crate) use pieces::split;
 pub(crate) use prefetch::Prefetch;

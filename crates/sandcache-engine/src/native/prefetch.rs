@@ -107,6 +107,18 @@ impl Prefetch {
         }
     }
 
+    /// Another handle on the same downloads, for a second reader of the
+    /// packs: it does not stop them when dropped, keeps no frames, and
+    /// counts into the same `downloaded`.
+    pub(crate) fn view(&self) -> Prefetch {
+        Prefetch {
+            packs: self.packs.clone(),
+            tasks: Vec::new(),
+            downloaded: self.downloaded.clone(),
+            tail_frames: TailFrames::default(),
+        }
+    }
+
     /// Starts downloading a root's first packs (only roots with pieces: a
     /// whole manifest arrives in one request anyway).
     /// `hot_first`: only the packs marked hot, when there are any (the rest

@@ -377,22 +377,43 @@ pub(super) async fn restore_delta(
     let cancel = check.cancel.clone();
     let one_phase = RestoreOptions { hot_first: false, ..opts.clone() };
     let restoring = native::Restoring { store, key, opts: &one_phase, found, cancel: cancel.clone() };
+    // Large files the old generation holds most of (Deno's caches): their
+    // shared frames copied from the old file (see `native::patch`).
+    let patches = native::patches(&old, &new, diff.written());
+    let trust = native::Trust { until_ns: held.until_ns, owner: opts.owner };
     let stage = |entries: &[u32], prefetch: native::Prefetch| {
+        let patched: HashSet<u32> = patches.iter().map(|p| p.entry).filter(|i| entries.contains(i)).collect();
+        let patches: Vec<native::Patch> = patches.iter().filter(|p| patched.contains(&p.entry)).cloned().collect();
         let mut sub = new.subset(entries.iter().map(|&i| &new.entries[i as usize]));
         sub.version = new.version;
+        let mut rest = new.subset(entries.iter().filter(|i| !patched.contains(i)).map(|&i| &new.entries[i as usize]));
+        rest.version = new.version;
         if let Some(p) = &opts.progress {
             p.expected.store(sub.packs.iter().map(|p| p.size).sum(), Ordering::Relaxed);
         }
-        let restoring = &restoring;
+        let (restoring, live) = (&restoring, live.clone());
+        let (old, new) = (old.clone(), new.clone());
         let dir = target.dir.clone();
         async move {
             // What is written is validated first, on its own.
-            let sub = tokio::task::spawn_blocking(move || sub.validate(&limits, &dir).map(|()| sub))
+            tokio::task::spawn_blocking(move || sub.validate(&limits, &dir))
                 .await
                 .map_err(|e| Error::joined("the manifest's validation", e))??;
             let staging = target.create_staging().map_err(Error::io("staging dir"))?;
             let dropped = DropStaging(Some(staging.clone()));
-            let (stats, _) = native::restore_into(restoring, Arc::new(sub), &staging, prefetch, None).await?;
+            let job = native::PatchJob { old: &old, new: &new, live, staging: staging.fd(), trust };
+            let view = prefetch.view();
+            let (stats, patched) = tokio::join!(
+                native::restore_into(restoring, Arc::new(rest), &staging, prefetch, None),
+                native::write_patches(restoring, &job, &patches, &view),
+            );
+            let ((mut stats, _), (patched, copied)) = (stats?, patched?);
+            if copied > 0 {
+                tracing::debug!(target: "sandbox-cache", "delta: {} copied from the files it replaces", mb(copied));
+            }
+            stats.files += patched.files;
+            stats.bytes += patched.bytes;
+            stats.transferred += patched.transferred;
             Ok::<_, Error>((stats, staging, dropped))
         }
     };

@@ -222,6 +222,51 @@ async fn a_file_touched_after_the_restore_is_written_again_never_trusted() {
     assert_eq!(listing(&dir), listing(&src));
 }
 
+/// Deno's code cache is a database changed in place between generations:
+/// a delta writes it from its copy on disk (the frames both versions hold
+/// copied, the rest fetched), and the tree is a full restore's. A copy
+/// touched since its restore (a byte of a page both versions share, its
+/// mtime put back) is never trusted: the file is written from its frames.
+#[tokio::test]
+async fn a_cache_changed_in_place_is_written_from_its_copy_on_disk() {
+    let rows = |db: &Path, from: i64, to: i64| {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.execute_batch("CREATE TABLE IF NOT EXISTS t (i INTEGER PRIMARY KEY, pad BLOB NOT NULL)").unwrap();
+        for i in from..to {
+            let pad = i.to_le_bytes().repeat(128);
+            c.execute("INSERT OR REPLACE INTO t (i, pad) VALUES (?1, ?2)", rusqlite::params![i, pad]).unwrap();
+        }
+    };
+    for touched in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, dir, fresh) = (tmp.path().join("src"), tmp.path().join("d"), tmp.path().join("fresh"));
+        write(&src, &sample());
+        let db = src.join("v8_code_cache_v2");
+        rows(&db, 0, 2500);
+        let cache = Cache::new(store_at(tmp.path()), "site/k");
+        snapshot(&cache, &src).await;
+        restore(&cache, &dir).await;
+        // Rows added, and one rewritten.
+        rows(&db, 2500, 2600);
+        rows(&db, 7, 8);
+        // (Forced: a cache alone does not make the dir count as changed.)
+        let out = cache.snapshot(&src, &SnapshotOptions { force: true, ..snap() }).await;
+        assert!(out.is_done(), "{:?}", out.result);
+        if touched {
+            let copy = dir.join("v8_code_cache_v2");
+            let mut body = fs::read(&copy).unwrap();
+            body[100] ^= 1;
+            let mtime = fs::metadata(&copy).unwrap().modified().unwrap();
+            fs::write(&copy, &body).unwrap();
+            fs::File::open(&copy).unwrap().set_times(fs::FileTimes::new().set_modified(mtime)).unwrap();
+        }
+        let out = restore(&cache, &dir).await;
+        assert_eq!(mode_of(&out), RestoreMode::Delta);
+        assert_eq!(written(&out), 1, "the cache alone: {:?}", out.result);
+        as_a_full_restore_gives(&cache, &dir, &fresh).await;
+    }
+}
+
 /// The units the two manifests say differ are staged while the disk is
 /// still being checked; a unit they share that was touched is found by the
 /// check, and written too.
