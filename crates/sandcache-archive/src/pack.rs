@@ -287,18 +287,25 @@ impl Manifest {
             }
         }
         let mut total = 0u64;
-        let mut seen: HashSet<&str> = HashSet::with_capacity(self.entries.len());
-        let mut non_dirs: HashSet<&str> = HashSet::new();
+        // Paths are hashed with foldhash, seeded per process (a manifest's
+        // paths are a sandbox's names, but nobody sees this process's seed).
+        let fast = foldhash::fast::RandomState::default;
+        let mut seen: HashSet<&str, _> = HashSet::with_capacity_and_hasher(self.entries.len(), fast());
+        let mut non_dirs: HashSet<&str, _> = HashSet::with_capacity_and_hasher(self.entries.len(), fast());
+        let mut dirs: HashSet<&str, _> = HashSet::with_hasher(fast());
         for e in &self.entries {
-            let comps = check_path(&e.path, limits)?;
+            check_path(&e.path, limits)?;
             if !seen.insert(&e.path) {
                 return Err(unsafe_entry(&e.path, "duplicate entry"));
             }
             match e.kind {
-                Kind::Dir => {}
+                Kind::Dir => {
+                    dirs.insert(&e.path);
+                }
                 Kind::Symlink => {
                     let target =
                         e.target.as_deref().ok_or_else(|| unsafe_entry(&e.path, "symlink without a target"))?;
+                    let comps: Vec<&[u8]> = e.path.split('/').map(str::as_bytes).collect();
                     check_symlink_target(&comps[..comps.len() - 1], target.as_bytes(), &prefix, &e.path)?;
                     non_dirs.insert(&e.path);
                 }
@@ -318,11 +325,16 @@ impl Manifest {
             }
         }
         // Nothing lives under a file or symlink: no write through a symlink.
+        // Up to the first parent listed as a directory: its own parents are
+        // checked as its entry is (each path is listed once).
         for e in &self.entries {
             let mut p = e.path.as_str();
             while let Some((parent, _)) = p.rsplit_once('/') {
                 if non_dirs.contains(parent) {
                     return Err(unsafe_entry(&e.path, "path goes through a symlink or a non-directory"));
+                }
+                if dirs.contains(parent) {
+                    break;
                 }
                 p = parent;
             }
