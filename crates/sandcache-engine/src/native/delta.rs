@@ -34,6 +34,7 @@ use sandcache_archive::ExtractError;
 use sandcache_archive::pack::{Kind, Manifest};
 use sandcache_archive::{RESERVED_PREFIX, TAIL_PREFIX};
 
+use super::Fast;
 use super::filesystem::{DirFds, split};
 use super::units::{Shape, Unit, Units, count};
 
@@ -92,7 +93,7 @@ pub(crate) struct Trust {
 pub(crate) struct Intact {
     /// Units found as restored, by root path: for each, the files in it
     /// read since (their paths).
-    units: HashMap<String, Vec<String>>,
+    units: HashMap<String, Vec<String>, Fast>,
     /// Names in directories outside packages (and the top) that the
     /// generation lacks: extras, moved away.
     extras: Vec<String>,
@@ -339,7 +340,7 @@ impl Disk {
         if let Unit::Package(root) = unit {
             // Every directory in a package is listed (its own too): one
             // that is only implied has no names the check could trust.
-            let listed: HashSet<&str> = entries
+            let listed: HashSet<&str, Fast> = entries
                 .iter()
                 .map(|&i| &old.m.entries[i as usize])
                 .filter(|e| e.kind == Kind::Dir)

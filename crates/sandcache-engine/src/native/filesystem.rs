@@ -95,7 +95,7 @@ const DIRS_OPEN: usize = 256;
 pub(crate) struct DirFds {
     root: Arc<OwnedFd>,
     /// By relative path; `None`: missing, or not a directory.
-    open: HashMap<String, Option<Arc<OwnedFd>>>,
+    open: HashMap<String, Option<Arc<OwnedFd>>, super::Fast>,
     /// The one asked for last: walk order asks for one directory many
     /// times in a row.
     last: Option<(String, Option<Arc<OwnedFd>>)>,
@@ -103,7 +103,7 @@ pub(crate) struct DirFds {
 
 impl DirFds {
     pub(crate) fn new(root: Arc<OwnedFd>) -> DirFds {
-        DirFds { root, open: HashMap::new(), last: None }
+        DirFds { root, open: HashMap::default(), last: None }
     }
 
     /// The directory at `rel` (`""`: the top); `None` when it is missing

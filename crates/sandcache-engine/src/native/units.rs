@@ -17,6 +17,8 @@ use std::sync::OnceLock;
 
 use sandcache_archive::pack::{Entry, Kind, Manifest};
 
+use super::Fast;
+
 /// The npm package dir `path` is, or lies in: `npm/<registry>/<name>/<version>`
 /// (`<name>` may be `@scope/name`). One pass over the path: a delta's plan
 /// asks it of every entry.
@@ -105,8 +107,8 @@ pub(crate) struct Units<'m> {
     /// what a directory the restore made held. Made when first asked for
     /// (see [`Units::children`]): a plan needs none, a check usually only
     /// the top's.
-    children: OnceLock<HashMap<&'m str, HashSet<&'m str>>>,
-    top: OnceLock<HashSet<&'m str>>,
+    children: OnceLock<HashMap<&'m str, HashSet<&'m str, Fast>, Fast>>,
+    top: OnceLock<HashSet<&'m str, Fast>>,
 }
 
 impl<'m> Units<'m> {
@@ -114,7 +116,7 @@ impl<'m> Units<'m> {
         let roots: Vec<Option<&str>> = m.entries.iter().map(|e| package_root(&e.path)).collect();
         // A package root listed as anything but a directory is a plain
         // file or symlink (nothing lies under it: validation says so).
-        let not_dirs: HashSet<&str> = m
+        let not_dirs: HashSet<&str, Fast> = m
             .entries
             .iter()
             .zip(&roots)
@@ -175,7 +177,7 @@ impl<'m> Units<'m> {
     }
 
     /// The names directory `dir` holds (`""`: the top), as restored.
-    pub(crate) fn children(&self, dir: &str) -> Option<&HashSet<&'m str>> {
+    pub(crate) fn children(&self, dir: &str) -> Option<&HashSet<&'m str, Fast>> {
         if dir.is_empty() {
             let top = self.top.get_or_init(|| {
                 self.m
@@ -187,7 +189,7 @@ impl<'m> Units<'m> {
             return Some(top);
         }
         let children = self.children.get_or_init(|| {
-            let mut children: HashMap<&'m str, HashSet<&'m str>> = HashMap::new();
+            let mut children: HashMap<&'m str, HashSet<&'m str, Fast>, Fast> = HashMap::default();
             for e in &self.m.entries {
                 let mut p = e.path.as_str();
                 while let Some((up, name)) = p.rsplit_once('/') {
@@ -362,9 +364,10 @@ mod tests {
                 ("remote", false)
             ]
         );
-        assert_eq!(u.children(""), Some(&HashSet::from(["npm", "remote"])));
-        assert_eq!(u.children("npm/r/@s/b/2.0.0"), Some(&HashSet::from(["lib"])));
-        assert_eq!(u.children("npm/r/a"), Some(&HashSet::from(["1.0.0", "registry.json"])));
+        let names = |dir: &str| u.children(dir).map(|c| c.iter().copied().collect::<HashSet<&str>>());
+        assert_eq!(names(""), Some(HashSet::from(["npm", "remote"])));
+        assert_eq!(names("npm/r/@s/b/2.0.0"), Some(HashSet::from(["lib"])));
+        assert_eq!(names("npm/r/a"), Some(HashSet::from(["1.0.0", "registry.json"])));
         assert_eq!(count(&m, 0..m.entries.len() as u32), (4, 3));
         let shape = u.shape(Unit::Package("npm/r/a/1.0.0"));
         assert_eq!(shape.iter().map(|s| s.0).collect::<Vec<_>>(), ["", "index.js"]);

@@ -31,7 +31,7 @@
 //!    writes as much as a full restore, the full one is done.
 //! 5. The staged units are put in place, unit by unit (`native::apply`).
 //! 6. The state names the new generation, bound by the delta's end (its
-//!    digest and fingerprint made while the units were written); the
+//!    digest and fingerprint made once the dir is usable); the
 //!    marker goes. The index is not rebuilt (as after a full restore).
 //!
 //! One phase always: a hot-first restore's delta writes its few units
@@ -346,11 +346,6 @@ pub(super) async fn restore_delta(
     }
     let (limits, dir, n) = (opts.limits, target.dir.clone(), new.clone());
     let validated = tokio::task::spawn_blocking(move || n.validate(&limits, &dir));
-    // Of the generation the dir holds, the digest is the state's already.
-    let (n, known) = (new.clone(), same.then(|| held.digest.clone()));
-    let recorded = tokio::task::spawn_blocking(move || {
-        (known.unwrap_or_else(|| native::digest(&n)), sandcache_archive::fingerprint::of_manifest(&n))
-    });
 
     // 3. Neither generation, durably, before anything is written: on a
     // blocking thread beside the staging (its fsyncs cost a disk as much
@@ -498,8 +493,14 @@ pub(super) async fn restore_delta(
     let until_ns = ctime_now();
     ctime_passed(until_ns).await;
     hot_ready();
-    // The new generation, as a restore records it (its digest and
-    // fingerprint made while the units were written).
+    // The new generation, as a restore records it: its digest and
+    // fingerprint made now, beside the worker's boot (some 10 ms of a core
+    // that the plan and the staging need more; of the generation the dir
+    // holds, the digest is the state's already).
+    let (n, known) = (new.clone(), same.then(|| held.digest.clone()));
+    let recorded = tokio::task::spawn_blocking(move || {
+        (known.unwrap_or_else(|| native::digest(&n)), sandcache_archive::fingerprint::of_manifest(&n))
+    });
     match recorded.await {
         Ok((digest, fp)) => {
             let source = shared.to_string();
