@@ -104,10 +104,14 @@ impl Manifest {
                 *f = frame_map[*f as usize];
             }
         }
+        self.frames = frames;
         // Packs holding hot content are marked, and listed first: a hot-first
-        // restore prefetches them alone.
+        // restore prefetches them alone. Every pack a hot file spans (a
+        // large one's frames may lie in several).
         for e in self.entries.iter().filter(|e| e.hot && e.kind == Kind::File && e.size > 0) {
-            if let Some(f) = e.frame.and_then(|f| frames.get(f as usize)) {
+            let Some(first) = e.frame else { continue };
+            let span = self.span_frames(e).unwrap_or(first as usize..first as usize + 1);
+            for f in span.filter_map(|f| self.frames.get(f)) {
                 packs[f.pack as usize].hot = true;
             }
         }
@@ -117,11 +121,10 @@ impl Manifest {
         for (new, &old) in order.iter().enumerate() {
             new_index[old] = new as u32;
         }
-        for f in &mut frames {
+        for f in &mut self.frames {
             f.pack = new_index[f.pack as usize];
         }
         self.packs = order.into_iter().map(|i| packs[i].clone()).collect();
-        self.frames = frames;
     }
 
     /// Names a pack that went up salted (see [`super::salt`]) by its salted

@@ -32,6 +32,90 @@ struct PackInfo {
     frames: Vec<Frame>,
 }
 
+/// A frame of a large file packed in frames of its own (see
+/// [`pack::CHUNK_RAW`]): one of the base's, referenced again, or one this
+/// snapshot packs (its local number, tagged [`COLD`] when cold).
+#[derive(Debug, Clone, Copy)]
+enum FrameRef {
+    Base(u32),
+    New(u32),
+}
+
+/// The base's frames a snapshot references again one by one, for a Deno
+/// cache changed in place: the frames its previous version (the base's
+/// entry at the same path) holds that no other base entry holds, when the
+/// new version has the same bytes (same raw length and BLAKE3). Only the
+/// frames that changed are then packed and uploaded.
+///
+/// A frame so referenced is listed again in the manifest, in the run of
+/// frames that file spans; a manifest never lists a frame twice, so the
+/// original must then go unused: a base entry reused whole that spans a
+/// frame referenced one by one is packed again instead, and the other way
+/// round.
+struct ChunkReuse<'b> {
+    base: Option<&'b Manifest>,
+    /// By base frame: how many base entries span it.
+    holders: Vec<u32>,
+    /// By base frame: spanned by an entry reused whole (`WHOLE`), or
+    /// referenced one by one (`CHUNK`).
+    taken: Vec<u8>,
+    /// The base's files at the top, by path.
+    top: HashMap<&'b str, &'b Entry>,
+}
+
+const WHOLE: u8 = 1;
+const CHUNK: u8 = 2;
+
+impl<'b> ChunkReuse<'b> {
+    fn new(base: Option<&'b Manifest>) -> ChunkReuse<'b> {
+        let frames = base.map_or(0, |b| b.frames.len());
+        let mut r = ChunkReuse { base, holders: vec![0; frames], taken: vec![0; frames], top: HashMap::new() };
+        for b in base.into_iter() {
+            for e in b.entries.iter().filter(|e| e.kind == Kind::File && e.size > 0) {
+                for f in b.span_frames(e).into_iter().flatten() {
+                    r.holders[f] = r.holders[f].saturating_add(1);
+                }
+                if !e.path.contains('/') {
+                    r.top.insert(e.path.as_str(), e);
+                }
+            }
+        }
+        r
+    }
+
+    /// Whether base entry `b` may be reused whole (none of its frames is
+    /// referenced one by one): its frames are then taken.
+    fn take_whole(&mut self, b: &Entry) -> bool {
+        let Some(span) = self.base.and_then(|m| m.span_frames(b).ok()) else { return true };
+        if span.clone().any(|f| self.taken[f] & CHUNK != 0) {
+            return false;
+        }
+        for f in span {
+            self.taken[f] |= WHOLE;
+        }
+        true
+    }
+
+    /// The frames of the base's version of `path` that may be referenced
+    /// one by one: (BLAKE3, raw length) → frame.
+    fn candidates(&self, path: &str) -> HashMap<(String, u64), u32> {
+        let (Some(base), Some(e)) = (self.base, self.top.get(path)) else { return HashMap::new() };
+        let Ok(span) = base.span_frames(e) else { return HashMap::new() };
+        span.filter(|&f| self.holders[f] == 1)
+            .map(|f| ((base.frames[f].hash.clone(), base.frames[f].rawlen), f as u32))
+            .collect()
+    }
+
+    /// Takes frame `f` to reference one by one, unless it is taken.
+    fn take_chunk(&mut self, f: u32) -> bool {
+        let free = self.taken.get(f as usize) == Some(&0);
+        if free {
+            self.taken[f as usize] = CHUNK;
+        }
+        free
+    }
+}
+
 pub(crate) struct SnapshotPlan {
     pub manifest: Manifest,
     pub index: Index,
@@ -96,6 +180,10 @@ pub(crate) fn build(
     let mut fresh: HashMap<String, (u32, u64)> = HashMap::new();
     // Reused content: hash → base entry.
     let mut reused: Vec<(usize, Span)> = Vec::new();
+    // Large files packed in frames of their own: each entry's run of
+    // frames, numbered once the manifest is (see `ChunkReuse`).
+    let mut reuse = ChunkReuse::new(base);
+    let mut runs: Vec<(usize, Vec<FrameRef>)> = Vec::new();
     let (mut files, mut bytes) = (0u64, 0u64);
     // What a snapshot takes: the archive's one policy (databases and their
     // companions left out, Deno's caches as consistent copies).
@@ -185,6 +273,7 @@ pub(crate) fn build(
                 }
                 !repack
             });
+            let stored = stored.filter(|b| reuse.take_whole(b));
             if let Some(b) = stored {
                 reused.push((entries.len(), Span { frame: b.frame.unwrap_or(0), offset: b.offset, size }));
             } else if let Some((f, o)) = fresh.get(&hash) {
@@ -208,11 +297,27 @@ pub(crate) fn build(
                 };
                 // Deno's caches change in place, page by page: packed in
                 // small frames at fixed offsets of the file, which the
-                // next version shares but where it changed.
+                // next version shares but where it changed; the frames of
+                // the base's version with the same bytes are referenced
+                // again, not uploaded again.
                 let chunked = is_cache && size > pack::CHUNK_RAW as u64;
-                let mut add = |data: &[u8], built: &mut Vec<pack::BuiltPack>| match chunked {
-                    true => builder.add_in_frames(data, pack::CHUNK_RAW, built),
-                    false => builder.add(data, built),
+                let held = if chunked { reuse.candidates(&e.path) } else { HashMap::new() };
+                let mut run: Vec<FrameRef> = Vec::new();
+                let mut add = |data: &[u8], built: &mut Vec<pack::BuiltPack>| {
+                    if !chunked {
+                        return builder.add(data, built);
+                    }
+                    for chunk in data.chunks(pack::CHUNK_RAW) {
+                        let key = (blake3::hash(chunk).to_hex().to_string(), chunk.len() as u64);
+                        match held.get(&key).copied().filter(|&f| reuse.take_chunk(f)) {
+                            Some(f) => run.push(FrameRef::Base(f)),
+                            None => {
+                                let (f, _) = builder.add_in_frames(chunk, pack::CHUNK_RAW, built);
+                                run.push(FrameRef::New(f | tag));
+                            }
+                        }
+                    }
+                    (0, 0)
                 };
                 let (f, o) = match content {
                     Some(data) => add(&data, &mut built),
@@ -243,10 +348,16 @@ pub(crate) fn build(
                         at.ok_or_else(changed)?
                     }
                 };
-                let f = f | tag;
-                fresh.insert(hash, (f, o));
-                e.frame = Some(f);
-                e.offset = o;
+                if chunked {
+                    // Numbered with the manifest; never shared with another
+                    // file (its run is its own).
+                    runs.push((entries.len(), run));
+                } else {
+                    let f = f | tag;
+                    fresh.insert(hash, (f, o));
+                    e.frame = Some(f);
+                    e.offset = o;
+                }
                 ship(&mut built)?;
             }
         }
@@ -280,12 +391,27 @@ pub(crate) fn build(
         packs.push(PackRef { id: p.id.clone(), size: p.size, hot: false });
         frames.extend(p.frames.iter().map(|f| Frame { pack: pi, ..f.clone() }));
     }
+    let global = |f: u32| match f & COLD {
+        0 => base_frames + f,
+        _ => base_frames + hot_frames + (f & !COLD),
+    };
     for e in entries.iter_mut() {
         if let Some(f) = e.frame.as_mut() {
-            *f = match *f & COLD {
-                0 => base_frames + *f,
-                _ => base_frames + hot_frames + (*f & !COLD),
+            *f = global(*f);
+        }
+    }
+    // Each run of frames listed again, in file order, after the others:
+    // the frames it lists are its own (`ChunkReuse`), so `compact` drops
+    // their first listing, unused.
+    for (i, run) in runs {
+        entries[i].frame = Some(frames.len() as u32);
+        entries[i].offset = 0;
+        for r in run {
+            let f = match r {
+                FrameRef::Base(f) => f,
+                FrameRef::New(f) => global(f),
             };
+            frames.push(frames[f as usize].clone());
         }
     }
     for (i, span) in reused {

@@ -233,7 +233,9 @@ async fn a_cache_changed_in_place_is_written_from_its_copy_on_disk() {
         let c = rusqlite::Connection::open(db).unwrap();
         c.execute_batch("CREATE TABLE IF NOT EXISTS t (i INTEGER PRIMARY KEY, pad BLOB NOT NULL)").unwrap();
         for i in from..to {
-            let pad = i.to_le_bytes().repeat(128);
+            // Incompressible, so what is downloaded tells what was fetched.
+            let mut pad = vec![0u8; 1024];
+            blake3::Hasher::new().update(&i.to_le_bytes()).finalize_xof().fill(&mut pad);
             c.execute("INSERT OR REPLACE INTO t (i, pad) VALUES (?1, ?2)", rusqlite::params![i, pad]).unwrap();
         }
     };
@@ -252,6 +254,11 @@ async fn a_cache_changed_in_place_is_written_from_its_copy_on_disk() {
         // (Forced: a cache alone does not make the dir count as changed.)
         let out = cache.snapshot(&src, &SnapshotOptions { force: true, ..snap() }).await;
         assert!(out.is_done(), "{:?}", out.result);
+        // Only the frames that changed went up: the rest are the first
+        // generation's, referenced again.
+        let size = fs::metadata(dir.join("v8_code_cache_v2")).unwrap().len();
+        let added = out.result.as_ref().unwrap().pool_added;
+        assert!(added < size / 4, "{added} bytes of packs added for a {size}-byte cache");
         if touched {
             let copy = dir.join("v8_code_cache_v2");
             let mut body = fs::read(&copy).unwrap();
@@ -263,6 +270,10 @@ async fn a_cache_changed_in_place_is_written_from_its_copy_on_disk() {
         let out = restore(&cache, &dir).await;
         assert_eq!(mode_of(&out), RestoreMode::Delta);
         assert_eq!(written(&out), 1, "the cache alone: {:?}", out.result);
+        // What changed is downloaded; the rest is copied from the disk,
+        // unless the copy was touched.
+        let transferred = out.result.as_ref().unwrap().transferred;
+        assert_eq!(transferred < size / 4, !touched, "{transferred} bytes downloaded for a {size}-byte cache");
         as_a_full_restore_gives(&cache, &dir, &fresh).await;
     }
 }
