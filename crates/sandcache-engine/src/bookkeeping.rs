@@ -198,13 +198,22 @@ pub(crate) fn ctime_now() -> i128 {
 /// Waits until the coarse clock the kernel stamps ctimes with has passed
 /// `now` (a tick: a few ms at most).
 pub(crate) async fn ctime_passed(now: i128) {
-    // Bounded, should the clock be stepped back meanwhile.
-    for _ in 0..50 {
-        if clock_ns(rustix::time::ClockId::RealtimeCoarse) > now {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    let passed = move || clock_ns(rustix::time::ClockId::RealtimeCoarse) > now;
+    if passed() {
+        return;
     }
+    // Polled every 0.2 ms on a blocking thread: a runner's worker waits on
+    // it, and the runtime's timer would round each wait up to a whole ms.
+    // Bounded, should the clock be stepped back meanwhile.
+    let wait = tokio::task::spawn_blocking(move || {
+        for _ in 0..250 {
+            if passed() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    });
+    let _ = wait.await;
 }
 
 fn clock_ns(clock: rustix::time::ClockId) -> i128 {

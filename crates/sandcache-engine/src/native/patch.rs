@@ -88,17 +88,25 @@ fn own_frames(m: &Manifest, i: u32) -> Option<Vec<(u32, u64, u64, &str)>> {
     Some(out)
 }
 
-/// The files among `written` (entries of `new`) worth writing from the old
-/// generation's copy (see the module's doc). Pure.
-pub(crate) fn patches(old: &Manifest, new: &Manifest, written: &[u32]) -> Vec<Patch> {
-    let olds: HashMap<&str, u32> = (old.entries.iter().enumerate())
-        .filter(|(_, e)| e.kind == Kind::File && e.size >= PATCH_MIN && !e.path.contains('/'))
-        .map(|(i, e)| (e.path.as_str(), i as u32))
-        .collect();
+/// The files of `new` worth writing from the old generation's copy (see
+/// the module's doc): at the top, in both, their content changed (a delta
+/// writes them whatever the disk holds). Pure; from the two manifests
+/// alone, so they are written beside the rest of the plan.
+pub(crate) fn patches(old: &Manifest, new: &Manifest) -> Vec<Patch> {
+    let large = |m: &Manifest| -> Vec<(String, u32)> {
+        (m.entries.iter().enumerate())
+            .filter(|(_, e)| e.kind == Kind::File && e.size >= PATCH_MIN && !e.path.contains('/'))
+            .map(|(i, e)| (e.path.clone(), i as u32))
+            .collect()
+    };
+    let olds: HashMap<String, u32> = large(old).into_iter().collect();
     let mut out = Vec::new();
-    for &i in written {
+    for (path, i) in large(new) {
         let e = &new.entries[i as usize];
-        let Some(&o) = olds.get(e.path.as_str()).filter(|_| !e.path.contains('/')) else { continue };
+        let Some(&o) = olds.get(&path) else { continue };
+        if old.entries[o as usize].hash == e.hash {
+            continue;
+        }
         let (Some(theirs), Some(ours)) = (own_frames(old, o), own_frames(new, i)) else { continue };
         let old_size = old.entries[o as usize].size;
         // Frames wholly within the old file, by where they sit in it.
@@ -410,7 +418,7 @@ mod tests {
         v2.extend(noise(pack::CHUNK_RAW + 100, 2));
         let (old, _) = cache_manifest(&v1);
         let (new, frames) = cache_manifest(&v2);
-        let found = patches(&old, &new, &[0]);
+        let found = patches(&old, &new);
         assert_eq!(found.len(), 1, "the cache is worth patching");
         let kept: Vec<bool> = found[0].frames.iter().map(|f| f.2).collect();
         // Frame 2 changed; 6 (4096 bytes then, a whole frame now) and 7 are new.
@@ -418,9 +426,10 @@ mod tests {
         // A file in a dir is written as any other; so is one mostly new.
         let mut nested = new.clone();
         nested.entries[0].path = "a/v8_code_cache_v2".into();
-        assert!(patches(&old, &nested, &[0]).is_empty());
+        assert!(patches(&old, &nested).is_empty());
         let (other, _) = cache_manifest(&noise(v1.len(), 9));
-        assert!(patches(&other, &new, &[0]).is_empty());
+        assert!(patches(&other, &new).is_empty());
+        assert!(patches(&new, &new).is_empty(), "an unchanged file is not written");
 
         for touched in [false, true] {
             let tmp = tempfile::tempdir().unwrap();

@@ -10,7 +10,12 @@
 //!    it, else the store's), taken only when its digest is the one the
 //!    state recorded, then checked against the disk (`native::check`).
 //!    Beside it, the new manifest as any restore reads it.
-//! 2. As soon as both manifests are in, what they say differs
+//! 2. As soon as both manifests are in, the large files at the top whose
+//!    content changed (Deno's caches) start to be written into a private
+//!    staging dir on the dir's filesystem, the frames the old and new
+//!    versions share copied from the old file (`native::patch`: only if its
+//!    fd is as restored), beside all that follows until the plan is made;
+//!    and what the manifests say differs is found
 //!    (`native::diff`). Where that alone writes as much as a full restore
 //!    (files and bytes), the full one is done instead. The new manifest is
 //!    validated whole beside what follows, and before the marker; what is
@@ -22,8 +27,8 @@
 //!    on, a delta that fails or runs out of time leaves the state naming
 //!    neither generation, no snapshot stores the dir (`incomplete`), and
 //!    the next restore is a full one.
-//! 4. The units that differ are written whole into a private staging dir
-//!    on the dir's filesystem, by the usual restore (`native::restore_into`:
+//! 4. The other units that differ are written whole into the staging dir,
+//!    by the usual restore (`native::restore_into`:
 //!    only their frames fetched, every file checked against its hash),
 //!    while the disk check ends. The check's findings complete the plan
 //!    (`Diff::plan`): a unit both manifests share that was touched on disk
@@ -331,139 +336,181 @@ pub(super) async fn restore_delta(
     };
     let new = new.unwrap_or_else(|| old.clone());
 
-    // 2. What the two manifests say differs. Where that alone writes as
+    // 2. Large files the old generation holds most of (Deno's caches at the
+    // top) are written at once into a private staging dir, their shared
+    // frames copied from the old files (see `native::patch`), beside all
+    // that follows until the plan is made: of a pre-warmed deploy's
+    // delta, they are the longest step.
+    let cancel = check.cancel.clone();
+    let one_phase = RestoreOptions { hot_first: false, ..opts.clone() };
+    let restoring = native::Restoring { store, key, opts: &one_phase, found, cancel: cancel.clone() };
+    let patches = native::patches(&old, &new);
+    let patched: HashSet<u32> = patches.iter().map(|p| p.entry).collect();
+    let trust = native::Trust { until_ns: held.until_ns, owner: opts.owner };
+    let limits = opts.limits;
+    // Writes `patches` into `staging` (what is written validated first, on
+    // its own).
+    let patch_into = |staging: &crate::target::Staging, patches: Vec<native::Patch>, prefetch: native::Prefetch| {
+        let job = native::PatchJob { old: &old, new: &new, live: live.clone(), staging: staging.fd(), trust };
+        let (restoring, dir) = (&restoring, target.dir.clone());
+        let sub = new.subset(patches.iter().map(|p| &new.entries[p.entry as usize]));
+        async move {
+            if patches.is_empty() {
+                return Ok((native::RestoreStats { files: 0, bytes: 0, transferred: 0 }, 0));
+            }
+            sub.validate(&limits, &dir)?;
+            native::write_patches(restoring, &job, &patches, &prefetch).await
+        }
+    };
+    let first = target.create_staging().map_err(Error::io("staging dir"))?;
+    let first_dropped = DropStaging(Some(first.clone()));
+    let patching = patch_into(&first, patches.clone(), prefetch.view());
+
+    // 3. What the two manifests say differs. Where that alone writes as
     // much as a full restore (files and bytes), the full one is done. Else
     // the new manifest is validated whole beside the staging below (before
     // the marker, and so before the live dir is touched; what is staged is
     // validated on its own before it is written).
-    let (o, n) = (old.clone(), new.clone());
-    let diff = tokio::task::spawn_blocking(move || native::diff(&o, &n));
-    let diff = diff.await.map_err(|e| Error::joined("the delta's plan", e))?;
-    let diff_ms = started.elapsed().as_millis();
-    if !diff.worth_it() {
-        tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
-        return Ok(None);
-    }
-    let (limits, dir, n) = (opts.limits, target.dir.clone(), new.clone());
-    let validated = tokio::task::spawn_blocking(move || n.validate(&limits, &dir));
-
-    // 3. Neither generation, durably, before anything is written: on a
-    // blocking thread beside the staging (its fsyncs cost a disk as much
-    // as the rest of the way to the renames), awaited before the live dir
-    // is touched and before any return. It holds the dir's lock: cut at the
-    // deadline meanwhile, it ends before another restore of the dir starts.
-    // Only once the new manifest is valid: one that is not leaves the
-    // state as it was.
-    let (tail, state, index, lock) = (target.tail_path(), target.state_path(), target.index_path(), check.lock.clone());
-    let marked = tokio::spawn(async move {
-        validated.await.map_err(|e| Error::joined("the manifest's validation", e))??;
-        tokio::task::spawn_blocking(move || {
-            let _lock = lock;
-            write_durable(&tail, DELTA_MARKER).map_err(Error::io("delta marker"))?;
-            remove_durable(&[state, index]).map_err(Error::io("state"))
-        })
-        .await
-        .map_err(|e| Error::joined("the delta marker", e))?
-    });
-
-    // 4. The units that differ, whole, into a private staging dir, while
-    // the disk check ends: only their frames fetched, every file checked
-    // against its hash. `None`: a full restore after all.
-    let cancel = check.cancel.clone();
-    let one_phase = RestoreOptions { hot_first: false, ..opts.clone() };
-    let restoring = native::Restoring { store, key, opts: &one_phase, found, cancel: cancel.clone() };
-    // Large files the old generation holds most of (Deno's caches): their
-    // shared frames copied from the old file (see `native::patch`).
-    let patches = native::patches(&old, &new, diff.written());
-    let trust = native::Trust { until_ns: held.until_ns, owner: opts.owner };
-    let stage = |entries: &[u32], prefetch: native::Prefetch| {
-        let patched: HashSet<u32> = patches.iter().map(|p| p.entry).filter(|i| entries.contains(i)).collect();
-        let patches: Vec<native::Patch> = patches.iter().filter(|p| patched.contains(&p.entry)).cloned().collect();
-        let mut sub = new.subset(entries.iter().map(|&i| &new.entries[i as usize]));
-        sub.version = new.version;
-        let mut rest = new.subset(entries.iter().filter(|i| !patched.contains(i)).map(|&i| &new.entries[i as usize]));
-        rest.version = new.version;
-        if let Some(p) = &opts.progress {
-            p.expected.store(sub.packs.iter().map(|p| p.size).sum(), Ordering::Relaxed);
-        }
-        let (restoring, live) = (&restoring, live.clone());
-        let (old, new) = (old.clone(), new.clone());
-        let dir = target.dir.clone();
-        async move {
-            // What is written is validated first, on its own.
-            tokio::task::spawn_blocking(move || sub.validate(&limits, &dir))
-                .await
-                .map_err(|e| Error::joined("the manifest's validation", e))??;
-            let staging = target.create_staging().map_err(Error::io("staging dir"))?;
-            let dropped = DropStaging(Some(staging.clone()));
-            let job = native::PatchJob { old: &old, new: &new, live, staging: staging.fd(), trust };
-            let view = prefetch.view();
-            let (stats, patched) = tokio::join!(
-                native::restore_into(restoring, Arc::new(rest), &staging, prefetch, None),
-                native::write_patches(restoring, &job, &patches, &view),
-            );
-            let ((mut stats, _), (patched, copied)) = (stats?, patched?);
-            if copied > 0 {
-                tracing::debug!(target: "sandbox-cache", "delta: {} copied from the files it replaces", mb(copied));
-            }
-            stats.files += patched.files;
-            stats.bytes += patched.bytes;
-            stats.transferred += patched.transferred;
-            Ok::<_, Error>((stats, staging, dropped))
-        }
-    };
-    let staged = async {
-        let early = diff.written().len();
-        let (staged, checked) = tokio::join!(stage(diff.written(), prefetch), checked.clone());
-        let intact = match &*checked {
-            Ok(Checked::Intact(intact)) => intact.clone(),
-            Ok(Checked::Unreadable) => {
-                tracing::info!(target: "sandbox-cache", "{} cannot be read well enough for a delta: a full restore", target.dir.display());
-                return Ok(None);
-            }
-            Err(e) => return check_failed(e),
-        };
-        let plan = diff.plan(&new, &intact);
-        tracing::debug!(
-            target: "sandbox-cache",
-            "delta {} → {}: {} units to write ({} files, {}), {} to move away; manifests in {read_ms} ms, \
-             compared by {diff_ms} ms, planned by {} ms",
-            held.generation, info.key, plan.place.len(), plan.files_written, mb(plan.bytes_written),
-            plan.remove.len(), started.elapsed().as_millis()
-        );
-        if !plan.worth_it() {
+    let rest = async {
+        let (o, n) = (old.clone(), new.clone());
+        let diff = tokio::task::spawn_blocking(move || native::diff(&o, &n));
+        let diff = diff.await.map_err(|e| Error::joined("the delta's plan", e))?;
+        let diff_ms = started.elapsed().as_millis();
+        if !diff.worth_it() {
             tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
             return Ok(None);
         }
-        // Units the manifests share that the check found touched are
-        // written too: staged again, all of them (rare: something changed
-        // the dir).
-        let (stats, staging, dropped) = match plan.write.len() == early {
-            true => staged?,
-            false => {
-                drop(staged);
-                stage(&plan.write, native::Prefetch::none()).await?
+        let (dir, n) = (target.dir.clone(), new.clone());
+        let validated = tokio::task::spawn_blocking(move || n.validate(&limits, &dir));
+
+        // 4. Neither generation, durably, before anything is written: on a
+        // blocking thread beside the staging (its fsyncs cost a disk as
+        // much as the rest of the way to the renames), awaited before the
+        // live dir is touched and before any return. It holds the dir's
+        // lock: cut at the deadline meanwhile, it ends before another
+        // restore of the dir starts. Only once the new manifest is valid:
+        // one that is not leaves the state as it was.
+        let (tail, state, index, lock) =
+            (target.tail_path(), target.state_path(), target.index_path(), check.lock.clone());
+        let marked = tokio::spawn(async move {
+            validated.await.map_err(|e| Error::joined("the manifest's validation", e))??;
+            tokio::task::spawn_blocking(move || {
+                let _lock = lock;
+                write_durable(&tail, DELTA_MARKER).map_err(Error::io("delta marker"))?;
+                remove_durable(&[state, index]).map_err(Error::io("state"))
+            })
+            .await
+            .map_err(|e| Error::joined("the delta marker", e))?
+        });
+
+        // (Awaited whatever comes of what follows, before any return.)
+        let staged = async {
+            // 5. The other units that differ, whole, into the staging dir,
+            // while the disk check ends: only their frames fetched, every file
+            // checked against its hash. `None`: a full restore after all.
+            let stage = |entries: &[u32], prefetch: native::Prefetch, staging: &crate::target::Staging| {
+                let mut sub = new.subset(entries.iter().map(|&i| &new.entries[i as usize]));
+                sub.version = new.version;
+                let mut rest =
+                    new.subset(entries.iter().filter(|i| !patched.contains(i)).map(|&i| &new.entries[i as usize]));
+                rest.version = new.version;
+                if let Some(p) = &opts.progress {
+                    p.expected.store(sub.packs.iter().map(|p| p.size).sum(), Ordering::Relaxed);
+                }
+                let (restoring, dir, staging) = (&restoring, target.dir.clone(), staging.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || sub.validate(&limits, &dir))
+                        .await
+                        .map_err(|e| Error::joined("the manifest's validation", e))??;
+                    let (stats, _) = native::restore_into(restoring, Arc::new(rest), &staging, prefetch, None).await?;
+                    Ok::<_, Error>(stats)
+                }
+            };
+            let early = diff.written().len();
+            let (staged, checked) = tokio::join!(stage(diff.written(), prefetch, &first), checked.clone());
+            let intact = match &*checked {
+                Ok(Checked::Intact(intact)) => intact.clone(),
+                Ok(Checked::Unreadable) => {
+                    tracing::info!(target: "sandbox-cache", "{} cannot be read well enough for a delta: a full restore", target.dir.display());
+                    return Ok(None);
+                }
+                Err(e) => return check_failed(e),
+            };
+            let plan = diff.plan(&new, &intact);
+            if !plan.worth_it() {
+                tracing::info!(target: "sandbox-cache", "a delta would write everything: a full restore");
+                return Ok(None);
             }
+            // Units the manifests share that the check found touched are
+            // written too: staged again, all of them, into another staging dir
+            // (rare: something changed the dir).
+            if plan.write.len() == early {
+                return Ok::<_, Error>(Some((Some(staged?), None, plan)));
+            }
+            drop(staged);
+            let staging = target.create_staging().map_err(Error::io("staging dir"))?;
+            let dropped = DropStaging(Some(staging.clone()));
+            let patches: Vec<native::Patch> =
+                patches.iter().filter(|p| plan.write.contains(&p.entry)).cloned().collect();
+            let (stats, patched) = tokio::join!(
+                stage(&plan.write, native::Prefetch::none(), &staging),
+                patch_into(&staging, patches, native::Prefetch::none()),
+            );
+            let again = Some((add(stats?, patched?.0), staging, dropped));
+            Ok::<_, Error>(Some((None, again, plan)))
         };
-        Ok(Some((stats, staging, dropped, plan)))
+        let staged = staged.await;
+        let marked = marked.await.map_err(|e| Error::joined("the delta marker", e));
+        Ok::<_, Error>(Some((staged, marked, diff_ms)))
     };
-    let staged = staged.await;
+    // Both at once; the patches are dropped (stopped) when the rest ends
+    // without a plan to carry out.
+    tokio::pin!(patching, rest);
+    let mut patched = None;
+    let rest = loop {
+        tokio::select! {
+            p = &mut patching, if patched.is_none() => patched = Some(p),
+            r = &mut rest => break r,
+        }
+    };
     let staged_ms = started.elapsed().as_millis();
-    let marked = marked.await.map_err(|e| Error::joined("the delta marker", e));
-    let marked_ms = started.elapsed().as_millis();
-    let Some((stats, staging, mut dropped, plan)) = staged? else { return Ok(None) };
+    let Some((staged, marked, diff_ms)) = rest? else { return Ok(None) };
+    let Some((staged, again, plan)) = staged? else { return Ok(None) };
     marked??;
+    tracing::debug!(
+        target: "sandbox-cache",
+        "delta {} → {}: {} units to write ({} files, {}), {} to move away; manifests in {read_ms} ms, \
+         compared by {diff_ms} ms, planned by {} ms",
+        held.generation, info.key, plan.place.len(), plan.files_written, mb(plan.bytes_written),
+        plan.remove.len(), started.elapsed().as_millis()
+    );
+    let staged: Result<_, Error> = match (staged, again) {
+        (_, Some(again)) => Ok(Some((again.0, again.1, again.2, plan))),
+        (Some(stats), None) => {
+            let patched = match patched {
+                Some(p) => p,
+                None => patching.await,
+            };
+            let (patched, copied) = patched?;
+            if copied > 0 {
+                tracing::debug!(target: "sandbox-cache", "delta: {} copied from the files it replaces", mb(copied));
+            }
+            Ok(Some((add(stats, patched), first.clone(), first_dropped, plan)))
+        }
+        (None, None) => Ok(None),
+    };
+    let Some((stats, staging, mut dropped, plan)) = staged? else { return Ok(None) };
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
 
-    // 5. The staged units in place. From here the renaming thread owns
+    // 6. The staged units in place. From here the renaming thread owns
     // staging and trash: it removes them when it ends, even after this
     // future is dropped at the deadline (it stops at its next unit), never
     // while it still takes units from them.
     dropped.0 = None;
     let trash = target.scratch("trash");
-    let (n, owner, stop) = (new.clone(), opts.owner, cancel.clone());
+    let (n, owner, stop, live) = (new.clone(), opts.owner, cancel.clone(), live.clone());
     let applied = tokio::task::spawn_blocking(move || {
         let job = native::InPlace {
             plan: &plan,
@@ -485,7 +532,7 @@ pub(super) async fn restore_delta(
     if let Some(c) = &cache {
         c.keep();
     }
-    // 6. The bound taken at once, and once the coarse clock has passed it
+    // 7. The bound taken at once, and once the coarse clock has passed it
     // (a later write cannot get a ctime under it), the dir is usable: a
     // runner starts its worker now, beside the bookkeeping. Nothing after
     // this fails the restore: a record that cannot be made leaves the
@@ -516,8 +563,8 @@ pub(super) async fn restore_delta(
     }
     tracing::debug!(
         target: "sandbox-cache",
-        "delta written: staged by {staged_ms} ms, marked by {marked_ms} ms, placed by {placed_ms} ms, \
-         recorded by {} ms", started.elapsed().as_millis()
+        "delta written: staged and marked by {staged_ms} ms, placed by {placed_ms} ms, recorded by {} ms",
+        started.elapsed().as_millis()
     );
     Ok(Some(Done {
         files: plan.files,
@@ -545,6 +592,15 @@ fn prefetch_new_packs(
 ) -> native::Prefetch {
     let Some(had) = held else { return native::Prefetch::none() };
     native::Prefetch::start_where(shared, key, root, |p| !had.contains(&p.id))
+}
+
+/// What two parts of a staging wrote, together.
+fn add(a: native::RestoreStats, b: native::RestoreStats) -> native::RestoreStats {
+    native::RestoreStats {
+        files: a.files + b.files,
+        bytes: a.bytes + b.bytes,
+        transferred: a.transferred + b.transferred,
+    }
 }
 
 /// The check failed: cancelled (the restore's deadline), or a full restore.
