@@ -34,9 +34,8 @@ use sandcache_archive::ExtractError;
 use sandcache_archive::pack::{Kind, Manifest};
 use sandcache_archive::{RESERVED_PREFIX, TAIL_PREFIX};
 
-use super::Fast;
 use super::filesystem::{DirFds, split};
-use super::units::{Shape, Unit, Units, count};
+use super::units::{Fast, Shape, Unit, Units, count};
 
 /// What a delta does, in the order it does it.
 #[derive(Debug, Default)]

@@ -95,7 +95,7 @@ const DIRS_OPEN: usize = 256;
 pub(crate) struct DirFds {
     root: Arc<OwnedFd>,
     /// By relative path; `None`: missing, or not a directory.
-    open: HashMap<String, Option<Arc<OwnedFd>>, super::Fast>,
+    open: HashMap<String, Option<Arc<OwnedFd>>, super::units::Fast>,
     /// The one asked for last: walk order asks for one directory many
     /// times in a row.
     last: Option<(String, Option<Arc<OwnedFd>>)>,

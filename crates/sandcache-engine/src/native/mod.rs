@@ -31,11 +31,6 @@
 //! | `build.rs` | the walk (through the archive's `Selection`), content reused from the base, new packs hot and cold apart, the manifest | `build`, `SnapshotPlan` |
 //! | `pieces.rs` | a manifest cut into content-addressed pieces and a root, and the hot pieces | `split` |
 
-/// The hasher of the sets and maps keyed by a manifest's paths (units,
-/// the disk check's directories): foldhash, seeded per process, several
-/// times faster than SipHash on paths (nobody outside sees the seed).
-pub(crate) type Fast = foldhash::fast::RandomState;
-
 mod build;
 mod delta;
 mod fetch;

@@ -17,7 +17,10 @@ use std::sync::OnceLock;
 
 use sandcache_archive::pack::{Entry, Kind, Manifest};
 
-use super::Fast;
+/// The hasher of the sets and maps keyed by a manifest's paths (units,
+/// the disk check's directories): foldhash, seeded per process, several
+/// times faster than SipHash on paths (nobody outside sees the seed).
+pub(crate) type Fast = foldhash::fast::RandomState;
 
 /// The npm package dir `path` is, or lies in: `npm/<registry>/<name>/<version>`
 /// (`<name>` may be `@scope/name`). One pass over the path: a delta's plan
