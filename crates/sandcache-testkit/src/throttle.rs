@@ -45,8 +45,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsFd;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
 use tokio::sync::Mutex;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -403,6 +405,12 @@ async fn reply(client: &mut TcpStream, status: &str, why: &str) {
 /// ends at the first error in either direction, which would otherwise leave
 /// the other side waiting forever.
 async fn relay(client: TcpStream, upstream: TcpStream, shared: &Shared, tunnel: bool) {
+    // The server's socket acknowledges at once, as a distant client's
+    // would have by the time its next segment arrives: Garage writes a
+    // response's head and body apart, without TCP_NODELAY, so on loopback
+    // the body's last segment waited for the proxy's delayed ack (40 ms,
+    // on every pack of a few KB) — a stall no link to S3 has.
+    let quick = upstream.as_fd().try_clone_to_owned().ok();
     let (client_r, client_w) = client.into_split();
     let (upstream_r, upstream_w) = upstream.into_split();
     // Set when the server sends: the client's next bytes start a request.
@@ -413,7 +421,8 @@ async fn relay(client: TcpStream, upstream: TcpStream, shared: &Shared, tunnel: 
         shared.opts.per_connection.then(|| Mutex::new(Bucket { tokens: shared.opts.burst(), last: Instant::now() }));
     let bucket = own.as_ref().unwrap_or(&shared.bucket);
     let up = pump(client_r, upstream_w, shared, bucket, Turn::Request { answered: &answered, delay });
-    let down = pump(upstream_r, client_w, shared, bucket, Turn::Response { answered: &answered });
+    let down =
+        pump(upstream_r, client_w, shared, bucket, Turn::Response { answered: &answered, quick: quick.as_ref() });
     tokio::pin!(up, down);
     let mut up_done = false;
     loop {
@@ -439,8 +448,9 @@ async fn relay(client: TcpStream, upstream: TcpStream, shared: &Shared, tunnel: 
 enum Turn<'a> {
     /// Client to server: a request's first bytes wait `delay`.
     Request { answered: &'a AtomicBool, delay: Duration },
-    /// Server to client: marks the request answered.
-    Response { answered: &'a AtomicBool },
+    /// Server to client: marks the request answered, and acknowledges at
+    /// once (`quick`: the server's socket).
+    Response { answered: &'a AtomicBool, quick: Option<&'a std::os::fd::OwnedFd> },
 }
 
 /// Copies `from` to `to`, paying for each chunk, and passes the end on.
@@ -461,7 +471,13 @@ async fn pump(
             Turn::Request { answered, delay } if !delay.is_zero() && answered.swap(false, Ordering::SeqCst) => {
                 tokio::time::sleep(delay).await;
             }
-            Turn::Response { answered } => answered.store(true, Ordering::SeqCst),
+            Turn::Response { answered, quick } => {
+                answered.store(true, Ordering::SeqCst);
+                // Not sticky: the kernel leaves quick-ack mode on its own.
+                if let Some(fd) = quick {
+                    let _ = rustix::net::sockopt::set_tcp_quickack(fd, true);
+                }
+            }
             Turn::Request { .. } => {}
         }
         shared.pay(bucket, n).await;
