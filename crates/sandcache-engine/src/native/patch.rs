@@ -23,7 +23,7 @@
 //!   is. Any doubt (the old file touched, a hash that does not match) and
 //!   the file is written from its frames alone, as a full restore would.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use sandcache_archive::ExtractError;
 use sandcache_archive::pack::{self, Kind, Manifest};
@@ -93,31 +92,24 @@ fn own_frames(m: &Manifest, i: u32) -> Option<Vec<(u32, u64, u64, &str)>> {
 /// writes them whatever the disk holds). Pure; from the two manifests
 /// alone, so they are written beside the rest of the plan.
 pub(crate) fn patches(old: &Manifest, new: &Manifest) -> Vec<Patch> {
-    let large = |m: &Manifest| -> Vec<(String, u32)> {
-        (m.entries.iter().enumerate())
-            .filter(|(_, e)| e.kind == Kind::File && e.size >= PATCH_MIN && !e.path.contains('/'))
-            .map(|(i, e)| (e.path.clone(), i as u32))
-            .collect()
-    };
-    let olds: HashMap<String, u32> = large(old).into_iter().collect();
+    let olds: HashMap<&str, u32> = large_at_top(old).map(|(i, e)| (e.path.as_str(), i)).collect();
     let mut out = Vec::new();
-    for (path, i) in large(new) {
-        let e = &new.entries[i as usize];
-        let Some(&o) = olds.get(&path) else { continue };
+    for (i, e) in large_at_top(new) {
+        let Some(&o) = olds.get(e.path.as_str()) else { continue };
         if old.entries[o as usize].hash == e.hash {
             continue;
         }
         let (Some(theirs), Some(ours)) = (own_frames(old, o), own_frames(new, i)) else { continue };
         let old_size = old.entries[o as usize].size;
         // Frames wholly within the old file, by where they sit in it.
-        let held: HashMap<(u64, u64, &str), ()> = theirs
+        let held: HashSet<(u64, u64, &str)> = theirs
             .into_iter()
             .filter(|(_, at, len, _)| at + len <= old_size)
-            .map(|(_, at, len, hash)| ((at, len, hash), ()))
+            .map(|(_, at, len, hash)| (at, len, hash))
             .collect();
         let frames: Vec<(u32, u64, bool)> = ours
             .into_iter()
-            .map(|(f, at, len, hash)| (f, at, at + len <= e.size && held.contains_key(&(at, len, hash))))
+            .map(|(f, at, len, hash)| (f, at, at + len <= e.size && held.contains(&(at, len, hash))))
             .collect();
         let patch = Patch { entry: i, old: o, frames };
         if patch.kept_bytes(new) >= PATCH_MIN {
@@ -125,6 +117,14 @@ pub(crate) fn patches(old: &Manifest, new: &Manifest) -> Vec<Patch> {
         }
     }
     out
+}
+
+/// The files of `m` at the top of [`PATCH_MIN`] bytes or more, with their
+/// index.
+fn large_at_top(m: &Manifest) -> impl Iterator<Item = (u32, &pack::Entry)> {
+    (m.entries.iter().enumerate())
+        .filter(|(_, e)| e.kind == Kind::File && e.size >= PATCH_MIN && !e.path.contains('/'))
+        .map(|(i, e)| (i as u32, e))
 }
 
 /// What writing the patches takes besides the restore's own: the old
@@ -200,14 +200,21 @@ async fn frame_bytes(
     mut frames: Vec<u32>,
     prefetch: &Prefetch,
 ) -> Result<(HashMap<u32, Bytes>, u64), Error> {
-    let corrupt = |detail: String| Error::from(ExtractError::Corrupt { detail, source: None });
     frames.sort_unstable_by_key(|&f| (m.frames[f as usize].pack, m.frames[f as usize].offset));
     let mut out = HashMap::new();
     let mut transferred = 0;
     let mut at = 0;
     while at < frames.len() {
         let first = &m.frames[frames[at] as usize];
-        let pkey = pack_key(r.key, m, &m.packs[first.pack as usize].id);
+        let pack = &m.packs[first.pack as usize];
+        let pkey = pack_key(r.key, m, &pack.id);
+        // A pack that is not as long as its manifest says is not the pack
+        // it names (its length is part of what its name hashes): a bad
+        // pool object, as `fetch_run` reports it.
+        let bad = |why: String| {
+            r.found.add(&pkey, pack.size, &why);
+            Error::Corrupt(format!("`{pkey}` is {why}"))
+        };
         // This run: the frames that follow each other in the pack.
         let mut end = at + 1;
         while end < frames.len() {
@@ -223,11 +230,11 @@ async fn frame_bytes(
         let (bytes, base) = match prefetch.take(&pkey).await {
             Some(pack) => (pack, 0),
             None => {
-                let mut obj = r.store.get_range(&pkey, start..stop).await?;
-                let mut all = Vec::with_capacity((stop - start) as usize);
-                while let Some(chunk) = obj.stream.next().await {
-                    all.extend_from_slice(&chunk?);
+                let obj = r.store.get_range(&pkey, start..stop).await?;
+                if obj.size != pack.size {
+                    return Err(bad(format!("{} bytes, where its manifest says {}", obj.size, pack.size)));
                 }
+                let all = obj.bytes().await?;
                 transferred += all.len() as u64;
                 (Bytes::from(all), start)
             }
@@ -236,7 +243,7 @@ async fn frame_bytes(
             let frame = &m.frames[f as usize];
             let from = (frame.offset - base) as usize;
             let Some(b) = bytes.get(from..from + frame.clen as usize) else {
-                return Err(corrupt(format!("`{pkey}` is shorter than its frame at {}", frame.offset)));
+                return Err(bad(format!("shorter than its frame at {}", frame.offset)));
             };
             out.insert(f, bytes.slice_ref(b));
         }
@@ -404,6 +411,25 @@ mod tests {
 
     fn open(dir: &Path) -> OwnedFd {
         rustix::fs::open(dir, OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).unwrap()
+    }
+
+    /// A pack shorter than its manifest says, met while fetching a patch's
+    /// frames, is a bad pool object: noted, as a full restore notes it.
+    #[tokio::test]
+    async fn a_short_pack_under_a_patch_is_noted_bad() {
+        let (m, _) = cache_manifest(&noise(3 * pack::CHUNK_RAW, 4));
+        let tmp = tempfile::tempdir().unwrap();
+        let store = sandcache_store::LocalStore::new(tmp.path().join("store"));
+        let pkey = pack_key("site/k", &m, &m.packs[0].id);
+        // The pack's first half only.
+        let half = vec![0u8; (m.packs[0].size / 2) as usize];
+        sandcache_store::Store::put_new(&store, &pkey, half.into()).await.unwrap();
+        let found = Arc::new(crate::bad::Found::default());
+        let opts = crate::options::RestoreOptions::default();
+        let r = Restoring { store: &store, key: "site/k", opts: &opts, found: &found, cancel: Default::default() };
+        let got = frame_bytes(&r, &m, (0..m.frames.len() as u32).collect(), &Prefetch::none()).await;
+        assert!(matches!(got, Err(Error::Corrupt(_))), "{got:?}");
+        assert_eq!(found.take().iter().map(|b| b.object.as_str()).collect::<Vec<_>>(), [pkey.as_str()]);
     }
 
     /// A cache with one page changed and pages added: its frames the old
