@@ -408,21 +408,20 @@ pub(super) async fn restore_delta(
             // 5. The other units that differ, whole, into the staging dir,
             // while the disk check ends: only their frames fetched, every file
             // checked against its hash. `None`: a full restore after all.
+            // (The patched files are validated and written by `patch_into`.)
             let stage = |entries: &[u32], prefetch: native::Prefetch, staging: &crate::target::Staging| {
-                let mut sub = new.subset(entries.iter().map(|&i| &new.entries[i as usize]));
-                sub.version = new.version;
-                let mut rest =
+                let mut sub =
                     new.subset(entries.iter().filter(|i| !patched.contains(i)).map(|&i| &new.entries[i as usize]));
-                rest.version = new.version;
+                sub.version = new.version;
                 if let Some(p) = &opts.progress {
                     p.expected.store(sub.packs.iter().map(|p| p.size).sum(), Ordering::Relaxed);
                 }
                 let (restoring, dir, staging) = (&restoring, target.dir.clone(), staging.clone());
                 async move {
-                    tokio::task::spawn_blocking(move || sub.validate(&limits, &dir))
+                    let sub = tokio::task::spawn_blocking(move || sub.validate(&limits, &dir).map(|()| sub))
                         .await
                         .map_err(|e| Error::joined("the manifest's validation", e))??;
-                    let (stats, _) = native::restore_into(restoring, Arc::new(rest), &staging, prefetch, None).await?;
+                    let (stats, _) = native::restore_into(restoring, Arc::new(sub), &staging, prefetch, None).await?;
                     Ok::<_, Error>(stats)
                 }
             };
@@ -443,9 +442,9 @@ pub(super) async fn restore_delta(
             }
             // Units the manifests share that the check found touched are
             // written too: staged again, all of them, into another staging dir
-            // (rare: something changed the dir).
+            // (rare: something changed the dir), its patches with them.
             if plan.write.len() == early {
-                return Ok::<_, Error>(Some((Some(staged?), None, plan)));
+                return Ok::<_, Error>(Some((staged?, None, plan)));
             }
             drop(staged);
             let staging = target.create_staging().map_err(Error::io("staging dir"))?;
@@ -456,8 +455,7 @@ pub(super) async fn restore_delta(
                 stage(&plan.write, native::Prefetch::none(), &staging),
                 patch_into(&staging, patches, native::Prefetch::none()),
             );
-            let again = Some((add(stats?, patched?.0), staging, dropped));
-            Ok::<_, Error>(Some((None, again, plan)))
+            Ok::<_, Error>(Some((add(stats?, patched?.0), Some((staging, dropped)), plan)))
         };
         let staged = staged.await;
         let marked = marked.await.map_err(|e| Error::joined("the delta marker", e));
@@ -475,7 +473,7 @@ pub(super) async fn restore_delta(
     };
     let staged_ms = started.elapsed().as_millis();
     let Some((staged, marked, diff_ms)) = rest? else { return Ok(None) };
-    let Some((staged, again, plan)) = staged? else { return Ok(None) };
+    let Some((stats, again, plan)) = staged? else { return Ok(None) };
     marked??;
     tracing::debug!(
         target: "sandbox-cache",
@@ -484,22 +482,21 @@ pub(super) async fn restore_delta(
         held.generation, info.key, plan.place.len(), plan.files_written, mb(plan.bytes_written),
         plan.remove.len(), started.elapsed().as_millis()
     );
-    let staged: Result<_, Error> = match (staged, again) {
-        (_, Some(again)) => Ok(Some((again.0, again.1, again.2, plan))),
-        (Some(stats), None) => {
-            let patched = match patched {
+    // Staged again (its own patches with it), or in the first staging dir
+    // beside the patches started at once.
+    let (stats, staging, mut dropped) = match again {
+        Some((staging, dropped)) => (stats, staging, dropped),
+        None => {
+            let (patched, copied) = match patched {
                 Some(p) => p,
                 None => patching.await,
-            };
-            let (patched, copied) = patched?;
+            }?;
             if copied > 0 {
                 tracing::debug!(target: "sandbox-cache", "delta: {} copied from the files it replaces", mb(copied));
             }
-            Ok(Some((add(stats, patched), first.clone(), first_dropped, plan)))
+            (add(stats, patched), first.clone(), first_dropped)
         }
-        (None, None) => Ok(None),
     };
-    let Some((stats, staging, mut dropped, plan)) = staged? else { return Ok(None) };
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
