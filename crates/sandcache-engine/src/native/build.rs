@@ -308,8 +308,11 @@ pub(crate) fn build(
                         return builder.add(data, built);
                     }
                     for chunk in data.chunks(pack::CHUNK_RAW) {
-                        let key = (blake3::hash(chunk).to_hex().to_string(), chunk.len() as u64);
-                        match held.get(&key).copied().filter(|&f| reuse.take_chunk(f)) {
+                        // (Hashed only when the base has frames to offer.)
+                        let base = (!held.is_empty())
+                            .then(|| (blake3::hash(chunk).to_hex().to_string(), chunk.len() as u64))
+                            .and_then(|key| held.get(&key).copied());
+                        match base.filter(|&f| reuse.take_chunk(f)) {
                             Some(f) => run.push(FrameRef::Base(f)),
                             None => {
                                 let (f, _) = builder.add_in_frames(chunk, pack::CHUNK_RAW, built);
