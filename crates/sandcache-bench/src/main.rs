@@ -206,6 +206,11 @@ fn helper(h: Helper) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+// The runner runs in this process for the first-response tables: with the
+// allocator `sandcache serve` uses.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     // SANDCACHE_LOG (a tracing filter, as the CLI's) shows the engine's and
