@@ -6,8 +6,8 @@ use std::path::Path;
 
 use crate::config::RunnerConfig;
 use crate::error::DeployError;
-use crate::isolation::WorkerUser;
 use crate::isolation::kill::KillGroupOnDrop;
+use crate::isolation::{WorkerUser, spawn_own};
 
 /// `git clone` as the worker, into the (empty, worker-owned) work dir,
 /// with none of the runner's environment but what git needs.
@@ -40,19 +40,11 @@ pub(crate) async fn clone_repo(
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    // The spawn forks the runner, which blocks for milliseconds (6-20 ms
-    // measured at 100-370 MB RSS). On this worker thread it would hold up
-    // the restore the deploy has just spawned beside the clone: that task
-    // sits in the thread's next-task slot, which other workers do not
-    // steal (it waited 20-24 ms). So it runs off the async threads.
-    let child = tokio::task::spawn_blocking(move || cmd.spawn())
-        .await
-        .map_err(|e| DeployError::Failed(format!("spawning git: {e}")))?
-        .map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
+    let (child, _waited_here) =
+        spawn_own(cmd).await.map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
     // git's helpers (git-remote-https) share its group: a timeout or a
     // cancelled deploy kills them all, not just git.
     let _group = KillGroupOnDrop::new(child.id());
-    let _waited_here = crate::isolation::own_child(child.id());
     let out = match tokio::time::timeout(cfg.clone_timeout, child.wait_with_output()).await {
         Err(_) => {
             let secs = cfg.clone_timeout.as_secs_f32();
