@@ -156,7 +156,7 @@ impl Runner {
         let mut plan = self.cache_plan(&req, user);
         let (cache, tail) = self.restore_and_clone(&req, &mut plan, user, &home).await?;
         self.legacy_cache(&req, &plan.opts).await;
-        let worker = self.start_worker(&req, user, &home, tail.as_ref())?;
+        let worker = self.start_worker(&req, user, &home, tail.as_ref()).await?;
         let deployment = Arc::new(Deployment {
             site: req.site.clone(),
             cache,
@@ -349,7 +349,7 @@ impl Runner {
 
     /// 5. The worker, if the deploy runs one, on a free port, as the
     ///    worker user, in its fresh home.
-    fn start_worker(
+    async fn start_worker(
         &self,
         req: &DeployRequest,
         user: WorkerUser,
@@ -374,6 +374,7 @@ impl Runner {
             user: user.is_separate().then_some(user),
         };
         let worker = Worker::spawn(spec, self.cfg.worker_restarts, self.metrics.clone(), tail.map(|t| t.watch()))
+            .await
             .map_err(|e| {
                 self.metrics.worker_failed();
                 match e {

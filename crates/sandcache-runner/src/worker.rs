@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::isolation::OwnChild;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -144,7 +145,11 @@ pub enum SpawnError {
 }
 
 impl Spec {
-    fn start(&self) -> Result<Child, SpawnError> {
+    /// Starts a run of the worker, marked as the runner's own child before
+    /// any await ([`spawn_own`](crate::isolation::spawn_own)): a worker
+    /// that exits at once keeps its status for the supervisor, and the fork
+    /// does not hold up the async thread it was asked on.
+    async fn start(&self) -> Result<(Child, OwnChild), SpawnError> {
         let program = self.argv[0].clone();
         let mut cmd = Command::new(&program);
         if let Some(u) = self.user {
@@ -160,7 +165,7 @@ impl Spec {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|source| match source.kind() {
+        let (mut child, own) = crate::isolation::spawn_own(cmd).await.map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program.clone() },
             _ => SpawnError::Io { program: program.clone(), source },
         })?;
@@ -170,7 +175,7 @@ impl Spec {
         if let Some(err) = child.stderr.take() {
             tokio::spawn(log_lines(err, "stderr"));
         }
-        Ok(child)
+        Ok((child, own))
     }
 }
 
@@ -179,7 +184,7 @@ impl Worker {
     /// `tail` is a hot-first restore's, `true` once it is over. A program
     /// that cannot be started at all is an error here; everything later is
     /// a state.
-    pub(crate) fn spawn(
+    pub(crate) async fn spawn(
         spec: Spec,
         restarts: Restarts,
         metrics: Arc<crate::metrics::Metrics>,
@@ -189,7 +194,7 @@ impl Worker {
         // Whether this run starts on an incomplete tree: read before the
         // start, so a tail landing meanwhile cannot hide it.
         let during_tail = tail.as_ref().is_some_and(|t| !*t.borrow());
-        let child = spec.start()?;
+        let child = spec.start().await?;
         metrics.worker_started();
         let shared = Arc::new(Shared::default());
         let (tx, rx) = watch::channel(WorkerState::Starting);
@@ -270,19 +275,21 @@ struct Supervisor {
     tail: Option<watch::Receiver<bool>>,
 }
 
-/// Runs the worker, `child` its first run (started `during_tail`):
+/// Runs the worker, `child` its first run (started `during_tail`, and
+/// marked the runner's own child until it is waited for here):
 /// readiness, then its exit, then (unless it is being stopped, or it
 /// failed before it was ever ready) a restart after a backoff, up to the
 /// cap.
-async fn supervise(supervisor: Supervisor, mut child: Child, during_tail: bool) {
+async fn supervise(supervisor: Supervisor, child: (Child, OwnChild), during_tail: bool) {
     use std::sync::atomic::Ordering;
     let Supervisor { spec, shared, state: tx, restarts, metrics, tail } = supervisor;
     let mut in_a_row = 0u32;
     let first_start = tokio::time::Instant::now();
     let mut during_tail = during_tail;
+    // The run's guard is replaced only once the run was waited for.
+    let (mut child, mut _waited_here) = child;
     loop {
         *shared.pgid.lock().unwrap_or_else(|p| p.into_inner()) = child.id();
-        let _waited_here = crate::isolation::own_child(child.id());
         let ready = wait_ready(&mut child, spec.port, spec.ready_timeout, &shared).await;
         let ready_at = tokio::time::Instant::now();
         let status = match ready {
@@ -326,8 +333,8 @@ async fn supervise(supervisor: Supervisor, mut child: Child, during_tail: bool) 
                 let _ = tx.send(WorkerState::Starting);
                 let mut tail = tail.clone();
                 let _ = tail.wait_for(|landed| *landed).await;
-                let Some(next) = restart(&spec, &shared, &tx, &metrics) else { return };
-                child = next;
+                let Some(next) = restart(&spec, &shared, &tx, &metrics).await else { return };
+                (child, _waited_here) = next;
                 during_tail = false;
                 continue;
             }
@@ -351,24 +358,24 @@ async fn supervise(supervisor: Supervisor, mut child: Child, during_tail: bool) 
         let _ = tx.send(WorkerState::Starting);
         tokio::time::sleep(delay).await;
         during_tail = tail.as_ref().is_some_and(|t| !*t.borrow());
-        let Some(next) = restart(&spec, &shared, &tx, &metrics) else { return };
-        child = next;
+        let Some(next) = restart(&spec, &shared, &tx, &metrics).await else { return };
+        (child, _waited_here) = next;
     }
 }
 
 /// Starts the worker again, counted; `None` when it is being stopped or
 /// cannot be started (then `failed`).
-fn restart(
+async fn restart(
     spec: &Spec,
     shared: &Shared,
     tx: &watch::Sender<WorkerState>,
     metrics: &crate::metrics::Metrics,
-) -> Option<Child> {
+) -> Option<(Child, OwnChild)> {
     use std::sync::atomic::Ordering;
     if shared.stopping.load(Ordering::SeqCst) {
         return None;
     }
-    match spec.start() {
+    match spec.start().await {
         Ok(c) => {
             shared.restarts.fetch_add(1, Ordering::Relaxed);
             metrics.worker_started();
@@ -468,6 +475,37 @@ async fn log_lines(stream: impl tokio::io::AsyncRead + Unpin, which: &'static st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The orphan reaper (here in a loop, as fast as it goes) never takes a
+    /// worker's run: one that exits at once still reports how it ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_that_exits_at_once_keeps_its_status_from_the_orphan_reaper() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let reaper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    crate::isolation::reap_orphans();
+                }
+            })
+        };
+        for _ in 0..10 {
+            let spec = Spec {
+                argv: vec!["/bin/sh".into(), "-c".into(), "exit 3".into()],
+                cwd: std::env::temp_dir(),
+                env: BTreeMap::new(),
+                port: free_port().unwrap(),
+                ready_timeout: Duration::from_secs(3),
+                user: None,
+            };
+            let worker = Worker::spawn(spec, Restarts::default(), Arc::default(), None).await.unwrap();
+            assert_eq!(worker.settled().await, WorkerState::Failed);
+            assert_eq!(worker.restarts().1.as_deref(), Some("exit status: 3"));
+        }
+        stop.store(true, Ordering::Relaxed);
+        reaper.join().unwrap();
+    }
 
     #[test]
     fn the_worker_gets_no_cache_keys() {

@@ -13,7 +13,7 @@
 //! - `kill.rs`: every signal the runner sends and every child it reaps.
 //! - `sweep.rs`: `sweep`, killing every process a worker left.
 //! - `reaper.rs`: [`start_orphan_reaper`], and the children the runner
-//!   waits for itself (`own_child`, `spawn_own`).
+//!   waits for itself (`spawn_own`, which marks them).
 //! - `metadata.rs`: [`block_metadata`], the credential endpoints closed to
 //!   the worker's uid.
 //! - `report.rs`: `startup_report`, what the worker could still read or
@@ -37,6 +37,8 @@ pub use reaper::start_orphan_reaper;
 pub use user::{DEFAULT_WORKER_GID, DEFAULT_WORKER_UID, WorkerUser};
 
 pub(crate) use peer::Attribution;
-pub(crate) use reaper::{own_child, spawn_own};
+#[cfg(test)]
+pub(crate) use reaper::reap_orphans;
+pub(crate) use reaper::{OwnChild, spawn_own};
 pub(crate) use report::startup_report;
 pub(crate) use sweep::{SweepScope, sweep};

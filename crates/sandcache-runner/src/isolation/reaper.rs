@@ -13,7 +13,7 @@ static OWN_CHILDREN: std::sync::Mutex<std::collections::BTreeSet<u32>> =
 
 /// Marks `pid` as a child the runner waits for itself, until the returned
 /// guard is dropped.
-pub(crate) fn own_child(pid: Option<u32>) -> OwnChild {
+fn own_child(pid: Option<u32>) -> OwnChild {
     if let Some(pid) = pid {
         OWN_CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
     }
