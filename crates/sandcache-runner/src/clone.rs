@@ -18,7 +18,8 @@ pub(crate) async fn clone_repo(
     user: WorkerUser,
     home: &Path,
 ) -> Result<(), DeployError> {
-    let mut cmd = tokio::process::Command::new("git");
+    let path = cfg.runner_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    let mut cmd = crate::isolation::command("git", path);
     // No prompt, no hooks or templates, no system or global config, and
     // a transfer slower than 1 KB/s for 30 s is a failure.
     cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=30"]);
@@ -31,17 +32,15 @@ pub(crate) async fn clone_repo(
     cmd.env("HOME", home.join("home")).env("TMPDIR", home.join("tmp")).env("GIT_TERMINAL_PROMPT", "0");
     cmd.env("GIT_CONFIG_NOSYSTEM", "1").env("GIT_CONFIG_GLOBAL", "/dev/null");
     cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new");
-    if user.is_separate() {
-        cmd.uid(user.uid).gid(user.gid);
-    }
     cmd.current_dir(&cfg.work_dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let (child, _waited_here) =
-        spawn_own(cmd).await.map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
+    let (child, _waited_here) = spawn_own(cmd, user.is_separate().then_some(user))
+        .await
+        .map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
     // git's helpers (git-remote-https) share its group: a timeout or a
     // cancelled deploy kills them all, not just git.
     let _group = KillGroupOnDrop::new(child.id());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::isolation::OwnChild;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::sync::watch;
 
 /// Where a worker is in its life, as `/sandbox/status` shows it.
@@ -151,11 +151,7 @@ impl Spec {
     /// does not hold up the async thread it was asked on.
     async fn start(&self) -> Result<(Child, OwnChild), SpawnError> {
         let program = self.argv[0].clone();
-        let mut cmd = Command::new(&program);
-        if let Some(u) = self.user {
-            // std clears the supplementary groups when root drops to a uid.
-            cmd.uid(u.uid).gid(u.gid);
-        }
+        let mut cmd = crate::isolation::command(&program, self.env.get("PATH").map(String::as_str));
         cmd.args(&self.argv[1..])
             .current_dir(&self.cwd)
             .env_clear()
@@ -165,10 +161,11 @@ impl Spec {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let (mut child, own) = crate::isolation::spawn_own(cmd).await.map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program.clone() },
-            _ => SpawnError::Io { program: program.clone(), source },
-        })?;
+        let (mut child, own) =
+            crate::isolation::spawn_own(cmd, self.user).await.map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program.clone() },
+                _ => SpawnError::Io { program: program.clone(), source },
+            })?;
         if let Some(out) = child.stdout.take() {
             tokio::spawn(log_lines(out, "stdout"));
         }

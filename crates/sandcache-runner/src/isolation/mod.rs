@@ -13,7 +13,9 @@
 //! - `kill.rs`: every signal the runner sends and every child it reaps.
 //! - `sweep.rs`: `sweep`, killing every process a worker left.
 //! - `reaper.rs`: [`start_orphan_reaper`], and the children the runner
-//!   waits for itself (`spawn_own`, which marks them).
+//!   waits for itself (`OwnChild`), which it leaves alone.
+//! - `spawn.rs`: `spawn_own`, how those children start: marked, without a
+//!   fork, as the worker's uid.
 //! - `metadata.rs`: [`block_metadata`], the credential endpoints closed to
 //!   the worker's uid.
 //! - `report.rs`: `startup_report`, what the worker could still read or
@@ -26,6 +28,7 @@ pub(crate) mod peer;
 mod procs;
 mod reaper;
 mod report;
+mod spawn;
 mod sweep;
 mod user;
 
@@ -37,8 +40,9 @@ pub use reaper::start_orphan_reaper;
 pub use user::{DEFAULT_WORKER_GID, DEFAULT_WORKER_UID, WorkerUser};
 
 pub(crate) use peer::Attribution;
+pub(crate) use reaper::OwnChild;
 #[cfg(test)]
 pub(crate) use reaper::reap_orphans;
-pub(crate) use reaper::{OwnChild, spawn_own};
 pub(crate) use report::startup_report;
+pub(crate) use spawn::{command, spawn_own};
 pub(crate) use sweep::{SweepScope, sweep};

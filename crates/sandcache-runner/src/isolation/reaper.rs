@@ -11,36 +11,26 @@ use super::procs::processes;
 static OWN_CHILDREN: std::sync::Mutex<std::collections::BTreeSet<u32>> =
     std::sync::Mutex::new(std::collections::BTreeSet::new());
 
-/// Marks `pid` as a child the runner waits for itself, until the returned
-/// guard is dropped.
-fn own_child(pid: Option<u32>) -> OwnChild {
+/// Starts a child with `spawn` and marks it (its pid, as `pid` reads it)
+/// as one the runner waits for itself, until the returned guard is
+/// dropped. The mark is made under the same lock the orphan reaper takes
+/// after it lists the zombies: a child it lists was marked by then,
+/// however soon it exited.
+pub(super) fn spawn_marked<T>(
+    spawn: impl FnOnce() -> std::io::Result<T>,
+    pid: impl FnOnce(&T) -> Option<u32>,
+) -> std::io::Result<(T, OwnChild)> {
+    let mut own = OWN_CHILDREN.lock().unwrap_or_else(|p| p.into_inner());
+    let child = spawn()?;
+    let pid = pid(&child);
     if let Some(pid) = pid {
-        OWN_CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).insert(pid);
+        own.insert(pid);
     }
-    OwnChild(pid)
+    Ok((child, OwnChild(pid)))
 }
 
 #[derive(Debug)]
 pub(crate) struct OwnChild(Option<u32>);
-
-/// Starts `cmd` as a child the runner waits for itself ([`own_child`]),
-/// marked before the task can be suspended: once it is awaited, the orphan
-/// reaper could otherwise take a child that exits at once (and its status
-/// and output with it). The spawn runs off the async threads: it forks
-/// the runner, which blocks for milliseconds (6-20 ms measured at 100-370
-/// MB of RSS), and on an async thread it would hold up the task just
-/// spawned there (a deploy's restore, beside the clone), which sits in
-/// that thread's next-task slot where other workers do not steal it (it
-/// waited 20-24 ms).
-pub(crate) async fn spawn_own(mut cmd: tokio::process::Command) -> std::io::Result<(tokio::process::Child, OwnChild)> {
-    tokio::task::spawn_blocking(move || {
-        let child = cmd.spawn()?;
-        let own = own_child(child.id());
-        Ok((child, own))
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
 
 impl Drop for OwnChild {
     fn drop(&mut self) {
@@ -71,6 +61,8 @@ pub fn start_orphan_reaper() {
 pub fn reap_orphans() -> usize {
     let me = std::process::id();
     let zombies: Vec<u32> = processes().into_iter().filter(|p| p.ppid == me && p.zombie).map(|p| p.pid).collect();
+    // Read after the listing: a child listed was marked by now (see
+    // `spawn_marked`).
     let own = OWN_CHILDREN.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut reaped = 0;
     for pid in zombies.into_iter().filter(|p| !own.contains(p)) {

@@ -1,0 +1,149 @@
+//! Starting the children the runner waits for itself (git, the worker):
+//! marked its own before any await, without a copy of the runner's memory,
+//! and as the worker's uid where it has one.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::WorkerUser;
+use super::reaper::{OwnChild, spawn_marked};
+
+/// Starts `cmd` as a child the runner waits for itself, as `user` when
+/// given (its uid and gid, no supplementary groups; `None`: the runner's
+/// own), and marks it as it starts ([`spawn_marked`]): the orphan reaper
+/// could otherwise take a child that exits at once (and its status and
+/// output with it).
+///
+/// The spawn runs off the async threads, and without a fork where it can:
+/// - A fork copies the runner's page tables, and the child's exec then
+///   tears them down: 6-20 ms of a core at 100-370 MB of RSS, and every
+///   page the runner writes afterwards faults once. In a pre-warmed deploy
+///   that was 10-25 ms of CPU on a 2-core pod whose every core the delta
+///   needed. `posix_spawn` shares the memory until the exec instead, and
+///   std uses it when the command sets no uid or gid and names its program
+///   by path (see [`resolve`]).
+/// - So the uid and gid are not set on the command: the spawn runs on a
+///   thread of its own that takes the worker's credentials itself (on
+///   Linux they are per thread; the process keeps root) and ends with the
+///   spawn. The child inherits them, as with `setuid` after a fork.
+/// - On an async thread the fork held up the task just spawned there (a
+///   deploy's restore, beside the clone), which sits in that thread's
+///   next-task slot where other workers do not steal it (it waited 20-24
+///   ms).
+pub(crate) async fn spawn_own(
+    mut cmd: tokio::process::Command,
+    user: Option<WorkerUser>,
+) -> std::io::Result<(tokio::process::Child, OwnChild)> {
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let work = move || {
+        // The child is registered with the runtime that waits for it.
+        let _runtime = runtime.enter();
+        let spawned = match user.map(become_thread).transpose() {
+            Ok(_) => spawn_marked(|| cmd.spawn(), |child| child.id()),
+            Err(e) => Err(e),
+        };
+        let _ = tx.send(spawned);
+    };
+    match user {
+        // Its credentials are dropped for good: a thread that ends here,
+        // never one of the pool's.
+        Some(_) => drop(std::thread::Builder::new().name("sandcache-spawn".into()).spawn(work)?),
+        None => drop(tokio::task::spawn_blocking(work)),
+    }
+    rx.await.map_err(|_| std::io::Error::other("the spawning thread ended without starting it"))?
+}
+
+/// The calling thread, and only it, becomes `user`: no supplementary
+/// groups (when root), then its gid, then its uid, real, effective and
+/// saved (so it can never become root again).
+fn become_thread(user: WorkerUser) -> std::io::Result<()> {
+    use rustix::process::{Gid, Uid};
+    let (uid, gid) = (Uid::from_raw(user.uid), Gid::from_raw(user.gid));
+    if rustix::process::geteuid().is_root() {
+        rustix::thread::set_thread_groups(&[])?;
+    }
+    rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+    rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+    Ok(())
+}
+
+/// `program` as `execvp` would find it in `path` (the child's `PATH`): a
+/// name with no `/` becomes the first regular file of that name in a
+/// listed directory with an execute bit. std then starts it with
+/// `posix_spawn` (a bare name with a `PATH` of the child's own makes it
+/// fork). `None`: a path already, or not found (the spawn then fails as
+/// it would have, naming it).
+pub(crate) fn resolve(program: &OsStr, path: Option<&str>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.is_empty() || program.as_bytes().contains(&b'/') {
+        return None;
+    }
+    path?.split(':').filter(|dir| dir.starts_with('/')).map(|dir| Path::new(dir).join(program)).find(|candidate| {
+        std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// A command for `program`, named by the path [`resolve`] finds for it in
+/// `path` (its `argv[0]` still `program`).
+pub(crate) fn command(program: impl Into<OsString>, path: Option<&str>) -> tokio::process::Command {
+    let program = program.into();
+    match resolve(&program, path) {
+        Some(found) => {
+            let mut cmd = tokio::process::Command::new(found);
+            cmd.arg0(program);
+            cmd
+        }
+        None => tokio::process::Command::new(program),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As root: the child runs as the user, with no supplementary groups,
+    /// and the runner (this process, this thread) is still root after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_child_started_as_the_worker_runs_as_it_and_the_runner_stays_root() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipping: starting a child as another user needs root");
+            return;
+        }
+        let mut cmd = command("sh", Some("/usr/bin:/bin"));
+        cmd.args(["-c", "echo $(id -u) $(id -g) $(id -G); cat /proc/self/status | grep -E '^Cap(Eff|Prm)'"]);
+        cmd.env_clear().env("PATH", "/usr/bin:/bin").stdout(std::process::Stdio::piped());
+        let user = WorkerUser { uid: 10001, gid: 10002 };
+        let (child, _own) = spawn_own(cmd, Some(user)).await.unwrap();
+        let out = child.wait_with_output().await.unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("10001 10002 10002"), "{out}");
+        assert!(lines.all(|l| l.ends_with("0000000000000000")), "no capabilities: {out}");
+        assert!(rustix::process::geteuid().is_root(), "this thread is still root");
+        let all = std::thread::spawn(|| rustix::process::geteuid().is_root()).join().unwrap();
+        assert!(all, "and a new one");
+        // A program that is not there fails the spawn, naming it.
+        let mut missing = command("sandcache-no-such-program", Some("/usr/bin:/bin"));
+        missing.env_clear().env("PATH", "/usr/bin:/bin");
+        let missing = spawn_own(missing, Some(user)).await;
+        assert_eq!(missing.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn names_are_resolved_in_path_as_execvp_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(a.join("tool"), "").unwrap(); // not executable
+        std::fs::write(b.join("tool"), "").unwrap();
+        std::fs::set_permissions(b.join("tool"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let path = format!("relative:{}:{}", a.display(), b.display());
+        assert_eq!(resolve(OsStr::new("tool"), Some(&path)), Some(b.join("tool")));
+        assert_eq!(resolve(OsStr::new("missing"), Some(&path)), None);
+        assert_eq!(resolve(OsStr::new("./tool"), Some(&path)), None, "a path is left as it is");
+        assert_eq!(resolve(OsStr::new("tool"), None), None);
+    }
+}
