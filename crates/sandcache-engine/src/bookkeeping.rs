@@ -196,24 +196,24 @@ pub(crate) fn ctime_now() -> i128 {
 }
 
 /// Waits until the coarse clock the kernel stamps ctimes with has passed
-/// `now` (a tick: a few ms at most).
+/// `now` (a tick: a few ms at most), on a blocking thread.
 pub(crate) async fn ctime_passed(now: i128) {
-    let passed = move || clock_ns(rustix::time::ClockId::RealtimeCoarse) > now;
-    if passed() {
+    if clock_ns(rustix::time::ClockId::RealtimeCoarse) > now {
         return;
     }
-    // Polled every 0.2 ms on a blocking thread: a runner's worker waits on
-    // it, and the runtime's timer would round each wait up to a whole ms.
-    // Bounded, should the clock be stepped back meanwhile.
-    let wait = tokio::task::spawn_blocking(move || {
-        for _ in 0..250 {
-            if passed() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_micros(200));
+    let _ = tokio::task::spawn_blocking(move || wait_ctime_passed(now)).await;
+}
+
+/// [`ctime_passed`], blocking the calling thread: polled every 0.2 ms (a
+/// runner's worker waits on it, and an async timer would round each wait
+/// up to a whole ms). Bounded, should the clock be stepped back meanwhile.
+pub(crate) fn wait_ctime_passed(now: i128) {
+    for _ in 0..250 {
+        if clock_ns(rustix::time::ClockId::RealtimeCoarse) > now {
+            return;
         }
-    });
-    let _ = wait.await;
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
 }
 
 fn clock_ns(clock: rustix::time::ClockId) -> i128 {
