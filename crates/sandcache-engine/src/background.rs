@@ -27,6 +27,25 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// The nice value of work done behind an app's boot: the app first, the
+/// work in the CPU time it leaves.
+const BEHIND_THE_APP_NICE: i32 = 19;
+
+/// Runs `work` behind the app booting beside it, and waits for it: on a
+/// thread of its own at nice 19 (nice is per thread on Linux), which the
+/// lowered priority dies with (a pooled one would keep it, and raising it
+/// back needs a privilege).
+pub(crate) fn behind_the_app<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = rustix::process::setpriority_process(None, BEHIND_THE_APP_NICE);
+            work()
+        })
+        .join()
+    })
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 static BACKGROUND: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// Runs `work` on a background thread, tracked so a short-lived process can

@@ -26,10 +26,6 @@ use super::plan::{Slice, plan_runs};
 use super::prefetch::Prefetch;
 use super::restoring::Restoring;
 
-/// The nice value of a second phase's writer thread: the app's boot first,
-/// the tail in the CPU time it leaves.
-const TAIL_NICE: i32 = 19;
-
 /// Where frames are written: a private staging dir (relative to its
 /// held-open fd; `io` names it in errors), or the live dir of a restore's
 /// second phase.
@@ -124,18 +120,8 @@ pub(super) async fn write_frames(
             if !behind_the_app {
                 return work();
             }
-            // A tail writer yields the CPU to the app booting beside it
-            // (nice is per thread on Linux). A thread of its own, which the
-            // lowered priority dies with: a pooled one would keep it, and
-            // raising it back needs a privilege.
-            std::thread::scope(|s| {
-                s.spawn(|| {
-                    let _ = rustix::process::setpriority_process(None, TAIL_NICE);
-                    work()
-                })
-                .join()
-            })
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            // A tail writer yields the CPU to the app booting beside it.
+            crate::background::behind_the_app(work)
         }));
     }
 
