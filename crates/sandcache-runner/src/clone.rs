@@ -19,7 +19,8 @@ pub(crate) async fn clone_repo(
     home: &Path,
 ) -> Result<(), DeployError> {
     let path = cfg.runner_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
-    let mut cmd = crate::isolation::command("git", path);
+    let as_user = user.is_separate().then_some(user);
+    let mut cmd = crate::isolation::command("git", path, as_user).await;
     // No prompt, no hooks or templates, no system or global config, and
     // a transfer slower than 1 KB/s for 30 s is a failure.
     cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=30"]);
@@ -38,9 +39,8 @@ pub(crate) async fn clone_repo(
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let (child, _waited_here) = spawn_own(cmd, user.is_separate().then_some(user))
-        .await
-        .map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
+    let (child, _waited_here) =
+        spawn_own(cmd, as_user).await.map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
     // git's helpers (git-remote-https) share its group: a timeout or a
     // cancelled deploy kills them all, not just git.
     let _group = KillGroupOnDrop::new(child.id());

@@ -151,7 +151,7 @@ impl Spec {
     /// does not hold up the async thread it was asked on.
     async fn start(&self) -> Result<(Child, OwnChild), SpawnError> {
         let program = self.argv[0].clone();
-        let mut cmd = crate::isolation::command(&program, self.env.get("PATH").map(String::as_str));
+        let mut cmd = crate::isolation::command(&program, self.env.get("PATH").map(String::as_str), self.user).await;
         cmd.args(&self.argv[1..])
             .current_dir(&self.cwd)
             .env_clear()

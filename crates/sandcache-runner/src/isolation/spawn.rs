@@ -69,27 +69,48 @@ fn become_thread(user: WorkerUser) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `program` as `execvp` would find it in `path` (the child's `PATH`): a
-/// name with no `/` becomes the first regular file of that name in a
-/// listed directory with an execute bit. std then starts it with
-/// `posix_spawn` (a bare name with a `PATH` of the child's own makes it
-/// fork). `None`: a path already, or not found (the spawn then fails as
-/// it would have, naming it).
-pub(crate) fn resolve(program: &OsStr, path: Option<&str>) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+/// `program` as `execvp` would find it in `path` (the child's `PATH`),
+/// looked for with the calling thread's credentials: a name with no `/`
+/// becomes the first regular file of that name in a listed directory that
+/// the thread may execute. std then starts it with `posix_spawn` (a bare
+/// name with a `PATH` of the child's own makes it fork). `None`: a path
+/// already, or not found (the spawn then fails as it would have, naming
+/// it).
+fn resolve(program: &OsStr, path: &str) -> Option<PathBuf> {
     if program.is_empty() || program.as_bytes().contains(&b'/') {
         return None;
     }
-    path?.split(':').filter(|dir| dir.starts_with('/')).map(|dir| Path::new(dir).join(program)).find(|candidate| {
-        std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    path.split(':').filter(|dir| dir.starts_with('/')).map(|dir| Path::new(dir).join(program)).find(|candidate| {
+        std::fs::metadata(candidate).is_ok_and(|m| m.is_file())
+            && rustix::fs::access(candidate, rustix::fs::Access::EXEC_OK).is_ok()
     })
 }
 
 /// A command for `program`, named by the path [`resolve`] finds for it in
-/// `path` (its `argv[0]` still `program`).
-pub(crate) fn command(program: impl Into<OsString>, path: Option<&str>) -> tokio::process::Command {
+/// `path` as `user` (on a thread that takes its credentials: a directory of
+/// the runner's own that the user cannot search is passed over, as
+/// `execvp` would) or as the runner (`None`). Its `argv[0]` is still
+/// `program`.
+pub(crate) async fn command(
+    program: impl Into<OsString>,
+    path: Option<&str>,
+    user: Option<WorkerUser>,
+) -> tokio::process::Command {
     let program = program.into();
-    match resolve(&program, path) {
+    let found = match (path, user) {
+        (None, _) => None,
+        (Some(path), None) => resolve(&program, path),
+        (Some(path), Some(user)) => {
+            let (name, path) = (program.clone(), path.to_owned());
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let look = move || drop(tx.send(become_thread(user).ok().and_then(|()| resolve(&name, &path))));
+            match std::thread::Builder::new().name("sandcache-spawn".into()).spawn(look) {
+                Ok(_) => rx.await.ok().flatten(),
+                Err(_) => None,
+            }
+        }
+    };
+    match found {
         Some(found) => {
             let mut cmd = tokio::process::Command::new(found);
             cmd.arg0(program);
@@ -111,10 +132,18 @@ mod tests {
             eprintln!("skipping: starting a child as another user needs root");
             return;
         }
-        let mut cmd = command("sh", Some("/usr/bin:/bin"));
-        cmd.args(["-c", "echo $(id -u) $(id -g) $(id -G); cat /proc/self/status | grep -E '^Cap(Eff|Prm)'"]);
-        cmd.env_clear().env("PATH", "/usr/bin:/bin").stdout(std::process::Stdio::piped());
+        // A directory the user cannot search comes first in its PATH: passed
+        // over, as execvp would.
+        let private = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(private.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        std::fs::write(private.path().join("sh"), "#!/bin/sh\nexit 9\n").unwrap();
+        std::fs::set_permissions(private.path().join("sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let user = WorkerUser { uid: 10001, gid: 10002 };
+        let path = format!("{}:/usr/bin:/bin", private.path().display());
+        let mut cmd = command("sh", Some(&path), Some(user)).await;
+        cmd.args(["-c", "echo $(id -u) $(id -g) $(id -G); cat /proc/self/status | grep -E '^Cap(Eff|Prm)'"]);
+        cmd.env_clear().env("PATH", &path).stdout(std::process::Stdio::piped());
         let (child, _own) = spawn_own(cmd, Some(user)).await.unwrap();
         let out = child.wait_with_output().await.unwrap();
         let out = String::from_utf8_lossy(&out.stdout);
@@ -125,7 +154,7 @@ mod tests {
         let all = std::thread::spawn(|| rustix::process::geteuid().is_root()).join().unwrap();
         assert!(all, "and a new one");
         // A program that is not there fails the spawn, naming it.
-        let mut missing = command("sandcache-no-such-program", Some("/usr/bin:/bin"));
+        let mut missing = command("sandcache-no-such-program", Some("/usr/bin:/bin"), Some(user)).await;
         missing.env_clear().env("PATH", "/usr/bin:/bin");
         let missing = spawn_own(missing, Some(user)).await;
         assert_eq!(missing.unwrap_err().kind(), std::io::ErrorKind::NotFound);
@@ -141,9 +170,8 @@ mod tests {
         std::fs::write(b.join("tool"), "").unwrap();
         std::fs::set_permissions(b.join("tool"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let path = format!("relative:{}:{}", a.display(), b.display());
-        assert_eq!(resolve(OsStr::new("tool"), Some(&path)), Some(b.join("tool")));
-        assert_eq!(resolve(OsStr::new("missing"), Some(&path)), None);
-        assert_eq!(resolve(OsStr::new("./tool"), Some(&path)), None, "a path is left as it is");
-        assert_eq!(resolve(OsStr::new("tool"), None), None);
+        assert_eq!(resolve(OsStr::new("tool"), &path), Some(b.join("tool")));
+        assert_eq!(resolve(OsStr::new("missing"), &path), None);
+        assert_eq!(resolve(OsStr::new("./tool"), &path), None, "a path is left as it is");
     }
 }
