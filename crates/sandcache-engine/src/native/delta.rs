@@ -89,9 +89,6 @@ pub(crate) struct Trust {
     pub(crate) owner: Option<(u32, u32)>,
 }
 
-/// Most threads a disk check runs on.
-const CHECK_THREADS: usize = 4;
-
 /// What the disk check found of the generation a dir holds: the units on
 /// disk as its restore left them, untouched since, and the names in its
 /// directories that it did not put there.
@@ -132,13 +129,11 @@ pub(crate) fn check(
         let Ok(extras) = disk.extras(dir, &o, mtime) else { return Ok(None) };
         intact.extras.extend(extras.into_iter().map(|name| join(dir, &name)));
     }
-    // Threads taking runs of units as they go, each with directory fds of
-    // its own, one more than the cores (up to `CHECK_THREADS`): the check
-    // is a delta's longest step, and what runs beside it (the new
-    // manifest, the diff, the staging, the clone) has time to spare. A
-    // pre-warmed deploy's hot-ready came at 61 ms with one thread and 56
-    // with two (medians of 7); on 2 cores the worker started 42 ms after
-    // the floor's with three, 50 with two (medians of 9).
+    // Two threads taking runs of units as they go, each with directory fds
+    // of its own: the check is a delta's longest step, and what runs
+    // beside it (the new manifest, the diff, the staging, the clone) ends
+    // halfway and left a core idle for the rest (a pre-warmed deploy's
+    // hot-ready came at 61 ms with one thread, 56 with two, medians of 7).
     let units: Vec<Unit> = o.units.keys().copied().collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let work = |disk: &mut Disk| -> Result<Vec<(String, Vec<String>)>, ExtractError> {
@@ -157,26 +152,17 @@ pub(crate) fn check(
             }
         }
     };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get() + 1).min(CHECK_THREADS);
-    let results = std::thread::scope(|s| {
-        let others: Vec<_> = (1..threads)
-            .filter_map(|_| {
-                let mut other = Disk { dirs: DirFds::new(second_root.clone()), trust, euid: disk.euid };
-                let work = &work;
-                std::thread::Builder::new()
-                    .name("sandcache-check".into())
-                    .spawn_scoped(s, move || work(&mut other))
-                    .ok()
-            })
-            .collect();
-        // Runs no other thread took are this one's.
-        let mut all = vec![work(&mut disk)];
-        all.extend(others.into_iter().map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))));
-        all
+    let mut other = Disk { dirs: DirFds::new(second_root), trust, euid: disk.euid };
+    let (a, b) = std::thread::scope(|s| {
+        let b = std::thread::Builder::new().name("sandcache-check".into()).spawn_scoped(s, || work(&mut other));
+        let a = work(&mut disk);
+        match b {
+            Ok(b) => (a, b.join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+            // No second thread: this one took every run.
+            Err(_) => (a, Ok(Vec::new())),
+        }
     });
-    for r in results {
-        intact.units.extend(r?);
-    }
+    intact.units.extend(a?.into_iter().chain(b?));
     Ok(Some(intact))
 }
 
