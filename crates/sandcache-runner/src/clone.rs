@@ -18,29 +18,34 @@ pub(crate) async fn clone_repo(
     user: WorkerUser,
     home: &Path,
 ) -> Result<(), DeployError> {
-    let path = cfg.runner_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
-    let as_user = user.is_separate().then_some(user);
-    let mut cmd = crate::isolation::command("git", path, as_user).await;
-    // No prompt, no hooks or templates, no system or global config, and
-    // a transfer slower than 1 KB/s for 30 s is a failure.
-    cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=30"]);
-    cmd.args(["clone", "--depth", "1", "--single-branch", "--quiet", "--template="]);
-    if let Some(b) = branch {
-        cmd.args(["--branch", b]);
-    }
-    cmd.arg("--").arg(repo).arg(&cfg.work_dir);
-    cmd.env_clear().envs(cfg.runner_env.iter().filter(|(k, _)| GIT_ENV.contains(&k.as_str())).map(|(k, v)| (k, v)));
-    cmd.env("HOME", home.join("home")).env("TMPDIR", home.join("tmp")).env("GIT_TERMINAL_PROMPT", "0");
-    cmd.env("GIT_CONFIG_NOSYSTEM", "1").env("GIT_CONFIG_GLOBAL", "/dev/null");
-    cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new");
-    cmd.current_dir(&cfg.work_dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let (child, _waited_here) =
-        spawn_own(cmd, as_user).await.map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
+    let path = cfg.runner_env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+    let env: Vec<(String, String)> =
+        cfg.runner_env.iter().filter(|(k, _)| GIT_ENV.contains(&k.as_str())).cloned().collect();
+    let (repo_arg, branch_arg, work_dir, home) =
+        (repo.to_owned(), branch.map(str::to_owned), cfg.work_dir.clone(), home.to_owned());
+    let configure = move |cmd: &mut tokio::process::Command| {
+        // No prompt, no hooks or templates, no system or global config, and
+        // a transfer slower than 1 KB/s for 30 s is a failure.
+        cmd.args(["-c", "core.hooksPath=/dev/null", "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=30"]);
+        cmd.args(["clone", "--depth", "1", "--single-branch", "--quiet", "--template="]);
+        if let Some(b) = branch_arg {
+            cmd.args(["--branch", &b]);
+        }
+        cmd.arg("--").arg(repo_arg).arg(&work_dir);
+        cmd.env_clear().envs(env);
+        cmd.env("HOME", home.join("home")).env("TMPDIR", home.join("tmp")).env("GIT_TERMINAL_PROMPT", "0");
+        cmd.env("GIT_CONFIG_NOSYSTEM", "1").env("GIT_CONFIG_GLOBAL", "/dev/null");
+        cmd.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new");
+        cmd.current_dir(&work_dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+    };
+    let (child, _waited_here) = spawn_own("git", path, user.is_separate().then_some(user), configure)
+        .await
+        .map_err(|e| DeployError::Failed(format!("cannot run git: {e}")))?;
     // git's helpers (git-remote-https) share its group: a timeout or a
     // cancelled deploy kills them all, not just git.
     let _group = KillGroupOnDrop::new(child.id());

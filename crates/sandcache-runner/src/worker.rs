@@ -7,11 +7,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::isolation::OwnChild;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::watch;
+
+use crate::isolation::OwnChild;
 
 /// Where a worker is in its life, as `/sandbox/status` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -151,20 +152,25 @@ impl Spec {
     /// does not hold up the async thread it was asked on.
     async fn start(&self) -> Result<(Child, OwnChild), SpawnError> {
         let program = self.argv[0].clone();
-        let mut cmd = crate::isolation::command(&program, self.env.get("PATH").map(String::as_str), self.user).await;
-        cmd.args(&self.argv[1..])
-            .current_dir(&self.cwd)
-            .env_clear()
-            .envs(&self.env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
+        let (args, cwd, env) = (self.argv[1..].to_vec(), self.cwd.clone(), self.env.clone());
+        let configure = move |cmd: &mut tokio::process::Command| {
+            cmd.args(args)
+                .current_dir(cwd)
+                .env_clear()
+                .envs(env)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .process_group(0)
+                .kill_on_drop(true);
+        };
+        let path = self.env.get("PATH").cloned();
         let (mut child, own) =
-            crate::isolation::spawn_own(cmd, self.user).await.map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program.clone() },
-                _ => SpawnError::Io { program: program.clone(), source },
+            crate::isolation::spawn_own(&program, path, self.user, configure).await.map_err(|source| {
+                match source.kind() {
+                    std::io::ErrorKind::NotFound => SpawnError::NotFound { program: program.clone() },
+                    _ => SpawnError::Io { program: program.clone(), source },
+                }
             })?;
         if let Some(out) = child.stdout.take() {
             tokio::spawn(log_lines(out, "stdout"));

@@ -44,5 +44,5 @@ pub(crate) use reaper::OwnChild;
 #[cfg(test)]
 pub(crate) use reaper::reap_orphans;
 pub(crate) use report::startup_report;
-pub(crate) use spawn::{command, spawn_own};
+pub(crate) use spawn::spawn_own;
 pub(crate) use sweep::{SweepScope, sweep};

@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use super::WorkerUser;
 use super::reaper::{OwnChild, spawn_marked};
 
-/// Starts `cmd` as a child the runner waits for itself, as `user` when
-/// given (its uid and gid, no supplementary groups; `None`: the runner's
-/// own), and marks it as it starts ([`spawn_marked`]): the orphan reaper
-/// could otherwise take a child that exits at once (and its status and
-/// output with it).
+/// Starts `program` as a child the runner waits for itself, as `user`
+/// when given (its uid and gid, no supplementary groups; `None`: the
+/// runner's own), with what `configure` sets on its command (arguments,
+/// environment, stdio...), and marks it as it starts ([`spawn_marked`]):
+/// the orphan reaper could otherwise take a child that exits at once (and
+/// its status and output with it). A bare name is looked up in `path`
+/// (the child's `PATH`) as `user` ([`resolve`]).
 ///
 /// The spawn runs off the async threads, and without a fork where it can:
 /// - A fork copies the runner's page tables, and the child's exec then
@@ -22,29 +24,44 @@ use super::reaper::{OwnChild, spawn_marked};
 ///   that was 10-25 ms of CPU on a 2-core pod whose every core the delta
 ///   needed. `posix_spawn` shares the memory until the exec instead, and
 ///   std uses it when the command sets no uid or gid and names its program
-///   by path (see [`resolve`]).
-/// - So the uid and gid are not set on the command: the spawn runs on a
-///   thread of its own that takes the worker's credentials itself (on
-///   Linux they are per thread; the process keeps root) and ends with the
-///   spawn. The child inherits them, as with `setuid` after a fork.
+///   by path.
+/// - So the uid and gid are not set on the command: the lookup and the
+///   spawn run on a thread of its own that takes the worker's credentials
+///   itself (on Linux they are per thread; the process keeps root) and
+///   ends with the spawn. The child inherits them, as with `setuid` after
+///   a fork.
 /// - On an async thread the fork held up the task just spawned there (a
 ///   deploy's restore, beside the clone), which sits in that thread's
 ///   next-task slot where other workers do not steal it (it waited 20-24
 ///   ms).
 pub(crate) async fn spawn_own(
-    mut cmd: tokio::process::Command,
+    program: impl Into<OsString>,
+    path: Option<String>,
     user: Option<WorkerUser>,
+    configure: impl FnOnce(&mut tokio::process::Command) + Send + 'static,
 ) -> std::io::Result<(tokio::process::Child, OwnChild)> {
+    let program = program.into();
     let runtime = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let work = move || {
         // The child is registered with the runtime that waits for it.
         let _runtime = runtime.enter();
-        let spawned = match user.map(become_thread).transpose() {
-            Ok(_) => spawn_marked(|| cmd.spawn(), |child| child.id()),
-            Err(e) => Err(e),
+        let spawn = || {
+            if let Some(user) = user {
+                become_thread(user)?;
+            }
+            let mut cmd = match path.as_deref().and_then(|path| resolve(&program, path)) {
+                Some(found) => {
+                    let mut cmd = tokio::process::Command::new(found);
+                    cmd.arg0(&program);
+                    cmd
+                }
+                None => tokio::process::Command::new(&program),
+            };
+            configure(&mut cmd);
+            spawn_marked(|| cmd.spawn(), |child| child.id())
         };
-        let _ = tx.send(spawned);
+        let _ = tx.send(spawn());
     };
     match user {
         // Its credentials are dropped for good: a thread that ends here,
@@ -72,10 +89,10 @@ fn become_thread(user: WorkerUser) -> std::io::Result<()> {
 /// `program` as `execvp` would find it in `path` (the child's `PATH`),
 /// looked for with the calling thread's credentials: a name with no `/`
 /// becomes the first regular file of that name in a listed directory that
-/// the thread may execute. std then starts it with `posix_spawn` (a bare
-/// name with a `PATH` of the child's own makes it fork). `None`: a path
-/// already, or not found (the spawn then fails as it would have, naming
-/// it).
+/// the thread may execute (a directory the worker cannot search is passed
+/// over). std then starts it with `posix_spawn` (a bare name with a `PATH`
+/// of the child's own makes it fork). `None`: a path already, or not found
+/// (the spawn then fails as it would have, naming it).
 fn resolve(program: &OsStr, path: &str) -> Option<PathBuf> {
     if program.is_empty() || program.as_bytes().contains(&b'/') {
         return None;
@@ -84,40 +101,6 @@ fn resolve(program: &OsStr, path: &str) -> Option<PathBuf> {
         std::fs::metadata(candidate).is_ok_and(|m| m.is_file())
             && rustix::fs::access(candidate, rustix::fs::Access::EXEC_OK).is_ok()
     })
-}
-
-/// A command for `program`, named by the path [`resolve`] finds for it in
-/// `path` as `user` (on a thread that takes its credentials: a directory of
-/// the runner's own that the user cannot search is passed over, as
-/// `execvp` would) or as the runner (`None`). Its `argv[0]` is still
-/// `program`.
-pub(crate) async fn command(
-    program: impl Into<OsString>,
-    path: Option<&str>,
-    user: Option<WorkerUser>,
-) -> tokio::process::Command {
-    let program = program.into();
-    let found = match (path, user) {
-        (None, _) => None,
-        (Some(path), None) => resolve(&program, path),
-        (Some(path), Some(user)) => {
-            let (name, path) = (program.clone(), path.to_owned());
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let look = move || drop(tx.send(become_thread(user).ok().and_then(|()| resolve(&name, &path))));
-            match std::thread::Builder::new().name("sandcache-spawn".into()).spawn(look) {
-                Ok(_) => rx.await.ok().flatten(),
-                Err(_) => None,
-            }
-        }
-    };
-    match found {
-        Some(found) => {
-            let mut cmd = tokio::process::Command::new(found);
-            cmd.arg0(program);
-            cmd
-        }
-        None => tokio::process::Command::new(program),
-    }
 }
 
 #[cfg(test)]
@@ -141,10 +124,13 @@ mod tests {
             .unwrap();
         let user = WorkerUser { uid: 10001, gid: 10002 };
         let path = format!("{}:/usr/bin:/bin", private.path().display());
-        let mut cmd = command("sh", Some(&path), Some(user)).await;
-        cmd.args(["-c", "echo $(id -u) $(id -g) $(id -G); cat /proc/self/status | grep -E '^Cap(Eff|Prm)'"]);
-        cmd.env_clear().env("PATH", &path).stdout(std::process::Stdio::piped());
-        let (child, _own) = spawn_own(cmd, Some(user)).await.unwrap();
+        let env_path = path.clone();
+        let (child, _own) = spawn_own("sh", Some(path), Some(user), move |cmd| {
+            cmd.args(["-c", "echo $(id -u) $(id -g) $(id -G); cat /proc/self/status | grep -E '^Cap(Eff|Prm)'"]);
+            cmd.env_clear().env("PATH", env_path).stdout(std::process::Stdio::piped());
+        })
+        .await
+        .unwrap();
         let out = child.wait_with_output().await.unwrap();
         let out = String::from_utf8_lossy(&out.stdout);
         let mut lines = out.lines();
@@ -154,9 +140,10 @@ mod tests {
         let all = std::thread::spawn(|| rustix::process::geteuid().is_root()).join().unwrap();
         assert!(all, "and a new one");
         // A program that is not there fails the spawn, naming it.
-        let mut missing = command("sandcache-no-such-program", Some("/usr/bin:/bin"), Some(user)).await;
-        missing.env_clear().env("PATH", "/usr/bin:/bin");
-        let missing = spawn_own(missing, Some(user)).await;
+        let missing = spawn_own("sandcache-no-such-program", Some("/usr/bin:/bin".into()), Some(user), |cmd| {
+            cmd.env_clear().env("PATH", "/usr/bin:/bin");
+        })
+        .await;
         assert_eq!(missing.unwrap_err().kind(), std::io::ErrorKind::NotFound);
     }
 
