@@ -219,78 +219,55 @@ impl HeldCheck {
             Ok(intact.map_or(Checked::Unreadable, |intact| Checked::Intact(Arc::new(intact))))
         };
         // A remembered manifest (hashed when it was remembered) is checked
-        // on a thread of its own from here: the check is a pre-warmed
+        // on the blocking pool from here: the check is a pre-warmed
         // deploy's longest step, and a task, then a blocking thread, started
         // it 6-10 ms later, behind the clone's start on a busy pod.
-        let (result, task) = match recalled {
+        let task = match recalled {
             Some(old) => {
                 let _ = tx.send(Ok(Old::Held(old.clone())));
-                let (done, answer) = tokio::sync::oneshot::channel();
                 let started = Instant::now();
-                let work = move || {
-                    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check_disk(old, started)));
-                    let panicked = |p: Box<dyn std::any::Any + Send>| {
-                        Err(Error::Bug(crate::outcome::Skip::panicked("the delta's check", p.as_ref()).detail))
-                    };
-                    let _ = done.send(checked.unwrap_or_else(panicked));
+                tokio::task::spawn_blocking(move || check_disk(old, started))
+            }
+            None => tokio::spawn(async move {
+                // Its bad objects are not reported: it is only compared.
+                let quiet = Found::default();
+                let pieces = native::Pieces {
+                    store: store.as_ref(),
+                    found: &quiet,
+                    cache: cache.as_ref(),
+                    given: None,
+                    keep: false,
                 };
-                let result = match std::thread::Builder::new().name("sandcache-check".into()).spawn(work) {
-                    Ok(_) => answer
-                        .map(|r| {
-                            Arc::new(r.unwrap_or_else(|_| Err(Error::Bug("the delta's check ended unanswered".into()))))
-                        })
-                        .boxed(),
-                    Err(source) => {
-                        let failed = Err(Error::Io { what: "the delta's check thread", source });
-                        futures::future::ready(Arc::new(failed)).boxed()
+                let started = Instant::now();
+                let old = async {
+                    let root = match kept_root {
+                        Some(root) => root,
+                        None => native::fetch_root(store.as_ref(), &generation).await?,
+                    };
+                    native::whole(&pieces, root).await
+                };
+                let old = match old.await {
+                    Ok(old) => Arc::new(old),
+                    Err(e) => {
+                        let _ = tx.send(Ok(Old::Unfetched(crate::error::error_chain(&e))));
+                        return Ok(Checked::Unreadable);
                     }
                 };
-                (result, None)
-            }
-            None => {
-                let task = tokio::spawn(async move {
-                    // Its bad objects are not reported: it is only compared.
-                    let quiet = Found::default();
-                    let pieces = native::Pieces {
-                        store: store.as_ref(),
-                        found: &quiet,
-                        cache: cache.as_ref(),
-                        given: None,
-                        keep: false,
-                    };
-                    let started = Instant::now();
-                    let root = match kept_root {
-                        Some(root) => Ok(root),
-                        None => native::fetch_root(store.as_ref(), &generation).await,
-                    };
-                    let old = match root {
-                        Ok(root) => native::whole(&pieces, root).await.map(Arc::new),
-                        Err(e) => Err(e),
-                    };
-                    let old = match old {
-                        Ok(old) => old,
-                        Err(e) => {
-                            let _ = tx.send(Ok(Old::Unfetched(crate::error::error_chain(&e))));
-                            return Ok(Checked::Unreadable);
-                        }
-                    };
-                    tokio::task::spawn_blocking(move || {
-                        if native::digest(&old) != digest {
-                            let _ = tx.send(Ok(Old::NotHeld));
-                            return Ok(Checked::Unreadable);
-                        }
-                        // Read: a delta can compare it with the new one meanwhile.
-                        let _ = tx.send(Ok(Old::Held(old.clone())));
-                        check_disk(old, started)
-                    })
-                    .await
-                    .map_err(|e| Error::joined("the delta's check", e))?
-                });
-                let abort = task.abort_handle();
-                let result = task.map(|r| Arc::new(r.unwrap_or_else(|e| Err(Error::joined("the delta's check", e)))));
-                (result.boxed(), Some(abort))
-            }
+                tokio::task::spawn_blocking(move || {
+                    if native::digest(&old) != digest {
+                        let _ = tx.send(Ok(Old::NotHeld));
+                        return Ok(Checked::Unreadable);
+                    }
+                    // Read: a delta can compare it with the new one meanwhile.
+                    let _ = tx.send(Ok(Old::Held(old.clone())));
+                    check_disk(old, started)
+                })
+                .await
+                .map_err(|e| Error::joined("the delta's check", e))?
+            }),
         };
+        let abort = task.abort_handle();
+        let result = task.map(|r| Arc::new(r.unwrap_or_else(|e| Err(Error::joined("the delta's check", e)))));
         // Ended before it said (it failed to run, or was stopped): as if
         // unreadable.
         let old = rx.map(|r| Arc::new(r.unwrap_or_else(|_| Ok(Old::Unfetched("the check ended early".into())))));
@@ -299,9 +276,9 @@ impl HeldCheck {
             held: Some((held, live)),
             held_packs,
             old: Some(old.boxed().shared()),
-            result: Some(result.shared()),
+            result: Some(result.boxed().shared()),
             cancel,
-            task,
+            task: Some(abort),
         }
     }
 }
