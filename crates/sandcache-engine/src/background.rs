@@ -27,18 +27,21 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// The nice value of work done behind an app's boot: the app first, the
-/// work in the CPU time it leaves.
-const BEHIND_THE_APP_NICE: i32 = 19;
+/// The calling thread (nice is per thread on Linux) at the lowest
+/// priority, nice 19: work that is never urgent yields the CPU (and,
+/// following the nice value, the disk) to whatever else runs. Only for a
+/// thread that ends with that work: a pooled one would keep it, and
+/// raising it back needs a privilege.
+fn lowest_priority() {
+    let _ = rustix::process::setpriority_process(None, 19);
+}
 
 /// Runs `work` behind the app booting beside it, and waits for it: on a
-/// thread of its own at nice 19 (nice is per thread on Linux), which the
-/// lowered priority dies with (a pooled one would keep it, and raising it
-/// back needs a privilege).
+/// thread of its own at the lowest priority.
 pub(crate) fn behind_the_app<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
-            let _ = rustix::process::setpriority_process(None, BEHIND_THE_APP_NICE);
+            lowest_priority();
             work()
         })
         .join()
@@ -70,9 +73,8 @@ pub(crate) fn remove_in_background(paths: Vec<PathBuf>) {
         return;
     }
     background("cleanup", move || {
-        // Removal is never urgent: it yields the CPU (and, following the
-        // nice value, the disk) to whatever else runs. Only this thread.
-        let _ = rustix::process::setpriority_process(None, 19);
+        // Removal is never urgent.
+        lowest_priority();
         let mut pauses = Pauses::default();
         for p in paths {
             // An abandoned restore's writers may still be finishing a file
