@@ -14,8 +14,9 @@
 //! - `sweep.rs`: `sweep`, killing every process a worker left.
 //! - `reaper.rs`: [`start_orphan_reaper`], and the children the runner
 //!   waits for itself (`OwnChild`), which it leaves alone.
-//! - `spawn.rs`: `spawn_own`, how those children start: marked, without a
-//!   fork, as the worker's uid.
+//! - `spawn.rs`: `spawn_own`, how those children start: marked, as the
+//!   worker's uid (taken in the forked child), without a fork as the
+//!   runner's own.
 //! - `metadata.rs`: [`block_metadata`], the credential endpoints closed to
 //!   the worker's uid.
 //! - `report.rs`: `startup_report`, what the worker could still read or

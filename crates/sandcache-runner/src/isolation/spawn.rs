@@ -1,6 +1,6 @@
 //! Starting the children the runner waits for itself (git, the worker):
-//! marked its own before any await, without a copy of the runner's memory,
-//! and as the worker's uid where it has one.
+//! marked its own as they start, off the async threads, without a copy of
+//! the runner's memory where std can, and as the worker's uid.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -14,22 +14,24 @@ use super::reaper::{OwnChild, spawn_marked};
 /// runner's own), with what `configure` sets on its command (arguments,
 /// environment, stdio...), and marks it as it starts ([`spawn_marked`]):
 /// the orphan reaper could otherwise take a child that exits at once (and
-/// its status and output with it). A bare name is looked up in `path`
-/// (the child's `PATH`) as `user` ([`resolve`]).
+/// its status and output with it). It is looked up in `path`, the child's
+/// `PATH`, as `execvp` would as that user.
 ///
-/// The spawn runs off the async threads, and without a fork where it can:
+/// The spawn runs on the blocking pool, and without a fork where it can:
 /// - A fork copies the runner's page tables, and the child's exec then
 ///   tears them down: 6-20 ms of a core at 100-370 MB of RSS, and every
 ///   page the runner writes afterwards faults once. In a pre-warmed deploy
 ///   that was 10-25 ms of CPU on a 2-core pod whose every core the delta
 ///   needed. `posix_spawn` shares the memory until the exec instead, and
 ///   std uses it when the command sets no uid or gid and names its program
-///   by path.
-/// - So the uid and gid are not set on the command: the lookup and the
-///   spawn run on a thread of its own that takes the worker's credentials
-///   itself (on Linux they are per thread; the process keeps root) and
-///   ends with the spawn. The child inherits them, as with `setuid` after
-///   a fork.
+///   by path: so, as the runner's own user, a bare name is resolved here
+///   ([`resolve`]).
+/// - As the worker, std forks, and the child takes the worker's uid and
+///   gid itself before its exec. Taking them on a thread of the runner
+///   instead (they are per thread on Linux), which would let it spawn
+///   without a fork, was tried and dropped: for as long as that thread
+///   lives the worker's uid may signal it (`tgkill`), and a SIGKILL or
+///   SIGSTOP to one thread kills or stops the whole runner.
 /// - On an async thread the fork held up the task just spawned there (a
 ///   deploy's restore, beside the clone), which sits in that thread's
 ///   next-task slot where other workers do not steal it (it waited 20-24
@@ -41,58 +43,33 @@ pub(crate) async fn spawn_own(
     configure: impl FnOnce(&mut tokio::process::Command) + Send + 'static,
 ) -> std::io::Result<(tokio::process::Child, OwnChild)> {
     let program = program.into();
-    let runtime = tokio::runtime::Handle::current();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let work = move || {
-        // The child is registered with the runtime that waits for it.
-        let _runtime = runtime.enter();
-        let spawn = || {
-            if let Some(user) = user {
-                become_thread(user)?;
+    let spawn = move || {
+        let mut cmd = match (user, path.as_deref().and_then(|path| resolve(&program, path))) {
+            // std clears the supplementary groups when root drops to a
+            // uid; the child's `execvp` looks the name up as the worker.
+            (Some(user), _) => {
+                let mut cmd = tokio::process::Command::new(&program);
+                cmd.uid(user.uid).gid(user.gid);
+                cmd
             }
-            let mut cmd = match path.as_deref().and_then(|path| resolve(&program, path)) {
-                Some(found) => {
-                    let mut cmd = tokio::process::Command::new(found);
-                    cmd.arg0(&program);
-                    cmd
-                }
-                None => tokio::process::Command::new(&program),
-            };
-            configure(&mut cmd);
-            spawn_marked(|| cmd.spawn(), |child| child.id())
+            (None, Some(found)) => {
+                let mut cmd = tokio::process::Command::new(found);
+                cmd.arg0(&program);
+                cmd
+            }
+            (None, None) => tokio::process::Command::new(&program),
         };
-        let _ = tx.send(spawn());
+        configure(&mut cmd);
+        spawn_marked(|| cmd.spawn(), |child| child.id())
     };
-    match user {
-        // Its credentials are dropped for good: a thread that ends here,
-        // never one of the pool's.
-        Some(_) => drop(std::thread::Builder::new().name("sandcache-spawn".into()).spawn(work)?),
-        None => drop(tokio::task::spawn_blocking(work)),
-    }
-    rx.await.map_err(|_| std::io::Error::other("the spawning thread ended without starting it"))?
+    tokio::task::spawn_blocking(spawn).await.map_err(std::io::Error::other)?
 }
 
-/// The calling thread, and only it, becomes `user`: no supplementary
-/// groups (when root), then its gid, then its uid, real, effective and
-/// saved (so it can never become root again).
-fn become_thread(user: WorkerUser) -> std::io::Result<()> {
-    use rustix::process::{Gid, Uid};
-    let (uid, gid) = (Uid::from_raw(user.uid), Gid::from_raw(user.gid));
-    if rustix::process::geteuid().is_root() {
-        rustix::thread::set_thread_groups(&[])?;
-    }
-    rustix::thread::set_thread_res_gid(gid, gid, gid)?;
-    rustix::thread::set_thread_res_uid(uid, uid, uid)?;
-    Ok(())
-}
-
-/// `program` as `execvp` would find it in `path` (the child's `PATH`),
-/// looked for with the calling thread's credentials: a name with no `/`
-/// becomes the first regular file of that name in a listed directory that
-/// the thread may execute (a directory the worker cannot search is passed
-/// over). std then starts it with `posix_spawn` (a bare name with a `PATH`
-/// of the child's own makes it fork). `None`: a path already, or not found
-/// (the spawn then fails as it would have, naming it).
+/// `program` as `execvp` would find it in `path` (the child's `PATH`) for
+/// the runner: a name with no `/` becomes the first regular file of that
+/// name in a listed directory that it may execute. `None`: a path
+/// already, or not found (the spawn then fails as it would have, naming
+/// it).
 fn resolve(program: &OsStr, path: &str) -> Option<PathBuf> {
     if program.is_empty() || program.as_bytes().contains(&b'/') {
         return None;
