@@ -32,7 +32,7 @@ impl Drop for CancelOnDrop {
 /// following the nice value, the disk) to whatever else runs. Only for a
 /// thread that ends with that work: a pooled one would keep it, and
 /// raising it back needs a privilege.
-fn lowest_priority() {
+pub(crate) fn lowest_priority() {
     let _ = rustix::process::setpriority_process(None, 19);
 }
 

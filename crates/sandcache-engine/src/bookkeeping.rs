@@ -46,6 +46,7 @@ pub(crate) struct State {
 
 /// What a native restore records of the tree it wrote: every file it wrote
 /// has a ctime up to `until_ns`, and `digest` is its manifest's.
+#[derive(Clone)]
 pub(crate) struct Restored {
     pub(crate) until_ns: i128,
     pub(crate) digest: String,

@@ -77,6 +77,6 @@ pub use layout::{validate_fallback, validate_key};
 pub use lockkey::{LOCK_KEY_FILES, LockKey, LockKeyError, lock_key};
 pub use options::{Format, RestoreOptions, SnapshotOptions};
 pub use outcome::{Done, Op, Outcome, Reason, RestoreMode, Skip};
-pub use restore::RestoreHandle;
+pub use restore::{RestoreHandle, idle_checked};
 pub use sandcache_archive::{Limits, Progress};
 pub use target::{clear_dir, remove_leftovers};

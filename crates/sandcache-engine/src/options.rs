@@ -43,6 +43,14 @@ pub struct RestoreOptions {
     /// whose deploy follows its pre-warm); it costs the manifest's memory
     /// (some MB for a DENO_DIR).
     pub remember: bool,
+    /// With `remember`: once the native generation is restored, check the
+    /// dir against it in the background (nice 19) and keep inotify watches
+    /// on its directories, so that the next restore of the dir, when
+    /// nothing happened in it meanwhile, starts its delta from that check
+    /// instead of making it on its critical path. For a dir left idle
+    /// until that restore (a runner's pre-warm); one inotify instance and a
+    /// watch per directory, held until then. See `docs/decisions.md`.
+    pub watch_idle: bool,
 }
 
 impl Default for RestoreOptions {
@@ -57,6 +65,7 @@ impl Default for RestoreOptions {
             fallbacks: Vec::new(),
             hot_first: false,
             remember: false,
+            watch_idle: false,
         }
     }
 }

@@ -146,8 +146,10 @@ impl Runner {
             hot_first: false,
             fallbacks,
             // The deploy's delta then reads the pre-warmed generation
-            // from memory.
+            // from memory, and finds it checked against the disk while the
+            // pod was idle (when nothing happened in it since).
             remember: true,
+            watch_idle: true,
             ..Default::default()
         };
         let outcome = cache.restore(&self.cfg.deno_dir, &opts).await;

@@ -316,6 +316,10 @@ pub struct PrewarmStatus {
     pub outcome: Option<serde_json::Value>,
     /// Why the last one could not start (the dirs could not be prepared).
     pub error: Option<String>,
+    /// Whether DENO_DIR was checked against the pre-warmed generation
+    /// while idle, and nothing happened in it since: a deploy's delta
+    /// then starts without a check of its own.
+    pub checked: bool,
 }
 
 impl Default for PrewarmStatus {
@@ -329,6 +333,7 @@ impl Default for PrewarmStatus {
             at: None,
             outcome: None,
             error: None,
+            checked: false,
         }
     }
 }

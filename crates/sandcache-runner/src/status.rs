@@ -113,7 +113,11 @@ impl Runner {
             last_deploy,
             timings,
             cache: CacheStatus { restore, snapshot, snapshot_running: self.snapshots.running(), tail_landing: landing },
-            prewarm: self.prewarm.status(),
+            prewarm: {
+                let mut prewarm = self.prewarm.status();
+                prewarm.checked = prewarm.state == "ready" && sandcache_engine::idle_checked(&self.cfg.deno_dir);
+                prewarm
+            },
         }
     }
 }
@@ -136,7 +140,7 @@ mod tests {
                 "worker_restarts": 0, "worker_last_exit": null, "phase": "idle", "last_deploy": null,
                 "timings": timings, "cache": cache,
                 "prewarm": {"state": "off", "source": null, "from_key": null, "generation": null, "ms": null, "at": null,
-                    "outcome": null, "error": null},
+                    "outcome": null, "error": null, "checked": false},
             })
         );
         let ok = LastDeploy { ok: true, outcome: None, error: None, at: 7, ms: 3 };

@@ -102,6 +102,14 @@ pub(crate) struct Intact {
     extras: Vec<String>,
 }
 
+impl Intact {
+    /// What it found, in order: to compare two checks.
+    #[cfg(test)]
+    pub(crate) fn sorted(&self) -> (std::collections::BTreeMap<&String, &Vec<String>>, &[String]) {
+        (self.units.iter().collect(), &self.extras)
+    }
+}
+
 /// Checks the disk (the dir, open as `root`) against `old`, the generation
 /// it held when restored. Only reads: it runs while the new generation's
 /// manifest is still on its way. `None`: the dir cannot be told apart from

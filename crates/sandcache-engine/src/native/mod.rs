@@ -52,6 +52,7 @@ mod writers;
 
 pub(crate) use build::build;
 pub(crate) use delta::{Intact, Trust, check, diff};
+pub(crate) use filesystem::DirFds;
 pub(crate) use inplace::{InPlace, apply};
 pub(crate) use live::LiveDir;
 pub(crate) use manifest::{Pieces, fetch_manifest, fetch_root, usable_hot, whole};

@@ -167,7 +167,7 @@ pub(super) async fn restore(
                     let trash: Vec<PathBuf> = old.into_iter().chain(leftovers).collect();
                     let (Some(tail), Some((m, _))) = (tail, &manifest) else {
                         let _ = std::fs::remove_file(target.tail_path());
-                        after_swap(&target, trash, store, &source_key, manifest, opts.remember).await;
+                        after_swap(&target, trash, store, &source_key, manifest, opts).await;
                         return Ok(written_whole(done));
                     };
                     let job =
@@ -177,7 +177,7 @@ pub(super) async fn restore(
                         Ok((more, whole)) => {
                             let _ = std::fs::remove_file(target.tail_path());
                             let manifest = manifest.map(|(_, generation)| (whole, generation));
-                            after_swap(&target, trash, store, &source_key, manifest, opts.remember).await;
+                            after_swap(&target, trash, store, &source_key, manifest, opts).await;
                             Ok(written_whole(Done {
                                 files: done.files + more.files,
                                 bytes: done.bytes + more.bytes,
@@ -373,15 +373,15 @@ fn unix_ms(t: std::time::SystemTime) -> u64 {
 /// a native snapshot rereads nothing), then remove the old tree and any
 /// leftovers in the background.
 /// `manifest`: a native generation's, with its key; `None` for a single
-/// archive (stored at `key` itself). `remember`: kept in memory too (see
-/// `RestoreOptions::remember`).
+/// archive (stored at `key` itself); kept in memory too, and watched, as
+/// `opts` say (`RestoreOptions::remember`, `watch_idle`).
 async fn after_swap(
     target: &Target,
     trash: Vec<PathBuf>,
     store: &dyn Store,
     key: &str,
     manifest: Option<(Arc<Manifest>, String)>,
-    remember: bool,
+    opts: &RestoreOptions,
 ) {
     let target = target.clone();
     let (store, key) = (store.to_string(), key.to_owned());
@@ -403,17 +403,15 @@ async fn after_swap(
             // With the manifest's digest: what a later delta trusts the
             // dir to hold.
             let digest = native::digest(m);
-            if remember {
+            if opts.remember {
                 super::delta::remember(&store, generation, &digest, m);
             }
-            save_state_restored(
-                &target,
-                &store,
-                &key,
-                &sandcache_archive::fingerprint::of_manifest(m),
-                generation,
-                Some(Restored { until_ns, digest }),
-            );
+            let restored = Restored { until_ns, digest };
+            let fp = sandcache_archive::fingerprint::of_manifest(m);
+            save_state_restored(&target, &store, &key, &fp, generation, Some(restored.clone()));
+            if opts.remember {
+                super::watched::arm(&target, opts, &store, generation, &restored, m);
+            }
             remove_in_background(trash);
         }
         // A single archive's tree is walked once for its fingerprint, off

@@ -68,6 +68,7 @@ use crate::outcome::{Done, RestoreMode, mb};
 use crate::target::{DropStaging, Lock, Target};
 
 use super::native::NativeRestore;
+use super::watched;
 
 /// The generation a dir holds, as its state proves it.
 struct Held {
@@ -143,6 +144,22 @@ fn held(target: &Target, store: &str) -> Option<Held> {
         return None;
     }
     Some(Held { generation, until_ns: state.restored_until_ns?, digest: state.digest? })
+}
+
+/// What an idle dir's check must have been made for to stand for this
+/// restore's (see `watched`).
+#[allow(clippy::unnecessary_cast)] // the field types differ between targets
+fn armed(live: &OwnedFd, store: &str, held: &Held, owner: Option<(u32, u32)>) -> watched::Armed {
+    let (dev, ino) = rustix::fs::fstat(live).map_or((0, 0), |st| (st.st_dev as u64, st.st_ino as u64));
+    watched::Armed {
+        dev,
+        ino,
+        store: store.to_owned(),
+        generation: held.generation.clone(),
+        until_ns: held.until_ns,
+        digest: held.digest.clone(),
+        owner,
+    }
 }
 
 /// The generation the dir holds, fetched (its pieces from the local cache)
@@ -223,6 +240,13 @@ impl HeldCheck {
         // deploy's longest step, and a task, then a blocking thread, started
         // it 6-10 ms later, behind the clone's start on a busy pod.
         let task = match recalled {
+            // Checked while the dir was idle, and nothing happened in it
+            // since (see `watched`): its findings, at once.
+            Some(old) if let Some(intact) = watched::take(&armed(&live, &store_label, &held, opts.owner)) => {
+                let _ = tx.send(Ok(Old::Held(old)));
+                tracing::debug!(target: "sandbox-cache", "the dir's generation was checked while idle, and has not changed since");
+                tokio::spawn(async move { Ok(Checked::Intact(intact)) })
+            }
             Some(old) => {
                 let _ = tx.send(Ok(Old::Held(old.clone())));
                 let started = Instant::now();
@@ -568,8 +592,12 @@ pub(super) async fn restore_delta(
             if opts.remember {
                 remember(&source, &info.key, &digest, &new);
             }
-            save_state_restored(target, &source, key, &fp, &info.key, Some(Restored { until_ns, digest }));
+            let restored = Restored { until_ns, digest };
+            save_state_restored(target, &source, key, &fp, &info.key, Some(restored.clone()));
             let _ = std::fs::remove_file(target.tail_path());
+            if opts.remember {
+                super::watched::arm(target, opts, &source, &info.key, &restored, &new);
+            }
         }
         Err(e) => {
             tracing::warn!(target: "sandbox-cache", "the delta's record could not be made ({e}): the next restore is full")

@@ -13,6 +13,8 @@
 //! - `delta.rs`: a native generation restored in place (`restore_delta`),
 //!   when the dir's state proves it holds another one, unchanged: only the
 //!   units that differ written (whole, in staging) and put in place.
+//! - `watched.rs`: an idle dir's delta check, made ahead of the restore
+//!   that needs it and kept true by inotify watches (`watch_idle`).
 //! - `archive.rs`: a single archive, streamed through the decoder into the
 //!   extractor, into a new staging dir.
 //!
@@ -23,5 +25,7 @@ mod chain;
 mod delta;
 mod handle;
 mod native;
+mod watched;
 
 pub use handle::RestoreHandle;
+pub use watched::idle_checked;

@@ -734,3 +734,40 @@ async fn a_remembered_generation_is_checked_without_reading_its_manifest() {
     settle();
     assert_eq!(listing(&dir), listing(&src));
 }
+
+/// The dir named `dir`, once checked while idle (see `watch_idle`).
+fn wait_idle_checked(dir: &Path) {
+    let started = std::time::Instant::now();
+    while !sandcache_engine::idle_checked(dir) {
+        assert!(started.elapsed() < Duration::from_secs(20), "{} was not checked while idle", dir.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// With `watch_idle` (the runner's pre-warm), the dir is checked while idle
+/// and watched: the next delta starts from that check and gives the tree
+/// a full restore gives. A file touched after it voids it: the delta checks
+/// for itself, and the file is written again.
+#[tokio::test]
+async fn a_dir_checked_while_idle_is_restored_from_that_check_until_touched() {
+    let watched = RestoreOptions { remember: true, watch_idle: true, ..quick() };
+    let Restored { tmp: _tmp, src, dir, fresh, cache } = restored_sample_with(&watched).await;
+    wait_idle_checked(&dir);
+    stored_with_c_bumped(&cache, &src).await;
+    let out = cache.restore(&dir, &watched).await;
+    assert_eq!((mode_of(&out), written(&out)), (RestoreMode::Delta, 5), "{:?}", out.result);
+
+    // Checked again after that delta (before anything reads the dir: a
+    // read voids it too); then a file rewritten, its size and times as
+    // they were.
+    wait_idle_checked(&dir);
+    let x = dir.join("remote/x.js");
+    fs::write(&x, "export const x = 2;\n").unwrap();
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(T0);
+    fs::File::open(&x).unwrap().set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).unwrap();
+    let out = cache.restore(&dir, &watched).await;
+    assert_eq!((mode_of(&out), written(&out)), (RestoreMode::Delta, 1), "{:?}", out.result);
+    settle();
+    assert_eq!(listing(&dir), listing(&src));
+    as_a_full_restore_gives(&cache, &dir, &fresh).await;
+}

@@ -13,13 +13,15 @@ use serde_json::{Value, json};
 
 use crate::support::{call, test_config, wait_status};
 
-/// A base in a local store, with one npm package.
+/// A base in a local store, with two npm packages.
 async fn base(store: &Path, tmp: &Path) {
     let src = tmp.join("base-src");
-    let pkg = src.join("npm/registry.npmjs.org/base-pkg/1.0.0");
-    std::fs::create_dir_all(&pkg).unwrap();
-    std::fs::write(pkg.join("index.js"), "export const base = 1;\n").unwrap();
-    std::fs::write(pkg.join("package.json"), r#"{"name":"base-pkg","version":"1.0.0"}"#).unwrap();
+    for name in ["base-pkg", "other-pkg"] {
+        let pkg = src.join(format!("npm/registry.npmjs.org/{name}/1.0.0"));
+        std::fs::create_dir_all(&pkg).unwrap();
+        std::fs::write(pkg.join("index.js"), "export const base = 1;\n").unwrap();
+        std::fs::write(pkg.join("package.json"), format!(r#"{{"name":"{name}","version":"1.0.0"}}"#)).unwrap();
+    }
     let cache = Cache::new(std::sync::Arc::new(LocalStore::new(store)), "base/deno");
     let out = cache.snapshot(&src, &SnapshotOptions::default()).await;
     assert!(out.is_done(), "{}", out.to_json());
@@ -78,6 +80,42 @@ async fn an_idle_runner_prewarms_and_a_deploy_restores_over_it() {
             .await;
     assert!(index.is_file(), "{st}");
     assert!(!deno_dir.join("left-by-a").exists(), "site a's file survived into the pre-warm");
+    sandcache_engine::wait_for_background(Duration::from_secs(10));
+}
+
+/// Once pre-warmed, the runner checks DENO_DIR while idle and watches it;
+/// a file edited after that check (its size and mtime kept) voids it, and
+/// the deploy's delta checks for itself and writes the file again: never
+/// trusted.
+#[tokio::test]
+async fn a_file_edited_after_the_idle_check_is_written_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = prewarming_config(tmp.path()).await;
+    cfg.fallbacks = vec!["base/deno".into()];
+    let deno_dir = cfg.deno_dir.clone();
+    let runner = Runner::new(cfg);
+    runner.start_prewarm();
+    wait_status(&runner, 20, "the check made while idle", |s| s["prewarm"]["checked"] == true).await;
+    let index = deno_dir.join("npm/registry.npmjs.org/base-pkg/1.0.0/index.js");
+    let mtime = std::fs::metadata(&index).unwrap().modified().unwrap();
+    std::fs::write(&index, "export const base = 2;\n").unwrap();
+    std::fs::File::options().write(true).open(&index).unwrap().set_modified(mtime).unwrap();
+    let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
+    assert_eq!(st["prewarm"]["checked"], false, "the edit voids the check: {st}");
+    let script = format!(
+        "cat \"$DENO_DIR/npm/registry.npmjs.org/base-pkg/1.0.0/index.js\" > {}/seen.txt; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
+        tmp.path().display()
+    );
+    let (s, v) =
+        call(&runner, "POST", "/sandbox/deploy", json!({"site": "a", "runCommand": ["sh", "-c", script]})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let st = wait_status(&runner, 20, "the worker", |s| s["worker"] == "ready").await;
+    let restore = &st["cache"]["restore"];
+    // Its package, whole; the other one kept.
+    assert_eq!((&restore["mode"], &restore["files_written"]), (&json!("delta"), &json!(2)), "{st}");
+    let seen = std::fs::read_to_string(tmp.path().join("seen.txt")).unwrap();
+    assert_eq!(seen, "export const base = 1;\n", "the edited file was trusted");
+    assert_eq!(call(&runner, "DELETE", "/sandbox/deploy", Value::Null).await.0, StatusCode::OK);
     sandcache_engine::wait_for_background(Duration::from_secs(10));
 }
 
