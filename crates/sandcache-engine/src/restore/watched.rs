@@ -266,11 +266,14 @@ fn quiet(inotify: &OwnedFd, top: i32) -> bool {
     }
 }
 
-/// Closing an inotify instance removes its watches, some ms of a core for
-/// thousands: not on a restore's way.
+/// Closing an inotify instance removes its watches, some ms for
+/// thousands: not on a restore's way, and behind whatever runs.
 fn drop_in_background(w: Option<Watched>) {
     if let Some(w) = w {
-        crate::background::background("unwatch", move || drop(w));
+        crate::background::background("unwatch", move || {
+            crate::background::lowest_priority();
+            drop(w)
+        });
     }
 }
 

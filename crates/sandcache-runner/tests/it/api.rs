@@ -33,7 +33,7 @@ async fn health_liveness_metrics_and_idle_status() {
         "cache": {"restore": null, "snapshot": null, "snapshot_running": false, "tail_landing": false},
         "timings": {"hot_ms": null, "tail_ms": null, "boot_ms": null, "first_response_ms": null},
         "prewarm": {"state": "off", "source": null, "from_key": null, "generation": null, "ms": null, "at": null,
-            "outcome": null, "error": null}})
+            "outcome": null, "error": null, "checked": false}})
     );
     let (s, text) = raw_call(&runner, "GET", "/metrics", vec![]).await;
     assert_eq!(s, StatusCode::OK);
