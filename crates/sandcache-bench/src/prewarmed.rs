@@ -13,7 +13,8 @@
 //! and the site's first deploy, once (cold is in the table above). One pod
 //! at a time, all on one DENO_DIR path (Deno's caches name modules by their
 //! absolute paths): started, pre-warmed before its deploy (as a pool pod is
-//! claimed after idling), one deploy, undeployed, stopped.
+//! claimed after idling: the pre-warm done, and the dir checked while idle,
+//! `prewarm.checked`), one deploy, undeployed, stopped.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
