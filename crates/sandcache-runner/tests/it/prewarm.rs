@@ -38,6 +38,16 @@ async fn prewarming_config(tmp: &Path) -> sandcache_runner::RunnerConfig {
     cfg
 }
 
+/// Deploys site `a` with a worker that runs `script`, then serves; the
+/// status once it is ready.
+async fn deploy_sh(runner: &std::sync::Arc<Runner>, script: &str) -> Value {
+    let script = format!("{script}; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1");
+    let (s, v) =
+        call(runner, "POST", "/sandbox/deploy", json!({"site": "a", "runCommand": ["sh", "-c", script]})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    wait_status(runner, 20, "the worker", |s| s["worker"] == "ready").await
+}
+
 /// Idle, the runner pre-warms DENO_DIR with the base; a deploy whose
 /// fallback is the base restores over it; its worker's writes do not
 /// survive the undeploy, after which the pod pre-warms again.
@@ -60,14 +70,9 @@ async fn an_idle_runner_prewarms_and_a_deploy_restores_over_it() {
     assert!(runner.metrics().encode().contains("prewarms_total{outcome=\"ok\"} 1"));
 
     // A worker that records what it finds, and leaves a file behind.
-    let script = format!(
-        "ls -R \"$DENO_DIR\" > {}/seen.txt; echo site-a > \"$DENO_DIR/left-by-a\"; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
-        tmp.path().display()
-    );
-    let (s, v) =
-        call(&runner, "POST", "/sandbox/deploy", json!({"site": "a", "runCommand": ["sh", "-c", script]})).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let st = wait_status(&runner, 20, "the worker", |s| s["worker"] == "ready").await;
+    let script =
+        format!("ls -R \"$DENO_DIR\" > {}/seen.txt; echo site-a > \"$DENO_DIR/left-by-a\"", tmp.path().display());
+    let st = deploy_sh(&runner, &script).await;
     assert_eq!(st["cache"]["restore"]["ok"], true, "{st}");
     assert_eq!(st["cache"]["restore"]["from_key"], "base/deno", "the fallback, over the pre-warm: {st}");
     let seen = std::fs::read_to_string(tmp.path().join("seen.txt")).unwrap();
@@ -102,14 +107,9 @@ async fn a_file_edited_after_the_idle_check_is_written_again() {
     std::fs::File::options().write(true).open(&index).unwrap().set_modified(mtime).unwrap();
     let (_, st) = call(&runner, "GET", "/sandbox/status", Value::Null).await;
     assert_eq!(st["prewarm"]["checked"], false, "the edit voids the check: {st}");
-    let script = format!(
-        "cat \"$DENO_DIR/npm/registry.npmjs.org/base-pkg/1.0.0/index.js\" > {}/seen.txt; exec python3 -m http.server \"$PORT\" --bind 127.0.0.1",
-        tmp.path().display()
-    );
-    let (s, v) =
-        call(&runner, "POST", "/sandbox/deploy", json!({"site": "a", "runCommand": ["sh", "-c", script]})).await;
-    assert_eq!(s, StatusCode::OK, "{v}");
-    let st = wait_status(&runner, 20, "the worker", |s| s["worker"] == "ready").await;
+    let script =
+        format!("cat \"$DENO_DIR/npm/registry.npmjs.org/base-pkg/1.0.0/index.js\" > {}/seen.txt", tmp.path().display());
+    let st = deploy_sh(&runner, &script).await;
     let restore = &st["cache"]["restore"];
     // Its package, whole; the other one kept.
     assert_eq!((&restore["mode"], &restore["files_written"]), (&json!("delta"), &json!(2)), "{st}");
