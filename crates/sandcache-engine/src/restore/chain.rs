@@ -13,7 +13,7 @@ use sandcache_store::Store;
 
 use crate::background::{self, remove_in_background};
 use crate::bad::{self, Found};
-use crate::bookkeeping::{Restored, ctime_bound, save_state, save_state_restored};
+use crate::bookkeeping::{Restored, ctime_bound, save_state};
 use crate::error::{Declined, Error, error_chain};
 use crate::layout;
 use crate::native;
@@ -402,16 +402,9 @@ async fn after_swap(
         Some((m, generation)) => {
             // With the manifest's digest: what a later delta trusts the
             // dir to hold.
-            let digest = native::digest(m);
-            if opts.remember {
-                super::delta::remember(&store, generation, &digest, m);
-            }
-            let restored = Restored { until_ns, digest };
+            let restored = Restored { until_ns, digest: native::digest(m) };
             let fp = sandcache_archive::fingerprint::of_manifest(m);
-            save_state_restored(&target, &store, &key, &fp, generation, Some(restored.clone()));
-            if opts.remember {
-                super::watched::arm(&target, opts, &store, generation, &restored, m);
-            }
+            super::delta::record(&target, opts, &store, &key, &fp, generation, restored, m);
             remove_in_background(trash);
         }
         // A single archive's tree is walked once for its fingerprint, off

@@ -112,8 +112,34 @@ struct Remembered {
 
 static REMEMBERED: std::sync::Mutex<Option<Remembered>> = std::sync::Mutex::new(None);
 
+/// Records the native generation a restore just wrote into the dir
+/// (`generation` of `store`, stored under `key`): its state, with its
+/// fingerprint `fp` and `restored`, and as `opts` say, its manifest kept
+/// in memory (`remember`) and then the dir checked and watched while idle
+/// (`watch_idle`, see `watched`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record(
+    target: &Target,
+    opts: &RestoreOptions,
+    store: &str,
+    key: &str,
+    fp: &[u8; 32],
+    generation: &str,
+    restored: Restored,
+    manifest: &Arc<Manifest>,
+) {
+    if opts.remember {
+        remember(store, generation, &restored.digest, manifest);
+    }
+    let watch = (opts.remember && opts.watch_idle).then(|| restored.clone());
+    save_state_restored(target, store, key, fp, generation, Some(restored));
+    if let Some(restored) = watch {
+        watched::arm(target, opts.owner, store, generation, &restored, manifest);
+    }
+}
+
 /// Remembers the manifest a restore just wrote (see [`Remembered`]).
-pub(super) fn remember(store: &str, generation: &str, digest: &str, manifest: &Arc<Manifest>) {
+fn remember(store: &str, generation: &str, digest: &str, manifest: &Arc<Manifest>) {
     let r = Remembered {
         store: store.to_owned(),
         generation: generation.to_owned(),
@@ -239,20 +265,22 @@ impl HeldCheck {
         // on the blocking pool from here: the check is a pre-warmed
         // deploy's longest step, and a task, then a blocking thread, started
         // it 6-10 ms later, behind the clone's start on a busy pod.
-        let task = match recalled {
-            // Checked while the dir was idle, and nothing happened in it
-            // since (see `watched`): its findings, at once.
-            Some(old) if let Some(intact) = watched::take(&armed(&live, &store_label, &held, opts.owner)) => {
+        // Checked while the dir was idle, and nothing happened in it since
+        // (see `watched`): its findings, at once. (Taken whatever comes:
+        // the watches are let go.)
+        let idle = recalled.as_ref().and_then(|_| watched::take(&armed(&live, &store_label, &held, opts.owner)));
+        let task = match (recalled, idle) {
+            (Some(old), Some(intact)) => {
                 let _ = tx.send(Ok(Old::Held(old)));
                 tracing::debug!(target: "sandbox-cache", "the dir's generation was checked while idle, and has not changed since");
                 tokio::spawn(async move { Ok(Checked::Intact(intact)) })
             }
-            Some(old) => {
+            (Some(old), None) => {
                 let _ = tx.send(Ok(Old::Held(old.clone())));
                 let started = Instant::now();
                 tokio::task::spawn_blocking(move || check_disk(old, started))
             }
-            None => tokio::spawn(async move {
+            (None, _) => tokio::spawn(async move {
                 // Its bad objects are not reported: it is only compared.
                 let quiet = Found::default();
                 let pieces = native::Pieces {
@@ -589,15 +617,8 @@ pub(super) async fn restore_delta(
     match recorded.await {
         Ok((digest, fp)) => {
             let source = shared.to_string();
-            if opts.remember {
-                remember(&source, &info.key, &digest, &new);
-            }
-            let restored = Restored { until_ns, digest };
-            save_state_restored(target, &source, key, &fp, &info.key, Some(restored.clone()));
+            record(target, opts, &source, key, &fp, &info.key, Restored { until_ns, digest }, &new);
             let _ = std::fs::remove_file(target.tail_path());
-            if opts.remember {
-                super::watched::arm(target, opts, &source, &info.key, &restored, &new);
-            }
         }
         Err(e) => {
             tracing::warn!(target: "sandbox-cache", "the delta's record could not be made ({e}): the next restore is full")

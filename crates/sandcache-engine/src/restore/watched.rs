@@ -45,7 +45,6 @@ use sandcache_archive::{RESERVED_PREFIX, TAIL_PREFIX};
 
 use crate::bookkeeping::Restored;
 use crate::native;
-use crate::options::RestoreOptions;
 use crate::target::Target;
 
 /// What a check was made for: the dir (by its inode), the generation its
@@ -98,23 +97,20 @@ const WATCH: WatchFlags = WatchFlags::ACCESS
     .union(WatchFlags::MOVE_SELF)
     .union(WatchFlags::ONLYDIR);
 
-/// With `RestoreOptions::watch_idle`, watches `target`'s dir and checks it
-/// against `old`, the generation just restored into it (`restored`: its
-/// state's bound and digest), in the background at nice 19, for the next
-/// restore of the dir ([`take`]). Called by a restore once its state is
-/// recorded, still under the dir's lock: a later restore's [`take`] stops
-/// it.
+/// Watches `target`'s dir and checks it against `old`, the generation of
+/// `store` just restored into it (`restored`: its state's bound and
+/// digest; `owner`: the restore's), in the background at nice 19, for the
+/// next restore of the dir ([`take`]). Called by a restore with
+/// `RestoreOptions::watch_idle` once its state is recorded, still under
+/// the dir's lock: a later restore's [`take`] stops it.
 pub(super) fn arm(
     target: &Target,
-    opts: &RestoreOptions,
+    owner: Option<(u32, u32)>,
     store: &str,
     generation: &str,
     restored: &Restored,
     old: &Arc<Manifest>,
 ) {
-    if !opts.watch_idle {
-        return;
-    }
     let Ok(st) = std::fs::symlink_metadata(&target.dir) else { return };
     let armed = Armed {
         dev: st.dev(),
@@ -123,7 +119,7 @@ pub(super) fn arm(
         generation: generation.to_owned(),
         until_ns: restored.until_ns,
         digest: restored.digest.clone(),
-        owner: opts.owner,
+        owner,
     };
     let old = old.clone();
     // One dir watched per process: a runner has one DENO_DIR.
@@ -335,9 +331,8 @@ mod tests {
     /// idle check stands.
     fn armed(dir: &std::path::Path, m: &Arc<Manifest>, until_ns: i128) -> Armed {
         let target = Target::resolve_for_restore(dir).unwrap();
-        let opts = RestoreOptions { remember: true, watch_idle: true, ..Default::default() };
         let restored = Restored { until_ns, digest: "d".into() };
-        arm(&target, &opts, "store", "g1", &restored, m);
+        arm(&target, None, "store", "g1", &restored, m);
         let started = Instant::now();
         while !idle_checked(dir) {
             assert!(started.elapsed() < Duration::from_secs(20), "no idle check");
