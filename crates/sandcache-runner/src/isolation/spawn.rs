@@ -44,20 +44,22 @@ pub(crate) async fn spawn_own(
 ) -> std::io::Result<(tokio::process::Child, OwnChild)> {
     let program = program.into();
     let spawn = move || {
-        let mut cmd = match (user, path.as_deref().and_then(|path| resolve(&program, path))) {
+        let mut cmd = match user {
             // std clears the supplementary groups when root drops to a
             // uid; the child's `execvp` looks the name up as the worker.
-            (Some(user), _) => {
+            Some(user) => {
                 let mut cmd = tokio::process::Command::new(&program);
                 cmd.uid(user.uid).gid(user.gid);
                 cmd
             }
-            (None, Some(found)) => {
-                let mut cmd = tokio::process::Command::new(found);
-                cmd.arg0(&program);
-                cmd
-            }
-            (None, None) => tokio::process::Command::new(&program),
+            None => match path.as_deref().and_then(|path| resolve(&program, path)) {
+                Some(found) => {
+                    let mut cmd = tokio::process::Command::new(found);
+                    cmd.arg0(&program);
+                    cmd
+                }
+                None => tokio::process::Command::new(&program),
+            },
         };
         configure(&mut cmd);
         spawn_marked(|| cmd.spawn(), |child| child.id())
